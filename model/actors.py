@@ -1,0 +1,413 @@
+"""Policies: BarrierNet (a differentiable CBF-QP safety layer), the Gaussian baseline, the post-hoc
+safety filter, and the critic.
+
+All actors share one interface (docs/ARCHITECTURE.md, "Safety layer")::
+
+    forward(obs (B, obs_dim), safety: SafetyState, deterministic=False) -> ActorOutput
+    evaluate_actions(obs, safety, sample (B, 2)) -> (log_prob (B,), entropy (B,))
+
+``ActorOutput.action`` is what the env executes (physical units, within bounds); ``sample`` is what
+PPO stores and later re-scores with ``evaluate_actions`` (it is never re-drawn there: the
+reference project's resampling bug scored a fresh sample, which has no gradient with respect to
+the mean). ``obs`` is already normalised; ``safety`` is the raw SafetyState.
+
+Units: every mean, std and sample here is in physical units, u = (v [m/s], w [rad/s]).
+
+The safety layer runs in float32 (or the obs' dtype if float64) with autocast disabled, so CUDA
+mixed precision never reaches the QP. No host synchronisation happens in forward unless
+``time_qp`` is set (then each QP solve is bracketed by ``torch.cuda.synchronize`` on CUDA).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from model.cbf import cbf_rows, num_barriers
+from model.qp import solve_qp
+
+if TYPE_CHECKING:
+    from env.core import SafetyState
+    from tasks.params import BarrierNetParams, CBFParams, EnvParams, Params
+
+ALGOS = ("barriernet", "baseline")
+UPDATE_MODES = ("through_qp", "nominal")
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+class ActorOutput(NamedTuple):
+    action: Tensor  # (B, 2) executed (physical units, within bounds)
+    sample: Tensor  # (B, 2) what PPO stores and re-scores
+    log_prob: Tensor  # (B,)
+    info: dict[str, Tensor]  # see each actor's docstring; empty for the baseline
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks
+
+
+def _layer_init(layer: nn.Linear, gain: float) -> nn.Linear:
+    nn.init.orthogonal_(layer.weight, gain)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def mlp_backbone(in_dim: int, hidden_sizes: Sequence[int]) -> nn.Sequential:
+    """Linear + tanh layers, orthogonal init with gain sqrt(2) (PPO implementation details)."""
+    layers: list[nn.Module] = []
+    for size in hidden_sizes:
+        layers += [_layer_init(nn.Linear(in_dim, size), math.sqrt(2)), nn.Tanh()]
+        in_dim = size
+    return nn.Sequential(*layers)
+
+
+def _normal_log_prob(sample: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """Sum over the action dimensions of a diagonal Normal's log density; (B, 2) -> (B,)."""
+    z = (sample - mean) / std
+    return (-0.5 * z * z - torch.log(std) - _HALF_LOG_2PI).sum(-1)
+
+
+def _normal_entropy(std: Tensor, batch: int) -> Tensor:
+    """Diagonal Normal entropy, (2,) std -> (B,)."""
+    return (0.5 + _HALF_LOG_2PI + torch.log(std)).sum(-1).expand(batch)
+
+
+def _bounds(env: "EnvParams") -> tuple[list[float], list[float]]:
+    return [0.0, -env.pursuer_w_max], [env.pursuer_v_max, env.pursuer_w_max]
+
+
+def _safety_like(safety: "SafetyState", like: Tensor) -> "SafetyState":
+    """The SafetyState on `like`'s device and float dtype (a no-op when they already match)."""
+    cast = lambda t: t.to(device=like.device, dtype=like.dtype)  # noqa: E731
+    return safety._replace(
+        pursuer=cast(safety.pursuer),
+        obstacle_centres=cast(safety.obstacle_centres),
+        obstacle_radii=cast(safety.obstacle_radii),
+        obstacle_mask=safety.obstacle_mask.to(device=like.device, dtype=torch.bool),
+    )
+
+
+def _safe_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+class _CBFProjection(nn.Module):
+    """u_safe = argmin 1/2 (u - u_ref)' H (u - u_ref)  s.t. the CBF rows, H = diag(cbf.action_weights).
+
+    Infeasible problems return solve_qp's documented fallback action, flagged in ``feasible``; the
+    result is then clamped to the action box (a no-op for feasible solutions).
+    """
+
+    def __init__(self, env: "EnvParams", cbf: "CBFParams"):
+        super().__init__()
+        self.env, self.cbf = env, cbf
+        low, high = _bounds(env)
+        self.register_buffer("weights", torch.tensor(cbf.action_weights, dtype=torch.float32), persistent=False)
+        self.register_buffer("low", torch.tensor(low, dtype=torch.float32), persistent=False)
+        self.register_buffer("high", torch.tensor(high, dtype=torch.float32), persistent=False)
+        self.time_qp = False
+        self.qp_ms: list[float] = []
+
+    def rows(self, safety: "SafetyState", gamma: float | Tensor, like: Tensor, form: str | None = None):
+        return cbf_rows(_safety_like(safety, like), self.env, self.cbf, gamma, form=form)
+
+    def forward(self, u_ref: Tensor, rows) -> tuple[Tensor, Tensor]:
+        """u_ref (B, 2) -> (u_safe (B, 2), feasible (B,) bool)."""
+        batch = u_ref.shape[0]
+        weights = self.weights.to(u_ref.dtype)
+        H = torch.diag(weights).expand(batch, 2, 2)
+        f = -u_ref * weights
+        if self.time_qp:
+            _sync(u_ref)
+            start = time.perf_counter()
+        solution = solve_qp(H, f, rows.A, rows.b, backend=self.cbf.qp_backend, mask=rows.mask)
+        if self.time_qp:
+            _sync(u_ref)
+            self.qp_ms.append((time.perf_counter() - start) * 1e3)
+        u = torch.maximum(torch.minimum(solution.u, self.high.to(u_ref.dtype)), self.low.to(u_ref.dtype))
+        return u, solution.feasible
+
+
+def _sync(x: Tensor) -> None:
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+
+
+def _intervention_info(proposal: Tensor, executed: Tensor, tol: float) -> dict[str, Tensor]:
+    correction = (executed - proposal).norm(dim=-1)
+    return {"correction": correction, "intervened": correction > tol}
+
+
+# ---------------------------------------------------------------------------------------------
+# BarrierNet
+
+
+class BarrierNetActor(nn.Module):
+    """MLP backbone -> nominal-action head and class-K head -> CBF rows -> QP -> safe action.
+
+    - nominal mean (B, 2): ``centre + half_range * tanh(raw)``, so it always lies inside the action
+      box [0, v_max] x [-w_max, w_max] (the sample around it may leave the box; the QP's bound rows
+      bring the executed action back).
+    - gamma (B, M), M = K + 4 (obstacles, then walls +x, -x, +y, -y):
+      ``gamma_min + (gamma_max - gamma_min) * sigmoid(raw)``, as in BarrierNet (Xiao et al. 2023);
+      interpreted by ``cbf.form`` (dcbf: per-step fraction; ct: rate in 1/s).
+    - exploration std: a fixed buffer ``barriernet.exploration_std`` (physical units), not learned.
+
+    Update modes (``barriernet.update_mode``):
+    - ``through_qp``: mean = QP(nominal mean); sample = mean + std * eps; executed = QP(sample).
+      log_prob scores the sample under the current QP mean, so the PPO loss sends gradients
+      through the QP into both the nominal head and the gamma head. Two QP solves per forward.
+    - ``nominal`` (the reference project's choice): sample = nominal mean + std * eps;
+      executed = QP(sample); log_prob under the nominal mean (no QP in evaluate_actions, gamma gets
+      no gradient). One QP solve per forward.
+    ``deterministic=True``: no noise; executed = QP(nominal mean) in both modes.
+
+    info: ``nominal`` (B, 2) nominal mean; ``gamma`` (B, M); ``proposal`` (B, 2) the action the
+    nominal policy alone would have executed (nominal mean, plus std * eps when stochastic);
+    ``correction`` (B,) = |executed - proposal|; ``intervened`` (B,) = correction > cbf.intervention_tol;
+    ``infeasible`` (B,) (any QP of this forward was infeasible); ``h`` (B, M) CBF values (absent
+    obstacles +inf); ``qp_ms`` (scalar) total QP wall time of this call for the whole batch, only
+    when ``time_qp`` is True.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        env_params: "EnvParams",
+        cbf_params: "CBFParams",
+        barriernet_params: "BarrierNetParams",
+        hidden_sizes: Sequence[int] = (64, 64),
+    ):
+        super().__init__()
+        if barriernet_params.update_mode not in UPDATE_MODES:
+            raise ValueError(f"barriernet.update_mode={barriernet_params.update_mode!r}; accepted: {UPDATE_MODES}")
+        self.env_params, self.cbf_params, self.barriernet_params = env_params, cbf_params, barriernet_params
+        self.update_mode = barriernet_params.update_mode
+        self.num_obstacles = env_params.num_obstacles
+        self.num_barriers = num_barriers(self.num_obstacles)
+        self.backbone = mlp_backbone(obs_dim, hidden_sizes)
+        feature_dim = hidden_sizes[-1] if hidden_sizes else obs_dim
+        self.nominal_head = _layer_init(nn.Linear(feature_dim, 2), 0.01)
+        self.gamma_head = _layer_init(nn.Linear(feature_dim, self.num_barriers), 0.01)
+        low, high = _bounds(env_params)
+        self.register_buffer("action_centre", torch.tensor([(l + h) / 2 for l, h in zip(low, high)]))
+        self.register_buffer("action_half_range", torch.tensor([(h - l) / 2 for l, h in zip(low, high)]))
+        self.register_buffer("std", torch.tensor(barriernet_params.exploration_std, dtype=torch.float32))
+        self.projection = _CBFProjection(env_params, cbf_params)
+
+    @property
+    def time_qp(self) -> bool:
+        return self.projection.time_qp
+
+    @time_qp.setter
+    def time_qp(self, value: bool) -> None:
+        self.projection.time_qp = bool(value)
+
+    def _heads(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """obs (B, obs_dim) -> nominal mean (B, 2), gamma (B, M), both float32 (float64 for float64 obs)."""
+        features = self.backbone(obs)
+        dtype = _safe_dtype(obs)
+        raw_nominal = self.nominal_head(features).to(dtype)
+        raw_gamma = self.gamma_head(features).to(dtype)
+        nominal = self.action_centre.to(dtype) + self.action_half_range.to(dtype) * torch.tanh(raw_nominal)
+        bn = self.barriernet_params
+        gamma = bn.gamma_min + (bn.gamma_max - bn.gamma_min) * torch.sigmoid(raw_gamma)
+        return nominal, gamma
+
+    def _check_safety(self, safety: "SafetyState", batch: int) -> None:
+        if safety is None:
+            raise ValueError("BarrierNetActor needs the SafetyState (got None)")
+        if tuple(safety.obstacle_radii.shape) != (batch, self.num_obstacles):
+            raise ValueError(
+                f"safety.obstacle_radii has shape {tuple(safety.obstacle_radii.shape)}; accepted: (B, K) = "
+                f"({batch}, {self.num_obstacles}) with K = env.num_obstacles the actor was built for"
+            )
+
+    def forward(self, obs: Tensor, safety: "SafetyState", deterministic: bool = False) -> ActorOutput:
+        self._check_safety(safety, obs.shape[0])
+        self.projection.qp_ms = []
+        nominal, gamma = self._heads(obs)
+        std = self.std.to(nominal.dtype)
+        with torch.autocast(device_type=nominal.device.type, enabled=False):
+            rows = self.projection.rows(safety, gamma, nominal)
+            noise = torch.zeros_like(nominal) if deterministic else std * torch.randn_like(nominal)
+            proposal = nominal + noise
+            if self.update_mode == "through_qp":
+                mean, feasible_mean = self.projection(nominal, rows)
+                sample = mean + noise
+                executed, feasible = (mean, feasible_mean) if deterministic else self.projection(sample, rows)
+                feasible = feasible & feasible_mean
+            else:
+                mean, sample = nominal, proposal
+                executed, feasible = self.projection(sample, rows)
+            log_prob = _normal_log_prob(sample, mean, std)
+        info = {"nominal": nominal, "gamma": gamma, "proposal": proposal, "infeasible": ~feasible, "h": rows.h}
+        info.update(_intervention_info(proposal, executed, self.cbf_params.intervention_tol))
+        if self.time_qp:
+            info["qp_ms"] = torch.tensor(sum(self.projection.qp_ms))
+        return ActorOutput(executed, sample, log_prob, info)
+
+    def evaluate_actions(self, obs: Tensor, safety: "SafetyState", sample: Tensor) -> tuple[Tensor, Tensor]:
+        """Score the STORED sample (B, 2) under the current policy: (log_prob (B,), entropy (B,))."""
+        nominal, gamma = self._heads(obs)
+        std = self.std.to(nominal.dtype)
+        with torch.autocast(device_type=nominal.device.type, enabled=False):
+            if self.update_mode == "through_qp":
+                self._check_safety(safety, obs.shape[0])
+                rows = self.projection.rows(safety, gamma, nominal)
+                mean, _ = self.projection(nominal, rows)
+            else:
+                mean = nominal
+            log_prob = _normal_log_prob(sample.to(mean.dtype), mean, std)
+        return log_prob, _normal_entropy(std, obs.shape[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Baseline
+
+
+class GaussianActor(nn.Module):
+    """The baseline PPO policy (CleanRL's continuous-action agent).
+
+    MLP -> mean in normalised units m (B, 2); physical mean = centre + half_range * m; a
+    state-independent log-std parameter (normalised units, init ``train.init_log_std``), physical
+    std = half_range * exp(log_std). The sample (physical, unclipped) is stored; the executed action
+    is the sample clipped to [0, v_max] x [-w_max, w_max]. ``safety`` is accepted and ignored.
+    info is empty.
+    """
+
+    def __init__(self, obs_dim: int, env_params: "EnvParams", hidden_sizes: Sequence[int] = (64, 64), init_log_std: float = -0.5):
+        super().__init__()
+        self.backbone = mlp_backbone(obs_dim, hidden_sizes)
+        feature_dim = hidden_sizes[-1] if hidden_sizes else obs_dim
+        self.mean_head = _layer_init(nn.Linear(feature_dim, 2), 0.01)
+        self.log_std = nn.Parameter(torch.full((2,), float(init_log_std)))
+        low, high = _bounds(env_params)
+        self.register_buffer("action_low", torch.tensor(low))
+        self.register_buffer("action_high", torch.tensor(high))
+        self.register_buffer("action_centre", torch.tensor([(l + h) / 2 for l, h in zip(low, high)]))
+        self.register_buffer("action_half_range", torch.tensor([(h - l) / 2 for l, h in zip(low, high)]))
+        self.time_qp = False  # no QP; accepted so the evaluate stage can treat all actors alike
+
+    def distribution(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """obs (B, obs_dim) -> physical mean (B, 2), physical std (2,)."""
+        dtype = _safe_dtype(obs)
+        raw = self.mean_head(self.backbone(obs)).to(dtype)
+        half = self.action_half_range.to(dtype)
+        return self.action_centre.to(dtype) + half * raw, half * torch.exp(self.log_std.to(dtype))
+
+    def forward(self, obs: Tensor, safety: "SafetyState | None" = None, deterministic: bool = False) -> ActorOutput:
+        mean, std = self.distribution(obs)
+        with torch.autocast(device_type=mean.device.type, enabled=False):
+            sample = mean if deterministic else mean + std * torch.randn_like(mean)
+            log_prob = _normal_log_prob(sample, mean, std)
+            action = torch.maximum(torch.minimum(sample, self.action_high.to(mean.dtype)), self.action_low.to(mean.dtype))
+        return ActorOutput(action, sample, log_prob, {})
+
+    def evaluate_actions(self, obs: Tensor, safety: "SafetyState | None", sample: Tensor) -> tuple[Tensor, Tensor]:
+        """Score the STORED (unclipped) sample (B, 2): (log_prob (B,), entropy (B,))."""
+        mean, std = self.distribution(obs)
+        with torch.autocast(device_type=mean.device.type, enabled=False):
+            return _normal_log_prob(sample.to(mean.dtype), mean, std), _normal_entropy(std, obs.shape[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Post-hoc safety filter
+
+
+class SafetyFilter(nn.Module):
+    """Wraps any actor at evaluation: its action is projected by the CBF QP at a fixed gamma.
+
+    ``form`` "ct" (gamma: rate in 1/s) or "dcbf" (gamma: per-step fraction in (0, 1]); these are
+    the "baseline + CT-CBF filter" and "baseline + DCBF filter" arms. forward has the actor's
+    signature (pass deterministic=True at evaluation); sample and log_prob are the wrapped actor's.
+    info: ``nominal`` (B, 2) the wrapped actor's executed action, ``gamma`` (B, M) the fixed gamma,
+    ``proposal`` (= nominal), ``correction``, ``intervened``, ``infeasible``, ``h``, ``qp_ms`` (only
+    when ``time_qp``), as for BarrierNetActor. evaluate_actions delegates to the wrapped actor.
+    """
+
+    def __init__(self, actor: nn.Module, env_params: "EnvParams", cbf_params: "CBFParams", form: str, gamma: float):
+        super().__init__()
+        if form not in ("ct", "dcbf"):
+            raise ValueError(f"SafetyFilter form={form!r}; accepted: 'ct' or 'dcbf'")
+        gamma = float(gamma)
+        if not (0 < gamma <= 1 if form == "dcbf" else gamma > 0):
+            raise ValueError(f"SafetyFilter gamma={gamma} for form {form}; accepted: {'(0, 1]' if form == 'dcbf' else '> 0'}")
+        self.actor, self.env_params, self.cbf_params = actor, env_params, cbf_params
+        self.form, self.gamma = form, gamma
+        self.num_barriers = num_barriers(env_params.num_obstacles)
+        self.projection = _CBFProjection(env_params, cbf_params)
+
+    @property
+    def time_qp(self) -> bool:
+        return self.projection.time_qp
+
+    @time_qp.setter
+    def time_qp(self, value: bool) -> None:
+        self.projection.time_qp = bool(value)
+
+    def forward(self, obs: Tensor, safety: "SafetyState", deterministic: bool = False) -> ActorOutput:
+        if safety is None:
+            raise ValueError("SafetyFilter needs the SafetyState (got None)")
+        inner = self.actor(obs, safety, deterministic=deterministic)
+        proposal = inner.action.to(_safe_dtype(inner.action))
+        self.projection.qp_ms = []
+        with torch.autocast(device_type=proposal.device.type, enabled=False):
+            rows = self.projection.rows(safety, self.gamma, proposal, form=self.form)
+            executed, feasible = self.projection(proposal, rows)
+        gamma = proposal.new_full((proposal.shape[0], rows.h.shape[1]), self.gamma)
+        info = {"nominal": proposal, "gamma": gamma, "proposal": proposal, "infeasible": ~feasible, "h": rows.h}
+        info.update(_intervention_info(proposal, executed, self.cbf_params.intervention_tol))
+        if self.time_qp:
+            info["qp_ms"] = torch.tensor(sum(self.projection.qp_ms))
+        return ActorOutput(executed, inner.sample, inner.log_prob, info)
+
+    def evaluate_actions(self, obs: Tensor, safety: "SafetyState", sample: Tensor) -> tuple[Tensor, Tensor]:
+        return self.actor.evaluate_actions(obs, safety, sample)
+
+
+# ---------------------------------------------------------------------------------------------
+# Critic and factories
+
+
+class Critic(nn.Module):
+    """MLP (tanh, orthogonal sqrt(2)) -> value head (orthogonal gain 1.0); obs (B, obs_dim) -> (B,)."""
+
+    def __init__(self, obs_dim: int, hidden_sizes: Sequence[int] = (64, 64)):
+        super().__init__()
+        self.backbone = mlp_backbone(obs_dim, hidden_sizes)
+        self.value_head = _layer_init(nn.Linear(hidden_sizes[-1] if hidden_sizes else obs_dim, 1), 1.0)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.value_head(self.backbone(obs)).squeeze(-1)
+
+
+def make_actor(algo: str, obs_dim: int, params: "Params") -> nn.Module:
+    """``barriernet`` -> BarrierNetActor, ``baseline`` -> GaussianActor, from the params sections."""
+    if algo == "barriernet":
+        return BarrierNetActor(obs_dim, params.env, params.cbf, params.barriernet, params.train.hidden_sizes)
+    if algo == "baseline":
+        return GaussianActor(obs_dim, params.env, params.train.hidden_sizes, params.train.init_log_std)
+    raise ValueError(f"algo={algo!r} is unknown; accepted: {ALGOS}")
+
+
+def make_filter(actor: nn.Module, params: "Params", form: str, gamma: float | None = None) -> SafetyFilter:
+    """The post-hoc filter arm: ``actor`` projected by a ``form`` ("ct" | "dcbf") CBF-QP at
+    ``gamma`` (default ``cbf.filter_gamma``; note: for "ct" it is read as a rate in 1/s, for "dcbf"
+    as a per-step fraction, so the same number makes the ct filter dt times more conservative)."""
+    return SafetyFilter(actor, params.env, params.cbf, form, params.cbf.filter_gamma if gamma is None else gamma)
+
+
+__all__: list[Any] = [
+    "ActorOutput",
+    "BarrierNetActor",
+    "GaussianActor",
+    "SafetyFilter",
+    "Critic",
+    "make_actor",
+    "make_filter",
+]

@@ -1,0 +1,194 @@
+"""Control-barrier-function constraint rows for the pursuer's (v, w), batched.
+
+Virtual control point
+---------------------
+A unicycle's position derivative ``p' = v [cos t, sin t]`` does not contain the turn rate w, so a
+barrier on p alone cannot steer. We put the barrier on a point ``q = p + d [cos t, sin t]`` a
+distance ``d = cbf.lookahead`` ahead of the pursuer:
+
+    q' = J(t) u,   J(t) = [[cos t, -d sin t],
+                           [sin t,  d cos t]],   u = (v, w)
+
+so both v and w enter every constraint.
+
+Barriers (on q)
+---------------
+- obstacle i: ``h_i = |q - c_i|^2 - rho_i^2``, ``rho_i = r_i + robot_radius + safety_margin + d``.
+  Guarantee: ``|p - c_i| >= |q - c_i| - |q - p| = |q - c_i| - d``, so ``h_i >= 0`` implies
+  ``|p - c_i| >= r_i + robot_radius + safety_margin``: the env's own barrier (the one the metrics
+  use) is non-negative too.
+- walls, in the env's order +x, -x, +y, -y: ``h = W - q_x``, ``W + q_x``, ``W - q_y``, ``W + q_y`` with
+  ``W = L/2 - robot_radius - safety_margin - d``. Since ``|p_x - q_x| <= d``, ``h >= 0`` implies the
+  env's wall barrier ``L/2 - R - margin -/+ p_x >= 0``.
+
+Constraint forms (rows ``A u <= b``)
+------------------------------------
+- ``ct`` (continuous time): ``grad_h(q) . J u + gamma h >= 0``, i.e.
+  ``A_row = -grad_h(q) @ J``, ``b_row = gamma h``; gamma is a rate in 1/s.
+- ``dcbf`` (discrete time): ``h(x_{k+1}) >= (1 - gamma) h(x_k)`` with ``h(x_{k+1})`` linearised over
+  one step ``dt``: ``h + dt grad_h . J u >= (1 - gamma) h``, i.e. ``-dt grad_h @ J u <= gamma h``.
+  We divide the row by ``dt`` (same feasible set, rows on the scale of the ct rows and the bound
+  rows): ``A_row = -grad_h @ J``, ``b_row = (gamma / dt) h``. So DCBF with gamma equals CT with
+  ``gamma / dt``; gamma is a per-step fraction in (0, 1].
+
+Rows, in order: K obstacles, 4 walls (the M = K + 4 barrier rows, one gamma each), then 4 control
+bounds ``v <= v_max``, ``-v <= 0``, ``w <= w_max``, ``-w <= w_max``: m = K + 8 rows in all.
+Absent obstacles (``obstacle_mask`` False) are masked out (``mask`` False) and their rows hold the
+harmless, non-zero row ``-v <= 1`` so that even a solver that ignored the mask would not break.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:  # the env's SafetyState; any object with these fields works
+    from env.core import SafetyState
+    from tasks.params import CBFParams, EnvParams
+
+FORMS = ("dcbf", "ct")
+NUM_WALLS = 4
+NUM_BOUND_ROWS = 4
+
+
+class CBFRows(NamedTuple):
+    """The QP constraints ``A u <= b`` of one batch of states.
+
+    A: (B, m, 2), b: (B, m), mask: (B, m) bool (True where the row is real), with m = K + 8.
+    h: (B, M) barrier values on the virtual point, M = K + 4 (obstacles then walls +x, -x, +y, -y);
+    absent obstacles are +inf.
+    """
+
+    A: Tensor
+    b: Tensor
+    mask: Tensor
+    h: Tensor
+
+
+def num_barriers(num_obstacles: int) -> int:
+    """M: one barrier row per obstacle slot and per wall."""
+    return num_obstacles + NUM_WALLS
+
+
+def num_rows(num_obstacles: int) -> int:
+    """m: barrier rows plus the four control-bound rows."""
+    return num_obstacles + NUM_WALLS + NUM_BOUND_ROWS
+
+
+def virtual_point(pursuer: Tensor, lookahead: float) -> Tensor:
+    """q = p + d [cos t, sin t]; pursuer (..., 3) -> (..., 2)."""
+    theta = pursuer[..., 2]
+    return pursuer[..., :2] + lookahead * torch.stack((torch.cos(theta), torch.sin(theta)), dim=-1)
+
+
+def _barriers(safety: "SafetyState", env: "EnvParams", lookahead: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Barrier values and gradients on q.
+
+    Returns h (B, M) (finite everywhere: absent obstacles get a placeholder value),
+    grad (B, M, 2) = dh/dq, and the barrier mask (B, M) bool.
+    """
+    pursuer = safety.pursuer
+    q = virtual_point(pursuer, lookahead)  # (B, 2)
+    batch = pursuer.shape[0]
+    present = safety.obstacle_mask.to(torch.bool)
+    # Absent slots may hold anything (zeros, garbage, inf): replace before any arithmetic so that no
+    # NaN/inf reaches a row or a gradient.
+    centres = torch.where(present.unsqueeze(-1), safety.obstacle_centres, q.detach().unsqueeze(1) + 1.0)
+    radii = torch.where(present, safety.obstacle_radii, torch.zeros_like(safety.obstacle_radii))
+    rho = radii + (env.robot_radius + env.safety_margin + lookahead)
+    offset = q.unsqueeze(1) - centres  # (B, K, 2)
+    h_obstacles = (offset * offset).sum(-1) - rho * rho
+    grad_obstacles = 2.0 * offset
+
+    wall = env.arena_size / 2 - env.robot_radius - env.safety_margin - lookahead
+    qx, qy = q[:, 0], q[:, 1]
+    h_walls = torch.stack((wall - qx, wall + qx, wall - qy, wall + qy), dim=-1)  # (B, 4)
+    grad_walls = q.new_tensor([[-1.0, 0.0], [1.0, 0.0], [0.0, -1.0], [0.0, 1.0]]).expand(batch, NUM_WALLS, 2)
+
+    h = torch.cat((h_obstacles, h_walls), dim=1)
+    grad = torch.cat((grad_obstacles, grad_walls), dim=1)
+    mask = torch.cat((present, torch.ones(batch, NUM_WALLS, dtype=torch.bool, device=q.device)), dim=1)
+    return h, grad, mask
+
+
+def _check_gamma(gamma: float | Tensor, form: str, batch: int, barriers: int, like: Tensor) -> Tensor:
+    if isinstance(gamma, Tensor):
+        if gamma.dim() > 2:
+            raise ValueError(f"gamma has shape {tuple(gamma.shape)}; accepted: a float, (M,) or (B, M) = ({batch}, {barriers})")
+        try:
+            return torch.broadcast_to(gamma.to(like.dtype), (batch, barriers))
+        except RuntimeError:
+            raise ValueError(
+                f"gamma has shape {tuple(gamma.shape)}; accepted: a float, (M,) or (B, M) = ({batch}, {barriers})"
+            ) from None
+    gamma = float(gamma)
+    upper = 1.0 if form == "dcbf" else float("inf")
+    if not 0.0 < gamma <= upper:
+        accepted = "(0, 1] (a per-step fraction)" if form == "dcbf" else "> 0 (a rate in 1/s)"
+        raise ValueError(f"gamma={gamma} is invalid for the {form} form; accepted: {accepted}")
+    return like.new_full((batch, barriers), gamma)
+
+
+def cbf_rows(
+    safety: "SafetyState",
+    env_params: "EnvParams",
+    cbf_params: "CBFParams",
+    gamma: float | Tensor,
+    form: str | None = None,
+) -> CBFRows:
+    """Constraint rows ``A u <= b`` on u = (v, w) for a batch of states (see the module docstring).
+
+    safety: pursuer (B, 3), obstacle_centres (B, K, 2), obstacle_radii (B, K), obstacle_mask (B, K).
+    gamma: float (fixed) or a tensor (B, M) / (M,) (e.g. from a network; differentiable), M = K + 4.
+    form: "dcbf" or "ct"; None takes ``cbf_params.form``.
+    Returns CBFRows(A (B, m, 2), b (B, m), mask (B, m), h (B, M)), m = K + 8, in safety's dtype/device.
+    No host synchronisation.
+    """
+    form = cbf_params.form if form is None else form
+    if form not in FORMS:
+        raise ValueError(f"form={form!r} is unknown; accepted: {FORMS}")
+    pursuer = safety.pursuer
+    if pursuer.dim() != 2 or pursuer.shape[-1] != 3:
+        raise ValueError(f"safety.pursuer has shape {tuple(pursuer.shape)}; accepted: (B, 3) = x, y, theta")
+    batch, obstacles = safety.obstacle_radii.shape[0], safety.obstacle_radii.shape[-1]
+    if safety.obstacle_centres.shape != (batch, obstacles, 2) or safety.obstacle_mask.shape != (batch, obstacles):
+        raise ValueError(
+            f"safety obstacle fields disagree: centres {tuple(safety.obstacle_centres.shape)}, radii "
+            f"{tuple(safety.obstacle_radii.shape)}, mask {tuple(safety.obstacle_mask.shape)}; accepted: (B, K, 2), (B, K), (B, K)"
+        )
+    lookahead = cbf_params.lookahead
+    barriers = num_barriers(obstacles)
+    gamma = _check_gamma(gamma, form, batch, barriers, pursuer)
+    if form == "dcbf":
+        gamma = gamma / env_params.dt
+
+    h, grad, barrier_mask = _barriers(safety, env_params, lookahead)
+    theta = pursuer[:, 2]
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    # grad @ J(theta): J's columns are dq/dv = (cos, sin) and dq/dw = d (-sin, cos).
+    a_v = grad[..., 0] * cos.unsqueeze(1) + grad[..., 1] * sin.unsqueeze(1)
+    a_w = lookahead * (-grad[..., 0] * sin.unsqueeze(1) + grad[..., 1] * cos.unsqueeze(1))
+    a_barrier = -torch.stack((a_v, a_w), dim=-1)  # (B, M, 2)
+    b_barrier = gamma * h
+
+    # Masked rows: "-v <= 1", non-zero and always satisfied within the bounds.
+    placeholder_a = pursuer.new_tensor([-1.0, 0.0]).expand_as(a_barrier)
+    a_barrier = torch.where(barrier_mask.unsqueeze(-1), a_barrier, placeholder_a)
+    b_barrier = torch.where(barrier_mask, b_barrier, torch.ones_like(b_barrier))
+
+    v_max, w_max = env_params.pursuer_v_max, env_params.pursuer_w_max
+    a_bounds = pursuer.new_tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]]).expand(batch, NUM_BOUND_ROWS, 2)
+    b_bounds = pursuer.new_tensor([v_max, 0.0, w_max, w_max]).expand(batch, NUM_BOUND_ROWS)
+
+    A = torch.cat((a_barrier, a_bounds), dim=1)
+    b = torch.cat((b_barrier, b_bounds), dim=1)
+    mask = torch.cat((barrier_mask, torch.ones(batch, NUM_BOUND_ROWS, dtype=torch.bool, device=pursuer.device)), dim=1)
+    h_out = torch.where(barrier_mask, h, torch.full_like(h, float("inf")))
+    return CBFRows(A=A, b=b, mask=mask, h=h_out)
+
+
+def action_bounds(env_params: "EnvParams") -> tuple[tuple[float, float], tuple[float, float]]:
+    """((v_low, w_low), (v_high, w_high)) of the pursuer in physical units."""
+    return (0.0, -env_params.pursuer_w_max), (env_params.pursuer_v_max, env_params.pursuer_w_max)

@@ -1,0 +1,95 @@
+"""Command line: `python -m tasks <stage> [--params FILE] [--set key=value ...] [--algo A --seed S]`.
+
+Also `python -m tasks list` and `python -m tasks dvc-yaml [--check]` (regenerate dvc.yaml from
+the stage registry, or fail when the committed one has drifted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from tasks.params import ParamsError, load_params
+from tasks.registry import STAGES, dvc_yaml, iter_stages
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DVC_YAML_HEADER = "# Generated from tasks/registry.py by `python -m tasks dvc-yaml`; do not edit by hand.\n"
+
+
+def render_dvc_yaml() -> str:
+    from tasks._yaml import dump_yaml
+
+    return DVC_YAML_HEADER + dump_yaml(dvc_yaml())
+
+
+def _dvc_yaml_command(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    text = render_dvc_yaml()
+    if args.check:
+        current = path.read_text() if path.exists() else ""
+        if current != text:
+            print(f"{path} differs from the stage registry; run `python -m tasks dvc-yaml`", file=sys.stderr)
+            return 1
+        print(f"{path} matches the stage registry")
+        return 0
+    from tasks.io import write_text
+
+    write_text(path, text)
+    print(f"wrote {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tasks", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="list the stages")
+    gen = sub.add_parser("dvc-yaml", help="generate dvc.yaml from the stage registry")
+    gen.add_argument("--check", action="store_true", help="fail if the file differs instead of writing it")
+    gen.add_argument("--path", default=str(REPO_ROOT / "dvc.yaml"))
+    for stage in iter_stages():
+        p = sub.add_parser(stage.name, help=stage.help)
+        p.add_argument("--params", default=None, help="params file (default: the repo's params.yaml)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a param, YAML-typed (repeatable), e.g. --set train.seeds=[0,1]")
+        p.add_argument("--workdir", default=".", help="root under which results/ and reports/ are written")
+        for axis, _ in stage.matrix:
+            kind = int if axis == "seed" else str
+            p.add_argument(f"--{axis}", type=kind, default=None,
+                           help=f"run one matrix cell (default: every {axis} in params)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    if args.command == "list":
+        for stage in iter_stages():
+            axes = f" [matrix: {', '.join(a for a, _ in stage.matrix)}]" if stage.matrix else ""
+            print(f"{stage.name:14s} {stage.help}{axes}")
+        return 0
+    if args.command == "dvc-yaml":
+        return _dvc_yaml_command(args)
+
+    stage = STAGES[args.command]
+    try:  # validate everything before any work starts
+        params = load_params(args.params, args.overrides)
+    except ParamsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    cells = stage.cells(params)
+    chosen = {axis: getattr(args, axis) for axis, _ in stage.matrix if getattr(args, axis) is not None}
+    if chosen:
+        cells = [c for c in cells if all(c[k] == v for k, v in chosen.items())]
+        if not cells:
+            allowed = {axis: sorted({c[axis] for c in stage.cells(params)}) for axis in chosen}
+            print(f"error: {chosen} is not a cell of stage {stage.name}; accepted values: {allowed}", file=sys.stderr)
+            return 2
+    for cell in cells:
+        result = stage.run(params, args.workdir, **cell)
+        label = " ".join(f"{k}={v}" for k, v in cell.items())
+        print(f"{stage.name} {label} done: {json.dumps(result, default=str)[:500]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,446 @@
+"""The params schema: every knob of the pipeline, validated before any work starts.
+
+`load_params(path, overrides)` reads ``params.yaml``, applies ``--set a.b=value`` overrides
+(YAML-typed, so ``--set train.seeds=[0,1]`` gives a list) and validates the result with
+pydantic. Every error names the dotted key, the bad value and what would be accepted; an
+unknown key also names the nearest valid key.
+
+Defaults reproduce the reference scenario ("Phase 2.5", ../shared/DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_PARAMS_PATH = Path(__file__).resolve().parent.parent / "params.yaml"
+
+
+class ParamsError(ValueError):
+    """A params file or override is invalid; the message names the key and what is accepted."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class EnvParams(_Section):
+    """The pursuit-evasion scenario (DESIGN.md's scenario table)."""
+
+    arena_size: float = Field(20.0, gt=0, description="side of the square arena (m), centred at the origin")
+    num_obstacles: int = Field(2, ge=0, le=8, description="circular obstacles per episode")
+    observed_obstacles: int = Field(2, ge=0, le=8, description="K nearest obstacles in the observation")
+    obstacle_radius_min: float = Field(0.3, gt=0, description="obstacle radius lower bound (m)")
+    obstacle_radius_max: float = Field(1.0, gt=0, description="obstacle radius upper bound (m)")
+    obstacle_clearance: float = Field(0.5, ge=0, description="min gap between obstacles and robots at start (m)")
+    robot_radius: float = Field(0.15, gt=0, description="body radius of both robots (m)")
+    safety_margin: float = Field(0.1, ge=0, description="barrier h = clearance - margin; h < 0 is a CBF violation")
+    pursuer_v_max: float = Field(1.0, gt=0, description="pursuer speed limit, v in [0, v_max] (m/s)")
+    pursuer_w_max: float = Field(2.84, gt=0, description="pursuer turn-rate limit, w in [-w_max, w_max] (rad/s)")
+    evader_v_max: float = Field(1.0, ge=0, description="evader speed limit (m/s)")
+    evader_w_max: float = Field(2.84, ge=0, description="evader turn-rate limit (rad/s)")
+    evader_policy: Literal["random", "flee"] = Field("random", description="random: uniform action each step")
+    dt: float = Field(0.05, gt=0, le=1.0, description="integration step (s)")
+    max_steps: int = Field(600, ge=1, description="steps per episode before truncation")
+    start_distance_min: float = Field(3.0, ge=0, description="pursuer-evader distance at start, lower (m)")
+    start_distance_max: float = Field(15.0, gt=0, description="pursuer-evader distance at start, upper (m)")
+    capture_radius: float = Field(0.5, gt=0, description="capture when distance <= this (m)")
+    capture_reward: float = Field(100.0, description="reward on capture")
+    timeout_penalty: float = Field(-50.0, le=0, description="reward on truncation (timeout)")
+    collision_penalty: float = Field(-50.0, le=0, description="reward when the pursuer touches an obstacle or wall")
+    distance_shaping: float = Field(1.0, ge=0, description="reward += distance_shaping * (d_prev - d)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "EnvParams":
+        if self.obstacle_radius_max < self.obstacle_radius_min:
+            raise ValueError(
+                f"env.obstacle_radius_max={self.obstacle_radius_max} is below "
+                f"env.obstacle_radius_min={self.obstacle_radius_min}; accepted: max >= min"
+            )
+        if self.start_distance_max < self.start_distance_min:
+            raise ValueError(
+                f"env.start_distance_max={self.start_distance_max} is below "
+                f"env.start_distance_min={self.start_distance_min}; accepted: max >= min"
+            )
+        half = self.arena_size / 2
+        usable = half - self.robot_radius - self.safety_margin
+        if usable <= 0:
+            raise ValueError(
+                f"env.arena_size={self.arena_size} leaves no room for a robot of radius "
+                f"{self.robot_radius} with margin {self.safety_margin}"
+            )
+        if self.start_distance_min > math.sqrt(2) * 2 * usable:
+            raise ValueError(
+                f"env.start_distance_min={self.start_distance_min} cannot fit in an arena of size "
+                f"{self.arena_size}; accepted: < {math.sqrt(2) * 2 * usable:.2f}"
+            )
+        if self.capture_radius >= self.start_distance_min and self.start_distance_min > 0:
+            raise ValueError(
+                f"env.capture_radius={self.capture_radius} >= env.start_distance_min="
+                f"{self.start_distance_min}: episodes would start captured; accepted: smaller radius"
+            )
+        # Obstacles must be placeable with the clearance: their area (with clearance) may
+        # take at most a third of the arena, else rejection sampling cannot succeed reliably.
+        if self.num_obstacles:
+            r_eff = self.obstacle_radius_max + self.obstacle_clearance + self.robot_radius
+            if 2 * r_eff >= self.arena_size:
+                raise ValueError(
+                    f"env.obstacle_radius_max={self.obstacle_radius_max} with clearance "
+                    f"{self.obstacle_clearance} does not fit in arena_size={self.arena_size}"
+                )
+            share = self.num_obstacles * math.pi * r_eff**2 / self.arena_size**2
+            if share > 1 / 3:
+                raise ValueError(
+                    f"env.num_obstacles={self.num_obstacles} obstacles of radius up to "
+                    f"{self.obstacle_radius_max} with clearance {self.obstacle_clearance} cannot be "
+                    f"placed in a {self.arena_size} m arena (they would cover {share:.0%}; "
+                    "accepted: at most a third)"
+                )
+        return self
+
+
+class CBFParams(_Section):
+    """Control-barrier-function rows shared by BarrierNet and the post-hoc filters."""
+
+    form: Literal["dcbf", "ct"] = Field("dcbf", description="dcbf: h(x+) >= (1-gamma) h(x); ct: h' + gamma h >= 0")
+    lookahead: float = Field(0.2, gt=0, description="virtual control point distance ahead of the pursuer (m)")
+    qp_backend: Literal["exact", "qpth"] = Field("exact", description="QP solver used in the policies")
+    action_weights: list[float] = Field([1.0, 0.1], min_length=2, max_length=2, description="QP cost diag for (v, w)")
+    filter_gamma: float = Field(0.2, gt=0, le=1, description="fixed class-K gamma of the post-hoc filters")
+    intervention_tol: float = Field(1e-3, gt=0, description="|safe - nominal| above this counts as an intervention")
+
+    @field_validator("action_weights")
+    @classmethod
+    def _positive(cls, value: list[float]) -> list[float]:
+        if any(w <= 0 for w in value):
+            raise ValueError(f"cbf.action_weights={value} must be positive (QP cost must be strictly convex)")
+        return value
+
+
+class BarrierNetParams(_Section):
+    """BarrierNet actor: nominal head + class-K head -> CBF rows -> QP."""
+
+    update_mode: Literal["through_qp", "nominal"] = Field(
+        "through_qp", description="through_qp: log-prob under the QP mean (gamma learns); nominal: the reference's choice"
+    )
+    gamma_min: float = Field(0.05, gt=0, le=1, description="lower end of the learned class-K gamma")
+    gamma_max: float = Field(1.0, gt=0, le=1, description="upper end of the learned class-K gamma")
+    exploration_std: list[float] = Field([0.3, 0.6], min_length=2, max_length=2, description="fixed std (v, w)")
+
+    @model_validator(mode="after")
+    def _range(self) -> "BarrierNetParams":
+        if self.gamma_max <= self.gamma_min:
+            raise ValueError(f"barriernet.gamma_max={self.gamma_max} must exceed gamma_min={self.gamma_min}")
+        if any(s <= 0 for s in self.exploration_std):
+            raise ValueError(f"barriernet.exploration_std={self.exploration_std} must be positive")
+        return self
+
+
+class TrainParams(_Section):
+    """PPO training: equal budgets for every algorithm and seed (CleanRL-style defaults)."""
+
+    algos: list[Literal["barriernet", "baseline"]] = Field(["barriernet", "baseline"], min_length=1)
+    seeds: list[int] = Field([0, 1, 2], min_length=1, description="training seeds (disjoint from eval.seed_base range)")
+    total_steps: int = Field(1_000_000, ge=1, description="env steps per (algo, seed)")
+    num_envs: int = Field(64, ge=1, le=65536)
+    rollout_steps: int = Field(128, ge=1, description="steps per env per rollout")
+    num_minibatches: int = Field(4, ge=1)
+    update_epochs: int = Field(10, ge=1)
+    learning_rate: float = Field(3e-4, gt=0, lt=1)
+    anneal_lr: bool = True
+    gamma: float = Field(0.99, gt=0, le=1, description="discount")
+    gae_lambda: float = Field(0.95, ge=0, le=1)
+    clip_coef: float = Field(0.2, gt=0)
+    clip_vloss: bool = True
+    ent_coef: float = Field(0.0, ge=0)
+    vf_coef: float = Field(0.5, ge=0)
+    max_grad_norm: float = Field(0.5, gt=0)
+    target_kl: float | None = Field(None, gt=0)
+    hidden_sizes: list[int] = Field([64, 64], min_length=1)
+    init_log_std: float = Field(-0.5, description="baseline's initial state-independent log-std")
+    norm_obs: bool = True
+    rollout_device: Literal["cpu", "cuda"] = "cpu"
+    update_device: Literal["auto", "cpu", "cuda"] = "auto"
+    mixed_precision: bool = Field(True, description="autocast + GradScaler on CUDA only")
+    checkpoint_every: int = Field(10, ge=1, description="updates between checkpoints")
+    torch_threads: int = Field(0, ge=0, description="0: leave torch's default")
+    log_every: int = Field(1, ge=1, description="updates between logged points")
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"train.seeds={value} has duplicates; accepted: distinct integers")
+        if any(s < 0 for s in value):
+            raise ValueError(f"train.seeds={value} has a negative seed; accepted: integers >= 0")
+        return value
+
+    @field_validator("algos")
+    @classmethod
+    def _unique_algos(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"train.algos={value} has duplicates")
+        return value
+
+    @field_validator("hidden_sizes")
+    @classmethod
+    def _positive_sizes(cls, value: list[int]) -> list[int]:
+        if any(h <= 0 for h in value):
+            raise ValueError(f"train.hidden_sizes={value} must be positive integers")
+        return value
+
+    @model_validator(mode="after")
+    def _batch(self) -> "TrainParams":
+        batch = self.num_envs * self.rollout_steps
+        if batch % self.num_minibatches:
+            raise ValueError(
+                f"train.num_minibatches={self.num_minibatches} does not divide the rollout batch "
+                f"num_envs*rollout_steps={batch}; accepted: a divisor of {batch}"
+            )
+        return self
+
+    @property
+    def batch_size(self) -> int:
+        return self.num_envs * self.rollout_steps
+
+    @property
+    def minibatch_size(self) -> int:
+        return self.batch_size // self.num_minibatches
+
+    @property
+    def num_updates(self) -> int:
+        return max(1, math.ceil(self.total_steps / self.batch_size))
+
+
+ARMS = ("barriernet", "baseline", "baseline_ct_filter", "baseline_dcbf_filter")
+
+
+class EvalParams(_Section):
+    """Auto-evaluation: paired episodes, deterministic actions."""
+
+    episodes: int = Field(200, ge=1, description="episodes per (arm, seed)")
+    seed_base: int = Field(1_000_000, ge=0, description="episode e uses env seed seed_base + e")
+    num_envs: int = Field(200, ge=1, description="episodes run side by side")
+    arms: list[Literal["barriernet", "baseline", "baseline_ct_filter", "baseline_dcbf_filter"]] = Field(
+        list(ARMS), min_length=1
+    )
+    trajectory_episode: int = Field(0, ge=0, description="episode drawn as trajectories in the report")
+
+
+class QPBenchmarkParams(_Section):
+    batch_sizes: list[int] = Field([1, 16, 64, 256, 1024, 4096], min_length=1)
+    repeats: int = Field(20, ge=1)
+    warmup: int = Field(3, ge=0)
+    obstacle_counts: list[int] = Field([2, 8], min_length=1)
+    dtypes: list[Literal["float64", "float32"]] = Field(["float64", "float32"], min_length=1)
+    devices: list[Literal["cpu", "cuda"]] = Field(["cpu", "cuda"], description="cuda is skipped when absent")
+    qpth_max_batch: int = Field(4096, ge=1, description="skip qpth above this batch (it is slow)")
+
+    @field_validator("batch_sizes", "obstacle_counts")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if any(v < 0 for v in value):
+            raise ValueError(f"{value} has a negative entry")
+        return value
+
+
+class DecisionParams(_Section):
+    """The decision rule: BarrierNet vs the baseline arms, on paired differences across seeds."""
+
+    max_capture_loss: float = Field(0.05, ge=0, le=1, description="largest acceptable drop in capture rate")
+    min_collision_reduction: float = Field(0.01, ge=0, le=1, description="smallest collision-rate cut that matters")
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    bootstrap_samples: int = Field(2000, ge=100)
+    bootstrap_seed: int = Field(0, ge=0)
+
+
+class OrchestrationParams(_Section):
+    retries: int = Field(2, ge=0)
+    retry_delay_seconds: float = Field(2.0, ge=0)
+    stage_timeout_seconds: float = Field(6 * 3600, gt=0)
+    dask_address: str | None = Field(None, description="existing Dask scheduler; None: a local cluster")
+    dask_workers: int = Field(2, ge=1)
+
+
+class GPUParams(_Section):
+    min_free_mb: int = Field(1024, ge=0)
+    poll_seconds: float = Field(5.0, gt=0)
+    wait_timeout_seconds: float = Field(600.0, ge=0)
+    on_timeout: Literal["fallback_cpu", "fail"] = "fallback_cpu"
+    min_minibatch: int = Field(64, ge=1)
+
+
+class Params(_Section):
+    env: EnvParams = EnvParams()
+    cbf: CBFParams = CBFParams()
+    barriernet: BarrierNetParams = BarrierNetParams()
+    train: TrainParams = TrainParams()
+    eval: EvalParams = EvalParams()
+    qp_benchmark: QPBenchmarkParams = QPBenchmarkParams()
+    decision: DecisionParams = DecisionParams()
+    orchestration: OrchestrationParams = OrchestrationParams()
+    gpu: GPUParams = GPUParams()
+
+    @model_validator(mode="after")
+    def _cross(self) -> "Params":
+        if self.env.observed_obstacles > 8:
+            raise ValueError("env.observed_obstacles must be <= 8")
+        eval_seeds = range(self.eval.seed_base, self.eval.seed_base + self.eval.episodes)
+        clash = [s for s in self.train.seeds if s in eval_seeds]
+        if clash:
+            raise ValueError(
+                f"train.seeds {clash} fall in the evaluation seed range [{eval_seeds.start}, "
+                f"{eval_seeds.stop}); accepted: seeds outside it (or move eval.seed_base)"
+            )
+        top_train_env_seed = (max(self.train.seeds) + 1) * self.train.num_envs
+        if top_train_env_seed > self.eval.seed_base:
+            raise ValueError(
+                f"train.seeds up to {max(self.train.seeds)} with train.num_envs={self.train.num_envs} use env "
+                f"seeds up to {top_train_env_seed - 1}, which reach eval.seed_base={self.eval.seed_base}; "
+                "accepted: smaller seeds or a larger eval.seed_base (training and evaluation episodes must differ)"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading, overrides and error messages
+
+
+def _valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        dotted = f"{prefix}{name}"
+        keys.append(dotted)
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys.extend(_valid_keys(ann, dotted + "."))
+    return keys
+
+
+VALID_KEYS: list[str] = _valid_keys(Params)
+
+
+def nearest_key(key: str) -> str | None:
+    match = difflib.get_close_matches(key, VALID_KEYS, n=1, cutoff=0.4)
+    if not match:  # compare the last component too: "train.seed" -> "train.seeds"
+        leaf = key.rsplit(".", 1)[-1]
+        leaves = {k.rsplit(".", 1)[-1]: k for k in VALID_KEYS}
+        close = difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.5)
+        match = [leaves[close[0]]] if close else []
+    return match[0] if match else None
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(p) for p in error["loc"])
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        hint = nearest_key(key)
+        near = f"; did you mean '{hint}'?" if hint else ""
+        return f"unknown key '{key}'{near}"
+    value = error.get("input")
+    msg = error["msg"]
+    if kind == "value_error":  # our own validators already name key and accepted values
+        return f"{key or 'params'}: {msg.removeprefix('Value error, ')}"
+    return f"{key}={value!r} is invalid: {msg}"
+
+
+def validate_params(raw: Mapping[str, Any], source: str = "params") -> Params:
+    """Validate a nested mapping; raise ParamsError with one line per problem."""
+    if not isinstance(raw, Mapping):
+        raise ParamsError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(dict(raw))
+    except ValidationError as exc:
+        lines = [_describe(e) for e in exc.errors()]
+        raise ParamsError(f"{source}: invalid params:\n  " + "\n  ".join(lines)) from None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`'a.b=value'` -> ('a.b', yaml-typed value)."""
+    if "=" not in text:
+        raise ParamsError(f"override '{text}' is not key=value (example: --set train.total_steps=20000)")
+    key, _, value = text.partition("=")
+    key = key.strip()
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"override '{text}': value is not valid YAML ({exc.problem})") from None
+    return key, parsed
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a copy of `raw` with dotted-key overrides set; unknown keys raise ParamsError."""
+    merged = copy.deepcopy(dict(raw))
+    for key, value in overrides.items():
+        if key not in VALID_KEYS:
+            hint = nearest_key(key)
+            near = f"; did you mean '{hint}'?" if hint else ""
+            raise ParamsError(f"override: unknown key '{key}'{near}")
+        node = merged
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ParamsError(f"override '{key}': '{part}' is not a section")
+        node[parts[-1]] = value
+    return merged
+
+
+def load_params(
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | list[str] | None = None,
+) -> Params:
+    """Read params.yaml (default: the repo's), apply overrides, validate.
+
+    `overrides` is either a mapping ``{"train.total_steps": 20000}`` (the Prefect flow's
+    parameter) or a list of ``"key=value"`` strings (the command line's ``--set``).
+    """
+    path = Path(path) if path is not None else DEFAULT_PARAMS_PATH
+    if not path.exists():
+        raise ParamsError(f"params file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"params file {path} is not valid YAML: {exc}") from None
+    if isinstance(overrides, (list, tuple)):
+        overrides = dict(parse_override(o) for o in overrides)
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+    return validate_params(raw, source=str(path))
+
+
+def params_hash(data: Mapping[str, Any]) -> str:
+    """Stable short hash of a (nested) mapping of plain values."""
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# Keys that do not change what training computes (where/how often it saves, logs, which
+# device it updates on is kept: float results differ across devices).
+_TRAIN_KEYS_NOT_SHAPING = {"algos", "seeds", "checkpoint_every", "log_every"}
+
+
+def training_config(params: Params, algo: str, seed: int) -> dict[str, Any]:
+    """The params that shape one training run; its hash keys the resume state."""
+    train = {k: v for k, v in params.train.model_dump(mode="json").items() if k not in _TRAIN_KEYS_NOT_SHAPING}
+    config = {
+        "algo": algo,
+        "seed": seed,
+        "env": params.env.model_dump(mode="json"),
+        "train": train,
+    }
+    if algo == "barriernet":
+        config["cbf"] = params.cbf.model_dump(mode="json")
+        config["barriernet"] = params.barriernet.model_dump(mode="json")
+    return config

@@ -1,0 +1,172 @@
+"""The stage registry: the one place that says what each pipeline stage reads and writes.
+
+Both front doors read it: `python -m tasks <stage>` (and through it `dvc repro`, whose
+dvc.yaml is generated from this file by `python -m tasks dvc-yaml`) and the Prefect flow in
+`flows/`. Paths may hold `{algo}` and `{seed}` for matrix stages; they become
+`${item.algo}` / `${item.seed}` in dvc.yaml and concrete values on the command line.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from tasks.params import Params
+
+PYTHON = "python"
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    target: str  # "module:function" — imported lazily so the CLI starts fast
+    help: str
+    code: tuple[str, ...]  # source files/folders the stage's result depends on
+    deps: tuple[str, ...] = ()  # data produced by earlier stages
+    params: tuple[str, ...] = ()  # params.yaml keys (sections or dotted keys)
+    outs: tuple[str, ...] = ()  # cached outputs (DVC deletes these before running the stage)
+    metrics: tuple[str, ...] = ()  # small JSON metrics (not cached; `dvc metrics show`)
+    plots: tuple[Any, ...] = ()  # files or {file: {x:, y:, ...}} specs for `dvc plots show`
+    matrix: tuple[tuple[str, str], ...] = ()  # (axis, params key holding its values)
+    persist: tuple[str, ...] = field(default=())  # outs DVC must not delete
+
+    @property
+    def function(self) -> Callable[..., dict]:
+        module, _, name = self.target.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+    def cells(self, params: Params) -> list[dict[str, Any]]:
+        """Every matrix cell, e.g. [{'algo': 'barriernet', 'seed': 0}, ...]; [{}] without a matrix."""
+        cells: list[dict[str, Any]] = [{}]
+        for axis, key in self.matrix:
+            values = _lookup(params, key)
+            cells = [{**cell, axis: value} for cell in cells for value in values]
+        return cells
+
+    def paths(self, kind: str, cell: dict[str, Any]) -> list[str]:
+        """Concrete `deps`/`outs`/`metrics` paths of one cell."""
+        return [p.format(**cell) for p in getattr(self, kind)]
+
+    def run(self, params: Params, workdir: str | Path = ".", **cell: Any) -> dict:
+        return self.function(params, Path(workdir), **cell)
+
+
+def _lookup(params: Params, dotted: str) -> Any:
+    node: Any = params
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+ENV_CODE = ("env",)
+MODEL_CODE = ("model",)
+
+STAGES: dict[str, Stage] = {
+    stage.name: stage
+    for stage in [
+        Stage(
+            name="qp_benchmark",
+            target="tasks.qp_benchmark:run",
+            help="time qpth against the exact solver on CBF problems from real env states",
+            code=("tasks/qp_benchmark.py", "tasks/params.py", "model/qp.py", "model/cbf.py", *ENV_CODE),
+            params=("env", "cbf", "qp_benchmark"),
+            outs=("results/qp_benchmark/table.csv", "results/qp_benchmark/speed.png"),
+            metrics=("results/qp_benchmark/metrics.json",),
+        ),
+        Stage(
+            name="train",
+            target="tasks.train:run",
+            help="PPO training of one (algo, seed) cell; resumes from its checkpoint",
+            code=("tasks/train.py", "tasks/params.py", *ENV_CODE, *MODEL_CODE),
+            params=("env", "cbf", "barriernet", "train"),
+            outs=("results/train/{algo}-s{seed}/model.pt", "results/train/{algo}-s{seed}/summary.json"),
+            plots=("results/train/{algo}-s{seed}/live/plots/metrics",),
+            matrix=(("algo", "train.algos"), ("seed", "train.seeds")),
+        ),
+        Stage(
+            name="evaluate",
+            target="tasks.evaluate:run",
+            help="evaluate one (algo, seed) cell on eval.episodes paired episodes, every arm of it",
+            code=("tasks/evaluate.py", "tasks/params.py", *ENV_CODE, *MODEL_CODE),
+            deps=("results/train/{algo}-s{seed}/model.pt",),
+            params=("env", "cbf", "eval"),
+            outs=("results/eval/{algo}-s{seed}",),
+            matrix=(("algo", "train.algos"), ("seed", "train.seeds")),
+        ),
+        Stage(
+            name="compare",
+            target="tasks.compare:run",
+            help="rates with Wilson and bootstrap intervals, paired differences, the decision",
+            code=("tasks/compare.py", "tasks/stats.py", "tasks/params.py"),
+            deps=("results/eval",),
+            params=("train.algos", "train.seeds", "eval", "decision"),
+            outs=("results/compare/summary.csv",),
+            metrics=("results/compare/metrics.json",),
+        ),
+        Stage(
+            name="report",
+            target="tasks.report:run",
+            help="the markdown decision report and its figures in reports/",
+            code=("tasks/report.py", "tasks/params.py"),
+            deps=("results/compare", "results/eval", "results/train", "results/qp_benchmark"),
+            params=("train", "eval", "decision"),
+            outs=("reports/decision_report.md", "reports/figures"),
+        ),
+    ]
+}
+
+PIPELINE_ORDER = ("qp_benchmark", "train", "evaluate", "compare", "report")
+
+
+def get_stage(name: str) -> Stage:
+    try:
+        return STAGES[name]
+    except KeyError:
+        raise KeyError(f"unknown stage '{name}'; accepted: {', '.join(STAGES)}") from None
+
+
+def iter_stages() -> Iterator[Stage]:
+    for name in PIPELINE_ORDER:
+        yield STAGES[name]
+
+
+# ---------------------------------------------------------------------------------------------
+# dvc.yaml
+
+
+def _dvc_path(path: str) -> str:
+    return path.replace("{algo}", "${item.algo}").replace("{seed}", "${item.seed}")
+
+
+def dvc_yaml() -> dict[str, Any]:
+    """The dvc.yaml contents generated from the registry (`python -m tasks dvc-yaml`)."""
+    stages: dict[str, Any] = {}
+    for stage in iter_stages():
+        entry: dict[str, Any] = {}
+        if stage.matrix:
+            entry["matrix"] = {axis: "${" + key + "}" for axis, key in stage.matrix}
+        cmd = f"{PYTHON} -m tasks {stage.name}"
+        for axis, _ in stage.matrix:
+            cmd += f" --{axis} ${{item.{axis}}}"
+        entry["cmd"] = cmd
+        entry["deps"] = [*stage.code, *(_dvc_path(d) for d in stage.deps)]
+        entry["params"] = list(stage.params)
+        outs: list[Any] = []
+        for out in stage.outs:
+            path = _dvc_path(out)
+            outs.append({path: {"persist": True}} if out in stage.persist else path)
+        if outs:
+            entry["outs"] = outs
+        if stage.metrics:
+            entry["metrics"] = [{_dvc_path(m): {"cache": False}} for m in stage.metrics]
+        if stage.plots:
+            entry["plots"] = [{_dvc_path(p): {"cache": False}} for p in stage.plots]
+        stages[stage.name] = entry
+    return {"stages": stages, "plots": PLOTS}
+
+
+# Top-level plots: the report's PNG figures (evaluation charts); the training curves are the
+# train stage's DVCLive plots above. `dvc plots show` renders both.
+PLOTS: list[Any] = ["reports/figures"]

@@ -1,0 +1,235 @@
+"""CBF rows against the true unicycle motion, an independent QP solver and the env's barrier."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+import quadprog
+import torch
+
+from model.cbf import CBFRows, cbf_rows, num_barriers, num_rows, virtual_point
+from tasks.params import CBFParams, EnvParams
+
+try:
+    from env.core import SafetyState
+except ImportError:  # env/core.py is written in parallel; same fields
+
+    class SafetyState(NamedTuple):
+        pursuer: torch.Tensor
+        obstacle_centres: torch.Tensor
+        obstacle_radii: torch.Tensor
+        obstacle_mask: torch.Tensor
+
+
+ENV = EnvParams()
+CBF = CBFParams()
+
+
+def unicycle_step(pose: np.ndarray, u: np.ndarray, dt: float) -> np.ndarray:
+    """Exact unicycle flow over dt with constant (v, w); pose (N, 3), u (N, 2)."""
+    x, y, t = pose.T
+    v, w = u.T
+    small = np.abs(w) < 1e-9
+    w_safe = np.where(small, 1.0, w)
+    t1 = t + w * dt
+    x1 = np.where(small, x + v * dt * np.cos(t), x + v / w_safe * (np.sin(t1) - np.sin(t)))
+    y1 = np.where(small, y + v * dt * np.sin(t), y - v / w_safe * (np.cos(t1) - np.cos(t)))
+    return np.stack([x1, y1, t1], axis=1)
+
+
+def barrier_on_q(pose: np.ndarray, centres: np.ndarray, radii: np.ndarray, env: EnvParams, d: float) -> np.ndarray:
+    """h (N, K + 4) written out again in numpy: |q-c|^2 - rho^2, then walls +x, -x, +y, -y."""
+    q = pose[:, :2] + d * np.stack([np.cos(pose[:, 2]), np.sin(pose[:, 2])], axis=1)
+    rho = radii + env.robot_radius + env.safety_margin + d
+    h_obs = ((q[:, None, :] - centres) ** 2).sum(-1) - rho**2
+    wall = env.arena_size / 2 - env.robot_radius - env.safety_margin - d
+    h_wall = np.stack([wall - q[:, 0], wall + q[:, 0], wall - q[:, 1], wall + q[:, 1]], axis=1)
+    return np.concatenate([h_obs, h_wall], axis=1)
+
+
+def random_states(n: int, k: int, seed: int, dtype=torch.float64) -> SafetyState:
+    g = np.random.default_rng(seed)
+    half = ENV.arena_size / 2 - 1.0
+    pursuer = np.column_stack([g.uniform(-half, half, (n, 2)), g.uniform(-math.pi, math.pi, n)])
+    centres = g.uniform(-half, half, (n, k, 2))
+    radii = g.uniform(ENV.obstacle_radius_min, ENV.obstacle_radius_max, (n, k))
+    t = lambda a: torch.tensor(a, dtype=dtype)  # noqa: E731
+    return SafetyState(t(pursuer), t(centres), t(radii), torch.ones(n, k, dtype=torch.bool))
+
+
+def solve_reference(H: np.ndarray, f: np.ndarray, A: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """quadprog (Goldfarb-Idnani): min 1/2 u'Hu + f'u s.t. A u <= b  <=>  (-A) u >= -b."""
+    return quadprog.solve_qp(H, -f, -A.T, -b, 0)[0]
+
+
+def test_shapes_and_row_counts():
+    safety = random_states(5, 3, 0)
+    rows = cbf_rows(safety, ENV, CBF, 0.3)
+    assert isinstance(rows, CBFRows)
+    m, big_m = num_rows(3), num_barriers(3)
+    assert (m, big_m) == (11, 7)
+    assert rows.A.shape == (5, m, 2) and rows.b.shape == (5, m) and rows.mask.shape == (5, m)
+    assert rows.h.shape == (5, big_m) and rows.mask.dtype == torch.bool
+    h_ref = barrier_on_q(safety.pursuer.numpy(), safety.obstacle_centres.numpy(), safety.obstacle_radii.numpy(), ENV, CBF.lookahead)
+    np.testing.assert_allclose(rows.h.numpy(), h_ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_dcbf_rows_predict_next_barrier_to_second_order(seed):
+    """h(x_{k+1}) = h(x_k) - dt * (A u) + O(dt^2) along the exact unicycle flow (A is the dcbf row / dt)."""
+    n, k = 200, 3
+    safety = random_states(n, k, seed)
+    g = np.random.default_rng(100 + seed)
+    u = np.column_stack([g.uniform(0, ENV.pursuer_v_max, n), g.uniform(-ENV.pursuer_w_max, ENV.pursuer_w_max, n)])
+    pose = safety.pursuer.numpy()
+    h0 = barrier_on_q(pose, safety.obstacle_centres.numpy(), safety.obstacle_radii.numpy(), ENV, CBF.lookahead)
+    errors = []
+    for dt in (0.02, 0.01, 0.005):
+        env = ENV.model_copy(update={"dt": dt})
+        rows = cbf_rows(safety, env, CBF, 0.5, form="dcbf")
+        A = rows.A[:, : k + 4].numpy()
+        predicted = h0 - dt * np.einsum("nmj,nj->nm", A, u)
+        true = barrier_on_q(unicycle_step(pose, u, dt), safety.obstacle_centres.numpy(), safety.obstacle_radii.numpy(), env, CBF.lookahead)
+        errors.append(np.abs(true - predicted).max())
+        # the first-order term itself is not negligible: the rows carry information
+        assert np.abs(true - h0).max() > 20 * errors[-1]
+    # second order: halving dt quarters the error
+    assert 3.0 < errors[0] / errors[1] < 5.0 and 3.0 < errors[1] / errors[2] < 5.0
+
+
+def test_ct_rows_are_dcbf_rows_with_gamma_over_dt():
+    safety = random_states(16, 2, 3)
+    gamma = torch.rand(16, num_barriers(2), dtype=torch.float64) * 0.9 + 0.05
+    dcbf = cbf_rows(safety, ENV, CBF, gamma, form="dcbf")
+    ct = cbf_rows(safety, ENV, CBF, gamma / ENV.dt, form="ct")
+    torch.testing.assert_close(dcbf.A, ct.A, rtol=0, atol=0)
+    torch.testing.assert_close(dcbf.b, ct.b, rtol=1e-14, atol=1e-12)
+    # ct: b = gamma h on the barrier rows, straight from the definition
+    torch.testing.assert_close(ct.b[:, :6], gamma / ENV.dt * ct.h, rtol=1e-14, atol=1e-12)
+    # form=None takes cbf.form
+    default = cbf_rows(safety, ENV, CBFParams(form="ct"), gamma / ENV.dt)
+    torch.testing.assert_close(default.b, ct.b, rtol=0, atol=0)
+
+
+def test_fixed_gamma_equals_constant_tensor_and_gamma_is_differentiable():
+    safety = random_states(8, 2, 4)
+    fixed = cbf_rows(safety, ENV, CBF, 0.25)
+    gamma = torch.full((8, 6), 0.25, dtype=torch.float64, requires_grad=True)
+    learned = cbf_rows(safety, ENV, CBF, gamma)
+    torch.testing.assert_close(fixed.b, learned.b, rtol=0, atol=0)
+    learned.b[:, :6].sum().backward()
+    torch.testing.assert_close(gamma.grad, fixed.h / ENV.dt)
+
+
+def test_bound_rows_describe_the_action_box():
+    safety = random_states(1, 0, 5)
+    rows = cbf_rows(safety, ENV, CBF, 0.5)
+    A, b = rows.A[0, -4:], rows.b[0, -4:]
+    inside = torch.tensor([[0.0, -2.84], [1.0, 2.84], [0.5, 0.0]], dtype=torch.float64)
+    outside = torch.tensor([[-0.01, 0.0], [1.01, 0.0], [0.5, 2.85], [0.5, -2.85]], dtype=torch.float64)
+    assert bool(((inside @ A.T) <= b + 1e-12).all())
+    assert bool(((outside @ A.T) > b).any(dim=1).all())
+
+
+def test_absent_obstacles_are_masked_not_zero_rows():
+    safety = random_states(6, 2, 6)
+    # slot 1 absent in envs 0..2, holding garbage the env might leave there
+    mask = torch.ones(6, 2, dtype=torch.bool)
+    mask[:3, 1] = False
+    centres = safety.obstacle_centres.clone()
+    centres[0, 1] = float("nan")
+    centres[1, 1] = float("inf")
+    radii = safety.obstacle_radii.clone()
+    radii[2, 1] = float("nan")
+    partial = SafetyState(safety.pursuer, centres, radii, mask)
+    gamma = torch.full((6, 6), 0.3, dtype=torch.float64, requires_grad=True)
+    rows = cbf_rows(partial, ENV, CBF, gamma)
+    assert torch.isfinite(rows.A).all() and torch.isfinite(rows.b).all()
+    assert rows.mask[:3, 1].logical_not().all() and rows.mask[3:].all() and rows.mask[:, 2:].all()
+    assert torch.isinf(rows.h[:3, 1]).all() and torch.isfinite(rows.h[3:]).all()
+    assert (rows.A.abs().sum(-1) > 0).all(), "no zero rows, masked or not"
+    rows.b.sum().backward()
+    assert torch.isfinite(gamma.grad).all() and (gamma.grad[:3, 1] == 0).all()
+    # present rows equal the rows of the same states with only the present obstacles
+    only_first = SafetyState(safety.pursuer[:3], safety.obstacle_centres[:3, :1], safety.obstacle_radii[:3, :1], mask[:3, :1])
+    ref = cbf_rows(only_first, ENV, CBF, 0.3)
+    keep = [0, 2, 3, 4, 5, 6, 7, 8, 9]  # drop the absent slot's row
+    torch.testing.assert_close(rows.A[:3, keep], ref.A)
+    torch.testing.assert_close(rows.b[:3, keep].detach(), ref.b)
+
+
+def test_no_obstacles():
+    safety = SafetyState(
+        torch.zeros(3, 3), torch.zeros(3, 0, 2), torch.zeros(3, 0), torch.zeros(3, 0, dtype=torch.bool)
+    )
+    rows = cbf_rows(safety, ENV, CBF, 0.2)
+    assert rows.A.shape == (3, 8, 2) and rows.h.shape == (3, 4) and rows.A.dtype == torch.float32
+
+
+def test_nonnegative_barrier_on_q_implies_env_barrier():
+    """|q - c| >= rho = r + R + margin + d  =>  |p - c| >= r + R + margin (and likewise for walls)."""
+    safety = random_states(20000, 2, 7)
+    rows = cbf_rows(safety, ENV, CBF, 0.5)
+    p = safety.pursuer[:, :2]
+    clearance = (p.unsqueeze(1) - safety.obstacle_centres).norm(dim=-1) - safety.obstacle_radii
+    env_h_obs = clearance - ENV.robot_radius - ENV.safety_margin
+    wall = ENV.arena_size / 2 - ENV.robot_radius - ENV.safety_margin
+    env_h_wall = torch.stack([wall - p[:, 0], wall + p[:, 0], wall - p[:, 1], wall + p[:, 1]], dim=1)
+    env_h = torch.cat([env_h_obs, env_h_wall], dim=1)
+    safe_on_q = rows.h >= 0
+    assert safe_on_q.sum() > 1000 and (~safe_on_q).sum() > 100  # both cases exercised
+    assert bool((env_h[safe_on_q] >= -1e-12).all())
+
+
+@pytest.mark.parametrize("form,gamma", [("dcbf", 0.2), ("dcbf", 1.0), ("ct", 4.0)])
+def test_state_on_the_boundary_stays_safe_after_one_exact_step(form, gamma):
+    """Pursuer's virtual point on an obstacle's barrier, heading into it: the QP's action keeps h >= 0
+    (up to the O(dt^2) linearisation error) after one exact unicycle step; the nominal action would not."""
+    n = 64
+    g = np.random.default_rng(8)
+    d = CBF.lookahead
+    radii = g.uniform(0.3, 1.0, n)
+    rho = radii + ENV.robot_radius + ENV.safety_margin + d
+    bearing = g.uniform(-math.pi, math.pi, n)
+    centres = g.uniform(-3, 3, (n, 2))
+    q = centres + rho[:, None] * np.column_stack([np.cos(bearing), np.sin(bearing)])  # on the boundary
+    heading = bearing + math.pi + g.uniform(-0.6, 0.6, n)  # facing the obstacle
+    p = q - d * np.column_stack([np.cos(heading), np.sin(heading)])
+    pose = np.column_stack([p, heading])
+    safety = SafetyState(
+        torch.tensor(pose), torch.tensor(centres[:, None, :]), torch.tensor(radii[:, None]), torch.ones(n, 1, dtype=torch.bool)
+    )
+    rows = cbf_rows(safety, ENV, CBF, gamma, form=form)
+    np.testing.assert_allclose(rows.h[:, 0].numpy(), 0.0, atol=1e-9)
+    nominal = np.column_stack([np.full(n, ENV.pursuer_v_max), g.uniform(-0.5, 0.5, n)])
+    H = np.diag(CBF.action_weights)
+    A, b = rows.A.numpy(), rows.b.numpy()
+    u = np.stack([solve_reference(H, -H @ nominal[i], A[i], b[i]) for i in range(n)])
+    assert (np.einsum("nmj,nj->nm", A, u) <= b + 1e-9).all()
+    assert (np.abs(u - nominal).sum(1) > 1e-3).all(), "the constraint is active: the QP must intervene"
+    h_next = barrier_on_q(unicycle_step(pose, u, ENV.dt), centres[:, None, :], radii[:, None], ENV, d)[:, 0]
+    h_nominal = barrier_on_q(unicycle_step(pose, nominal, ENV.dt), centres[:, None, :], radii[:, None], ENV, d)[:, 0]
+    scale = 2 * rho * (ENV.pursuer_v_max + d * ENV.pursuer_w_max) * ENV.dt  # size of a first-order change
+    assert (h_nominal < -0.1 * scale).all()
+    assert (h_next >= -1e-3 * scale).all()
+
+
+def test_bad_gamma_and_form_are_named():
+    safety = random_states(2, 2, 9)
+    with pytest.raises(ValueError, match=r"gamma=1.5 .*dcbf.*\(0, 1\]"):
+        cbf_rows(safety, ENV, CBF, 1.5, form="dcbf")
+    with pytest.raises(ValueError, match=r"gamma=0.0 .*ct"):
+        cbf_rows(safety, ENV, CBF, 0.0, form="ct")
+    with pytest.raises(ValueError, match=r"form='cbf'.*accepted"):
+        cbf_rows(safety, ENV, CBF, 0.5, form="cbf")
+    with pytest.raises(ValueError, match=r"gamma has shape \(2, 5\)"):
+        cbf_rows(safety, ENV, CBF, torch.ones(2, 5, dtype=torch.float64))
+    cbf_rows(safety, ENV, CBF, 3.0, form="ct")  # a ct rate may exceed 1
+
+
+def test_virtual_point():
+    pose = torch.tensor([[1.0, 2.0, math.pi / 2]])
+    torch.testing.assert_close(virtual_point(pose, 0.2), torch.tensor([[1.0, 2.2]]))
