@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Set up a fresh virtual environment and run the whole test suite (what CI runs).
+# The end-to-end tests (marked `slow`) run too, with tiny budgets.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[dev]"
+# Exit code 5 (no tests collected) fails like any other failure.
+exec .venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,78 @@
+"""The params schema: defaults, overrides and error messages that name key, value and what is accepted."""
+
+import pytest
+import yaml
+
+from tasks.params import DEFAULT_PARAMS_PATH, Params, ParamsError, load_params, training_config, params_hash
+
+
+def test_committed_params_yaml_equals_schema_defaults():
+    # params.yaml holds every knob; its values are the reference scenario (DESIGN.md).
+    raw = yaml.safe_load(DEFAULT_PARAMS_PATH.read_text())
+    assert raw == Params().to_dict()
+    p = load_params()
+    assert (p.env.arena_size, p.env.num_obstacles, p.env.dt, p.env.max_steps) == (20.0, 2, 0.05, 600)
+    assert (p.env.pursuer_v_max, p.env.pursuer_w_max, p.env.capture_radius) == (1.0, 2.84, 0.5)
+    assert p.eval.episodes == 200
+    assert p.qp_benchmark.batch_sizes == [1, 16, 64, 256, 1024, 4096]
+
+
+def test_override_is_yaml_typed():
+    p = load_params(overrides=["train.seeds=[3, 4]", "train.total_steps=2048", "env.evader_policy=flee"])
+    assert p.train.seeds == [3, 4] and p.train.total_steps == 2048 and p.env.evader_policy == "flee"
+    p2 = load_params(overrides={"train.seeds": [3, 4], "train.total_steps": 2048, "env.evader_policy": "flee"})
+    assert p2 == p
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("train.seed=1", ["unknown key 'train.seed'", "train.seeds"]),
+        ("trian.seeds=[1]", ["unknown key 'trian.seeds'", "train.seeds"]),
+        ("train.total_steps=abc", ["train.total_steps='abc'", "integer"]),
+        ("env.num_obstacles=9", ["env.num_obstacles=9", "less than or equal to 8"]),
+        ("env.obstacle_radius_min=-0.5", ["env.obstacle_radius_min=-0.5", "greater than 0"]),
+        ("train.algos=[ppo]", ["train.algos", "'barriernet' or 'baseline'"]),
+        ("eval.episodes=0", ["eval.episodes=0", "greater than or equal to 1"]),
+        ("train.num_minibatches=7", ["train.num_minibatches=7", "divisor"]),
+    ],
+)
+def test_bad_values_are_named(override, expected):
+    with pytest.raises(ParamsError) as info:
+        load_params(overrides=[override])
+    for text in expected:
+        assert text in str(info.value)
+
+
+def test_unplaceable_obstacles_fail_at_load_with_key():
+    with pytest.raises(ParamsError, match="env.num_obstacles=8"):
+        load_params(overrides={"env.num_obstacles": 8, "env.obstacle_radius_max": 3.0, "env.obstacle_clearance": 2.0})
+
+
+def test_unknown_key_in_file(tmp_path):
+    raw = Params().to_dict()
+    raw["train"]["learning_rat"] = 0.1
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ParamsError, match=r"unknown key 'train.learning_rat'; did you mean 'train.learning_rate'"):
+        load_params(path)
+
+
+def test_malformed_override():
+    with pytest.raises(ParamsError, match="not key=value"):
+        load_params(overrides=["train.total_steps"])
+
+
+def test_train_and_eval_seeds_must_not_overlap():
+    with pytest.raises(ParamsError, match="eval.seed_base"):
+        load_params(overrides={"train.seeds": [20000], "train.num_envs": 64})
+
+
+def test_training_hash_ignores_bookkeeping_keys_only():
+    base = load_params()
+    same = load_params(overrides={"train.checkpoint_every": 3, "train.log_every": 2})
+    other = load_params(overrides={"train.total_steps": 5000})
+    h = lambda p: params_hash(training_config(p, "barriernet", 0))
+    assert h(base) == h(same)
+    assert h(base) != h(other)
+    assert params_hash(training_config(base, "barriernet", 0)) != params_hash(training_config(base, "barriernet", 1))
