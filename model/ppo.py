@@ -257,9 +257,9 @@ def ppo_update(
             break
     del stop
     return {
-        "losses/policy_loss": float(pg_loss),
-        "losses/value_loss": float(v_loss),
-        "losses/entropy": float(entropy_loss),
+        "losses/policy_loss": float(pg_loss.detach()),
+        "losses/value_loss": float(v_loss.detach()),
+        "losses/entropy": float(entropy_loss.detach()),
         "losses/approx_kl": float(torch.stack(approx_kls).mean()),
         "losses/clipfrac": float(torch.stack(clipfracs).mean()),
         "losses/explained_variance": explained_variance(batch.value, batch.returns),

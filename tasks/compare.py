@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, NamedTuple
@@ -47,6 +45,7 @@ from typing import Any, Callable, Literal, NamedTuple
 import numpy as np
 import pandas as pd
 
+from tasks import io
 from tasks.params import ARMS, DecisionParams, Params
 from tasks.stats import (
     Interval,
@@ -54,6 +53,7 @@ from tasks.stats import (
     paired_difference_ci,
     probability_of_improvement,
     stratified_bootstrap_ci,
+    stratified_bootstrap_cis,
     wilson_interval,
 )
 
@@ -265,17 +265,22 @@ HEADLINE_METRICS = (
 
 
 def _ratio(pairs: np.ndarray) -> np.ndarray:
-    """(n_boot, n, 2) numerator/denominator pairs -> (n_boot,) ratio of sums."""
+    """(n_boot, n, [metrics,] 2) numerator/denominator pairs -> (n_boot[, metrics]) ratio of sums."""
     return pairs[..., 0].sum(axis=1) / pairs[..., 1].sum(axis=1)
 
 
-def _pairs(df: pd.DataFrame, metric: Metric) -> np.ndarray:
-    return np.stack([metric.numerator(df), metric.denominator(df)], axis=1)  # (episodes, 2)
+def _pairs(df: pd.DataFrame, names: list[str]) -> np.ndarray:
+    """(episodes, len(names), 2): each metric's numerator and denominator per episode."""
+    return np.stack(
+        [np.stack([METRICS[n].numerator(df), METRICS[n].denominator(df)], axis=1) for n in names], axis=1
+    )
 
 
 def summarise(episodes: pd.DataFrame, decision: DecisionParams) -> pd.DataFrame:
     """The summary table (see the module docstring) of validated, arm-filtered episodes."""
     conf, n_boot, boot_seed = decision.confidence, decision.bootstrap_samples, decision.bootstrap_seed
+    names = list(METRICS)
+    bootstrapped = [n for n in names if METRICS[n].interval == "bootstrap"]
     rows = []
     for arm in [a for a in ARMS if a in set(episodes["arm"])]:
         arm_rows = episodes[episodes["arm"] == arm]
@@ -285,24 +290,24 @@ def summarise(episodes: pd.DataFrame, decision: DecisionParams) -> pd.DataFrame:
             df = by_seed[s]
             row: dict[str, Any] = {"arm": arm, "seed": str(s), "aggregate": "per_seed", "seeds": 1,
                                    "episodes": len(df), "steps": int(df["length"].sum())}
-            for name, metric in METRICS.items():
-                pairs = _pairs(df, metric)
-                value = pairs[:, 0].sum() / pairs[:, 1].sum()
-                if metric.interval == "wilson":
-                    low, high = wilson_interval(pairs[:, 0].sum(), pairs[:, 1].sum(), conf)
-                else:
-                    _, low, high = stratified_bootstrap_ci([pairs], across_seeds(_ratio), n_boot, conf, boot_seed)
-                row.update({name: value, f"{name}_low": low, f"{name}_high": high})
+            sums = _pairs(df, names).sum(axis=0)  # (metrics, 2)
+            for name, (numerator, denominator) in zip(names, sums):
+                low, high = wilson_interval(numerator, denominator, conf) if METRICS[name].interval == "wilson" else (
+                    np.nan, np.nan)
+                row.update({name: numerator / denominator, f"{name}_low": low, f"{name}_high": high})
+            # One stratum: a plain percentile bootstrap over this seed's episodes.
+            intervals = stratified_bootstrap_cis([_pairs(df, bootstrapped)], across_seeds(_ratio), n_boot, conf,
+                                                 boot_seed)
+            for name, interval in zip(bootstrapped, intervals):
+                row.update({f"{name}_low": interval.low, f"{name}_high": interval.high})
             rows.append(row)
+        strata = [_pairs(by_seed[s], names) for s in seeds]
         for aggregate in ("mean", "iqm"):
             row = {"arm": arm, "seed": "all", "aggregate": aggregate, "seeds": len(seeds),
                    "episodes": len(arm_rows), "steps": int(arm_rows["length"].sum())}
-            for name, metric in METRICS.items():
-                strata = [_pairs(by_seed[s], metric) for s in seeds]
-                value, low, high = stratified_bootstrap_ci(
-                    strata, across_seeds(_ratio, aggregate), n_boot, conf, boot_seed
-                )
-                row.update({name: value, f"{name}_low": low, f"{name}_high": high})
+            intervals = stratified_bootstrap_cis(strata, across_seeds(_ratio, aggregate), n_boot, conf, boot_seed)
+            for name, interval in zip(names, intervals):
+                row.update({name: interval.estimate, f"{name}_low": interval.low, f"{name}_high": interval.high})
             rows.append(row)
     columns = ["arm", "seed", "aggregate", "seeds", "episodes", "steps"]
     columns += [f"{m}{suffix}" for m in METRICS for suffix in ("", "_low", "_high")]
@@ -548,22 +553,6 @@ def build_metrics(summary: pd.DataFrame, comparisons: dict[str, Comparison], ver
     }
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write to a temp file in the same folder, then os.replace: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def run(params: Params, workdir: Path) -> dict[str, Any]:
     """Compare the evaluated arms and decide; see the module docstring for inputs and outputs.
 
@@ -591,7 +580,7 @@ def run(params: Params, workdir: Path) -> dict[str, Any]:
     metrics = build_metrics(summary, comparisons, verdict, params)
 
     summary_path, metrics_path = workdir / SUMMARY_PATH, workdir / METRICS_PATH
-    _write_atomic(summary_path, summary.to_csv(index=False))
-    _write_atomic(metrics_path, json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+    io.write_csv(summary_path, summary)  # atomic: temp file beside it, then os.replace
+    io.write_text(metrics_path, json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     return {"summary": str(summary_path), "metrics": str(metrics_path), "verdict": verdict.verdict,
             "reasons": verdict.reasons}

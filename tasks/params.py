@@ -171,7 +171,7 @@ class TrainParams(_Section):
     update_device: Literal["auto", "cpu", "cuda"] = "auto"
     mixed_precision: bool = Field(True, description="autocast + GradScaler on CUDA only")
     checkpoint_every: int = Field(10, ge=1, description="updates between checkpoints")
-    torch_threads: int = Field(0, ge=0, description="0: leave torch's default")
+    torch_threads: int = Field(1, ge=0, description="intra-op threads; 1 is fastest for these small nets (0: torch default)")
     log_every: int = Field(1, ge=1, description="updates between logged points")
 
     @field_validator("seeds")

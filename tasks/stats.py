@@ -27,6 +27,7 @@ __all__ = [
     "wilson_interval",
     "iqm",
     "stratified_bootstrap_ci",
+    "stratified_bootstrap_cis",
     "stratified_bootstrap_samples",
     "across_seeds",
     "probability_of_improvement",
@@ -146,14 +147,42 @@ def stratified_bootstrap_samples(strata: list[np.ndarray], n_boot: int, seed: in
     return resampled
 
 
-def _percentile_interval(estimate: float, replicates: np.ndarray, confidence: float) -> Interval:
+def _percentile_intervals(estimates: np.ndarray, replicates: np.ndarray, confidence: float) -> list[Interval]:
+    """estimates (k,), replicates (n_boot, k) -> k percentile intervals (non-finite replicates dropped)."""
     _z(confidence)  # validates
     alpha = 1.0 - confidence
-    finite = replicates[np.isfinite(replicates)]
-    if finite.size == 0:
-        return Interval(float(estimate), float("nan"), float("nan"))
-    low, high = np.percentile(finite, [100.0 * alpha / 2.0, 100.0 * (1.0 - alpha / 2.0)])
-    return Interval(float(estimate), float(low), float(high))
+    finite = np.where(np.isfinite(replicates), replicates, np.nan)
+    intervals = []
+    for j in range(finite.shape[1]):
+        column = finite[:, j][~np.isnan(finite[:, j])]
+        if column.size == 0:
+            intervals.append(Interval(float(estimates[j]), float("nan"), float("nan")))
+            continue
+        low, high = np.percentile(column, [100.0 * alpha / 2.0, 100.0 * (1.0 - alpha / 2.0)])
+        intervals.append(Interval(float(estimates[j]), float(low), float(high)))
+    return intervals
+
+
+def _percentile_interval(estimate: float, replicates: np.ndarray, confidence: float) -> Interval:
+    return _percentile_intervals(np.array([estimate]), replicates.reshape(-1, 1), confidence)[0]
+
+
+def stratified_bootstrap_cis(
+    scores: Scores,
+    statistic: Statistic,
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> list[Interval]:
+    """Like ``stratified_bootstrap_ci`` for a statistic with k outputs, (n_boot, k), from one
+    resample: several metrics of the same episodes share the same bootstrap draws (and cost)."""
+    strata = _as_strata(scores)
+    estimates = np.asarray(statistic([s[None] for s in strata]), dtype=float).reshape(1, -1)[0]
+    replicates = np.asarray(statistic(stratified_bootstrap_samples(strata, n_boot, seed)), dtype=float)
+    replicates = replicates.reshape(n_boot, -1)
+    if replicates.shape[1] != estimates.shape[0]:
+        raise ValueError(f"statistic gave {estimates.shape[0]} outputs on the data but {replicates.shape} on replicates")
+    return _percentile_intervals(estimates, replicates, confidence)
 
 
 def stratified_bootstrap_ci(
@@ -177,19 +206,18 @@ def stratified_bootstrap_ci(
         return {
             name: stratified_bootstrap_ci(value, statistic, n_boot, confidence, seed) for name, value in scores.items()
         }
-    strata = _as_strata(scores)
     fn = _resolve(statistic)
-    estimate = float(np.asarray(fn([s[None] for s in strata])).reshape(-1)[0])
-    replicates = np.asarray(fn(stratified_bootstrap_samples(strata, n_boot, seed)), dtype=float)
-    if replicates.shape != (n_boot,):
-        raise ValueError(f"statistic returned shape {replicates.shape}; expected ({n_boot},)")
-    return _percentile_interval(estimate, replicates, confidence)
+    probe = stratified_bootstrap_cis(scores, fn, n_boot, confidence, seed)
+    if len(probe) != 1:
+        raise ValueError(f"statistic returned {len(probe)} outputs; expected one (use stratified_bootstrap_cis)")
+    return probe[0]
 
 
 def across_seeds(per_seed: Callable[[np.ndarray], np.ndarray], aggregate: str = "mean") -> Statistic:
     """Build a two-level statistic: a value per seed, then the mean or IQM across seeds.
 
-    per_seed maps one seed's resampled scores (n_boot, n_s, ...) to (n_boot,), e.g. a rate
+    per_seed maps one seed's resampled scores (n_boot, n_s, ...) to (n_boot,) or (n_boot, k)
+    for k metrics at once, e.g. a rate
     ``x[..., 0].sum(1) / x[..., 1].sum(1)`` for (numerator, denominator) pairs. This is rliable's
     IQM over runs, with each run's score recomputed from its resampled episodes.
     """
@@ -197,18 +225,23 @@ def across_seeds(per_seed: Callable[[np.ndarray], np.ndarray], aggregate: str = 
         raise ValueError(f"aggregate={aggregate!r} is unknown; accepted: 'mean', 'iqm'")
 
     def statistic(strata: list[np.ndarray]) -> np.ndarray:
-        values = np.stack([per_seed(s) for s in strata], axis=1)  # (n_boot, seeds)
+        values = np.stack([per_seed(s) for s in strata], axis=1)  # (n_boot, seeds[, k])
         return values.mean(axis=1) if aggregate == "mean" else iqm(values, axis=1)
 
     return statistic
 
 
-def _poi_per_seed(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """P(X > Y) + 0.5 P(X = Y) for x (B, n), y (B, m) -> (B,), via the Mann-Whitney U statistic."""
-    n, m = x.shape[1], y.shape[1]
-    ranks = sps.rankdata(np.concatenate([x, y], axis=1), axis=1)  # ties get average ranks
-    u = ranks[:, :n].sum(axis=1) - n * (n + 1) / 2.0
-    return u / (n * m)
+def _win_matrix(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """W[i, j] = 1 if x_i > y_j, 0.5 if equal, else 0: (n, m)."""
+    return (x[:, None] > y[None, :]) + 0.5 * (x[:, None] == y[None, :])
+
+
+def _resample_counts(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """How often each of n episodes is drawn in each replicate: (n_boot, n); the same draws as
+    ``stratified_bootstrap_samples`` (one rng.integers call of shape (n_boot, n))."""
+    idx = rng.integers(0, n, size=(n_boot, n))
+    flat = idx + n * np.arange(n_boot)[:, None]
+    return np.bincount(flat.ravel(), minlength=n_boot * n).reshape(n_boot, n).astype(float)
 
 
 def probability_of_improvement(
@@ -230,10 +263,15 @@ def probability_of_improvement(
         raise ValueError(f"x has {len(xs)} seeds but y has {len(ys)}; accepted: the same seeds for both")
     if any(s.ndim != 1 for s in xs + ys):
         raise ValueError("probability_of_improvement needs 1-D episode scores per seed")
-    estimate = float(np.mean([_poi_per_seed(a[None], b[None])[0] for a, b in zip(xs, ys)]))
-    resampled = stratified_bootstrap_samples(xs + ys, n_boot, seed)
-    k = len(xs)
-    replicates = np.mean([_poi_per_seed(resampled[i], resampled[k + i]) for i in range(k)], axis=0)
+    wins = [_win_matrix(a, b) for a, b in zip(xs, ys)]
+    estimate = float(np.mean([w.mean() for w in wins]))
+    # A replicate's P is sum_ij cx_i W_ij cy_j / (n m) with cx, cy the resample counts: no re-ranking.
+    rng = np.random.default_rng(seed)
+    x_counts = [_resample_counts(len(a), n_boot, rng) for a in xs]
+    y_counts = [_resample_counts(len(b), n_boot, rng) for b in ys]
+    replicates = np.mean(
+        [((cx @ w) * cy).sum(axis=1) / w.size for cx, cy, w in zip(x_counts, y_counts, wins)], axis=0
+    )
     return _percentile_interval(estimate, replicates, confidence)
 
 

@@ -1,0 +1,183 @@
+"""Stage `evaluate`: every arm of one trained (algo, seed) cell on the same paired episodes.
+
+Arms: a BarrierNet checkpoint gives the arm ``barriernet``; a baseline checkpoint gives
+``baseline``, ``baseline_ct_filter`` and ``baseline_dcbf_filter`` (the baseline projected by a
+CT-CBF / DCBF QP at ``cbf.filter_gamma``), restricted to ``eval.arms``.
+
+Episode e (0 <= e < eval.episodes) is the first episode of an env seeded ``eval.seed_base + e``
+(training env seeds lie below seed_base, checked in params), so every arm and every training
+seed meets the same starts, obstacles and evader randomness: comparisons are paired.
+Actions are deterministic (the policy mean, then its safety layer).
+
+Outputs under ``<workdir>/results/eval/<algo>-s<seed>/``:
+  episodes.csv     one row per (arm, episode), columns tasks.compare.EPISODE_COLUMNS
+  trajectory.npz   the positions of episode eval.trajectory_episode for every arm (report figure)
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from env.core import PursuitEvasionCore
+from model.actors import make_filter
+from tasks import io
+from tasks.compare import EPISODE_COLUMNS, StageInputError
+from tasks.params import Params
+from tasks.train import CheckpointError, cell_name, load_trained
+
+ARMS_OF_ALGO = {
+    "barriernet": ("barriernet",),
+    "baseline": ("baseline", "baseline_ct_filter", "baseline_dcbf_filter"),
+}
+
+
+def output_dir(workdir: Path, algo: str, seed: int) -> Path:
+    return Path(workdir) / "results" / "eval" / cell_name(algo, seed)
+
+
+def build_policy(arm: str, actor: torch.nn.Module, params: Params) -> torch.nn.Module:
+    if arm in ("barriernet", "baseline"):
+        return actor
+    if arm == "baseline_ct_filter":
+        return make_filter(actor, params, "ct")
+    if arm == "baseline_dcbf_filter":
+        return make_filter(actor, params, "dcbf")
+    raise ValueError(f"unknown arm '{arm}'; accepted: {sum(ARMS_OF_ALGO.values(), ())}")
+
+
+@torch.no_grad()
+def play_episodes(
+    policy: torch.nn.Module,
+    obs_rms: torch.nn.Module,
+    params: Params,
+    episodes: list[int],
+    record_episode: int | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, np.ndarray] | None]:
+    """Play the first episode of envs seeded eval.seed_base + e for each e in `episodes`.
+
+    Returns one row per episode (outcome, length, return, min_h, counts, decision_ms) and, if
+    `record_episode` is among them, that episode's trajectory {pursuer (T,2), evader (T,2),
+    obstacle_centres (K,2), obstacle_radii (K,)}.
+    """
+    env_p = params.env
+    n = len(episodes)
+    core = PursuitEvasionCore(env_p, n, autoreset=False)
+    core.seed([params.eval.seed_base + e for e in episodes])
+    obs = core.reset()
+    active = torch.ones(n, dtype=torch.bool)
+    length = torch.zeros(n, dtype=torch.int64)
+    ret = torch.zeros(n, dtype=torch.float64)
+    min_h = core.barrier().min(dim=1).values.double()
+    violations = torch.zeros(n, dtype=torch.int64)
+    interventions = torch.zeros(n, dtype=torch.int64)
+    infeasible = torch.zeros(n, dtype=torch.int64)
+    decision_seconds = torch.zeros(n, dtype=torch.float64)
+    outcome = np.array(["timeout"] * n, dtype=object)
+    track = episodes.index(record_episode) if record_episode in episodes else None
+    path_p = [core.pursuer[track, :2].clone()] if track is not None else []
+    path_e = [core.evader[track, :2].clone()] if track is not None else []
+
+    for _ in range(env_p.max_steps):
+        started = time.perf_counter()
+        out = policy(obs_rms.normalize(obs), core.safety_state(), deterministic=True)
+        per_decision = (time.perf_counter() - started) / n  # batched: amortised per env
+        obs, reward, terminated, truncated, info = core.step(out.action)
+        a = active
+        length += a
+        ret += torch.where(a, reward.double(), 0.0)
+        min_h = torch.where(a, torch.minimum(min_h, info["h"].min(dim=1).values.double()), min_h)
+        violations += a & (info["h"] < 0).any(dim=1)
+        if "intervened" in out.info:
+            interventions += a & out.info["intervened"]
+            infeasible += a & out.info["infeasible"]
+        decision_seconds += torch.where(a, per_decision, 0.0)
+        if track is not None and bool(a[track]):
+            path_p.append(info["pursuer"][track, :2].clone())
+            path_e.append(info["evader"][track, :2].clone())
+        ended = a & (terminated | truncated)
+        outcome[(ended & info["captured"]).numpy()] = "capture"
+        outcome[(ended & info["collided"]).numpy()] = "collision"
+        active = a & ~(terminated | truncated)
+        if not bool(active.any()):
+            break
+
+    rows = [
+        {
+            "episode": e,
+            "env_seed": params.eval.seed_base + e,
+            "outcome": outcome[i],
+            "length": int(length[i]),
+            "return": float(ret[i]),
+            "min_h": float(min_h[i]),
+            "cbf_violation_steps": int(violations[i]),
+            "interventions": int(interventions[i]),
+            "infeasible_steps": int(infeasible[i]),
+            "decision_ms": 1000.0 * float(decision_seconds[i]) / max(int(length[i]), 1),
+        }
+        for i, e in enumerate(episodes)
+    ]
+    trajectory = None
+    if track is not None:
+        trajectory = {
+            "pursuer": torch.stack(path_p).numpy(),
+            "evader": torch.stack(path_e).numpy(),
+            "obstacle_centres": core.obstacle_centres[track].numpy(),
+            "obstacle_radii": core.obstacle_radii[track].numpy(),
+        }
+    return rows, trajectory
+
+
+def run(params: Params, workdir: str | Path = ".", algo: str = "barriernet", seed: int = 0) -> dict[str, Any]:
+    """Evaluate every arm of the (algo, seed) checkpoint; write episodes.csv and trajectory.npz."""
+    workdir = Path(workdir)
+    model_path = workdir / "results" / "train" / cell_name(algo, seed) / "model.pt"
+    arms = [arm for arm in ARMS_OF_ALGO[algo] if arm in params.eval.arms]
+    # Check the input before any long work; a bad checkpoint leaves earlier outputs intact.
+    try:
+        actor, _, obs_rms, record = load_trained(model_path, params)
+    except CheckpointError as exc:
+        raise StageInputError(str(exc)) from None
+    if record["algo"] != algo:
+        raise StageInputError(f"{model_path}: holds algo '{record['algo']}', expected '{algo}'")
+    if record["obs_dim"] != PursuitEvasionCore(params.env, 1).obs_dim:
+        raise StageInputError(
+            f"{model_path}: trained with obs_dim={record['obs_dim']}, the env in params has a different one "
+            "(env params changed since training?)"
+        )
+
+    rows: list[dict[str, Any]] = []
+    trajectories: dict[str, np.ndarray] = {}
+    all_episodes = list(range(params.eval.episodes))
+    chunk = params.eval.num_envs
+    for arm in arms:
+        policy = build_policy(arm, actor, params)
+        policy.eval()
+        for start in range(0, len(all_episodes), chunk):
+            episodes = all_episodes[start : start + chunk]
+            arm_rows, trajectory = play_episodes(policy, obs_rms, params, episodes, params.eval.trajectory_episode)
+            rows += [{"arm": arm, "algo": algo, "seed": seed, **r} for r in arm_rows]
+            if trajectory is not None:
+                for name, value in trajectory.items():
+                    key = name if name.startswith("obstacle") else f"{arm}/{name}"
+                    trajectories[key] = value
+
+    out_dir = output_dir(workdir, algo, seed)
+    table = pd.DataFrame(rows)[list(EPISODE_COLUMNS)]
+    io.write_csv(out_dir / "episodes.csv", table)
+    with io.atomic_path(out_dir / "trajectory.npz") as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **trajectories)
+    summary = (
+        table.assign(capture=table.outcome.eq("capture"), collision=table.outcome.eq("collision"))
+        .groupby("arm")[["capture", "collision"]]
+        .mean()
+        .round(4)
+        .to_dict(orient="index")
+    )
+    return {"episodes": len(all_episodes), "arms": arms, "rates": summary}
