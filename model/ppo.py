@@ -144,7 +144,7 @@ class RolloutBuffer:
     def flatten(self, advantages: Tensor, returns: Tensor, device: torch.device | str) -> "Batch":
         """Flatten (T, N, ...) to (T*N, ...) and move to the update device in one transfer each."""
         def flat(x: Tensor) -> Tensor:
-            return x.reshape(-1, *x.shape[2:]).to(device, non_blocking=True)
+            return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:]).to(device, non_blocking=True)
 
         safety = SafetyState(
             flat(self.pursuer), flat(self.obstacle_centres), flat(self.obstacle_radii), flat(self.obstacle_mask)

@@ -12,6 +12,7 @@ Actions are deterministic (the policy mean, then its safety layer).
 Outputs under ``<workdir>/results/eval/<algo>-s<seed>/``:
   episodes.csv     one row per (arm, episode), columns tasks.compare.EPISODE_COLUMNS
   trajectory.npz   the positions of episode eval.trajectory_episode for every arm (report figure)
+  timing.json      wall time of this cell (the report's setup table)
 """
 
 from __future__ import annotations
@@ -151,6 +152,7 @@ def run(params: Params, workdir: str | Path = ".", algo: str = "barriernet", see
             "(env params changed since training?)"
         )
 
+    started = time.perf_counter()
     rows: list[dict[str, Any]] = []
     trajectories: dict[str, np.ndarray] = {}
     all_episodes = list(range(params.eval.episodes))
@@ -173,6 +175,7 @@ def run(params: Params, workdir: str | Path = ".", algo: str = "barriernet", see
     with io.atomic_path(out_dir / "trajectory.npz") as tmp:
         with open(tmp, "wb") as handle:
             np.savez(handle, **trajectories)
+    io.write_json(out_dir / "timing.json", {"wall_seconds": time.perf_counter() - started, "arms": arms})
     summary = (
         table.assign(capture=table.outcome.eq("capture"), collision=table.outcome.eq("collision"))
         .groupby("arm")[["capture", "collision"]]

@@ -55,8 +55,8 @@ class EnvParams(_Section):
     capture_radius: float = Field(0.5, gt=0, description="capture when distance <= this (m)")
     capture_reward: float = Field(100.0, description="reward on capture")
     timeout_penalty: float = Field(-50.0, le=0, description="reward on truncation (timeout)")
-    collision_penalty: float = Field(-50.0, le=0, description="reward when the pursuer touches an obstacle or wall")
-    distance_shaping: float = Field(1.0, ge=0, description="reward += distance_shaping * (d_prev - d)")
+    collision_penalty: float = Field(-100.0, le=0, description="reward when the pursuer touches an obstacle or wall (worse than a timeout)")
+    distance_shaping: float = Field(10.0, ge=0, description="reward += distance_shaping * (d_prev - d) (d in m)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "EnvParams":
@@ -152,7 +152,7 @@ class TrainParams(_Section):
     total_steps: int = Field(1_000_000, ge=1, description="env steps per (algo, seed)")
     num_envs: int = Field(64, ge=1, le=65536)
     rollout_steps: int = Field(128, ge=1, description="steps per env per rollout")
-    num_minibatches: int = Field(4, ge=1)
+    num_minibatches: int = Field(16, ge=1)
     update_epochs: int = Field(10, ge=1)
     learning_rate: float = Field(3e-4, gt=0, lt=1)
     anneal_lr: bool = True

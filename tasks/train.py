@@ -353,7 +353,7 @@ class Trainer:
         stats["perf/SPS"] = tp.rollout_steps * tp.num_envs / elapsed
         stats["charts/learning_rate"] = self.optimizer.param_groups[0]["lr"]
         if self.algo == "baseline":
-            stats["charts/log_std_mean"] = float(self.actor.log_std.mean())
+            stats["charts/log_std_mean"] = float(self.actor.log_std.detach().mean())
         return stats
 
 

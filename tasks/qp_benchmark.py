@@ -1,0 +1,526 @@
+"""The `qp_benchmark` stage: the exact active-set QP solver against qpth on CBF problems.
+
+Problems
+--------
+Real safety-layer problems, not synthetic ones: for every obstacle count K in
+``qp_benchmark.obstacle_counts`` (``env.num_obstacles`` overridden to K) a `PursuitEvasionCore`
+is stepped with uniformly random pursuer actions (the env's own evader policy), and its
+`SafetyState` is snapshotted every few steps after a burn-in. Each state gives the CBF rows of
+`model.cbf.cbf_rows` at the fixed gamma ``cbf.filter_gamma`` (form ``cbf.form``), and a random
+reference action u_ref (drawn a quarter beyond the action bounds on each side, so the bound rows
+are active too) gives the cost ``H = diag(cbf.action_weights)``, ``f = -H u_ref``. A batch of size
+B is the first B problems of the pool, so smaller batches are prefixes of larger ones. The pool
+is built once in float64 on the CPU and cast/moved for each (device, dtype) cell.
+
+Timing
+------
+For each (device, dtype, K, batch size, pass) cell, the exact solver and qpth are timed side by
+side on the same tensors, interleaved call by call (their order alternating), so machine noise
+hits both: ``qp_benchmark.warmup`` untimed calls each, then up to ``qp_benchmark.repeats`` timed
+calls each; the median is reported. Pass "forward" runs under ``torch.no_grad()``;
+"forward+backward" solves with H, f, A, b requiring grad and runs ``u.sum().backward()``.
+CUDA is synchronised around every timed call. A cell stops repeating early once it has spent
+``CELL_BUDGET_S`` seconds (at least one timed call each; the ``repeats`` column says how many
+ran), which keeps large batches affordable. qpth is skipped above ``qp_benchmark.qpth_max_batch``.
+qpth's time is that of ``solve_qp(..., backend="qpth")`` as the project uses it: qpth plus its
+KKT acceptance check and the exact re-solve of the answers that check rejects. Torch runs on
+``BENCH_THREADS`` intra-op threads during the stage (restored afterwards).
+
+Accuracy (deterministic)
+------------------------
+Every problem is also solved one by one, in float64 on the CPU, by an independent solver
+(quadprog's dual active-set method, real rows only); a problem quadprog calls inconsistent is
+infeasible. ``max_deviation`` is ``max |u - u_ref|_inf`` over the problems the reference solves;
+``solved_fraction`` the share of the batch with ``feasible`` True and a finite u;
+``solver_ok_fraction`` the share the backend answered itself (qpth: answers that passed the KKT
+check; the rest were re-solved by the exact solver). Without quadprog, each backend is checked
+against the other (float64, CPU) and the ``reference`` column says so.
+
+Outputs (atomic writes)::
+
+    results/qp_benchmark/table.csv       one row per (backend, pass, device, dtype, obstacles,
+                                         batch_size): TABLE_COLUMNS; speedup_vs_qpth = qpth's
+                                         median / exact's on exact rows (empty elsewhere)
+    results/qp_benchmark/metrics.json    deterministic numbers only (no timings): problem counts,
+                                         max deviations, solved fractions, devices run / skipped
+    results/qp_benchmark/speedups.json   the headline speed-ups (exact vs qpth,
+                                         forward+backward, CPU, float64, batch 1 and 256); not a
+                                         metric: timings differ run to run
+    results/qp_benchmark/speed.png       per-problem time vs batch size, log-log, one line per
+                                         backend x pass (float64, CPU), one panel per obstacle count
+"""
+
+from __future__ import annotations
+
+import io as _stdio
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import ValidationError
+from torch import Tensor
+
+from tasks import io
+from tasks.params import CBFParams, EnvParams, Params
+
+__all__ = [
+    "OUT_DIR",
+    "TABLE_PATH",
+    "METRICS_PATH",
+    "SPEEDUPS_PATH",
+    "PLOT_PATH",
+    "TABLE_COLUMNS",
+    "BACKENDS",
+    "PASSES",
+    "HEADLINE_BATCHES",
+    "CBFProblems",
+    "build_problems",
+    "reference_solutions",
+    "quadprog_solve",
+    "run",
+]
+
+OUT_DIR = Path("results/qp_benchmark")
+TABLE_PATH = OUT_DIR / "table.csv"
+METRICS_PATH = OUT_DIR / "metrics.json"
+SPEEDUPS_PATH = OUT_DIR / "speedups.json"
+PLOT_PATH = OUT_DIR / "speed.png"
+
+BACKENDS = ("exact", "qpth")
+PASSES = ("forward", "forward+backward")
+TABLE_COLUMNS = (
+    "backend", "pass", "device", "dtype", "obstacles", "batch_size", "median_ms", "per_problem_us",
+    "max_deviation", "solved_fraction", "speedup_vs_qpth", "solver_ok_fraction", "repeats", "reference",
+)
+HEADLINE_BATCHES = (1, 256)
+# The issue's targets for exact vs qpth, forward+backward, CPU (speed-up at batch size).
+TARGETS = {1: 30.0, 256: 20.0}
+
+# Wall-clock budget of one timing cell (both backends together); see the module docstring.
+CELL_BUDGET_S = 10.0
+# Intra-op threads while timing. One thread: these are tiny ops, and on a shared machine more
+# threads than free cores slow both solvers 5-10x (measured on 2 loaded cores: qpth at batch 4
+# 0.1 s with 1 thread, 1-2 s with 2). The caller's setting is restored afterwards.
+BENCH_THREADS = 1
+# State collection: envs stepped side by side, steps before the first snapshot, steps between.
+MAX_ENVS = 256
+BURN_IN_STEPS = 20
+SNAPSHOT_EVERY = 10
+PROBLEM_SEED = 0
+# u_ref is drawn from the action box widened by this fraction of its width on each side.
+REFERENCE_ACTION_OVERSHOOT = 0.25
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+class CBFProblems(NamedTuple):
+    """A pool of CBF-QPs ``min 1/2 u'Hu + f'u s.t. A u <= b`` (rows where mask) from env states.
+
+    H (P, 2, 2), f (P, 2), A (P, m, 2), b (P, m), mask (P, m) bool, u_ref (P, 2), h (P, K + 4);
+    float64, CPU; m = K + 8.
+    """
+
+    H: Tensor
+    f: Tensor
+    A: Tensor
+    b: Tensor
+    mask: Tensor
+    u_ref: Tensor
+    h: Tensor
+
+    def head(self, count: int, device: str = "cpu", dtype: torch.dtype = torch.float64) -> tuple[Tensor, ...]:
+        """(H, f, A, b, mask) of the first `count` problems on `device` in `dtype`."""
+        floats = (x[:count].to(device=device, dtype=dtype) for x in (self.H, self.f, self.A, self.b))
+        return (*floats, self.mask[:count].to(device))
+
+
+# ----------------------------------------------------------------------------------------------
+# problems from real env states
+
+
+def _env_with_obstacles(env: EnvParams, num_obstacles: int) -> EnvParams:
+    try:
+        return EnvParams.model_validate({**env.model_dump(), "num_obstacles": num_obstacles})
+    except ValidationError as exc:
+        raise ValueError(
+            f"qp_benchmark.obstacle_counts has {num_obstacles}, which the scenario cannot hold: "
+            f"{exc.errors()[0]['msg']}; accepted: counts env.num_obstacles accepts (0..8, placeable in the arena)"
+        ) from None
+
+
+def build_problems(env: EnvParams, cbf: CBFParams, num_obstacles: int, count: int, seed: int = PROBLEM_SEED) -> CBFProblems:
+    """`count` CBF-QPs from states of a randomly driven env with `num_obstacles` obstacles.
+
+    Deterministic in (env, cbf, num_obstacles, count, seed). See the module docstring.
+    """
+    from env.core import PursuitEvasionCore
+    from model.cbf import cbf_rows
+
+    if count < 1:
+        raise ValueError(f"count={count}; accepted: >= 1 problems")
+    env_k = _env_with_obstacles(env, num_obstacles)
+    num_envs = min(count, MAX_ENVS)
+    snapshots = math.ceil(count / num_envs)
+    core = PursuitEvasionCore(env_k, num_envs=num_envs, dtype=torch.float64)
+    core.seed([seed * 1_000_003 + i for i in range(num_envs)])
+    core.reset()
+    generator = torch.Generator().manual_seed(seed)
+    v_max, w_max = env_k.pursuer_v_max, env_k.pursuer_w_max
+    low = torch.tensor([0.0, -w_max], dtype=torch.float64)
+    high = torch.tensor([v_max, w_max], dtype=torch.float64)
+
+    def uniform(rows: int, lo: Tensor, hi: Tensor) -> Tensor:
+        return lo + (hi - lo) * torch.rand(rows, 2, generator=generator, dtype=torch.float64)
+
+    states = []
+    for step in range(BURN_IN_STEPS + SNAPSHOT_EVERY * (snapshots - 1) + 1):
+        if step >= BURN_IN_STEPS and (step - BURN_IN_STEPS) % SNAPSHOT_EVERY == 0:
+            states.append([x.clone() for x in core.safety_state()])
+        if len(states) == snapshots:
+            break
+        core.step(uniform(num_envs, low, high))
+    safety = type(core.safety_state())(*(torch.cat(parts)[:count] for parts in zip(*states)))
+
+    rows = cbf_rows(safety, env_k, cbf, cbf.filter_gamma)
+    widen = REFERENCE_ACTION_OVERSHOOT * (high - low)
+    u_ref = uniform(count, low - widen, high + widen)
+    weights = torch.tensor(cbf.action_weights, dtype=torch.float64)
+    H = torch.diag_embed(weights.expand(count, 2)).contiguous()
+    f = -(H @ u_ref[..., None])[..., 0]
+    return CBFProblems(H, f, rows.A.contiguous(), rows.b.contiguous(), rows.mask.contiguous(), u_ref, rows.h)
+
+
+# ----------------------------------------------------------------------------------------------
+# the independent reference
+
+
+def quadprog_solve(H: Tensor, f: Tensor, A: Tensor, b: Tensor, mask: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Solve each problem alone with quadprog (float64, real rows only).
+
+    Returns u (P, n) float64 (NaN where infeasible) and feasible (P,) bool. Raises ImportError
+    when quadprog is not installed.
+    """
+    import quadprog
+
+    H, f, A, b = (x.detach().to("cpu", torch.float64).numpy() for x in (H, f, A, b))
+    mask = mask.detach().cpu().numpy()
+    u = np.full(f.shape, np.nan)
+    feasible = np.zeros(f.shape[0], dtype=bool)
+    for i in range(f.shape[0]):
+        rows = mask[i]
+        # quadprog: min 1/2 x'Gx - a'x  s.t.  C'x >= c
+        G = np.ascontiguousarray(0.5 * (H[i] + H[i].T))
+        C = np.ascontiguousarray(-A[i][rows].T)
+        c = np.ascontiguousarray(-b[i][rows])
+        try:
+            u[i] = quadprog.solve_qp(G, -f[i], C, c, 0)[0]
+            feasible[i] = True
+        except ValueError as exc:  # "constraints are inconsistent, no solution"
+            if "inconsistent" not in str(exc):
+                raise
+    return u, feasible
+
+
+def reference_solutions(problems: CBFProblems, qpth_limit: int) -> dict[str, Any]:
+    """Reference u for each backend's rows: quadprog, else the other backend (float64, CPU).
+
+    Returns {backend: (name, u (P', 2) numpy, feasible (P',) numpy)}; P' <= P is the number of
+    problems the reference covers (the qpth reference stops at `qpth_limit`).
+    """
+    P = problems.f.shape[0]
+    try:
+        u, feasible = quadprog_solve(problems.H, problems.f, problems.A, problems.b, problems.mask)
+        return {backend: ("quadprog", u, feasible) for backend in BACKENDS}
+    except ImportError:
+        from model.qp import solve_qp
+
+        refs = {}
+        for backend, other, count in (("exact", "qpth", min(P, qpth_limit)), ("qpth", "exact", P)):
+            with torch.no_grad():
+                sol = solve_qp(*problems.head(count)[:4], backend=other, mask=problems.mask[:count])
+            u = sol.u.numpy().copy()
+            feasible = sol.feasible.numpy() & np.isfinite(u).all(-1)
+            refs[backend] = (other, u, feasible)
+        return refs
+
+
+def _accuracy(u: Tensor, feasible: Tensor, solver_ok: Tensor | None, reference) -> dict[str, Any]:
+    _, u_ref, ref_feasible = reference
+    u = u.detach().to("cpu", torch.float64).numpy()
+    finite = np.isfinite(u).all(-1)
+    solved = feasible.detach().cpu().numpy() & finite
+    covered = min(len(u), len(u_ref))
+    compare = ref_feasible[:covered]
+    deviation = np.abs(u[:covered][compare] - u_ref[:covered][compare])
+    max_deviation = float(deviation.max()) if deviation.size else math.nan
+    if compare.any() and not np.isfinite(deviation).all():
+        max_deviation = math.inf
+    ok = solved if solver_ok is None else solver_ok.detach().cpu().numpy()
+    return {
+        "max_deviation": max_deviation,
+        "solved_fraction": float(solved.mean()),
+        "solver_ok_fraction": float(ok.mean()),
+        "compared": int(compare.sum()),
+        "problems": len(u),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# timing
+
+
+def _solver_call(backend: str, inputs: tuple[Tensor, ...], backward: bool) -> Callable[[], Any]:
+    """One timed call: solve (and backpropagate) on fresh leaves, as a closure."""
+    from model.qp import solve_qp
+
+    H, f, A, b, mask = inputs
+    leaves = [x.detach().clone().requires_grad_(backward) for x in (H, f, A, b)]
+
+    def call():
+        if backward:
+            for leaf in leaves:
+                leaf.grad = None
+            solution = solve_qp(*leaves, backend=backend, mask=mask)
+            solution.u.sum().backward()
+        else:
+            with torch.no_grad():
+                solution = solve_qp(*leaves, backend=backend, mask=mask)
+        return solution
+
+    return call
+
+
+def _time_side_by_side(calls: dict[str, Callable[[], Any]], repeats: int, warmup: int, cuda: bool,
+                       budget_s: float = CELL_BUDGET_S) -> tuple[dict[str, float], int, dict[str, Any]]:
+    """Interleave the calls (order alternating), `warmup` untimed rounds, then up to `repeats`
+    timed rounds (fewer once `budget_s` is spent; at least one).
+
+    Returns (median seconds per backend, timed rounds, the first solution of each backend).
+    """
+    names = list(calls)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    first: dict[str, Any] = {}
+    started = time.perf_counter()
+    rounds = 0
+    for round_index in range(warmup + repeats):
+        timed = round_index >= warmup
+        if timed and rounds >= 1 and time.perf_counter() - started > budget_s:
+            break
+        if not timed and time.perf_counter() - started > budget_s / 2:
+            continue  # skip the rest of the warm-up of a very slow cell
+        order = names if round_index % 2 == 0 else names[::-1]
+        for name in order:
+            if cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            solution = calls[name]()
+            if cuda:
+                torch.cuda.synchronize()
+            elapsed = time.perf_counter() - start
+            first.setdefault(name, solution)
+            if timed:
+                times[name].append(elapsed)
+        rounds += timed
+    return {name: statistics.median(values) for name, values in times.items()}, rounds, first
+
+
+# ----------------------------------------------------------------------------------------------
+# the stage
+
+
+def _check(params: Params) -> tuple[list[int], list[str], dict[str, str]]:
+    bench = params.qp_benchmark
+    bad = [b for b in bench.batch_sizes if b < 1]
+    if bad:
+        raise ValueError(f"qp_benchmark.batch_sizes={bench.batch_sizes} has {bad}; accepted: integers >= 1")
+    devices, skipped = [], {}
+    for device in dict.fromkeys(bench.devices):
+        if device == "cuda" and not torch.cuda.is_available():
+            skipped[device] = "CUDA not available (torch.cuda.is_available() is False)"
+        else:
+            devices.append(device)
+    if not devices:
+        raise ValueError(
+            f"qp_benchmark.devices={bench.devices}: none is available here ({'; '.join(skipped.values())}); "
+            "accepted: a list including 'cpu'"
+        )
+    return sorted(set(bench.batch_sizes)), devices, skipped
+
+
+def run(params: Params, workdir: Path) -> dict[str, Any]:
+    """Benchmark exact vs qpth and write the outputs of the module docstring under `workdir`.
+
+    Returns {"table", "metrics", "speedups", "plot": paths, "speedups_headline": {...},
+    "devices_run": [...], "devices_skipped": {...}}.
+    """
+    workdir = Path(workdir)
+    batch_sizes, devices, skipped = _check(params)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(BENCH_THREADS)
+    try:
+        return _run(params, workdir, batch_sizes, devices, skipped)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(params: Params, workdir: Path, batch_sizes: list[int], devices: list[str], skipped: dict[str, str]) -> dict[str, Any]:
+    bench = params.qp_benchmark
+    obstacle_counts = list(dict.fromkeys(bench.obstacle_counts))
+    dtypes = list(dict.fromkeys(bench.dtypes))
+    pool_size = max(batch_sizes)
+
+    rows: list[dict[str, Any]] = []
+    problem_info: dict[str, Any] = {}
+    accuracy: dict[tuple, dict[str, Any]] = {}
+    for obstacles in obstacle_counts:
+        problems = build_problems(params.env, params.cbf, obstacles, pool_size)
+        references = reference_solutions(problems, bench.qpth_max_batch)
+        ref_name, _, ref_feasible = references["exact"]
+        problem_info[f"obstacles_{obstacles}"] = {
+            "problems": pool_size,
+            "rows": int(problems.A.shape[1]),
+            "real_rows_mean": round(float(problems.mask.double().sum(-1).mean()), 6),
+            "reference_feasible": int(ref_feasible.sum()) if ref_name == "quadprog" else None,
+            "unsafe_states": int((problems.h < 0).any(-1).sum()),
+        }
+        for device in devices:
+            cuda = device == "cuda"
+            for dtype_name in dtypes:
+                for batch in batch_sizes:
+                    inputs = problems.head(batch, device, DTYPES[dtype_name])
+                    backends = [b for b in BACKENDS if b == "exact" or batch <= bench.qpth_max_batch]
+                    for pass_name in PASSES:
+                        calls = {b: _solver_call(b, inputs, pass_name != "forward") for b in backends}
+                        medians, repeats, first = _time_side_by_side(calls, bench.repeats, bench.warmup, cuda)
+                        for backend in backends:
+                            key = (backend, device, dtype_name, obstacles, batch)
+                            if key not in accuracy:  # u is the same in both passes
+                                sol = first[backend]
+                                accuracy[key] = _accuracy(sol.u, sol.feasible, sol.solver_ok, references[backend])
+                            acc = accuracy[key]
+                            speedup = medians["qpth"] / medians["exact"] if backend == "exact" and "qpth" in medians else math.nan
+                            rows.append({
+                                "backend": backend, "pass": pass_name, "device": device, "dtype": dtype_name,
+                                "obstacles": obstacles, "batch_size": batch,
+                                "median_ms": medians[backend] * 1e3,
+                                "per_problem_us": medians[backend] * 1e6 / batch,
+                                "max_deviation": acc["max_deviation"], "solved_fraction": acc["solved_fraction"],
+                                "speedup_vs_qpth": speedup, "solver_ok_fraction": acc["solver_ok_fraction"],
+                                "repeats": repeats, "reference": references[backend][0],
+                            })
+    table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+    metrics = _metrics(accuracy, problem_info, devices, skipped, references_name=ref_name)
+    speedups = _speedups(table, obstacle_counts)
+
+    out = {name: workdir / path for name, path in
+           (("table", TABLE_PATH), ("metrics", METRICS_PATH), ("speedups", SPEEDUPS_PATH), ("plot", PLOT_PATH))}
+    png = _plot(table, obstacle_counts)
+    io.write_csv(out["table"], table)
+    io.write_text(out["metrics"], json.dumps(metrics, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    io.write_text(out["speedups"], json.dumps(speedups, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    with io.atomic_path(out["plot"]) as tmp:
+        tmp.write_bytes(png)
+    return {**{k: str(v) for k, v in out.items()}, "speedups_headline": speedups["speedup_vs_qpth"],
+            "devices_run": devices, "devices_skipped": skipped}
+
+
+def _json_number(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _metrics(accuracy, problem_info, devices, skipped, references_name) -> dict[str, Any]:
+    """Deterministic numbers only: the same problems and solvers give the same file."""
+    per_cell: dict[str, Any] = {}
+    largest: dict[tuple, int] = {}
+    for (backend, device, dtype, obstacles, batch), acc in accuracy.items():
+        cell = (backend, device, dtype, obstacles)
+        largest[cell] = max(batch, largest.get(cell, 0))
+    for cell, batch in sorted(largest.items(), key=str):
+        backend, device, dtype, obstacles = cell
+        batches = [acc for key, acc in accuracy.items() if key[:4] == cell]
+        deviations = [acc["max_deviation"] for acc in batches if not math.isnan(acc["max_deviation"])]
+        top = accuracy[(*cell, batch)]
+        per_cell.setdefault(backend, {}).setdefault(device, {}).setdefault(dtype, {})[f"obstacles_{obstacles}"] = {
+            # over every batch size run (problems are prefixes of one pool)
+            "max_deviation": _json_number(max(deviations)) if deviations else None,
+            # at the largest batch run, which holds every smaller one
+            "solved_fraction": top["solved_fraction"],
+            "solver_ok_fraction": top["solver_ok_fraction"],
+            "problems": top["problems"],
+            "compared": top["compared"],
+        }
+    headline = {}
+    for backend, by_device in per_cell.items():
+        values = [c["max_deviation"] for by_dtype in by_device.values() for c in by_dtype.get("float64", {}).values()
+                  if c["max_deviation"] is not None]
+        headline[f"{backend}_max_deviation_float64"] = max(values) if values else None
+    return {
+        "reference_solver": references_name,
+        "devices_run": devices,
+        "devices_skipped": skipped,
+        "problems": problem_info,
+        "accuracy": per_cell,
+        **headline,
+    }
+
+
+def _speedups(table: pd.DataFrame, obstacle_counts: list[int]) -> dict[str, Any]:
+    """Headline exact-vs-qpth speed-ups (forward+backward, CPU, float64): timings, not metrics."""
+    rows = table[(table["backend"] == "exact") & (table["pass"] == "forward+backward")
+                 & (table["device"] == "cpu") & (table["dtype"] == "float64")]
+    headline: dict[str, Any] = {}
+    every: dict[str, Any] = {}
+    for obstacles in obstacle_counts:
+        mine = rows[rows["obstacles"] == obstacles]
+        by_batch = {int(r.batch_size): _json_number(float(r.speedup_vs_qpth)) for r in mine.itertuples()}
+        every[f"obstacles_{obstacles}"] = {f"batch_{b}": s for b, s in by_batch.items()}
+        headline[f"obstacles_{obstacles}"] = {f"batch_{b}": by_batch.get(b) for b in HEADLINE_BATCHES}
+    return {
+        "pass": "forward+backward", "device": "cpu", "dtype": "float64",
+        "speedup_vs_qpth": headline,
+        "speedup_vs_qpth_all_batches": every,
+        "targets": {f"batch_{b}": t for b, t in TARGETS.items()},
+        "torch_threads": torch.get_num_threads(),
+        "note": "qpth median time / exact median time, measured side by side in one run; "
+                "machine-dependent, so not a DVC metric",
+    }
+
+
+def _plot(table: pd.DataFrame, obstacle_counts: list[int]) -> bytes:
+    """PNG bytes: per-problem time vs batch size, log-log, one panel per obstacle count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    device = "cpu" if (table["device"] == "cpu").any() else table["device"].iloc[0]
+    dtype = "float64" if (table["dtype"] == "float64").any() else table["dtype"].iloc[0]
+    shown = table[(table["device"] == device) & (table["dtype"] == dtype)]
+    fig, axes = plt.subplots(1, len(obstacle_counts), figsize=(5.5 * len(obstacle_counts), 4.2), squeeze=False)
+    styles = {("exact", "forward"): ("tab:blue", "--"), ("exact", "forward+backward"): ("tab:blue", "-"),
+              ("qpth", "forward"): ("tab:red", "--"), ("qpth", "forward+backward"): ("tab:red", "-")}
+    for ax, obstacles in zip(axes[0], obstacle_counts):
+        panel = shown[shown["obstacles"] == obstacles]
+        for (backend, pass_name), (color, line) in styles.items():
+            line_rows = panel[(panel["backend"] == backend) & (panel["pass"] == pass_name)].sort_values("batch_size")
+            if len(line_rows):
+                ax.plot(line_rows["batch_size"], line_rows["per_problem_us"], line, marker="o", color=color,
+                        label=f"{backend}, {pass_name}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size (problems per call)")
+        ax.set_ylabel("time per problem (µs)")
+        ax.set_title(f"{obstacles} obstacles ({obstacles + 8} rows)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"CBF-QP solve time: exact vs qpth ({dtype}, {device}, median)")
+    fig.tight_layout()
+    buffer = _stdio.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
