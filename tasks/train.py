@@ -38,6 +38,7 @@ from env.core import PursuitEvasionCore
 from model.actors import Critic, make_actor
 from model.ppo import RewardScaler, RolloutBuffer, RunningMeanStd, UpdateConfig, compute_gae, ppo_update
 from tasks import io
+from tasks.gpu import release_cached_memory, set_allocator_defaults, wait_for_headroom
 from tasks.params import Params, params_hash, training_config
 
 log = logging.getLogger(__name__)
@@ -131,13 +132,25 @@ def _maybe_inject_fault(update: int) -> None:
 class Trainer:
     """Owns the env, the learner and its rollout copy, and everything a checkpoint holds."""
 
-    def __init__(self, params: Params, algo: str, seed: int, minibatch_size: int | None = None):
+    def __init__(
+        self,
+        params: Params,
+        algo: str,
+        seed: int,
+        minibatch_size: int | None = None,
+        update_device: str | None = None,
+        sync_free: bool | None = None,
+    ):
         self.params, self.algo, self.seed = params, algo, seed
         tp = params.train
         self.config = training_config(params, algo, seed)
         self.key = params_hash(self.config)
         self.rollout_device = resolve_device(tp.rollout_device)
-        self.update_device = resolve_device(tp.update_device)
+        self.update_device = resolve_device(update_device or tp.update_device)
+        # On CUDA the rollout loop must not wait on the device every step: no per-step host
+        # syncs (checks are batched once per rollout). On the CPU syncs are free, and checking
+        # each step names the bad step before its NaN spreads.
+        self.sync_free = self.rollout_device.type == "cuda" if sync_free is None else sync_free
         self.num_updates = tp.num_updates
         self.minibatch_size = minibatch_size or tp.minibatch_size
         if tp.torch_threads:
@@ -146,7 +159,10 @@ class Trainer:
         torch.manual_seed(seed)
         np.random.seed(seed)
         random.seed(seed)
-        self.core = PursuitEvasionCore(params.env, tp.num_envs, device=self.rollout_device)
+        self.core = PursuitEvasionCore(
+            params.env, tp.num_envs, device=self.rollout_device,
+            sync_free_autoreset=self.sync_free, validate_actions=not self.sync_free,
+        )
         self.core.seed(train_env_seeds(seed, tp.num_envs))
         self.obs_dim = self.core.obs_dim
 
@@ -170,6 +186,7 @@ class Trainer:
         self.buffer = RolloutBuffer(
             tp.rollout_steps, tp.num_envs, self.obs_dim, params.env.num_obstacles, self.rollout_device
         )
+        self.nonfinite = torch.zeros(tp.rollout_steps, tp.num_envs, dtype=torch.bool, device=self.rollout_device)
         self.update_cfg = UpdateConfig(
             update_epochs=tp.update_epochs, minibatch_size=self.minibatch_size, clip_coef=tp.clip_coef,
             clip_vloss=tp.clip_vloss, ent_coef=tp.ent_coef, vf_coef=tp.vf_coef,
@@ -259,12 +276,18 @@ class Trainer:
             qp_seconds += time.perf_counter() - started
             value = self.rollout_critic(obs_n)
             next_obs, reward, terminated, truncated, info = self.core.step(out.action)
-            self._check_finite(next_obs, reward, t)
+            if self.sync_free:
+                self.nonfinite[t] = ~torch.isfinite(next_obs).all(dim=1) | ~torch.isfinite(reward)
+            else:
+                self._check_finite(next_obs, reward, t)
 
             ended = terminated | truncated
-            final_value = torch.zeros_like(reward)
-            if bool(truncated.any()):
+            if self.sync_free:  # one critic pass more per step beats a device sync
                 final_value = torch.where(truncated, self.rollout_critic(self._normalize(info["final_obs"])), 0.0)
+            elif bool(truncated.any()):
+                final_value = torch.where(truncated, self.rollout_critic(self._normalize(info["final_obs"])), 0.0)
+            else:
+                final_value = torch.zeros_like(reward)
 
             buf.obs[t] = obs_n
             buf.sample[t] = out.sample
@@ -289,8 +312,14 @@ class Trainer:
                 counts[7] += out.info["gamma"].float().mean(dim=1).sum()
             self.next_obs = next_obs
 
+        if self.sync_free and bool(self.nonfinite.any()):  # one sync per rollout
+            t, env_index = (int(i) for i in self.nonfinite.nonzero()[0])
+            raise NonFiniteError(
+                f"non-finite observation or reward at global step {self.global_step + t * tp.num_envs} "
+                f"(update {self.update + 1}, rollout step {t}), env index {env_index}"
+            )
         steps = tp.rollout_steps * tp.num_envs
-        c = counts.tolist()
+        c = counts.tolist()  # the rollout's one device-to-host transfer of statistics
         stats = {
             "rollout/episodes": c[0],
             "rollout/cbf_violation_rate": c[4] / steps,
@@ -426,6 +455,7 @@ def run(
     seed: int = 0,
     minibatch_size: int | None = None,
     progress_callback=None,
+    headroom_callback=None,
 ) -> dict[str, Any]:
     """Train one (algo, seed) cell to train.total_steps, resuming if a checkpoint exists.
 
@@ -437,7 +467,12 @@ def run(
     if algo not in params.train.algos and algo not in ("barriernet", "baseline"):
         raise TrainingError(f"unknown algo '{algo}'; accepted: barriernet, baseline")
     out_dir = output_dir(Path(workdir), algo, seed)
-    trainer = Trainer(params, algo, seed, minibatch_size=minibatch_size)
+    set_allocator_defaults()
+    update_device = resolve_device(params.train.update_device)
+    headroom = wait_for_headroom(params.gpu, update_device, on_progress=headroom_callback)
+    if headroom.status == "fallback_cpu":
+        update_device = torch.device("cpu")
+    trainer = Trainer(params, algo, seed, minibatch_size=minibatch_size, update_device=str(update_device))
     state_dir = state_root() / f"{cell_name(algo, seed)}-{trainer.key}"
     state_dir.mkdir(parents=True, exist_ok=True)
     io.write_json(state_dir / "config.json", trainer.config)
@@ -483,11 +518,12 @@ def run(
             bar.close()
         live.end()
 
-    summary = _write_outputs(trainer, out_dir, minibatch_size, resumed_from)
+    summary = _write_outputs(trainer, out_dir, minibatch_size, resumed_from, headroom)
+    release_cached_memory()
     return summary
 
 
-def _write_outputs(trainer: Trainer, out_dir: Path, minibatch_override: int | None, resumed_from) -> dict[str, Any]:
+def _write_outputs(trainer: Trainer, out_dir: Path, minibatch_override: int | None, resumed_from, headroom) -> dict[str, Any]:
     tp = trainer.params.train
     model = {
         "format": 1,
@@ -522,6 +558,8 @@ def _write_outputs(trainer: Trainer, out_dir: Path, minibatch_override: int | No
         "resumed_from_update": resumed_from,
         "rollout_device": str(trainer.rollout_device),
         "update_device": str(trainer.update_device),
+        "gpu_headroom": headroom.status,
+        "gpu_wait_seconds": headroom.waited_seconds,
         "final_capture_rate": mean_of("rollout/capture_rate"),
         "final_collision_rate": mean_of("rollout/collision_rate"),
         "final_episode_return": mean_of("rollout/episode_return"),
