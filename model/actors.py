@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -403,7 +403,7 @@ def make_filter(actor: nn.Module, params: "Params", form: str, gamma: float | No
     return SafetyFilter(actor, params.env, params.cbf, form, params.cbf.filter_gamma if gamma is None else gamma)
 
 
-__all__: list[Any] = [
+__all__ = [
     "ActorOutput",
     "BarrierNetActor",
     "GaussianActor",

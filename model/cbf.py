@@ -188,7 +188,3 @@ def cbf_rows(
     h_out = torch.where(barrier_mask, h, torch.full_like(h, float("inf")))
     return CBFRows(A=A, b=b, mask=mask, h=h_out)
 
-
-def action_bounds(env_params: "EnvParams") -> tuple[tuple[float, float], tuple[float, float]]:
-    """((v_low, w_low), (v_high, w_high)) of the pursuer in physical units."""
-    return (0.0, -env_params.pursuer_w_max), (env_params.pursuer_v_max, env_params.pursuer_w_max)
