@@ -109,9 +109,9 @@ STAGES: dict[str, Stage] = {
             name="report",
             target="tasks.report:run",
             help="the markdown decision report and its figures in reports/",
-            code=("tasks/report.py", "tasks/params.py"),
+            code=("tasks/report.py", "tasks/compare.py", "tasks/io.py", "tasks/params.py"),
             deps=("results/compare", "results/eval", "results/train", "results/qp_benchmark"),
-            params=("train", "eval", "decision"),
+            params=("env", "cbf", "barriernet", "train", "eval", "decision"),
             outs=("reports/decision_report.md", "reports/figures"),
         ),
     ]

@@ -358,6 +358,11 @@ def fmt_pp_ci(est: Any, low: Any, high: Any) -> str:
     return text
 
 
+def triple(row: pd.Series | dict, name: str) -> tuple[Any, Any, Any]:
+    """(estimate, low, high) of `name` in a summary row or metrics.json entry."""
+    return row.get(name), row.get(f"{name}_low"), row.get(f"{name}_high")
+
+
 def fmt_metric(kind: str, row: pd.Series | dict, name: str) -> str:
     est, low, high = row.get(name), row.get(f"{name}_low"), row.get(f"{name}_high")
     return fmt_rate_ci(est, low, high) if kind == "rate" else fmt_ms_ci(est, low, high)
@@ -493,7 +498,7 @@ def reproduce_commands(params: Params, workdir: Path, overrides: dict[str, Any])
     commands.append("prefect deployment run train-and-eval/local --params "
                     + shlex.quote(json.dumps({"overrides": dict(sorted(overrides.items()))})))
     commands.append("# or as a DVC experiment in the workspace:")
-    commands.append("dvc exp run " + " ".join(f"-S {_assignment(key, value)}" for key, value in sorted(overrides.items())))
+    commands.append("dvc exp run " + " ".join(f"-S {_assignment(k, v)}" for k, v in sorted(overrides.items())))
     return commands
 
 
@@ -578,7 +583,8 @@ def seed_band(curves: list[pd.DataFrame]) -> tuple[np.ndarray, np.ndarray, np.nd
 def figure_learning_curves(inputs: Inputs, params: Params) -> bytes:
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    titles = {"capture_rate": "capture rate (training rollouts)", "episode_return": "episode return (training rollouts)"}
+    titles = {"capture_rate": "capture rate (training rollouts)",
+              "episode_return": "episode return (training rollouts)"}
     for ax, metric in zip(axes, CURVE_METRICS):
         drawn = 0
         for algo in params.train.algos:
@@ -812,18 +818,19 @@ def summary_paragraph(inputs: Inputs, params: Params, arms: list[str]) -> str:
     seeds = list(params.train.seeds)
     parts = [
         f"Each algorithm ({', '.join(params.train.algos)}) was trained for {budget} on each of "
-        f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''} ({', '.join(map(str, seeds))}) and every arm played the same {params.eval.episodes} evaluation episodes per seed; "
+        f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''} ({', '.join(map(str, seeds))}) and every arm played "
+        f"the same {params.eval.episodes} evaluation episodes per seed; "
         f"intervals are {100 * conf:g} %."
     ]
     cand, ref = rows.get(CANDIDATE_ARM), rows.get(REFERENCE_ARM)
     diff = metrics["vs_baseline"].get(CANDIDATE_ARM, {})
     if cand is not None and ref is not None:
         parts.append(
-            f"BarrierNet captured {fmt_rate_ci(cand['capture_rate'], cand['capture_rate_low'], cand['capture_rate_high'])} "
+            f"BarrierNet captured {fmt_rate_ci(*triple(cand, 'capture_rate'))} "
             f"of episodes against {fmt_rate(ref['capture_rate'])} for the baseline (paired difference "
-            f"{fmt_pp_ci(diff.get('capture_diff'), diff.get('capture_diff_low'), diff.get('capture_diff_high'))}); "
+            f"{fmt_pp_ci(*triple(diff, 'capture_diff'))}); "
             f"it collided in {fmt_rate(cand['collision_rate'])} against {fmt_rate(ref['collision_rate'])} "
-            f"({fmt_pp_ci(diff.get('collision_diff'), diff.get('collision_diff_low'), diff.get('collision_diff_high'))}) "
+            f"({fmt_pp_ci(*triple(diff, 'collision_diff'))}) "
             f"and violated a CBF on {fmt_rate(cand['cbf_violation_rate'])} of steps against "
             f"{fmt_rate(ref['cbf_violation_rate'])}."
         )
@@ -841,9 +848,12 @@ def summary_paragraph(inputs: Inputs, params: Params, arms: list[str]) -> str:
             f"{arm_label(a, params)} captured {fmt_rate(rows[a]['capture_rate'])}, collided in "
             f"{fmt_rate(rows[a]['collision_rate'])} and intervened on {fmt_rate(rows[a]['intervention_rate'])} of steps"
             for a in filters) + ".")
-    decision = metrics["decision"]
-    reasons = decision.get("reasons") or []
-    parts.append(f"The decision rule says **{decision['verdict']}**" + (f": {reasons[0]}." if reasons else "."))
+    parts.append(f"The decision rule says **{metrics['decision']['verdict']}** (its reasons are listed under the "
+                 "verdict above).")
+    if params.train.total_steps < 1_000_000 or params.eval.episodes < 200:
+        parts.append(f"This is a small run (train.total_steps = {params.train.total_steps:,}, eval.episodes = "
+                     f"{params.eval.episodes}; the reference scenario uses 1 M and 200): it exercises the pipeline, "
+                     "it does not answer the research question.")
     return " ".join(parts)
 
 
@@ -901,7 +911,7 @@ def _stage_times(inputs: Inputs, render_seconds: float) -> str:
     if inputs.qp_metrics:
         qp_wall = next((v for k, v in inputs.qp_metrics.items() if "wall" in k and _finite(v)), None)
     rows.append(["qp_benchmark", fmt_seconds(qp_wall) if inputs.qp_table is not None else "not run", ""])
-    rows.append(["compare", "not recorded", "(seconds: a bootstrap over the episode tables)"])
+    rows.append(["compare", "not recorded", "(the compare stage records no wall time)"])
     rows.append(["report", fmt_seconds(render_seconds), "this rendering, before writing"])
     return md_table(["stage", "wall time", "per cell"], rows)
 
@@ -945,13 +955,10 @@ def _results_tables(inputs: Inputs, params: Params, arms: list[str], conf: float
         if not isinstance(entry, dict):
             continue
         diffs.append([arm_label(arm, params), entry.get("paired_episodes", "?"),
-                      fmt_pp_ci(entry.get("capture_diff"), entry.get("capture_diff_low"), entry.get("capture_diff_high")),
-                      fmt_pp_ci(entry.get("collision_diff"), entry.get("collision_diff_low"),
-                                entry.get("collision_diff_high")),
-                      fmt_pp_ci(entry.get("cbf_violation_diff"), entry.get("cbf_violation_diff_low"),
-                                entry.get("cbf_violation_diff_high")),
-                      fmt_rate_ci(entry.get("prob_improvement_return"), entry.get("prob_improvement_return_low"),
-                                  entry.get("prob_improvement_return_high")),
+                      fmt_pp_ci(*triple(entry, "capture_diff")),
+                      fmt_pp_ci(*triple(entry, "collision_diff")),
+                      fmt_pp_ci(*triple(entry, "cbf_violation_diff")),
+                      fmt_rate_ci(*triple(entry, "prob_improvement_return")),
                       "; ".join(entry.get("missing", []))])
     text += [f"### Paired differences against the baseline (arm - baseline, {level} bootstrap over paired episodes)",
              "", md_table(["arm", "paired episodes", "capture", "collision", "CBF-violation steps",
@@ -959,8 +966,8 @@ def _results_tables(inputs: Inputs, params: Params, arms: list[str], conf: float
     return "\n".join(text)
 
 
-def _qp_section(inputs: Inputs) -> str:
-    table = inputs.qp_table
+def qp_section(table: pd.DataFrame | None) -> str:
+    """The QP benchmark section: the pivot of table.csv, or what the table holds when columns are missing."""
     if table is None:
         return "QP benchmark not run: `results/qp_benchmark/table.csv` is absent.\n"
     pivot, reference = qp_pivot(table)
@@ -1063,8 +1070,8 @@ def _provenance_section(inputs: Inputs, params: Params, workdir: Path, hw: dict[
         "Checkpoints (md5 of the file content, which is what DVC records in dvc.lock):",
         "",
         md_table(["checkpoint", "md5", "bytes"],
-                 [[str(c.model_path.relative_to(workdir)) if c.model_path.is_relative_to(workdir) else str(c.model_path),
-                   f"`{c.model_md5}`", c.model_path.stat().st_size] for c in inputs.train]),
+                 [[_shown_path(c.model_path, workdir), f"`{c.model_md5}`", c.model_path.stat().st_size]
+                  for c in inputs.train]),
         "",
         "Packages: " + ", ".join(f"{name} {version}" for name, version in package_versions().items()),
         "",
@@ -1075,6 +1082,10 @@ def _provenance_section(inputs: Inputs, params: Params, workdir: Path, hw: dict[
         "```",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _shown_path(path: Path, workdir: Path) -> str:
+    return str(path.relative_to(workdir)) if path.is_relative_to(workdir) else str(path)
 
 
 FIGURE_CAPTIONS = {
@@ -1159,7 +1170,7 @@ def render(inputs: Inputs, params: Params, workdir: Path, started: float) -> tup
     md += ["### Wall time of each stage", "", _stage_times(inputs, time.perf_counter() - started), ""]
 
     md += ["## Results per arm", "", _results_tables(inputs, params, arms, conf)]
-    md += ["## QP benchmark", "", _qp_section(inputs)]
+    md += ["## QP benchmark", "", qp_section(inputs.qp_table)]
 
     md += ["## Figures", ""]
     for index, name in enumerate(figures, start=1):

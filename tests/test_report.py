@@ -1,0 +1,306 @@
+"""The report stage on small synthetic-but-valid inputs: numbers in the markdown recomputed from
+the per-episode tables and the QP table, every figure written, bad inputs named and harmless."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks import compare, report
+from tasks.compare import EPISODE_COLUMNS, StageInputError
+from tasks.params import DecisionParams, EvalParams, Params, TrainParams, params_hash
+
+SEEDS = [0, 1]
+EPISODES = 30
+TOTAL_STEPS = 4096
+Z95 = 1.959963984540054
+# arm -> (algo whose files hold it, capture prob, collision prob, violation rate, intervention rate)
+ARM_SPEC = {
+    "barriernet": ("barriernet", 0.7, 0.05, 0.01, 0.5),
+    "baseline": ("baseline", 0.7, 0.2, 0.05, 0.0),
+    "baseline_ct_filter": ("baseline", 0.6, 0.1, 0.03, 0.4),
+    "baseline_dcbf_filter": ("baseline", 0.75, 0.05, 0.02, 0.1),
+}
+QP_BATCHES = [1, 16, 64, 256]
+
+
+def make_params() -> Params:
+    return Params(
+        train=TrainParams(seeds=SEEDS, total_steps=TOTAL_STEPS, num_envs=16, rollout_steps=64),
+        eval=EvalParams(episodes=EPISODES, num_envs=EPISODES),
+        decision=DecisionParams(bootstrap_samples=200),
+    )
+
+
+def fake_episodes(arm, algo, seed, rng, capture, collision, violation, intervention, max_steps=600):
+    rows = []
+    outcomes = rng.choice(["capture", "collision", "timeout"], size=EPISODES, p=[capture, collision,
+                                                                                  1 - capture - collision])
+    for episode, outcome in enumerate(outcomes):
+        length = max_steps if outcome == "timeout" else int(rng.integers(20, max_steps))
+        violations = int(rng.binomial(length, violation))
+        interventions = int(rng.binomial(length, intervention))
+        min_h = float(rng.uniform(-0.2, -0.01)) if violations else float(rng.uniform(0.0, 1.0))
+        rows.append({
+            "arm": arm, "algo": algo, "seed": seed, "episode": episode, "env_seed": 1_000_000 + episode,
+            "outcome": outcome, "length": length, "return": {"capture": 100.0}.get(outcome, -50.0),
+            "min_h": min_h, "cbf_violation_steps": violations, "interventions": interventions,
+            "infeasible_steps": int(rng.binomial(interventions, 0.05)),
+            "decision_ms": float(rng.uniform(0.05, 2.0)),
+        })
+    return pd.DataFrame(rows, columns=list(EPISODE_COLUMNS))
+
+
+def fake_trajectory(arms, rng, steps=80):
+    """Positions of one episode for the given arms, the same obstacles and evader path for all."""
+    evader = np.cumsum(rng.normal(0, 0.05, size=(steps, 2)), axis=0) + [3.0, 3.0]
+    data = {"obstacle_centres": np.array([[-2.0, 1.0], [4.0, -3.0]]), "obstacle_radii": np.array([0.5, 0.9])}
+    for i, arm in enumerate(arms):
+        t = np.linspace(0, 1, steps)[:, None]
+        data[f"{arm}/pursuer"] = (1 - t) * np.array([-5.0, -5.0]) + t * (evader[-1] + [0.3 * i, 0.0])
+        data[f"{arm}/evader"] = evader
+    return data
+
+
+def write_tsv(path: Path, metric: str, steps, values):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"step": steps, metric: values}).to_csv(path, sep="\t", index=False)
+
+
+def build_workdir(workdir: Path, params: Params) -> None:
+    """Every input of the report stage; compare's outputs come from compare.run itself."""
+    for seed in SEEDS:
+        rng = np.random.default_rng(10 + seed)
+        for algo in params.train.algos:
+            arms = [arm for arm, spec in ARM_SPEC.items() if spec[0] == algo]
+            cell = f"{algo}-s{seed}"
+            train_dir = workdir / "results" / "train" / cell
+            train_dir.mkdir(parents=True)
+            (train_dir / "model.pt").write_bytes(rng.bytes(2000))  # only hashed by the report
+            fallback = (algo, seed) == ("baseline", 1)
+            (train_dir / "summary.json").write_text(json.dumps({
+                "algo": algo, "seed": seed, "total_steps": TOTAL_STEPS, "updates": 4,
+                "wall_seconds": 12.5 + seed, "env_steps_per_second": 300.0,
+                "planned_minibatch_size": 256, "minibatch_size": 128 if fallback else 256,
+                "minibatch_fallback": fallback, "resumed_from_update": None,
+                "rollout_device": "cpu", "update_device": "cpu",
+            }))
+            steps = np.arange(1, 5) * 1024
+            metrics_dir = train_dir / "live" / "plots" / "metrics" / "rollout"
+            write_tsv(metrics_dir / "capture_rate.tsv", "capture_rate", steps, rng.uniform(0, 1, 4))
+            write_tsv(metrics_dir / "episode_return.tsv", "episode_return", steps, rng.uniform(-50, 100, 4))
+
+            eval_dir = workdir / "results" / "eval" / cell
+            eval_dir.mkdir(parents=True)
+            table = pd.concat([fake_episodes(arm, algo, seed, rng, *ARM_SPEC[arm][1:]) for arm in arms])
+            table.to_csv(eval_dir / "episodes.csv", index=False)
+            np.savez(eval_dir / "trajectory.npz", **fake_trajectory(arms, np.random.default_rng(seed)))
+            (eval_dir / "timing.json").write_text(json.dumps({"wall_seconds": 3.0, "arms": arms}))
+    compare.run(params, workdir)
+
+    rows = []
+    for pass_name, factor in (("forward", 1.0), ("forward+backward", 2.5)):
+        for batch in QP_BATCHES:
+            exact = factor * (0.2 + 0.001 * batch)
+            qpth = factor * (3.0 + 0.05 * batch)
+            for backend, ms in (("exact", exact), ("qpth", qpth)):
+                rows.append({"backend": backend, "pass": pass_name, "device": "cpu", "dtype": "float64",
+                             "obstacles": 2, "batch_size": batch, "median_ms": ms,
+                             "max_deviation": 1e-7 if backend == "qpth" else 0.0, "solved_fraction": 1.0})
+    qp_dir = workdir / "results" / "qp_benchmark"
+    qp_dir.mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(qp_dir / "table.csv", index=False)
+    (qp_dir / "metrics.json").write_text(json.dumps({"wall_seconds": 42.0}))
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    """A workdir with every input and one rendered report: (params, workdir, run result, markdown)."""
+    workdir = tmp_path_factory.mktemp("report")
+    params = make_params()
+    build_workdir(workdir, params)
+    result = report.run(params, workdir)
+    return params, workdir, result, Path(result["report"]).read_text()
+
+
+def all_episodes(workdir: Path) -> pd.DataFrame:
+    return pd.concat([pd.read_csv(p) for p in sorted((workdir / "results" / "eval").glob("*/episodes.csv"))])
+
+
+def table_row(markdown: str, *starts: str) -> str:
+    """The one markdown table row beginning with the given cells."""
+    prefix = "| " + " | ".join(starts) + " |"
+    rows = [line for line in markdown.splitlines() if line.startswith(prefix)]
+    assert len(rows) == 1, f"expected one row starting {prefix!r}, found {rows}"
+    return rows[0]
+
+
+def wilson_upper(k: int, n: int) -> float:
+    """Wilson score upper bound, written out from Wilson (1927)."""
+    p = k / n
+    return (p + Z95**2 / (2 * n) + Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n))) / (1 + Z95**2 / n)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def test_capture_rates_match_the_episode_tables(rendered):
+    params, workdir, _, markdown = rendered
+    episodes = all_episodes(workdir)
+    for arm in ARM_SPEC:
+        rows = episodes[episodes["arm"] == arm]
+        # across seeds: the mean of each seed's capture rate
+        per_seed = rows.groupby("seed")["outcome"].apply(lambda o: (o == "capture").mean())
+        expected = f"{100 * per_seed.mean():.2f} %"
+        row = table_row(markdown, report.arm_label(arm, params), str(len(SEEDS)), str(len(rows)))
+        assert row.split(" | ")[3].startswith(expected), (arm, expected, row)
+
+
+def test_wilson_bound_and_step_rate_of_one_seed(rendered):
+    params, workdir, _, markdown = rendered
+    episodes = all_episodes(workdir)
+    rows = episodes[(episodes["arm"] == "baseline") & (episodes["seed"] == 0)]
+    collisions = int((rows["outcome"] == "collision").sum())
+    high = wilson_upper(collisions, len(rows))
+    violation = rows["cbf_violation_steps"].sum() / rows["length"].sum()
+    row = table_row(markdown, report.arm_label("baseline", params), "0", str(len(rows)), str(rows["length"].sum()))
+    cells = row.split(" | ")
+    assert cells[5] == f"{100 * collisions / len(rows):.2f} % [{cells[5].split('[')[1].split(',')[0]}, {100 * high:.2f}]"
+    assert cells[6].startswith(f"{100 * violation:.2f} %")
+
+
+def test_paired_difference_matches_the_episode_tables(rendered):
+    params, workdir, _, markdown = rendered
+    episodes = all_episodes(workdir)
+    captured = episodes.assign(c=episodes["outcome"].eq("capture")).pivot_table(
+        index=["seed", "episode"], columns="arm", values="c")
+    difference = (captured["barriernet"] - captured["baseline"]).mean()
+    row = table_row(markdown, report.arm_label("barriernet", params), str(len(SEEDS) * EPISODES))
+    assert row.split(" | ")[2].startswith(f"{100 * difference:+.2f} pp")
+
+
+def test_qp_speed_up_matches_the_table(rendered):
+    _, workdir, _, markdown = rendered
+    table = pd.read_csv(workdir / "results" / "qp_benchmark" / "table.csv")
+    forward = table[(table["pass"] == "forward") & (table["batch_size"] == 64)].set_index("backend")["median_ms"]
+    ratio = forward["qpth"] / forward["exact"]
+    row = table_row(markdown, "forward", "cpu", "float64", "2", "64")
+    assert row.rstrip(" |").endswith(f"{ratio:.2f}x"), row
+
+
+def test_setup_and_provenance(rendered):
+    params, workdir, result, markdown = rendered
+    assert result["verdict"] == json.loads((workdir / "results/compare/metrics.json").read_text())["decision"]["verdict"]
+    assert f"## Verdict: **{result['verdict']}**" in markdown
+    for path in sorted((workdir / "results" / "train").glob("*/model.pt")):
+        assert hashlib.md5(path.read_bytes()).hexdigest() in markdown
+    assert params_hash(params.to_dict()) in markdown
+    assert "equal budgets: every cell ran 4,096 env steps" in markdown
+    assert "YES: 128 instead of 256" in table_row(markdown, "baseline", "1")
+    assert "minibatch fallback (out-of-memory retry with a smaller minibatch): YES, in baseline-s1" in markdown
+    assert "42.0 s" in table_row(markdown, "qp_benchmark")
+    # params differ from params.yaml: the commands carry the overrides, shell-quoted
+    assert "python -m tasks train --workdir" in markdown
+    assert "--set 'train.seeds=[0,1]'" in markdown
+    assert "7.56 %" in table_row(markdown, "CBF-violation steps", report.arm_label("barriernet", params))
+
+
+def test_every_figure_is_a_png(rendered):
+    _, workdir, result, markdown = rendered
+    names = {Path(p).stem for p in result["figures"]}
+    assert names == {"learning_curves", "outcome_rates", "qp_speed", "trajectories", "min_safety_margin"}
+    import matplotlib.image
+
+    for path in map(Path, result["figures"]):
+        assert path.parent == workdir / "reports" / "figures"
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        height, width = matplotlib.image.imread(path).shape[:2]
+        assert height > 200 and width > 200
+        assert f"](figures/{path.name})" in markdown
+
+
+def _copy(rendered, tmp_path) -> tuple[Params, Path, dict[Path, bytes]]:
+    params, workdir, _, _ = rendered
+    copy = tmp_path / "wd"
+    shutil.copytree(workdir, copy)
+    outputs = {p: p.read_bytes() for p in (copy / "reports").rglob("*") if p.is_file()}
+    return params, copy, outputs
+
+
+def _unchanged(outputs: dict[Path, bytes]) -> bool:
+    return all(p.read_bytes() == content for p, content in outputs.items())
+
+
+@pytest.mark.parametrize("damage, named", [
+    (lambda wd: (wd / "results/compare/metrics.json").unlink(), "metrics.json"),
+    (lambda wd: (wd / "results/compare/metrics.json").write_text("{not json"), "metrics.json"),
+    (lambda wd: pd.read_csv(wd / "results/compare/summary.csv").drop(columns=["capture_rate_low"]).to_csv(
+        wd / "results/compare/summary.csv", index=False), "capture_rate_low"),
+    (lambda wd: (wd / "results/train/barriernet-s1/model.pt").unlink(), "barriernet-s1/model.pt"),
+    (lambda wd: pd.read_csv(wd / "results/eval/baseline-s0/episodes.csv").drop(columns=["min_h"]).to_csv(
+        wd / "results/eval/baseline-s0/episodes.csv", index=False), "baseline-s0/episodes.csv"),
+    (lambda wd: (wd / "results/eval/barriernet-s0/trajectory.npz").write_bytes(b"garbage"), "trajectory.npz"),
+])
+def test_bad_input_is_named_and_leaves_the_report_intact(rendered, tmp_path, damage, named):
+    params, workdir, outputs = _copy(rendered, tmp_path)
+    damage(workdir)
+    with pytest.raises(StageInputError, match=named.replace("/", ".").replace(".", r"\W")):
+        report.run(params, workdir)
+    assert outputs and _unchanged(outputs)
+
+
+def test_qp_table_with_missing_columns_shows_what_exists(rendered):
+    _, workdir, _, _ = rendered
+    table = pd.read_csv(workdir / "results/qp_benchmark/table.csv")
+    forward = table[table["pass"] == "forward"]
+    narrow = forward.drop(columns=["pass", "device", "dtype", "obstacles", "solved_fraction"])
+    text = report.qp_section(narrow)
+    at_16 = forward[forward["batch_size"] == 16].set_index("backend")["median_ms"]
+    assert table_row(text, "16").rstrip(" |").endswith(f"{at_16['qpth'] / at_16['exact']:.2f}x")
+    assert "has no column(s) ['pass', 'device', 'dtype', 'obstacles', 'solved_fraction']" in text
+    # without the columns a pivot needs, the table is shown as recorded
+    raw = report.qp_section(forward[["backend", "batch_size"]])
+    assert "lacks the columns needed for the pivot" in raw and table_row(raw, "exact", "64")
+    assert png_or_none(narrow.drop(columns=["median_ms"])) is None
+
+
+def png_or_none(table):
+    return report.figure_qp_speed(table)
+
+
+def test_absent_qp_benchmark_is_said_and_its_figure_dropped(rendered, tmp_path):
+    params, workdir, _ = _copy(rendered, tmp_path)
+    shutil.rmtree(workdir / "results/qp_benchmark")
+    result = report.run(params, workdir)
+    assert "QP benchmark not run" in Path(result["report"]).read_text()
+    assert not (workdir / "reports/figures/qp_speed.png").exists()  # stale figure removed
+
+
+def test_reproduce_commands_follow_the_params():
+    default = report.default_params()
+    assert report.params_overrides(default, default) == {}
+    assert report.reproduce_commands(default, Path("."), {})[0].startswith("dvc repro")
+    params = make_params()
+    overrides = report.params_overrides(params, default)
+    assert overrides["train.total_steps"] == TOTAL_STEPS and overrides["train.seeds"] == SEEDS
+    commands = report.reproduce_commands(params, Path("/w"), overrides)
+    assert any(c.startswith("python -m tasks report --workdir /w --set") for c in commands)
+    assert any(c.startswith("prefect deployment run train-and-eval/local --params") for c in commands)
+
+
+def test_seed_band_counts_only_the_seeds_that_logged_a_step():
+    a = pd.DataFrame({"step": [0, 10, 20], "value": [0.0, 1.0, 2.0]})
+    b = pd.DataFrame({"step": [0, 20], "value": [2.0, 4.0]})  # no point at step 10: not interpolated
+    steps, mean, low, high, count = report.seed_band([a, b])
+    np.testing.assert_allclose(steps, [0, 10, 20])
+    np.testing.assert_allclose(mean, [1.0, 1.0, 3.0])
+    np.testing.assert_allclose(low, [0.0, 1.0, 2.0])
+    np.testing.assert_allclose(high, [2.0, 1.0, 4.0])
+    np.testing.assert_array_equal(count, [2, 1, 2])
