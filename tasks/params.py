@@ -242,7 +242,7 @@ class QPBenchmarkParams(_Section):
     obstacle_counts: list[int] = Field([2, 8], min_length=1)
     dtypes: list[Literal["float64", "float32"]] = Field(["float64", "float32"], min_length=1)
     devices: list[Literal["cpu", "cuda"]] = Field(["cpu", "cuda"], description="cuda is skipped when absent")
-    qpth_max_batch: int = Field(4096, ge=1, description="skip qpth above this batch (it is slow)")
+    qpth_max_batch: int = Field(1024, ge=1, description="skip qpth above this batch (seconds per call there)")
 
     @field_validator("batch_sizes", "obstacle_counts")
     @classmethod

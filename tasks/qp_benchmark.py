@@ -17,11 +17,13 @@ Timing
 For each (device, dtype, K, batch size, pass) cell, the exact solver and qpth are timed side by
 side on the same tensors, interleaved call by call (their order alternating), so machine noise
 hits both: ``qp_benchmark.warmup`` untimed calls each, then up to ``qp_benchmark.repeats`` timed
-calls each; the median is reported. Pass "forward" runs under ``torch.no_grad()``;
-"forward+backward" solves with H, f, A, b requiring grad and runs ``u.sum().backward()``.
-CUDA is synchronised around every timed call. A cell stops repeating early once it has spent
-``CELL_BUDGET_S`` seconds (at least one timed call each; the ``repeats`` column says how many
-ran), which keeps large batches affordable. qpth is skipped above ``qp_benchmark.qpth_max_batch``.
+calls each; the median is reported. Before any timing, each backend is called once per device
+(untimed) so that one-time costs (imports, CUDA context, caches) never enter a median. Pass
+"forward" runs under ``torch.no_grad()``; "forward+backward" solves with H, f, A, b requiring
+grad and runs ``u.sum().backward()``. CUDA is synchronised around every timed call. A cell stops
+repeating early once it has spent ``CELL_BUDGET_S`` seconds (at least one timed call each; the
+``repeats`` column says how many ran), which keeps large batches affordable. qpth is skipped above
+``qp_benchmark.qpth_max_batch``.
 qpth's time is that of ``solve_qp(..., backend="qpth")`` as the project uses it: qpth plus its
 KKT acceptance check and the exact re-solve of the answers that check rejects. Torch runs on
 ``BENCH_THREADS`` intra-op threads during the stage (restored afterwards).
@@ -40,7 +42,10 @@ Outputs (atomic writes)::
 
     results/qp_benchmark/table.csv       one row per (backend, pass, device, dtype, obstacles,
                                          batch_size): TABLE_COLUMNS; speedup_vs_qpth = qpth's
-                                         median / exact's on exact rows (empty elsewhere)
+                                         median / exact's on exact rows (empty elsewhere);
+                                         cpu_ms: median CPU time of this process per call (on a
+                                         loaded machine, less noisy than wall time; on CUDA only
+                                         the host's share)
     results/qp_benchmark/metrics.json    deterministic numbers only (no timings): problem counts,
                                          max deviations, solved fractions, devices run / skipped
     results/qp_benchmark/speedups.json   the headline speed-ups (exact vs qpth,
@@ -97,6 +102,7 @@ PASSES = ("forward", "forward+backward")
 TABLE_COLUMNS = (
     "backend", "pass", "device", "dtype", "obstacles", "batch_size", "median_ms", "per_problem_us",
     "max_deviation", "solved_fraction", "speedup_vs_qpth", "solver_ok_fraction", "repeats", "reference",
+    "cpu_ms",
 )
 HEADLINE_BATCHES = (1, 256)
 # The issue's targets for exact vs qpth, forward+backward, CPU (speed-up at batch size).
@@ -153,7 +159,8 @@ def _env_with_obstacles(env: EnvParams, num_obstacles: int) -> EnvParams:
         ) from None
 
 
-def build_problems(env: EnvParams, cbf: CBFParams, num_obstacles: int, count: int, seed: int = PROBLEM_SEED) -> CBFProblems:
+def build_problems(env: EnvParams, cbf: CBFParams, num_obstacles: int, count: int,
+                   seed: int = PROBLEM_SEED) -> CBFProblems:
     """`count` CBF-QPs from states of a randomly driven env with `num_obstacles` obstacles.
 
     Deterministic in (env, cbf, num_obstacles, count, seed). See the module docstring.
@@ -295,15 +302,20 @@ def _solver_call(backend: str, inputs: tuple[Tensor, ...], backward: bool) -> Ca
     return call
 
 
-def _time_side_by_side(calls: dict[str, Callable[[], Any]], repeats: int, warmup: int, cuda: bool,
-                       budget_s: float = CELL_BUDGET_S) -> tuple[dict[str, float], int, dict[str, Any]]:
-    """Interleave the calls (order alternating), `warmup` untimed rounds, then up to `repeats`
-    timed rounds (fewer once `budget_s` is spent; at least one).
+class CellTiming(NamedTuple):
+    wall: dict[str, float]  # median wall-clock seconds per call, per backend
+    cpu: dict[str, float]  # median CPU seconds of this process per call, per backend
+    rounds: int  # timed calls per backend
+    first: dict[str, Any]  # the first solution of each backend
 
-    Returns (median seconds per backend, timed rounds, the first solution of each backend).
-    """
+
+def _time_side_by_side(calls: dict[str, Callable[[], Any]], repeats: int, warmup: int, cuda: bool,
+                       budget_s: float = CELL_BUDGET_S) -> CellTiming:
+    """Interleave the calls (order alternating), `warmup` untimed rounds, then up to `repeats`
+    timed rounds (fewer once `budget_s` is spent; at least one)."""
     names = list(calls)
     times: dict[str, list[float]] = {name: [] for name in names}
+    cpu_times: dict[str, list[float]] = {name: [] for name in names}
     first: dict[str, Any] = {}
     started = time.perf_counter()
     rounds = 0
@@ -317,16 +329,18 @@ def _time_side_by_side(calls: dict[str, Callable[[], Any]], repeats: int, warmup
         for name in order:
             if cuda:
                 torch.cuda.synchronize()
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             solution = calls[name]()
             if cuda:
                 torch.cuda.synchronize()
-            elapsed = time.perf_counter() - start
+            elapsed, cpu_elapsed = time.perf_counter() - start, time.process_time() - cpu_start
             first.setdefault(name, solution)
             if timed:
                 times[name].append(elapsed)
+                cpu_times[name].append(cpu_elapsed)
         rounds += timed
-    return {name: statistics.median(values) for name, values in times.items()}, rounds, first
+    median = lambda samples: {name: statistics.median(values) for name, values in samples.items()}  # noqa: E731
+    return CellTiming(median(times), median(cpu_times), rounds, first)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -368,7 +382,8 @@ def run(params: Params, workdir: Path) -> dict[str, Any]:
         torch.set_num_threads(threads)
 
 
-def _run(params: Params, workdir: Path, batch_sizes: list[int], devices: list[str], skipped: dict[str, str]) -> dict[str, Any]:
+def _run(params: Params, workdir: Path, batch_sizes: list[int], devices: list[str],
+         skipped: dict[str, str]) -> dict[str, Any]:
     bench = params.qp_benchmark
     obstacle_counts = list(dict.fromkeys(bench.obstacle_counts))
     dtypes = list(dict.fromkeys(bench.dtypes))
@@ -377,8 +392,14 @@ def _run(params: Params, workdir: Path, batch_sizes: list[int], devices: list[st
     rows: list[dict[str, Any]] = []
     problem_info: dict[str, Any] = {}
     accuracy: dict[tuple, dict[str, Any]] = {}
+    primed: set[str] = set()
     for obstacles in obstacle_counts:
         problems = build_problems(params.env, params.cbf, obstacles, pool_size)
+        for device in devices:
+            if device not in primed:  # one-time costs (qpth imports cvxpy: seconds) stay untimed
+                for backend in BACKENDS:
+                    _solver_call(backend, problems.head(1, device), backward=True)()
+                primed.add(device)
         references = reference_solutions(problems, bench.qpth_max_batch)
         ref_name, _, ref_feasible = references["exact"]
         problem_info[f"obstacles_{obstacles}"] = {
@@ -386,7 +407,8 @@ def _run(params: Params, workdir: Path, batch_sizes: list[int], devices: list[st
             "rows": int(problems.A.shape[1]),
             "real_rows_mean": round(float(problems.mask.double().sum(-1).mean()), 6),
             "reference_feasible": int(ref_feasible.sum()) if ref_name == "quadprog" else None,
-            "unsafe_states": int((problems.h < 0).any(-1).sum()),
+            # states whose look-ahead barrier is already negative (often no safe action exists)
+            "negative_barrier_states": int((problems.h < 0).any(-1).sum()),
         }
         for device in devices:
             cuda = device == "cuda"
@@ -396,14 +418,17 @@ def _run(params: Params, workdir: Path, batch_sizes: list[int], devices: list[st
                     backends = [b for b in BACKENDS if b == "exact" or batch <= bench.qpth_max_batch]
                     for pass_name in PASSES:
                         calls = {b: _solver_call(b, inputs, pass_name != "forward") for b in backends}
-                        medians, repeats, first = _time_side_by_side(calls, bench.repeats, bench.warmup, cuda)
+                        timing = _time_side_by_side(calls, bench.repeats, bench.warmup, cuda)
+                        medians = timing.wall
                         for backend in backends:
                             key = (backend, device, dtype_name, obstacles, batch)
                             if key not in accuracy:  # u is the same in both passes
-                                sol = first[backend]
+                                sol = timing.first[backend]
                                 accuracy[key] = _accuracy(sol.u, sol.feasible, sol.solver_ok, references[backend])
                             acc = accuracy[key]
-                            speedup = medians["qpth"] / medians["exact"] if backend == "exact" and "qpth" in medians else math.nan
+                            speedup = math.nan
+                            if backend == "exact" and "qpth" in medians:
+                                speedup = medians["qpth"] / medians["exact"]
                             rows.append({
                                 "backend": backend, "pass": pass_name, "device": device, "dtype": dtype_name,
                                 "obstacles": obstacles, "batch_size": batch,
@@ -411,10 +436,12 @@ def _run(params: Params, workdir: Path, batch_sizes: list[int], devices: list[st
                                 "per_problem_us": medians[backend] * 1e6 / batch,
                                 "max_deviation": acc["max_deviation"], "solved_fraction": acc["solved_fraction"],
                                 "speedup_vs_qpth": speedup, "solver_ok_fraction": acc["solver_ok_fraction"],
-                                "repeats": repeats, "reference": references[backend][0],
+                                "repeats": timing.rounds, "reference": references[backend][0],
+                                "cpu_ms": timing.cpu[backend] * 1e3,
                             })
     table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
-    metrics = _metrics(accuracy, problem_info, devices, skipped, references_name=ref_name)
+    reference_name = "quadprog" if ref_name == "quadprog" else "the other backend (quadprog not installed)"
+    metrics = _metrics(accuracy, problem_info, devices, skipped, reference_name)
     speedups = _speedups(table, obstacle_counts)
 
     out = {name: workdir / path for name, path in
@@ -433,7 +460,7 @@ def _json_number(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _metrics(accuracy, problem_info, devices, skipped, references_name) -> dict[str, Any]:
+def _metrics(accuracy, problem_info, devices, skipped, reference_name) -> dict[str, Any]:
     """Deterministic numbers only: the same problems and solvers give the same file."""
     per_cell: dict[str, Any] = {}
     largest: dict[tuple, int] = {}
@@ -456,11 +483,11 @@ def _metrics(accuracy, problem_info, devices, skipped, references_name) -> dict[
         }
     headline = {}
     for backend, by_device in per_cell.items():
-        values = [c["max_deviation"] for by_dtype in by_device.values() for c in by_dtype.get("float64", {}).values()
-                  if c["max_deviation"] is not None]
+        values = [cell["max_deviation"] for by_dtype in by_device.values()
+                  for cell in by_dtype.get("float64", {}).values() if cell["max_deviation"] is not None]
         headline[f"{backend}_max_deviation_float64"] = max(values) if values else None
     return {
-        "reference_solver": references_name,
+        "reference_solver": reference_name,
         "devices_run": devices,
         "devices_skipped": skipped,
         "problems": problem_info,
@@ -471,19 +498,28 @@ def _metrics(accuracy, problem_info, devices, skipped, references_name) -> dict[
 
 def _speedups(table: pd.DataFrame, obstacle_counts: list[int]) -> dict[str, Any]:
     """Headline exact-vs-qpth speed-ups (forward+backward, CPU, float64): timings, not metrics."""
-    rows = table[(table["backend"] == "exact") & (table["pass"] == "forward+backward")
-                 & (table["device"] == "cpu") & (table["dtype"] == "float64")]
+    chosen = table[(table["pass"] == "forward+backward") & (table["device"] == "cpu") & (table["dtype"] == "float64")]
+    keys = ["obstacles", "batch_size"]
+    exact = chosen[chosen["backend"] == "exact"].set_index(keys)
+    qpth = chosen[chosen["backend"] == "qpth"].set_index(keys)
+    cpu_ratio = (qpth["cpu_ms"] / exact["cpu_ms"]).dropna()
     headline: dict[str, Any] = {}
     every: dict[str, Any] = {}
+    cpu_every: dict[str, Any] = {}
     for obstacles in obstacle_counts:
-        mine = rows[rows["obstacles"] == obstacles]
-        by_batch = {int(r.batch_size): _json_number(float(r.speedup_vs_qpth)) for r in mine.itertuples()}
+        mine = exact[exact.index.get_level_values("obstacles") == obstacles]
+        by_batch = {int(batch): _json_number(float(s)) for (_, batch), s in mine["speedup_vs_qpth"].items()}
         every[f"obstacles_{obstacles}"] = {f"batch_{b}": s for b, s in by_batch.items()}
         headline[f"obstacles_{obstacles}"] = {f"batch_{b}": by_batch.get(b) for b in HEADLINE_BATCHES}
+        cpu_every[f"obstacles_{obstacles}"] = {f"batch_{int(batch)}": float(r) for (k, batch), r in cpu_ratio.items()
+                                               if k == obstacles}
     return {
         "pass": "forward+backward", "device": "cpu", "dtype": "float64",
         "speedup_vs_qpth": headline,
         "speedup_vs_qpth_all_batches": every,
+        # the same ratio in CPU time of this process: less sensitive to other processes
+        # preempting ours on a loaded machine (short calls suffer most from that)
+        "cpu_time_speedup_vs_qpth_all_batches": cpu_every,
         "targets": {f"batch_{b}": t for b, t in TARGETS.items()},
         "torch_threads": torch.get_num_threads(),
         "note": "qpth median time / exact median time, measured side by side in one run; "

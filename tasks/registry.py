@@ -72,7 +72,7 @@ STAGES: dict[str, Stage] = {
             help="time qpth against the exact solver on CBF problems from real env states",
             code=("tasks/qp_benchmark.py", "tasks/params.py", "model/qp.py", "model/cbf.py", *ENV_CODE),
             params=("env", "cbf", "qp_benchmark"),
-            outs=("results/qp_benchmark/table.csv", "results/qp_benchmark/speed.png"),
+            outs=("results/qp_benchmark/table.csv", "results/qp_benchmark/speedups.json", "results/qp_benchmark/speed.png"),
             metrics=("results/qp_benchmark/metrics.json",),
         ),
         Stage(
