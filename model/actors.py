@@ -167,7 +167,7 @@ class BarrierNetActor(nn.Module):
     ``deterministic=True``: no noise; executed = QP(nominal mean) in both modes.
 
     info: ``nominal`` (B, 2) nominal mean; ``gamma`` (B, M); ``proposal`` (B, 2) the action the
-    nominal policy alone would have executed (nominal mean, plus std * eps when stochastic);
+    nominal policy alone would have executed (nominal mean, plus std * eps when stochastic, clipped to the bounds);
     ``correction`` (B,) = |executed - proposal|; ``intervened`` (B,) = correction > cbf.intervention_tol;
     ``infeasible`` (B,) (any QP of this forward was infeasible); ``h`` (B, M) CBF values (absent
     obstacles +inf); ``qp_ms`` (scalar) total QP wall time of this call for the whole batch, only
@@ -245,6 +245,10 @@ class BarrierNetActor(nn.Module):
                 mean, sample = nominal, proposal
                 executed, feasible = self.projection(sample, rows)
             log_prob = _normal_log_prob(sample, mean, std)
+        # What the env would execute without the safety layer: the proposal clipped to the
+        # control bounds. Bound clipping is not a safety intervention; only the CBF rows' is.
+        centre, half = self.action_centre.to(proposal.dtype), self.action_half_range.to(proposal.dtype)
+        proposal = torch.maximum(torch.minimum(proposal, centre + half), centre - half)
         info = {"nominal": nominal, "gamma": gamma, "proposal": proposal, "infeasible": ~feasible, "h": rows.h}
         info.update(_intervention_info(proposal, executed, self.cbf_params.intervention_tol))
         if self.time_qp:
