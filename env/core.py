@@ -3,12 +3,15 @@
 Every gymnasium class in this package is a view of `PursuitEvasionCore`, so the single env,
 the native vector env and the zero-copy training path cannot drift apart.
 
-State of N envs (all torch tensors, batch first):
+State of N envs, stored "structure of arrays" (the batch is the last, contiguous axis, so
+every per-step operation runs on contiguous rows; views in the contract's batch-first shapes are
+properties):
 
-- ``pose``      (N, 2, 3)  x, y, theta of the pursuer (row 0) and the evader (row 1)
-- ``vel``       (N, 2, 2)  the (v, w) each robot executed in its last step (zeros at start)
-- ``obstacle_centres`` (N, K, 2), ``obstacle_radii`` (N, K), ``obstacle_mask`` (N, K) bool
-- counters: ``step_count``, ``episode_index``, the per-env seed, the running return
+- ``robots``    (5, 2, N)  x, y, theta, v, w of the pursuer (row 0) and the evader (row 1);
+  (v, w) is what each robot executed in its last step (zeros at the start of an episode)
+- ``obstacles`` (3, K, N)  centre x, centre y, radius; ``present`` (K, N) bool (obstacle exists)
+- ``counters``  (5, N) int64: step in episode, episode index, seed low/high 32 bits, episode key
+- ``tracking``  (2, N)  pursuer-evader distance (for the shaping reward), running return
 
 Randomness is counter-based: a uniform draw is a hash of (env seed, episode index, step index,
 draw index), so env i of a vector env seeded s and a single env seeded s + i draw exactly the
@@ -23,7 +26,7 @@ from typing import Any, NamedTuple, Sequence
 import torch
 from torch import Tensor
 
-from env.evaders import evader_actions
+from env.evaders import flee_evader, random_evader
 from tasks.params import EnvParams
 
 # ---------------------------------------------------------------------------------------------
@@ -37,6 +40,7 @@ _MUL_A = 0x7FEB352D  # from Wellons' "lowbias32" hash (odd, < 2**31)
 _MUL_B = 0x5BD1E995  # MurmurHash2's multiplier (odd, < 2**31)
 _SEED_SALT = 0x243F6A88  # digits of pi: keeps seed 0 away from the all-zero fixed point
 _DRAW_SALT = 0x3C6EF372
+_STEP_MUL = 0x2C1B3C6D  # odd, < 2**31
 _UNIT_24 = 2.0**-24
 
 # Where the draws of a reset live (all at step index 0); steps use step index 1..max_steps.
@@ -91,9 +95,14 @@ def draw_salts(count: int, device: torch.device | str = "cpu") -> Tensor:
 
 
 def uniforms(key: Tensor, step: Tensor | int, salts: Tensor, dtype: torch.dtype) -> Tensor:
-    """Uniform draws in [0, 1) on a 2**-24 grid: (N, D) from key (N,), step (N,) or int, salts (D,)."""
-    step_key = _mix32(key ^ step)
-    bits = _mix32(step_key.unsqueeze(1) ^ salts)
+    """Uniform draws in [0, 1) on a 2**-24 grid, draw-major: (D, N) from key (N,), step (N,) or
+    int, salts (D,). Draw d of env i depends only on (key_i, step_i, d).
+
+    The step enters through an odd multiplier (a bijection mod 2**32), so every step of an
+    episode reads a different part of the hash; the key is already a hash of (seed, episode).
+    """
+    counter = key ^ ((step * _STEP_MUL) & _MASK32)
+    bits = _mix32(counter ^ salts.unsqueeze(1))
     return (bits >> 8).to(dtype) * _UNIT_24
 
 
@@ -103,24 +112,32 @@ def uniforms(key: Tensor, step: Tensor | int, salts: Tensor, dtype: torch.dtype)
 
 def wrap_angle(theta: Tensor) -> Tensor:
     """Angles wrapped to (-pi, pi]."""
-    return theta - (2 * math.pi) * torch.ceil((theta - math.pi) / (2 * math.pi))
+    return math.pi - torch.remainder(math.pi - theta, 2 * math.pi)
+
+
+def _arc_length_factor(half_turn: Tensor) -> Tensor:
+    """sin(h) / h, 1 at h = 0 (no cancellation: accurate for tiny h too)."""
+    straight = half_turn == 0
+    return torch.where(straight, 1.0, torch.sin(half_turn) / torch.where(straight, 1.0, half_turn))
+
+
+def unicycle_arc(x: Tensor, y: Tensor, theta: Tensor, v: Tensor, w: Tensor, dt: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Exact unicycle flow over dt with constant (v, w), elementwise on same-shaped tensors.
+
+    The arc x += (v/w)(sin(t + w dt) - sin t), y -= (v/w)(cos(t + w dt) - cos t) is evaluated as
+    v dt (sin(h)/h) (cos, sin)(t + h) with h = w dt / 2: the same numbers, finite at w = 0 and
+    exactly the straight line there. Theta is wrapped to (-pi, pi].
+    """
+    half_turn = w * (0.5 * dt)
+    mid = theta + half_turn
+    length = (v * dt) * _arc_length_factor(half_turn)
+    return x + length * torch.cos(mid), y + length * torch.sin(mid), wrap_angle(mid + half_turn)
 
 
 def unicycle_step(pose: Tensor, v: Tensor, w: Tensor, dt: float) -> Tensor:
-    """Exact unicycle flow over dt with constant (v, w): pose (..., 3), v and w (...) -> (..., 3).
-
-    The arc x += (v/w)(sin(t + w dt) - sin t), y -= (v/w)(cos(t + w dt) - cos t) is written as
-    v dt sinc(w dt / 2) (cos, sin)(t + w dt / 2), which is the same number, finite at w = 0
-    and exactly the straight line there.
-    """
-    half_turn = w * (0.5 * dt)
-    theta = pose[..., 2]
-    mid = theta + half_turn
-    length = v * dt * torch.sinc(half_turn / math.pi)  # torch.sinc(x) = sin(pi x) / (pi x)
-    return torch.stack(
-        (pose[..., 0] + length * torch.cos(mid), pose[..., 1] + length * torch.sin(mid), wrap_angle(theta + 2 * half_turn)),
-        dim=-1,
-    )
+    """`unicycle_arc` on poses (..., 3) with v, w (...) -> (..., 3)."""
+    x, y, theta = unicycle_arc(pose[..., 0], pose[..., 1], pose[..., 2], v, w, dt)
+    return torch.stack((x, y, theta), dim=-1)
 
 
 class SafetyState(NamedTuple):
@@ -137,16 +154,13 @@ def barrier_values(pursuer: Tensor, centres: Tensor, radii: Tensor, mask: Tensor
 
     Obstacle i: ``|p - c_i| - (r_i + robot_radius + safety_margin)``;
     wall +x: ``(L/2 - robot_radius - safety_margin) - x`` (and -x, +y, -y likewise).
+    pursuer (N, 3), centres (N, K, 2), radii and mask (N, K).
     """
-    centre_distance = torch.linalg.vector_norm(pursuer[:, :2].unsqueeze(1) - centres, dim=-1)
-    return _barrier_from_distances(pursuer, centre_distance, radii, mask, params)
-
-
-def _barrier_from_distances(pursuer: Tensor, centre_distance: Tensor, radii: Tensor, mask: Tensor, params: EnvParams) -> Tensor:
+    x, y = pursuer[:, 0], pursuer[:, 1]
+    centre_distance = torch.hypot(x.unsqueeze(1) - centres[..., 0], y.unsqueeze(1) - centres[..., 1])
     h_obstacles = torch.where(mask, centre_distance - (radii + (params.robot_radius + params.safety_margin)), math.inf)
     wall = params.arena_size / 2 - params.robot_radius - params.safety_margin
-    x, y = pursuer[:, 0:1], pursuer[:, 1:2]
-    return torch.cat((h_obstacles, wall - x, wall + x, wall - y, wall + y), dim=1)
+    return torch.cat((h_obstacles, torch.stack((wall - x, wall + x, wall - y, wall + y), dim=1)), dim=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,39 +170,33 @@ class PlacementError(RuntimeError):
     """A reset could not place the obstacles with the requested clearance."""
 
 
-_STATE_KEYS = (
-    "pose",
-    "vel",
-    "obstacle_centres",
-    "obstacle_radii",
-    "obstacle_mask",
-    "step_count",
-    "episode_index",
-    "seed_lo",
-    "seed_hi",
-    "key",
-    "distance",
-    "episode_return",
-    "placement_failed",
-)
+_STATE_KEYS = ("robots", "obstacles", "present", "counters", "tracking", "placement_failed")
+_STEP, _EPISODE, _SEED_LO, _SEED_HI, _KEY = range(5)  # rows of `counters`
+_DISTANCE, _RETURN = range(2)  # rows of `tracking`
+_X, _Y, _THETA, _V, _W = range(5)  # rows of `robots`
+_PURSUER, _EVADER = range(2)
 
 
 class PursuitEvasionCore:
     """N pursuit-evasion games stepped together on torch tensors.
 
     Args:
-        params: the scenario (`tasks.params.EnvParams`).
+        params: the scenario (`tasks.params.EnvParams`; defaults when None).
         num_envs: N, the batch size.
         device, dtype: where and in which float type the state lives (float32 by default).
-        autoreset: reset ended envs inside `step` (same-step autoreset, the vector env and
+        autoreset: reset ended envs inside `step` (same-step autoreset: the vector env and the
             training path); False leaves them ended until `reset` (the single-env view).
         sync_free_autoreset: True recomputes the reset draws of every env each step and selects
             with ``torch.where`` (no host sync; the CUDA default). False checks once per step
-            whether any env ended and resets only those (the CPU default; cheaper there). Both
-            give identical numbers.
+            whether any env ended and resets only those (the CPU default; much cheaper there).
+            Both give identical numbers. In the sync-free mode a failed obstacle placement is
+            only raised at the next `reset` or `check_placement`.
         validate_actions: check actions for NaN (one host sync per step on CUDA).
 
     The core starts seeded with seeds 0..N-1 and reset, so it can be stepped at once.
+    Tensors handed out (obs, info, properties) are never modified later: every step builds new
+    state tensors. Pose and velocity entries of `info` and of `safety_state` are strided views
+    of the structure-of-arrays state (call ``.contiguous()`` before ``.view``).
     """
 
     def __init__(
@@ -202,7 +210,7 @@ class PursuitEvasionCore:
         sync_free_autoreset: bool | None = None,
         validate_actions: bool = True,
     ) -> None:
-        if not isinstance(num_envs, int) or num_envs < 1:
+        if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs={num_envs!r} is invalid; accepted: an integer >= 1")
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype={dtype} is invalid; accepted: torch.float32 or torch.float64")
@@ -222,22 +230,36 @@ class PursuitEvasionCore:
         self._diagonal = p.arena_size * math.sqrt(2)
         self._reset_salts = draw_salts(_DRAW_OBSTACLES + 3 * PLACEMENT_CANDIDATES * p.num_obstacles, self.device)
         self._step_salts = draw_salts(2, self.device)
-        # Velocity normalisers; an evader with limit 0 is observed as 0.
-        self._vel_scale = torch.tensor(
-            [
-                [1 / p.pursuer_v_max, 1 / p.pursuer_w_max],
-                [1 / p.evader_v_max if p.evader_v_max > 0 else 0.0, 1 / p.evader_w_max if p.evader_w_max > 0 else 0.0],
-            ],
+        # Velocity normalisers shaped like robots[3:5] without the batch; a limit of 0 (an evader
+        # that cannot move) divides 0 by a tiny number and is observed as 0. Division, not
+        # multiplication by the inverse, keeps v_max / v_max exactly 1.
+        self._velocity_scale = torch.tensor(
+            [[[p.pursuer_v_max], [max(p.evader_v_max, 1e-30)]], [[p.pursuer_w_max], [max(p.evader_w_max, 1e-30)]]],
             dtype=dtype,
             device=self.device,
         )
-        self._unit_x = torch.tensor([1.0, 0.0], dtype=dtype, device=self.device)
-        self._far_obstacle = torch.tensor([1.0, 0.0, 0.0], dtype=dtype, device=self.device)
-        low, high = self.observation_bounds()
-        self._obs_low = torch.tensor(low, dtype=dtype, device=self.device)
-        self._obs_high = torch.tensor(high, dtype=dtype, device=self.device)
+        self._zero = torch.zeros((), dtype=dtype, device=self.device)
+        self._one = torch.ones((), dtype=dtype, device=self.device)
+        self._far_obstacle = torch.tensor([1.0, 0.0, 0.0], dtype=dtype, device=self.device).view(1, 3, 1)
+        self._allocate()
         self.seed(range(num_envs))
         self.reset()
+
+    def _allocate(self) -> None:
+        n, k = self.num_envs, self.num_obstacles
+        self.robots = torch.zeros(5, 2, n, dtype=self.dtype, device=self.device)
+        self.obstacles = torch.zeros(3, k, n, dtype=self.dtype, device=self.device)
+        self.present = torch.ones(k, n, dtype=torch.bool, device=self.device)
+        self.counters = torch.zeros(5, n, dtype=torch.int64, device=self.device)
+        self.tracking = torch.zeros(2, n, dtype=self.dtype, device=self.device)
+        self.placement_failed = torch.zeros(n, dtype=torch.bool, device=self.device)
+        self._obstacles_changed()
+
+    def _obstacles_changed(self) -> None:
+        """Refresh the contract's batch-first obstacle tensors (once per change, not per step)."""
+        self.obstacle_centres = self.obstacles[:2].permute(2, 1, 0).contiguous()  # (N, K, 2)
+        self.obstacle_radii = self.obstacles[2].T.contiguous()  # (N, K)
+        self.obstacle_mask = self.present.T.contiguous()  # (N, K)
 
     # -- observation layout ---------------------------------------------------------------------
 
@@ -255,28 +277,27 @@ class PursuitEvasionCore:
         """(low, high) of every observation entry; observations are clipped to them.
 
         Unit-vector and velocity entries lie in [-1, 1]; positions and distances are scaled to
-        about [-1, 1] and bounded by [-2, 2] (only a pursuer overshooting a wall on its
-        collision step leaves [-1, 1]).
+        about [-1, 1] and clipped to [-2, 2] (only a pursuer overshooting a wall or an obstacle
+        on its collision step, or a state set by hand, leaves [-1, 1]).
         """
-        low, high = [], []
-        for name in self.observation_names():
-            unit = name.endswith(("_cos", "_sin", "_v", "_w"))
-            low.append(-1.0 if unit else -2.0)
-            high.append(1.0 if unit else 2.0)
-        return low, high
+        unit = [name.endswith(("_cos", "_sin", "_v", "_w")) for name in self.observation_names()]
+        return [-1.0 if u else -2.0 for u in unit], [1.0 if u else 2.0 for u in unit]
 
     # -- seeding and reset ----------------------------------------------------------------------
 
     def seed(self, seeds: Sequence[int]) -> None:
-        """One seed per env (env i of a vector env seeded s gets s + i); call `reset` next."""
+        """One seed per env (env i of a vector env seeded s gets s + i); call `reset` next.
+
+        Seeds are integers taken mod 2**64; the next reset of each env starts its episode 0.
+        """
         seeds = [int(s) for s in seeds]
         if len(seeds) != self.num_envs:
             raise ValueError(f"seed() got {len(seeds)} seeds for num_envs={self.num_envs}; accepted: one per env")
-        halves = torch.tensor([split_seed(s) for s in seeds], dtype=torch.int64, device=self.device)
-        self.seed_lo = halves[:, 0].contiguous()
-        self.seed_hi = halves[:, 1].contiguous()
-        # The next reset starts episode 0.
-        self.episode_index = torch.full((self.num_envs,), -1, dtype=torch.int64, device=self.device)
+        halves = torch.tensor([split_seed(s) for s in seeds], dtype=torch.int64, device=self.device).T
+        counters = self.counters.clone()
+        counters[_SEED_LO], counters[_SEED_HI] = halves[0], halves[1]
+        counters[_EPISODE] = -1
+        self.counters = counters
 
     def reset(self, mask: Tensor | None = None) -> Tensor:
         """Start a new episode in the envs where `mask` (N,) bool is True (all when None).
@@ -291,22 +312,9 @@ class PursuitEvasionCore:
             if mask.shape != (self.num_envs,):
                 raise ValueError(f"reset mask has shape {tuple(mask.shape)}; accepted: ({self.num_envs},) bool")
             index = mask.nonzero().squeeze(1)
-        if mask is None:
-            # Fresh tensors of the right shape for a first reset or a full one.
-            k = self.num_obstacles
-            self.pose = torch.zeros(self.num_envs, 2, 3, dtype=self.dtype, device=self.device)
-            self.vel = torch.zeros(self.num_envs, 2, 2, dtype=self.dtype, device=self.device)
-            self.obstacle_centres = torch.zeros(self.num_envs, k, 2, dtype=self.dtype, device=self.device)
-            self.obstacle_radii = torch.zeros(self.num_envs, k, dtype=self.dtype, device=self.device)
-            self.obstacle_mask = torch.ones(self.num_envs, k, dtype=torch.bool, device=self.device)
-            self.step_count = torch.zeros(self.num_envs, dtype=torch.int64, device=self.device)
-            self.key = torch.zeros(self.num_envs, dtype=torch.int64, device=self.device)
-            self.distance = torch.zeros(self.num_envs, dtype=self.dtype, device=self.device)
-            self.episode_return = torch.zeros(self.num_envs, dtype=self.dtype, device=self.device)
-            self.placement_failed = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
         self._reset_index(index)
         self.check_placement()
-        return self._observe(self.pose, self.vel, self.obstacle_centres, self.obstacle_radii, self.obstacle_mask)
+        return self.observe()
 
     def check_placement(self) -> None:
         """Raise `PlacementError` if any env's last reset failed to place its obstacles (a sync)."""
@@ -320,97 +328,98 @@ class PursuitEvasionCore:
                 "accepted: fewer or smaller obstacles, less clearance or a larger arena"
             )
 
-    def _start_states(self, seed_lo: Tensor, seed_hi: Tensor, episode: Tensor) -> dict[str, Tensor]:
-        """First states of the given episodes, (M, ...) for M envs given by (M,) int64 inputs."""
+    def _start_states(self, counters: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """First states of the episodes in `counters` (5, M) (its episode row already advanced).
+
+        Returns robots (5, 2, M), obstacles (3, K, M), key (M,), distance (M,), failed (M,) bool.
+        """
         p = self.params
         dtype = self.dtype
-        key = episode_key(seed_lo, seed_hi, episode)
-        draw = uniforms(key, 0, self._reset_salts, dtype)  # (M, D)
+        m = counters.shape[1]
+        key = episode_key(counters[_SEED_LO], counters[_SEED_HI], counters[_EPISODE])
+        draw = uniforms(key, 0, self._reset_salts, dtype)  # (D, M)
         usable = self._half - p.robot_radius - p.safety_margin  # robots start with h_wall >= 0
 
-        # Pursuer-evader distance uniform; the direction uniform over the directions that fit
-        # in the usable square (four arcs, exact: no rejection); the pursuer uniform over the
-        # positions that keep both robots inside it.
-        distance = p.start_distance_min + draw[:, _DRAW_START_DISTANCE] * (p.start_distance_max - p.start_distance_min)
+        # The pursuer-evader distance is uniform; the direction uniform over the directions that
+        # fit in the usable square (four arcs, sampled exactly: no rejection); the pursuer
+        # uniform over the positions that keep both robots inside the square.
+        distance = p.start_distance_min + draw[_DRAW_START_DISTANCE] * (p.start_distance_max - p.start_distance_min)
+        distance = distance.clamp(max=2 * math.sqrt(2) * usable)  # at most the usable square's diagonal
         cut = torch.acos(torch.clamp(2 * usable / distance.clamp_min(1e-12), max=1.0))  # in [0, pi/4]
-        quadrant = torch.floor(4 * draw[:, _DRAW_QUADRANT])
-        direction = quadrant * (math.pi / 2) + cut + draw[:, _DRAW_ANGLE] * (math.pi / 2 - 2 * cut)
-        offset = torch.stack((torch.cos(direction), torch.sin(direction)), dim=1) * distance.unsqueeze(1)
+        quadrant = torch.floor(4 * draw[_DRAW_QUADRANT])
+        direction = quadrant * (math.pi / 2) + cut + draw[_DRAW_ANGLE] * (math.pi / 2 - 2 * cut)
+        offset = torch.stack((torch.cos(direction), torch.sin(direction))) * distance  # (2, M)
         low = torch.clamp(-usable - offset, min=-usable)
         high = torch.clamp(usable - offset, max=usable)
-        pursuer_xy = low + draw[:, _DRAW_PURSUER_X : _DRAW_PURSUER_Y + 1] * (high - low)
-        evader_xy = pursuer_xy + offset
-        headings = (2 * draw[:, _DRAW_PURSUER_THETA : _DRAW_EVADER_THETA + 1] - 1) * math.pi
-        pose = torch.cat((pursuer_xy, headings[:, :1], evader_xy, headings[:, 1:]), dim=1).reshape(-1, 2, 3)
+        pursuer = low + draw[_DRAW_PURSUER_X : _DRAW_PURSUER_Y + 1] * (high - low)  # (2, M) x, y
+        evader = pursuer + offset
+        headings = (2 * draw[_DRAW_PURSUER_THETA : _DRAW_EVADER_THETA + 1] - 1) * math.pi  # (2, M)
+        zeros = torch.zeros(2, m, dtype=dtype, device=self.device)
+        robots = torch.stack(
+            (torch.stack((pursuer[0], evader[0])), torch.stack((pursuer[1], evader[1])), headings, zeros, zeros)
+        )
 
         # Obstacles one after another, each the first valid of C candidates (vectorised).
         k_total, c = self.num_obstacles, PLACEMENT_CANDIDATES
-        m = seed_lo.shape[0]
-        centres = torch.zeros(m, k_total, 2, dtype=dtype, device=self.device)
-        radii = torch.zeros(m, k_total, dtype=dtype, device=self.device)
+        obstacles = torch.zeros(3, k_total, m, dtype=dtype, device=self.device)
         failed = torch.zeros(m, dtype=torch.bool, device=self.device)
         if k_total:
-            cand = draw[:, _DRAW_OBSTACLES:].reshape(m, k_total, c, 3)
-            robots = pose[:, :, :2]  # (M, 2, 2)
+            cand = draw[_DRAW_OBSTACLES:].reshape(k_total, c, 3, m)
+            robot_x, robot_y = robots[_X].unsqueeze(1), robots[_Y].unsqueeze(1)  # (2, 1, M)
+            keep_off_robots = p.robot_radius + p.obstacle_clearance
             for k in range(k_total):
-                radius = p.obstacle_radius_min + cand[:, k, :, 0] * (p.obstacle_radius_max - p.obstacle_radius_min)
-                span = self._half - radius  # centre keeps the whole circle inside the arena
-                centre = torch.stack(((2 * cand[:, k, :, 1] - 1) * span, (2 * cand[:, k, :, 2] - 1) * span), dim=-1)
-                to_robots = torch.linalg.vector_norm(centre.unsqueeze(2) - robots.unsqueeze(1), dim=-1)  # (M, C, 2)
-                valid = (to_robots >= (radius + p.robot_radius + p.obstacle_clearance).unsqueeze(-1)).all(-1)
-                if k:
-                    to_placed = torch.linalg.vector_norm(centre.unsqueeze(2) - centres[:, :k].unsqueeze(1), dim=-1)
-                    valid &= (to_placed >= radius.unsqueeze(-1) + radii[:, :k].unsqueeze(1)).all(-1)
-                first = torch.argmax(valid.to(torch.uint8), dim=1, keepdim=True)  # first valid (or 0)
-                failed |= ~valid.any(1)
-                radii[:, k] = radius.gather(1, first).squeeze(1)
-                centres[:, k] = centre.gather(1, first.unsqueeze(-1).expand(-1, 1, 2)).squeeze(1)
-        return {
-            "pose": pose,
-            "obstacle_centres": centres,
-            "obstacle_radii": radii,
-            "key": key,
-            "distance": distance,
-            "placement_failed": failed,
-        }
+                radius = p.obstacle_radius_min + cand[k, :, 0] * (p.obstacle_radius_max - p.obstacle_radius_min)  # (C, M)
+                span = self._half - radius  # the whole circle inside the arena
+                cx, cy = (2 * cand[k, :, 1] - 1) * span, (2 * cand[k, :, 2] - 1) * span
+                to_robots = torch.hypot(cx - robot_x, cy - robot_y)  # (2, C, M)
+                valid = (to_robots >= radius + keep_off_robots).all(0)  # (C, M)
+                for j in range(k):  # no overlap with the obstacles already placed
+                    valid &= torch.hypot(cx - obstacles[0, j], cy - obstacles[1, j]) >= radius + obstacles[2, j]
+                first = torch.argmax(valid.to(torch.int32), dim=0, keepdim=True)  # first valid (or 0), (1, M)
+                failed |= ~valid.any(0)
+                obstacles[:, k] = torch.cat((cx.gather(0, first), cy.gather(0, first), radius.gather(0, first)))
+        return robots, obstacles, key, distance, failed
 
     def _reset_index(self, index: Tensor) -> None:
         """Start the next episode in the envs listed in `index` (M,) int64 (out of place)."""
-        episode = self.episode_index[index] + 1
-        start = self._start_states(self.seed_lo[index], self.seed_hi[index], episode)
-        put = lambda t, v: t.index_put((index,), v)  # noqa: E731  (new tensor: info keeps the old)
-        self.episode_index = put(self.episode_index, episode)
-        self.pose = put(self.pose, start["pose"])
-        self.vel = put(self.vel, torch.zeros_like(self.vel[index]))
-        self.obstacle_centres = put(self.obstacle_centres, start["obstacle_centres"])
-        self.obstacle_radii = put(self.obstacle_radii, start["obstacle_radii"])
-        self.obstacle_mask = put(self.obstacle_mask, torch.ones_like(self.obstacle_mask[index]))
-        self.key = put(self.key, start["key"])
-        self.distance = put(self.distance, start["distance"])
-        self.step_count = put(self.step_count, torch.zeros_like(self.step_count[index]))
-        self.episode_return = put(self.episode_return, torch.zeros_like(self.episode_return[index]))
-        self.placement_failed = put(self.placement_failed, start["placement_failed"])
+        counters = self.counters[:, index]
+        counters[_EPISODE] += 1
+        counters[_STEP] = 0
+        robots, obstacles, key, distance, failed = self._start_states(counters)
+        counters[_KEY] = key
+        self.counters = self.counters.index_copy(1, index, counters)
+        self.robots = self.robots.index_copy(2, index, robots)
+        self.obstacles = self.obstacles.index_copy(2, index, obstacles)
+        self.present = self.present.index_fill(1, index, True)
+        self.tracking = self.tracking.index_copy(1, index, torch.stack((distance, torch.zeros_like(distance))))
+        self.placement_failed = self.placement_failed.index_copy(0, index, failed)
+        # The batch-first views: transpose only the M new rows.
+        self.obstacle_centres = self.obstacle_centres.index_copy(0, index, obstacles[:2].permute(2, 1, 0))
+        self.obstacle_radii = self.obstacle_radii.index_copy(0, index, obstacles[2].T)
+        self.obstacle_mask = self.obstacle_mask.index_fill(0, index, True)
 
     def _reset_where(self, done: Tensor) -> None:
-        """Start the next episode where `done` (N,) is True, computing all and selecting (no sync)."""
-        episode = self.episode_index + done
-        start = self._start_states(self.seed_lo, self.seed_hi, episode)
-        d1, d2, d3 = done.unsqueeze(1), done.view(-1, 1, 1), done.view(-1, 1, 1)
-        self.episode_index = episode
-        self.pose = torch.where(d3, start["pose"], self.pose)
-        self.vel = torch.where(d3, 0.0, self.vel)
-        self.obstacle_centres = torch.where(d2, start["obstacle_centres"], self.obstacle_centres)
-        self.obstacle_radii = torch.where(d1, start["obstacle_radii"], self.obstacle_radii)
+        """Start the next episode where `done` (N,) is True: compute all, select (no host sync)."""
+        counters = self.counters.clone()
+        counters[_EPISODE] += done
+        robots, obstacles, key, distance, failed = self._start_states(counters)
+        counters[_KEY] = key
+        counters[_STEP] = 0
+        self.counters = torch.where(done, counters, self.counters)
+        self.robots = torch.where(done, robots, self.robots)
+        self.obstacles = torch.where(done, obstacles, self.obstacles)
+        self.present = self.present | done
+        self.tracking = torch.where(done, torch.stack((distance, torch.zeros_like(distance))), self.tracking)
+        self.placement_failed = torch.where(done, failed, self.placement_failed)
+        self.obstacle_centres = torch.where(done.view(-1, 1, 1), obstacles[:2].permute(2, 1, 0), self.obstacle_centres)
+        self.obstacle_radii = torch.where(done.unsqueeze(1), obstacles[2].T, self.obstacle_radii)
         self.obstacle_mask = self.obstacle_mask | done.unsqueeze(1)
-        self.key = torch.where(done, start["key"], self.key)
-        self.distance = torch.where(done, start["distance"], self.distance)
-        self.step_count = torch.where(done, 0, self.step_count)
-        self.episode_return = torch.where(done, 0.0, self.episode_return)
-        self.placement_failed = torch.where(done, start["placement_failed"], self.placement_failed)
 
     # -- stepping -------------------------------------------------------------------------------
 
-    def step(self, action: Tensor, evader_action: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
+    def step(
+        self, action: Tensor, evader_action: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
         """Advance every env by dt.
 
         Args:
@@ -426,58 +435,59 @@ class PursuitEvasionCore:
             info entry describes the state after the step, before the autoreset.
         """
         p = self.params
-        action = torch.as_tensor(action, device=self.device).to(self.dtype)
+        action = torch.as_tensor(action, device=self.device, dtype=self.dtype)
         if action.shape != (self.num_envs, 2):
             raise ValueError(f"action has shape {tuple(action.shape)}; accepted: ({self.num_envs}, 2) pursuer (v, w)")
         if self.validate_actions:
-            bad = torch.isnan(action).any(1)
-            if bool(bad.any()):
-                raise ValueError(
-                    f"action is NaN in env(s) {bad.nonzero().squeeze(1).tolist()[:10]}: {action[bad][:3].tolist()}; "
-                    f"accepted: finite (v, w), clipped to [0, {p.pursuer_v_max}] x [-{p.pursuer_w_max}, {p.pursuer_w_max}]"
-                )
-        step_count = self.step_count + 1
+            self._check_not_nan(action)
+        robots, obstacles, present = self.robots, self.obstacles, self.present
+        step_count = self.counters[_STEP] + 1
         if evader_action is None:
-            draws = uniforms(self.key, step_count, self._step_salts, self.dtype) if p.evader_policy == "random" else None
-            evader_action = evader_actions(
-                p.evader_policy, self.pose, self.obstacle_centres, self.obstacle_radii, self.obstacle_mask, draws, p
-            )
+            if p.evader_policy == "random":
+                draws = uniforms(self.counters[_KEY], step_count, self._step_salts, self.dtype)
+                evader_v, evader_w = random_evader(draws[0], draws[1], p)
+            else:
+                evader_v, evader_w = flee_evader(robots, obstacles, present, p)
         else:
-            evader_action = torch.as_tensor(evader_action, device=self.device).to(self.dtype)
-        pursuer_v = action[:, 0].clamp(0.0, p.pursuer_v_max)
-        pursuer_w = action[:, 1].clamp(-p.pursuer_w_max, p.pursuer_w_max)
-        evader_v = evader_action[:, 0].clamp(0.0, p.evader_v_max)
-        evader_w = evader_action[:, 1].clamp(-p.evader_w_max, p.evader_w_max)
-        v = torch.stack((pursuer_v, evader_v), dim=1)
-        w = torch.stack((pursuer_w, evader_w), dim=1)
-        vel = torch.stack((v, w), dim=2)  # (N, 2, 2)
-        pose = unicycle_step(self.pose, v, w, p.dt)  # both robots at once, (N, 2, 3)
-        pose = torch.cat((pose[:, :1], self._confine_evader(pose[:, 1:])), dim=1)
+            evader_action = torch.as_tensor(evader_action, device=self.device, dtype=self.dtype)
+            if evader_action.shape != (self.num_envs, 2):
+                raise ValueError(f"evader_action has shape {tuple(evader_action.shape)}; accepted: ({self.num_envs}, 2)")
+            evader_v = evader_action[:, 0].clamp(0.0, p.evader_v_max)
+            evader_w = evader_action[:, 1].clamp(-p.evader_w_max, p.evader_w_max)
+        v = torch.stack((action[:, 0].clamp(0.0, p.pursuer_v_max), evader_v))  # (2, N)
+        w = torch.stack((action[:, 1].clamp(-p.pursuer_w_max, p.pursuer_w_max), evader_w))
+        x, y, theta = unicycle_arc(robots[_X], robots[_Y], robots[_THETA], v, w, p.dt)  # both robots at once
+        evader_x, evader_y = self._confine_evader(x[_EVADER], y[_EVADER], obstacles, present)
+        pursuer_x, pursuer_y = x[_PURSUER], y[_PURSUER]
+        robots = torch.stack((torch.stack((pursuer_x, evader_x)), torch.stack((pursuer_y, evader_y)), theta, v, w))
 
         # Events of the new state (the contract's inequalities, evaluated as written).
-        pursuer = pose[:, 0]
-        distance = torch.linalg.vector_norm(pose[:, 0, :2] - pose[:, 1, :2], dim=1)
-        centre_distance = torch.linalg.vector_norm(pursuer[:, :2].unsqueeze(1) - self.obstacle_centres, dim=-1)
-        h = _barrier_from_distances(pursuer, centre_distance, self.obstacle_radii, self.obstacle_mask, p)
-        hit_obstacle = (self.obstacle_mask & (centre_distance <= self.obstacle_radii + p.robot_radius)).any(1)
-        hit_wall = (pursuer[:, :2].abs() >= self._half - p.robot_radius).any(1)
-        collided = hit_obstacle | hit_wall
+        distance = torch.hypot(pursuer_x - evader_x, pursuer_y - evader_y)
+        centre_distance = torch.hypot(pursuer_x - obstacles[0], pursuer_y - obstacles[1])  # (K, N)
+        wall = self._half - p.robot_radius - p.safety_margin
+        h = torch.cat(
+            (
+                torch.where(present, centre_distance - (obstacles[2] + (p.robot_radius + p.safety_margin)), math.inf),
+                torch.stack((wall - pursuer_x, wall + pursuer_x, wall - pursuer_y, wall + pursuer_y)),
+            )
+        ).T.contiguous()
+        inner = self._half - p.robot_radius
+        collided = (present & (centre_distance <= obstacles[2] + p.robot_radius)).any(0)
+        collided |= (pursuer_x.abs() >= inner) | (pursuer_y.abs() >= inner)
         captured = (distance <= p.capture_radius) & ~collided  # collision wins: safety first
         terminated = captured | collided
         truncated = (step_count >= p.max_steps) & ~terminated
-        reward = (
-            p.distance_shaping * (self.distance - distance)
-            + p.capture_reward * captured
-            + p.collision_penalty * collided
-            + p.timeout_penalty * truncated
-        )
-        episode_return = self.episode_return + reward
-        obs = self._observe(pose, vel, self.obstacle_centres, self.obstacle_radii, self.obstacle_mask)
+        tracking = self.tracking
+        outcome = torch.where(truncated, p.timeout_penalty, self._zero)
+        outcome = torch.where(collided, p.collision_penalty, torch.where(captured, p.capture_reward, outcome))
+        reward = p.distance_shaping * (tracking[_DISTANCE] - distance) + outcome
+        episode_return = tracking[_RETURN] + reward
+        obs = self._observe(robots, obstacles, present)
         info = {
-            "pursuer": pursuer,
-            "evader": pose[:, 1],
-            "pursuer_vel": vel[:, 0],
-            "evader_vel": vel[:, 1],
+            "pursuer": robots[:3, _PURSUER].T,
+            "evader": robots[:3, _EVADER].T,
+            "pursuer_vel": robots[3:, _PURSUER].T,
+            "evader_vel": robots[3:, _EVADER].T,
             "obstacle_centres": self.obstacle_centres,
             "obstacle_radii": self.obstacle_radii,
             "obstacle_mask": self.obstacle_mask,
@@ -489,121 +499,142 @@ class PursuitEvasionCore:
             "episode_return": episode_return,
             "episode_length": step_count,
         }
-        self.pose, self.vel, self.distance = pose, vel, distance
-        self.step_count, self.episode_return = step_count, episode_return
+        counters = self.counters.clone()
+        counters[_STEP] = step_count
+        self.robots, self.counters = robots, counters
+        self.tracking = torch.stack((distance, episode_return))
         if self.autoreset:
             done = terminated | truncated
             if self.sync_free_autoreset:
                 self._reset_where(done)
-                obs = self._observe(self.pose, self.vel, self.obstacle_centres, self.obstacle_radii, self.obstacle_mask)
+                obs = self.observe()
             elif bool(done.any()):
                 index = done.nonzero().squeeze(1)
                 self._reset_index(index)
                 self.check_placement()
-                fresh = self._observe(
-                    self.pose[index],
-                    self.vel[index],
-                    self.obstacle_centres[index],
-                    self.obstacle_radii[index],
-                    self.obstacle_mask[index],
-                )
-                obs = obs.index_put((index,), fresh)
+                fresh = self._observe(self.robots[:, :, index], self.obstacles[:, :, index], self.present[:, index])
+                obs = obs.index_copy(0, index, fresh)
         return obs, reward, terminated, truncated, info
 
-    def _confine_evader(self, evader: Tensor) -> Tensor:
-        """Keep the evader (N, 1, 3) inside the arena and out of obstacles: (N, 1, 3).
+    def _check_not_nan(self, action: Tensor) -> None:
+        if bool(torch.isnan(action).any()):
+            bad = torch.isnan(action).any(1)
+            p = self.params
+            rows = bad.nonzero().squeeze(1).tolist()
+            raise ValueError(
+                f"action is NaN in env index {rows[:10]} (values {action[bad][:3].tolist()}); accepted: "
+                f"numbers, clipped to [0, {p.pursuer_v_max}] x [-{p.pursuer_w_max}, {p.pursuer_w_max}]"
+            )
 
-        Its centre is clamped to the square where its body fits; then, if its body overlaps an
-        obstacle, it is pushed radially out to touch the most deeply penetrated obstacle. The
-        evader never collides, it slides (only the learner, the pursuer, can collide).
+    def _confine_evader(self, x: Tensor, y: Tensor, obstacles: Tensor, present: Tensor) -> tuple[Tensor, Tensor]:
+        """Keep the evader at x, y (N,) inside the arena and out of obstacles (3, K, N).
+
+        Its centre is clamped to the square where its body fits; then, where its body overlaps
+        an obstacle, it is moved radially out to touch it (overlaps with two obstacles at once
+        add both moves). The evader never collides, it slides: only the learner can collide.
         """
         p = self.params
         inner = self._half - p.robot_radius
-        xy = evader[:, 0, :2].clamp(-inner, inner)
+        x, y = x.clamp(-inner, inner), y.clamp(-inner, inner)
         if self.num_obstacles:
-            away = xy.unsqueeze(1) - self.obstacle_centres  # (N, K, 2)
-            gap = torch.linalg.vector_norm(away, dim=-1)
-            contact = self.obstacle_radii + p.robot_radius
-            depth = torch.where(self.obstacle_mask, contact - gap, -math.inf)
-            deepest = depth.argmax(1, keepdim=True)  # (N, 1)
-            inside = depth.gather(1, deepest) > 0  # (N, 1)
-            away_k = away.gather(1, deepest.unsqueeze(-1).expand(-1, 1, 2)).squeeze(1)
-            gap_k = gap.gather(1, deepest)
-            centre_k = self.obstacle_centres.gather(1, deepest.unsqueeze(-1).expand(-1, 1, 2)).squeeze(1)
-            # At the exact centre any direction is "out"; take +x.
-            unit = torch.where(gap_k > 0, away_k / gap_k.clamp_min(1e-12), self._unit_x)
-            pushed = centre_k + unit * contact.gather(1, deepest)
-            xy = torch.where(inside, pushed, xy)
-        return torch.cat((xy, evader[:, 0, 2:]), dim=1).unsqueeze(1)
+            away_x, away_y = x - obstacles[0], y - obstacles[1]  # (K, N)
+            gap = torch.hypot(away_x, away_y)
+            contact = obstacles[2] + p.robot_radius
+            inside = present & (gap < contact)
+            # Radial push to the surface: scale the offset from the centre by contact / gap.
+            stretch = torch.where(inside, contact / gap.clamp_min(1e-12) - 1, self._zero)
+            x = x + (away_x * stretch).sum(0)
+            y = y + (away_y * stretch).sum(0)
+        return x, y
 
     # -- observation ------------------------------------------------------------------------------
 
-    def _observe(self, pose: Tensor, vel: Tensor, centres: Tensor, radii: Tensor, mask: Tensor) -> Tensor:
-        """Normalised observation (M, obs_dim) of the pursuer; layout in `observation_names`."""
+    def _observe(self, robots: Tensor, obstacles: Tensor, present: Tensor) -> Tensor:
+        """Normalised observation (M, obs_dim) of the pursuer from robots (5, 2, M), obstacles
+        (3, K, M), present (K, M); layout in `observation_names`."""
         p = self.params
-        m = pose.shape[0]
-        heading = torch.stack((torch.cos(pose[..., 2]), torch.sin(pose[..., 2])), dim=-1)  # (M, 2, 2)
-        robots = torch.cat((pose[..., :2] / self._half, heading, vel * self._vel_scale), dim=-1).reshape(m, 12)
-        position = pose[:, 0, :2]
-        cos_t, sin_t = heading[:, 0, 0:1], heading[:, 0, 1:2]
-        to_evader = pose[:, 1, :2] - position
-        distance = torch.linalg.vector_norm(to_evader, dim=1, keepdim=True)
+        cos_t, sin_t = torch.cos(robots[_THETA]), torch.sin(robots[_THETA])  # (2, M)
+        position = robots[:2] / self._half  # (2, 2, M)
+        velocity = robots[_V:] / self._velocity_scale  # (2, 2, M)
+        px, py = robots[_X, _PURSUER], robots[_Y, _PURSUER]
+        pc, ps = cos_t[_PURSUER], sin_t[_PURSUER]
+        dx, dy = robots[_X, _EVADER] - px, robots[_Y, _EVADER] - py
+        distance = torch.hypot(dx, dy)
         inner = self._half - p.robot_radius  # body clearance to each wall: 0 = touching
-        x, y = position[:, 0:1], position[:, 1:2]
-        walls = torch.cat((inner - x, inner + x, inner - y, inner + y), dim=1) / p.arena_size
-        parts = [robots, distance / self._diagonal, self._bearing(to_evader, distance, cos_t, sin_t), walls]
+        rows = []
+        for who in (_PURSUER, _EVADER):
+            rows += [position[_X, who], position[_Y, who], cos_t[who], sin_t[who], velocity[0, who], velocity[1, who]]
+        rows += [distance / self._diagonal, *self._bearing(dx, dy, distance, pc, ps)]
+        rows += [inner - px, inner + px, inner - py, inner + py]
+        obs = torch.stack(rows)  # (19, M)
+        obs[15:19] /= p.arena_size
         k_obs, k_all = self.observed_obstacles, self.num_obstacles
         take = min(k_obs, k_all)
+        blocks = [obs]
         if take:
-            to_obstacles = centres - position.unsqueeze(1)  # (M, K, 2)
-            centre_distance = torch.linalg.vector_norm(to_obstacles, dim=-1)
-            gap = torch.where(mask, centre_distance - radii - p.robot_radius, math.inf)
-            if k_all > 1:
-                gap, order = torch.sort(gap, dim=1, stable=True)
-                gap, order = gap[:, :take], order[:, :take]
-                to_obstacles = to_obstacles.gather(1, order.unsqueeze(-1).expand(-1, -1, 2))
-                centre_distance = centre_distance.gather(1, order)
-            bearing = self._bearing(to_obstacles, centre_distance.unsqueeze(-1), cos_t.unsqueeze(1), sin_t.unsqueeze(1))
-            entry = torch.cat((gap.unsqueeze(-1) / self._diagonal, bearing), dim=-1)  # (M, take, 3)
-            entry = torch.where(torch.isfinite(gap).unsqueeze(-1), entry, self._far_obstacle)
-            parts.append(entry.reshape(m, 3 * take))
+            ox, oy = obstacles[0] - px, obstacles[1] - py  # (K, M) towards the centres
+            centre_distance = torch.hypot(ox, oy)
+            gap = torch.where(present, (centre_distance - obstacles[2] - p.robot_radius) / self._diagonal, math.inf)
+            entries = torch.stack((gap, *self._bearing(ox, oy, centre_distance, pc, ps)), dim=1)  # (K, 3, M)
+            if k_all == 2:  # nearest first; a swap is far cheaper than a sort (ties keep order)
+                entries = torch.where(gap[1] < gap[0], entries.flip(0), entries)
+            elif k_all > 2:
+                order = torch.sort(gap, dim=0, stable=True).indices[:take]
+                entries = entries.gather(0, order.unsqueeze(1).expand(-1, 3, -1))
+            entries = entries[:take]
+            entries = torch.where(torch.isfinite(entries[:, :1]), entries, self._far_obstacle)  # absent: far away
+            blocks.append(entries.reshape(3 * take, -1))
         if k_obs > take:  # fewer obstacles than observed slots: "far away" padding
-            parts.append(self._far_obstacle.repeat(m, k_obs - take))
-        obs = torch.cat(parts, dim=1)
-        return torch.clamp(obs, self._obs_low, self._obs_high)
+            blocks.append(self._far_obstacle.view(3, 1).repeat(k_obs - take, obs.shape[1]))
+        obs = torch.cat(blocks) if len(blocks) > 1 else obs
+        # Positions and distances to [-2, 2]; unit entries are already in [-1, 1].
+        return obs.clamp_(-2.0, 2.0).T.contiguous()
 
-    @staticmethod
-    def _bearing(vector: Tensor, length: Tensor, cos_t: Tensor, sin_t: Tensor) -> Tensor:
-        """(cos, sin) (..., 2) of the direction of `vector` (..., 2) relative to heading; (1, 0) at length 0."""
-        unit = vector / length.clamp_min(1e-12)
-        cos_rel = unit[..., 0:1] * cos_t + unit[..., 1:2] * sin_t
-        sin_rel = unit[..., 1:2] * cos_t - unit[..., 0:1] * sin_t
-        cos_rel = torch.where(length > 0, cos_rel, 1.0)
-        return torch.cat((cos_rel, sin_rel), dim=-1)
+    def _bearing(self, dx: Tensor, dy: Tensor, length: Tensor, cos_t: Tensor, sin_t: Tensor) -> tuple[Tensor, Tensor]:
+        """(cos, sin) of the direction (dx, dy) relative to the heading (cos_t, sin_t), clipped to
+        [-1, 1] against rounding; (0, 0) at length 0 (no direction). Shapes broadcast."""
+        scale = 1 / length.clamp_min(1e-30)
+        ux, uy = dx * scale, dy * scale
+        return (ux * cos_t + uy * sin_t).clamp_(-1.0, 1.0), (uy * cos_t - ux * sin_t).clamp_(-1.0, 1.0)
 
     def observe(self) -> Tensor:
         """Observation (N, obs_dim) of the current state."""
-        return self._observe(self.pose, self.vel, self.obstacle_centres, self.obstacle_radii, self.obstacle_mask)
+        return self._observe(self.robots, self.obstacles, self.present)
 
     # -- views, state -----------------------------------------------------------------------------
 
     @property
+    def pose(self) -> Tensor:
+        """(N, 2, 3) x, y, theta of the pursuer (row 0) and the evader (row 1)."""
+        return self.robots[:3].permute(2, 1, 0)
+
+    @property
     def pursuer(self) -> Tensor:
         """(N, 3) pursuer pose."""
-        return self.pose[:, 0]
+        return self.robots[:3, _PURSUER].T
 
     @property
     def evader(self) -> Tensor:
         """(N, 3) evader pose."""
-        return self.pose[:, 1]
+        return self.robots[:3, _EVADER].T
+
+    @property
+    def step_count(self) -> Tensor:
+        """(N,) steps taken in the current episode."""
+        return self.counters[_STEP]
+
+    @property
+    def episode_index(self) -> Tensor:
+        """(N,) index of the current episode since seeding (the first is 0)."""
+        return self.counters[_EPISODE]
 
     def safety_state(self) -> SafetyState:
         """What the CBF rows need, of the current (post-autoreset) state."""
-        return SafetyState(self.pose[:, 0], self.obstacle_centres, self.obstacle_radii, self.obstacle_mask)
+        return SafetyState(self.pursuer, self.obstacle_centres, self.obstacle_radii, self.obstacle_mask)
 
     def barrier(self) -> Tensor:
         """h (N, K + 4) of the current state (see `barrier_values`)."""
-        return barrier_values(self.pose[:, 0], self.obstacle_centres, self.obstacle_radii, self.obstacle_mask, self.params)
+        return barrier_values(self.pursuer, self.obstacle_centres, self.obstacle_radii, self.obstacle_mask, self.params)
 
     def set_state(
         self,
@@ -622,45 +653,47 @@ class PursuitEvasionCore:
         obstacle_mask (N, K), velocities (N, 2). The shaping reference distance is reset to the
         new pursuer-evader distance.
         """
-        as_state = lambda t: torch.as_tensor(t, device=self.device).to(self.dtype)  # noqa: E731
+        n, k = self.num_envs, self.num_obstacles
         expected = {
-            "pursuer": (self.num_envs, 3),
-            "evader": (self.num_envs, 3),
-            "obstacle_centres": (self.num_envs, self.num_obstacles, 2),
-            "obstacle_radii": (self.num_envs, self.num_obstacles),
-            "obstacle_mask": (self.num_envs, self.num_obstacles),
-            "pursuer_vel": (self.num_envs, 2),
-            "evader_vel": (self.num_envs, 2),
-        }
-        given = dict(pursuer=pursuer, evader=evader, obstacle_centres=obstacle_centres, obstacle_radii=obstacle_radii,
-                     obstacle_mask=obstacle_mask, pursuer_vel=pursuer_vel, evader_vel=evader_vel)
+            "pursuer": (n, 3), "evader": (n, 3), "obstacle_centres": (n, k, 2), "obstacle_radii": (n, k),
+            "obstacle_mask": (n, k), "pursuer_vel": (n, 2), "evader_vel": (n, 2),
+        }  # fmt: skip
+        given = {
+            "pursuer": pursuer, "evader": evader, "obstacle_centres": obstacle_centres, "obstacle_radii": obstacle_radii,
+            "obstacle_mask": obstacle_mask, "pursuer_vel": pursuer_vel, "evader_vel": evader_vel,
+        }  # fmt: skip
+        values = {}
         for name, value in given.items():
-            if value is not None and tuple(torch.as_tensor(value).shape) != expected[name]:
-                raise ValueError(f"set_state({name}=...) has shape {tuple(torch.as_tensor(value).shape)}; accepted: {expected[name]}")
-        pose, vel = self.pose.clone(), self.vel.clone()
-        if pursuer is not None:
-            pose[:, 0] = as_state(pursuer)
-        if evader is not None:
-            pose[:, 1] = as_state(evader)
-        if pursuer_vel is not None:
-            vel[:, 0] = as_state(pursuer_vel)
-        if evader_vel is not None:
-            vel[:, 1] = as_state(evader_vel)
-        self.pose, self.vel = pose, vel
-        if obstacle_centres is not None:
-            self.obstacle_centres = as_state(obstacle_centres).clone()
-        if obstacle_radii is not None:
-            self.obstacle_radii = as_state(obstacle_radii).clone()
-        if obstacle_mask is not None:
-            self.obstacle_mask = torch.as_tensor(obstacle_mask, dtype=torch.bool, device=self.device).clone()
+            if value is None:
+                continue
+            value = torch.as_tensor(value, device=self.device)
+            value = value.to(torch.bool if name == "obstacle_mask" else self.dtype)
+            if tuple(value.shape) != expected[name]:
+                raise ValueError(f"set_state({name}=...) has shape {tuple(value.shape)}; accepted: {expected[name]}")
+            values[name] = value
+        robots, obstacles = self.robots.clone(), self.obstacles.clone()
+        for name, who, columns in (("pursuer", _PURSUER, slice(0, 3)), ("evader", _EVADER, slice(0, 3)),
+                                   ("pursuer_vel", _PURSUER, slice(3, 5)), ("evader_vel", _EVADER, slice(3, 5))):  # fmt: skip
+            if name in values:
+                robots[columns, who] = values[name].T
+        if "obstacle_centres" in values:
+            obstacles[:2] = values["obstacle_centres"].permute(2, 1, 0)
+        if "obstacle_radii" in values:
+            obstacles[2] = values["obstacle_radii"].T
+        if "obstacle_mask" in values:
+            self.present = values["obstacle_mask"].T.clone()
+        self.robots, self.obstacles = robots, obstacles
+        self._obstacles_changed()
+        counters, tracking = self.counters.clone(), self.tracking.clone()
         if step_count is not None:
-            self.step_count = torch.as_tensor(step_count, dtype=torch.int64, device=self.device).expand(self.num_envs).clone()
-        self.distance = torch.linalg.vector_norm(pose[:, 0, :2] - pose[:, 1, :2], dim=1)
+            counters[_STEP] = torch.as_tensor(step_count, dtype=torch.int64, device=self.device)
+        tracking[_DISTANCE] = torch.hypot(robots[_X, 0] - robots[_X, 1], robots[_Y, 0] - robots[_Y, 1])
+        self.counters, self.tracking = counters, tracking
         return self.observe()
 
     def state_dict(self) -> dict[str, Any]:
         """The full state and RNG counters (copies), for a bit-exact resume."""
-        state = {name: getattr(self, name).clone() for name in _STATE_KEYS}
+        state: dict[str, Any] = {name: getattr(self, name).clone() for name in _STATE_KEYS}
         state["params"] = self.params.model_dump(mode="json")
         state["num_envs"] = self.num_envs
         return state
@@ -668,9 +701,10 @@ class PursuitEvasionCore:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a `state_dict` (of a core with the same params and num_envs)."""
         mine = self.params.model_dump(mode="json")
-        if state.get("params") != mine:
-            diff = {k: (state.get("params", {}).get(k), v) for k, v in mine.items() if state.get("params", {}).get(k) != v}
-            raise ValueError(f"load_state_dict: saved env params differ from this core's (saved, here): {diff}")
+        saved = state.get("params", {})
+        if saved != mine:
+            diff = {k: (saved.get(k), v) for k, v in mine.items() if saved.get(k) != v}
+            raise ValueError(f"load_state_dict: saved env params differ from this core's, as (saved, here): {diff}")
         if state.get("num_envs") != self.num_envs:
             raise ValueError(f"load_state_dict: saved num_envs={state.get('num_envs')}, this core has {self.num_envs}")
         missing = [name for name in _STATE_KEYS if name not in state]
@@ -678,5 +712,6 @@ class PursuitEvasionCore:
             raise ValueError(f"load_state_dict: missing keys {missing}")
         for name in _STATE_KEYS:
             value = state[name]
-            dtype = value.dtype if not value.is_floating_point() else self.dtype
+            dtype = self.dtype if value.is_floating_point() else value.dtype
             setattr(self, name, value.to(device=self.device, dtype=dtype).clone())
+        self._obstacles_changed()

@@ -27,69 +27,42 @@ FLEE_WALL_GAIN = 1.0
 _MIN_CLEARANCE = 0.05  # caps the repulsion (1/s) when the evader touches something
 
 
-def random_evader(draws: Tensor, params: EnvParams) -> Tensor:
-    """Uniform actions (N, 2) from uniform draws (N, 2) in [0, 1)."""
-    v = draws[:, 0] * params.evader_v_max
-    w = (2 * draws[:, 1] - 1) * params.evader_w_max
-    return torch.stack((v, w), dim=1)
+def random_evader(draw_v: Tensor, draw_w: Tensor, params: EnvParams) -> tuple[Tensor, Tensor]:
+    """Uniform (v, w), each (N,), from uniform draws (N,) in [0, 1)."""
+    return draw_v * params.evader_v_max, (2 * draw_w - 1) * params.evader_w_max
 
 
-def flee_evader(pose: Tensor, centres: Tensor, radii: Tensor, mask: Tensor, params: EnvParams) -> Tensor:
-    """Scripted fleeing actions (N, 2).
+def flee_evader(robots: Tensor, obstacles: Tensor, present: Tensor, params: EnvParams) -> tuple[Tensor, Tensor]:
+    """Scripted fleeing (v, w), each (N,).
 
     Args:
-        pose: (N, 2, 3) pursuer (row 0) and evader (row 1) x, y, theta.
-        centres: (N, K, 2) obstacle centres; radii, mask: (N, K).
+        robots: (5, 2, N) x, y, theta, v, w of the pursuer (row 0) and the evader (row 1).
+        obstacles: (3, K, N) centre x, centre y, radius; present (K, N) bool (obstacle exists).
     """
-    evader = pose[:, 1]
-    position = evader[:, :2]
-    away = position - pose[:, 0, :2]
-    push = away / torch.linalg.vector_norm(away, dim=1, keepdim=True).clamp_min(1e-9)
+    ex, ey, heading = robots[0, 1], robots[1, 1], robots[2, 1]
+    away_x, away_y = ex - robots[0, 0], ey - robots[1, 0]
+    scale = 1 / torch.hypot(away_x, away_y).clamp_min(1e-9)
+    push_x, push_y = away_x * scale, away_y * scale
 
     def repulsion(clearance: Tensor, gain: float) -> Tensor:
         s = clearance.clamp_min(_MIN_CLEARANCE)
         return gain * torch.clamp(1 / s - 1 / FLEE_INFLUENCE, min=0.0)
 
-    if centres.shape[1]:
-        from_obstacles = position.unsqueeze(1) - centres  # (N, K, 2)
-        centre_distance = torch.linalg.vector_norm(from_obstacles, dim=-1, keepdim=True).clamp_min(1e-9)
-        clearance = centre_distance.squeeze(-1) - radii - params.robot_radius
-        strength = torch.where(mask, repulsion(clearance, FLEE_OBSTACLE_GAIN), 0.0)
-        push = push + (from_obstacles / centre_distance * strength.unsqueeze(-1)).sum(1)
+    if obstacles.shape[1]:
+        from_x, from_y = ex - obstacles[0], ey - obstacles[1]  # (K, N)
+        centre_distance = torch.hypot(from_x, from_y).clamp_min(1e-9)
+        clearance = centre_distance - obstacles[2] - params.robot_radius
+        strength = torch.where(present, repulsion(clearance, FLEE_OBSTACLE_GAIN), 0.0) / centre_distance
+        push_x = push_x + (from_x * strength).sum(0)
+        push_y = push_y + (from_y * strength).sum(0)
     inner = params.arena_size / 2 - params.robot_radius
-    x, y = position[:, 0], position[:, 1]
-    push = push + torch.stack(
-        (
-            repulsion(inner + x, FLEE_WALL_GAIN) - repulsion(inner - x, FLEE_WALL_GAIN),
-            repulsion(inner + y, FLEE_WALL_GAIN) - repulsion(inner - y, FLEE_WALL_GAIN),
-        ),
-        dim=1,
-    )
-    desired = torch.atan2(push[:, 1], push[:, 0])
-    error = desired - evader[:, 2]
-    error = error - (2 * math.pi) * torch.ceil((error - math.pi) / (2 * math.pi))  # to (-pi, pi]
+    push_x = push_x + repulsion(inner + ex, FLEE_WALL_GAIN) - repulsion(inner - ex, FLEE_WALL_GAIN)
+    push_y = push_y + repulsion(inner + ey, FLEE_WALL_GAIN) - repulsion(inner - ey, FLEE_WALL_GAIN)
+    error = torch.atan2(push_y, push_x) - heading
+    error = math.pi - torch.remainder(math.pi - error, 2 * math.pi)  # to (-pi, pi]
     w = torch.clamp(error / params.dt, -params.evader_w_max, params.evader_w_max)
     v = params.evader_v_max * torch.clamp(torch.cos(error), min=0.0)
-    return torch.stack((v, w), dim=1)
+    return v, w
 
 
 EVADER_POLICIES = ("random", "flee")
-
-
-def evader_actions(
-    policy: str,
-    pose: Tensor,
-    centres: Tensor,
-    radii: Tensor,
-    mask: Tensor,
-    draws: Tensor | None,
-    params: EnvParams,
-) -> Tensor:
-    """The evader's (v, w) (N, 2) under `policy`; `draws` (N, 2) uniforms are needed by ``random``."""
-    if policy == "random":
-        if draws is None:
-            raise ValueError("evader policy 'random' needs draws (N, 2) of uniforms")
-        return random_evader(draws, params)
-    if policy == "flee":
-        return flee_evader(pose, centres, radii, mask, params)
-    raise ValueError(f"env.evader_policy={policy!r} is unknown; accepted: {list(EVADER_POLICIES)}")

@@ -5,7 +5,7 @@
     min_u  1/2 u'Hu + f'u   subject to   A u <= b        (rows where mask is True)
 
 with H (B, n, n) symmetric positive definite, f (B, n), A (B, m, n), b (B, m), and returns a
-`QPSolution(u, feasible, violation, lam)`. The solution is differentiable in H, f, A and b.
+`QPSolution(u, feasible, violation, lam, solver_ok)`. The solution is differentiable in H, f, A, b.
 
 Backends
 --------
@@ -17,23 +17,31 @@ enumerate every S with |S| <= n once (cached per (m, n, device)), solve each KKT
     [H  A_S'] [u  ]   [-f ]
     [A_S  0 ] [lam] = [b_S]
 
-for all candidates of the whole batch at once (closed forms for n = 2, `torch.linalg` else),
-and keep, among the candidates that satisfy every row, the one with the lowest objective
-(equal to the optimum: it is one of the candidates, and every feasible candidate costs at
-least as much). No iterations, no convergence tolerance, no host synchronisation. Singular
+for all candidates of the whole batch at once (closed forms for n = 2, `torch.linalg` else).
+By weak duality every candidate with multipliers lam >= 0 costs at most the optimum, and the
+optimum's own active set is a candidate, so the dual-feasible candidate with the highest
+objective is the optimum; one primal check of that winner confirms it (else the problem is
+infeasible, or round-off bit at a degenerate point, and the element takes the full rule: a
+primal check of every candidate, the lowest objective among the feasible ones). No
+iterations, no convergence tolerance, no host synchronisation on CUDA (on CPU the full rule
+runs on the flagged elements only). Singular
 systems (zero rows, duplicated or parallel rows, masked rows) mark that candidate invalid; a
 zero row ``0'u <= b`` is satisfied iff b >= 0. Autograd runs through a recomputation of the
 winning candidate only (one small solve per element), not through all candidates.
 
 ``"qpth"``: qpth 0.0.18's interior-point `QPFunction` in float64 (cast in and out), kept as the
 reference design and for speed comparisons. qpth returns NaN on zero rows, so masked rows and
-real zero rows are replaced by a copy of the element's first real row (the same constraint
-twice changes nothing; a far-away row ``e_1'u <= BIG`` was tried and makes qpth's 20 interior-point
-iterations stop short, errors up to 0.7 on our CBF problems); an element without any real row
+real zero rows are replaced by a copy of the element's first real row shifted outwards by
+1 + |b| (parallel, never active; a far-away row ``e_1'u <= BIG`` was tried and stalls qpth's 20
+interior-point iterations, errors up to 0.7 on our CBF problems, and an unshifted duplicate of an
+active row stalls it too); an element without any real row
 gets the far-away row ``e_1'u <= e_1'u0 + QPTH_FAR * scale``. qpth never raises on
-infeasible or inaccurate problems, so we check the result: NaN, or a row violated by more than
-`QPTH_FEAS_TOL` (relative), marks it infeasible, and its action is replaced by the exact
-backend's fallback below (qpth's gradient for that element is zeroed, never NaN).
+infeasible or inaccurate problems, so we check the result: NaN, a row violated by more than
+`QPTH_FEAS_TOL` (relative), or a KKT check on qpth's own multipliers (complementarity gap,
+stationarity; qpth stalls on some feasible problems and returns a point 0.1-0.9 off) rejects it
+(``solver_ok`` False). A rejected element is re-solved by the exact backend: ``feasible`` then
+says whether the problem was infeasible (and ``u`` is the fallback below) or qpth merely failed
+(and ``u`` is the exact optimum). qpth's gradient for a rejected element is zeroed, never NaN.
 
 Infeasible problems (both backends)
 -----------------------------------
@@ -80,6 +88,11 @@ TIE_REL = {torch.float64: 1e-9, torch.float32: 1e-5}
 QPTH_FEAS_TOL = 1e-6
 # qpth, element without any real row: e_1'u <= e_1'u0 + QPTH_FAR * (1 + |u0| + max|b|).
 QPTH_FAR = 1e3
+# qpth answers whose complementarity max_i lam_i s_i exceeds QPTH_GAP_TOL * (1 + |u'Hu| + |f'u|)
+# (or stationarity QPTH_STAT_TOL * sqrt(that)) are rejected as inaccurate. Measured on 900 CBF
+# problems: accurate answers have gaps <= 5e-13, the stalled ones >= 9e-3.
+QPTH_GAP_TOL = 1e-8
+QPTH_STAT_TOL = 1e-6
 
 
 class QPSolution(NamedTuple):
@@ -87,15 +100,19 @@ class QPSolution(NamedTuple):
 
     u:         (B, n) the optimum, or the documented fallback where infeasible.
     feasible:  (B,) bool, True where every (unmasked) row can be satisfied.
-    violation: (B,) largest row violation of ``u`` as a distance (0 where feasible).
+    violation: (B,) largest row violation of ``u``, as a distance in action space beyond the
+               feasibility tolerance (0 where feasible).
     lam:       (B, m) KKT multipliers (H u + f + A' lam = 0, lam >= 0 where feasible; zero on
                inactive and masked rows) from the exact backend; None from qpth.
+    solver_ok: (B,) bool, False where the backend's own answer was rejected and replaced by the
+               exact solver's (qpth: NaN, a violated row, or a KKT check failure); exact: all True.
     """
 
     u: Tensor
     feasible: Tensor
     violation: Tensor
     lam: Tensor | None = None
+    solver_ok: Tensor | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -162,13 +179,20 @@ def _candidates(m: int, n: int, device) -> tuple[Tensor, Tensor]:
     """Every active set of size <= n of m rows, as slot indices.
 
     Returns idx (C, n) long (unused slots point at row 0) and used (C, n) bool. Order: the empty
-    set, then the singletons, then the pairs, ... (C = sum_k binom(m, k), k <= n).
+    set, then the singletons, then the pairs, ... (C = sum_k binom(m, k), k <= n; for n = 2 the
+    pairs are all m^2 ordered pairs (i, j) in row-major order, C = 1 + m + m^2).
     """
     key = (m, n, str(device))
     if key not in _CANDIDATES:
         rows_idx, rows_used = [], []
         for k in range(min(m, n) + 1):
-            for S in itertools.combinations(range(m), k):
+            if n == 2 and k == 2:
+                # n = 2 enumerates the full m x m grid of ordered pairs by broadcasting (no
+                # gathers, twice the work but far fewer ops); (i, i) is singular, so invalid
+                subsets = itertools.product(range(m), repeat=2)
+            else:
+                subsets = itertools.combinations(range(m), k)
+            for S in subsets:
                 rows_idx.append(list(S) + [0] * (n - k))
                 rows_used.append([True] * k + [False] * (n - k))
         _CANDIDATES[key] = (
@@ -179,16 +203,25 @@ def _candidates(m: int, n: int, device) -> tuple[Tensor, Tensor]:
 
 
 def _inv_spd(H: Tensor) -> Tensor:
-    """(B, n, n) inverse; Cramer's rule for n <= 2 (no LAPACK call overhead)."""
+    """(B, n, n) inverse; closed forms for n <= 2 (no LAPACK call overhead)."""
     n = H.shape[-1]
     if n == 1:
         return 1.0 / H
-    if n == 2:
-        h00, h01, h10, h11 = H[:, 0, 0], H[:, 0, 1], H[:, 1, 0], H[:, 1, 1]
-        det = h00 * h11 - h01 * h10
-        adj = torch.stack([torch.stack([h11, -h01], -1), torch.stack([-h10, h00], -1)], -2)
-        return adj / det[:, None, None]
+    if n == 2:  # Cayley-Hamilton: H^-1 = (tr(H) I - H) / det(H)
+        h = H.reshape(-1, 4)
+        det = h[:, 0] * h[:, 3] - h[:, 1] * h[:, 2]
+        eye = torch.eye(2, dtype=H.dtype, device=H.device)
+        return (eye * (h[:, 0] + h[:, 3])[:, None, None] - H) / det[:, None, None]
     return torch.linalg.inv(H)
+
+
+def _matvec(M: Tensor, x: Tensor) -> Tensor:
+    """(B, k, n) @ (B, n) -> (B, k) as n multiply-adds (n is tiny: faster than bmm or a sum
+    over a last dimension of size 2)."""
+    out = M[..., 0] * x[:, None, 0]
+    for j in range(1, x.shape[-1]):
+        out = torch.addcmul(out, M[..., j], x[:, None, j])
+    return out
 
 
 def _kkt_multipliers(M: Tensor, rhs: Tensor, used: Tensor, sing_tol: float) -> tuple[Tensor, Tensor]:
@@ -224,69 +257,198 @@ def _kkt_multipliers(M: Tensor, rhs: Tensor, used: Tensor, sing_tol: float) -> t
     return lam, ok
 
 
-def _select_active_set(H, f, A, b):
-    """Enumerate every active set (no autograd) and pick the winner per batch element.
+def _candidate_points_pairs(u0, AHinv, A, r, idx, sing_tol):
+    """n = 2 closed forms. Every candidate point u_c (B, C, 2), its objective minus that of u0
+    (B, C), whether its KKT block is regular (B, C) and its smallest multiplier (B, C);
+    candidates in the order of `_candidates` (pairs: the full m x m grid, by broadcasting)."""
+    B, m, _ = A.shape
+    AH0, AH1, A0, A1 = AHinv[..., 0], AHinv[..., 1], A[..., 0], A[..., 1]  # (B, m) each
+    Gd = AH0 * A0 + AH1 * A1  # (B, m)  a_i' H^-1 a_i, 0 for zero rows
+    # singletons: lam = r_i / G_ii
+    ok1 = Gd > 0
+    lam1 = r / torch.where(ok1, Gd, torch.ones_like(Gd))
+    u1 = u0[:, None, :] - AHinv * lam1[..., None]  # (B, m, 2)
+    obj1 = 0.5 * lam1 * r
+    # pairs (i, j): 2x2 Cramer on [[p, q], [q, s]] lam = [r_i, r_j], as (B, m, m) grids
+    p, s = Gd[:, :, None], Gd[:, None, :]
+    q = AH0[:, :, None] * A0[:, None, :] + AH1[:, :, None] * A1[:, None, :]
+    rI, rJ = r[:, :, None], r[:, None, :]
+    det = p * s - q * q
+    ok2 = det > sing_tol * p * s  # False for zero, duplicated and parallel rows and for i = j
+    det = torch.where(ok2, det, torch.ones_like(det))
+    lam_I = (s * rI - q * rJ) / det
+    lam_J = (p * rJ - q * rI) / det
+    u2 = torch.stack([u0[:, 0, None, None] - AH0[:, :, None] * lam_I - AH0[:, None, :] * lam_J,
+                      u0[:, 1, None, None] - AH1[:, :, None] * lam_I - AH1[:, None, :] * lam_J], -1)
+    obj2 = 0.5 * (lam_I * rI + lam_J * rJ)
+    u_c = torch.cat([u0[:, None, :], u1, u2.reshape(B, m * m, 2)], 1)
+    objective = torch.cat([torch.zeros_like(r[:, :1]), obj1, obj2.reshape(B, m * m)], 1)
+    ok = torch.cat([torch.ones_like(ok1[:, :1]), ok1, ok2.reshape(B, m * m)], 1)
+    least_lam = torch.cat([torch.zeros_like(r[:, :1]), lam1, torch.minimum(lam_I, lam_J).reshape(B, m * m)], 1)
+    return u_c, objective, ok, least_lam
 
-    Returns best (B,) candidate index, feasible (B,) bool, violation (B,) of the winner.
+
+def _candidate_points_generic(u0, AHinv, A, r, idx, used, sing_tol):
+    """Any n: padded KKT blocks solved by torch.linalg (see `_candidate_points_pairs`)."""
+    G = AHinv @ A.transpose(1, 2)  # (B, m, m)  Gram matrix in the H^-1 metric
+    M = G[:, idx[:, :, None], idx[:, None, :]]  # (B, C, n, n)
+    rhs = r[:, idx]  # (B, C, n)
+    lam, ok = _kkt_multipliers(M, rhs, used, sing_tol)
+    u_c = u0[:, None, :] - (AHinv[:, idx] * lam[..., None]).sum(-2)  # (B, C, n)
+    objective = 0.5 * (lam * rhs).sum(-1)  # (B, C)  = 1/2 lam' A_S H^-1 A_S' lam
+    return u_c, objective, ok, lam.amin(-1)  # unused slots hold lam = 0
+
+
+def _select_active_set(H, f, A, b, sync_free: bool | None = None):
+    """Enumerate every active set (no autograd) and pick the winner per batch element.
+    sync_free (default: True off the CPU) computes the full rule for every element and merges
+    with torch.where instead of indexing the flagged ones (which needs a host sync).
+
+    Returns best (B,) candidate index (into `_candidates`), feasible (B,) bool and the winner's
+    largest violation (B,) as a distance beyond the feasibility tolerance.
+
+    Fast rule (weak duality): a candidate with multipliers lam >= 0 minimises the Lagrangian at
+    lam, so its objective is a lower bound of the optimum, attained by the optimum's own active
+    set. Hence the dual-feasible candidate with the HIGHEST objective is the optimum whenever
+    the problem is feasible -- it needs (B, C) work plus one (B, m) primal check of the winner.
+    Elements whose winner fails that check (infeasible problems, or round-off at degenerate
+    points) go through the full rule: among the candidates with the least violation, the
+    lowest objective, with a primal check of every candidate, (B, C, m) work.
     """
     dtype = f.dtype
     B, m, n = A.shape
     idx, used = _candidates(m, n, f.device)  # (C, n)
+    # unit rows: violations become distances, the same constraint set, zero rows stay zero
+    row_norm = A.norm(dim=-1, keepdim=True)
+    row_scale = torch.where(row_norm > 0, row_norm, torch.ones_like(row_norm))
+    A = A / row_scale
+    b = b / row_scale[..., 0]
     Hinv = _inv_spd(H)
-    u0 = -(Hinv @ f[..., None])[..., 0]  # (B, n) unconstrained optimum
+    u0 = -_matvec(Hinv, f)  # (B, n) unconstrained optimum
     AHinv = A @ Hinv  # (B, m, n)  rows of A H^-1 (H^-1 symmetric)
-    G = AHinv @ A.transpose(1, 2)  # (B, m, m)  Gram matrix in the H^-1 metric
-    r = (A @ u0[..., None])[..., 0] - b  # (B, m)  residual of the unconstrained optimum
+    r = _matvec(A, u0) - b  # (B, m)  residual of the unconstrained optimum
+    if n == 2:
+        u_c, objective, ok, least_lam = _candidate_points_pairs(u0, AHinv, A, r, idx, SINGULAR_TOL[dtype])
+    else:
+        u_c, objective, ok, least_lam = _candidate_points_generic(u0, AHinv, A, r, idx, used, SINGULAR_TOL[dtype])
+    b_tol = b + FEAS_TOL[dtype] * (1 + b.abs() + u0.norm(dim=-1, keepdim=True))
 
-    # slot-form KKT blocks of every candidate: M[c] = G[idx[c], idx[c]], rhs[c] = r[idx[c]]
-    M = G[:, idx[:, :, None], idx[:, None, :]]  # (B, C, n, n)
-    rhs = r[:, idx]  # (B, C, n)
-    lam, ok = _kkt_multipliers(M, rhs, used, SINGULAR_TOL[dtype])
-    # u_c = u0 - H^-1 A_S' lam ; objective(u_c) - objective(u0) = 1/2 lam' r_S
-    u_c = u0[:, None, :] - (AHinv[:, idx] * lam[..., None]).sum(-2)  # (B, C, n)
-    objective = 0.5 * (lam * rhs).sum(-1)  # (B, C)
-
-    row_norm = A.norm(dim=-1)  # (B, m)
-    tol = FEAS_TOL[dtype] * (1 + b.abs() + row_norm * u0.norm(dim=-1, keepdim=True))
-    dist_scale = torch.where(row_norm > 0, row_norm, torch.ones_like(row_norm))
-    excess = u_c @ A.transpose(1, 2) - b[:, None, :] - tol[:, None, :]  # (B, C, m)
-    violation = (excess.clamp(min=0) / dist_scale[:, None, :]).amax(-1)  # (B, C)
     inf = torch.full((), math.inf, dtype=dtype, device=f.device)
+    dual_ok = ok & (least_lam >= -TIE_REL[dtype] * (1 + least_lam.abs()))  # the empty set: always
+    best = torch.where(dual_ok, objective, -inf).argmax(-1)  # (B,)
+    u_best = u_c.gather(1, best[:, None, None].expand(B, 1, n))[:, 0]
+    fast_ok = (_matvec(A, u_best) <= b_tol).all(-1)
+    feasible = fast_ok
+    violation = torch.zeros_like(b[:, 0])
+
+    if sync_free is None:
+        sync_free = f.device.type != "cpu"
+    if not sync_free:  # a sync is free on CPU: run the full rule on the rejected rows only
+        if not bool(fast_ok.all()):
+            rest = (~fast_ok).nonzero()[:, 0]
+            best_r, feasible_r, violation_r = _full_rule(
+                u_c[rest], objective[rest], ok[rest], least_lam[rest], A[rest], b_tol[rest])
+            best = best.index_put((rest,), best_r)
+            feasible = feasible.index_put((rest,), feasible_r)
+            violation = violation.index_put((rest,), violation_r)
+    else:  # no host sync on accelerators: full rule everywhere, fast answer where it passed
+        best_r, feasible_r, violation_r = _full_rule(u_c, objective, ok, least_lam, A, b_tol)
+        best = torch.where(fast_ok, best, best_r)
+        feasible = fast_ok | feasible_r
+        violation = torch.where(fast_ok, violation, violation_r)
+    return best, feasible, violation
+
+
+def _full_rule(u_c, objective, ok, least_lam, A, b_tol):
+    """Primal check of every candidate: least largest violation, then lowest objective (then,
+    at degenerate vertices of feasible problems, multipliers >= 0). Shapes as in
+    `_select_active_set`; returns best (B,), feasible (B,), violation (B,)."""
+    dtype = objective.dtype
+    n = A.shape[-1]
+    # A u_c - b_tol for every candidate and row, (B, C, m): n fused multiply-adds (a bmm with
+    # an inner dimension of 2 is slower on CPU)
+    resid = -b_tol[:, None, :]
+    for k in range(n):
+        resid = torch.addcmul(resid, u_c[:, :, k:k + 1], A[:, None, :, k])
+    violation = resid.amax(-1).clamp(min=0)  # (B, C)
+    inf = torch.full((), math.inf, dtype=dtype, device=objective.device)
     violation = torch.where(ok, violation, inf)  # the empty set is always ok: never all inf
     least = violation.amin(-1, keepdim=True)  # (B, 1)
     eligible = violation <= least * (1 + TIE_REL[dtype])
+    # Degenerate vertices (more than n active rows) are reached by several candidates with the
+    # same point; prefer one with multipliers >= 0 (one exists, Caratheodory), so that lam and
+    # the gradient belong to a valid active set.
+    dual_ok = eligible & (least_lam >= -TIE_REL[dtype] * (1 + least_lam.abs()))
+    prefer = dual_ok.any(-1, keepdim=True) & (least == 0)
+    eligible = torch.where(prefer, dual_ok, eligible)
     best = torch.where(eligible, objective, inf).argmin(-1)  # (B,)
-    feasible = least[:, 0] == 0
-    return best, feasible
+    return best, least[:, 0] == 0, least[:, 0]
 
 
-def _solve_exact(H, f, A, b):
+def _solve_slots(M: Tensor, rhs: Tensor) -> Tensor:
+    """Solve the regular (B, n, n) slot-form systems M x = rhs (B, n); Cramer for n = 2."""
+    n = M.shape[-1]
+    if n == 2:
+        p, q, q2, s = M[:, 0, 0], M[:, 0, 1], M[:, 1, 0], M[:, 1, 1]
+        det = p * s - q * q2
+        return torch.stack([s * rhs[:, 0] - q * rhs[:, 1], p * rhs[:, 1] - q2 * rhs[:, 0]], -1) / det[:, None]
+    return torch.linalg.solve(M, rhs[..., None])[..., 0]
+
+
+class _ActiveSetKKT(torch.autograd.Function):
+    """u, lam of  min 1/2 u'Hu + f'u  s.t.  A_S u = b_S  for the winning active set, batched.
+
+    A_S (B, n, n) and b_S (B, n) hold the active rows in slots; `used` (B, n) marks the real
+    slots (unused slots get an identity KKT row and lam = 0). The backward pass is the
+    implicit-function gradient of the KKT system (as in OptNet, Amos & Kolter 2017):
+    [dz; dnu] = -K^-1 [g; 0], dL/df = dz, dL/db_S = -dnu, dL/dA_S = dnu u' + lam dz',
+    dL/dH = (dz u' + u dz') / 2 -- a few small ops instead of autograd through the solve.
+    """
+
+    @staticmethod
+    def forward(ctx, H, f, A_S, b_S, used):
+        n = H.shape[-1]
+        eye = torch.eye(n, dtype=H.dtype, device=H.device)
+        pair_used = used[:, :, None] & used[:, None, :]
+        Hinv = _inv_spd(H)
+        u0 = -_matvec(Hinv, f)
+        AH = A_S @ Hinv  # (B, n, n)
+        M = torch.where(pair_used, AH @ A_S.transpose(1, 2), eye)
+        # a singular winner only happens if every candidate was rejected by round-off: use u0
+        regular = torch.linalg.det(M).abs() > 0 if n != 2 else (M[:, 0, 0] * M[:, 1, 1] - M[:, 0, 1] * M[:, 1, 0]).abs() > 0
+        M = torch.where(regular[:, None, None], M, eye)
+        rhs = torch.where(used & regular[:, None], _matvec(A_S, u0) - b_S, 0.0)
+        lam = _solve_slots(M, rhs)
+        u = u0 - (AH * lam[..., None]).sum(-2)
+        ctx.save_for_backward(Hinv, AH, M, u, lam, used & regular[:, None])
+        ctx.mark_non_differentiable(lam)
+        return u, lam
+
+    @staticmethod
+    def backward(ctx, grad_u, grad_lam):
+        Hinv, AH, M, u, lam, used = ctx.saved_tensors
+        w = _matvec(Hinv, grad_u)  # H^-1 g
+        y = torch.where(used, _solve_slots(M, _matvec(AH, grad_u)), 0.0)  # -dnu
+        dz = (AH * y[..., None]).sum(-2) - w
+        grad_H = 0.5 * (dz[:, :, None] * u[:, None, :] + u[:, :, None] * dz[:, None, :])
+        grad_A = -y[..., None] * u[:, None, :] + lam[..., None] * dz[:, None, :]
+        return grad_H, dz, grad_A, y, None
+
+
+def _solve_exact(H, f, A, b, sync_free: bool | None = None):
     """Exact solve of prepared inputs (masked rows already neutralised). Returns QPSolution."""
     B, m, n = A.shape
     with torch.no_grad():
-        best, feasible = _select_active_set(H.detach(), f.detach(), A.detach(), b.detach())
+        best, feasible, violation = _select_active_set(H.detach(), f.detach(), A.detach(), b.detach(), sync_free)
     idx, used = _candidates(m, n, f.device)
     active = idx[best]  # (B, n)
     active_used = used[best]  # (B, n)
-
-    # recompute the winner with autograd: one small KKT solve per element
+    # recompute the winner only, with gradients: one small KKT solve per element
     A_S = A.gather(1, active[..., None].expand(B, n, n))  # (B, n, n) slot rows
     b_S = b.gather(1, active)  # (B, n)
-    Hinv = _inv_spd(H)
-    u0 = -(Hinv @ f[..., None])[..., 0]
-    ASHinv = A_S @ Hinv  # (B, n, n)
-    M = ASHinv @ A_S.transpose(1, 2)
-    rhs = (A_S @ u0[..., None])[..., 0] - b_S
-    lam_S, _ = _kkt_multipliers(M, rhs, active_used, SINGULAR_TOL[f.dtype])
-    u = u0 - (ASHinv * lam_S[..., None]).sum(-2)
-
-    lam = f.new_zeros(B, m).scatter_add(1, active, lam_S * active_used)
-    with torch.no_grad():
-        row_norm = A.norm(dim=-1)
-        dist_scale = torch.where(row_norm > 0, row_norm, torch.ones_like(row_norm))
-        resid = (A @ u.detach()[..., None])[..., 0] - b
-        violation = torch.where(feasible, torch.zeros_like(b[:, 0]), (resid.clamp(min=0) / dist_scale).amax(-1))
-    return QPSolution(u, feasible, violation, lam)
+    u, lam_S = _ActiveSetKKT.apply(H, f, A_S, b_S, active_used)
+    lam = lam_S.new_zeros(B, m).scatter_add(1, active, lam_S)
+    return QPSolution(u, feasible, violation, lam, torch.ones_like(feasible))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -303,41 +465,62 @@ def _solve_qpth(H, f, A, b):
         u0 = -torch.linalg.solve(H64, f64[..., None])[..., 0]
         zero_row = A64.abs().amax(-1) == 0  # masked rows are zero rows by now
         far = u0[:, :1] + QPTH_FAR * (1 + u0.abs().amax(-1, keepdim=True) + b64.abs().amax(-1, keepdim=True))
-        # a duplicate of the element's first real row is harmless (same constraint) and, unlike
-        # a far-away row, does not slow qpth's interior-point iterations down
+        # a copy of the element's first real row, shifted outwards by 1 + |b|, is never active
+        # and, unlike a far-away row, does not stall qpth's interior-point iterations
         real = ~zero_row
         first_real = real.to(torch.int8).argmax(-1)  # (B,)
         has_real = real.any(-1)
     e1 = torch.zeros(n, dtype=torch.float64, device=f.device)
     e1[0] = 1
     spare_row = torch.where(has_real[:, None], A64[torch.arange(B, device=f.device), first_real], e1)
-    spare_rhs = torch.where(has_real, b64.gather(1, first_real[:, None])[:, 0], far[:, 0])
+    first_rhs = b64.gather(1, first_real[:, None])[:, 0]
+    spare_rhs = torch.where(has_real, first_rhs + 1 + first_rhs.abs(), far[:, 0])
     A_q = torch.where(zero_row[..., None], spare_row[:, None, :], A64)
     b_q = torch.where(zero_row, spare_rhs[:, None], b64)
     empty = torch.empty(0, dtype=torch.float64, device=f.device)
-    u = QPFunction(verbose=-1)(H64, f64, A_q, b_q, empty, empty)
+    needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (H64, f64, A_q, b_q))
+    if needs_grad:
+        u = QPFunction(verbose=-1)(H64, f64, A_q, b_q, empty, empty)
+    else:
+        # run with a throw-away graph so that qpth's context (its multipliers) can be read
+        with torch.enable_grad():
+            u = QPFunction(verbose=-1)(H64, f64.detach().requires_grad_(), A_q.detach(), b_q.detach(), empty, empty)
+    # qpth 0.0.18 keeps its inequality multipliers on the autograd context
+    lam_q = getattr(u.grad_fn, "lams", None)
+    if not needs_grad:
+        u = u.detach()
 
     with torch.no_grad():
+        ud = u.detach()
         row_norm = A64.norm(dim=-1)
-        tol = QPTH_FEAS_TOL * (1 + b64.abs() + row_norm * u.abs().amax(-1, keepdim=True))
-        resid = (A64 @ u[..., None])[..., 0] - b64
-        ok = torch.isfinite(u).all(-1) & (resid <= tol).all(-1)
+        tol = QPTH_FEAS_TOL * (1 + b64.abs() + row_norm * ud.abs().amax(-1, keepdim=True))
+        resid = (A64 @ ud[..., None])[..., 0] - b64
+        ok = torch.isfinite(ud).all(-1) & (resid <= tol).all(-1)
+        if lam_q is not None and lam_q.shape == b_q.shape:
+            # qpth stops after `notImprovedLim` stalled steps and returns its best iterate, which
+            # can be primal feasible yet far from optimal: check stationarity and complementarity
+            scale = 1 + ((H64 @ ud[..., None])[..., 0] * ud).sum(-1).abs() + (f64 * ud).sum(-1).abs()
+            slack = (b_q - (A_q @ ud[..., None])[..., 0]).clamp(min=0)
+            gap = (lam_q * slack).abs().amax(-1)
+            stationarity = ((H64 @ ud[..., None])[..., 0] + f64 + (A_q.transpose(1, 2) @ lam_q[..., None])[..., 0])
+            ok &= (gap <= QPTH_GAP_TOL * scale) & (stationarity.abs().amax(-1) <= QPTH_STAT_TOL * scale.sqrt())
+            ok &= torch.isfinite(lam_q).all(-1)
     if u.requires_grad:
-        # qpth's backward of an infeasible element can be NaN: zero it (that element's action
+        # qpth's backward of a rejected element can be NaN: zero it (that element's action
         # comes from the exact fallback, whose gradient is used instead).
         u.register_hook(lambda g: torch.where(ok[:, None], g, torch.zeros((), dtype=g.dtype, device=g.device)))
     u = torch.where(ok[:, None], u, torch.zeros((), dtype=u.dtype, device=u.device))
     u = u.to(dtype)
     feasible = ok
     violation = torch.zeros_like(f[:, 0])
-    if not bool(ok.all()):  # qpth syncs anyway; the fallback runs on the flagged rows only
+    if not bool(ok.all()):  # qpth syncs anyway; the exact solver redoes the rejected rows only
         bad = (~ok).nonzero()[:, 0]
         fallback = _solve_exact(H[bad], f[bad], A[bad], b[bad])
         u = u.index_put((bad,), fallback.u)
-        # exact can prove a flagged problem feasible (qpth was inaccurate): then it is the optimum
+        # the exact solver tells an infeasible problem from a qpth failure on a feasible one
         feasible = feasible.index_put((bad,), fallback.feasible)
         violation = violation.index_put((bad,), fallback.violation)
-    return QPSolution(u, feasible, violation, None)
+    return QPSolution(u, feasible, violation, None, ok)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -351,14 +534,16 @@ def solve_qp(H: Tensor, f: Tensor, A: Tensor, b: Tensor, backend: str = "exact",
     A (B, m, n), b (B, m): float32 or float64, one device. mask (B, m) bool or None (all rows
     real); False rows are ignored entirely. backend: "exact" (active-set enumeration; n <= 3
     intended, the candidate count grows as m^n) or "qpth".
-    Returns QPSolution(u (B, n), feasible (B,), violation (B,), lam (B, m) | None), in the dtype
+    Returns QPSolution(u (B, n), feasible (B,), violation (B,), lam (B, m) | None, solver_ok (B,)),
+    in the dtype
     of f; differentiable in H, f, A, b. Infeasible elements get the fallback of the module
     docstring (feasible False), never NaN.
     """
     _validate(H, f, A, b, mask, backend)
     if f.shape[0] == 0:
         return QPSolution(f.new_zeros(f.shape), f.new_zeros(0, dtype=torch.bool), f.new_zeros(0),
-                          f.new_zeros(0, A.shape[1]) if backend == "exact" else None)
+                          f.new_zeros(0, A.shape[1]) if backend == "exact" else None,
+                          f.new_zeros(0, dtype=torch.bool))
     num_rows = A.shape[1]
     H, f, A, b = _prepare(H, f, A, b, mask)
     if backend == "exact":
@@ -397,6 +582,7 @@ def cbf_benchmark_problems(batch: int, num_obstacles: int = 2, dtype=torch.float
                            lookahead: float = 0.2, dt: float = 0.05, gamma: float = 0.2) -> tuple[Tensor, ...]:
     """Random CBF-structured QPs shaped like the unicycle safety layer (n = 2, u = (v, w)).
 
+    All problems are feasible (u = 0 satisfies every row), as for a safe state.
     Rows: 4 control bounds (0 <= v <= v_max, |w| <= w_max), 4 walls and `num_obstacles` circles,
     each a discrete-time CBF row on the look-ahead point p_l = p + l (cos t, sin t) linearised:
     -dt grad h(p_l)' J u <= gamma h, J = R(t) diag(1, l). Obstacles are masked out at random
@@ -434,13 +620,14 @@ def cbf_benchmark_problems(batch: int, num_obstacles: int = 2, dtype=torch.float
             rhs.append(gamma * h)
     obstacle_mask = []
     for _ in range(num_obstacles):
-        # obstacle centred 0.5..3 m from the look-ahead point, radius 0.3..1.0 (+ body and margin)
+        # radius 0.3..1.0 (+ body and margin), the look-ahead point 0.05..2.55 m outside it:
+        # h > 0, so u = 0 satisfies every row and the problem is feasible
         direction = (rand(batch) * 2 - 1) * math.pi
-        dist = 0.5 + 2.5 * rand(batch)
-        centre = look + dist[:, None] * torch.stack([direction.cos(), direction.sin()], -1)
         radius = 0.3 + 0.7 * rand(batch) + 0.25
+        dist = radius + 0.05 + 2.5 * rand(batch)
+        centre = look + dist[:, None] * torch.stack([direction.cos(), direction.sin()], -1)
         diff = look - centre
-        h = diff.norm(dim=-1) - radius  # may be negative: infeasible or tight problems occur
+        h = diff.norm(dim=-1) - radius
         grad = diff / diff.norm(dim=-1, keepdim=True)
         rows.append(-dt * (grad[:, None, :] @ J)[:, 0])
         rhs.append(gamma * h)
@@ -456,11 +643,17 @@ def cbf_benchmark_problems(batch: int, num_obstacles: int = 2, dtype=torch.float
 
 
 def time_solver(backend: str, H: Tensor, f: Tensor, A: Tensor, b: Tensor, mask: Tensor | None = None,
-                backward: bool = False, repeats: int = 20, warmup: int = 3) -> float:
-    """Median wall time (seconds) of one `solve_qp` call (plus `u.sum().backward()` if backward)
-    on this batch, after `warmup` untimed calls. CUDA work is synchronised before each reading."""
+                backward: bool = False, repeats: int = 20, warmup: int = 3, clock: str = "wall") -> float:
+    """Median time (seconds) of one `solve_qp` call (plus `u.sum().backward()` if backward) on
+    this batch, after `warmup` untimed calls. clock: "wall" (time.perf_counter) or "cpu" (this
+    process's CPU time, time.process_time: steadier on a busy machine, meaningful with one
+    torch thread on CPU only). CUDA work is synchronised before each reading."""
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats={repeats}, warmup={warmup}; accepted: repeats >= 1, warmup >= 0")
+    clocks = {"wall": time.perf_counter, "cpu": time.process_time}
+    if clock not in clocks:
+        raise ValueError(f"clock={clock!r}; accepted: {', '.join(map(repr, clocks))}")
+    now = clocks[clock]
     cuda = f.device.type == "cuda"
     leaves = [x.detach().clone().requires_grad_(backward) for x in (H, f, A, b)]
     times = []
@@ -469,7 +662,7 @@ def time_solver(backend: str, H: Tensor, f: Tensor, A: Tensor, b: Tensor, mask: 
             leaf.grad = None
         if cuda:
             torch.cuda.synchronize(f.device)
-        start = time.perf_counter()
+        start = now()
         if backward:
             solve_qp(*leaves, backend=backend, mask=mask).u.sum().backward()
         else:
@@ -478,5 +671,5 @@ def time_solver(backend: str, H: Tensor, f: Tensor, A: Tensor, b: Tensor, mask: 
         if cuda:
             torch.cuda.synchronize(f.device)
         if i >= warmup:
-            times.append(time.perf_counter() - start)
+            times.append(now() - start)
     return statistics.median(times)

@@ -1,0 +1,449 @@
+"""model/qp.py against an independent solver (quadprog, Goldfarb-Idnani), closed forms,
+finite differences and qpth."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+quadprog = pytest.importorskip("quadprog")
+
+from model.qp import QPSolution, cbf_benchmark_problems, kkt_residuals, solve_qp  # noqa: E402
+
+V_MAX, W_MAX = 1.0, 2.84
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tensors are tiny: on a busy 2-core machine OpenMP's thread wake-ups cost ~30 ms per
+    LAPACK call, so run this module single-threaded (restored afterwards)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------------------------------
+# reference and problem generators
+
+
+def reduce_rows(A, b):
+    """Rows A u <= b (numpy) without the degeneracies Goldfarb-Idnani trips over: zero rows
+    (dropped; None if one has b < 0: infeasible), parallel copies (the tightest kept) and
+    opposite pairs that pin a'u = c (one equality). Returns (equalities, inequalities) as lists
+    of (unit row, rhs)."""
+    norms = np.linalg.norm(A, axis=1)
+    if np.any((norms == 0) & (b < 0)):
+        return None
+    tightest = {}
+    for a, beta, norm in zip(A, b, norms):
+        if norm == 0:
+            continue
+        unit, rhs = a / norm, beta / norm
+        key = tuple(np.round(unit, 9))
+        tightest[key] = min(tightest.get(key, (np.inf,))[0], rhs), unit
+    eqs, ineqs, used = [], [], set()
+    for key, (rhs, unit) in tightest.items():
+        opposite = tuple(np.round(-unit, 9) + 0.0)
+        if opposite in tightest and key not in used:
+            rhs_opp = tightest[opposite][0]
+            if abs(rhs + rhs_opp) <= 1e-12:  # a'u <= c and -a'u <= -c: a'u = c
+                eqs.append((unit, rhs))
+                used.update({key, opposite})
+                continue
+        if key not in used:
+            ineqs.append((unit, rhs))
+    return eqs, ineqs
+
+
+def quadprog_reference(H, f, A, b, mask=None):
+    """Solve every element with quadprog (min 1/2 x'Gx - a'x s.t. C'x >= b, first meq equal):
+    (u (B, n) with NaN where infeasible, feasible (B,) bool)."""
+    B, n = f.shape
+    u = np.full((B, n), np.nan)
+    feasible = np.zeros(B, dtype=bool)
+    for i in range(B):
+        rows = np.ones(A.shape[1], dtype=bool) if mask is None else mask[i].numpy()
+        reduced = reduce_rows(A[i].numpy()[rows], b[i].numpy()[rows])
+        if reduced is None:
+            continue
+        eqs, ineqs = reduced
+        C = np.array([-a for a, _ in eqs + ineqs]).reshape(-1, n).T
+        rhs = np.array([-beta for _, beta in eqs + ineqs])
+        if C.shape[1] == 0:
+            C, rhs = np.zeros((n, 1)), np.zeros(1)  # quadprog needs at least one constraint
+        try:
+            u[i] = quadprog.solve_qp(H[i].numpy(), -f[i].numpy(), C, rhs, len(eqs))[0]
+            feasible[i] = True
+        except ValueError:  # "constraints are inconsistent, no solution"
+            pass
+    return torch.from_numpy(u), torch.from_numpy(feasible)
+
+
+def random_spd(B, n, gen):
+    L = torch.randn(B, n, n, generator=gen, dtype=torch.float64)
+    return L @ L.transpose(1, 2) + 0.3 * torch.eye(n, dtype=torch.float64)
+
+
+def random_problems(B, m, n, seed):
+    """Random H, f, rows; b mostly positive (the origin feasible), some elements infeasible."""
+    gen = torch.Generator().manual_seed(seed)
+    H = random_spd(B, n, gen)
+    f = 3 * torch.randn(B, n, generator=gen, dtype=torch.float64)
+    A = torch.randn(B, m, n, generator=gen, dtype=torch.float64)
+    b = torch.rand(B, m, generator=gen, dtype=torch.float64) * 2 - 0.3
+    return H, f, A, b
+
+
+def unicycle_bounds(B):
+    """Rows of 0 <= v <= V_MAX, -W_MAX <= w <= W_MAX: A (B, 4, 2), b (B, 4)."""
+    A = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]], dtype=torch.float64)
+    b = torch.tensor([V_MAX, 0.0, W_MAX, W_MAX], dtype=torch.float64)
+    return A.expand(B, 4, 2).clone(), b.expand(B, 4).clone()
+
+
+def nominal_cost(u_nom, weights=(1.0, 0.1)):
+    H = torch.diag_embed(torch.tensor(weights, dtype=torch.float64).expand(u_nom.shape[0], 2)).clone()
+    return H, -(H @ u_nom[..., None])[..., 0]
+
+
+def degenerate_problems(B, seed):
+    """Control bounds plus zero rows, duplicated rows, scaled copies and opposite parallel rows."""
+    gen = torch.Generator().manual_seed(seed)
+    A, b = unicycle_bounds(B)
+    u_nom = torch.stack([torch.rand(B, generator=gen) * 2 - 0.5, (torch.rand(B, generator=gen) * 2 - 1) * 4], -1)
+    H, f = nominal_cost(u_nom.double())
+    half_plane = torch.randn(B, 1, 2, generator=gen, dtype=torch.float64)
+    offset = torch.rand(B, 1, generator=gen, dtype=torch.float64) * 0.5
+    extra_A = torch.cat([
+        torch.zeros(B, 1, 2, dtype=torch.float64),        # 0'u <= 0.3: always satisfied
+        half_plane, half_plane,                           # duplicated row
+        2.5 * half_plane,                                 # scaled copy (parallel, same set)
+        -half_plane,                                      # opposite: a band, maybe a line
+        A[:, :1],                                         # duplicate of v <= V_MAX
+    ], 1)
+    extra_b = torch.cat([
+        torch.full((B, 1), 0.3, dtype=torch.float64), offset, offset, 2.5 * offset,
+        -offset + torch.rand(B, 1, generator=gen, dtype=torch.float64) * 0.2 * (torch.rand(B, 1, generator=gen) > 0.3),
+        torch.full((B, 1), V_MAX, dtype=torch.float64),
+    ], 1)
+    return H, f, torch.cat([A, extra_A], 1), torch.cat([b, extra_b], 1)
+
+
+def vertex_problems(B, seed):
+    """Three (or four) constraints active at one vertex p, with the unconstrained optimum inside
+    their normal cone: the optimum is p (more active rows than n = 2)."""
+    gen = torch.Generator().manual_seed(seed)
+    p = torch.randn(B, 2, generator=gen, dtype=torch.float64)
+    base = torch.rand(B, generator=gen, dtype=torch.float64) * 2 * math.pi
+    spread = 0.3 + torch.rand(B, 3, generator=gen, dtype=torch.float64).cumsum(-1) * 0.4  # < pi apart
+    angles = torch.cat([base[:, None], base[:, None] + spread], 1)  # (B, 4)
+    normals = torch.stack([angles.cos(), angles.sin()], -1) * (0.5 + torch.rand(B, 4, 1, generator=gen, dtype=torch.float64))
+    A = normals
+    b = (A * p[:, None, :]).sum(-1)
+    # u0 = p + a positive combination of the 2nd and 3rd normals: strictly inside the cone
+    weights = 0.2 + torch.rand(B, 2, generator=gen, dtype=torch.float64)
+    H = random_spd(B, 2, gen)
+    u0 = p + (weights[..., None] * (torch.linalg.solve(H, normals[:, 1:3].transpose(1, 2))).transpose(1, 2)).sum(1)
+    f = -(H @ u0[..., None])[..., 0]
+    return H, f, A, b, p
+
+
+def assert_matches_reference(H, f, A, b, mask=None, atol=1e-8):
+    sol = solve_qp(H, f, A, b, mask=mask)
+    u_ref, feasible_ref = quadprog_reference(H, f, A, b, mask)
+    assert torch.equal(sol.feasible, feasible_ref), (
+        f"feasibility flags differ on {(sol.feasible != feasible_ref).sum()} of {len(f)} problems")
+    assert torch.isfinite(sol.u).all()
+    err = (sol.u - u_ref)[feasible_ref].abs().max() if feasible_ref.any() else torch.tensor(0.0)
+    assert err <= atol, f"max |u - u_quadprog| = {err:.3g}"
+    real = torch.ones_like(b, dtype=torch.bool) if mask is None else mask
+    resid = torch.where(real, (A @ sol.u[..., None])[..., 0] - b, -1.0).amax(-1)
+    assert (resid[sol.feasible] <= 1e-9).all(), f"feasible output violates a row by {resid[sol.feasible].max():.3g}"
+    return sol, feasible_ref
+
+
+# ----------------------------------------------------------------------------------------------
+# exact backend vs quadprog (>= 1000 problems in total)
+
+
+@pytest.mark.parametrize("m", [1, 3, 6, 12])
+def test_exact_matches_quadprog_on_random_problems(m):
+    H, f, A, b = random_problems(120, m, 2, seed=m)
+    sol, feasible = assert_matches_reference(H, f, A, b)
+    if m >= 6:
+        assert (~feasible).any() and feasible.any(), "the random set should contain both kinds"
+
+
+@pytest.mark.parametrize("num_obstacles", [2, 8])
+def test_exact_matches_quadprog_on_cbf_problems(num_obstacles):
+    H, f, A, b, mask = cbf_benchmark_problems(200, num_obstacles, seed=num_obstacles)
+    # tighten half of the obstacle rows so that some problems have several active rows or none
+    # feasible point at all (b < 0 on an obstacle row with v >= 0 may still be satisfiable)
+    gen = torch.Generator().manual_seed(1)
+    shift = torch.zeros_like(b)
+    shift[:, 8:] = torch.rand(200, num_obstacles, generator=gen, dtype=torch.float64) * 0.12 - 0.04
+    sol, feasible = assert_matches_reference(H, f, A, b - shift, mask)
+    assert feasible.any()
+
+
+def test_exact_matches_quadprog_on_degenerate_rows():
+    H, f, A, b = degenerate_problems(200, seed=5)
+    sol, feasible = assert_matches_reference(H, f, A, b)
+    assert feasible.float().mean() > 0.5
+
+
+def test_three_active_constraints_at_one_vertex():
+    H, f, A, b, vertex = vertex_problems(200, seed=6)
+    sol, feasible = assert_matches_reference(H, f, A, b)
+    assert feasible.all()
+    assert (sol.u - vertex).abs().max() <= 1e-9
+    # the multipliers certify optimality (Caratheodory: a size-2 subset has lam >= 0)
+    kkt = kkt_residuals(H, f, A, b, sol.u, sol.lam)
+    assert kkt["stationarity"].max() <= 1e-9
+    assert kkt["dual"].max() == 0
+
+
+def test_zero_rows():
+    A, b = unicycle_bounds(2)
+    H, f = nominal_cost(torch.tensor([[2.0, 0.5], [2.0, 0.5]], dtype=torch.float64))
+    A = torch.cat([A, torch.zeros(2, 1, 2, dtype=torch.float64)], 1)
+    b = torch.cat([b, torch.tensor([[0.0], [-0.1]], dtype=torch.float64)], 1)  # 0 <= 0 ok, 0 <= -0.1 not
+    for backend in ("exact", "qpth"):
+        sol = solve_qp(H, f, A, b, backend=backend)
+        assert sol.feasible.tolist() == [True, False]
+        # the infeasible zero row cannot be helped by any u: the fallback is the optimum of the rest
+        assert torch.allclose(sol.u, torch.tensor([[V_MAX, 0.5], [V_MAX, 0.5]], dtype=torch.float64), atol=1e-6)
+        assert sol.violation[1] > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# infeasible problems
+
+
+def test_infeasible_problems_are_flagged_with_the_documented_fallback():
+    B = 50
+    gen = torch.Generator().manual_seed(7)
+    A, b = unicycle_bounds(B)
+    A = torch.cat([A, torch.tensor([[-1.0, 0.0]], dtype=torch.float64).expand(B, 1, 2)], 1)  # v >= 1.5
+    b = torch.cat([b, torch.full((B, 1), -1.5, dtype=torch.float64)], 1)
+    u_nom = torch.stack([torch.rand(B, generator=gen) * 1.4 - 0.2, (torch.rand(B, generator=gen) * 2 - 1) * 2], -1).double()
+    H, f = nominal_cost(u_nom)
+    _, feasible_ref = quadprog_reference(H, f, A, b)
+    assert not feasible_ref.any()
+    for backend in ("exact", "qpth"):
+        sol = solve_qp(H, f, A, b, backend=backend)
+        assert not sol.feasible.any()
+        assert torch.isfinite(sol.u).all()
+        # candidates: u_nom (violation max(v - 1, 1.5 - v)), v = 1 and v = 1.5 (0.5 each; tie
+        # broken by the objective: v = 1 as u_nom's v < 1.25); w = u_nom's w throughout
+        v_nom = u_nom[:, 0]
+        inside = (v_nom >= 1) & (v_nom <= 1.5)
+        assert inside.any() and (~inside).any()
+        v = torch.where(inside, v_nom, torch.full_like(v_nom, V_MAX))
+        assert torch.allclose(sol.u, torch.stack([v, u_nom[:, 1]], -1), atol=1e-6)
+        violation = torch.where(inside, torch.maximum(v_nom - 1, 1.5 - v_nom), torch.full_like(v_nom, 0.5))
+        assert torch.allclose(sol.violation, violation, atol=1e-6)
+    again = solve_qp(H, f, A, b)
+    assert torch.equal(again.u, solve_qp(H, f, A, b).u), "fallback must be deterministic"
+
+
+def test_infeasible_fallback_measures_violation_as_a_distance():
+    # 4v <= 4 (v <= 1) and -v <= -2 (v >= 2), u_nom = (3, 0). Candidates: u_nom (distance 2 to
+    # v <= 1), v = 1 and v = 2 (distance 1 each: a tie, broken by the objective -> v = 2). In raw
+    # units v = 2 would violate 4v <= 4 by 4 and lose to v = 1; distances make row scaling moot.
+    H, f = nominal_cost(torch.tensor([[3.0, 0.0]], dtype=torch.float64))
+    A = torch.tensor([[[4.0, 0.0], [-1.0, 0.0]]], dtype=torch.float64)
+    b = torch.tensor([[4.0, -2.0]], dtype=torch.float64)
+    sol = solve_qp(H, f, A, b)
+    assert not sol.feasible.item()
+    assert torch.allclose(sol.u, torch.tensor([[2.0, 0.0]], dtype=torch.float64))
+    assert sol.violation.item() == pytest.approx(1.0, abs=1e-9)
+
+
+# ----------------------------------------------------------------------------------------------
+# gradients
+
+
+def _gradcheck_problems():
+    """Non-degenerate problems with 0, 1 and 2 active rows (strict complementarity)."""
+    H, f, A, b = random_problems(60, 5, 2, seed=11)
+    sol = solve_qp(H, f, A, b)
+    resid = (A @ sol.u[..., None])[..., 0] - b
+    active = sol.lam > 1e-6
+    clear = ((resid.abs() > 1e-4) | active).all(-1) & ((sol.lam == 0) | active).all(-1) & sol.feasible
+    picks = []
+    for count in (0, 1, 2):
+        where = (clear & (active.sum(-1) == count)).nonzero()[:, 0]
+        assert len(where) > 0, f"no problem with {count} active rows"
+        picks.append(where[:2])
+    keep = torch.cat(picks)
+    return H[keep], f[keep], A[keep], b[keep]
+
+
+def test_exact_gradients_match_finite_differences():
+    H, f, A, b = _gradcheck_problems()
+    inputs = [x.clone().requires_grad_() for x in (H, f, A, b)]
+    assert torch.autograd.gradcheck(lambda *x: solve_qp(*x).u, inputs, eps=1e-6, atol=1e-6)
+
+
+def test_exact_gradients_with_mask_match_finite_differences():
+    H, f, A, b = _gradcheck_problems()
+    mask = torch.ones_like(b, dtype=torch.bool)
+    mask[:, -1] = False
+    inputs = [x.clone().requires_grad_() for x in (H, f, A, b)]
+    assert torch.autograd.gradcheck(lambda *x: solve_qp(*x, mask=mask).u, inputs, eps=1e-6, atol=1e-6)
+    # masked rows receive no gradient
+    solve_qp(*inputs, mask=mask).u.sum().backward()
+    assert inputs[2].grad[:, -1].abs().max() == 0 and inputs[3].grad[:, -1].abs().max() == 0
+
+
+def test_exact_gradients_match_qpth():
+    H, f, A, b, mask = cbf_benchmark_problems(40, 2, seed=12)
+    weights = torch.randn(40, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    grads = {}
+    for backend in ("exact", "qpth"):
+        inputs = [x.clone().requires_grad_() for x in (H, f, A, b)]
+        sol = solve_qp(*inputs, backend=backend, mask=mask)
+        (sol.u * weights).sum().backward()
+        grads[backend] = (sol, [x.grad for x in inputs])
+    sol_q = grads["qpth"][0]
+    # compare where qpth's own answer was accepted and no row is nearly active
+    exact_sol = grads["exact"][0]
+    resid = (A @ exact_sol.u[..., None])[..., 0] - b
+    clear = torch.where(mask, (resid.abs() > 1e-3) | (exact_sol.lam > 1e-3), True).all(-1) & sol_q.solver_ok
+    assert clear.sum() >= 20
+    for name, g_exact, g_qpth in zip("HfAb", grads["exact"][1], grads["qpth"][1]):
+        diff = (g_exact - g_qpth)[clear]
+        if name in "Ab":
+            diff = torch.where(mask[clear].reshape(diff.shape[:2] + (1,) * (diff.dim() - 2)), diff, 0.0)
+        assert diff.abs().max() <= 1e-4 * (1 + g_exact[clear].abs().max()), f"d/d{name} differs by {diff.abs().max():.3g}"
+
+
+# ----------------------------------------------------------------------------------------------
+# qpth backend, masks, dtypes, devices, errors
+
+
+def test_qpth_backend_agrees_and_never_returns_nan():
+    problems = [
+        cbf_benchmark_problems(30, 4, seed=13),
+        (*degenerate_problems(30, seed=14), None),
+        (*random_problems(30, 6, 2, seed=15), None),
+    ]
+    for H, f, A, b, mask in problems:
+        exact = solve_qp(H, f, A, b, mask=mask)
+        sol = solve_qp(H, f, A, b, backend="qpth", mask=mask)
+        assert torch.isfinite(sol.u).all()
+        assert torch.equal(sol.feasible, exact.feasible)
+        assert (sol.u - exact.u)[exact.feasible].abs().max() <= 1e-4
+        real = torch.ones_like(b, dtype=torch.bool) if mask is None else mask
+        resid = torch.where(real, (A @ sol.u[..., None])[..., 0] - b, -1.0).amax(-1)
+        assert (resid[sol.feasible] <= 1e-5).all()
+
+
+def test_mask_equals_removing_rows():
+    H, f, A, b = random_problems(80, 7, 2, seed=16)
+    gen = torch.Generator().manual_seed(2)
+    mask = torch.rand(80, 7, generator=gen) > 0.4
+    A_garbage = torch.where(mask[..., None], A, torch.nan)  # ignored rows may hold anything
+    b_garbage = torch.where(mask, b, torch.inf)
+    for backend in ("exact", "qpth"):
+        sol = solve_qp(H, f, A_garbage, b_garbage, backend=backend, mask=mask)
+        assert torch.isfinite(sol.u).all()
+        for i in range(0, 80, 8 if backend == "qpth" else 1):
+            rows = mask[i]
+            alone = solve_qp(H[i:i + 1], f[i:i + 1], A[i:i + 1, rows], b[i:i + 1, rows])
+            assert sol.feasible[i] == alone.feasible[0]
+            assert torch.allclose(sol.u[i], alone.u[0], atol=1e-8 if backend == "exact" else 1e-4)
+
+
+def test_float32_agrees_with_float64():
+    H, f, A, b, mask = cbf_benchmark_problems(500, 8, seed=17)
+    sol64 = solve_qp(H, f, A, b, mask=mask)
+    sol32 = solve_qp(H.float(), f.float(), A.float(), b.float(), mask=mask)
+    assert sol32.u.dtype == torch.float32
+    assert torch.equal(sol32.feasible, sol64.feasible)
+    assert (sol32.u.double() - sol64.u).abs().max() <= 1e-4
+    inputs = [x.float().requires_grad_() for x in (H, f, A, b)]
+    solve_qp(*inputs, mask=mask).u.sum().backward()
+    assert all(torch.isfinite(x.grad).all() for x in inputs)
+
+
+def test_generic_path_for_n_1_and_3_matches_quadprog():
+    for n, m in ((1, 4), (3, 7)):
+        H, f, A, b = random_problems(60, m, n, seed=20 + n)
+        assert_matches_reference(H, f, A, b)
+    H, f, A, b = random_problems(4, 4, 3, seed=30)
+    inputs = [x.clone().requires_grad_() for x in (H, f, A, b)]
+    assert torch.autograd.gradcheck(lambda *x: solve_qp(*x).u, inputs, eps=1e-6, atol=1e-5)
+
+
+def test_multipliers_satisfy_kkt():
+    H, f, A, b, mask = cbf_benchmark_problems(200, 8, seed=18)
+    sol = solve_qp(H, f, A, b, mask=mask)
+    kkt = kkt_residuals(H, f, A, b, sol.u, sol.lam, mask)
+    assert kkt["primal"].max() <= 1e-9
+    assert kkt["stationarity"].max() <= 1e-9
+    assert kkt["dual"].max() <= 1e-9
+    assert kkt["complementarity"].max() <= 1e-9
+
+
+def test_edge_shapes():
+    H, f = nominal_cost(torch.tensor([[0.3, -0.2]], dtype=torch.float64))
+    sol = solve_qp(H, f, torch.zeros(1, 0, 2, dtype=torch.float64), torch.zeros(1, 0, dtype=torch.float64))
+    assert torch.allclose(sol.u, torch.tensor([[0.3, -0.2]], dtype=torch.float64)) and sol.feasible.all()
+    assert sol.lam.shape == (1, 0)
+    empty = solve_qp(H[:0], f[:0], torch.zeros(0, 3, 2, dtype=torch.float64), torch.zeros(0, 3, dtype=torch.float64))
+    assert isinstance(empty, QPSolution) and empty.u.shape == (0, 2)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(f=torch.zeros(2, 2, 1)), "f has shape"),
+        (dict(H=torch.eye(3).expand(2, 3, 3)), "H has shape"),
+        (dict(A=torch.zeros(2, 4, 3)), "A has shape"),
+        (dict(b=torch.zeros(2, 5)), "b has shape"),
+        (dict(b=torch.zeros(2, 4, dtype=torch.float64)), "b has dtype"),
+        (dict(mask=torch.ones(2, 4)), "mask must be a torch.bool"),
+        (dict(mask=torch.ones(2, 3, dtype=torch.bool)), "mask has shape"),
+        (dict(backend="osqp"), "backend='osqp' is not known"),
+    ],
+)
+def test_bad_input_names_the_argument(change, message):
+    args = dict(H=torch.eye(2).expand(2, 2, 2), f=torch.zeros(2, 2), A=torch.zeros(2, 4, 2), b=torch.ones(2, 4),
+                backend="exact", mask=None)
+    args.update(change)
+    with pytest.raises((ValueError, TypeError), match=message):
+        solve_qp(**args)
+
+
+def test_sync_free_path_used_on_cuda_agrees_on_cpu():
+    """The CUDA branch (full rule everywhere, merged by torch.where) run on CPU."""
+    from model.qp import _prepare, _solve_exact
+
+    H, f, A, b, mask = cbf_benchmark_problems(100, 8, seed=21)
+    b = b - 0.05 * torch.rand(b.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    Hd, fd, Ad, bd = _prepare(H, f, A, b, mask)
+    indexed = _solve_exact(Hd, fd, Ad, bd, sync_free=False)
+    merged = _solve_exact(Hd, fd, Ad, bd, sync_free=True)
+    assert (~indexed.feasible).any() and indexed.feasible.any()
+    assert torch.equal(indexed.feasible, merged.feasible)
+    assert torch.equal(indexed.u, merged.u)
+    assert torch.equal(indexed.violation, merged.violation)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_matches_cpu():
+    H, f, A, b, mask = cbf_benchmark_problems(512, 8, seed=19)
+    cpu = solve_qp(H, f, A, b, mask=mask)
+    inputs = [x.cuda().requires_grad_() for x in (H, f, A, b)]
+    gpu = solve_qp(*inputs, mask=mask.cuda())
+    gpu.u.sum().backward()
+    assert torch.equal(gpu.feasible.cpu(), cpu.feasible)
+    assert (gpu.u.cpu() - cpu.u).abs().max() <= 1e-9
+    assert all(torch.isfinite(x.grad).all() for x in inputs)
