@@ -31,6 +31,7 @@ class Stage:
     plots: tuple[Any, ...] = ()  # files or {file: {x:, y:, ...}} specs for `dvc plots show`
     matrix: tuple[tuple[str, str], ...] = ()  # (axis, params key holding its values)
     persist: tuple[str, ...] = field(default=())  # outs DVC must not delete
+    uncached: tuple[str, ...] = field(default=())  # outs kept in git, not in DVC's cache
 
     @property
     def function(self) -> Callable[..., dict]:
@@ -113,6 +114,9 @@ STAGES: dict[str, Stage] = {
             deps=("results/compare", "results/eval", "results/train", "results/qp_benchmark"),
             params=("env", "cbf", "barriernet", "train", "eval", "decision"),
             outs=("reports/decision_report.md", "reports/figures"),
+            # The report is what people read: it lives in git (a fresh clone shows it), DVC
+            # still checks it is up to date with its inputs.
+            uncached=("reports/decision_report.md", "reports/figures"),
         ),
     ]
 }
@@ -156,7 +160,9 @@ def dvc_yaml() -> dict[str, Any]:
         outs: list[Any] = []
         for out in stage.outs:
             path = _dvc_path(out)
-            outs.append({path: {"persist": True}} if out in stage.persist else path)
+            options = {**({"persist": True} if out in stage.persist else {}),
+                       **({"cache": False} if out in stage.uncached else {})}
+            outs.append({path: options} if options else path)
         if outs:
             entry["outs"] = outs
         if stage.metrics:
