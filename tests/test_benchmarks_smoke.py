@@ -1,0 +1,137 @@
+"""Smoke test of benchmarks/train_throughput.py: `--quick` runs every item and prints the table.
+
+No timing asserts (speed lives in the benchmark's own output); the checks are on what was
+measured: the rows, the env-steps each row must have done (computed from the configuration),
+positive rates, the ratio lines, and clear errors for bad arguments.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return _load("train_throughput")
+
+
+def _table_rows(text: str, names: list[str]) -> dict[str, list[str]]:
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.split("|")]
+        if cells and cells[0] in names:
+            rows[cells[0]] = cells
+    return rows
+
+
+@pytest.fixture(scope="module")
+def quick_run(bench):
+    """One `--quick` run of the whole benchmark (module-scoped: it is the slow part)."""
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        results = bench.main(["--quick"])
+    return results, out.getvalue()
+
+
+def test_quick_run_prints_every_row_with_the_planned_budget(bench, quick_run):
+    results, text = quick_run
+    ours = [bench.ROW_BASELINE, bench.ROW_THROUGH_QP, bench.ROW_NOMINAL]
+    names = ours + [bench.ROW_REFERENCE, bench.ROW_SB3]
+    rows = _table_rows(text, names)
+    for name in ours + [bench.ROW_REFERENCE]:
+        assert name in rows, f"row {name!r} missing from:\n{text}"
+
+    # env-steps done = iterations x batch, from the quick configuration (not from the benchmark's output)
+    q = bench.QUICK_OURS
+    ours_batch = q["train.num_envs"] * q["train.rollout_steps"]
+    for name in ours:
+        iters, steps = int(rows[name][1]), int(rows[name][2].replace(",", ""))
+        assert (iters, steps) == (1, ours_batch), rows[name]
+    ref_steps = 1 * bench.QUICK_REFERENCE["train.rollout_steps"]  # one env
+    assert int(rows[bench.ROW_REFERENCE][2]) == ref_steps
+    assert "qpth" in rows[bench.ROW_REFERENCE][-1] and "1 env" in rows[bench.ROW_REFERENCE][-1]
+
+    for name, m in results.items():
+        assert m.seconds > 0 and math.isfinite(m.sps) and m.sps > 0, (name, m)
+        rate = float(_table_rows(text, [name])[name][4].replace(",", ""))
+        assert rate == pytest.approx(m.steps / m.seconds, rel=0.01, abs=1)
+
+    assert re.search(r"BarrierNet through_qp / reference design: [\d,.]+x \(target >= 50x", text), text
+    assert re.search(r"BarrierNet through_qp absolute: [\d,]+ env-steps/s", text), text
+    sb3_ok, _ = bench.sb3_available()
+    if sb3_ok:
+        assert bench.ROW_SB3 in rows
+        assert int(rows[bench.ROW_SB3][2]) == bench.QUICK_SB3["n_steps"]  # learn() does whole rollouts
+        assert re.search(r"baseline PPO / Stable-Baselines3 PPO: [\d,.]+x \(target >= 10x", text), text
+    else:
+        assert "Stable-Baselines3 PPO: skipped" in text
+        assert "baseline PPO / Stable-Baselines3 PPO: n/a" in text
+
+
+def test_ratio_lines_follow_the_measurements(bench):
+    fast = bench.Measurement("a", "", 1, 1000, 1.0, 0.0)
+    slow = bench.Measurement("b", "", 1, 1000, 40.0, 0.0)
+    assert "40.0x (target >= 50x: below)" in bench._ratio_line("r", fast, slow, "b", 50)
+    assert "40.0x (target >= 10x: meets)" in bench._ratio_line("r", fast, slow, "b", 10)
+    assert "n/a (b not measured)" in bench._ratio_line("r", fast, None, "b", 10)
+
+
+def test_profile_breakdown_adds_up(bench):
+    from tasks.params import load_params
+
+    params = bench._with(load_params(), {**bench.QUICK_OURS, "train.total_steps": 10_000})
+    text = bench.profile_barriernet(params, top=5)
+    shares = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.split("|")]
+        if len(cells) == 3 and cells[2].endswith("%"):
+            shares[cells[0]] = float(cells[1])
+    total = shares["iteration (rollout + GAE + update)"]
+    # the phases partition the iteration; the parts of a phase fit inside it
+    assert shares["rollout"] + shares["update"] + shares["other (GAE, buffer flatten, LR, sync)"] == pytest.approx(total, abs=2e-3)
+    assert shares["rollout: actor forward"] + shares["rollout: env step"] <= shares["rollout"]
+    assert shares["rollout: QP projection (cbf rows excluded)"] <= shares["rollout: actor forward"]
+    assert shares["update: QP projection (cbf rows excluded)"] <= shares["update: actor evaluate_actions"]
+    assert 0 < shares["update: backward (all)"] <= shares["update"]
+    if "update: backward, QP KKT (python part)" in shares:  # the exact backend's closed-form backward
+        assert shares["update: backward, QP KKT (python part)"] <= shares["update: backward (all)"]
+    assert "cProfile" in text and "ncalls" in text
+    # the timing wrappers are gone afterwards
+    import tasks.train
+    import torch
+
+    assert tasks.train.ppo_update.__module__ == "model.ppo"
+    assert torch.Tensor.backward.__qualname__ == "Tensor.backward"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--steps", "0"], "accepted: >= 1"),
+    (["--threads", "-1"], "accepted: 0"),
+    (["--set", "train.num_envz=4"], "train.num_envs"),
+])
+def test_bad_arguments_are_named(bench, argv, message, capsys):
+    from tasks.params import ParamsError
+
+    with pytest.raises((SystemExit, ParamsError)) as info:
+        bench.main(argv)
+    text = str(info.value) + capsys.readouterr().err
+    assert message in text
