@@ -115,8 +115,11 @@ class _CBFProjection(nn.Module):
     def rows(self, safety: "SafetyState", gamma: float | Tensor, like: Tensor, form: str | None = None):
         return cbf_rows(_safety_like(safety, like), self.env, self.cbf, gamma, form=form)
 
-    def forward(self, u_ref: Tensor, rows) -> tuple[Tensor, Tensor]:
-        """u_ref (B, 2) -> (u_safe (B, 2), feasible (B,) bool)."""
+    def forward(self, u_ref: Tensor, rows, active_hint: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """u_ref (B, 2) -> (u_safe (B, 2), feasible (B,) bool, active (B, 2) int64 | None).
+
+        active: the QP's active rows (solve_qp's ``active``; None from qpth); active_hint (B, 2)
+        int64: such a set from an earlier solve of the same problem (a warm start: speed only)."""
         batch = u_ref.shape[0]
         weights = self.weights.to(u_ref.dtype)
         H = torch.diag(weights).expand(batch, 2, 2)
@@ -124,12 +127,13 @@ class _CBFProjection(nn.Module):
         if self.time_qp:
             _sync(u_ref)
             start = time.perf_counter()
-        solution = solve_qp(H, f, rows.A, rows.b, backend=self.cbf.qp_backend, mask=rows.mask)
+        solution = solve_qp(H, f, rows.A, rows.b, backend=self.cbf.qp_backend, mask=rows.mask,
+                            active_hint=active_hint)
         if self.time_qp:
             _sync(u_ref)
             self.qp_ms.append((time.perf_counter() - start) * 1e3)
         u = torch.maximum(torch.minimum(solution.u, self.high.to(u_ref.dtype)), self.low.to(u_ref.dtype))
-        return u, solution.feasible
+        return u, solution.feasible, solution.active
 
 
 def _sync(x: Tensor) -> None:
@@ -170,7 +174,9 @@ class BarrierNetActor(nn.Module):
     nominal policy alone would have executed (nominal mean, plus std * eps when stochastic, clipped to the bounds);
     ``correction`` (B,) = |executed - proposal|; ``intervened`` (B,) = correction > cbf.intervention_tol;
     ``infeasible`` (B,) (any QP of this forward was infeasible); ``h`` (B, M) CBF values (absent
-    obstacles +inf); ``qp_ms`` (scalar) total QP wall time of this call for the whole batch, only
+    obstacles +inf); ``active_mean`` (B, 2) int64, only in through_qp mode with the exact
+    backend: the active rows of the mean's QP (-1 padded), which PPO stores and hands back to
+    ``evaluate_actions(..., qp_hint=)`` as a warm start; ``qp_ms`` (scalar) total QP wall time of this call for the whole batch, only
     when ``time_qp`` is True.
     """
 
@@ -237,13 +243,15 @@ class BarrierNetActor(nn.Module):
             noise = torch.zeros_like(nominal) if deterministic else std * torch.randn_like(nominal)
             proposal = nominal + noise
             if self.update_mode == "through_qp":
-                mean, feasible_mean = self.projection(nominal, rows)
+                mean, feasible_mean, active_mean = self.projection(nominal, rows)
                 sample = mean + noise
-                executed, feasible = (mean, feasible_mean) if deterministic else self.projection(sample, rows)
+                # the sample's QP often keeps the mean's active set: a warm start (speed only)
+                executed, feasible = (mean, feasible_mean) if deterministic else \
+                    self.projection(sample, rows, active_hint=active_mean)[:2]
                 feasible = feasible & feasible_mean
             else:
-                mean, sample = nominal, proposal
-                executed, feasible = self.projection(sample, rows)
+                mean, sample, active_mean = nominal, proposal, None
+                executed, feasible, _ = self.projection(sample, rows)
             log_prob = _normal_log_prob(sample, mean, std)
         # What the env would execute without the safety layer: the proposal clipped to the
         # control bounds. Bound clipping is not a safety intervention; only the CBF rows' is.
@@ -251,19 +259,28 @@ class BarrierNetActor(nn.Module):
         proposal = torch.maximum(torch.minimum(proposal, centre + half), centre - half)
         info = {"nominal": nominal, "gamma": gamma, "proposal": proposal, "infeasible": ~feasible, "h": rows.h}
         info.update(_intervention_info(proposal, executed, self.cbf_params.intervention_tol))
+        if active_mean is not None:
+            info["active_mean"] = active_mean
         if self.time_qp:
             info["qp_ms"] = torch.tensor(sum(self.projection.qp_ms))
         return ActorOutput(executed, sample, log_prob, info)
 
-    def evaluate_actions(self, obs: Tensor, safety: "SafetyState", sample: Tensor) -> tuple[Tensor, Tensor]:
-        """Score the STORED sample (B, 2) under the current policy: (log_prob (B,), entropy (B,))."""
+    def evaluate_actions(
+        self, obs: Tensor, safety: "SafetyState", sample: Tensor, qp_hint: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Score the STORED sample (B, 2) under the current policy: (log_prob (B,), entropy (B,)).
+
+        qp_hint (B, 2) int64 or None: the active set the mean's QP had when the sample was drawn
+        (forward's ``info["active_mean"]``); a warm start for the re-solve, results unchanged."""
         nominal, gamma = self._heads(obs)
         std = self.std.to(nominal.dtype)
         with torch.autocast(device_type=nominal.device.type, enabled=False):
             if self.update_mode == "through_qp":
                 self._check_safety(safety, obs.shape[0])
                 rows = self.projection.rows(safety, gamma, nominal)
-                mean, _ = self.projection(nominal, rows)
+                if qp_hint is not None:
+                    qp_hint = qp_hint.to(device=nominal.device, dtype=torch.int64)
+                mean = self.projection(nominal, rows, active_hint=qp_hint)[0]
             else:
                 mean = nominal
             log_prob = _normal_log_prob(sample.to(mean.dtype), mean, std)
@@ -362,7 +379,7 @@ class SafetyFilter(nn.Module):
         self.projection.qp_ms = []
         with torch.autocast(device_type=proposal.device.type, enabled=False):
             rows = self.projection.rows(safety, self.gamma, proposal, form=self.form)
-            executed, feasible = self.projection(proposal, rows)
+            executed, feasible, _ = self.projection(proposal, rows)
         gamma = proposal.new_full((proposal.shape[0], rows.h.shape[1]), self.gamma)
         info = {"nominal": proposal, "gamma": gamma, "proposal": proposal, "infeasible": ~feasible, "h": rows.h}
         info.update(_intervention_info(proposal, executed, self.cbf_params.intervention_tol))

@@ -13,6 +13,7 @@ Differences from CleanRL, kept on purpose:
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -113,7 +114,10 @@ class RolloutBuffer:
     Fields: obs (T,N,D) normalised observations; sample (T,N,2) what the policy drew and PPO
     re-scores; action (T,N,2) what the env executed; nominal (T,N,2); log_prob, value, reward,
     final_value (T,N); terminated, truncated (T,N) bool; the SafetyState tensors
-    (pursuer (T,N,3), obstacle_centres (T,N,K,2), obstacle_radii (T,N,K), obstacle_mask (T,N,K)).
+    (pursuer (T,N,3), obstacle_centres (T,N,K,2), obstacle_radii (T,N,K), obstacle_mask (T,N,K));
+    optional qp_active (T,N,2) int64 (None until `store_qp_active` is first called): the active
+    set of the policy mean's QP at each step (BarrierNet's ``info["active_mean"]``), handed back
+    to ``evaluate_actions(..., qp_hint=)`` as a warm start.
     """
 
     def __init__(self, num_steps: int, num_envs: int, obs_dim: int, num_obstacles: int, device: torch.device | str):
@@ -134,6 +138,16 @@ class RolloutBuffer:
         self.obstacle_centres = torch.zeros(T, N, K, 2, **f32)
         self.obstacle_radii = torch.zeros(T, N, K, **f32)
         self.obstacle_mask = torch.zeros(T, N, K, dtype=torch.bool, device=device)
+        self.qp_active: Tensor | None = None
+        self.device = device
+
+    def store_qp_active(self, t: int, active: Tensor) -> None:
+        """active (N, 2) int64 row indices (-1 = none); allocates qp_active on first use."""
+        if self.qp_active is None:
+            self.qp_active = torch.full(
+                (self.num_steps, self.num_envs, active.shape[-1]), -1, dtype=torch.int64, device=self.device
+            )
+        self.qp_active[t] = active
 
     def store_safety(self, t: int, safety: SafetyState) -> None:
         self.pursuer[t] = safety.pursuer
@@ -152,6 +166,7 @@ class RolloutBuffer:
         return Batch(
             obs=flat(self.obs), sample=flat(self.sample), log_prob=flat(self.log_prob), value=flat(self.value),
             advantages=flat(advantages), returns=flat(returns), safety=safety,
+            qp_active=None if self.qp_active is None else flat(self.qp_active),
         )
 
 
@@ -163,6 +178,7 @@ class Batch(NamedTuple):
     advantages: Tensor  # (B,)
     returns: Tensor     # (B,)
     safety: SafetyState
+    qp_active: Tensor | None = None  # (B, 2) int64 warm start for the actor's QP, or None
 
 
 def _index_safety(safety: SafetyState, idx: Tensor) -> SafetyState:
@@ -207,6 +223,8 @@ def ppo_update(
     batch_size = batch.obs.shape[0]
     amp = scaler is not None
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    # the stored QP active sets speed up the actor's re-solve (results unchanged)
+    use_hint = batch.qp_active is not None and "qp_hint" in inspect.signature(actor.evaluate_actions).parameters
     clipfracs, approx_kls = [], []
     pg_loss = v_loss = entropy_loss = torch.zeros(())
     stop = False
@@ -215,8 +233,9 @@ def ppo_update(
         for start in range(0, batch_size, cfg.minibatch_size):
             idx = order[start : start + cfg.minibatch_size]
             with torch.autocast(device_type=device.type, enabled=amp):
+                hint = {"qp_hint": batch.qp_active[idx]} if use_hint else {}
                 new_log_prob, entropy = actor.evaluate_actions(
-                    batch.obs[idx], _index_safety(batch.safety, idx), batch.sample[idx]
+                    batch.obs[idx], _index_safety(batch.safety, idx), batch.sample[idx], **hint
                 )
                 new_value = critic(batch.obs[idx]).float()
             log_ratio = new_log_prob.float() - batch.log_prob[idx]

@@ -106,6 +106,9 @@ class QPSolution(NamedTuple):
                inactive and masked rows) from the exact backend; None from qpth.
     solver_ok: (B,) bool, False where the backend's own answer was rejected and replaced by the
                exact solver's (qpth: NaN, a violated row, or a KKT check failure); exact: all True.
+    active:    (B, n) int64, the exact backend's chosen active set: its rows ascending, then -1
+               padding (-1 -1 = the unconstrained optimum); pass it back as `active_hint` when
+               the same or a nearby problem is solved again. None from qpth.
     """
 
     u: Tensor
@@ -113,6 +116,7 @@ class QPSolution(NamedTuple):
     violation: Tensor
     lam: Tensor | None = None
     solver_ok: Tensor | None = None
+    active: Tensor | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -179,20 +183,14 @@ def _candidates(m: int, n: int, device) -> tuple[Tensor, Tensor]:
     """Every active set of size <= n of m rows, as slot indices.
 
     Returns idx (C, n) long (unused slots point at row 0) and used (C, n) bool. Order: the empty
-    set, then the singletons, then the pairs, ... (C = sum_k binom(m, k), k <= n; for n = 2 the
-    pairs are all m^2 ordered pairs (i, j) in row-major order, C = 1 + m + m^2).
+    set, then the singletons, then the pairs, ... (C = sum_k binom(m, k), k <= n), each subset
+    with its rows ascending (i < j < ...): the canonical form `active` sets are reported in.
     """
     key = (m, n, str(device))
     if key not in _CANDIDATES:
         rows_idx, rows_used = [], []
         for k in range(min(m, n) + 1):
-            if n == 2 and k == 2:
-                # n = 2 enumerates the full m x m grid of ordered pairs by broadcasting (no
-                # gathers, twice the work but far fewer ops); (i, i) is singular, so invalid
-                subsets = itertools.product(range(m), repeat=2)
-            else:
-                subsets = itertools.combinations(range(m), k)
-            for S in subsets:
+            for S in itertools.combinations(range(m), k):
                 rows_idx.append(list(S) + [0] * (n - k))
                 rows_used.append([True] * k + [False] * (n - k))
         _CANDIDATES[key] = (
@@ -260,8 +258,9 @@ def _kkt_multipliers(M: Tensor, rhs: Tensor, used: Tensor, sing_tol: float) -> t
 def _candidate_points_pairs(u0, AHinv, A, r, idx, sing_tol):
     """n = 2 closed forms. Every candidate point u_c (B, C, 2), its objective minus that of u0
     (B, C), whether its KKT block is regular (B, C) and its smallest multiplier (B, C);
-    candidates in the order of `_candidates` (pairs: the full m x m grid, by broadcasting)."""
+    candidates in the order of `_candidates` (pairs: the m(m-1)/2 unordered pairs i < j)."""
     B, m, _ = A.shape
+    I, J = idx[1 + m:, 0], idx[1 + m:, 1]  # (P,) the pairs' rows
     AH0, AH1, A0, A1 = AHinv[..., 0], AHinv[..., 1], A[..., 0], A[..., 1]  # (B, m) each
     Gd = AH0 * A0 + AH1 * A1  # (B, m)  a_i' H^-1 a_i, 0 for zero rows
     # singletons: lam = r_i / G_ii
@@ -269,22 +268,23 @@ def _candidate_points_pairs(u0, AHinv, A, r, idx, sing_tol):
     lam1 = r / torch.where(ok1, Gd, torch.ones_like(Gd))
     u1 = u0[:, None, :] - AHinv * lam1[..., None]  # (B, m, 2)
     obj1 = 0.5 * lam1 * r
-    # pairs (i, j): 2x2 Cramer on [[p, q], [q, s]] lam = [r_i, r_j], as (B, m, m) grids
-    p, s = Gd[:, :, None], Gd[:, None, :]
-    q = AH0[:, :, None] * A0[:, None, :] + AH1[:, :, None] * A1[:, None, :]
-    rI, rJ = r[:, :, None], r[:, None, :]
+    # pairs (i, j): 2x2 Cramer on [[p, q], [q, s]] lam = [r_i, r_j], (B, P) each
+    AH0I, AH1I, AH0J, AH1J = AH0[:, I], AH1[:, I], AH0[:, J], AH1[:, J]
+    p, s = Gd[:, I], Gd[:, J]
+    q = torch.addcmul(AH0I * A0[:, J], AH1I, A1[:, J])
+    rI, rJ = r[:, I], r[:, J]
     det = p * s - q * q
-    ok2 = det > sing_tol * p * s  # False for zero, duplicated and parallel rows and for i = j
+    ok2 = det > sing_tol * p * s  # False for zero, duplicated and parallel rows
     det = torch.where(ok2, det, torch.ones_like(det))
     lam_I = (s * rI - q * rJ) / det
     lam_J = (p * rJ - q * rI) / det
-    u2 = torch.stack([u0[:, 0, None, None] - AH0[:, :, None] * lam_I - AH0[:, None, :] * lam_J,
-                      u0[:, 1, None, None] - AH1[:, :, None] * lam_I - AH1[:, None, :] * lam_J], -1)
+    u2 = torch.stack([u0[:, 0, None] - AH0I * lam_I - AH0J * lam_J,
+                      u0[:, 1, None] - AH1I * lam_I - AH1J * lam_J], -1)
     obj2 = 0.5 * (lam_I * rI + lam_J * rJ)
-    u_c = torch.cat([u0[:, None, :], u1, u2.reshape(B, m * m, 2)], 1)
-    objective = torch.cat([torch.zeros_like(r[:, :1]), obj1, obj2.reshape(B, m * m)], 1)
-    ok = torch.cat([torch.ones_like(ok1[:, :1]), ok1, ok2.reshape(B, m * m)], 1)
-    least_lam = torch.cat([torch.zeros_like(r[:, :1]), lam1, torch.minimum(lam_I, lam_J).reshape(B, m * m)], 1)
+    u_c = torch.cat([u0[:, None, :], u1, u2], 1)
+    objective = torch.cat([torch.zeros_like(r[:, :1]), obj1, obj2], 1)
+    ok = torch.cat([torch.ones_like(ok1[:, :1]), ok1, ok2], 1)
+    least_lam = torch.cat([torch.zeros_like(r[:, :1]), lam1, torch.minimum(lam_I, lam_J)], 1)
     return u_c, objective, ok, least_lam
 
 
@@ -435,20 +435,80 @@ class _ActiveSetKKT(torch.autograd.Function):
         return grad_H, dz, grad_A, y, None
 
 
-def _solve_exact(H, f, A, b, sync_free: bool | None = None):
-    """Exact solve of prepared inputs (masked rows already neutralised). Returns QPSolution."""
+def _sort_padded(active: Tensor, m: int) -> Tensor:
+    """(B, n) row indices, -1 = no row -> rows ascending, then the -1 padding (the order of
+    `_candidates`, so a hinted set and the enumerated one give bit-identical solves)."""
+    keyed = torch.where(active < 0, torch.full_like(active, m), active).sort(-1).values
+    return torch.where(keyed >= m, torch.full_like(keyed, -1), keyed)
+
+
+def _check_hint(H, f, A, b, active: Tensor) -> Tensor:
+    """The warm start: is the hinted active set (B, n) (canonical, -1 padded, rows in range)
+    the optimum's? Solves its equality-constrained KKT system and applies exactly the checks the
+    enumeration applies to its winner: a regular KKT block, multipliers >= -tol (the same
+    tolerance as `_select_active_set`'s dual test) and every row satisfied within FEAS_TOL on the
+    unit-scaled rows. A set that passes satisfies the KKT conditions, which are sufficient for a
+    convex QP: it is the optimum. Returns passed (B,) bool; no autograd, no host sync."""
+    dtype = f.dtype
     B, m, n = A.shape
-    with torch.no_grad():
-        best, feasible, violation = _select_active_set(H.detach(), f.detach(), A.detach(), b.detach(), sync_free)
+    row_norm = A.norm(dim=-1, keepdim=True)
+    row_scale = torch.where(row_norm > 0, row_norm, torch.ones_like(row_norm))
+    A = A / row_scale
+    b = b / row_scale[..., 0]
+    Hinv = _inv_spd(H)
+    u0 = -_matvec(Hinv, f)  # (B, n)
+    used = active >= 0  # (B, n)
+    slot = active.clamp(min=0)
+    A_S = A.gather(1, slot[..., None].expand(B, n, n))  # (B, n, n) unit rows in slots
+    AH_S = A_S @ Hinv  # (B, n, n)
+    r_S = _matvec(A_S, u0) - b.gather(1, slot)  # (B, n)
+    M = (AH_S[:, :, None, :] * A_S[:, None, :, :]).sum(-1)  # (B, n, n)  A_S H^-1 A_S'
+    lam, ok = _kkt_multipliers(M, r_S, used, SINGULAR_TOL[dtype])  # unused slots: lam = 0
+    u = u0 - (AH_S * lam[..., None]).sum(-2)
+    least_lam = lam.amin(-1)
+    dual_ok = ok & (least_lam >= -TIE_REL[dtype] * (1 + least_lam.abs()))
+    b_tol = b + FEAS_TOL[dtype] * (1 + b.abs() + u0.norm(dim=-1, keepdim=True))
+    primal_ok = (_matvec(A, u) <= b_tol).all(-1)
+    return dual_ok & primal_ok
+
+
+def _solve_exact(H, f, A, b, sync_free: bool | None = None, active_hint: Tensor | None = None):
+    """Exact solve of prepared inputs (masked rows already neutralised). Returns QPSolution.
+    active_hint (B, n) int64 or None: a candidate active set per element (see `solve_qp`)."""
+    B, m, n = A.shape
+    if sync_free is None:
+        sync_free = f.device.type != "cpu"
     idx, used = _candidates(m, n, f.device)
-    active = idx[best]  # (B, n)
-    active_used = used[best]  # (B, n)
+    with torch.no_grad():
+        Hd, fd, Ad, bd = H.detach(), f.detach(), A.detach(), b.detach()
+        if active_hint is None:
+            best, feasible, violation = _select_active_set(Hd, fd, Ad, bd, sync_free)
+            active = idx[best]  # (B, n)
+            active = torch.where(used[best], active, -1)
+        else:
+            hint = _sort_padded(active_hint, m)
+            passed = _check_hint(Hd, fd, Ad, bd, hint)
+            if sync_free:  # no host sync: enumerate everything, keep the hint where it passed
+                best, feasible, violation = _select_active_set(Hd, fd, Ad, bd, sync_free)
+                active = torch.where(passed[:, None], hint, torch.where(used[best], idx[best], -1))
+                feasible = passed | feasible
+                violation = torch.where(passed, torch.zeros_like(violation), violation)
+            else:  # enumerate only the elements whose hint failed
+                active, feasible, violation = hint, passed, torch.zeros_like(fd[:, 0])
+                if not bool(passed.all()):
+                    rest = (~passed).nonzero()[:, 0]
+                    best_r, feasible_r, violation_r = _select_active_set(Hd[rest], fd[rest], Ad[rest], bd[rest], False)
+                    active = active.index_put((rest,), torch.where(used[best_r], idx[best_r], -1))
+                    feasible = feasible.index_put((rest,), feasible_r)
+                    violation = violation.index_put((rest,), violation_r)
+    active_used = active >= 0  # (B, n)
+    slot = active.clamp(min=0)  # unused slots read row 0 (ignored, lam = 0 there)
     # recompute the winner only, with gradients: one small KKT solve per element
-    A_S = A.gather(1, active[..., None].expand(B, n, n))  # (B, n, n) slot rows
-    b_S = b.gather(1, active)  # (B, n)
+    A_S = A.gather(1, slot[..., None].expand(B, n, n))  # (B, n, n) slot rows
+    b_S = b.gather(1, slot)  # (B, n)
     u, lam_S = _ActiveSetKKT.apply(H, f, A_S, b_S, active_used)
-    lam = lam_S.new_zeros(B, m).scatter_add(1, active, lam_S)
-    return QPSolution(u, feasible, violation, lam, torch.ones_like(feasible))
+    lam = lam_S.new_zeros(B, m).scatter_add(1, slot, lam_S)
+    return QPSolution(u, feasible, violation, lam, torch.ones_like(feasible), active)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -527,27 +587,53 @@ def _solve_qpth(H, f, A, b):
 # public API
 
 
-def solve_qp(H: Tensor, f: Tensor, A: Tensor, b: Tensor, backend: str = "exact", mask: Tensor | None = None) -> QPSolution:
+def _validate_hint(active_hint, f, m):
+    B, n = f.shape
+    if not isinstance(active_hint, Tensor) or active_hint.dtype != torch.int64:
+        raise TypeError(f"active_hint must be a torch.int64 tensor of shape (B, n) = {(B, n)}, got "
+                        f"{getattr(active_hint, 'dtype', type(active_hint).__name__)}")
+    if active_hint.shape != (B, n):
+        raise ValueError(f"active_hint has shape {tuple(active_hint.shape)}; accepted: (B, n) = {(B, n)}")
+    if active_hint.device != f.device:
+        raise ValueError(f"active_hint is on {active_hint.device}; accepted: the device of f ({f.device})")
+    # range check only where it costs no host sync (elsewhere a bad index just fails the check)
+    if f.device.type == "cpu" and B > 0 and (int(active_hint.min()) < -1 or int(active_hint.max()) >= m):
+        raise ValueError(f"active_hint holds values in [{int(active_hint.min())}, {int(active_hint.max())}]; "
+                         f"accepted: row indices 0..{m - 1} or -1 (no row)")
+
+
+def solve_qp(H: Tensor, f: Tensor, A: Tensor, b: Tensor, backend: str = "exact", mask: Tensor | None = None,
+             active_hint: Tensor | None = None) -> QPSolution:
     """Solve the batch ``min 1/2 u'Hu + f'u  s.t.  A u <= b`` (rows with mask True).
 
     H (B, n, n) symmetric positive definite (its symmetric part is used), f (B, n),
     A (B, m, n), b (B, m): float32 or float64, one device. mask (B, m) bool or None (all rows
     real); False rows are ignored entirely. backend: "exact" (active-set enumeration; n <= 3
     intended, the candidate count grows as m^n) or "qpth".
-    Returns QPSolution(u (B, n), feasible (B,), violation (B,), lam (B, m) | None, solver_ok (B,)),
-    in the dtype
-    of f; differentiable in H, f, A, b. Infeasible elements get the fallback of the module
-    docstring (feasible False), never NaN.
+    active_hint (B, n) int64 or None (exact backend only; qpth ignores it): a guess of each
+    element's active set (row indices in any order, -1 = no row), e.g. the `active` of an
+    earlier solve of the same problem. Its KKT system is solved and checked as the enumeration
+    checks its winner; elements that pass skip the enumeration, the rest are enumerated (on
+    CPU only those; on other devices all, merged without a host sync). The hint changes speed
+    only: u, feasible, violation and the gradients are those of the unhinted solve (up to
+    round-off; at a degenerate point, where several active sets give the same u, lam and the
+    gradient may belong to another valid active set).
+    Returns QPSolution(u (B, n), feasible (B,), violation (B,), lam (B, m) | None, solver_ok (B,),
+    active (B, n) | None), in the dtype of f; differentiable in H, f, A, b. Infeasible elements
+    get the fallback of the module docstring (feasible False), never NaN.
     """
     _validate(H, f, A, b, mask, backend)
-    if f.shape[0] == 0:
-        return QPSolution(f.new_zeros(f.shape), f.new_zeros(0, dtype=torch.bool), f.new_zeros(0),
-                          f.new_zeros(0, A.shape[1]) if backend == "exact" else None,
-                          f.new_zeros(0, dtype=torch.bool))
     num_rows = A.shape[1]
+    if active_hint is not None:
+        _validate_hint(active_hint, f, num_rows)
+    if f.shape[0] == 0:
+        exact = backend == "exact"
+        return QPSolution(f.new_zeros(f.shape), f.new_zeros(0, dtype=torch.bool), f.new_zeros(0),
+                          f.new_zeros(0, num_rows) if exact else None, f.new_zeros(0, dtype=torch.bool),
+                          f.new_zeros(f.shape, dtype=torch.int64) if exact else None)
     H, f, A, b = _prepare(H, f, A, b, mask)
     if backend == "exact":
-        sol = _solve_exact(H, f, A, b)
+        sol = _solve_exact(H, f, A, b, active_hint=active_hint)
         return sol._replace(lam=sol.lam[:, :num_rows])  # m = 0 problems got a dummy row
     return _solve_qpth(H, f, A, b)
 

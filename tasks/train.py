@@ -300,6 +300,8 @@ class Trainer:
             buf.terminated[t] = terminated
             buf.truncated[t] = truncated
             buf.store_safety(t, safety)
+            if "active_mean" in out.info:  # BarrierNet's QP active set: a warm start for the update
+                buf.store_qp_active(t, out.info["active_mean"])
 
             counts[0] += ended.sum()
             counts[1] += (info["captured"] & ended).sum()

@@ -486,3 +486,42 @@ def test_filters_keep_the_env_barrier_nonnegative_in_closed_loop():
         results[name] = (violations, collisions)
     assert results["raw"][0] > 10 and results["raw"][1] > 0, results
     assert results["dcbf"] == (0, 0) and results["ct"] == (0, 0), results
+
+
+# ---------------------------------------------------------------------------------------------
+# QP warm start (info["active_mean"] -> evaluate_actions(qp_hint=))
+
+
+def test_active_mean_is_the_mean_qps_active_set_and_the_hint_changes_nothing():
+    actor = barriernet("through_qp").double()
+    obs, safety = observations(64, 3).double(), near_obstacle_states(64, 3)
+    safety = SafetyState(*(t.double() if t.is_floating_point() else t for t in safety))
+    torch.manual_seed(0)
+    out = actor(obs, safety)
+    active = out.info["active_mean"]
+    assert active.dtype == torch.int64 and active.shape == (64, 2)
+    assert (active >= 0).any(), "states must make some CBF rows active"
+    # an independent solve of the mean's QP (quadprog) has those rows tight
+    rows = cbf_rows(safety, ENV, CBF, out.info["gamma"])
+    mean = torch.from_numpy(quadprog_projection(out.info["nominal"].detach().numpy(), rows.A.detach().numpy(),
+                                                rows.b.detach().numpy(), rows.mask.numpy()))
+    resid = (rows.A.detach() @ mean[..., None])[..., 0] - rows.b.detach()
+    tight = resid.gather(1, active.clamp(min=0))[active >= 0]
+    assert tight.abs().max() <= 1e-6
+    # the hint (correct, wrong, none) gives the same log_prob and the same gradients
+    results = []
+    for hint in (None, active, torch.full_like(active, -1), active.roll(1, 0)):
+        actor.zero_grad()
+        log_prob, _ = actor.evaluate_actions(obs, safety, out.sample.detach(), qp_hint=hint)
+        log_prob.sum().backward()
+        results.append((log_prob.detach(), [p.grad.clone() for p in actor.parameters()]))
+    for log_prob, grads in results[1:]:
+        torch.testing.assert_close(log_prob, results[0][0], rtol=0, atol=1e-10)
+        for g, g0 in zip(grads, results[0][1]):
+            torch.testing.assert_close(g, g0, rtol=1e-8, atol=1e-10)
+
+
+def test_nominal_mode_reports_no_active_set():
+    actor = barriernet("nominal")
+    out = actor(observations(8, 4), near_obstacle_states(8, 4))
+    assert "active_mean" not in out.info

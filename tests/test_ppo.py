@@ -108,3 +108,48 @@ def test_explained_variance():
     target = torch.tensor([1.0, 2.0, 3.0, 4.0])
     assert explained_variance(target, target) == pytest.approx(1.0)
     assert explained_variance(torch.full((4,), 2.5), target) == pytest.approx(0.0)
+
+
+def test_rollout_buffer_carries_qp_active_into_the_batch_and_update_hands_it_over():
+    from env.core import SafetyState
+    from model.ppo import RolloutBuffer, UpdateConfig, ppo_update
+
+    T, N, K = 3, 4, 2
+    buf = RolloutBuffer(T, N, 5, K, "cpu")
+    zeros = torch.zeros(T, N)
+    assert buf.flatten(zeros, zeros, "cpu").qp_active is None  # not stored: no field
+    for t in range(T):
+        buf.store_qp_active(t, torch.arange(N * 2).reshape(N, 2) + 100 * t)
+    batch = buf.flatten(zeros, zeros, "cpu")
+    assert batch.qp_active.shape == (T * N, 2) and batch.qp_active.dtype == torch.int64
+    assert torch.equal(batch.qp_active[N + 1], torch.tensor([102, 103]))  # step 1, env 1
+
+    class HintedActor(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+            self.seen = []
+
+        def evaluate_actions(self, obs, safety, sample, qp_hint=None):
+            self.seen.append((obs[:, 0].long(), qp_hint))
+            return self.w.expand(obs.shape[0]), self.w.expand(obs.shape[0])
+
+    class PlainActor(HintedActor):
+        def evaluate_actions(self, obs, safety, sample):
+            return super().evaluate_actions(obs, safety, sample)
+
+    B = T * N
+    obs = torch.arange(B, dtype=torch.float32)[:, None].expand(B, 5).clone()
+    safety = SafetyState(torch.zeros(B, 3), torch.zeros(B, K, 2), torch.zeros(B, K), torch.zeros(B, K, dtype=torch.bool))
+    hints = torch.arange(B * 2).reshape(B, 2)
+    batch = batch._replace(obs=obs, safety=safety, qp_active=hints, advantages=torch.randn(B), returns=torch.randn(B))
+    cfg = UpdateConfig(update_epochs=2, minibatch_size=4, clip_coef=0.2, clip_vloss=True, ent_coef=0.0,
+                       vf_coef=0.5, max_grad_norm=0.5)
+    critic = torch.nn.Linear(5, 1)
+    for actor, expect_hint in ((HintedActor(), True), (PlainActor(), False)):
+        opt = torch.optim.Adam(list(actor.parameters()) + list(critic.parameters()))
+        ppo_update(actor, critic, opt, batch, cfg, torch.Generator().manual_seed(0))
+        assert len(actor.seen) == 2 * B // 4
+        for rows, hint in actor.seen:
+            # each minibatch gets the hints of exactly its own rows
+            assert torch.equal(hint, hints[rows]) if expect_hint else hint is None

@@ -447,3 +447,179 @@ def test_cuda_matches_cpu():
     assert torch.equal(gpu.feasible.cpu(), cpu.feasible)
     assert (gpu.u.cpu() - cpu.u).abs().max() <= 1e-9
     assert all(torch.isfinite(x.grad).all() for x in inputs)
+
+
+# ----------------------------------------------------------------------------------------------
+# warm start (active_hint)
+
+
+def _hint_variants(active, m, seed):
+    """The correct active sets, its slots swapped, random (mostly wrong) sets, a half/half mix,
+    and 'no row at all': every hint must give the unhinted answer."""
+    gen = torch.Generator().manual_seed(seed)
+    B, n = active.shape
+    random = torch.randint(-1, m, (B, n), generator=gen)
+    half = torch.rand(B, generator=gen) < 0.5
+    return {
+        "correct": active,
+        "swapped": active.flip(-1),
+        "random": random,
+        "partly wrong": torch.where(half[:, None], active, random),
+        "none": torch.full_like(active, -1),
+    }
+
+
+def _solve_with_grads(H, f, A, b, mask=None, **kwargs):
+    inputs = [x.clone().requires_grad_() for x in (H, f, A, b)]
+    sol = solve_qp(*inputs, mask=mask, **kwargs)
+    # a generic downstream loss, so every gradient entry is exercised
+    weights = torch.linspace(0.5, 1.5, sol.u.numel(), dtype=sol.u.dtype).reshape(sol.u.shape)
+    (sol.u * weights).sum().backward()
+    return sol, [x.grad for x in inputs]
+
+
+def _assert_hint_is_transparent(H, f, A, b, mask=None, atol=1e-10, gradients=True, seed=0):
+    full, full_grads = _solve_with_grads(H, f, A, b, mask)
+    u_ref, feasible_ref = quadprog_reference(H, f, A, b, mask)
+    assert torch.equal(full.feasible, feasible_ref)
+    for name, hint in _hint_variants(full.active, A.shape[1], seed).items():
+        hinted, grads = _solve_with_grads(H, f, A, b, mask, active_hint=hint)
+        assert torch.equal(hinted.feasible, full.feasible), name
+        assert (hinted.u - full.u).abs().max() <= atol, (name, (hinted.u - full.u).abs().max())
+        assert (hinted.u - u_ref)[feasible_ref].abs().max() <= 1e-8, name
+        assert (hinted.violation - full.violation).abs().max() <= atol, name
+        if gradients:
+            for g_full, g in zip(full_grads, grads):
+                assert (g - g_full).abs().max() <= 1e-8 * (1 + g_full.abs().max()), name
+        if name in ("correct", "swapped"):
+            # the correct set, in either slot order, is taken as is: the same canonical set
+            assert torch.equal(hinted.active, full.active), name
+            assert torch.equal(hinted.u, full.u), name
+    return full
+
+
+def test_active_is_canonical_and_reproduces_the_solution():
+    H, f, A, b = random_problems(300, 6, 2, seed=40)
+    sol = solve_qp(H, f, A, b)
+    act = sol.active
+    assert act.dtype == torch.int64 and act.shape == (300, 2)
+    used = act >= 0
+    # rows ascending, padding last
+    assert ((act[:, 0] < act[:, 1]) | ~used[:, 1]).all() and (used[:, 0] | ~used[:, 1]).all()
+    assert {0, 1, 2} <= set(used.sum(-1).tolist())
+    # the active rows hold with equality at feasible solutions, the multipliers live on them
+    feasible = sol.feasible
+    resid = (A @ sol.u[..., None])[..., 0] - b
+    on = resid.gather(1, act.clamp(min=0))
+    assert (on[feasible & used[:, 0], 0].abs() <= 1e-9).all()
+    lam_off = sol.lam.clone()
+    lam_off.scatter_(1, act.clamp(min=0), 0.0)
+    assert (lam_off[feasible] == 0).all()
+
+
+@pytest.mark.parametrize("m", [3, 8])
+def test_hint_gives_the_unhinted_answer_on_random_problems(m):
+    H, f, A, b = random_problems(150, m, 2, seed=50 + m)
+    full = _assert_hint_is_transparent(H, f, A, b, seed=m)
+    assert (~full.feasible).any() and full.feasible.any()
+
+
+def test_hint_gives_the_unhinted_answer_on_cbf_problems():
+    H, f, A, b, mask = cbf_benchmark_problems(200, 2, seed=41)
+    shift = torch.zeros_like(b)
+    shift[:, 8:] = torch.rand(200, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 0.12 - 0.04
+    full = _assert_hint_is_transparent(H, f, A, b - shift, mask)
+    assert (full.active >= 0).sum(-1).max() == 2
+
+
+def test_hint_on_degenerate_rows_and_vertices():
+    H, f, A, b = degenerate_problems(150, seed=42)
+    # at duplicated / parallel rows several active sets give the same u: compare u, not gradients
+    _assert_hint_is_transparent(H, f, A, b, gradients=False)
+    H, f, A, b, vertex = vertex_problems(150, seed=43)
+    full = _assert_hint_is_transparent(H, f, A, b, gradients=False)
+    # any pair of the vertex's rows with multipliers >= 0 is accepted: still the vertex and a
+    # valid certificate
+    for pair in ([0, 1], [1, 2], [0, 2], [2, 3]):
+        hinted = solve_qp(H, f, A, b, active_hint=torch.tensor(pair).expand(150, 2).clone())
+        assert (hinted.u - vertex).abs().max() <= 1e-9
+        assert kkt_residuals(H, f, A, b, hinted.u, hinted.lam)["dual"].max() <= 1e-9
+
+
+def test_hint_naming_a_masked_or_zero_row_is_rejected():
+    H, f, A, b, mask = cbf_benchmark_problems(100, 2, seed=44)
+    A, b = A.clone(), b.clone()
+    A[:, 0] = 0.0  # a real zero row 0'u <= v_max
+    full = solve_qp(H, f, A, b, mask=mask)
+    masked_row = 8  # the first obstacle row (masked in about a quarter of the elements)
+    for hint in ([0, -1], [masked_row, -1], [masked_row, 9], [3, 3]):
+        hinted = solve_qp(H, f, A, b, mask=mask, active_hint=torch.tensor(hint).expand(100, 2).clone())
+        assert torch.equal(hinted.feasible, full.feasible)
+        assert (hinted.u - full.u).abs().max() <= 1e-12
+        assert not (hinted.active == 0).any()
+        assert not ((hinted.active == masked_row) & ~mask[:, masked_row:masked_row + 1]).any()
+
+
+def test_hint_float32_and_generic_n():
+    H, f, A, b, mask = cbf_benchmark_problems(200, 2, seed=45, dtype=torch.float32)
+    full = solve_qp(H, f, A, b, mask=mask)
+    hinted = solve_qp(H, f, A, b, mask=mask, active_hint=full.active)
+    assert torch.equal(hinted.u, full.u) and torch.equal(hinted.feasible, full.feasible)
+    for n, m in ((1, 4), (3, 6)):
+        H, f, A, b = random_problems(80, m, n, seed=60 + n)
+        _assert_hint_is_transparent(H, f, A, b, seed=n)
+
+
+def test_hint_sync_free_branch_agrees_on_cpu():
+    """The CUDA branch of the warm start (enumerate all, merge by torch.where) run on CPU."""
+    from model.qp import _prepare, _solve_exact
+
+    H, f, A, b, mask = cbf_benchmark_problems(100, 8, seed=46)
+    b = b - 0.05 * torch.rand(b.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    Hd, fd, Ad, bd = _prepare(H, f, A, b, mask)
+    full = _solve_exact(Hd, fd, Ad, bd, sync_free=False)
+    for name, hint in _hint_variants(full.active, A.shape[1], 5).items():
+        indexed = _solve_exact(Hd, fd, Ad, bd, sync_free=False, active_hint=hint)
+        merged = _solve_exact(Hd, fd, Ad, bd, sync_free=True, active_hint=hint)
+        for sol in (indexed, merged):
+            assert torch.equal(sol.feasible, full.feasible), name
+            assert (sol.u - full.u).abs().max() <= 1e-12, name
+            assert torch.equal(sol.violation, full.violation), name
+        assert torch.equal(indexed.active, merged.active), name
+
+
+@pytest.mark.parametrize(
+    "hint, message",
+    [
+        (torch.zeros(2, 2, dtype=torch.int32), "active_hint must be a torch.int64"),
+        (torch.zeros(2, 3, dtype=torch.int64), "active_hint has shape"),
+        (torch.tensor([[0, 4], [1, -1]]), "active_hint holds values in"),
+        (torch.tensor([[0, -2], [1, -1]]), "active_hint holds values in"),
+    ],
+)
+def test_bad_hint_is_named(hint, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        solve_qp(torch.eye(2).expand(2, 2, 2), torch.zeros(2, 2), torch.zeros(2, 4, 2), torch.ones(2, 4),
+                 active_hint=hint)
+
+
+def test_qpth_ignores_the_hint_and_reports_no_active_set():
+    H, f, A, b, mask = cbf_benchmark_problems(20, 2, seed=47)
+    exact = solve_qp(H, f, A, b, mask=mask)
+    sol = solve_qp(H, f, A, b, mask=mask, backend="qpth", active_hint=exact.active)
+    assert sol.active is None
+    assert (sol.u - exact.u).abs().max() <= 1e-5
+
+
+def test_correct_hint_skips_the_enumeration(monkeypatch):
+    import model.qp as qp
+
+    enumerated = []
+    original = qp._select_active_set
+    monkeypatch.setattr(qp, "_select_active_set", lambda H, *a: enumerated.append(H.shape[0]) or original(H, *a))
+    H, f, A, b = random_problems(200, 6, 2, seed=48)
+    full = solve_qp(H, f, A, b)
+    assert enumerated == [200]
+    solve_qp(H, f, A, b, active_hint=full.active)
+    # only the infeasible elements (no active set certifies them) are enumerated again
+    assert enumerated[1:] == [int((~full.feasible).sum())] and 0 < enumerated[1] < 200
