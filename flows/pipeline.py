@@ -1,0 +1,400 @@
+"""The Prefect flow `train-and-eval`: every pipeline stage as a retryable Prefect task.
+
+    QP benchmark -> train (algo x seed, on Dask) -> evaluate (algo x seed, on Dask)
+                 -> compare -> report -> `dvc commit` (default params only)
+
+Each task calls the stage function from the registry, `STAGES[name].run(params, workdir, **cell)`;
+nothing about a stage is written here twice. Retries, retry delay and timeouts come from
+`params.orchestration`; Prefect's result caching and persistence are off (DVC is the cache).
+
+Where it writes:
+* no overrides: the workspace itself (the repo root by default) -- the tracked outputs -- and then
+  `dvc commit -f`, so `dvc status` is clean and `dvc repro` has nothing to do;
+* with overrides: ``<workspace>/runs/<flow-run-name>/``; the tracked outputs are left alone.
+Either way a workspace lock (flows/lock.py) refuses a second concurrent run on the same directory.
+
+The code lives here (an importable module) rather than in the entrypoint file
+`flows/train_and_eval.py`: Dask pickles tasks by reference, so their module must be importable in
+the worker processes, which a module Prefect loads from a file path is not.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+
+from flows.lock import workspace_lock
+from tasks.params import OrchestrationParams, Params, load_params
+from tasks.registry import STAGES
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RUNS_DIR = "runs"
+REPORT_PATH = "reports/decision_report.md"
+SUMMARY_PATH = "results/compare/summary.csv"
+PROGRESS_EVERY_SECONDS = 5.0  # throttle for progress-artifact updates (each is an API call)
+PROGRESS_EVERY_FRACTION = 0.05
+
+log = logging.getLogger(__name__)
+
+
+class MinibatchOutOfMemory(RuntimeError):
+    """Training ran out of device memory with `minibatch_size`; the flow retries with half of it.
+
+    Wraps tasks.train.TrainingOOMError / torch.cuda.OutOfMemoryError in an exception that
+    survives pickling (Dask sends task failures between processes).
+    """
+
+    def __init__(self, message: str, minibatch_size: int):
+        super().__init__(message)
+        self.minibatch_size = minibatch_size
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.minibatch_size))
+
+
+class PipelineError(RuntimeError):
+    """The pipeline cannot go on; the message says which stage and why."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _deterministic_failure(exc: BaseException) -> bool:
+    """Failures that a retry with the same inputs would only repeat.
+
+    ValueError covers bad inputs (ParamsError, the stages' StageInputError, a NaN action).
+    """
+    from tasks.train import CheckpointError, NonFiniteError  # lazy: keeps flow import light
+
+    return isinstance(exc, (MinibatchOutOfMemory, CheckpointError, NonFiniteError, ValueError))
+
+
+def _retry_transient(task_, task_run, state) -> bool:
+    """retry_condition_fn: retry unknown (possibly transient) failures, not deterministic ones.
+
+    Out-of-memory is not retried as is: the flow resubmits training with a halved minibatch.
+    """
+    exc = state.data
+    if not isinstance(exc, BaseException):
+        try:
+            exc = state.result(raise_on_failure=False)
+        except Exception:  # unreadable result: treat as transient
+            return True
+    return not (isinstance(exc, BaseException) and _deterministic_failure(exc))
+
+
+def _release_device_memory() -> None:
+    """Hand cached CUDA blocks back between stages (the GPU is shared with other jobs)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _artifact_key(text: str) -> str:
+    """Prefect artifact keys: lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+
+
+class _ProgressArtifact:
+    """A Prefect progress artifact fed by train.run's progress_callback(fraction), throttled."""
+
+    def __init__(self, key: str, description: str):
+        self.key, self.description = key, description
+        self.artifact_id = None
+        self.last_fraction, self.last_time = -1.0, 0.0
+
+    def __call__(self, fraction: float) -> None:
+        now = time.monotonic()
+        if fraction < 1.0 and (fraction - self.last_fraction < PROGRESS_EVERY_FRACTION
+                               and now - self.last_time < PROGRESS_EVERY_SECONDS):
+            return
+        self.last_fraction, self.last_time = fraction, now
+        try:  # a progress display must never fail the training it reports on
+            from prefect.artifacts import update_progress_artifact
+
+            if self.artifact_id is None:
+                self.artifact_id = create_progress_artifact(
+                    100.0 * fraction, key=self.key, description=self.description
+                )
+            else:
+                update_progress_artifact(self.artifact_id, 100.0 * fraction)
+        except Exception as exc:  # pragma: no cover - API hiccup
+            log.warning("progress artifact %s not updated: %s", self.key, exc)
+
+
+def _read_table(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _run_name() -> str:
+    from prefect.runtime import flow_run
+
+    name = flow_run.name or flow_run.id or time.strftime("run-%Y%m%d-%H%M%S")
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(name))
+
+
+def resolve_workdir(workspace: Path, overrides: dict[str, Any] | None, run_name: str) -> Path:
+    """The workspace itself for default params; ``<workspace>/runs/<run_name>`` with overrides."""
+    return workspace / RUNS_DIR / run_name if overrides else workspace
+
+
+# ---------------------------------------------------------------------------------------------
+# Tasks: thin wrappers around the registry's stage functions
+
+_TASK_DEFAULTS: dict[str, Any] = dict(cache_policy=NO_CACHE, persist_result=False, retry_condition_fn=_retry_transient)
+
+
+@task(name="qp_benchmark", **_TASK_DEFAULTS)
+def qp_benchmark_task(params: Params, workdir: Path) -> dict:
+    try:
+        return STAGES["qp_benchmark"].run(params, workdir)
+    finally:
+        _release_device_memory()
+
+
+def _train_run_name() -> str:
+    from prefect.runtime import task_run
+
+    p = task_run.parameters
+    fallback = f"-minibatch{p['minibatch_size']}" if p.get("minibatch_size") else ""
+    return f"train-{p['algo']}-s{p['seed']}{fallback}"
+
+
+@task(name="train", task_run_name=_train_run_name, **_TASK_DEFAULTS)
+def train_task(params: Params, workdir: Path, algo: str, seed: int, minibatch_size: int | None = None) -> dict:
+    """One training cell; a retry resumes from the cell's last checkpoint (train.run does that)."""
+    import torch
+
+    from tasks.train import TrainingOOMError
+
+    logger = get_run_logger()
+    progress = _ProgressArtifact(
+        _artifact_key(f"train-{algo}-s{seed}"), f"training {algo} seed {seed}: fraction of train.total_steps done"
+    )
+    kwargs: dict[str, Any] = {"algo": algo, "seed": seed, "progress_callback": progress}
+    if minibatch_size is not None:
+        kwargs["minibatch_size"] = minibatch_size
+        logger.warning("training %s-s%d with minibatch %d (out-of-memory fallback; planned %d)",
+                       algo, seed, minibatch_size, params.train.minibatch_size)
+    try:
+        summary = STAGES["train"].run(params, workdir, **kwargs)
+    except TrainingOOMError as exc:
+        raise MinibatchOutOfMemory(str(exc), exc.minibatch_size) from None
+    except torch.cuda.OutOfMemoryError as exc:  # raised outside the PPO update (e.g. the rollout)
+        raise MinibatchOutOfMemory(
+            f"out of memory: {exc}", minibatch_size or params.train.minibatch_size
+        ) from None
+    finally:
+        _release_device_memory()
+    progress(1.0)
+    return summary
+
+
+@task(name="evaluate", task_run_name="evaluate-{algo}-s{seed}", **_TASK_DEFAULTS)
+def evaluate_task(params: Params, workdir: Path, algo: str, seed: int) -> dict:
+    try:
+        return STAGES["evaluate"].run(params, workdir, algo=algo, seed=seed)
+    finally:
+        _release_device_memory()
+
+
+@task(name="compare", **_TASK_DEFAULTS)
+def compare_task(params: Params, workdir: Path) -> dict:
+    return STAGES["compare"].run(params, workdir)
+
+
+@task(name="report", **_TASK_DEFAULTS)
+def report_task(params: Params, workdir: Path) -> dict:
+    return STAGES["report"].run(params, workdir)
+
+
+def dvc(workspace: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run `dvc <args>` in the workspace with this interpreter's DVC."""
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=workspace, capture_output=True, text=True,
+        env={**os.environ, "DVC_NO_ANALYTICS": "1"},
+    )
+    if check and result.returncode != 0:
+        raise PipelineError(
+            f"`dvc {' '.join(args)}` failed in {workspace} (exit {result.returncode}):\n"
+            f"{result.stdout[-2000:]}{result.stderr[-2000:]}"
+        )
+    return result
+
+
+@task(name="dvc_commit", cache_policy=NO_CACHE, persist_result=False)
+def dvc_commit_task(workspace: Path) -> dict:
+    """Record the freshly written tracked outputs in dvc.lock (and the DVC cache).
+
+    `dvc commit -f` hashes every stage's deps, params and outs as they are now; afterwards
+    `dvc status` is clean and `dvc repro` has nothing to do.
+    """
+    logger = get_run_logger()
+    dvc(workspace, "commit", "-f")
+    status = dvc(workspace, "status", "--json", check=False)
+    try:
+        changed = json.loads(status.stdout or "{}")
+    except json.JSONDecodeError:
+        changed = {"unparsed": status.stdout[-500:]}
+    if changed:
+        logger.warning("dvc status is not clean after dvc commit: %s", json.dumps(changed)[:2000])
+    else:
+        logger.info("dvc commit done; dvc status is clean")
+    return {"dvc_status": changed}
+
+
+# ---------------------------------------------------------------------------------------------
+# Task runner for the matrix
+
+
+def matrix_task_runner(orchestration: OrchestrationParams) -> TaskRunner:
+    """Dask for the (algo, seed) matrix: an existing scheduler, or a local cluster of processes."""
+    from prefect_dask import DaskTaskRunner
+
+    if orchestration.dask_address:
+        return DaskTaskRunner(address=orchestration.dask_address)
+    return DaskTaskRunner(
+        cluster_class="distributed.LocalCluster",
+        cluster_kwargs={
+            "n_workers": orchestration.dask_workers,
+            "threads_per_worker": 1,  # one training per process: torch threads stay predictable
+            "processes": True,
+            "host": "127.0.0.1",  # loopback only: nothing listens on the network
+            "dashboard_address": None,
+        },
+    )
+
+
+def _with_orchestration(task_, params: Params):
+    orch = params.orchestration
+    return task_.with_options(
+        retries=orch.retries, retry_delay_seconds=orch.retry_delay_seconds, timeout_seconds=orch.stage_timeout_seconds
+    )
+
+
+# validate_parameters=False: the arguments are already-validated Python objects from the parent
+# flow (pydantic cannot resolve the `Params` annotation when Prefect loads the flow by module path).
+@flow(name="train-and-eval-matrix", persist_result=False, validate_parameters=False,
+      task_runner=ThreadPoolTaskRunner(max_workers=1))
+def matrix_flow(params: Params, workdir: Path) -> dict[str, dict]:
+    """Train every (algo, seed) cell in parallel, evaluate each as soon as its training is done.
+
+    Runs with the task runner the parent chooses from params (`matrix_task_runner`).
+    Out-of-memory in training resubmits the cell with the minibatch halved, down to
+    gpu.min_minibatch; the fallback is recorded in the cell's summary.json by train.run.
+    """
+    logger = get_run_logger()
+    train = _with_orchestration(train_task, params)
+    evaluate = _with_orchestration(evaluate_task, params)
+    cells = STAGES["train"].cells(params)
+    cell_of: dict[Any, dict] = {}
+    pending = []
+    for cell in cells:
+        future = train.submit(params, workdir, algo=cell["algo"], seed=cell["seed"])
+        cell_of[future] = {**cell, "minibatch_size": params.train.minibatch_size}
+        pending.append(future)
+
+    results: dict[str, dict] = {}
+    eval_futures = {}
+    while pending:
+        resubmitted = []
+        for future in as_completed(pending):
+            cell = cell_of[future]
+            name = f"{cell['algo']}-s{cell['seed']}"
+            try:
+                summary = future.result()
+            except MinibatchOutOfMemory as exc:
+                half = exc.minibatch_size // 2
+                if half < params.gpu.min_minibatch:
+                    raise PipelineError(
+                        f"training {name} ran out of memory with minibatch {exc.minibatch_size}; halving "
+                        f"would go below gpu.min_minibatch={params.gpu.min_minibatch}. Free GPU memory, "
+                        f"lower train.num_envs, or lower gpu.min_minibatch. ({exc})"
+                    ) from None
+                logger.warning("training %s ran out of memory with minibatch %d; retrying with %d "
+                               "(resumes from its last checkpoint)", name, exc.minibatch_size, half)
+                retry = train.submit(params, workdir, algo=cell["algo"], seed=cell["seed"], minibatch_size=half)
+                cell_of[retry] = {**cell, "minibatch_size": half}
+                resubmitted.append(retry)
+                continue
+            results[name] = {"train": summary}
+            eval_futures[name] = evaluate.submit(params, workdir, algo=cell["algo"], seed=cell["seed"])
+        pending = resubmitted
+    for name, future in eval_futures.items():
+        results[name]["evaluate"] = future.result()
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# The flow
+
+
+@flow(name="train-and-eval", persist_result=False, log_prints=True)
+def train_and_eval(overrides: dict[str, Any] | None = None, workspace: str | None = None) -> dict[str, Any]:
+    """QP benchmark -> training (algo x seed) -> evaluation -> comparison -> decision report.
+
+    Args:
+        overrides: dotted params key -> value, validated like `python -m tasks --set`
+            (e.g. {"train.total_steps": 20000}). With overrides the run writes to
+            ``<workspace>/runs/<flow-run-name>/`` and leaves the tracked outputs alone.
+        workspace: the DVC workspace holding params.yaml and dvc.yaml (default: this repo).
+
+    Returns paths of the report and the summary table, the per-cell summaries and the workdir.
+    """
+    logger = get_run_logger()
+    workspace_dir = Path(workspace).resolve() if workspace else REPO_ROOT
+    overrides = dict(overrides or {})
+    # Validate everything before any work starts (ParamsError names the key and what is accepted).
+    params = load_params(workspace_dir / "params.yaml", overrides)
+    run_name = _run_name()
+    workdir = resolve_workdir(workspace_dir, overrides, run_name)
+    workdir.mkdir(parents=True, exist_ok=True)
+    logger.info("workdir %s (%s)", workdir, "overrides: " + json.dumps(overrides) if overrides else "tracked outputs")
+
+    with workspace_lock(workdir, flow_run=run_name):
+        if overrides:
+            from tasks import io
+
+            io.write_json(workdir / "params.json", {"overrides": overrides, "params": params.to_dict()})
+        _with_orchestration(qp_benchmark_task, params)(params, workdir)
+        cells = matrix_flow.with_options(task_runner=matrix_task_runner(params.orchestration))(params, workdir)
+        compare = _with_orchestration(compare_task, params)(params, workdir)
+        report = _with_orchestration(report_task, params)(params, workdir)
+
+        report_path = workdir / REPORT_PATH
+        summary_path = workdir / SUMMARY_PATH
+        if report_path.exists():
+            create_markdown_artifact(report_path.read_text(), key="decision-report",
+                                     description=f"decision report ({report_path})")
+        if summary_path.exists():
+            create_table_artifact(_read_table(summary_path), key="results-summary",
+                                  description=f"results table ({summary_path})")
+        dvc_status = None
+        if not overrides:
+            dvc_status = dvc_commit_task(workspace_dir)["dvc_status"]
+    print(f"decision report: {report_path}")
+    return {
+        "workdir": str(workdir),
+        "report": str(report_path),
+        "summary": str(summary_path),
+        "cells": cells,
+        "compare": compare,
+        "report_result": report,
+        "dvc_status": dvc_status,
+    }

@@ -1,0 +1,174 @@
+"""The DVC front door: dvc.yaml generated from the registry, the matrix expanded from params,
+and (slow) `dvc repro` building the report, then having nothing to do, and reproducing metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks.params import load_params
+from tasks.registry import STAGES, iter_stages
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PYTHON_BIN = str(Path(sys.executable).parent)
+
+TINY = {
+    "env.max_steps": 64,
+    "train.seeds": [0],
+    "train.total_steps": 256,
+    "train.num_envs": 8,
+    "train.rollout_steps": 16,
+    "train.num_minibatches": 2,
+    "train.update_epochs": 1,
+    "train.checkpoint_every": 1,
+    "eval.episodes": 4,
+    "eval.num_envs": 4,
+    "qp_benchmark.batch_sizes": [1, 4],
+    "qp_benchmark.repeats": 1,
+    "qp_benchmark.warmup": 0,
+    "qp_benchmark.devices": ["cpu"],
+    "decision.bootstrap_samples": 200,
+}
+
+
+def make_workspace(dst: Path, params: dict | None = None) -> Path:
+    """A git + DVC workspace holding the repo's source files (no outputs) and `params` set."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    ).stdout.split("\n")
+    for rel in filter(None, listed):
+        if rel.split("/")[0] in ("results", "reports", "runs") or rel.endswith("dvc.lock"):
+            continue
+        src = REPO_ROOT / rel
+        if src.is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            (dst / rel).write_bytes(src.read_bytes())
+    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    for key, value in (params or {}).items():
+        node = raw
+        *sections, leaf = key.split(".")
+        for part in sections:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    (dst / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    # A committed git repo, as a fresh clone is (DVCLive under `dvc repro` needs a HEAD).
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid", "-c", "commit.gpgsign=false"]
+    subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=dst, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "workspace"], cwd=dst, check=True)
+    return dst
+
+
+def without_timings(node):
+    """Drop wall-clock measurements (time per decision: `*_ms*` keys), which differ run to run."""
+    if isinstance(node, dict):
+        return {k: without_timings(v) for k, v in node.items() if "_ms" not in k}
+    if isinstance(node, list):
+        return [without_timings(v) for v in node]
+    return node
+
+
+def run(cmd: list[str], cwd: Path, **env) -> subprocess.CompletedProcess:
+    # dvc.yaml's commands call `python`: this interpreter's, first on PATH.
+    full_env = {**os.environ, "PATH": PYTHON_BIN + os.pathsep + os.environ.get("PATH", ""), **env}
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=full_env)
+
+
+def dvc(workspace: Path, *args: str, **env) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "dvc", *args], workspace, **env)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_committed_dvc_yaml_matches_the_registry():
+    result = run([sys.executable, "-m", "tasks", "dvc-yaml", "--check"], REPO_ROOT)
+    assert result.returncode == 0, result.stderr
+    assert (REPO_ROOT / ".dvc" / "config").exists(), "DVC is not initialised in the repo"
+
+
+def test_drifted_dvc_yaml_fails_the_check(tmp_path):
+    drifted = tmp_path / "dvc.yaml"
+    text = (REPO_ROOT / "dvc.yaml").read_text()
+    drifted.write_text(text.replace("python -m tasks compare", "python -m tasks compare --set decision.confidence=0.9"))
+    assert drifted.read_text() != text
+    result = run([sys.executable, "-m", "tasks", "dvc-yaml", "--check", "--path", str(drifted)], REPO_ROOT)
+    assert result.returncode == 1
+    assert str(drifted) in result.stderr and "python -m tasks dvc-yaml" in result.stderr
+    # Regenerating restores it.
+    assert run([sys.executable, "-m", "tasks", "dvc-yaml", "--path", str(drifted)], REPO_ROOT).returncode == 0
+    assert drifted.read_text() == text
+
+
+def test_dvc_expands_the_matrix_from_params(tmp_path):
+    """DVC interpolates `${train.algos}` / `${train.seeds}` from params.yaml; the stage list it
+    sees equals the registry's cells for the same params."""
+    workspace = make_workspace(tmp_path, {"train.algos": ["baseline", "barriernet"], "train.seeds": [4, 7]})
+    listed = dvc(workspace, "stage", "list", "--name-only")
+    assert listed.returncode == 0, listed.stderr
+    params = load_params(workspace / "params.yaml")
+    expected = set()
+    for stage in iter_stages():
+        cells = stage.cells(params)
+        if stage.matrix:
+            expected |= {f"{stage.name}@{c['algo']}-{c['seed']}" for c in cells}
+        else:
+            expected.add(stage.name)
+    assert set(listed.stdout.split()) == expected
+    assert "train@baseline-7" in expected and len(expected) == 3 + 2 * 4
+
+
+def test_train_resume_state_is_outside_dvc_outputs():
+    """DVC deletes a stage's outs before running it; training's checkpoints must not be among them."""
+    from tasks.train import state_root
+
+    outs = [o for stage in STAGES.values() for o in (*stage.outs, *stage.metrics, *stage.plots)]
+    state = state_root().resolve()
+    for out in outs:
+        top = (REPO_ROOT / out.split("{")[0]).resolve()
+        assert not state.is_relative_to(top), f"resume state {state} lies under the DVC output {out}"
+    assert ".cache/" in (REPO_ROOT / ".gitignore").read_text().split()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_dvc_repro_builds_the_report_then_has_nothing_to_do(tmp_path):
+    workspace = make_workspace(tmp_path / "ws", TINY)
+    state = {"BARRIERNET_STATE_DIR": str(tmp_path / "state")}
+    first = dvc(workspace, "repro", **state)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert (workspace / "reports/decision_report.md").read_text().strip()
+    checkpoints = list((tmp_path / "state").glob("*/checkpoint.pt"))
+    assert len(checkpoints) == 2  # one per (algo, seed), outside the outs
+
+    status = dvc(workspace, "status", **state)
+    assert status.returncode == 0 and "Data and pipelines are up to date" in status.stdout, status.stdout
+    again = dvc(workspace, "repro", **state)
+    assert again.returncode == 0 and "Running stage" not in again.stdout, again.stdout
+
+    plots = dvc(workspace, "plots", "show", "-o", str(tmp_path / "plots"), **state)
+    assert plots.returncode == 0, plots.stderr
+    html = (tmp_path / "plots" / "index.html").read_text()
+    assert "live/plots/metrics" in html  # training curves
+    figures = list((workspace / "reports/figures").glob("*.png"))
+    assert figures and all(f"reports/figures/{f.name}" in html or f.name in html for f in figures)
+
+    # `dvc repro -f` from scratch (fresh resume state) reproduces the same metrics on CPU.
+    metrics_path = workspace / "results/compare/metrics.json"
+    before = json.loads(metrics_path.read_text())
+    summaries_before = {p: json.loads(p.read_text()) for p in (workspace / "results/train").glob("*/summary.json")}
+    forced = dvc(workspace, "repro", "-f", "compare", BARRIERNET_STATE_DIR=str(tmp_path / "fresh-state"))
+    assert forced.returncode == 0, forced.stdout[-3000:] + forced.stderr[-3000:]
+    assert "Running stage 'train@" in forced.stdout
+    assert without_timings(json.loads(metrics_path.read_text())) == without_timings(before)
+    for path, summary in summaries_before.items():
+        after = json.loads(path.read_text())
+        timing = {"wall_seconds", "env_steps_per_second"}
+        assert {k: v for k, v in after.items() if k not in timing} == {
+            k: v for k, v in summary.items() if k not in timing}

@@ -1,0 +1,491 @@
+"""The Prefect flow `train-and-eval`: ordering, artifacts, overrides, retries, OOM fallback, lock.
+
+Fast tests replace the stage functions with tiny fakes (same signature, same output paths, from
+the registry) and run the matrix on threads; the `slow` tests run the real stages with tiny
+budgets in a temporary copy of the repo, the first of them on a real local Dask cluster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.testing.utilities import prefect_test_harness
+
+import flows.pipeline as pipeline
+from flows.lock import WorkspaceBusyError, lock_path, workspace_lock
+from flows.server import PrefectServerUnreachable, check_api
+from tasks.params import ParamsError, load_params
+from tasks.registry import STAGES
+from tasks.train import TrainingOOMError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PYTHON_BIN = str(Path(sys.executable).parent)
+
+# Tiny budgets: 2 updates of 8 envs x 16 steps per cell, 4 short evaluation episodes.
+TINY = {
+    "env.max_steps": 64,
+    "train.seeds": [0, 1],
+    "train.total_steps": 256,
+    "train.num_envs": 8,
+    "train.rollout_steps": 16,
+    "train.num_minibatches": 2,
+    "train.update_epochs": 1,
+    "train.checkpoint_every": 1,
+    "eval.episodes": 4,
+    "eval.num_envs": 4,
+    "qp_benchmark.batch_sizes": [1, 4],
+    "qp_benchmark.repeats": 1,
+    "qp_benchmark.warmup": 0,
+    "qp_benchmark.devices": ["cpu"],
+    "decision.bootstrap_samples": 200,
+    "orchestration.retry_delay_seconds": 0,
+    "orchestration.dask_workers": 2,
+    "gpu.min_minibatch": 16,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures and helpers
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    # The default 30 s start-up timeout is too short on a loaded 2-core CI machine.
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture
+def state_dir(tmp_path, monkeypatch):
+    """Training resume state in a tmp dir (inherited by Dask worker processes)."""
+    path = tmp_path / "train-state"
+    monkeypatch.setenv("BARRIERNET_STATE_DIR", str(path))
+    return path
+
+
+def set_dotted(raw: dict, key: str, value) -> None:
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def make_workspace(dst: Path, params: dict | None = None) -> Path:
+    """A copy of the repo's source files (no outputs) with `params` set in its params.yaml, as a
+    git + DVC workspace."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    ).stdout.split("\n")
+    for rel in filter(None, listed):
+        if rel.split("/")[0] in ("results", "reports", "runs") or rel.endswith("dvc.lock"):
+            continue
+        src = REPO_ROOT / rel
+        if src.is_file():
+            target = dst / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(src.read_bytes())
+    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    for key, value in (params or {}).items():
+        set_dotted(raw, key, value)
+    (dst / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    # A committed git repo, as a fresh clone is (DVCLive under `dvc repro` needs a HEAD).
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid", "-c", "commit.gpgsign=false"]
+    subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=dst, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "workspace"], cwd=dst, check=True)
+    return dst
+
+
+def run_dvc(workspace: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": PYTHON_BIN + os.pathsep + os.environ.get("PATH", "")}
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=workspace, capture_output=True, text=True, env=env)
+
+
+def use_threads(monkeypatch, max_workers: int = 4) -> list:
+    """Run the matrix on a thread pool (fakes live in this test module, not importable by Dask
+    workers); returns the list of orchestration params the runner was chosen from.
+
+    Real training needs max_workers=1 here: torch's RNG is global to a process, so two trainings
+    in threads of one process would draw from each other's stream (Dask workers are processes
+    with one thread each for this reason)."""
+    chosen = []
+
+    def runner(orchestration):
+        chosen.append(orchestration)
+        return ThreadPoolTaskRunner(max_workers=max_workers)
+
+    monkeypatch.setattr(pipeline, "matrix_task_runner", runner)
+    return chosen
+
+
+def read_artifacts(keys: list[str]):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+
+
+# -- fake stages: same signature and output paths as the real ones -----------------------------
+
+CALLS: list[tuple] = []
+CALLS_LOCK = threading.Lock()
+FAKE_BEHAVIOUR: dict = {}
+
+
+def _record(name: str, **cell) -> None:
+    with CALLS_LOCK:
+        CALLS.append((name, cell, time.monotonic()))
+
+
+def _touch_outputs(stage_name: str, workdir: Path, cell: dict) -> None:
+    stage = STAGES[stage_name]
+    for rel in stage.paths("outs", cell) + stage.paths("metrics", cell) + stage.paths("plots", cell):
+        path = Path(workdir) / rel
+        if Path(rel).suffix:  # a file
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"stage": stage_name, **cell}) + "\n")
+        else:  # a directory output
+            path.mkdir(parents=True, exist_ok=True)
+            (path / "data.json").write_text(json.dumps(cell) + "\n")
+
+
+def fake_qp_benchmark(params, workdir, **cell):
+    _record("qp_benchmark")
+    gate = FAKE_BEHAVIOUR.get("qp_gate")
+    if gate is not None:
+        FAKE_BEHAVIOUR["qp_started"].set()
+        assert gate.wait(120), "test gate never opened"
+    _touch_outputs("qp_benchmark", workdir, {})
+    return {"fake": True}
+
+
+def fake_train(params, workdir, algo, seed, minibatch_size=None, progress_callback=None):
+    _record("train", algo=algo, seed=seed, minibatch_size=minibatch_size)
+    used = minibatch_size or params.train.minibatch_size
+    if FAKE_BEHAVIOUR.get("oom_above") and used > FAKE_BEHAVIOUR["oom_above"]:
+        raise TrainingOOMError(f"fake CUDA out of memory with minibatch {used}", used)
+    if FAKE_BEHAVIOUR.get("fail_once") and (algo, seed) not in FAKE_BEHAVIOUR["failed"]:
+        FAKE_BEHAVIOUR["failed"].add((algo, seed))
+        raise RuntimeError(f"fake transient failure in {algo}-s{seed}")
+    for update in range(1, 5):
+        if progress_callback is not None:
+            progress_callback(update / 4)
+    _touch_outputs("train", workdir, {"algo": algo, "seed": seed})
+    summary = {"algo": algo, "seed": seed, "minibatch_size": used,
+               "minibatch_fallback": minibatch_size is not None and minibatch_size != params.train.minibatch_size}
+    (Path(workdir) / STAGES["train"].paths("outs", {"algo": algo, "seed": seed})[1]).write_text(json.dumps(summary))
+    return summary
+
+
+def fake_evaluate(params, workdir, algo, seed):
+    _record("evaluate", algo=algo, seed=seed)
+    _touch_outputs("evaluate", workdir, {"algo": algo, "seed": seed})
+    return {"algo": algo, "seed": seed}
+
+
+def fake_compare(params, workdir):
+    _record("compare")
+    _touch_outputs("compare", workdir, {})
+    (Path(workdir) / "results/compare/summary.csv").write_text("arm,seed,capture_rate\nbaseline,all,0.5\nbarriernet,all,0.25\n")
+    return {"verdict": "fake"}
+
+
+def fake_report(params, workdir):
+    _record("report")
+    _touch_outputs("report", workdir, {})
+    (Path(workdir) / "reports/decision_report.md").write_text("# Decision report (fake)\n")
+    return {"report": "reports/decision_report.md"}
+
+
+@pytest.fixture
+def fake_stages(monkeypatch, tmp_path):
+    """Registry entries pointing at the fakes above; a workspace with placeholder stage code for
+    stages whose module has not landed yet (DVC hashes code deps)."""
+    module = __name__
+    for name in STAGES:
+        monkeypatch.setitem(STAGES, name, dataclasses.replace(STAGES[name], target=f"{module}:fake_{name}"))
+    CALLS.clear()
+    FAKE_BEHAVIOUR.clear()
+    workspace = make_workspace(tmp_path / "ws", {"train.seeds": [0, 1], "orchestration.retry_delay_seconds": 0})
+    for stage in STAGES.values():
+        for code in stage.code:
+            if not (workspace / code).exists():
+                (workspace / code).write_text("# placeholder for a stage module not written yet\n")
+    return workspace
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast tests (fake stages, thread runner)
+
+
+def test_bad_override_fails_before_any_work(prefect_server, fake_stages, monkeypatch):
+    use_threads(monkeypatch)
+    with pytest.raises(ParamsError, match=r"unknown key 'train\.seed'; did you mean 'train\.seeds'"):
+        pipeline.train_and_eval(overrides={"train.seed": [0]}, workspace=str(fake_stages))
+    with pytest.raises(ParamsError, match=r"train\.total_steps"):
+        pipeline.train_and_eval(overrides={"train.total_steps": -5}, workspace=str(fake_stages))
+    assert CALLS == []
+    assert not (fake_stages / "runs").exists() and not (fake_stages / "results").exists()
+
+
+def test_default_run_orders_stages_records_artifacts_and_commits_to_dvc(prefect_server, fake_stages, monkeypatch):
+    chosen = use_threads(monkeypatch)
+    result = pipeline.train_and_eval(workspace=str(fake_stages))
+
+    params = load_params(fake_stages / "params.yaml")
+    cells = STAGES["train"].cells(params)
+    assert len(cells) == 4 and chosen == [params.orchestration]
+    names = [c[0] for c in CALLS]
+    assert names[0] == "qp_benchmark" and names[-2:] == ["compare", "report"]
+    assert sorted((c[1]["algo"], c[1]["seed"]) for c in CALLS if c[0] == "train") == sorted(
+        (c["algo"], c["seed"]) for c in cells)
+    done = {}
+    for name, cell, when in CALLS:  # each cell is evaluated after its own training
+        key = (cell.get("algo"), cell.get("seed"))
+        if name == "train":
+            done[key] = when
+        if name == "evaluate":
+            assert key in done and done[key] <= when
+    assert result["workdir"] == str(fake_stages) and Path(result["report"]).exists()
+
+    # Artifacts: the report (markdown), the summary table, one progress artifact per cell at 100 %.
+    by_key = {}
+    for artifact in read_artifacts(["decision-report", "results-summary"] +
+                                   [f"train-{c['algo']}-s{c['seed']}" for c in cells]):
+        by_key.setdefault(artifact.key, []).append(artifact)
+    assert by_key["decision-report"][-1].type == "markdown"
+    assert "Decision report (fake)" in by_key["decision-report"][-1].data
+    table = by_key["results-summary"][-1]
+    assert table.type == "table" and "barriernet" in str(table.data)
+    for cell in cells:
+        progress = by_key[f"train-{cell['algo']}-s{cell['seed']}"]
+        assert progress[-1].type == "progress" and any(float(a.data) == 100.0 for a in progress)
+
+    # Recorded by DVC: `dvc status` is clean (checked by DVC itself, not by the flow's report).
+    assert result["dvc_status"] == {}
+    status = run_dvc(fake_stages, "status")
+    assert status.returncode == 0 and "up to date" in status.stdout, status.stdout + status.stderr
+    assert (fake_stages / "dvc.lock").exists()
+
+
+def test_overrides_write_to_run_dir_and_leave_tracked_outputs_alone(prefect_server, fake_stages, monkeypatch):
+    use_threads(monkeypatch)
+    result = pipeline.train_and_eval(overrides={"train.seeds": [3]}, workspace=str(fake_stages))
+    workdir = Path(result["workdir"])
+    assert workdir.parent == fake_stages / "runs"
+    assert (workdir / "reports/decision_report.md").exists()
+    assert (workdir / "results/train/barriernet-s3/model.pt").exists()
+    assert json.loads((workdir / "params.json").read_text())["overrides"] == {"train.seeds": [3]}
+    assert not (fake_stages / "results").exists() and not (fake_stages / "reports/decision_report.md").exists()
+    assert not (fake_stages / "dvc.lock").exists() and result["dvc_status"] is None
+
+
+def test_transient_failure_is_retried_by_prefect(prefect_server, fake_stages, monkeypatch):
+    use_threads(monkeypatch)
+    FAKE_BEHAVIOUR.update(fail_once=True, failed=set())
+    pipeline.train_and_eval(overrides={"train.seeds": [0]}, workspace=str(fake_stages))
+    trains = [c[1] for c in CALLS if c[0] == "train"]
+    assert sorted((c["algo"], c["seed"]) for c in trains) == [("barriernet", 0)] * 2 + [("baseline", 0)] * 2
+
+
+def test_out_of_memory_halves_the_minibatch(prefect_server, fake_stages, monkeypatch):
+    use_threads(monkeypatch)
+    params = load_params(fake_stages / "params.yaml", {"gpu.min_minibatch": 16})
+    planned = params.train.minibatch_size
+    FAKE_BEHAVIOUR["oom_above"] = planned // 4  # needs two halvings
+    result = pipeline.train_and_eval(overrides={"train.seeds": [0], "gpu.min_minibatch": 16},
+                                     workspace=str(fake_stages))
+    tried = [c[1]["minibatch_size"] for c in CALLS if c[0] == "train" and c[1]["algo"] == "baseline"]
+    assert tried == [None, planned // 2, planned // 4]
+    summary = result["cells"]["baseline-s0"]["train"]
+    assert summary["minibatch_size"] == planned // 4 and summary["minibatch_fallback"] is True
+
+
+def test_out_of_memory_below_min_minibatch_fails_clearly(prefect_server, fake_stages, monkeypatch):
+    use_threads(monkeypatch)
+    FAKE_BEHAVIOUR["oom_above"] = 1
+    planned = load_params(fake_stages / "params.yaml").train.minibatch_size
+    with pytest.raises(pipeline.PipelineError, match=r"gpu\.min_minibatch=%d" % planned):
+        pipeline.train_and_eval(overrides={"train.seeds": [0], "gpu.min_minibatch": planned},
+                                workspace=str(fake_stages))
+
+
+def test_second_run_on_the_same_workspace_gets_a_clear_error(prefect_server, fake_stages, monkeypatch):
+    use_threads(monkeypatch)
+    FAKE_BEHAVIOUR.update(qp_gate=threading.Event(), qp_started=threading.Event())
+    outcome = {}
+
+    def first_run():
+        try:
+            outcome["result"] = pipeline.train_and_eval(workspace=str(fake_stages))
+        except BaseException as exc:  # pragma: no cover - reported below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=first_run)
+    thread.start()
+    try:
+        assert FAKE_BEHAVIOUR["qp_started"].wait(120), "first run never reached its first stage"
+        with pytest.raises(WorkspaceBusyError, match=rf"in use by another pipeline run \(pid {os.getpid()}"):
+            pipeline.train_and_eval(workspace=str(fake_stages))
+    finally:
+        FAKE_BEHAVIOUR["qp_gate"].set()
+        thread.join(180)
+    assert "error" not in outcome and Path(outcome["result"]["report"]).exists()
+    assert [c[0] for c in CALLS].count("qp_benchmark") == 1  # the second run did no work
+
+
+def test_lock_held_by_another_process_and_stale_lock(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from flows.lock import workspace_lock\n"
+         f"with workspace_lock({str(tmp_path)!r}, flow_run='holder'):\n"
+         "    print('locked', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(WorkspaceBusyError, match=rf"pid {holder.pid} .*flow run 'holder'"):
+            with workspace_lock(tmp_path):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder died without cleaning up: its record is still there, the kernel lock is gone.
+    assert json.loads(lock_path(tmp_path).read_text())["pid"] == holder.pid
+    with workspace_lock(tmp_path, flow_run="next"):
+        assert json.loads(lock_path(tmp_path).read_text())["pid"] == os.getpid()
+    assert lock_path(tmp_path).read_text() == ""
+
+
+def test_unreachable_server_names_prefect_api_url(monkeypatch):
+    with pytest.raises(PrefectServerUnreachable, match=r"PREFECT_API_URL=http://127\.0\.0\.1:9/api .*prefect server start"):
+        check_api("http://127.0.0.1:9/api", timeout=2)
+    env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    served = subprocess.run([sys.executable, "flows/serve.py"], cwd=REPO_ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert served.returncode == 2
+    assert "PREFECT_API_URL=http://127.0.0.1:9/api" in served.stderr and "prefect server start" in served.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end with the real stages and tiny budgets
+
+
+def _tensors_equal(a: dict, b: dict) -> bool:
+    import torch
+
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_default_run_on_local_dask_cluster_is_recorded_by_dvc(prefect_server, tmp_path, state_dir, monkeypatch):
+    from prefect_dask import DaskTaskRunner
+
+    workspace = make_workspace(tmp_path / "ws", TINY)
+    runners = []
+    real_runner = pipeline.matrix_task_runner
+
+    def spy(orchestration):
+        runners.append(real_runner(orchestration))
+        return runners[-1]
+
+    monkeypatch.setattr(pipeline, "matrix_task_runner", spy)
+    started = time.monotonic()
+    result = pipeline.train_and_eval(workspace=str(workspace))
+    print(f"default flow run on a local Dask cluster: {time.monotonic() - started:.1f} s")
+
+    runner = runners[0]
+    assert isinstance(runner, DaskTaskRunner) and runner.cluster_kwargs["processes"] is True
+    assert runner.cluster_kwargs["host"] == "127.0.0.1" and runner.cluster_kwargs["n_workers"] == 2
+    report = Path(result["report"])
+    assert report == workspace / "reports/decision_report.md" and report.read_text().strip()
+    params = load_params(workspace / "params.yaml")
+    for cell in STAGES["train"].cells(params):
+        summary = json.loads((workspace / f"results/train/{cell['algo']}-s{cell['seed']}/summary.json").read_text())
+        assert summary["total_steps"] == params.train.num_updates * params.train.batch_size
+        assert (workspace / f"results/eval/{cell['algo']}-s{cell['seed']}").is_dir()
+
+    # DVC agrees everything is recorded: clean status, and repro runs nothing and touches nothing.
+    status = run_dvc(workspace, "status")
+    assert status.returncode == 0 and "Data and pipelines are up to date" in status.stdout, status.stdout
+    model = workspace / "results/train/barriernet-s0/model.pt"
+    before = model.stat().st_mtime_ns
+    repro = run_dvc(workspace, "repro")
+    assert repro.returncode == 0, repro.stdout + repro.stderr
+    assert "Running stage" not in repro.stdout and model.stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_injected_training_fault_is_retried_and_matches_an_unfaulted_run(prefect_server, tmp_path, state_dir,
+                                                                         monkeypatch):
+    import torch
+
+    from distributed import LocalCluster
+
+    from tasks.train import run as train_run
+
+    workspace = make_workspace(tmp_path / "ws", TINY)
+    marker = tmp_path / "fault-marker"
+    monkeypatch.setenv("BARRIERNET_FAULT_TRAIN_AFTER_UPDATE", "1")  # inherited by the Dask worker
+    monkeypatch.setenv("BARRIERNET_FAULT_MARKER", str(marker))
+    # An existing scheduler (orchestration.dask_address): one single-threaded worker process.
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        overrides = {"train.seeds": [0], "orchestration.dask_address": cluster.scheduler_address}
+        result = pipeline.train_and_eval(overrides=overrides, workspace=str(workspace))
+        ran_on_cluster = {prefix for prefix in cluster.scheduler.task_prefixes}
+    assert any(p.startswith("train") for p in ran_on_cluster), ran_on_cluster
+    assert any(p.startswith("evaluate") for p in ran_on_cluster), ran_on_cluster
+    assert marker.exists()  # the fault did fire
+    workdir = Path(result["workdir"])
+    summaries = {name: cell["train"] for name, cell in result["cells"].items()}
+    assert sorted(str(s["resumed_from_update"]) for s in summaries.values()) == ["1", "None"]  # one resumed
+    assert (workdir / "reports/decision_report.md").exists()
+
+    # Unfaulted reference: same params, fresh resume state, no fault switch.
+    monkeypatch.delenv("BARRIERNET_FAULT_TRAIN_AFTER_UPDATE")
+    monkeypatch.setenv("BARRIERNET_STATE_DIR", str(tmp_path / "reference-state"))
+    params = load_params(workspace / "params.yaml", overrides)
+    for name, summary in summaries.items():
+        reference = train_run(params, tmp_path / "reference", algo=summary["algo"], seed=summary["seed"])
+        faulted = torch.load(workdir / f"results/train/{name}/model.pt", weights_only=False)
+        clean = torch.load(tmp_path / f"reference/results/train/{name}/model.pt", weights_only=False)
+        for part in ("actor", "critic", "obs_rms"):
+            assert _tensors_equal(faulted[part], clean[part]), f"{name}: {part} differs after the retried run"
+        for metric in ("final_capture_rate", "final_collision_rate", "final_episode_return", "total_steps"):
+            assert summary[metric] == reference[metric], metric
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_out_of_memory_in_training_retries_with_half_the_minibatch(prefect_server, tmp_path, state_dir, monkeypatch):
+    use_threads(monkeypatch, max_workers=1)
+    workspace = make_workspace(tmp_path / "ws", TINY)
+    monkeypatch.setenv("BARRIERNET_FAULT_TRAIN_AFTER_UPDATE", "1")
+    monkeypatch.setenv("BARRIERNET_FAULT_MARKER", str(tmp_path / "oom-marker"))
+    monkeypatch.setenv("BARRIERNET_FAULT_KIND", "oom")
+    result = pipeline.train_and_eval(overrides={"train.seeds": [0]}, workspace=str(workspace))
+    planned = load_params(workspace / "params.yaml").train.minibatch_size
+    fallbacks = [cell["train"] for cell in result["cells"].values() if cell["train"]["minibatch_fallback"]]
+    assert len(fallbacks) == 1
+    assert fallbacks[0]["minibatch_size"] == planned // 2 and fallbacks[0]["resumed_from_update"] == 1
+    name = f"{fallbacks[0]['algo']}-s{fallbacks[0]['seed']}"
+    on_disk = json.loads((Path(result["workdir"]) / f"results/train/{name}/summary.json").read_text())
+    assert on_disk["minibatch_fallback"] is True and on_disk["minibatch_size"] == planned // 2
+    report = (Path(result["workdir"]) / "reports/decision_report.md").read_text().lower()
+    assert "fallback" in report  # the report tells the reader the planned batch was not used
