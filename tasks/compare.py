@@ -253,6 +253,9 @@ METRICS: dict[str, Metric] = {
     "decision_ms": Metric(lambda df: df["decision_ms"].to_numpy(float) * df["length"].to_numpy(float),
                           _col("length"), "bootstrap"),
 }
+# Wall-clock numbers stay in summary.csv and the report but not in metrics.json: `dvc repro -f`
+# must reproduce identical metrics, and no two runs take the same time.
+TIMING_METRICS = ("decision_ms",)
 HEADLINE_METRICS = (
     "capture_rate",
     "collision_rate",
@@ -526,6 +529,8 @@ def build_metrics(summary: pd.DataFrame, comparisons: dict[str, Comparison], ver
     for _, row in summary[(summary["seed"] == "all") & (summary["aggregate"] == "mean")].iterrows():
         entry: dict[str, Any] = {"seeds": int(row["seeds"]), "episodes": int(row["episodes"])}
         for name in HEADLINE_METRICS:
+            if name in TIMING_METRICS:
+                continue
             entry.update(_interval_fields(name, Interval(row[name], row[f"{name}_low"], row[f"{name}_high"])))
         arms[row["arm"]] = entry
     vs_baseline = {}

@@ -69,6 +69,9 @@ class TrainingOOMError(TrainingError):
         super().__init__(message)
         self.minibatch_size = minibatch_size
 
+    def __reduce__(self):  # survives pickling between Dask processes
+        return (type(self), (str(self), self.minibatch_size))
+
 
 class InjectedFault(RuntimeError):
     """Test-only transient failure (BARRIERNET_FAULT_* environment variables)."""
