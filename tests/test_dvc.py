@@ -12,29 +12,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.budgets import TINY_PIPELINE
 from tasks.params import load_params
 from tasks.registry import STAGES, iter_stages
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PYTHON_BIN = str(Path(sys.executable).parent)
 
-TINY = {
-    "env.max_steps": 64,
-    "train.seeds": [0],
-    "train.total_steps": 256,
-    "train.num_envs": 8,
-    "train.rollout_steps": 16,
-    "train.num_minibatches": 2,
-    "train.update_epochs": 1,
-    "train.checkpoint_every": 1,
-    "eval.episodes": 4,
-    "eval.num_envs": 4,
-    "qp_benchmark.batch_sizes": [1, 4],
-    "qp_benchmark.repeats": 1,
-    "qp_benchmark.warmup": 0,
-    "qp_benchmark.devices": ["cpu"],
-    "decision.bootstrap_samples": 200,
-}
+TINY = dict(TINY_PIPELINE)
 
 
 def make_workspace(dst: Path, params: dict | None = None) -> Path:

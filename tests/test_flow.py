@@ -25,6 +25,7 @@ from prefect.testing.utilities import prefect_test_harness
 import flows.pipeline as pipeline
 from flows.lock import WorkspaceBusyError, lock_path, workspace_lock
 from flows.server import PrefectServerUnreachable, check_api
+from tests.budgets import TINY_PIPELINE
 from tasks.params import ParamsError, load_params
 from tasks.registry import STAGES
 from tasks.train import TrainingOOMError
@@ -34,21 +35,8 @@ PYTHON_BIN = str(Path(sys.executable).parent)
 
 # Tiny budgets: 2 updates of 8 envs x 16 steps per cell, 4 short evaluation episodes.
 TINY = {
-    "env.max_steps": 64,
+    **TINY_PIPELINE,
     "train.seeds": [0, 1],
-    "train.total_steps": 256,
-    "train.num_envs": 8,
-    "train.rollout_steps": 16,
-    "train.num_minibatches": 2,
-    "train.update_epochs": 1,
-    "train.checkpoint_every": 1,
-    "eval.episodes": 4,
-    "eval.num_envs": 4,
-    "qp_benchmark.batch_sizes": [1, 4],
-    "qp_benchmark.repeats": 1,
-    "qp_benchmark.warmup": 0,
-    "qp_benchmark.devices": ["cpu"],
-    "decision.bootstrap_samples": 200,
     "orchestration.retry_delay_seconds": 0,
     "orchestration.dask_workers": 2,
     "gpu.min_minibatch": 16,

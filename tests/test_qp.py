@@ -611,15 +611,157 @@ def test_qpth_ignores_the_hint_and_reports_no_active_set():
     assert (sol.u - exact.u).abs().max() <= 1e-5
 
 
-def test_correct_hint_skips_the_enumeration(monkeypatch):
+@pytest.mark.parametrize("use_numpy", [False, True], ids=["torch", "numpy"])
+def test_correct_hint_skips_the_enumeration(monkeypatch, use_numpy):
     import model.qp as qp
 
+    monkeypatch.setattr(qp, "_USE_NUMPY_CPU", use_numpy)
     enumerated = []
-    original = qp._select_active_set
-    monkeypatch.setattr(qp, "_select_active_set", lambda H, *a: enumerated.append(H.shape[0]) or original(H, *a))
+    # the enumeration: `_select_active_set(H, ...)` on the torch path, `_np_candidates(Hinv, ...)`
+    # on the numpy path; record the batch size of each call
+    name = "_np_candidates" if use_numpy else "_select_active_set"
+    original = getattr(qp, name)
+    monkeypatch.setattr(qp, name, lambda H, *a: enumerated.append(H.shape[0]) or original(H, *a))
     H, f, A, b = random_problems(200, 6, 2, seed=48)
     full = solve_qp(H, f, A, b)
-    assert enumerated == [200]
+    infeasible = int((~full.feasible).sum())
+    assert 0 < infeasible < 200
+    # numpy path: all 200, then the full rule's enumeration with points for the infeasible ones
+    assert enumerated == ([200, infeasible] if use_numpy else [200])
+    del enumerated[:]
     solve_qp(H, f, A, b, active_hint=full.active)
     # only the infeasible elements (no active set certifies them) are enumerated again
-    assert enumerated[1:] == [int((~full.feasible).sum())] and 0 < enumerated[1] < 200
+    assert enumerated == [infeasible]
+
+
+# ----------------------------------------------------------------------------------------------
+# the NumPy path (CPU, n = 2, the default there) against the torch path (the reference)
+
+
+def _both_paths(monkeypatch, H, f, A, b, mask=None, active_hint=None, weights=None):
+    """Solve with the numpy path and with the torch path; with weights (B, 2) also return the
+    gradients of sum(weights * u) with respect to H, f, A, b for each."""
+    import model.qp as qp
+
+    out = []
+    for use_numpy in (True, False):
+        monkeypatch.setattr(qp, "_USE_NUMPY_CPU", use_numpy)
+        leaves = [x.detach().clone().requires_grad_(weights is not None) for x in (H, f, A, b)]
+        sol = solve_qp(*leaves, mask=mask, active_hint=active_hint)
+        grads = None
+        if weights is not None:
+            grads = torch.autograd.grad((sol.u * weights).sum(), leaves, allow_unused=True)
+            grads = [torch.zeros_like(x) if g is None else g for x, g in zip(leaves, grads)]  # m = 0: A, b unused
+        out.append((sol, grads))
+    return out
+
+
+def _assert_paths_agree(monkeypatch, H, f, A, b, mask=None, active_hint=None, atol=1e-10, same_active=True,
+                        gradients=True):
+    gen = torch.Generator().manual_seed(7)
+    weights = torch.randn(f.shape, generator=gen, dtype=f.dtype) if gradients else None
+    (fast, fast_grads), (ref, ref_grads) = _both_paths(monkeypatch, H, f, A, b, mask, active_hint, weights)
+    for name in QPSolution._fields:
+        x, y = getattr(fast, name), getattr(ref, name)
+        assert x.dtype == y.dtype and x.shape == y.shape, name
+    assert torch.equal(fast.feasible, ref.feasible)
+    assert torch.equal(fast.solver_ok, ref.solver_ok)
+    assert (fast.u - ref.u).abs().max() <= atol
+    assert (fast.violation - ref.violation).abs().max() <= atol
+    real = torch.ones_like(b, dtype=torch.bool) if mask is None else mask
+    if b.shape[1] > 0:
+        kkt = kkt_residuals(H, f, A, b, fast.u, fast.lam, real)
+        for key in ("primal", "stationarity", "dual", "complementarity"):
+            assert (kkt[key][fast.feasible] <= 100 * atol).all(), key
+    if same_active:  # generic problems: one active set, the same multipliers and gradients
+        assert torch.equal(fast.active, ref.active)
+        assert fast.lam.numel() == 0 or (fast.lam - ref.lam).abs().max() <= atol
+        if gradients:
+            for name, gx, gy in zip("HfAb", fast_grads, ref_grads):
+                assert gx.numel() == 0 or (gx - gy).abs().max() <= atol * 100, name
+    return fast
+
+
+@pytest.mark.parametrize("m", [1, 3, 8, 12])
+def test_numpy_path_matches_torch_path_on_random_problems(monkeypatch, m):
+    H, f, A, b = random_problems(150, m, 2, seed=70 + m)
+    sol = _assert_paths_agree(monkeypatch, H, f, A, b)
+    if m >= 8:
+        assert (~sol.feasible).any() and sol.feasible.any()
+
+
+def test_numpy_path_matches_torch_path_on_cbf_problems_with_masks(monkeypatch):
+    H, f, A, b, mask = cbf_benchmark_problems(300, 4, seed=71)
+    shift = torch.zeros_like(b)
+    shift[:, 8:] = torch.rand(300, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 0.12 - 0.04
+    sol = _assert_paths_agree(monkeypatch, H, f, A, b - shift, mask)
+    assert (sol.active >= 0).sum(-1).max() == 2 and (~mask).any()
+    # hints: the correct one, and a wrong one (the first row) for every element
+    _assert_paths_agree(monkeypatch, H, f, A, b - shift, mask, active_hint=sol.active)
+    wrong = torch.full_like(sol.active, -1)
+    wrong[:, 1] = 0
+    _assert_paths_agree(monkeypatch, H, f, A, b - shift, mask, active_hint=wrong)
+
+
+def test_numpy_path_matches_torch_path_on_degenerate_problems(monkeypatch):
+    # several active sets give the same u here (up to round-off amplified by near-parallel rows)
+    H, f, A, b = degenerate_problems(200, seed=72)
+    _assert_paths_agree(monkeypatch, H, f, A, b, same_active=False, atol=1e-8)
+    H, f, A, b, vertex = vertex_problems(200, seed=73)
+    sol = _assert_paths_agree(monkeypatch, H, f, A, b, same_active=False, atol=1e-8)
+    assert (sol.u - vertex).abs().max() <= 1e-8
+
+
+def test_numpy_path_float32_and_edge_shapes(monkeypatch):
+    H, f, A, b = random_problems(100, 6, 2, seed=74)
+    sol = _assert_paths_agree(monkeypatch, H.float(), f.float(), A.float(), b.float(), atol=1e-4, same_active=False)
+    assert sol.u.dtype == torch.float32 and sol.lam.dtype == torch.float32
+    # m = 0 and a single element; every row masked
+    _assert_paths_agree(monkeypatch, H[:3], f[:3], A[:3, :0], b[:3, :0])
+    _assert_paths_agree(monkeypatch, H[:1], f[:1], A[:1], b[:1])
+    _assert_paths_agree(monkeypatch, H[:5], f[:5], A[:5], b[:5], mask=torch.zeros(5, 6, dtype=torch.bool))
+
+
+def test_numpy_path_gradients_match_finite_differences():
+    H, f, A, b, mask = cbf_benchmark_problems(6, 2, seed=75)
+    b = b - 0.03  # several active rows
+    leaves = [x.clone().requires_grad_() for x in (H, f, A, b)]
+    assert torch.autograd.gradcheck(lambda *x: solve_qp(*x, mask=mask).u, leaves)
+
+
+def test_single_element_kkt_in_python_floats_matches_numpy():
+    """B = 1 (float64) solves the winner's KKT system in Python floats: same outputs as NumPy."""
+    import numpy as np
+    from model.qp import _np_slot_kkt, _py_slot_kkt
+
+    H, f, A, b = random_problems(40, 5, 2, seed=76)
+    A[:, 4] = 0  # a zero row: a singular block when active
+    A[:, 3] = 2 * A[:, 2]  # parallel rows: singular as a pair
+    Hinv = np.linalg.inv(H.numpy())
+    u0 = -(Hinv @ f.numpy()[..., None])[..., 0]
+    sets = [(-1, -1), (0, -1), (2, -1), (4, -1), (0, 1), (1, 3), (2, 3), (3, 4)]
+    for i in range(40):
+        for active in sets:
+            args = (Hinv[i:i + 1], u0[i:i + 1], A[i:i + 1].numpy(), b[i:i + 1].numpy(), np.array([active]), 1e-12)
+            for x, y in zip(_py_slot_kkt(*args), _np_slot_kkt(*args)):
+                assert x.shape == y.shape and x.dtype == y.dtype
+                assert np.allclose(x, y, rtol=1e-9, atol=1e-8), active  # K = 0 up to cancellation at pairs
+
+
+def test_single_element_gradients_match_finite_differences():
+    """B = 1 takes the Python-float KKT solve and backward."""
+    H, f, A, b, mask = cbf_benchmark_problems(3, 2, seed=77)
+    for i in range(3):
+        leaves = [x[i:i + 1].clone().requires_grad_() for x in (H, f, A, b - 0.05 * i)]
+        assert torch.autograd.gradcheck(lambda *x: solve_qp(*x, mask=mask[i:i + 1]).u, leaves)
+
+
+def test_numpy_path_gradient_survives_in_place_change_of_u():
+    H, f, A, b, mask = cbf_benchmark_problems(4, 2, seed=78)
+    leaves = [x.clone().requires_grad_() for x in (H, f, A, b - 0.03)]
+    u = solve_qp(*leaves, mask=mask).u
+    expected = torch.autograd.grad(u.sum(), leaves, retain_graph=True)
+    with torch.no_grad():
+        u.mul_(100.0)  # the caller's tensor; the backward must not read it
+    for got, want in zip(torch.autograd.grad(u.sum(), leaves), expected):
+        assert torch.equal(got, want)
