@@ -28,6 +28,9 @@ runs on the flagged elements only). Singular
 systems (zero rows, duplicated or parallel rows, masked rows) mark that candidate invalid; a
 zero row ``0'u <= b`` is satisfied iff b >= 0. Autograd runs through a recomputation of the
 winning candidate only (one small solve per element), not through all candidates.
+On CPU with n = 2 the same rules run in NumPy (per-op overhead ~1 us instead of several: see
+`_solve_exact_numpy`), a single float64 element partly in Python floats; the torch code is the
+path for other n and for accelerators, and the reference the tests compare the NumPy path with.
 
 ``"qpth"``: qpth 0.0.18's interior-point `QPFunction` in float64 (cast in and out), kept as the
 reference design and for speed comparisons. qpth returns NaN on zero rows, so masked rows and
@@ -61,6 +64,7 @@ import statistics
 import time
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -512,6 +516,285 @@ def _solve_exact(H, f, A, b, sync_free: bool | None = None, active_hint: Tensor 
 
 
 # ----------------------------------------------------------------------------------------------
+# exact backend, NumPy path (CPU, n = 2)
+#
+# On CPU these tensors are tiny and the torch path's cost is per-op overhead (several us per op,
+# ~150 ops). NumPy's per-op overhead is ~1 us, so CPU problems with n = 2 take this path: the
+# selection, the hint check, the winner's KKT solve and the backward all in NumPy, wrapped in one
+# autograd Function (`_NumpyActiveSetKKT`). Same rules as the torch path (which stays the
+# reference, the path for other n and the accelerator path without host syncs); tests check that
+# both agree. Differences: the winner's KKT system is solved once, on the unit rows, and serves
+# as the fast rule's primal check, the hint check and the answer (the multipliers and gradients
+# are scaled back to the raw rows: lam_i = lam_unit_i / |a_i|).
+
+_USE_NUMPY_CPU = True  # tests switch it off to compare with the torch path
+_NP_TABLES: dict[int, tuple[np.ndarray, ...]] = {}
+
+
+def _np_tables(m: int):
+    """For m rows: the pairs (i < j) in the order of `_candidates` as I, J (P,) and their flat
+    index I * m + J into an (m, m) matrix, and every candidate's active set (C, 2) int64 (-1
+    padded; the empty set, the singletons, the pairs)."""
+    if m not in _NP_TABLES:
+        I, J = np.triu_indices(m, 1)  # row-major (0,1), (0,2), ..., (1,2), ...: as combinations
+        table = np.full((1 + m + len(I), 2), -1, dtype=np.int64)
+        table[1:1 + m, 0] = np.arange(m)
+        table[1 + m:, 0], table[1 + m:, 1] = I, J
+        _NP_TABLES[m] = (I, J, I * m + J, table)
+    return _NP_TABLES[m]
+
+
+def _np_candidates(Hinv, A, u0, b, sing_tol, points: bool):
+    """Every candidate of `_candidates` at once (NumPy, n = 2, closed forms as
+    `_candidate_points_pairs`). Hinv (B, 2, 2), A (B, m, 2) unit rows, u0 (B, 2), b (B, m).
+    Returns objective minus that of u0, ok (regular KKT block), least multiplier, each (B, C),
+    and (points True) the candidate points (B, C, 2), else None."""
+    B, m, _ = A.shape
+    I, J, IJ, table = _np_tables(m)
+    AH = A @ Hinv  # (B, m, 2) rows of A H^-1
+    G = (AH @ A.transpose(0, 2, 1)).reshape(B, m * m)  # Gram matrix in the H^-1 metric
+    Gd = G[:, ::m + 1]  # a_i' H^-1 a_i, 0 for zero rows
+    r = (A @ u0[:, :, None])[..., 0] - b  # residual of the unconstrained optimum
+    ok1 = Gd > 0
+    lam1 = r / np.where(ok1, Gd, 1)
+    p, s, q, rI, rJ = Gd[:, I], Gd[:, J], G[:, IJ], r[:, I], r[:, J]
+    det = p * s - q * q
+    ok2 = det > sing_tol * p * s  # False for zero, duplicated and parallel rows
+    det = np.where(ok2, det, 1)
+    lam_I = (s * rI - q * rJ) / det
+    lam_J = (p * rJ - q * rI) / det
+    zero = np.zeros((B, 1), A.dtype)
+    objective = np.concatenate([zero, 0.5 * lam1 * r, 0.5 * (lam_I * rI + lam_J * rJ)], 1)
+    ok = np.concatenate([np.ones((B, 1), bool), ok1, ok2], 1)
+    least_lam = np.concatenate([zero, lam1, np.minimum(lam_I, lam_J)], 1)
+    u_c = None
+    if points:
+        lam_first = np.concatenate([zero, lam1, lam_I], 1)[..., None]  # (B, C, 1) per slot
+        lam_second = np.concatenate([zero, np.zeros_like(lam1), lam_J], 1)[..., None]
+        first, second = np.maximum(table[:, 0], 0), np.maximum(table[:, 1], 0)
+        u_c = u0[:, None, :] - AH[:, first] * lam_first - AH[:, second] * lam_second
+    return objective, ok, least_lam, u_c
+
+
+def _np_dual_ok(least_lam, tie):
+    return least_lam >= -tie * (1 + np.abs(least_lam))
+
+
+def _np_select(Hinv, A, u0, b, b_tol, float_dtype):
+    """`_select_active_set` in NumPy (n = 2) on unit rows: Hinv (B, 2, 2), A (B, m, 2), u0 (B, 2),
+    b and b_tol (B, m). Returns best (B,) candidate index (rows of `_np_tables`' table),
+    feasible (B,) bool, violation (B,)."""
+    B = A.shape[0]
+    tie = TIE_REL[float_dtype]
+    objective, ok, least_lam, u_c = _np_candidates(Hinv, A, u0, b, SINGULAR_TOL[float_dtype], True)
+    dual_ok = ok & _np_dual_ok(least_lam, tie)
+    best = np.where(dual_ok, objective, -np.inf).argmax(-1)
+    u_best = u_c[np.arange(B), best]  # (B, 2)
+    feasible = ((A @ u_best[:, :, None])[..., 0] <= b_tol).all(-1)
+    violation = np.zeros(B, A.dtype)
+    if not feasible.all():  # the full rule (`_full_rule`) on the rejected elements only
+        rest = np.flatnonzero(~feasible)
+        resid = u_c[rest] @ A[rest].transpose(0, 2, 1) - b_tol[rest, None, :]  # (R, C, m)
+        viol = np.where(ok[rest], np.maximum(resid.max(-1), 0), np.inf)
+        least = viol.min(-1, keepdims=True)
+        eligible = viol <= least * (1 + tie)
+        dual = eligible & dual_ok[rest]
+        eligible = np.where(dual.any(-1, keepdims=True) & (least == 0), dual, eligible)
+        best[rest] = np.where(eligible, objective[rest], np.inf).argmin(-1)
+        feasible[rest] = least[:, 0] == 0
+        violation[rest] = least[:, 0]
+    return best, feasible, violation
+
+
+def _np_slot_kkt(Hinv, u0, A, b, active, sing_tol):
+    """The KKT system of one active set per element (NumPy, n = 2): active (B, 2) canonical
+    (-1 = unused slot: identity row, lam = 0), rows of A (B, m, 2) / b (B, m). Returns u (B, 2),
+    lam (B, 2), ok (B,) (regular by `_kkt_multipliers`'s test), used (B, 2) (real slots with a
+    regular block, det != 0, as `_ActiveSetKKT`; else u = u0, lam = 0) and the backward's
+    matrices Y = diag(used) M^-1 A_S H^-1 and K = (A_S H^-1)' Y - H^-1 (B, 2, 2): for an
+    upstream gradient g, y = Y g = dL/db_S and dz = K g = dL/df."""
+    B = A.shape[0]
+    used = active >= 0
+    slot = np.maximum(active, 0)
+    rows = np.arange(B)[:, None]
+    weight = used.astype(A.dtype)
+    a = A[rows, slot] * weight[..., None]  # (B, 2, 2) the active rows in slots, unused: 0
+    AH = a @ Hinv
+    M = AH @ a.transpose(0, 2, 1) + _NP_EYE2[A.dtype] * (1 - weight)[:, None, :]  # identity on unused slots
+    p, q, q2, s = M[:, 0, 0], M[:, 0, 1], M[:, 1, 0], M[:, 1, 1]
+    det = p * s - q * q2
+    ok = det > sing_tol * p * s
+    regular = det != 0
+    adj = ((p + s)[:, None, None] * _NP_EYE2[A.dtype] - M) / np.where(regular, det, 1)[:, None, None]  # M^-1
+    used = used & regular[:, None]
+    Minv = adj * used[:, :, None]  # rows of unused slots (or of a singular block) zero: lam = 0
+    rhs = (a @ u0[:, :, None])[..., 0] - b[rows, slot] * weight
+    lam = (Minv @ rhs[:, :, None])[..., 0]
+    u = u0 - (AH.transpose(0, 2, 1) @ lam[:, :, None])[..., 0]
+    Y = Minv @ AH
+    K = AH.transpose(0, 2, 1) @ Y - Hinv
+    return u, lam, ok, used, Y, K
+
+
+def _py_slot_kkt(Hinv, u0, A, b, active, sing_tol):
+    """`_np_slot_kkt` for one float64 element (B = 1) in Python floats: a dozen NumPy calls on
+    (1, 2, 2) arrays cost more than the arithmetic. Same inputs and outputs."""
+    (h00, h01), (h10, h11) = Hinv[0].tolist()
+    u00, u01 = u0[0].tolist()
+    rows = [(A[0, k].tolist(), float(b[0, k]), True) if k >= 0 else ([0.0, 0.0], 0.0, False)
+            for k in active[0].tolist()]
+    (a0, b0, used0), (a1, b1, used1) = rows
+    AH0 = [a0[0] * h00 + a0[1] * h10, a0[0] * h01 + a0[1] * h11]  # a H^-1 per slot
+    AH1 = [a1[0] * h00 + a1[1] * h10, a1[0] * h01 + a1[1] * h11]
+    p = AH0[0] * a0[0] + AH0[1] * a0[1] + (0.0 if used0 else 1.0)
+    q = AH0[0] * a1[0] + AH0[1] * a1[1]
+    q2 = AH1[0] * a0[0] + AH1[1] * a0[1]
+    s = AH1[0] * a1[0] + AH1[1] * a1[1] + (0.0 if used1 else 1.0)
+    det = p * s - q * q2
+    ok = det > sing_tol * p * s
+    regular = det != 0
+    d = det if regular else 1.0
+    used0, used1 = used0 and regular, used1 and regular
+    Minv = [[s / d, -q / d] if used0 else [0.0, 0.0], [-q2 / d, p / d] if used1 else [0.0, 0.0]]
+    r0 = a0[0] * u00 + a0[1] * u01 - b0
+    r1 = a1[0] * u00 + a1[1] * u01 - b1
+    lam = [Minv[0][0] * r0 + Minv[0][1] * r1, Minv[1][0] * r0 + Minv[1][1] * r1]
+    u = [u00 - AH0[0] * lam[0] - AH1[0] * lam[1], u01 - AH0[1] * lam[0] - AH1[1] * lam[1]]
+    Y = [[Mk[0] * AH0[j] + Mk[1] * AH1[j] for j in range(2)] for Mk in Minv]
+    K = [[AH0[i] * Y[0][j] + AH1[i] * Y[1][j] - h for j, h in enumerate(hrow)]
+         for i, hrow in enumerate(((h00, h01), (h10, h11)))]
+    return (np.array([u]), np.array([lam]), np.array([ok]), np.array([[used0, used1]]), np.array([Y]),
+            np.array([K]))
+
+
+def _py_backward(grad_u, u, lam, Y, K, scatter, m):
+    """`_NumpyActiveSetKKT.backward` for one float64 element in Python floats."""
+    g0, g1 = grad_u[0].tolist()
+    (u0, u1), (l0, l1) = u[0].tolist(), lam[0].tolist()
+    (K00, K01), (K10, K11) = K[0].tolist()
+    (Y00, Y01), (Y10, Y11) = Y[0].tolist()
+    dz0, dz1 = K00 * g0 + K01 * g1, K10 * g0 + K11 * g1  # dL/df
+    y0, y1 = Y00 * g0 + Y01 * g1, Y10 * g0 + Y11 * g1  # dL/db_S (unit rows)
+    off = 0.5 * (dz0 * u1 + u0 * dz1)
+    grad_H = np.array([[[dz0 * u0, off], [off, dz1 * u1]]])
+    grad_A_S = np.array([[[l0 * dz0 - y0 * u0, l0 * dz1 - y0 * u1], [l1 * dz0 - y1 * u0, l1 * dz1 - y1 * u1]]])
+    grad_A, grad_b = np.zeros((1, max(m, 1), 2)), np.zeros((1, max(m, 1)))
+    for k, row, inv_norm in scatter:  # [(slot, row, 1 / |a_row|)] of the used slots
+        grad_A[0, row] += grad_A_S[0, k] * inv_norm
+        grad_b[0, row] += (y0, y1)[k] * inv_norm
+    return (torch.from_numpy(grad_H), torch.from_numpy(np.array([[dz0, dz1]])), torch.from_numpy(grad_A[:, :m]),
+            torch.from_numpy(grad_b[:, :m]), None)
+
+
+_NP_EYE2 = {np.dtype(t): np.eye(2, dtype=t) for t in (np.float64, np.float32)}
+
+
+class _NumpyActiveSetKKT(torch.autograd.Function):
+    """`_ActiveSetKKT` with the forward already done in NumPy (`_np_slot_kkt`): inputs the raw
+    H, f, A, b and the saved NumPy pieces; the same implicit-function backward, the active rows'
+    gradients scattered onto A and b by `scatter` (B, m, 2): one-hot slot -> row, / |a_i|."""
+
+    @staticmethod
+    def forward(ctx, H, f, A, b, saved):
+        ctx.saved = saved
+        # a copy: the caller may modify the returned u in place, the backward needs the original
+        return torch.from_numpy(saved["u"].copy())
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_u):
+        u, lam, Y, K, scatter = (ctx.saved[k] for k in ("u", "lam", "Y", "K", "scatter"))
+        if u.shape[0] == 1 and u.dtype == np.float64:  # one element: Python floats beat NumPy calls
+            return _py_backward(grad_u, u, lam, Y, K, scatter, ctx.saved["m"])
+        g = grad_u.numpy()[:, :, None]
+        dz, y = (K @ g)[..., 0], (Y @ g)[..., 0]  # dL/df, dL/db_S (unit rows)
+        outer = dz[:, :, None] * u[:, None, :]
+        grad_H = 0.5 * (outer + outer.transpose(0, 2, 1))
+        grad_A_S = lam[:, :, None] * dz[:, None, :] - y[:, :, None] * u[:, None, :]
+        m = ctx.saved["m"]
+        grad_A = (scatter @ grad_A_S)[:, :m]
+        grad_b = (scatter @ y[:, :, None])[:, :m, 0]
+        return torch.from_numpy(grad_H), torch.from_numpy(dz), torch.from_numpy(grad_A), torch.from_numpy(grad_b), None
+
+
+def _solve_exact_numpy(H, f, A, b, mask, active_hint):
+    """`solve_qp`'s exact backend for CPU tensors with n = 2, in NumPy: raw inputs H (B, 2, 2),
+    f (B, 2), A (B, m, 2), b (B, m), mask (B, m) | None, active_hint (B, 2) | None (validated).
+    Returns the QPSolution of `_solve_exact` (lam (B, m))."""
+    B, m = b.shape
+    float_dtype = f.dtype
+    Hn, fn, An, bn = (x.detach().numpy() for x in (H, f, A, b))
+    dtype = fn.dtype
+    if m == 0:  # one row 0'u <= 1 so that every step sees m >= 1
+        An, bn = np.zeros((B, 1, 2), dtype), np.ones((B, 1), dtype)
+    elif mask is not None:  # masked rows: 0'u <= 1, never active, always satisfied
+        mask = mask.numpy()
+        An, bn = np.where(mask[..., None], An, 0).astype(dtype, copy=False), np.where(mask, bn, 1).astype(dtype, copy=False)
+    mm = An.shape[1]
+    if B == 1 and dtype == np.float64:  # one element: Python floats beat NumPy calls
+        (h00, h01), (h10, h11) = Hn[0].tolist()
+        h01 = 0.5 * (h01 + h10)
+        det = h00 * h11 - h01 * h01
+        i00, i01, i11 = h11 / det, -h01 / det, h00 / det
+        f0, f1 = fn[0].tolist()
+        Hinv = np.array([[[i00, i01], [i01, i11]]])
+        u0 = np.array([[-(i00 * f0 + i01 * f1), -(i01 * f0 + i11 * f1)]])
+    else:
+        Hn = 0.5 * (Hn + Hn.transpose(0, 2, 1))
+        # Cayley-Hamilton as `_inv_spd`: H^-1 = (tr(H) I - H) / det(H)
+        det = Hn[:, 0, 0] * Hn[:, 1, 1] - Hn[:, 0, 1] * Hn[:, 1, 0]
+        Hinv = ((Hn[:, 0, 0] + Hn[:, 1, 1])[:, None, None] * _NP_EYE2[dtype] - Hn) / det[:, None, None]
+        u0 = -(Hinv @ fn[:, :, None])[..., 0]
+    # unit rows: violations become distances; zero rows stay zero
+    norm = np.sqrt((An * An).sum(-1))
+    scale = np.where(norm > 0, norm, 1).astype(dtype, copy=False)
+    Au, bu = An / scale[..., None], bn / scale
+    b_tol = bu + FEAS_TOL[float_dtype] * (1 + np.abs(bu) + np.hypot(u0[:, :1], u0[:, 1:]))
+    tie, sing_tol = TIE_REL[float_dtype], SINGULAR_TOL[float_dtype]
+    table = _np_tables(mm)[3]
+    if active_hint is None:  # the fast rule's winner, checked below
+        objective, ok, least_lam, _ = _np_candidates(Hinv, Au, u0, bu, sing_tol, False)
+        active = table[np.where(ok & _np_dual_ok(least_lam, tie), objective, -np.inf).argmax(-1)]
+    else:  # canonical order: rows ascending, then -1 (bit-identical to the enumerated set)
+        hint = active_hint.numpy()
+        active = np.sort(np.where(hint < 0, mm, hint), -1)
+        active[active >= mm] = -1
+    slot_kkt = _py_slot_kkt if B == 1 and dtype == np.float64 else _np_slot_kkt
+    u, lam, ok, used, Y, K = slot_kkt(Hinv, u0, Au, bu, active, sing_tol)
+    # the checks of the enumeration's winner / `_check_hint`: regular, lam >= -tol, primal
+    least = lam.min(-1)
+    passed = ok & _np_dual_ok(least, tie) & ((Au @ u[:, :, None])[..., 0] <= b_tol).all(-1)
+    feasible, violation = passed, np.zeros(B, dtype)
+    if not passed.all():  # infeasible problems, round-off, failed hints: enumerate those
+        rest = np.flatnonzero(~passed)
+        best_r, feasible[rest], violation[rest] = _np_select(Hinv[rest], Au[rest], u0[rest], bu[rest], b_tol[rest],
+                                                             float_dtype)
+        active[rest] = table[best_r]
+        u_r, lam_r, _, used_r, Y_r, K_r = slot_kkt(Hinv[rest], u0[rest], Au[rest], bu[rest], active[rest],
+                                                        sing_tol)
+        u[rest], lam[rest], used[rest], Y[rest], K[rest] = u_r, lam_r, used_r, Y_r, K_r
+    # slot -> row, scaled back to the raw rows (lam_i = lam_unit_i / |a_i|), (B, m', 2)
+    if B == 1 and dtype == np.float64:  # Python floats; `scatter` as [(slot, row, 1 / |a_row|)]
+        scatter, lam_rows = [], np.zeros((1, mm))
+        for k, (row, real, lam_k) in enumerate(zip(active[0].tolist(), used[0].tolist(), lam[0].tolist())):
+            if real:
+                inv_norm = 1.0 / float(scale[0, row])
+                scatter.append((k, row, inv_norm))
+                lam_rows[0, row] += lam_k * inv_norm
+        lam_rows = lam_rows[:, :m]
+    else:
+        scatter = (np.arange(mm)[None, :, None] == np.maximum(active, 0)[:, None, :]) * used[:, None, :]
+        scatter = scatter / scale[:, :, None]  # bool / float: the float dtype
+        lam_rows = (scatter @ lam[:, :, None])[:, :m, 0]
+    if torch.is_grad_enabled() and (H.requires_grad or f.requires_grad or A.requires_grad or b.requires_grad):
+        u_t = _NumpyActiveSetKKT.apply(H, f, A, b, dict(u=u, lam=lam, Y=Y, K=K, scatter=scatter, m=m))
+    else:
+        u_t = torch.from_numpy(u)
+    return QPSolution(u_t, torch.from_numpy(feasible), torch.from_numpy(violation), torch.from_numpy(lam_rows),
+                      torch.ones(B, dtype=torch.bool), torch.from_numpy(active))
+
+
+# ----------------------------------------------------------------------------------------------
 # qpth backend
 
 
@@ -631,6 +914,8 @@ def solve_qp(H: Tensor, f: Tensor, A: Tensor, b: Tensor, backend: str = "exact",
         return QPSolution(f.new_zeros(f.shape), f.new_zeros(0, dtype=torch.bool), f.new_zeros(0),
                           f.new_zeros(0, num_rows) if exact else None, f.new_zeros(0, dtype=torch.bool),
                           f.new_zeros(f.shape, dtype=torch.int64) if exact else None)
+    if backend == "exact" and _USE_NUMPY_CPU and f.device.type == "cpu" and f.shape[1] == 2:
+        return _solve_exact_numpy(H, f, A, b, mask, active_hint)
     H, f, A, b = _prepare(H, f, A, b, mask)
     if backend == "exact":
         sol = _solve_exact(H, f, A, b, active_hint=active_hint)
