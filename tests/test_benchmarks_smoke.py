@@ -135,3 +135,21 @@ def test_bad_arguments_are_named(bench, argv, message, capsys):
         bench.main(argv)
     text = str(info.value) + capsys.readouterr().err
     assert message in text
+
+
+def test_gpu_benchmark_skips_cleanly_without_cuda(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_throughput.py"
+    spec = importlib.util.spec_from_file_location("gpu_throughput", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if torch.cuda.is_available():
+        assert module.main(["--quick"]) == 0
+        assert "qpth/exact" in capsys.readouterr().out
+    else:
+        assert module.main([]) == 0
+        assert "no CUDA device" in capsys.readouterr().out
