@@ -346,7 +346,7 @@ def _select_active_set(H, f, A, b, sync_free: bool | None = None):
     violation = torch.zeros_like(b[:, 0])
 
     if sync_free is None:
-        sync_free = f.device.type != "cpu"
+        sync_free = _sync_free_default(f.device)
     if not sync_free:  # a sync is free on CPU: run the full rule on the rejected rows only
         if not bool(fast_ok.all()):
             rest = (~fast_ok).nonzero()[:, 0]
@@ -481,7 +481,7 @@ def _solve_exact(H, f, A, b, sync_free: bool | None = None, active_hint: Tensor 
     active_hint (B, n) int64 or None: a candidate active set per element (see `solve_qp`)."""
     B, m, n = A.shape
     if sync_free is None:
-        sync_free = f.device.type != "cpu"
+        sync_free = _sync_free_default(f.device)
     idx, used = _candidates(m, n, f.device)
     with torch.no_grad():
         Hd, fd, Ad, bd = H.detach(), f.detach(), A.detach(), b.detach()
@@ -526,6 +526,14 @@ def _solve_exact(H, f, A, b, sync_free: bool | None = None, active_hint: Tensor 
 # both agree. Differences: the winner's KKT system is solved once, on the unit rows, and serves
 # as the fast rule's primal check, the hint check and the answer (the multipliers and gradients
 # are scaled back to the raw rows: lam_i = lam_unit_i / |a_i|).
+
+_FORCE_SYNC_FREE = False  # tests: run the accelerator (no host sync) branches on the CPU
+
+
+def _sync_free_default(device: torch.device) -> bool:
+    """No host syncs off the CPU (they stall the device); on the CPU they are free."""
+    return _FORCE_SYNC_FREE or device.type != "cpu"
+
 
 _USE_NUMPY_CPU = True  # tests switch it off to compare with the torch path
 _NP_TABLES: dict[int, tuple[np.ndarray, ...]] = {}
@@ -880,7 +888,7 @@ def _validate_hint(active_hint, f, m):
     if active_hint.device != f.device:
         raise ValueError(f"active_hint is on {active_hint.device}; accepted: the device of f ({f.device})")
     # range check only where it costs no host sync (elsewhere a bad index just fails the check)
-    if f.device.type == "cpu" and B > 0 and (int(active_hint.min()) < -1 or int(active_hint.max()) >= m):
+    if not _sync_free_default(f.device) and B > 0 and (int(active_hint.min()) < -1 or int(active_hint.max()) >= m):
         raise ValueError(f"active_hint holds values in [{int(active_hint.min())}, {int(active_hint.max())}]; "
                          f"accepted: row indices 0..{m - 1} or -1 (no row)")
 
