@@ -8,4 +8,4 @@ PY=${PYTHON:-python3.11}
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[dev]"
 # Exit code 5 (no tests collected) fails like any other failure.
-exec .venv/bin/python -m pytest -q "$@"
+exec .venv/bin/python -m pytest -q --durations=15 "$@"
