@@ -765,3 +765,119 @@ def test_numpy_path_gradient_survives_in_place_change_of_u():
         u.mul_(100.0)  # the caller's tensor; the backward must not read it
     for got, want in zip(torch.autograd.grad(u.sum(), leaves), expected):
         assert torch.equal(got, want)
+
+
+# ----------------------------------------------------------------------------------------------
+# B = 1: the whole-problem Python-float path against the NumPy and torch paths
+
+
+def _single_three_ways(monkeypatch, H, f, A, b, mask=None, active_hint=None, weights=None):
+    """One element solved by the Python-float path, the NumPy path and the torch path:
+    [(QPSolution, grads of sum(weights * u) w.r.t. H, f, A, b)] in that order."""
+    import model.qp as qp
+
+    out = []
+    for use_py, use_numpy in ((True, True), (False, True), (False, False)):
+        monkeypatch.setattr(qp, "_USE_PY_SINGLE", use_py)
+        monkeypatch.setattr(qp, "_USE_NUMPY_CPU", use_numpy)
+        leaves = [x.detach().clone().requires_grad_() for x in (H, f, A, b)]
+        sol = solve_qp(*leaves, mask=mask, active_hint=active_hint)
+        grads = torch.autograd.grad((sol.u * weights).sum(), leaves, allow_unused=True)
+        grads = [torch.zeros_like(x) if g is None else g for x, g in zip(leaves, grads)]
+        out.append((sol, grads))
+    return out
+
+
+def _assert_single_paths_agree(monkeypatch, H, f, A, b, mask=None, hints=("none", "own", "wrong"), atol=1e-10,
+                               same_active=True, seed=0):
+    """Every element of the batch solved alone (B = 1): the Python-float path equals the NumPy path
+    and the torch path, with no hint, its own active set as the hint and a wrong hint."""
+    gen = torch.Generator().manual_seed(seed)
+    count = 0
+    for i in range(f.shape[0]):
+        args = [x[i:i + 1] for x in (H, f, A, b)]
+        mask_i = None if mask is None else mask[i:i + 1]
+        weights = torch.randn(1, 2, generator=gen, dtype=torch.float64).to(f.dtype)
+        own = None
+        for hint_kind in hints:
+            hint = None
+            if hint_kind == "own":
+                hint = own
+            elif hint_kind == "wrong":
+                hint = torch.tensor([[-1, int(torch.randint(A.shape[1], (1,), generator=gen))]]) if A.shape[1] else None
+            results = _single_three_ways(monkeypatch, *args, mask=mask_i, active_hint=hint, weights=weights)
+            (py, py_grads) = results[0]
+            if own is None:
+                own = py.active
+            for ref, ref_grads in results[1:]:
+                for name in QPSolution._fields:
+                    x, y = getattr(py, name), getattr(ref, name)
+                    assert x.dtype == y.dtype and x.shape == y.shape, name
+                assert torch.equal(py.feasible, ref.feasible) and torch.equal(py.solver_ok, ref.solver_ok), i
+                assert (py.u - ref.u).abs().max() <= atol, (i, hint_kind)
+                assert (py.violation - ref.violation).abs().max() <= atol
+                if same_active:
+                    assert torch.equal(py.active, ref.active), (i, hint_kind)
+                    assert py.lam.numel() == 0 or (py.lam - ref.lam).abs().max() <= atol
+                    for name, gx, gy in zip("HfAb", py_grads, ref_grads):
+                        assert gx.numel() == 0 or (gx - gy).abs().max() <= 100 * atol, (i, hint_kind, name)
+            count += 1
+    return count
+
+
+@pytest.mark.parametrize("m", [1, 4, 12])
+def test_single_element_path_matches_numpy_and_torch_on_random_problems(monkeypatch, m):
+    H, f, A, b = random_problems(60, m, 2, seed=80 + m)
+    _assert_single_paths_agree(monkeypatch, H, f, A, b, seed=m)
+    # some are infeasible (m = 12): the fallback runs, the flags and violations agree
+    if m == 12:
+        assert not bool(solve_qp(H, f, A, b).feasible.all())
+
+
+def test_single_element_path_matches_on_cbf_problems_with_masks(monkeypatch):
+    H, f, A, b, mask = cbf_benchmark_problems(120, 4, seed=81)
+    shift = torch.zeros_like(b)
+    shift[:, 8:] = torch.rand(120, 4, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 0.12 - 0.04
+    assert (~mask).any()
+    _assert_single_paths_agree(monkeypatch, H, f, A, b - shift, mask, seed=1)
+    sol = solve_qp(H, f, A, b - shift, mask=mask)
+    assert (sol.active >= 0).sum(-1).max() == 2
+
+
+def test_single_element_path_matches_on_degenerate_infeasible_and_edge_problems(monkeypatch):
+    H, f, A, b = degenerate_problems(60, seed=82)
+    _assert_single_paths_agree(monkeypatch, H, f, A, b, atol=1e-8, same_active=False, seed=2)
+    H, f, A, b, vertex = vertex_problems(40, seed=83)
+    _assert_single_paths_agree(monkeypatch, H, f, A, b, atol=1e-8, same_active=False, seed=3)
+    # infeasible: v <= -0.5 and v >= 0 (a band with nothing in it), plus the bounds
+    A_inf, b_inf = unicycle_bounds(20)
+    A_inf = torch.cat([A_inf, A_inf[:, :1]], 1)
+    b_inf = torch.cat([b_inf, torch.full((20, 1), -0.5, dtype=torch.float64)], 1)
+    H_inf, f_inf = nominal_cost(torch.randn(20, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64))
+    assert not solve_qp(H_inf, f_inf, A_inf, b_inf).feasible.any()
+    _assert_single_paths_agree(monkeypatch, H_inf, f_inf, A_inf, b_inf, seed=4)
+    # m = 0, every row masked
+    H, f, A, b = random_problems(5, 6, 2, seed=84)
+    _assert_single_paths_agree(monkeypatch, H, f, A[:, :0], b[:, :0], hints=("none",), seed=5)
+    _assert_single_paths_agree(monkeypatch, H, f, A, b, mask=torch.zeros(5, 6, dtype=torch.bool), seed=6)
+
+
+def test_single_element_path_float32(monkeypatch):
+    H, f, A, b, mask = cbf_benchmark_problems(60, 4, seed=85)
+    sol = solve_qp(H[:1].float(), f[:1].float(), A[:1].float(), b[:1].float() - 0.02, mask=mask[:1])
+    assert sol.u.dtype == torch.float32 and sol.lam.dtype == torch.float32
+    _assert_single_paths_agree(monkeypatch, H.float(), f.float(), A.float(), b.float() - 0.02, mask, atol=1e-4,
+                               seed=7)
+
+
+def test_single_element_path_is_taken_and_gradients_match_finite_differences(monkeypatch):
+    import model.qp as qp
+
+    calls = []
+    original = qp._solve_single_py
+    monkeypatch.setattr(qp, "_solve_single_py", lambda *a: calls.append(1) or original(*a))
+    H, f, A, b, mask = cbf_benchmark_problems(3, 2, seed=86)
+    for i in range(3):
+        leaves = [x[i:i + 1].clone().requires_grad_() for x in (H, f, A, b - 0.05 * i)]
+        assert torch.autograd.gradcheck(lambda *x: solve_qp(*x, mask=mask[i:i + 1]).u, leaves)
+    assert calls
