@@ -165,7 +165,10 @@ class TrainParams(_Section):
     max_grad_norm: float = Field(0.5, gt=0)
     target_kl: float | None = Field(None, gt=0)
     hidden_sizes: list[int] = Field([64, 64], min_length=1)
-    init_log_std: float = Field(-0.5, description="baseline's initial state-independent log-std")
+    init_log_std: float = Field(
+        -1.0, description="baseline's initial state-independent log-std in normalised units "
+        "(-1.0: std (0.18 m/s, 1.04 rad/s), near BarrierNet's fixed exploration_std)"
+    )
     norm_obs: bool = True
     rollout_device: Literal["cpu", "cuda"] = "cpu"
     update_device: Literal["auto", "cpu", "cuda"] = "auto"
