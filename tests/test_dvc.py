@@ -4,50 +4,16 @@ and (slow) `dvc repro` building the report, then having nothing to do, and repro
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.budgets import TINY_PIPELINE
+from tests.helpers import REPO_ROOT, TINY_PIPELINE, make_workspace, run, run_dvc
 from tasks.params import load_params
 from tasks.registry import STAGES, iter_stages
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-PYTHON_BIN = str(Path(sys.executable).parent)
 
 TINY = dict(TINY_PIPELINE)
-
-
-def make_workspace(dst: Path, params: dict | None = None) -> Path:
-    """A git + DVC workspace holding the repo's source files (no outputs) and `params` set."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-    ).stdout.split("\n")
-    for rel in filter(None, listed):
-        if rel.split("/")[0] in ("results", "reports", "runs") or rel.endswith("dvc.lock"):
-            continue
-        src = REPO_ROOT / rel
-        if src.is_file():
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            (dst / rel).write_bytes(src.read_bytes())
-    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    for key, value in (params or {}).items():
-        node = raw
-        *sections, leaf = key.split(".")
-        for part in sections:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    (dst / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    # A committed git repo, as a fresh clone is (DVCLive under `dvc repro` needs a HEAD).
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid", "-c", "commit.gpgsign=false"]
-    subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
-    subprocess.run([*git, "add", "-A"], cwd=dst, check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "workspace"], cwd=dst, check=True)
-    return dst
 
 
 def without_timings(node):
@@ -57,16 +23,6 @@ def without_timings(node):
     if isinstance(node, list):
         return [without_timings(v) for v in node]
     return node
-
-
-def run(cmd: list[str], cwd: Path, **env) -> subprocess.CompletedProcess:
-    # dvc.yaml's commands call `python`: this interpreter's, first on PATH.
-    full_env = {**os.environ, "PATH": PYTHON_BIN + os.pathsep + os.environ.get("PATH", ""), **env}
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=full_env)
-
-
-def dvc(workspace: Path, *args: str, **env) -> subprocess.CompletedProcess:
-    return run([sys.executable, "-m", "dvc", *args], workspace, **env)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,7 +51,7 @@ def test_dvc_expands_the_matrix_from_params(tmp_path):
     """DVC interpolates `${train.algos}` / `${train.seeds}` from params.yaml; the stage list it
     sees equals the registry's cells for the same params."""
     workspace = make_workspace(tmp_path, {"train.algos": ["baseline", "barriernet"], "train.seeds": [4, 7]})
-    listed = dvc(workspace, "stage", "list", "--name-only")
+    listed = run_dvc(workspace, "stage", "list", "--name-only")
     assert listed.returncode == 0, listed.stderr
     params = load_params(workspace / "params.yaml")
     expected = set()
@@ -126,18 +82,18 @@ def test_train_resume_state_is_outside_dvc_outputs():
 def test_dvc_repro_builds_the_report_then_has_nothing_to_do(tmp_path):
     workspace = make_workspace(tmp_path / "ws", TINY)
     state = {"BARRIERNET_STATE_DIR": str(tmp_path / "state")}
-    first = dvc(workspace, "repro", **state)
+    first = run_dvc(workspace, "repro", **state)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert (workspace / "reports/decision_report.md").read_text().strip()
     checkpoints = list((tmp_path / "state").glob("*/checkpoint.pt"))
     assert len(checkpoints) == 2  # one per (algo, seed), outside the outs
 
-    status = dvc(workspace, "status", **state)
+    status = run_dvc(workspace, "status", **state)
     assert status.returncode == 0 and "Data and pipelines are up to date" in status.stdout, status.stdout
-    again = dvc(workspace, "repro", **state)
+    again = run_dvc(workspace, "repro", **state)
     assert again.returncode == 0 and "Running stage" not in again.stdout, again.stdout
 
-    plots = dvc(workspace, "plots", "show", "-o", str(tmp_path / "plots"), **state)
+    plots = run_dvc(workspace, "plots", "show", "-o", str(tmp_path / "plots"), **state)
     assert plots.returncode == 0, plots.stderr
     html = (tmp_path / "plots" / "index.html").read_text()
     assert "live/plots/metrics" in html  # training curves
@@ -148,7 +104,7 @@ def test_dvc_repro_builds_the_report_then_has_nothing_to_do(tmp_path):
     metrics_path = workspace / "results/compare/metrics.json"
     before = json.loads(metrics_path.read_text())
     summaries_before = {p: json.loads(p.read_text()) for p in (workspace / "results/train").glob("*/summary.json")}
-    forced = dvc(workspace, "repro", "-f", "compare", BARRIERNET_STATE_DIR=str(tmp_path / "fresh-state"))
+    forced = run_dvc(workspace, "repro", "-f", "compare", BARRIERNET_STATE_DIR=str(tmp_path / "fresh-state"))
     assert forced.returncode == 0, forced.stdout[-3000:] + forced.stderr[-3000:]
     assert "Running stage 'train@" in forced.stdout
     assert without_timings(json.loads(metrics_path.read_text())) == without_timings(before)

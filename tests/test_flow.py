@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.testing.utilities import prefect_test_harness
@@ -25,13 +24,11 @@ from prefect.testing.utilities import prefect_test_harness
 import flows.pipeline as pipeline
 from flows.lock import WorkspaceBusyError, lock_path, workspace_lock
 from flows.server import PrefectServerUnreachable, check_api
-from tests.budgets import TINY_PIPELINE
+from tests.helpers import REPO_ROOT, TINY_PIPELINE, make_workspace, run_dvc
 from tasks.params import ParamsError, load_params
 from tasks.registry import STAGES
 from tasks.train import TrainingOOMError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-PYTHON_BIN = str(Path(sys.executable).parent)
 
 # Tiny budgets: 2 updates of 8 envs x 16 steps per cell, 4 short evaluation episodes.
 TINY = {
@@ -60,45 +57,6 @@ def state_dir(tmp_path, monkeypatch):
     path = tmp_path / "train-state"
     monkeypatch.setenv("BARRIERNET_STATE_DIR", str(path))
     return path
-
-
-def set_dotted(raw: dict, key: str, value) -> None:
-    node = raw
-    parts = key.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
-
-
-def make_workspace(dst: Path, params: dict | None = None) -> Path:
-    """A copy of the repo's source files (no outputs) with `params` set in its params.yaml, as a
-    git + DVC workspace."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-    ).stdout.split("\n")
-    for rel in filter(None, listed):
-        if rel.split("/")[0] in ("results", "reports", "runs") or rel.endswith("dvc.lock"):
-            continue
-        src = REPO_ROOT / rel
-        if src.is_file():
-            target = dst / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(src.read_bytes())
-    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    for key, value in (params or {}).items():
-        set_dotted(raw, key, value)
-    (dst / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    # A committed git repo, as a fresh clone is (DVCLive under `dvc repro` needs a HEAD).
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid", "-c", "commit.gpgsign=false"]
-    subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
-    subprocess.run([*git, "add", "-A"], cwd=dst, check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "workspace"], cwd=dst, check=True)
-    return dst
-
-
-def run_dvc(workspace: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": PYTHON_BIN + os.pathsep + os.environ.get("PATH", "")}
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=workspace, capture_output=True, text=True, env=env)
 
 
 def use_threads(monkeypatch, max_workers: int = 4) -> list:
