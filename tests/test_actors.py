@@ -4,7 +4,7 @@ executed actions against the CBF rows and an independent QP solver, baseline cli
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+
 
 import numpy as np
 import pytest
@@ -24,15 +24,7 @@ from model.actors import (
 from model.cbf import cbf_rows, virtual_point
 from tasks.params import Params
 
-try:
-    from env.core import SafetyState
-except ImportError:  # env/core.py is written in parallel; same fields
-
-    class SafetyState(NamedTuple):
-        pursuer: torch.Tensor
-        obstacle_centres: torch.Tensor
-        obstacle_radii: torch.Tensor
-        obstacle_mask: torch.Tensor
+from env.core import SafetyState
 
 
 OBS_DIM = 12

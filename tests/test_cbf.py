@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+
 
 import numpy as np
 import pytest
@@ -13,15 +13,7 @@ import torch
 from model.cbf import CBFRows, cbf_rows, num_barriers, num_rows, virtual_point
 from tasks.params import CBFParams, EnvParams
 
-try:
-    from env.core import SafetyState
-except ImportError:  # env/core.py is written in parallel; same fields
-
-    class SafetyState(NamedTuple):
-        pursuer: torch.Tensor
-        obstacle_centres: torch.Tensor
-        obstacle_radii: torch.Tensor
-        obstacle_mask: torch.Tensor
+from env.core import SafetyState
 
 
 ENV = EnvParams()
