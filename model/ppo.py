@@ -227,7 +227,6 @@ def ppo_update(
     use_hint = batch.qp_active is not None and "qp_hint" in inspect.signature(actor.evaluate_actions).parameters
     clipfracs, approx_kls = [], []
     pg_loss = v_loss = entropy_loss = torch.zeros(())
-    stop = False
     for _ in range(cfg.update_epochs):
         order = torch.randperm(batch_size, generator=generator).to(device)
         for start in range(0, batch_size, cfg.minibatch_size):
@@ -272,9 +271,7 @@ def ppo_update(
                 nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 optimizer.step()
         if cfg.target_kl is not None and float(torch.stack(approx_kls[-batch_size // cfg.minibatch_size :]).mean()) > cfg.target_kl:
-            stop = True
             break
-    del stop
     return {
         "losses/policy_loss": float(pg_loss.detach()),
         "losses/value_loss": float(v_loss.detach()),

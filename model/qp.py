@@ -646,53 +646,16 @@ def _np_slot_kkt(Hinv, u0, A, b, active, sing_tol):
 
 
 def _py_slot_kkt(Hinv, u0, A, b, active, sing_tol):
-    """`_np_slot_kkt` for one float64 element (B = 1) in Python floats: a dozen NumPy calls on
+    """`_np_slot_kkt` for one float64 element (B = 1) through `_py_kkt`: a dozen NumPy calls on
     (1, 2, 2) arrays cost more than the arithmetic. Same inputs and outputs."""
-    (h00, h01), (h10, h11) = Hinv[0].tolist()
-    u00, u01 = u0[0].tolist()
-    rows = [(A[0, k].tolist(), float(b[0, k]), True) if k >= 0 else ([0.0, 0.0], 0.0, False)
-            for k in active[0].tolist()]
-    (a0, b0, used0), (a1, b1, used1) = rows
-    AH0 = [a0[0] * h00 + a0[1] * h10, a0[0] * h01 + a0[1] * h11]  # a H^-1 per slot
-    AH1 = [a1[0] * h00 + a1[1] * h10, a1[0] * h01 + a1[1] * h11]
-    p = AH0[0] * a0[0] + AH0[1] * a0[1] + (0.0 if used0 else 1.0)
-    q = AH0[0] * a1[0] + AH0[1] * a1[1]
-    q2 = AH1[0] * a0[0] + AH1[1] * a0[1]
-    s = AH1[0] * a1[0] + AH1[1] * a1[1] + (0.0 if used1 else 1.0)
-    det = p * s - q * q2
-    ok = det > sing_tol * p * s
-    regular = det != 0
-    d = det if regular else 1.0
-    used0, used1 = used0 and regular, used1 and regular
-    Minv = [[s / d, -q / d] if used0 else [0.0, 0.0], [-q2 / d, p / d] if used1 else [0.0, 0.0]]
-    r0 = a0[0] * u00 + a0[1] * u01 - b0
-    r1 = a1[0] * u00 + a1[1] * u01 - b1
-    lam = [Minv[0][0] * r0 + Minv[0][1] * r1, Minv[1][0] * r0 + Minv[1][1] * r1]
-    u = [u00 - AH0[0] * lam[0] - AH1[0] * lam[1], u01 - AH0[1] * lam[0] - AH1[1] * lam[1]]
-    Y = [[Mk[0] * AH0[j] + Mk[1] * AH1[j] for j in range(2)] for Mk in Minv]
-    K = [[AH0[i] * Y[0][j] + AH1[i] * Y[1][j] - h for j, h in enumerate(hrow)]
-         for i, hrow in enumerate(((h00, h01), (h10, h11)))]
-    return (np.array([u]), np.array([lam]), np.array([ok]), np.array([[used0, used1]]), np.array([Y]),
-            np.array([K]))
+    slots = [(A[0, k].tolist(), float(b[0, k])) if k >= 0 else (None, None) for k in active[0].tolist()]
+    u, lam, ok, used, Y, K = _py_kkt(Hinv[0].reshape(-1).tolist(), u0[0].tolist(), *slots[0], *slots[1], sing_tol)
+    return np.array([u]), np.array([lam]), np.array([ok]), np.array([used]), np.array([Y]), np.array([K])
 
 
 def _py_backward(grad_u, u, lam, Y, K, scatter, m):
-    """`_NumpyActiveSetKKT.backward` for one float64 element in Python floats."""
-    g0, g1 = grad_u[0].tolist()
-    (u0, u1), (l0, l1) = u[0].tolist(), lam[0].tolist()
-    (K00, K01), (K10, K11) = K[0].tolist()
-    (Y00, Y01), (Y10, Y11) = Y[0].tolist()
-    dz0, dz1 = K00 * g0 + K01 * g1, K10 * g0 + K11 * g1  # dL/df
-    y0, y1 = Y00 * g0 + Y01 * g1, Y10 * g0 + Y11 * g1  # dL/db_S (unit rows)
-    off = 0.5 * (dz0 * u1 + u0 * dz1)
-    grad_H = np.array([[[dz0 * u0, off], [off, dz1 * u1]]])
-    grad_A_S = np.array([[[l0 * dz0 - y0 * u0, l0 * dz1 - y0 * u1], [l1 * dz0 - y1 * u0, l1 * dz1 - y1 * u1]]])
-    grad_A, grad_b = np.zeros((1, max(m, 1), 2)), np.zeros((1, max(m, 1)))
-    for k, row, inv_norm in scatter:  # [(slot, row, 1 / |a_row|)] of the used slots
-        grad_A[0, row] += grad_A_S[0, k] * inv_norm
-        grad_b[0, row] += (y0, y1)[k] * inv_norm
-    return (torch.from_numpy(grad_H), torch.from_numpy(np.array([[dz0, dz1]])), torch.from_numpy(grad_A[:, :m]),
-            torch.from_numpy(grad_b[:, :m]), None)
+    """`_NumpyActiveSetKKT.backward` for one float64 element, through `_py_backward_single`."""
+    return _py_backward_single(grad_u, (u[0].tolist(), lam[0].tolist(), Y[0].tolist(), K[0].tolist(), scatter, m, torch.float64))
 
 
 _NP_EYE2 = {np.dtype(t): np.eye(2, dtype=t) for t in (np.float64, np.float32)}

@@ -20,7 +20,6 @@ and each rollout goes to the learner in one transfer per tensor.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import os
@@ -32,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from env.core import PursuitEvasionCore
 from model.actors import Critic, make_actor
@@ -594,7 +592,3 @@ def load_trained(path: str | Path, params: Params | None = None, device: str | t
         raise CheckpointError(f"trained model {path} is unreadable or incompatible ({type(exc).__name__}: {exc})") from None
     actor.eval()
     return actor, critic, obs_rms, record
-
-
-def main_summary(summary: dict[str, Any]) -> str:
-    return json.dumps(summary, indent=2)
