@@ -294,9 +294,11 @@ class BarrierNetActor(nn.Module):
 class GaussianActor(nn.Module):
     """The baseline PPO policy (CleanRL's continuous-action agent).
 
-    MLP -> mean in normalised units m (B, 2); physical mean = centre + half_range * m; a
-    state-independent log-std parameter (normalised units, init ``train.init_log_std``), physical
-    std = half_range * exp(log_std). The sample (physical, unclipped) is stored; the executed action
+    MLP -> raw (B, 2); physical mean = centre + half_range * tanh(raw), inside the action box like
+    BarrierNet's nominal mean (an unbounded mean drifts past v_max, where every sample clips to the
+    same action and the policy gradient to slow down vanishes); a state-independent log-std
+    parameter (normalised units, init ``train.init_log_std``), physical std = half_range *
+    exp(log_std). The sample (physical, unclipped) is stored; the executed action
     is the sample clipped to [0, v_max] x [-w_max, w_max]. ``safety`` is accepted and ignored.
     info is empty.
     """
@@ -319,7 +321,7 @@ class GaussianActor(nn.Module):
         dtype = _safe_dtype(obs)
         raw = self.mean_head(self.backbone(obs)).to(dtype)
         half = self.action_half_range.to(dtype)
-        return self.action_centre.to(dtype) + half * raw, half * torch.exp(self.log_std.to(dtype))
+        return self.action_centre.to(dtype) + half * torch.tanh(raw), half * torch.exp(self.log_std.to(dtype))
 
     def forward(self, obs: Tensor, safety: "SafetyState | None" = None, deterministic: bool = False) -> ActorOutput:
         mean, std = self.distribution(obs)

@@ -301,6 +301,8 @@ def test_cuda_matches_cpu(mode):
 def test_baseline_stores_the_unclipped_sample_and_executes_the_clipped_one():
     torch.manual_seed(0)
     actor = GaussianActor(OBS_DIM, ENV, [64, 64], init_log_std=0.5)  # wide: many samples leave the box
+    with torch.no_grad():  # raw head outputs of a few units, where tanh(raw) and raw differ
+        actor.mean_head.weight.mul_(300.0)
     obs = observations(256, 10)
     with torch.no_grad():
         out = actor(obs, None)
@@ -313,7 +315,8 @@ def test_baseline_stores_the_unclipped_sample_and_executes_the_clipped_one():
     # physical mean and std, by hand from the raw head and log-std
     raw = actor.mean_head(actor.backbone(obs)).detach()
     half = torch.tensor([ENV.pursuer_v_max / 2, ENV.pursuer_w_max])
-    torch.testing.assert_close(mean, torch.tensor([ENV.pursuer_v_max / 2, 0.0]) + half * raw)
+    torch.testing.assert_close(mean, torch.tensor([ENV.pursuer_v_max / 2, 0.0]) + half * torch.tanh(raw))
+    assert ((mean >= low) & (mean <= high)).all()  # the mean stays in the box; samples may leave it
     torch.testing.assert_close(std, half * math.exp(0.5))
     torch.testing.assert_close(out.log_prob, normal_log_prob(out.sample, mean, std))
     log_prob, entropy = actor.evaluate_actions(obs, None, out.sample)
