@@ -441,6 +441,7 @@ class PursuitEvasionCore:
         if self.validate_actions:
             self._check_not_nan(action)
         robots, obstacles, present = self.robots, self.obstacles, self.present
+        robots_before = robots
         step_count = self.counters[_STEP] + 1
         if evader_action is None:
             if p.evader_policy == "random":
@@ -481,6 +482,13 @@ class PursuitEvasionCore:
         outcome = torch.where(truncated, p.timeout_penalty, self._zero)
         outcome = torch.where(collided, p.collision_penalty, torch.where(captured, p.capture_reward, outcome))
         reward = p.distance_shaping * (tracking[_DISTANCE] - distance) + outcome
+        if p.proximity_shaping:
+            # Potential-based warning near obstacles and walls: Phi = -sum_i max(0, 1 - c_i / range)
+            # over body clearances c_i; reward += k (Phi(s') - Phi(s)). It telescopes over an
+            # episode (a pass-by nets zero), but tells the critic at once that a course closes in.
+            before = self._proximity(robots_before[_X, _PURSUER], robots_before[_Y, _PURSUER], obstacles, present)
+            after = self._proximity(pursuer_x, pursuer_y, obstacles, present)
+            reward = reward + p.proximity_shaping * (before - after)
         episode_return = tracking[_RETURN] + reward
         obs = self._observe(robots, obstacles, present)
         info = {
@@ -515,6 +523,18 @@ class PursuitEvasionCore:
                 fresh = self._observe(self.robots[:, :, index], self.obstacles[:, :, index], self.present[:, index])
                 obs = obs.index_copy(0, index, fresh)
         return obs, reward, terminated, truncated, info
+
+    def _proximity(self, x: Tensor, y: Tensor, obstacles: Tensor, present: Tensor) -> Tensor:
+        """Proximity cost (N,) = sum over obstacles and walls of max(0, 1 - clearance / range), the
+        body clearance of a pursuer at x, y (N,) (0 = touching); obstacles (3, K, N)."""
+        p = self.params
+        inner = self._half - p.robot_radius
+        clearance = [inner - x, inner + x, inner - y, inner + y]
+        if self.num_obstacles:
+            gap = torch.hypot(x - obstacles[0], y - obstacles[1]) - obstacles[2] - p.robot_radius  # (K, N)
+            clearance.append(torch.where(present, gap, math.inf))
+        clearance = torch.cat([c.view(-1, x.shape[0]) for c in clearance])
+        return (1.0 - clearance / p.proximity_range).clamp_min(0.0).sum(0)
 
     def _check_not_nan(self, action: Tensor) -> None:
         if bool(torch.isnan(action).any()):

@@ -111,8 +111,11 @@ _DOC = """
     ## Rewards
 
     ``distance_shaping * (d_prev - d)`` every step (d: pursuer-evader distance), plus
-    ``capture_reward`` on capture, ``collision_penalty`` on collision and ``timeout_penalty``
-    on truncation.
+    ``proximity_shaping * (Phi(s') - Phi(s))`` with ``Phi = -sum_i max(0, 1 - c_i /
+    proximity_range)`` over the pursuer's body clearances ``c_i`` to each obstacle and wall
+    (potential-based: it sums to zero over a pass-by, but makes a closing course cost at once
+    instead of only at the collision), plus ``capture_reward`` on capture, ``collision_penalty``
+    on collision and ``timeout_penalty`` on truncation.
 
     ## Starting State
 
@@ -152,7 +155,8 @@ _DOC = """
 
     ## Version History
 
-    * v0: initial version (the "Phase 2.5" reference scenario).
+    * v0: initial version (the "Phase 2.5" reference scenario, plus the potential-based proximity
+      shaping, which the reference did not have).
 """
 
 

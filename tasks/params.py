@@ -57,6 +57,12 @@ class EnvParams(_Section):
     timeout_penalty: float = Field(-50.0, le=0, description="reward on truncation (timeout)")
     collision_penalty: float = Field(-100.0, le=0, description="reward when the pursuer touches an obstacle or wall (worse than a timeout)")
     distance_shaping: float = Field(10.0, ge=0, description="reward += distance_shaping * (d_prev - d) (d in m)")
+    proximity_shaping: float = Field(
+        30.0, ge=0, description="reward += k * (Phi(s') - Phi(s)), Phi = -sum over obstacles and walls of "
+        "max(0, 1 - clearance / proximity_range): potential-based, so it nets zero over a pass-by but warns "
+        "the critic as a course closes in on an obstacle (not in the reference scenario; 0 turns it off)"
+    )
+    proximity_range: float = Field(1.0, gt=0, description="body clearance (m) below which proximity_shaping acts")
 
     @model_validator(mode="after")
     def _consistent(self) -> "EnvParams":

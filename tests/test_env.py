@@ -18,7 +18,8 @@ from env.render import draw_trajectories, save_trajectories_png
 from tasks.params import EnvParams, ParamsError
 
 # Binary-exact numbers (dt = 1/16, robot radius 1/4) so contact and capture land exactly.
-EXACT = EnvParams(dt=0.0625, robot_radius=0.25, safety_margin=0.125, capture_radius=0.5)
+# Proximity shaping off here (its own tests below), so the reward tests see the other terms alone.
+EXACT = EnvParams(dt=0.0625, robot_radius=0.25, safety_margin=0.125, capture_radius=0.5, proximity_shaping=0.0)
 FAR_OBSTACLES = torch.tensor([[[-6.0, -6.0], [-6.0, 6.0]]], dtype=torch.float64)
 RADII = torch.tensor([[0.5, 0.5]], dtype=torch.float64)
 
@@ -280,6 +281,32 @@ def test_collision_wins_over_capture_in_the_same_step():
     assert bool(info["collided"][0]) and not bool(info["captured"][0]) and bool(terminated[0])
     shaping = EXACT.distance_shaping * (math.hypot(0.0625, 0.5) - 0.5)
     assert reward[0].item() == pytest.approx(shaping + EXACT.collision_penalty, abs=1e-12)
+
+
+def test_proximity_shaping_against_hand_computed_potential():
+    params = EXACT.model_copy(update={"proximity_shaping": 30.0, "proximity_range": 1.0})
+    core = exact_core(params)
+    centres = torch.tensor([[[1.5, 0.0], [-6.0, 6.0]]], dtype=torch.float64)
+    place(core, (0.0, 0.0, 0.0), (-8.0, 8.0, 0.0), centres=centres)
+    obs, reward, terminated, truncated, info = step(core, 1.0, 0.0)
+    # Body clearance to the obstacle 1.5 - 0.5 - 0.25 = 0.75 -> 0.6875 (walls are >= 8 m away):
+    # Phi goes from -(1 - 0.75) to -(1 - 0.6875), so the shaping term is 30 * -0.0625.
+    distance_term = EXACT.distance_shaping * (math.hypot(8.0, 8.0) - math.hypot(8.0625, 8.0))
+    assert reward[0].item() == pytest.approx(distance_term - 30.0 * 0.0625, abs=1e-12)
+
+
+def test_proximity_shaping_telescopes_over_a_pass_by():
+    """Driving past an obstacle and away again: the proximity terms sum to zero, each step not."""
+    centres = torch.tensor([[[2.0, 0.8], [-6.0, 6.0]]], dtype=torch.float64)
+    rewards = {}
+    for k in (0.0, 30.0):
+        core = exact_core(EXACT.model_copy(update={"proximity_shaping": k}))
+        place(core, (-1.0, 0.0, 0.0), (-8.0, 8.0, 0.0), centres=centres)
+        rewards[k] = torch.stack([step(core, 1.0, 0.0)[1][0] for _ in range(96)])  # x: -1 -> 5
+        assert not bool(core.step_count.eq(0).any())  # no collision or capture reset on the way
+    proximity = rewards[30.0] - rewards[0.0]
+    assert proximity.abs().max().item() > 0.1  # it acts near the obstacle (min clearance 0.05 m)...
+    assert proximity.sum().item() == pytest.approx(0.0, abs=1e-9)  # ...and nets zero once away
 
 
 def test_timeout_truncates_with_the_penalty():
