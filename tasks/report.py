@@ -870,6 +870,9 @@ def _scenario_table(params: Params) -> str:
         ["start", f"pursuer-evader distance in [{e.start_distance_min:g}, {e.start_distance_max:g}] m"],
         ["capture / timeout / collision", f"distance <= {e.capture_radius:g} m: {e.capture_reward:+g}; "
                                           f"timeout {e.timeout_penalty:+g}; collision {e.collision_penalty:+g}"],
+        ["shaping", f"{e.distance_shaping:g} x (d_prev - d) per step; proximity (potential-based, not in the "
+                    f"reference): {e.proximity_shaping:g} x the change of -sum max(0, 1 - clearance / "
+                    f"{e.proximity_range:g} m) over obstacles and walls"],
         ["barrier", f"h = clearance - (robot radius + safety margin {e.safety_margin:g} m); CBF form "
                     f"'{params.cbf.form}', QP backend '{params.cbf.qp_backend}', filter gamma {params.cbf.filter_gamma:g}"],
         ["BarrierNet", f"update mode '{params.barriernet.update_mode}', learned gamma in "
