@@ -611,11 +611,13 @@ def test_qpth_ignores_the_hint_and_reports_no_active_set():
     assert (sol.u - exact.u).abs().max() <= 1e-5
 
 
-@pytest.mark.parametrize("use_numpy", [False, True], ids=["torch", "numpy"])
-def test_correct_hint_skips_the_enumeration(monkeypatch, use_numpy):
+@pytest.mark.parametrize("path", ["torch", "numpy", "compiled"])
+def test_correct_hint_skips_the_enumeration(monkeypatch, path):
     import model.qp as qp
 
+    use_numpy = path != "torch"
     monkeypatch.setattr(qp, "_USE_NUMPY_CPU", use_numpy)
+    monkeypatch.setattr(qp, "_USE_COMPILED", path == "compiled")
     enumerated = []
     # the enumeration: `_select_active_set(H, ...)` on the torch path, `_np_candidates(Hinv, ...)`
     # on the numpy path; record the batch size of each call
@@ -626,8 +628,9 @@ def test_correct_hint_skips_the_enumeration(monkeypatch, use_numpy):
     full = solve_qp(H, f, A, b)
     infeasible = int((~full.feasible).sum())
     assert 0 < infeasible < 200
-    # numpy path: all 200, then the full rule's enumeration with points for the infeasible ones
-    assert enumerated == ([200, infeasible] if use_numpy else [200])
+    # numpy path: all 200, then the full rule's enumeration with points for the infeasible ones;
+    # the compiled loop settles the feasible ones itself (its fast rule is not `_np_candidates`)
+    assert enumerated == {"torch": [200], "numpy": [200, infeasible], "compiled": [infeasible]}[path]
     del enumerated[:]
     solve_qp(H, f, A, b, active_hint=full.active)
     # only the infeasible elements (no active set certifies them) are enumerated again
@@ -635,7 +638,17 @@ def test_correct_hint_skips_the_enumeration(monkeypatch, use_numpy):
 
 
 # ----------------------------------------------------------------------------------------------
-# the NumPy path (CPU, n = 2, the default there) against the torch path (the reference)
+# the NumPy path (CPU, n = 2, the default there; B > 1 through its compiled loop unless switched
+# off) against the torch path (the reference)
+
+
+@pytest.fixture(params=["compiled", "numpy"])
+def cpu_path(request, monkeypatch):
+    """Run a test with the compiled loop (the default for B > 1) and with the plain NumPy path."""
+    import model.qp as qp
+
+    monkeypatch.setattr(qp, "_USE_COMPILED", request.param == "compiled")
+    return request.param
 
 
 def _both_paths(monkeypatch, H, f, A, b, mask=None, active_hint=None, weights=None):
@@ -683,14 +696,14 @@ def _assert_paths_agree(monkeypatch, H, f, A, b, mask=None, active_hint=None, at
 
 
 @pytest.mark.parametrize("m", [1, 3, 8, 12])
-def test_numpy_path_matches_torch_path_on_random_problems(monkeypatch, m):
+def test_numpy_path_matches_torch_path_on_random_problems(monkeypatch, m, cpu_path):
     H, f, A, b = random_problems(150, m, 2, seed=70 + m)
     sol = _assert_paths_agree(monkeypatch, H, f, A, b)
     if m >= 8:
         assert (~sol.feasible).any() and sol.feasible.any()
 
 
-def test_numpy_path_matches_torch_path_on_cbf_problems_with_masks(monkeypatch):
+def test_numpy_path_matches_torch_path_on_cbf_problems_with_masks(monkeypatch, cpu_path):
     H, f, A, b, mask = cbf_benchmark_problems(300, 4, seed=71)
     shift = torch.zeros_like(b)
     shift[:, 8:] = torch.rand(300, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 0.12 - 0.04
@@ -703,7 +716,7 @@ def test_numpy_path_matches_torch_path_on_cbf_problems_with_masks(monkeypatch):
     _assert_paths_agree(monkeypatch, H, f, A, b - shift, mask, active_hint=wrong)
 
 
-def test_numpy_path_matches_torch_path_on_degenerate_problems(monkeypatch):
+def test_numpy_path_matches_torch_path_on_degenerate_problems(monkeypatch, cpu_path):
     # several active sets give the same u here (up to round-off amplified by near-parallel rows)
     H, f, A, b = degenerate_problems(200, seed=72)
     _assert_paths_agree(monkeypatch, H, f, A, b, same_active=False, atol=1e-8)
@@ -712,7 +725,7 @@ def test_numpy_path_matches_torch_path_on_degenerate_problems(monkeypatch):
     assert (sol.u - vertex).abs().max() <= 1e-8
 
 
-def test_numpy_path_float32_and_edge_shapes(monkeypatch):
+def test_numpy_path_float32_and_edge_shapes(monkeypatch, cpu_path):
     H, f, A, b = random_problems(100, 6, 2, seed=74)
     sol = _assert_paths_agree(monkeypatch, H.float(), f.float(), A.float(), b.float(), atol=1e-4, same_active=False)
     assert sol.u.dtype == torch.float32 and sol.lam.dtype == torch.float32
@@ -722,7 +735,7 @@ def test_numpy_path_float32_and_edge_shapes(monkeypatch):
     _assert_paths_agree(monkeypatch, H[:5], f[:5], A[:5], b[:5], mask=torch.zeros(5, 6, dtype=torch.bool))
 
 
-def test_numpy_path_gradients_match_finite_differences():
+def test_numpy_path_gradients_match_finite_differences(cpu_path):
     H, f, A, b, mask = cbf_benchmark_problems(6, 2, seed=75)
     b = b - 0.03  # several active rows
     leaves = [x.clone().requires_grad_() for x in (H, f, A, b)]
@@ -748,6 +761,35 @@ def test_single_element_kkt_in_python_floats_matches_numpy():
                 assert np.allclose(x, y, rtol=1e-9, atol=1e-8), active  # K = 0 up to cancellation at pairs
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_compiled_loop_equals_the_python_float_path_bit_for_bit(dtype):
+    """The compiled loop (B > 1) runs `_solve_single_py`'s arithmetic on every element: wherever
+    that path settles an element alone (it returns None otherwise: infeasible, round-off), u, lam
+    and the active set are the same bits; the rest get the NumPy full rule (feasible False here)."""
+    import model.qp as qp
+
+    H, f, A, b, mask = cbf_benchmark_problems(240, 4, seed=91)
+    b = b - torch.rand(b.shape, generator=torch.Generator().manual_seed(5), dtype=b.dtype) * 0.1
+    b[:12] -= 5.0  # infeasible
+    H, f, A, b = (x.to(dtype) for x in (H, f, A, b))
+    own = qp.solve_qp(H, f, A, b, mask=mask).active
+    wrong = torch.full_like(own, -1)
+    wrong[:, 0] = 1
+    for hint in (None, own, wrong):
+        batch = qp.solve_qp(H, f, A, b, mask=mask, active_hint=hint)
+        assert batch.u.dtype == dtype and not batch.feasible[:12].any()
+        settled = 0
+        for i in range(240):
+            single = qp._solve_single_py(H[i:i + 1], f[i:i + 1], A[i:i + 1], b[i:i + 1], mask[i:i + 1],
+                                         None if hint is None else hint[i:i + 1])
+            if single is None:
+                continue
+            settled += 1
+            for name in ("u", "lam", "active", "feasible"):
+                assert torch.equal(getattr(single, name), getattr(batch, name)[i:i + 1]), (name, i)
+        assert 180 <= settled <= 228  # most are; the 12 infeasible ones never are
+
+
 def test_single_element_gradients_match_finite_differences():
     """B = 1 takes the Python-float KKT solve and backward."""
     H, f, A, b, mask = cbf_benchmark_problems(3, 2, seed=77)
@@ -756,7 +798,7 @@ def test_single_element_gradients_match_finite_differences():
         assert torch.autograd.gradcheck(lambda *x: solve_qp(*x, mask=mask[i:i + 1]).u, leaves)
 
 
-def test_numpy_path_gradient_survives_in_place_change_of_u():
+def test_numpy_path_gradient_survives_in_place_change_of_u(cpu_path):
     H, f, A, b, mask = cbf_benchmark_problems(4, 2, seed=78)
     leaves = [x.clone().requires_grad_() for x in (H, f, A, b - 0.03)]
     u = solve_qp(*leaves, mask=mask).u
