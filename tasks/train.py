@@ -8,8 +8,9 @@ Outputs under ``<workdir>/results/train/<algo>-s<seed>/``:
 
 Resume state lives outside the outputs DVC deletes, in ``<state_root>/<algo>-s<seed>-<hash>/``
 (default ``.cache/train-state`` at the repo root, env ``BARRIERNET_STATE_DIR`` overrides), keyed
-by the hash of the params that shape training: the same configuration resumes from its latest
-checkpoint; a changed one starts fresh and leaves the other's state alone.
+by the hash of the params that shape training and of the training code (`code_fingerprint`):
+the same configuration resumes from its latest checkpoint; a changed one starts fresh and
+leaves the other's state alone.
 
 Hybrid scheme (the reference design's, kept because batch-1 GPU inference loses to the CPU):
 the rollout copy of the agent lives on ``train.rollout_device`` beside the batched env, the
@@ -20,6 +21,8 @@ and each rollout goes to the learner in one transfer per tensor.
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
 import logging
 import math
 import os
@@ -73,6 +76,23 @@ class TrainingOOMError(TrainingError):
 
 class InjectedFault(RuntimeError):
     """Test-only transient failure (BARRIERNET_FAULT_* environment variables)."""
+
+
+@functools.lru_cache(maxsize=None)
+def code_fingerprint() -> str:
+    """Hash (16 hex digits) of the Python sources the train stage declares as its code in the
+    stage registry (the files DVC watches for it), part of the resume key: a checkpoint written
+    by other code is never resumed, nor a finished one reused, after the code changed."""
+    from tasks.registry import STAGES
+
+    digest = hashlib.sha256()
+    for entry in STAGES["train"].code:
+        path = REPO_ROOT / entry
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        for source in files:
+            digest.update(source.relative_to(REPO_ROOT).as_posix().encode() + b"\0")
+            digest.update(source.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def state_root() -> Path:
@@ -144,7 +164,7 @@ class Trainer:
     ):
         self.params, self.algo, self.seed = params, algo, seed
         tp = params.train
-        self.config = training_config(params, algo, seed)
+        self.config = {**training_config(params, algo, seed), "code": code_fingerprint()}
         self.key = params_hash(self.config)
         self.rollout_device = resolve_device(tp.rollout_device)
         self.update_device = resolve_device(update_device or tp.update_device)

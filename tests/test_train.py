@@ -126,6 +126,51 @@ def test_changed_config_starts_fresh_and_keeps_other_state(tmp_path, state_dir):
     assert again["resumed_from_update"] == 4 and again["updates"] == 4
 
 
+def test_changed_training_code_starts_fresh(tmp_path, state_dir, monkeypatch):
+    """A finished checkpoint is never reused (nor a half-done one resumed) by other training code."""
+    import tasks.train
+
+    params = load_params(overrides=TINY)
+    run(params, tmp_path, "baseline", 0)
+    assert run(params, tmp_path, "baseline", 0)["resumed_from_update"] == 4
+    monkeypatch.setattr(tasks.train, "code_fingerprint", lambda: "0123456789abcdef")  # "edited code"
+    summary = run(params, tmp_path, "baseline", 0)
+    assert summary["resumed_from_update"] is None and summary["updates"] == 4
+    assert len(list(state_root().iterdir())) == 2  # the other code's state is left alone
+
+
+def test_code_fingerprint_follows_the_train_stage_sources(tmp_path, monkeypatch):
+    """The fingerprint hashes the Python files the registry lists as the train stage's code: an
+    edit changes it, byte-code and other files do not."""
+    import shutil
+
+    import tasks.train
+    from tasks.registry import STAGES
+
+    for entry in STAGES["train"].code:
+        source = REPO / entry
+        if source.is_dir():
+            shutil.copytree(source, tmp_path / entry, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            (tmp_path / entry).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, tmp_path / entry)
+    monkeypatch.setattr(tasks.train, "REPO_ROOT", tmp_path)
+
+    def fingerprint() -> str:
+        tasks.train.code_fingerprint.cache_clear()
+        return tasks.train.code_fingerprint()
+
+    original = fingerprint()
+    (tmp_path / "model" / "__pycache__").mkdir(exist_ok=True)
+    (tmp_path / "model" / "__pycache__" / "qp.cpython-311.pyc").write_bytes(b"byte-code")
+    (tmp_path / "env" / "notes.txt").write_text("not code")
+    assert fingerprint() == original
+    with (tmp_path / "model" / "ppo.py").open("a") as handle:
+        handle.write("\n# an edit\n")
+    assert fingerprint() != original
+    tasks.train.code_fingerprint.cache_clear()  # the real tree's value again for later tests
+
+
 def test_truncated_or_tampered_checkpoint_is_refused(tmp_path, state_dir):
     params = load_params(overrides=TINY)
     run(params, tmp_path, "baseline", 0)
