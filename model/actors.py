@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, NamedTuple, Sequence
 import torch
 from torch import Tensor, nn
 
-from model.cbf import cbf_rows, num_barriers
+from model.cbf import CBFGeometry, cbf_geometry, cbf_rows, cbf_rows_from_geometry, num_barriers
 from model.qp import solve_qp
 
 if TYPE_CHECKING:
@@ -114,6 +114,12 @@ class _CBFProjection(nn.Module):
 
     def rows(self, safety: "SafetyState", gamma: float | Tensor, like: Tensor, form: str | None = None):
         return cbf_rows(_safety_like(safety, like), self.env, self.cbf, gamma, form=form)
+
+    def geometry(self, safety: "SafetyState", like: Tensor) -> CBFGeometry:
+        return cbf_geometry(_safety_like(safety, like), self.env, self.cbf)
+
+    def rows_from(self, geometry: CBFGeometry, gamma: Tensor):
+        return cbf_rows_from_geometry(geometry, self.env, gamma, self.cbf.form)
 
     def forward(self, u_ref: Tensor, rows, active_hint: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
         """u_ref (B, 2) -> (u_safe (B, 2), feasible (B,) bool, active (B, 2) int64 | None).
@@ -265,19 +271,33 @@ class BarrierNetActor(nn.Module):
             info["qp_ms"] = torch.tensor(sum(self.projection.qp_ms))
         return ActorOutput(executed, sample, log_prob, info)
 
+    def cbf_geometry(self, safety: "SafetyState", obs: Tensor) -> CBFGeometry | None:
+        """The gamma-free part of the CBF rows of states (B,) (None in nominal mode, which needs no
+        rows in `evaluate_actions`): PPO computes it once per update and hands
+        ``geometry.index(minibatch)`` to `evaluate_actions` (speed only, same rows)."""
+        if self.update_mode != "through_qp":
+            return None
+        self._check_safety(safety, obs.shape[0])
+        return self.projection.geometry(safety, obs.new_empty(0, dtype=_safe_dtype(obs)))
+
     def evaluate_actions(
-        self, obs: Tensor, safety: "SafetyState", sample: Tensor, qp_hint: Tensor | None = None
+        self, obs: Tensor, safety: "SafetyState", sample: Tensor, qp_hint: Tensor | None = None,
+        cbf_geometry: CBFGeometry | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Score the STORED sample (B, 2) under the current policy: (log_prob (B,), entropy (B,)).
 
         qp_hint (B, 2) int64 or None: the active set the mean's QP had when the sample was drawn
-        (forward's ``info["active_mean"]``); a warm start for the re-solve, results unchanged."""
+        (forward's ``info["active_mean"]``); a warm start for the re-solve, results unchanged.
+        cbf_geometry: `cbf_geometry` of these states, or None (computed here)."""
         nominal, gamma = self._heads(obs)
         std = self.std.to(nominal.dtype)
         with torch.autocast(device_type=nominal.device.type, enabled=False):
             if self.update_mode == "through_qp":
-                self._check_safety(safety, obs.shape[0])
-                rows = self.projection.rows(safety, gamma, nominal)
+                if cbf_geometry is None:
+                    self._check_safety(safety, obs.shape[0])
+                    rows = self.projection.rows(safety, gamma, nominal)
+                else:
+                    rows = self.projection.rows_from(cbf_geometry, gamma)
                 if qp_hint is not None:
                     qp_hint = qp_hint.to(device=nominal.device, dtype=torch.int64)
                 mean = self.projection(nominal, rows, active_hint=qp_hint)[0]

@@ -131,6 +131,71 @@ def _check_gamma(gamma: float | Tensor, form: str, batch: int, barriers: int, li
     return like.new_full((batch, barriers), gamma)
 
 
+class CBFGeometry(NamedTuple):
+    """The gamma-free part of the rows of one batch of states (all but ``b`` of the barrier rows):
+    computed once per PPO update for the whole rollout and indexed per minibatch.
+
+    A (B, m, 2) and mask (B, m) as in CBFRows; h (B, M) finite barrier values (absent obstacles
+    hold a placeholder); barrier_mask (B, M); b_bounds (B, 4) the control-bound right sides.
+    """
+
+    A: Tensor
+    mask: Tensor
+    h: Tensor
+    barrier_mask: Tensor
+    b_bounds: Tensor
+
+    def index(self, idx: Tensor) -> "CBFGeometry":
+        """The rows of the states `idx` (a minibatch)."""
+        return CBFGeometry(*(x[idx] for x in self))
+
+
+def cbf_geometry(safety: "SafetyState", env_params: "EnvParams", cbf_params: "CBFParams") -> CBFGeometry:
+    """The gamma-free part of `cbf_rows` (see there for the shapes of safety)."""
+    pursuer = safety.pursuer
+    if pursuer.dim() != 2 or pursuer.shape[-1] != 3:
+        raise ValueError(f"safety.pursuer has shape {tuple(pursuer.shape)}; accepted: (B, 3) = x, y, theta")
+    batch, obstacles = safety.obstacle_radii.shape[0], safety.obstacle_radii.shape[-1]
+    if safety.obstacle_centres.shape != (batch, obstacles, 2) or safety.obstacle_mask.shape != (batch, obstacles):
+        raise ValueError(
+            f"safety obstacle fields disagree: centres {tuple(safety.obstacle_centres.shape)}, radii "
+            f"{tuple(safety.obstacle_radii.shape)}, mask {tuple(safety.obstacle_mask.shape)}; accepted: (B, K, 2), (B, K), (B, K)"
+        )
+    lookahead = cbf_params.lookahead
+    h, grad, barrier_mask = _barriers(safety, env_params, lookahead)
+    theta = pursuer[:, 2]
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    # grad @ J(theta): J's columns are dq/dv = (cos, sin) and dq/dw = d (-sin, cos).
+    a_v = grad[..., 0] * cos.unsqueeze(1) + grad[..., 1] * sin.unsqueeze(1)
+    a_w = lookahead * (-grad[..., 0] * sin.unsqueeze(1) + grad[..., 1] * cos.unsqueeze(1))
+    a_barrier = -torch.stack((a_v, a_w), dim=-1)  # (B, M, 2)
+
+    # Masked rows: "-v <= 1", non-zero and always satisfied within the bounds.
+    placeholder_a = pursuer.new_tensor([-1.0, 0.0]).expand_as(a_barrier)
+    a_barrier = torch.where(barrier_mask.unsqueeze(-1), a_barrier, placeholder_a)
+
+    v_max, w_max = env_params.pursuer_v_max, env_params.pursuer_w_max
+    a_bounds = pursuer.new_tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]]).expand(batch, NUM_BOUND_ROWS, 2)
+    b_bounds = pursuer.new_tensor([v_max, 0.0, w_max, w_max]).expand(batch, NUM_BOUND_ROWS)
+    A = torch.cat((a_barrier, a_bounds), dim=1)
+    mask = torch.cat((barrier_mask, torch.ones(batch, NUM_BOUND_ROWS, dtype=torch.bool, device=pursuer.device)), dim=1)
+    return CBFGeometry(A=A, mask=mask, h=h, barrier_mask=barrier_mask, b_bounds=b_bounds)
+
+
+def cbf_rows_from_geometry(geometry: CBFGeometry, env_params: "EnvParams", gamma: float | Tensor, form: str) -> CBFRows:
+    """`cbf_rows` from its gamma-free part: b of the barrier rows = gamma h (gamma / dt for dcbf)."""
+    if form not in FORMS:
+        raise ValueError(f"form={form!r} is unknown; accepted: {FORMS}")
+    h, barrier_mask = geometry.h, geometry.barrier_mask
+    gamma = _check_gamma(gamma, form, h.shape[0], h.shape[1], h)
+    if form == "dcbf":
+        gamma = gamma / env_params.dt
+    b_barrier = torch.where(barrier_mask, gamma * h, torch.ones_like(h))
+    b = torch.cat((b_barrier, geometry.b_bounds), dim=1)
+    h_out = torch.where(barrier_mask, h, torch.full_like(h, float("inf")))
+    return CBFRows(A=geometry.A, b=b, mask=geometry.mask, h=h_out)
+
+
 def cbf_rows(
     safety: "SafetyState",
     env_params: "EnvParams",
@@ -149,42 +214,4 @@ def cbf_rows(
     form = cbf_params.form if form is None else form
     if form not in FORMS:
         raise ValueError(f"form={form!r} is unknown; accepted: {FORMS}")
-    pursuer = safety.pursuer
-    if pursuer.dim() != 2 or pursuer.shape[-1] != 3:
-        raise ValueError(f"safety.pursuer has shape {tuple(pursuer.shape)}; accepted: (B, 3) = x, y, theta")
-    batch, obstacles = safety.obstacle_radii.shape[0], safety.obstacle_radii.shape[-1]
-    if safety.obstacle_centres.shape != (batch, obstacles, 2) or safety.obstacle_mask.shape != (batch, obstacles):
-        raise ValueError(
-            f"safety obstacle fields disagree: centres {tuple(safety.obstacle_centres.shape)}, radii "
-            f"{tuple(safety.obstacle_radii.shape)}, mask {tuple(safety.obstacle_mask.shape)}; accepted: (B, K, 2), (B, K), (B, K)"
-        )
-    lookahead = cbf_params.lookahead
-    barriers = num_barriers(obstacles)
-    gamma = _check_gamma(gamma, form, batch, barriers, pursuer)
-    if form == "dcbf":
-        gamma = gamma / env_params.dt
-
-    h, grad, barrier_mask = _barriers(safety, env_params, lookahead)
-    theta = pursuer[:, 2]
-    cos, sin = torch.cos(theta), torch.sin(theta)
-    # grad @ J(theta): J's columns are dq/dv = (cos, sin) and dq/dw = d (-sin, cos).
-    a_v = grad[..., 0] * cos.unsqueeze(1) + grad[..., 1] * sin.unsqueeze(1)
-    a_w = lookahead * (-grad[..., 0] * sin.unsqueeze(1) + grad[..., 1] * cos.unsqueeze(1))
-    a_barrier = -torch.stack((a_v, a_w), dim=-1)  # (B, M, 2)
-    b_barrier = gamma * h
-
-    # Masked rows: "-v <= 1", non-zero and always satisfied within the bounds.
-    placeholder_a = pursuer.new_tensor([-1.0, 0.0]).expand_as(a_barrier)
-    a_barrier = torch.where(barrier_mask.unsqueeze(-1), a_barrier, placeholder_a)
-    b_barrier = torch.where(barrier_mask, b_barrier, torch.ones_like(b_barrier))
-
-    v_max, w_max = env_params.pursuer_v_max, env_params.pursuer_w_max
-    a_bounds = pursuer.new_tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]]).expand(batch, NUM_BOUND_ROWS, 2)
-    b_bounds = pursuer.new_tensor([v_max, 0.0, w_max, w_max]).expand(batch, NUM_BOUND_ROWS)
-
-    A = torch.cat((a_barrier, a_bounds), dim=1)
-    b = torch.cat((b_barrier, b_bounds), dim=1)
-    mask = torch.cat((barrier_mask, torch.ones(batch, NUM_BOUND_ROWS, dtype=torch.bool, device=pursuer.device)), dim=1)
-    h_out = torch.where(barrier_mask, h, torch.full_like(h, float("inf")))
-    return CBFRows(A=A, b=b, mask=mask, h=h_out)
-
+    return cbf_rows_from_geometry(cbf_geometry(safety, env_params, cbf_params), env_params, gamma, form)

@@ -225,6 +225,8 @@ def ppo_update(
     params = [p for group in optimizer.param_groups for p in group["params"]]
     # the stored QP active sets speed up the actor's re-solve (results unchanged)
     use_hint = batch.qp_active is not None and "qp_hint" in inspect.signature(actor.evaluate_actions).parameters
+    # the gamma-free part of BarrierNet's CBF rows depends on the states only: once per update
+    geometry = actor.cbf_geometry(batch.safety, batch.obs) if hasattr(actor, "cbf_geometry") else None
     clipfracs, approx_kls = [], []
     pg_loss = v_loss = entropy_loss = torch.zeros(())
     for _ in range(cfg.update_epochs):
@@ -233,9 +235,11 @@ def ppo_update(
             idx = order[start : start + cfg.minibatch_size]
             with torch.autocast(device_type=device.type, enabled=amp):
                 hint = {"qp_hint": batch.qp_active[idx]} if use_hint else {}
-                new_log_prob, entropy = actor.evaluate_actions(
-                    batch.obs[idx], _index_safety(batch.safety, idx), batch.sample[idx], **hint
-                )
+                if geometry is not None:
+                    hint["cbf_geometry"] = geometry.index(idx)
+                # with the geometry the actor reads no SafetyState (the indexing is skipped)
+                safety = None if geometry is not None else _index_safety(batch.safety, idx)
+                new_log_prob, entropy = actor.evaluate_actions(batch.obs[idx], safety, batch.sample[idx], **hint)
                 new_value = critic(batch.obs[idx]).float()
             log_ratio = new_log_prob.float() - batch.log_prob[idx]
             ratio = log_ratio.exp()

@@ -680,11 +680,16 @@ class _NumpyActiveSetKKT(torch.autograd.Function):
     def backward(ctx, grad_u):
         u, lam, Y, K = (ctx.saved[k] for k in ("u", "lam", "Y", "K"))
         scatter = ctx.saved.get("scatter")
-        if scatter is None:  # the compiled path saves the slots' rows and 1 / |a_row| instead
-            active, inv_norm = ctx.saved["active"], ctx.saved["inv_norm"]
-            rows = np.arange(max(ctx.saved["m"], 1))[None, :, None]
-            scatter = (rows == np.maximum(active, 0)[:, None, :]) * inv_norm[:, None, :]
-        elif u.shape[0] == 1 and u.dtype == np.float64:  # one element: Python floats beat NumPy calls
+        if scatter is None:  # the compiled path: its backward loop, from the slots' rows and 1 / |a_row|
+            from model.qp_compiled import backward_batch
+
+            B, m = u.shape[0], ctx.saved["m"]
+            grads = (np.empty((B, 2, 2), u.dtype), np.empty((B, 2), u.dtype), np.empty((B, m, 2), u.dtype),
+                     np.empty((B, m), u.dtype))
+            backward_batch(grad_u.numpy().astype(u.dtype, copy=False), u, lam, Y, K, ctx.saved["active"],
+                           ctx.saved["inv_norm"], *grads)
+            return (*(torch.from_numpy(x) for x in grads), None)
+        if u.shape[0] == 1 and u.dtype == np.float64:  # one element: Python floats beat NumPy calls
             return _py_backward(grad_u, u, lam, Y, K, scatter, ctx.saved["m"])
         g = grad_u.numpy()[:, :, None]
         dz, y = (K @ g)[..., 0], (Y @ g)[..., 0]  # dL/df, dL/db_S (unit rows)

@@ -201,3 +201,32 @@ def allocate_outputs(batch: int, m: int) -> tuple[np.ndarray, ...]:
     return (np.empty((batch, 2)), np.empty((batch, 2)), np.empty((batch, 2), np.bool_),
             np.empty((batch, 2, 2)), np.empty((batch, 2, 2)), np.empty((batch, 2), np.int64),
             np.empty((batch, 2)), np.empty((batch, m)), np.empty(batch, np.bool_))
+
+
+@njit(cache=True)
+def backward_batch(grad_u, u, lam, Y, K, active, inv_norm, grad_H, grad_f, grad_A, grad_b):
+    """The implicit-function backward of `model.qp._NumpyActiveSetKKT` for the elements of
+    `solve_batch` (the NumPy version's formulas, one loop): from the upstream gradient grad_u
+    (B, 2) and the saved u, lam (B, 2), Y, K (B, 2, 2), active (B, 2), inv_norm (B, 2), fill
+    grad_H (B, 2, 2), grad_f (B, 2) (= K g), grad_A (B, m, 2) and grad_b (B, m): the active
+    slots' gradients land on their raw rows, scaled by 1 / |a_row| (zero elsewhere)."""
+    batch, m = grad_b.shape
+    for e in range(batch):
+        g0, g1 = grad_u[e, 0], grad_u[e, 1]
+        dz0, dz1 = K[e, 0, 0] * g0 + K[e, 0, 1] * g1, K[e, 1, 0] * g0 + K[e, 1, 1] * g1  # dL/df
+        y0, y1 = Y[e, 0, 0] * g0 + Y[e, 0, 1] * g1, Y[e, 1, 0] * g0 + Y[e, 1, 1] * g1  # dL/db_S
+        u0, u1 = u[e, 0], u[e, 1]
+        grad_f[e, 0], grad_f[e, 1] = dz0, dz1
+        off = 0.5 * (dz0 * u1 + dz1 * u0)
+        grad_H[e, 0, 0], grad_H[e, 0, 1], grad_H[e, 1, 0], grad_H[e, 1, 1] = dz0 * u0, off, off, dz1 * u1
+        for k in range(m):
+            grad_A[e, k, 0] = 0.0
+            grad_A[e, k, 1] = 0.0
+            grad_b[e, k] = 0.0
+        for k, y_k in ((0, y0), (1, y1)):
+            w = inv_norm[e, k]
+            if w != 0.0 and active[e, k] < m:  # a used slot (a row of the raw m; never the m = 0 dummy)
+                row = active[e, k]
+                grad_A[e, row, 0] += (lam[e, k] * dz0 - y_k * u0) * w
+                grad_A[e, row, 1] += (lam[e, k] * dz1 - y_k * u1) * w
+                grad_b[e, row] += y_k * w

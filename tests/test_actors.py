@@ -520,3 +520,28 @@ def test_nominal_mode_reports_no_active_set():
     actor = barriernet("nominal")
     out = actor(observations(8, 4), near_obstacle_states(8, 4))
     assert "active_mean" not in out.info
+
+
+def test_precomputed_cbf_geometry_changes_nothing():
+    """PPO computes the gamma-free part of the rows once for the whole rollout and indexes it per
+    minibatch: log_prob and every gradient equal those of rows built from the minibatch's states."""
+    actor = barriernet("through_qp").double()
+    obs, safety = observations(96, 5).double(), near_obstacle_states(96, 5)
+    safety = SafetyState(*(t.double() if t.is_floating_point() else t for t in safety))
+    sample = actor(obs, safety).sample.detach()
+    geometry = actor.cbf_geometry(safety, obs)
+    idx = torch.randperm(96, generator=torch.Generator().manual_seed(2))[:40]
+    results = []
+    for given in (None, geometry.index(idx)):
+        actor.zero_grad()
+        mb_safety = SafetyState(*(t[idx] for t in safety))
+        log_prob, _ = actor.evaluate_actions(obs[idx], mb_safety if given is None else None, sample[idx],
+                                             cbf_geometry=given)
+        log_prob.sum().backward()
+        results.append((log_prob.detach(), [p.grad.clone() for p in actor.parameters()]))
+    (lp0, g0), (lp1, g1) = results
+    torch.testing.assert_close(lp1, lp0, rtol=0, atol=1e-12)
+    assert any(g.abs().sum() > 0 for g in g0[-2:])  # the gamma head gets a gradient through the rows
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert barriernet("nominal").cbf_geometry(safety, obs) is None  # no rows in the nominal update

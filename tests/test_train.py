@@ -171,6 +171,31 @@ def test_code_fingerprint_follows_the_train_stage_sources(tmp_path, monkeypatch)
     tasks.train.code_fingerprint.cache_clear()  # the real tree's value again for later tests
 
 
+def test_preallocated_adam_state_equals_the_lazy_one():
+    """The trainer allocates Adam's state before the first rollout (an early out-of-memory error):
+    the first steps then give the same weights and state as torch's own lazy initialisation."""
+    from tasks.train import _allocate_adam_state
+
+    results = []
+    for preallocate in (True, False):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+        opt = torch.optim.Adam(net.parameters(), lr=1e-2, eps=1e-5, fused=True)
+        if preallocate:
+            _allocate_adam_state(opt)
+        for k in range(3):
+            opt.zero_grad()
+            net(torch.full((4, 5), float(k))).square().sum().backward()
+            opt.step()
+        results.append((net.state_dict(), opt.state_dict()["state"]))
+    (w1, s1), (w2, s2) = results
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    for index in s1:
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            a, b = s1[index][key], s2[index][key]
+            assert torch.equal(a, b) and a.dtype == b.dtype and a.device == b.device, key
+
+
 def test_truncated_or_tampered_checkpoint_is_refused(tmp_path, state_dir):
     params = load_params(overrides=TINY)
     run(params, tmp_path, "baseline", 0)
