@@ -486,8 +486,9 @@ class PursuitEvasionCore:
             # Potential-based warning near obstacles and walls: Phi = -sum_i max(0, 1 - c_i / range)
             # over body clearances c_i; reward += k (Phi(s') - Phi(s)). It telescopes over an
             # episode (a pass-by nets zero), but tells the critic at once that a course closes in.
-            before = self._proximity(robots_before[_X, _PURSUER], robots_before[_Y, _PURSUER], obstacles, present)
-            after = self._proximity(pursuer_x, pursuer_y, obstacles, present)
+            px, py = robots_before[_X, _PURSUER], robots_before[_Y, _PURSUER]
+            before = self._proximity(px, py, torch.hypot(px - obstacles[0], py - obstacles[1]), obstacles, present)
+            after = self._proximity(pursuer_x, pursuer_y, centre_distance, obstacles, present)
             reward = reward + p.proximity_shaping * (before - after)
         episode_return = tracking[_RETURN] + reward
         obs = self._observe(robots, obstacles, present)
@@ -524,14 +525,15 @@ class PursuitEvasionCore:
                 obs = obs.index_copy(0, index, fresh)
         return obs, reward, terminated, truncated, info
 
-    def _proximity(self, x: Tensor, y: Tensor, obstacles: Tensor, present: Tensor) -> Tensor:
+    def _proximity(self, x: Tensor, y: Tensor, centre_distance: Tensor, obstacles: Tensor, present: Tensor) -> Tensor:
         """Proximity cost (N,) = sum over obstacles and walls of max(0, 1 - clearance / range), the
-        body clearance of a pursuer at x, y (N,) (0 = touching); obstacles (3, K, N)."""
+        body clearance of a pursuer at x, y (N,) (0 = touching); centre_distance (K, N) its
+        distance to each obstacle centre, obstacles (3, K, N)."""
         p = self.params
         inner = self._half - p.robot_radius
         clearance = [inner - x, inner + x, inner - y, inner + y]
         if self.num_obstacles:
-            gap = torch.hypot(x - obstacles[0], y - obstacles[1]) - obstacles[2] - p.robot_radius  # (K, N)
+            gap = centre_distance - obstacles[2] - p.robot_radius  # (K, N)
             clearance.append(torch.where(present, gap, math.inf))
         clearance = torch.cat([c.view(-1, x.shape[0]) for c in clearance])
         return (1.0 - clearance / p.proximity_range).clamp_min(0.0).sum(0)

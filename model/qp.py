@@ -678,17 +678,7 @@ class _NumpyActiveSetKKT(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_u):
-        u, lam, Y, K = (ctx.saved[k] for k in ("u", "lam", "Y", "K"))
-        scatter = ctx.saved.get("scatter")
-        if scatter is None:  # the compiled path: its backward loop, from the slots' rows and 1 / |a_row|
-            from model.qp_compiled import backward_batch
-
-            B, m = u.shape[0], ctx.saved["m"]
-            grads = (np.empty((B, 2, 2), u.dtype), np.empty((B, 2), u.dtype), np.empty((B, m, 2), u.dtype),
-                     np.empty((B, m), u.dtype))
-            backward_batch(grad_u.numpy().astype(u.dtype, copy=False), u, lam, Y, K, ctx.saved["active"],
-                           ctx.saved["inv_norm"], *grads)
-            return (*(torch.from_numpy(x) for x in grads), None)
+        u, lam, Y, K, scatter = (ctx.saved[k] for k in ("u", "lam", "Y", "K", "scatter"))
         if u.shape[0] == 1 and u.dtype == np.float64:  # one element: Python floats beat NumPy calls
             return _py_backward(grad_u, u, lam, Y, K, scatter, ctx.saved["m"])
         g = grad_u.numpy()[:, :, None]
@@ -700,6 +690,30 @@ class _NumpyActiveSetKKT(torch.autograd.Function):
         grad_A = (scatter @ grad_A_S)[:, :m]
         grad_b = (scatter @ y[:, :, None])[:, :m, 0]
         return torch.from_numpy(grad_H), torch.from_numpy(dz), torch.from_numpy(grad_A), torch.from_numpy(grad_b), None
+
+
+class _CompiledActiveSetKKT(torch.autograd.Function):
+    """`_NumpyActiveSetKKT` for a forward done by `model.qp_compiled.solve_batch`: the same backward
+    formulas in `backward_batch`'s loop, from the slots' rows (`active`) and 1 / |a_row|
+    (`inv_norm`) instead of a scatter matrix."""
+
+    @staticmethod
+    def forward(ctx, H, f, A, b, saved):
+        ctx.saved = saved
+        return torch.from_numpy(saved["u"].copy())  # a copy: the backward needs the original
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_u):
+        from model.qp_compiled import backward_batch
+
+        saved = ctx.saved
+        u, m = saved["u"], saved["m"]
+        B, dtype = u.shape[0], u.dtype
+        grads = (np.empty((B, 2, 2), dtype), np.empty((B, 2), dtype), np.empty((B, m, 2), dtype), np.empty((B, m), dtype))
+        backward_batch(grad_u.numpy().astype(dtype, copy=False), u, saved["lam"], saved["Y"], saved["K"],
+                       saved["active"], saved["inv_norm"], *grads)
+        return (*(torch.from_numpy(x) for x in grads), None)
 
 
 _NP_DTYPE = {torch.float64: np.float64, torch.float32: np.float32}
@@ -954,8 +968,8 @@ def _solve_exact_compiled(H, f, A, b, Hn, fn, An, bn, mask, active_hint):
         onehot = np.arange(mm)[None, :, None] == np.maximum(active[rest], 0)[:, None, :]  # (R, m', 2)
         lam_rows[rest] = (onehot * inv_norm[rest][:, None, :] @ lam[rest][:, :, None])[..., 0]
     if torch.is_grad_enabled() and (H.requires_grad or f.requires_grad or A.requires_grad or b.requires_grad):
-        u_t = _NumpyActiveSetKKT.apply(H, f, A, b, dict(u=u, lam=lam, Y=Y, K=K, active=active,
-                                                        inv_norm=inv_norm, m=m))
+        u_t = _CompiledActiveSetKKT.apply(H, f, A, b, dict(u=u, lam=lam, Y=Y, K=K, active=active,
+                                                           inv_norm=inv_norm, m=m))
     else:
         u_t = torch.from_numpy(u)
     return QPSolution(u_t, torch.from_numpy(feasible), torch.from_numpy(violation),
@@ -974,15 +988,16 @@ def _solve_exact_numpy(H, f, A, b, mask, active_hint):
     float_dtype = f.dtype
     Hn, fn, An, bn = (x.detach().numpy() for x in (H, f, A, b))
     dtype = fn.dtype
+    compiled = _USE_COMPILED and B > 1
     if m == 0:  # one row 0'u <= 1 so that every step sees m >= 1
         An, bn = np.zeros((B, 1, 2), dtype), np.ones((B, 1), dtype)
     elif mask is not None:  # masked rows: 0'u <= 1, never active, always satisfied
         mask = mask.numpy()
-        if not (_USE_COMPILED and B > 1):  # the compiled loop reads the mask itself
+        if not compiled:  # the compiled loop reads the mask itself
             An, bn = np.where(mask[..., None], An, 0).astype(dtype, copy=False), np.where(mask, bn, 1).astype(dtype, copy=False)
-    mm = An.shape[1]
-    if _USE_COMPILED and B > 1:
+    if compiled:
         return _solve_exact_compiled(H, f, A, b, Hn, fn, An, bn, mask, active_hint)
+    mm = An.shape[1]
     Hinv, u0, Au, bu, b_tol, scale = _np_unit_problem(Hn, fn, An, bn, float_dtype)
     tie, sing_tol = TIE_REL[float_dtype], SINGULAR_TOL[float_dtype]
     table = _np_tables(mm)[3]
