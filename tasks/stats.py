@@ -17,6 +17,8 @@ Conventions
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Callable, Mapping, NamedTuple, Sequence, Union
 
 import numpy as np
@@ -32,6 +34,19 @@ __all__ = [
     "across_seeds",
     "probability_of_improvement",
     "paired_difference_ci",
+    "CrossedInterval",
+    "VarianceComponents",
+    "CROSSED_MEAN_METHOD",
+    "CROSSED_DIFFERENCE_METHOD",
+    "PAIRED_SEED_DIFFERENCE_METHOD",
+    "SEED_T_METHOD",
+    "rate_interval",
+    "newcombe_difference_interval",
+    "variance_components",
+    "crossed_mean_interval",
+    "crossed_difference_interval",
+    "seed_t_interval",
+    "seed_t_difference_interval",
 ]
 
 Scores = Union[np.ndarray, Sequence[np.ndarray]]
@@ -47,6 +62,7 @@ class Interval(NamedTuple):
     high: float
 
 
+@functools.lru_cache(maxsize=64)  # scipy's ppf costs ~0.5 ms; coverage tests call this thousands of times
 def _z(confidence: float) -> float:
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence={confidence!r} must lie strictly between 0 and 1 (e.g. 0.95)")
@@ -296,3 +312,383 @@ def paired_difference_ci(
         )
     differences = [a - b for a, b in zip(xs, ys)]
     return stratified_bootstrap_ci(differences, "mean", n_boot, confidence, seed)
+
+
+# ============================================================================================
+# Issue 16: intervals that include training-seed variance, rare-event bounds, power, p-values.
+#
+# The evaluation is a crossed design: every training seed s of an arm plays the same E scenarios
+# (env seeds) e of the held-out test split. A per-episode score is modelled as
+#     y[s, e] = mu + seed[s] + scenario[e] + residual[s, e]
+# with independent zero-mean effects of variances var_seed, var_scenario, var_residual. The
+# scenario effect is shared by every seed and every arm (a hard scenario is hard for all), so
+# the grand mean of one arm has
+#     Var(mean) = var_seed / S + var_scenario / E + var_residual / (S E).
+# Resampling episodes within fixed seeds (the stratified bootstrap above) estimates roughly only
+# (var_scenario + var_residual) / (S E): it leaves out the seed term and divides the shared
+# scenario term by S E instead of E. The intervals below estimate each term from the two-way
+# ANOVA mean squares; the default turns the estimate into an interval with a generalized pivotal
+# quantity (Weerahandi 1993), the alternative with a t quantile at Satterthwaite's df.
+
+_RATE_METHODS = ("wilson", "clopper_pearson")
+
+CROSSED_MEAN_METHOD = (
+    "variance of the grand mean estimated from a two-way random-effects ANOVA "
+    "(training-seed + shared-scenario + residual components)"
+)
+CROSSED_DIFFERENCE_METHOD = (
+    "variance of the difference estimated from each arm's training-seed component "
+    "(independent seeds) and the shared-scenario + residual variance of the per-scenario "
+    "differences"
+)
+PAIRED_SEED_DIFFERENCE_METHOD = (
+    "per-episode differences (arms share seeds); variance from a two-way "
+    "random-effects ANOVA (training-seed + shared-scenario + residual)"
+)
+SEED_T_METHOD = "t interval over per-seed means (training seeds only; scenarios held fixed)"
+BINARY_FLOOR_NOTE = "; widened to the episode-level score interval of the pooled counts where that was wider"
+
+
+class CrossedInterval(NamedTuple):
+    """An interval with the variance estimate behind it and a label saying what was estimated.
+
+    estimate, low, high: the point estimate and the two-sided interval (score units).
+    se:      the estimated standard error of ``estimate``.
+    df:      the t degrees of freedom used (``inf`` for a normal quantile).
+    method:  a short text for the report: what was estimated or resampled.
+    """
+
+    estimate: float
+    low: float
+    high: float
+    se: float
+    df: float
+    method: str
+
+    @property
+    def interval(self) -> Interval:
+        return Interval(self.estimate, self.low, self.high)
+
+
+class VarianceComponents(NamedTuple):
+    """Two-way ANOVA (seed x scenario, one episode per cell) of a (S, E) score matrix.
+
+    ms_seed, ms_scenario, ms_residual: mean squares with df S-1, E-1, (S-1)(E-1).
+    var_seed, var_scenario, var_residual: method-of-moments components (may be negative from
+    noise; not truncated here): (ms_seed - ms_residual) / E, (ms_scenario - ms_residual) / S,
+    ms_residual.
+    """
+
+    n_seeds: int
+    n_scenarios: int
+    ms_seed: float
+    ms_scenario: float
+    ms_residual: float
+
+    @property
+    def var_seed(self) -> float:
+        return (self.ms_seed - self.ms_residual) / self.n_scenarios
+
+    @property
+    def var_scenario(self) -> float:
+        return (self.ms_scenario - self.ms_residual) / self.n_seeds
+
+    @property
+    def var_residual(self) -> float:
+        return self.ms_residual
+
+
+def rate_interval(successes, n, confidence: float = 0.95, method: str = "wilson") -> Interval:
+    """Interval for a binomial proportion k / n; never [0, 0] for n > 0.
+
+    successes, n: integer counts (scalars), 0 <= successes <= n.
+    method: 'wilson' (score interval, Newcombe 1998 method 3) or 'clopper_pearson' (exact,
+            method 5: guaranteed coverage, wider). 0/600 at 95 %: upper 0.64 % (Wilson) or
+            0.61 % (Clopper-Pearson, 1 - 0.025^(1/600)).
+    Returns Interval(k / n, low, high); n == 0 gives (nan, nan, nan): no information.
+    """
+    if method not in _RATE_METHODS:
+        raise ValueError(f"method={method!r} is unknown; accepted: {', '.join(map(repr, _RATE_METHODS))}")
+    _z(confidence)
+    k, total = float(successes), float(n)
+    if k != int(k) or total != int(total) or not 0 <= k <= total:
+        raise ValueError(f"rate_interval needs integer counts 0 <= successes <= n; got successes={successes!r}, n={n!r}")
+    if total == 0:
+        return Interval(float("nan"), float("nan"), float("nan"))
+    if method == "wilson":
+        low, high = wilson_interval(k, total, confidence)
+        # The closed form leaves round-off (~1e-19) at the ends a count pins exactly.
+        low, high = (0.0 if k == 0 else low), (1.0 if k == total else high)
+    else:
+        alpha = 1.0 - confidence
+        low = 0.0 if k == 0 else float(sps.beta.ppf(alpha / 2.0, k, total - k + 1.0))
+        high = 1.0 if k == total else float(sps.beta.ppf(1.0 - alpha / 2.0, k + 1.0, total - k))
+    return Interval(k / total, float(low), float(high))
+
+
+def newcombe_difference_interval(k1, n1, k2, n2, confidence: float = 0.95) -> Interval:
+    """Hybrid score interval for p1 - p2 of two independent proportions (Newcombe 1998b, method 10).
+
+    Combines the Wilson limits (l_i, u_i) of each proportion:
+    low = d - sqrt((p1 - l1)^2 + (u2 - p2)^2), high = d + sqrt((u1 - p1)^2 + (p2 - l2)^2).
+    Not degenerate when both counts are 0 (0/n1 - 0/n2 gives [-u2, u1]).
+    """
+    e1, l1, u1 = rate_interval(k1, n1, confidence)
+    e2, l2, u2 = rate_interval(k2, n2, confidence)
+    d = e1 - e2
+    return Interval(d, d - math.hypot(e1 - l1, u2 - e2), d + math.hypot(u1 - e1, e2 - l2))
+
+
+def _as_crossed(scores, name: str) -> np.ndarray:
+    x = np.asarray(scores, dtype=float)
+    if x.ndim != 2 or x.shape[0] < 2 or x.shape[1] < 2:
+        raise ValueError(
+            f"{name} has shape {x.shape}; accepted: (seeds, scenarios) with at least 2 seeds and 2 scenarios "
+            "(with one seed use rate_interval or a scenario-level interval; seed variance is not estimable)"
+        )
+    if not np.all(np.isfinite(x)):
+        raise ValueError(
+            f"{name} holds non-finite scores; accepted: a complete (seeds, scenarios) matrix. For a metric "
+            "defined on some episodes only (e.g. capture time of captured episodes) use seed_t_interval "
+            "on per-seed means"
+        )
+    return x
+
+
+def variance_components(scores) -> VarianceComponents:
+    """Two-way ANOVA without replication of scores (S, E): seeds on axis 0, scenarios on axis 1."""
+    x = _as_crossed(scores, "scores")
+    n_seeds, n_scenarios = x.shape
+    grand = x.mean()
+    seed_means = x.mean(axis=1)
+    scenario_means = x.mean(axis=0)
+    residual = x - seed_means[:, None] - scenario_means[None, :] + grand
+    return VarianceComponents(
+        n_seeds,
+        n_scenarios,
+        ms_seed=float(n_scenarios * np.sum((seed_means - grand) ** 2) / (n_seeds - 1)),
+        ms_scenario=float(n_seeds * np.sum((scenario_means - grand) ** 2) / (n_scenarios - 1)),
+        ms_residual=float(np.sum(residual**2) / ((n_seeds - 1) * (n_scenarios - 1))),
+    )
+
+
+# A variance estimate is a set of mean squares and candidate linear combinations of them:
+# mean_squares {name: (value, df)}; candidates [[(coefficient, name), ...], ...]. The first
+# candidate is the full components estimate; the others are floors (each estimates a part of
+# the variance), and the larger one is used.
+MeanSquares = dict[str, tuple[float, float]]
+Candidate = list[tuple[float, str]]
+
+_INTERVAL_METHODS = ("generalized", "satterthwaite")
+DEFAULT_DRAWS = 20000
+
+
+def _satterthwaite(mean_squares: MeanSquares, candidate: Candidate) -> tuple[float, float]:
+    """V = sum c_i MS_i and its Satterthwaite df (V^2 / sum (c_i MS_i)^2 / df_i)."""
+    parts = [(c * mean_squares[name][0], mean_squares[name][1]) for c, name in candidate]
+    variance = float(sum(v for v, _ in parts))
+    denominator = sum(v * v / d for v, d in parts)
+    return variance, (float(variance**2 / denominator) if denominator > 0 else float("inf"))
+
+
+def _variance_interval(
+    estimate: float,
+    mean_squares: MeanSquares,
+    candidates: list[Candidate],
+    confidence: float,
+    method: str,
+    n_draws: int,
+    seed: int,
+    label: str,
+) -> CrossedInterval:
+    """estimate +- half-width from the variance estimate (largest candidate).
+
+    'satterthwaite': t quantile at the Satterthwaite df of the largest candidate.
+    'generalized':   generalized confidence interval (Weerahandi 1993, the generalized pivotal
+                     quantity): each mean square MS with df d is replaced by its pivot
+                     MS d / chi2_d, the variance V* is recomputed per draw (largest candidate,
+                     truncated at 0) and the half-width is the ``confidence`` quantile of
+                     |Z| sqrt(V*), Z standard normal. With the seed term alone this is exactly
+                     the t_{S-1} interval; unlike Satterthwaite it does not get narrower when a
+                     noisy seed mean square happens to be small (which made a 95 % interval
+                     cover 93.6 % in the issue-16 simulation; the generalized one covered 95.3 %).
+    se and df are always the point variance's square root and its Satterthwaite df.
+    """
+    if method not in _INTERVAL_METHODS:
+        raise ValueError(f"method={method!r} is unknown; accepted: {', '.join(map(repr, _INTERVAL_METHODS))}")
+    _z(confidence)
+    variance, df = max((_satterthwaite(mean_squares, c) for c in candidates), key=lambda vd: vd[0])
+    variance = max(variance, 0.0)
+    se = math.sqrt(variance)
+    if method == "satterthwaite":
+        half = (float(sps.t.ppf(0.5 + confidence / 2.0, df)) if np.isfinite(df) else _z(confidence)) * se
+        text = label + "; t quantile at Satterthwaite df"
+    else:
+        if n_draws < 1000:
+            raise ValueError(f"n_draws={n_draws} is too few for a tail quantile; accepted: >= 1000")
+        rng = np.random.default_rng(seed)
+        pivots = {
+            name: (value * df_ / rng.chisquare(df_, n_draws) if np.isfinite(df_) else np.full(n_draws, value))
+            for name, (value, df_) in mean_squares.items()
+        }
+        normal = np.abs(rng.standard_normal(n_draws))
+        drawn = np.max([sum(c * pivots[name] for c, name in candidate) for candidate in candidates], axis=0)
+        half = float(np.quantile(normal * np.sqrt(np.maximum(drawn, 0.0)), confidence))
+        text = label + f"; generalized pivotal interval ({n_draws} seeded chi-square draws)"
+    return CrossedInterval(float(estimate), float(estimate - half), float(estimate + half), se, df, text)
+
+
+def _is_binary(x: np.ndarray) -> bool:
+    return bool(np.all((x == 0) | (x == 1)))
+
+
+def _widen(interval: CrossedInterval, floor: Interval) -> CrossedInterval:
+    if floor.low >= interval.low and floor.high <= interval.high:
+        return interval
+    return interval._replace(
+        low=min(interval.low, floor.low), high=max(interval.high, floor.high), method=interval.method + BINARY_FLOOR_NOTE
+    )
+
+
+def _one_arm_variance(c: VarianceComponents, tag: str = "") -> tuple[MeanSquares, list[Candidate]]:
+    """Mean squares and candidates for Var(grand mean) of one crossed (S, E) design."""
+    s, e = c.n_seeds, c.n_scenarios
+    n = s * e
+    mean_squares = {
+        f"seed{tag}": (c.ms_seed, s - 1.0),
+        f"scenario{tag}": (c.ms_scenario, e - 1.0),
+        f"residual{tag}": (c.ms_residual, (s - 1.0) * (e - 1.0)),
+    }
+    full = [(1 / n, f"seed{tag}"), (1 / n, f"scenario{tag}"), (-1 / n, f"residual{tag}")]
+    return mean_squares, [full, [(1 / n, f"seed{tag}")], [(1 / n, f"scenario{tag}")]]
+
+
+def crossed_mean_interval(
+    scores,
+    confidence: float = 0.95,
+    binary_floor: bool = True,
+    method: str = "generalized",
+    n_draws: int = DEFAULT_DRAWS,
+    seed: int = 0,
+) -> CrossedInterval:
+    """Interval for one arm's mean score over training seeds and shared test scenarios.
+
+    scores: (S, E) per-episode scores, row s = training seed, column e = scenario (env seed);
+            every seed plays the same E scenarios in the same column order. 0/1 outcomes give a
+            rate; real scores (capture time, correction) are in their own units.
+    Variance of the grand mean: (MS_seed + MS_scenario - MS_residual) / (S E) (= var_seed / S +
+    var_scenario / E + var_residual / (S E)), but never less than MS_seed / (S E) (the seed-level
+    t variance) nor MS_scenario / (S E). method: 'generalized' (default; see
+    ``_variance_interval``; n_draws and seed fix its Monte Carlo) or 'satterthwaite'.
+    binary_floor: for 0/1 scores, widen to at least the Wilson interval of the pooled counts, so
+            that 0 events still give an upper bound (e.g. 0 / 2250 -> [0, 0.17 %]).
+    """
+    x = _as_crossed(scores, "scores")
+    mean_squares, candidates = _one_arm_variance(variance_components(x))
+    result = _variance_interval(x.mean(), mean_squares, candidates, confidence, method, n_draws, seed, CROSSED_MEAN_METHOD)
+    if binary_floor and _is_binary(x):
+        result = _widen(result, rate_interval(int(x.sum()), x.size, confidence))
+    return result
+
+
+def crossed_difference_interval(
+    a,
+    b,
+    paired_seeds: bool,
+    confidence: float = 0.95,
+    binary_floor: bool = True,
+    method: str = "generalized",
+    n_draws: int = DEFAULT_DRAWS,
+    seed: int = 0,
+) -> CrossedInterval:
+    """Interval for mean(a) - mean(b), two arms played on the same E test scenarios.
+
+    a: (Sa, E), b: (Sb, E) per-episode scores, columns = the same scenarios in the same order.
+    paired_seeds: True when the arms come from the same checkpoints (row s of a and of b is one
+            training seed, e.g. a policy with and without a post-hoc filter; needs Sa == Sb):
+            then the per-episode differences a - b form one crossed design. False for arms of
+            different algorithms (independent seeds): the variance is
+            var_seed_a / Sa + var_seed_b / Sb + Var_e(mean_s a[s, e] - mean_s b[s, e]) / E,
+            with each seed component (MS_seed - MS_residual) / E from that arm's ANOVA, and never
+            less than the Welch variance of the seed means nor the per-scenario term alone.
+    method, n_draws, seed: as in ``crossed_mean_interval``.
+    binary_floor: for 0/1 scores, widen to at least an episode-level score interval of the
+            pooled counts (Newcombe's hybrid score interval; for paired seeds applied to the
+            discordant proportions), so that two arms with 0 events still give [-u, u], not [0, 0].
+    """
+    x, y = _as_crossed(a, "a"), _as_crossed(b, "b")
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(
+            f"a has {x.shape[1]} scenarios but b has {y.shape[1]}; accepted: the same test scenarios for both arms"
+        )
+    estimate = x.mean() - y.mean()
+    binary = binary_floor and _is_binary(x) and _is_binary(y)
+    if paired_seeds:
+        if x.shape != y.shape:
+            raise ValueError(f"paired_seeds=True needs the same seeds for both arms; got a {x.shape}, b {y.shape}")
+        difference = x - y
+        mean_squares, candidates = _one_arm_variance(variance_components(difference))
+        result = _variance_interval(
+            estimate, mean_squares, candidates, confidence, method, n_draws, seed, PAIRED_SEED_DIFFERENCE_METHOD
+        )
+        if binary:
+            n = difference.size
+            a_only, b_only = int(np.sum(difference > 0)), int(np.sum(difference < 0))
+            result = _widen(result, newcombe_difference_interval(a_only, n, b_only, n, confidence))
+        return result
+    ca, cb = variance_components(x), variance_components(y)
+    (sa, e), sb = x.shape, y.shape[0]
+    per_scenario = x.mean(axis=0) - y.mean(axis=0)  # (E,)
+    mean_squares = {
+        "scenario_difference": (float(per_scenario.var(ddof=1)), e - 1.0),
+        "seed_a": (ca.ms_seed, sa - 1.0),
+        "residual_a": (ca.ms_residual, (sa - 1.0) * (e - 1.0)),
+        "seed_b": (cb.ms_seed, sb - 1.0),
+        "residual_b": (cb.ms_residual, (sb - 1.0) * (e - 1.0)),
+    }
+    na, nb = sa * e, sb * e
+    scenario_term = (1 / e, "scenario_difference")
+    full = [scenario_term, (1 / na, "seed_a"), (-1 / na, "residual_a"), (1 / nb, "seed_b"), (-1 / nb, "residual_b")]
+    welch = [(1 / na, "seed_a"), (1 / nb, "seed_b")]
+    result = _variance_interval(
+        estimate, mean_squares, [full, welch, [scenario_term]], confidence, method, n_draws, seed, CROSSED_DIFFERENCE_METHOD
+    )
+    if binary:
+        result = _widen(result, newcombe_difference_interval(int(x.sum()), x.size, int(y.sum()), y.size, confidence))
+    return result
+
+
+def _t_interval(estimate: float, variance: float, df: float, confidence: float, label: str) -> CrossedInterval:
+    se = math.sqrt(variance)
+    half = float(sps.t.ppf(0.5 + confidence / 2.0, df)) * se
+    return CrossedInterval(float(estimate), float(estimate - half), float(estimate + half), se, float(df), label)
+
+
+def seed_t_interval(seed_means, confidence: float = 0.95) -> CrossedInterval:
+    """Student t interval over per-seed scores (S,): mean +- t_{S-1} sd / sqrt(S).
+
+    The cross-check for ``crossed_mean_interval``: it sees seed variance but treats the
+    scenarios as fixed (the shared-scenario component is left out).
+    """
+    values = np.asarray(seed_means, dtype=float)
+    if values.ndim != 1 or values.size < 2 or not np.all(np.isfinite(values)):
+        raise ValueError(f"seed_means has shape {values.shape}; accepted: (seeds,) finite values, at least 2 seeds")
+    _z(confidence)
+    return _t_interval(values.mean(), values.var(ddof=1) / values.size, values.size - 1, confidence, SEED_T_METHOD)
+
+
+def seed_t_difference_interval(a_seed_means, b_seed_means, paired: bool, confidence: float = 0.95) -> CrossedInterval:
+    """Seed-level t interval of mean(a) - mean(b): paired t over per-seed differences (same
+    checkpoints) or Welch's t (independent seeds). a (Sa,), b (Sb,) per-seed scores."""
+    x, y = np.asarray(a_seed_means, dtype=float), np.asarray(b_seed_means, dtype=float)
+    if paired:
+        if x.shape != y.shape:
+            raise ValueError(f"paired=True needs the same seeds; got a {x.shape}, b {y.shape}")
+        return seed_t_interval(x - y, confidence)._replace(method="paired " + SEED_T_METHOD)
+    for name, v in (("a_seed_means", x), ("b_seed_means", y)):
+        if v.ndim != 1 or v.size < 2 or not np.all(np.isfinite(v)):
+            raise ValueError(f"{name} has shape {v.shape}; accepted: (seeds,) finite values, at least 2 seeds")
+    _z(confidence)
+    mean_squares = {"a": (x.var(ddof=1), x.size - 1.0), "b": (y.var(ddof=1), y.size - 1.0)}
+    variance, df = _satterthwaite(mean_squares, [(1 / x.size, "a"), (1 / y.size, "b")])
+    return _t_interval(x.mean() - y.mean(), variance, df, confidence, "Welch " + SEED_T_METHOD)
