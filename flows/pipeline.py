@@ -38,6 +38,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.lock import workspace_lock
+from tasks import numerics
 from tasks.params import OrchestrationParams, Params, load_params
 from tasks.registry import STAGES
 
@@ -77,11 +78,13 @@ class PipelineError(RuntimeError):
 def _deterministic_failure(exc: BaseException) -> bool:
     """Failures that a retry with the same inputs would only repeat.
 
-    ValueError covers bad inputs (ParamsError, the stages' StageInputError, a NaN action).
+    ValueError covers bad inputs (ParamsError, the stages' StageInputError, a NaN action);
+    NumericsError a worker started without the pinned numerics (it needs a restart, not a retry).
     """
     from tasks.train import CheckpointError, NonFiniteError  # lazy: keeps flow import light
 
-    return isinstance(exc, (MinibatchOutOfMemory, CheckpointError, NonFiniteError, ValueError))
+    return isinstance(exc, (MinibatchOutOfMemory, CheckpointError, NonFiniteError, ValueError,
+                            numerics.NumericsError))
 
 
 def _retry_transient(task_, task_run, state) -> bool:
@@ -179,6 +182,7 @@ def _train_run_name() -> str:
 @task(name="train", task_run_name=_train_run_name, **_TASK_DEFAULTS)
 def train_task(params: Params, workdir: Path, algo: str, seed: int, minibatch_size: int | None = None) -> dict:
     """One training cell; a retry resumes from the cell's last checkpoint (train.run does that)."""
+    numerics.require(params.numerics.mode)  # a Dask worker started by hand may not be pinned
     import torch
 
     from tasks.train import TrainingOOMError
@@ -208,6 +212,7 @@ def train_task(params: Params, workdir: Path, algo: str, seed: int, minibatch_si
 
 @task(name="evaluate", task_run_name="evaluate-{algo}-s{seed}", **_TASK_DEFAULTS)
 def evaluate_task(params: Params, workdir: Path, algo: str, seed: int) -> dict:
+    numerics.require(params.numerics.mode)
     try:
         return STAGES["evaluate"].run(params, workdir, algo=algo, seed=seed)
     finally:
@@ -362,6 +367,9 @@ def train_and_eval(overrides: dict[str, Any] | None = None, workspace: str | Non
     overrides = dict(overrides or {})
     # Validate everything before any work starts (ParamsError names the key and what is accepted).
     params = load_params(workspace_dir / "params.yaml", overrides)
+    # This process computes the QP benchmark, compare and the report, and its environment is what
+    # the local Dask workers inherit: it must already run the requested numerics.
+    numerics.require(params.numerics.mode)
     run_name = _run_name()
     workdir = resolve_workdir(workspace_dir, overrides, run_name)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,12 @@ def main() -> int:
     os.chdir(REPO_ROOT)
     if str(REPO_ROOT) not in sys.path:  # `python flows/serve.py` puts flows/ on the path, not the root
         sys.path.insert(0, str(REPO_ROOT))
+    from tasks import numerics
+
+    # First, before torch loads: flow runs (subprocesses) and their local Dask workers inherit this
+    # environment. The mode is params.yaml's; a run whose overrides ask for the other mode is refused
+    # with a message (start serve with BARRIERNET_NUMERICS_MODE=native for native runs).
+    numerics.apply(os.environ.get("BARRIERNET_NUMERICS_MODE") or numerics.mode_from_params_file())
     from flows.server import PrefectServerUnreachable, check_api
 
     try:  # before importing the flow: a clear message instead of a connection traceback

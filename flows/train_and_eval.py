@@ -16,6 +16,12 @@ import argparse
 import os
 import sys
 
+if __name__ == "__main__":  # pin the numerics before flows.pipeline loads torch
+    from tasks import numerics
+
+    _workspace = next((sys.argv[i + 1] for i, a in enumerate(sys.argv[:-1]) if a == "--workspace"), None)
+    numerics.apply(numerics.mode_from_argv(sys.argv[1:], os.path.join(_workspace, "params.yaml") if _workspace else None))
+
 from flows.pipeline import matrix_flow, matrix_task_runner, train_and_eval  # noqa: F401  (re-exported)
 
 __all__ = ["train_and_eval", "matrix_flow", "matrix_task_runner"]

@@ -1,7 +1,11 @@
 """Command line: `python -m tasks <stage> [--params FILE] [--set key=value ...] [--algo A --seed S]`.
 
-Also `python -m tasks list` and `python -m tasks dvc-yaml [--check]` (regenerate dvc.yaml from
-the stage registry, or fail when the committed one has drifted).
+Also `python -m tasks list`, `python -m tasks dvc-yaml [--check]` (regenerate dvc.yaml from
+the stage registry, or fail when the committed one has drifted) and `python -m tasks numerics-env
+[pinned|native]` (the environment words of the pinned numerics, for processes started by hand:
+`env $(python -m tasks numerics-env) dask worker ...`).
+
+The numerics mode (params `numerics.mode`, tasks/numerics.py) is applied first, before torch loads.
 """
 
 from __future__ import annotations
@@ -12,8 +16,20 @@ import logging
 import sys
 from pathlib import Path
 
-from tasks.params import ParamsError, load_params
-from tasks.registry import STAGES, dvc_yaml, iter_stages
+from tasks import numerics
+
+if __name__ == "__main__":  # before torch, numpy and numba load (tasks.params imports env, which loads torch)
+    if sys.argv[1:2] == ["numerics-env"]:
+        print(numerics.shell_exports(sys.argv[2] if len(sys.argv) > 2 else numerics.mode_from_params_file()))
+        sys.exit(0)
+    try:
+        numerics.apply(numerics.mode_from_argv(sys.argv[1:]))
+    except numerics.NumericsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+from tasks.params import ParamsError, load_params  # noqa: E402
+from tasks.registry import STAGES, dvc_yaml, iter_stages  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DVC_YAML_HEADER = "# Generated from tasks/registry.py by `python -m tasks dvc-yaml`; do not edit by hand.\n"
@@ -73,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     stage = STAGES[args.command]
     try:  # validate everything before any work starts
         params = load_params(args.params, args.overrides)
-    except ParamsError as exc:
+        numerics.require(params.numerics.mode)
+    except (ParamsError, numerics.NumericsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     cells = stage.cells(params)

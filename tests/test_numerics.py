@@ -1,0 +1,163 @@
+"""Pinned numerics (tasks/numerics.py): the pin overrides whatever the host sets.
+
+The end-to-end check trains and evaluates tiny cells through `python -m tasks` in fresh
+processes whose environment carries host-level settings that change kernels (MKL's branch,
+ATen's capability, numpy's SIMD dispatch, numba's target, thread counts). In pinned mode every
+run must give the same weights and the same episodes. The control runs the same change in native
+mode and must see different weights: it shows the fingerprint is sensitive enough to catch a
+numeric path that escapes the pin.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tasks import numerics
+from tests.helpers import REPO_ROOT
+
+# Two PPO updates per algorithm with a minibatch big enough for MKL's GEMM kernels to matter.
+TINY_CELLS = [
+    "train.algos=[baseline,barriernet]",
+    "train.seeds=[0]",
+    "train.total_steps=2048",
+    "train.num_envs=64",
+    "train.rollout_steps=16",
+    "train.num_minibatches=2",
+    "train.update_epochs=2",
+    "env.max_steps=64",
+    "eval.dev_episodes=6",
+    "eval.test_episodes=6",
+    "eval.num_envs=6",
+    "eval.arms=[baseline,baseline_dcbf_filter,barriernet]",
+]
+
+# Host-level settings a machine may have; each would change the numbers if it reached a kernel.
+HOST_SETTINGS = {
+    "none": {},
+    "mkl-aten": {"MKL_CBWR": "AUTO", "ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"},
+    "numpy-numba-threads": {"NPY_DISABLE_CPU_FEATURES": "AVX2,FMA3", "NUMBA_CPU_NAME": "generic",
+                            "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"},
+}
+
+# Wall-clock columns of the episode table (they differ from run to run by nature).
+_TIMING_COLUMN_HINTS = ("_ms", "seconds")
+
+
+def _host_env(extra: dict[str, str]) -> dict[str, str]:
+    """This environment without any pin (a fresh shell), plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if k not in numerics.PINNED_ENV and k != numerics.MARKER}
+    env.update(extra)
+    return env
+
+
+def _fingerprint(workdir: Path) -> dict[str, str]:
+    """sha256 of every cell's model.pt and of its episode table without wall-clock columns."""
+    prints = {}
+    for model in sorted((workdir / "results" / "train").glob("*/model.pt")):
+        prints[f"train/{model.parent.name}"] = hashlib.sha256(model.read_bytes()).hexdigest()[:16]
+    for table in sorted((workdir / "results" / "eval").glob("*/episodes.csv")):
+        frame = pd.read_csv(table)
+        frame = frame[[c for c in frame.columns if not any(h in c for h in _TIMING_COLUMN_HINTS)]]
+        prints[f"eval/{table.parent.name}"] = hashlib.sha256(frame.to_csv(index=False).encode()).hexdigest()[:16]
+    return prints
+
+
+def _train_and_evaluate(tmp: Path, name: str, extra_env: dict[str, str], mode: str) -> dict[str, str]:
+    workdir = tmp / name
+    env = {**_host_env(extra_env), "BARRIERNET_STATE_DIR": str(tmp / f"state-{name}")}
+    for stage in ("train", "evaluate"):
+        cmd = [sys.executable, "-m", "tasks", stage, "--workdir", str(workdir), f"--set=numerics.mode={mode}"]
+        cmd += [f"--set={o}" for o in TINY_CELLS]
+        done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, f"{stage} under {name} failed:\n{done.stderr[-3000:]}"
+    prints = _fingerprint(workdir)
+    assert len(prints) == 4, prints  # two trained cells, two evaluated cells
+    return prints
+
+
+@pytest.mark.slow
+def test_pinned_runs_are_identical_under_host_settings_and_native_ones_are_not(tmp_path):
+    pinned = {name: _train_and_evaluate(tmp_path, f"pinned-{name}", extra, "pinned")
+              for name, extra in HOST_SETTINGS.items()}
+    reference = pinned["none"]
+    for name, prints in pinned.items():
+        assert prints == reference, f"host settings {HOST_SETTINGS[name]} escaped the pin: {prints} vs {reference}"
+
+    # Control: the same kernel changes without the pin do move the weights.
+    native_host = _train_and_evaluate(tmp_path, "native-none", {}, "native")
+    native_changed = _train_and_evaluate(tmp_path, "native-mkl-aten", HOST_SETTINGS["mkl-aten"], "native")
+    assert native_host["train/baseline-s0"] != native_changed["train/baseline-s0"]
+
+
+def _python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+
+
+def test_an_unpinned_process_refuses_to_compute_and_says_how_to_start_a_worker():
+    done = _python("import torch\nfrom tasks import numerics\nnumerics.require('pinned')", _host_env({}))
+    assert done.returncode != 0
+    assert "NumericsError" in done.stderr and "dask worker" in done.stderr and "MKL_CBWR" in done.stderr
+
+
+def test_pinning_after_torch_loaded_is_refused():
+    done = _python("import torch\nfrom tasks import numerics\nnumerics.apply('pinned')", _host_env({}))
+    assert done.returncode != 0 and "already loaded" in done.stderr
+
+
+def test_a_process_started_with_numerics_env_passes_require():
+    words = subprocess.run([sys.executable, "-m", "tasks", "numerics-env"], cwd=REPO_ROOT, env=_host_env({}),
+                           capture_output=True, text=True, check=True).stdout.split()
+    env = _host_env(dict(w.split("=", 1) for w in words))
+    done = _python("import torch\nfrom tasks import numerics\nnumerics.require('pinned')\n"
+                   "print(torch.backends.cpu.get_cpu_capability())", env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "AVX2"
+
+
+def test_native_mode_refuses_a_pinned_process():
+    with pytest.raises(numerics.NumericsError, match="BARRIERNET_NUMERICS_MODE=native"):
+        numerics.require("native")  # the test suite itself runs pinned (conftest.py)
+
+
+def test_the_cli_refuses_a_bad_mode_before_any_work(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "tasks", "train", "--workdir", str(tmp_path),
+                           "--set", "numerics.mode=fast"], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "numerics.mode" in done.stderr and "pinned" in done.stderr and "native" in done.stderr
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["train", "--set", "numerics.mode=native"], "native"),
+        (["train", "--set=numerics.mode=native"], "native"),
+        (["train", "--set", "train.seeds=[0]"], "pinned"),
+    ],
+)
+def test_mode_from_argv(argv, expected):
+    assert numerics.mode_from_argv(argv) == expected
+
+
+def test_mode_from_a_params_file(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("numerics:\n  mode: native\n")
+    assert numerics.mode_from_argv(["train", "--params", str(path)]) == "native"
+    path.write_text("train:\n  seeds: [0]\n")
+    assert numerics.mode_from_argv(["train", "--params", str(path)]) == numerics.DEFAULT_MODE
+
+
+def test_the_suite_runs_pinned():
+    import torch
+
+    assert os.environ[numerics.MARKER] == "pinned"
+    assert torch.backends.cpu.get_cpu_capability() == "AVX2"
+    assert json.loads(json.dumps(numerics.describe()))["MKL_CBWR"] == "COMPATIBLE,STRICT"
