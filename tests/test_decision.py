@@ -1,0 +1,265 @@
+"""The decision protocol (tasks/decision.py) on synthetic episode frames with a known truth."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from tasks import decision as dec
+from tasks.params import DecisionParams
+
+D = DecisionParams()
+ALGO = {"barriernet": "barriernet", "barriernet_rcbf": "barriernet", "baseline": "baseline",
+        "baseline_dcbf_filter": "baseline", "baseline_ct_filter": "baseline", "shielded": "shielded",
+        "cbf_beta": "cbf_beta", "cbf_beta_rcbf": "cbf_beta"}
+
+
+def frame(spec: dict[str, tuple[float, float]], seeds=5, episodes=400, split="test", rng=0,
+          violations: dict[str, int] | None = None) -> pd.DataFrame:
+    """Episodes of each arm: outcome capture with probability p_capture, collision p_collision,
+    else timeout; `violations[arm]` episodes get one body-barrier violation step."""
+    gen = np.random.default_rng(rng)
+    rows = []
+    for arm, (p_capture, p_collision) in spec.items():
+        for s in range(seeds):
+            u = gen.random(episodes)
+            for e in range(episodes):
+                outcome = "capture" if u[e] < p_capture else "collision" if u[e] < p_capture + p_collision else "timeout"
+                rows.append({"arm": arm, "algo": ALGO[arm], "seed": s, "split": split, "episode": e,
+                             "env_seed": (1 if split == "dev" else 2) * 1_000_000 + e, "outcome": outcome,
+                             "length": 100, "return": 0.0, "min_h": 0.5, "cbf_violation_steps": 0,
+                             "interventions": 0, "infeasible_steps": 0, "decision_ms": 0.1})
+    table = pd.DataFrame(rows)
+    for arm, count in (violations or {}).items():
+        index = table.index[(table["arm"] == arm)][:count]
+        table.loc[index, "cbf_violation_steps"] = 1
+    return table
+
+
+def exact(spec: dict[str, tuple[list[int], list[int]]], split="test") -> pd.DataFrame:
+    """A frame with exact per-seed capture counts: arm -> (captures per seed, episodes per seed)."""
+    rows = []
+    for arm, (captures, n) in spec.items():
+        for s, k in enumerate(captures):
+            for e in range(n[s]):
+                rows.append({"arm": arm, "algo": ALGO[arm], "seed": s, "split": split, "episode": e, "env_seed": e,
+                             "outcome": "capture" if e < k else "timeout", "length": 10, "return": 0.0, "min_h": 1.0,
+                             "cbf_violation_steps": 0, "interventions": 0, "infeasible_steps": 0, "decision_ms": 0.0})
+    return pd.DataFrame(rows)
+
+
+# --- splits -------------------------------------------------------------------------------------
+
+
+def test_choice_refuses_test_rows():
+    dev = frame({"baseline_dcbf_filter": (0.9, 0.0)}, seeds=2, episodes=50, split="dev")
+    test = frame({"baseline_dcbf_filter": (0.9, 0.0)}, seeds=2, episodes=50, split="test")
+    with pytest.raises(dec.SplitLeakError, match="choose_alternative may read dev rows only"):
+        dec.choose_alternative(pd.concat([dev, test]), D)
+    with pytest.raises(dec.SplitLeakError, match="no 'split' column"):
+        dec.choose_alternative(dev.drop(columns="split"), D)
+    with pytest.raises(dec.SplitLeakError, match="test rows only"):
+        dec.fixed_sequence(dev, None, D, ["baseline"])
+
+
+def test_alternative_rule_highest_dev_capture_among_safe():
+    # shielded captures most but collides: its upper bound exceeds 1 %; dcbf and ct never collide.
+    dev = frame({"shielded": (0.99, 0.02), "baseline_dcbf_filter": (0.95, 0.0), "baseline_ct_filter": (0.90, 0.0)},
+                seeds=5, episodes=200, split="dev")
+    choice = dec.choose_alternative(dev, D)
+    assert choice["chosen"] == "baseline_dcbf_filter"
+    by_arm = {c["arm"]: c for c in choice["candidates"]}
+    assert not by_arm["shielded"]["qualifies"]
+    # 0 collisions in 1000 episodes: Clopper-Pearson upper = 1 - 0.025^(1/1000).
+    assert by_arm["baseline_ct_filter"]["dev_collision_upper"] == pytest.approx(1 - 0.025 ** (1 / 1000), rel=1e-9)
+    # Absent arms are skipped; nothing qualifying gives None.
+    strict = DecisionParams(alternative_max_collision=0.001)
+    assert dec.choose_alternative(dev, strict)["chosen"] is None
+
+
+# --- intervals and p-values ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("theta0", [-0.05, -0.02, 0.0, 0.01])
+def test_one_sided_p_agrees_with_the_interval(theta0):
+    test = frame({"barriernet": (0.95, 0.0), "baseline": (0.96, 0.04)}, rng=3)
+    a, b = dec.score_matrix(test, "barriernet", "capture")[1], dec.score_matrix(test, "baseline", "capture")[1]
+    ci = dec.difference_interval(a, b, False, 0.95)
+    assert (dec.p_above(ci, theta0, 0.95) < 0.025) == (ci.low > theta0)
+    assert (dec.p_below(ci, theta0, 0.95) < 0.025) == (ci.high < theta0)
+    # At theta0 = the interval's end the p-value is exactly alpha / 2.
+    assert dec.p_above(ci, ci.low, 0.95) == pytest.approx(0.025, abs=1e-9)
+
+
+def test_one_seed_falls_back_to_a_score_interval_never_zero_width():
+    test = frame({"barriernet": (0.9, 0.0)}, seeds=1, episodes=600)
+    ci = dec.mean_interval(dec.score_matrix(test, "barriernet", "collision")[1], 0.95)
+    z2 = sps.norm.ppf(0.975) ** 2
+    assert ci.low == 0.0 and ci.high == pytest.approx(z2 / (600 + z2), rel=1e-9)  # Wilson 0/n: z^2 / (n + z^2)
+    assert "one training seed" in ci.method
+
+
+def test_mcnemar_stand_in_matches_binomtest():
+    a = np.array([1, 1, 1, 0, 0, 1, 1, 0, 1, 1], bool)
+    b = np.array([0, 0, 1, 0, 1, 0, 0, 0, 1, 0], bool)
+    # discordant: a only 5, b only 1 -> two-sided binomial(5 of 6, 1/2) = 2 * 7/64
+    assert dec._mcnemar_exact(a, b) == pytest.approx(14 / 64)
+    assert dec._mcnemar_exact(a, b) == pytest.approx(sps.binomtest(5, 6, 0.5).pvalue)
+
+
+def test_permutation_stand_in_by_hand():
+    # Paired, 3 seeds, all differences positive: 2 of the 8 sign patterns reach |mean| = observed.
+    assert dec._seed_permutation_test(np.array([3.0, 2, 4]), np.zeros(3), paired=True) == pytest.approx(2 / 8)
+    # Unpaired, 2 vs 2, fully separated: 2 of the C(4,2) = 6 splits are as extreme.
+    assert dec._seed_permutation_test(np.array([5.0, 6]), np.array([1.0, 2]), paired=False) == pytest.approx(2 / 6)
+
+
+def test_seeds_needed_reaches_the_power_and_one_fewer_does_not():
+    n = dec.seeds_for(0.016, 0.01, 0.95)
+    def power(k):
+        df, shift = 2 * k - 2, 0.01 / (0.016 * math.sqrt(2 / k))
+        q = sps.t.ppf(0.975, df)
+        return 1 - sps.nct.cdf(q, df, shift) + sps.nct.cdf(-q, df, shift)
+    assert power(n) >= 0.8 > power(n - 1)
+    mdd = dec.minimum_detectable(0.016, 5, 0.95)
+    assert 0.02 < mdd < 0.05  # (t_.975,8 + t_.8,8) * 0.016 * sqrt(2/5) = 0.0336
+    assert dec.minimum_detectable(0.016, 5, 0.95) == pytest.approx(
+        (sps.t.ppf(0.975, 8) + sps.t.ppf(0.8, 8)) * 0.016 * math.sqrt(0.4), rel=0.1)
+
+
+# --- the fixed sequence -------------------------------------------------------------------------
+
+
+def test_safe_arm_passes_step_one_when_it_cuts_collisions_and_keeps_capture():
+    test = frame({"barriernet": (0.96, 0.0), "baseline": (0.95, 0.05)}, rng=1)
+    step = dec.safe_vs_baseline(test, "barriernet", D)
+    assert step["collision_reduction_shown"] and step["capture_noninferior_shown"] and step["rejected"]
+    assert step["collision_diff"]["high"] < -D.min_collision_reduction
+    assert len(step["capture"]["mcnemar_per_seed"]) == 5 and step["capture"]["permutation"] is not None
+
+
+def test_capture_loss_beyond_the_margin_fails_step_one():
+    test = frame({"barriernet": (0.85, 0.0), "baseline": (0.95, 0.05)}, rng=2)
+    step = dec.safe_vs_baseline(test, "barriernet", D)
+    assert step["collision_reduction_shown"] and not step["capture_noninferior_shown"] and not step["rejected"]
+    assert step["p"] == step["p_capture_noninferior"] >= 0.025
+
+
+def test_sequence_stops_at_the_first_failure():
+    test = frame({"barriernet": (0.85, 0.0), "baseline": (0.95, 0.05), "baseline_dcbf_filter": (0.95, 0.0)}, rng=4)
+    steps = dec.fixed_sequence(test, "baseline_dcbf_filter", D, ["barriernet", "baseline", "baseline_dcbf_filter"])
+    assert [s["id"] for s in steps] == ["H1", "H2", "H3"]
+    assert steps[0]["confirmatory"] and not steps[0]["rejected"]
+    assert not steps[1]["confirmatory"] and not steps[2]["confirmatory"]
+
+
+@pytest.mark.parametrize("bn, alt, expected", [
+    ([490] * 5, [450] * 5, "better"),
+    ([450] * 5, [490] * 5, "worse"),
+    ([475, 476, 474, 475, 475], [475, 474, 476, 475, 475], "equivalent"),
+    ([470, 490, 450, 480, 460], [480, 460, 470, 455, 490], "inconclusive: needs about"),
+])
+def test_versus_alternative_branches(bn, alt, expected):
+    # Exact counts per seed out of 500 episodes: the capture difference is known.
+    test = exact({"barriernet": (bn, [500] * 5), "shielded": (alt, [500] * 5)})
+    step = dec.versus_alternative(test, "shielded", D)
+    assert step["answer"].startswith(expected), step["answer"]
+    assert step["capture_diff"]["estimate"] == pytest.approx((sum(bn) - sum(alt)) / 2500)
+    if expected.startswith("inconclusive"):
+        sd = np.sqrt((np.var(np.array(bn) / 500, ddof=1) + np.var(np.array(alt) / 500, ddof=1)) / 2)
+        assert step["seed_sd"] == pytest.approx(sd)
+        assert step["seeds_needed"] == dec.seeds_for(sd, D.equivalence_margin, D.confidence) > 5
+
+
+# --- gap, unsafe counts, curves -----------------------------------------------------------------
+
+
+def test_train_deploy_gap_by_hand():
+    test = exact({"cbf_beta": ([400, 410], [500, 500]), "cbf_beta_rcbf": ([380, 390], [500, 500])})
+    gap = dec.train_deploy_gap(test, "cbf_beta", "cbf_beta_rcbf", 0.95)
+    assert gap["gap"] == pytest.approx((0.81 - 0.77) / 0.81)
+    assert gap["low"] <= gap["gap"] <= gap["high"]
+    assert dec.train_deploy_gap(test, "cbf_beta", "absent", 0.95) is None
+
+
+def test_unsafe_counts_include_body_barrier_violations():
+    test = frame({"barriernet": (0.9, 0.0)}, seeds=2, episodes=250, violations={"barriernet": 3})
+    counts = dec.unsafe_counts(test, "barriernet", 0.95)
+    assert (counts["unsafe"], counts["collisions"], counts["episodes"]) == (3, 0, 500)
+    assert counts["upper"] == pytest.approx(sps.beta.ppf(0.975, 4, 497))
+
+
+def test_plateau_and_training_collisions():
+    steps = np.arange(1, 11) * 100.0
+    flat = [pd.DataFrame({"step": steps, "value": np.r_[np.linspace(0, 0.9, 6), [0.95] * 4]})]
+    rising = [pd.DataFrame({"step": steps, "value": np.linspace(0, 0.9, 10)})]
+    assert dec.plateau_test(flat, D)["converged"] is True
+    result = dec.plateau_test(rising, D)
+    assert result["converged"] is False and result["change"] == pytest.approx(0.2)  # means 0.85 vs 0.65
+    collision = pd.DataFrame({"step": [100.0, 200.0, 300.0], "value": [0.5, 0.2, 0.0]})
+    episodes = pd.DataFrame({"step": [100.0, 200.0, 300.0], "value": [10.0, 20.0, 30.0]})
+    out = dec.training_collisions(collision, episodes)
+    assert out["collisions"] == pytest.approx(0.5 * 10 + 0.2 * 20)
+    assert out["mean_rate"] == pytest.approx(((0.5 + 0.2) / 2 * 100 + (0.2 + 0.0) / 2 * 100) / 200)
+
+
+# --- matrix, outcome A-D, gates ------------------------------------------------------------------
+
+
+def test_matrix_scores_by_the_documented_mapping():
+    scores = dec.matrix_scores({"A": {"gap": 0.03, "safety": 0.004, "task": 0.06, "training_speed": 1.0,
+                                      "complexity": 2},
+                                "B": {"gap": 0.0, "safety": 0.03, "task": 0.0, "training_speed": 6.0,
+                                      "complexity": 2}}, D.weights)
+    assert [scores["A"][c] for c in ("gap", "safety", "task", "training_speed", "complexity")] == [4, 5, 3, 5, 5]
+    assert [scores["B"][c] for c in ("gap", "safety", "task", "training_speed", "complexity")] == [5, 3, 5, 2, 5]
+    assert scores["A"]["total"] == pytest.approx((30 * 4 + 25 * 5 + 20 * 3 + 15 * 5 + 10 * 5) / 100)
+    assert dec.matrix_scores({"A": {"gap": None}}, D.weights)["A"]["total"] is None
+
+
+def gap(value, low, high):
+    return {"gap": value, "low": low, "high": high}
+
+
+ALL_SAFE = {"A": True, "B": True, "C": True}
+
+
+@pytest.mark.parametrize("facts, letter", [
+    (dec.OutcomeFacts(ALL_SAFE, gap(0.01, 0.0, 0.03), overhead=8.0), "A"),                  # plan rule A
+    (dec.OutcomeFacts(ALL_SAFE, gap(0.12, 0.08, 0.16), overhead=2.0), "B"),                 # plan rule B
+    (dec.OutcomeFacts(ALL_SAFE, gap(0.01, 0.0, 0.03), overhead=2.0, totals={"A": 3.1, "B": 4.0}), "B"),  # open
+    (dec.OutcomeFacts(ALL_SAFE, gap(0.01, 0.0, 0.03), overhead=2.0, totals={"A": 4.0, "B": 4.0}), "A"),  # tie
+    (dec.OutcomeFacts({"A": True, "B": False, "C": True}, gap(0.12, 0.08, 0.16), overhead=2.0,
+                      hybrid_noninferior=True), "C"),                                         # hybrid rule
+    (dec.OutcomeFacts({"A": True, "B": False, "C": True}, gap(0.12, 0.08, 0.16), overhead=2.0,
+                      hybrid_noninferior=False), "A"),                                        # hybrid loses capture
+    (dec.OutcomeFacts({"A": False, "B": False, "C": False}, gap(0.01, 0.0, 0.03), overhead=8.0), "D"),
+    (dec.OutcomeFacts({"A": None, "B": False, "C": None}), "D"),
+    (dec.OutcomeFacts({"A": None, "B": True, "C": None}), "B"),                               # no CBF-Beta
+    (dec.OutcomeFacts({"A": False, "B": True, "C": True}, gap(0.01, 0.0, 0.03), overhead=8.0), "B"),  # A unsafe
+])
+def test_outcome_branches(facts, letter):
+    outcome = dec.choose_outcome(facts, D)
+    assert outcome.letter == letter, outcome.reasons
+    assert outcome.arm == dec.APPROACH_ARMS.get(letter)
+    assert outcome.reasons
+
+
+def test_gates_statuses():
+    outcome = dec.Outcome("B", "barriernet", ["r"])
+    unsafe = {"arm": "barriernet", "unsafe": 0, "episodes": 2500, "upper": 0.00147}
+    rows = dec.gates(gap_a=None, barriernet_present=True, chosen_unsafe=unsafe, outcome=outcome,
+                     matrix_complete=True, p_values_complete=True,
+                     plateau={"converged": False, "change": 0.1, "window": 0.2, "tolerance": 0.02}, decision=D)
+    status = {r["gate"]: r["status"] for r in rows}
+    assert status == {"PG-01": "FAIL", "PG-02": "PASS", "PG-03": "PASS", "PG-04": "PASS", "PG-05": "DOCUMENTED"}
+    rows = dec.gates(gap_a=gap(0.01, 0, 0.03), barriernet_present=True, chosen_unsafe={**unsafe, "unsafe": 1},
+                     outcome=dec.Outcome("D", None, []), matrix_complete=False, p_values_complete=True,
+                     plateau={"converged": True, "previous_mean": 0.9, "last_mean": 0.91, "window": 0.2,
+                              "tolerance": 0.02}, decision=D)
+    status = {r["gate"]: r["status"] for r in rows}
+    assert status == {"PG-01": "PASS", "PG-02": "FAIL", "PG-03": "FAIL", "PG-04": "FAIL", "PG-05": "PASS"}
