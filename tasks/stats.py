@@ -18,11 +18,13 @@ Conventions
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from typing import Callable, Mapping, NamedTuple, Sequence, Union
 
 import numpy as np
 from scipy import stats as sps
+from scipy.optimize import brentq
 
 __all__ = [
     "Interval",
@@ -47,6 +49,16 @@ __all__ = [
     "crossed_difference_interval",
     "seed_t_interval",
     "seed_t_difference_interval",
+    "power_at",
+    "power_analysis",
+    "seeds_needed",
+    "mcnemar_exact",
+    "seed_permutation_test",
+    "PairedWinRate",
+    "paired_win_rate",
+    "run_level_probability_of_improvement",
+    "iqm_trims",
+    "performance_profile",
 ]
 
 Scores = Union[np.ndarray, Sequence[np.ndarray]]
@@ -692,3 +704,239 @@ def seed_t_difference_interval(a_seed_means, b_seed_means, paired: bool, confide
     mean_squares = {"a": (x.var(ddof=1), x.size - 1.0), "b": (y.var(ddof=1), y.size - 1.0)}
     variance, df = _satterthwaite(mean_squares, [(1 / x.size, "a"), (1 / y.size, "b")])
     return _t_interval(x.mean() - y.mean(), variance, df, confidence, "Welch " + SEED_T_METHOD)
+
+
+# --------------------------------------------------------------------------------------------
+# Power of a comparison of two arms with independent training seeds
+
+
+def _check_power_inputs(seed_sd: float, alpha: float, power: float | None = None) -> None:
+    if not (np.isfinite(seed_sd) and seed_sd > 0):
+        raise ValueError(f"seed_sd={seed_sd!r} must be a positive finite standard deviation (score units)")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha={alpha!r} must lie strictly between 0 and 1 (e.g. 0.05)")
+    if power is not None and not alpha / 2.0 < power < 1.0:
+        raise ValueError(f"power={power!r} must lie strictly between alpha/2 and 1 (e.g. 0.8)")
+
+
+def _check_seed_count(name: str, value) -> int:
+    if isinstance(value, bool) or int(value) != value or value < 2:
+        raise ValueError(f"{name}={value!r} must be an integer >= 2 (a seed SD needs two seeds per arm)")
+    return int(value)
+
+
+def power_at(seed_sd: float, delta: float, n_seeds: int, alpha: float = 0.05, n_arms_seeds: int | None = None) -> float:
+    """Power of the two-sided two-sample t test (equal variances) of per-seed scores.
+
+    seed_sd: SD of one seed's score (e.g. its capture rate on the test episodes used, so it
+             includes that episode noise), in score units. delta: true difference (same units).
+    n_seeds, n_arms_seeds: seeds of arm a and of arm b (default: the same). df = na + nb - 2,
+    noncentrality delta / (seed_sd sqrt(1/na + 1/nb)); exact, from the noncentral t.
+    """
+    _check_power_inputs(seed_sd, alpha)
+    na = _check_seed_count("n_seeds", n_seeds)
+    nb = na if n_arms_seeds is None else _check_seed_count("n_arms_seeds", n_arms_seeds)
+    df = na + nb - 2
+    noncentrality = abs(delta) / (seed_sd * math.sqrt(1.0 / na + 1.0 / nb))
+    critical = float(sps.t.ppf(1.0 - alpha / 2.0, df))
+    power = float(sps.nct.sf(critical, df, noncentrality) + sps.nct.cdf(-critical, df, noncentrality))
+    if not np.isfinite(power):
+        # scipy's noncentral t returns nan far in the tail (e.g. df 998, noncentrality 118),
+        # where the normal approximation is exact to many digits.
+        power = float(sps.norm.sf(critical - noncentrality) + sps.norm.cdf(-critical - noncentrality))
+    return power
+
+
+def power_analysis(
+    seed_sd: float, n_seeds: int, alpha: float = 0.05, power: float = 0.8, n_arms_seeds: int | None = None
+) -> float:
+    """Minimum detectable difference between two arms with independent seeds (score units).
+
+    The smallest true difference that the two-sided t test at level ``alpha`` on per-seed
+    scores detects with probability ``power``; see ``power_at`` for the inputs. For large df it
+    tends to (z_{1-alpha/2} + z_power) seed_sd sqrt(1/na + 1/nb) (2.80 sigma sqrt(2/n) at 5 %, 80 %).
+    """
+    _check_power_inputs(seed_sd, alpha, power)
+    na = _check_seed_count("n_seeds", n_seeds)
+    nb = na if n_arms_seeds is None else _check_seed_count("n_arms_seeds", n_arms_seeds)
+    scale = seed_sd * math.sqrt(1.0 / na + 1.0 / nb)
+    # power_at rises monotonically in delta from ~alpha; the root lies below 50 standard errors
+    # for any df >= 2 at power < 1 - 1e-6.
+    return float(brentq(lambda d: power_at(seed_sd, d, na, alpha, nb) - power, 0.0, 1e3 * scale, xtol=1e-12 * scale))
+
+
+def seeds_needed(seed_sd: float, delta: float, alpha: float = 0.05, power: float = 0.8, max_seeds: int = 100_000) -> int:
+    """Smallest number of seeds per arm (both arms equal) at which ``power_at`` >= ``power``
+    for a true difference ``delta`` (score units, e.g. 0.01 for 1 pp of capture)."""
+    _check_power_inputs(seed_sd, alpha, power)
+    if not (np.isfinite(delta) and delta != 0):
+        raise ValueError(f"delta={delta!r} must be a non-zero finite difference (score units)")
+    low, high = 1, 2  # power_at rises with n: double until it reaches ``power``, then bisect
+    while power_at(seed_sd, delta, high, alpha) < power:
+        if high >= max_seeds:
+            raise ValueError(f"delta={delta!r} needs more than max_seeds={max_seeds} seeds per arm at seed_sd={seed_sd!r}")
+        low, high = high, min(2 * high, max_seeds)
+    if high == 2:
+        return 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        if power_at(seed_sd, delta, middle, alpha) >= power:
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+# --------------------------------------------------------------------------------------------
+# Exact tests
+
+
+def mcnemar_exact(a, b) -> float:
+    """Exact two-sided McNemar test of paired 0/1 outcomes of two arms on the same episodes.
+
+    a, b: (E,) booleans (e.g. capture of arm a and of arm b in episode e of one seed). Under
+    H0 the discordant pairs split 50/50: the p-value is the two-sided binomial test of
+    #(a and not b) out of the discordant count (1.0 when there is no discordant pair).
+    """
+    x, y = np.asarray(a), np.asarray(b)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"a {x.shape} and b {y.shape} must be the same (episodes,) shape: paired outcomes")
+    for name, v in (("a", x), ("b", y)):
+        if not np.all((v == 0) | (v == 1)):
+            raise ValueError(f"{name} holds values other than 0/1 or True/False; accepted: binary outcomes")
+    x, y = x.astype(bool), y.astype(bool)
+    a_only, b_only = int(np.sum(x & ~y)), int(np.sum(~x & y))
+    discordant = a_only + b_only
+    if discordant == 0:
+        return 1.0
+    # Symmetric null (p = 1/2): twice the smaller tail, capped at 1.
+    tail = min(sps.binom.cdf(a_only, discordant, 0.5), sps.binom.sf(a_only - 1, discordant, 0.5))
+    return float(min(1.0, 2.0 * tail))
+
+
+def seed_permutation_test(
+    a_seed_scores, b_seed_scores, paired: bool, max_exact: int = 200_000, n_resamples: int = 100_000, seed: int = 0
+) -> float:
+    """Two-sided permutation test of the difference in mean per-seed score between two arms.
+
+    a_seed_scores (Sa,), b_seed_scores (Sb,): one score per training seed.
+    paired=False (independent seeds): the statistic is mean(a) - mean(b) over all C(Sa+Sb, Sa)
+        relabellings of the pooled seeds. paired=True (the same checkpoints; Sa == Sb): the
+        mean per-seed difference over all 2^S sign flips.
+    p = fraction of relabellings with |statistic| >= |observed| (the observed one included).
+    Exact when the count is <= max_exact, else ``n_resamples`` seeded random relabellings with
+    p = (1 + hits) / (1 + n_resamples). The smallest exact p is 2 / C(Sa+Sb, Sa) (2/252 for
+    5 vs 5) or 2 / 2^S paired (1/16 for 5 seeds: 5 paired seeds can never reach p < 0.05).
+    """
+    x, y = np.asarray(a_seed_scores, dtype=float), np.asarray(b_seed_scores, dtype=float)
+    for name, v in (("a_seed_scores", x), ("b_seed_scores", y)):
+        if v.ndim != 1 or v.size < 1 or not np.all(np.isfinite(v)):
+            raise ValueError(f"{name} has shape {v.shape}; accepted: (seeds,) finite per-seed scores")
+    rng = np.random.default_rng(seed)
+    if paired:
+        if x.shape != y.shape:
+            raise ValueError(f"paired=True needs the same seeds; got a {x.shape}, b {y.shape}")
+        difference = x - y
+        n = difference.size
+        if 2**n <= max_exact:
+            signs = 1.0 - 2.0 * ((np.arange(2**n)[:, None] >> np.arange(n)[None, :]) & 1)  # (2^n, n)
+            exact = True
+        else:
+            signs = rng.choice([-1.0, 1.0], size=(n_resamples, n))
+            exact = False
+        statistics = np.abs(signs @ difference) / n
+        observed = abs(difference.mean())
+    else:
+        pooled = np.concatenate([x, y])
+        na, n = x.size, pooled.size
+        if math.comb(n, na) <= max_exact:
+            groups = np.array(list(itertools.combinations(range(n), na)))  # (C(n, na), na)
+            exact = True
+        else:
+            groups = np.argsort(rng.random((n_resamples, n)), axis=1)[:, :na]
+            exact = False
+        total = pooled.sum()
+        in_a = pooled[groups].sum(axis=1)
+        statistics = np.abs(in_a / na - (total - in_a) / (n - na))
+        observed = abs(x.mean() - y.mean())
+    # Relabellings that tie the observed statistic count as "as extreme" despite float round-off.
+    hits = int(np.sum(statistics >= observed - 1e-12 * max(1.0, observed)))
+    return hits / statistics.size if exact else (1 + hits) / (1 + statistics.size)
+
+
+# --------------------------------------------------------------------------------------------
+# Probability of improvement, win rate, IQM, performance profile
+
+
+class PairedWinRate(NamedTuple):
+    """Episode-level win rate of arm a over arm b on the same (seed, scenario) episodes.
+
+    estimate, low, high: P(a > b) + 0.5 P(a = b) over episodes and its crossed interval.
+    wins, ties, losses: fractions of episodes (sum to 1). method: the interval's label.
+    """
+
+    estimate: float
+    low: float
+    high: float
+    wins: float
+    ties: float
+    losses: float
+    method: str
+
+
+def paired_win_rate(a, b, confidence: float = 0.95, n_draws: int = DEFAULT_DRAWS, seed: int = 0) -> PairedWinRate:
+    """Win rate of a over b episode by episode: a (S, E), b (S, E) scores of two arms that share
+    seeds and scenarios (row s, column e is one episode of both arms; e.g. capture, or -time).
+
+    Each episode scores 1 (a better), 0.5 (tie), 0 (b better); the estimate is their mean and the
+    interval is ``crossed_mean_interval`` of those scores (seed and scenario components).
+    """
+    x, y = _as_crossed(a, "a"), _as_crossed(b, "b")
+    if x.shape != y.shape:
+        raise ValueError(f"a {x.shape} and b {y.shape} must be the same (seeds, scenarios) episodes")
+    score = (x > y) + 0.5 * (x == y)
+    interval = crossed_mean_interval(score, confidence, binary_floor=False, n_draws=n_draws, seed=seed)
+    return PairedWinRate(
+        interval.estimate,
+        interval.low,
+        interval.high,
+        float(np.mean(x > y)),
+        float(np.mean(x == y)),
+        float(np.mean(x < y)),
+        "episode-level win rate P(a > b) + 0.5 P(a = b); " + interval.method,
+    )
+
+
+def run_level_probability_of_improvement(
+    a_seed_scores, b_seed_scores, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> Interval:
+    """rliable's probability of improvement on one task: P(X > Y) + 0.5 P(X = Y) with X, Y
+    the scores of a random training run of arm a and of arm b.
+
+    a_seed_scores (Sa,), b_seed_scores (Sb,): one score per seed (e.g. its test capture rate).
+    The interval is the percentile bootstrap resampling the runs of each arm (rliable's
+    stratified bootstrap with one task); with 5 runs per arm it is coarse.
+    """
+    x, y = np.asarray(a_seed_scores, dtype=float), np.asarray(b_seed_scores, dtype=float)
+    for name, v in (("a_seed_scores", x), ("b_seed_scores", y)):
+        if v.ndim != 1 or v.size < 1 or not np.all(np.isfinite(v)):
+            raise ValueError(f"{name} has shape {v.shape}; accepted: (seeds,) finite per-seed scores")
+    return probability_of_improvement(x, y, n_boot, confidence, seed)
+
+
+def iqm_trims(n: int) -> bool:
+    """Whether ``iqm`` of n values drops anything (int(0.25 n) >= 1, i.e. n >= 4); else the IQM
+    equals the mean and the report should say so."""
+    return int(0.25 * n) >= 1
+
+
+def performance_profile(seed_scores, thresholds) -> np.ndarray:
+    """Run-score distribution (rliable): fraction of runs with score > tau for each tau.
+
+    seed_scores (S,) per-seed scores of one arm; thresholds (T,) -> (T,) fractions in [0, 1].
+    """
+    scores = np.asarray(seed_scores, dtype=float)
+    taus = np.asarray(thresholds, dtype=float)
+    if scores.ndim != 1 or scores.size == 0 or taus.ndim != 1:
+        raise ValueError(f"seed_scores {scores.shape} and thresholds {taus.shape} must be 1-D, seed_scores non-empty")
+    return np.mean(scores[None, :] > taus[:, None], axis=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -13,12 +14,21 @@ from tasks.stats import (
     crossed_difference_interval,
     crossed_mean_interval,
     iqm,
+    iqm_trims,
+    mcnemar_exact,
     newcombe_difference_interval,
     paired_difference_ci,
+    paired_win_rate,
+    performance_profile,
+    power_analysis,
+    power_at,
     probability_of_improvement,
     rate_interval,
+    run_level_probability_of_improvement,
+    seed_permutation_test,
     seed_t_difference_interval,
     seed_t_interval,
+    seeds_needed,
     stratified_bootstrap_ci,
     variance_components,
     wilson_interval,
@@ -554,3 +564,193 @@ def test_within_seed_bootstrap_under_covers(crossed_simulation):
     seed_t = [seed_t_interval(sim["a"][r].mean(axis=1)) for r in range(COVERAGE_REPS)]
     assert _coverage(old, sim["truth_a"]) < 0.85
     assert _coverage(seed_t, sim["truth_a"]) < 0.94
+
+
+# --------------------------------------------------------------------------------------------
+# Power
+
+
+def test_minimum_detectable_difference_has_the_stated_power_in_simulation():
+    # Simulate 20000 experiments of 5 vs 5 seeds at the returned difference; the two-sample t
+    # test (scipy) must reject in ~80 % (Monte Carlo SE 0.3 pp).
+    seed_sd, n = 0.016, 5
+    delta = power_analysis(seed_sd, n)
+    rng = np.random.default_rng(11)
+    a = rng.normal(delta, seed_sd, (20000, n))
+    b = rng.normal(0.0, seed_sd, (20000, n))
+    rejected = sps.ttest_ind(a, b, axis=1).pvalue < 0.05
+    assert rejected.mean() == pytest.approx(0.80, abs=0.012)
+    assert power_at(seed_sd, delta, n) == pytest.approx(0.80, abs=1e-9)
+
+
+def test_minimum_detectable_difference_closed_forms():
+    # Large df: the normal formula (z_.975 + z_.8) sd sqrt(2/n). Small df: the textbook t
+    # approximation (t_{.975,df} + t_{.8,df}) sd sqrt(2/n), within a few percent.
+    sd = 0.01
+    normal = (Z95 + sps.norm.ppf(0.8)) * sd * math.sqrt(2 / 4000)
+    assert power_analysis(sd, 4000) == pytest.approx(normal, rel=2e-3)
+    for n in (5, 10):
+        df = 2 * n - 2
+        textbook = (sps.t.ppf(0.975, df) + sps.t.ppf(0.8, df)) * sd * math.sqrt(2 / n)
+        assert power_analysis(sd, n) == pytest.approx(textbook, rel=0.03)
+    # Unequal seed counts: the same as an equal design with the same 1/na + 1/nb and df.
+    assert power_analysis(sd, 4, n_arms_seeds=12) == pytest.approx(
+        brute_mdd(sd, 4, 12), rel=1e-6
+    )
+
+
+def brute_mdd(sd, na, nb, alpha=0.05, target=0.8):
+    """Bisection on the power written from the noncentral t density's definition (integral)."""
+    from scipy.integrate import quad
+
+    df = na + nb - 2
+    critical = sps.t.ppf(1 - alpha / 2, df)
+
+    def power(delta):
+        ncp = delta / (sd * math.sqrt(1 / na + 1 / nb))
+        # T = (Z + ncp) / sqrt(V / df), V ~ chi2_df: integrate P(|T| > c | V) over V's density.
+        def given_v(v):
+            scale = critical * math.sqrt(v / df)
+            return (sps.norm.sf(scale - ncp) + sps.norm.cdf(-scale - ncp)) * sps.chi2.pdf(v, df)
+
+        return quad(given_v, 0, np.inf, limit=200)[0]
+
+    low, high = 0.0, 20 * sd
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if power(middle) < target else (low, middle)
+    return (low + high) / 2
+
+
+def test_seeds_needed_is_the_first_count_with_enough_power():
+    # The issue's numbers: seed SD 0.6 pp needs 7 seeds for 1 pp, 1.2 pp needs 24; 3 seeds give
+    # power 0.35 at 0.6 pp.
+    assert seeds_needed(0.006, 0.01) == 7
+    assert seeds_needed(0.012, 0.01) == 24
+    assert power_at(0.006, 0.01, 3) == pytest.approx(0.347, abs=0.001)
+    for sd in (0.006, 0.009, 0.016, 0.05):
+        n = seeds_needed(sd, 0.01)
+        assert n > 2 and power_at(sd, 0.01, n) >= 0.8 > power_at(sd, 0.01, n - 1)
+    assert seeds_needed(0.05, 0.01) > 300  # needs the normal fallback of power_at
+    assert seeds_needed(0.001, 0.01) == 2
+
+
+def test_power_refuses_bad_input():
+    with pytest.raises(ValueError, match="seed_sd=0"):
+        power_analysis(0, 5)
+    with pytest.raises(ValueError, match="n_seeds=1 .*>= 2"):
+        power_analysis(0.01, 1)
+    with pytest.raises(ValueError, match="power=1.2"):
+        power_analysis(0.01, 5, power=1.2)
+    with pytest.raises(ValueError, match="delta=0"):
+        seeds_needed(0.01, 0)
+    with pytest.raises(ValueError, match="max_seeds=10"):
+        seeds_needed(0.05, 0.001, max_seeds=10)
+
+
+# --------------------------------------------------------------------------------------------
+# Exact tests
+
+
+def test_mcnemar_exact_matches_binomtest_and_hand_value():
+    # 10 episodes only a captures, 2 only b: p = 2 (1 + 12 + 66) / 2^12.
+    a = np.array([1] * 10 + [0] * 2 + [1] * 30 + [0] * 5, dtype=bool)
+    b = np.array([0] * 10 + [1] * 2 + [1] * 30 + [0] * 5, dtype=bool)
+    assert mcnemar_exact(a, b) == pytest.approx(2 * (1 + 12 + 66) / 4096, abs=1e-15)
+    rng = np.random.default_rng(6)
+    for _ in range(20):
+        x, y = rng.random(200) < 0.9, rng.random(200) < 0.85
+        discordant_a, discordant_b = int(np.sum(x & ~y)), int(np.sum(~x & y))
+        want = sps.binomtest(discordant_a, discordant_a + discordant_b, 0.5).pvalue
+        assert mcnemar_exact(x, y) == pytest.approx(want, rel=1e-10)
+    assert mcnemar_exact(a, a) == 1.0
+    with pytest.raises(ValueError, match="same"):
+        mcnemar_exact(a, b[:-1])
+    with pytest.raises(ValueError, match="binary"):
+        mcnemar_exact(a * 2.0, b)
+
+
+def _naive_unpaired_p(x, y):
+    pooled = list(x) + list(y)
+    observed = abs(np.mean(x) - np.mean(y))
+    hits = total = 0
+    for order in itertools.permutations(range(len(pooled))):  # every ordering: each split na!nb! times
+        a = [pooled[i] for i in order[: len(x)]]
+        b = [pooled[i] for i in order[len(x) :]]
+        hits += abs(sum(a) / len(a) - sum(b) / len(b)) >= observed - 1e-12
+        total += 1
+    return hits / total
+
+
+def _naive_paired_p(x, y):
+    d = [p - q for p, q in zip(x, y)]
+    observed = abs(sum(d) / len(d))
+    flips = list(itertools.product([1, -1], repeat=len(d)))
+    return sum(abs(sum(s * v for s, v in zip(f, d)) / len(d)) >= observed - 1e-12 for f in flips) / len(flips)
+
+
+def test_seed_permutation_test_matches_naive_loops_and_scipy():
+    rng = np.random.default_rng(9)
+    x, y = rng.normal(0.95, 0.01, 4), rng.normal(0.93, 0.01, 3)
+    assert seed_permutation_test(x, y, paired=False) == pytest.approx(_naive_unpaired_p(x, y), abs=1e-12)
+    x5, y5 = rng.normal(0.95, 0.01, 5), rng.normal(0.94, 0.01, 5)
+    assert seed_permutation_test(x5, y5, paired=True) == pytest.approx(_naive_paired_p(x5, y5), abs=1e-12)
+    want = sps.permutation_test(
+        (x5, y5), lambda a, b, axis: np.mean(a, axis=axis) - np.mean(b, axis=axis), n_resamples=np.inf, vectorized=True
+    ).pvalue
+    assert seed_permutation_test(x5, y5, paired=False) == pytest.approx(want, abs=1e-12)
+    # Separated 5 vs 5: the smallest exact p, 2 / C(10, 5); 5 paired seeds cannot go below 2/32.
+    assert seed_permutation_test(np.arange(5) + 10.0, np.arange(5.0), paired=False) == pytest.approx(2 / 252)
+    assert seed_permutation_test(np.arange(5) + 10.0, np.arange(5.0), paired=True) == pytest.approx(2 / 32)
+
+
+def test_seed_permutation_monte_carlo_agrees_with_exact():
+    rng = np.random.default_rng(10)
+    x, y = rng.normal(1.0, 1, 6), rng.normal(0.0, 1, 6)
+    exact = seed_permutation_test(x, y, paired=False)
+    sampled = seed_permutation_test(x, y, paired=False, max_exact=10, n_resamples=20000, seed=1)
+    assert sampled == pytest.approx(exact, abs=0.01)
+    exact_paired = seed_permutation_test(x, y, paired=True)
+    sampled_paired = seed_permutation_test(x, y, paired=True, max_exact=10, n_resamples=20000, seed=1)
+    assert sampled_paired == pytest.approx(exact_paired, abs=0.01)
+    with pytest.raises(ValueError, match="same seeds"):
+        seed_permutation_test(x, y[:5], paired=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Win rate, run-level probability of improvement, IQM, performance profile
+
+
+def test_paired_win_rate_counts_by_hand():
+    a = np.array([[1, 1, 0, 1], [0, 1, 1, 1], [1, 1, 1, 0.0]])
+    b = np.array([[0, 1, 1, 1], [0, 0, 1, 1], [1, 1, 1, 1.0]])
+    # wins: (0,0), (1,1) = 2; losses: (0,2), (2,3) = 2; ties 8 of 12.
+    got = paired_win_rate(a, b)
+    assert (got.wins, got.ties, got.losses) == pytest.approx((2 / 12, 8 / 12, 2 / 12))
+    assert got.estimate == pytest.approx(0.5)
+    assert got.low < 0.5 < got.high and "win rate" in got.method
+    loop = [[1.0 if p > q else 0.5 if p == q else 0.0 for p, q in zip(ra, rb)] for ra, rb in zip(a, b)]
+    assert got[:3] == crossed_mean_interval(np.array(loop), binary_floor=False)[:3]
+
+
+def test_run_level_probability_of_improvement_brute_force():
+    a, b = np.array([0.95, 0.93, 0.97, 0.94, 0.96]), np.array([0.94, 0.92, 0.95, 0.95, 0.93])
+    want = sum((p > q) + 0.5 * (p == q) for p in a for q in b) / 25
+    got = run_level_probability_of_improvement(a, b, n_boot=500)
+    assert got.estimate == pytest.approx(want)
+    assert got.low <= got.estimate <= got.high
+    with pytest.raises(ValueError, match=r"\(seeds,\)"):
+        run_level_probability_of_improvement(np.ones((2, 3)), b)
+
+
+def test_iqm_trims_exactly_when_scipy_drops_values():
+    rng = np.random.default_rng(12)
+    for n in range(1, 12):
+        x = rng.exponential(size=n)  # continuous and skewed: trimming always changes the mean
+        assert iqm_trims(n) == (not math.isclose(iqm(x), x.mean(), rel_tol=1e-12)), n
+    assert not iqm_trims(3) and iqm_trims(4) and iqm_trims(5)
+
+
+def test_performance_profile_by_hand():
+    got = performance_profile([0.91, 0.95, 0.95, 0.99], [0.9, 0.95, 0.98, 1.0])
+    assert got == pytest.approx([1.0, 0.25, 0.25, 0.0])  # strictly greater than tau
