@@ -88,6 +88,8 @@ __all__ = [
     "build_problems",
     "reference_solutions",
     "quadprog_solve",
+    "cbf_benchmark_problems",
+    "time_solver",
     "run",
 ]
 
@@ -143,6 +145,111 @@ class CBFProblems(NamedTuple):
         """(H, f, A, b, mask) of the first `count` problems on `device` in `dtype`."""
         floats = (x[:count].to(device=device, dtype=dtype) for x in (self.H, self.f, self.A, self.b))
         return (*floats, self.mask[:count].to(device))
+
+
+# ----------------------------------------------------------------------------------------------
+# synthetic CBF-shaped problems and a one-backend timer (benchmarks/qp_speed.py,
+# benchmarks/gpu_throughput.py and the solver's tests; the stage itself uses env states)
+
+
+def cbf_benchmark_problems(batch: int, num_obstacles: int = 2, dtype=torch.float64, device="cpu", seed: int = 0,
+                           v_max: float = 1.0, w_max: float = 2.84, arena_size: float = 20.0,
+                           lookahead: float = 0.2, dt: float = 0.05, gamma: float = 0.2) -> tuple[Tensor, ...]:
+    """Random CBF-structured QPs shaped like the unicycle safety layer (n = 2, u = (v, w)).
+
+    All problems are feasible (u = 0 satisfies every row), as for a safe state.
+    Rows: 4 control bounds (0 <= v <= v_max, |w| <= w_max), 4 walls and `num_obstacles` circles,
+    each a discrete-time CBF row on the look-ahead point p_l = p + l (cos t, sin t) linearised:
+    -dt grad h(p_l)' J u <= gamma h, J = R(t) diag(1, l). Obstacles are masked out at random
+    (about one in four) to exercise masks. Cost: weights (1, 0.1), nominal action u_nom drawn
+    partly outside the bounds: H = diag(w), f = -H u_nom.
+    Returns H (B,2,2), f (B,2), A (B,m,2), b (B,m), mask (B,m) with m = 8 + num_obstacles.
+    """
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=g, dtype=torch.float64)
+
+    half = arena_size / 2
+    pos = (rand(batch, 2) * 2 - 1) * (half - 0.5)
+    theta = (rand(batch) * 2 - 1) * math.pi
+    look = pos + lookahead * torch.stack([theta.cos(), theta.sin()], -1)
+    # J maps (v, w) to the look-ahead point's velocity
+    J = torch.stack([torch.stack([theta.cos(), -lookahead * theta.sin()], -1),
+                     torch.stack([theta.sin(), lookahead * theta.cos()], -1)], -2)  # (B, 2, 2)
+    rows, rhs = [], []
+    eye = torch.eye(2, dtype=torch.float64)
+    for sign, limit in ((1.0, v_max), (-1.0, 0.0)):
+        rows.append((sign * eye[0]).expand(batch, 2))
+        rhs.append(torch.full((batch,), limit, dtype=torch.float64))
+    for sign in (1.0, -1.0):
+        rows.append((sign * eye[1]).expand(batch, 2))
+        rhs.append(torch.full((batch,), w_max, dtype=torch.float64))
+    margin = half - 0.25
+    for axis in (0, 1):
+        for sign in (1.0, -1.0):  # h = margin - sign * p_l[axis] >= 0
+            h = margin - sign * look[:, axis]
+            grad = torch.zeros(batch, 2, dtype=torch.float64)
+            grad[:, axis] = -sign
+            rows.append(-dt * (grad[:, None, :] @ J)[:, 0])
+            rhs.append(gamma * h)
+    obstacle_mask = []
+    for _ in range(num_obstacles):
+        # radius 0.3..1.0 (+ body and margin), the look-ahead point 0.05..2.55 m outside it:
+        # h > 0, so u = 0 satisfies every row and the problem is feasible
+        direction = (rand(batch) * 2 - 1) * math.pi
+        radius = 0.3 + 0.7 * rand(batch) + 0.25
+        dist = radius + 0.05 + 2.5 * rand(batch)
+        centre = look + dist[:, None] * torch.stack([direction.cos(), direction.sin()], -1)
+        diff = look - centre
+        h = diff.norm(dim=-1) - radius
+        grad = diff / diff.norm(dim=-1, keepdim=True)
+        rows.append(-dt * (grad[:, None, :] @ J)[:, 0])
+        rhs.append(gamma * h)
+        obstacle_mask.append(rand(batch) > 0.25)
+    A = torch.stack(rows, 1)
+    b = torch.stack(rhs, 1)
+    mask = torch.cat([torch.ones(batch, 8, dtype=torch.bool)] + [om[:, None] for om in obstacle_mask], 1)
+    weights = torch.tensor([1.0, 0.1], dtype=torch.float64)
+    H = torch.diag_embed(weights.expand(batch, 2)).clone()
+    u_nom = torch.stack([rand(batch) * 1.6 * v_max - 0.3 * v_max, (rand(batch) * 2 - 1) * 1.3 * w_max], -1)
+    f = -(H @ u_nom[..., None])[..., 0]
+    return tuple(x.to(device=device, dtype=dtype) for x in (H, f, A, b)) + (mask.to(device),)
+
+
+def time_solver(backend: str, H: Tensor, f: Tensor, A: Tensor, b: Tensor, mask: Tensor | None = None,
+                backward: bool = False, repeats: int = 20, warmup: int = 3, clock: str = "wall") -> float:
+    """Median time (seconds) of one `solve_qp` call (plus `u.sum().backward()` if backward) on
+    this batch, after `warmup` untimed calls. clock: "wall" (time.perf_counter) or "cpu" (this
+    process's CPU time, time.process_time: steadier on a busy machine, meaningful with one
+    torch thread on CPU only). CUDA work is synchronised before each reading."""
+    from model.qp import solve_qp
+
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats={repeats}, warmup={warmup}; accepted: repeats >= 1, warmup >= 0")
+    clocks = {"wall": time.perf_counter, "cpu": time.process_time}
+    if clock not in clocks:
+        raise ValueError(f"clock={clock!r}; accepted: {', '.join(map(repr, clocks))}")
+    now = clocks[clock]
+    cuda = f.device.type == "cuda"
+    leaves = [x.detach().clone().requires_grad_(backward) for x in (H, f, A, b)]
+    times = []
+    for i in range(warmup + repeats):
+        for leaf in leaves:
+            leaf.grad = None
+        if cuda:
+            torch.cuda.synchronize(f.device)
+        start = now()
+        if backward:
+            solve_qp(*leaves, backend=backend, mask=mask).u.sum().backward()
+        else:
+            with torch.no_grad():
+                solve_qp(*leaves, backend=backend, mask=mask)
+        if cuda:
+            torch.cuda.synchronize(f.device)
+        if i >= warmup:
+            times.append(now() - start)
+    return statistics.median(times)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ import torch
 
 quadprog = pytest.importorskip("quadprog")
 
-from model.qp import QPSolution, cbf_benchmark_problems, kkt_residuals, solve_qp  # noqa: E402
+from model.qp import QPSolution, kkt_residuals, routing, solve_qp  # noqa: E402
+from tasks.qp_benchmark import cbf_benchmark_problems  # noqa: E402
 
 V_MAX, W_MAX = 1.0, 2.84
 
@@ -423,7 +424,8 @@ def test_bad_input_names_the_argument(change, message):
 
 def test_sync_free_path_used_on_cuda_agrees_on_cpu():
     """The CUDA branch (full rule everywhere, merged by torch.where) run on CPU."""
-    from model.qp import _prepare, _solve_exact
+    from model.qp.common import prepare as _prepare
+    from model.qp.reference import solve_exact as _solve_exact
 
     H, f, A, b, mask = cbf_benchmark_problems(100, 8, seed=21)
     b = b - 0.05 * torch.rand(b.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
@@ -572,7 +574,8 @@ def test_hint_float32_and_generic_n():
 
 def test_hint_sync_free_branch_agrees_on_cpu():
     """The CUDA branch of the warm start (enumerate all, merge by torch.where) run on CPU."""
-    from model.qp import _prepare, _solve_exact
+    from model.qp.common import prepare as _prepare
+    from model.qp.reference import solve_exact as _solve_exact
 
     H, f, A, b, mask = cbf_benchmark_problems(100, 8, seed=46)
     b = b - 0.05 * torch.rand(b.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
@@ -613,17 +616,17 @@ def test_qpth_ignores_the_hint_and_reports_no_active_set():
 
 @pytest.mark.parametrize("path", ["torch", "numpy", "compiled"])
 def test_correct_hint_skips_the_enumeration(monkeypatch, path):
-    import model.qp as qp
+    from model.qp import cpu_numpy, reference
 
     use_numpy = path != "torch"
-    monkeypatch.setattr(qp, "_USE_NUMPY_CPU", use_numpy)
-    monkeypatch.setattr(qp, "_USE_COMPILED", path == "compiled")
+    forced = {"torch": "reference", "numpy": "cpu_numpy", "compiled": None}[path]
+    monkeypatch.setattr(routing, "FORCED_ROUTE", forced)
     enumerated = []
     # the enumeration: `_select_active_set(H, ...)` on the torch path, `_np_candidates(Hinv, ...)`
     # on the numpy path; record the batch size of each call
-    name = "_np_candidates" if use_numpy else "_select_active_set"
-    original = getattr(qp, name)
-    monkeypatch.setattr(qp, name, lambda H, *a: enumerated.append(H.shape[0]) or original(H, *a))
+    module, name = (cpu_numpy, "_np_candidates") if use_numpy else (reference, "_select_active_set")
+    original = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda H, *a: enumerated.append(H.shape[0]) or original(H, *a))
     H, f, A, b = random_problems(200, 6, 2, seed=48)
     full = solve_qp(H, f, A, b)
     infeasible = int((~full.feasible).sum())
@@ -645,20 +648,17 @@ def test_correct_hint_skips_the_enumeration(monkeypatch, path):
 @pytest.fixture(params=["compiled", "numpy"])
 def cpu_path(request, monkeypatch):
     """Run a test with the compiled loop (the default for B > 1) and with the plain NumPy path."""
-    import model.qp as qp
-
-    monkeypatch.setattr(qp, "_USE_COMPILED", request.param == "compiled")
+    monkeypatch.setattr(routing, "FORCED_ROUTE", None if request.param == "compiled" else "cpu_numpy")
     return request.param
 
 
 def _both_paths(monkeypatch, H, f, A, b, mask=None, active_hint=None, weights=None):
     """Solve with the numpy path and with the torch path; with weights (B, 2) also return the
-    gradients of sum(weights * u) with respect to H, f, A, b for each."""
-    import model.qp as qp
-
+    gradients of sum(weights * u) with respect to H, f, A, b for each. The numpy path is the
+    route the `cpu_path` fixture set (default: the compiled loop for B > 1, Python for B = 1)."""
     out = []
-    for use_numpy in (True, False):
-        monkeypatch.setattr(qp, "_USE_NUMPY_CPU", use_numpy)
+    for route in (routing.FORCED_ROUTE, "reference"):
+        monkeypatch.setattr(routing, "FORCED_ROUTE", route)
         leaves = [x.detach().clone().requires_grad_(weights is not None) for x in (H, f, A, b)]
         sol = solve_qp(*leaves, mask=mask, active_hint=active_hint)
         grads = None
@@ -745,7 +745,9 @@ def test_numpy_path_gradients_match_finite_differences(cpu_path):
 def test_single_element_kkt_in_python_floats_matches_numpy():
     """B = 1 (float64) solves the winner's KKT system in Python floats: same outputs as NumPy."""
     import numpy as np
-    from model.qp import _np_slot_kkt, _py_slot_kkt
+
+    from model.qp.cpu_n2 import _py_slot_kkt
+    from model.qp.cpu_numpy import _np_slot_kkt
 
     H, f, A, b = random_problems(40, 5, 2, seed=76)
     A[:, 4] = 0  # a zero row: a singular block when active
@@ -766,21 +768,21 @@ def test_compiled_loop_equals_the_python_float_path_bit_for_bit(dtype):
     """The compiled loop (B > 1) runs `_solve_single_py`'s arithmetic on every element: wherever
     that path settles an element alone (it returns None otherwise: infeasible, round-off), u, lam
     and the active set are the same bits; the rest get the NumPy full rule (feasible False here)."""
-    import model.qp as qp
+    from model.qp import cpu_n2
 
     H, f, A, b, mask = cbf_benchmark_problems(240, 4, seed=91)
     b = b - torch.rand(b.shape, generator=torch.Generator().manual_seed(5), dtype=b.dtype) * 0.1
     b[:12] -= 5.0  # infeasible
     H, f, A, b = (x.to(dtype) for x in (H, f, A, b))
-    own = qp.solve_qp(H, f, A, b, mask=mask).active
+    own = solve_qp(H, f, A, b, mask=mask).active
     wrong = torch.full_like(own, -1)
     wrong[:, 0] = 1
     for hint in (None, own, wrong):
-        batch = qp.solve_qp(H, f, A, b, mask=mask, active_hint=hint)
+        batch = solve_qp(H, f, A, b, mask=mask, active_hint=hint)
         assert batch.u.dtype == dtype and not batch.feasible[:12].any()
         settled = 0
         for i in range(240):
-            single = qp._solve_single_py(H[i:i + 1], f[i:i + 1], A[i:i + 1], b[i:i + 1], mask[i:i + 1],
+            single = cpu_n2.solve_single(H[i:i + 1], f[i:i + 1], A[i:i + 1], b[i:i + 1], mask[i:i + 1],
                                          None if hint is None else hint[i:i + 1])
             if single is None:
                 continue
@@ -816,12 +818,9 @@ def test_numpy_path_gradient_survives_in_place_change_of_u(cpu_path):
 def _single_three_ways(monkeypatch, H, f, A, b, mask=None, active_hint=None, weights=None):
     """One element solved by the Python-float path, the NumPy path and the torch path:
     [(QPSolution, grads of sum(weights * u) w.r.t. H, f, A, b)] in that order."""
-    import model.qp as qp
-
     out = []
-    for use_py, use_numpy in ((True, True), (False, True), (False, False)):
-        monkeypatch.setattr(qp, "_USE_PY_SINGLE", use_py)
-        monkeypatch.setattr(qp, "_USE_NUMPY_CPU", use_numpy)
+    for route in (None, "cpu_numpy", "reference"):
+        monkeypatch.setattr(routing, "FORCED_ROUTE", route)
         leaves = [x.detach().clone().requires_grad_() for x in (H, f, A, b)]
         sol = solve_qp(*leaves, mask=mask, active_hint=active_hint)
         grads = torch.autograd.grad((sol.u * weights).sum(), leaves, allow_unused=True)
@@ -913,13 +912,80 @@ def test_single_element_path_float32(monkeypatch):
 
 
 def test_single_element_path_is_taken_and_gradients_match_finite_differences(monkeypatch):
-    import model.qp as qp
+    from model.qp import cpu_n2
 
     calls = []
-    original = qp._solve_single_py
-    monkeypatch.setattr(qp, "_solve_single_py", lambda *a: calls.append(1) or original(*a))
+    original = cpu_n2.solve_single
+    monkeypatch.setattr(cpu_n2, "solve_single", lambda *a: calls.append(1) or original(*a))
     H, f, A, b, mask = cbf_benchmark_problems(3, 2, seed=86)
     for i in range(3):
         leaves = [x[i:i + 1].clone().requires_grad_() for x in (H, f, A, b - 0.05 * i)]
         assert torch.autograd.gradcheck(lambda *x: solve_qp(*x, mask=mask[i:i + 1]).u, leaves)
     assert calls
+
+
+# ----------------------------------------------------------------------------------------------
+# routing: one function picks the implementation, one override forces another
+
+
+def test_route_choice_by_device_n_and_batch():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert routing.choose_route(cpu, 2, 1) == "cpu_single"
+    assert routing.choose_route(cpu, 2, 64) == "cpu_batch"
+    assert routing.choose_route(cpu, 3, 64) == "reference"
+    assert routing.choose_route(cpu, 1, 1) == "reference"
+    assert routing.choose_route(cuda, 2, 64) == "reference_sync_free"
+    assert not routing.sync_free(cpu) and routing.sync_free(cuda)
+    with routing.forced("cpu_numpy"):
+        assert routing.choose_route(cpu, 2, 1) == "cpu_numpy"
+        assert routing.choose_route(cpu, 3, 8) == "reference"  # no NumPy rule for n != 2
+        assert routing.choose_route(cuda, 2, 8) == "reference_sync_free"
+    with routing.forced("reference_sync_free"):
+        assert routing.choose_route(cpu, 2, 8) == "reference_sync_free" and routing.sync_free(cpu)
+    assert routing.FORCED_ROUTE is None  # restored
+    with pytest.raises(ValueError, match="'cpu_single'.*accepted: None or one of 'cpu_numpy'"):
+        with routing.forced("cpu_single"):
+            pass
+
+
+def test_bad_forced_route_is_named(monkeypatch):
+    monkeypatch.setattr(routing, "FORCED_ROUTE", "numba")
+    with pytest.raises(ValueError, match="FORCED_ROUTE='numba'; accepted: None or one of 'cpu_numpy'"):
+        solve_qp(torch.eye(2).expand(2, 2, 2), torch.zeros(2, 2), torch.zeros(2, 3, 2), torch.ones(2, 3))
+
+
+@pytest.mark.parametrize("forced, batch, infeasible, expected", [
+    (None, 1, False, ["solve_single"]),
+    (None, 1, True, ["solve_single", "cpu_numpy.solve"]),  # the Python path hands over what it cannot settle
+    (None, 6, True, ["solve_batch", "full_rule_rows"]),
+    (None, 6, False, ["solve_batch"]),
+    ("cpu_numpy", 6, False, ["cpu_numpy.solve"]),
+    ("reference", 1, False, ["solve_exact"]),
+    ("reference_sync_free", 6, True, ["solve_exact"]),
+])
+def test_each_route_runs_its_implementation(monkeypatch, forced, batch, infeasible, expected):
+    """Spies on every implementation's entry: the route calls exactly the expected ones."""
+    import model.qp as qp
+    from model.qp import cpu_n2, cpu_numpy
+
+    calls = []
+
+    def spy(owner, name, label):
+        original = getattr(owner, name)
+        monkeypatch.setattr(owner, name, lambda *a, **k: calls.append(label) or original(*a, **k))
+
+    spy(cpu_n2, "solve_single", "solve_single")
+    spy(cpu_n2, "solve_batch", "solve_batch")
+    spy(cpu_numpy, "solve", "cpu_numpy.solve")
+    spy(cpu_numpy, "full_rule_rows", "full_rule_rows")
+    spy(qp, "solve_exact", "solve_exact")
+    monkeypatch.setattr(routing, "FORCED_ROUTE", forced)
+    H, f, A, b = random_problems(batch, 4, 2, seed=90)
+    if infeasible:  # v <= -1 and v >= 0 in the last element: no point satisfies both
+        A[-1, :2] = torch.tensor([[1.0, 0.0], [-1.0, 0.0]], dtype=A.dtype)
+        b[-1, :2] = torch.tensor([-1.0, 0.0], dtype=b.dtype)
+    else:  # u = 0 satisfies every row
+        b = b.abs()
+    sol = solve_qp(H, f, A, b)
+    assert calls == expected
+    assert bool(sol.feasible[-1]) != infeasible

@@ -1,15 +1,15 @@
 """The exact QP's common case for n = 2 on the CPU, compiled with numba: one loop over the batch.
 
-`model.qp._solve_single_py` solves one element in Python floats (float64 arithmetic): canonical
+`model.qp.cpu_n2.solve_single` solves one element in Python floats (float64 arithmetic): canonical
 hint -> KKT solve -> check; if that fails, the fast rule (the dual-feasible candidate with the
 highest objective, first on ties) -> KKT solve -> check. `solve_batch` runs exactly that
 arithmetic, in the same order, for every element of a batch in one compiled loop, where the
 NumPy path spends its time in a few hundred array calls on (B, m) arrays. Elements whose check
 fails (infeasible problems, round-off) come back with ``passed`` False; the caller applies the
-NumPy path's full rule to those only.
+NumPy full rule (`model.qp.cpu_numpy.full_rule_rows`) to those only.
 
 No fast-math: LLVM then keeps IEEE semantics (no fused multiply-add contraction, no
-reassociation), so each element's numbers equal `_solve_single_py`'s bit for bit (tested).
+reassociation), so each element's numbers equal `solve_single`'s bit for bit (tested).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from numba import njit
 
 @njit(cache=True, inline="always")
 def _kkt(i00, i01, i11, u00, u01, rows, rhs, slot0, slot1, sing_tol, out):
-    """`model.qp._py_kkt` for the active set (slot0, slot1) (-1: unused slot). Writes into out
+    """`model.qp.cpu_n2._py_kkt` for the active set (slot0, slot1) (-1: unused slot). Writes into out
     (16,): u (2), lam (2), ok, used0, used1, Y (4, row-major), K (4, row-major), and returns ok."""
     used0, used1 = slot0 >= 0, slot1 >= 0
     a00 = rows[slot0, 0] if used0 else 0.0
@@ -64,7 +64,7 @@ def _kkt(i00, i01, i11, u00, u01, rows, rhs, slot0, slot1, sing_tol, out):
 
 @njit(cache=True, inline="always")
 def _check(out, rows, b_tol, m, tie):
-    """`_solve_single_py`'s check of a KKT solution: regular, least lam >= -tie, primal feasible."""
+    """`solve_single`'s check of a KKT solution: regular, least lam >= -tie, primal feasible."""
     if not out[4]:
         return False
     least = out[2] if out[2] < out[3] else out[3]
@@ -79,13 +79,13 @@ def _check(out, rows, b_tol, m, tie):
 @njit(cache=True)
 def solve_batch(H, f, A, b, mask, has_mask, hint, has_hint, feas, tie, sing_tol,
                 u, lam, used, Y, K, active, inv_norm, lam_rows, passed):
-    """Solve every element of the batch as `_solve_single_py` does.
+    """Solve every element of the batch as `model.qp.cpu_n2.solve_single` does.
 
     Inputs: H (B, 2, 2), f (B, 2), A (B, m, 2), b (B, m) of one float dtype (m >= 1: the caller
     turns m = 0 into one row 0'u <= 1); mask (B, m) bool, read only if has_mask; hint (B, 2)
     int64, read only if has_hint; the dtype's tolerances. Outputs (float64 unless said), filled
     for every element: u (B, 2), lam (B, 2) per slot, used (B, 2) bool, Y and K (B, 2, 2) (the
-    backward's matrices of `_np_slot_kkt`), active (B, 2) int64 canonical (rows ascending,
+    backward's matrices of `cpu_numpy._np_slot_kkt`), active (B, 2) int64 canonical (rows ascending,
     -1 last), inv_norm (B, 2) = 1 / |a_row| of used slots (0 elsewhere), lam_rows (B, m) the
     multipliers on the raw rows, passed (B,) bool (False: the caller must apply the full rule;
     the other outputs of that element are then meaningless).
@@ -132,7 +132,7 @@ def solve_batch(H, f, A, b, mask, has_mask, hint, has_hint, feas, tie, sing_tol,
             slot1 = k1 if k1 < m else -1
             _kkt(i00, i01, i11, u00, u01, rows, rhs, slot0, slot1, sing_tol, out)
             ok = _check(out, rows, b_tol, m, tie)
-        if not ok:  # the fast rule (see `_solve_single_py` for why the pruning keeps the winner)
+        if not ok:  # the fast rule (see `cpu_n2.solve_single` for why the pruning keeps the winner)
             for k in range(m):
                 ah[k, 0] = rows[k, 0] * i00 + rows[k, 1] * i01
                 ah[k, 1] = rows[k, 0] * i01 + rows[k, 1] * i11
@@ -205,8 +205,8 @@ def allocate_outputs(batch: int, m: int) -> tuple[np.ndarray, ...]:
 
 @njit(cache=True)
 def backward_batch(grad_u, u, lam, Y, K, active, inv_norm, grad_H, grad_f, grad_A, grad_b):
-    """The implicit-function backward of `model.qp._NumpyActiveSetKKT` for the elements of
-    `solve_batch` (the NumPy version's formulas, one loop): from the upstream gradient grad_u
+    """The implicit-function backward of the winner's KKT system for the elements of
+    `solve_batch` (the formulas of `cpu_numpy._np_backward`, one loop): from the upstream gradient grad_u
     (B, 2) and the saved u, lam (B, 2), Y, K (B, 2, 2), active (B, 2), inv_norm (B, 2), fill
     grad_H (B, 2, 2), grad_f (B, 2) (= K g), grad_A (B, m, 2) and grad_b (B, m): the active
     slots' gradients land on their raw rows, scaled by 1 / |a_row| (zero elsewhere)."""
