@@ -27,12 +27,24 @@ from typing import TYPE_CHECKING, NamedTuple, Sequence
 import torch
 from torch import Tensor, nn
 
-from model.cbf import CBFGeometry, cbf_geometry, cbf_rows, cbf_rows_from_geometry, num_barriers
+from model.cbf import (
+    CBFGeometry,
+    barriers_at,
+    cbf_geometry,
+    cbf_rows,
+    cbf_rows_from_geometry,
+    check_robust_margin,
+    num_barriers,
+    virtual_point,
+)
+from model.dcbf_exact import exact_dcbf_action
 from model.qp import solve_qp
 
 if TYPE_CHECKING:
+    from env.config import EnvParams
     from env.core import SafetyState
-    from tasks.params import BarrierNetParams, CBFParams, EnvParams, Params
+    from model.config import BarrierNetParams, CBFParams
+    from tasks.params import Params  # only a type: make_actor reads its env, cbf, barriernet, train sections
 
 ALGOS = ("barriernet", "baseline")
 UPDATE_MODES = ("through_qp", "nominal")
@@ -95,11 +107,24 @@ def _safe_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+class _ExactRows(NamedTuple):
+    """Stands in for CBFRows when the form is ``dcbf_exact``, whose rows depend on the proposal
+    (model/dcbf_exact.py): what `_CBFProjection.forward` needs to build them, and h for info."""
+
+    safety: "SafetyState"  # in the proposal's dtype and device
+    gamma: float | Tensor  # per-step fraction, float or (B, M)
+    robust_margin: float
+    h: Tensor  # (B, M) barrier values on the look-ahead point (absent obstacles +inf)
+
+
 class _CBFProjection(nn.Module):
     """u_safe = argmin 1/2 (u - u_ref)' H (u - u_ref)  s.t. the CBF rows, H = diag(cbf.action_weights).
 
     Infeasible problems return solve_qp's documented fallback action, flagged in ``feasible``; the
     result is then clamped to the action box (a no-op for feasible solutions).
+    Form ``dcbf_exact``: `rows` returns an `_ExactRows` and forward runs
+    `model.dcbf_exact.exact_dcbf_action` (re-linearised QPs until the exact step passes, flagged
+    infeasible otherwise); autograd sees the last linearised QP (see that module).
     """
 
     def __init__(self, env: "EnvParams", cbf: "CBFParams"):
@@ -112,8 +137,18 @@ class _CBFProjection(nn.Module):
         self.time_qp = False
         self.qp_ms: list[float] = []
 
-    def rows(self, safety: "SafetyState", gamma: float | Tensor, like: Tensor, form: str | None = None):
-        return cbf_rows(_safety_like(safety, like), self.env, self.cbf, gamma, form=form)
+    def rows(self, safety: "SafetyState", gamma: float | Tensor, like: Tensor, form: str | None = None,
+             robust_margin: float = 0.0):
+        """CBFRows of the states in `like`'s dtype (an `_ExactRows` for form ``dcbf_exact``);
+        form None takes ``cbf.form``; robust_margin (m) inflates every clearance (RCBF-QP)."""
+        form = self.cbf.form if form is None else form
+        safety = _safety_like(safety, like)
+        if form != "dcbf_exact":
+            return cbf_rows(safety, self.env, self.cbf, gamma, form=form, robust_margin=robust_margin)
+        margin = check_robust_margin(robust_margin)
+        h, _, present = barriers_at(virtual_point(safety.pursuer, self.cbf.lookahead), safety, self.env,
+                                    self.cbf.lookahead, margin)
+        return _ExactRows(safety, gamma, margin, torch.where(present, h, torch.full_like(h, float("inf"))))
 
     def geometry(self, safety: "SafetyState", like: Tensor) -> CBFGeometry:
         return cbf_geometry(_safety_like(safety, like), self.env, self.cbf)
@@ -133,8 +168,12 @@ class _CBFProjection(nn.Module):
         if self.time_qp:
             _sync(u_ref)
             start = time.perf_counter()
-        solution = solve_qp(H, f, rows.A, rows.b, backend=self.cbf.qp_backend, mask=rows.mask,
-                            active_hint=active_hint)
+        if isinstance(rows, _ExactRows):
+            solution = exact_dcbf_action(rows.safety, self.env, self.cbf, rows.gamma, u_ref,
+                                         robust_margin=rows.robust_margin, active_hint=active_hint)
+        else:
+            solution = solve_qp(H, f, rows.A, rows.b, backend=self.cbf.qp_backend, mask=rows.mask,
+                                active_hint=active_hint)
         if self.time_qp:
             _sync(u_ref)
             self.qp_ms.append((time.perf_counter() - start) * 1e3)
@@ -275,8 +314,8 @@ class BarrierNetActor(nn.Module):
         """The gamma-free part of the CBF rows of states (B,) (None in nominal mode, which needs no
         rows in `evaluate_actions`): PPO computes it once per update and hands
         ``geometry.index(minibatch)`` to `evaluate_actions` (speed only, same rows)."""
-        if self.update_mode != "through_qp":
-            return None
+        if self.update_mode != "through_qp" or self.cbf_params.form == "dcbf_exact":
+            return None  # dcbf_exact's rows depend on the proposal: evaluate_actions builds them
         self._check_safety(safety, obs.shape[0])
         return self.projection.geometry(safety, obs.new_empty(0, dtype=_safe_dtype(obs)))
 
@@ -365,8 +404,10 @@ class GaussianActor(nn.Module):
 class SafetyFilter(nn.Module):
     """Wraps any actor at evaluation: its action is projected by the CBF QP at a fixed gamma.
 
-    ``form`` "ct" (gamma: rate in 1/s) or "dcbf" (gamma: per-step fraction in (0, 1]); these are
-    the "baseline + CT-CBF filter" and "baseline + DCBF filter" arms. forward has the actor's
+    ``form`` "ct" (gamma: rate in 1/s) or "dcbf" (first-order discrete rows, gamma: per-step
+    fraction in (0, 1]; the same rows as "ct" at gamma / dt); these are the "baseline + CT-CBF
+    filter" and "baseline + DCBF filter" arms. "dcbf_exact" (gamma: per-step fraction) enforces
+    h(q+) >= (1 - gamma) h(q) on the exact arc step (model/dcbf_exact.py). forward has the actor's
     signature (pass deterministic=True at evaluation); sample and log_prob are the wrapped actor's.
     info: ``nominal`` (B, 2) the wrapped actor's executed action, ``gamma`` (B, M) the fixed gamma,
     ``proposal`` (= nominal), ``correction``, ``intervened``, ``infeasible``, ``h``, ``qp_ms`` (only
@@ -375,11 +416,11 @@ class SafetyFilter(nn.Module):
 
     def __init__(self, actor: nn.Module, env_params: "EnvParams", cbf_params: "CBFParams", form: str, gamma: float):
         super().__init__()
-        if form not in ("ct", "dcbf"):
-            raise ValueError(f"SafetyFilter form={form!r}; accepted: 'ct' or 'dcbf'")
+        if form not in ("ct", "dcbf", "dcbf_exact"):
+            raise ValueError(f"SafetyFilter form={form!r}; accepted: 'dcbf_exact', 'ct' or 'dcbf'")
         gamma = float(gamma)
-        if not (0 < gamma <= 1 if form == "dcbf" else gamma > 0):
-            raise ValueError(f"SafetyFilter gamma={gamma} for form {form}; accepted: {'(0, 1]' if form == 'dcbf' else '> 0'}")
+        if not (gamma > 0 if form == "ct" else 0 < gamma <= 1):
+            raise ValueError(f"SafetyFilter gamma={gamma} for form {form}; accepted: {'> 0' if form == 'ct' else '(0, 1]'}")
         self.actor, self.env_params, self.cbf_params = actor, env_params, cbf_params
         self.form, self.gamma = form, gamma
         self.num_barriers = num_barriers(env_params.num_obstacles)

@@ -21,15 +21,27 @@ Barriers (on q)
   ``W = L/2 - robot_radius - safety_margin - d``. Since ``|p_x - q_x| <= d``, ``h >= 0`` implies the
   env's wall barrier ``L/2 - R - margin -/+ p_x >= 0``.
 
+Robust margin (the RCBF-QP filter)
+----------------------------------
+``robust_margin`` (m, >= 0; ``cbf.robust_margin`` for the RCBF filter, 0 everywhere else) inflates
+every clearance: ``rho_i += robust_margin`` and ``W -= robust_margin``. The obstacle barriers stay
+in m^2 and the walls in m (a margin added to h itself would mean m^2 for one and m for the
+other). ``robust_margin = 0`` gives today's rows bit for bit (adding 0.0 is exact).
+
 Constraint forms (rows ``A u <= b``)
 ------------------------------------
 - ``ct`` (continuous time): ``grad_h(q) . J u + gamma h >= 0``, i.e.
   ``A_row = -grad_h(q) @ J``, ``b_row = gamma h``; gamma is a rate in 1/s.
-- ``dcbf`` (discrete time): ``h(x_{k+1}) >= (1 - gamma) h(x_k)`` with ``h(x_{k+1})`` linearised over
-  one step ``dt``: ``h + dt grad_h . J u >= (1 - gamma) h``, i.e. ``-dt grad_h @ J u <= gamma h``.
-  We divide the row by ``dt`` (same feasible set, rows on the scale of the ct rows and the bound
-  rows): ``A_row = -grad_h @ J``, ``b_row = (gamma / dt) h``. So DCBF with gamma equals CT with
-  ``gamma / dt``; gamma is a per-step fraction in (0, 1].
+- ``dcbf``, the FIRST-ORDER discrete form: ``h(x_{k+1}) >= (1 - gamma) h(x_k)`` with
+  ``h(x_{k+1})`` replaced by its first-order Taylor expansion over one step ``dt``:
+  ``h + dt grad_h . J u >= (1 - gamma) h``, i.e. ``-dt grad_h @ J u <= gamma h``. We divide the
+  row by ``dt`` (same feasible set, rows on the scale of the ct rows and the bound rows):
+  ``A_row = -grad_h @ J``, ``b_row = (gamma / dt) h``. So this form IS the ct form at rate
+  ``gamma / dt`` (identical rows); gamma is a per-step fraction in (0, 1]. It does not make the
+  exact discrete step invariant: the neglected second-order term can take ``h(x_{k+1})`` below
+  ``(1 - gamma) h`` and below 0 (benchmarks/dcbf_invariance.py counts how often).
+- ``dcbf_exact`` (model/dcbf_exact.py): the same condition on the exact arc step, enforced by
+  re-linearising and re-solving; not a fixed set of rows, so `cbf_rows` refuses it.
 
 Rows, in order: K obstacles, 4 walls (the M = K + 4 barrier rows, one gamma each), then 4 control
 bounds ``v <= v_max``, ``-v <= 0``, ``w <= w_max``, ``-w <= w_max``: m = K + 8 rows in all.
@@ -39,6 +51,7 @@ harmless, non-zero row ``-v <= 1`` so that even a solver that ignored the mask w
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -46,9 +59,11 @@ from torch import Tensor
 
 if TYPE_CHECKING:  # the env's SafetyState; any object with these fields works
     from env.core import SafetyState
-    from tasks.params import CBFParams, EnvParams
+    from model.config import CBFParams
+    from env.config import EnvParams
 
 FORMS = ("dcbf", "ct")
+"""The forms that are a fixed set of rows (`cbf_rows`); ``dcbf_exact`` iterates (model/dcbf_exact.py)."""
 NUM_WALLS = 4
 NUM_BOUND_ROWS = 4
 
@@ -83,26 +98,47 @@ def virtual_point(pursuer: Tensor, lookahead: float) -> Tensor:
     return pursuer[..., :2] + lookahead * torch.stack((torch.cos(theta), torch.sin(theta)), dim=-1)
 
 
-def _barriers(safety: "SafetyState", env: "EnvParams", lookahead: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Barrier values and gradients on q.
+def check_robust_margin(robust_margin: float) -> float:
+    """robust_margin as a float, or ValueError naming it and what is accepted (metres, >= 0)."""
+    margin = float(robust_margin)
+    if not (math.isfinite(margin) and margin >= 0.0):
+        raise ValueError(f"robust_margin={robust_margin!r} is invalid; accepted: a finite number of metres >= 0")
+    return margin
+
+
+def _barriers(
+    safety: "SafetyState", env: "EnvParams", lookahead: float, robust_margin: float = 0.0
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Barrier values and gradients on q (the look-ahead point of safety.pursuer).
 
     Returns h (B, M) (finite everywhere: absent obstacles get a placeholder value),
     grad (B, M, 2) = dh/dq, and the barrier mask (B, M) bool.
     """
-    pursuer = safety.pursuer
-    q = virtual_point(pursuer, lookahead)  # (B, 2)
-    batch = pursuer.shape[0]
+    return barriers_at(virtual_point(safety.pursuer, lookahead), safety, env, lookahead, robust_margin)
+
+
+def barriers_at(
+    q: Tensor, safety: "SafetyState", env: "EnvParams", lookahead: float, robust_margin: float = 0.0
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The look-ahead barriers evaluated at a point q (B, 2) (m), e.g. the exact next look-ahead point.
+
+    The radii and wall bounds are those of the look-ahead point (``lookahead`` m ahead of the
+    body), inflated by ``robust_margin`` m. Returns h (B, M) (m^2 for obstacles, m for walls;
+    absent obstacles hold a finite placeholder), grad (B, M, 2) = dh/dq, mask (B, M) bool.
+    """
+    batch = q.shape[0]
     present = safety.obstacle_mask.to(torch.bool)
     # Absent slots may hold anything (zeros, garbage, inf): replace before any arithmetic so that no
     # NaN/inf reaches a row or a gradient.
     centres = torch.where(present.unsqueeze(-1), safety.obstacle_centres, q.detach().unsqueeze(1) + 1.0)
     radii = torch.where(present, safety.obstacle_radii, torch.zeros_like(safety.obstacle_radii))
-    rho = radii + (env.robot_radius + env.safety_margin + lookahead)
+    # robust_margin = 0.0 adds exactly 0.0: today's rows bit for bit
+    rho = radii + (env.robot_radius + env.safety_margin + lookahead + robust_margin)
     offset = q.unsqueeze(1) - centres  # (B, K, 2)
     h_obstacles = (offset * offset).sum(-1) - rho * rho
     grad_obstacles = 2.0 * offset
 
-    wall = env.arena_size / 2 - env.robot_radius - env.safety_margin - lookahead
+    wall = env.arena_size / 2 - env.robot_radius - env.safety_margin - lookahead - robust_margin
     qx, qy = q[:, 0], q[:, 1]
     h_walls = torch.stack((wall - qx, wall + qx, wall - qy, wall + qy), dim=-1)  # (B, 4)
     grad_walls = q.new_tensor([[-1.0, 0.0], [1.0, 0.0], [0.0, -1.0], [0.0, 1.0]]).expand(batch, NUM_WALLS, 2)
@@ -150,8 +186,10 @@ class CBFGeometry(NamedTuple):
         return CBFGeometry(*(x[idx] for x in self))
 
 
-def cbf_geometry(safety: "SafetyState", env_params: "EnvParams", cbf_params: "CBFParams") -> CBFGeometry:
-    """The gamma-free part of `cbf_rows` (see there for the shapes of safety)."""
+def cbf_geometry(
+    safety: "SafetyState", env_params: "EnvParams", cbf_params: "CBFParams", robust_margin: float = 0.0
+) -> CBFGeometry:
+    """The gamma-free part of `cbf_rows` (see there for the shapes of safety and robust_margin)."""
     pursuer = safety.pursuer
     if pursuer.dim() != 2 or pursuer.shape[-1] != 3:
         raise ValueError(f"safety.pursuer has shape {tuple(pursuer.shape)}; accepted: (B, 3) = x, y, theta")
@@ -162,7 +200,7 @@ def cbf_geometry(safety: "SafetyState", env_params: "EnvParams", cbf_params: "CB
             f"{tuple(safety.obstacle_radii.shape)}, mask {tuple(safety.obstacle_mask.shape)}; accepted: (B, K, 2), (B, K), (B, K)"
         )
     lookahead = cbf_params.lookahead
-    h, grad, barrier_mask = _barriers(safety, env_params, lookahead)
+    h, grad, barrier_mask = _barriers(safety, env_params, lookahead, check_robust_margin(robust_margin))
     theta = pursuer[:, 2]
     cos, sin = torch.cos(theta), torch.sin(theta)
     # grad @ J(theta): J's columns are dq/dv = (cos, sin) and dq/dw = d (-sin, cos).
@@ -184,8 +222,7 @@ def cbf_geometry(safety: "SafetyState", env_params: "EnvParams", cbf_params: "CB
 
 def cbf_rows_from_geometry(geometry: CBFGeometry, env_params: "EnvParams", gamma: float | Tensor, form: str) -> CBFRows:
     """`cbf_rows` from its gamma-free part: b of the barrier rows = gamma h (gamma / dt for dcbf)."""
-    if form not in FORMS:
-        raise ValueError(f"form={form!r} is unknown; accepted: {FORMS}")
+    _check_row_form(form)
     h, barrier_mask = geometry.h, geometry.barrier_mask
     gamma = _check_gamma(gamma, form, h.shape[0], h.shape[1], h)
     if form == "dcbf":
@@ -202,16 +239,28 @@ def cbf_rows(
     cbf_params: "CBFParams",
     gamma: float | Tensor,
     form: str | None = None,
+    robust_margin: float = 0.0,
 ) -> CBFRows:
     """Constraint rows ``A u <= b`` on u = (v, w) for a batch of states (see the module docstring).
 
     safety: pursuer (B, 3), obstacle_centres (B, K, 2), obstacle_radii (B, K), obstacle_mask (B, K).
     gamma: float (fixed) or a tensor (B, M) / (M,) (e.g. from a network; differentiable), M = K + 4.
-    form: "dcbf" or "ct"; None takes ``cbf_params.form``.
+    form: "dcbf" (first order; = "ct" at gamma / dt) or "ct"; None takes ``cbf_params.form``.
+    robust_margin: metres (>= 0) added to every clearance (RCBF-QP filter: ``cbf.robust_margin``);
+    0 gives the plain rows.
     Returns CBFRows(A (B, m, 2), b (B, m), mask (B, m), h (B, M)), m = K + 8, in safety's dtype/device.
     No host synchronisation.
     """
     form = cbf_params.form if form is None else form
+    _check_row_form(form)
+    return cbf_rows_from_geometry(cbf_geometry(safety, env_params, cbf_params, robust_margin), env_params, gamma, form)
+
+
+def _check_row_form(form: str) -> None:
+    if form == "dcbf_exact":
+        raise ValueError(
+            "form='dcbf_exact' has no fixed rows (it re-linearises at each proposal); accepted here: "
+            f"{FORMS}; use model.dcbf_exact.exact_dcbf_action for it"
+        )
     if form not in FORMS:
         raise ValueError(f"form={form!r} is unknown; accepted: {FORMS}")
-    return cbf_rows_from_geometry(cbf_geometry(safety, env_params, cbf_params), env_params, gamma, form)

@@ -21,6 +21,8 @@ from typing import Any, Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from model.config import BarrierNetParams, CBFParams  # re-exported: model/ owns the cbf and barriernet sections
+
 DEFAULT_PARAMS_PATH = Path(__file__).resolve().parent.parent / "params.yaml"
 
 
@@ -110,43 +112,6 @@ class EnvParams(_Section):
                     f"placed in a {self.arena_size} m arena (they would cover {share:.0%}; "
                     "accepted: at most a third)"
                 )
-        return self
-
-
-class CBFParams(_Section):
-    """Control-barrier-function rows shared by BarrierNet and the post-hoc filters."""
-
-    form: Literal["dcbf", "ct"] = Field("dcbf", description="dcbf: h(x+) >= (1-gamma) h(x); ct: h' + gamma h >= 0")
-    lookahead: float = Field(0.2, gt=0, description="virtual control point distance ahead of the pursuer (m)")
-    qp_backend: Literal["exact", "qpth"] = Field("exact", description="QP solver used in the policies")
-    action_weights: list[float] = Field([1.0, 0.1], min_length=2, max_length=2, description="QP cost diag for (v, w)")
-    filter_gamma: float = Field(0.2, gt=0, le=1, description="fixed class-K gamma of the post-hoc filters")
-    intervention_tol: float = Field(1e-3, gt=0, description="|safe - nominal| above this counts as an intervention")
-
-    @field_validator("action_weights")
-    @classmethod
-    def _positive(cls, value: list[float]) -> list[float]:
-        if any(w <= 0 for w in value):
-            raise ValueError(f"cbf.action_weights={value} must be positive (QP cost must be strictly convex)")
-        return value
-
-
-class BarrierNetParams(_Section):
-    """BarrierNet actor: nominal head + class-K head -> CBF rows -> QP."""
-
-    update_mode: Literal["through_qp", "nominal"] = Field(
-        "through_qp", description="through_qp: log-prob under the QP mean (gamma learns); nominal: the reference's choice"
-    )
-    gamma_min: float = Field(0.05, gt=0, le=1, description="lower end of the learned class-K gamma")
-    gamma_max: float = Field(1.0, gt=0, le=1, description="upper end of the learned class-K gamma")
-    exploration_std: list[float] = Field([0.3, 0.6], min_length=2, max_length=2, description="fixed std (v, w)")
-
-    @model_validator(mode="after")
-    def _range(self) -> "BarrierNetParams":
-        if self.gamma_max <= self.gamma_min:
-            raise ValueError(f"barriernet.gamma_max={self.gamma_max} must exceed gamma_min={self.gamma_min}")
-        if any(s <= 0 for s in self.exploration_std):
-            raise ValueError(f"barriernet.exploration_std={self.exploration_std} must be positive")
         return self
 
 

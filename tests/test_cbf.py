@@ -10,8 +10,9 @@ import pytest
 import quadprog
 import torch
 
-from model.cbf import CBFRows, cbf_rows, num_barriers, num_rows, virtual_point
-from tasks.params import CBFParams, EnvParams
+from model.cbf import CBFRows, cbf_geometry, cbf_rows, num_barriers, num_rows, virtual_point
+from model.config import CBFParams
+from tasks.params import EnvParams
 
 from env.core import SafetyState
 
@@ -225,3 +226,91 @@ def test_bad_gamma_and_form_are_named():
 def test_virtual_point():
     pose = torch.tensor([[1.0, 2.0, math.pi / 2]])
     torch.testing.assert_close(virtual_point(pose, 0.2), torch.tensor([[1.0, 2.2]]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Robust margin (the RCBF-QP filter) and config ownership
+
+
+def one_state(theta: float) -> SafetyState:
+    """Pursuer at (1, 2) heading theta; one obstacle of radius 0.5 at (3, 2)."""
+    f64 = lambda a: torch.tensor(a, dtype=torch.float64)  # noqa: E731
+    return SafetyState(f64([[1.0, 2.0, theta]]), f64([[[3.0, 2.0]]]), f64([[0.5]]), torch.ones(1, 1, dtype=torch.bool))
+
+
+def test_robust_margin_rows_against_hand_computed_numbers():
+    """Margin 0.05: rho = 0.5 + 0.15 + 0.1 + 0.2 + 0.05 = 1.0, wall bound W = 10 - 0.15 - 0.1 - 0.2 - 0.05 = 9.5."""
+    gamma = 0.2  # dcbf: b = (gamma / dt) h = 4 h
+    # heading 0: q = (1.2, 2); obstacle h = 1.8^2 - 1 = 2.24, grad = 2 (q - c) = (-3.6, 0), J = [[1, 0], [0, 0.2]]
+    rows = cbf_rows(one_state(0.0), ENV, CBF, gamma, form="dcbf", robust_margin=0.05)
+    expected_h = [2.24, 9.5 - 1.2, 9.5 + 1.2, 9.5 - 2.0, 9.5 + 2.0]
+    np.testing.assert_allclose(rows.h[0].numpy(), expected_h, rtol=0, atol=1e-12)
+    expected_A = [[3.6, 0.0], [1.0, 0.0], [-1.0, 0.0], [0.0, 0.2], [0.0, -0.2]]  # -grad_h @ J per barrier
+    np.testing.assert_allclose(rows.A[0, :5].numpy(), expected_A, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(rows.b[0, :5].numpy(), [4.0 * h for h in expected_h], rtol=0, atol=1e-11)
+    # heading pi/2: q = (1, 2.2); h = (4 + 0.04) - 1 = 3.04, grad = (-4, 0.4), J = [[0, -0.2], [1, 0]]
+    # -grad @ J = -(0.4, 0.8); walls: -(grad_wall @ J) with grad_wall = (-1, 0), (1, 0), (0, -1), (0, 1)
+    rows = cbf_rows(one_state(math.pi / 2), ENV, CBF, 3.0, form="ct", robust_margin=0.05)
+    np.testing.assert_allclose(rows.h[0].numpy(), [3.04, 8.5, 10.5, 7.3, 11.7], rtol=0, atol=1e-12)
+    expected_A = [[-0.4, -0.8], [0.0, -0.2], [0.0, 0.2], [1.0, 0.0], [-1.0, 0.0]]
+    np.testing.assert_allclose(rows.A[0, :5].numpy(), expected_A, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(rows.b[0, :5].numpy(), [3.0 * h for h in (3.04, 8.5, 10.5, 7.3, 11.7)], rtol=0, atol=1e-11)
+
+
+def test_robust_margin_equals_a_larger_safety_margin_and_zero_is_the_plain_rows():
+    """Inflating every clearance by m is, for the rows, the env's safety_margin + m (a second route
+    to the same rows); m = 0 leaves the rows bit for bit."""
+    safety = random_states(64, 3, 11)
+    for form, gamma in (("dcbf", 0.3), ("ct", 2.0)):
+        robust = cbf_rows(safety, ENV, CBF, gamma, form=form, robust_margin=0.07)
+        wider = cbf_rows(safety, ENV.model_copy(update={"safety_margin": ENV.safety_margin + 0.07}), CBF, gamma, form=form)
+        for got, want in zip(robust, wider):
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        plain, zero = cbf_rows(safety, ENV, CBF, gamma, form=form), cbf_rows(safety, ENV, CBF, gamma, form=form, robust_margin=0.0)
+        for got, want in zip(zero, plain):
+            assert torch.equal(got, want)
+        assert (robust.h[:, :3] < plain.h[:, :3]).all() and (robust.h[:, 3:] < plain.h[:, 3:]).all()
+    geometry = cbf_geometry(safety, ENV, CBF, robust_margin=0.07)
+    torch.testing.assert_close(geometry.h, cbf_rows(safety, ENV, CBF, 0.3, robust_margin=0.07).h)
+
+
+def test_bad_robust_margin_and_exact_form_in_rows_are_named():
+    safety = random_states(2, 1, 12)
+    for bad in (-0.01, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"robust_margin=.*accepted: a finite number of metres >= 0"):
+            cbf_rows(safety, ENV, CBF, 0.2, robust_margin=bad)
+    with pytest.raises(ValueError, match=r"form='dcbf_exact' has no fixed rows.*exact_dcbf_action"):
+        cbf_rows(safety, ENV, CBF, 0.2, form="dcbf_exact")
+
+
+def test_cbf_params_own_their_validation():
+    import pydantic
+
+    assert CBFParams().robust_margin == 0.05 and CBFParams().form == "dcbf"
+    assert CBFParams(form="dcbf_exact").form == "dcbf_exact"
+    with pytest.raises(pydantic.ValidationError, match=r"robust_margin"):
+        CBFParams(robust_margin=-0.1)
+    with pytest.raises(pydantic.ValidationError, match=r"form"):
+        CBFParams(form="exact")
+    import tasks.params
+
+    assert tasks.params.CBFParams is CBFParams  # re-exported, not a copy
+
+
+def test_importing_model_loads_no_pipeline_module():
+    """`import model` and every module under it, in a fresh interpreter: no tasks.* or flows.*."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import importlib, pkgutil, sys, model\n"
+        "names = [m.name for m in pkgutil.walk_packages(model.__path__, 'model.')]\n"
+        "[importlib.import_module(n) for n in names]\n"
+        "assert 'model.cbf' in sys.modules and 'model.dcbf_exact' in sys.modules, names\n"
+        "print(sorted(k for k in sys.modules if k.split('.')[0] in ('tasks', 'flows')))\n"
+    )
+    repo = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", f"pipeline modules loaded by model/: {out.stdout.strip()}"
