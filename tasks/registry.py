@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from tasks.code_deps import import_closure
 from tasks.params import Params
 
 PYTHON = "python"
@@ -23,7 +24,6 @@ class Stage:
     name: str
     target: str  # "module:function" — imported lazily so the CLI starts fast
     help: str
-    code: tuple[str, ...]  # source files/folders the stage's result depends on
     deps: tuple[str, ...] = ()  # data produced by earlier stages
     params: tuple[str, ...] = ()  # params.yaml keys (sections or dotted keys)
     outs: tuple[str, ...] = ()  # cached outputs (DVC deletes these before running the stage)
@@ -32,6 +32,12 @@ class Stage:
     matrix: tuple[tuple[str, str], ...] = ()  # (axis, params key holding its values)
     persist: tuple[str, ...] = field(default=())  # outs DVC must not delete
     uncached: tuple[str, ...] = field(default=())  # outs kept in git, not in DVC's cache
+
+    @property
+    def code(self) -> tuple[str, ...]:
+        """Source files the stage's result depends on: the import closure of its module in this repo
+        (tasks/code_deps.py), so DVC's deps and the train stage's resume key follow the imports."""
+        return import_closure(self.target.partition(":")[0])
 
     @property
     def function(self) -> Callable[..., dict]:
@@ -61,9 +67,6 @@ def _lookup(params: Params, dotted: str) -> Any:
     return node
 
 
-ENV_CODE = ("env",)
-MODEL_CODE = ("model",)
-
 STAGES: dict[str, Stage] = {
     stage.name: stage
     for stage in [
@@ -71,7 +74,6 @@ STAGES: dict[str, Stage] = {
             name="qp_benchmark",
             target="tasks.qp_benchmark:run",
             help="time qpth against the exact solver on CBF problems from real env states",
-            code=("tasks/qp_benchmark.py", "tasks/params.py", "model/qp.py", "model/cbf.py", *ENV_CODE),
             params=("env", "cbf", "qp_benchmark"),
             outs=("results/qp_benchmark/table.csv", "results/qp_benchmark/speedups.json", "results/qp_benchmark/speed.png"),
             metrics=("results/qp_benchmark/metrics.json",),
@@ -80,7 +82,6 @@ STAGES: dict[str, Stage] = {
             name="train",
             target="tasks.train:run",
             help="PPO training of one (algo, seed) cell; resumes from its checkpoint",
-            code=("tasks/train.py", "tasks/params.py", *ENV_CODE, *MODEL_CODE),
             params=("env", "cbf", "barriernet", "train"),
             outs=("results/train/{algo}-s{seed}/model.pt", "results/train/{algo}-s{seed}/summary.json"),
             plots=("results/train/{algo}-s{seed}/live/plots/metrics",),
@@ -90,7 +91,6 @@ STAGES: dict[str, Stage] = {
             name="evaluate",
             target="tasks.evaluate:run",
             help="evaluate one (algo, seed) cell on eval.episodes paired episodes, every arm of it",
-            code=("tasks/evaluate.py", "tasks/params.py", *ENV_CODE, *MODEL_CODE),
             deps=("results/train/{algo}-s{seed}/model.pt",),
             params=("env", "cbf", "eval"),
             outs=("results/eval/{algo}-s{seed}",),
@@ -100,7 +100,6 @@ STAGES: dict[str, Stage] = {
             name="compare",
             target="tasks.compare:run",
             help="rates with Wilson and bootstrap intervals, paired differences, the decision",
-            code=("tasks/compare.py", "tasks/stats.py", "tasks/params.py"),
             deps=("results/eval",),
             params=("train.algos", "train.seeds", "eval", "decision"),
             outs=("results/compare/summary.csv",),
@@ -110,7 +109,6 @@ STAGES: dict[str, Stage] = {
             name="report",
             target="tasks.report:run",
             help="the markdown decision report and its figures in reports/",
-            code=("tasks/report.py", "tasks/compare.py", "tasks/io.py", "tasks/params.py"),
             deps=("results/compare", "results/eval", "results/train", "results/qp_benchmark"),
             params=("env", "cbf", "barriernet", "train", "eval", "decision"),
             outs=("reports/decision_report.md", "reports/figures"),
