@@ -554,12 +554,15 @@ def _is_binary(x: np.ndarray) -> bool:
     return bool(np.all((x == 0) | (x == 1)))
 
 
-def _widen(interval: CrossedInterval, floor: Interval) -> CrossedInterval:
-    if floor.low >= interval.low and floor.high <= interval.high:
-        return interval
-    return interval._replace(
-        low=min(interval.low, floor.low), high=max(interval.high, floor.high), method=interval.method + BINARY_FLOOR_NOTE
-    )
+def _widen(interval: CrossedInterval, floor: Interval, bounds: tuple[float, float]) -> CrossedInterval:
+    """The union of a 0/1 outcome's interval and its episode-level score interval, clipped to
+    the values a rate (bounds (0, 1)) or a difference of rates ((-1, 1)) can take: with few
+    events the symmetric t-type interval can reach below 0, which no rate can."""
+    low, high = max(interval.low, bounds[0]), min(interval.high, bounds[1])
+    method = interval.method
+    if floor.low < low or floor.high > high:
+        low, high, method = min(low, floor.low), max(high, floor.high), method + BINARY_FLOOR_NOTE
+    return interval._replace(low=low, high=high, method=method)
 
 
 def _one_arm_variance(c: VarianceComponents, tag: str = "") -> tuple[MeanSquares, list[Candidate]]:
@@ -593,13 +596,14 @@ def crossed_mean_interval(
     t variance) nor MS_scenario / (S E). method: 'generalized' (default; see
     ``_variance_interval``; n_draws and seed fix its Monte Carlo) or 'satterthwaite'.
     binary_floor: for 0/1 scores, widen to at least the Wilson interval of the pooled counts, so
-            that 0 events still give an upper bound (e.g. 0 / 2250 -> [0, 0.17 %]).
+            that 0 events still give an upper bound (e.g. 0 / 2250 -> [0, 0.17 %]), and clip to
+            [0, 1].
     """
     x = _as_crossed(scores, "scores")
     mean_squares, candidates = _one_arm_variance(variance_components(x))
     result = _variance_interval(x.mean(), mean_squares, candidates, confidence, method, n_draws, seed, CROSSED_MEAN_METHOD)
     if binary_floor and _is_binary(x):
-        result = _widen(result, rate_interval(int(x.sum()), x.size, confidence))
+        result = _widen(result, rate_interval(int(x.sum()), x.size, confidence), (0.0, 1.0))
     return result
 
 
@@ -626,7 +630,8 @@ def crossed_difference_interval(
     method, n_draws, seed: as in ``crossed_mean_interval``.
     binary_floor: for 0/1 scores, widen to at least an episode-level score interval of the
             pooled counts (Newcombe's hybrid score interval; for paired seeds applied to the
-            discordant proportions), so that two arms with 0 events still give [-u, u], not [0, 0].
+            discordant proportions), so that two arms with 0 events still give [-u, u], not [0, 0];
+            and clip to [-1, 1].
     """
     x, y = _as_crossed(a, "a"), _as_crossed(b, "b")
     if x.shape[1] != y.shape[1]:
@@ -646,7 +651,7 @@ def crossed_difference_interval(
         if binary:
             n = difference.size
             a_only, b_only = int(np.sum(difference > 0)), int(np.sum(difference < 0))
-            result = _widen(result, newcombe_difference_interval(a_only, n, b_only, n, confidence))
+            result = _widen(result, newcombe_difference_interval(a_only, n, b_only, n, confidence), (-1.0, 1.0))
         return result
     ca, cb = variance_components(x), variance_components(y)
     (sa, e), sb = x.shape, y.shape[0]
@@ -666,7 +671,8 @@ def crossed_difference_interval(
         estimate, mean_squares, [full, welch, [scenario_term]], confidence, method, n_draws, seed, CROSSED_DIFFERENCE_METHOD
     )
     if binary:
-        result = _widen(result, newcombe_difference_interval(int(x.sum()), x.size, int(y.sum()), y.size, confidence))
+        floor = newcombe_difference_interval(int(x.sum()), x.size, int(y.sum()), y.size, confidence)
+        result = _widen(result, floor, (-1.0, 1.0))
     return result
 
 
@@ -725,19 +731,39 @@ def _check_seed_count(name: str, value) -> int:
     return int(value)
 
 
-def power_at(seed_sd: float, delta: float, n_seeds: int, alpha: float = 0.05, n_arms_seeds: int | None = None) -> float:
-    """Power of the two-sided two-sample t test (equal variances) of per-seed scores.
+def _t_design(n_seeds, n_arms_seeds, paired: bool) -> tuple[float, int]:
+    """(standard error of the difference per unit seed SD, df) of the seed-level t test."""
+    na = _check_seed_count("n_seeds", n_seeds)
+    if paired:
+        if n_arms_seeds is not None and n_arms_seeds != na:
+            raise ValueError(f"n_arms_seeds={n_arms_seeds!r} with paired=True; accepted: None or n_seeds={na}")
+        return 1.0 / math.sqrt(na), na - 1
+    nb = na if n_arms_seeds is None else _check_seed_count("n_arms_seeds", n_arms_seeds)
+    return math.sqrt(1.0 / na + 1.0 / nb), na + nb - 2
+
+
+def power_at(
+    seed_sd: float,
+    delta: float,
+    n_seeds: int,
+    alpha: float = 0.05,
+    n_arms_seeds: int | None = None,
+    paired: bool = False,
+) -> float:
+    """Power of the two-sided seed-level t test of a difference ``delta`` between two arms.
 
     seed_sd: SD of one seed's score (e.g. its capture rate on the test episodes used, so it
-             includes that episode noise), in score units. delta: true difference (same units).
-    n_seeds, n_arms_seeds: seeds of arm a and of arm b (default: the same). df = na + nb - 2,
-    noncentrality delta / (seed_sd sqrt(1/na + 1/nb)); exact, from the noncentral t.
+             includes that episode noise; the scenario effect all arms share cancels in the
+             comparison), in score units. delta: true difference (same units).
+    n_seeds, n_arms_seeds: seeds of arm a and of arm b (default: the same). Independent seeds:
+    two-sample t with df = na + nb - 2, noncentrality delta / (seed_sd sqrt(1/na + 1/nb)).
+    paired=True (arms from the same checkpoints): seed_sd is the SD of the per-seed
+    differences, paired t with df = n - 1, noncentrality delta sqrt(n) / seed_sd.
+    Exact, from the noncentral t.
     """
     _check_power_inputs(seed_sd, alpha)
-    na = _check_seed_count("n_seeds", n_seeds)
-    nb = na if n_arms_seeds is None else _check_seed_count("n_arms_seeds", n_arms_seeds)
-    df = na + nb - 2
-    noncentrality = abs(delta) / (seed_sd * math.sqrt(1.0 / na + 1.0 / nb))
+    unit_se, df = _t_design(n_seeds, n_arms_seeds, paired)
+    noncentrality = abs(delta) / (seed_sd * unit_se)
     critical = float(sps.t.ppf(1.0 - alpha / 2.0, df))
     power = float(sps.nct.sf(critical, df, noncentrality) + sps.nct.cdf(-critical, df, noncentrality))
     if not np.isfinite(power):
@@ -748,31 +774,51 @@ def power_at(seed_sd: float, delta: float, n_seeds: int, alpha: float = 0.05, n_
 
 
 def power_analysis(
-    seed_sd: float, n_seeds: int, alpha: float = 0.05, power: float = 0.8, n_arms_seeds: int | None = None
+    seed_sd: float,
+    n_seeds: int,
+    alpha: float = 0.05,
+    power: float = 0.8,
+    n_arms_seeds: int | None = None,
+    paired: bool = False,
 ) -> float:
-    """Minimum detectable difference between two arms with independent seeds (score units).
+    """Minimum detectable difference between two arms (score units).
 
-    The smallest true difference that the two-sided t test at level ``alpha`` on per-seed
-    scores detects with probability ``power``; see ``power_at`` for the inputs. For large df it
-    tends to (z_{1-alpha/2} + z_power) seed_sd sqrt(1/na + 1/nb) (2.80 sigma sqrt(2/n) at 5 %, 80 %).
+    The smallest true difference that the two-sided seed-level t test at level ``alpha``
+    detects with probability ``power``; see ``power_at`` for the inputs (independent seeds by
+    default). For large df it tends to (z_{1-alpha/2} + z_power) seed_sd sqrt(1/na + 1/nb)
+    (2.80 sigma sqrt(2/n) at 5 %, 80 %).
     """
     _check_power_inputs(seed_sd, alpha, power)
-    na = _check_seed_count("n_seeds", n_seeds)
-    nb = na if n_arms_seeds is None else _check_seed_count("n_arms_seeds", n_arms_seeds)
-    scale = seed_sd * math.sqrt(1.0 / na + 1.0 / nb)
-    # power_at rises monotonically in delta from ~alpha; the root lies below 50 standard errors
-    # for any df >= 2 at power < 1 - 1e-6.
-    return float(brentq(lambda d: power_at(seed_sd, d, na, alpha, nb) - power, 0.0, 1e3 * scale, xtol=1e-12 * scale))
+    unit_se, _ = _t_design(n_seeds, n_arms_seeds, paired)
+    scale = seed_sd * unit_se
+    # power_at rises monotonically in delta from ~alpha; at df >= 1 and power < 1 - 1e-6 the
+    # root lies well below 1000 standard errors.
+    return float(
+        brentq(
+            lambda d: power_at(seed_sd, d, n_seeds, alpha, n_arms_seeds, paired) - power,
+            0.0,
+            1e3 * scale,
+            xtol=1e-12 * scale,
+        )
+    )
 
 
-def seeds_needed(seed_sd: float, delta: float, alpha: float = 0.05, power: float = 0.8, max_seeds: int = 100_000) -> int:
-    """Smallest number of seeds per arm (both arms equal) at which ``power_at`` >= ``power``
-    for a true difference ``delta`` (score units, e.g. 0.01 for 1 pp of capture)."""
+def seeds_needed(
+    seed_sd: float,
+    delta: float,
+    alpha: float = 0.05,
+    power: float = 0.8,
+    max_seeds: int = 100_000,
+    paired: bool = False,
+) -> int:
+    """Smallest number of seeds per arm (both arms equal; or of shared checkpoints when
+    ``paired``) at which ``power_at`` >= ``power`` for a true difference ``delta`` (score
+    units, e.g. 0.01 for 1 pp of capture)."""
     _check_power_inputs(seed_sd, alpha, power)
     if not (np.isfinite(delta) and delta != 0):
         raise ValueError(f"delta={delta!r} must be a non-zero finite difference (score units)")
     low, high = 1, 2  # power_at rises with n: double until it reaches ``power``, then bisect
-    while power_at(seed_sd, delta, high, alpha) < power:
+    while power_at(seed_sd, delta, high, alpha, paired=paired) < power:
         if high >= max_seeds:
             raise ValueError(f"delta={delta!r} needs more than max_seeds={max_seeds} seeds per arm at seed_sd={seed_sd!r}")
         low, high = high, min(2 * high, max_seeds)
@@ -780,7 +826,7 @@ def seeds_needed(seed_sd: float, delta: float, alpha: float = 0.05, power: float
         return 2
     while high - low > 1:
         middle = (low + high) // 2
-        if power_at(seed_sd, delta, middle, alpha) >= power:
+        if power_at(seed_sd, delta, middle, alpha, paired=paired) >= power:
             high = middle
         else:
             low = middle
