@@ -9,6 +9,7 @@ dvc.yaml is generated from this file by `python -m tasks dvc-yaml`) and the Pref
 from __future__ import annotations
 
 import importlib
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -32,6 +33,7 @@ class Stage:
     matrix: tuple[tuple[str, str], ...] = ()  # (axis, params key holding its values)
     persist: tuple[str, ...] = field(default=())  # outs DVC must not delete
     uncached: tuple[str, ...] = field(default=())  # outs kept in git, not in DVC's cache
+    timing: str | None = None  # where `run` records the stage's wall time (one of its outs)
 
     @property
     def code(self) -> tuple[str, ...]:
@@ -57,7 +59,13 @@ class Stage:
         return [p.format(**cell) for p in getattr(self, kind)]
 
     def run(self, params: Params, workdir: str | Path = ".", **cell: Any) -> dict:
-        return self.function(params, Path(workdir), **cell)
+        started = time.perf_counter()
+        result = self.function(params, Path(workdir), **cell)
+        if self.timing:  # wall time for the report's stage table, apart from the deterministic outputs
+            from tasks import io
+
+            io.write_json(Path(workdir) / self.timing.format(**cell), {"wall_seconds": time.perf_counter() - started})
+        return result
 
 
 def _lookup(params: Params, dotted: str) -> Any:
@@ -75,8 +83,10 @@ STAGES: dict[str, Stage] = {
             target="tasks.qp_benchmark:run",
             help="time qpth against the exact solver on CBF problems from real env states",
             params=("env", "cbf", "qp_benchmark"),
-            outs=("results/qp_benchmark/table.csv", "results/qp_benchmark/speedups.json", "results/qp_benchmark/speed.png"),
+            outs=("results/qp_benchmark/table.csv", "results/qp_benchmark/speedups.json", "results/qp_benchmark/speed.png",
+                  "results/qp_benchmark/timing.json"),
             metrics=("results/qp_benchmark/metrics.json",),
+            timing="results/qp_benchmark/timing.json",
         ),
         Stage(
             name="train",
@@ -102,8 +112,9 @@ STAGES: dict[str, Stage] = {
             help="rates with Wilson and bootstrap intervals, paired differences, the decision",
             deps=("results/eval",),
             params=("train.algos", "train.seeds", "eval", "decision"),
-            outs=("results/compare/summary.csv",),
+            outs=("results/compare/summary.csv", "results/compare/timing.json"),
             metrics=("results/compare/metrics.json",),
+            timing="results/compare/timing.json",
         ),
         Stage(
             name="report",
