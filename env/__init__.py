@@ -3,15 +3,18 @@
 ``import env`` registers ``PursuitEvasion-v0`` with an ``entry_point`` (the single env) and a
 ``vector_entry_point`` (the native vector env), so ``gymnasium.make("PursuitEvasion-v0")`` and
 ``gymnasium.make_vec("PursuitEvasion-v0", num_envs=64)`` work; keyword arguments override
-fields of `tasks.params.EnvParams`.
+fields of `env.config.EnvParams` (the env owns its config; `import env` loads nothing from the
+pipeline's `tasks` or `flows`).
 """
 
 from __future__ import annotations
 
 import gymnasium
 
-from env.core import PlacementError, PursuitEvasionCore, SafetyState, barrier_values, unicycle_step
-from env.pursuit_evasion import PursuitEvasionEnv, PursuitEvasionVectorEnv, make_params
+from env.config import EnvParams, EnvParamsError, make_params
+from env.core import PlacementError, PursuitEvasionCore, SafetyState
+from env.geometry import barrier_values, unicycle_arc, unicycle_step, wrap_angle
+from env.pursuit_evasion import PursuitEvasionEnv, PursuitEvasionVectorEnv
 
 ENV_ID = "PursuitEvasion-v0"
 
@@ -24,6 +27,8 @@ if ENV_ID not in gymnasium.registry:
 
 __all__ = [
     "ENV_ID",
+    "EnvParams",
+    "EnvParamsError",
     "PlacementError",
     "PursuitEvasionCore",
     "PursuitEvasionEnv",
@@ -31,5 +36,7 @@ __all__ = [
     "SafetyState",
     "barrier_values",
     "make_params",
+    "unicycle_arc",
     "unicycle_step",
+    "wrap_angle",
 ]

@@ -26,8 +26,14 @@ from typing import Any, NamedTuple, Sequence
 import torch
 from torch import Tensor
 
+from env.config import START_SLACK, EnvParams
 from env.evaders import flee_evader, random_evader
-from tasks.params import EnvParams
+from env.geometry import barrier_values, body_barriers, unicycle_arc, unicycle_step, wrap_angle
+
+__all__ = [  # the geometry is re-exported: `from env.core import unicycle_arc` keeps working
+    "PLACEMENT_CANDIDATES", "PlacementError", "PursuitEvasionCore", "SafetyState", "barrier_values",
+    "body_barriers", "unicycle_arc", "unicycle_step", "wrap_angle",
+]  # fmt: skip
 
 # ---------------------------------------------------------------------------------------------
 # Counter-based random numbers.
@@ -106,40 +112,6 @@ def uniforms(key: Tensor, step: Tensor | int, salts: Tensor, dtype: torch.dtype)
     return (bits >> 8).to(dtype) * _UNIT_24
 
 
-# ---------------------------------------------------------------------------------------------
-# Geometry shared by the core, the evader policies and the tests.
-
-
-def wrap_angle(theta: Tensor) -> Tensor:
-    """Angles wrapped to (-pi, pi]."""
-    return math.pi - torch.remainder(math.pi - theta, 2 * math.pi)
-
-
-def _arc_length_factor(half_turn: Tensor) -> Tensor:
-    """sin(h) / h, 1 at h = 0 (no cancellation: accurate for tiny h too)."""
-    straight = half_turn == 0
-    return torch.where(straight, 1.0, torch.sin(half_turn) / torch.where(straight, 1.0, half_turn))
-
-
-def unicycle_arc(x: Tensor, y: Tensor, theta: Tensor, v: Tensor, w: Tensor, dt: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Exact unicycle flow over dt with constant (v, w), elementwise on same-shaped tensors.
-
-    The arc x += (v/w)(sin(t + w dt) - sin t), y -= (v/w)(cos(t + w dt) - cos t) is evaluated as
-    v dt (sin(h)/h) (cos, sin)(t + h) with h = w dt / 2: the same numbers, finite at w = 0 and
-    exactly the straight line there. Theta is wrapped to (-pi, pi].
-    """
-    half_turn = w * (0.5 * dt)
-    mid = theta + half_turn
-    length = (v * dt) * _arc_length_factor(half_turn)
-    return x + length * torch.cos(mid), y + length * torch.sin(mid), wrap_angle(mid + half_turn)
-
-
-def unicycle_step(pose: Tensor, v: Tensor, w: Tensor, dt: float) -> Tensor:
-    """`unicycle_arc` on poses (..., 3) with v, w (...) -> (..., 3)."""
-    x, y, theta = unicycle_arc(pose[..., 0], pose[..., 1], pose[..., 2], v, w, dt)
-    return torch.stack((x, y, theta), dim=-1)
-
-
 class SafetyState(NamedTuple):
     """What the CBF rows need, batched."""
 
@@ -147,20 +119,6 @@ class SafetyState(NamedTuple):
     obstacle_centres: Tensor  # (N, K, 2)
     obstacle_radii: Tensor  # (N, K)
     obstacle_mask: Tensor  # (N, K) bool, True where the obstacle exists
-
-
-def barrier_values(pursuer: Tensor, centres: Tensor, radii: Tensor, mask: Tensor, params: EnvParams) -> Tensor:
-    """h (N, K + 4): obstacles first (absent = +inf), then walls +x, -x, +y, -y; h < 0 violates.
-
-    Obstacle i: ``|p - c_i| - (r_i + robot_radius + safety_margin)``;
-    wall +x: ``(L/2 - robot_radius - safety_margin) - x`` (and -x, +y, -y likewise).
-    pursuer (N, 3), centres (N, K, 2), radii and mask (N, K).
-    """
-    x, y = pursuer[:, 0], pursuer[:, 1]
-    centre_distance = torch.hypot(x.unsqueeze(1) - centres[..., 0], y.unsqueeze(1) - centres[..., 1])
-    h_obstacles = torch.where(mask, centre_distance - (radii + (params.robot_radius + params.safety_margin)), math.inf)
-    wall = params.arena_size / 2 - params.robot_radius - params.safety_margin
-    return torch.cat((h_obstacles, torch.stack((wall - x, wall + x, wall - y, wall + y), dim=1)), dim=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,7 +139,7 @@ class PursuitEvasionCore:
     """N pursuit-evasion games stepped together on torch tensors.
 
     Args:
-        params: the scenario (`tasks.params.EnvParams`; defaults when None).
+        params: the scenario (`env.config.EnvParams`; defaults when None).
         num_envs: N, the batch size.
         device, dtype: where and in which float type the state lives (float32 by default).
         autoreset: reset ended envs inside `step` (same-step autoreset: the vector env and the
@@ -239,6 +197,9 @@ class PursuitEvasionCore:
             device=self.device,
         )
         self._zero = torch.zeros((), dtype=dtype, device=self.device)
+        # Rounding allowance (m) of "the evader's body touches an obstacle": the radial push lands
+        # on the surface to a few ulps of the coordinates (~1e-6 m in float32 in a 20 m arena).
+        self._contact_tol = 8 * torch.finfo(dtype).eps * p.arena_size
         self._one = torch.ones((), dtype=dtype, device=self.device)
         self._far_obstacle = torch.tensor([1.0, 0.0, 0.0], dtype=dtype, device=self.device).view(1, 3, 1)
         self._allocate()
@@ -323,7 +284,8 @@ class PursuitEvasionCore:
             p = self.params
             raise PlacementError(
                 f"could not place env.num_obstacles={p.num_obstacles} obstacles with "
-                f"env.obstacle_clearance={p.obstacle_clearance} (radius up to {p.obstacle_radius_max} m) in a "
+                f"env.obstacle_clearance={p.obstacle_clearance} and env.start_margin={p.start_margin} "
+                f"(radius up to {p.obstacle_radius_max} m) in a "
                 f"{p.arena_size} m arena after {PLACEMENT_CANDIDATES} candidates each, in envs {bad[:10]}; "
                 "accepted: fewer or smaller obstacles, less clearance or a larger arena"
             )
@@ -338,22 +300,29 @@ class PursuitEvasionCore:
         m = counters.shape[1]
         key = episode_key(counters[_SEED_LO], counters[_SEED_HI], counters[_EPISODE])
         draw = uniforms(key, 0, self._reset_salts, dtype)  # (D, M)
-        usable = self._half - p.robot_radius - p.safety_margin  # robots start with h_wall >= 0
+        # Safe starts by construction: both robots start with |x|, |y| <= U (the body keeps
+        # robot_radius + safety_margin + start_margin from the walls, plus START_SLACK against
+        # rounding), and so does the pursuer's heading segment [p, p + s (cos t, sin t)], s =
+        # start_margin: a CBF look-ahead point d <= s ahead lies on that segment, so its barriers
+        # (which sit d inside the body's) start >= s - d >= 0. Obstacles keep off the segment below.
+        usable, ahead_length = p.start_half_width, p.start_margin
+        span = 2 * usable - ahead_length  # per-axis room for the pursuer-evader offset, any heading
 
         # The pursuer-evader distance is uniform; the direction uniform over the directions that
-        # fit in the usable square (four arcs, sampled exactly: no rejection); the pursuer
-        # uniform over the positions that keep both robots inside the square.
+        # fit in the span (four arcs, sampled exactly: no rejection); the pursuer uniform over the
+        # positions that keep both robots (and the pursuer's heading segment) inside the square.
         distance = p.start_distance_min + draw[_DRAW_START_DISTANCE] * (p.start_distance_max - p.start_distance_min)
-        distance = distance.clamp(max=2 * math.sqrt(2) * usable)  # at most the usable square's diagonal
-        cut = torch.acos(torch.clamp(2 * usable / distance.clamp_min(1e-12), max=1.0))  # in [0, pi/4]
+        distance = distance.clamp(max=math.sqrt(2) * span)  # at most the span's diagonal
+        cut = torch.acos(torch.clamp(span / distance.clamp_min(1e-12), max=1.0))  # in [0, pi/4]
         quadrant = torch.floor(4 * draw[_DRAW_QUADRANT])
         direction = quadrant * (math.pi / 2) + cut + draw[_DRAW_ANGLE] * (math.pi / 2 - 2 * cut)
         offset = torch.stack((torch.cos(direction), torch.sin(direction))) * distance  # (2, M)
-        low = torch.clamp(-usable - offset, min=-usable)
-        high = torch.clamp(usable - offset, max=usable)
+        headings = (2 * draw[_DRAW_PURSUER_THETA : _DRAW_EVADER_THETA + 1] - 1) * math.pi  # (2, M)
+        ahead = torch.stack((torch.cos(headings[0]), torch.sin(headings[0]))) * ahead_length  # (2, M)
+        low = torch.maximum(-usable - offset, -usable + (-ahead).clamp_min(0.0))
+        high = torch.minimum(usable - offset, usable - ahead.clamp_min(0.0))
         pursuer = low + draw[_DRAW_PURSUER_X : _DRAW_PURSUER_Y + 1] * (high - low)  # (2, M) x, y
         evader = pursuer + offset
-        headings = (2 * draw[_DRAW_PURSUER_THETA : _DRAW_EVADER_THETA + 1] - 1) * math.pi  # (2, M)
         zeros = torch.zeros(2, m, dtype=dtype, device=self.device)
         robots = torch.stack(
             (torch.stack((pursuer[0], evader[0])), torch.stack((pursuer[1], evader[1])), headings, zeros, zeros)
@@ -367,12 +336,19 @@ class PursuitEvasionCore:
             cand = draw[_DRAW_OBSTACLES:].reshape(k_total, c, 3, m)
             robot_x, robot_y = robots[_X].unsqueeze(1), robots[_Y].unsqueeze(1)  # (2, 1, M)
             keep_off_robots = p.robot_radius + p.obstacle_clearance
+            keep_off_segment = p.robot_radius + p.safety_margin + p.start_margin + START_SLACK
+            segment_squared = max(ahead_length**2, 1e-30)
             for k in range(k_total):
                 radius = p.obstacle_radius_min + cand[k, :, 0] * (p.obstacle_radius_max - p.obstacle_radius_min)  # (C, M)
                 span = self._half - radius  # the whole circle inside the arena
                 cx, cy = (2 * cand[k, :, 1] - 1) * span, (2 * cand[k, :, 2] - 1) * span
                 to_robots = torch.hypot(cx - robot_x, cy - robot_y)  # (2, C, M)
                 valid = (to_robots >= radius + keep_off_robots).all(0)  # (C, M)
+                # Distance from the centre to the pursuer's heading segment (nearest point on it).
+                rel_x, rel_y = cx - pursuer[0], cy - pursuer[1]
+                along = ((rel_x * ahead[0] + rel_y * ahead[1]) / segment_squared).clamp(0.0, 1.0)
+                to_segment = torch.hypot(rel_x - along * ahead[0], rel_y - along * ahead[1])
+                valid &= to_segment >= radius + keep_off_segment
                 for j in range(k):  # no overlap with the obstacles already placed
                     valid &= torch.hypot(cx - obstacles[0, j], cy - obstacles[1, j]) >= radius + obstacles[2, j]
                 first = torch.argmax(valid.to(torch.int32), dim=0, keepdim=True)  # first valid (or 0), (1, M)
@@ -458,38 +434,25 @@ class PursuitEvasionCore:
         v = torch.stack((action[:, 0].clamp(0.0, p.pursuer_v_max), evader_v))  # (2, N)
         w = torch.stack((action[:, 1].clamp(-p.pursuer_w_max, p.pursuer_w_max), evader_w))
         x, y, theta = unicycle_arc(robots[_X], robots[_Y], robots[_THETA], v, w, p.dt)  # both robots at once
-        evader_x, evader_y = self._confine_evader(x[_EVADER], y[_EVADER], obstacles, present)
+        evader_x, evader_y = self._confine_evader(
+            x[_EVADER], y[_EVADER], robots[_X, _EVADER], robots[_Y, _EVADER], obstacles, present
+        )
         pursuer_x, pursuer_y = x[_PURSUER], y[_PURSUER]
         robots = torch.stack((torch.stack((pursuer_x, evader_x)), torch.stack((pursuer_y, evader_y)), theta, v, w))
 
         # Events of the new state (the contract's inequalities, evaluated as written).
         distance = torch.hypot(pursuer_x - evader_x, pursuer_y - evader_y)
         centre_distance = torch.hypot(pursuer_x - obstacles[0], pursuer_y - obstacles[1])  # (K, N)
-        wall = self._half - p.robot_radius - p.safety_margin
-        h = torch.cat(
-            (
-                torch.where(present, centre_distance - (obstacles[2] + (p.robot_radius + p.safety_margin)), math.inf),
-                torch.stack((wall - pursuer_x, wall + pursuer_x, wall - pursuer_y, wall + pursuer_y)),
-            )
-        ).T.contiguous()
+        h = body_barriers(pursuer_x, pursuer_y, centre_distance, obstacles[2], present, p).T.contiguous()
         inner = self._half - p.robot_radius
         collided = (present & (centre_distance <= obstacles[2] + p.robot_radius)).any(0)
         collided |= (pursuer_x.abs() >= inner) | (pursuer_y.abs() >= inner)
         captured = (distance <= p.capture_radius) & ~collided  # collision wins: safety first
         terminated = captured | collided
-        truncated = (step_count >= p.max_steps) & ~terminated
+        truncated = (step_count >= p.max_steps) & ~terminated  # pays nothing: time is not observed
         tracking = self.tracking
-        outcome = torch.where(truncated, p.timeout_penalty, self._zero)
-        outcome = torch.where(collided, p.collision_penalty, torch.where(captured, p.capture_reward, outcome))
-        reward = p.distance_shaping * (tracking[_DISTANCE] - distance) + outcome
-        if p.proximity_shaping:
-            # Potential-based warning near obstacles and walls: Phi = -sum_i max(0, 1 - c_i / range)
-            # over body clearances c_i; reward += k (Phi(s') - Phi(s)). It telescopes over an
-            # episode (a pass-by nets zero), but tells the critic at once that a course closes in.
-            px, py = robots_before[_X, _PURSUER], robots_before[_Y, _PURSUER]
-            before = self._proximity(px, py, torch.hypot(px - obstacles[0], py - obstacles[1]), obstacles, present)
-            after = self._proximity(pursuer_x, pursuer_y, centre_distance, obstacles, present)
-            reward = reward + p.proximity_shaping * (before - after)
+        reward = torch.where(collided, p.collision_penalty, torch.where(captured, p.capture_reward, self._zero))
+        reward = reward + self._shaping(robots_before, pursuer_x, pursuer_y, distance, centre_distance, terminated)
         episode_return = tracking[_RETURN] + reward
         obs = self._observe(robots, obstacles, present)
         info = {
@@ -525,6 +488,36 @@ class PursuitEvasionCore:
                 obs = obs.index_copy(0, index, fresh)
         return obs, reward, terminated, truncated, info
 
+    def _shaping(
+        self, robots_before: Tensor, x: Tensor, y: Tensor, distance: Tensor, centre_distance: Tensor, terminated: Tensor
+    ) -> Tensor:
+        """Both shaping terms (N,) in the policy-invariant form of Ng, Harada and Russell (1999).
+
+        ``k (g Phi(s') - Phi(s))`` with ``g = shaping_discount`` (1.0 when None) and
+        ``Phi = -distance_shaping d - proximity_shaping C``, C the proximity cost; ``Phi(s') = 0``
+        when s' is terminal. Over an episode it sums (discounted by g) to ``g^T Phi(s_T) -
+        Phi(s_0)``, or ``-Phi(s_0)`` when it terminated: no term of it depends on the policy, so
+        the optimal policy at discount g is that of the unshaped task. x, y, distance (N,) and
+        centre_distance (K, N) describe s'; robots_before (5, 2, N) s.
+        """
+        p = self.params
+        # Phi(s') - Phi(s) first, then - (1 - g) Phi(s'): the same number as g Phi(s') - Phi(s),
+        # but the large potentials cancel before rounding (float32 keeps 1e-5 over an episode).
+        d_before = self.tracking[_DISTANCE]
+        difference = p.distance_shaping * (d_before - distance)
+        potential_after = -p.distance_shaping * distance
+        potential_before = -p.distance_shaping * d_before
+        if p.proximity_shaping:
+            px, py = robots_before[_X, _PURSUER], robots_before[_Y, _PURSUER]
+            obstacles, present = self.obstacles, self.present
+            cost_before = self._proximity(px, py, torch.hypot(px - obstacles[0], py - obstacles[1]), obstacles, present)
+            cost_after = self._proximity(x, y, centre_distance, obstacles, present)
+            difference = difference + p.proximity_shaping * (cost_before - cost_after)
+            potential_after = potential_after - p.proximity_shaping * cost_after
+            potential_before = potential_before - p.proximity_shaping * cost_before
+        live = difference - (1.0 - p.discount) * potential_after if p.discount != 1.0 else difference
+        return torch.where(terminated, -potential_before, live)
+
     def _proximity(self, x: Tensor, y: Tensor, centre_distance: Tensor, obstacles: Tensor, present: Tensor) -> Tensor:
         """Proximity cost (N,) = sum over obstacles and walls of max(0, 1 - clearance / range), the
         body clearance of a pursuer at x, y (N,) (0 = touching); centre_distance (K, N) its
@@ -548,12 +541,19 @@ class PursuitEvasionCore:
                 f"numbers, clipped to [0, {p.pursuer_v_max}] x [-{p.pursuer_w_max}, {p.pursuer_w_max}]"
             )
 
-    def _confine_evader(self, x: Tensor, y: Tensor, obstacles: Tensor, present: Tensor) -> tuple[Tensor, Tensor]:
-        """Keep the evader at x, y (N,) inside the arena and out of obstacles (3, K, N).
+    def _confine_evader(
+        self, x: Tensor, y: Tensor, previous_x: Tensor, previous_y: Tensor, obstacles: Tensor, present: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Keep the evader, proposed at x, y (N,), inside the arena and out of obstacles (3, K, N).
 
         Its centre is clamped to the square where its body fits; then, where its body overlaps
         an obstacle, it is moved radially out to touch it (overlaps with two obstacles at once
-        add both moves). The evader never collides, it slides: only the learner can collide.
+        add both moves), and clamped again. Where that still leaves the body inside an obstacle
+        (an evader wedged between an obstacle and a wall, or between two obstacles: the push
+        crossed the wall bound and the clamp pushed it back in), the move is rejected and the
+        evader keeps its previous position (N,) (it still turns). So every step ends with its
+        body inside the walls and outside every obstacle (to `_contact_tol`) whenever the step
+        started so. The evader never collides, it slides: only the learner can collide.
         """
         p = self.params
         inner = self._half - p.robot_radius
@@ -565,8 +565,11 @@ class PursuitEvasionCore:
             inside = present & (gap < contact)
             # Radial push to the surface: scale the offset from the centre by contact / gap.
             stretch = torch.where(inside, contact / gap.clamp_min(1e-12) - 1, self._zero)
-            x = x + (away_x * stretch).sum(0)
-            y = y + (away_y * stretch).sum(0)
+            x = (x + (away_x * stretch).sum(0)).clamp(-inner, inner)
+            y = (y + (away_y * stretch).sum(0)).clamp(-inner, inner)
+            gap = torch.hypot(x - obstacles[0], y - obstacles[1])
+            wedged = (present & (gap < contact - self._contact_tol)).any(0)
+            x, y = torch.where(wedged, previous_x, x), torch.where(wedged, previous_y, y)
         return x, y
 
     # -- observation ------------------------------------------------------------------------------
@@ -653,6 +656,26 @@ class PursuitEvasionCore:
     def safety_state(self) -> SafetyState:
         """What the CBF rows need, of the current (post-autoreset) state."""
         return SafetyState(self.pursuer, self.obstacle_centres, self.obstacle_radii, self.obstacle_mask)
+
+    def state_info(self) -> dict[str, Tensor]:
+        """The state entries of `step`'s info for the current state (what `reset` reports):
+        ``pursuer``, ``evader`` (N, 3), ``pursuer_vel``, ``evader_vel`` (N, 2),
+        ``obstacle_centres`` (N, K, 2), ``obstacle_radii``, ``obstacle_mask`` (N, K), ``h``
+        (N, K + 4) body barriers (m), and ``captured``, ``collided``, ``timeout`` (N,) all False."""
+        false = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+        return {
+            "pursuer": self.robots[:3, _PURSUER].T,
+            "evader": self.robots[:3, _EVADER].T,
+            "pursuer_vel": self.robots[3:, _PURSUER].T,
+            "evader_vel": self.robots[3:, _EVADER].T,
+            "obstacle_centres": self.obstacle_centres,
+            "obstacle_radii": self.obstacle_radii,
+            "obstacle_mask": self.obstacle_mask,
+            "h": self.barrier(),
+            "captured": false,
+            "collided": false,
+            "timeout": false.clone(),
+        }
 
     def barrier(self) -> Tensor:
         """h (N, K + 4) of the current state (see `barrier_values`)."""

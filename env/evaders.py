@@ -13,12 +13,11 @@ Both return (N, 2) actions within [0, v_max] x [-w_max, w_max] of the evader.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
-from tasks.params import EnvParams
+from env.config import EnvParams
+from env.geometry import wrap_angle
 
 FLEE_INFLUENCE = 2.0
 """Clearance (m) below which obstacles and walls repel the fleeing evader."""
@@ -58,8 +57,7 @@ def flee_evader(robots: Tensor, obstacles: Tensor, present: Tensor, params: EnvP
     inner = params.arena_size / 2 - params.robot_radius
     push_x = push_x + repulsion(inner + ex, FLEE_WALL_GAIN) - repulsion(inner - ex, FLEE_WALL_GAIN)
     push_y = push_y + repulsion(inner + ey, FLEE_WALL_GAIN) - repulsion(inner - ey, FLEE_WALL_GAIN)
-    error = torch.atan2(push_y, push_x) - heading
-    error = math.pi - torch.remainder(math.pi - error, 2 * math.pi)  # to (-pi, pi]
+    error = wrap_angle(torch.atan2(push_y, push_x) - heading)
     w = torch.clamp(error / params.dt, -params.evader_w_max, params.evader_w_max)
     v = params.evader_v_max * torch.clamp(torch.cos(error), min=0.0)
     return v, w

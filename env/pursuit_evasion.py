@@ -14,35 +14,9 @@ import torch
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
-from pydantic import ValidationError
 
+from env.config import EnvParams, make_params
 from env.core import PursuitEvasionCore
-from tasks.params import EnvParams, ParamsError
-
-
-def make_params(params: EnvParams | None = None, **overrides: Any) -> EnvParams:
-    """`params` (defaults when None) with keyword overrides of its fields, validated.
-
-    Raises `tasks.params.ParamsError` naming the bad key or value and what is accepted.
-    """
-    base = params if params is not None else EnvParams()
-    if not isinstance(base, EnvParams):
-        raise ParamsError(f"params={base!r} is not an EnvParams; accepted: tasks.params.EnvParams or None")
-    if not overrides:
-        return base
-    fields = list(EnvParams.model_fields)
-    unknown = [key for key in overrides if key not in fields]
-    if unknown:
-        raise ParamsError(f"unknown env parameter(s) {unknown}; accepted: {fields}")
-    try:
-        return EnvParams.model_validate({**base.model_dump(), **overrides})
-    except ValidationError as exc:
-        lines = []
-        for error in exc.errors():
-            key = ".".join(str(part) for part in error["loc"])
-            message = error["msg"].removeprefix("Value error, ")
-            lines.append(f"env.{key}={error.get('input')!r}: {message}" if key else message)
-        raise ParamsError("invalid env parameters:\n  " + "\n  ".join(lines)) from None
 
 
 def _spaces(core: PursuitEvasionCore) -> tuple[spaces.Box, spaces.Box]:
@@ -184,7 +158,8 @@ class PursuitEvasionEnv(gym.Env[np.ndarray, np.ndarray]):
             self.core.seed([int(self.np_random.integers(0, 2**63 - 1))])
             self._seeded = True
         obs = self.core.reset()
-        return obs[0].numpy().copy(), {}
+        info = {key: value[0].numpy().copy() for key, value in self.core.state_info().items()}
+        return obs[0].numpy().copy(), info
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         action = np.asarray(action, dtype=np.float32)
@@ -262,7 +237,7 @@ class PursuitEvasionVectorEnv(VectorEnv):
             self.core.seed(seeds)
             self._seeded = True
         obs = self.core.reset(None if mask is None else torch.as_tensor(np.asarray(mask, dtype=bool)))
-        return _to_numpy(obs), {}
+        return _to_numpy(obs), {key: _to_numpy(value) for key, value in self.core.state_info().items()}
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         actions = torch.as_tensor(np.asarray(actions, dtype=np.float32))

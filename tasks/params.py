@@ -22,6 +22,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from model.config import BarrierNetParams, CBFParams  # re-exported: model/ owns the cbf and barriernet sections
+from env.config import REMOVED_KEYS as REMOVED_ENV_KEYS
+from env.config import EnvParams  # re-exported: env/ owns the env section
 
 DEFAULT_PARAMS_PATH = Path(__file__).resolve().parent.parent / "params.yaml"
 
@@ -32,87 +34,6 @@ class ParamsError(ValueError):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
-
-
-class EnvParams(_Section):
-    """The pursuit-evasion scenario (DESIGN.md's scenario table)."""
-
-    arena_size: float = Field(20.0, gt=0, description="side of the square arena (m), centred at the origin")
-    num_obstacles: int = Field(2, ge=0, le=8, description="circular obstacles per episode")
-    observed_obstacles: int = Field(2, ge=0, le=8, description="K nearest obstacles in the observation")
-    obstacle_radius_min: float = Field(0.3, gt=0, description="obstacle radius lower bound (m)")
-    obstacle_radius_max: float = Field(1.0, gt=0, description="obstacle radius upper bound (m)")
-    obstacle_clearance: float = Field(0.5, ge=0, description="min gap between obstacles and robots at start (m)")
-    robot_radius: float = Field(0.15, gt=0, description="body radius of both robots (m)")
-    safety_margin: float = Field(0.1, ge=0, description="barrier h = clearance - margin; h < 0 is a CBF violation")
-    pursuer_v_max: float = Field(1.0, gt=0, description="pursuer speed limit, v in [0, v_max] (m/s)")
-    pursuer_w_max: float = Field(2.84, gt=0, description="pursuer turn-rate limit, w in [-w_max, w_max] (rad/s)")
-    evader_v_max: float = Field(1.0, ge=0, description="evader speed limit (m/s)")
-    evader_w_max: float = Field(2.84, ge=0, description="evader turn-rate limit (rad/s)")
-    evader_policy: Literal["random", "flee"] = Field("random", description="random: uniform action each step")
-    dt: float = Field(0.05, gt=0, le=1.0, description="integration step (s)")
-    max_steps: int = Field(600, ge=1, description="steps per episode before truncation")
-    start_distance_min: float = Field(3.0, ge=0, description="pursuer-evader distance at start, lower (m)")
-    start_distance_max: float = Field(15.0, gt=0, description="pursuer-evader distance at start, upper (m)")
-    capture_radius: float = Field(0.5, gt=0, description="capture when distance <= this (m)")
-    capture_reward: float = Field(100.0, description="reward on capture")
-    timeout_penalty: float = Field(-50.0, le=0, description="reward on truncation (timeout)")
-    collision_penalty: float = Field(-100.0, le=0, description="reward when the pursuer touches an obstacle or wall (worse than a timeout)")
-    distance_shaping: float = Field(10.0, ge=0, description="reward += distance_shaping * (d_prev - d) (d in m)")
-    proximity_shaping: float = Field(
-        30.0, ge=0, description="reward += k * (Phi(s') - Phi(s)), Phi = -sum over obstacles and walls of "
-        "max(0, 1 - clearance / proximity_range): potential-based, so it nets zero over a pass-by but warns "
-        "the critic as a course closes in on an obstacle (not in the reference scenario; 0 turns it off)"
-    )
-    proximity_range: float = Field(1.0, gt=0, description="body clearance (m) below which proximity_shaping acts")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "EnvParams":
-        if self.obstacle_radius_max < self.obstacle_radius_min:
-            raise ValueError(
-                f"env.obstacle_radius_max={self.obstacle_radius_max} is below "
-                f"env.obstacle_radius_min={self.obstacle_radius_min}; accepted: max >= min"
-            )
-        if self.start_distance_max < self.start_distance_min:
-            raise ValueError(
-                f"env.start_distance_max={self.start_distance_max} is below "
-                f"env.start_distance_min={self.start_distance_min}; accepted: max >= min"
-            )
-        half = self.arena_size / 2
-        usable = half - self.robot_radius - self.safety_margin
-        if usable <= 0:
-            raise ValueError(
-                f"env.arena_size={self.arena_size} leaves no room for a robot of radius "
-                f"{self.robot_radius} with margin {self.safety_margin}"
-            )
-        if self.start_distance_min > math.sqrt(2) * 2 * usable:
-            raise ValueError(
-                f"env.start_distance_min={self.start_distance_min} cannot fit in an arena of size "
-                f"{self.arena_size}; accepted: < {math.sqrt(2) * 2 * usable:.2f}"
-            )
-        if self.capture_radius >= self.start_distance_min and self.start_distance_min > 0:
-            raise ValueError(
-                f"env.capture_radius={self.capture_radius} >= env.start_distance_min="
-                f"{self.start_distance_min}: episodes would start captured; accepted: smaller radius"
-            )
-        # Obstacles must be placeable with the clearance: their area (with clearance) may
-        # take at most a third of the arena, else rejection sampling cannot succeed reliably.
-        if self.num_obstacles:
-            r_eff = self.obstacle_radius_max + self.obstacle_clearance + self.robot_radius
-            if 2 * r_eff >= self.arena_size:
-                raise ValueError(
-                    f"env.obstacle_radius_max={self.obstacle_radius_max} with clearance "
-                    f"{self.obstacle_clearance} does not fit in arena_size={self.arena_size}"
-                )
-            share = self.num_obstacles * math.pi * r_eff**2 / self.arena_size**2
-            if share > 1 / 3:
-                raise ValueError(
-                    f"env.num_obstacles={self.num_obstacles} obstacles of radius up to "
-                    f"{self.obstacle_radius_max} with clearance {self.obstacle_clearance} cannot be "
-                    f"placed in a {self.arena_size} m arena (they would cover {share:.0%}; "
-                    "accepted: at most a third)"
-                )
-        return self
 
 
 class TrainParams(_Section):
@@ -267,6 +188,24 @@ class Params(_Section):
     def _cross(self) -> "Params":
         if self.env.observed_obstacles > 8:
             raise ValueError("env.observed_obstacles must be <= 8")
+        # Starts inside the CBF's safe set: the env keeps the pursuer's heading segment of length
+        # env.start_margin clear, which covers a look-ahead point (and its robust inflation) up to it.
+        robust = getattr(self.cbf, "robust_margin", 0.0)
+        if self.cbf.lookahead + robust > self.env.start_margin:
+            raise ValueError(
+                f"cbf.lookahead={self.cbf.lookahead} + cbf.robust_margin={robust} exceeds env.start_margin="
+                f"{self.env.start_margin}: episodes could start with the enforced look-ahead barrier < 0; accepted: "
+                f"cbf.lookahead + cbf.robust_margin <= env.start_margin (raise env.start_margin or lower the other two)"
+            )
+        # The shaping is policy-invariant only at the learner's discount (Ng et al. 1999).
+        if self.env.shaping_discount is None:  # a copy: the caller's EnvParams object stays as given
+            object.__setattr__(self, "env", self.env.model_copy(update={"shaping_discount": self.train.gamma}))
+        elif self.env.shaping_discount != self.train.gamma:
+            raise ValueError(
+                f"env.shaping_discount={self.env.shaping_discount} differs from train.gamma={self.train.gamma}: the "
+                "shaping would change which policy is optimal; accepted: leave env.shaping_discount unset (null) or "
+                f"equal to train.gamma"
+            )
         eval_seeds = range(self.eval.seed_base, self.eval.seed_base + self.eval.episodes)
         clash = [s for s in self.train.seeds if s in eval_seeds]
         if clash:
@@ -357,6 +296,8 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> dic
     """Return a copy of `raw` with dotted-key overrides set; unknown keys raise ParamsError."""
     merged = copy.deepcopy(dict(raw))
     for key, value in overrides.items():
+        if key.startswith("env.") and key[4:] in REMOVED_ENV_KEYS:
+            raise ParamsError(f"override: key '{key}' was removed: {REMOVED_ENV_KEYS[key[4:]]}")
         if key not in VALID_KEYS:
             hint = nearest_key(key)
             near = f"; did you mean '{hint}'?" if hint else ""

@@ -867,11 +867,15 @@ def _scenario_table(params: Params) -> str:
                    f"w in [-{e.pursuer_w_max:g}, {e.pursuer_w_max:g}] rad/s"],
         ["evader", f"policy '{e.evader_policy}', v <= {e.evader_v_max:g} m/s, |w| <= {e.evader_w_max:g} rad/s"],
         ["time", f"dt = {e.dt:g} s, {e.max_steps} steps per episode"],
-        ["start", f"pursuer-evader distance in [{e.start_distance_min:g}, {e.start_distance_max:g}] m"],
-        ["capture / timeout / collision", f"distance <= {e.capture_radius:g} m: {e.capture_reward:+g}; "
-                                          f"timeout {e.timeout_penalty:+g}; collision {e.collision_penalty:+g}"],
-        ["shaping", f"{e.distance_shaping:g} x (d_prev - d) per step; proximity (potential-based, not in the "
-                    f"reference): {e.proximity_shaping:g} x the change of -sum max(0, 1 - clearance / "
+        ["start", f"pursuer-evader distance in [{e.start_distance_min:g}, {e.start_distance_max:g}] m; the pursuer "
+                  f"and the point {e.start_margin:g} m ahead of it start {e.start_margin:g} m beyond the barrier margin "
+                  "(not in the reference: every enforced barrier >= 0 at step 0)"],
+        ["capture / timeout / collision", f"distance <= {e.capture_radius:g} m: {e.capture_reward:+g}; timeout: "
+                                          f"no penalty (the reference paid -50; time is not observed); collision "
+                                          f"{e.collision_penalty:+g}"],
+        ["shaping", f"potential-based at discount {e.discount:g}, k (g Phi(s') - Phi(s)), Phi(terminal) = 0 (the "
+                    f"reference: k (d_prev - d)): distance k = {e.distance_shaping:g}, Phi = -d; proximity (not in the "
+                    f"reference) k = {e.proximity_shaping:g}, Phi = -sum max(0, 1 - clearance / "
                     f"{e.proximity_range:g} m) over obstacles and walls"],
         ["barrier", f"h = clearance - (robot radius + safety margin {e.safety_margin:g} m); CBF form "
                     f"'{params.cbf.form}', QP backend '{params.cbf.qp_backend}', filter gamma {params.cbf.filter_gamma:g}"],

@@ -15,7 +15,7 @@ import env  # noqa: F401  (registers PursuitEvasion-v0)
 import env.core as core_module
 from env import PlacementError, PursuitEvasionCore, PursuitEvasionEnv, PursuitEvasionVectorEnv
 from env.render import draw_trajectories, save_trajectories_png
-from tasks.params import EnvParams, ParamsError
+from env.config import EnvParams, EnvParamsError
 
 # Binary-exact numbers (dt = 1/16, robot radius 1/4) so contact and capture land exactly.
 # Proximity shaping off here (its own tests below), so the reward tests see the other terms alone.
@@ -88,10 +88,11 @@ def test_make_and_make_vec_build_our_classes_with_overrides():
 
 
 def test_bad_override_names_the_key():
-    with pytest.raises(ParamsError, match="num_obstacle"):
+    with pytest.raises(EnvParamsError, match="num_obstacle"):
         PursuitEvasionEnv(num_obstacle=3)
-    with pytest.raises(ParamsError, match="env.num_obstacles=9"):
+    with pytest.raises(EnvParamsError, match="env.num_obstacles=9"):
         PursuitEvasionVectorEnv(num_envs=2, num_obstacles=9)
+    assert issubclass(EnvParamsError, ValueError)
 
 
 def test_vector_env_equals_single_envs_step_by_step():
@@ -246,7 +247,9 @@ def test_wall_collision_exactly_at_contact(offset, expected):
     place(core, (contact - 0.0625 - offset, 1.0, 0.0), (-8.0, -8.0, 0.0))
     obs, reward, terminated, truncated, info = step(core, 1.0, 0.0)
     assert bool(info["collided"][0]) is expected and bool(terminated[0]) is expected
-    shaping = EXACT.distance_shaping * (math.hypot(contact - 0.0625 - offset + 8, 9) - math.hypot(contact - offset + 8, 9))
+    # Shaping k (Phi(s') - Phi(s)) with Phi = -d, and Phi(s') = 0 when s' is terminal (g = 1 here).
+    d_before, d_after = math.hypot(contact - 0.0625 - offset + 8, 9), math.hypot(contact - offset + 8, 9)
+    shaping = EXACT.distance_shaping * (d_before if expected else d_before - d_after)
     assert reward[0].item() == pytest.approx(shaping + (EXACT.collision_penalty if expected else 0.0), abs=1e-12)
 
 
@@ -257,7 +260,8 @@ def test_capture_exactly_at_the_radius(offset, expected):
     obs, reward, terminated, truncated, info = step(core, 1.0, 0.0)
     assert bool(info["captured"][0]) is expected and bool(terminated[0]) is expected
     assert not bool(info["collided"][0])
-    shaping = EXACT.distance_shaping * 0.0625
+    d_before = 0.5 + 0.0625 + offset  # Phi(s') = 0 at the capture: the step pays k d_before
+    shaping = EXACT.distance_shaping * (d_before if expected else 0.0625)
     assert reward[0].item() == pytest.approx(shaping + (EXACT.capture_reward if expected else 0.0), abs=1e-12)
 
 
@@ -279,7 +283,7 @@ def test_collision_wins_over_capture_in_the_same_step():
     place(core, (2.1875, 0.0, 0.0), (2.25, 0.5, 0.0), centres=centres)
     obs, reward, terminated, truncated, info = step(core, 1.0, 0.0)
     assert bool(info["collided"][0]) and not bool(info["captured"][0]) and bool(terminated[0])
-    shaping = EXACT.distance_shaping * (math.hypot(0.0625, 0.5) - 0.5)
+    shaping = EXACT.distance_shaping * math.hypot(0.0625, 0.5)  # terminal: -Phi(s) = k d_before
     assert reward[0].item() == pytest.approx(shaping + EXACT.collision_penalty, abs=1e-12)
 
 
@@ -309,15 +313,40 @@ def test_proximity_shaping_telescopes_over_a_pass_by():
     assert proximity.sum().item() == pytest.approx(0.0, abs=1e-9)  # ...and nets zero once away
 
 
-def test_timeout_truncates_with_the_penalty():
-    core = exact_core(EXACT.model_copy(update={"max_steps": 5}))
-    place(core, (0.0, 0.0, 0.0), (5.0, 5.0, 0.0))
-    for k in range(5):
-        obs, reward, terminated, truncated, info = step(core, 0.0, 0.0)
-    assert bool(truncated[0]) and bool(info["timeout"][0]) and not bool(terminated[0])
-    assert reward[0].item() == EXACT.timeout_penalty
+def potential(pursuer, evader, centres, radii, params: EnvParams) -> float:
+    """Phi(s) of both shaping terms, written out from the poses: -k_d d - k_p sum max(0, 1 - c / range)."""
+    half, rr = params.arena_size / 2, params.robot_radius
+    x, y = float(pursuer[0]), float(pursuer[1])
+    clearances = [half - rr - x, half - rr + x, half - rr - y, half - rr + y]
+    clearances += [math.hypot(x - cx, y - cy) - r - rr for (cx, cy), r in zip(np.asarray(centres), np.asarray(radii))]
+    cost = sum(max(0.0, 1.0 - c / params.proximity_range) for c in clearances)
+    return -params.distance_shaping * math.hypot(x - float(evader[0]), y - float(evader[1])) - params.proximity_shaping * cost
+
+
+@pytest.mark.parametrize("discount", [None, 0.9])
+def test_truncation_pays_only_the_shaping(discount):
+    """Time is not in the observation, so the timeout step pays nothing of its own (Pardo et al.
+    2018): its reward is exactly the shaping g Phi(s') - Phi(s), with Phi(s') kept (not zeroed),
+    and the same step without the time limit pays the same."""
+    centres = torch.tensor([[[1.5, 0.0], [-6.0, 6.0]]], dtype=torch.float64)
+    rewards = {}
+    for max_steps in (5, 6):
+        params = EXACT.model_copy(update={"max_steps": max_steps, "proximity_shaping": 30.0, "shaping_discount": discount})
+        core = exact_core(params)
+        place(core, (-0.25, 0.0, 0.0), (5.0, 5.0, 0.0), centres=centres)
+        for _ in range(4):
+            step(core, 1.0, 0.0)
+        before = potential(core.pursuer[0], core.evader[0], centres[0], RADII[0], params)
+        obs, reward, terminated, truncated, info = step(core, 1.0, 0.0)
+        after = potential(info["pursuer"][0], info["evader"][0], centres[0], RADII[0], params)
+        assert bool(truncated[0]) is (max_steps == 5) and bool(info["timeout"][0]) is (max_steps == 5)
+        assert not bool(terminated[0])
+        g = 1.0 if discount is None else discount
+        assert reward[0].item() == pytest.approx(g * after - before, abs=1e-12)
+        assert abs(after - before) > 1.0  # both terms moved: the check is not 0 == 0
+        rewards[max_steps] = reward[0].item()
+    assert rewards[5] == rewards[6]
     assert int(info["episode_length"][0]) == 5
-    assert int(core.step_count[0]) == 0  # autoreset started the next episode
 
 
 def test_evader_is_clamped_inside_the_arena_and_pushed_out_of_obstacles():
