@@ -48,7 +48,10 @@ _DOC = """
     scripted policy (``evader_policy``): ``random`` draws a uniform action in its bounds every
     step (the reference scenario), ``flee`` steers away from the pursuer along a potential
     field that avoids obstacles and walls. The evader is kept inside the arena (clamped) and is
-    pushed radially out of obstacles: it never collides. Only the pursuer can collide.
+    pushed radially out of obstacles; where the push would cross a wall (an evader wedged
+    between an obstacle and a wall, or between two obstacles) the move is rejected and it keeps
+    its place. So after every step its body is inside the walls and outside every obstacle: it
+    never collides. Only the pursuer can collide.
 
     Units: metres, seconds, radians; the arena is ``[-L/2, L/2]^2`` with ``L = arena_size``.
 
@@ -84,24 +87,56 @@ _DOC = """
 
     ## Rewards
 
-    ``distance_shaping * (d_prev - d)`` every step (d: pursuer-evader distance), plus
-    ``proximity_shaping * (Phi(s') - Phi(s))`` with ``Phi = -sum_i max(0, 1 - c_i /
-    proximity_range)`` over the pursuer's body clearances ``c_i`` to each obstacle and wall
-    (potential-based: it sums to zero over a pass-by, but makes a closing course cost at once
-    instead of only at the collision), plus ``capture_reward`` on capture, ``collision_penalty``
-    on collision and ``timeout_penalty`` on truncation.
+    ``capture_reward`` on capture, ``collision_penalty`` on collision, nothing on truncation,
+    plus two potential-based shaping terms in the policy-invariant form of Ng, Harada and
+    Russell (1999), ``k (g Phi(s') - Phi(s))``:
+
+    - distance: ``k = distance_shaping``, ``Phi = -d`` (d: pursuer-evader distance, m);
+    - proximity: ``k = proximity_shaping``, ``Phi = -sum_i max(0, 1 - c_i / proximity_range)``
+      over the pursuer's body clearances ``c_i`` to each obstacle and wall (it makes a course
+      closing in on an obstacle cost at once instead of only at the collision).
+
+    ``g = shaping_discount``, the discount the learner uses (None means 1.0 here; the pipeline
+    sets it to ``train.gamma``). ``Phi(s') = 0`` when s' is terminal (capture, collision), and
+    ``Phi(s_T)`` is kept at truncation. So over an episode the g-discounted shaping sums to
+    ``g^T Phi(s_T) - Phi(s_0)``, or ``-Phi(s_0)`` when it terminated: nothing the policy
+    controls beyond what the bootstrap V(s_T) accounts for, so the optimal policy at discount g
+    is the unshaped task's. (The earlier form ``k (Phi(s') - Phi(s))`` was invariant only
+    without discounting: at g = 0.995 a pass-by cost -3.15 and driving into an obstacle added
+    about -31.5 to the collision penalty.) Note the terminal step pays ``-Phi(s)``: with
+    ``Phi = -d`` a capture or collision at distance d adds ``+k d``; the value of continuing
+    carries the same ``+k d`` (``V' = V - Phi``), so this rewards neither.
+
+    Why no timeout penalty: time is not in the observation, so a penalty paid at truncation is
+    unpredictable for the critic (Pardo et al. 2018, "Time Limits in Reinforcement Learning").
+    Truncation is a cut of an unending task: it pays nothing of its own and the learner
+    bootstraps ``V(final_obs)`` there (``env.timeout_penalty`` was removed; a params file that
+    names it is refused with this reason).
 
     ## Starting State
 
     The pursuer-evader distance is uniform in ``[start_distance_min, start_distance_max]``
     (capped at the diagonal of the square the robots may start in), its direction uniform over
-    the directions that fit, both robots inside the arena with ``robot_radius + safety_margin``
-    to spare from the walls (so the wall barriers start >= 0), headings uniform. Then
-    ``num_obstacles`` circles with radius uniform in ``[obstacle_radius_min,
-    obstacle_radius_max]``, wholly inside the arena, not overlapping each other and at least
-    ``obstacle_clearance`` from both robots' bodies (first valid of 64 candidates each;
-    ``PlacementError`` names the parameters if none fits). All draws are counter-based hashes of
-    (seed, episode, step, draw): env i of a vector env seeded s equals a single env seeded s + i.
+    the directions that fit, headings uniform, both robots with ``|x|, |y| <= U``, ``U = L/2 -
+    r - safety_margin - start_margin - 1 mm`` (1 mm against float32 rounding), and the
+    pursuer's heading segment ``[p, p + start_margin (cos t, sin t)]`` inside that square too.
+    Then ``num_obstacles`` circles with radius uniform in ``[obstacle_radius_min,
+    obstacle_radius_max]``, wholly inside the arena, not overlapping each other, at least
+    ``obstacle_clearance`` from both robots' bodies and ``r + safety_margin + start_margin``
+    (+ 1 mm) from every point of the pursuer's heading segment (first valid of 64 candidates
+    each; ``PlacementError`` names the parameters if none fits).
+
+    Why: a CBF that enforces its barriers on a look-ahead point ``q = p + d (cos t, sin t)``
+    (``cbf.lookahead`` = d) puts q's safe set d inside the body's, and q itself lies up to d
+    ahead. q lies on the heading segment when ``d <= start_margin``, so every look-ahead
+    barrier (walls in m, obstacles in m^2, inflated by any robust margin up to ``start_margin
+    - d``) and every body barrier in ``info["h"]`` is >= 0 at step 0, by construction (before,
+    2.6 % of starts had a negative look-ahead wall barrier and the QP was infeasible at once).
+    The pipeline refuses ``cbf.lookahead + cbf.robust_margin > env.start_margin``; this class
+    refuses an arena too small for the margins. Autoresets use the same sampler.
+
+    All draws are counter-based hashes of (seed, episode, step, draw): env i of a vector env
+    seeded s equals a single env seeded s + i.
 
     ## Episode End
 
@@ -110,7 +145,7 @@ _DOC = """
        or a wall (``|x| >= L/2 - r`` or ``|y| >= L/2 - r``). If capture and collision happen in
        the same step, collision wins (safety first): only ``collision_penalty`` is paid and
        ``info["captured"]`` is False.
-    3. Truncation: ``max_steps`` steps (``timeout_penalty``), unless the last step terminated.
+    3. Truncation: ``max_steps`` steps, unless the last step terminated (no penalty, see Rewards).
 
     ## Info
 
@@ -119,11 +154,16 @@ _DOC = """
     ``|p - c| - (r_k + r + safety_margin)``, absent = inf, then walls +x, -x, +y, -y
     ``L/2 - r - safety_margin -/+ x``), ``captured``, ``collided``, ``timeout``, ``final_obs``,
     ``episode_return``, ``episode_length``; batched with a leading env axis in the vector env.
+    ``reset()`` returns the same state entries (poses, velocities, obstacles, ``h``) with the
+    three flags False, so a start can be checked without stepping.
 
     ## Arguments
 
-    ``params`` (``tasks.params.EnvParams``, defaults when None) and any of its fields as keyword
-    overrides, e.g. ``gymnasium.make("PursuitEvasion-v0", num_obstacles=4, evader_policy="flee")``;
+    ``params`` (``env.config.EnvParams``, defaults when None) and any of its fields as keyword
+    overrides, e.g. ``gymnasium.make("PursuitEvasion-v0", num_obstacles=4, shaping_discount=0.995)``;
+    a bad key or value raises ``env.config.EnvParamsError`` (a ValueError) naming ``env.<key>``,
+    the value and what is accepted. The new fields: ``start_margin`` (m, default 0.25: the
+    default look-ahead 0.2 plus the robust margin 0.05), ``shaping_discount`` (None = 1.0);
     ``render_mode="rgb_array"``. The vector env also takes ``num_envs``, ``device`` and
     ``dtype`` (torch), e.g. ``gymnasium.make_vec("PursuitEvasion-v0", num_envs=64)``.
 
@@ -131,6 +171,10 @@ _DOC = """
 
     * v0: initial version (the "Phase 2.5" reference scenario, plus the potential-based proximity
       shaping, which the reference did not have).
+    * v0, issue 14 revision (the id is kept so that existing callers run; results move): starts
+      inside the CBF's safe set (``start_margin``), shaping in the discounted policy-invariant
+      form with ``Phi(terminal) = 0`` (``shaping_discount``), no timeout penalty, the state in
+      ``reset()``'s info, wedged evader moves rejected.
 """
 
 
