@@ -460,7 +460,7 @@ def test_start_states_respect_the_scenario():
     params = EnvParams(num_obstacles=8, obstacle_clearance=0.5)
     core = PursuitEvasionCore(params, num_envs=2000, dtype=torch.float64)
     half, rr = params.arena_size / 2, params.robot_radius
-    usable = half - rr - params.safety_margin
+    usable = half - rr - params.safety_margin - params.start_margin  # (less 1 mm of slack)
     pursuer, evader = core.pursuer.numpy(), core.evader.numpy()
     distance = np.linalg.norm(pursuer[:, :2] - evader[:, :2], axis=1)
     assert distance.min() >= params.start_distance_min - 1e-9 and distance.max() <= params.start_distance_max + 1e-9
@@ -468,12 +468,20 @@ def test_start_states_respect_the_scenario():
     quartiles = np.quantile(distance, [0.25, 0.5, 0.75])
     np.testing.assert_allclose(quartiles, [6.0, 9.0, 12.0], atol=0.4)
     assert np.abs(pursuer[:, :2]).max() <= usable + 1e-9 and np.abs(evader[:, :2]).max() <= usable + 1e-9
+    # The pursuer's heading segment stays in that square too, and the bound is reached (tight).
+    tip = pursuer[:, :2] + params.start_margin * np.stack((np.cos(pursuer[:, 2]), np.sin(pursuer[:, 2])), axis=1)
+    assert np.abs(tip).max() <= usable + 1e-9 and np.abs(tip).max() > usable - 0.01
     c, r = core.obstacle_centres.numpy(), core.obstacle_radii.numpy()
     assert r.min() >= params.obstacle_radius_min and r.max() <= params.obstacle_radius_max
     assert (np.abs(c) + r[..., None]).max() <= half + 1e-9  # wholly inside the arena
     for robot in (pursuer, evader):
         gap = np.linalg.norm(c - robot[:, None, :2], axis=-1) - r - rr
         assert gap.min() >= params.obstacle_clearance - 1e-9
+    # Every point of the heading segment keeps safety_margin + start_margin from every obstacle.
+    for fraction in np.linspace(0.0, 1.0, 11):
+        point = pursuer[:, :2] + fraction * (tip - pursuer[:, :2])
+        gap = np.linalg.norm(c - point[:, None], axis=-1) - r - rr
+        assert gap.min() >= params.safety_margin + params.start_margin - 1e-9
     between = np.linalg.norm(c[:, :, None] - c[:, None], axis=-1) - r[:, :, None] - r[:, None]
     between[:, np.arange(8), np.arange(8)] = np.inf
     assert between.min() >= -1e-9
