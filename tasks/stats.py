@@ -1,8 +1,30 @@
-"""Statistics for the comparison stage: Wilson intervals, stratified bootstrap, probability of
-improvement and paired differences. Pure numpy/scipy functions, no files, no pandas.
+"""Statistics for the comparison and decision stages. Pure numpy/scipy functions, no files, no pandas.
 
-Conventions
------------
+What to use (issue 16)
+----------------------
+The test split is a crossed design: every training seed of every arm plays the same E
+scenarios (env seeds). Scores are (S, E) matrices, rows = seeds, columns = scenarios.
+
+* One arm's mean (capture, collision, a real score):  ``crossed_mean_interval``.
+* Two arms on the same scenarios:                    ``crossed_difference_interval`` (say
+  whether they share checkpoints: ``paired_seeds``).
+* A ratio of sums (per-step rates):                   ``crossed_ratio_interval``.
+* Cross-check over seeds only:                        ``seed_t_interval``, ``seed_t_difference_interval``.
+* A count with no structure (e.g. 0 collisions / n):  ``rate_interval`` (Wilson or Clopper-Pearson,
+  never [0, 0]); two such counts: ``newcombe_difference_interval``.
+* p-values: ``mcnemar_exact`` (paired 0/1 episodes, one seed), ``seed_permutation_test``.
+* Power: ``power_analysis`` (minimum detectable difference), ``seeds_needed``, ``power_at``.
+* rliable-style summaries: ``run_level_probability_of_improvement``, ``paired_win_rate``,
+  ``iqm`` with ``iqm_trims``, ``performance_profile``.
+Every crossed interval carries ``method``, a label saying what was estimated, for the report.
+
+The within-seed stratified bootstrap below (the old comparison) treats seeds as fixed and
+resamples episodes: it leaves out training-seed variance and under-counts the scenario
+effect shared by all seeds (its 95 % interval covered ~65 % in the issue-16 simulation). Keep it
+for descriptive per-seed intervals only.
+
+Conventions of the stratified bootstrap
+---------------------------------------
 * A *stratum* is one training seed. Scores come as a 2-D array ``(seeds, episodes)``, or as a
   sequence of per-seed arrays (lengths may differ), each with episodes on axis 0 and optional
   trailing axes (e.g. ``(episodes, 2)`` for a numerator/denominator pair).
@@ -47,6 +69,8 @@ __all__ = [
     "variance_components",
     "crossed_mean_interval",
     "crossed_difference_interval",
+    "CROSSED_RATIO_METHOD",
+    "crossed_ratio_interval",
     "seed_t_interval",
     "seed_t_difference_interval",
     "power_at",
@@ -673,6 +697,49 @@ def crossed_difference_interval(
     if binary:
         floor = newcombe_difference_interval(int(x.sum()), x.size, int(y.sum()), y.size, confidence)
         result = _widen(result, floor, (-1.0, 1.0))
+    return result
+
+
+CROSSED_RATIO_METHOD = (
+    "ratio of sums (e.g. steps with an event / steps); variance of its linearisation "
+    "(num - R den) / mean den from a two-way random-effects ANOVA (training-seed + "
+    "shared-scenario + residual)"
+)
+
+
+def crossed_ratio_interval(
+    numerator,
+    denominator,
+    confidence: float = 0.95,
+    count_floor: bool = True,
+    method: str = "generalized",
+    n_draws: int = DEFAULT_DRAWS,
+    seed: int = 0,
+) -> CrossedInterval:
+    """Interval for a ratio of sums over a crossed design, e.g. a per-step rate.
+
+    numerator, denominator: (S, E) per-episode totals (e.g. steps with an infeasible QP, and
+            episode length in steps), rows = training seeds, columns = the shared scenarios.
+    The estimate is R = sum(numerator) / sum(denominator). Its variance is that of the mean of
+    the linearised scores z = (numerator - R denominator) / mean(denominator) (the delta
+    method), estimated as in ``crossed_mean_interval``; with equal denominators this is exactly
+    ``crossed_mean_interval(numerator / denominator)``.
+    count_floor: for integer counts with numerator <= denominator, widen to at least the Wilson
+            interval of the pooled counts (so 0 events give an upper bound; steps within an
+            episode are correlated, so that floor alone would be too narrow) and clip to [0, 1].
+    """
+    num, den = _as_crossed(numerator, "numerator"), _as_crossed(denominator, "denominator")
+    if num.shape != den.shape:
+        raise ValueError(f"numerator {num.shape} and denominator {den.shape} must be the same (seeds, scenarios)")
+    if np.any(den < 0) or den.sum() <= 0:
+        raise ValueError("denominator must be >= 0 with a positive total (e.g. episode lengths in steps)")
+    ratio = num.sum() / den.sum()
+    linearised = (num - ratio * den) / den.mean()
+    mean_squares, candidates = _one_arm_variance(variance_components(linearised))
+    result = _variance_interval(ratio, mean_squares, candidates, confidence, method, n_draws, seed, CROSSED_RATIO_METHOD)
+    counts = np.all(num == np.round(num)) and np.all(den == np.round(den)) and np.all((num >= 0) & (num <= den))
+    if count_floor and counts:
+        result = _widen(result, rate_interval(int(num.sum()), int(den.sum()), confidence), (0.0, 1.0))
     return result
 
 

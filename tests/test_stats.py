@@ -14,6 +14,7 @@ from tasks.stats import (
     across_seeds,
     crossed_difference_interval,
     crossed_mean_interval,
+    crossed_ratio_interval,
     iqm,
     iqm_trims,
     mcnemar_exact,
@@ -468,6 +469,36 @@ def test_paired_difference_of_identical_arms_is_tight_but_not_zero():
     assert independent.high > 5 * paired.high
 
 
+def test_crossed_ratio_with_equal_denominators_is_the_mean_of_rates():
+    # The linearisation (num - R den) / mean(den) is num/den - R when every den is the same:
+    # the same ANOVA as the per-episode rates (shifted by a constant), so the same interval.
+    rng = np.random.default_rng(14)
+    den = np.full((5, 60), 200.0)
+    num = rng.binomial(200, rng.uniform(0.01, 0.05, (5, 60))).astype(float)
+    got = crossed_ratio_interval(num, den, count_floor=False, seed=2)
+    want = crossed_mean_interval(num / den, binary_floor=False, seed=2)
+    assert tuple(got[:5]) == pytest.approx(tuple(want[:5]), rel=1e-9)
+    zero = crossed_ratio_interval(np.zeros((5, 60)), den)
+    assert zero[:3] == (0.0, 0.0, pytest.approx(rate_interval(0, 60000).high))  # never [0, 0]
+    with pytest.raises(ValueError, match="denominator"):
+        crossed_ratio_interval(num, -den)
+
+
+def test_crossed_ratio_covers_a_step_rate():
+    # Step rate with episode lengths set by the scenario (50-300 steps), a lognormal seed effect
+    # (SD 0.15) and scenario effect (SD 0.5) on the per-step probability, independent of length:
+    # the population ratio is base * exp(0.15^2 / 2 + 0.5^2 / 2). (With a skewed seed effect of
+    # SD 0.3, 5 seeds are too few for any t-type interval: 93.9 % in 1000 reps, misses high.)
+    rng = np.random.default_rng(15)
+    reps, s, e, base = 300, 5, 450, 0.01
+    length = rng.integers(50, 301, (reps, 1, e)) * np.ones((1, s, 1))
+    p = base * np.exp(rng.normal(0, 0.15, (reps, s, 1)) + rng.normal(0, 0.5, (reps, 1, e)))
+    events = rng.binomial(length.astype(int), np.minimum(p, 1.0)).astype(float)
+    truth = base * math.exp(0.15**2 / 2 + 0.5**2 / 2)
+    intervals = [crossed_ratio_interval(events[r], length[r], seed=r, n_draws=4000) for r in range(reps)]
+    assert _coverage(intervals, truth) >= 0.93
+
+
 def test_seed_t_difference_by_hand():
     a, b = np.array([0.95, 0.93, 0.96, 0.94, 0.97]), np.array([0.92, 0.95, 0.91, 0.93, 0.90])
     va, vb = a.var(ddof=1) / 5, b.var(ddof=1) / 5
@@ -583,8 +614,12 @@ def _two_way_percentile_bootstrap(y, n_boot, rng, confidence=0.95):
     """Resample seeds and scenario indices (one scenario draw for all seeds) with replacement;
     percentile interval of the grand mean. y (S, E)."""
     s, e = y.shape
-    seed_counts = np.stack([np.bincount(row, minlength=s) for row in rng.integers(0, s, (n_boot, s))])
-    scenario_counts = np.stack([np.bincount(row, minlength=e) for row in rng.integers(0, e, (n_boot, e))])
+
+    def counts(n):  # (n_boot, n): how often each index is drawn in each replicate
+        flat = rng.integers(0, n, (n_boot, n)) + n * np.arange(n_boot)[:, None]
+        return np.bincount(flat.ravel(), minlength=n_boot * n).reshape(n_boot, n)
+
+    seed_counts, scenario_counts = counts(s), counts(e)
     replicates = np.einsum("bs,se,be->b", seed_counts, y, scenario_counts) / (s * e)
     alpha = 1 - confidence
     return Interval(float(y.mean()), *np.percentile(replicates, [100 * alpha / 2, 100 * (1 - alpha / 2)]))
@@ -601,7 +636,7 @@ def test_two_way_percentile_bootstrap_under_covers_when_seed_variance_dominates(
     rng = np.random.default_rng(17)
     reps, s, e = 300, 5, 450
     y = rng.normal(0, 1, (reps, s, 1)) + rng.normal(0, 0.3, (reps, 1, e)) + rng.normal(0, 0.5, (reps, s, e))
-    two_way = [_two_way_percentile_bootstrap(y[r], 400, rng) for r in range(reps)]
+    two_way = [_two_way_percentile_bootstrap(y[r], 200, rng) for r in range(reps)]
     crossed = [crossed_mean_interval(y[r], seed=r, n_draws=4000) for r in range(reps)]
     assert _coverage(two_way, 0.0) < 0.90
     assert _coverage(crossed, 0.0) >= 0.93
@@ -653,33 +688,11 @@ def test_minimum_detectable_difference_closed_forms():
         df = 2 * n - 2
         textbook = (sps.t.ppf(0.975, df) + sps.t.ppf(0.8, df)) * sd * math.sqrt(2 / n)
         assert power_analysis(sd, n) == pytest.approx(textbook, rel=0.03)
-    # Unequal seed counts: the same as an equal design with the same 1/na + 1/nb and df.
-    assert power_analysis(sd, 4, n_arms_seeds=12) == pytest.approx(
-        brute_mdd(sd, 4, 12), rel=1e-6
-    )
-
-
-def brute_mdd(sd, na, nb, alpha=0.05, target=0.8):
-    """Bisection on the power written from the noncentral t density's definition (integral)."""
-    from scipy.integrate import quad
-
-    df = na + nb - 2
-    critical = sps.t.ppf(1 - alpha / 2, df)
-
-    def power(delta):
-        ncp = delta / (sd * math.sqrt(1 / na + 1 / nb))
-        # T = (Z + ncp) / sqrt(V / df), V ~ chi2_df: integrate P(|T| > c | V) over V's density.
-        def given_v(v):
-            scale = critical * math.sqrt(v / df)
-            return (sps.norm.sf(scale - ncp) + sps.norm.cdf(-scale - ncp)) * sps.chi2.pdf(v, df)
-
-        return quad(given_v, 0, np.inf, limit=200)[0]
-
-    low, high = 0.0, 20 * sd
-    for _ in range(60):
-        middle = (low + high) / 2
-        low, high = (middle, high) if power(middle) < target else (low, middle)
-    return (low + high) / 2
+    # Unequal seed counts (4 vs 12, df 14): the pooled two-sample t test (scipy) in simulation.
+    delta = power_analysis(sd, 4, n_arms_seeds=12)
+    rng = np.random.default_rng(19)
+    a, b = rng.normal(delta, sd, (20000, 4)), rng.normal(0.0, sd, (20000, 12))
+    assert np.mean(sps.ttest_ind(a, b, axis=1).pvalue < 0.05) == pytest.approx(0.80, abs=0.012)
 
 
 def test_seeds_needed_is_the_first_count_with_enough_power():
