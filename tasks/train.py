@@ -26,6 +26,7 @@ import hashlib
 import logging
 import math
 import os
+import pickle
 import random
 import sys
 import time
@@ -224,7 +225,7 @@ class Trainer:
     # -- checkpoints --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
-            "format": 1,
+            "format": 2,  # 2: the NumPy RNG state as plain types (weights_only loading)
             "key": self.key,
             "config": self.config,
             "update": self.update,
@@ -241,7 +242,7 @@ class Trainer:
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "numpy": np.random.get_state(),
+                "numpy": _numpy_rng_state(),  # plain types: the file loads with weights_only=True
                 "python": random.getstate(),
                 "update_generator": self.update_generator.get_state(),
             },
@@ -265,7 +266,7 @@ class Trainer:
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
-        np.random.set_state(rng["numpy"])
+        _set_numpy_rng_state(rng["numpy"])
         random.setstate(rng["python"])
         self.update_generator.set_state(rng["update_generator"])
         self.history = list(state["history"])
@@ -415,15 +416,44 @@ class Trainer:
 # Checkpoint files
 
 
-def load_checkpoint(path: Path, expected_config: dict[str, Any]) -> dict[str, Any]:
-    """Load and check a checkpoint; raise CheckpointError naming the file and the difference."""
+def _numpy_rng_state() -> dict[str, Any]:
+    """NumPy's global RNG state as types `torch.load(weights_only=True)` accepts (its own tuple
+    holds a uint32 ndarray): the 624 MT19937 keys as an int64 tensor (uint32 values, exact)."""
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    return {"bit_generator": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}
+
+
+def _set_numpy_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of `_numpy_rng_state`."""
+    np.random.set_state((state["bit_generator"], state["keys"].numpy().astype(np.uint32), state["pos"],
+                         state["has_gauss"], state["cached_gaussian"]))
+
+
+def _safe_torch_load(path: Path, what: str, map_location: Any) -> Any:
+    """torch.load with weights_only=True: tensors and plain containers (dict, list, tuple, str,
+    int, float, bool, None) only, so a planted file (from a shared DVC remote, a copied folder)
+    cannot run code. Raises CheckpointError naming the file: refused (other Python objects in the
+    pickle) or unreadable (truncated, not a torch file)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{what} {path} was refused: it holds Python objects other than tensors and plain containers, "
+            f"which loading would run as code (torch.load weights_only=True: {reason}). It was left in place; "
+            "do not load it with weights_only=False unless you wrote it yourself. Delete it and rerun the train stage."
+        ) from None
     except Exception as exc:  # truncated, tampered, not a torch file
         raise CheckpointError(
-            f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); it was left in place. "
+            f"{what} {path} is unreadable ({type(exc).__name__}: {exc}); it was left in place. "
             "Delete it (or its folder) to start this configuration from scratch."
         ) from None
+
+
+def load_checkpoint(path: Path, expected_config: dict[str, Any]) -> dict[str, Any]:
+    """Load and check a checkpoint; raise CheckpointError naming the file and the difference."""
+    state = _safe_torch_load(path, "checkpoint", "cpu")
     if not isinstance(state, dict) or "config" not in state or "key" not in state:
         raise CheckpointError(f"checkpoint {path} is not a training checkpoint (no config/key recorded)")
     recorded = state["config"]
@@ -599,7 +629,7 @@ def load_trained(path: str | Path, params: Params | None = None, device: str | t
     if not path.exists():
         raise CheckpointError(f"trained model {path} does not exist; run the train stage first")
     try:
-        record = torch.load(path, map_location=device, weights_only=False)
+        record = _safe_torch_load(path, "trained model", device)
         if params is None:
             params = Params.model_validate(record["params"])
         actor = make_actor(record["algo"], record["obs_dim"], params).to(device)
