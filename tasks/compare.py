@@ -1,37 +1,39 @@
-"""The `compare` stage: per-episode evaluation tables -> summary table, metrics and a decision.
+"""The `compare` stage: per-episode evaluation tables -> summary table, metrics and the verdict.
 
 Inputs (written by the evaluate stage), one per training algorithm and seed::
 
-    results/eval/<algo>-s<seed>/episodes.csv      columns: EPISODE_COLUMNS, one row per (arm, episode)
+    results/eval/<algo>-s<seed>/episodes.csv      columns: EPISODE_COLUMNS, one row per (arm, split, episode)
 
-Episode ``e`` is the same start / obstacles / evader randomness for every arm of a seed, so arms
-are compared on *paired* episodes, stratified by training seed.
+Episode ``e`` of a split is the same start / obstacles / evader randomness for every arm and every
+training seed: a crossed design seeds x scenarios. Dev rows feed only the choice of the best
+alternative (tasks.decision.choose_alternative, which refuses test rows); the summary, the
+headline and the verdict read test rows only ("choices cite dev numbers only").
 
 Outputs (each written atomically: temp file in the same folder, then ``os.replace``; all inputs
 are validated before anything is written, so a bad input leaves earlier outputs intact)::
 
-    results/compare/summary.csv    one row per (arm, seed) with aggregate "per_seed", plus rows
-                                   seed="all" with aggregate "mean" and "iqm"; columns
+    results/compare/summary.csv    TEST split: one row per (arm, seed) with aggregate "per_seed",
+                                   plus rows seed="all" with aggregate "mean" and "iqm"; columns
                                    arm, seed, aggregate, seeds, episodes, steps, and for each metric
                                    in METRICS: <metric>, <metric>_low, <metric>_high
-    results/compare/metrics.json   {"confidence", "seeds", "arms": {arm: headline numbers},
-                                    "vs_baseline": {arm: paired differences, probability of
-                                    improvement}, "decision": {"verdict", "verdict_code", "reasons"}}
+    results/compare/metrics.json   {"confidence", "seeds", "test_split", "dev_split",
+                                    "interval_methods" (what each interval resampled or estimated),
+                                    "arms": {arm: headline numbers}, "alternative_choice" (dev numbers),
+                                    "sequence" (the fixed sequence H1.. with intervals and p-values),
+                                    "safety" (unsafe test episodes and upper bounds), "gap", "hybrid",
+                                    "power", "run_level", "decision": {"verdict", "verdict_code",
+                                    "reasons", margins}}. No wall-clock number: the file must be
+                                   byte-identical across machines (the report adds timings).
 
-Intervals (all at ``params.decision.confidence``):
-* per-seed rows: Wilson for rates. Episode-level rates (capture, collision, timeout) are Wilson
-  on episodes. Step-level rates (CBF violation, intervention, infeasibility) are Wilson on steps,
-  which treats steps as independent; steps within an episode are correlated, so these intervals
-  are too narrow - read them as descriptive. mean_return and decision_ms: percentile bootstrap
-  over the seed's episodes.
-* seed="all" rows: each seed's value (as in its per-seed row), then the mean or the IQM across
-  seeds, with a stratified bootstrap interval (episodes resampled within each seed, rliable).
-  scipy's IQM trims ``int(0.25 * seeds)`` seeds from each end: with fewer than 4 seeds it equals
-  the mean.
-* paired differences vs the ``baseline`` arm: mean per-episode difference over the episodes both
-  arms ran, episode indices resampled jointly for both arms within each seed.
+Intervals (all at ``params.decision.confidence``; ``interval_methods`` labels each):
+* per-seed rows: Wilson for rates (on episodes; step rates on steps, descriptive: steps within an
+  episode are correlated), percentile bootstrap over the seed's episodes for return and decision ms.
+* seed="all" mean rows: capture / collision / timeout from the crossed seed x scenario design
+  (tasks.stats.crossed_mean_interval, never [0, 0]); step rates, return and decision ms: t over the
+  per-seed values (step rates widened to the pooled Wilson interval). IQM rows: stratified
+  bootstrap within seeds (evaluation noise only); IQM trims only with >= 4 seeds.
 
-The decision rule is ``decide``; its docstring states it.
+The verdict is ``verdict_of`` over tasks.decision.fixed_sequence; its module docstring states the rules.
 """
 
 from __future__ import annotations
@@ -46,16 +48,21 @@ import numpy as np
 import pandas as pd
 
 from tasks import io
-from tasks.params import ARMS, DecisionParams, Params
+from tasks import decision as protocol
+from tasks.params import ARMS, DECISION_ARMS, SPLITS, DecisionParams, Params
 from tasks.stats import (
     Interval,
     across_seeds,
-    paired_difference_ci,
+    iqm,
     probability_of_improvement,
-    stratified_bootstrap_ci,
+    rate_interval,
+    seed_t_interval,
     stratified_bootstrap_cis,
     wilson_interval,
 )
+
+# Every arm name the pipeline knows, in report order (the existing arms first, then issue 15's).
+KNOWN_ARMS: tuple[str, ...] = tuple(dict.fromkeys((*ARMS, *DECISION_ARMS)))
 
 __all__ = [
     "EPISODE_COLUMNS",
@@ -64,14 +71,12 @@ __all__ = [
     "SUMMARY_PATH",
     "METRICS_PATH",
     "StageInputError",
-    "Comparison",
-    "Decision",
     "episodes_path",
     "read_episode_table",
     "load_episodes",
+    "split_rows",
     "summarise",
-    "compare_arms",
-    "decide",
+    "verdict_of",
     "run",
 ]
 
@@ -79,6 +84,7 @@ EPISODE_COLUMNS: tuple[str, ...] = (
     "arm",
     "algo",
     "seed",
+    "split",
     "episode",
     "env_seed",
     "outcome",
@@ -156,7 +162,7 @@ def read_episode_table(path: str | Path, algo: str | None = None, seed: int | No
             problems.append(f"column '{column}' must hold numbers; bad values {_examples(table[column][bad])}")
             continue
         out[column] = values.astype("float64")
-    for column, accepted in (("arm", ARMS), ("outcome", OUTCOMES), ("algo", None)):
+    for column, accepted in (("arm", KNOWN_ARMS), ("outcome", OUTCOMES), ("split", SPLITS), ("algo", None)):
         values = table[column].astype(str).str.strip()
         if accepted is not None:
             bad = ~values.isin(accepted)
@@ -177,10 +183,11 @@ def read_episode_table(path: str | Path, algo: str | None = None, seed: int | No
                 problems.append(f"column '{column}' must lie in [0, length]; {int(bad.sum())} rows do not")
         if (out["decision_ms"] < 0).any():
             problems.append("column 'decision_ms' must be >= 0")
-        duplicated = out.duplicated(["arm", "episode"])
+        duplicated = out.duplicated(["arm", "split", "episode"])
         if duplicated.any():
-            pairs = list(out.loc[duplicated, ["arm", "episode"]].itertuples(index=False, name=None))[:3]
-            problems.append(f"(arm, episode) pairs appear twice, e.g. {pairs}; accepted: one row per (arm, episode)")
+            pairs = list(out.loc[duplicated, ["arm", "split", "episode"]].itertuples(index=False, name=None))[:3]
+            problems.append(f"(arm, split, episode) rows appear twice, e.g. {pairs}; "
+                            "accepted: one row per (arm, split, episode)")
         if algo is not None and (out["algo"] != algo).any():
             problems.append(f"column 'algo' has {_examples(out['algo'][out['algo'] != algo])}; expected '{algo}'")
         if seed is not None and (out["seed"] != seed).any():
@@ -209,14 +216,19 @@ def load_episodes(params: Params, workdir: Path) -> pd.DataFrame:
     if problems:
         raise StageInputError("compare: bad inputs:\n  " + "\n  ".join(problems))
     episodes = pd.concat(frames, ignore_index=True)
-    twice = episodes.duplicated(["arm", "seed", "episode"])
+    twice = episodes.duplicated(["arm", "seed", "split", "episode"])
     if twice.any():
-        rows = list(episodes.loc[twice, ["arm", "seed", "episode"]].itertuples(index=False, name=None))[:3]
+        rows = list(episodes.loc[twice, ["arm", "seed", "split", "episode"]].itertuples(index=False, name=None))[:3]
         raise StageInputError(
             f"compare: (arm, seed, episode) rows appear in more than one episode table, e.g. {rows}; "
             "accepted: each arm evaluated once per seed"
         )
     return episodes[episodes["arm"].isin(params.eval.arms)].reset_index(drop=True)
+
+
+def split_rows(episodes: pd.DataFrame, split: str) -> pd.DataFrame:
+    """The rows of one split ('dev' or 'test'); choices get dev rows, the verdict test rows."""
+    return episodes[episodes["split"] == split].reset_index(drop=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,16 +291,66 @@ def _pairs(df: pd.DataFrame, names: list[str]) -> np.ndarray:
     )
 
 
+EPISODE_RATES = {"capture_rate": "capture", "collision_rate": "collision", "timeout_rate": "timeout"}
+STEP_RATES = ("cbf_violation_rate", "intervention_rate", "infeasible_rate")
+STEP_RATE_METHOD = ("t interval over the per-seed rates (training seeds; scenarios held fixed), widened to at "
+                    "least the Wilson interval of the pooled steps")
+SEED_MEAN_METHOD = "t interval over the per-seed means (training seeds; scenarios held fixed)"
+IQM_METHOD = ("percentile bootstrap resampling episodes within each seed (seeds held fixed: evaluation noise "
+              "only, training-seed variance not included)")
+PER_SEED_METHOD = ("one seed: Wilson on episodes (capture, collision, timeout) or on steps (step rates, "
+                   "correlated within an episode: descriptive); return and decision ms: percentile bootstrap "
+                   "over the seed's episodes")
+
+
+def interval_methods(n_seeds: int) -> dict[str, str]:
+    """What each seed="all", aggregate="mean" interval estimated or resampled (the report prints it)."""
+    methods = {}
+    for name in METRICS:
+        if name in EPISODE_RATES:
+            methods[name] = protocol.ONE_SEED_MEAN if n_seeds < 2 else (
+                "crossed seed x scenario design: t interval from the two-way random-effects variance (training "
+                "seeds + shared test scenarios + residual), Satterthwaite df, widened to at least the pooled "
+                "Wilson interval")
+        elif name in STEP_RATES:
+            methods[name] = STEP_RATE_METHOD if n_seeds >= 2 else "one seed: Wilson on the pooled steps"
+        else:
+            methods[name] = SEED_MEAN_METHOD if n_seeds >= 2 else "one seed: percentile bootstrap over episodes"
+    methods["iqm"] = IQM_METHOD
+    methods["per_seed"] = PER_SEED_METHOD
+    return methods
+
+
+def _across_seed_interval(name: str, arm: str, test: pd.DataFrame, per_seed: np.ndarray, sums: np.ndarray,
+                          conf: float, one_seed: Interval | None) -> Interval:
+    """The seed="all" mean row's interval of one metric (see interval_methods)."""
+    if name in EPISODE_RATES:
+        ci = protocol.mean_interval(protocol.score_matrix(test, arm, EPISODE_RATES[name])[1], conf)
+        return Interval(ci.estimate, ci.low, ci.high)
+    estimate = float(per_seed.mean())
+    if len(per_seed) < 2:
+        return one_seed if one_seed is not None else Interval(estimate, np.nan, np.nan)
+    ci = seed_t_interval(per_seed, conf)
+    low, high = ci.low, ci.high
+    if name in STEP_RATES:
+        floor = rate_interval(int(round(sums[0])), int(round(sums[1])), conf)
+        low, high = min(low, floor.low), max(high, floor.high)
+        low, high = max(low, 0.0), min(high, 1.0)
+    return Interval(estimate, float(low), float(high))
+
+
 def summarise(episodes: pd.DataFrame, decision: DecisionParams) -> pd.DataFrame:
-    """The summary table (see the module docstring) of validated, arm-filtered episodes."""
+    """The summary table (module docstring) of validated, arm-filtered TEST episodes."""
+    protocol.require_split(episodes, "test", "summarise")
     conf, n_boot, boot_seed = decision.confidence, decision.bootstrap_samples, decision.bootstrap_seed
     names = list(METRICS)
     bootstrapped = [n for n in names if METRICS[n].interval == "bootstrap"]
     rows = []
-    for arm in [a for a in ARMS if a in set(episodes["arm"])]:
+    for arm in [a for a in KNOWN_ARMS if a in set(episodes["arm"])]:
         arm_rows = episodes[episodes["arm"] == arm]
         seeds = sorted(arm_rows["seed"].unique())
         by_seed = {s: arm_rows[arm_rows["seed"] == s].sort_values("episode") for s in seeds}
+        per_seed_values, one_seed_boot = [], {}
         for s in seeds:
             df = by_seed[s]
             row: dict[str, Any] = {"arm": arm, "seed": str(s), "aggregate": "per_seed", "seeds": 1,
@@ -303,215 +365,96 @@ def summarise(episodes: pd.DataFrame, decision: DecisionParams) -> pd.DataFrame:
                                                  boot_seed)
             for name, interval in zip(bootstrapped, intervals):
                 row.update({f"{name}_low": interval.low, f"{name}_high": interval.high})
+                one_seed_boot[name] = interval
+            per_seed_values.append([row[n] for n in names])
             rows.append(row)
+        values = np.asarray(per_seed_values, float)  # (seeds, metrics)
+        pooled = _pairs(arm_rows, names).sum(axis=0)  # (metrics, 2)
+        mean_row: dict[str, Any] = {"arm": arm, "seed": "all", "aggregate": "mean", "seeds": len(seeds),
+                                    "episodes": len(arm_rows), "steps": int(arm_rows["length"].sum())}
+        for j, name in enumerate(names):
+            interval = _across_seed_interval(name, arm, episodes, values[:, j], pooled[j], conf,
+                                             one_seed_boot.get(name) if len(seeds) == 1 else None)
+            mean_row.update({name: interval.estimate, f"{name}_low": interval.low, f"{name}_high": interval.high})
+        rows.append(mean_row)
         strata = [_pairs(by_seed[s], names) for s in seeds]
-        for aggregate in ("mean", "iqm"):
-            row = {"arm": arm, "seed": "all", "aggregate": aggregate, "seeds": len(seeds),
+        iqm_row = {"arm": arm, "seed": "all", "aggregate": "iqm", "seeds": len(seeds),
                    "episodes": len(arm_rows), "steps": int(arm_rows["length"].sum())}
-            intervals = stratified_bootstrap_cis(strata, across_seeds(_ratio, aggregate), n_boot, conf, boot_seed)
-            for name, interval in zip(names, intervals):
-                row.update({name: interval.estimate, f"{name}_low": interval.low, f"{name}_high": interval.high})
-            rows.append(row)
+        intervals = stratified_bootstrap_cis(strata, across_seeds(_ratio, "iqm"), n_boot, conf, boot_seed)
+        for name, interval in zip(names, intervals):
+            iqm_row.update({name: interval.estimate, f"{name}_low": interval.low, f"{name}_high": interval.high})
+        rows.append(iqm_row)
     columns = ["arm", "seed", "aggregate", "seeds", "episodes", "steps"]
     columns += [f"{m}{suffix}" for m in METRICS for suffix in ("", "_low", "_high")]
     return pd.DataFrame(rows, columns=columns)
 
 
 # ---------------------------------------------------------------------------------------------
-# Paired comparison against the baseline arm, and the decision
+# The verdict: the fixed sequence of tasks.decision on test rows, the alternative chosen on dev
+
+VERDICTS = ("BETTER", "EQUIVALENT", "WORSE", "INCONCLUSIVE", "NO_ALTERNATIVE", "FAILS_STEP_1", "NOT_COMPARABLE")
+# Numeric, so `dvc metrics diff` shows a change.
+VERDICT_CODES = {"BETTER": 2, "EQUIVALENT": 1, "NO_ALTERNATIVE": 0, "INCONCLUSIVE": 0, "NOT_COMPARABLE": 0,
+                 "WORSE": -1, "FAILS_STEP_1": -2}
 
 
-@dataclass(frozen=True)
-class Comparison:
-    """What the decision rule needs: one arm vs the baseline arm on paired episodes.
-
-    Differences are arm - baseline; intervals at DecisionParams.confidence. ``missing`` lists
-    why a comparison could not be made (then the intervals are None).
-    """
-
-    arm: str = CANDIDATE_ARM
-    capture_diff: Interval | None = None  # per-episode 0/1 capture, paired
-    collision_diff: Interval | None = None  # per-episode 0/1 collision, paired
-    cbf_violation_diff: Interval | None = None  # step-level rate, pooled over paired episodes
-    baseline_collision: Interval | None = None  # baseline collision rate (Wilson, pooled episodes)
-    prob_improvement_return: Interval | None = None  # P(return arm > return baseline)
-    paired_episodes: int = 0
-    seeds: tuple[int, ...] = ()
-    missing: tuple[str, ...] = field(default_factory=tuple)
-
-
-class Decision(NamedTuple):
-    verdict: Literal["ADOPT", "REJECT", "INCONCLUSIVE"]
-    reasons: list[str]
-
-
-VERDICT_CODES = {"ADOPT": 1, "INCONCLUSIVE": 0, "REJECT": -1}
-
-
-def _violation_difference(strata: list[np.ndarray]) -> np.ndarray:
-    """Columns (viol_arm, len_arm, viol_base, len_base), pooled over seeds -> (n_boot,)."""
-    pooled = np.concatenate(strata, axis=1)
-    sums = pooled.sum(axis=1)  # (n_boot, 4)
-    return sums[:, 0] / sums[:, 1] - sums[:, 2] / sums[:, 3]
+def verdict_of(steps: list[dict[str, Any]], choice: dict[str, Any], why_missing: list[str]) -> tuple[str, list[str]]:
+    """The headline verdict of BarrierNet from the fixed sequence, with its reasons."""
+    if why_missing:
+        return "NOT_COMPARABLE", why_missing
+    by_id = {s["id"]: s for s in steps}
+    h1 = by_id.get("H1")
+    if h1 is None:
+        return "NOT_COMPARABLE", ["BarrierNet or the baseline has no test episodes"]
+    reasons = [_step_text(h1)]
+    if not h1["rejected"]:
+        return "FAILS_STEP_1", reasons
+    if choice["chosen"] is None:
+        reasons.append("no alternative qualified on dev (" + (", ".join(
+            f"{c['arm']}: dev collision upper bound {100 * c['dev_collision_upper']:.2f} %" for c in choice["candidates"])
+            or "none of decision.alternatives was evaluated") + f"; threshold {100 * choice['max_collision_upper']:g} %)")
+        return "NO_ALTERNATIVE", reasons
+    h2, h3 = by_id["H2"], by_id.get("H3")
+    reasons.append(_step_text(h2))
+    if h3 is None:
+        return "NOT_COMPARABLE", reasons
+    reasons.append(_step_text(h3))
+    if not h3["confirmatory"]:
+        reasons.append("the sequence stopped before H3: its answer is exploratory")
+        return "INCONCLUSIVE", reasons
+    answer = h3["answer"]
+    code = ("BETTER" if answer == "better" else "WORSE" if answer == "worse" else
+            "EQUIVALENT" if answer.startswith("equivalent") else "INCONCLUSIVE")
+    return code, reasons
 
 
-def compare_arms(episodes: pd.DataFrame, arm: str, decision: DecisionParams) -> Comparison:
-    """Paired comparison of ``arm`` against the ``baseline`` arm on the episodes both ran."""
-    present = set(episodes["arm"])
-    missing = [f"arm '{a}' has no evaluated episodes" for a in (arm, REFERENCE_ARM) if a not in present]
-    if missing:
-        return Comparison(arm=arm, missing=tuple(missing))
-    keys = ["seed", "episode"]
-    paired = episodes[episodes["arm"] == arm].merge(
-        episodes[episodes["arm"] == REFERENCE_ARM], on=keys, suffixes=("_arm", "_base"), validate="one_to_one"
-    ).sort_values(keys)
-    if paired.empty:
-        return Comparison(arm=arm, missing=(f"arms '{arm}' and '{REFERENCE_ARM}' share no (seed, episode)",))
-
-    seeds = tuple(int(s) for s in sorted(paired["seed"].unique()))
-    per_seed = [paired[paired["seed"] == s] for s in seeds]
-    conf, n_boot, boot_seed = decision.confidence, decision.bootstrap_samples, decision.bootstrap_seed
-
-    def outcome(side: str, name: str) -> list[np.ndarray]:
-        return [(df[f"outcome_{side}"] == name).to_numpy(float) for df in per_seed]
-
-    capture = paired_difference_ci(outcome("arm", "capture"), outcome("base", "capture"), n_boot, conf, boot_seed)
-    collision = paired_difference_ci(
-        outcome("arm", "collision"), outcome("base", "collision"), n_boot, conf, boot_seed
-    )
-    violation_columns = ["cbf_violation_steps_arm", "length_arm", "cbf_violation_steps_base", "length_base"]
-    violation = stratified_bootstrap_ci(
-        [df[violation_columns].to_numpy(float) for df in per_seed], _violation_difference, n_boot, conf, boot_seed
-    )
-    base_collisions = int((paired["outcome_base"] == "collision").sum())
-    low, high = wilson_interval(base_collisions, len(paired), conf)
-    poi = probability_of_improvement(
-        [df["return_arm"].to_numpy(float) for df in per_seed],
-        [df["return_base"].to_numpy(float) for df in per_seed],
-        n_boot,
-        conf,
-        boot_seed,
-    )
-    return Comparison(
-        arm=arm,
-        capture_diff=capture,
-        collision_diff=collision,
-        cbf_violation_diff=violation,
-        baseline_collision=Interval(base_collisions / len(paired), low, high),
-        prob_improvement_return=poi,
-        paired_episodes=len(paired),
-        seeds=seeds,
-    )
+def _pp(ci: dict[str, Any]) -> str:
+    return f"{100 * ci['estimate']:+.2f} pp [{100 * ci['low']:+.2f}, {100 * ci['high']:+.2f}]"
 
 
-def _pp(interval: Interval) -> str:
-    """An interval of rates or rate differences in percentage points."""
-    return f"{100 * interval.estimate:+.2f} pp, CI [{100 * interval.low:+.2f}, {100 * interval.high:+.2f}] pp"
-
-
-def decide(comparison: Comparison, decision: DecisionParams) -> Decision:
-    """BarrierNet (``comparison.arm``) vs the plain ``baseline`` arm: ADOPT, REJECT or INCONCLUSIVE.
-
-    Let L = max_capture_loss, R = min_collision_reduction; capture and collision differences are
-    arm - baseline, per paired episode, with two-sided CIs at ``confidence`` (so "the CI lies
-    above/below x" is a one-sided test at (1 + confidence) / 2).
-
-    REJECT if any of:
-      1. the capture-difference CI lies entirely below -L (the capture loss is surely too large);
-      2. the collision-difference CI lies entirely above 0 (BarrierNet collides significantly more);
-      3. no safety gain: the collision-reduction CI's upper end is below R (no reduction that
-         matters) AND the CBF-violation-rate difference CI lies entirely above 0 (it violates
-         significantly more).
-    ADOPT, if not rejected, when the capture-difference CI lies above -L (the loss is surely
-    acceptable) AND a safety gain is shown, either
-      a. collisions: the collision-reduction CI's lower end is >= R and > 0; or
-      b. when no collision reduction that matters can show in this data, because the baseline's
-         own collision rate (the largest reduction possible) is below R: the CBF-violation-rate
-         difference CI lies entirely below 0, and the collision-difference CI's upper end is
-         below R (no collision increase that matters).
-    INCONCLUSIVE otherwise (the intervals straddle a threshold: more episodes or seeds would
-    narrow them), and whenever an arm is missing. Every branch explains itself with the numbers.
-    """
-    L, R, conf = decision.max_capture_loss, decision.min_collision_reduction, decision.confidence
-    arm = comparison.arm
-    needed = (comparison.capture_diff, comparison.collision_diff, comparison.cbf_violation_diff,
-              comparison.baseline_collision)
-    if comparison.missing or any(x is None for x in needed):
-        reasons = list(comparison.missing) or ["the paired comparison is incomplete"]
-        return Decision("INCONCLUSIVE", [f"cannot compare '{arm}' with '{REFERENCE_ARM}': {r}" for r in reasons])
-    cap, col, viol, base_col = needed
-    level = f"{100 * conf:g}%"
-    cap_text = f"capture difference ({arm} - {REFERENCE_ARM}) = {_pp(cap)} ({level})"
-    col_text = f"collision difference ({arm} - {REFERENCE_ARM}) = {_pp(col)}"
-    viol_text = f"CBF-violation-rate difference = {_pp(viol)}"
-    reduction_low, reduction_high = -col.high, -col.low
-
-    rejections = []
-    if cap.high < -L:
-        rejections.append(f"capture loss too large: {cap_text} lies entirely below -max_capture_loss = {-100 * L:+.2f} pp")
-    if col.low > 0:
-        rejections.append(f"{arm} collides significantly more: {col_text} lies entirely above 0")
-    if reduction_high < R and viol.low > 0:
-        rejections.append(
-            f"no safety gain: collision reduction at most {100 * reduction_high:.2f} pp < min_collision_reduction = "
-            f"{100 * R:.2f} pp, and {arm} violates the CBF significantly more ({viol_text})"
-        )
-    if rejections:
-        return Decision("REJECT", rejections)
-
-    capture_ok = cap.low > -L
-    collision_gain = reduction_low >= R and reduction_low > 0
-    no_room = base_col.estimate < R
-    violation_gain = viol.high < 0 and col.high < R
-    if capture_ok and (collision_gain or (no_room and violation_gain)):
-        reasons = [f"capture loss acceptable: {cap_text} lies above -max_capture_loss = {-100 * L:+.2f} pp"]
-        if collision_gain:
-            reasons.append(
-                f"collisions cut: {col_text}; the reduction is at least {100 * reduction_low:.2f} pp >= "
-                f"min_collision_reduction = {100 * R:.2f} pp"
-            )
-        else:
-            reasons.append(
-                f"the baseline's collision rate {100 * base_col.estimate:.2f} % is below min_collision_reduction = "
-                f"{100 * R:.2f} pp, so no collision cut that matters is possible; judged on CBF violations instead: "
-                f"{viol_text} lies entirely below 0, and {col_text} stays below {100 * R:.2f} pp"
-            )
-        return Decision("ADOPT", reasons)
-
-    reasons = []
-    if not capture_ok:
-        reasons.append(
-            f"capture loss not ruled out: {cap_text} reaches below -max_capture_loss = {-100 * L:+.2f} pp"
-        )
-    if no_room:
-        if not violation_gain:
-            reasons.append(
-                f"the baseline's collision rate {100 * base_col.estimate:.2f} % leaves no collision cut of "
-                f"{100 * R:.2f} pp to show, and no clear CBF-violation gain: {viol_text} (needs the CI below 0) "
-                f"with {col_text} (needs the upper end below {100 * R:.2f} pp)"
-            )
-    elif not collision_gain:
-        reasons.append(
-            f"collision reduction not shown: {col_text}; the reduction's lower end {100 * reduction_low:.2f} pp "
-            f"needs to reach min_collision_reduction = {100 * R:.2f} pp"
-        )
-    reasons.append(
-        f"based on {comparison.paired_episodes} paired episodes over seeds {list(comparison.seeds)}; "
-        "more episodes or seeds would narrow the intervals"
-    )
-    return Decision("INCONCLUSIVE", reasons)
-
-
-# ---------------------------------------------------------------------------------------------
-# The stage
+def _step_text(step: dict[str, Any]) -> str:
+    tag = f"{step['id']} ({'confirmatory' if step.get('confirmatory') else 'exploratory'})"
+    if step["kind"] == "vs_baseline":
+        return (f"{tag} {step['arm']} vs {step['against']}: collision difference {_pp(step['collision_diff'])} "
+                f"(cut >= min_collision_reduction {'shown' if step['collision_reduction_shown'] else 'NOT shown'}, "
+                f"p = {step['p_collision_reduction']:.3g}); capture difference {_pp(step['capture_diff'])} "
+                f"(non-inferior {'shown' if step['capture_noninferior_shown'] else 'NOT shown'}, "
+                f"p = {step['p_capture_noninferior']:.3g}) -> {'rejected' if step['rejected'] else 'not rejected'}")
+    return (f"{tag} {step['arm']} vs {step['against']}: capture difference {_pp(step['capture_diff'])}; "
+            f"p(better) = {step['p_better']:.3g}, p(worse) = {step['p_worse']:.3g}, p(equivalent) = "
+            f"{step['p_equivalent']:.3g} -> {step['answer']}")
 
 
 def _finite(value: Any) -> Any:
-    """JSON has no NaN/inf: write null instead."""
+    """JSON has no NaN/inf: write null instead (recursively)."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        return _finite(value.item())
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    if isinstance(value, (np.floating, np.integer)):
-        return _finite(value.item())
     return value
 
 
@@ -522,9 +465,28 @@ def _interval_fields(prefix: str, interval: Interval | None) -> dict[str, Any]:
             f"{prefix}_high": _finite(interval.high)}
 
 
-def build_metrics(summary: pd.DataFrame, comparisons: dict[str, Comparison], verdict: Decision,
-                  params: Params) -> dict[str, Any]:
-    """metrics.json content: headline numbers per arm (seed="all", aggregate="mean" rows)."""
+def _run_level(test: pd.DataFrame, arm: str, other: str, decision: DecisionParams) -> dict[str, Any]:
+    """Run-level probability of improvement (per-seed capture rates, rliable) and the paired-episode win rate."""
+    _, a = protocol.score_matrix(test, arm, "capture")
+    _, b = protocol.score_matrix(test, other, "capture")
+    poi = probability_of_improvement(a.mean(axis=1), b.mean(axis=1), decision.bootstrap_samples,
+                                     decision.confidence, decision.bootstrap_seed)
+    rows = min(a.shape[0], b.shape[0])
+    return {"arm": arm, "against": other,
+            **_interval_fields("probability_of_improvement", poi),
+            "probability_of_improvement_method": "P(seed score of arm > seed score of other) over all seed pairs "
+                                                 "(rliable, run level), percentile bootstrap over seeds",
+            "paired_win_rate": protocol.win_rate(a[:rows], b[:rows]),
+            "paired_win_rate_method": "share of (seed i, scenario) cells where the arm captured and the other did "
+                                      "not, ties 1/2"}
+
+
+def build_metrics(summary: pd.DataFrame, test: pd.DataFrame, dev: pd.DataFrame, params: Params,
+                  why_missing: list[str]) -> dict[str, Any]:
+    """metrics.json: everything machine-independent the report and `dvc metrics` read (no wall clock)."""
+    decision = params.decision
+    arms_present = [a for a in KNOWN_ARMS if a in set(test["arm"])]
+    n_seeds = len(params.train.seeds)
     arms = {}
     for _, row in summary[(summary["seed"] == "all") & (summary["aggregate"] == "mean")].iterrows():
         entry: dict[str, Any] = {"seeds": int(row["seeds"]), "episodes": int(row["episodes"])}
@@ -533,59 +495,82 @@ def build_metrics(summary: pd.DataFrame, comparisons: dict[str, Comparison], ver
                 continue
             entry.update(_interval_fields(name, Interval(row[name], row[f"{name}_low"], row[f"{name}_high"])))
         arms[row["arm"]] = entry
-    vs_baseline = {}
-    for arm, comparison in comparisons.items():
-        entry = {"paired_episodes": comparison.paired_episodes}
-        entry.update(_interval_fields("capture_diff", comparison.capture_diff))
-        entry.update(_interval_fields("collision_diff", comparison.collision_diff))
-        entry.update(_interval_fields("cbf_violation_diff", comparison.cbf_violation_diff))
-        entry.update(_interval_fields("prob_improvement_return", comparison.prob_improvement_return))
-        if comparison.missing:
-            entry["missing"] = list(comparison.missing)
-        vs_baseline[arm] = entry
-    return {
-        "confidence": params.decision.confidence,
+    choice = protocol.choose_alternative(dev[dev["arm"].isin(params.eval.arms)], decision)
+    steps = protocol.fixed_sequence(test, choice["chosen"], decision, arms_present)
+    verdict, reasons = verdict_of(steps, choice, why_missing)
+    safety = {arm: protocol.unsafe_counts(test, arm, decision.confidence) for arm in arms_present}
+    gap = protocol.train_deploy_gap(test, "cbf_beta", "cbf_beta_rcbf", decision.confidence)
+    hybrid = None
+    if {"barriernet", "barriernet_rcbf"} <= set(arms_present):
+        _, a = protocol.score_matrix(test, "barriernet_rcbf", "capture")
+        _, b = protocol.score_matrix(test, "barriernet", "capture")
+        capture = protocol.difference_interval(a, b, True, decision.confidence)
+        _, ua = protocol.score_matrix(test, "barriernet_rcbf", "unsafe")
+        _, ub = protocol.score_matrix(test, "barriernet", "unsafe")
+        unsafe = protocol.difference_interval(ua, ub, True, decision.confidence)
+        hybrid = {"capture_diff": protocol.interval_dict(capture), "unsafe_diff": protocol.interval_dict(unsafe),
+                  "capture_noninferior": bool(capture.low > -decision.noninferiority_margin),
+                  "gap": protocol.train_deploy_gap(test, "barriernet", "barriernet_rcbf", decision.confidence)}
+    sd = protocol.seed_sd(test, arms_present)
+    power = {"seed_sd_capture": sd, "seeds": n_seeds, "test_episodes": params.eval.test_episodes,
+             "mdd_80": protocol.minimum_detectable(sd, n_seeds, decision.confidence) if sd else None,
+             "seeds_for_1pp": protocol.seeds_for(sd, 0.01, decision.confidence) if sd else None,
+             "method": "pooled within-arm SD of the per-seed test capture rates; two independent-seed arms, "
+                       "two-sided t at 1 - confidence, 80 % power"}
+    run_level = []
+    if n_seeds >= 2 and protocol.REFERENCE_ARM in arms_present:
+        run_level = [_run_level(test, arm, protocol.REFERENCE_ARM, decision)
+                     for arm in arms_present if arm != protocol.REFERENCE_ARM]
+        if choice["chosen"] in arms_present and protocol.CANDIDATE_ARM in arms_present:
+            run_level.append(_run_level(test, protocol.CANDIDATE_ARM, choice["chosen"], decision))
+    return _finite({
+        "confidence": decision.confidence,
         "seeds": [int(s) for s in params.train.seeds],
+        "test_split": {"seed_base": params.eval.test_seed_base, "episodes": params.eval.test_episodes},
+        "dev_split": {"seed_base": params.eval.dev_seed_base, "episodes": params.eval.dev_episodes},
+        "interval_methods": interval_methods(n_seeds),
         "arms": arms,
-        "vs_baseline": vs_baseline,
+        "alternative_choice": choice,
+        "sequence": steps,
+        "safety": safety,
+        "gap": gap,
+        "hybrid": hybrid,
+        "power": power,
+        "run_level": run_level,
         "decision": {
-            "verdict": verdict.verdict,
-            "verdict_code": VERDICT_CODES[verdict.verdict],  # numeric, so `dvc metrics diff` shows a change
-            "reasons": verdict.reasons,
-            "max_capture_loss": params.decision.max_capture_loss,
-            "min_collision_reduction": params.decision.min_collision_reduction,
+            "verdict": verdict,
+            "verdict_code": VERDICT_CODES[verdict],
+            "reasons": reasons,
+            "noninferiority_margin": decision.noninferiority_margin,
+            "min_collision_reduction": decision.min_collision_reduction,
+            "equivalence_margin": decision.equivalence_margin,
         },
-    }
+    })
 
 
 def run(params: Params, workdir: Path) -> dict[str, Any]:
-    """Compare the evaluated arms and decide; see the module docstring for inputs and outputs.
+    """Summarise the test split, choose the best alternative on dev, run the fixed sequence.
 
     Returns {"summary": path, "metrics": path, "verdict": str, "reasons": list[str]}.
     Raises StageInputError (nothing written) when an input table is missing or malformed.
     """
     workdir = Path(workdir)
     episodes = load_episodes(params, workdir)  # validates everything before anything is written
-    summary = summarise(episodes, params.decision)
-    comparisons = {
-        arm: compare_arms(episodes, arm, params.decision)
-        for arm in params.eval.arms
-        if arm != REFERENCE_ARM
-    }
-    candidate = comparisons.get(CANDIDATE_ARM, Comparison())
+    test, dev = split_rows(episodes, "test"), split_rows(episodes, "dev")
+    if test.empty:
+        raise StageInputError("compare: the episode tables hold no test rows (rerun the evaluate stage)")
+    summary = summarise(test, params.decision)
     # Say why an arm is absent in the user's terms (a single-algorithm run, a narrowed eval.arms).
     why = [f"arm '{arm}' is not in eval.arms={list(params.eval.arms)}"
            for arm in (CANDIDATE_ARM, REFERENCE_ARM) if arm not in params.eval.arms]
     why += [f"train.algos={list(params.train.algos)} has no '{algo}' run (arm '{arm}' comes from it)"
             for arm, algo in ((CANDIDATE_ARM, "barriernet"), (REFERENCE_ARM, "baseline"))
             if algo not in params.train.algos and arm in params.eval.arms]
-    if why:
-        candidate = Comparison(missing=tuple(why))
-    verdict = decide(candidate, params.decision)
-    metrics = build_metrics(summary, comparisons, verdict, params)
+    metrics = build_metrics(summary, test, dev, params, why)
 
     summary_path, metrics_path = workdir / SUMMARY_PATH, workdir / METRICS_PATH
     io.write_csv(summary_path, summary)  # atomic: temp file beside it, then os.replace
     io.write_text(metrics_path, json.dumps(metrics, indent=2, allow_nan=False) + "\n")
-    return {"summary": str(summary_path), "metrics": str(metrics_path), "verdict": verdict.verdict,
-            "reasons": verdict.reasons}
+    verdict = metrics["decision"]
+    return {"summary": str(summary_path), "metrics": str(metrics_path), "verdict": verdict["verdict"],
+            "reasons": verdict["reasons"]}

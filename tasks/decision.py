@@ -613,6 +613,12 @@ def choose_outcome(facts: OutcomeFacts, decision: DecisionParams) -> Outcome:
     return Outcome(letter, APPROACH_ARMS.get(letter), reasons)
 
 
+def percent(x: float) -> str:
+    """A rate in percent: 2 decimals, or 2 significant digits for a positive rate below 0.005 %."""
+    value = 100 * float(x)
+    return (f"{value:.2g}" if 0 < value < 0.005 else f"{value:.2f}") + " %"
+
+
 def gates(*, gap_a: dict[str, Any] | None, barriernet_present: bool, chosen_unsafe: dict[str, Any] | None,
           outcome: Outcome, matrix_complete: bool, p_values_complete: bool, plateau: dict[str, Any] | None,
           decision: DecisionParams) -> list[dict[str, str]]:
@@ -631,7 +637,7 @@ def gates(*, gap_a: dict[str, Any] | None, barriernet_present: bool, chosen_unsa
         rows.append({"gate": "PG-02", "status": "PASS" if ok else "FAIL",
                      "evidence": f"{chosen_unsafe['arm']}: {chosen_unsafe['unsafe']} of {chosen_unsafe['episodes']} "
                                  f"test episodes with a collision or body-barrier violation (allowed "
-                                 f"{decision.max_unsafe_episodes}); 95 % upper bound {100 * chosen_unsafe['upper']:.2g} %"})
+                                 f"{decision.max_unsafe_episodes}); 95 % upper bound {percent(chosen_unsafe['upper'])}"})
     rows.append({"gate": "PG-03", "status": "PASS" if outcome.letter in "ABC" else "FAIL",
                  "evidence": f"outcome {outcome.letter}: {APPROACH_NAMES[outcome.letter]}"})
     rows.append({"gate": "PG-04", "status": "PASS" if matrix_complete and p_values_complete else "FAIL",

@@ -4,14 +4,17 @@ Arms: a BarrierNet checkpoint gives the arm ``barriernet``; a baseline checkpoin
 ``baseline``, ``baseline_ct_filter`` and ``baseline_dcbf_filter`` (the baseline projected by a
 CT-CBF / DCBF QP at ``cbf.filter_gamma``), restricted to ``eval.arms``.
 
-Episode e (0 <= e < eval.episodes) is the first episode of an env seeded ``eval.seed_base + e``
-(training env seeds lie below seed_base, checked in params), so every arm and every training
-seed meets the same starts, obstacles and evader randomness: comparisons are paired.
+Two splits of scenarios: dev episode e (0 <= e < eval.dev_episodes) is the first episode of an
+env seeded ``eval.dev_seed_base + e``, test episode e (0 <= e < eval.test_episodes) of one seeded
+``eval.test_seed_base + e`` (the ranges are disjoint from each other and from training env seeds,
+checked in params). Every arm and every training seed meets the same starts, obstacles and evader
+randomness of both splits: comparisons are paired. Dev rows serve choices (the filter sweep, the
+best-alternative rule); test rows serve the headline and the verdict.
 Actions are deterministic (the policy mean, then its safety layer).
 
 Outputs under ``<workdir>/results/eval/<algo>-s<seed>/``:
-  episodes.csv     one row per (arm, episode), columns tasks.compare.EPISODE_COLUMNS
-  trajectory.npz   the positions of episode eval.trajectory_episode for every arm (report figure)
+  episodes.csv     one row per (arm, split, episode), columns tasks.compare.EPISODE_COLUMNS
+  trajectory.npz   the positions of test episode eval.trajectory_episode for every arm (report figure)
   timing.json      wall time of this cell (the report's setup table)
 """
 
@@ -59,8 +62,10 @@ def play_episodes(
     params: Params,
     episodes: list[int],
     record_episode: int | None = None,
+    split: str = "test",
 ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray] | None]:
-    """Play the first episode of envs seeded eval.seed_base + e for each e in `episodes`.
+    """Play the first episode of envs seeded ``base + e`` for each e in `episodes`, where base
+    is eval.dev_seed_base or eval.test_seed_base for `split` ('dev' or 'test').
 
     Returns one row per episode (outcome, length, return, min_h, counts, decision_ms) and, if
     `record_episode` is among them, that episode's trajectory {pursuer (T,2), evader (T,2),
@@ -69,7 +74,8 @@ def play_episodes(
     env_p = params.env
     n = len(episodes)
     core = PursuitEvasionCore(env_p, n, autoreset=False)
-    core.seed([params.eval.seed_base + e for e in episodes])
+    seed_base = params.eval.split_range(split).start
+    core.seed([seed_base + e for e in episodes])
     obs = core.reset()
     active = torch.ones(n, dtype=torch.bool)
     length = torch.zeros(n, dtype=torch.int64)
@@ -110,8 +116,9 @@ def play_episodes(
 
     rows = [
         {
+            "split": split,
             "episode": e,
-            "env_seed": params.eval.seed_base + e,
+            "env_seed": seed_base + e,
             "outcome": outcome[i],
             "length": int(length[i]),
             "return": float(ret[i]),
@@ -155,16 +162,19 @@ def run(params: Params, workdir: str | Path = ".", algo: str = "barriernet", see
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
     trajectories: dict[str, np.ndarray] = {}
-    all_episodes = list(range(params.eval.episodes))
+    splits = {"dev": list(range(params.eval.dev_episodes)), "test": list(range(params.eval.test_episodes))}
     chunk = params.eval.num_envs
     for arm in arms:
         policy = build_policy(arm, actor, params)
         policy.eval()
-        for start in range(0, len(all_episodes), chunk):
-            episodes = all_episodes[start : start + chunk]
-            arm_rows, trajectory = play_episodes(policy, obs_rms, params, episodes, params.eval.trajectory_episode)
-            rows += [{"arm": arm, "algo": algo, "seed": seed, **r} for r in arm_rows]
-            if trajectory is not None:
+        for split, all_episodes in splits.items():
+            for start in range(0, len(all_episodes), chunk):
+                episodes = all_episodes[start : start + chunk]
+                drawn = params.eval.trajectory_episode if split == "test" else None
+                arm_rows, trajectory = play_episodes(policy, obs_rms, params, episodes, drawn, split)
+                rows += [{"arm": arm, "algo": algo, "seed": seed, **r} for r in arm_rows]
+                if trajectory is None:
+                    continue
                 for name, value in trajectory.items():
                     key = name if name.startswith("obstacle") else f"{arm}/{name}"
                     trajectories[key] = value
@@ -177,10 +187,11 @@ def run(params: Params, workdir: str | Path = ".", algo: str = "barriernet", see
             np.savez(handle, **trajectories)
     io.write_json(out_dir / "timing.json", {"wall_seconds": time.perf_counter() - started, "arms": arms})
     summary = (
-        table.assign(capture=table.outcome.eq("capture"), collision=table.outcome.eq("collision"))
+        table[table["split"] == "test"]
+        .assign(capture=table.outcome.eq("capture"), collision=table.outcome.eq("collision"))
         .groupby("arm")[["capture", "collision"]]
         .mean()
         .round(4)
         .to_dict(orient="index")
     )
-    return {"episodes": len(all_episodes), "arms": arms, "rates": summary}
+    return {"episodes": {split: len(e) for split, e in splits.items()}, "arms": arms, "test_rates": summary}

@@ -40,7 +40,10 @@ class TrainParams(_Section):
     """PPO training: equal budgets for every algorithm and seed (CleanRL-style defaults)."""
 
     algos: list[Literal["barriernet", "baseline"]] = Field(["barriernet", "baseline"], min_length=1)
-    seeds: list[int] = Field([0, 1, 2], min_length=1, description="training seeds (disjoint from eval.seed_base range)")
+    seeds: list[int] = Field(
+        [0, 1, 2, 3, 4], min_length=1, description="training seeds (issue 16: >= 5 for a seed-level interval; their "
+        "env seeds lie below eval.dev_seed_base and eval.test_seed_base)"
+    )
     total_steps: int = Field(1_000_000, ge=1, description="env steps per (algo, seed)")
     num_envs: int = Field(256, ge=1, le=65536, description="envs stepped together in the rollout")
     rollout_steps: int = Field(32, ge=1, description="steps per env per rollout (batch = num_envs * rollout_steps)")
@@ -116,18 +119,52 @@ class TrainParams(_Section):
 
 
 ARMS = ("barriernet", "baseline", "baseline_ct_filter", "baseline_dcbf_filter")
+SPLITS = ("dev", "test")
+# Keys that were renamed: loading one names its replacement (an unknown-key hint could mislead).
+RENAMED_KEYS = {
+    "eval.seed_base": "eval.dev_seed_base (tuning episodes) and eval.test_seed_base (held-out episodes)",
+    "eval.episodes": "eval.dev_episodes (tuning episodes) and eval.test_episodes (held-out episodes)",
+    "decision.max_capture_loss": "decision.noninferiority_margin (capture non-inferiority, step 1 of the verdict)",
+}
 
 
 class EvalParams(_Section):
     """Auto-evaluation: paired episodes, deterministic actions."""
 
-    episodes: int = Field(200, ge=1, description="episodes per (arm, seed)")
-    seed_base: int = Field(1_000_000, ge=0, description="episode e uses env seed seed_base + e")
+    # Two splits of scenarios (env seeds). Dev: every choice made by looking at results (the
+    # filter sweep, the best-alternative rule, hyper-parameters) cites dev numbers only. Test:
+    # held out; the headline numbers and the verdict come from it alone. The old single range
+    # (1_000_000 + 0..199) was looked at while tuning, so it is the dev split now.
+    dev_seed_base: int = Field(1_000_000, ge=0, description="dev episode e uses env seed dev_seed_base + e")
+    dev_episodes: int = Field(200, ge=1, description="dev (tuning) episodes per (arm, seed)")
+    test_seed_base: int = Field(2_000_000, ge=0, description="test episode e uses env seed test_seed_base + e")
+    test_episodes: int = Field(
+        500, ge=1, description="held-out test episodes per (arm, seed); a study needs >= decision.min_test_episodes "
+        "(fewer: the report marks the run a pipeline check, not a result)"
+    )
     num_envs: int = Field(200, ge=1, description="episodes run side by side")
     arms: list[Literal["barriernet", "baseline", "baseline_ct_filter", "baseline_dcbf_filter"]] = Field(
         list(ARMS), min_length=1
     )
     trajectory_episode: int = Field(0, ge=0, description="episode drawn as trajectories in the report")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        # An old params file must fail loudly, not silently fall back to the defaults.
+        if isinstance(data, Mapping):
+            old = [k for k in RENAMED_KEYS if k.startswith("eval.") and k.split(".", 1)[1] in data]
+            if old:
+                raise ValueError("; ".join(f"eval.{k.split('.', 1)[1]} was replaced by {RENAMED_KEYS[k]}" for k in old))
+        return data
+
+    def split_range(self, split: str) -> range:
+        """The env seeds of a split ('dev' or 'test'): episode e uses env seed base + e."""
+        if split == "dev":
+            return range(self.dev_seed_base, self.dev_seed_base + self.dev_episodes)
+        if split == "test":
+            return range(self.test_seed_base, self.test_seed_base + self.test_episodes)
+        raise ValueError(f"split={split!r}; accepted: 'dev' or 'test'")
 
 
 class QPBenchmarkParams(_Section):
@@ -147,14 +184,122 @@ class QPBenchmarkParams(_Section):
         return value
 
 
-class DecisionParams(_Section):
-    """The decision rule: BarrierNet vs the baseline arms, on paired differences across seeds."""
+# Arms the decision may name before their code lands (issue 15 adds them); validation of
+# `decision.alternatives` accepts these so a params file can be written ahead of the code.
+DECISION_ARMS = (
+    "barriernet", "baseline", "baseline_ct_filter", "baseline_dcbf_filter", "baseline_tuned_filter",
+    "cbf_beta", "cbf_beta_rcbf", "shielded", "barriernet_rcbf",
+)
 
-    max_capture_loss: float = Field(0.05, ge=0, le=1, description="largest acceptable drop in capture rate")
-    min_collision_reduction: float = Field(0.01, ge=0, le=1, description="smallest collision-rate cut that matters")
-    confidence: float = Field(0.95, gt=0.5, lt=1)
-    bootstrap_samples: int = Field(2000, ge=100)
+
+class DecisionParams(_Section):
+    """The decision protocol (tasks/decision.py): a fixed sequence of tests on held-out test
+    episodes, the best alternative chosen on dev, the Phase 2.5 gates, outcome and matrix.
+
+    Written down before the run; docs/DECISION.md explains every rule.
+    """
+
+    min_collision_reduction: float = Field(
+        0.01, ge=0, le=1, description="step 1: a safe arm must cut the collision rate by at least this (rate units)"
+    )
+    noninferiority_margin: float = Field(
+        0.03, gt=0, le=1, description="step 1: capture may drop by less than this vs the baseline (rate units)"
+    )
+    equivalence_margin: float = Field(
+        0.02, gt=0, le=1, description="step 2: BarrierNet and the best alternative are equivalent when the capture "
+        "difference's interval lies within +/- this"
+    )
+    confidence: float = Field(
+        0.95, gt=0.5, lt=1, description="two-sided interval level; 1 - confidence is the family-wise error of the "
+        "fixed sequence (each one-sided test runs at (1 - confidence) / 2)"
+    )
+    alternative_rule: Literal["highest_dev_capture"] = Field(
+        "highest_dev_capture", description="how the best alternative is chosen, on dev episodes only: the highest "
+        "dev capture among decision.alternatives present whose dev collision upper bound <= alternative_max_collision"
+    )
+    alternatives: list[str] = Field(
+        ["baseline_tuned_filter", "cbf_beta_rcbf", "shielded", "baseline_dcbf_filter", "baseline_ct_filter"],
+        min_length=1, description="safe alternatives to BarrierNet (arms absent from the episodes are skipped)",
+    )
+    alternative_max_collision: float = Field(
+        0.01, gt=0, le=1, description="an alternative qualifies when its dev collision rate's Clopper-Pearson upper "
+        "bound is at most this"
+    )
+    min_test_episodes: int = Field(
+        400, ge=1, description="fewer test episodes than this: the report marks the run a pipeline check, not a study"
+    )
+    max_unsafe_episodes: int = Field(
+        0, ge=0, description="PG-02: test episodes with a collision or a body-barrier violation the chosen approach "
+        "may have"
+    )
+    gap_goal: float = Field(0.05, gt=0, le=1, description="target: train-deploy gap below this (goal)")
+    gap_stretch: float = Field(0.02, gt=0, le=1, description="target: train-deploy gap below this (stretch)")
+    task_goal: float = Field(0.10, gt=0, le=1, description="target: relative capture loss vs the baseline (goal)")
+    task_stretch: float = Field(0.05, gt=0, le=1, description="target: relative capture loss vs the baseline (stretch)")
+    overhead_goal: float = Field(5.0, gt=1, description="target: BarrierNet training wall-clock / CBF-Beta's (goal)")
+    overhead_stretch: float = Field(3.0, gt=1, description="target: the same ratio (stretch)")
+    infeasible_goal: float = Field(0.05, gt=0, le=1, description="target: BarrierNet QP-infeasible steps (goal)")
+    infeasible_stretch: float = Field(0.01, gt=0, le=1, description="target: the same (stretch)")
+    plateau_window: float = Field(
+        0.2, gt=0, le=0.5, description="PG-05: the last this fraction of BarrierNet's learning curve is compared with "
+        "the window before it"
+    )
+    plateau_tolerance: float = Field(
+        0.02, gt=0, le=1, description="PG-05: converged when the two windows' mean training capture differ by <= this"
+    )
+    open_case: Literal["matrix"] = Field(
+        "matrix", description="outcome when the plan's rules do not decide (gap < goal with overhead < goal, gap > "
+        "goal with overhead > goal, or an uncertain gap): the safe approach with the higher decision-matrix total"
+    )
+    hybrid_rule: Literal["fixes_safety"] = Field(
+        "fixes_safety", description="outcome C: BarrierNet would be chosen but fails PG-02 while BarrierNet + RCBF "
+        "filter passes it with capture non-inferior within noninferiority_margin"
+    )
+    weights: dict[str, float] = Field(
+        {"gap": 30.0, "safety": 25.0, "task": 20.0, "training_speed": 15.0, "complexity": 10.0},
+        description="decision-matrix weights (percent)",
+    )
+    bootstrap_samples: int = Field(2000, ge=100, description="replicates of the probability-of-improvement interval")
     bootstrap_seed: int = Field(0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "max_capture_loss" in data:
+            raise ValueError(f"decision.max_capture_loss was replaced by {RENAMED_KEYS['decision.max_capture_loss']}")
+        return data
+
+    @field_validator("alternatives")
+    @classmethod
+    def _known_alternatives(cls, value: list[str]) -> list[str]:
+        bad = [a for a in value if a not in DECISION_ARMS or a in ("barriernet", "baseline")]
+        if bad:
+            accepted = [a for a in DECISION_ARMS if a not in ("barriernet", "baseline")]
+            raise ValueError(f"decision.alternatives has {bad}; accepted: arms among {accepted}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"decision.alternatives={value} has duplicates")
+        return value
+
+    @field_validator("weights")
+    @classmethod
+    def _matrix_weights(cls, value: dict[str, float]) -> dict[str, float]:
+        expected = {"gap", "safety", "task", "training_speed", "complexity"}
+        if set(value) != expected:
+            raise ValueError(f"decision.weights has keys {sorted(value)}; accepted: exactly {sorted(expected)}")
+        if any(not math.isfinite(w) or w < 0 for w in value.values()) or sum(value.values()) <= 0:
+            raise ValueError(f"decision.weights={value}: weights must be finite, >= 0, and not all 0")
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "DecisionParams":
+        for stretch, goal in (("gap_stretch", "gap_goal"), ("task_stretch", "task_goal"),
+                              ("overhead_stretch", "overhead_goal"), ("infeasible_stretch", "infeasible_goal")):
+            if getattr(self, stretch) > getattr(self, goal):
+                raise ValueError(
+                    f"decision.{stretch}={getattr(self, stretch)} is looser than decision.{goal}={getattr(self, goal)}; "
+                    "accepted: stretch <= goal"
+                )
+        return self
 
 
 class OrchestrationParams(_Section):
@@ -206,20 +351,30 @@ class Params(_Section):
                 "shaping would change which policy is optimal; accepted: leave env.shaping_discount unset (null) or "
                 f"equal to train.gamma"
             )
-        eval_seeds = range(self.eval.seed_base, self.eval.seed_base + self.eval.episodes)
-        clash = [s for s in self.train.seeds if s in eval_seeds]
-        if clash:
+        # Training env seeds, the dev split and the test split must be three disjoint ranges of
+        # env seeds: a test scenario seen in training or tuning is no longer held out.
+        dev, test = self.eval.split_range("dev"), self.eval.split_range("test")
+        if dev.start < test.stop and test.start < dev.stop:
             raise ValueError(
-                f"train.seeds {clash} fall in the evaluation seed range [{eval_seeds.start}, "
-                f"{eval_seeds.stop}); accepted: seeds outside it (or move eval.seed_base)"
+                f"the dev split [{dev.start}, {dev.stop}) (eval.dev_seed_base={self.eval.dev_seed_base}, "
+                f"eval.dev_episodes={self.eval.dev_episodes}) overlaps the test split [{test.start}, {test.stop}) "
+                f"(eval.test_seed_base={self.eval.test_seed_base}, eval.test_episodes={self.eval.test_episodes}); "
+                "accepted: disjoint ranges"
             )
         top_train_env_seed = (max(self.train.seeds) + 1) * self.train.num_envs
-        if top_train_env_seed > self.eval.seed_base:
-            raise ValueError(
-                f"train.seeds up to {max(self.train.seeds)} with train.num_envs={self.train.num_envs} use env "
-                f"seeds up to {top_train_env_seed - 1}, which reach eval.seed_base={self.eval.seed_base}; "
-                "accepted: smaller seeds or a larger eval.seed_base (training and evaluation episodes must differ)"
-            )
+        for split, rng in (("dev", dev), ("test", test)):
+            clash = [s for s in self.train.seeds if s in rng]
+            if clash:
+                raise ValueError(
+                    f"train.seeds {clash} fall in the {split} seed range [{rng.start}, {rng.stop}); "
+                    f"accepted: seeds outside it (or move eval.{split}_seed_base)"
+                )
+            if top_train_env_seed > rng.start and rng.stop > 0:
+                raise ValueError(
+                    f"train.seeds up to {max(self.train.seeds)} with train.num_envs={self.train.num_envs} use env "
+                    f"seeds 0..{top_train_env_seed - 1}, which reach eval.{split}_seed_base={rng.start}; accepted: "
+                    f"smaller seeds or a larger eval.{split}_seed_base (training and {split} episodes must differ)"
+                )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -298,6 +453,8 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> dic
     for key, value in overrides.items():
         if key.startswith("env.") and key[4:] in REMOVED_ENV_KEYS:
             raise ParamsError(f"override: key '{key}' was removed: {REMOVED_ENV_KEYS[key[4:]]}")
+        if key in RENAMED_KEYS:
+            raise ParamsError(f"override: key '{key}' was replaced by {RENAMED_KEYS[key]}")
         if key not in VALID_KEYS:
             hint = nearest_key(key)
             near = f"; did you mean '{hint}'?" if hint else ""

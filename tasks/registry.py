@@ -100,7 +100,7 @@ STAGES: dict[str, Stage] = {
         Stage(
             name="evaluate",
             target="tasks.evaluate:run",
-            help="evaluate one (algo, seed) cell on eval.episodes paired episodes, every arm of it",
+            help="evaluate one (algo, seed) cell on the dev and test splits (eval.dev_*, eval.test_*), every arm of it",
             deps=("results/train/{algo}-s{seed}/model.pt",),
             params=("env", "cbf", "eval"),
             outs=("results/eval/{algo}-s{seed}",),
@@ -109,7 +109,7 @@ STAGES: dict[str, Stage] = {
         Stage(
             name="compare",
             target="tasks.compare:run",
-            help="rates with Wilson and bootstrap intervals, paired differences, the decision",
+            help="test-split rates with crossed seed x scenario intervals, the alternative chosen on dev, the verdict",
             deps=("results/eval",),
             params=("train.algos", "train.seeds", "eval", "decision"),
             outs=("results/compare/summary.csv", "results/compare/timing.json"),

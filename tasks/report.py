@@ -41,15 +41,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tasks import decision as protocol
 from tasks import io
 from tasks.compare import (
     CANDIDATE_ARM,
+    KNOWN_ARMS,
     METRICS_PATH,
     REFERENCE_ARM,
     SUMMARY_PATH,
+    VERDICTS,
     StageInputError,
     read_episode_table,
 )
+from tasks.stats import seed_t_interval
 from tasks.params import ARMS, DEFAULT_PARAMS_PATH, Params, load_params, params_hash
 
 log = logging.getLogger(__name__)
@@ -59,7 +63,6 @@ REPORT_PATH = Path("reports/decision_report.md")
 FIGURES_DIR = Path("reports/figures")
 QP_TABLE_PATH = Path("results/qp_benchmark/table.csv")
 QP_METRICS_PATH = Path("results/qp_benchmark/metrics.json")
-VERDICTS = ("ADOPT", "REJECT", "INCONCLUSIVE")
 
 # Metrics shown per arm: (summary.csv column, label, kind) with kind "rate" (shown in %) or "ms".
 RESULT_METRICS: tuple[tuple[str, str, str], ...] = (
@@ -169,9 +172,11 @@ def read_compare_metrics(path: Path) -> dict[str, Any]:
         raise StageInputError(f"{path}: 'decision.verdict' is {found!r}; accepted: one of {list(VERDICTS)}")
     if not isinstance(decision.get("reasons", []), list):
         raise StageInputError(f"{path}: 'decision.reasons' must be a list of strings")
-    for key in ("arms", "vs_baseline"):
+    for key in ("arms", "safety"):
         if not isinstance(data.get(key), dict):
             raise StageInputError(f"{path}: '{key}' must be an object (arm -> numbers); found {data.get(key)!r}")
+    if not isinstance(data.get("sequence"), list):
+        raise StageInputError(f"{path}: 'sequence' must be a list of test steps; found {data.get('sequence')!r}")
     return data
 
 
@@ -188,9 +193,9 @@ def read_compare_summary(path: Path) -> pd.DataFrame:
         raise StageInputError(f"{path}: missing columns {missing}; expected at least {list(SUMMARY_REQUIRED)}")
     if table.empty:
         raise StageInputError(f"{path}: has no rows")
-    bad_arms = sorted(set(table["arm"]) - set(ARMS))
+    bad_arms = sorted(set(table["arm"]) - set(KNOWN_ARMS))
     if bad_arms:
-        raise StageInputError(f"{path}: unknown arms {bad_arms}; accepted: {list(ARMS)}")
+        raise StageInputError(f"{path}: unknown arms {bad_arms}; accepted: {list(KNOWN_ARMS)}")
     numeric = [c for c in SUMMARY_REQUIRED if c not in ("arm", "seed", "aggregate")]
     for column in numeric:
         values = pd.to_numeric(table[column], errors="coerce")
@@ -229,6 +234,7 @@ def md5_of(path: Path) -> str:
 
 
 CURVE_METRICS = ("capture_rate", "episode_return")
+SAFETY_CURVES = ("collision_rate", "episodes")  # training-time safety (optional: older runs lack them)
 
 
 def read_train_cell(workdir: Path, algo: str, seed: int) -> TrainCell:
@@ -246,7 +252,7 @@ def read_train_cell(workdir: Path, algo: str, seed: int) -> TrainCell:
     if not model_path.is_file() or model_path.stat().st_size == 0:
         raise StageInputError(f"{model_path}: checkpoint {'is empty' if model_path.is_file() else 'not found'}")
     curves = {}
-    for metric in CURVE_METRICS:
+    for metric in CURVE_METRICS + SAFETY_CURVES:
         curve = _read_tsv_curve(cell_dir / "live" / "plots" / "metrics" / "rollout" / f"{metric}.tsv", metric)
         if curve is not None:
             curves[metric] = curve
@@ -333,12 +339,20 @@ def fmt_rate(x: Any) -> str:
     return f"{100 * float(x):.2f} %" if _finite(x) else "n/a"
 
 
+def _pct(x: float) -> str:
+    """A percentage with 2 decimals, or 2 significant digits when that would print a positive bound as 0.00."""
+    value = 100 * float(x)
+    return f"{value:.2g}" if 0 < abs(value) < 0.005 else f"{value:.2f}"
+
+
 def fmt_rate_ci(est: Any, low: Any, high: Any) -> str:
     if not _finite(est):
         return "n/a"
     if not (_finite(low) and _finite(high)):
         return fmt_rate(est)
-    return f"{100 * float(est):.2f} % [{100 * float(low):.2f}, {100 * float(high):.2f}]"
+    if float(low) == float(high):  # a degenerate resampling interval says nothing: do not print it as one
+        return f"{100 * float(est):.2f} % (no interval: every resample gave the same value)"
+    return f"{100 * float(est):.2f} % [{_pct(low)}, {_pct(high)}]"
 
 
 def fmt_ms_ci(est: Any, low: Any, high: Any) -> str:
@@ -513,11 +527,13 @@ def across_seed_rows(summary: pd.DataFrame, aggregate: str = "mean") -> dict[str
 
 def arms_present(summary: pd.DataFrame, params: Params) -> list[str]:
     present = set(summary["arm"])
-    return [arm for arm in ARMS if arm in present and arm in params.eval.arms]
+    return [arm for arm in KNOWN_ARMS if arm in present and arm in params.eval.arms]
 
 
 def all_episodes(inputs: Inputs) -> pd.DataFrame:
-    return pd.concat([cell.episodes for cell in inputs.evals], ignore_index=True)
+    """The TEST rows of every eval cell: every figure and table of results reads the held-out split."""
+    episodes = pd.concat([cell.episodes for cell in inputs.evals], ignore_index=True)
+    return episodes[episodes["split"] == "test"].reset_index(drop=True)
 
 
 def qp_pivot(table: pd.DataFrame) -> tuple[pd.DataFrame | None, str | None]:
@@ -766,7 +782,7 @@ def figure_trajectories(inputs: Inputs, params: Params, arms: list[str]) -> tupl
     ax.set_ylabel("y (m)")
     ax.grid(alpha=0.2)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.set_title(f"Evaluation episode {episode} (env seed {params.eval.seed_base + episode}), training seed {seed}\n"
+    ax.set_title(f"Test episode {episode} (env seed {params.eval.test_seed_base + episode}), training seed {seed}\n"
                  "solid: pursuer, dashed: evader, grey: obstacles, dotted: barrier boundary h = 0")
     return _figure_bytes(fig), notes
 
@@ -819,18 +835,18 @@ def summary_paragraph(inputs: Inputs, params: Params, arms: list[str]) -> str:
     parts = [
         f"Each algorithm ({', '.join(params.train.algos)}) was trained for {budget} on each of "
         f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''} ({', '.join(map(str, seeds))}) and every arm played "
-        f"the same {params.eval.episodes} evaluation episodes per seed; "
-        f"intervals are {100 * conf:g} %."
+        f"the same {params.eval.test_episodes} held-out test episodes per seed (numbers below; "
+        f"{params.eval.dev_episodes} dev episodes served only the choices); intervals are {100 * conf:g} %."
     ]
     cand, ref = rows.get(CANDIDATE_ARM), rows.get(REFERENCE_ARM)
-    diff = metrics["vs_baseline"].get(CANDIDATE_ARM, {})
+    h1 = next((s for s in metrics.get("sequence", []) if s.get("id") == "H1"), {})
     if cand is not None and ref is not None:
         parts.append(
             f"BarrierNet captured {fmt_rate_ci(*triple(cand, 'capture_rate'))} "
-            f"of episodes against {fmt_rate(ref['capture_rate'])} for the baseline (paired difference "
-            f"{fmt_pp_ci(*triple(diff, 'capture_diff'))}); "
+            f"of episodes against {fmt_rate(ref['capture_rate'])} for the baseline (difference "
+            f"{fmt_interval_pp(h1.get('capture_diff'))}); "
             f"it collided in {fmt_rate(cand['collision_rate'])} against {fmt_rate(ref['collision_rate'])} "
-            f"({fmt_pp_ci(*triple(diff, 'collision_diff'))}) "
+            f"({fmt_interval_pp(h1.get('collision_diff'))}) "
             f"and violated a CBF on {fmt_rate(cand['cbf_violation_rate'])} of steps against "
             f"{fmt_rate(ref['cbf_violation_rate'])}."
         )
@@ -848,12 +864,12 @@ def summary_paragraph(inputs: Inputs, params: Params, arms: list[str]) -> str:
             f"{arm_label(a, params)} captured {fmt_rate(rows[a]['capture_rate'])}, collided in "
             f"{fmt_rate(rows[a]['collision_rate'])} and intervened on {fmt_rate(rows[a]['intervention_rate'])} of steps"
             for a in filters) + ".")
-    parts.append(f"The decision rule says **{metrics['decision']['verdict']}** (its reasons are listed under the "
+    parts.append(f"The fixed sequence says **{metrics['decision']['verdict']}** (its reasons are listed under the "
                  "verdict above).")
-    if params.train.total_steps < 1_000_000 or params.eval.episodes < 200:
-        parts.append(f"This is a small run (train.total_steps = {params.train.total_steps:,}, eval.episodes = "
-                     f"{params.eval.episodes}; the reference scenario uses 1 M and 200): it exercises the pipeline, "
-                     "it does not answer the research question.")
+    if params.train.total_steps < 1_000_000 or params.eval.test_episodes < params.decision.min_test_episodes:
+        parts.append(f"This is a small run (train.total_steps = {params.train.total_steps:,}, eval.test_episodes = "
+                     f"{params.eval.test_episodes}; the study uses 1 M and >= {params.decision.min_test_episodes}): it "
+                     "exercises the pipeline, it does not answer the research question.")
     return " ".join(parts)
 
 
@@ -934,12 +950,19 @@ def _results_tables(inputs: Inputs, params: Params, arms: list[str], conf: float
                      + [fmt_metric(kind, row, name) for name, _, kind in RESULT_METRICS]
                      + [fmt_ms_ci(row["mean_return"], row.get("mean_return_low"), row.get("mean_return_high"))
                         if "mean_return" in row else "n/a"])
-    text = [f"### Across seeds (mean of the seeds' values, {level} stratified bootstrap interval)", "",
-            md_table(header, table), ""]
+    methods = inputs.metrics.get("interval_methods") or {}
+    text = [f"### Across seeds (test split; mean of the seeds' values, {level} intervals)", "",
+            md_table(header, table), "",
+            "What each interval estimated or resampled: " + "; ".join(
+                f"{label}: {methods[name]}" for name, label, _ in (("capture_rate", "capture", ""),
+                                                                  ("cbf_violation_rate", "step rates", ""),
+                                                                  ("decision_ms", "return and decision ms", ""))
+                if name in methods) + ".", ""]
     seeds = int(max((r["seeds"] for r in rows.values()), default=1))
     if seeds >= 4:
         iqm = across_seed_rows(inputs.summary, "iqm")
-        text += [f"Interquartile mean across seeds ({level} stratified bootstrap interval):", "",
+        text += [f"Interquartile mean across seeds ({level} interval: {methods.get('iqm', 'stratified bootstrap')}):",
+                 "",
                  md_table(["arm"] + [label for _, label, _ in RESULT_METRICS],
                           [[arm_label(a, params)] + [fmt_metric(k, iqm[a], n) for n, _, k in RESULT_METRICS]
                            for a in arms if a in iqm]), ""]
@@ -957,19 +980,6 @@ def _results_tables(inputs: Inputs, params: Params, arms: list[str], conf: float
              "correlated within an episode, so their intervals are too narrow: read them as descriptive.", "",
              md_table(["arm", "seed", "episodes", "steps"] + [label for _, label, _ in RESULT_METRICS], ps_rows), ""]
 
-    diffs = []
-    for arm, entry in inputs.metrics["vs_baseline"].items():
-        if not isinstance(entry, dict):
-            continue
-        diffs.append([arm_label(arm, params), entry.get("paired_episodes", "?"),
-                      fmt_pp_ci(*triple(entry, "capture_diff")),
-                      fmt_pp_ci(*triple(entry, "collision_diff")),
-                      fmt_pp_ci(*triple(entry, "cbf_violation_diff")),
-                      fmt_rate_ci(*triple(entry, "prob_improvement_return")),
-                      "; ".join(entry.get("missing", []))])
-    text += [f"### Paired differences against the baseline (arm - baseline, {level} bootstrap over paired episodes)",
-             "", md_table(["arm", "paired episodes", "capture", "collision", "CBF-violation steps",
-                           "P(return > baseline's)", "note"], diffs) if diffs else "No arm besides the baseline.", ""]
     return "\n".join(text)
 
 
@@ -1043,7 +1053,8 @@ def _reference_section(inputs: Inputs, params: Params, arms: list[str]) -> str:
         f"budgets (324 K steps for BarrierNet, 1 M for the baseline); we train every algorithm for the same "
         f"{'budget' if _equal_budgets(inputs) else 'budget (NOT here: see the setup table)'} on "
         f"{len(params.train.seeds)} seed(s), evaluate every arm on the same paired episodes "
-        f"({params.eval.episodes} per seed) and give intervals (bootstrap across seeds).",
+        f"({params.eval.test_episodes} held-out test episodes per seed; tuning used {params.eval.dev_episodes} dev "
+        "episodes) and give intervals that include training-seed and shared-scenario variance.",
         "Our BarrierNet learns its class-K gamma, keeps the QP inside the PPO update "
         f"(update mode '{params.barriernet.update_mode}'), uses a discrete-time CBF that accounts for dt "
         f"(form '{params.cbf.form}'), masks absent constraints instead of zero rows, and detects infeasibility "
@@ -1052,10 +1063,10 @@ def _reference_section(inputs: Inputs, params: Params, arms: list[str]) -> str:
         "side), on the hardware in the setup table; theirs is per single decision on their machine, so the ratio "
         "between arms is more comparable than the absolute numbers.",
     ]
-    if params.train.total_steps < 1_000_000 or params.eval.episodes < 200:
-        notes.append(f"This run is smaller than the reference experiment (train.total_steps = "
-                     f"{params.train.total_steps:,}, eval.episodes = {params.eval.episodes}): its numbers test the "
-                     "pipeline, they do not answer the research question.")
+    if params.train.total_steps < 1_000_000 or params.eval.test_episodes < params.decision.min_test_episodes:
+        notes.append(f"This run is smaller than the study (train.total_steps = {params.train.total_steps:,}, "
+                     f"eval.test_episodes = {params.eval.test_episodes}): its numbers test the pipeline, they do not "
+                     "answer the research question.")
     return md_table(["metric", "arm", "reference (Phase 2.5)", "ours"], table) + "\n\n" + "\n".join(
         f"- {n}" for n in notes) + "\n"
 
@@ -1106,10 +1117,350 @@ FIGURE_CAPTIONS = {
                 "dtype (solid float64, dashed float32) and obstacle count.",
     "trajectories": "One evaluation episode played by every arm (same start, obstacles and evader randomness): "
                     "pursuer paths solid, evader paths dashed, obstacles grey with the barrier boundary dotted.",
+    "performance_profile": "Performance profile over training seeds (test split): left, the share of seeds whose "
+                           "capture rate exceeds tau; right, each seed's capture rate per arm.",
     "min_safety_margin": "Distribution of each episode's minimum barrier value min_h, one panel per arm (all "
                          "seeds); the dashed line at 0 is the barrier boundary, episodes left of it (black) "
                          "violated the CBF.",
 }
+
+
+# ---------------------------------------------------------------------------------------------
+# The decision: outcome A-D, verdict, gates, targets, matrix (tasks.decision's rules; the
+# wall-clock inputs are computed here, never in results/compare/metrics.json)
+
+
+def _mean_wall(inputs: Inputs, algo: str) -> float | None:
+    walls = [float(c.summary["wall_seconds"]) for c in inputs.train if c.algo == algo]
+    return float(np.mean(walls)) if walls else None
+
+
+def training_overhead(inputs: Inputs) -> tuple[float | None, str]:
+    """BarrierNet's mean training wall clock / CBF-Beta's (the baseline's when CBF-Beta was not
+    trained, said so). Machine-dependent: the report shows it, metrics.json never holds it."""
+    bn = _mean_wall(inputs, "barriernet")
+    for against in ("cbf_beta", "baseline"):
+        other = _mean_wall(inputs, against)
+        if bn is not None and other:
+            note = "" if against == "cbf_beta" else " (CBF-Beta not trained: against the baseline PPO instead)"
+            return bn / other, f"BarrierNet / {against} mean training wall clock{note}"
+    return None, "not measurable (BarrierNet or its comparator was not trained)"
+
+
+def outcome_analysis(inputs: Inputs, params: Params, overhead: float | None) -> dict[str, Any]:
+    """Outcome A-D, the decision matrix and its inputs at a given training-overhead ratio."""
+    d, m = params.decision, inputs.metrics
+    safety, arms = m.get("safety") or {}, m.get("arms") or {}
+    hybrid, gap_a = m.get("hybrid"), m.get("gap")
+    base_capture = (arms.get(REFERENCE_ARM) or {}).get("capture_rate")
+    safe = {x: (safety[arm]["unsafe"] <= d.max_unsafe_episodes) if arm in safety else None
+            for x, arm in protocol.APPROACH_ARMS.items()}
+    measures: dict[str, dict[str, float | None]] = {}
+    for x, arm in protocol.APPROACH_ARMS.items():
+        if arm not in safety:
+            continue
+        capture = (arms.get(arm) or {}).get("capture_rate")
+        gap = {"A": (gap_a or {}).get("gap"), "B": 0.0, "C": ((hybrid or {}).get("gap") or {}).get("gap")}[x]
+        mechanisms, differentiable = protocol.APPROACH_STRUCTURE[x]
+        measures[x] = {
+            "gap": gap,
+            "safety": safety[arm]["upper"],
+            "task": (base_capture - capture) / base_capture if base_capture and capture is not None else None,
+            "training_speed": 1.0 if x == "A" else overhead,
+            "complexity": mechanisms + (1 if differentiable else 0),
+        }
+    matrix = protocol.matrix_scores(measures, d.weights)
+    facts = protocol.OutcomeFacts(safe=safe, gap_a=gap_a, overhead=overhead,
+                                  totals={x: row["total"] for x, row in matrix.items()},
+                                  hybrid_noninferior=(hybrid or {}).get("capture_noninferior"))
+    return {"outcome": protocol.choose_outcome(facts, d), "matrix": matrix, "measures": measures, "safe": safe}
+
+
+def plateau_of(inputs: Inputs, params: Params) -> dict[str, Any] | None:
+    curves = [c.curves["capture_rate"] for c in inputs.train if c.algo == "barriernet" and "capture_rate" in c.curves]
+    return protocol.plateau_test(curves, params.decision) if curves else None
+
+
+def training_safety(inputs: Inputs, params: Params) -> list[list[Any]]:
+    """Per algorithm: cumulative training collisions and the mean training collision rate, with a
+    t interval over seeds (>= 2 seeds)."""
+    rows = []
+    conf = params.decision.confidence
+    for algo in params.train.algos:
+        cells = [c for c in inputs.train if c.algo == algo and "collision_rate" in c.curves]
+        if not cells:
+            rows.append([algo, "no collision curve logged", "", ""])
+            continue
+        values = [protocol.training_collisions(c.curves["collision_rate"], c.curves.get("episodes")) for c in cells]
+        texts = []
+        for key, fmt in (("collisions", "{:,.0f}"), ("mean_rate", "{:.2%}")):
+            xs = np.array([v[key] for v in values if key in v], float)
+            if not len(xs):
+                texts.append("not logged")
+            elif len(xs) >= 2:
+                ci = seed_t_interval(xs, conf)
+                texts.append(f"{fmt.format(ci.estimate)} [{fmt.format(max(ci.low, 0.0))}, {fmt.format(ci.high)}]")
+            else:
+                texts.append(fmt.format(xs[0]) + " (one seed: no interval)")
+        rows.append([algo, len(cells), *texts])
+    return rows
+
+
+def test_range_looks(metrics: dict[str, Any], repo: Path = REPO_ROOT) -> str:
+    """How many committed versions of results/compare/metrics.json evaluated this test range
+    (counted from `git log` now); "unknown" outside git."""
+    current = metrics.get("test_split")
+    try:
+        shas = subprocess.run(["git", "log", "--format=%H", "--", str(METRICS_PATH)], cwd=repo, capture_output=True,
+                              text=True, timeout=60, check=True).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)"
+    count = 0
+    for sha in shas[:500]:
+        try:
+            text = subprocess.run(["git", "show", f"{sha}:{METRICS_PATH}"], cwd=repo, capture_output=True, text=True,
+                                  timeout=60, check=True).stdout
+            if json.loads(text).get("test_split") == current:
+                count += 1
+        except (OSError, subprocess.SubprocessError, json.JSONDecodeError, AttributeError):
+            continue
+    return str(count)
+
+
+def fmt_p(p: Any) -> str:
+    if not _finite(p):
+        return "n/a"
+    return "< 0.0001" if float(p) < 1e-4 else f"{float(p):.4f}"
+
+
+def fmt_interval_pp(ci: dict[str, Any] | None) -> str:
+    if not ci:
+        return "n/a"
+    return fmt_pp_ci(ci.get("estimate"), ci.get("low"), ci.get("high"))
+
+
+def _sequence_table(steps: list[dict[str, Any]], params: Params) -> str:
+    d = params.decision
+    rows = []
+    for step in steps:
+        status = "confirmatory" if step.get("confirmatory") else "exploratory"
+        if step["kind"] == "vs_baseline":
+            hypothesis = (f"{step['arm']} vs {step['against']}: collision cut >= {100 * d.min_collision_reduction:g} pp "
+                          f"and capture non-inferior (margin {100 * d.noninferiority_margin:g} pp)")
+            result = ("rejected: shown" if step["rejected"] else
+                      "not rejected: " + ", ".join(x for x, ok in (("collision cut", step["collision_reduction_shown"]),
+                                                                   ("non-inferiority",
+                                                                    step["capture_noninferior_shown"])) if not ok)
+                      + " not shown")
+            p_text = (f"cut {fmt_p(step['p_collision_reduction'])}; non-inferior {fmt_p(step['p_capture_noninferior'])}"
+                      f"; IUT {fmt_p(step['p'])}")
+        else:
+            hypothesis = f"{step['arm']} vs {step['against']} (best alternative, chosen on dev): capture"
+            result = step["answer"]
+            p_text = (f"better {fmt_p(step['p_better'])}; worse {fmt_p(step['p_worse'])}; equivalent (TOST) "
+                      f"{fmt_p(step['p_equivalent'])}")
+        capture = step.get("capture") or {}
+        rows.append([step["id"], status, hypothesis, fmt_interval_pp(step.get("capture_diff")),
+                     fmt_interval_pp(step.get("collision_diff")), p_text,
+                     fmt_p(capture.get("mcnemar_bonferroni_min")), fmt_p(capture.get("permutation")), result])
+    return md_table(["step", "status", "hypothesis (test split)", "capture difference", "collision difference",
+                     "one-sided p (t, crossed variance)", "McNemar capture (min x seeds)",
+                     "seed permutation capture", "result"], rows)
+
+
+def _matrix_table(analysis: dict[str, Any], params: Params) -> str:
+    w = params.decision.weights
+    rows = []
+    for x, row in analysis["matrix"].items():
+        measured = analysis["measures"][x]
+        cells = []
+        for criterion in w:
+            value = measured.get(criterion)
+            shown = ("n/a" if value is None else f"{value:.2f}x" if criterion == "training_speed" else
+                     f"{value:g} parts" if criterion == "complexity" else f"{100 * value:.2f} %")
+            cells.append(f"{row[criterion] if row[criterion] is not None else '-'} ({shown})")
+        total = row["total"]
+        rows.append([f"{x}: {protocol.APPROACH_NAMES[x]}", *cells, f"{total:.2f}" if total is not None else "incomplete"])
+    return md_table(["approach", *(f"{c} ({w[c]:g})" for c in w), "weighted total (1-5)"], rows)
+
+
+def _targets_table(inputs: Inputs, params: Params, analysis: dict[str, Any], overhead: float | None) -> str:
+    d, m = params.decision, inputs.metrics
+    letter = analysis["outcome"].letter
+    measured = analysis["measures"].get(letter, {})
+    bn = (m.get("arms") or {}).get(protocol.CANDIDATE_ARM) or {}
+    chosen_arm = protocol.APPROACH_ARMS.get(letter)
+    unsafe = (m.get("safety") or {}).get(chosen_arm) if chosen_arm else None
+
+    def grade(value, goal, stretch):
+        if value is None:
+            return "not measured"
+        return "stretch met" if value < stretch else "goal met" if value < goal else "missed"
+
+    rows = [
+        ["train-deploy gap of the chosen approach", f"< {100 * d.gap_goal:g} %", f"< {100 * d.gap_stretch:g} %",
+         "n/a" if measured.get("gap") is None else f"{100 * measured['gap']:.2f} %",
+         grade(measured.get("gap"), d.gap_goal, d.gap_stretch)],
+        ["unsafe test episodes (collision or body-barrier violation)", "0 %", "0 %",
+         "n/a" if unsafe is None else f"{unsafe['unsafe']}/{unsafe['episodes']} (95 % upper {protocol.percent(unsafe['upper'])})",
+         "n/a" if unsafe is None else ("met" if unsafe["unsafe"] == 0 else "missed")],
+        ["task: relative capture loss vs the baseline", f"< {100 * d.task_goal:g} %", f"< {100 * d.task_stretch:g} %",
+         "n/a" if measured.get("task") is None else f"{100 * measured['task']:+.2f} %",
+         grade(measured.get("task"), d.task_goal, d.task_stretch)],
+        ["BarrierNet training overhead (wall clock)", f"< {d.overhead_goal:g}x", f"< {d.overhead_stretch:g}x",
+         "n/a" if overhead is None else f"{overhead:.2f}x", grade(overhead, d.overhead_goal, d.overhead_stretch)],
+        ["BarrierNet QP-infeasible steps", f"< {100 * d.infeasible_goal:g} %", f"< {100 * d.infeasible_stretch:g} %",
+         fmt_rate_ci(*triple(bn, "infeasible_rate")) if bn else "n/a",
+         grade(bn.get("infeasible_rate"), d.infeasible_goal, d.infeasible_stretch) if bn else "not measured"],
+    ]
+    return md_table(["target", "goal", "stretch", "measured (test)", "status"], rows)
+
+
+def decision_section(inputs: Inputs, params: Params) -> tuple[str, str]:
+    """(the outcome headline + verdict markdown, the outcome letter)."""
+    d, m = params.decision, inputs.metrics
+    conf = float(m.get("confidence", d.confidence))
+    overhead, overhead_text = training_overhead(inputs)
+    analysis = outcome_analysis(inputs, params, overhead)
+    outcome = analysis["outcome"]
+    steps = m.get("sequence") or []
+    seeds, test_n = list(params.train.seeds), params.eval.test_episodes
+    safety = m.get("safety") or {}
+    lines = [f"## Outcome {outcome.letter}: {protocol.APPROACH_NAMES[outcome.letter]}", ""]
+    lines += [f"- {r}" for r in outcome.reasons]
+    if overhead is not None:
+        changes = []
+        for factor in (0.8, 1.2):
+            other = outcome_analysis(inputs, params, overhead * factor)["outcome"].letter
+            changes.append(f"{factor:g}x the ratio ({overhead * factor:.2f}x): outcome {other}")
+        same = all(c.endswith(f"outcome {outcome.letter}") for c in changes)
+        lines.append(f"- training overhead {overhead:.2f}x ({overhead_text}; measured on this machine, so it is kept "
+                     f"out of metrics.json). Within +/- 20 %: {'; '.join(changes)} -> the outcome "
+                     + ("does not change." if same else "CHANGES: it rests on the wall-clock ratio."))
+    if test_n < d.min_test_episodes:
+        lines.append(f"- **Pipeline check, not a study:** eval.test_episodes = {test_n} is below "
+                     f"decision.min_test_episodes = {d.min_test_episodes} (issue 16 asks for >= 400 held-out scenarios).")
+    verdict = m["decision"]
+    lines += ["", f"## Verdict: **{verdict['verdict']}**", ""]
+    lines += [f"- {r}" for r in verdict.get("reasons", [])]
+    zero = [f"{arm} {s['unsafe']}/{s['episodes']} (95 % upper bound {protocol.percent(s['upper'])})"
+            for arm, s in safety.items()]
+    cost = []
+    for algo in params.train.algos:
+        wall = _mean_wall(inputs, algo)
+        sps_ = [c.summary.get("env_steps_per_second") for c in inputs.train if c.algo == algo]
+        sps_ = [x for x in sps_ if _finite(x)]
+        cost.append(f"{algo} {fmt_seconds(wall)} per seed" + (f" ({np.mean(sps_):,.0f} env steps/s)" if sps_ else ""))
+    lines += ["", (f"Population: policies trained by these algorithms at this budget ({params.train.total_steps:,} env "
+                   f"steps) and these hyper-parameters, {len(seeds)} training seeds ({', '.join(map(str, seeds))}), "
+                   f"judged on {test_n} held-out test scenarios (env seeds {params.eval.test_seed_base}.."
+                   f"{params.eval.test_seed_base + test_n - 1}) played by every arm and seed. Tuning and every choice "
+                   f"(the best alternative below) used only the dev split ({params.eval.dev_episodes} scenarios from "
+                   f"env seed {params.eval.dev_seed_base}): choices cite dev numbers only. Unsafe test episodes "
+                   f"(collision or body-barrier violation): {'; '.join(zero) or 'none evaluated'}. Training compute: "
+                   f"{'; '.join(cost)}. Family-wise error of the fixed sequence <= {100 * (1 - conf) / 2:g} % one-sided "
+                   f"(each test at (1 - {conf:g}) / 2); margins: collision cut >= {100 * d.min_collision_reduction:g} pp, "
+                   f"non-inferiority {100 * d.noninferiority_margin:g} pp, equivalence +/- {100 * d.equivalence_margin:g} pp."),
+              "", f"Committed default runs that evaluated this test range: {test_range_looks(m)} (counted from "
+                  "`git log -- results/compare/metrics.json` at report time).", ""]
+    lines += ["### The fixed sequence (test split)", "",
+              "Each step is confirmatory only if every step before it was rejected; p-values: the one-sided t "
+              "p-values behind each interval (crossed seed x scenario variance; family: the fixed sequence, no "
+              "adjustment needed), exact McNemar on paired captures within each seed (family: the seeds of that "
+              "comparison, Bonferroni: the smallest p times the seeds), and an exact seed-level permutation test "
+              "(family: the fixed sequence; with 5 seeds its smallest possible two-sided p is 2/32 paired or 2/252 "
+              "unpaired).", "", _sequence_table(steps, params) if steps else "No step could run.", ""]
+    choice = m.get("alternative_choice") or {}
+    rows = [[c["arm"], c["dev_episodes"], fmt_rate(c["dev_capture"]), fmt_rate(c["dev_collision"]),
+             f"{100 * c['dev_collision_upper']:.2f} %", "yes" if c["qualifies"] else "no",
+             "**chosen**" if c["arm"] == choice.get("chosen") else ""] for c in choice.get("candidates", [])]
+    lines += ["### The best alternative, chosen on dev", "",
+              f"Rule `decision.alternative_rule = {d.alternative_rule}`: among `decision.alternatives` present, those "
+              f"whose dev collision rate has a Clopper-Pearson upper bound <= {100 * d.alternative_max_collision:g} % "
+              "qualify; the highest dev capture wins. These are DEV numbers, shown only to explain the choice.", "",
+              md_table(["arm", "dev episodes", "dev capture", "dev collision", "dev collision upper bound", "qualifies",
+                        ""], rows) if rows else "No alternative arm was evaluated.", ""]
+    plateau = plateau_of(inputs, params)
+    chosen_arm = protocol.APPROACH_ARMS.get(outcome.letter)
+    matrix_complete = bool(analysis["matrix"]) and all(r["total"] is not None for r in analysis["matrix"].values())
+    gate_rows = protocol.gates(
+        gap_a=m.get("gap"), barriernet_present=protocol.CANDIDATE_ARM in safety,
+        chosen_unsafe=safety.get(chosen_arm) if chosen_arm else None, outcome=outcome,
+        matrix_complete=matrix_complete, p_values_complete=bool(steps) and all(_finite(s.get("p")) for s in steps),
+        plateau=plateau, decision=d)
+    lines += ["### Gates PG-01..PG-05", "", md_table(["gate", "status", "evidence"],
+                                                    [[g["gate"], g["status"], g["evidence"]] for g in gate_rows]), ""]
+    lines += ["### Target metrics", "", _targets_table(inputs, params, analysis, overhead), ""]
+    lines += ["### Decision matrix", "",
+              "Scores 5..1 from measured numbers (lower is better): gap <= 2 / 5 / 10 / 20 %; safety = the 95 % upper "
+              "bound of unsafe test episodes <= 1 / 2 / 5 / 10 %; task = relative capture loss vs the baseline <= 1 / "
+              "5 / 10 / 20 %; training speed = wall clock / CBF-Beta's <= 1.5 / 3 / 5 / 10x; complexity = safety "
+              "mechanisms across training and deployment + 1 for a differentiable QP (2 parts -> 5, 3 -> 4, ...). "
+              "BarrierNet's gap is 0 by construction; the hybrid's is BarrierNet vs BarrierNet + RCBF on the same "
+              "checkpoints.", "",
+              _matrix_table(analysis, params) if analysis["matrix"] else "No Phase 2.5 approach was evaluated.", ""]
+    gap, hybrid = m.get("gap"), m.get("hybrid")
+    extra = []
+    if gap:
+        extra.append(f"CBF-Beta train-deploy gap (cbf_beta vs cbf_beta_rcbf, same checkpoints, test): "
+                     + ("undefined: " + gap.get("note", "") if gap.get("gap") is None else
+                        f"{100 * gap['gap']:.2f} % [{100 * gap['low']:.2f}, {100 * gap['high']:.2f}] ({gap['method']})"))
+    else:
+        extra.append("CBF-Beta train-deploy gap: not measured (arms cbf_beta / cbf_beta_rcbf not evaluated).")
+    if hybrid:
+        extra.append(f"The hybrid (BarrierNet + RCBF filter) vs BarrierNet: capture {fmt_interval_pp(hybrid['capture_diff'])}, "
+                     f"unsafe episodes {fmt_interval_pp(hybrid['unsafe_diff'])}.")
+    lines += [f"- {e}" for e in extra] + [""]
+    power = m.get("power") or {}
+    if power.get("seed_sd_capture"):
+        lines += ["### Power", "",
+                  f"Seed-level SD of test capture (pooled within arms): {100 * power['seed_sd_capture']:.2f} pp. With "
+                  f"{power['seeds']} seeds per arm the minimum detectable difference at 80 % power is "
+                  + (f"{100 * power['mdd_80']:.2f} pp" if power.get("mdd_80") else "n/a")
+                  + f"; detecting 1 pp needs about {power.get('seeds_for_1pp') or 'n/a'} seeds per arm "
+                    f"({power.get('method', '')}).", ""]
+    else:
+        lines += ["### Power", "", "Not estimable: fewer than 2 seeds per arm.", ""]
+    run_level = m.get("run_level") or []
+    if run_level:
+        lines += ["### Probability of improvement (run level) and paired-episode win rate", "",
+                  md_table(["arm", "against", "P(seed score > other's) [95 %]", "paired win rate"],
+                           [[r["arm"], r["against"], fmt_rate_ci(*triple(r, "probability_of_improvement")),
+                             fmt_rate(r["paired_win_rate"])] for r in run_level]),
+                  "", f"{run_level[0]['probability_of_improvement_method']}; win rate: "
+                      f"{run_level[0]['paired_win_rate_method']}.", ""]
+    lines += ["### Training-time safety", "",
+              "Cumulative training collisions (sum over logged windows of collision rate x episodes ended) and the "
+              "mean training collision rate (area under the collision-rate curve / env steps), from the train cells' "
+              f"DVCLive curves; {100 * conf:g} % t interval over seeds.", "",
+              md_table(["algorithm", "seeds", "training collisions", "mean training collision rate"],
+                       training_safety(inputs, params)), ""]
+    return "\n".join(lines), outcome.letter
+
+
+def figure_performance_profile(inputs: Inputs, arms: list[str], params: Params) -> bytes:
+    """Per-seed test capture per arm: a performance profile (share of runs scoring above tau) and the runs."""
+    plt = _pyplot()
+    episodes = all_episodes(inputs)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for arm in arms:
+        rates = episodes[episodes["arm"] == arm].groupby("seed")["outcome"].apply(lambda o: (o == "capture").mean())
+        values = np.sort(rates.to_numpy(float))
+        if not len(values):
+            continue
+        taus = np.linspace(max(0.0, values.min() - 0.05), min(1.0, values.max() + 0.02), 200)
+        axes[0].plot(taus, [(values > t).mean() for t in taus], color=ARM_COLOURS.get(arm), label=arm_label(arm, params))
+        y = arms.index(arm) + np.linspace(-0.15, 0.15, len(values))
+        axes[1].plot(100 * values, y, "o", color=ARM_COLOURS.get(arm))
+    axes[0].set_xlabel("test capture rate tau")
+    axes[0].set_ylabel("share of training seeds with capture > tau")
+    axes[0].legend(fontsize=7)
+    axes[0].grid(alpha=0.3)
+    axes[1].set_yticks(range(len(arms)), [arm_label(a, params) for a in arms], fontsize=7)
+    axes[1].set_xlabel("test capture rate of each training seed (%)")
+    axes[1].grid(alpha=0.3)
+    fig.suptitle("Performance profile over training seeds (test split): one point per seed")
+    return _figure_bytes(fig)
 
 
 def render(inputs: Inputs, params: Params, workdir: Path, started: float) -> tuple[str, dict[str, bytes]]:
@@ -1131,6 +1482,7 @@ def render(inputs: Inputs, params: Params, workdir: Path, started: float) -> tup
             figures["qp_speed"] = qp_png
     figures["trajectories"], trajectory_notes = figure_trajectories(inputs, params, arms)
     figures["min_safety_margin"] = figure_min_margin(inputs, arms, params)
+    figures["performance_profile"] = figure_performance_profile(inputs, arms, params)
 
     hw = hardware()
     git = git_state()
@@ -1143,12 +1495,9 @@ def render(inputs: Inputs, params: Params, workdir: Path, started: float) -> tup
                       if c.summary.get("minibatch_fallback") or (
                           c.summary.get("planned_minibatch_size") not in (None, c.summary.get("minibatch_size")))]
 
-    md = [f"# Decision report: BarrierNet PPO vs baseline PPO", "",
-          f"## Verdict: **{verdict}**", ""]
-    md += [f"- {reason}" for reason in decision.get("reasons", [])]
-    md += ["", f"Thresholds: largest acceptable capture loss {100 * params.decision.max_capture_loss:g} pp, smallest "
-           f"collision reduction that matters {100 * params.decision.min_collision_reduction:g} pp, confidence {level}.",
-           "", "## Summary", "", summary_paragraph(inputs, params, arms), ""]
+    decision_md, _ = decision_section(inputs, params)
+    md = ["# Decision report: BarrierNet PPO vs the baseline and the best safe alternative", "", decision_md,
+          "## Summary", "", summary_paragraph(inputs, params, arms), ""]
     if inputs.notes or trajectory_notes:
         md += ["Notes: " + "; ".join(inputs.notes + trajectory_notes) + ".", ""]
 
@@ -1160,9 +1509,11 @@ def render(inputs: Inputs, params: Params, workdir: Path, started: float) -> tup
            f"- PPO: {params.train.num_envs} envs x {params.train.rollout_steps} steps per rollout, "
            f"{params.train.num_minibatches} minibatches, {params.train.update_epochs} epochs, "
            f"learning rate {params.train.learning_rate:g}",
-           f"- training seeds: {seeds}; evaluation: {params.eval.episodes} episodes per (arm, seed) on env seeds "
-           f"{params.eval.seed_base}..{params.eval.seed_base + params.eval.episodes - 1} (the same for every arm), "
-           "deterministic actions",
+           f"- training seeds: {seeds}; evaluation: {params.eval.test_episodes} held-out test episodes per (arm, seed) "
+           f"on env seeds {params.eval.test_seed_base}..{params.eval.test_seed_base + params.eval.test_episodes - 1} "
+           f"and {params.eval.dev_episodes} dev episodes on {params.eval.dev_seed_base}.."
+           f"{params.eval.dev_seed_base + params.eval.dev_episodes - 1} (the same for every arm), deterministic actions; "
+           "choices cite dev numbers only, results cite test numbers only",
            "- minibatch fallback (out-of-memory retry with a smaller minibatch): "
            + (f"YES, in {', '.join(fallback_cells)}" if fallback_cells else "none: every cell used its planned minibatch"),
            "", _budget_table(inputs, params), ""]

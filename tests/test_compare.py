@@ -1,5 +1,5 @@
-"""The compare stage: input validation, the decision rule's branches, and the stage end to end
-with numbers recomputed independently in plain pandas."""
+"""The compare stage: input validation, the split discipline, the verdict's branches, and the
+stage end to end with numbers recomputed independently in plain pandas."""
 
 from __future__ import annotations
 
@@ -9,36 +9,39 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as sps
 
+from tasks import decision as protocol
 from tasks.compare import (
     EPISODE_COLUMNS,
-    Comparison,
+    VERDICT_CODES,
     StageInputError,
-    compare_arms,
-    decide,
     episodes_path,
     read_episode_table,
     run,
+    summarise,
+    verdict_of,
 )
 from tasks.params import DecisionParams, EvalParams, Params, TrainParams
-from tasks.stats import Interval
+from tasks.stats import crossed_mean_interval
 
 Z95 = 1.959963984540054
-DECISION = DecisionParams(max_capture_loss=0.05, min_collision_reduction=0.01, bootstrap_samples=300)
 
 # --------------------------------------------------------------------------------------------
 # A tiny fake of the evaluate stage's output
 
 
-def fake_episodes(arm, algo, seed, outcomes, violation_rate=0.05, intervention_rate=0.0, rng=None, max_steps=600):
-    """One row per episode with the given outcomes ('capture' | 'collision' | 'timeout')."""
+def fake_episodes(arm, algo, seed, outcomes, violation_rate=0.05, intervention_rate=0.0, rng=None, max_steps=600,
+                  split="test"):
+    """One row per episode of `split` with the given outcomes ('capture' | 'collision' | 'timeout')."""
     rng = rng if rng is not None else np.random.default_rng(seed)
     rows = []
     for episode, outcome in enumerate(outcomes):
         length = max_steps if outcome == "timeout" else int(rng.integers(20, max_steps))
         interventions = int(rng.binomial(length, intervention_rate))
         rows.append({
-            "arm": arm, "algo": algo, "seed": seed, "episode": episode, "env_seed": 1_000_000 + episode,
+            "arm": arm, "algo": algo, "seed": seed, "split": split, "episode": episode,
+            "env_seed": (1_000_000 if split == "dev" else 2_000_000) + episode,
             "outcome": outcome, "length": length,
             "return": {"capture": 100.0, "collision": -50.0, "timeout": -50.0}[outcome] + float(rng.normal(0, 5)),
             "min_h": float(rng.normal(0.2, 0.3)),
@@ -62,7 +65,8 @@ ARM_SPEC = {
 }
 
 
-def write_eval_tables(workdir, seeds, episodes, algos=("barriernet", "baseline")):
+def write_eval_tables(workdir, seeds, episodes, algos=("barriernet", "baseline"), dev_episodes=None, dev_spec=None):
+    """Both splits; `dev_spec` (arm -> (capture, collision)) makes the dev split differ from the test split."""
     for seed in seeds:
         rng = np.random.default_rng(100 + seed)
         frames = {algo: [] for algo in algos}
@@ -70,112 +74,21 @@ def write_eval_tables(workdir, seeds, episodes, algos=("barriernet", "baseline")
             if algo in algos:
                 outcomes = random_outcomes(rng, episodes, capture, collision)
                 frames[algo].append(fake_episodes(arm, algo, seed, outcomes, violation, intervention, rng))
+                dev_capture, dev_collision = (dev_spec or {}).get(arm, (capture, collision))
+                outcomes = random_outcomes(rng, dev_episodes or episodes, dev_capture, dev_collision)
+                frames[algo].append(fake_episodes(arm, algo, seed, outcomes, violation, intervention, rng, split="dev"))
         for algo, parts in frames.items():
             path = episodes_path(workdir, algo, seed)
             path.parent.mkdir(parents=True, exist_ok=True)
             pd.concat(parts).to_csv(path, index=False)
 
 
-def make_params(seeds=(0, 1), algos=("barriernet", "baseline"), episodes=60):
+def make_params(seeds=(0, 1), algos=("barriernet", "baseline"), episodes=60, dev_episodes=None, **decision):
     return Params(
         train=TrainParams(seeds=list(seeds), algos=list(algos)),
-        eval=EvalParams(episodes=episodes),
-        decision=DecisionParams(bootstrap_samples=300),
+        eval=EvalParams(test_episodes=episodes, dev_episodes=dev_episodes or episodes),
+        decision=DecisionParams(bootstrap_samples=300, **decision),
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Decision rule: each branch on small synthetic paired tables
-
-
-def paired_table(arm_outcomes, base_outcomes, arm_violation=0.05, base_violation=0.05, seeds=(0, 1, 2)):
-    """The same outcome lists for every seed; each arm's episode e is paired with the other's."""
-    frames = []
-    for seed in seeds:
-        rng = np.random.default_rng(seed)
-        frames.append(fake_episodes("barriernet", "barriernet", seed, arm_outcomes, arm_violation, 0.5, rng))
-        frames.append(fake_episodes("baseline", "baseline", seed, base_outcomes, base_violation, 0.0, rng))
-    return pd.concat(frames, ignore_index=True)
-
-
-def verdict_of(table, decision=DECISION):
-    return decide(compare_arms(table, "barriernet", decision), decision)
-
-
-def test_reject_when_capture_loss_is_surely_too_large():
-    base = ["capture"] * 100
-    arm = ["capture", "timeout"] * 50  # capture 50 % vs 100 %
-    verdict = verdict_of(paired_table(arm, base))
-    assert verdict.verdict == "REJECT"
-    assert any("capture loss too large" in r and "-50.00 pp" in r for r in verdict.reasons), verdict.reasons
-
-
-def test_reject_when_barriernet_collides_significantly_more():
-    base = ["capture"] * 70 + ["timeout"] * 30
-    arm = ["capture"] * 70 + ["collision"] * 20 + ["timeout"] * 10  # same captures, +20 pp collisions
-    verdict = verdict_of(paired_table(arm, base))
-    assert verdict.verdict == "REJECT"
-    assert any("collides significantly more" in r and "+20.00 pp" in r for r in verdict.reasons), verdict.reasons
-
-
-def test_reject_when_no_collision_gain_and_more_cbf_violations():
-    outcomes = ["capture"] * 90 + ["timeout"] * 10  # identical behaviour, no collisions either side
-    verdict = verdict_of(paired_table(outcomes, outcomes, arm_violation=0.20, base_violation=0.02))
-    assert verdict.verdict == "REJECT"
-    assert any("no safety gain" in r for r in verdict.reasons), verdict.reasons
-
-
-def test_adopt_when_collisions_are_cut_without_capture_loss():
-    base = ["capture"] * 60 + ["collision"] * 30 + ["timeout"] * 10
-    arm = ["capture"] * 60 + ["timeout"] * 40  # the 30 % collisions become timeouts
-    verdict = verdict_of(paired_table(arm, base))
-    assert verdict.verdict == "ADOPT"
-    assert "capture loss acceptable" in verdict.reasons[0]
-    assert "collisions cut" in verdict.reasons[1] and "-30.00 pp" in verdict.reasons[1]
-
-
-def test_adopt_on_cbf_violations_when_the_baseline_never_collides():
-    outcomes = ["capture"] * 90 + ["timeout"] * 10
-    verdict = verdict_of(paired_table(outcomes, outcomes, arm_violation=0.01, base_violation=0.10))
-    assert verdict.verdict == "ADOPT"
-    assert "judged on CBF violations" in verdict.reasons[1], verdict.reasons
-
-
-def test_inconclusive_when_intervals_straddle_the_thresholds():
-    # One seed of 40 episodes: -5 pp capture and -5 pp collisions, both far too noisy to call.
-    base = ["capture"] * 30 + ["collision"] * 4 + ["timeout"] * 6
-    arm = ["capture"] * 28 + ["collision"] * 2 + ["timeout"] * 10
-    verdict = verdict_of(paired_table(arm, base, seeds=(0,)))
-    assert verdict.verdict == "INCONCLUSIVE"
-    assert any("capture loss not ruled out" in r for r in verdict.reasons), verdict.reasons
-    assert any("collision reduction not shown" in r for r in verdict.reasons), verdict.reasons
-    assert "40 paired episodes" in verdict.reasons[-1]
-
-
-def test_inconclusive_not_a_crash_when_an_arm_is_missing():
-    table = paired_table(["capture"] * 10, ["capture"] * 10)
-    verdict = verdict_of(table[table["arm"] == "baseline"])
-    assert verdict.verdict == "INCONCLUSIVE"
-    assert "arm 'barriernet' has no evaluated episodes" in verdict.reasons[0]
-
-
-@pytest.mark.parametrize("max_capture_loss,expected", [(0.05, "ADOPT"), (0.03, "INCONCLUSIVE"), (0.0, "REJECT")])
-def test_capture_threshold_comes_from_params(max_capture_loss, expected):
-    # Capture difference CI [-4, -1] pp: acceptable under a 5 pp limit, straddles 3 pp, below 0.
-    comparison = Comparison(
-        capture_diff=Interval(-0.025, -0.04, -0.01),
-        collision_diff=Interval(-0.10, -0.15, -0.05),  # a 5-15 pp reduction
-        cbf_violation_diff=Interval(0.0, -0.01, 0.01),
-        baseline_collision=Interval(0.2, 0.15, 0.25),
-        paired_episodes=600,
-        seeds=(0, 1, 2),
-    )
-    decision = DecisionParams(max_capture_loss=max_capture_loss, min_collision_reduction=0.01)
-    assert decide(comparison, decision).verdict == expected
-
-
-# --------------------------------------------------------------------------------------------
-# The stage end to end
 
 
 def wilson_by_hand(k, n, z=Z95):
@@ -191,6 +104,7 @@ def test_stage_end_to_end_numbers_recomputed_with_pandas(tmp_path):
     result = run(make_params(seeds, episodes=episodes), tmp_path)
 
     raw = pd.concat([pd.read_csv(p) for p in sorted((tmp_path / "results" / "eval").glob("*/episodes.csv"))])
+    raw = raw[raw["split"] == "test"]  # the summary and the verdict read test rows only
     summary = pd.read_csv(result["summary"], dtype={"seed": str})
     metrics = json.loads((tmp_path / "results/compare/metrics.json").read_text(),
                          parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
@@ -213,51 +127,146 @@ def test_stage_end_to_end_numbers_recomputed_with_pandas(tmp_path):
         assert row["cbf_violation_rate"] == pytest.approx(want["violation_rate"])
         assert row["decision_ms"] == pytest.approx(want["decision_ms"])
 
-    # seed="all": the mean across seeds of the per-seed values, inside its bootstrap interval.
+    # seed="all": the mean across seeds of the per-seed values; capture's interval is the crossed
+    # design's on the (seed, episode) matrix built here with pandas.
     across = per_seed.groupby("arm").mean()
     for arm in ARM_SPEC:
         row = summary[(summary["arm"] == arm) & (summary["seed"] == "all") & (summary["aggregate"] == "mean")].iloc[0]
         assert row["capture_rate"] == pytest.approx(across.loc[arm, "capture"])
+        matrix = raw[raw["arm"] == arm].pivot(index="seed", columns="episode", values="captured").to_numpy(float)
+        want = crossed_mean_interval(matrix, 0.95)
+        assert (row["capture_rate_low"], row["capture_rate_high"]) == pytest.approx((want.low, want.high))
         assert row["capture_rate_low"] <= row["capture_rate"] <= row["capture_rate_high"]
         assert metrics["arms"][arm]["capture_rate"] == pytest.approx(across.loc[arm, "capture"])
         assert metrics["arms"][arm]["cbf_violation_rate"] == pytest.approx(across.loc[arm, "violation_rate"])
     assert set(summary.loc[summary["seed"] == "all", "aggregate"]) == {"mean", "iqm"}
 
-    # Paired differences vs the baseline arm, by merging on (seed, episode).
+    # The fixed sequence's differences vs the baseline, by merging on (seed, episode).
     base = raw[raw["arm"] == "baseline"]
+    steps = {(step["arm"], step["against"]): step for step in metrics["sequence"]}
     for arm in ("barriernet", "baseline_ct_filter", "baseline_dcbf_filter"):
         paired = raw[raw["arm"] == arm].merge(base, on=["seed", "episode"], suffixes=("", "_b"))
-        entry = metrics["vs_baseline"][arm]
-        assert entry["paired_episodes"] == len(seeds) * episodes
+        step = steps[(arm, "baseline")]
         cap = (paired["outcome"] == "capture").astype(int) - (paired["outcome_b"] == "capture").astype(int)
         col = (paired["outcome"] == "collision").astype(int) - (paired["outcome_b"] == "collision").astype(int)
-        assert entry["capture_diff"] == pytest.approx(cap.mean())
-        assert entry["collision_diff"] == pytest.approx(col.mean())
-        assert entry["collision_diff_low"] <= entry["collision_diff"] <= entry["collision_diff_high"]
-        viol = paired["cbf_violation_steps"].sum() / paired["length"].sum()
-        viol -= paired["cbf_violation_steps_b"].sum() / paired["length_b"].sum()
-        assert entry["cbf_violation_diff"] == pytest.approx(viol)
-        poi = [
-            np.mean([(a > b) + 0.5 * (a == b) for a in g["return"] for b in g["return_b"]])
-            for _, g in paired.groupby("seed")
-        ]
-        assert entry["prob_improvement_return"] == pytest.approx(np.mean(poi))
+        assert step["capture_diff"]["estimate"] == pytest.approx(cap.mean())
+        assert step["collision_diff"]["estimate"] == pytest.approx(col.mean())
+        assert step["collision_diff"]["low"] <= step["collision_diff"]["estimate"] <= step["collision_diff"]["high"]
+        assert step["paired_seeds"] == (arm != "barriernet")
+        # McNemar within each seed, from the discordant pairs counted here.
+        for i, (_, g) in enumerate(paired.groupby("seed")):
+            a_only = int(((g["outcome"] == "capture") & (g["outcome_b"] != "capture")).sum())
+            b_only = int(((g["outcome"] != "capture") & (g["outcome_b"] == "capture")).sum())
+            want = 1.0 if a_only + b_only == 0 else sps.binomtest(a_only, a_only + b_only, 0.5).pvalue
+            assert step["capture"]["mcnemar_per_seed"][i] == pytest.approx(want)
+
+    # Run-level probability of improvement: all pairs of per-seed capture rates.
+    for entry in metrics["run_level"]:
+        a = per_seed.loc[entry["arm"], "capture"].to_numpy()
+        b = per_seed.loc[entry["against"], "capture"].to_numpy()
+        want = np.mean([(x > y) + 0.5 * (x == y) for x in a for y in b])
+        assert entry["probability_of_improvement"] == pytest.approx(want)
 
     decision = metrics["decision"]
-    assert decision["verdict"] == result["verdict"] in ("ADOPT", "REJECT", "INCONCLUSIVE")
-    assert decision["verdict_code"] == {"ADOPT": 1, "INCONCLUSIVE": 0, "REJECT": -1}[decision["verdict"]]
+    assert decision["verdict"] == result["verdict"] and decision["verdict"] in VERDICT_CODES
+    assert decision["verdict_code"] == VERDICT_CODES[decision["verdict"]]
     assert decision["reasons"] and all(isinstance(r, str) for r in decision["reasons"])
+    assert metrics["test_split"] == {"seed_base": 2_000_000, "episodes": episodes}
+    assert "decision_ms" not in json.dumps(metrics["arms"])  # wall clock stays out of metrics.json
     assert sorted(p.name for p in (tmp_path / "results" / "compare").iterdir()) == ["metrics.json", "summary.csv"]
 
 
-def test_single_algorithm_run_is_inconclusive_not_a_crash(tmp_path):
+def test_single_algorithm_run_is_not_comparable_not_a_crash(tmp_path):
     write_eval_tables(tmp_path, (0,), 30, algos=("baseline",))
     result = run(make_params((0,), algos=("baseline",), episodes=30), tmp_path)
-    assert result["verdict"] == "INCONCLUSIVE"
+    assert result["verdict"] == "NOT_COMPARABLE"
     assert any("train.algos=['baseline'] has no 'barriernet' run" in r for r in result["reasons"]), result["reasons"]
     metrics = json.loads((tmp_path / "results/compare/metrics.json").read_text())
     assert set(metrics["arms"]) == {"baseline", "baseline_ct_filter", "baseline_dcbf_filter"}
-    assert metrics["vs_baseline"]["barriernet"]["capture_diff"] is None
+    assert all(step["arm"] != "barriernet" for step in metrics["sequence"])
+    # One seed: the intervals say the seed variance was not estimable.
+    assert "one training seed" in metrics["interval_methods"]["capture_rate"]
+
+
+# --------------------------------------------------------------------------------------------
+# Splits: the summary reads test rows, the choice dev rows
+
+
+def test_summary_refuses_dev_rows():
+    table = fake_episodes("baseline", "baseline", 0, ["capture"] * 4, split="dev")
+    with pytest.raises(protocol.SplitLeakError, match="summarise may read test rows only"):
+        summarise(table, DecisionParams(bootstrap_samples=100))
+
+
+def test_alternative_is_chosen_on_dev_and_the_headline_is_test(tmp_path):
+    # On dev the DCBF filter captures most (and never collides); on test the CT filter does.
+    # The choice must follow dev; every headline number must follow test.
+    spec = {"baseline_dcbf_filter": (0.97, 0.0), "baseline_ct_filter": (0.60, 0.0), "baseline": (0.2, 0.5),
+            "barriernet": (0.1, 0.0)}
+    write_eval_tables(tmp_path, (0, 1, 2), 40, dev_episodes=60, dev_spec=spec)
+    run(make_params((0, 1, 2), episodes=40, dev_episodes=60, alternative_max_collision=0.2), tmp_path)
+    metrics = json.loads((tmp_path / "results/compare/metrics.json").read_text())
+    choice = metrics["alternative_choice"]
+    assert choice["chosen"] == "baseline_dcbf_filter"
+    raw = pd.concat([pd.read_csv(p) for p in sorted((tmp_path / "results" / "eval").glob("*/episodes.csv"))])
+    dev = raw[(raw["split"] == "dev") & (raw["arm"] == "baseline_dcbf_filter")]
+    by_arm = {c["arm"]: c for c in choice["candidates"]}
+    assert by_arm["baseline_dcbf_filter"]["dev_capture"] == pytest.approx((dev["outcome"] == "capture").mean())
+    test = raw[raw["split"] == "test"]
+    for arm in ARM_SPEC:
+        want = (test.loc[test["arm"] == arm, "outcome"] == "capture").mean()
+        assert metrics["arms"][arm]["capture_rate"] == pytest.approx(want)
+        assert metrics["arms"][arm]["episodes"] == 3 * 40
+    assert [s["id"] for s in metrics["sequence"]][:3] == ["H1", "H2", "H3"]
+    assert metrics["sequence"][1]["arm"] == "baseline_dcbf_filter"
+
+
+def test_zero_event_rates_never_read_zero_zero(tmp_path):
+    write_eval_tables(tmp_path, (0, 1), 50)
+    path = episodes_path(tmp_path, "barriernet", 0)
+    for seed in (0, 1):  # barriernet never collides
+        path = episodes_path(tmp_path, "barriernet", seed)
+        table = pd.read_csv(path)
+        table.loc[table["outcome"] == "collision", "outcome"] = "timeout"
+        table["cbf_violation_steps"] = 0
+        table.to_csv(path, index=False)
+    run(make_params((0, 1), episodes=50), tmp_path)
+    metrics = json.loads((tmp_path / "results/compare/metrics.json").read_text())
+    entry = metrics["arms"]["barriernet"]
+    assert entry["collision_rate"] == 0 and entry["collision_rate_high"] > 0
+    assert entry["cbf_violation_rate"] == 0 and entry["cbf_violation_rate_high"] > 0
+    safety = metrics["safety"]["barriernet"]
+    assert safety["unsafe"] == 0 and safety["upper"] == pytest.approx(1 - 0.025 ** (1 / 100))
+
+
+def _step(id_, kind="vs_baseline", rejected=True, confirmatory=True, answer=None):
+    ci = {"estimate": 0.0, "low": -0.01, "high": 0.01}
+    step = {"id": id_, "kind": kind, "arm": "barriernet", "against": "baseline", "rejected": rejected,
+            "confirmatory": confirmatory, "collision_diff": ci, "capture_diff": ci, "collision_reduction_shown": True,
+            "capture_noninferior_shown": rejected, "p_collision_reduction": 0.001, "p_capture_noninferior": 0.001}
+    if kind == "vs_alternative":
+        step.update({"answer": answer, "p_better": 0.5, "p_worse": 0.5, "p_equivalent": 0.01})
+    return step
+
+
+@pytest.mark.parametrize("steps, chosen, expected", [
+    ([_step("H1", rejected=False)], "x", "FAILS_STEP_1"),
+    ([_step("H1")], None, "NO_ALTERNATIVE"),
+    ([_step("H1"), _step("H2"), _step("H3", "vs_alternative", answer="better")], "x", "BETTER"),
+    ([_step("H1"), _step("H2"), _step("H3", "vs_alternative", answer="worse")], "x", "WORSE"),
+    ([_step("H1"), _step("H2"), _step("H3", "vs_alternative", answer="equivalent within +/- 2 pp: prefer the "
+                                                                      "cheaper")], "x", "EQUIVALENT"),
+    ([_step("H1"), _step("H2"), _step("H3", "vs_alternative", answer="inconclusive: needs about 12 seeds per arm")],
+     "x", "INCONCLUSIVE"),
+    ([_step("H1"), _step("H2", rejected=False),
+      _step("H3", "vs_alternative", confirmatory=False, answer="better")], "x", "INCONCLUSIVE"),
+])
+def test_verdict_branches(steps, chosen, expected):
+    verdict, reasons = verdict_of(steps, {"chosen": chosen, "candidates": [], "max_collision_upper": 0.01}, [])
+    assert verdict == expected and verdict in VERDICT_CODES
+    assert reasons and reasons[0].startswith("H1 (confirmatory) barriernet vs baseline")
+    if expected == "INCONCLUSIVE" and not steps[-1]["confirmatory"]:
+        assert "exploratory" in reasons[-1]
 
 
 # --------------------------------------------------------------------------------------------

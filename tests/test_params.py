@@ -13,7 +13,8 @@ def test_committed_params_yaml_equals_schema_defaults():
     p = load_params()
     assert (p.env.arena_size, p.env.num_obstacles, p.env.dt, p.env.max_steps) == (20.0, 2, 0.05, 600)
     assert (p.env.pursuer_v_max, p.env.pursuer_w_max, p.env.capture_radius) == (1.0, 2.84, 0.5)
-    assert p.eval.episodes == 200
+    assert (p.eval.dev_episodes, p.eval.test_episodes) == (200, 500)
+    assert p.train.seeds == [0, 1, 2, 3, 4]
     assert p.qp_benchmark.batch_sizes == [1, 16, 64, 256, 1024, 4096]
 
 
@@ -33,7 +34,13 @@ def test_override_is_yaml_typed():
         ("env.num_obstacles=9", ["env.num_obstacles=9", "less than or equal to 8"]),
         ("env.obstacle_radius_min=-0.5", ["env.obstacle_radius_min=-0.5", "greater than 0"]),
         ("train.algos=[ppo]", ["train.algos", "'barriernet' or 'baseline'"]),
-        ("eval.episodes=0", ["eval.episodes=0", "greater than or equal to 1"]),
+        ("eval.test_episodes=0", ["eval.test_episodes=0", "greater than or equal to 1"]),
+        ("eval.episodes=200", ["eval.episodes", "replaced by eval.dev_episodes", "eval.test_episodes"]),
+        ("eval.seed_base=5", ["eval.seed_base", "replaced by eval.dev_seed_base", "eval.test_seed_base"]),
+        ("decision.noninferiority_margin=0", ["decision.noninferiority_margin=0", "greater than 0"]),
+        ("decision.alternatives=[barriernet]", ["decision.alternatives", "barriernet", "accepted"]),
+        ("decision.weights={gap: 1}", ["decision.weights", "accepted: exactly"]),
+        ("decision.task_stretch=0.2", ["decision.task_stretch=0.2", "decision.task_goal=0.1"]),
         ("train.num_minibatches=7", ["train.num_minibatches=7", "divisor"]),
     ],
 )
@@ -64,8 +71,41 @@ def test_malformed_override():
 
 
 def test_train_and_eval_seeds_must_not_overlap():
-    with pytest.raises(ParamsError, match="eval.seed_base"):
+    # Training seed 20000 x 64 envs uses env seeds up to 1_280_063: past the dev base (1_000_000).
+    with pytest.raises(ParamsError, match="eval.dev_seed_base=1000000"):
         load_params(overrides={"train.seeds": [20000], "train.num_envs": 64})
+    # Past the dev range but reaching the test base 2_000_000.
+    with pytest.raises(ParamsError, match="eval.test_seed_base=2000000"):
+        load_params(overrides={"train.seeds": [40000], "train.num_envs": 64, "eval.dev_seed_base": 3_000_000})
+
+
+@pytest.mark.parametrize("dev_base, dev_n, test_base, test_n, clash", [
+    (1_000_000, 200, 1_000_199, 500, True),   # test starts on the last dev seed
+    (1_000_000, 200, 1_000_200, 500, False),  # adjacent, disjoint
+    (2_000_400, 200, 2_000_000, 500, True),   # dev inside test
+    (2_000_500, 10, 2_000_000, 500, False),
+])
+def test_dev_and_test_splits_must_not_overlap(dev_base, dev_n, test_base, test_n, clash):
+    overrides = {"eval.dev_seed_base": dev_base, "eval.dev_episodes": dev_n,
+                 "eval.test_seed_base": test_base, "eval.test_episodes": test_n}
+    if clash:
+        with pytest.raises(ParamsError, match="eval.dev_seed_base.*overlaps the test split.*eval.test_seed_base"):
+            load_params(overrides=overrides)
+    else:
+        p = load_params(overrides=overrides)
+        assert not set(p.eval.split_range("dev")) & set(p.eval.split_range("test"))
+
+
+def test_old_keys_in_a_file_are_named(tmp_path):
+    raw = Params().to_dict()
+    raw["eval"]["episodes"] = 200
+    raw["decision"]["max_capture_loss"] = 0.05
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ParamsError) as info:
+        load_params(path)
+    assert "eval.episodes was replaced by eval.dev_episodes" in str(info.value)
+    assert "decision.max_capture_loss was replaced by decision.noninferiority_margin" in str(info.value)
 
 
 def test_training_hash_ignores_bookkeeping_keys_only():

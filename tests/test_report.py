@@ -19,6 +19,7 @@ from tasks.params import DecisionParams, EvalParams, Params, TrainParams, params
 
 SEEDS = [0, 1]
 EPISODES = 30
+DEV_EPISODES = 20
 TOTAL_STEPS = 4096
 Z95 = 1.959963984540054
 # arm -> (algo whose files hold it, capture prob, collision prob, violation rate, intervention rate)
@@ -29,27 +30,33 @@ ARM_SPEC = {
     "baseline_dcbf_filter": ("baseline", 0.75, 0.05, 0.02, 0.1),
 }
 QP_BATCHES = [1, 16, 64, 256]
+# algo -> seed -> training collision rate at the 4 logged steps (episodes per window: 10, 20, 20, 30)
+COLLISION_CURVE = {"barriernet": {0: [0.0, 0.0, 0.0, 0.0], 1: [0.1, 0.0, 0.0, 0.0]},
+                   "baseline": {0: [0.8, 0.5, 0.2, 0.1], 1: [0.6, 0.5, 0.1, 0.0]}}
 
 
 def make_params() -> Params:
     return Params(
-        train=TrainParams(seeds=SEEDS, total_steps=TOTAL_STEPS, num_envs=16, rollout_steps=64),
-        eval=EvalParams(episodes=EPISODES, num_envs=EPISODES),
+        train=TrainParams(algos=["barriernet", "baseline"], seeds=SEEDS, total_steps=TOTAL_STEPS, num_envs=16,
+                          rollout_steps=64),
+        eval=EvalParams(test_episodes=EPISODES, dev_episodes=DEV_EPISODES, num_envs=EPISODES),
         decision=DecisionParams(bootstrap_samples=200),
     )
 
 
-def fake_episodes(arm, algo, seed, rng, capture, collision, violation, intervention, max_steps=600):
+def fake_episodes(arm, algo, seed, rng, capture, collision, violation, intervention, max_steps=600, split="test"):
     rows = []
-    outcomes = rng.choice(["capture", "collision", "timeout"], size=EPISODES, p=[capture, collision,
-                                                                                  1 - capture - collision])
+    n = EPISODES if split == "test" else DEV_EPISODES
+    outcomes = rng.choice(["capture", "collision", "timeout"], size=n, p=[capture, collision,
+                                                                           1 - capture - collision])
     for episode, outcome in enumerate(outcomes):
         length = max_steps if outcome == "timeout" else int(rng.integers(20, max_steps))
         violations = int(rng.binomial(length, violation))
         interventions = int(rng.binomial(length, intervention))
         min_h = float(rng.uniform(-0.2, -0.01)) if violations else float(rng.uniform(0.0, 1.0))
         rows.append({
-            "arm": arm, "algo": algo, "seed": seed, "episode": episode, "env_seed": 1_000_000 + episode,
+            "arm": arm, "algo": algo, "seed": seed, "split": split, "episode": episode,
+            "env_seed": (2_000_000 if split == "test" else 1_000_000) + episode,
             "outcome": outcome, "length": length, "return": {"capture": 100.0}.get(outcome, -50.0),
             "min_h": min_h, "cbf_violation_steps": violations, "interventions": interventions,
             "infeasible_steps": int(rng.binomial(interventions, 0.05)),
@@ -96,10 +103,13 @@ def build_workdir(workdir: Path, params: Params) -> None:
             metrics_dir = train_dir / "live" / "plots" / "metrics" / "rollout"
             write_tsv(metrics_dir / "capture_rate.tsv", "capture_rate", steps, rng.uniform(0, 1, 4))
             write_tsv(metrics_dir / "episode_return.tsv", "episode_return", steps, rng.uniform(-50, 100, 4))
+            write_tsv(metrics_dir / "collision_rate.tsv", "collision_rate", steps, COLLISION_CURVE[algo][seed])
+            write_tsv(metrics_dir / "episodes.tsv", "episodes", steps, [10.0, 20.0, 20.0, 30.0])
 
             eval_dir = workdir / "results" / "eval" / cell
             eval_dir.mkdir(parents=True)
-            table = pd.concat([fake_episodes(arm, algo, seed, rng, *ARM_SPEC[arm][1:]) for arm in arms])
+            table = pd.concat([fake_episodes(arm, algo, seed, rng, *ARM_SPEC[arm][1:], split=split)
+                               for arm in arms for split in ("test", "dev")])
             table.to_csv(eval_dir / "episodes.csv", index=False)
             np.savez(eval_dir / "trajectory.npz", **fake_trajectory(arms, np.random.default_rng(seed)))
             (eval_dir / "timing.json").write_text(json.dumps({"wall_seconds": 3.0, "arms": arms}))
@@ -131,7 +141,9 @@ def rendered(tmp_path_factory):
 
 
 def all_episodes(workdir: Path) -> pd.DataFrame:
-    return pd.concat([pd.read_csv(p) for p in sorted((workdir / "results" / "eval").glob("*/episodes.csv"))])
+    """The test rows: every number in the report's results comes from them."""
+    table = pd.concat([pd.read_csv(p) for p in sorted((workdir / "results" / "eval").glob("*/episodes.csv"))])
+    return table[table["split"] == "test"]
 
 
 def table_row(markdown: str, *starts: str) -> str:
@@ -182,8 +194,8 @@ def test_paired_difference_matches_the_episode_tables(rendered):
     captured = episodes.assign(c=episodes["outcome"].eq("capture")).pivot_table(
         index=["seed", "episode"], columns="arm", values="c")
     difference = (captured["barriernet"] - captured["baseline"]).mean()
-    row = table_row(markdown, report.arm_label("barriernet", params), str(len(SEEDS) * EPISODES))
-    assert row.split(" | ")[2].startswith(f"{100 * difference:+.2f} pp")
+    row = table_row(markdown, "H1")
+    assert row.split(" | ")[3].startswith(f"{100 * difference:+.2f} pp"), row
 
 
 def test_qp_speed_up_matches_the_table(rendered):
@@ -215,7 +227,8 @@ def test_setup_and_provenance(rendered):
 def test_every_figure_is_a_png(rendered):
     _, workdir, result, markdown = rendered
     names = {Path(p).stem for p in result["figures"]}
-    assert names == {"learning_curves", "outcome_rates", "qp_speed", "trajectories", "min_safety_margin"}
+    assert names == {"learning_curves", "outcome_rates", "qp_speed", "trajectories", "min_safety_margin",
+                     "performance_profile"}
     import matplotlib.image
 
     for path in map(Path, result["figures"]):
@@ -304,3 +317,60 @@ def test_seed_band_counts_only_the_seeds_that_logged_a_step():
     np.testing.assert_allclose(low, [0.0, 1.0, 2.0])
     np.testing.assert_allclose(high, [2.0, 1.0, 4.0])
     np.testing.assert_array_equal(count, [2, 1, 2])
+
+
+# --------------------------------------------------------------------------------------------
+# The decision sections
+
+
+def test_outcome_is_the_headline_and_gates_follow(rendered):
+    params, workdir, _, markdown = rendered
+    lines = markdown.splitlines()
+    assert lines[0].startswith("# Decision report")
+    headline = next(line for line in lines if line.startswith("## "))
+    # No CBF-Beta arms here: the plan's A-vs-B rule cannot run; BarrierNet passes PG-02 only
+    # when none of its test episodes was unsafe.
+    metrics = json.loads((workdir / "results/compare/metrics.json").read_text())
+    bn = metrics["safety"]["barriernet"]
+    expected = "B" if bn["unsafe"] == 0 else "D"
+    assert headline.startswith(f"## Outcome {expected}:"), headline
+    for gate in ("PG-01", "PG-02", "PG-03", "PG-04", "PG-05"):
+        assert table_row(markdown, gate)
+    assert "FAIL" in table_row(markdown, "PG-01")  # CBF-Beta's gap is not measured without its arms
+    # 4 logged points: the plateau test compares the last 20 % window with the one before it.
+    assert table_row(markdown, "PG-05").split(" | ")[1] in ("PASS", "DOCUMENTED", "FAIL")
+
+
+def test_verdict_text_names_population_dev_rule_and_small_run(rendered):
+    params, workdir, _, markdown = rendered
+    assert f"{len(SEEDS)} training seeds" in markdown
+    assert f"judged on {EPISODES} held-out test scenarios" in markdown
+    assert "choices cite dev numbers only" in markdown
+    assert "Pipeline check, not a study" in markdown  # 30 test episodes < decision.min_test_episodes
+    assert "Committed default runs that evaluated this test range:" in markdown
+    assert "[0.00, 0.00]" not in markdown and "[+0.00, +0.00]" not in markdown
+
+
+def test_dev_numbers_explain_the_choice(rendered):
+    params, workdir, _, markdown = rendered
+    raw = pd.concat([pd.read_csv(p) for p in sorted((workdir / "results" / "eval").glob("*/episodes.csv"))])
+    dev = raw[(raw["split"] == "dev") & (raw["arm"] == "baseline_dcbf_filter")]
+    row = table_row(markdown, "baseline_dcbf_filter", str(len(dev)))
+    assert f"{100 * (dev['outcome'] == 'capture').mean():.2f} %" in row
+
+
+def test_training_collisions_by_hand(rendered):
+    params, _, _, markdown = rendered
+    episodes = np.array([10.0, 20.0, 20.0, 30.0])
+    totals = [float(np.dot(COLLISION_CURVE["baseline"][s], episodes)) for s in SEEDS]  # 26.0 and 21.0
+    row = table_row(markdown, "baseline", str(len(SEEDS)))
+    assert row.split(" | ")[2].startswith(f"{np.mean(totals):,.0f} [")
+
+
+def test_test_range_looks_outside_git(tmp_path):
+    assert report.test_range_looks({"test_split": {"seed_base": 1, "episodes": 2}}, tmp_path).startswith("unknown")
+
+
+def test_overhead_sensitivity_is_stated(rendered):
+    _, _, _, markdown = rendered
+    assert "Within +/- 20 %: 0.8x the ratio" in markdown and "1.2x the ratio" in markdown

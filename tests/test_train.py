@@ -248,7 +248,7 @@ def test_learning_smoke_easy_setting(tmp_path, state_dir):
         "env.num_obstacles": 0, "env.evader_v_max": 0.2,
         "env.start_distance_min": 2.0, "env.start_distance_max": 5.0, "env.max_steps": 150,
         "train.num_envs": 32, "train.rollout_steps": 64, "train.num_minibatches": 16, "train.update_epochs": 10,
-        "train.total_steps": 40_000, "train.seeds": [0], "eval.episodes": 64, "eval.num_envs": 64,
+        "train.total_steps": 40_000, "train.seeds": [0], "eval.dev_episodes": 64, "eval.test_episodes": 64, "eval.num_envs": 64,
     }
     params = load_params(overrides=easy)
     run(params, tmp_path, "baseline", 0)
@@ -261,7 +261,7 @@ def test_learning_smoke_easy_setting(tmp_path, state_dir):
             action = torch.stack((g[:, 0] * params.env.pursuer_v_max, (2 * g[:, 1] - 1) * params.env.pursuer_w_max), 1)
             return ActorOutput(action, action, torch.zeros(obs.shape[0]), {})
 
-    episodes = list(range(params.eval.episodes))
+    episodes = list(range(params.eval.test_episodes))
     trained_rows, _ = play_episodes(actor, obs_rms, params, episodes)
     torch.manual_seed(0)
     random_rows, _ = play_episodes(RandomPolicy(), RunningMeanStd((obs_rms.mean.shape[0],)), params, episodes)
