@@ -166,6 +166,89 @@ def test_through_qp_gamma_gradient_matches_finite_differences():
     torch.testing.assert_close(grad, numeric, rtol=1e-4, atol=1e-6)
 
 
+def _float64(actor: BarrierNetActor, safety: SafetyState) -> tuple[BarrierNetActor, SafetyState]:
+    return actor.double(), SafetyState(*(t.double() if t.is_floating_point() else t for t in safety))
+
+
+def clipped_surrogate(actor, obs, safety, sample, old_log_prob, advantages, clip=0.2):
+    """PPO's clipped surrogate loss on stored samples, as in model/ppo.py."""
+    ratio = (actor.evaluate_actions(obs, safety, sample)[0] - old_log_prob).exp()
+    return -torch.min(advantages * ratio, advantages * ratio.clamp(1 - clip, 1 + clip)).mean()
+
+
+def test_through_qp_surrogate_gradient_in_the_gamma_head_matches_finite_differences():
+    """docs/ARCHITECTURE.md, "What gamma learns": the gradient the gamma head receives is the
+    derivative of the PPO surrogate with the stored sample held, i.e. through the mean's QP only.
+    Autograd against central differences of the surrogate itself, for the bias entries and for
+    random directions in the weight matrix (float64; the policy moved off the old one first, so
+    that the ratio is not 1 and some terms are clipped)."""
+    actor, safety = _float64(barriernet("through_qp", seed=3), near_obstacle_states(24, 3))
+    obs = observations(24, 3).double()
+    torch.manual_seed(3)
+    with torch.no_grad():
+        out = actor(obs, safety)
+        for p in actor.parameters():  # a policy a few updates later
+            p.add_(0.05 * torch.randn_like(p))
+    advantages = torch.randn(24, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    loss = lambda: clipped_surrogate(actor, obs, safety, out.sample, out.log_prob, advantages)  # noqa: E731
+    ratio = (actor.evaluate_actions(obs, safety, out.sample)[0] - out.log_prob).exp()
+    assert ((ratio - 1).abs() > 1e-3).all()
+    weight, bias = actor.gamma_head.weight, actor.gamma_head.bias
+    grad_w, grad_b = torch.autograd.grad(loss(), (weight, bias))
+    assert grad_b.abs().max() > 1e-4, "the obstacle rows are active: gamma must receive a gradient"
+    eps = 1e-6
+    directions = [("bias", j, None) for j in range(bias.numel())]
+    g = torch.Generator().manual_seed(5)
+    directions += [("weight", None, torch.randn(weight.shape, generator=g, dtype=torch.float64)) for _ in range(2)]
+    for name, j, direction in directions:
+        param = bias if name == "bias" else weight
+        step = torch.zeros_like(param)
+        if direction is None:
+            step[j] = eps
+            analytic = grad_b[j]
+        else:
+            step = eps * direction
+            analytic = (grad_w * direction).sum()
+        with torch.no_grad():
+            param.add_(step)
+            up = loss()
+            param.sub_(2 * step)
+            down = loss()
+            param.add_(step)
+        numeric = (up - down) / (2 * eps)
+        torch.testing.assert_close(analytic, numeric, rtol=1e-4, atol=1e-8)
+
+
+def test_through_qp_gamma_gradient_ignores_the_sample_projection():
+    """The executed action QP(sample; gamma) moves with gamma, but the likelihood ratio of the
+    stored sample does not see it: where the MEAN's QP has no active barrier row, the gamma head
+    receives exactly zero gradient even though gamma changes the executed action."""
+    actor, safety = _float64(barriernet("through_qp", seed=6), near_obstacle_states(64, 6, gap=(0.03, 0.12)))
+    obs = observations(64, 6).double()
+    with torch.no_grad():
+        nominal, gamma = actor._heads(obs)
+        rows = actor.projection.rows(safety, gamma, nominal)
+        mean = actor.projection(nominal, rows)[0]
+        sample = mean + torch.tensor([0.45, 0.0], dtype=torch.float64)  # faster, straight at the obstacle
+        executed = actor.projection(sample, rows)[0]
+    free_mean = (mean - nominal).norm(dim=-1) < 1e-12
+    projected_sample = (executed - sample.clamp(min=mean.new_tensor([0.0, -2.84]), max=mean.new_tensor([1.0, 2.84]))).norm(dim=-1) > 1e-3
+    chosen = free_mean & projected_sample
+    assert chosen.sum() >= 5, "need states where only the sample's QP is active"
+    idx = chosen.nonzero().squeeze(-1)
+    sub = SafetyState(*(t[idx] for t in safety))
+    log_prob = actor.evaluate_actions(obs[idx], sub, sample[idx])[0]
+    grad = torch.autograd.grad(log_prob.sum(), (actor.gamma_head.weight, actor.gamma_head.bias))
+    assert all(bool((g == 0).all()) for g in grad)
+    # ... while the executed action does depend on gamma: shift the gamma head's obstacle-0 bias
+    with torch.no_grad():
+        actor.gamma_head.bias[0] += 0.5
+        _, gamma_up = actor._heads(obs[idx])
+        executed_up = actor.projection(sample[idx], actor.projection.rows(sub, gamma_up, sample[idx]))[0]
+        actor.gamma_head.bias[0] -= 0.5
+    assert ((executed_up - executed[idx]).norm(dim=-1) > 1e-4).all()
+
+
 # ---------------------------------------------------------------------------------------------
 # BarrierNet: log-probabilities and executed actions
 
