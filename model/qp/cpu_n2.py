@@ -41,6 +41,7 @@ def solve(H, f, A, b, mask, active_hint, route: str) -> QPSolution:
 # ----------------------------------------------------------------------------------------------
 # one element in Python floats
 
+
 def _py_kkt(h, u0, a0, b0, a1, b1, sing_tol):
     """The KKT system of one active set of one element in Python floats (n = 2; the arithmetic
     of `cpu_numpy._np_slot_kkt`). h = (i00, i01, i10, i11) H^-1, u0 (2,), slot rows a0, a1 (2,) and right
@@ -74,7 +75,6 @@ def _py_kkt(h, u0, a0, b0, a1, b1, sing_tol):
     return u, lam, ok, (used0, used1), Y, K
 
 
-
 def _py_backward_single(grad_u, saved):
     """The implicit-function backward of the winner's KKT system (as `reference._ActiveSetKKT`) for
     one element in Python floats: grad_u (1, 2) -> grads of H (1, 2, 2), f (1, 2), A (1, m, 2),
@@ -99,7 +99,6 @@ def _py_backward_single(grad_u, saved):
         grad_A, grad_b = torch.zeros(1, 0, 2, dtype=dtype), torch.zeros(1, 0, dtype=dtype)
         return new([[[dz0 * u0, off], [off, dz1 * u1]]]), new([[dz0, dz1]]), grad_A, grad_b
     return new([[[dz0 * u0, off], [off, dz1 * u1]]]), new([[dz0, dz1]]), new([grad_A]), new([grad_b])
-
 
 
 def _py_slot_kkt(Hinv, u0, A, b, active, sing_tol):
@@ -223,6 +222,7 @@ def solve_single(H, f, A, b, mask, active_hint) -> QPSolution | None:
 
 # ----------------------------------------------------------------------------------------------
 # a batch through the compiled loop
+
 
 def solve_batch(H, f, A, b, mask, active_hint) -> QPSolution:
     """A batch through `cpu_n2_kernels.solve_batch` (the arithmetic of `solve_single`, compiled,

@@ -128,8 +128,6 @@ def _np_slot_kkt(Hinv, u0, A, b, active, sing_tol):
     return u, lam, ok, used, Y, K
 
 
-
-
 def _np_unit_problem(Hn, fn, An, bn, float_dtype):
     """H^-1 (B, 2, 2), u0 = -H^-1 f (B, 2), unit rows Au (B, m, 2) and bu (B, m), the feasibility
     bound b_tol (B, m) and the row norms `scale` (B, m) of NumPy problems (masked rows already
@@ -155,7 +153,6 @@ def _np_unit_problem(Hn, fn, An, bn, float_dtype):
     Au, bu = An / scale[..., None], bn / scale
     b_tol = bu + FEAS_TOL[float_dtype] * (1 + np.abs(bu) + np.hypot(u0[:, :1], u0[:, 1:]))
     return Hinv, u0, Au, bu, b_tol, scale
-
 
 
 def full_rule_rows(Hn, fn, An, bn, mask, float_dtype):
