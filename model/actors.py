@@ -203,7 +203,9 @@ class BarrierNetActor(nn.Module):
       bring the executed action back).
     - gamma (B, M), M = K + 4 (obstacles, then walls +x, -x, +y, -y):
       ``gamma_min + (gamma_max - gamma_min) * sigmoid(raw)``, as in BarrierNet (Xiao et al. 2023);
-      interpreted by ``cbf.form`` (dcbf: per-step fraction; ct: rate in 1/s).
+      interpreted by ``cbf.form`` (dcbf, the first-order form = ct at gamma / dt, and dcbf_exact:
+      per-step fraction; ct: rate in 1/s). With ``dcbf_exact`` every "QP" below is the exact
+      projection of model/dcbf_exact.py, whose gradient is that of its last linearised QP.
     - exploration std: a fixed buffer ``barriernet.exploration_std`` (physical units), not learned.
 
     Update modes (``barriernet.update_mode``):

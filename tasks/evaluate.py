@@ -36,8 +36,10 @@ from tasks.params import Params
 from tasks.train import CheckpointError, cell_name, load_trained
 
 ARMS_OF_ALGO = {
-    "barriernet": ("barriernet",),
+    "barriernet": ("barriernet", "barriernet_rcbf"),
     "baseline": ("baseline", "baseline_ct_filter", "baseline_dcbf_filter"),
+    "cbf_beta": ("cbf_beta", "cbf_beta_rcbf"),
+    "shielded": ("shielded",),
 }
 
 
@@ -46,8 +48,15 @@ def output_dir(workdir: Path, algo: str, seed: int) -> Path:
 
 
 def build_policy(arm: str, actor: torch.nn.Module, params: Params) -> torch.nn.Module:
-    if arm in ("barriernet", "baseline"):
+    """The policy an arm plays. The training mechanisms (barriernet, baseline, cbf_beta: the
+    deterministic action inside the safe box, shielded: the filter it trained with) are the actor
+    itself; ``*_rcbf`` arms put the RCBF-QP filter (form ``cbf.form``, gamma ``cbf.filter_gamma``,
+    clearances + ``cbf.robust_margin``) on the actor's action -- for cbf_beta on its unconstrained
+    action (the Beta's mean over the whole action box), the deployment mechanism."""
+    if arm in ("barriernet", "baseline", "cbf_beta", "shielded"):
         return actor
+    if arm in ("barriernet_rcbf", "cbf_beta_rcbf"):
+        return make_filter(actor, params, params.cbf.form, robust_margin=params.cbf.robust_margin)
     if arm == "baseline_ct_filter":
         return make_filter(actor, params, "ct")
     if arm == "baseline_dcbf_filter":

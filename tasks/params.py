@@ -39,7 +39,11 @@ class _Section(BaseModel):
 class TrainParams(_Section):
     """PPO training: equal budgets for every algorithm and seed (CleanRL-style defaults)."""
 
-    algos: list[Literal["barriernet", "baseline"]] = Field(["barriernet", "baseline"], min_length=1)
+    algos: list[Literal["barriernet", "baseline", "cbf_beta", "shielded"]] = Field(
+        ["barriernet", "baseline", "cbf_beta", "shielded"], min_length=1,
+        description="cbf_beta: Beta policy on a safe box (issue 15); shielded: the baseline with the post-hoc "
+        "filter (cbf.form, cbf.filter_gamma) inside the training loop",
+    )
     seeds: list[int] = Field(
         [0, 1, 2, 3, 4], min_length=1, description="training seeds (issue 16: >= 5 for a seed-level interval; their "
         "env seeds lie below eval.dev_seed_base and eval.test_seed_base)"
@@ -118,7 +122,8 @@ class TrainParams(_Section):
         return max(1, math.ceil(self.total_steps / self.batch_size))
 
 
-ARMS = ("barriernet", "baseline", "baseline_ct_filter", "baseline_dcbf_filter")
+ARMS = ("barriernet", "baseline", "baseline_ct_filter", "baseline_dcbf_filter",
+        "barriernet_rcbf", "cbf_beta", "cbf_beta_rcbf", "shielded")
 SPLITS = ("dev", "test")
 # Keys that were renamed: loading one names its replacement (an unknown-key hint could mislead).
 RENAMED_KEYS = {
@@ -143,7 +148,8 @@ class EvalParams(_Section):
         "(fewer: the report marks the run a pipeline check, not a result)"
     )
     num_envs: int = Field(200, ge=1, description="episodes run side by side")
-    arms: list[Literal["barriernet", "baseline", "baseline_ct_filter", "baseline_dcbf_filter"]] = Field(
+    arms: list[Literal["barriernet", "baseline", "baseline_ct_filter", "baseline_dcbf_filter",
+                       "barriernet_rcbf", "cbf_beta", "cbf_beta_rcbf", "shielded"]] = Field(
         list(ARMS), min_length=1
     )
     trajectory_episode: int = Field(0, ge=0, description="episode drawn as trajectories in the report")
@@ -512,7 +518,8 @@ def training_config(params: Params, algo: str, seed: int) -> dict[str, Any]:
         "env": params.env.model_dump(mode="json"),
         "train": train,
     }
-    if algo == "barriernet":
+    if algo in ("barriernet", "cbf_beta", "shielded"):  # their policies contain CBF rows
         config["cbf"] = params.cbf.model_dump(mode="json")
+    if algo == "barriernet":
         config["barriernet"] = params.barriernet.model_dump(mode="json")
     return config

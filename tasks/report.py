@@ -90,7 +90,9 @@ ARM_COLOURS = {
     "baseline_dcbf_filter": "tab:red",
 }
 ALGO_OF_ARM = {"barriernet": "barriernet", "baseline": "baseline",
-               "baseline_ct_filter": "baseline", "baseline_dcbf_filter": "baseline"}
+               "baseline_ct_filter": "baseline", "baseline_dcbf_filter": "baseline",
+               "barriernet_rcbf": "barriernet", "cbf_beta": "cbf_beta", "cbf_beta_rcbf": "cbf_beta",
+               "shielded": "shielded"}
 
 # The reference project's published table (DESIGN.md, "Their published results"; source:
 # github.com/shoaib6174/safe-rl-pe docs/phases/phase2_5_decision_report.md). None: not reported.
@@ -407,6 +409,15 @@ def arm_label(arm: str, params: Params) -> str:
         return f"Baseline + DCBF filter (gamma {params.cbf.filter_gamma:g})"
     if arm == "baseline_ct_filter":
         return f"Baseline + CT-CBF filter (gamma {params.cbf.filter_gamma:g})"
+    rcbf = f"RCBF-QP filter ({params.cbf.form}, gamma {params.cbf.filter_gamma:g}, margin {params.cbf.robust_margin:g} m)"
+    if arm == "barriernet_rcbf":
+        return f"BarrierNet + {rcbf}"
+    if arm == "cbf_beta":
+        return "CBF-Beta PPO (safe box)"
+    if arm == "cbf_beta_rcbf":
+        return f"CBF-Beta policy, unconstrained + {rcbf}"
+    if arm == "shielded":
+        return f"Shielded PPO ({params.cbf.form} filter in training, gamma {params.cbf.filter_gamma:g})"
     return ARM_LABELS.get(arm, arm)
 
 

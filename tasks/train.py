@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from env.core import PursuitEvasionCore
-from model.actors import Critic, make_actor
+from model.actors import ALGOS, Critic, make_actor
 from model.ppo import RewardScaler, RolloutBuffer, RunningMeanStd, UpdateConfig, compute_gae, ppo_update
 from tasks import io
 from tasks.gpu import release_cached_memory, set_allocator_defaults, wait_for_headroom
@@ -356,7 +356,7 @@ class Trainer:
                 "rollout/capture_rate": c[1] / c[0],
                 "rollout/collision_rate": c[2] / c[0],
             })
-        if self.algo == "barriernet":
+        if self.algo != "baseline":  # a safety layer in the loop: BarrierNet's QP, CBF-Beta's box, the shield
             stats.update({
                 "rollout/qp_intervention_rate": c[5] / steps,
                 "rollout/qp_infeasible_rate": c[6] / steps,
@@ -407,7 +407,7 @@ class Trainer:
         self.wall_seconds += elapsed
         stats["perf/SPS"] = tp.rollout_steps * tp.num_envs / elapsed
         stats["charts/learning_rate"] = self.optimizer.param_groups[0]["lr"]
-        if self.algo == "baseline":
+        if self.algo in ("baseline", "shielded"):
             stats["charts/log_std_mean"] = float(self.actor.log_std.detach().mean())
         return stats
 
@@ -519,8 +519,8 @@ def run(
     update (the Prefect flow turns it into a progress artifact).
     Returns the summary dict (also written to summary.json).
     """
-    if algo not in params.train.algos and algo not in ("barriernet", "baseline"):
-        raise TrainingError(f"unknown algo '{algo}'; accepted: barriernet, baseline")
+    if algo not in ALGOS:
+        raise TrainingError(f"unknown algo '{algo}'; accepted: {', '.join(ALGOS)}")
     out_dir = output_dir(Path(workdir), algo, seed)
     set_allocator_defaults()
     update_device = resolve_device(params.train.update_device)

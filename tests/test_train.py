@@ -87,7 +87,7 @@ def _train_cli(workdir: Path, state: Path, algo: str, extra_env: dict[str, str] 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo", ["barriernet"])
+@pytest.mark.parametrize("algo", ["barriernet", "cbf_beta", "shielded"])
 def test_sigkill_after_checkpoint_then_resume_is_bit_identical(tmp_path, algo):
     # Uninterrupted reference run.
     ref = _train_cli(tmp_path / "ref", tmp_path / "ref_state", algo)
