@@ -398,7 +398,9 @@ def test_crossed_satterthwaite_interval_by_hand():
     n = s * e
     variance = (ms_seed + ms_scenario - ms_residual) / n
     assert variance > max(ms_seed, ms_scenario) / n  # the full estimate is the largest candidate here
-    df = variance**2 / ((ms_seed / n) ** 2 / (s - 1) + (ms_scenario / n) ** 2 / (e - 1) + (ms_residual / n) ** 2 / ((s - 1) * (e - 1)))
+    df = variance**2 / (
+        (ms_seed / n) ** 2 / (s - 1) + (ms_scenario / n) ** 2 / (e - 1) + (ms_residual / n) ** 2 / ((s - 1) * (e - 1))
+    )
     half = sps.t.ppf(0.975, df) * math.sqrt(variance)
     got = crossed_mean_interval(y, method="satterthwaite")
     assert tuple(got[:5]) == pytest.approx((grand, grand - half, grand + half, math.sqrt(variance), df), rel=1e-10)
@@ -804,6 +806,12 @@ def test_paired_win_rate_counts_by_hand():
     assert got.low < 0.5 < got.high and "win rate" in got.method
     loop = [[1.0 if p > q else 0.5 if p == q else 0.0 for p, q in zip(ra, rb)] for ra, rb in zip(a, b)]
     assert got[:3] == crossed_mean_interval(np.array(loop), binary_floor=False)[:3]
+    # One seed: a t interval over the scenarios' scores (1, 0.5, 0, 0.5) by hand.
+    one = paired_win_rate(a[:1], b[:1])
+    half = sps.t.ppf(0.975, 3) * np.std([1, 0.5, 0, 0.5], ddof=1) / 2
+    assert one[:3] == pytest.approx((0.5, 0.5 - half, 0.5 + half)) and "one training seed" in one.method
+    with pytest.raises(ValueError, match="same finite"):
+        paired_win_rate(a, b[:2])
 
 
 def test_run_level_probability_of_improvement_brute_force():
