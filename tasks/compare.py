@@ -28,10 +28,11 @@ are validated before anything is written, so a bad input leaves earlier outputs 
 Intervals (all at ``params.decision.confidence``; ``interval_methods`` labels each):
 * per-seed rows: Wilson for rates (on episodes; step rates on steps, descriptive: steps within an
   episode are correlated), percentile bootstrap over the seed's episodes for return and decision ms.
-* seed="all" mean rows: capture / collision / timeout from the crossed seed x scenario design
-  (tasks.stats.crossed_mean_interval, never [0, 0]); step rates, return and decision ms: t over the
-  per-seed values (step rates widened to the pooled Wilson interval). IQM rows: stratified
-  bootstrap within seeds (evaluation noise only); IQM trims only with >= 4 seeds.
+* seed="all" mean rows: capture / collision / timeout and return from the crossed seed x scenario
+  design (tasks.stats.crossed_mean_interval, never [0, 0] for a rate); step rates pooled over steps
+  with tasks.stats.crossed_ratio_interval (delta method, Wilson floor); decision ms: t over the
+  per-seed values. IQM rows: stratified bootstrap within seeds (evaluation noise only); IQM trims
+  only with >= 4 seeds.
 
 The verdict is ``verdict_of`` over tasks.decision.fixed_sequence; its module docstring states the rules.
 """
@@ -53,7 +54,8 @@ from tasks.params import ARMS, DECISION_ARMS, SPLITS, DecisionParams, Params
 from tasks.stats import (
     Interval,
     across_seeds,
-    iqm,
+    crossed_mean_interval,
+    crossed_ratio_interval,
     probability_of_improvement,
     rate_interval,
     seed_t_interval,
@@ -293,8 +295,11 @@ def _pairs(df: pd.DataFrame, names: list[str]) -> np.ndarray:
 
 EPISODE_RATES = {"capture_rate": "capture", "collision_rate": "collision", "timeout_rate": "timeout"}
 STEP_RATES = ("cbf_violation_rate", "intervention_rate", "infeasible_rate")
-STEP_RATE_METHOD = ("t interval over the per-seed rates (training seeds; scenarios held fixed), widened to at "
-                    "least the Wilson interval of the pooled steps")
+STEP_RATE_METHOD = ("crossed seed x scenario design for a ratio of sums (steps with the event / steps): delta-method "
+                    "linearisation, two-way random-effects variance, Satterthwaite df, widened to at least the pooled "
+                    "Wilson interval on steps")
+RETURN_METHOD = ("crossed seed x scenario design: t interval from the two-way random-effects variance of the "
+                 "per-episode returns, Satterthwaite df")
 SEED_MEAN_METHOD = "t interval over the per-seed means (training seeds; scenarios held fixed)"
 IQM_METHOD = ("percentile bootstrap resampling episodes within each seed (seeds held fixed: evaluation noise "
               "only, training-seed variance not included)")
@@ -314,6 +319,8 @@ def interval_methods(n_seeds: int) -> dict[str, str]:
                 "Wilson interval")
         elif name in STEP_RATES:
             methods[name] = STEP_RATE_METHOD if n_seeds >= 2 else "one seed: Wilson on the pooled steps"
+        elif name == "mean_return":
+            methods[name] = RETURN_METHOD if n_seeds >= 2 else "one seed: percentile bootstrap over episodes"
         else:
             methods[name] = SEED_MEAN_METHOD if n_seeds >= 2 else "one seed: percentile bootstrap over episodes"
     methods["iqm"] = IQM_METHOD
@@ -329,14 +336,21 @@ def _across_seed_interval(name: str, arm: str, test: pd.DataFrame, per_seed: np.
         return Interval(ci.estimate, ci.low, ci.high)
     estimate = float(per_seed.mean())
     if len(per_seed) < 2:
+        if name in STEP_RATES:  # pooled steps, as the seed's own row
+            return Interval(sums[0] / sums[1], *rate_interval(int(round(sums[0])), int(round(sums[1])), conf)[1:])
         return one_seed if one_seed is not None else Interval(estimate, np.nan, np.nan)
+    if name in STEP_RATES or name == "mean_return":
+        rows = test[test["arm"] == arm]
+        numerator, denominator = METRICS[name].numerator(rows), METRICS[name].denominator(rows)
+        frame = rows[["seed", "episode"]].assign(n=numerator, d=denominator)
+        n_matrix = frame.pivot(index="seed", columns="episode", values="n").to_numpy(float)
+        d_matrix = frame.pivot(index="seed", columns="episode", values="d").to_numpy(float)
+        if n_matrix.shape[1] >= 2:
+            ci = (crossed_ratio_interval(n_matrix, d_matrix, conf) if name in STEP_RATES else
+                  crossed_mean_interval(n_matrix, conf, binary_floor=False))
+            return Interval(ci.estimate, ci.low, ci.high)
     ci = seed_t_interval(per_seed, conf)
-    low, high = ci.low, ci.high
-    if name in STEP_RATES:
-        floor = rate_interval(int(round(sums[0])), int(round(sums[1])), conf)
-        low, high = min(low, floor.low), max(high, floor.high)
-        low, high = max(low, 0.0), min(high, 1.0)
-    return Interval(estimate, float(low), float(high))
+    return Interval(estimate, ci.low, ci.high)
 
 
 def summarise(episodes: pd.DataFrame, decision: DecisionParams) -> pd.DataFrame:
