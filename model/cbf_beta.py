@@ -1,0 +1,346 @@
+"""CBF-Beta (Suttle et al., AISTATS 2024): a Beta policy whose support is a safe box.
+
+The policy draws, per action dimension d = (v, w), a Beta(alpha_d, beta_d) sample ``x_d`` in (0, 1)
+and executes ``u_d = low_d + x_d (high_d - low_d)``, where ``[low, high]`` is an axis-aligned box
+inside the state's safe control set
+
+    C(x) = {u : A u <= b}   (the CBF rows of `model.cbf.cbf_rows`, form ``cbf.form``,
+                             gamma ``cbf.filter_gamma``, plus the four action-bound rows).
+
+So every action the policy can draw satisfies every CBF row: safety by construction, no QP on the
+action. The box is a subset of C(x) (conservative: the policy may learn to lean on box edges that
+are not edges of C(x)). ``dcbf_exact`` has no linear rows; its box uses the first-order ``dcbf``
+rows at the same gamma.
+
+Safe box construction (`safe_box`, vectorised over the batch, float64)
+----------------------------------------------------------------------
+1. Centres: for each inward offset delta in CENTRE_DELTAS = (0, 0.05, 0.2, 0.5) (units of the
+   half action range), the point nearest the action box's centre ``u_mid = (v_max / 2, 0)`` of
+   C(x) with every row pushed inwards by delta (the exact QP of `model.qp.solve_qp`, normalised
+   units ``z = (u - u_mid) / half_range``, all offsets in one batch). delta = 0 decides feasibility:
+   if C(x) is empty the state is *infeasible*. A delta > 0 centre lies at least delta from every
+   edge: the delta = 0 centre can sit in a corner of C(x), where both chords below are points.
+2. Chords: for each dimension d, the interval of u_d with the other dimension held at the centre c:
+   ``{u_d : (u_d, c_other) in C(x)}``, exact (each row bounds u_d from one side).
+3. Shrink: the cross product of the two chords may cut a corner of C(x); shrink it toward c by the
+   largest t in [0, 1] such that every corner satisfies every row. Per row i, the corners' worst
+   increase of ``a_i . u`` over ``a_i . c`` is ``reach_i = sum_d max(a_id (hi_d - c_d),
+   a_id (lo_d - c_d))``, so ``t = min(1, min_{reach_i > 0} slack_i / reach_i)`` with
+   ``slack_i = b_i - a_i . c >= 0``. A row with zero slack at c has ``reach_i <= 0`` (the chords
+   lie on its inner side), so t > 0 whenever c is feasible and some chord has length.
+4. Recentre: repeat 2-3 from the box's centre (``rounds`` passes in all). Of all offsets and
+   passes keep the box of largest normalised area (ties: the smallest delta, the earliest pass).
+   A state whose C(x) contains the whole action box gets the whole action box; a half-plane
+   ``v <= s`` gives exactly ``[0, s] x [-w_max, w_max]``.
+This box is not the largest box inside C(x); it is one every corner of which provably satisfies
+every row (tested on random and near-boundary states).
+
+Infeasible states (C(x) empty): the box collapses to the QP's minimum-violation point (solve_qp's
+documented fallback, clipped to the action bounds), which is the executed action; ``feasible`` is
+False and the actor reports ``info["infeasible"]``. The action then does not depend on the sample,
+so its log-probability is a constant 0 (the PPO ratio is 1 there: no gradient from an action the
+policy did not choose).
+
+Log-probability (feasible states): ``sum_d [log Beta(x_d; alpha_d, beta_d) - log(high_d - low_d)]``,
+the density of u on the box (the rescaling Jacobian). PPO stores x (the ``sample``) and re-scores it
+under the box of the state where it was drawn: the box is a deterministic function of the stored
+SafetyState (computed on the CPU in float64, element by element, so the rollout's and the update's
+boxes are the same numbers), built once per update through the ``cbf_geometry`` hook of
+`model.ppo.ppo_update`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from model.actors import ActorOutput, _bounds, _intervention_info, _layer_init, _safe_dtype, _safety_like, mlp_backbone
+from model.cbf import cbf_rows, num_barriers
+from model.qp import solve_qp
+
+if TYPE_CHECKING:
+    from env.core import SafetyState
+    from tasks.params import CBFParams, EnvParams
+
+# x is kept this far from 0 and 1: float32 rounds some Beta draws to exactly 0 or 1, where the
+# log-density is -inf. 1e-6 of the box width is far below any action resolution that matters.
+SAMPLE_EPS = 1e-6
+# Widths below this fraction of the action range are clamped in the log-Jacobian only (a box
+# collapsed to a point would make log(width) = -inf); the action uses the true width.
+MIN_WIDTH_FRACTION = 1e-6
+# Coefficients |a_id| below this count as zero when a row bounds u_d (such a row says nothing
+# about u_d; dividing by it would give an infinite, meaningless bound).
+_COEF_TOL = 1e-12
+# Inward offsets of the rows (in units of the half action range) for the candidate box centres.
+CENTRE_DELTAS = (0.0, 0.05, 0.2, 0.5)
+
+
+class SafeBox(NamedTuple):
+    """Axis-aligned boxes ``[low, high]`` inside the safe control sets of a batch of states.
+
+    low, high: (B, 2) float64, physical units (v [m/s], w [rad/s]); feasible: (B,) bool (False:
+    the safe set is empty and low = high = the fallback action).
+    """
+
+    low: Tensor
+    high: Tensor
+    feasible: Tensor
+
+    @property
+    def width(self) -> Tensor:
+        """(B, 2) high - low (>= 0)."""
+        return self.high - self.low
+
+    def index(self, idx: Tensor) -> "SafeBox":
+        """The boxes of states `idx` (a PPO minibatch)."""
+        return SafeBox(*(x[idx] for x in self))
+
+    def to(self, device: torch.device | str) -> "SafeBox":
+        return SafeBox(*(x.to(device) for x in self))
+
+
+def _row_values(A: Tensor, u: Tensor) -> Tensor:
+    """a_i . u for every row, elementwise (no BLAS reduction order): A (B, m, 2), u (B, 2) -> (B, m)."""
+    return A[..., 0] * u[:, None, 0] + A[..., 1] * u[:, None, 1]
+
+
+def _chords(A: Tensor, b: Tensor, mask: Tensor, centre: Tensor, low: Tensor, high: Tensor) -> tuple[Tensor, Tensor]:
+    """Per dimension, the interval of u_d with the other coordinate at `centre` (step 2).
+
+    A (B, m, 2), b (B, m), mask (B, m), centre (B, 2), low/high (2,) action bounds -> lo, hi (B, 2).
+    """
+    los, his = [], []
+    for d in (0, 1):
+        other = 1 - d
+        coef = A[..., d]
+        rest = b - A[..., other] * centre[:, None, other]  # coef * u_d <= rest
+        bound = rest / torch.where(coef.abs() > _COEF_TOL, coef, torch.ones_like(coef))
+        upper = torch.where(mask & (coef > _COEF_TOL), bound, torch.full_like(bound, float("inf"))).amin(-1)
+        lower = torch.where(mask & (coef < -_COEF_TOL), bound, torch.full_like(bound, -float("inf"))).amax(-1)
+        upper = torch.minimum(upper, high[d].expand_as(upper))
+        lower = torch.maximum(lower, low[d].expand_as(lower))
+        # the chord contains its centre (a feasible point): guards round-off at a zero-slack row
+        los.append(torch.minimum(lower, centre[:, d]))
+        his.append(torch.maximum(upper, centre[:, d]))
+    return torch.stack(los, -1), torch.stack(his, -1)
+
+
+def _shrink(A: Tensor, b: Tensor, mask: Tensor, centre: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    """Shrink [lo, hi] toward `centre` until every corner satisfies every row (step 3)."""
+    slack = (b - _row_values(A, centre)).clamp(min=0.0)  # centre feasible up to round-off
+    reach = (torch.maximum(A * (hi - centre)[:, None, :], A * (lo - centre)[:, None, :])).sum(-1)
+    binding = mask & (reach > 0)
+    ratio = torch.where(binding, slack / torch.where(binding, reach, torch.ones_like(reach)), torch.ones_like(reach))
+    t = ratio.amin(-1).clamp(0.0, 1.0).unsqueeze(-1)
+    return centre + t * (lo - centre), centre + t * (hi - centre)
+
+
+def safe_box(
+    A: Tensor, b: Tensor, mask: Tensor, action_low: Sequence[float], action_high: Sequence[float], rounds: int = 3,
+) -> SafeBox:
+    """A box inside ``{u : A u <= b (rows where mask)} ∩ [action_low, action_high]`` (module docstring).
+
+    A (B, m, 2), b (B, m), mask (B, m) bool: the CBF rows (`model.cbf.CBFRows`, bound rows included
+    or not); action_low, action_high: (2,) physical bounds. rounds >= 1 chord-and-shrink passes.
+    Computed in float64 on the inputs' device; returns SafeBox(low (B, 2), high (B, 2), feasible (B,)).
+    """
+    if rounds < 1:
+        raise ValueError(f"safe_box rounds={rounds}; accepted: >= 1")
+    f64 = dict(dtype=torch.float64, device=b.device)
+    A, b = A.to(torch.float64), b.to(torch.float64)
+    mask = mask.to(torch.bool)
+    low, high = torch.tensor(list(action_low), **f64), torch.tensor(list(action_high), **f64)
+    batch = b.shape[0]
+    # The action bounds as rows too, so the centre's QP respects them.
+    bound_A = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]], **f64).expand(batch, 4, 2)
+    bound_b = torch.stack((high[0], -low[0], high[1], -low[1])).expand(batch, 4)
+    A_all = torch.cat((A, bound_A), 1)
+    b_all = torch.cat((b, bound_b), 1)
+    mask_all = torch.cat((mask, torch.ones(batch, 4, dtype=torch.bool, device=b.device)), 1)
+
+    half = (high - low) / 2
+    middle = (high + low) / 2
+    # Candidate centres, one QP batch for all rungs: the point nearest u_mid of C(x) with every row
+    # pushed inwards by delta (normalised units: u = u_mid + half * z). delta = 0 is C(x) itself
+    # (it decides feasibility); delta > 0 gives a centre at least delta from every edge, so its
+    # chords have length even where the delta = 0 centre sits in a corner of C(x).
+    deltas = torch.tensor(CENTRE_DELTAS, **f64)
+    rungs = deltas.shape[0]
+    row_norm = (A_all * half).norm(dim=-1)  # |a_i o half|: the row's norm in z units
+    b_rungs = (b_all.unsqueeze(0) - deltas[:, None, None] * row_norm.unsqueeze(0)).reshape(rungs * batch, -1)
+    A_rungs = A_all.repeat(rungs, 1, 1)
+    mask_rungs = mask_all.repeat(rungs, 1)
+    weights = 1.0 / (half * half)
+    H = torch.diag(weights).expand(rungs * batch, 2, 2)
+    f = (-weights * middle).expand(rungs * batch, 2)
+    solution = solve_qp(H, f, A_rungs, b_rungs, backend="exact", mask=mask_rungs)
+    centre = torch.maximum(torch.minimum(solution.u.detach(), high), low)
+    rung_feasible = solution.feasible
+    feasible = rung_feasible[:batch]
+
+    best_lo, best_hi = centre.clone(), centre.clone()
+    best_area = torch.full((rungs * batch,), -1.0, **f64)
+    for _ in range(rounds):
+        lo, hi = _chords(A_rungs, b_all.repeat(rungs, 1), mask_rungs, centre, low, high)
+        lo, hi = _shrink(A_rungs, b_all.repeat(rungs, 1), mask_rungs, centre, lo, hi)
+        area = torch.where(rung_feasible, ((hi - lo) / (high - low)).prod(-1), torch.full_like(best_area, -1.0))
+        better = (area > best_area).unsqueeze(-1)
+        best_lo, best_hi = torch.where(better, lo, best_lo), torch.where(better, hi, best_hi)
+        best_area = torch.maximum(area, best_area)
+        centre = (lo + hi) / 2
+    # the largest box over the rungs (ties: the lowest delta)
+    pick = best_area.reshape(rungs, batch).argmax(0)  # argmax returns the first maximum
+    rows_of = pick * batch + torch.arange(batch, device=b.device)
+    best_lo, best_hi = best_lo[rows_of], best_hi[rows_of]
+    # Infeasible: a point box at the QP's minimum-violation fallback (of C(x) itself).
+    point = torch.maximum(torch.minimum(solution.u[:batch].detach(), high), low)
+    keep = feasible.unsqueeze(-1)
+    return SafeBox(torch.where(keep, best_lo, point), torch.where(keep, best_hi, point), feasible)
+
+
+def beta_log_prob(x: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
+    """Elementwise log Beta(x; alpha, beta) density on (0, 1); all (..., 2) -> (..., 2)."""
+    return ((alpha - 1) * torch.log(x) + (beta - 1) * torch.log1p(-x)
+            - (torch.lgamma(alpha) + torch.lgamma(beta) - torch.lgamma(alpha + beta)))
+
+
+class CBFBetaActor(nn.Module):
+    """CBF-Beta policy: MLP -> Beta concentrations per action dimension -> action in the safe box.
+
+    - concentrations (B, 2) each: ``alpha = 1 + softplus(raw)``, ``beta = 1 + softplus(raw')``
+      (both > 1: a unimodal Beta, zero density at the box edges; Chou et al. 2017); the head is
+      initialised with gain 0.01, so alpha = beta ~ 1.69 at first (std ~ 0.24 of the box width).
+    - the box: `safe_box` of the state's CBF rows at ``cbf.filter_gamma`` in ``cbf.form``
+      (module docstring).
+    - ``forward``: x ~ Beta (or its mean ``alpha / (alpha + beta)`` when ``deterministic``: the mean,
+      not the mode, is the deterministic action), clamped to [SAMPLE_EPS, 1 - SAMPLE_EPS];
+      executed action = low + x * width (the fallback point on infeasible states); sample = x;
+      log_prob (B,) = Beta log-density of x minus the log-widths (0 on infeasible states).
+    - ``evaluate_actions(obs, safety, sample, cbf_geometry=None)``: log_prob of the stored x under
+      the current concentrations and the box of `cbf_geometry` (this actor's `cbf_geometry(safety)`,
+      indexed; recomputed from `safety` when None); entropy (B,) of the Beta in the box's unit
+      coordinates (the log-width term is constant in the parameters).
+
+    info (B rows): ``proposal`` (B, 2) what the policy alone would execute: the same x on the whole
+    action box; ``nominal`` (= proposal); ``correction`` = |executed - proposal| (what the safe
+    box changed); ``intervened`` = correction > cbf.intervention_tol; ``infeasible`` (B,);
+    ``gamma`` (B, M) the fixed filter gamma; ``h`` (B, M) barrier values; ``box_low``, ``box_high``
+    (B, 2) the safe box.
+    """
+
+    def __init__(
+        self, obs_dim: int, env_params: "EnvParams", cbf_params: "CBFParams", hidden_sizes: Sequence[int] = (64, 64),
+        box_rounds: int = 3,
+    ):
+        super().__init__()
+        self.env_params, self.cbf_params = env_params, cbf_params
+        self.num_obstacles = env_params.num_obstacles
+        self.box_rounds = box_rounds
+        # dcbf_exact re-solves on the exact step and has no fixed linear rows: use its first-order rows
+        self.box_form = "dcbf" if cbf_params.form == "dcbf_exact" else cbf_params.form
+        self.gamma = float(cbf_params.filter_gamma)
+        self.backbone = mlp_backbone(obs_dim, hidden_sizes)
+        feature_dim = hidden_sizes[-1] if hidden_sizes else obs_dim
+        self.concentration_head = _layer_init(nn.Linear(feature_dim, 4), 0.01)
+        low, high = _bounds(env_params)
+        self.action_low, self.action_high = low, high
+        self.register_buffer("low", torch.tensor(low), persistent=False)
+        self.register_buffer("high", torch.tensor(high), persistent=False)
+        self.time_qp = False  # no QP on the action (the box's centre QP is part of the decision time)
+
+    # -- pieces --------------------------------------------------------------------------------
+    def concentrations(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """obs (B, obs_dim) -> alpha (B, 2), beta (B, 2), both > 1."""
+        raw = self.concentration_head(self.backbone(obs)).to(_safe_dtype(obs))
+        return 1.0 + nn.functional.softplus(raw[:, :2]), 1.0 + nn.functional.softplus(raw[:, 2:])
+
+    def rows(self, safety: "SafetyState"):
+        """The CBF rows the box is built from (float64, CPU)."""
+        cpu = torch.empty(0, dtype=torch.float64)
+        return cbf_rows(_safety_like(safety, cpu), self.env_params, self.cbf_params, self.gamma, form=self.box_form)
+
+    def cbf_geometry(self, safety: "SafetyState", obs: Tensor | None = None) -> SafeBox:
+        """The safe boxes of states (B,), on obs' device (or the CPU): the per-state part of
+        `evaluate_actions`, computed once per PPO update (`model.ppo.ppo_update`'s hook) and
+        indexed per minibatch. Always computed on the CPU in float64: the rollout's numbers."""
+        if safety is None:
+            raise ValueError("CBFBetaActor needs the SafetyState (got None)")
+        rows = self.rows(safety)
+        box = safe_box(rows.A, rows.b, rows.mask, self.action_low, self.action_high, self.box_rounds)
+        return box.to(obs.device) if obs is not None else box
+
+    def _log_prob(self, x: Tensor, alpha: Tensor, beta: Tensor, box: SafeBox) -> Tensor:
+        dtype = alpha.dtype
+        floor = MIN_WIDTH_FRACTION * (self.high - self.low).to(box.low.dtype)
+        log_width = torch.log(torch.maximum(box.width, floor)).to(dtype).sum(-1)
+        log_prob = beta_log_prob(x.to(dtype), alpha, beta).sum(-1) - log_width
+        return torch.where(box.feasible.to(x.device), log_prob, torch.zeros_like(log_prob))
+
+    def _draw(self, alpha: Tensor, beta: Tensor, deterministic: bool) -> Tensor:
+        if deterministic:
+            x = alpha / (alpha + beta)
+        else:
+            x = torch.distributions.Beta(alpha, beta).sample()
+        return x.clamp(SAMPLE_EPS, 1.0 - SAMPLE_EPS)
+
+    # -- the actor interface -------------------------------------------------------------------
+    def forward(self, obs: Tensor, safety: "SafetyState", deterministic: bool = False) -> ActorOutput:
+        if safety is None:
+            raise ValueError("CBFBetaActor needs the SafetyState (got None)")
+        alpha, beta = self.concentrations(obs)
+        with torch.autocast(device_type=alpha.device.type, enabled=False):
+            rows = self.rows(safety)
+            box = safe_box(rows.A, rows.b, rows.mask, self.action_low, self.action_high, self.box_rounds)
+            box = box.to(obs.device)
+            x = self._draw(alpha, beta, deterministic)
+            dtype = alpha.dtype
+            executed = (box.low + x.to(torch.float64) * box.width).to(dtype)
+            log_prob = self._log_prob(x, alpha, beta, box)
+            low, high = self.low.to(dtype), self.high.to(dtype)
+            proposal = low + x * (high - low)
+        gamma = proposal.new_full((proposal.shape[0], num_barriers(self.num_obstacles)), self.gamma)
+        info = {"nominal": proposal, "proposal": proposal, "infeasible": ~box.feasible, "gamma": gamma,
+                "h": rows.h.to(device=obs.device, dtype=dtype), "box_low": box.low.to(dtype), "box_high": box.high.to(dtype)}
+        info.update(_intervention_info(proposal, executed, self.cbf_params.intervention_tol))
+        return ActorOutput(executed, x, log_prob, info)
+
+    def forward_unconstrained(self, obs: Tensor, deterministic: bool = False) -> ActorOutput:
+        """The same Beta over the whole action box (no safety): the deployment arm's proposal.
+
+        action (B, 2) = low + x (high - low); sample x; log_prob with the action box's Jacobian; info {}."""
+        alpha, beta = self.concentrations(obs)
+        with torch.autocast(device_type=alpha.device.type, enabled=False):
+            x = self._draw(alpha, beta, deterministic)
+            low, high = self.low.to(alpha.dtype), self.high.to(alpha.dtype)
+            action = low + x * (high - low)
+            log_prob = beta_log_prob(x, alpha, beta).sum(-1) - torch.log(high - low).sum()
+        return ActorOutput(action, x, log_prob, {})
+
+    def evaluate_actions(
+        self, obs: Tensor, safety: "SafetyState | None", sample: Tensor, cbf_geometry: SafeBox | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Score the STORED x (B, 2) under the current policy: (log_prob (B,), entropy (B,))."""
+        alpha, beta = self.concentrations(obs)
+        box = cbf_geometry if cbf_geometry is not None else self.cbf_geometry(safety, obs)
+        with torch.autocast(device_type=alpha.device.type, enabled=False):
+            log_prob = self._log_prob(sample, alpha, beta, box)
+            entropy = torch.distributions.Beta(alpha, beta).entropy().sum(-1)
+        return log_prob, entropy
+
+
+class UnconstrainedBeta(nn.Module):
+    """A CBFBetaActor's policy over the whole action box (no safe box): what `SafetyFilter`
+    wraps for the deployment arm ``cbf_beta_rcbf``. Same forward signature; info {}."""
+
+    def __init__(self, actor: CBFBetaActor):
+        super().__init__()
+        self.actor = actor
+        self.time_qp = False
+
+    def forward(self, obs: Tensor, safety: "SafetyState | None" = None, deterministic: bool = False) -> ActorOutput:
+        return self.actor.forward_unconstrained(obs, deterministic=deterministic)
+
+
+__all__ = ["SAMPLE_EPS", "SafeBox", "safe_box", "beta_log_prob", "CBFBetaActor", "UnconstrainedBeta"]

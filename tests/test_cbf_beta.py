@@ -1,0 +1,327 @@
+"""CBF-Beta (model/cbf_beta.py): the rescaled Beta's density against scipy, the safe box against
+the CBF rows on >= 10,000 random and near-boundary states (emptiness confirmed by an independent
+LP solver), hand-derived boxes, the PPO re-scoring, and the deployment arm's RCBF filter."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+from scipy.optimize import linprog
+
+from env.core import SafetyState
+from model.actors import SafetyFilter, make_actor, make_filter
+from model.cbf import cbf_rows, virtual_point
+from model.cbf_beta import SAMPLE_EPS, CBFBetaActor, SafeBox, UnconstrainedBeta, beta_log_prob, safe_box
+from tasks.params import CBFParams, EnvParams, Params
+
+OBS_DIM = 12
+ENV, CBF = EnvParams(), CBFParams()
+LOW, HIGH = [0.0, -ENV.pursuer_w_max], [ENV.pursuer_v_max, ENV.pursuer_w_max]
+
+
+def actor(seed: int = 0, **cbf) -> CBFBetaActor:
+    torch.manual_seed(seed)
+    model = CBFBetaActor(OBS_DIM, ENV, CBFParams(**cbf))
+    # spread the concentrations (the 0.01-gain head starts them all near 1.69)
+    with torch.no_grad():
+        model.concentration_head.weight.normal_(0.0, 0.5)
+        model.concentration_head.bias.normal_(0.0, 1.0)
+    return model
+
+
+def random_states(n: int, seed: int, k: int = 3) -> SafetyState:
+    """Pursuers anywhere (walls included) with k obstacles; a third of them placed with the virtual
+    point at a barrier value near 0 (both signs), a tenth of the pursuers hugging a wall."""
+    g = np.random.default_rng(seed)
+    half = ENV.arena_size / 2
+    d = CBF.lookahead
+    pose = np.column_stack([g.uniform(-half + 0.2, half - 0.2, (n, 2)), g.uniform(-math.pi, math.pi, n)])
+    wall = half - ENV.robot_radius - ENV.safety_margin - d
+    hug = g.random(n) < 0.1  # virtual point within +-5 cm of a wall bound
+    axis = g.integers(0, 2, n)
+    side = g.choice([-1.0, 1.0], n)
+    q = virtual_point(torch.tensor(pose), d).numpy()
+    target = side * (wall + g.uniform(-0.05, 0.05, n))
+    shift = np.where(hug, target - q[np.arange(n), axis], 0.0)
+    pose[np.arange(n), axis] += shift
+    q = virtual_point(torch.tensor(pose), d).numpy()
+    radii = g.uniform(ENV.obstacle_radius_min, ENV.obstacle_radius_max, (n, k))
+    centres = g.uniform(-half, half, (n, k, 2))
+    near = g.random((n, k)) < 0.35
+    rho = radii + ENV.robot_radius + ENV.safety_margin + d
+    bearing = g.uniform(-math.pi, math.pi, (n, k))
+    gap = rho * (1.0 + g.uniform(-0.03, 0.03, (n, k)))  # h within a few % of 0, both signs
+    placed = q[:, None, :] + gap[..., None] * np.stack([np.cos(bearing), np.sin(bearing)], -1)
+    centres = np.where(near[..., None], placed, centres)
+    mask = g.random((n, k)) < 0.85
+    return SafetyState(torch.tensor(pose), torch.tensor(centres), torch.tensor(radii), torch.tensor(mask))
+
+
+def corners(box: SafeBox) -> torch.Tensor:
+    """(B, 4, 2) the four corners."""
+    lo, hi = box.low, box.high
+    return torch.stack([lo, torch.stack([lo[:, 0], hi[:, 1]], -1), torch.stack([hi[:, 0], lo[:, 1]], -1), hi], 1)
+
+
+def polytope_is_empty(A: np.ndarray, b: np.ndarray) -> bool:
+    """Independent check (HiGHS LP): is {u in the action box : A u <= b} empty?"""
+    result = linprog(np.zeros(2), A_ub=A, b_ub=b, bounds=list(zip(LOW, HIGH)), method="highs")
+    return result.status == 2  # 2: infeasible
+
+
+# ---------------------------------------------------------------------------------------------
+# The density
+
+
+def test_beta_log_prob_matches_scipy():
+    g = np.random.default_rng(0)
+    x = g.uniform(0.001, 0.999, (500, 2))
+    a, b = g.uniform(1.0, 8.0, (500, 2)), g.uniform(1.0, 8.0, (500, 2))
+    ours = beta_log_prob(torch.tensor(x), torch.tensor(a), torch.tensor(b)).numpy()
+    np.testing.assert_allclose(ours, scipy.stats.beta(a, b).logpdf(x), rtol=1e-10, atol=1e-10)
+
+
+def test_rescaled_log_prob_matches_scipy_loc_scale_with_the_jacobian():
+    model = actor(1).double()
+    states = random_states(400, seed=1)
+    obs = torch.randn(400, OBS_DIM, dtype=torch.float64)
+    torch.manual_seed(3)
+    out = model(obs, states)
+    alpha, beta = (t.detach().numpy() for t in model.concentrations(obs))
+    low, high = out.info["box_low"].numpy(), out.info["box_high"].numpy()
+    feasible = ~out.info["infeasible"].numpy()
+    width = high - low
+    ok = feasible & (width > 1e-3).all(1)
+    assert ok.sum() > 300
+    reference = scipy.stats.beta(alpha, beta, loc=low, scale=np.where(width > 0, width, 1.0)).logpdf(out.action.numpy())
+    np.testing.assert_allclose(out.log_prob.detach().numpy()[ok], reference.sum(1)[ok], rtol=1e-8, atol=1e-8)
+    # the executed action lies in the box, the stored sample is x in (0, 1)
+    action = out.action.numpy()
+    assert (action >= low - 1e-12).all() and (action <= high + 1e-12).all()
+    assert (out.sample >= SAMPLE_EPS).all() and (out.sample <= 1 - SAMPLE_EPS).all()
+    np.testing.assert_allclose(action, low + out.sample.numpy() * width, atol=1e-12)
+
+
+def test_density_integrates_to_one_over_the_box():
+    model = actor(2).double()
+    states = random_states(64, seed=2)
+    obs = torch.randn(64, OBS_DIM, dtype=torch.float64)
+    box = model.cbf_geometry(states)
+    alpha, beta = model.concentrations(obs)
+    nodes, weights = np.polynomial.legendre.leggauss(200)
+    checked = 0
+    for i in range(64):
+        lo, hi = box.low[i].numpy(), box.high[i].numpy()
+        if not bool(box.feasible[i]) or (hi - lo).min() < 1e-3:
+            continue
+        # Gauss-Legendre on the box in physical units: sum of density * area element
+        uv = lo[0] + (hi[0] - lo[0]) * (nodes + 1) / 2
+        uw = lo[1] + (hi[1] - lo[1]) * (nodes + 1) / 2
+        V, W = np.meshgrid(uv, uw, indexing="ij")
+        u = torch.tensor(np.stack([V.ravel(), W.ravel()], -1))
+        x = ((u - box.low[i]) / box.width[i]).clamp(1e-15, 1 - 1e-15)
+        n = u.shape[0]
+        sub = SafeBox(box.low[i].expand(n, 2), box.high[i].expand(n, 2), box.feasible[i].expand(n))
+        log_density = model._log_prob(x, alpha[i].expand(n, 2), beta[i].expand(n, 2), sub).detach().numpy()
+        jac = (hi[0] - lo[0]) * (hi[1] - lo[1]) / 4
+        integral = float((np.exp(log_density) * np.outer(weights, weights).ravel()).sum() * jac)
+        assert integral == pytest.approx(1.0, abs=1e-4), (i, integral)  # x^(alpha-1) near alpha = 1: quadrature error
+        checked += 1
+    assert checked >= 40
+
+
+# ---------------------------------------------------------------------------------------------
+# The safe box
+
+
+@pytest.mark.parametrize("form,gamma,n,seed", [("dcbf", 0.2, 12_000, 10), ("dcbf", 1.0, 4_000, 11), ("ct", 0.5, 4_000, 12)])
+def test_every_box_corner_satisfies_every_row_or_the_state_is_flagged(form, gamma, n, seed):
+    states = random_states(n, seed=seed)
+    rows = cbf_rows(states, ENV, CBF, gamma, form=form)
+    box = safe_box(rows.A, rows.b, rows.mask, LOW, HIGH)
+    feasible = box.feasible
+    # corners inside the action box and every real row, up to round-off
+    c = corners(box)  # (B, 4, 2)
+    lows, highs = torch.tensor(LOW, dtype=torch.float64), torch.tensor(HIGH, dtype=torch.float64)
+    assert ((c >= lows - 1e-12) & (c <= highs + 1e-12)).all()
+    values = torch.einsum("bmk,bck->bcm", rows.A, c)  # (B, 4 corners, m rows)
+    excess = torch.where(rows.mask[:, None, :], values - rows.b[:, None, :], torch.zeros_like(values))
+    tol = 1e-9 * (1 + rows.b.abs()[:, None, :])
+    assert bool((excess[feasible] <= tol[feasible]).all()), float(excess[feasible].max())
+    # the near-boundary states make both outcomes common enough to matter
+    assert 0 < int((~feasible).sum()) < n // 2
+    assert (box.width[feasible] > 0).all(dim=1).float().mean() > 0.99
+    # every flagged state is truly infeasible (an independent LP solver), and a sample of the
+    # unflagged ones truly feasible
+    A, b, m = rows.A.numpy(), rows.b.numpy(), rows.mask.numpy()
+    for i in torch.nonzero(~feasible).flatten().tolist()[:300]:
+        assert polytope_is_empty(A[i][m[i]], b[i][m[i]]), i
+    for i in torch.nonzero(feasible).flatten().tolist()[:300]:
+        assert not polytope_is_empty(A[i][m[i]], b[i][m[i]]), i
+
+
+def test_box_is_the_action_box_when_no_row_binds():
+    # pursuer at the centre, no obstacles: every wall row has slack far beyond the action box
+    states = SafetyState(torch.tensor([[0.0, 0.0, 0.3]]), torch.zeros(1, 2, 2), torch.ones(1, 2),
+                         torch.zeros(1, 2, dtype=torch.bool))
+    box = CBFBetaActor(OBS_DIM, ENV, CBF).cbf_geometry(states)
+    assert box.feasible.all()
+    assert box.low.tolist() == [LOW] and box.high.tolist() == [HIGH]
+
+
+@pytest.mark.parametrize("slack", [0.4, 0.05])
+def test_box_facing_a_wall_is_the_hand_derived_interval(slack):
+    # Facing the +x wall (theta = 0): q' = (v, d w), the +x wall row is  v <= (gamma / dt) h  and
+    # no other row binds, so the safe set is exactly  v <= slack  (any w): the box is that set.
+    gamma = CBF.filter_gamma
+    wall = ENV.arena_size / 2 - ENV.robot_radius - ENV.safety_margin - CBF.lookahead
+    h = slack * ENV.dt / gamma
+    x = wall - h - CBF.lookahead  # q_x = wall - h
+    states = SafetyState(torch.tensor([[x, 0.0, 0.0]], dtype=torch.float64), torch.zeros(1, 0, 2, dtype=torch.float64),
+                         torch.zeros(1, 0, dtype=torch.float64), torch.zeros(1, 0, dtype=torch.bool))
+    box = CBFBetaActor(OBS_DIM, ENV, CBF).cbf_geometry(states)
+    assert bool(box.feasible.all())
+    np.testing.assert_allclose(box.low.numpy(), [LOW], atol=1e-12)
+    np.testing.assert_allclose(box.high.numpy(), [[slack, HIGH[1]]], atol=1e-9)
+
+
+def test_box_is_a_deterministic_function_of_each_state():
+    # the update recomputes the rollout's boxes from the stored states, in other batches
+    states = random_states(2000, seed=5)
+    model = CBFBetaActor(OBS_DIM, ENV, CBF)
+    whole = model.cbf_geometry(states)
+    idx = torch.randperm(2000, generator=torch.Generator().manual_seed(0))[:300]
+    part = model.cbf_geometry(SafetyState(*(t[idx] for t in states)))
+    for a, b in zip(whole.index(idx), part):
+        assert torch.equal(a, b)
+    # float32 states (what the env and the rollout buffer hold) give the same boxes each time too
+    states32 = SafetyState(states.pursuer.float(), states.obstacle_centres.float(), states.obstacle_radii.float(),
+                           states.obstacle_mask)
+    for a, b in zip(model.cbf_geometry(states32), model.cbf_geometry(states32)):
+        assert torch.equal(a, b)
+
+
+def test_infeasible_state_falls_back_and_is_flagged():
+    # the virtual point 1 cm from an obstacle's centre: h ~ -rho^2 and |grad h| ~ 0.02, no (v, w) can
+    # raise h at rate gamma |h| / dt, so the safe set is empty
+    q = torch.tensor([[1.0, 2.0]], dtype=torch.float64)
+    pose = torch.tensor([[1.0 - CBF.lookahead, 2.0, 0.0]], dtype=torch.float64)
+    centres = (q + torch.tensor([[0.01, 0.0]], dtype=torch.float64)).reshape(1, 1, 2)
+    states = SafetyState(pose, centres, torch.tensor([[0.5]], dtype=torch.float64), torch.ones(1, 1, dtype=torch.bool))
+    rows = cbf_rows(states, ENV, CBF, CBF.filter_gamma)
+    assert polytope_is_empty(rows.A[0].numpy(), rows.b[0].numpy())
+    model = actor(0).double()
+    out = model(torch.randn(1, OBS_DIM, dtype=torch.float64), states)
+    assert out.info["infeasible"].tolist() == [True]
+    assert torch.equal(out.info["box_low"], out.info["box_high"])  # a point box
+    assert torch.equal(out.action, out.info["box_low"])
+    assert out.log_prob.tolist() == [0.0]  # the action did not depend on the sample: ratio 1
+    lows, highs = torch.tensor(LOW, dtype=torch.float64), torch.tensor(HIGH, dtype=torch.float64)
+    assert bool(((out.action >= lows) & (out.action <= highs)).all())
+    lp, _ = model.evaluate_actions(torch.randn(1, OBS_DIM, dtype=torch.float64), states, out.sample)
+    assert lp.tolist() == [0.0]
+
+
+# ---------------------------------------------------------------------------------------------
+# The actor in PPO
+
+
+def test_deterministic_action_is_the_beta_mean_inside_the_box():
+    model = actor(4).double()
+    states = random_states(200, seed=4)
+    obs = torch.randn(200, OBS_DIM, dtype=torch.float64)
+    with torch.no_grad():
+        out = model(obs, states, deterministic=True)
+        alpha, beta = model.concentrations(obs)
+    mean = (alpha / (alpha + beta)).detach()
+    low, high = out.info["box_low"], out.info["box_high"]
+    feasible = ~out.info["infeasible"]
+    np.testing.assert_allclose(out.action[feasible].numpy(), (low + mean * (high - low))[feasible].numpy(), atol=1e-12)
+    # proposal: the same x on the whole action box; correction measures what the box changed
+    lows, highs = torch.tensor(LOW, dtype=torch.float64), torch.tensor(HIGH, dtype=torch.float64)
+    np.testing.assert_allclose(out.info["proposal"].numpy(), (lows + mean * (highs - lows)).numpy(), atol=1e-12)
+    np.testing.assert_allclose(out.info["correction"].numpy(), (out.action - out.info["proposal"]).norm(dim=-1).numpy())
+    whole = (low == lows).all(1) & (high == highs).all(1)
+    assert whole.any() and not out.info["intervened"][whole].any()
+
+
+def test_update_rescores_the_rollout_sample_exactly_and_has_gradients():
+    model = actor(5)
+    states = random_states(300, seed=6)
+    states = SafetyState(states.pursuer.float(), states.obstacle_centres.float(), states.obstacle_radii.float(),
+                         states.obstacle_mask)
+    obs = torch.randn(300, OBS_DIM)
+    out = model(obs, states)
+    # the hook of ppo_update: boxes once, indexed per minibatch, no SafetyState
+    boxes = model.cbf_geometry(states, obs)
+    idx = torch.arange(0, 300, 3)
+    lp, entropy = model.evaluate_actions(obs[idx], None, out.sample[idx], cbf_geometry=boxes.index(idx))
+    assert torch.equal(lp, out.log_prob[idx])
+    lp_recomputed, _ = model.evaluate_actions(obs, states, out.sample)
+    assert torch.equal(lp_recomputed, out.log_prob)
+    # entropy: the Beta's in unit coordinates, against scipy
+    alpha, beta = (t.detach().numpy() for t in model.concentrations(obs[idx]))
+    np.testing.assert_allclose(entropy.detach().numpy(), scipy.stats.beta(alpha, beta).entropy().sum(1), rtol=1e-4)
+    (-lp.mean()).backward()
+    grad = model.concentration_head.weight.grad
+    assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_make_actor_builds_cbf_beta_and_its_state_dict_round_trips():
+    params = Params()
+    torch.manual_seed(0)
+    a = make_actor("cbf_beta", OBS_DIM, params)
+    b = make_actor("cbf_beta", OBS_DIM, params)
+    assert not torch.equal(a.backbone[0].weight, b.backbone[0].weight)
+    b.load_state_dict(a.state_dict())
+    obs, states = torch.randn(50, OBS_DIM), random_states(50, seed=7)
+    assert torch.equal(a(obs, states, True).action, b(obs, states, True).action)
+    assert set(a.state_dict()) == {k for k in a.state_dict() if k.startswith(("backbone.", "concentration_head."))}
+
+
+# ---------------------------------------------------------------------------------------------
+# The deployment arm: the unconstrained policy through the RCBF-QP filter
+
+
+def test_cbf_beta_rcbf_filters_the_unconstrained_mean_with_inflated_clearances():
+    params = Params()
+    margin = 0.1
+    model = actor(8)
+    policy = make_filter(model, params, "dcbf", robust_margin=margin)
+    assert isinstance(policy, SafetyFilter) and isinstance(policy.actor, UnconstrainedBeta)
+    states = random_states(500, seed=8)
+    obs = torch.randn(500, OBS_DIM, dtype=torch.float64)
+    model.double()
+    torch.set_grad_enabled(False)
+    try:
+        _check_rcbf(policy, model, params, obs, states, margin)
+    finally:
+        torch.set_grad_enabled(True)
+
+
+def _check_rcbf(policy, model, params, obs, states, margin):
+    out = policy(obs, states, deterministic=True)
+    # the proposal is the Beta's mean on the whole action box (no safe box)
+    alpha, beta = model.concentrations(obs)
+    lows, highs = torch.tensor(LOW, dtype=torch.float64), torch.tensor(HIGH, dtype=torch.float64)
+    mean_action = lows + (alpha / (alpha + beta)).detach() * (highs - lows)
+    np.testing.assert_allclose(out.info["proposal"].numpy(), mean_action.numpy(), atol=1e-12)
+    # the executed action satisfies the rows with the margin (independent row evaluation)
+    robust = cbf_rows(states, ENV, params.cbf, params.cbf.filter_gamma, form="dcbf", robust_margin=margin)
+    plain = cbf_rows(states, ENV, params.cbf, params.cbf.filter_gamma, form="dcbf")
+    feasible = ~out.info["infeasible"]
+    excess = torch.where(robust.mask, torch.einsum("bmk,bk->bm", robust.A, out.action) - robust.b, torch.zeros(()))
+    assert bool((excess[feasible] <= 1e-6).all())  # the QP solution, clipped to the bounds: round-off only
+    # and the margin mattered: the plain filter executes something else on some states
+    plain_out = make_filter(model, params, "dcbf")(obs, states, deterministic=True)
+    assert (plain_out.action - out.action).abs().amax(1).gt(1e-6).any()
+    assert int(feasible.sum()) > 300 and plain.h.shape == robust.h.shape
+
+
+def test_safe_box_refuses_bad_rounds():
+    with pytest.raises(ValueError, match="rounds=0"):
+        safe_box(torch.zeros(1, 1, 2), torch.zeros(1, 1), torch.ones(1, 1, dtype=torch.bool), LOW, HIGH, rounds=0)
