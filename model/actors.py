@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from model.config import BarrierNetParams, CBFParams
     from tasks.params import Params  # only a type: make_actor reads its env, cbf, barriernet, train sections
 
-ALGOS = ("barriernet", "baseline")
+ALGOS = ("barriernet", "baseline", "cbf_beta", "shielded")
 UPDATE_MODES = ("through_qp", "nominal")
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -414,9 +414,14 @@ class SafetyFilter(nn.Module):
     info: ``nominal`` (B, 2) the wrapped actor's executed action, ``gamma`` (B, M) the fixed gamma,
     ``proposal`` (= nominal), ``correction``, ``intervened``, ``infeasible``, ``h``, ``qp_ms`` (only
     when ``time_qp``), as for BarrierNetActor. evaluate_actions delegates to the wrapped actor.
+
+    ``robust_margin`` (m, >= 0): the RCBF-QP filter, every clearance of the rows inflated by it
+    (`model.cbf.cbf_rows`); 0 is the plain filter. ``infeasible`` also counts the wrapped actor's
+    own infeasible QPs (a BarrierNet under an RCBF filter: the hybrid arm).
     """
 
-    def __init__(self, actor: nn.Module, env_params: "EnvParams", cbf_params: "CBFParams", form: str, gamma: float):
+    def __init__(self, actor: nn.Module, env_params: "EnvParams", cbf_params: "CBFParams", form: str, gamma: float,
+                 robust_margin: float = 0.0):
         super().__init__()
         if form not in ("ct", "dcbf", "dcbf_exact"):
             raise ValueError(f"SafetyFilter form={form!r}; accepted: 'dcbf_exact', 'ct' or 'dcbf'")
@@ -425,6 +430,7 @@ class SafetyFilter(nn.Module):
             raise ValueError(f"SafetyFilter gamma={gamma} for form {form}; accepted: {'> 0' if form == 'ct' else '(0, 1]'}")
         self.actor, self.env_params, self.cbf_params = actor, env_params, cbf_params
         self.form, self.gamma = form, gamma
+        self.robust_margin = check_robust_margin(robust_margin)
         self.num_barriers = num_barriers(env_params.num_obstacles)
         self.projection = _CBFProjection(env_params, cbf_params)
 
@@ -443,8 +449,10 @@ class SafetyFilter(nn.Module):
         proposal = inner.action.to(_safe_dtype(inner.action))
         self.projection.qp_ms = []
         with torch.autocast(device_type=proposal.device.type, enabled=False):
-            rows = self.projection.rows(safety, self.gamma, proposal, form=self.form)
+            rows = self.projection.rows(safety, self.gamma, proposal, form=self.form, robust_margin=self.robust_margin)
             executed, feasible, _ = self.projection(proposal, rows)
+            if "infeasible" in inner.info:
+                feasible = feasible & ~inner.info["infeasible"]
         gamma = proposal.new_full((proposal.shape[0], rows.h.shape[1]), self.gamma)
         info = {"nominal": proposal, "gamma": gamma, "proposal": proposal, "infeasible": ~feasible, "h": rows.h}
         info.update(_intervention_info(proposal, executed, self.cbf_params.intervention_tol))
@@ -472,21 +480,58 @@ class Critic(nn.Module):
         return self.value_head(self.backbone(obs)).squeeze(-1)
 
 
+class ShieldedActor(SafetyFilter):
+    """Shielded PPO: the baseline's Gaussian policy with the post-hoc filter inside the training loop.
+
+    The executed action, in training and at evaluation, is the CBF-QP projection (form
+    ``cbf.form``, gamma ``cbf.filter_gamma``, both fixed before training) of the clipped Gaussian
+    sample; PPO stores and re-scores the policy's own sample (its log-probability, not the
+    filter's output). Same forward / evaluate_actions / info as SafetyFilter; state_dict keys
+    ``actor.*`` (the Gaussian policy).
+    """
+
+    def __init__(self, obs_dim: int, env_params: "EnvParams", cbf_params: "CBFParams",
+                 hidden_sizes: Sequence[int] = (64, 64), init_log_std: float = -0.5):
+        super().__init__(GaussianActor(obs_dim, env_params, hidden_sizes, init_log_std), env_params, cbf_params,
+                         cbf_params.form, cbf_params.filter_gamma)
+
+    @property
+    def log_std(self) -> Tensor:
+        return self.actor.log_std
+
+
 def make_actor(algo: str, obs_dim: int, params: "Params") -> nn.Module:
-    """``barriernet`` -> BarrierNetActor, ``baseline`` -> GaussianActor, from the params sections."""
+    """The policy of one algorithm, from the params sections: ``barriernet`` -> BarrierNetActor,
+    ``baseline`` -> GaussianActor, ``cbf_beta`` -> CBFBetaActor (model/cbf_beta.py),
+    ``shielded`` -> ShieldedActor."""
     if algo == "barriernet":
         return BarrierNetActor(obs_dim, params.env, params.cbf, params.barriernet, params.train.hidden_sizes)
     if algo == "baseline":
         return GaussianActor(obs_dim, params.env, params.train.hidden_sizes, params.train.init_log_std)
+    if algo == "cbf_beta":
+        from model.cbf_beta import CBFBetaActor  # cbf_beta imports this module's building blocks
+
+        return CBFBetaActor(obs_dim, params.env, params.cbf, params.train.hidden_sizes)
+    if algo == "shielded":
+        return ShieldedActor(obs_dim, params.env, params.cbf, params.train.hidden_sizes, params.train.init_log_std)
     raise ValueError(f"algo={algo!r} is unknown; accepted: {ALGOS}")
 
 
-def make_filter(actor: nn.Module, params: "Params", form: str, gamma: float | None = None) -> SafetyFilter:
+def make_filter(actor: nn.Module, params: "Params", form: str, gamma: float | None = None,
+                robust_margin: float = 0.0) -> SafetyFilter:
     """The post-hoc filter arm: ``actor`` projected by a ``form`` ("ct" | "dcbf") CBF-QP at
     ``gamma`` (default ``cbf.filter_gamma``; note: for "ct" it is read as a rate in 1/s, for "dcbf"
     as a per-step fraction, so the same number makes the ct filter 1/dt times (20x at dt = 0.05 s)
-    more conservative than the dcbf one: the reference project's ct filter likewise ignored dt)."""
-    return SafetyFilter(actor, params.env, params.cbf, form, params.cbf.filter_gamma if gamma is None else gamma)
+    more conservative than the dcbf one: the reference project's ct filter likewise ignored dt).
+    ``robust_margin`` (m) > 0 makes it the RCBF-QP filter (pass ``cbf.robust_margin``).
+    A CBFBetaActor is filtered through its unconstrained policy (the Beta over the whole action
+    box, `model.cbf_beta.UnconstrainedBeta`): the deployment mechanism of the arm cbf_beta_rcbf."""
+    from model.cbf_beta import CBFBetaActor, UnconstrainedBeta
+
+    if isinstance(actor, CBFBetaActor):
+        actor = UnconstrainedBeta(actor)
+    return SafetyFilter(actor, params.env, params.cbf, form, params.cbf.filter_gamma if gamma is None else gamma,
+                        robust_margin=robust_margin)
 
 
 __all__ = [
@@ -494,6 +539,7 @@ __all__ = [
     "BarrierNetActor",
     "GaussianActor",
     "SafetyFilter",
+    "ShieldedActor",
     "Critic",
     "make_actor",
     "make_filter",
