@@ -285,3 +285,22 @@ class _Constant(torch.nn.Module):
 
         a = self.action.to(obs.dtype).expand(obs.shape[0], 2)
         return ActorOutput(a, a, torch.zeros(obs.shape[0]), {})
+
+
+def test_absent_obstacles_with_garbage_are_ignored():
+    """Masked obstacle slots may hold NaN/inf (the env leaves anything there): the exact form gives
+    the answer of the same states without those slots, finite, in both dtypes."""
+    safety, nominal, _ = BENCH.sample_states("obstacle", 32, 8, ENV, CBF)
+    centres = torch.cat((safety.obstacle_centres, torch.full((32, 1, 2), float("nan"))), dim=1)
+    centres[::2, 1] = float("inf")
+    radii = torch.cat((safety.obstacle_radii, torch.full((32, 1), float("nan"))), dim=1)
+    mask = torch.cat((safety.obstacle_mask, torch.zeros(32, 1, dtype=torch.bool)), dim=1)
+    padded = SafetyState(safety.pursuer, centres, radii, mask)
+    for dtype in (torch.float64, torch.float32):
+        cast = lambda s: SafetyState(*(t.to(dtype) if t.is_floating_point() else t for t in s))  # noqa: E731
+        u_ref = torch.tensor(nominal, dtype=dtype)
+        with_slot = exact_dcbf_action(cast(padded), ENV, CBF, 0.2, u_ref)
+        without = exact_dcbf_action(cast(safety), ENV, CBF, 0.2, u_ref)
+        assert torch.isfinite(with_slot.u).all() and with_slot.feasible.all()
+        torch.testing.assert_close(with_slot.u, without.u, rtol=0, atol=0)
+        assert torch.isinf(with_slot.h[:, 1]).all() and torch.isinf(with_slot.h_next[:, 1]).all()
