@@ -9,12 +9,10 @@ pipeline's `tasks` or `flows`).
 
 from __future__ import annotations
 
-import gymnasium
+import importlib
+from typing import Any
 
-from env.config import EnvParams, EnvParamsError, make_params
-from env.core import PlacementError, PursuitEvasionCore, SafetyState
-from env.geometry import barrier_values, unicycle_arc, unicycle_step, wrap_angle
-from env.pursuit_evasion import PursuitEvasionEnv, PursuitEvasionVectorEnv
+import gymnasium
 
 ENV_ID = "PursuitEvasion-v0"
 
@@ -24,6 +22,24 @@ if ENV_ID not in gymnasium.registry:
         entry_point="env.pursuit_evasion:PursuitEvasionEnv",
         vector_entry_point="env.pursuit_evasion:PursuitEvasionVectorEnv",
     )
+
+# The public names load on first use (PEP 562), so `import env.config` or `import env.core` runs
+# only what they need: a stage that never renders does not depend on env/render.py or the gymnasium
+# views (tasks/code_deps.py derives each stage's code deps from what its imports can execute).
+_LAZY = {
+    "EnvParams": "env.config", "EnvParamsError": "env.config", "make_params": "env.config",
+    "PlacementError": "env.core", "PursuitEvasionCore": "env.core", "SafetyState": "env.core",
+    "barrier_values": "env.geometry", "unicycle_arc": "env.geometry", "unicycle_step": "env.geometry",
+    "wrap_angle": "env.geometry",
+    "PursuitEvasionEnv": "env.pursuit_evasion", "PursuitEvasionVectorEnv": "env.pursuit_evasion",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'env' has no attribute {name!r}")
+
 
 __all__ = [
     "ENV_ID",

@@ -9,8 +9,12 @@ from tasks.params import DEFAULT_PARAMS_PATH, Params, ParamsError, load_params, 
 def test_committed_params_yaml_equals_schema_defaults():
     # params.yaml holds every knob; its values are the reference scenario (DESIGN.md).
     raw = yaml.safe_load(DEFAULT_PARAMS_PATH.read_text())
-    assert raw == Params().to_dict()
+    expected = Params().to_dict()
+    # Left unset in the file on purpose: the pipeline shapes for the discount it trains with.
+    expected["env"]["shaping_discount"] = None
+    assert raw == expected
     p = load_params()
+    assert p.env.shaping_discount == p.train.gamma
     assert (p.env.arena_size, p.env.num_obstacles, p.env.dt, p.env.max_steps) == (20.0, 2, 0.05, 600)
     assert (p.env.pursuer_v_max, p.env.pursuer_w_max, p.env.capture_radius) == (1.0, 2.84, 0.5)
     assert (p.eval.dev_episodes, p.eval.test_episodes) == (200, 500)

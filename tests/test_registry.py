@@ -63,6 +63,7 @@ def test_declared_deps_follow_what_changes_results():
     train, evaluate, qp = STAGES["train"].code, STAGES["evaluate"].code, STAGES["qp_benchmark"].code
     for code in (train, evaluate):
         assert "tasks/report.py" not in code  # the report's code never retrains a cell
+        assert "env/render.py" not in code  # nor does a plot colour
         assert not any(path.startswith("flows/") for path in code)
     compiled = [path for path in qp if "compiled" in path or path.startswith("model/qp")]
     assert compiled, qp
