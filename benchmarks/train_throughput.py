@@ -1,11 +1,15 @@
 """Training env-steps per second (rollout + PPO update, whole iterations, wall clock), side by side.
 
-Five ways to train a pursuer on the same pursuit-evasion env, measured in one process:
+Seven ways to train a pursuer on the same pursuit-evasion env, measured in one process:
 
 - ``baseline PPO``: our `tasks.train.Trainer`, Gaussian actor, default params (only the budget set),
 - ``BarrierNet through_qp``: the same with the BarrierNet actor, ``barriernet.update_mode=through_qp``
   (the default: the PPO loss differentiates through the QP),
 - ``BarrierNet nominal``: ``barriernet.update_mode=nominal`` (no QP in the update),
+- ``CBF-Beta PPO``: the Beta policy on the safe box (model/cbf_beta.py: one batched centre QP
+  per rollout step, the boxes of the whole rollout once per update, no QP in the loss),
+- ``shielded PPO``: the Gaussian baseline with the post-hoc filter's QP on every rollout step
+  (no QP in the update),
 - ``reference design``: a faithful re-creation of the reference project's loop with our Trainer:
   one env, a batch-1 rollout with one qpth solve per step (``train.num_envs=1``,
   ``cbf.qp_backend=qpth``), the QP dropped from the update as they did (``update_mode=nominal``),
@@ -14,8 +18,8 @@ Five ways to train a pursuer on the same pursuit-evasion env, measured in one pr
   device="cpu")`` on ``gymnasium.make("PursuitEvasion-v0")``, timed as steps / wall seconds of
   ``model.learn`` (skipped with a message when stable_baselines3 is not importable).
 
-Each row excludes a warm-up: our three items run one full iteration first; the reference design
-and SB3 run a short (64-step) iteration of the same configuration first. Our three items are
+Each row excludes a warm-up: our five items run one full iteration first; the reference design
+and SB3 run a short (64-step) iteration of the same configuration first. Our five items are
 measured round-robin (one iteration of each per round), and the rounds are split into groups
 with the reference design and SB3 run between them (ours, reference, ours, SB3, ours), so that
 a change in the machine's load reaches every row alike; the load column is the 1-minute load
@@ -78,6 +82,8 @@ TARGET_BARRIERNET_SPS = 10_000.0
 ROW_BASELINE = "baseline PPO (ours)"
 ROW_THROUGH_QP = "BarrierNet through_qp (ours)"
 ROW_NOMINAL = "BarrierNet nominal (ours)"
+ROW_CBF_BETA = "CBF-Beta PPO (ours)"
+ROW_SHIELDED = "shielded PPO (ours)"
 ROW_REFERENCE = "reference design (ours, 1 env)"
 ROW_SB3 = "Stable-Baselines3 PPO"
 
@@ -430,6 +436,8 @@ def main(argv: list[str] | None = None) -> dict[str, Measurement]:
         (ROW_BASELINE, ours_params, "baseline"),
         (ROW_THROUGH_QP, _with(ours_params, {"barriernet.update_mode": "through_qp"}), "barriernet"),
         (ROW_NOMINAL, _with(ours_params, {"barriernet.update_mode": "nominal"}), "barriernet"),
+        (ROW_CBF_BETA, ours_params, "cbf_beta"),
+        (ROW_SHIELDED, ours_params, "shielded"),
     ]
 
     print(f"training throughput (env-steps/s, rollout + update, warm-up excluded), torch {torch.__version__}, "
@@ -479,6 +487,11 @@ def main(argv: list[str] | None = None) -> dict[str, Measurement]:
     print(f"BarrierNet through_qp absolute: {through_qp.sps:,.0f} env-steps/s, 1 M steps in "
           f"{1e6 / through_qp.sps / 60:.1f} min (target >= {TARGET_BARRIERNET_SPS:,.0f}: {verdict}); "
           f"{through_qp.cpu_sps:,.0f} env-steps per CPU-second")
+    cbf_beta = results[ROW_CBF_BETA]
+    print(f"BarrierNet through_qp training-time overhead vs CBF-Beta: {cbf_beta.sps / through_qp.sps:,.2f}x "
+          f"(time per env-step; the Phase 2.5 plan's target < 5x, stretch < 3x); shielded PPO "
+          f"{results[ROW_SHIELDED].sps:,.0f} env-steps/s, {results[ROW_SHIELDED].sps / results[ROW_BASELINE].sps:,.2f}x "
+          "the baseline's")
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
 
     if args.profile:

@@ -54,6 +54,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import torch
+from numba import njit
 from torch import Tensor, nn
 
 from model.actors import ActorOutput, _bounds, _intervention_info, _layer_init, _safe_dtype, _safety_like, mlp_backbone
@@ -139,11 +140,13 @@ def _shrink(A: Tensor, b: Tensor, mask: Tensor, centre: Tensor, lo: Tensor, hi: 
 
 def safe_box(
     A: Tensor, b: Tensor, mask: Tensor, action_low: Sequence[float], action_high: Sequence[float], rounds: int = 3,
+    implementation: str = "compiled",
 ) -> SafeBox:
     """A box inside ``{u : A u <= b (rows where mask)} ∩ [action_low, action_high]`` (module docstring).
 
     A (B, m, 2), b (B, m), mask (B, m) bool: the CBF rows (`model.cbf.CBFRows`, bound rows included
     or not); action_low, action_high: (2,) physical bounds. rounds >= 1 chord-and-shrink passes.
+    implementation: "compiled" (numba loop over the elements, CPU; elsewhere torch) or "torch".
     Computed in float64 on the inputs' device; returns SafeBox(low (B, 2), high (B, 2), feasible (B,)).
     """
     if rounds < 1:
@@ -160,44 +163,142 @@ def safe_box(
     b_all = torch.cat((b, bound_b), 1)
     mask_all = torch.cat((mask, torch.ones(batch, 4, dtype=torch.bool, device=b.device)), 1)
 
-    half = (high - low) / 2
-    middle = (high + low) / 2
-    # Candidate centres, one QP batch for all rungs: the point nearest u_mid of C(x) with every row
-    # pushed inwards by delta (normalised units: u = u_mid + half * z). delta = 0 is C(x) itself
-    # (it decides feasibility); delta > 0 gives a centre at least delta from every edge, so its
-    # chords have length even where the delta = 0 centre sits in a corner of C(x).
-    deltas = torch.tensor(CENTRE_DELTAS, **f64)
-    rungs = deltas.shape[0]
-    row_norm = (A_all * half).norm(dim=-1)  # |a_i o half|: the row's norm in z units
-    b_rungs = (b_all.unsqueeze(0) - deltas[:, None, None] * row_norm.unsqueeze(0)).reshape(rungs * batch, -1)
-    A_rungs = A_all.repeat(rungs, 1, 1)
-    mask_rungs = mask_all.repeat(rungs, 1)
+    if implementation == "compiled" and b.device.type == "cpu":
+        boxes = _boxes_compiled
+    elif implementation in ("compiled", "torch"):
+        boxes = _boxes_torch
+    else:
+        raise ValueError(f"safe_box implementation={implementation!r}; accepted: 'compiled' or 'torch'")
+    # Offset 0 first: it decides feasibility, and where its box is the whole action box (most states
+    # away from obstacles and walls) no other offset can do better, so only the rest solve the
+    # other offsets' QPs (the same boxes as solving all: step 4 keeps the first largest).
+    centres, rung_feasible = _centres(A_all, b_all, mask_all, CENTRE_DELTAS[:1], low, high)
+    feasible = rung_feasible[0]
+    best_lo, best_hi = boxes(A_all, b_all, mask_all, centres, rung_feasible, low, high, rounds)
+    whole = ((best_hi - best_lo) == (high - low)).all(-1)
+    rest = torch.nonzero(feasible & ~whole).flatten()
+    if rest.numel():
+        A_r, b_r, mask_r = A_all[rest], b_all[rest], mask_all[rest]
+        more, more_feasible = _centres(A_r, b_r, mask_r, CENTRE_DELTAS[1:], low, high)
+        lo_r, hi_r = boxes(A_r, b_r, mask_r, torch.cat((centres[:, rest], more)),
+                           torch.cat((rung_feasible[:, rest], more_feasible)), low, high, rounds)
+        best_lo[rest], best_hi[rest] = lo_r, hi_r
+    # Infeasible: a point box at the QP's minimum-violation fallback (of C(x) itself).
+    point = centres[0]
+    keep = feasible.unsqueeze(-1)
+    return SafeBox(torch.where(keep, best_lo, point), torch.where(keep, best_hi, point), feasible)
+
+
+def _centres(A: Tensor, b: Tensor, mask: Tensor, deltas: Sequence[float], low: Tensor, high: Tensor
+             ) -> tuple[Tensor, Tensor]:
+    """Step 1 for the offsets `deltas` (R,): centres (R, B, 2) (clipped to the action box) and
+    feasible (R, B), one QP batch. A (B, m, 2), b (B, m), mask (B, m) include the bound rows."""
+    batch, rungs = b.shape[0], len(deltas)
+    half, middle = (high - low) / 2, (high + low) / 2
+    # The point nearest u_mid of C(x) with every row pushed inwards by delta (normalised units:
+    # u = u_mid + half * z): at least delta from every edge, so its chords have length even where
+    # the delta = 0 centre sits in a corner of C(x).
+    offsets = torch.tensor(list(deltas), dtype=b.dtype, device=b.device)
+    row_norm = (A * half).norm(dim=-1)  # |a_i o half|: the row's norm in z units
+    b_rungs = (b.unsqueeze(0) - offsets[:, None, None] * row_norm.unsqueeze(0)).reshape(rungs * batch, -1)
     weights = 1.0 / (half * half)
     H = torch.diag(weights).expand(rungs * batch, 2, 2)
     f = (-weights * middle).expand(rungs * batch, 2)
-    solution = solve_qp(H, f, A_rungs, b_rungs, backend="exact", mask=mask_rungs)
+    solution = solve_qp(H, f, A.repeat(rungs, 1, 1), b_rungs, backend="exact", mask=mask.repeat(rungs, 1))
     centre = torch.maximum(torch.minimum(solution.u.detach(), high), low)
-    rung_feasible = solution.feasible
-    feasible = rung_feasible[:batch]
+    return centre.reshape(rungs, batch, 2), solution.feasible.reshape(rungs, batch)
 
+
+def _boxes_torch(A: Tensor, b: Tensor, mask: Tensor, centres: Tensor, rung_feasible: Tensor, low: Tensor, high: Tensor,
+                 rounds: int) -> tuple[Tensor, Tensor]:
+    """Steps 2-4 in torch (the reference the compiled loop is tested against).
+
+    A (B, m, 2), b (B, m), mask (B, m): C(x) with the bound rows; centres (R, B, 2) and
+    rung_feasible (R, B) of the R offsets. Returns the chosen box's lo, hi (B, 2)."""
+    rungs, batch = rung_feasible.shape
+    A_r, b_r, mask_r = A.repeat(rungs, 1, 1), b.repeat(rungs, 1), mask.repeat(rungs, 1)
+    centre = centres.reshape(rungs * batch, 2)
+    feasible = rung_feasible.reshape(-1)
     best_lo, best_hi = centre.clone(), centre.clone()
-    best_area = torch.full((rungs * batch,), -1.0, **f64)
+    best_area = torch.full((rungs * batch,), -1.0, dtype=b.dtype, device=b.device)
     for _ in range(rounds):
-        lo, hi = _chords(A_rungs, b_all.repeat(rungs, 1), mask_rungs, centre, low, high)
-        lo, hi = _shrink(A_rungs, b_all.repeat(rungs, 1), mask_rungs, centre, lo, hi)
-        area = torch.where(rung_feasible, ((hi - lo) / (high - low)).prod(-1), torch.full_like(best_area, -1.0))
+        lo, hi = _chords(A_r, b_r, mask_r, centre, low, high)
+        lo, hi = _shrink(A_r, b_r, mask_r, centre, lo, hi)
+        area = torch.where(feasible, ((hi - lo) / (high - low)).prod(-1), torch.full_like(best_area, -1.0))
         better = (area > best_area).unsqueeze(-1)
         best_lo, best_hi = torch.where(better, lo, best_lo), torch.where(better, hi, best_hi)
         best_area = torch.maximum(area, best_area)
         centre = (lo + hi) / 2
-    # the largest box over the rungs (ties: the lowest delta)
+    # the largest box over the offsets (ties: the lowest delta)
     pick = best_area.reshape(rungs, batch).argmax(0)  # argmax returns the first maximum
     rows_of = pick * batch + torch.arange(batch, device=b.device)
-    best_lo, best_hi = best_lo[rows_of], best_hi[rows_of]
-    # Infeasible: a point box at the QP's minimum-violation fallback (of C(x) itself).
-    point = torch.maximum(torch.minimum(solution.u[:batch].detach(), high), low)
-    keep = feasible.unsqueeze(-1)
-    return SafeBox(torch.where(keep, best_lo, point), torch.where(keep, best_hi, point), feasible)
+    return best_lo[rows_of], best_hi[rows_of]
+
+
+def _boxes_compiled(A: Tensor, b: Tensor, mask: Tensor, centres: Tensor, rung_feasible: Tensor, low: Tensor,
+                    high: Tensor, rounds: int) -> tuple[Tensor, Tensor]:
+    """Steps 2-4 as one numba loop over the elements (the torch code's arithmetic per element; a
+    few hundred small torch ops per call cost more than the QP). CPU, float64."""
+    batch = b.shape[0]
+    lo = torch.empty(batch, 2, dtype=torch.float64)
+    hi = torch.empty(batch, 2, dtype=torch.float64)
+    _boxes_kernel(A.contiguous().numpy(), b.contiguous().numpy(), mask.contiguous().numpy(),
+                 centres.contiguous().numpy(), rung_feasible.contiguous().numpy(), low.numpy(), high.numpy(),
+                 int(rounds), _COEF_TOL, lo.numpy(), hi.numpy())
+    return lo, hi
+
+
+@njit(cache=True)
+def _boxes_kernel(A, b, mask, centres, rung_feasible, low, high, rounds, coef_tol, lo_out, hi_out):  # pragma: no cover
+    """numba: `_boxes_torch` element by element. A (B, m, 2), b (B, m), mask (B, m), centres (R, B, 2),
+    rung_feasible (R, B), low/high (2,); writes lo_out, hi_out (B, 2)."""
+    rungs, batch, m = centres.shape[0], b.shape[0], b.shape[1]
+    range_v, range_w = high[0] - low[0], high[1] - low[1]
+    for n in range(batch):
+        best_area = -1.0
+        best_l0, best_l1 = centres[0, n, 0], centres[0, n, 1]
+        best_h0, best_h1 = best_l0, best_l1
+        for r in range(rungs):
+            if not rung_feasible[r, n]:
+                continue
+            cv, cw = centres[r, n, 0], centres[r, n, 1]
+            for _ in range(rounds):
+                # step 2: chords through (cv, cw)
+                lo0, hi0, lo1, hi1 = low[0], high[0], low[1], high[1]
+                for i in range(m):
+                    if not mask[n, i]:
+                        continue
+                    av, aw, bi = A[n, i, 0], A[n, i, 1], b[n, i]
+                    rest = bi - aw * cw
+                    if av > coef_tol:
+                        hi0 = min(hi0, rest / av)
+                    elif av < -coef_tol:
+                        lo0 = max(lo0, rest / av)
+                    rest = bi - av * cv
+                    if aw > coef_tol:
+                        hi1 = min(hi1, rest / aw)
+                    elif aw < -coef_tol:
+                        lo1 = max(lo1, rest / aw)
+                lo0, hi0, lo1, hi1 = min(lo0, cv), max(hi0, cv), min(lo1, cw), max(hi1, cw)
+                # step 3: shrink toward the centre until every corner satisfies every row
+                t = 1.0
+                for i in range(m):
+                    if not mask[n, i]:
+                        continue
+                    av, aw = A[n, i, 0], A[n, i, 1]
+                    slack = max(b[n, i] - (av * cv + aw * cw), 0.0)
+                    reach = max(av * (hi0 - cv), av * (lo0 - cv)) + max(aw * (hi1 - cw), aw * (lo1 - cw))
+                    if reach > 0.0:
+                        t = min(t, slack / reach)
+                t = min(max(t, 0.0), 1.0)
+                l0, h0 = cv + t * (lo0 - cv), cv + t * (hi0 - cv)
+                l1, h1 = cw + t * (lo1 - cw), cw + t * (hi1 - cw)
+                area = ((h0 - l0) / range_v) * ((h1 - l1) / range_w)
+                if area > best_area:  # step 4: the first largest over (offset, pass)
+                    best_area, best_l0, best_h0, best_l1, best_h1 = area, l0, h0, l1, h1
+                cv, cw = (l0 + h0) / 2, (l1 + h1) / 2
+        lo_out[n, 0], lo_out[n, 1] = best_l0, best_l1
+        hi_out[n, 0], hi_out[n, 1] = best_h0, best_h1
 
 
 def beta_log_prob(x: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
