@@ -1,0 +1,370 @@
+"""The decision report's scenario section (stage `scenarios`' outputs -> markdown, PNGs, GIFs).
+
+`section(params, workdir)` reads ``results/scenarios/<algo>-s<seed>/`` of the first seed in
+``scenarios.seeds`` (every arm of every algo meets the same episodes there), writes
+
+    reports/figures/scenarios/trajectories_<scenario>.png   every arm, episode 0, same start and
+                                                            evader randomness; barrier margin as
+                                                            colour, QP-correction arrows
+    reports/figures/scenarios/heatmaps.png                  per arm: mean min barrier, violations,
+                                                            QP correction by arena position
+    reports/figures/scenarios/actions.png                   per arm: 2-D (v, w) histogram
+    reports/animations/<scenario>.gif                       every arm side by side (DVC-cached)
+
+and returns the markdown: a per-scenario table (capture, collision, violation, intervention,
+infeasible with Wilson intervals; capture time), a one-line reading per scenario generated from
+the numbers, behaviour measures per arm, and the red flags (QP infeasible on > 5 % of steps).
+Without scenario results it returns a one-line note (the stage may not have run).
+"""
+
+from __future__ import annotations
+
+import io as _bytes_io
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tasks import io
+from tasks.params import Params
+from tasks.scenarios import INFEASIBLE_RED_FLAG, NEAR_BARRIER, red_flags, scenario_geometry
+from tasks.stats import rate_interval
+from tasks.train import cell_name
+
+FIGURE_DIR = Path("reports/figures/scenarios")
+ANIMATION_DIR = Path("reports/animations")
+GIF_LIMIT_BYTES = 1_000_000
+ARROWS_PER_PANEL = 12
+MARGIN_RANGE = (-0.2, 1.0)  # m: colour scale of the barrier margin (red < 0 < yellow < green)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def read_results(params: Params, workdir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any], dict[str, Any]] | None:
+    """(episodes, behaviour, trajectories, heatmaps) of the first scenario seed, every algo; None
+    when no cell has results."""
+    seed = params.scenarios.seeds[0]
+    episodes, behaviour, trajectories, heatmaps = [], [], {}, {}
+    for algo in params.train.algos:
+        cell = Path(workdir) / "results" / "scenarios" / cell_name(algo, seed)
+        if not (cell / "episodes.csv").exists():
+            continue
+        episodes.append(pd.read_csv(cell / "episodes.csv"))
+        behaviour.append(pd.read_csv(cell / "behaviour.csv"))
+        with np.load(cell / "trajectories.npz", allow_pickle=False) as data:
+            trajectories.update({key: data[key] for key in data.files})
+        with np.load(cell / "heatmaps.npz", allow_pickle=False) as data:
+            heatmaps.update({key: data[key] for key in data.files})
+    if not episodes:
+        return None
+    return pd.concat(episodes, ignore_index=True), pd.concat(behaviour, ignore_index=True), trajectories, heatmaps
+
+
+def _ci(k: int, n: int) -> str:
+    interval = rate_interval(int(k), int(n))
+    return f"{100 * interval.estimate:.1f} % [{100 * interval.low:.1f}, {100 * interval.high:.1f}]"
+
+
+def scenario_table(episodes: pd.DataFrame, dt: float) -> pd.DataFrame:
+    """Per (scenario, arm): counts and rates. Episode rates (capture, collision, violation: an
+    episode with any barrier < 0) over episodes; intervention and infeasible over steps."""
+    frame = episodes.assign(
+        capture=episodes.outcome.eq("capture"), collision=episodes.outcome.eq("collision"),
+        violation=episodes.cbf_violation_steps.gt(0),
+        capture_time=np.where(episodes.outcome.eq("capture"), episodes.length * dt, np.nan),
+    )  # fmt: skip
+    return frame.groupby(["scenario", "arm"], sort=False).agg(
+        episodes=("episode", "size"), capture=("capture", "sum"), collision=("collision", "sum"),
+        violation=("violation", "sum"), steps=("length", "sum"), interventions=("interventions", "sum"),
+        infeasible=("infeasible_steps", "sum"), capture_time=("capture_time", "mean"),
+        min_h=("min_h", "min"), correction=("correction", "mean"),
+    ).reset_index()  # fmt: skip
+
+
+def reading(name: str, rows: pd.DataFrame) -> str:
+    """One line per scenario from its numbers (rows: scenario_table's rows of this scenario)."""
+    rates = rows.assign(rate=rows.capture / rows.episodes).sort_values("rate", ascending=False)
+    best = rates.iloc[0]
+    parts = [f"highest capture {best.arm} ({100 * best.rate:.0f} %)"]
+    worst = rates.iloc[-1]
+    if len(rates) > 1:
+        parts.append(f"lowest {worst.arm} ({100 * worst.rate:.0f} %)")
+    colliding = rows[rows.collision > 0]
+    parts.append("no collisions" if colliding.empty else
+                 "collisions: " + ", ".join(f"{r.arm} {r.collision}/{r.episodes}" for r in colliding.itertuples()))
+    violating = rows[rows.violation > 0]
+    if not violating.empty:
+        parts.append("barrier violated by " + ", ".join(f"{r.arm} ({r.violation} ep.)" for r in violating.itertuples()))
+    flagged = rows[rows.infeasible > INFEASIBLE_RED_FLAG * rows.steps]
+    if not flagged.empty:
+        parts.append("QP infeasible > 5 % of steps: " + ", ".join(flagged.arm))
+    if name == "corridor_tight":
+        passed = rows[(rows.capture > 0) & rows.arm.str.contains("barriernet|filter|rcbf|shielded|cbf_beta")]
+        parts.append("as expected, no CBF arm got through" if passed.empty else
+                     "CBF arms captured anyway (the evader came out, or the gap was passed): " + ", ".join(passed.arm))
+    return "; ".join(parts) + "."
+
+
+def behaviour_table(behaviour: pd.DataFrame) -> pd.DataFrame:
+    """Per arm: mean squared jerk (mean over scenarios) and steering vs braking near obstacles
+    (weighted by the near steps of each scenario)."""
+    rows = []
+    for arm, group in behaviour.groupby("arm", sort=False):
+        near = group.near_steps.sum()
+        weights = group.near_steps.where(group.near_steps > 0, 0)
+        dv = float((group.dv_near.fillna(0) * weights).sum() / near) if near else math.nan
+        dw = float((group.dw_near.fillna(0) * weights).sum() / near) if near else math.nan
+        rows.append({"arm": arm, "jerk_ms": float(group.jerk_ms.mean()), "near_steps": int(near), "dv_near": dv,
+                     "dw_near": dw, "steer_share": dw / (dv + dw) if near and dv + dw > 0 else math.nan})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _md_table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# -- figures ----------------------------------------------------------------------------------
+
+
+def _arena(ax, params: Params, obstacles: np.ndarray) -> None:
+    from matplotlib.patches import Circle, Rectangle
+
+    half = params.env.arena_size / 2
+    keep_out = params.env.robot_radius + params.env.safety_margin
+    ax.add_patch(Rectangle((-half, -half), 2 * half, 2 * half, fill=False, lw=1.2, color="black"))
+    inner = half - keep_out  # where the wall barrier is 0 for the body
+    ax.add_patch(Rectangle((-inner, -inner), 2 * inner, 2 * inner, fill=False, lw=0.6, ls=":", color="grey"))
+    for x, y, r in obstacles:
+        ax.add_patch(Circle((x, y), r, color="dimgrey", alpha=0.8))
+        ax.add_patch(Circle((x, y), r + keep_out, fill=False, ls=":", lw=0.6, color="grey"))
+    ax.set_xlim(-half, half)
+    ax.set_ylim(-half, half)
+    ax.set_aspect("equal")
+    ax.tick_params(labelsize=6)
+
+
+def _course_shift(pose: np.ndarray, executed: np.ndarray, proposal: np.ndarray, horizon: float = 1.0) -> np.ndarray:
+    """Where the QP moved the pursuer's course: end point after `horizon` s at the executed
+    (v, w) minus the end point at the proposal, both exact unicycle arcs from pose (T, 3)."""
+
+    def end(u: np.ndarray) -> np.ndarray:
+        v, w, theta = u[:, 0], u[:, 1], pose[:, 2]
+        turn = w * horizon
+        small = np.abs(turn) < 1e-6
+        safe_w = np.where(small, 1.0, w)
+        dx = np.where(small, v * horizon * np.cos(theta), v / safe_w * (np.sin(theta + turn) - np.sin(theta)))
+        dy = np.where(small, v * horizon * np.sin(theta), -v / safe_w * (np.cos(theta + turn) - np.cos(theta)))
+        return np.stack((dx, dy), axis=1)
+
+    return end(executed) - end(proposal)
+
+
+def figure_trajectories(name: str, arms: list[str], trajectories: dict[str, Any], params: Params) -> bytes:
+    plt = _pyplot()
+    from matplotlib.collections import LineCollection
+
+    cols = min(4, len(arms))
+    rows = math.ceil(len(arms) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 3.0 * rows + 0.4), squeeze=False)
+    cmap = plt.get_cmap("RdYlGn")
+    norm = plt.Normalize(*MARGIN_RANGE)
+    obstacles = trajectories[f"{name}/obstacles"]
+    for ax, arm in zip(axes.flat, arms):
+        prefix = f"{name}/{arm}"
+        _arena(ax, params, obstacles)
+        pursuer, evader, h = trajectories[f"{prefix}/pursuer"], trajectories[f"{prefix}/evader"], trajectories[f"{prefix}/h"]
+        ax.plot(evader[:, 0], evader[:, 1], color="tab:blue", lw=0.8, ls="--")
+        segments = np.stack((pursuer[:-1, :2], pursuer[1:, :2]), axis=1)
+        lines = LineCollection(segments, cmap=cmap, norm=norm, lw=1.8)
+        lines.set_array(h[1:])
+        ax.add_collection(lines)
+        ax.plot(*pursuer[0, :2], "o", color="black", ms=3)
+        ax.plot(*evader[0], "o", color="tab:blue", ms=3)
+        moved = np.flatnonzero(trajectories[f"{prefix}/intervened"])
+        if moved.size:
+            pick = moved[np.linspace(0, moved.size - 1, min(ARROWS_PER_PANEL, moved.size)).astype(int)]
+            shift = _course_shift(pursuer[pick].astype(np.float64), trajectories[f"{prefix}/executed"][pick],
+                                  trajectories[f"{prefix}/proposal"][pick])  # fmt: skip
+            ax.quiver(pursuer[pick, 0], pursuer[pick, 1], shift[:, 0], shift[:, 1], angles="xy", scale_units="xy",
+                      scale=1.0, color="purple", width=0.008)  # fmt: skip
+        ax.set_title(f"{arm} ({len(pursuer) - 1} steps)", fontsize=7)
+    for ax in list(axes.flat)[len(arms):]:
+        ax.axis("off")
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes, shrink=0.6, label="barrier margin h (m)")
+    fig.suptitle(f"{name}: episode 0 (pursuer coloured by h, evader dashed, purple: QP correction of the 1 s course)",
+                 fontsize=8)  # fmt: skip
+    return _png(fig)
+
+
+def figure_heatmaps(arms: list[str], heatmaps: dict[str, Any], params: Params) -> bytes:
+    plt = _pyplot()
+    half = params.env.arena_size / 2
+    fig, axes = plt.subplots(len(arms), 3, figsize=(8.4, 2.6 * len(arms)), squeeze=False)
+    for row, arm in zip(axes, arms):
+        steps = heatmaps[f"{arm}/steps"]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            panels = (
+                ("mean min barrier h (m)", heatmaps[f"{arm}/min_h"] / steps, "RdYlGn", MARGIN_RANGE),
+                ("violating steps (fraction)", heatmaps[f"{arm}/violations"] / steps, "Reds", (0, 1)),
+                ("mean QP correction |du|", heatmaps[f"{arm}/correction"] / steps, "Purples", (0, None)),
+            )  # fmt: skip
+        for ax, (title, grid, cmap, (low, high)) in zip(row, panels):
+            image = ax.imshow(np.ma.masked_invalid(grid.T), origin="lower", extent=(-half, half, -half, half),
+                              cmap=cmap, vmin=low, vmax=high)  # fmt: skip
+            fig.colorbar(image, ax=ax, shrink=0.8)
+            ax.set_title(f"{arm}: {title}", fontsize=7)
+            ax.tick_params(labelsize=6)
+    return _png(fig)
+
+
+def figure_actions(arms: list[str], heatmaps: dict[str, Any], params: Params) -> bytes:
+    plt = _pyplot()
+    cols = min(4, len(arms))
+    rows = math.ceil(len(arms) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.8 * cols, 2.5 * rows), squeeze=False)
+    v_max, w_max = params.env.pursuer_v_max, params.env.pursuer_w_max
+    for ax, arm in zip(axes.flat, arms):
+        grid = heatmaps[f"{arm}/actions"]
+        share = grid / max(grid.sum(), 1)
+        ax.imshow(np.log10(share.T + 1e-5), origin="lower", extent=(0, v_max, -w_max, w_max), aspect="auto",
+                  cmap="viridis", vmin=-5, vmax=0)  # fmt: skip
+        ax.set_title(arm, fontsize=7)
+        ax.set_xlabel("v (m/s)", fontsize=6)
+        ax.set_ylabel("w (rad/s)", fontsize=6)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(arms):]:
+        ax.axis("off")
+    fig.suptitle("executed actions, all scenario steps (log10 share of steps)", fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _png(fig) -> bytes:
+    plt = _pyplot()
+    buffer = _bytes_io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def animation_gif(name: str, arms: list[str], trajectories: dict[str, Any], params: Params, path: Path) -> int:
+    """Every arm's episode 0 side by side, the barrier boundary (dotted) drawn; at most
+    scenarios.gif_frames frames (subsampled); returns the file size (bytes)."""
+    plt = _pyplot()
+    from matplotlib.animation import FuncAnimation, PillowWriter
+
+    frames_max = params.scenarios.gif_frames
+    longest = max(len(trajectories[f"{name}/{arm}/pursuer"]) for arm in arms)
+    frames = np.unique(np.linspace(0, longest - 1, min(frames_max, longest)).astype(int))
+    obstacles = trajectories[f"{name}/obstacles"]
+    for dpi in (50, 36, 26):
+        fig, axes = plt.subplots(1, len(arms), figsize=(2.2 * len(arms), 2.4), squeeze=False)
+        markers = []
+        for ax, arm in zip(axes[0], arms):
+            _arena(ax, params, obstacles)
+            ax.set_title(arm, fontsize=6)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            trail, = ax.plot([], [], color="black", lw=0.8)
+            pursuer_dot, = ax.plot([], [], "o", color="black", ms=3)
+            evader_dot, = ax.plot([], [], "o", color="tab:blue", ms=3)
+            markers.append((arm, trail, pursuer_dot, evader_dot))
+
+        def draw(frame: int):
+            artists = []
+            for arm, trail, pursuer_dot, evader_dot in markers:
+                pursuer, evader = trajectories[f"{name}/{arm}/pursuer"], trajectories[f"{name}/{arm}/evader"]
+                t = min(frame, len(pursuer) - 1)
+                trail.set_data(pursuer[: t + 1, 0], pursuer[: t + 1, 1])
+                pursuer_dot.set_data([pursuer[t, 0]], [pursuer[t, 1]])
+                evader_dot.set_data([evader[t, 0]], [evader[t, 1]])
+                artists += [trail, pursuer_dot, evader_dot]
+            return artists
+
+        animation = FuncAnimation(fig, draw, frames=frames, blit=False)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with io.atomic_path(path) as tmp:
+            gif = tmp.with_suffix(".gif")
+            animation.save(gif, writer=PillowWriter(fps=10), dpi=dpi)
+            gif.replace(tmp)
+        plt.close(fig)
+        size = path.stat().st_size
+        if size <= GIF_LIMIT_BYTES:
+            return size
+    return size
+
+
+# -- the section ------------------------------------------------------------------------------
+
+
+def section(params: Params, workdir: str | Path = ".") -> str:
+    """The report's scenario section (markdown); writes its PNGs and GIFs under `workdir`."""
+    workdir = Path(workdir)
+    results = read_results(params, workdir)
+    if results is None:
+        return "## Scenarios\n\nNo scenario results (results/scenarios/ is empty: the stage `scenarios` has not run).\n"
+    episodes, behaviour, trajectories, heatmaps = results
+    arms = list(dict.fromkeys(episodes.arm))
+    names = [n for n in params.scenarios.names if n in set(episodes.scenario)]
+    table = scenario_table(episodes, params.env.dt)
+    figure_dir, animation_dir = workdir / FIGURE_DIR, workdir / ANIMATION_DIR
+    figure_dir.mkdir(parents=True, exist_ok=True)
+
+    def write_png(stem: str, png: bytes) -> str:
+        with io.atomic_path(figure_dir / f"{stem}.png") as tmp:
+            tmp.write_bytes(png)
+        return f"figures/scenarios/{stem}.png"
+
+    seed = params.scenarios.seeds[0]
+    md = ["## Scenarios", "",
+          f"Named situations (tasks/scenarios.py), {params.scenarios.episodes} episodes each, training seed {seed}; "
+          f"every arm plays the same episodes (evader env seeds {params.scenarios.seed_base}.."
+          f"{params.scenarios.seed_base + params.scenarios.episodes - 1}, start poses jittered by up to "
+          f"{params.scenarios.jitter:g} m / rad). Rates with 95 % Wilson intervals; capture, collision and "
+          "violation (any step with a barrier < 0) per episode, intervention and infeasible per step; capture "
+          "time: mean over captured episodes.", ""]
+    flags = red_flags(episodes)
+    md += ["**Red flags** (QP infeasible on > 5 % of steps): " + ("; ".join(flags) if flags else "none") + ".", ""]
+    for name in names:
+        rows = table[table.scenario == name]
+        geometry = scenario_geometry(name, params)
+        md += [f"### {name}", "", f"*{geometry.reading}.* Reading: {reading(name, rows)}", ""]
+        md += [_md_table(
+            ["arm", "capture", "collision", "violation", "intervention (steps)", "infeasible (steps)", "capture time (s)"],
+            [[r.arm, _ci(r.capture, r.episodes), _ci(r.collision, r.episodes), _ci(r.violation, r.episodes),
+              _ci(r.interventions, r.steps), _ci(r.infeasible, r.steps),
+              f"{r.capture_time:.1f}" if np.isfinite(r.capture_time) else "-"] for r in rows.itertuples()],
+        ), ""]  # fmt: skip
+        link = write_png(f"trajectories_{name}", figure_trajectories(name, arms, trajectories, params))
+        md += [f"![{name}]({link})", "",
+               f"*{name}, episode 0 for every arm (same start and evader randomness): the pursuer's path coloured by "
+               f"its barrier margin h (red < 0 < yellow < green, {MARGIN_RANGE[1]:g} m and more), the evader dashed, "
+               "purple arrows where the QP changed the action (how far it moved the pursuer's 1 s course). "
+               f"Animation: `reports/animations/{name}.gif` (DVC-cached).*", ""]
+        animation_gif(name, arms, trajectories, params, animation_dir / f"{name}.gif")
+    link = write_png("heatmaps", figure_heatmaps(arms, heatmaps, params))
+    md += ["### Where in the arena", "", f"![heatmaps]({link})", "",
+           "*Per arm, over every step of every scenario episode (pursuer position after the step, 0.5 m cells): mean "
+           "minimum barrier margin, fraction of steps with a barrier < 0, mean QP correction |executed - proposal|.*", ""]
+    b = behaviour_table(behaviour)
+    md += ["### Behaviour", "",
+           f"Smoothness: mean squared jerk of the pursuer's path (m^2/s^6, mean over scenarios). Near obstacles "
+           f"(a barrier within {NEAR_BARRIER:g} m): mean |change of v| / v_max and |change of w| / w_max per step; "
+           "steer share = dw / (dv + dw) (1: only steers, 0: only brakes).", "",
+           _md_table(["arm", "jerk (m^2/s^6)", "near steps", "dv / v_max", "dw / w_max", "steer share"],
+                     [[r.arm, f"{r.jerk_ms:.3g}", r.near_steps, f"{r.dv_near:.3f}", f"{r.dw_near:.3f}",
+                       f"{r.steer_share:.2f}"] for r in b.itertuples()]), ""]  # fmt: skip
+    link = write_png("actions", figure_actions(arms, heatmaps, params))
+    md += [f"![actions]({link})", "", "*Executed (v, w) of every scenario step per arm (log10 share of steps).*", ""]
+    return "\n".join(md)

@@ -1,0 +1,453 @@
+"""Stage `scenarios`: every arm of one trained (algo, seed) cell in named, hand-built situations.
+
+The plan's hand checks (../shared/PHASE2_5.md) made automatic: each scenario is a fixed geometry
+(`scenario_geometry`) plus ``scenarios.episodes`` episodes that differ only in the evader's env
+seed (``scenarios.seed_base + e``) and a start-pose jitter (uniform in +-``scenarios.jitter`` m
+on x, y and rad on the heading, drawn from a generator keyed by (seed_base, scenario)). So a
+scenario is rebuilt from params alone (`start_states`), and every arm plays the same episodes.
+
+Scenarios (arena 20 m, centred; P pursuer, E evader; obstacles as (x, y, r) in m):
+
+=====================  =========================================================================
+open_field             P (-5, 0) -> E (5, 0), 10 m apart, no obstacles
+obstacle_between       a 1 m obstacle at the origin on the P-E line
+near_boundary          P and E run along the top wall (y = 9)
+cornered               E in the top-right corner, P 6 m away on the diagonal
+high_speed_approach    P starts at full speed 2 m short of an obstacle on its heading (the
+  (high_speed_obstacle)  observation shows v = v_max; the dynamics are first order, so braking is free)
+head_on                P and E 2 m apart, facing each other
+corridor_tight         two r = 5 m discs that meet the walls leave one gap of 1.5 x the robot's
+                       width (2 robot_radius): narrower than the barrier's keep-out, so no CBF arm
+                       can pass by construction. A feasibility test: timeouts, no collisions
+corridor_passable      the same doorway, 2 (robot_radius + safety_margin + robust_margin) + 0.1 m
+                       wide: just wide enough for the enforced (robust) barrier
+boundary_wrap          E follows the walls counter-clockwise at full speed (scripted)
+obstacle_shadow        E hides 0.8 m behind a 1.5 m obstacle, P on the far side
+multi_obstacle_4/8     4 / 8 obstacles between P and E: more than training saw; the observation
+                       keeps the nearest env.observed_obstacles, the safety layer constrains all
+speed_mismatch         open field, evader 20 % faster than the pursuer
+fleeing_evader         env.evader_policy = flee (deterministic: the jitter makes episodes differ)
+disturbance            obstacle_between with the pursuer's executed action disturbed: speed x
+                       (1 + scenarios.speed_bias), plus Gaussian noise of std
+                       scenarios.actuation_noise x (v_max, w_max) (model mismatch: what robust
+                       margins are for)
+=====================  =========================================================================
+
+Actions are deterministic (the policy mean, then its safety layer), as in `tasks.evaluate`.
+
+Outputs under ``<workdir>/results/scenarios/<algo>-s<seed>/``:
+  episodes.csv      one row per (arm, scenario, episode): EPISODE_COLUMNS
+  trajectories.npz  episode 0 of every (scenario, arm): ``<scenario>/<arm>/<field>`` with fields
+                    pursuer (T, 3) x, y, theta; evader (T, 2); h (T,) min body barrier (m);
+                    proposal, executed (T, 2) (v, w) the policy's and the executed action;
+                    intervened (T,) bool; plus ``<scenario>/obstacles`` (K, 3) x, y, r
+  heatmaps.npz      per arm over a HEATMAP_BINS^2 grid of the arena, summed over every step:
+                    ``<arm>/steps``, ``<arm>/min_h`` (sum of the step's min body barrier),
+                    ``<arm>/correction`` (sum of |executed - proposal|), ``<arm>/violations``;
+                    and ``<arm>/actions`` the (v, w) histogram (ACTION_BINS^2)
+  behaviour.csv     per (arm, scenario): smoothness (mean squared jerk, m^2/s^6), steering vs
+                    braking near obstacles (see `behaviour_rows`)
+  timing.json       wall time of this cell
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from env.config import EnvParams
+from env.core import PursuitEvasionCore
+from model.cbf import cbf_geometry
+from tasks import io
+from tasks.compare import StageInputError
+from tasks.evaluate import ARMS_OF_ALGO, build_policy
+from tasks.params import SCENARIOS, Params
+from tasks.train import CheckpointError, cell_name, load_trained
+
+EPISODE_COLUMNS = (
+    "arm", "algo", "seed", "scenario", "episode", "env_seed", "outcome", "length", "min_h",
+    "cbf_violation_steps", "interventions", "infeasible_steps", "correction",
+)  # fmt: skip
+"""episodes.csv: correction is the mean |executed - proposal| (v, w) over the episode's steps."""
+
+HEATMAP_BINS = 40
+ACTION_BINS = 21
+NEAR_BARRIER = 0.5  # m: "a barrier within 0.5 m" of the steering-vs-braking measure
+INFEASIBLE_RED_FLAG = 0.05  # the plan's red flag: QP infeasible on more than 5 % of steps
+
+
+class ScenarioError(ValueError):
+    """A scenario's start is not inside the safe set (names the scenario and what to change)."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A fixed geometry: poses (x, y, theta) in m and rad, obstacles (x, y, r) in m."""
+
+    name: str
+    pursuer: tuple[float, float, float]
+    evader: tuple[float, float, float]
+    obstacles: tuple[tuple[float, float, float], ...] = ()
+    pursuer_speed: float = 0.0  # fraction of v_max the pursuer is observed moving at the start
+    env_overrides: dict[str, Any] = field(default_factory=dict)
+    evader_script: str | None = None  # "wall_follow": the evader's action is scripted
+    disturbed: bool = False
+    reading: str = ""  # what the scenario tests (the report's caption)
+
+
+def scenario_geometry(name: str, params: Params) -> Scenario:
+    """The fixed geometry of scenario `name` under `params` (corridor widths follow env and cbf)."""
+    env, cbf = params.env, params.cbf
+    if name == "open_field":
+        return Scenario(name, (-5.0, 0.0, 0.0), (5.0, 0.0, 0.0), reading="plain pursuit, 10 m, no obstacles")
+    if name == "obstacle_between":
+        return Scenario(name, (-5.0, 0.0, 0.0), (5.0, 0.0, 0.0), ((0.0, 0.0, 1.0),),
+                        reading="a 1 m obstacle on the line of sight")  # fmt: skip
+    if name == "near_boundary":
+        return Scenario(name, (-5.0, 9.0, 0.0), (1.0, 9.0, 0.0), reading="chase along the top wall")
+    if name == "cornered":
+        return Scenario(name, (4.0, 4.0, math.pi / 4), (8.5, 8.5, math.pi / 4), reading="evader in a corner")
+    if name == "high_speed_obstacle":
+        return Scenario(name, (-6.0, 0.0, 0.0), (2.0, 0.5, 0.0), ((-3.2, 0.0, 0.8),), pursuer_speed=1.0,
+                        reading="full speed, an obstacle 2 m ahead on the heading")  # fmt: skip
+    if name == "head_on":
+        return Scenario(name, (-1.0, 0.0, 0.0), (1.0, 0.0, math.pi), reading="2 m apart, facing")
+    if name in ("corridor_tight", "corridor_passable"):
+        if name == "corridor_tight":
+            gap = 1.5 * 2 * env.robot_radius
+            reading = "gap 1.5x the robot's width: infeasible for the barrier, timeouts expected, no collisions"
+        else:
+            gap = 2 * (env.robot_radius + env.safety_margin + cbf.robust_margin) + 0.1
+            reading = "gap just wide enough for the enforced (robust) barrier"
+        # Two discs of radius R that reach past the walls: the only way across x = 0 is the gap.
+        radius = env.arena_size / 4
+        centre = radius + gap / 2
+        return Scenario(name, (-6.0, 0.0, 0.0), (6.0, 0.0, 0.0), ((0.0, centre, radius), (0.0, -centre, radius)),
+                        reading=f"{reading} ({gap:.2f} m)")  # fmt: skip
+    if name == "boundary_wrap":
+        half = env.arena_size / 2
+        return Scenario(name, (-4.0, -6.0, 0.0), (-2.0, -(half - 1.0), 0.0), evader_script="wall_follow",
+                        reading="the evader runs along the walls")  # fmt: skip
+    if name == "obstacle_shadow":
+        return Scenario(name, (-6.0, 0.0, 0.0), (2.3, 0.0, 0.0), ((0.0, 0.0, 1.5),),
+                        reading="the evader hides behind a 1.5 m obstacle")  # fmt: skip
+    if name == "multi_obstacle_4":
+        obstacles = ((-3.0, 1.0, 0.7), (-1.0, -1.3, 0.8), (1.5, 0.9, 0.7), (4.0, -0.6, 0.8))
+        return Scenario(name, (-7.0, 0.0, 0.0), (7.0, 0.0, math.pi), obstacles,
+                        reading="4 obstacles in the way (more than the observation shows)")  # fmt: skip
+    if name == "multi_obstacle_8":
+        obstacles = ((-4.0, 1.2, 0.6), (-4.0, -1.4, 0.6), (-1.5, 0.0, 0.7), (0.5, 2.2, 0.6),
+                     (0.5, -2.0, 0.6), (2.5, 0.3, 0.7), (4.5, 2.0, 0.6), (4.5, -1.6, 0.6))  # fmt: skip
+        return Scenario(name, (-7.0, 0.0, 0.0), (7.0, 0.0, math.pi), obstacles,
+                        reading="8 obstacles in the way (more than the observation shows)")  # fmt: skip
+    if name == "speed_mismatch":
+        return Scenario(name, (-5.0, 0.0, 0.0), (5.0, 0.0, 0.0),
+                        env_overrides={"evader_v_max": 1.2 * env.pursuer_v_max},
+                        reading="the evader is 20 % faster")  # fmt: skip
+    if name == "fleeing_evader":
+        return Scenario(name, (-5.0, 0.0, 0.0), (3.0, 0.0, 0.0), ((-1.0, 2.5, 0.8),),
+                        env_overrides={"evader_policy": "flee"}, reading="a fleeing evader")  # fmt: skip
+    if name == "disturbance":
+        return Scenario(name, (-5.0, 0.0, 0.0), (5.0, 0.0, 0.0), ((0.0, 0.0, 1.0),), disturbed=True,
+                        reading="actuation noise and a speed bias on the pursuer (model mismatch)")  # fmt: skip
+    raise ValueError(f"scenario {name!r} is unknown; accepted: {', '.join(SCENARIOS)}")
+
+
+def scenario_env(scenario: Scenario, params: Params) -> EnvParams:
+    """The env of a scenario: params.env with room for its obstacles (K = max(env.num_obstacles,
+    its count); unused slots masked) and its overrides. Obstacles are placed by hand, so the
+    random placement's radius range is narrowed to keep the (overwritten) reset cheap."""
+    base = params.env
+    count = max(base.num_obstacles, len(scenario.obstacles))
+    update: dict[str, Any] = dict(scenario.env_overrides)
+    if count != base.num_obstacles:
+        update.update(num_obstacles=count, obstacle_radius_max=base.obstacle_radius_min)
+    return EnvParams.model_validate({**base.model_dump(), **update}) if update else base
+
+
+def _jitter_rng(params: Params, name: str) -> np.random.Generator:
+    # Keyed by (seed_base, scenario name): adding or dropping a scenario leaves the others' draws.
+    return np.random.default_rng([params.scenarios.seed_base, zlib.crc32(name.encode())])
+
+
+def start_states(scenario: Scenario, params: Params) -> dict[str, np.ndarray]:
+    """The N = scenarios.episodes start states of a scenario, from params alone (float64).
+
+    Returns pursuer, evader (N, 3); obstacle_centres (N, K, 2); obstacle_radii, obstacle_mask
+    (N, K); pursuer_vel (N, 2) m/s, rad/s; env_seeds (N,) int64. Raises ScenarioError if a
+    jittered start leaves the safe set (body or look-ahead barrier < 0, evader in an obstacle).
+    """
+    sp, env_s = params.scenarios, scenario_env(scenario, params)
+    n, k = sp.episodes, env_s.num_obstacles
+    jitter = _jitter_rng(params, scenario.name).uniform(-1.0, 1.0, size=(n, 6)) * sp.jitter
+    pursuer = np.asarray(scenario.pursuer, dtype=np.float64) + jitter[:, :3]
+    evader = np.asarray(scenario.evader, dtype=np.float64) + jitter[:, 3:]
+    centres, radii, mask = np.zeros((n, k, 2)), np.full((n, k), env_s.obstacle_radius_min), np.zeros((n, k), bool)
+    for i, (x, y, r) in enumerate(scenario.obstacles):
+        centres[:, i] = (x, y)
+        radii[:, i], mask[:, i] = r, True
+    # Unused slots: far outside the arena (masked anyway; keeps any unmasked arithmetic finite).
+    centres[:, len(scenario.obstacles):] = 10 * env_s.arena_size
+    pursuer_vel = np.zeros((n, 2))
+    pursuer_vel[:, 0] = scenario.pursuer_speed * env_s.pursuer_v_max
+    states = {
+        "pursuer": pursuer, "evader": evader, "obstacle_centres": centres, "obstacle_radii": radii,
+        "obstacle_mask": mask, "pursuer_vel": pursuer_vel,
+        "env_seeds": sp.seed_base + np.arange(n, dtype=np.int64),
+    }  # fmt: skip
+    _check_safe_start(scenario, states, env_s, params)
+    return states
+
+
+def _check_safe_start(scenario: Scenario, states: dict[str, np.ndarray], env_s: EnvParams, params: Params) -> None:
+    from env.core import SafetyState
+
+    t = {key: torch.as_tensor(value) for key, value in states.items()}
+    safety = SafetyState(t["pursuer"], t["obstacle_centres"], t["obstacle_radii"], t["obstacle_mask"])
+    lookahead_h = cbf_geometry(safety, env_s, params.cbf, params.cbf.robust_margin).h  # (N, K + 4)
+    lookahead_h = torch.where(cbf_geometry(safety, env_s, params.cbf).barrier_mask, lookahead_h, math.inf)
+    gap = torch.linalg.vector_norm(t["evader"][:, None, :2] - t["obstacle_centres"], dim=-1) - t["obstacle_radii"]
+    evader_inside = (t["obstacle_mask"] & (gap <= env_s.robot_radius)).any(1)
+    evader_inside |= (t["evader"][:, :2].abs() >= env_s.arena_size / 2 - env_s.robot_radius).any(1)
+    bad = (lookahead_h.min(1).values < 0) | evader_inside
+    if bool(bad.any()):
+        raise ScenarioError(
+            f"scenario {scenario.name!r}: {int(bad.sum())} of {len(bad)} starts with scenarios.jitter="
+            f"{params.scenarios.jitter} leave the safe set (look-ahead barrier with cbf.robust_margin < 0, or the "
+            f"evader inside an obstacle or wall); accepted: a smaller scenarios.jitter"
+        )
+
+
+def _wall_follow(core: PursuitEvasionCore) -> torch.Tensor:
+    """Evader action (N, 2): full speed along the nearest wall, counter-clockwise."""
+    p = core.params
+    x, y, theta = core.evader.T
+    half = p.arena_size / 2
+    distances = torch.stack((half - x, half + y, half + x, half - y))  # right, bottom, left, top
+    # Heading along each wall (counter-clockwise): right -> +y, bottom -> +x, left -> -y, top -> -x.
+    headings = torch.tensor([math.pi / 2, 0.0, -math.pi / 2, math.pi], dtype=x.dtype)
+    target = headings[distances.argmin(0)]
+    # Ahead of a corner, turn early: steer toward the next wall's heading within 1.5 m of it.
+    error = torch.atan2(torch.sin(target - theta), torch.cos(target - theta))
+    w = (4.0 * error).clamp(-p.evader_w_max, p.evader_w_max)
+    return torch.stack((torch.full_like(x, p.evader_v_max), w), dim=1)
+
+
+@torch.no_grad()
+def play_scenario(
+    policy: torch.nn.Module, obs_rms: torch.nn.Module, params: Params, scenario: Scenario
+) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    """Play all episodes of one scenario in one batched core (N = scenarios.episodes).
+
+    Returns one row per episode (EPISODE_COLUMNS less arm/algo/seed) and the trace of every step
+    (T = steps until the last episode ended): pursuer (T, N, 3), evader (T, N, 2), h (T, N) min
+    body barrier after the step (m), proposal and executed (T, N, 2) (v, w), intervened,
+    infeasible, active (T, N) bool (active: the episode was still running at that step).
+    """
+    sp, env_s = params.scenarios, scenario_env(scenario, params)
+    states = start_states(scenario, params)
+    n = sp.episodes
+    core = PursuitEvasionCore(env_s, n, autoreset=False)
+    core.seed(states["env_seeds"].tolist())
+    core.reset()
+    obs = core.set_state(
+        pursuer=states["pursuer"], evader=states["evader"], obstacle_centres=states["obstacle_centres"],
+        obstacle_radii=states["obstacle_radii"], obstacle_mask=states["obstacle_mask"],
+        pursuer_vel=states["pursuer_vel"], evader_vel=np.zeros((n, 2)), step_count=0,
+    )  # fmt: skip
+    noise = None
+    if scenario.disturbed:
+        # Its own generator, keyed like the jitter: every arm meets the same disturbance sequence.
+        noise = torch.Generator().manual_seed(int(_jitter_rng(params, scenario.name + "/noise").integers(2**62)))
+        limits = torch.tensor([env_s.pursuer_v_max, env_s.pursuer_w_max])
+    active = torch.ones(n, dtype=torch.bool)
+    min_h = core.barrier().min(dim=1).values.double()
+    outcome = np.array(["timeout"] * n, dtype=object)
+    trace: dict[str, list[torch.Tensor]] = {k: [] for k in
+                                            ("pursuer", "evader", "h", "proposal", "executed", "correction", "intervened", "infeasible", "active")}  # fmt: skip
+    zero = torch.zeros(n, dtype=torch.float64)
+    trace["pursuer"].append(core.pursuer.double().clone())
+    trace["evader"].append(core.evader[:, :2].double().clone())
+    trace["h"].append(min_h.clone())
+    for _ in range(env_s.max_steps):
+        out = policy(obs_rms.normalize(obs), core.safety_state(), deterministic=True)
+        action = out.action
+        proposal = out.info.get("proposal", action)
+        executed = action
+        if noise is not None:
+            draw = torch.randn(n, 2, generator=noise, dtype=torch.float64)
+            executed = action.double() * torch.tensor([1.0 + sp.speed_bias, 1.0]) + sp.actuation_noise * limits * draw
+            executed = executed.to(action.dtype)
+        evader_action = _wall_follow(core) if scenario.evader_script == "wall_follow" else None
+        obs, _, terminated, truncated, info = core.step(executed, evader_action)
+        a = active
+        step_h = info["h"].min(dim=1).values.double()
+        min_h = torch.where(a, torch.minimum(min_h, step_h), min_h)
+        trace["pursuer"].append(info["pursuer"].double().clone())
+        trace["evader"].append(info["evader"][:, :2].double().clone())
+        trace["h"].append(step_h)
+        trace["proposal"].append(proposal.double())
+        trace["executed"].append(action.double())  # the safety layer's output (before any disturbance)
+        trace["correction"].append(out.info["correction"].double() if "correction" in out.info else zero)
+        trace["intervened"].append(out.info.get("intervened", torch.zeros(n, dtype=torch.bool)) & a)
+        trace["infeasible"].append(out.info.get("infeasible", torch.zeros(n, dtype=torch.bool)) & a)
+        trace["active"].append(a.clone())
+        ended = a & (terminated | truncated)
+        outcome[(ended & info["captured"]).numpy()] = "capture"
+        outcome[(ended & info["collided"]).numpy()] = "collision"
+        active = a & ~(terminated | truncated)
+        if not bool(active.any()):
+            break
+    arrays = {key: torch.stack(value).numpy() for key, value in trace.items()}
+    act = arrays["active"]  # (T, N) over the T steps (the start state is row 0 of pursuer/evader/h)
+    length = act.sum(0)
+    arrays["correction"] = np.where(act, arrays["correction"], 0.0)  # the actor's |executed - proposal|
+    violations = ((arrays["h"][1:] < 0) & act).sum(0)
+    rows = [
+        {
+            "scenario": scenario.name, "episode": e, "env_seed": int(states["env_seeds"][e]),
+            "outcome": outcome[e], "length": int(length[e]), "min_h": float(min_h[e]),
+            "cbf_violation_steps": int(violations[e]), "interventions": int(arrays["intervened"][:, e].sum()),
+            "infeasible_steps": int(arrays["infeasible"][:, e].sum()),
+            "correction": float(arrays["correction"][:, e].sum() / max(int(length[e]), 1)),
+        }  # fmt: skip
+        for e in range(n)
+    ]
+    arrays["obstacles"] = np.concatenate(
+        (states["obstacle_centres"][0], states["obstacle_radii"][0][:, None]), axis=1
+    )[states["obstacle_mask"][0]]
+    return rows, arrays
+
+
+def behaviour_rows(arrays: dict[str, np.ndarray], env: EnvParams) -> dict[str, float]:
+    """Behaviour of one (arm, scenario) from `play_scenario`'s trace.
+
+    jerk_ms: mean squared jerk of the pursuer's path (m^2/s^6): the third finite difference of
+    positions / dt^3, over every window of 4 positions inside one episode. near_steps: steps
+    that began with a barrier within NEAR_BARRIER m (any obstacle or wall, body barrier);
+    dv_near, dw_near: mean |change of the executed v| / v_max and |change of w| / w_max at those
+    steps (from the step before); steer_share = dw / (dv + dw): 1 = only steers, 0 = only brakes.
+    """
+    dt = env.dt
+    position, act = arrays["pursuer"][:, :, :2], arrays["active"]
+    jerk = np.diff(position, n=3, axis=0) / dt**3  # (T - 2, N, 2): positions 0..T
+    valid = act[2:]  # window j uses positions j..j+3; position t >= 1 exists while step t was live
+    jerk_sq = (jerk**2).sum(-1)
+    jerk_ms = float(jerk_sq[valid].mean()) if valid.any() else math.nan
+    executed = arrays["executed"]
+    change = np.abs(np.diff(executed, axis=0)) / np.array([env.pursuer_v_max, env.pursuer_w_max])  # (T - 1, N, 2)
+    near = (arrays["h"][1:-1] < NEAR_BARRIER) & act[1:] & act[:-1]  # h before step t (t >= 1), both steps live
+    dv = float(change[..., 0][near].mean()) if near.any() else math.nan
+    dw = float(change[..., 1][near].mean()) if near.any() else math.nan
+    share = dw / (dv + dw) if near.any() and (dv + dw) > 0 else math.nan
+    return {"jerk_ms": jerk_ms, "near_steps": int(near.sum()), "dv_near": dv, "dw_near": dw, "steer_share": share}
+
+
+def _heatmap_add(maps: dict[str, np.ndarray], arrays: dict[str, np.ndarray], env: EnvParams) -> None:
+    act = arrays["active"]
+    xy = arrays["pursuer"][1:, :, :2][act]  # positions after each live step
+    half = env.arena_size / 2
+    edges = np.linspace(-half, half, HEATMAP_BINS + 1)
+    for key, weights in (("steps", None), ("min_h", arrays["h"][1:][act]), ("correction", arrays["correction"][act]),
+                         ("violations", (arrays["h"][1:][act] < 0).astype(float))):  # fmt: skip
+        grid, _, _ = np.histogram2d(xy[:, 0], xy[:, 1], bins=[edges, edges], weights=weights)
+        maps[key] = maps.get(key, 0) + grid
+    v_edges = np.linspace(0.0, env.pursuer_v_max, ACTION_BINS + 1)
+    w_edges = np.linspace(-env.pursuer_w_max, env.pursuer_w_max, ACTION_BINS + 1)
+    executed = arrays["executed"][act]
+    grid, _, _ = np.histogram2d(executed[:, 0], executed[:, 1], bins=[v_edges, w_edges])
+    maps["actions"] = maps.get("actions", 0) + grid
+
+
+def output_dir(workdir: Path, algo: str, seed: int) -> Path:
+    return Path(workdir) / "results" / "scenarios" / cell_name(algo, seed)
+
+
+def red_flags(table: pd.DataFrame) -> list[str]:
+    """The plan's red flag per (arm, scenario): QP infeasible on more than 5 % of steps."""
+    flags = []
+    sums = table.groupby(["arm", "scenario"])[["infeasible_steps", "length"]].sum()
+    for (arm, scenario), row in sums.iterrows():
+        rate = row["infeasible_steps"] / max(row["length"], 1)
+        if rate > INFEASIBLE_RED_FLAG:
+            flags.append(f"red flag: {arm} in {scenario}: QP infeasible on {rate:.1%} of steps (> {INFEASIBLE_RED_FLAG:.0%})")
+    return flags
+
+
+def run(params: Params, workdir: str | Path = ".", algo: str = "barriernet", seed: int = 0) -> dict[str, Any]:
+    """Play every scenario in scenarios.names with every arm of the (algo, seed) checkpoint."""
+    workdir = Path(workdir)
+    model_path = workdir / "results" / "train" / cell_name(algo, seed) / "model.pt"
+    arms = [arm for arm in ARMS_OF_ALGO[algo] if arm in params.eval.arms]
+    scenarios = [scenario_geometry(name, params) for name in params.scenarios.names]
+    for scenario in scenarios:  # refuse a bad geometry/jitter before any long work
+        start_states(scenario, params)
+    try:
+        actor, _, obs_rms, record = load_trained(model_path, params)
+    except CheckpointError as exc:
+        raise StageInputError(str(exc)) from None
+    if record["algo"] != algo:
+        raise StageInputError(f"{model_path}: holds algo '{record['algo']}', expected '{algo}'")
+    return play_cell(actor, obs_rms, params, workdir, algo, seed, arms, scenarios)
+
+
+def play_cell(
+    actor: torch.nn.Module, obs_rms: torch.nn.Module, params: Params, workdir: Path, algo: str, seed: int,
+    arms: list[str], scenarios: list[Scenario],
+) -> dict[str, Any]:
+    """Play and write one cell's outputs (see the module docstring); `run` without the checkpoint."""
+    started = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    behaviour: list[dict[str, Any]] = []
+    trajectories: dict[str, np.ndarray] = {}
+    heatmaps: dict[str, np.ndarray] = {}
+    for arm in arms:
+        policy = build_policy(arm, actor, params)
+        policy.eval()
+        maps: dict[str, np.ndarray] = {}
+        for scenario in scenarios:
+            env_s = scenario_env(scenario, params)
+            scenario_rows, arrays = play_scenario(policy, obs_rms, params, scenario)
+            rows += [{"arm": arm, "algo": algo, "seed": seed, **r} for r in scenario_rows]
+            behaviour.append({"arm": arm, "scenario": scenario.name, **behaviour_rows(arrays, env_s)})
+            _heatmap_add(maps, arrays, env_s)
+            # Episode 0 only, to the step it ended: the figures' and the GIFs' material.
+            steps = int(arrays["active"][:, 0].sum())
+            prefix = f"{scenario.name}/{arm}"
+            trajectories[f"{prefix}/pursuer"] = arrays["pursuer"][: steps + 1, 0].astype(np.float32)
+            trajectories[f"{prefix}/evader"] = arrays["evader"][: steps + 1, 0].astype(np.float32)
+            trajectories[f"{prefix}/h"] = arrays["h"][: steps + 1, 0].astype(np.float32)
+            for key in ("proposal", "executed"):
+                trajectories[f"{prefix}/{key}"] = arrays[key][:steps, 0].astype(np.float32)
+            trajectories[f"{prefix}/intervened"] = arrays["intervened"][:steps, 0]
+            trajectories[f"{scenario.name}/obstacles"] = arrays["obstacles"].astype(np.float32)
+        heatmaps.update({f"{arm}/{key}": value for key, value in maps.items()})
+
+    out_dir = output_dir(workdir, algo, seed)
+    table = pd.DataFrame(rows)[list(EPISODE_COLUMNS)]
+    io.write_csv(out_dir / "episodes.csv", table)
+    io.write_csv(out_dir / "behaviour.csv", pd.DataFrame(behaviour))
+    for name, data in (("trajectories.npz", trajectories), ("heatmaps.npz", heatmaps)):
+        with io.atomic_path(out_dir / name) as tmp:
+            with open(tmp, "wb") as handle:
+                np.savez_compressed(handle, **data)
+    flags = red_flags(table)
+    for flag in flags:
+        warnings.warn(flag, stacklevel=2)
+    io.write_json(out_dir / "timing.json", {"wall_seconds": time.perf_counter() - started, "arms": arms,
+                                            "scenarios": [s.name for s in scenarios], "red_flags": flags})  # fmt: skip
+    rates = (
+        table.assign(capture=table.outcome.eq("capture"), collision=table.outcome.eq("collision"))
+        .groupby(["arm", "scenario"])[["capture", "collision"]].mean().round(4)
+    )
+    return {"arms": arms, "scenarios": [s.name for s in scenarios], "red_flags": flags,
+            "rates": {f"{a}/{s}": v for (a, s), v in rates.to_dict(orient="index").items()}}  # fmt: skip

@@ -1,0 +1,216 @@
+"""Stage `scenarios` (tasks/scenarios.py), its report section and BarrierNet's gamma beyond K."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from env.core import PursuitEvasionCore, SafetyState
+from model.actors import ActorOutput, make_actor
+from model.cbf import cbf_rows
+from model.ppo import RunningMeanStd
+from tasks import scenarios as S
+from tasks.params import SCENARIOS, ParamsError, load_params
+
+
+def _params(**overrides):
+    return load_params(overrides={"scenarios.episodes": 6, **overrides})
+
+
+class ConstantPolicy(nn.Module):
+    """Always the same (v, w): a policy whose path is known in closed form."""
+
+    def __init__(self, v: float, w: float):
+        super().__init__()
+        self.u = torch.tensor([v, w])
+
+    def forward(self, obs, safety, deterministic=False):
+        action = self.u.expand(obs.shape[0], 2).to(obs.dtype)
+        return ActorOutput(action, action, torch.zeros(obs.shape[0]), {})
+
+
+def _identity_rms(obs_dim: int) -> RunningMeanStd:
+    return RunningMeanStd((obs_dim,))
+
+
+def test_start_states_rebuilt_from_params_are_identical_and_jittered_within_bounds():
+    params = _params()
+    for name in ("fleeing_evader", "multi_obstacle_8", "corridor_tight"):
+        scenario = S.scenario_geometry(name, params)
+        first, second = S.start_states(scenario, params), S.start_states(S.scenario_geometry(name, _params()), _params())
+        for key in first:
+            np.testing.assert_array_equal(first[key], second[key], err_msg=f"{name}/{key}")
+        offset = first["pursuer"] - np.asarray(scenario.pursuer)
+        assert np.abs(offset).max() <= params.scenarios.jitter
+        assert np.abs(offset).max() > 0.1 * params.scenarios.jitter  # the jitter is there
+        assert len(np.unique(first["pursuer"][:, 0])) == params.scenarios.episodes  # episodes differ
+        np.testing.assert_array_equal(first["env_seeds"], params.scenarios.seed_base + np.arange(6))
+    # Another seed_base gives other draws (the jitter is keyed by params, not by a global RNG).
+    other = S.start_states(S.scenario_geometry("head_on", params), _params(**{"scenarios.seed_base": 3_000_100}))
+    assert not np.array_equal(other["pursuer"], S.start_states(S.scenario_geometry("head_on", params), params)["pursuer"])
+
+
+def test_every_scenario_starts_inside_the_safe_set_and_too_much_jitter_is_refused():
+    params = _params(**{"scenarios.jitter": 0.5})
+    for name in SCENARIOS:
+        S.start_states(S.scenario_geometry(name, params), params)  # raises ScenarioError if not
+    params = _params()
+    far = S.Scenario("touching", (-6.0, 0.0, 0.0), (5.0, 0.0, 0.0), ((-5.6, 0.0, 0.3),))
+    with pytest.raises(S.ScenarioError, match="scenarios.jitter"):
+        S.start_states(far, params)
+
+
+def test_corridor_gaps_against_the_hand_computed_widths():
+    params = _params()
+    env, cbf = params.env, params.cbf
+    for name, gap in (("corridor_tight", 1.5 * 2 * 0.15), ("corridor_passable", 2 * (0.15 + 0.1 + 0.05) + 0.1)):
+        (x0, y0, r0), (x1, y1, r1) = S.scenario_geometry(name, params).obstacles
+        assert math.hypot(x1 - x0, y1 - y0) - r0 - r1 == pytest.approx(gap)
+        # The discs reach past the walls: the gap is the only way across x = 0.
+        assert y0 + r0 >= env.arena_size / 2 and y1 - r1 <= -env.arena_size / 2
+    keep_out = 2 * (env.robot_radius + env.safety_margin)
+    assert 1.5 * 2 * env.robot_radius < keep_out  # tight: no barrier-respecting body fits
+    assert 2 * (env.robot_radius + env.safety_margin + cbf.robust_margin) < 0.7  # passable: the robust one fits
+
+
+def test_standing_still_in_the_tight_corridor_times_out_with_the_hand_computed_barrier():
+    params = _params(**{"env.max_steps": 20})
+    scenario = S.scenario_geometry("corridor_tight", params)
+    obs_dim = PursuitEvasionCore(params.env, 1).obs_dim
+    rows, trace = S.play_scenario(ConstantPolicy(0.0, 0.0), _identity_rms(obs_dim), params, scenario)
+    starts = S.start_states(scenario, params)
+    env = params.env
+    for row, (x, y, _) in zip(rows, starts["pursuer"]):
+        walls = env.arena_size / 2 - env.robot_radius - env.safety_margin - np.array([x, -x, y, -y])
+        discs = [math.hypot(x - cx, y - cy) - (r + env.robot_radius + env.safety_margin) for cx, cy, r in scenario.obstacles]
+        assert row["outcome"] == "timeout" and row["length"] == 20
+        assert row["min_h"] == pytest.approx(min(walls.min(), *discs), abs=1e-5)
+        assert row["cbf_violation_steps"] == 0 and row["interventions"] == 0
+    # Every step of every episode recorded: the pursuer never moved.
+    np.testing.assert_allclose(trace["pursuer"][-1], starts["pursuer"], atol=1e-5)
+
+
+def test_disturbance_speed_bias_is_applied_to_the_executed_action():
+    params = _params(**{"env.max_steps": 10, "scenarios.actuation_noise": 0.0, "scenarios.speed_bias": 0.2,
+                        "scenarios.jitter": 0.0})  # fmt: skip
+    obs_dim = PursuitEvasionCore(params.env, 1).obs_dim
+    _, trace = S.play_scenario(ConstantPolicy(0.5, 0.0), _identity_rms(obs_dim), params,
+                               S.scenario_geometry("disturbance", params))  # fmt: skip
+    step = np.diff(trace["pursuer"][:, :, 0], axis=0)  # heading 0: all motion along x
+    np.testing.assert_allclose(step, 0.5 * 1.2 * params.env.dt, rtol=1e-5)
+    # The same policy undisturbed (obstacle_between: the same geometry) moves 0.5 m/s.
+    _, plain = S.play_scenario(ConstantPolicy(0.5, 0.0), _identity_rms(obs_dim), params,
+                               S.scenario_geometry("obstacle_between", params))  # fmt: skip
+    np.testing.assert_allclose(np.diff(plain["pursuer"][:, :, 0], axis=0), 0.5 * params.env.dt, rtol=1e-5)
+
+
+def test_behaviour_measures_against_closed_forms():
+    env = _params().env
+    dt, a = env.dt, 2.0
+    t = np.arange(12) * dt
+    x = a * t**3 / 6  # constant jerk a along x
+    pursuer = np.zeros((12, 1, 3))
+    pursuer[:, 0, 0] = x
+    executed = np.zeros((11, 1, 2))
+    executed[:, 0, 0] = np.where(np.arange(11) % 2, 0.5, 0.3)  # |dv| = 0.2 every step
+    executed[:, 0, 1] = np.where(np.arange(11) % 2, 0.6, 0.0)  # |dw| = 0.6 every step
+    h = np.full((12, 1), 0.3)  # always within NEAR_BARRIER
+    arrays = {"pursuer": pursuer, "executed": executed, "h": h, "active": np.ones((11, 1), bool)}
+    out = S.behaviour_rows(arrays, env)
+    assert out["jerk_ms"] == pytest.approx(a**2, rel=1e-6)
+    assert out["dv_near"] == pytest.approx(0.2 / env.pursuer_v_max)
+    assert out["dw_near"] == pytest.approx(0.6 / env.pursuer_w_max)
+    assert out["steer_share"] == pytest.approx(out["dw_near"] / (out["dw_near"] + out["dv_near"]))
+    assert out["near_steps"] == 10
+
+
+def test_red_flag_above_five_percent_infeasible_steps():
+    table = pd.DataFrame({"arm": ["a", "a", "b"], "scenario": ["s", "s", "s"], "infeasible_steps": [3, 3, 5],
+                          "length": [50, 50, 100]})  # fmt: skip
+    flags = S.red_flags(table)
+    assert len(flags) == 1 and "a in s" in flags[0] and "6.0%" in flags[0]
+
+
+def test_barriernet_constrains_obstacles_beyond_its_gamma_head():
+    params = _params()
+    obs_dim = PursuitEvasionCore(params.env, 1).obs_dim
+    torch.manual_seed(0)
+    actor = make_actor("barriernet", obs_dim, params)  # K = 2 gamma outputs for obstacles
+    pursuer = torch.tensor([[0.0, 0.0, 0.0]])
+    centres = torch.tensor([[[2.0, 0.0], [6.0, 0.0], [0.0, 1.5]]])  # nearest by body gap: 2, 0; 1 is unobserved
+    radii = torch.tensor([[0.5, 0.5, 0.5]])
+    safety = SafetyState(pursuer, centres, radii, torch.ones(1, 3, dtype=torch.bool))
+    head = torch.tensor([[0.31, 0.32, 0.41, 0.42, 0.43, 0.44]])
+    full = actor.full_gamma(head, safety)
+    expected = [0.31, params.cbf.filter_gamma, 0.32, 0.41, 0.42, 0.43, 0.44]  # storage order, walls last
+    torch.testing.assert_close(full, torch.tensor([expected]))
+    two = SafetyState(pursuer, centres[:, :2], radii[:, :2], torch.ones(1, 2, dtype=torch.bool))
+    assert actor.full_gamma(head, two) is head  # K' = K: untouched
+    # A batch of 8-obstacle states: rows for all 8 obstacles, and the executed action satisfies them.
+    p8 = params.model_copy(update={"env": params.env.model_copy(update={"num_obstacles": 8})})
+    core = PursuitEvasionCore(p8.env, 16)
+    out = actor(torch.zeros(16, obs_dim), core.safety_state(), deterministic=True)
+    assert out.info["h"].shape == (16, 12) and out.info["gamma"].shape == (16, 12)
+    rows = cbf_rows(core.safety_state(), p8.env, p8.cbf, out.info["gamma"])
+    slack = (rows.A @ out.action.unsqueeze(-1)).squeeze(-1) - rows.b
+    feasible = ~out.info["infeasible"]
+    assert feasible.any()
+    assert (slack[feasible][rows.mask[feasible]] <= 1e-4).all()
+
+
+@pytest.mark.parametrize("override, key", [
+    ({"scenarios.episodes": 0}, "scenarios.episodes"),
+    ({"scenarios.names": ["nowhere"]}, "scenarios.names"),
+    ({"scenarios.names": ["head_on", "head_on"]}, "scenarios.names"),
+    ({"scenarios.seeds": [99]}, "scenarios.seeds"),
+    ({"scenarios.seed_base": 2_000_000}, "scenarios.seed_base"),
+    ({"scenarios.jitter": 0.9}, "scenarios.jitter"),
+    ({"scenarios.actuation_noise": -0.1}, "scenarios.actuation_noise"),
+    ({"scenarios.speed_bias": 0.9}, "scenarios.speed_bias"),
+    ({"scenarios.gif_frames": 151}, "scenarios.gif_frames"),
+])  # fmt: skip
+def test_bad_scenario_params_are_refused_naming_the_key(override, key):
+    with pytest.raises(ParamsError, match=key.replace(".", r"\.")):
+        load_params(overrides=override)
+
+
+def test_cell_outputs_and_report_section(tmp_path: Path):
+    """Every arm plays the same episodes; the section writes its figures and GIFs within limits."""
+    from tasks import report_scenarios as R
+
+    names = ["head_on", "multi_obstacle_8", "corridor_tight"]
+    params = _params(**{"scenarios.episodes": 3, "env.max_steps": 25, "scenarios.names": names,
+                        "scenarios.gif_frames": 10, "train.algos": ["baseline"]})  # fmt: skip
+    obs_dim = PursuitEvasionCore(params.env, 1).obs_dim
+    torch.manual_seed(0)
+    actor = make_actor("baseline", obs_dim, params)
+    arms = ["baseline", "baseline_ct_filter"]
+    scenarios = [S.scenario_geometry(n, params) for n in names]
+    S.play_cell(actor, _identity_rms(obs_dim), params, tmp_path, "baseline", 0, arms, scenarios)
+    cell = S.output_dir(tmp_path, "baseline", 0)
+    table = pd.read_csv(cell / "episodes.csv")
+    assert list(table.columns) == list(S.EPISODE_COLUMNS)
+    assert len(table) == len(arms) * len(names) * 3
+    by_arm = [g.sort_values(["scenario", "episode"]).env_seed.to_numpy() for _, g in table.groupby("arm")]
+    np.testing.assert_array_equal(by_arm[0], by_arm[1])
+    with np.load(cell / "trajectories.npz") as data:  # the same start for both arms
+        for name in names:
+            np.testing.assert_array_equal(data[f"{name}/baseline/pursuer"][0], data[f"{name}/baseline_ct_filter/pursuer"][0])
+    md = R.section(params, tmp_path)
+    for name in names:
+        assert f"### {name}" in md
+        assert (tmp_path / f"reports/figures/scenarios/trajectories_{name}.png").stat().st_size > 1000
+        gif = tmp_path / f"reports/animations/{name}.gif"
+        assert gif.stat().st_size <= R.GIF_LIMIT_BYTES
+        from PIL import Image
+
+        with Image.open(gif) as image:
+            assert 2 <= image.n_frames <= 10
+    assert (tmp_path / "reports/figures/scenarios/heatmaps.png").exists()
+    assert "steer share" in md and "Red flags" in md
