@@ -486,13 +486,13 @@ def _run_level(test: pd.DataFrame, arm: str, other: str, decision: DecisionParam
     poi = probability_of_improvement(a.mean(axis=1), b.mean(axis=1), decision.bootstrap_samples,
                                      decision.confidence, decision.bootstrap_seed)
     rows = min(a.shape[0], b.shape[0])
+    win = protocol.win_rate(a[:rows], b[:rows], decision.confidence)
     return {"arm": arm, "against": other,
             **_interval_fields("probability_of_improvement", poi),
             "probability_of_improvement_method": "P(seed score of arm > seed score of other) over all seed pairs "
                                                  "(rliable, run level), percentile bootstrap over seeds",
-            "paired_win_rate": protocol.win_rate(a[:rows], b[:rows]),
-            "paired_win_rate_method": "share of (seed i, scenario) cells where the arm captured and the other did "
-                                      "not, ties 1/2"}
+            **_interval_fields("paired_win_rate", Interval(*win[:3])),
+            "paired_win_rate_method": "(seed i, scenario) cells of both arms: wins + ties / 2; " + win.method}
 
 
 def build_metrics(summary: pd.DataFrame, test: pd.DataFrame, dev: pd.DataFrame, params: Params,

@@ -175,88 +175,36 @@ def interval_dict(ci: CrossedInterval | None) -> dict[str, Any] | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Exact tests, probability of improvement, power (stand-ins until tasks.stats has them)
-
-
-def _mcnemar_exact(a: np.ndarray, b: np.ndarray) -> float:
-    """Two-sided exact McNemar: binomial test of the discordant pairs at 1/2."""
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    n10, n01 = int(np.sum(a & ~b)), int(np.sum(~a & b))
-    if n10 + n01 == 0:
-        return 1.0
-    return float(sps.binomtest(n10, n10 + n01, 0.5).pvalue)
-
-
-def _seed_permutation_test(a: np.ndarray, b: np.ndarray, paired: bool) -> float:
-    """Two-sided exact permutation test of mean(a) - mean(b) over seeds (sign flips if paired)."""
-    import itertools
-
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    observed = abs(a.mean() - b.mean())
-    if paired:
-        d = a - b
-        stats_ = [abs(np.mean(d * np.array(signs))) for signs in itertools.product((1, -1), repeat=len(d))]
-    else:
-        pooled, n = np.concatenate([a, b]), len(a)
-        stats_ = []
-        for chosen in itertools.combinations(range(len(pooled)), n):
-            mask = np.zeros(len(pooled), bool)
-            mask[list(chosen)] = True
-            stats_.append(abs(pooled[mask].mean() - pooled[~mask].mean()))
-    stats_ = np.asarray(stats_)
-    return float(np.mean(stats_ >= observed - 1e-12))
+# Exact tests, win rate, power (tasks.stats), with the protocol's conventions
 
 
 def mcnemar_p(a: np.ndarray, b: np.ndarray) -> float:
-    fn = getattr(stats, "mcnemar_exact", None)
-    return float(fn(a, b)) if fn is not None else _mcnemar_exact(a, b)
+    """Exact two-sided McNemar p of paired 0/1 outcomes (E,) of two arms on the same episodes."""
+    return float(stats.mcnemar_exact(np.asarray(a, bool), np.asarray(b, bool)))
 
 
 def permutation_p(a: np.ndarray, b: np.ndarray, paired: bool) -> float:
-    fn = getattr(stats, "seed_permutation_test", None)
-    value = fn(a, b, paired=paired) if fn is not None else _seed_permutation_test(a, b, paired)
-    return float(getattr(value, "p_value", value))
+    """Exact seed-level permutation p of per-seed scores a (Sa,), b (Sb,) (sign flips if paired)."""
+    return float(stats.seed_permutation_test(a, b, paired=paired))
 
 
-def win_rate(a: np.ndarray, b: np.ndarray) -> float:
-    """Paired-episode win rate: share of (seed, scenario) cells where a beats b, ties count 1/2."""
-    fn = getattr(stats, "paired_win_rate", None)
-    if fn is not None:
-        value = fn(a, b)
-        return float(getattr(value, "estimate", value))
-    return float(np.mean((a > b) + 0.5 * (a == b)))
+def win_rate(a: np.ndarray, b: np.ndarray, confidence: float = 0.95) -> stats.PairedWinRate:
+    """Paired-episode win rate of a over b, (S, E) each: wins + ties / 2, with its crossed interval."""
+    return stats.paired_win_rate(a, b, confidence)
 
 
 def seeds_for(seed_sd: float, delta: float, confidence: float, power: float = 0.8) -> int | None:
     """Seeds per arm to detect `delta` between two independent-seed arms at `power` (two-sided t)."""
-    if not (seed_sd > 0 and delta > 0):
+    if not (seed_sd and seed_sd > 0 and delta > 0):
         return None
-    fn = getattr(stats, "seeds_needed", None)
-    if fn is not None:
-        return int(fn(seed_sd, delta, alpha=1 - confidence, power=power))
-    for n in range(2, 100_000):
-        df = 2 * n - 2
-        shift = delta / (seed_sd * math.sqrt(2 / n))
-        q = float(sps.t.ppf(0.5 + confidence / 2, df))
-        if 1 - sps.nct.cdf(q, df, shift) + sps.nct.cdf(-q, df, shift) >= power:
-            return n
-    return None
+    return int(stats.seeds_needed(seed_sd, delta, alpha=1 - confidence, power=power))
 
 
 def minimum_detectable(seed_sd: float, n_seeds: int, confidence: float, power: float = 0.8) -> float | None:
     """The difference two independent-seed arms of n_seeds each detect at `power` (two-sided t)."""
-    if not (seed_sd > 0) or n_seeds < 2:
+    if not (seed_sd and seed_sd > 0) or n_seeds < 2:
         return None
-    fn = getattr(stats, "power_analysis", None)
-    if fn is not None:
-        value = fn(seed_sd, n_seeds, alpha=1 - confidence, power=power)
-        for name in ("mdd", "minimum_detectable_difference", "detectable"):
-            if hasattr(value, name):
-                return float(getattr(value, name))
-        return float(value if np.ndim(value) == 0 else value[0])
-    df = 2 * n_seeds - 2
-    q, qp = float(sps.t.ppf(0.5 + confidence / 2, df)), float(sps.t.ppf(power, df))
-    return (q + qp) * seed_sd * math.sqrt(2 / n_seeds)
+    return float(stats.power_analysis(seed_sd, n_seeds, alpha=1 - confidence, power=power))
 
 
 def seed_sd(episodes: pd.DataFrame, arms: Iterable[str], score: str = "capture") -> float | None:
@@ -625,11 +573,15 @@ def gates(*, gap_a: dict[str, Any] | None, barriernet_present: bool, chosen_unsa
     """PG-01..PG-05: [{"gate", "status" (PASS / FAIL / DOCUMENTED), "evidence"}]."""
     rows = []
     gap_ok = gap_a is not None and gap_a.get("gap") is not None
+    if gap_ok:
+        gap_text = f"{100 * gap_a['gap']:.2f} % [{100 * gap_a['low']:.2f}, {100 * gap_a['high']:.2f}]"
+    elif gap_a is not None:
+        gap_text = "not measurable: " + gap_a.get("note", "undefined")
+    else:
+        gap_text = "not measured (arms cbf_beta / cbf_beta_rcbf absent)"
     rows.append({"gate": "PG-01", "status": "PASS" if gap_ok and barriernet_present else "FAIL",
-                 "evidence": ("CBF-Beta gap " + (f"{100 * gap_a['gap']:.2f} % [{100 * gap_a['low']:.2f}, "
-                                                 f"{100 * gap_a['high']:.2f}]" if gap_ok else "not measured (arms "
-                                                 "cbf_beta / cbf_beta_rcbf absent)")
-                              + "; BarrierNet 0 by construction" + ("" if barriernet_present else " (not evaluated)"))})
+                 "evidence": f"CBF-Beta gap {gap_text}; BarrierNet 0 by construction"
+                             + ("" if barriernet_present else " (not evaluated)")})
     if chosen_unsafe is None:
         rows.append({"gate": "PG-02", "status": "FAIL", "evidence": "no approach chosen (outcome D)"})
     else:

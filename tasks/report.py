@@ -53,7 +53,7 @@ from tasks.compare import (
     StageInputError,
     read_episode_table,
 )
-from tasks.stats import seed_t_interval
+from tasks.stats import iqm_trims, seed_t_interval
 from tasks.params import ARMS, DEFAULT_PARAMS_PATH, Params, load_params, params_hash
 
 log = logging.getLogger(__name__)
@@ -970,7 +970,7 @@ def _results_tables(inputs: Inputs, params: Params, arms: list[str], conf: float
                                                                   ("decision_ms", "return and decision ms", ""))
                 if name in methods) + ".", ""]
     seeds = int(max((r["seeds"] for r in rows.values()), default=1))
-    if seeds >= 4:
+    if iqm_trims(seeds):  # scipy's IQM trims int(0.25 * seeds) from each end
         iqm = across_seed_rows(inputs.summary, "iqm")
         text += [f"Interquartile mean across seeds ({level} interval: {methods.get('iqm', 'stratified bootstrap')}):",
                  "",
@@ -1435,9 +1435,9 @@ def decision_section(inputs: Inputs, params: Params) -> tuple[str, str]:
     run_level = m.get("run_level") or []
     if run_level:
         lines += ["### Probability of improvement (run level) and paired-episode win rate", "",
-                  md_table(["arm", "against", "P(seed score > other's) [95 %]", "paired win rate"],
+                  md_table(["arm", "against", "P(seed score > other's) [95 %]", "paired-episode win rate [95 %]"],
                            [[r["arm"], r["against"], fmt_rate_ci(*triple(r, "probability_of_improvement")),
-                             fmt_rate(r["paired_win_rate"])] for r in run_level]),
+                             fmt_rate_ci(*triple(r, "paired_win_rate"))] for r in run_level]),
                   "", f"{run_level[0]['probability_of_improvement_method']}; win rate: "
                       f"{run_level[0]['paired_win_rate_method']}.", ""]
     lines += ["### Training-time safety", "",

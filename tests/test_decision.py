@@ -103,19 +103,15 @@ def test_one_seed_falls_back_to_a_score_interval_never_zero_width():
     assert "one training seed" in ci.method
 
 
-def test_mcnemar_stand_in_matches_binomtest():
-    a = np.array([1, 1, 1, 0, 0, 1, 1, 0, 1, 1], bool)
-    b = np.array([0, 0, 1, 0, 1, 0, 0, 0, 1, 0], bool)
-    # discordant: a only 5, b only 1 -> two-sided binomial(5 of 6, 1/2) = 2 * 7/64
-    assert dec._mcnemar_exact(a, b) == pytest.approx(14 / 64)
-    assert dec._mcnemar_exact(a, b) == pytest.approx(sps.binomtest(5, 6, 0.5).pvalue)
-
-
-def test_permutation_stand_in_by_hand():
-    # Paired, 3 seeds, all differences positive: 2 of the 8 sign patterns reach |mean| = observed.
-    assert dec._seed_permutation_test(np.array([3.0, 2, 4]), np.zeros(3), paired=True) == pytest.approx(2 / 8)
-    # Unpaired, 2 vs 2, fully separated: 2 of the C(4,2) = 6 splits are as extreme.
-    assert dec._seed_permutation_test(np.array([5.0, 6]), np.array([1.0, 2]), paired=False) == pytest.approx(2 / 6)
+def test_p_values_beside_the_intervals_match_independent_computations():
+    test = exact({"barriernet": ([480, 470], [500, 500]), "shielded": ([450, 460], [500, 500])})
+    step = dec.versus_alternative(test, "shielded", D)
+    # Per-seed McNemar: barriernet captures episodes 0..k-1, shielded 0..j-1, so the discordant
+    # pairs are k - j episodes, all won by barriernet: the two-sided binomial test of (k-j)/(k-j).
+    for i, (k, j) in enumerate(((480, 450), (470, 460))):
+        assert step["capture"]["mcnemar_per_seed"][i] == pytest.approx(sps.binomtest(k - j, k - j, 0.5).pvalue)
+    # Seed-level permutation (independent seeds, 2 vs 2): 2 of the C(4, 2) = 6 relabellings are as extreme.
+    assert step["capture"]["permutation"] == pytest.approx(2 / 6)
 
 
 def test_seeds_needed_reaches_the_power_and_one_fewer_does_not():
@@ -257,6 +253,12 @@ def test_gates_statuses():
                      plateau={"converged": False, "change": 0.1, "window": 0.2, "tolerance": 0.02}, decision=D)
     status = {r["gate"]: r["status"] for r in rows}
     assert status == {"PG-01": "FAIL", "PG-02": "PASS", "PG-03": "PASS", "PG-04": "PASS", "PG-05": "DOCUMENTED"}
+    assert "arms cbf_beta / cbf_beta_rcbf absent" in rows[0]["evidence"]
+    never = {"gap": None, "low": None, "high": None, "note": "cbf_beta never captured: the relative gap is undefined"}
+    rows = dec.gates(gap_a=never, barriernet_present=True, chosen_unsafe=unsafe, outcome=outcome,
+                     matrix_complete=True, p_values_complete=True, plateau=None, decision=D)
+    assert rows[0]["status"] == "FAIL" and "never captured" in rows[0]["evidence"]
+    assert rows[4]["status"] == "FAIL"  # no learning curve: neither converged nor documented
     rows = dec.gates(gap_a=gap(0.01, 0, 0.03), barriernet_present=True, chosen_unsafe={**unsafe, "unsafe": 1},
                      outcome=dec.Outcome("D", None, []), matrix_complete=False, p_values_complete=True,
                      plateau={"converged": True, "previous_mean": 0.9, "last_mean": 0.91, "window": 0.2,

@@ -52,9 +52,13 @@ def tiny_run(tmp_path_factory):
 @pytest.mark.slow
 def test_report_numbers_recomputed_from_episode_tables(tiny_run):
     report = (tiny_run / "reports/decision_report.md").read_text()
-    episodes = pd.concat(pd.read_csv(p) for p in sorted((tiny_run / "results/eval").glob("*/episodes.csv")))
-    assert set(episodes.arm) == {"barriernet", "baseline", "baseline_ct_filter", "baseline_dcbf_filter"}
-    assert len(episodes) == 4 * 2 * 12  # arms x seeds x episodes
+    both = pd.concat(pd.read_csv(p) for p in sorted((tiny_run / "results/eval").glob("*/episodes.csv")))
+    assert {"barriernet", "baseline", "baseline_ct_filter", "baseline_dcbf_filter"} <= set(both.arm)
+    arms = both.arm.nunique()
+    assert both.groupby("split").size().to_dict() == {"dev": arms * 2 * 6, "test": arms * 2 * 12}  # arms x seeds x eps
+    # dev and test scenarios are disjoint env seeds
+    assert not set(both[both.split == "dev"].env_seed) & set(both[both.split == "test"].env_seed)
+    episodes = both[both.split == "test"]  # the report's numbers come from the test split only
     # paired: the same episode index met the same env seed in every arm
     assert episodes.groupby("episode").env_seed.nunique().eq(1).all()
 
