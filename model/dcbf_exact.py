@@ -33,7 +33,7 @@ The iteration (sequential linearisation)
    the rows are the first-order rows, which always admit u = 0 when h >= 0, while the curvature
    of a turn can make rows linearised far from 0 exclude it).
 4. Last resort, a line search toward the stop action: u = s u_k with the largest s in [0, 1]
-   found by bisection whose step passes the test. The stop action (v = w = 0) leaves the
+   (on a grid refined three times, to 64^-3) whose step passes the test. The stop action (v = w = 0) leaves the
    pursuer, hence q, in place: h(q+) = h(q) >= (1 - gamma) h(q) whenever h(q) >= 0, so this
    always succeeds from a state inside the safe set. Where it cannot (some h(q) < 0), the step is
    flagged infeasible and the last QP answer is returned.
@@ -84,8 +84,9 @@ FLOAT64_TOL = 1e-9
 """Absolute tolerance of the exact condition in float64 (m^2 for obstacles, m for walls)."""
 FLOAT32_RTOL = 1e-6
 """Tolerance of the exact condition in float32, relative to the size of the numbers in h."""
-LINE_SEARCH_STEPS = 40
-"""Bisection steps of the last-resort line search toward the stop action (s to 2^-40)."""
+LINE_SEARCH_POINTS = 64
+LINE_SEARCH_STAGES = 3
+"""The last-resort line search toward the stop action tests 64 factors per stage, 3 stages: s to 64^-3."""
 
 
 class ExactDCBFSolution(NamedTuple):
@@ -180,6 +181,15 @@ class _Problem:
         self.high = pursuer.new_tensor([env.pursuer_v_max, env.pursuer_w_max])
         self.float64 = pursuer.dtype == torch.float64
 
+    def index(self, idx: Tensor) -> "_Problem":
+        """The same problem for the elements idx (1-D int64) only (gamma keeps its gradient)."""
+        part = object.__new__(_Problem)
+        part.__dict__.update(self.__dict__)
+        part.safety = type(self.safety)(*(t[idx] for t in self.safety))
+        for name in ("pursuer", "h", "barrier_mask", "gamma", "target"):
+            setattr(part, name, getattr(self, name)[idx])
+        return part
+
     def clamp(self, u: Tensor) -> Tensor:
         return torch.maximum(torch.minimum(u, self.high), self.low)
 
@@ -266,62 +276,80 @@ def exact_dcbf_action(
     u_lin = problem.clamp(u_ref.detach())
     done = torch.zeros(batch, dtype=torch.bool, device=u_ref.device)
     rounds = torch.zeros(batch, dtype=torch.int64, device=u_ref.device)
-    u_out = rows_out = active_out = None
+    # Round 1 solves the whole batch; later rounds only the elements still failing (`todo`, their
+    # batch indices), written back with out-of-place index_put so that each element keeps the
+    # autograd graph of the QP that produced its answer.
+    todo, part, H_part, f_part = None, problem, H, f
     for _ in range(rounds_max):
-        rows = problem.rows_at(u_lin)
-        solution = solve_qp(H, f, rows.A, rows.b, backend=cbf_params.qp_backend, mask=rows.mask, active_hint=active_hint)
+        rows = part.rows_at(u_lin)
+        solution = solve_qp(H_part, f_part, rows.A, rows.b, backend=cbf_params.qp_backend, mask=rows.mask,
+                            active_hint=active_hint)
         active_hint = None  # the hint was for the first problem
-        u_k = problem.clamp(solution.u)
+        u_k = part.clamp(solution.u)
         # accept strictly (no tolerance): answers accepted here pass with room to spare
-        passed = problem.slack(u_k.detach(), tolerant=False)[0] >= 0
-        if u_out is None:
-            u_out, rows_out, active_out = u_k, rows, solution.active
-        else:  # elements accepted earlier keep their answer (and its QP's gradient)
-            keep = done.unsqueeze(-1)
-            u_out = torch.where(keep, u_out, u_k)
-            rows_out = CBFRows(
-                A=torch.where(keep.unsqueeze(-1), rows_out.A, rows.A), b=torch.where(keep, rows_out.b, rows.b),
-                mask=rows.mask, h=rows.h,
-            )
+        passed = part.slack(u_k.detach(), tolerant=False)[0] >= 0
+        if todo is None:
+            u_out, A_out, b_out, active_out, mask_out = u_k, rows.A, rows.b, solution.active, rows.mask
+            rounds = rounds + 1
+            done = passed
+        else:
+            u_out = u_out.index_put((todo,), u_k)
+            A_out = A_out.index_put((todo,), rows.A)
+            b_out = b_out.index_put((todo,), rows.b)
             if active_out is not None and solution.active is not None:
-                active_out = torch.where(keep, active_out, solution.active)
-        rounds = rounds + (~done).to(torch.int64)
-        done = done | passed
-        if bool(done.all()):  # one host synchronisation per round
+                active_out = active_out.index_put((todo,), solution.active)
+            rounds = rounds.index_put((todo,), rounds[todo] + 1)
+            done = done.index_put((todo,), passed)
+        if bool(passed.all()):  # one host synchronisation per round
             break
         # Re-linearise at the answer; where the linearised QP was infeasible, at the stop action
         # instead: far from u = 0 the arc's curvature can make the linearisation exclude the stop
         # action, which the exact condition admits (h >= 0), while the rows at u = 0 (the
         # first-order rows) always admit it.
-        u_lin = torch.where(solution.feasible.unsqueeze(-1), u_k.detach(), torch.zeros_like(u_lin))
+        u_lin = torch.where(solution.feasible.unsqueeze(-1), u_k.detach(), torch.zeros_like(u_k))
+        failing = (~passed).nonzero().squeeze(-1)
+        todo = failing if todo is None else todo[failing]
+        part, H_part, f_part, u_lin = part.index(failing), H_part[failing], f_part[failing], u_lin[failing]
 
     line_search = torch.zeros_like(done)
     if not bool(done.all()):
-        u_out, line_search = _line_search_to_stop(problem, u_out, done)
-        done = done | line_search
+        failed = (~done).nonzero().squeeze(-1)
+        scale, used = _line_search_to_stop(problem.index(failed), u_out[failed].detach())
+        # s is held constant: the gradient is s times the last QP's
+        u_out = u_out.index_put((failed,), scale.unsqueeze(-1) * u_out[failed])
+        line_search = line_search.index_put((failed,), used)
     slack, h_next = problem.slack(u_out.detach())
     h_next = torch.where(problem.barrier_mask, h_next, torch.full_like(h_next, float("inf")))
+    h_now = torch.where(problem.barrier_mask, problem.h, torch.full_like(problem.h, float("inf")))
+    rows_out = CBFRows(A=A_out, b=b_out, mask=mask_out, h=h_now)
     return ExactDCBFSolution(
-        u=u_out, feasible=slack >= 0, h=rows_out.h, h_next=h_next, rounds=rounds, line_search=line_search,
+        u=u_out, feasible=slack >= 0, h=h_now, h_next=h_next, rounds=rounds, line_search=line_search,
         rows=rows_out, active=active_out,
     )
 
 
-def _line_search_to_stop(problem: _Problem, u: Tensor, done: Tensor) -> tuple[Tensor, Tensor]:
-    """u <- s u on the failed elements, s in [0, 1] the largest bisection point whose exact step
-    passes (s = 0, the stop action, passes wherever every h(q) >= 0). Returns (u, used (B,))."""
-    base = u.detach()
-    stop_passes = problem.slack(torch.zeros_like(base))[0] >= 0
-    lo = torch.zeros_like(base[:, 0])  # always a passing factor where stop_passes
-    hi = torch.ones_like(lo)
-    for _ in range(LINE_SEARCH_STEPS):
-        mid = 0.5 * (lo + hi)
-        ok = problem.slack(mid.unsqueeze(-1) * base, tolerant=False)[0] >= 0  # strict, as in the rounds
-        lo = torch.where(ok, mid, lo)
-        hi = torch.where(ok, hi, mid)
-    used = ~done & stop_passes
-    scale = torch.where(used, lo, torch.ones_like(lo)).unsqueeze(-1)
-    return scale * u, used  # s is held constant: the gradient is s times the last QP's
+def _line_search_to_stop(problem: _Problem, u: Tensor) -> tuple[Tensor, Tensor]:
+    """The factor s (B,) in [0, 1] for u (B, 2): the largest point of a refined grid whose exact step
+    passes, where the stop action (s = 0) passes (every h(q) >= 0); 1 elsewhere. Returns
+    (s, used (B,) bool: the stop action passes).
+
+    Each of LINE_SEARCH_STAGES stages tests LINE_SEARCH_POINTS factors above the best so far in one
+    batched evaluation (few, large tensor operations instead of a bisection's many small ones),
+    so s is found to 1 / POINTS ** STAGES."""
+    stop_passes = problem.slack(torch.zeros_like(u))[0] >= 0
+    batch, points = u.shape[0], LINE_SEARCH_POINTS
+    repeated = problem.index(torch.arange(batch, device=u.device).repeat_interleave(points))
+    steps = torch.arange(1, points + 1, device=u.device, dtype=u.dtype) / points  # (G,)
+    lo = torch.zeros_like(u[:, 0])  # always a passing factor where stop_passes
+    width = 1.0
+    for _ in range(LINE_SEARCH_STAGES):
+        factors = (lo.unsqueeze(-1) + width * steps).clamp(max=1.0)  # (B, G)
+        trial = (factors.unsqueeze(-1) * u.unsqueeze(1)).reshape(batch * points, 2)
+        ok = (repeated.slack(trial, tolerant=False)[0] >= 0).view(batch, points)  # strict, as in the rounds
+        best = torch.where(ok, factors, torch.full_like(factors, -1.0)).amax(-1)
+        lo = torch.where(best >= 0, best, lo)
+        width = width / points
+    return torch.where(stop_passes, lo, torch.ones_like(lo)), stop_passes
 
 
 __all__ = [

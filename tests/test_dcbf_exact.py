@@ -128,7 +128,7 @@ def test_float32_holds_to_one_part_in_a_million():
 
 def test_line_search_toward_stop_is_the_last_resort():
     """One round only: the elements whose first answer fails the exact test get s * u, s in [0, 1),
-    found by bisection, and still pass (stop keeps q in place); the rest keep their QP answer."""
+    found by the refined grid, and still pass (stop keeps q in place); the rest keep their QP answer."""
     safety, nominal, _ = BENCH.sample_states("wall", 300, 4, ENV, CBF)
     nominal = torch.tensor(nominal)
     one = exact_dcbf_action(safety, ENV, CBF, 1.0, nominal, max_iters=1)
