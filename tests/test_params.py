@@ -37,7 +37,7 @@ def test_override_is_yaml_typed():
         ("train.total_steps=abc", ["train.total_steps='abc'", "integer"]),
         ("env.num_obstacles=9", ["env.num_obstacles=9", "less than or equal to 8"]),
         ("env.obstacle_radius_min=-0.5", ["env.obstacle_radius_min=-0.5", "greater than 0"]),
-        ("train.algos=[ppo]", ["train.algos", "'barriernet' or 'baseline'"]),
+        ("train.algos=[ppo]", ["train.algos", "'barriernet'", "'baseline'"]),
         ("eval.test_episodes=0", ["eval.test_episodes=0", "greater than or equal to 1"]),
         ("eval.episodes=200", ["eval.episodes", "replaced by eval.dev_episodes", "eval.test_episodes"]),
         ("eval.seed_base=5", ["eval.seed_base", "replaced by eval.dev_seed_base", "eval.test_seed_base"]),
