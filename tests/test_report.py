@@ -374,3 +374,37 @@ def test_test_range_looks_outside_git(tmp_path):
 def test_overhead_sensitivity_is_stated(rendered):
     _, _, _, markdown = rendered
     assert "Within +/- 20 %: 0.8x the ratio" in markdown and "1.2x the ratio" in markdown
+
+
+def _phase25_inputs(walls: dict[str, float]) -> report.Inputs:
+    """Compare metrics of the four Phase 2.5 arms (numbers chosen by hand) and train summaries."""
+    metrics = {
+        "arms": {"baseline": {"capture_rate": 0.95}, "barriernet": {"capture_rate": 0.96},
+                 "cbf_beta_rcbf": {"capture_rate": 0.94}, "barriernet_rcbf": {"capture_rate": 0.955}},
+        "safety": {arm: {"arm": arm, "unsafe": 0, "episodes": 2500, "upper": 0.0015}
+                   for arm in ("barriernet", "cbf_beta_rcbf", "barriernet_rcbf")},
+        "gap": {"gap": 0.01, "low": 0.0, "high": 0.03},
+        "hybrid": {"gap": {"gap": 0.005}, "capture_noninferior": True},
+    }
+    cells = [report.TrainCell(algo, seed, {"total_steps": 1, "wall_seconds": wall}, "", Path("m.pt"), {})
+             for algo, wall in walls.items() for seed in (0, 1)]
+    return report.Inputs(metrics, pd.DataFrame(), cells, [], None, None)
+
+
+def test_outcome_and_matrix_from_measured_numbers():
+    params = make_params()
+    slow = _phase25_inputs({"barriernet": 800.0, "cbf_beta": 100.0})
+    overhead, text = report.training_overhead(slow)
+    assert overhead == pytest.approx(8.0) and "cbf_beta" in text
+    # Gap [0, 3 %] below the 5 % goal and BarrierNet 8x slower: the plan's rule A.
+    assert report.outcome_analysis(slow, params, overhead)["outcome"].letter == "A"
+    # 2x slower: an open case, decided by the matrix. By the documented mapping:
+    # A: gap 1 % -> 5, safety 0.15 % -> 5, task loss 1.05 % -> 4, speed 1x -> 5, complexity 2 -> 5: 4.80
+    # B: gap 0 -> 5, safety 5, task gain -> 5, speed 2x -> 4, complexity 1 + QP = 2 -> 5: 4.85
+    analysis = report.outcome_analysis(slow, params, 2.0)
+    assert analysis["matrix"]["A"]["total"] == pytest.approx(4.80)
+    assert analysis["matrix"]["B"]["total"] == pytest.approx(4.85)
+    assert analysis["matrix"]["C"]["complexity"] == 4  # 2 mechanisms + a differentiable QP
+    assert analysis["outcome"].letter == "B"
+    # Without CBF-Beta trained the overhead falls back to the baseline, and says so.
+    assert "against the baseline" in report.training_overhead(_phase25_inputs({"barriernet": 3.0, "baseline": 1.0}))[1]
