@@ -217,7 +217,8 @@ def figure_heatmaps(arms: list[str], heatmaps: dict[str, Any], params: Params) -
             panels = (
                 ("mean min barrier h (m)", heatmaps[f"{arm}/min_h"] / steps, "RdYlGn", MARGIN_RANGE),
                 ("violating steps (fraction)", heatmaps[f"{arm}/violations"] / steps, "Reds", (0, 1)),
-                ("mean QP correction |du|", heatmaps[f"{arm}/correction"] / steps, "Purples", (0, None)),
+                ("mean QP correction |du|", heatmaps[f"{arm}/correction"] / steps, "Purples",
+                 (0, max(float(np.nanmax(heatmaps[f"{arm}/correction"] / steps)), 1e-3))),
             )  # fmt: skip
         for ax, (title, grid, cmap, (low, high)) in zip(row, panels):
             image = ax.imshow(np.ma.masked_invalid(grid.T), origin="lower", extent=(-half, half, -half, half),

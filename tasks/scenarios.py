@@ -242,20 +242,53 @@ def _wall_follow(core: PursuitEvasionCore) -> torch.Tensor:
     return torch.stack((torch.full_like(x, p.evader_v_max), w), dim=1)
 
 
-@torch.no_grad()
+def group_key(scenario: Scenario) -> tuple:
+    """Scenarios with equal keys share one env config and are batched in one core (speed only:
+    every row of a core is independent, so a scenario's numbers do not depend on its group)."""
+    return (tuple(sorted(scenario.env_overrides.items())), scenario.evader_script)
+
+
 def play_scenario(
     policy: torch.nn.Module, obs_rms: torch.nn.Module, params: Params, scenario: Scenario
 ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
-    """Play all episodes of one scenario in one batched core (N = scenarios.episodes).
+    """Play all episodes of one scenario (`play_group` of one)."""
+    return play_group(policy, obs_rms, params, [scenario])[scenario.name]
 
-    Returns one row per episode (EPISODE_COLUMNS less arm/algo/seed) and the trace of every step
-    (T = steps until the last episode ended): pursuer (T, N, 3), evader (T, N, 2), h (T, N) min
-    body barrier after the step (m), proposal and executed (T, N, 2) (v, w), intervened,
-    infeasible, active (T, N) bool (active: the episode was still running at that step).
+
+@torch.no_grad()
+def play_group(
+    policy: torch.nn.Module, obs_rms: torch.nn.Module, params: Params, scenarios: list[Scenario]
+) -> dict[str, tuple[list[dict[str, Any]], dict[str, np.ndarray]]]:
+    """Play all episodes of scenarios of one `group_key` side by side in one batched core
+    (N = scenarios.episodes per scenario; obstacle slots padded to the largest count, masked).
+
+    Returns, per scenario name, one row per episode (EPISODE_COLUMNS less arm/algo/seed) and
+    the trace of every step (T = steps until the group's last episode ended): pursuer (T+1, N, 3)
+    and evader (T+1, N, 2) (row 0: the start), h (T+1, N) min body barrier (m), proposal,
+    executed (T, N, 2) (v, w: the policy's proposal and its safety layer's output, before any
+    disturbance), correction (T, N) the actor's |executed - proposal|, intervened, infeasible,
+    active (T, N) bool (active: the episode was still running at that step); obstacles (K, 3).
     """
-    sp, env_s = params.scenarios, scenario_env(scenario, params)
-    states = start_states(scenario, params)
-    n = sp.episodes
+    if len({group_key(s) for s in scenarios}) != 1:
+        raise ValueError(f"play_group needs scenarios of one group_key; got {[s.name for s in scenarios]}")
+    sp = params.scenarios
+    n_each = sp.episodes
+    envs = [scenario_env(s, params) for s in scenarios]
+    k_max = max(e.num_obstacles for e in envs)
+    env_s = envs[int(np.argmax([e.num_obstacles for e in envs]))]
+    all_states = []
+    for scenario in scenarios:
+        states = start_states(scenario, params)
+        pad = k_max - states["obstacle_radii"].shape[1]
+        if pad:  # masked slots far outside the arena
+            states["obstacle_centres"] = np.concatenate(
+                (states["obstacle_centres"], np.full((n_each, pad, 2), 10 * env_s.arena_size)), axis=1)
+            states["obstacle_radii"] = np.concatenate(
+                (states["obstacle_radii"], np.full((n_each, pad), env_s.obstacle_radius_min)), axis=1)
+            states["obstacle_mask"] = np.concatenate((states["obstacle_mask"], np.zeros((n_each, pad), bool)), axis=1)
+        all_states.append(states)
+    states = {key: np.concatenate([st[key] for st in all_states]) for key in all_states[0]}
+    n = n_each * len(scenarios)
     core = PursuitEvasionCore(env_s, n, autoreset=False)
     core.seed(states["env_seeds"].tolist())
     core.reset()
@@ -264,17 +297,21 @@ def play_scenario(
         obstacle_radii=states["obstacle_radii"], obstacle_mask=states["obstacle_mask"],
         pursuer_vel=states["pursuer_vel"], evader_vel=np.zeros((n, 2)), step_count=0,
     )  # fmt: skip
-    noise = None
-    if scenario.disturbed:
-        # Its own generator, keyed like the jitter: every arm meets the same disturbance sequence.
-        noise = torch.Generator().manual_seed(int(_jitter_rng(params, scenario.name + "/noise").integers(2**62)))
-        limits = torch.tensor([env_s.pursuer_v_max, env_s.pursuer_w_max])
+    # Disturbed scenarios: own generator each, keyed like the jitter, so every arm meets the
+    # same disturbance sequence whatever else shares the core.
+    disturbed = [
+        (slice(i * n_each, (i + 1) * n_each),
+         torch.Generator().manual_seed(int(_jitter_rng(params, s.name + "/noise").integers(2**62))))
+        for i, s in enumerate(scenarios) if s.disturbed
+    ]  # fmt: skip
+    limits = torch.tensor([env_s.pursuer_v_max, env_s.pursuer_w_max], dtype=torch.float64)
+    scripted = scenarios[0].evader_script == "wall_follow"
     active = torch.ones(n, dtype=torch.bool)
     min_h = core.barrier().min(dim=1).values.double()
     outcome = np.array(["timeout"] * n, dtype=object)
-    trace: dict[str, list[torch.Tensor]] = {k: [] for k in
-                                            ("pursuer", "evader", "h", "proposal", "executed", "correction", "intervened", "infeasible", "active")}  # fmt: skip
-    zero = torch.zeros(n, dtype=torch.float64)
+    names = ("pursuer", "evader", "h", "proposal", "executed", "correction", "intervened", "infeasible", "active")
+    trace: dict[str, list[torch.Tensor]] = {k: [] for k in names}
+    zero, no = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.bool)
     trace["pursuer"].append(core.pursuer.double().clone())
     trace["evader"].append(core.evader[:, :2].double().clone())
     trace["h"].append(min_h.clone())
@@ -283,12 +320,14 @@ def play_scenario(
         action = out.action
         proposal = out.info.get("proposal", action)
         executed = action
-        if noise is not None:
-            draw = torch.randn(n, 2, generator=noise, dtype=torch.float64)
-            executed = action.double() * torch.tensor([1.0 + sp.speed_bias, 1.0]) + sp.actuation_noise * limits * draw
+        if disturbed:
+            executed = action.double().clone()
+            for rows, generator in disturbed:
+                draw = torch.randn(n_each, 2, generator=generator, dtype=torch.float64)
+                executed[rows] = executed[rows] * torch.tensor([1.0 + sp.speed_bias, 1.0], dtype=torch.float64) \
+                    + sp.actuation_noise * limits * draw
             executed = executed.to(action.dtype)
-        evader_action = _wall_follow(core) if scenario.evader_script == "wall_follow" else None
-        obs, _, terminated, truncated, info = core.step(executed, evader_action)
+        obs, _, terminated, truncated, info = core.step(executed, _wall_follow(core) if scripted else None)
         a = active
         step_h = info["h"].min(dim=1).values.double()
         min_h = torch.where(a, torch.minimum(min_h, step_h), min_h)
@@ -296,10 +335,10 @@ def play_scenario(
         trace["evader"].append(info["evader"][:, :2].double().clone())
         trace["h"].append(step_h)
         trace["proposal"].append(proposal.double())
-        trace["executed"].append(action.double())  # the safety layer's output (before any disturbance)
+        trace["executed"].append(action.double())
         trace["correction"].append(out.info["correction"].double() if "correction" in out.info else zero)
-        trace["intervened"].append(out.info.get("intervened", torch.zeros(n, dtype=torch.bool)) & a)
-        trace["infeasible"].append(out.info.get("infeasible", torch.zeros(n, dtype=torch.bool)) & a)
+        trace["intervened"].append(out.info.get("intervened", no) & a)
+        trace["infeasible"].append(out.info.get("infeasible", no) & a)
         trace["active"].append(a.clone())
         ended = a & (terminated | truncated)
         outcome[(ended & info["captured"]).numpy()] = "capture"
@@ -307,25 +346,32 @@ def play_scenario(
         active = a & ~(terminated | truncated)
         if not bool(active.any()):
             break
-    arrays = {key: torch.stack(value).numpy() for key, value in trace.items()}
-    act = arrays["active"]  # (T, N) over the T steps (the start state is row 0 of pursuer/evader/h)
-    length = act.sum(0)
-    arrays["correction"] = np.where(act, arrays["correction"], 0.0)  # the actor's |executed - proposal|
-    violations = ((arrays["h"][1:] < 0) & act).sum(0)
-    rows = [
-        {
-            "scenario": scenario.name, "episode": e, "env_seed": int(states["env_seeds"][e]),
-            "outcome": outcome[e], "length": int(length[e]), "min_h": float(min_h[e]),
-            "cbf_violation_steps": int(violations[e]), "interventions": int(arrays["intervened"][:, e].sum()),
-            "infeasible_steps": int(arrays["infeasible"][:, e].sum()),
-            "correction": float(arrays["correction"][:, e].sum() / max(int(length[e]), 1)),
-        }  # fmt: skip
-        for e in range(n)
-    ]
-    arrays["obstacles"] = np.concatenate(
-        (states["obstacle_centres"][0], states["obstacle_radii"][0][:, None]), axis=1
-    )[states["obstacle_mask"][0]]
-    return rows, arrays
+    stacked = {key: torch.stack(value).numpy() for key, value in trace.items()}
+    stacked["correction"] = np.where(stacked["active"], stacked["correction"], 0.0)
+    results = {}
+    for i, scenario in enumerate(scenarios):
+        cols = slice(i * n_each, (i + 1) * n_each)
+        arrays = {key: value[:, cols] for key, value in stacked.items()}
+        act = arrays["active"]
+        length = act.sum(0)
+        violations = ((arrays["h"][1:] < 0) & act).sum(0)
+        seeds, mins, ends = states["env_seeds"][cols], min_h[cols], outcome[cols]
+        rows = [
+            {
+                "scenario": scenario.name, "episode": e, "env_seed": int(seeds[e]),
+                "outcome": ends[e], "length": int(length[e]), "min_h": float(mins[e]),
+                "cbf_violation_steps": int(violations[e]), "interventions": int(arrays["intervened"][:, e].sum()),
+                "infeasible_steps": int(arrays["infeasible"][:, e].sum()),
+                "correction": float(arrays["correction"][:, e].sum() / max(int(length[e]), 1)),
+            }  # fmt: skip
+            for e in range(n_each)
+        ]
+        first = all_states[i]
+        arrays["obstacles"] = np.concatenate(
+            (first["obstacle_centres"][0], first["obstacle_radii"][0][:, None]), axis=1
+        )[first["obstacle_mask"][0]]
+        results[scenario.name] = (rows, arrays)
+    return results
 
 
 def behaviour_rows(arrays: dict[str, np.ndarray], env: EnvParams) -> dict[str, float]:
@@ -414,9 +460,15 @@ def play_cell(
         policy = build_policy(arm, actor, params)
         policy.eval()
         maps: dict[str, np.ndarray] = {}
+        groups: dict[tuple, list[Scenario]] = {}
+        for scenario in scenarios:
+            groups.setdefault(group_key(scenario), []).append(scenario)
+        played = {}
+        for group in groups.values():
+            played.update(play_group(policy, obs_rms, params, group))
         for scenario in scenarios:
             env_s = scenario_env(scenario, params)
-            scenario_rows, arrays = play_scenario(policy, obs_rms, params, scenario)
+            scenario_rows, arrays = played[scenario.name]
             rows += [{"arm": arm, "algo": algo, "seed": seed, **r} for r in scenario_rows]
             behaviour.append({"arm": arm, "scenario": scenario.name, **behaviour_rows(arrays, env_s)})
             _heatmap_add(maps, arrays, env_s)

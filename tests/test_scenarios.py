@@ -214,3 +214,23 @@ def test_cell_outputs_and_report_section(tmp_path: Path):
             assert 2 <= image.n_frames <= 10
     assert (tmp_path / "reports/figures/scenarios/heatmaps.png").exists()
     assert "steer share" in md and "Red flags" in md
+
+
+def test_batching_scenarios_in_one_core_does_not_change_their_episodes():
+    """play_group runs the scenarios of one env config side by side (padded obstacle slots): the
+    same rows as playing each alone, BarrierNet's extra (masked) gamma slots included."""
+    params = _params(**{"env.max_steps": 30, "scenarios.episodes": 3})
+    obs_dim = PursuitEvasionCore(params.env, 1).obs_dim
+    torch.manual_seed(1)
+    actor = make_actor("barriernet", obs_dim, params)
+    group = [S.scenario_geometry(n, params) for n in ("obstacle_between", "multi_obstacle_8", "disturbance")]
+    together = S.play_group(actor, _identity_rms(obs_dim), params, group)
+    for scenario in group:
+        alone_rows, alone = S.play_scenario(actor, _identity_rms(obs_dim), params, scenario)
+        rows, arrays = together[scenario.name]
+        for a, b in zip(alone_rows, rows):
+            assert {k: v for k, v in a.items() if k not in ("min_h", "correction")} == \
+                {k: v for k, v in b.items() if k not in ("min_h", "correction")}
+            assert a["min_h"] == pytest.approx(b["min_h"], abs=1e-4)
+        steps = alone["pursuer"].shape[0]
+        np.testing.assert_allclose(arrays["pursuer"][:steps], alone["pursuer"], atol=1e-4)
