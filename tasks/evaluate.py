@@ -16,6 +16,10 @@ Outputs under ``<workdir>/results/eval/<algo>-s<seed>/``:
   episodes.csv     one row per (arm, split, episode), columns tasks.compare.EPISODE_COLUMNS
   trajectory.npz   the positions of test episode eval.trajectory_episode for every arm (report figure)
   timing.json      wall time of this cell (the report's setup table)
+  filter_sweep.csv the post-hoc filter sweep on DEV episodes (eval.filter_sweep.algos only), one row
+                   per (form, gamma, robust_margin), columns SWEEP_COLUMNS
+  filter_choice.json  the configuration the sweep's rule chose (baseline only): arm
+                   ``baseline_tuned_filter`` plays it on both splits
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from tasks.train import CheckpointError, cell_name, load_trained
 
 ARMS_OF_ALGO = {
     "barriernet": ("barriernet", "barriernet_rcbf"),
-    "baseline": ("baseline", "baseline_ct_filter", "baseline_dcbf_filter"),
+    "baseline": ("baseline", "baseline_ct_filter", "baseline_dcbf_filter", "baseline_tuned_filter"),
     "cbf_beta": ("cbf_beta", "cbf_beta_rcbf"),
     "shielded": ("shielded",),
 }
@@ -47,14 +51,21 @@ def output_dir(workdir: Path, algo: str, seed: int) -> Path:
     return Path(workdir) / "results" / "eval" / cell_name(algo, seed)
 
 
-def build_policy(arm: str, actor: torch.nn.Module, params: Params) -> torch.nn.Module:
+def build_policy(arm: str, actor: torch.nn.Module, params: Params, tuned: dict[str, Any] | None = None) -> torch.nn.Module:
     """The policy an arm plays. The training mechanisms (barriernet, baseline, cbf_beta: the
     deterministic action inside the safe box, shielded: the filter it trained with) are the actor
     itself; ``*_rcbf`` arms put the RCBF-QP filter (form ``cbf.form``, gamma ``cbf.filter_gamma``,
     clearances + ``cbf.robust_margin``) on the actor's action -- for cbf_beta on its unconstrained
-    action (the Beta's mean over the whole action box), the deployment mechanism."""
+    action (the Beta's mean over the whole action box), the deployment mechanism.
+    ``baseline_tuned_filter``: the filter `select_filter` chose on dev (`tuned`: its form, gamma,
+    robust_margin)."""
     if arm in ("barriernet", "baseline", "cbf_beta", "shielded"):
         return actor
+    if arm == "baseline_tuned_filter":
+        if tuned is None:
+            raise ValueError("arm 'baseline_tuned_filter' needs the configuration the filter sweep chose on dev "
+                             "(eval.filter_sweep.enabled with baseline in eval.filter_sweep.algos)")
+        return make_filter(actor, params, tuned["form"], tuned["gamma"], robust_margin=tuned["robust_margin"])
     if arm in ("barriernet_rcbf", "cbf_beta_rcbf"):
         return make_filter(actor, params, params.cbf.form, robust_margin=params.cbf.robust_margin)
     if arm == "baseline_ct_filter":
@@ -150,6 +161,78 @@ def play_episodes(
     return rows, trajectory
 
 
+# ---------------------------------------------------------------------------------------------
+# The post-hoc filter sweep (issue 15 item 5): dev episodes only
+
+SWEEP_FILE = "filter_sweep.csv"
+CHOICE_FILE = "filter_choice.json"
+SWEEP_COLUMNS = ("form", "gamma", "robust_margin", "split", "episodes", "steps", "capture_rate", "collision_rate",
+                 "collision_upper", "intervention_rate", "infeasible_rate", "cbf_violation_rate", "mean_capture_steps")
+
+
+def sweep_configurations(params: Params) -> list[dict[str, Any]]:
+    """The grid of eval.filter_sweep in order: forms x gammas x robust_margins."""
+    fs = params.eval.filter_sweep
+    return [{"form": form, "gamma": float(gamma), "robust_margin": float(margin)}
+            for form in fs.forms for gamma in fs.gammas for margin in fs.robust_margins]
+
+
+@torch.no_grad()
+def sweep_filters(actor: torch.nn.Module, obs_rms: torch.nn.Module, params: Params) -> pd.DataFrame:
+    """Every configuration of eval.filter_sweep on `actor`, played on the DEV episodes only.
+
+    The split is fixed here (no argument can reach the test episodes), so the configuration chosen
+    from this table never looked at a test episode. Returns one row per configuration, columns
+    SWEEP_COLUMNS: rates over the dev episodes, collision_upper the Wilson upper bound
+    (eval.filter_sweep.confidence) of the collision rate, step rates over the episodes' steps.
+    """
+    from tasks.stats import wilson_interval
+
+    fs = params.eval.filter_sweep
+    episodes = list(range(params.eval.dev_episodes))
+    chunk = params.eval.num_envs
+    table = []
+    for config in sweep_configurations(params):
+        policy = make_filter(actor, params, config["form"], config["gamma"], robust_margin=config["robust_margin"])
+        policy.eval()
+        rows: list[dict[str, Any]] = []
+        for start in range(0, len(episodes), chunk):
+            rows += play_episodes(policy, obs_rms, params, episodes[start : start + chunk], None, "dev")[0]
+        frame = pd.DataFrame(rows)
+        n, steps = len(frame), int(frame["length"].sum())
+        captured = frame["outcome"].eq("capture")
+        collisions = int(frame["outcome"].eq("collision").sum())
+        table.append({
+            **config, "split": "dev", "episodes": n, "steps": steps,
+            "capture_rate": float(captured.mean()), "collision_rate": collisions / n,
+            "collision_upper": float(wilson_interval(collisions, n, fs.confidence)[1]),
+            "intervention_rate": float(frame["interventions"].sum()) / max(steps, 1),
+            "infeasible_rate": float(frame["infeasible_steps"].sum()) / max(steps, 1),
+            "cbf_violation_rate": float(frame["cbf_violation_steps"].sum()) / max(steps, 1),
+            "mean_capture_steps": float(frame.loc[captured, "length"].mean()) if captured.any() else float("nan"),
+        })
+    return pd.DataFrame(table, columns=list(SWEEP_COLUMNS))
+
+
+def select_filter(sweep: pd.DataFrame, max_collision_upper: float) -> dict[str, Any]:
+    """The rule of eval.filter_sweep: among configurations whose dev collision upper bound is at most
+    `max_collision_upper`, the highest dev capture rate (ties: lower intervention rate, then grid
+    order); if none qualifies, the lowest upper bound (ties: higher capture). Refuses a table with
+    any row not from the dev split. Returns the row as a dict plus ``qualified`` (bool)."""
+    splits = set(sweep["split"])
+    if splits != {"dev"}:
+        raise ValueError(f"select_filter: the sweep table has splits {sorted(splits)}; accepted: dev rows only")
+    order = sweep.reset_index(drop=True).assign(order=lambda t: range(len(t)))
+    qualified = order[order["collision_upper"] <= max_collision_upper]
+    if len(qualified):
+        best = qualified.sort_values(["capture_rate", "intervention_rate", "order"], ascending=[False, True, True])
+    else:
+        best = order.sort_values(["collision_upper", "capture_rate", "order"], ascending=[True, False, True])
+    row = {k: (v.item() if hasattr(v, "item") else v) for k, v in best.iloc[0].drop("order").items()}
+    row["qualified"] = bool(len(qualified))
+    return row
+
+
 def run(params: Params, workdir: str | Path = ".", algo: str = "barriernet", seed: int = 0) -> dict[str, Any]:
     """Evaluate every arm of the (algo, seed) checkpoint; write episodes.csv and trajectory.npz."""
     workdir = Path(workdir)
@@ -169,12 +252,22 @@ def run(params: Params, workdir: str | Path = ".", algo: str = "barriernet", see
         )
 
     started = time.perf_counter()
+    # The filter sweep (dev episodes only) and, for the baseline, the configuration it chooses.
+    fs, tuned = params.eval.filter_sweep, None
+    if fs.enabled and algo in fs.algos:
+        sweep = sweep_filters(actor, obs_rms, params)
+        io.write_csv(output_dir(workdir, algo, seed) / SWEEP_FILE, sweep)
+        if algo == "baseline":
+            tuned = select_filter(sweep, fs.max_collision_upper)
+            io.write_json(output_dir(workdir, algo, seed) / CHOICE_FILE, tuned)
+    if tuned is None:
+        arms = [arm for arm in arms if arm != "baseline_tuned_filter"]
     rows: list[dict[str, Any]] = []
     trajectories: dict[str, np.ndarray] = {}
     splits = {"dev": list(range(params.eval.dev_episodes)), "test": list(range(params.eval.test_episodes))}
     chunk = params.eval.num_envs
     for arm in arms:
-        policy = build_policy(arm, actor, params)
+        policy = build_policy(arm, actor, params, tuned)
         policy.eval()
         for split, all_episodes in splits.items():
             for start in range(0, len(all_episodes), chunk):

@@ -123,7 +123,7 @@ class TrainParams(_Section):
 
 
 ARMS = ("barriernet", "baseline", "baseline_ct_filter", "baseline_dcbf_filter",
-        "barriernet_rcbf", "cbf_beta", "cbf_beta_rcbf", "shielded")
+        "barriernet_rcbf", "cbf_beta", "cbf_beta_rcbf", "shielded", "baseline_tuned_filter")
 SPLITS = ("dev", "test")
 # Keys that were renamed: loading one names its replacement (an unknown-key hint could mislead).
 RENAMED_KEYS = {
@@ -131,6 +131,50 @@ RENAMED_KEYS = {
     "eval.episodes": "eval.dev_episodes (tuning episodes) and eval.test_episodes (held-out episodes)",
     "decision.max_capture_loss": "decision.noninferiority_margin (capture non-inferiority, step 1 of the verdict)",
 }
+
+
+class FilterSweepParams(_Section):
+    """The post-hoc filter sweep (issue 15 item 5, tasks/evaluate.py `sweep_filters`): every (form,
+    gamma, robust margin) on the checkpoints of ``algos``, played on the DEV episodes only; the rule
+    below picks one configuration per baseline checkpoint, the arm ``baseline_tuned_filter``."""
+
+    enabled: bool = Field(True, description="run the sweep (and the arm baseline_tuned_filter) in the evaluate stage")
+    algos: list[Literal["baseline", "cbf_beta"]] = Field(
+        ["baseline", "cbf_beta"], description="checkpoints swept (cbf_beta: its unconstrained policy, for the Pareto "
+        "figure; only the baseline's choice becomes an arm)"
+    )
+    forms: list[Literal["dcbf", "ct", "dcbf_exact"]] = Field(
+        ["dcbf", "dcbf_exact"], min_length=1, description="filter forms (ct at gamma is dcbf at gamma * dt: "
+        "listing both only renames gamma)"
+    )
+    gammas: list[float] = Field(
+        [0.01, 0.05, 0.2, 0.5, 1.0], min_length=1, description="class-K gammas (dcbf forms: per-step fraction in "
+        "(0, 1]; ct: rate in 1/s)"
+    )
+    robust_margins: list[float] = Field([0.0, 0.05, 0.1], min_length=1, description="clearance margins (m, >= 0)")
+    max_collision_upper: float = Field(
+        0.05, gt=0, le=1, description="selection rule: among configurations whose dev collision rate's Wilson "
+        "upper bound is at most this, the highest dev capture rate (ties: fewer interventions, then grid order); "
+        "none qualifies: the lowest upper bound"
+    )
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="level of that Wilson interval")
+
+    @model_validator(mode="after")
+    def _grid(self) -> "FilterSweepParams":
+        for name in ("algos", "forms", "gammas", "robust_margins"):
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise ValueError(f"eval.filter_sweep.{name}={values} repeats an entry; accepted: distinct entries")
+        if any(not (math.isfinite(g) and g > 0) for g in self.gammas):
+            raise ValueError(f"eval.filter_sweep.gammas={self.gammas} has a non-positive entry; accepted: > 0")
+        if any(g > 1 for g in self.gammas) and set(self.forms) & {"dcbf", "dcbf_exact"}:
+            raise ValueError(
+                f"eval.filter_sweep.gammas={self.gammas} has an entry above 1, which forms {self.forms} refuse "
+                "(a dcbf gamma is a per-step fraction); accepted: gammas in (0, 1], or forms [ct] only"
+            )
+        if any(not (math.isfinite(m) and m >= 0) for m in self.robust_margins):
+            raise ValueError(f"eval.filter_sweep.robust_margins={self.robust_margins}; accepted: metres >= 0")
+        return self
 
 
 class EvalParams(_Section):
@@ -149,10 +193,11 @@ class EvalParams(_Section):
     )
     num_envs: int = Field(200, ge=1, description="episodes run side by side")
     arms: list[Literal["barriernet", "baseline", "baseline_ct_filter", "baseline_dcbf_filter",
-                       "barriernet_rcbf", "cbf_beta", "cbf_beta_rcbf", "shielded"]] = Field(
+                       "barriernet_rcbf", "cbf_beta", "cbf_beta_rcbf", "shielded", "baseline_tuned_filter"]] = Field(
         list(ARMS), min_length=1
     )
     trajectory_episode: int = Field(0, ge=0, description="episode drawn as trajectories in the report")
+    filter_sweep: FilterSweepParams = FilterSweepParams()
 
     @model_validator(mode="before")
     @classmethod

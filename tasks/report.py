@@ -92,7 +92,7 @@ ARM_COLOURS = {
 ALGO_OF_ARM = {"barriernet": "barriernet", "baseline": "baseline",
                "baseline_ct_filter": "baseline", "baseline_dcbf_filter": "baseline",
                "barriernet_rcbf": "barriernet", "cbf_beta": "cbf_beta", "cbf_beta_rcbf": "cbf_beta",
-               "shielded": "shielded"}
+               "shielded": "shielded", "baseline_tuned_filter": "baseline"}
 
 # The reference project's published table (DESIGN.md, "Their published results"; source:
 # github.com/shoaib6174/safe-rl-pe docs/phases/phase2_5_decision_report.md). None: not reported.
@@ -416,6 +416,8 @@ def arm_label(arm: str, params: Params) -> str:
         return "CBF-Beta PPO (safe box)"
     if arm == "cbf_beta_rcbf":
         return f"CBF-Beta policy, unconstrained + {rcbf}"
+    if arm == "baseline_tuned_filter":
+        return "Baseline + tuned filter (eval.filter_sweep's rule, chosen on dev)"
     if arm == "shielded":
         return f"Shielded PPO ({params.cbf.form} filter in training, gamma {params.cbf.filter_gamma:g})"
     return ARM_LABELS.get(arm, arm)

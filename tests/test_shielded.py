@@ -168,7 +168,8 @@ def test_rollout_actions_are_safe_and_rescored_exactly(algo):
 
 @pytest.mark.parametrize("algo", ["cbf_beta", "shielded"])
 def test_smoke_training_and_every_arm_evaluates(tmp_path, state_dir, algo):
-    params = load_params(overrides={**TINY, "eval.dev_episodes": 3, "eval.test_episodes": 3, "eval.num_envs": 3})
+    params = load_params(overrides={**TINY, "eval.dev_episodes": 3, "eval.test_episodes": 3, "eval.num_envs": 3,
+                                    "eval.filter_sweep.gammas": [0.2], "eval.filter_sweep.robust_margins": [0.0, 0.1]})
     summary = run(params, tmp_path, algo, 0)
     assert summary["updates"] == 3 and summary["total_steps"] == 3 * 128
     assert np.isfinite(summary["env_steps_per_second"])
@@ -180,6 +181,11 @@ def test_smoke_training_and_every_arm_evaluates(tmp_path, state_dir, algo):
     table = pd.read_csv(evaluate.output_dir(tmp_path, algo, 0) / "episodes.csv")
     assert sorted(set(table["arm"])) == sorted(evaluate.ARMS_OF_ALGO[algo])
     assert (table["decision_ms"] > 0).all() and table["length"].between(1, 40).all()
+    # cbf_beta's checkpoint is swept too (its unconstrained policy under every filter), without an arm
+    sweep_file = evaluate.output_dir(tmp_path, algo, 0) / evaluate.SWEEP_FILE
+    assert sweep_file.exists() == (algo == "cbf_beta")
+    if algo == "cbf_beta":
+        assert len(pd.read_csv(sweep_file)) == 2 * 1 * 2  # forms x gammas x margins
 
 
 def test_new_arms_are_built_from_their_checkpoints():
@@ -188,13 +194,18 @@ def test_new_arms_are_built_from_their_checkpoints():
     for algo, arms in evaluate.ARMS_OF_ALGO.items():
         actor = make_actor(algo, OBS_DIM, params)
         for arm in arms:
-            policy = evaluate.build_policy(arm, actor, params)
-            if arm.endswith("_rcbf"):
+            tuned = {"form": "dcbf_exact", "gamma": 0.5, "robust_margin": 0.03}
+            policy = evaluate.build_policy(arm, actor, params, tuned if arm == "baseline_tuned_filter" else None)
+            if arm == "baseline_tuned_filter":
+                assert (policy.form, policy.gamma, policy.robust_margin) == ("dcbf_exact", 0.5, 0.03)
+            elif arm.endswith("_rcbf"):
                 assert isinstance(policy, SafetyFilter) and policy.robust_margin == params.cbf.robust_margin > 0
             elif arm in ("barriernet", "baseline", "cbf_beta", "shielded"):
                 assert policy is actor
     with pytest.raises(ValueError, match="unknown arm"):
         evaluate.build_policy("cbf_beta_tuned", actor, params)
+    with pytest.raises(ValueError, match="needs the configuration"):
+        evaluate.build_policy("baseline_tuned_filter", make_actor("baseline", OBS_DIM, params), params)
 
 
 def test_bad_algo_and_arm_names_are_refused_with_what_is_accepted():
@@ -209,3 +220,80 @@ def test_bad_algo_and_arm_names_are_refused_with_what_is_accepted():
     defaults = load_params()
     assert defaults.train.algos == ["barriernet", "baseline", "cbf_beta", "shielded"]
     assert {"barriernet_rcbf", "cbf_beta", "cbf_beta_rcbf", "shielded"} <= set(defaults.eval.arms)
+
+
+# ---------------------------------------------------------------------------------------------
+# The post-hoc filter sweep (dev episodes only) and the arm baseline_tuned_filter
+
+
+def _sweep_row(form, gamma, margin, capture, collision_upper, intervention, split="dev"):
+    return {"form": form, "gamma": gamma, "robust_margin": margin, "split": split, "episodes": 100, "steps": 1000,
+            "capture_rate": capture, "collision_rate": 0.0, "collision_upper": collision_upper,
+            "intervention_rate": intervention, "infeasible_rate": 0.0, "cbf_violation_rate": 0.0,
+            "mean_capture_steps": 100.0}
+
+
+def test_select_filter_follows_the_rule_and_refuses_test_rows():
+    table = pd.DataFrame([
+        _sweep_row("dcbf", 0.01, 0.0, 0.80, 0.02, 0.30),
+        _sweep_row("dcbf", 0.2, 0.0, 0.95, 0.09, 0.05),   # best capture, but its collision bound is too high
+        _sweep_row("dcbf", 0.5, 0.05, 0.90, 0.04, 0.20),
+        _sweep_row("dcbf_exact", 0.5, 0.05, 0.90, 0.05, 0.10),  # ties on capture, fewer interventions: chosen
+    ])
+    choice = evaluate.select_filter(table, max_collision_upper=0.05)
+    assert (choice["form"], choice["gamma"], choice["robust_margin"], choice["qualified"]) == ("dcbf_exact", 0.5, 0.05, True)
+    json.dumps(choice)  # plain types: written as filter_choice.json
+    # nothing qualifies: the lowest collision bound
+    fallback = evaluate.select_filter(table, max_collision_upper=0.01)
+    assert (fallback["gamma"], fallback["qualified"]) == (0.01, False)
+    with pytest.raises(ValueError, match="accepted: dev rows only"):
+        evaluate.select_filter(pd.concat([table, pd.DataFrame([_sweep_row("dcbf", 1.0, 0.1, 1.0, 0.0, 0.0, "test")])]),
+                               0.05)
+
+
+def test_sweep_plays_dev_episodes_only_and_the_tuned_arm_plays_the_choice(tmp_path, state_dir, monkeypatch):
+    params = load_params(overrides={
+        **TINY, "eval.dev_episodes": 4, "eval.test_episodes": 3, "eval.num_envs": 4,
+        "eval.filter_sweep.forms": ["dcbf"], "eval.filter_sweep.gammas": [0.05, 1.0],
+        "eval.filter_sweep.robust_margins": [0.0, 0.1], "eval.filter_sweep.max_collision_upper": 0.9,
+    })
+    run(params, tmp_path, "baseline", 0)
+    played: list[tuple[str, str]] = []
+    original = evaluate.play_episodes
+
+    def spy(policy, obs_rms, p, episodes, record=None, split="test"):
+        form = getattr(policy, "form", None)
+        played.append((split, f"{form}/{getattr(policy, 'gamma', None)}/{getattr(policy, 'robust_margin', None)}"))
+        return original(policy, obs_rms, p, episodes, record, split)
+
+    monkeypatch.setattr(evaluate, "play_episodes", spy)
+    evaluate.run(params, tmp_path, "baseline", 0)
+    out = evaluate.output_dir(tmp_path, "baseline", 0)
+    sweep = pd.read_csv(out / evaluate.SWEEP_FILE)
+    assert len(sweep) == 4 and set(sweep["split"]) == {"dev"} and (sweep["episodes"] == 4).all()
+    # the sweep's calls came before the arms' and used the dev split only
+    assert [split for split, _ in played[:4]] == ["dev"] * 4
+    choice = json.loads((out / evaluate.CHOICE_FILE).read_text())
+    recomputed = evaluate.select_filter(sweep, 0.9)
+    assert {k: choice[k] for k in ("form", "gamma", "robust_margin")} == \
+        {k: recomputed[k] for k in ("form", "gamma", "robust_margin")}
+    table = pd.read_csv(out / "episodes.csv")
+    tuned = table[table["arm"] == "baseline_tuned_filter"]
+    assert sorted(set(tuned["split"])) == ["dev", "test"]
+    # the tuned arm's dev episodes are the chosen configuration's sweep episodes, replayed
+    chosen = sweep[(sweep["gamma"] == choice["gamma"]) & (sweep["robust_margin"] == choice["robust_margin"])].iloc[0]
+    dev = tuned[tuned["split"] == "dev"]
+    assert dev["outcome"].eq("capture").mean() == pytest.approx(chosen["capture_rate"])
+    assert dev["interventions"].sum() / dev["length"].sum() == pytest.approx(chosen["intervention_rate"])
+
+
+def test_bad_sweep_params_are_refused_with_the_key():
+    from tasks.params import ParamsError
+
+    with pytest.raises(ParamsError, match=r"eval\.filter_sweep\.gammas=\[0\.2, 2\.0\].*accepted"):
+        load_params(overrides={"eval.filter_sweep.gammas": [0.2, 2.0]})
+    with pytest.raises(ParamsError, match=r"eval\.filter_sweep\.robust_margins"):
+        load_params(overrides={"eval.filter_sweep.robust_margins": [-0.1]})
+    with pytest.raises(ParamsError, match=r"eval\.filter_sweep\.forms"):
+        load_params(overrides={"eval.filter_sweep.forms": ["dcbf", "dcbf"]})
+    assert load_params(overrides={"eval.filter_sweep.forms": ["ct"], "eval.filter_sweep.gammas": [4.0]})
