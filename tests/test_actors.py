@@ -515,7 +515,7 @@ def test_critic_shape_and_orthogonal_init():
 def test_factories():
     assert isinstance(make_actor("barriernet", OBS_DIM, PARAMS), BarrierNetActor)
     assert isinstance(make_actor("baseline", OBS_DIM, PARAMS), GaussianActor)
-    with pytest.raises(ValueError, match=r"algo='ppo' is unknown; accepted: \('barriernet', 'baseline'\)"):
+    with pytest.raises(ValueError, match=r"algo='ppo' is unknown; accepted: \('barriernet', 'baseline', 'cbf_beta', 'shielded'\)"):
         make_actor("ppo", OBS_DIM, PARAMS)
     actor = make_actor("barriernet", OBS_DIM, params_with(barriernet={"update_mode": "nominal"}))
     assert actor.update_mode == "nominal"
