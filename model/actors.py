@@ -274,16 +274,40 @@ class BarrierNetActor(nn.Module):
     def _check_safety(self, safety: "SafetyState", batch: int) -> None:
         if safety is None:
             raise ValueError("BarrierNetActor needs the SafetyState (got None)")
-        if tuple(safety.obstacle_radii.shape) != (batch, self.num_obstacles):
+        shape = tuple(safety.obstacle_radii.shape)
+        if len(shape) != 2 or shape[0] != batch or shape[1] < self.num_obstacles:
             raise ValueError(
-                f"safety.obstacle_radii has shape {tuple(safety.obstacle_radii.shape)}; accepted: (B, K) = "
-                f"({batch}, {self.num_obstacles}) with K = env.num_obstacles the actor was built for"
+                f"safety.obstacle_radii has shape {shape}; accepted: (B, K) = ({batch}, {self.num_obstacles}) with K = "
+                f"env.num_obstacles the actor was built for, or more obstacles (B, K' > K: see full_gamma)"
             )
+
+    def full_gamma(self, gamma: Tensor, safety: "SafetyState") -> Tensor:
+        """gamma (B, K + 4) of the gamma head -> (B, K' + 4) for a state with K' >= K obstacles.
+
+        The head has one output per obstacle it was trained with (K) plus the 4 walls. A scenario
+        with more obstacles (the evaluation's multi-obstacle ones) must still constrain every one
+        of them: the K obstacles nearest the pursuer's body (what the observation shows, by body
+        gap) take the head's K obstacle outputs, in storage order as in training; every other
+        obstacle gets the fixed ``cbf.filter_gamma`` of the post-hoc filters (same units as the
+        head under ``cbf.form``). K' == K returns `gamma` unchanged (training is untouched).
+        """
+        k, k_all = self.num_obstacles, safety.obstacle_radii.shape[1]
+        if k_all == k:
+            return gamma
+        batch = gamma.shape[0]
+        centres, radii = safety.obstacle_centres.to(gamma.dtype), safety.obstacle_radii.to(gamma.dtype)
+        gap = torch.linalg.vector_norm(centres - safety.pursuer[:, None, :2].to(gamma.dtype), dim=-1) - radii
+        gap = torch.where(safety.obstacle_mask, gap, torch.full_like(gap, float("inf")))
+        nearest = torch.sort(gap, dim=1, stable=True).indices[:, :k].sort(dim=1).values  # (B, K) storage order
+        obstacle_gamma = gamma.new_full((batch, k_all), self.cbf_params.filter_gamma)
+        obstacle_gamma = obstacle_gamma.scatter(1, nearest, gamma[:, :k])
+        return torch.cat((obstacle_gamma, gamma[:, k:]), dim=1)
 
     def forward(self, obs: Tensor, safety: "SafetyState", deterministic: bool = False) -> ActorOutput:
         self._check_safety(safety, obs.shape[0])
         self.projection.qp_ms = []
         nominal, gamma = self._heads(obs)
+        gamma = self.full_gamma(gamma, safety)
         std = self.std.to(nominal.dtype)
         with torch.autocast(device_type=nominal.device.type, enabled=False):
             rows = self.projection.rows(safety, gamma, nominal)
@@ -336,7 +360,7 @@ class BarrierNetActor(nn.Module):
             if self.update_mode == "through_qp":
                 if cbf_geometry is None:
                     self._check_safety(safety, obs.shape[0])
-                    rows = self.projection.rows(safety, gamma, nominal)
+                    rows = self.projection.rows(safety, self.full_gamma(gamma, safety), nominal)
                 else:
                     rows = self.projection.rows_from(cbf_geometry, gamma)
                 if qp_hint is not None:

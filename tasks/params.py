@@ -218,6 +218,49 @@ class EvalParams(_Section):
         raise ValueError(f"split={split!r}; accepted: 'dev' or 'test'")
 
 
+SCENARIOS = (
+    "open_field", "obstacle_between", "near_boundary", "cornered", "high_speed_obstacle", "head_on",
+    "corridor_tight", "corridor_passable", "boundary_wrap", "obstacle_shadow", "multi_obstacle_4",
+    "multi_obstacle_8", "speed_mismatch", "fleeing_evader", "disturbance",
+)  # fmt: skip
+"""Named evaluation scenarios of the stage `scenarios` (geometry in tasks/scenarios.py)."""
+
+
+class ScenariosParams(_Section):
+    """Named scenarios (tasks/scenarios.py): a fixed geometry each, played by every arm on the same
+    episodes, which differ only in the evader's env seed and a small start-pose jitter."""
+
+    episodes: int = Field(50, ge=1, le=10_000, description="episodes per scenario (one batched core each)")
+    seeds: list[int] = Field(
+        [0], min_length=1, description="training seeds whose checkpoints play the scenarios (those in train.seeds)"
+    )
+    seed_base: int = Field(
+        3_000_000, ge=0, description="scenario episode e uses env seed seed_base + e (evader randomness); disjoint "
+        "from the training env seeds and the eval splits"
+    )
+    jitter: float = Field(
+        0.2, ge=0, le=0.5, description="start-pose jitter: each start x, y (m) and heading (rad) moves by a uniform "
+        "draw in [-jitter, jitter] (what makes episodes of a deterministic evader differ)"
+    )
+    names: list[Literal[SCENARIOS]] = Field(list(SCENARIOS), min_length=1, description="scenarios to run")
+    actuation_noise: float = Field(
+        0.1, ge=0, le=1, description="disturbance scenario: std of Gaussian noise on the pursuer's executed (v, w), "
+        "as a fraction of (pursuer_v_max, pursuer_w_max)"
+    )
+    speed_bias: float = Field(
+        0.1, ge=-0.5, le=0.5, description="disturbance scenario: the pursuer drives (1 + speed_bias) times the "
+        "commanded speed (> 0: faster than the safety layer assumes)"
+    )
+    gif_frames: int = Field(60, ge=2, le=150, description="frames of each scenario's animated GIF (report stage)")
+
+    @field_validator("names", "seeds")
+    @classmethod
+    def _unique(cls, value: list, info: Any) -> list:
+        if len(set(value)) != len(value):
+            raise ValueError(f"scenarios.{info.field_name}={value!r} repeats an entry; accepted: distinct entries")
+        return value
+
+
 class QPBenchmarkParams(_Section):
     batch_sizes: list[int] = Field([1, 16, 64, 256, 1024, 4096], min_length=1)
     repeats: int = Field(20, ge=1)
@@ -375,6 +418,7 @@ class Params(_Section):
     barriernet: BarrierNetParams = BarrierNetParams()
     train: TrainParams = TrainParams()
     eval: EvalParams = EvalParams()
+    scenarios: ScenariosParams = ScenariosParams()
     qp_benchmark: QPBenchmarkParams = QPBenchmarkParams()
     decision: DecisionParams = DecisionParams()
     orchestration: OrchestrationParams = OrchestrationParams()
@@ -426,6 +470,26 @@ class Params(_Section):
                     f"seeds 0..{top_train_env_seed - 1}, which reach eval.{split}_seed_base={rng.start}; accepted: "
                     f"smaller seeds or a larger eval.{split}_seed_base (training and {split} episodes must differ)"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _scenarios_cross(self) -> "Params":
+        # Scenario episodes must be unseen in training and apart from the eval splits (a scenario
+        # episode is not a test episode). scenarios.seeds outside train.seeds are not checked
+        # here (an override of train.seeds alone stays valid): the flow skips them and the stage
+        # refuses a missing checkpoint by name.
+        base = self.scenarios.seed_base
+        used = range(base, base + self.scenarios.episodes)
+        top_train_env_seed = (max(self.train.seeds) + 1) * self.train.num_envs
+        clashes = [f"eval.{split} split" for split in ("dev", "test")
+                   if used.start < self.eval.split_range(split).stop and self.eval.split_range(split).start < used.stop]
+        if used.start < top_train_env_seed:
+            clashes.append(f"training env seeds 0..{top_train_env_seed - 1}")
+        if clashes:
+            raise ValueError(
+                f"scenarios.seed_base={base} with scenarios.episodes={self.scenarios.episodes} uses env seeds "
+                f"[{used.start}, {used.stop}), which overlap the {' and the '.join(clashes)}; accepted: a disjoint range"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:

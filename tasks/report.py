@@ -1551,6 +1551,9 @@ def render(inputs: Inputs, params: Params, workdir: Path, started: float) -> tup
         md += ["(No QP speed figure: the QP benchmark table is absent or lacks backend/batch_size/median_ms.)", ""]
 
     md += ["## Our numbers beside the reference project's (Phase 2.5)", "", _reference_section(inputs, params, arms)]
+    from tasks.report_scenarios import section as scenario_section  # issue 18: tables, figures, GIFs
+
+    md += [scenario_section(params, workdir)]
     md += ["## Provenance", "", _provenance_section(inputs, params, workdir, hw, git, overrides)]
     return "\n".join(md), figures
 
