@@ -17,9 +17,11 @@ Safe box construction (`safe_box`, vectorised over the batch, float64)
 1. Centres: for each inward offset delta in CENTRE_DELTAS = (0, 0.05, 0.2, 0.5) (units of the
    half action range), the point nearest the action box's centre ``u_mid = (v_max / 2, 0)`` of
    C(x) with every row pushed inwards by delta (the exact QP of `model.qp.solve_qp`, normalised
-   units ``z = (u - u_mid) / half_range``, all offsets in one batch). delta = 0 decides feasibility:
-   if C(x) is empty the state is *infeasible*. A delta > 0 centre lies at least delta from every
-   edge: the delta = 0 centre can sit in a corner of C(x), where both chords below are points.
+   units ``z = (u - u_mid) / half_range``). delta = 0 decides feasibility: if C(x) is empty the
+   state is *infeasible*. A delta > 0 centre lies at least delta from every edge: the delta = 0
+   centre can sit in a corner of C(x), where both chords below are points. The delta > 0 QPs are
+   solved (in one batch) only for states whose delta = 0 box is not already the whole action box
+   (the same result: step 4 keeps the first largest box).
 2. Chords: for each dimension d, the interval of u_d with the other dimension held at the centre c:
    ``{u_d : (u_d, c_other) in C(x)}``, exact (each row bounds u_d from one side).
 3. Shrink: the cross product of the two chords may cut a corner of C(x); shrink it toward c by the
@@ -32,8 +34,9 @@ Safe box construction (`safe_box`, vectorised over the batch, float64)
    passes keep the box of largest normalised area (ties: the smallest delta, the earliest pass).
    A state whose C(x) contains the whole action box gets the whole action box; a half-plane
    ``v <= s`` gives exactly ``[0, s] x [-w_max, w_max]``.
-This box is not the largest box inside C(x); it is one every corner of which provably satisfies
-every row (tested on random and near-boundary states).
+Steps 2-4 run as a numba loop over the states (`_boxes_kernel`), bit-equal to the batched torch
+code `_boxes_torch` (tested). This box is not the largest box inside C(x); it is one every corner
+of which provably satisfies every row (tested on random and near-boundary states).
 
 Infeasible states (C(x) empty): the box collapses to the QP's minimum-violation point (solve_qp's
 documented fallback, clipped to the action bounds), which is the executed action; ``feasible`` is
