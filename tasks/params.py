@@ -251,7 +251,9 @@ class ScenariosParams(_Section):
         0.1, ge=-0.5, le=0.5, description="disturbance scenario: the pursuer drives (1 + speed_bias) times the "
         "commanded speed (> 0: faster than the safety layer assumes)"
     )
-    gif_frames: int = Field(60, ge=2, le=150, description="frames of each scenario's animated GIF (report stage)")
+    gif_frames: int = Field(
+        30, ge=2, le=150, description="frames of each scenario's animated GIF (report stage; 8 arms: about 0.3 s of CPU each)"
+    )
 
     @field_validator("names", "seeds")
     @classmethod

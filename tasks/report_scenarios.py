@@ -37,6 +37,7 @@ FIGURE_DIR = Path("reports/figures/scenarios")
 ANIMATION_DIR = Path("reports/animations")
 GIF_LIMIT_BYTES = 1_000_000
 ARROWS_PER_PANEL = 12
+ARROW_GAIN = 2.0  # correction arrows drawn at twice the course shift, to be visible
 MARGIN_RANGE = (-0.2, 1.0)  # m: colour scale of the barrier margin (red < 0 < yellow < green)
 
 
@@ -49,10 +50,15 @@ def _pyplot():
     return plt
 
 
+def scenario_seed(params: Params) -> int:
+    """The training seed the section shows: the first of scenarios.seeds that was trained."""
+    return next((s for s in params.scenarios.seeds if s in params.train.seeds), params.scenarios.seeds[0])
+
+
 def read_results(params: Params, workdir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any], dict[str, Any]] | None:
     """(episodes, behaviour, trajectories, heatmaps) of the first scenario seed, every algo; None
     when no cell has results."""
-    seed = params.scenarios.seeds[0]
+    seed = scenario_seed(params)
     episodes, behaviour, trajectories, heatmaps = [], [], {}, {}
     for algo in params.train.algos:
         cell = Path(workdir) / "results" / "scenarios" / cell_name(algo, seed)
@@ -170,16 +176,29 @@ def _course_shift(pose: np.ndarray, executed: np.ndarray, proposal: np.ndarray, 
     return end(executed) - end(proposal)
 
 
+def _view(name: str, arms: list[str], trajectories: dict[str, Any], params: Params) -> tuple:
+    """A square window (x range, y range) around every arm's paths, 1.5 m of margin, at least
+    6 m wide, inside the arena: the arena is 20 m, the interesting part often 3 m."""
+    half = params.env.arena_size / 2
+    points = np.concatenate([trajectories[f"{name}/{arm}/{who}"][:, :2] for arm in arms for who in ("pursuer", "evader")])
+    low, high = points.min(0) - 1.5, points.max(0) + 1.5
+    centre, width = (low + high) / 2, max(float((high - low).max()), 6.0)
+    width = min(width, 2 * half + 0.4)
+    centre = np.clip(centre, -half - 0.2 + width / 2, half + 0.2 - width / 2)
+    return tuple((c - width / 2, c + width / 2) for c in centre)
+
+
 def figure_trajectories(name: str, arms: list[str], trajectories: dict[str, Any], params: Params) -> bytes:
     plt = _pyplot()
     from matplotlib.collections import LineCollection
 
     cols = min(4, len(arms))
     rows = math.ceil(len(arms) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 3.0 * rows + 0.4), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.4 * rows + 0.4), squeeze=False)
     cmap = plt.get_cmap("RdYlGn")
     norm = plt.Normalize(*MARGIN_RANGE)
     obstacles = trajectories[f"{name}/obstacles"]
+    view = _view(name, arms, trajectories, params)
     for ax, arm in zip(axes.flat, arms):
         prefix = f"{name}/{arm}"
         _arena(ax, params, obstacles)
@@ -197,13 +216,15 @@ def figure_trajectories(name: str, arms: list[str], trajectories: dict[str, Any]
             shift = _course_shift(pursuer[pick].astype(np.float64), trajectories[f"{prefix}/executed"][pick],
                                   trajectories[f"{prefix}/proposal"][pick])  # fmt: skip
             ax.quiver(pursuer[pick, 0], pursuer[pick, 1], shift[:, 0], shift[:, 1], angles="xy", scale_units="xy",
-                      scale=1.0, color="purple", width=0.008)  # fmt: skip
-        ax.set_title(f"{arm} ({len(pursuer) - 1} steps)", fontsize=7)
+                      scale=1.0 / ARROW_GAIN, color="purple", width=0.012)  # fmt: skip
+        ax.set_xlim(*view[0])
+        ax.set_ylim(*view[1])
+        ax.set_title(f"{arm} ({len(pursuer) - 1} steps, {moved.size} corrected)", fontsize=7)
     for ax in list(axes.flat)[len(arms):]:
         ax.axis("off")
     fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes, shrink=0.6, label="barrier margin h (m)")
-    fig.suptitle(f"{name}: episode 0 (pursuer coloured by h, evader dashed, purple: QP correction of the 1 s course)",
-                 fontsize=8)  # fmt: skip
+    fig.suptitle(f"{name}: episode 0 (pursuer coloured by h, evader dashed blue; purple: where the QP moved the "
+                 f"1 s course, x{ARROW_GAIN:g})", fontsize=8)  # fmt: skip
     return _png(fig)
 
 
@@ -269,10 +290,14 @@ def animation_gif(name: str, arms: list[str], trajectories: dict[str, Any], para
     longest = max(len(trajectories[f"{name}/{arm}/pursuer"]) for arm in arms)
     frames = np.unique(np.linspace(0, longest - 1, min(frames_max, longest)).astype(int))
     obstacles = trajectories[f"{name}/obstacles"]
-    for dpi in (50, 36, 26):
-        fig, axes = plt.subplots(1, len(arms), figsize=(2.2 * len(arms), 2.4), squeeze=False)
+    cols = min(4, len(arms))
+    rows = math.ceil(len(arms) / cols)
+    for dpi in (60, 45, 34):  # the first that fits GIF_LIMIT_BYTES
+        fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.5 * rows), squeeze=False)
+        for ax in list(axes.flat)[len(arms):]:
+            ax.axis("off")
         markers = []
-        for ax, arm in zip(axes[0], arms):
+        for ax, arm in zip(axes.flat, arms):
             _arena(ax, params, obstacles)
             ax.set_title(arm, fontsize=6)
             ax.set_xticks([])
@@ -297,7 +322,7 @@ def animation_gif(name: str, arms: list[str], trajectories: dict[str, Any], para
         path.parent.mkdir(parents=True, exist_ok=True)
         with io.atomic_path(path) as tmp:
             gif = tmp.with_suffix(".gif")
-            animation.save(gif, writer=PillowWriter(fps=10), dpi=dpi)
+            animation.save(gif, writer=PillowWriter(fps=6), dpi=dpi)
             gif.replace(tmp)
         plt.close(fig)
         size = path.stat().st_size
@@ -327,7 +352,7 @@ def section(params: Params, workdir: str | Path = ".") -> str:
             tmp.write_bytes(png)
         return f"figures/scenarios/{stem}.png"
 
-    seed = params.scenarios.seeds[0]
+    seed = scenario_seed(params)
     md = ["## Scenarios", "",
           f"Named situations (tasks/scenarios.py), {params.scenarios.episodes} episodes each, training seed {seed}; "
           f"every arm plays the same episodes (evader env seeds {params.scenarios.seed_base}.."
@@ -351,7 +376,7 @@ def section(params: Params, workdir: str | Path = ".") -> str:
         md += [f"![{name}]({link})", "",
                f"*{name}, episode 0 for every arm (same start and evader randomness): the pursuer's path coloured by "
                f"its barrier margin h (red < 0 < yellow < green, {MARGIN_RANGE[1]:g} m and more), the evader dashed, "
-               "purple arrows where the QP changed the action (how far it moved the pursuer's 1 s course). "
+               f"purple arrows where the QP changed the action (how far it moved the pursuer's 1 s course, drawn x{ARROW_GAIN:g}). "
                f"Animation: `reports/animations/{name}.gif` (DVC-cached).*", ""]
         animation_gif(name, arms, trajectories, params, animation_dir / f"{name}.gif")
     link = write_png("heatmaps", figure_heatmaps(arms, heatmaps, params))

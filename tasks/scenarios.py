@@ -48,6 +48,8 @@ Outputs under ``<workdir>/results/scenarios/<algo>-s<seed>/``:
   behaviour.csv     per (arm, scenario): smoothness (mean squared jerk, m^2/s^6), steering vs
                     braking near obstacles (see `behaviour_rows`)
   timing.json       wall time of this cell
+A cell whose seed is not in ``scenarios.seeds`` only writes ``skipped.json`` (DVC's matrix is
+algo x train.seeds, so overriding train.seeds alone keeps a valid pipeline).
 """
 
 from __future__ import annotations
@@ -432,6 +434,12 @@ def red_flags(table: pd.DataFrame) -> list[str]:
 def run(params: Params, workdir: str | Path = ".", algo: str = "barriernet", seed: int = 0) -> dict[str, Any]:
     """Play every scenario in scenarios.names with every arm of the (algo, seed) checkpoint."""
     workdir = Path(workdir)
+    if seed not in params.scenarios.seeds:
+        # DVC's matrix runs every (algo, training seed) cell, so an override of train.seeds alone
+        # stays a valid pipeline; only the seeds in scenarios.seeds play (the budget).
+        io.write_json(output_dir(workdir, algo, seed) / "skipped.json",
+                      {"reason": f"seed {seed} is not in scenarios.seeds={params.scenarios.seeds}"})  # fmt: skip
+        return {"skipped": True}
     model_path = workdir / "results" / "train" / cell_name(algo, seed) / "model.pt"
     arms = [arm for arm in ARMS_OF_ALGO[algo] if arm in params.eval.arms]
     scenarios = [scenario_geometry(name, params) for name in params.scenarios.names]

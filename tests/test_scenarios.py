@@ -234,3 +234,14 @@ def test_batching_scenarios_in_one_core_does_not_change_their_episodes():
             assert a["min_h"] == pytest.approx(b["min_h"], abs=1e-4)
         steps = alone["pursuer"].shape[0]
         np.testing.assert_allclose(arrays["pursuer"][:steps], alone["pursuer"], atol=1e-4)
+
+
+def test_cells_outside_scenarios_seeds_only_write_a_skip_marker(tmp_path: Path):
+    """DVC's matrix is algo x train.seeds; a seed outside scenarios.seeds needs no checkpoint."""
+    params = _params(**{"train.seeds": [0, 1]})
+    out = S.run(params, tmp_path, algo="barriernet", seed=1)
+    assert out == {"skipped": True}
+    cell = S.output_dir(tmp_path, "barriernet", 1)
+    assert sorted(p.name for p in cell.iterdir()) == ["skipped.json"]
+    with pytest.raises(S.StageInputError, match="model.pt"):
+        S.run(params, tmp_path, algo="barriernet", seed=0)  # in scenarios.seeds: the checkpoint is required
