@@ -100,10 +100,11 @@ def reading(name: str, rows: pd.DataFrame) -> str:
     """One line per scenario from its numbers (rows: scenario_table's rows of this scenario)."""
     rates = rows.assign(rate=rows.capture / rows.episodes).sort_values("rate", ascending=False)
     best = rates.iloc[0]
-    parts = [f"highest capture {best.arm} ({100 * best.rate:.0f} %)"]
     worst = rates.iloc[-1]
-    if len(rates) > 1:
-        parts.append(f"lowest {worst.arm} ({100 * worst.rate:.0f} %)")
+    if best.rate == worst.rate:
+        parts = [f"every arm captured {100 * best.rate:.0f} %"]
+    else:
+        parts = [f"highest capture {best.arm} ({100 * best.rate:.0f} %), lowest {worst.arm} ({100 * worst.rate:.0f} %)"]
     colliding = rows[rows.collision > 0]
     parts.append("no collisions" if colliding.empty else
                  "collisions: " + ", ".join(f"{r.arm} {r.collision}/{r.episodes}" for r in colliding.itertuples()))
@@ -359,7 +360,13 @@ def section(params: Params, workdir: str | Path = ".") -> str:
           f"{params.scenarios.seed_base + params.scenarios.episodes - 1}, start poses jittered by up to "
           f"{params.scenarios.jitter:g} m / rad). Rates with 95 % Wilson intervals; capture, collision and "
           "violation (any step with a barrier < 0) per episode, intervention and infeasible per step; capture "
-          "time: mean over captured episodes.", ""]
+          "time: mean over captured episodes. The step rates' intervals treat steps as independent (they are not: "
+          "read them as too narrow).", "",
+          "Figures per scenario: episode 0 for every arm (same start and evader randomness), the window zoomed to the "
+          f"paths; the pursuer's path coloured by its barrier margin h (red < 0 < yellow < green, {MARGIN_RANGE[1]:g} m "
+          "and more; dotted rings: where the body barrier is 0), the evader dashed blue, purple arrows where the QP "
+          f"changed the action (how far it moved the pursuer's 1 s course, drawn x{ARROW_GAIN:g}). Animated GIFs of "
+          "all arms side by side are in `reports/animations/` (DVC-cached, not in git).", ""]
     flags = red_flags(episodes)
     md += ["**Red flags** (QP infeasible on > 5 % of steps): " + ("; ".join(flags) if flags else "none") + ".", ""]
     for name in names:
@@ -374,10 +381,7 @@ def section(params: Params, workdir: str | Path = ".") -> str:
         ), ""]  # fmt: skip
         link = write_png(f"trajectories_{name}", figure_trajectories(name, arms, trajectories, params))
         md += [f"![{name}]({link})", "",
-               f"*{name}, episode 0 for every arm (same start and evader randomness): the pursuer's path coloured by "
-               f"its barrier margin h (red < 0 < yellow < green, {MARGIN_RANGE[1]:g} m and more), the evader dashed, "
-               f"purple arrows where the QP changed the action (how far it moved the pursuer's 1 s course, drawn x{ARROW_GAIN:g}). "
-               f"Animation: `reports/animations/{name}.gif` (DVC-cached).*", ""]
+               f"*{name}: episode 0 for every arm (legend above). Animation: `reports/animations/{name}.gif`.*", ""]
         animation_gif(name, arms, trajectories, params, animation_dir / f"{name}.gif")
     link = write_png("heatmaps", figure_heatmaps(arms, heatmaps, params))
     md += ["### Where in the arena", "", f"![heatmaps]({link})", "",

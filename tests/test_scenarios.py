@@ -245,3 +245,23 @@ def test_cells_outside_scenarios_seeds_only_write_a_skip_marker(tmp_path: Path):
     assert sorted(p.name for p in cell.iterdir()) == ["skipped.json"]
     with pytest.raises(S.StageInputError, match="model.pt"):
         S.run(params, tmp_path, algo="barriernet", seed=0)  # in scenarios.seeds: the checkpoint is required
+
+
+def test_scenario_table_and_reading_from_hand_counted_episodes():
+    from tasks import report_scenarios as R
+
+    episodes = pd.DataFrame({
+        "arm": ["a"] * 4 + ["b"] * 4, "scenario": ["corridor_tight"] * 8, "episode": [0, 1, 2, 3] * 2,
+        "outcome": ["capture", "capture", "timeout", "collision", "timeout", "timeout", "timeout", "timeout"],
+        "length": [20, 40, 600, 10, 600, 600, 600, 600], "cbf_violation_steps": [0, 0, 0, 3, 0, 0, 0, 0],
+        "interventions": [0] * 8, "infeasible_steps": [0, 0, 60, 0, 0, 0, 0, 0], "min_h": [0.1] * 8,
+        "correction": [0.0] * 8,
+    })  # fmt: skip
+    table = R.scenario_table(episodes, dt=0.05)
+    a = table[table.arm == "a"].iloc[0]
+    assert (a.capture, a.collision, a.violation, a.steps, a.infeasible) == (2, 1, 1, 670, 60)
+    assert a.capture_time == pytest.approx((20 + 40) / 2 * 0.05)  # captured episodes only
+    text = R.reading("corridor_tight", table)
+    assert "highest capture a (50 %), lowest b (0 %)" in text
+    assert "collisions: a 1/4" in text and "barrier violated by a (1 ep.)" in text
+    assert "QP infeasible > 5 % of steps: a" in text  # 60 / 670 = 9 %
