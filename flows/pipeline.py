@@ -1,7 +1,7 @@
 """The Prefect flow `train-and-eval`: every pipeline stage as a retryable Prefect task.
 
     QP benchmark -> train (algo x seed, on Dask) -> evaluate (algo x seed, on Dask)
-                 -> compare -> report -> `dvc commit` (default params only)
+                 -> compare -> headline -> report -> `dvc commit` (default params only)
 
 Each task calls the stage function from the registry, `STAGES[name].run(params, workdir, **cell)`;
 nothing about a stage is written here twice. Retries, retry delay and timeouts come from
@@ -171,6 +171,28 @@ def qp_benchmark_task(params: Params, workdir: Path) -> dict:
         _release_device_memory()
 
 
+# Accounting hook: with BARRIERNET_TRAIN_CALLS_LOG set (in the environment of the process that runs
+# the train task, e.g. a Dask worker), every train task execution appends one JSON line
+# {"algo", "seed", "pid"} before training starts. The worker-loss test counts these lines to show
+# that a finished cell is never recomputed and the killed one ran twice (read_train_calls).
+TRAIN_CALLS_ENV = "BARRIERNET_TRAIN_CALLS_LOG"
+
+
+def _record_train_call(algo: str, seed: int) -> None:
+    path = os.environ.get(TRAIN_CALLS_ENV)
+    if path:
+        with open(path, "a") as handle:  # one short write per line: appends from processes don't mix
+            handle.write(json.dumps({"algo": algo, "seed": int(seed), "pid": os.getpid()}) + "\n")
+
+
+def read_train_calls(path: str | Path) -> list[dict[str, Any]]:
+    """The lines `_record_train_call` appended, in order: [{"algo", "seed", "pid"}, ...] ([] if none)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def _train_run_name() -> str:
     from prefect.runtime import task_run
 
@@ -183,6 +205,7 @@ def _train_run_name() -> str:
 def train_task(params: Params, workdir: Path, algo: str, seed: int, minibatch_size: int | None = None) -> dict:
     """One training cell; a retry resumes from the cell's last checkpoint (train.run does that)."""
     numerics.require(params.numerics.mode)  # a Dask worker started by hand may not be pinned
+    _record_train_call(algo, seed)
     import torch
 
     from tasks.train import TrainingOOMError
@@ -222,6 +245,11 @@ def evaluate_task(params: Params, workdir: Path, algo: str, seed: int) -> dict:
 @task(name="compare", **_TASK_DEFAULTS)
 def compare_task(params: Params, workdir: Path) -> dict:
     return STAGES["compare"].run(params, workdir)
+
+
+@task(name="headline", **_TASK_DEFAULTS)
+def headline_task(params: Params, workdir: Path) -> dict:
+    return STAGES["headline"].run(params, workdir)
 
 
 @task(name="report", **_TASK_DEFAULTS)
@@ -264,6 +292,29 @@ def dvc_commit_task(workspace: Path) -> dict:
     return {"dvc_status": changed}
 
 
+def default_remote(workspace: Path) -> str:
+    """The DVC remote `dvc push` uses (core.remote of .dvc/config, or .dvc/config.local's); PipelineError if none."""
+    found = dvc(workspace, "remote", "default", check=False)  # exit 1, "No default remote set": none
+    name = found.stdout.strip() if found.returncode == 0 else ""
+    if not name:
+        raise PipelineError(
+            f"orchestration.dvc_push=true but {workspace} has no default DVC remote; accepted: a remote set with "
+            "`dvc remote add -d NAME URL` (.dvc/config ships `shared` = ../barriernet-dvc-remote), or dvc_push=false"
+        )
+    return name
+
+
+@task(name="dvc_push", cache_policy=NO_CACHE, persist_result=False)
+def dvc_push_task(workspace: Path) -> dict:
+    """`dvc push`: the cache objects dvc.lock references go to the default remote, so a fresh
+    clone gets them with `git pull && dvc pull`."""
+    logger = get_run_logger()
+    remote = default_remote(workspace)
+    pushed = dvc(workspace, "push")
+    logger.info("dvc push to remote %r: %s", remote, pushed.stdout.strip().splitlines()[-1:] or "done")
+    return {"remote": remote, "output": pushed.stdout[-2000:]}
+
+
 # ---------------------------------------------------------------------------------------------
 # Task runner for the matrix
 
@@ -284,6 +335,22 @@ def matrix_task_runner(orchestration: OrchestrationParams) -> TaskRunner:
             "dashboard_address": None,
         },
     )
+
+
+def _take(future) -> Any:
+    """`future.result()`, then release the Dask future: the scheduler forgets the finished task.
+
+    While a client holds a Dask future, its result is data the cluster keeps on the worker that
+    computed it; if that worker dies, the scheduler recomputes the task to restore the data
+    (prefect#15442, prefect-dask#101). The Prefect future keeps the final state it read, so
+    nothing is lost here, and a finished cell is never trained again when its worker is lost.
+    """
+    try:
+        return future.result()
+    finally:
+        release = getattr(getattr(future, "wrapped_future", None), "release", None)
+        if callable(release):  # distributed.Future; the thread pool's futures have nothing to release
+            release()
 
 
 def _with_orchestration(task_, params: Params):
@@ -316,14 +383,19 @@ def matrix_flow(params: Params, workdir: Path) -> dict[str, dict]:
         pending.append(future)
 
     results: dict[str, dict] = {}
-    eval_futures = {}
+    eval_of: dict[Any, str] = {}  # evaluation future -> cell name
+    # Evaluations join the same as_completed rounds as training, so each result is taken (and
+    # released on the Dask side, see _take) as soon as it is ready, not held until the end.
     while pending:
         resubmitted = []
         for future in as_completed(pending):
+            if future in eval_of:
+                results[eval_of[future]]["evaluate"] = _take(future)
+                continue
             cell = cell_of[future]
             name = f"{cell['algo']}-s{cell['seed']}"
             try:
-                summary = future.result()
+                summary = _take(future)
             except MinibatchOutOfMemory as exc:
                 half = exc.minibatch_size // 2
                 if half < params.gpu.min_minibatch:
@@ -339,10 +411,10 @@ def matrix_flow(params: Params, workdir: Path) -> dict[str, dict]:
                 resubmitted.append(retry)
                 continue
             results[name] = {"train": summary}
-            eval_futures[name] = evaluate.submit(params, workdir, algo=cell["algo"], seed=cell["seed"])
+            evaluation = evaluate.submit(params, workdir, algo=cell["algo"], seed=cell["seed"])
+            eval_of[evaluation] = name
+            resubmitted.append(evaluation)
         pending = resubmitted
-    for name, future in eval_futures.items():
-        results[name]["evaluate"] = future.result()
     return results
 
 
@@ -370,6 +442,8 @@ def train_and_eval(overrides: dict[str, Any] | None = None, workspace: str | Non
     # This process computes the QP benchmark, compare and the report, and its environment is what
     # the local Dask workers inherit: it must already run the requested numerics.
     numerics.require(params.numerics.mode)
+    if params.orchestration.dvc_push:  # a push that cannot happen is refused before hours of training
+        default_remote(workspace_dir)
     run_name = _run_name()
     workdir = resolve_workdir(workspace_dir, overrides, run_name)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -383,6 +457,7 @@ def train_and_eval(overrides: dict[str, Any] | None = None, workspace: str | Non
         _with_orchestration(qp_benchmark_task, params)(params, workdir)
         cells = matrix_flow.with_options(task_runner=matrix_task_runner(params.orchestration))(params, workdir)
         compare = _with_orchestration(compare_task, params)(params, workdir)
+        headline = _with_orchestration(headline_task, params)(params, workdir)
         report = _with_orchestration(report_task, params)(params, workdir)
 
         report_path = workdir / REPORT_PATH
@@ -396,6 +471,12 @@ def train_and_eval(overrides: dict[str, Any] | None = None, workspace: str | Non
         dvc_status = None
         if not overrides:
             dvc_status = dvc_commit_task(workspace_dir)["dvc_status"]
+        pushed = None
+        if params.orchestration.dvc_push:
+            if overrides:
+                logger.warning("orchestration.dvc_push: %s is not tracked by DVC; pushing the workspace's "
+                               "recorded outputs only", workdir)
+            pushed = dvc_push_task(workspace_dir)
     print(f"decision report: {report_path}")
     return {
         "workdir": str(workdir),
@@ -403,6 +484,8 @@ def train_and_eval(overrides: dict[str, Any] | None = None, workspace: str | Non
         "summary": str(summary_path),
         "cells": cells,
         "compare": compare,
+        "headline": headline,
         "report_result": report,
         "dvc_status": dvc_status,
+        "dvc_push": pushed,
     }

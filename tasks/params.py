@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
 
 from model.config import BarrierNetParams, CBFParams  # re-exported: model/ owns the cbf and barriernet sections
 from env.config import REMOVED_KEYS as REMOVED_ENV_KEYS
@@ -404,6 +404,9 @@ class OrchestrationParams(_Section):
     stage_timeout_seconds: float = Field(6 * 3600, gt=0)
     dask_address: str | None = Field(None, description="existing Dask scheduler; None: a local cluster")
     dask_workers: int = Field(2, ge=1)
+    # StrictBool: a YAML typo such as `dvc_push: 1` or "yes" is refused, not read as true.
+    dvc_push: StrictBool = Field(False, description="after the run, `dvc push` its DVC-tracked outputs to the "
+                                 "default remote of .dvc/config (core.remote); the run fails if the push does")
 
 
 class GPUParams(_Section):

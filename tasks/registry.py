@@ -84,8 +84,10 @@ STAGES: dict[str, Stage] = {
             help="time qpth against the exact solver on CBF problems from real env states",
             params=("env", "cbf", "qp_benchmark"),
             outs=("results/qp_benchmark/table.csv", "results/qp_benchmark/speedups.json", "results/qp_benchmark/speed.png",
-                  "results/qp_benchmark/timing.json"),
-            metrics=("results/qp_benchmark/metrics.json",),
+                  "results/qp_benchmark/timing.json", "results/qp_benchmark/metrics.json"),
+            # A plain output, not a DVC metric (about 200 numbers: `dvc exp show` would be unreadable);
+            # in git, as before, so a fresh clone and the report's history see it.
+            uncached=("results/qp_benchmark/metrics.json",),
             timing="results/qp_benchmark/timing.json",
         ),
         Stage(
@@ -93,8 +95,11 @@ STAGES: dict[str, Stage] = {
             target="tasks.train:run",
             help="PPO training of one (algo, seed) cell; resumes from its checkpoint",
             params=("env", "cbf", "barriernet", "train"),
-            outs=("results/train/{algo}-s{seed}/model.pt", "results/train/{algo}-s{seed}/summary.json"),
-            plots=("results/train/{algo}-s{seed}/live/plots/metrics",),
+            outs=("results/train/{algo}-s{seed}/model.pt", "results/train/{algo}-s{seed}/summary.json",
+                  "results/train/{algo}-s{seed}/live/plots/metrics"),
+            # The DVCLive curves are plain outs in git; `dvc plots show` draws them through the
+            # top-level plots below (per algorithm, seeds overlaid), not one chart per cell and file.
+            uncached=("results/train/{algo}-s{seed}/live/plots/metrics",),
             matrix=(("algo", "train.algos"), ("seed", "train.seeds")),
         ),
         Stage(
@@ -112,9 +117,18 @@ STAGES: dict[str, Stage] = {
             help="test-split rates with crossed seed x scenario intervals, the alternative chosen on dev, the verdict",
             deps=("results/eval",),
             params=("train.algos", "train.seeds", "eval", "decision"),
-            outs=("results/compare/summary.csv", "results/compare/timing.json"),
-            metrics=("results/compare/metrics.json",),
+            outs=("results/compare/summary.csv", "results/compare/timing.json", "results/compare/metrics.json"),
+            # Plain output (every interval bound), not a DVC metric: the headline stage's small file
+            # is. In git (cache: false): the report counts its committed versions (`git log`).
+            uncached=("results/compare/metrics.json",),
             timing="results/compare/timing.json",
+        ),
+        Stage(
+            name="headline",
+            target="tasks.headline:run",
+            help="results/headline.json: verdict/outcome codes and per-arm capture and collision (the DVC metrics)",
+            deps=("results/compare/metrics.json",),
+            metrics=("results/headline.json",),
         ),
         Stage(
             name="report",
@@ -130,7 +144,7 @@ STAGES: dict[str, Stage] = {
     ]
 }
 
-PIPELINE_ORDER = ("qp_benchmark", "train", "evaluate", "compare", "report")
+PIPELINE_ORDER = ("qp_benchmark", "train", "evaluate", "compare", "headline", "report")
 
 
 def get_stage(name: str) -> Stage:
@@ -165,7 +179,8 @@ def dvc_yaml() -> dict[str, Any]:
             cmd += f" --{axis} ${{item.{axis}}}"
         entry["cmd"] = cmd
         entry["deps"] = [*stage.code, *(_dvc_path(d) for d in stage.deps)]
-        entry["params"] = list(stage.params)
+        if stage.params:
+            entry["params"] = list(stage.params)
         outs: list[Any] = []
         for out in stage.outs:
             path = _dvc_path(out)
@@ -179,9 +194,33 @@ def dvc_yaml() -> dict[str, Any]:
         if stage.plots:
             entry["plots"] = [{_dvc_path(p): {"cache": False}} for p in stage.plots]
         stages[stage.name] = entry
-    return {"stages": stages, "plots": PLOTS}
+    return {"stages": stages, "plots": [*training_plots(), *PLOTS]}
 
 
-# Top-level plots: the report's PNG figures (evaluation charts); the training curves are the
-# train stage's DVCLive plots above. `dvc plots show` renders both.
+# Top-level plots: the report's PNG figures (evaluation charts) and the training curves below.
 PLOTS: list[Any] = ["reports/figures"]
+# DVCLive curves (results/train/<cell>/live/plots/metrics/<name>.tsv, columns step and the
+# metric) drawn per algorithm with one line per seed: outcome rates, return, and diagnostics.
+TRAINING_CURVES = ("rollout/capture_rate", "rollout/collision_rate", "rollout/episode_return",
+                   "rollout/cbf_violation_rate", "losses/approx_kl", "losses/explained_variance", "losses/entropy")
+
+
+def training_plots(params_path: str | Path | None = None) -> list[dict[str, Any]]:
+    """One DVC plot per (algorithm, curve) with every seed of train.seeds overlaid.
+
+    dvc.yaml's top-level plots cannot iterate a params list, so the algorithms and seeds are
+    those of params.yaml when dvc.yaml is generated (`python -m tasks dvc-yaml --check` fails
+    after train.algos or train.seeds change there until dvc.yaml is regenerated). A run with
+    other seeds draws the files that exist; DVC skips the missing ones with a warning.
+    """
+    from tasks.params import load_params
+
+    train = load_params(Path(params_path) if params_path else Path(__file__).resolve().parent.parent / "params.yaml").train
+    plots = []
+    for algo in train.algos:
+        for curve in TRAINING_CURVES:
+            field = curve.rsplit("/", 1)[1]
+            files = {f"results/train/{algo}-s{seed}/live/plots/metrics/{curve}.tsv": field for seed in train.seeds}
+            plots.append({f"training/{algo}/{field}": {"x": "step", "y": files, "title": f"{algo}: {field} per seed",
+                                                      "x_label": "env steps", "y_label": field}})
+    return plots
