@@ -19,8 +19,9 @@ head_on                P and E 2 m apart, facing each other
 corridor_tight         two r = 5 m discs that meet the walls leave one gap of 1.5 x the robot's
                        width (2 robot_radius): narrower than the barrier's keep-out, so no CBF arm
                        can pass by construction. A feasibility test: timeouts, no collisions
-corridor_passable      the same doorway, 2 (robot_radius + safety_margin + robust_margin) + 0.1 m
-                       wide: just wide enough for the enforced (robust) barrier
+corridor_passable      the same doorway, 2 (robot_radius + safety_margin + cbf.lookahead +
+                       cbf.robust_margin) + 0.1 m wide: just wide enough for the enforced barrier
+                       (the look-ahead point's keep-out, robust margin included)
 boundary_wrap          E follows the walls counter-clockwise at full speed (scripted)
 obstacle_shadow        E hides 0.8 m behind a 1.5 m obstacle, P on the far side
 multi_obstacle_4/8     4 / 8 obstacles between P and E: more than training saw; the observation
@@ -128,8 +129,10 @@ def scenario_geometry(name: str, params: Params) -> Scenario:
             gap = 1.5 * 2 * env.robot_radius
             reading = "gap 1.5x the robot's width: infeasible for the barrier, timeouts expected, no collisions"
         else:
-            gap = 2 * (env.robot_radius + env.safety_margin + cbf.robust_margin) + 0.1
-            reading = "gap just wide enough for the enforced (robust) barrier"
+            # The enforced barrier keeps the look-ahead point r + robot_radius + safety_margin +
+            # lookahead (+ robust_margin) from each centre (model/cbf.py): the gap must exceed twice that.
+            gap = 2 * (env.robot_radius + env.safety_margin + cbf.lookahead + cbf.robust_margin) + 0.1
+            reading = "gap just wide enough for the enforced (robust, look-ahead) barrier"
         # Two discs of radius R that reach past the walls: the only way across x = 0 is the gap.
         radius = env.arena_size / 4
         centre = radius + gap / 2
