@@ -41,6 +41,9 @@ PARAMS = {
     "train.checkpoint_every": 1,
     "orchestration.retry_delay_seconds": 0,
     "gpu.min_minibatch": 16,
+    # One arm per trained algorithm, no filter sweep: the cluster is under test, not the arms.
+    "eval.arms": ["barriernet", "baseline", "cbf_beta", "shielded"],
+    "eval.filter_sweep.enabled": False,
 }
 
 

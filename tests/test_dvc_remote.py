@@ -48,8 +48,7 @@ def test_dvc_push_must_be_a_boolean():
 
 @pytest.fixture
 def fake_workspace(monkeypatch, tmp_path):
-    for name in STAGES:
-        monkeypatch.setitem(STAGES, name, fakes.stand_in(STAGES[name], f"{fakes.__name__}:fake_{name}"))
+    fakes.install_fakes(monkeypatch)
     fakes.CALLS.clear()
     fakes.FAKE_BEHAVIOUR.clear()
     fakes.use_threads(monkeypatch)

@@ -189,15 +189,20 @@ def stand_in(stage: Stage, target: str) -> Stage:
     return _StandIn(**{**fields, "target": target}, real_code=stage.code)
 
 
+def install_fakes(monkeypatch) -> None:
+    """Point every registry entry at its fake in this module (a generic one for a stage added
+    since these fakes were written)."""
+    for name in STAGES:
+        if f"fake_{name}" not in globals():
+            monkeypatch.setitem(globals(), f"fake_{name}", _generic_fake(name))
+        monkeypatch.setitem(STAGES, name, stand_in(STAGES[name], f"{__name__}:fake_{name}"))
+
+
 @pytest.fixture
 def fake_stages(monkeypatch, tmp_path):
     """Registry entries pointing at the fakes above; a workspace with placeholder stage code for
     stages whose module has not landed yet (DVC hashes code deps)."""
-    module = __name__
-    for name in STAGES:
-        if f"fake_{name}" not in globals():  # a stage added since these fakes were written
-            monkeypatch.setitem(globals(), f"fake_{name}", _generic_fake(name))
-        monkeypatch.setitem(STAGES, name, stand_in(STAGES[name], f"{module}:fake_{name}"))
+    install_fakes(monkeypatch)
     CALLS.clear()
     FAKE_BEHAVIOUR.clear()
     workspace = make_workspace(tmp_path / "ws", {"train.seeds": [0, 1], "orchestration.retry_delay_seconds": 0})
