@@ -58,7 +58,7 @@ def training_rates(num_envs: int, iterations: int, algos: list[str]) -> dict[tup
 
 
 def qp_rates(batch_sizes: list[int], repeats: int) -> list[tuple[str, int, float, float]]:
-    from model.qp import cbf_benchmark_problems, time_solver
+    from tasks.qp_benchmark import cbf_benchmark_problems, time_solver
 
     rows = []
     for dtype in (torch.float64, torch.float32):

@@ -285,7 +285,7 @@ class PhaseTimer:
 
     @contextlib.contextmanager
     def attached(self, trainer) -> Iterator["PhaseTimer"]:
-        import model.qp as qp_module
+        import model.qp.common as qp_common
         import tasks.train as train_module
 
         qp_name = lambda: f"{self.phase}: QP projection (cbf rows excluded)"  # noqa: E731
@@ -298,9 +298,8 @@ class PhaseTimer:
         self.patch_instance(trainer.optimizer, "step", "update: optimizer step")
         self.patch(train_module, "ppo_update", "update", phase="update")
         self.patch(torch.Tensor, "backward", "update: backward (all)")
-        kkt = getattr(qp_module, "_ActiveSetKKT", None)
-        if kkt is not None and "backward" in kkt.__dict__:
-            self.patch(kkt, "backward", "update: backward, QP KKT (python part)", static=True)
+        # On the CPU every QP backward goes through this one autograd node (model/qp/common.py).
+        self.patch(qp_common.PrecomputedKKT, "backward", "update: backward, QP KKT (python part)", static=True)
         try:
             yield self
         finally:

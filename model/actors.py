@@ -186,8 +186,11 @@ def _sync(x: Tensor) -> None:
         torch.cuda.synchronize(x.device)
 
 
-def _intervention_info(proposal: Tensor, executed: Tensor, tol: float) -> dict[str, Tensor]:
-    correction = (executed - proposal).norm(dim=-1)
+def _intervention_info(proposal: Tensor, executed: Tensor, tol: float, full_scale: Tensor) -> dict[str, Tensor]:
+    """correction (B,) = |(executed - proposal) / (v_max, w_max)|: in normalised action units, so a
+    change of speed and one of turn rate weigh alike (m/s and rad/s do not add); intervened (B,) =
+    correction > tol. proposal, executed (B, 2); full_scale (2,) = (v_max, w_max)."""
+    correction = ((executed - proposal) / full_scale.to(executed.dtype)).norm(dim=-1)
     return {"correction": correction, "intervened": correction > tol}
 
 
@@ -219,7 +222,7 @@ class BarrierNetActor(nn.Module):
 
     info: ``nominal`` (B, 2) nominal mean; ``gamma`` (B, M); ``proposal`` (B, 2) the action the
     nominal policy alone would have executed (nominal mean, plus std * eps when stochastic, clipped to the bounds);
-    ``correction`` (B,) = |executed - proposal|; ``intervened`` (B,) = correction > cbf.intervention_tol;
+    ``correction`` (B,) = |(executed - proposal) / (v_max, w_max)| (normalised units); ``intervened`` (B,) = correction > cbf.intervention_tol;
     ``infeasible`` (B,) (any QP of this forward was infeasible); ``h`` (B, M) CBF values (absent
     obstacles +inf); ``active_mean`` (B, 2) int64, only in through_qp mode with the exact
     backend: the active rows of the mean's QP (-1 padded), which PPO stores and hands back to
@@ -329,7 +332,7 @@ class BarrierNetActor(nn.Module):
         centre, half = self.action_centre.to(proposal.dtype), self.action_half_range.to(proposal.dtype)
         proposal = torch.maximum(torch.minimum(proposal, centre + half), centre - half)
         info = {"nominal": nominal, "gamma": gamma, "proposal": proposal, "infeasible": ~feasible, "h": rows.h}
-        info.update(_intervention_info(proposal, executed, self.cbf_params.intervention_tol))
+        info.update(_intervention_info(proposal, executed, self.cbf_params.intervention_tol, centre + half))
         if active_mean is not None:
             info["active_mean"] = active_mean
         if self.time_qp:
@@ -479,7 +482,7 @@ class SafetyFilter(nn.Module):
                 feasible = feasible & ~inner.info["infeasible"]
         gamma = proposal.new_full((proposal.shape[0], rows.h.shape[1]), self.gamma)
         info = {"nominal": proposal, "gamma": gamma, "proposal": proposal, "infeasible": ~feasible, "h": rows.h}
-        info.update(_intervention_info(proposal, executed, self.cbf_params.intervention_tol))
+        info.update(_intervention_info(proposal, executed, self.cbf_params.intervention_tol, self.projection.high))
         if self.time_qp:
             info["qp_ms"] = torch.tensor(sum(self.projection.qp_ms))
         return ActorOutput(executed, inner.sample, inner.log_prob, info)

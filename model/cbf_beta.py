@@ -328,7 +328,7 @@ class CBFBetaActor(nn.Module):
       coordinates (the log-width term is constant in the parameters).
 
     info (B rows): ``proposal`` (B, 2) what the policy alone would execute: the same x on the whole
-    action box; ``nominal`` (= proposal); ``correction`` = |executed - proposal| (what the safe
+    action box; ``nominal`` (= proposal); ``correction`` = |(executed - proposal) / (v_max, w_max)| (what the safe
     box changed); ``intervened`` = correction > cbf.intervention_tol; ``infeasible`` (B,);
     ``gamma`` (B, M) the fixed filter gamma; ``h`` (B, M) barrier values; ``box_low``, ``box_high``
     (B, 2) the safe box.
@@ -407,7 +407,7 @@ class CBFBetaActor(nn.Module):
         gamma = proposal.new_full((proposal.shape[0], num_barriers(self.num_obstacles)), self.gamma)
         info = {"nominal": proposal, "proposal": proposal, "infeasible": ~box.feasible, "gamma": gamma,
                 "h": rows.h.to(device=obs.device, dtype=dtype), "box_low": box.low.to(dtype), "box_high": box.high.to(dtype)}
-        info.update(_intervention_info(proposal, executed, self.cbf_params.intervention_tol))
+        info.update(_intervention_info(proposal, executed, self.cbf_params.intervention_tol, self.high))
         return ActorOutput(executed, x, log_prob, info)
 
     def forward_unconstrained(self, obs: Tensor, deterministic: bool = False) -> ActorOutput:

@@ -35,7 +35,7 @@ class CBFParams(_Section):
     qp_backend: Literal["exact", "qpth"] = Field("exact", description="QP solver used in the policies")
     action_weights: list[float] = Field([1.0, 0.1], min_length=2, max_length=2, description="QP cost diag for (v, w)")
     filter_gamma: float = Field(0.2, gt=0, le=1, description="fixed class-K gamma of the post-hoc filters")
-    intervention_tol: float = Field(1e-3, gt=0, description="|safe - nominal| above this counts as an intervention")
+    intervention_tol: float = Field(1e-3, gt=0, description="|(safe - nominal) / (v_max, w_max)| above this counts as an intervention (normalised action units)")
     robust_margin: float = Field(
         0.05,
         ge=0,

@@ -94,14 +94,17 @@ EPISODE_COLUMNS: tuple[str, ...] = (
     "return",
     "min_h",
     "cbf_violation_steps",
+    "enforced_violation_steps",
+    "correction_sum",
     "interventions",
     "infeasible_steps",
     "decision_ms",
 )
 OUTCOMES: tuple[str, ...] = ("capture", "collision", "timeout")
-_INT_COLUMNS = ("seed", "episode", "env_seed", "length", "cbf_violation_steps", "interventions", "infeasible_steps")
-_FLOAT_COLUMNS = ("return", "min_h", "decision_ms")
-_STEP_COUNT_COLUMNS = ("cbf_violation_steps", "interventions", "infeasible_steps")
+_INT_COLUMNS = ("seed", "episode", "env_seed", "length", "cbf_violation_steps", "enforced_violation_steps",
+                "interventions", "infeasible_steps")
+_FLOAT_COLUMNS = ("return", "min_h", "correction_sum", "decision_ms")
+_STEP_COUNT_COLUMNS = ("cbf_violation_steps", "enforced_violation_steps", "interventions", "infeasible_steps")
 
 SUMMARY_PATH = Path("results/compare/summary.csv")
 METRICS_PATH = Path("results/compare/metrics.json")
@@ -259,10 +262,20 @@ METRICS: dict[str, Metric] = {
     "capture_rate": Metric(_is("capture"), _ones, "wilson"),  # per episode
     "collision_rate": Metric(_is("collision"), _ones, "wilson"),
     "timeout_rate": Metric(_is("timeout"), _ones, "wilson"),
-    "cbf_violation_rate": Metric(_col("cbf_violation_steps"), _col("length"), "wilson"),  # per step
+    "cbf_violation_rate": Metric(_col("cbf_violation_steps"), _col("length"), "wilson"),  # per step, body barrier
+    # per step, the look-ahead-point barrier the QP enforces (conservative by design: not a gate)
+    "enforced_violation_rate": Metric(_col("enforced_violation_steps"), _col("length"), "wilson"),
+    # per episode: any body-barrier violation in it
+    "episode_violation_rate": Metric(lambda df: (df["cbf_violation_steps"].to_numpy() > 0).astype(float), _ones,
+                                     "wilson"),
     "intervention_rate": Metric(_col("interventions"), _col("length"), "wilson"),
     "infeasible_rate": Metric(_col("infeasible_steps"), _col("length"), "wilson"),
     "mean_return": Metric(_col("return"), _ones, "bootstrap"),  # per episode
+    # mean QP correction per step, in normalised action units |(dv / v_max, dw / w_max)|
+    "mean_correction": Metric(_col("correction_sum"), _col("length"), "bootstrap"),
+    # mean steps to capture over captured episodes (times env.dt: seconds)
+    "capture_steps": Metric(lambda df: np.where(df["outcome"].to_numpy() == "capture", df["length"].to_numpy(float), 0.0),
+                            _is("capture"), "bootstrap"),
     # decision_ms is a per-episode mean; weighting by length gives the mean over all decisions.
     "decision_ms": Metric(lambda df: df["decision_ms"].to_numpy(float) * df["length"].to_numpy(float),
                           _col("length"), "bootstrap"),
@@ -274,8 +287,12 @@ HEADLINE_METRICS = (
     "capture_rate",
     "collision_rate",
     "cbf_violation_rate",
+    "enforced_violation_rate",
+    "episode_violation_rate",
     "intervention_rate",
     "infeasible_rate",
+    "mean_correction",
+    "capture_steps",
     "decision_ms",
     "mean_return",
 )
@@ -294,7 +311,10 @@ def _pairs(df: pd.DataFrame, names: list[str]) -> np.ndarray:
 
 
 EPISODE_RATES = {"capture_rate": "capture", "collision_rate": "collision", "timeout_rate": "timeout"}
-STEP_RATES = ("cbf_violation_rate", "intervention_rate", "infeasible_rate")
+STEP_RATES = ("cbf_violation_rate", "enforced_violation_rate", "episode_violation_rate", "intervention_rate",
+              "infeasible_rate")
+# Ratios of sums that are not counts of events (no Wilson floor): correction per step, steps per capture.
+RATIO_MEANS = ("mean_correction", "capture_steps")
 STEP_RATE_METHOD = ("crossed seed x scenario design for a ratio of sums (steps with the event / steps): delta-method "
                     "linearisation, two-way random-effects variance, Satterthwaite df, widened to at least the pooled "
                     "Wilson interval on steps")
@@ -319,6 +339,10 @@ def interval_methods(n_seeds: int) -> dict[str, str]:
                 "Wilson interval")
         elif name in STEP_RATES:
             methods[name] = STEP_RATE_METHOD if n_seeds >= 2 else "one seed: Wilson on the pooled steps"
+        elif name in RATIO_MEANS:
+            methods[name] = ("crossed seed x scenario design for a ratio of sums: delta-method linearisation, "
+                             "two-way random-effects variance" if n_seeds >= 2 else
+                             "one seed: percentile bootstrap over episodes")
         elif name == "mean_return":
             methods[name] = RETURN_METHOD if n_seeds >= 2 else "one seed: percentile bootstrap over episodes"
         else:
@@ -339,15 +363,21 @@ def _across_seed_interval(name: str, arm: str, test: pd.DataFrame, per_seed: np.
         if name in STEP_RATES:  # pooled steps, as the seed's own row
             return Interval(sums[0] / sums[1], *rate_interval(int(round(sums[0])), int(round(sums[1])), conf)[1:])
         return one_seed if one_seed is not None else Interval(estimate, np.nan, np.nan)
-    if name in STEP_RATES or name == "mean_return":
+    if name in STEP_RATES or name in RATIO_MEANS or name == "mean_return":
         rows = test[test["arm"] == arm]
         numerator, denominator = METRICS[name].numerator(rows), METRICS[name].denominator(rows)
         frame = rows[["seed", "episode"]].assign(n=numerator, d=denominator)
         n_matrix = frame.pivot(index="seed", columns="episode", values="n").to_numpy(float)
         d_matrix = frame.pivot(index="seed", columns="episode", values="d").to_numpy(float)
         if n_matrix.shape[1] >= 2:
-            ci = (crossed_ratio_interval(n_matrix, d_matrix, conf) if name in STEP_RATES else
-                  crossed_mean_interval(n_matrix, conf, binary_floor=False))
+            if name in STEP_RATES:
+                ci = crossed_ratio_interval(n_matrix, d_matrix, conf)
+            elif name in RATIO_MEANS:
+                if d_matrix.sum() <= 0:  # e.g. no capture at all: no mean capture time
+                    return Interval(np.nan, np.nan, np.nan)
+                ci = crossed_ratio_interval(n_matrix, d_matrix, conf, count_floor=False)
+            else:
+                ci = crossed_mean_interval(n_matrix, conf, binary_floor=False)
             return Interval(ci.estimate, ci.low, ci.high)
     ci = seed_t_interval(per_seed, conf)
     return Interval(estimate, ci.low, ci.high)

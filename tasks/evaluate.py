@@ -34,6 +34,7 @@ import torch
 
 from env.core import PursuitEvasionCore
 from model.actors import make_filter
+from model.cbf import cbf_geometry
 from tasks import io
 from tasks.compare import EPISODE_COLUMNS, StageInputError
 from tasks.params import Params
@@ -75,6 +76,18 @@ def build_policy(arm: str, actor: torch.nn.Module, params: Params, tuned: dict[s
     raise ValueError(f"unknown arm '{arm}'; accepted: {sum(ARMS_OF_ALGO.values(), ())}")
 
 
+def enforced_barrier_violated(core: PursuitEvasionCore, params: Params) -> torch.Tensor:
+    """(N,) bool: any barrier the QP enforces is negative in the core's current state.
+
+    That is the barrier of the look-ahead point (``cbf.lookahead`` ahead of the body, walls in m,
+    obstacles in m^2, no robust margin), which the body barrier (``info["h"]``, metres) does not
+    see: the look-ahead point can cross its bound while the body stays clear, and vice versa. It
+    is evaluated for every arm, also those without a QP, so the numbers compare.
+    """
+    geometry = cbf_geometry(core.safety_state(), params.env, params.cbf)
+    return ((geometry.h < 0) & geometry.barrier_mask).any(dim=1)
+
+
 @torch.no_grad()
 def play_episodes(
     policy: torch.nn.Module,
@@ -102,6 +115,8 @@ def play_episodes(
     ret = torch.zeros(n, dtype=torch.float64)
     min_h = core.barrier().min(dim=1).values.double()
     violations = torch.zeros(n, dtype=torch.int64)
+    enforced_violations = torch.zeros(n, dtype=torch.int64)
+    correction = torch.zeros(n, dtype=torch.float64)
     interventions = torch.zeros(n, dtype=torch.int64)
     infeasible = torch.zeros(n, dtype=torch.int64)
     decision_seconds = torch.zeros(n, dtype=torch.float64)
@@ -120,9 +135,11 @@ def play_episodes(
         ret += torch.where(a, reward.double(), 0.0)
         min_h = torch.where(a, torch.minimum(min_h, info["h"].min(dim=1).values.double()), min_h)
         violations += a & (info["h"] < 0).any(dim=1)
+        enforced_violations += a & enforced_barrier_violated(core, params)
         if "intervened" in out.info:
             interventions += a & out.info["intervened"]
             infeasible += a & out.info["infeasible"]
+            correction += torch.where(a, out.info["correction"].double(), 0.0)
         decision_seconds += torch.where(a, per_decision, 0.0)
         if track is not None and bool(a[track]):
             path_p.append(info["pursuer"][track, :2].clone())
@@ -144,6 +161,8 @@ def play_episodes(
             "return": float(ret[i]),
             "min_h": float(min_h[i]),
             "cbf_violation_steps": int(violations[i]),
+            "enforced_violation_steps": int(enforced_violations[i]),
+            "correction_sum": float(correction[i]),
             "interventions": int(interventions[i]),
             "infeasible_steps": int(infeasible[i]),
             "decision_ms": 1000.0 * float(decision_seconds[i]) / max(int(length[i]), 1),

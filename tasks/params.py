@@ -409,6 +409,15 @@ class OrchestrationParams(_Section):
                                  "default remote of .dvc/config (core.remote); the run fails if the push does")
 
 
+class NumericsParams(_Section):
+    """Floating-point reproducibility across machines (tasks/numerics.py says what each mode sets)."""
+
+    mode: Literal["pinned", "native"] = Field(
+        "pinned", description="pinned: every CPU-dependent kernel fixed to AVX2 (MKL COMPATIBLE branch), the same "
+        "weights on any x86-64 machine with AVX2; native: the host's fastest kernels, results depend on the CPU"
+    )
+
+
 class GPUParams(_Section):
     min_free_mb: int = Field(1024, ge=0)
     poll_seconds: float = Field(5.0, gt=0)
@@ -428,6 +437,7 @@ class Params(_Section):
     decision: DecisionParams = DecisionParams()
     orchestration: OrchestrationParams = OrchestrationParams()
     gpu: GPUParams = GPUParams()
+    numerics: NumericsParams = NumericsParams()
 
     @model_validator(mode="after")
     def _cross(self) -> "Params":
@@ -571,10 +581,10 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> dic
     """Return a copy of `raw` with dotted-key overrides set; unknown keys raise ParamsError."""
     merged = copy.deepcopy(dict(raw))
     for key, value in overrides.items():
-        if key.startswith("env.") and key[4:] in REMOVED_ENV_KEYS:
-            raise ParamsError(f"override: key '{key}' was removed: {REMOVED_ENV_KEYS[key[4:]]}")
         if key in RENAMED_KEYS:
             raise ParamsError(f"override: key '{key}' was replaced by {RENAMED_KEYS[key]}")
+        if key.startswith("env.") and key[4:] in REMOVED_ENV_KEYS:
+            raise ParamsError(f"override: key '{key}' was removed: {REMOVED_ENV_KEYS[key[4:]]}")
         if key not in VALID_KEYS:
             hint = nearest_key(key)
             near = f"; did you mean '{hint}'?" if hint else ""
@@ -631,6 +641,7 @@ def training_config(params: Params, algo: str, seed: int) -> dict[str, Any]:
         "seed": seed,
         "env": params.env.model_dump(mode="json"),
         "train": train,
+        "numerics": params.numerics.model_dump(mode="json"),
     }
     if algo in ("barriernet", "cbf_beta", "shielded"):  # their policies contain CBF rows
         config["cbf"] = params.cbf.model_dump(mode="json")

@@ -68,9 +68,13 @@ QP_METRICS_PATH = Path("results/qp_benchmark/metrics.json")
 RESULT_METRICS: tuple[tuple[str, str, str], ...] = (
     ("capture_rate", "capture", "rate"),
     ("collision_rate", "collision", "rate"),
-    ("cbf_violation_rate", "CBF-violation steps", "rate"),
+    ("episode_violation_rate", "episodes with a body-barrier violation", "rate"),
+    ("cbf_violation_rate", "body-barrier violation steps", "rate"),
+    ("enforced_violation_rate", "enforced (look-ahead) barrier violation steps", "rate"),
     ("intervention_rate", "QP intervention", "rate"),
+    ("mean_correction", "QP correction per step (normalised units)", "number"),
     ("infeasible_rate", "QP infeasible", "rate"),
+    ("capture_steps", "steps to capture (captured episodes)", "number"),
     ("decision_ms", "decision (ms)", "ms"),
 )
 SUMMARY_REQUIRED = ("arm", "seed", "aggregate", "seeds", "episodes", "steps") + tuple(
@@ -450,6 +454,18 @@ def hardware() -> dict[str, Any]:
         info["cuda"] = None
         log.warning("torch unavailable for the hardware table: %s", exc)
     return info
+
+
+def _numerics_line(params: Params) -> str:
+    """The numerics mode this report and (from their summaries) the training cells ran with."""
+    from tasks import numerics
+
+    info = numerics.describe()
+    line = (f"numerics.mode = {params.numerics.mode}; this process: {info['mode']}, pinned ISA {info['pinned_isa']}, "
+            f"ATen {info.get('aten_capability', '?')}, MKL_CBWR {info['MKL_CBWR']}")
+    if params.numerics.mode == "pinned":
+        line += " (the same weights and episodes on any x86-64 CPU with AVX2: tasks/numerics.py)"
+    return line
 
 
 def git_state(repo: Path = REPO_ROOT) -> dict[str, Any]:
@@ -1537,6 +1553,7 @@ def render(inputs: Inputs, params: Params, workdir: Path, started: float) -> tup
                                  f"{params.train.torch_threads}"],
                ["CUDA device", hw["cuda"] or "none"],
                ["platform", f"{hw['platform']}, Python {hw['python']}"],
+               ["numerics", _numerics_line(params)],
            ]), ""]
     md += ["### Wall time of each stage", "", _stage_times(inputs, time.perf_counter() - started), ""]
 

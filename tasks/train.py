@@ -39,7 +39,7 @@ import torch
 from env.core import PursuitEvasionCore
 from model.actors import ALGOS, Critic, make_actor
 from model.ppo import RewardScaler, RolloutBuffer, RunningMeanStd, UpdateConfig, compute_gae, ppo_update
-from tasks import io
+from tasks import io, numerics
 from tasks.gpu import release_cached_memory, set_allocator_defaults, wait_for_headroom
 from tasks.params import Params, params_hash, training_config
 
@@ -618,6 +618,7 @@ def _write_outputs(trainer: Trainer, out_dir: Path, minibatch_override: int | No
         "final_capture_rate": mean_of("rollout/capture_rate"),
         "final_collision_rate": mean_of("rollout/collision_rate"),
         "final_episode_return": mean_of("rollout/episode_return"),
+        "numerics": numerics.describe(),  # where it ran: the same weights on any AVX2 CPU when pinned
     }
     io.write_json(out_dir / "summary.json", summary)
     return summary

@@ -297,7 +297,9 @@ def test_executed_actions_satisfy_the_rows_and_equal_an_independent_projection(m
     expected = quadprog_projection(out.sample.numpy(), rows.A.numpy(), rows.b.numpy(), rows.mask.numpy())
     np.testing.assert_allclose(out.action.numpy(), expected, atol=2e-4)
     # intervention bookkeeping against the proposal the nominal policy alone would have executed
-    torch.testing.assert_close(info["correction"], (out.action - info["proposal"]).norm(dim=-1))
+    # correction in normalised action units: (dv / v_max, dw / w_max)
+    scale = torch.tensor([ENV.pursuer_v_max, ENV.pursuer_w_max])
+    torch.testing.assert_close(info["correction"], ((out.action - info["proposal"]) / scale).norm(dim=-1))
     assert torch.equal(info["intervened"], info["correction"] > CBF.intervention_tol)
     assert info["intervened"][: n // 2].float().mean() > 0.5
 

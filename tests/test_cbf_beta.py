@@ -244,7 +244,8 @@ def test_deterministic_action_is_the_beta_mean_inside_the_box():
     # proposal: the same x on the whole action box; correction measures what the box changed
     lows, highs = torch.tensor(LOW, dtype=torch.float64), torch.tensor(HIGH, dtype=torch.float64)
     np.testing.assert_allclose(out.info["proposal"].numpy(), (lows + mean * (highs - lows)).numpy(), atol=1e-12)
-    np.testing.assert_allclose(out.info["correction"].numpy(), (out.action - out.info["proposal"]).norm(dim=-1).numpy())
+    np.testing.assert_allclose(out.info["correction"].numpy(),  # normalised units: (dv / v_max, dw / w_max)
+                               ((out.action - out.info["proposal"]) / highs).norm(dim=-1).numpy())
     whole = (low == lows).all(1) & (high == highs).all(1)
     assert whole.any() and not out.info["intervened"][whole].any()
 

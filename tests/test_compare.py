@@ -46,6 +46,8 @@ def fake_episodes(arm, algo, seed, outcomes, violation_rate=0.05, intervention_r
             "return": {"capture": 100.0, "collision": -50.0, "timeout": -50.0}[outcome] + float(rng.normal(0, 5)),
             "min_h": float(rng.normal(0.2, 0.3)),
             "cbf_violation_steps": int(rng.binomial(length, violation_rate)),
+            "enforced_violation_steps": int(rng.binomial(length, 2 * violation_rate)),
+            "correction_sum": float(interventions * rng.uniform(0.01, 0.3)),
             "interventions": interventions, "infeasible_steps": int(rng.binomial(interventions, 0.1)),
             "decision_ms": float(rng.uniform(0.1, 6.0)),
         })
@@ -144,6 +146,16 @@ def test_stage_end_to_end_numbers_recomputed_with_pandas(tmp_path):
         assert metrics["arms"][arm]["cbf_violation_rate"] == pytest.approx(pooled_rate)
         assert metrics["arms"][arm]["cbf_violation_rate_low"] <= pooled_rate <= metrics["arms"][arm][
             "cbf_violation_rate_high"]
+        # The metrics added for the Phase 2.5 plan, recomputed from the episodes.
+        arm_metrics = metrics["arms"][arm]
+        assert arm_metrics["enforced_violation_rate"] == pytest.approx(
+            pooled["enforced_violation_steps"].sum() / pooled["length"].sum())
+        assert arm_metrics["episode_violation_rate"] == pytest.approx((pooled["cbf_violation_steps"] > 0).mean())
+        assert arm_metrics["mean_correction"] == pytest.approx(pooled["correction_sum"].sum() / pooled["length"].sum())
+        captured = pooled[pooled["outcome"] == "capture"]
+        assert arm_metrics["capture_steps"] == pytest.approx(captured["length"].mean())
+        for name in ("enforced_violation_rate", "episode_violation_rate", "mean_correction", "capture_steps"):
+            assert arm_metrics[f"{name}_low"] <= arm_metrics[name] <= arm_metrics[f"{name}_high"]
     assert set(summary.loc[summary["seed"] == "all", "aggregate"]) == {"mean", "iqm"}
 
     # The fixed sequence's differences vs the baseline, by merging on (seed, episode).

@@ -31,7 +31,7 @@ def frame(spec: dict[str, tuple[float, float]], seeds=5, episodes=400, split="te
                 outcome = "capture" if u[e] < p_capture else "collision" if u[e] < p_capture + p_collision else "timeout"
                 rows.append({"arm": arm, "algo": ALGO[arm], "seed": s, "split": split, "episode": e,
                              "env_seed": (1 if split == "dev" else 2) * 1_000_000 + e, "outcome": outcome,
-                             "length": 100, "return": 0.0, "min_h": 0.5, "cbf_violation_steps": 0,
+                             "length": 100, "return": 0.0, "min_h": 0.5, "cbf_violation_steps": 0, "enforced_violation_steps": 0, "correction_sum": 0.0,
                              "interventions": 0, "infeasible_steps": 0, "decision_ms": 0.1})
     table = pd.DataFrame(rows)
     for arm, count in (violations or {}).items():
@@ -48,7 +48,7 @@ def exact(spec: dict[str, tuple[list[int], list[int]]], split="test") -> pd.Data
             for e in range(n[s]):
                 rows.append({"arm": arm, "algo": ALGO[arm], "seed": s, "split": split, "episode": e, "env_seed": e,
                              "outcome": "capture" if e < k else "timeout", "length": 10, "return": 0.0, "min_h": 1.0,
-                             "cbf_violation_steps": 0, "interventions": 0, "infeasible_steps": 0, "decision_ms": 0.0})
+                             "cbf_violation_steps": 0, "enforced_violation_steps": 0, "correction_sum": 0.0, "interventions": 0, "infeasible_steps": 0, "decision_ms": 0.0})
     return pd.DataFrame(rows)
 
 

@@ -101,11 +101,11 @@ class HostTransferCounter:
 def test_rollout_makes_no_host_copies_per_env_step(monkeypatch, algo):
     """The sync-free (CUDA) rollout path, run on the CPU: host transfers per rollout do not grow
     with the number of env steps (zero per step)."""
-    import model.qp
+    from model.qp import routing
 
-    # On CUDA the QP runs its torch path; the NumPy path is a CPU-only speed-up (host memory).
-    monkeypatch.setattr(model.qp, "_USE_NUMPY_CPU", False)
-    monkeypatch.setattr(model.qp, "_FORCE_SYNC_FREE", True)
+    # On CUDA the QP runs its sync-free torch path; force that route here (the CPU route is a
+    # host-memory speed-up that CUDA never takes).
+    monkeypatch.setattr(routing, "FORCED_ROUTE", "reference_sync_free")
     counts = {}
     for steps in (16, 32):
         params = load_params(overrides={**TINY, "train.rollout_steps": steps})

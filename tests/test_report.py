@@ -58,7 +58,7 @@ def fake_episodes(arm, algo, seed, rng, capture, collision, violation, intervent
             "arm": arm, "algo": algo, "seed": seed, "split": split, "episode": episode,
             "env_seed": (2_000_000 if split == "test" else 1_000_000) + episode,
             "outcome": outcome, "length": length, "return": {"capture": 100.0}.get(outcome, -50.0),
-            "min_h": min_h, "cbf_violation_steps": violations, "interventions": interventions,
+            "min_h": min_h, "cbf_violation_steps": violations, "enforced_violation_steps": violations, "correction_sum": 0.1 * interventions, "interventions": interventions,
             "infeasible_steps": int(rng.binomial(interventions, 0.05)),
             "decision_ms": float(rng.uniform(0.05, 2.0)),
         })
@@ -185,7 +185,11 @@ def test_wilson_bound_and_step_rate_of_one_seed(rendered):
     row = table_row(markdown, report.arm_label("baseline", params), "0", str(len(rows)), str(rows["length"].sum()))
     cells = row.split(" | ")
     assert cells[5] == f"{100 * collisions / len(rows):.2f} % [{cells[5].split('[')[1].split(',')[0]}, {100 * high:.2f}]"
-    assert cells[6].startswith(f"{100 * violation:.2f} %")
+    episodes_with = (rows["cbf_violation_steps"] > 0).mean()
+    assert cells[6].startswith(f"{100 * episodes_with:.2f} %")
+    assert cells[7].startswith(f"{100 * violation:.2f} %")
+    enforced = rows["enforced_violation_steps"].sum() / rows["length"].sum()
+    assert cells[8].startswith(f"{100 * enforced:.2f} %")
 
 
 def test_paired_difference_matches_the_episode_tables(rendered):
