@@ -32,6 +32,9 @@ TINY_PIPELINE = {
     "qp_benchmark.warmup": 0,
     "qp_benchmark.devices": ["cpu"],
     "decision.bootstrap_samples": 200,
+    # one post-hoc filter configuration per form instead of the default grid
+    "eval.filter_sweep.gammas": [0.2],
+    "eval.filter_sweep.robust_margins": [0.0],
 }
 
 
