@@ -242,6 +242,12 @@ def evaluate_task(params: Params, workdir: Path, algo: str, seed: int) -> dict:
         _release_device_memory()
 
 
+@task(name="scenarios", task_run_name="scenarios-{algo}-s{seed}", **_TASK_DEFAULTS)
+def scenarios_task(params: Params, workdir: Path, algo: str, seed: int) -> dict:
+    numerics.require(params.numerics.mode)
+    return STAGES["scenarios"].run(params, workdir, algo=algo, seed=seed)
+
+
 @task(name="compare", **_TASK_DEFAULTS)
 def compare_task(params: Params, workdir: Path) -> dict:
     return STAGES["compare"].run(params, workdir)
@@ -374,6 +380,7 @@ def matrix_flow(params: Params, workdir: Path) -> dict[str, dict]:
     logger = get_run_logger()
     train = _with_orchestration(train_task, params)
     evaluate = _with_orchestration(evaluate_task, params)
+    scenarios = _with_orchestration(scenarios_task, params)
     cells = STAGES["train"].cells(params)
     cell_of: dict[Any, dict] = {}
     pending = []
@@ -384,13 +391,22 @@ def matrix_flow(params: Params, workdir: Path) -> dict[str, dict]:
 
     results: dict[str, dict] = {}
     eval_of: dict[Any, str] = {}  # evaluation future -> cell name
+    scenarios_of: dict[Any, str] = {}  # scenario-suite future -> cell name
     # Evaluations join the same as_completed rounds as training, so each result is taken (and
     # released on the Dask side, see _take) as soon as it is ready, not held until the end.
     while pending:
         resubmitted = []
         for future in as_completed(pending):
+            if future in scenarios_of:
+                results[scenarios_of[future]]["scenarios"] = _take(future)
+                continue
             if future in eval_of:
                 results[eval_of[future]]["evaluate"] = _take(future)
+                cell = cell_of[future]
+                if cell["seed"] in params.scenarios.seeds:  # the scenario suite after evaluation
+                    played = scenarios.submit(params, workdir, algo=cell["algo"], seed=cell["seed"])
+                    scenarios_of[played] = eval_of[future]
+                    resubmitted.append(played)
                 continue
             cell = cell_of[future]
             name = f"{cell['algo']}-s{cell['seed']}"
@@ -413,6 +429,7 @@ def matrix_flow(params: Params, workdir: Path) -> dict[str, dict]:
             results[name] = {"train": summary}
             evaluation = evaluate.submit(params, workdir, algo=cell["algo"], seed=cell["seed"])
             eval_of[evaluation] = name
+            cell_of[evaluation] = cell
             resubmitted.append(evaluation)
         pending = resubmitted
     return results

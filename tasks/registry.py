@@ -112,6 +112,15 @@ STAGES: dict[str, Stage] = {
             matrix=(("algo", "train.algos"), ("seed", "train.seeds")),
         ),
         Stage(
+            name="scenarios",
+            target="tasks.scenarios:run",
+            help="every arm of one (algo, seed) cell in the named scenarios (seeds in scenarios.seeds; others: skipped.json)",
+            deps=("results/train/{algo}-s{seed}/model.pt",),
+            params=("env", "cbf", "eval.arms", "scenarios"),
+            outs=("results/scenarios/{algo}-s{seed}",),
+            matrix=(("algo", "train.algos"), ("seed", "train.seeds")),
+        ),
+        Stage(
             name="compare",
             target="tasks.compare:run",
             help="test-split rates with crossed seed x scenario intervals, the alternative chosen on dev, the verdict",
@@ -134,9 +143,10 @@ STAGES: dict[str, Stage] = {
             name="report",
             target="tasks.report:run",
             help="the markdown decision report and its figures in reports/",
-            deps=("results/compare", "results/eval", "results/train", "results/qp_benchmark"),
-            params=("env", "cbf", "barriernet", "train", "eval", "decision"),
-            outs=("reports/decision_report.md", "reports/figures"),
+            deps=("results/compare", "results/eval", "results/train", "results/qp_benchmark", "results/scenarios"),
+            params=("env", "cbf", "barriernet", "train", "eval", "decision", "scenarios"),
+            # reports/animations: the scenario GIFs, DVC-cached (too large for git history)
+            outs=("reports/decision_report.md", "reports/figures", "reports/animations"),
             # The report is what people read: it lives in git (a fresh clone shows it), DVC
             # still checks it is up to date with its inputs.
             uncached=("reports/decision_report.md", "reports/figures"),
@@ -144,7 +154,7 @@ STAGES: dict[str, Stage] = {
     ]
 }
 
-PIPELINE_ORDER = ("qp_benchmark", "train", "evaluate", "compare", "headline", "report")
+PIPELINE_ORDER = ("qp_benchmark", "train", "evaluate", "scenarios", "compare", "headline", "report")
 
 
 def get_stage(name: str) -> Stage:
