@@ -1525,7 +1525,10 @@ def render(inputs: Inputs, params: Params, workdir: Path, started: float) -> tup
                           c.summary.get("planned_minibatch_size") not in (None, c.summary.get("minibatch_size")))]
 
     decision_md, _ = decision_section(inputs, params)
+    from tasks.report_spread import section as spread_section  # issue 13: the cross-machine spread
+
     md = ["# Decision report: BarrierNet PPO vs the baseline and the best safe alternative", "", decision_md,
+          spread_section(inputs.metrics, params), "",
           "## Summary", "", summary_paragraph(inputs, params, arms), ""]
     if inputs.notes or trajectory_notes:
         md += ["Notes: " + "; ".join(inputs.notes + trajectory_notes) + ".", ""]
@@ -1567,6 +1570,11 @@ def render(inputs: Inputs, params: Params, workdir: Path, started: float) -> tup
     if "qp_speed" not in figures:
         md += ["(No QP speed figure: the QP benchmark table is absent or lacks backend/batch_size/median_ms.)", ""]
 
+    from tasks.report_sweep import section as sweep_section  # issue 15: the filter sweep on dev episodes
+
+    sweep_md, sweep_figures = sweep_section(params, workdir, all_episodes(inputs), ARM_COLOURS)
+    figures.update(sweep_figures)
+    md += [sweep_md]
     md += ["## Our numbers beside the reference project's (Phase 2.5)", "", _reference_section(inputs, params, arms)]
     from tasks.report_scenarios import section as scenario_section  # issue 18: tables, figures, GIFs
 

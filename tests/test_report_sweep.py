@@ -1,0 +1,87 @@
+"""The report's filter-sweep section (Pareto view on dev episodes) and its cross-machine spread line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks import report_spread, report_sweep
+from tasks.params import load_params
+
+
+def test_pareto_mask_against_a_naive_loop():
+    rng = np.random.default_rng(0)
+    gain, cost = rng.random(60).round(1), rng.random(60).round(1)  # rounding makes ties
+    expected = []
+    for i in range(60):
+        dominated = any(gain[j] >= gain[i] and cost[j] <= cost[i] and (gain[j] > gain[i] or cost[j] < cost[i])
+                        for j in range(60))
+        expected.append(not dominated)
+    assert report_sweep.pareto_mask(gain, cost).tolist() == expected
+
+
+def _write_sweep(workdir, algo, seed, rows, choice=None):
+    cell = workdir / "results" / "eval" / f"{algo}-s{seed}"
+    cell.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(cell / report_sweep.SWEEP_FILE, index=False)
+    if choice is not None:
+        (cell / report_sweep.CHOICE_FILE).write_text(json.dumps(choice))
+
+
+def _row(form, gamma, capture, collision, split="dev"):
+    return {"form": form, "gamma": gamma, "robust_margin": 0.0, "split": split, "episodes": 100, "steps": 1000,
+            "capture_rate": capture, "collision_rate": collision, "collision_upper": collision + 0.03,
+            "intervention_rate": gamma / 10, "infeasible_rate": 0.0, "cbf_violation_rate": 0.0,
+            "mean_capture_steps": 100.0}
+
+
+def test_section_averages_seeds_marks_the_choice_and_refuses_test_rows(tmp_path):
+    params = load_params(overrides={"train.seeds": [0, 1], "train.algos": ["baseline"]})
+    choice = {**_row("dcbf", 0.2, 0.9, 0.0), "qualified": True}
+    _write_sweep(tmp_path, "baseline", 0, [_row("dcbf", 0.2, 0.9, 0.0), _row("dcbf", 1.0, 0.8, 0.1)], choice)
+    _write_sweep(tmp_path, "baseline", 1, [_row("dcbf", 0.2, 0.7, 0.0), _row("dcbf", 1.0, 0.6, 0.3)], choice)
+    sweeps, choices = report_sweep.read_sweeps(params, tmp_path)
+    means = report_sweep.configuration_means(sweeps)
+    assert means.set_index("gamma")["capture_rate"].to_dict() == pytest.approx({0.2: 0.8, 1.0: 0.7})
+    assert means.set_index("gamma")["collision_rate"].to_dict() == pytest.approx({0.2: 0.0, 1.0: 0.2})
+    episodes = pd.DataFrame({"arm": ["baseline"] * 4, "split": ["dev", "dev", "test", "test"],
+                             "outcome": ["capture", "collision", "capture", "capture"],
+                             "interventions": [0, 0, 0, 0], "length": [10, 10, 10, 10]})
+    md, figures = report_sweep.section(params, tmp_path, episodes, {"baseline": "tab:orange"})
+    assert "| 0 | dcbf | 0.2 | 0 | 90.00 % |" in md and "| 1 | dcbf | 0.2 | 0 | 90.00 % |" in md
+    assert set(figures) == {"filter_sweep_pareto"} and figures["filter_sweep_pareto"][:4] == b"\x89PNG"
+    points = report_sweep.arm_dev_points(episodes)  # the trained arm is placed by its dev rows only
+    assert points.iloc[0]["capture_rate"] == 0.5 and points.iloc[0]["collision_rate"] == 0.5
+
+    _write_sweep(tmp_path, "baseline", 1, [_row("dcbf", 0.2, 0.7, 0.0, split="test")])
+    with pytest.raises(ValueError, match="dev only"):
+        report_sweep.read_sweeps(params, tmp_path)
+
+
+def test_spread_flags_a_step_whose_bound_is_closer_to_its_threshold_than_the_spread():
+    decision = load_params().decision
+    spread = {"capture": 0.023, "difference": 0.022, "collision": 0.02, "source": "test"}
+    robust = {"id": "H3", "kind": "vs_alternative", "arm": "barriernet", "against": "x",
+              "capture_diff": {"estimate": 0.10, "low": 0.08, "high": 0.12}, "collision_diff": {}}
+    close = {"id": "H3", "kind": "vs_alternative", "arm": "barriernet", "against": "x",
+             "capture_diff": {"estimate": 0.03, "low": 0.01, "high": 0.05}, "collision_diff": {}}
+    assert report_spread.fragile_steps([robust], decision, spread) == []
+    flagged = report_spread.fragile_steps([close], decision, spread)
+    assert any("better (capture > 0) bound +1.00 pp is 1.00 pp" in f for f in flagged)
+    # H1-type: non-inferiority at -margin and the collision cut at -min_reduction
+    m, r = decision.noninferiority_margin, decision.min_collision_reduction
+    h1 = {"id": "H1", "kind": "vs_baseline", "arm": "barriernet", "against": "baseline",
+          "capture_diff": {"low": -m + 0.01}, "collision_diff": {"high": -r - 0.05}}
+    flagged = report_spread.fragile_steps([h1], decision, spread)
+    assert len(flagged) == 1 and "capture non-inferiority" in flagged[0]
+
+
+def test_the_stored_spread_is_read_from_the_data_file():
+    spread = report_spread.load_spread()
+    assert spread is not None
+    assert spread["capture"] == pytest.approx(0.9567 - 0.9333)
+    assert spread["difference"] == pytest.approx(0.0383 - 0.0167)
+    assert spread["collision"] == pytest.approx(0.0633 - 0.0433)
