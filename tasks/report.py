@@ -949,7 +949,17 @@ def _budget_table(inputs: Inputs, params: Params) -> str:
                     rows)
 
 
-def _stage_times(inputs: Inputs, render_seconds: float) -> str:
+def _recorded_wall(workdir: Path, stage: str) -> float | None:
+    """Wall seconds a stage recorded in results/<stage>/timing.json (tasks/registry.py), if any."""
+    path = Path(workdir) / "results" / stage / "timing.json"
+    try:
+        value = json.loads(path.read_text()).get("wall_seconds")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _stage_times(inputs: Inputs, render_seconds: float, workdir: Path | None = None) -> str:
     rows = []
     train_total = sum(float(c.summary["wall_seconds"]) for c in inputs.train)
     rows.append(["train", fmt_seconds(train_total),
@@ -959,11 +969,11 @@ def _stage_times(inputs: Inputs, render_seconds: float) -> str:
     rows.append(["evaluate", fmt_seconds(sum(known)) + ("" if len(known) == len(eval_walls) else " (incomplete)")
                  if known else "not recorded",
                  ", ".join(f"{c.algo}-s{c.seed}: {fmt_seconds(c.wall_seconds)}" for c in inputs.evals)])
-    qp_wall = None
-    if inputs.qp_metrics:
-        qp_wall = next((v for k, v in inputs.qp_metrics.items() if "wall" in k and _finite(v)), None)
-    rows.append(["qp_benchmark", fmt_seconds(qp_wall) if inputs.qp_table is not None else "not run", ""])
-    rows.append(["compare", "not recorded", "(the compare stage records no wall time)"])
+    qp_wall = _recorded_wall(workdir, "qp_benchmark") if workdir is not None else None
+    rows.append(["qp_benchmark", fmt_seconds(qp_wall) if qp_wall is not None else (
+        "not recorded" if inputs.qp_table is not None else "not run"), ""])
+    compare_wall = _recorded_wall(workdir, "compare") if workdir is not None else None
+    rows.append(["compare", fmt_seconds(compare_wall) if compare_wall is not None else "not recorded", ""])
     rows.append(["report", fmt_seconds(render_seconds), "this rendering, before writing"])
     return md_table(["stage", "wall time", "per cell"], rows)
 
@@ -1558,7 +1568,7 @@ def render(inputs: Inputs, params: Params, workdir: Path, started: float) -> tup
                ["platform", f"{hw['platform']}, Python {hw['python']}"],
                ["numerics", _numerics_line(params)],
            ]), ""]
-    md += ["### Wall time of each stage", "", _stage_times(inputs, time.perf_counter() - started), ""]
+    md += ["### Wall time of each stage", "", _stage_times(inputs, time.perf_counter() - started, workdir), ""]
 
     md += ["## Results per arm", "", _results_tables(inputs, params, arms, conf)]
     md += ["## QP benchmark", "", qp_section(inputs.qp_table)]

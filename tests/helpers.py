@@ -35,6 +35,10 @@ TINY_PIPELINE = {
     # one post-hoc filter configuration per form instead of the default grid
     "eval.filter_sweep.gammas": [0.2],
     "eval.filter_sweep.robust_margins": [0.0],
+    # two scenarios, two episodes each, short GIFs
+    "scenarios.episodes": 2,
+    "scenarios.names": ["head_on", "multi_obstacle_8"],
+    "scenarios.gif_frames": 4,
 }
 
 

@@ -62,7 +62,7 @@ def test_dvc_expands_the_matrix_from_params(tmp_path):
         else:
             expected.add(stage.name)
     assert set(listed.stdout.split()) == expected
-    assert "train@baseline-7" in expected and len(expected) == 4 + 2 * 4  # qp_benchmark, compare, headline, report
+    assert "train@baseline-7" in expected and len(expected) == 4 + 3 * 4  # qp_benchmark, compare, headline, report; train, evaluate, scenarios x 4 cells
 
 
 def test_train_resume_state_is_outside_dvc_outputs():

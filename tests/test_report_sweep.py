@@ -85,3 +85,17 @@ def test_the_stored_spread_is_read_from_the_data_file():
     assert spread["capture"] == pytest.approx(0.9567 - 0.9333)
     assert spread["difference"] == pytest.approx(0.0383 - 0.0167)
     assert spread["collision"] == pytest.approx(0.0633 - 0.0433)
+
+
+def test_stage_table_reads_the_wall_times_the_registry_records(tmp_path):
+    from tasks import report
+
+    for stage, seconds in (("qp_benchmark", 12.5), ("compare", 3.0)):
+        (tmp_path / "results" / stage).mkdir(parents=True)
+        (tmp_path / "results" / stage / "timing.json").write_text(json.dumps({"wall_seconds": seconds}))
+    inputs = report.Inputs(metrics={}, summary=pd.DataFrame(), train=[], evals=[], qp_table=pd.DataFrame(),
+                           qp_metrics=None)
+    table = report._stage_times(inputs, 1.0, tmp_path)
+    assert f"| qp_benchmark | {report.fmt_seconds(12.5)} |" in table
+    assert f"| compare | {report.fmt_seconds(3.0)} |" in table
+    assert "not recorded" in report._stage_times(inputs, 1.0, tmp_path / "elsewhere").split("compare")[1]
