@@ -403,10 +403,11 @@ def matrix_flow(params: Params, workdir: Path) -> dict[str, dict]:
             if future in eval_of:
                 results[eval_of[future]]["evaluate"] = _take(future)
                 cell = cell_of[future]
-                if cell["seed"] in params.scenarios.seeds:  # the scenario suite after evaluation
-                    played = scenarios.submit(params, workdir, algo=cell["algo"], seed=cell["seed"])
-                    scenarios_of[played] = eval_of[future]
-                    resubmitted.append(played)
+                # The scenario suite after evaluation. Every cell runs it: a seed outside
+                # scenarios.seeds only writes skipped.json, which DVC's matrix needs as its output.
+                played = scenarios.submit(params, workdir, algo=cell["algo"], seed=cell["seed"])
+                scenarios_of[played] = eval_of[future]
+                resubmitted.append(played)
                 continue
             cell = cell_of[future]
             name = f"{cell['algo']}-s{cell['seed']}"
