@@ -115,7 +115,8 @@ STAGES: dict[str, Stage] = {
             name="scenarios",
             target="tasks.scenarios:run",
             help="every arm of one (algo, seed) cell in the named scenarios (seeds in scenarios.seeds; others: skipped.json)",
-            deps=("results/train/{algo}-s{seed}/model.pt",),
+            # the evaluate cell holds filter_choice.json, the tuned filter's configuration
+            deps=("results/train/{algo}-s{seed}/model.pt", "results/eval/{algo}-s{seed}"),
             params=("env", "cbf", "eval.arms", "scenarios"),
             outs=("results/scenarios/{algo}-s{seed}",),
             matrix=(("algo", "train.algos"), ("seed", "train.seeds")),

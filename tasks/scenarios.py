@@ -55,6 +55,7 @@ algo x train.seeds, so overriding train.seeds alone keeps a valid pipeline).
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import warnings
@@ -72,7 +73,7 @@ from env.core import PursuitEvasionCore
 from model.cbf import cbf_geometry
 from tasks import io
 from tasks.compare import StageInputError
-from tasks.evaluate import ARMS_OF_ALGO, build_policy
+from tasks.evaluate import ARMS_OF_ALGO, CHOICE_FILE, build_policy
 from tasks.params import SCENARIOS, Params
 from tasks.train import CheckpointError, cell_name, load_trained
 
@@ -454,12 +455,20 @@ def run(params: Params, workdir: str | Path = ".", algo: str = "barriernet", see
         raise StageInputError(str(exc)) from None
     if record["algo"] != algo:
         raise StageInputError(f"{model_path}: holds algo '{record['algo']}', expected '{algo}'")
-    return play_cell(actor, obs_rms, params, workdir, algo, seed, arms, scenarios)
+    # The tuned filter is the configuration the evaluate stage's sweep chose on dev episodes.
+    tuned = None
+    choice = workdir / "results" / "eval" / cell_name(algo, seed) / CHOICE_FILE
+    if "baseline_tuned_filter" in arms:
+        if choice.is_file():
+            tuned = json.loads(choice.read_text())
+        else:  # no sweep in this run (eval.filter_sweep disabled): no tuned arm either
+            arms.remove("baseline_tuned_filter")
+    return play_cell(actor, obs_rms, params, workdir, algo, seed, arms, scenarios, tuned)
 
 
 def play_cell(
     actor: torch.nn.Module, obs_rms: torch.nn.Module, params: Params, workdir: Path, algo: str, seed: int,
-    arms: list[str], scenarios: list[Scenario],
+    arms: list[str], scenarios: list[Scenario], tuned: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Play and write one cell's outputs (see the module docstring); `run` without the checkpoint."""
     started = time.perf_counter()
@@ -468,7 +477,7 @@ def play_cell(
     trajectories: dict[str, np.ndarray] = {}
     heatmaps: dict[str, np.ndarray] = {}
     for arm in arms:
-        policy = build_policy(arm, actor, params)
+        policy = build_policy(arm, actor, params, tuned)
         policy.eval()
         maps: dict[str, np.ndarray] = {}
         groups: dict[tuple, list[Scenario]] = {}
