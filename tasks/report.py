@@ -77,6 +77,7 @@ RESULT_METRICS: tuple[tuple[str, str, str], ...] = (
     ("capture_steps", "steps to capture (captured episodes)", "number"),
     ("decision_ms", "decision (ms)", "ms"),
 )
+UNDEFINED_WHEN_EMPTY = ("capture_steps",)  # a mean over captured episodes: none captured, no mean
 SUMMARY_REQUIRED = ("arm", "seed", "aggregate", "seeds", "episodes", "steps") + tuple(
     f"{name}{suffix}" for name, _, _ in RESULT_METRICS for suffix in ("", "_low", "_high")
 ) + ("timeout_rate", "timeout_rate_low", "timeout_rate_high")
@@ -205,8 +206,9 @@ def read_compare_summary(path: Path) -> pd.DataFrame:
     numeric = [c for c in SUMMARY_REQUIRED if c not in ("arm", "seed", "aggregate")]
     for column in numeric:
         values = pd.to_numeric(table[column], errors="coerce")
-        # Intervals may be NaN (e.g. Wilson of zero steps); the estimates must be numbers.
-        if not column.endswith(("_low", "_high")) and values.isna().any():
+        # Intervals may be NaN (e.g. Wilson of zero steps); the estimates must be numbers, except
+        # the mean steps to capture of an arm that never captured (printed as n/a).
+        if not column.endswith(("_low", "_high")) and column not in UNDEFINED_WHEN_EMPTY and values.isna().any():
             raise StageInputError(f"{path}: column '{column}' must hold numbers; found {table[column].tolist()[:3]}")
         table[column] = values
     if not ((table["seed"] == "all") & (table["aggregate"] == "mean")).any():
