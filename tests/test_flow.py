@@ -253,14 +253,14 @@ def test_default_run_orders_stages_records_artifacts_and_commits_to_dvc(prefect_
     # Artifacts: the report (markdown), the summary table, one progress artifact per cell at 100 %.
     by_key = {}
     for artifact in read_artifacts(["decision-report", "results-summary"] +
-                                   [f"train-{c['algo']}-s{c['seed']}" for c in cells]):
+                                   [pipeline._artifact_key(f"train-{c['algo']}-s{c['seed']}") for c in cells]):
         by_key.setdefault(artifact.key, []).append(artifact)
     assert by_key["decision-report"][-1].type == "markdown"
     assert "Decision report (fake)" in by_key["decision-report"][-1].data
     table = by_key["results-summary"][-1]
     assert table.type == "table" and "barriernet" in str(table.data)
     for cell in cells:
-        progress = by_key[f"train-{cell['algo']}-s{cell['seed']}"]
+        progress = by_key[pipeline._artifact_key(f"train-{cell['algo']}-s{cell['seed']}")]  # cbf_beta -> cbf-beta
         assert progress[-1].type == "progress" and any(float(a.data) == 100.0 for a in progress)
 
     # Recorded by DVC: `dvc status` is clean (checked by DVC itself, not by the flow's report).
