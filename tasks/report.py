@@ -1584,7 +1584,9 @@ def render(inputs: Inputs, params: Params, workdir: Path, started: float) -> tup
 
     from tasks.report_sweep import section as sweep_section  # issue 15: the filter sweep on dev episodes
 
-    sweep_md, sweep_figures = sweep_section(params, workdir, all_episodes(inputs), ARM_COLOURS)
+    # The sweep section places the trained arms by their DEV rows (what the choice could see).
+    every_split = pd.concat([cell.episodes for cell in inputs.evals], ignore_index=True)
+    sweep_md, sweep_figures = sweep_section(params, workdir, every_split, ARM_COLOURS)
     figures.update(sweep_figures)
     md += [sweep_md]
     md += ["## Our numbers beside the reference project's (Phase 2.5)", "", _reference_section(inputs, params, arms)]
