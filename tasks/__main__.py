@@ -1,6 +1,6 @@
 """Command line: `python -m tasks <stage> [--params FILE] [--set key=value ...] [--algo A --seed S]`.
 
-Also `python -m tasks list`, `python -m tasks dvc-yaml [--check]` (regenerate dvc.yaml from
+Also `python -m tasks tune` (the equal-effort tuning study, tasks/tuning.py), `python -m tasks list`, `python -m tasks dvc-yaml [--check]` (regenerate dvc.yaml from
 the stage registry, or fail when the committed one has drifted) and `python -m tasks numerics-env
 [pinned|native]` (the environment words of the pinned numerics, for processes started by hand:
 `env $(python -m tasks numerics-env) dask worker ...`).
@@ -58,6 +58,22 @@ def _dvc_yaml_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune_command(args: argparse.Namespace) -> int:
+    from tasks import tuning
+
+    try:  # validate everything, every cell included, before any work starts
+        params = load_params(args.params, args.overrides)
+        numerics.require(params.numerics.mode)
+        tuning.plan(params)
+    except (ParamsError, numerics.NumericsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    choice = tuning.run(params, args.workdir)
+    print(f"tuning study done ({choice['provenance']['wall_seconds'] / 60:.1f} min); commit these settings in "
+          f"params.yaml:\n{tuning.params_snippet(choice)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tasks", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -65,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     gen = sub.add_parser("dvc-yaml", help="generate dvc.yaml from the stage registry")
     gen.add_argument("--check", action="store_true", help="fail if the file differs instead of writing it")
     gen.add_argument("--path", default=str(REPO_ROOT / "dvc.yaml"))
+    tune = sub.add_parser("tune", help="the equal-effort tuning study (params section tuning; tasks/tuning.py)")
+    tune.add_argument("--params", default=None, help="params file (default: the repo's params.yaml)")
+    tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    tune.add_argument("--workdir", default=".", help="root under which results/tuning, reports/ and runs/ are written")
     for stage in iter_stages():
         p = sub.add_parser(stage.name, help=stage.help)
         p.add_argument("--params", default=None, help="params file (default: the repo's params.yaml)")
@@ -85,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "dvc-yaml":
         return _dvc_yaml_command(args)
+
+    if args.command == "tune":
+        return _tune_command(args)
 
     stage = STAGES[args.command]
     try:  # validate everything before any work starts

@@ -18,8 +18,10 @@ Outputs under ``<workdir>/results/eval/<algo>-s<seed>/``:
   timing.json      wall time of this cell (the report's setup table)
   filter_sweep.csv the post-hoc filter sweep on DEV episodes (eval.filter_sweep.algos only), one row
                    per (form, gamma, robust_margin), columns SWEEP_COLUMNS
-  filter_choice.json  the configuration the sweep's rule chose (baseline only): arm
-                   ``baseline_tuned_filter`` plays it on both splits
+  filter_choice.json  the tuned filter's configuration (baseline only): ``eval.tuned_filter`` (one
+                   configuration for every seed, chosen by the tuning study) or, when that is
+                   null, what this seed's sweep rule chose; arm ``baseline_tuned_filter`` plays it
+                   on both splits
 """
 
 from __future__ import annotations
@@ -276,9 +278,13 @@ def run(params: Params, workdir: str | Path = ".", algo: str = "barriernet", see
     if fs.enabled and algo in fs.algos:
         sweep = sweep_filters(actor, obs_rms, params)
         io.write_csv(output_dir(workdir, algo, seed) / SWEEP_FILE, sweep)
-        if algo == "baseline":
+        if algo == "baseline" and params.eval.tuned_filter is None:
             tuned = select_filter(sweep, fs.max_collision_upper)
-            io.write_json(output_dir(workdir, algo, seed) / CHOICE_FILE, tuned)
+    if algo == "baseline" and params.eval.tuned_filter is not None:
+        # one configuration for every seed, chosen once by the tuning study on its own dev sweep
+        tuned = {**params.eval.tuned_filter.model_dump(), "source": "eval.tuned_filter"}
+    if tuned is not None:
+        io.write_json(output_dir(workdir, algo, seed) / CHOICE_FILE, tuned)
     if tuned is None:
         arms = [arm for arm in arms if arm != "baseline_tuned_filter"]
     rows: list[dict[str, Any]] = []

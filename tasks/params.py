@@ -16,7 +16,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, ClassVar, Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
@@ -34,6 +34,53 @@ class ParamsError(ValueError):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class AlgoSettings(_Section):
+    """One algorithm's own values of the tuned knobs (None: the shared value of the train /
+    barriernet section). Filled by the equal-effort tuning study (tasks/tuning.py)."""
+
+    learning_rate: float | None = Field(None, gt=0, lt=1, description="replaces train.learning_rate")
+    ent_coef: float | None = Field(None, ge=0, description="replaces train.ent_coef")
+    init_log_std: float | None = Field(None, description="replaces train.init_log_std (Gaussian policies only)")
+    exploration_std: list[float] | None = Field(
+        None, min_length=2, max_length=2, description="replaces barriernet.exploration_std (barriernet only)"
+    )
+
+    def overrides(self) -> dict[str, Any]:
+        """The set knobs as dotted params keys -> value."""
+        section = {"learning_rate": "train", "ent_coef": "train", "init_log_std": "train", "exploration_std": "barriernet"}
+        return {f"{section[k]}.{k}": v for k, v in self.model_dump().items() if v is not None}
+
+
+# Which tuned knob each algorithm's policy actually has (an entropy bonus on BarrierNet's fixed-std
+# Gaussian has no gradient; CBF-Beta has no log-std): a setting an algorithm cannot use is refused.
+ALGO_KNOBS = {
+    "barriernet": ("learning_rate", "ent_coef", "exploration_std"),
+    "baseline": ("learning_rate", "ent_coef", "init_log_std"),
+    "cbf_beta": ("learning_rate", "ent_coef"),
+    "shielded": ("learning_rate", "ent_coef", "init_log_std"),
+}
+
+
+class PerAlgoSettings(_Section):
+    """train.per_algo: per-algorithm settings chosen by the tuning study (reports/tuning_report.md)."""
+
+    barriernet: AlgoSettings = AlgoSettings()
+    baseline: AlgoSettings = AlgoSettings()
+    cbf_beta: AlgoSettings = AlgoSettings()
+    shielded: AlgoSettings = AlgoSettings()
+
+    @model_validator(mode="after")
+    def _usable(self) -> "PerAlgoSettings":
+        for algo, knobs in ALGO_KNOBS.items():
+            unusable = [k for k, v in getattr(self, algo).model_dump().items() if v is not None and k not in knobs]
+            if unusable:
+                raise ValueError(
+                    f"train.per_algo.{algo}.{unusable[0]} is set, but {algo} has no such knob; accepted for {algo}: "
+                    f"{', '.join(knobs)}"
+                )
+        return self
 
 
 class TrainParams(_Section):
@@ -75,6 +122,10 @@ class TrainParams(_Section):
     checkpoint_every: int = Field(10, ge=1, description="updates between checkpoints")
     torch_threads: int = Field(1, ge=0, description="intra-op threads; 1 is fastest for these small nets (0: torch default)")
     log_every: int = Field(1, ge=1, description="updates between logged points")
+    per_algo: PerAlgoSettings = Field(
+        PerAlgoSettings(), description="per-algorithm learning rate / exploration, chosen by the tuning study "
+        "(python -m tasks tune); unset knobs take the shared values above"
+    )
 
     @field_validator("seeds")
     @classmethod
@@ -179,6 +230,20 @@ class FilterSweepParams(_Section):
         return self
 
 
+class TunedFilter(_Section):
+    """One post-hoc filter configuration (a row of the filter sweep's grid)."""
+
+    form: Literal["dcbf", "ct", "dcbf_exact"]
+    gamma: float = Field(gt=0, description="class-K gamma (dcbf forms: per-step fraction in (0, 1]; ct: rate in 1/s)")
+    robust_margin: float = Field(ge=0, description="clearance margin (m)")
+
+    @model_validator(mode="after")
+    def _gamma(self) -> "TunedFilter":
+        if self.form != "ct" and self.gamma > 1:
+            raise ValueError(f"eval.tuned_filter.gamma={self.gamma} exceeds 1 for form {self.form}; accepted: (0, 1]")
+        return self
+
+
 class EvalParams(_Section):
     """Auto-evaluation: paired episodes, deterministic actions."""
 
@@ -200,6 +265,11 @@ class EvalParams(_Section):
     )
     trajectory_episode: int = Field(0, ge=0, description="episode drawn as trajectories in the report")
     filter_sweep: FilterSweepParams = FilterSweepParams()
+    tuned_filter: TunedFilter | None = Field(
+        None, description="the post-hoc filter of arm baseline_tuned_filter, one configuration for every seed, chosen "
+        "by the tuning study on dev episodes (python -m tasks tune); null: each seed's evaluate stage picks one "
+        "from its own dev sweep (eval.filter_sweep's rule)"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -429,6 +499,77 @@ class GPUParams(_Section):
     min_minibatch: int = Field(64, ge=1)
 
 
+class ExplorationGrid(_Section):
+    """Each algorithm's exploration knob and its values in the tuning study (first value: the shared
+    default). Every algorithm gets the same number of values: equal tuning effort."""
+
+    barriernet: list[list[float]] = Field(
+        [[0.3, 0.6], [0.5, 1.0]], min_length=1, description="barriernet.exploration_std values (fixed std, v and w)"
+    )
+    baseline: list[float] = Field([-1.0, -0.5], min_length=1, description="train.init_log_std values")
+    cbf_beta: list[float] = Field(
+        [0.0, 0.01], min_length=1, description="train.ent_coef values (the Beta has no std parameter; its entropy "
+        "bonus is its exploration knob)"
+    )
+    shielded: list[float] = Field([-1.0, -0.5], min_length=1, description="train.init_log_std values")
+
+    KNOB: ClassVar[dict[str, str]] = {"barriernet": "exploration_std", "baseline": "init_log_std",
+                                      "cbf_beta": "ent_coef", "shielded": "init_log_std"}
+
+    @model_validator(mode="after")
+    def _equal(self) -> "ExplorationGrid":
+        sizes = {algo: len(getattr(self, algo)) for algo in self.KNOB}
+        if len(set(sizes.values())) != 1:
+            raise ValueError(
+                f"tuning.exploration has {sizes} values per algorithm; accepted: the same number for every algorithm "
+                "(equal tuning effort)"
+            )
+        for algo in self.KNOB:
+            values = [json.dumps(v) for v in getattr(self, algo)]
+            if len(set(values)) != len(values):
+                raise ValueError(f"tuning.exploration.{algo}={getattr(self, algo)} repeats a value; accepted: distinct values")
+        if any(len(v) != 2 or min(v) <= 0 for v in self.barriernet):
+            raise ValueError(f"tuning.exploration.barriernet={self.barriernet}; accepted: pairs of positive stds (v, w)")
+        if min(self.cbf_beta) < 0:
+            raise ValueError(f"tuning.exploration.cbf_beta={self.cbf_beta}; accepted: entropy coefficients >= 0")
+        return self
+
+
+class TuningParams(_Section):
+    """The equal-effort tuning study (tasks/tuning.py, `python -m tasks tune`; issue 15 item 7): every
+    algorithm trains learning_rates x its exploration values, each on every tuning seed, for
+    total_steps; one rule judges all of them on the dev episodes. Run once; the choice goes to
+    train.per_algo (and the baseline's filter to eval.tuned_filter)."""
+
+    algos: list[Literal["barriernet", "baseline", "cbf_beta", "shielded"]] = Field(
+        ["barriernet", "baseline", "cbf_beta", "shielded"], min_length=1
+    )
+    seeds: list[int] = Field(
+        [100, 101], min_length=1, description="training seeds of the study (apart from train.seeds: the study's "
+        "models are not the evaluated ones)"
+    )
+    total_steps: int = Field(262_144, ge=1, description="env steps per configuration and seed (a quarter of the study "
+                                                           "budget: tuning at full budget would cost 4x)")
+    learning_rates: list[float] = Field([3e-4, 1e-3], min_length=1, description="train.learning_rate values")
+    exploration: ExplorationGrid = ExplorationGrid()
+    rule: Literal["dev_capture_minus_collision"] = Field(
+        "dev_capture_minus_collision", description="score of a configuration: dev capture rate minus dev collision "
+        "rate, averaged over the tuning seeds; the highest wins, ties go to the earlier configuration (defaults first)"
+    )
+    workers: int = Field(2, ge=1, description="cells trained side by side (processes)")
+
+    @field_validator("seeds", "learning_rates")
+    @classmethod
+    def _distinct(cls, value: list, info: Any) -> list:
+        if len(set(value)) != len(value):
+            raise ValueError(f"tuning.{info.field_name}={value} repeats an entry; accepted: distinct entries")
+        if info.field_name == "seeds" and min(value) < 0:
+            raise ValueError(f"tuning.seeds={value}; accepted: integers >= 0")
+        if info.field_name == "learning_rates" and not all(0 < v < 1 for v in value):
+            raise ValueError(f"tuning.learning_rates={value}; accepted: values in (0, 1)")
+        return value
+
+
 class Params(_Section):
     env: EnvParams = EnvParams()
     cbf: CBFParams = CBFParams()
@@ -441,6 +582,19 @@ class Params(_Section):
     orchestration: OrchestrationParams = OrchestrationParams()
     gpu: GPUParams = GPUParams()
     numerics: NumericsParams = NumericsParams()
+    tuning: TuningParams = TuningParams()
+
+    def for_algo(self, algo: str) -> "Params":
+        """These params with train.per_algo.<algo>'s settings in place of the shared ones (what one
+        algorithm's training and its rebuilt policy read)."""
+        overrides = getattr(self.train.per_algo, algo).overrides()
+        if not overrides:
+            return self
+        raw = self.to_dict()
+        for key, value in overrides.items():
+            section, name = key.split(".")
+            raw[section][name] = value
+        return Params.model_validate(raw)
 
     @model_validator(mode="after")
     def _cross(self) -> "Params":
@@ -633,11 +787,15 @@ def params_hash(data: Mapping[str, Any]) -> str:
 
 # Keys that do not change what training computes (where/how often it saves, logs, which
 # device it updates on is kept: float results differ across devices).
-_TRAIN_KEYS_NOT_SHAPING = {"algos", "seeds", "checkpoint_every", "log_every"}
+# per_algo is applied (Params.for_algo) before the config is taken: another algorithm's setting
+# never changes this cell's key.
+_TRAIN_KEYS_NOT_SHAPING = {"algos", "seeds", "checkpoint_every", "log_every", "per_algo"}
 
 
 def training_config(params: Params, algo: str, seed: int) -> dict[str, Any]:
-    """The params that shape one training run; its hash keys the resume state."""
+    """The params that shape one training run (train.per_algo.<algo> applied); its hash keys the
+    resume state."""
+    params = params.for_algo(algo)
     train = {k: v for k, v in params.train.model_dump(mode="json").items() if k not in _TRAIN_KEYS_NOT_SHAPING}
     config = {
         "algo": algo,

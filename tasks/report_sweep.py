@@ -142,20 +142,36 @@ def section(params: Params, workdir: Path, episodes: pd.DataFrame, colours: dict
     rows = [[r.form, f"{r.gamma:g}", f"{r.robust_margin:g}", _fmt(r.capture_rate), _fmt(r.collision_rate),
              _fmt(r.collision_upper), _fmt(r.intervention_rate), _fmt(r.infeasible_rate)]
             for r in baseline.itertuples()]
-    choice_rows = [[c["seed"], c["form"], f"{float(c['gamma']):g}", f"{float(c['robust_margin']):g}",
-                    _fmt(c["capture_rate"]), _fmt(c["collision_upper"]), "yes" if c.get("qualified") else "no (fallback)"]
-                   for c in choices]
     figure = figure_pareto(means, arm_dev_points(episodes), chosen, colours)
+    rule = (f"Rule (eval.filter_sweep): the highest dev capture among configurations whose dev collision Wilson upper "
+            f"bound is at most {100 * fs.max_collision_upper:g} %.")
+    fixed = params.eval.tuned_filter
+    if fixed is not None:
+        choice_md = [
+            f"{rule} The arm `baseline_tuned_filter` plays one configuration for every seed, `eval.tuned_filter` = "
+            f"{fixed.form}, gamma {fixed.gamma:g}, margin {fixed.robust_margin:g} m: the tuning study chose it once, "
+            "by this rule on the dev episodes of its own baseline models (seeds apart from the evaluated ones; "
+            "[tuning report](tuning_report.md)). The sweep below, on the evaluated checkpoints, is shown for "
+            "sensitivity and chose nothing. No test episode entered any choice.", "",
+        ]
+    else:
+        choice_rows = [[c["seed"], c["form"], f"{float(c['gamma']):g}", f"{float(c['robust_margin']):g}",
+                        _fmt(c["capture_rate"]), _fmt(c["collision_upper"]),
+                        "yes" if c.get("qualified") else "no (fallback)"] for c in choices]
+        choice_md = [
+            f"{rule} `eval.tuned_filter` is unset, so each training seed chose on its own dev episodes, then played "
+            "its choice on the test episodes as arm `baseline_tuned_filter`. No test episode entered the choice (the "
+            "sweep's code path fixes the dev split).", "",
+            "Chosen configuration per baseline seed:", "",
+            md_table(["seed", "form", "gamma", "margin", "dev capture", "dev collision upper bound", "rule met"],
+                     choice_rows), "",
+        ]
     md = [
         "## Filter sweep (dev episodes)", "",
         f"{len(means)} configurations ({', '.join(fs.forms)} x gamma {fs.gammas} x robust margin {fs.robust_margins} m) "
         f"on the {', '.join(a for a in fs.algos if a in params.train.algos)} checkpoints, "
-        f"{params.eval.dev_episodes} dev episodes per (configuration, seed). Rule (eval.filter_sweep): the highest dev "
-        f"capture among configurations whose dev collision Wilson upper bound is at most {100 * fs.max_collision_upper:g} %; "
-        "chosen per training seed on that seed's dev episodes, then played on the test episodes as arm "
-        "`baseline_tuned_filter`. No test episode entered the choice (the sweep's code path fixes the dev split).", "",
-        "Chosen configuration per baseline seed:", "",
-        md_table(["seed", "form", "gamma", "margin", "dev capture", "dev collision upper bound", "rule met"], choice_rows), "",
+        f"{params.eval.dev_episodes} dev episodes per (configuration, seed).", "",
+        *choice_md,
         "Every configuration on the baseline checkpoints (dev, mean over seeds), best capture first:", "",
         md_table(["form", "gamma", "margin", "capture", "collision", "collision upper (mean)", "intervention",
                   "infeasible"], rows), "",

@@ -164,6 +164,7 @@ class Trainer:
         update_device: str | None = None,
         sync_free: bool | None = None,
     ):
+        params = params.for_algo(algo)  # this algorithm's tuned settings (train.per_algo)
         self.params, self.algo, self.seed = params, algo, seed
         tp = params.train
         self.config = {**training_config(params, algo, seed), "code": code_fingerprint()}
@@ -633,7 +634,7 @@ def load_trained(path: str | Path, params: Params | None = None, device: str | t
         record = _safe_torch_load(path, "trained model", device)
         if params is None:
             params = Params.model_validate(record["params"])
-        actor = make_actor(record["algo"], record["obs_dim"], params).to(device)
+        actor = make_actor(record["algo"], record["obs_dim"], params.for_algo(record["algo"])).to(device)
         actor.load_state_dict(record["actor"])
         critic = Critic(record["obs_dim"], params.train.hidden_sizes).to(device)
         critic.load_state_dict(record["critic"])

@@ -1,0 +1,139 @@
+"""The tuning study's own report (reports/tuning_report.md) and the decision report's budget line.
+
+Reads only what tasks/tuning.py wrote (results/tuning/): dev numbers of the study's own models.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tasks import io
+from tasks.params import Params
+
+CHOICE_PATH = Path("results/tuning/choice.json")
+CAPTION = ("Tuning study on dev episodes: each point is one (configuration, tuning seed), the bar the mean over "
+           "seeds of the score (dev capture rate - dev collision rate); the red bar is the configuration the rule "
+           "chose per algorithm. Every algorithm had the same number of configurations, seeds and env steps.")
+
+
+def _pct(x: float) -> str:
+    return "n/a" if x is None or not np.isfinite(float(x)) else f"{100 * float(x):.1f} %"
+
+
+def figure(cells: pd.DataFrame, means: pd.DataFrame) -> bytes:
+    """One panel per algorithm: score per configuration (bars: mean over seeds, dots: seeds)."""
+    from tasks.report import _figure_bytes, _pyplot
+
+    plt = _pyplot()
+    algos = list(dict.fromkeys(means["algo"]))
+    fig, axes = plt.subplots(1, len(algos), figsize=(3.2 * len(algos), 3.2), sharey=True, squeeze=False)
+    for ax, algo in zip(axes[0], algos):
+        group = means[means["algo"] == algo]
+        x = np.arange(len(group))
+        ax.bar(x, group["score"], color=["tab:red" if c else "tab:gray" for c in group["chosen"]], alpha=0.6)
+        for i, config in enumerate(group["config"]):
+            seeds = cells[(cells["algo"] == algo) & (cells["config"] == config)]
+            ax.scatter(np.full(len(seeds), i), seeds["score"], color="black", s=12, zorder=3)
+        short = {"exploration_std": "std", "init_log_std": "log-std", "ent_coef": "entropy"}
+        labels = [f"lr {r.learning_rate:g}\n{short.get(r.knob, r.knob)} {r.value}" for r in group.itertuples()]
+        ax.set_xticks(x, labels, fontsize=6)
+        ax.set_title(algo, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("dev capture - dev collision")
+    fig.suptitle("Equal-effort tuning study (dev episodes; red: chosen)", fontsize=10)
+    fig.tight_layout()
+    return _figure_bytes(fig)
+
+
+def write_report(root: Path, cells: pd.DataFrame, means: pd.DataFrame, sweep: pd.DataFrame,
+                 choice: dict[str, Any], params: Params) -> Path:
+    """Write reports/tuning_report.md and its figure under `root`; returns the report's path."""
+    from tasks.report import md_table
+    from tasks.tuning import FIGURE_PATH, REPORT_PATH, params_snippet
+
+    budget, prov = choice["budget"], choice["provenance"]
+    png = figure(cells, means)
+    with io.atomic_path(root / FIGURE_PATH) as tmp:
+        tmp.write_bytes(png)
+    rows = [[r.algo, r.config, f"{r.learning_rate:g}", f"{r.knob} = {r.value}", r.seeds, _pct(r.capture_rate),
+             _pct(r.collision_rate), f"{r.score:+.3f} [{r.score_min:+.3f}, {r.score_max:+.3f}]",
+             "**chosen**" if r.chosen else ""] for r in means.itertuples()]
+    md = [
+        "# Equal-effort tuning study", "",
+        "Every algorithm got the same tuning budget, judged by one rule on dev episodes (issue 15 item 7). "
+        "The chosen settings are committed in `params.yaml` (`train.per_algo`, `eval.tuned_filter`); "
+        "`tests/test_tuning.py` checks that they equal `results/tuning/choice.json`.", "",
+        "## Budget", "",
+        f"- per algorithm: {budget['configurations_per_algorithm']} configurations (learning rate "
+        f"{budget['learning_rates']} x its exploration knob) x {len(budget['seeds'])} tuning seeds "
+        f"{budget['seeds']} x {budget['steps_per_cell']:,} env steps = {budget['env_steps_per_algorithm']:,} env "
+        f"steps, and {budget['dev_episodes_per_cell']} dev episodes per model;",
+        "- exploration knobs: " + "; ".join(f"{a}: {v}" for a, v in budget["exploration"].items()) + " (first value: "
+        "the shared default);",
+        f"- the tuning seeds are apart from the evaluated `train.seeds` {list(params.train.seeds)}: the evaluated "
+        "models were trained afterwards with the chosen settings, at the full `train.total_steps` "
+        f"({params.train.total_steps:,});",
+        "- the study's runs are shorter than the evaluated ones (a quarter of the budget by default): a setting "
+        "that learns fast early is favoured. That is the study's known bias.", "",
+        "## Rule", "",
+        "score = dev capture rate - dev collision rate of the model's own arm (deterministic actions), averaged over "
+        "the tuning seeds; the highest mean wins, ties go to the earlier configuration (the defaults come first). "
+        "No test episode was played.", "",
+        "## Results (dev)", "",
+        md_table(["algo", "config", "learning rate", "exploration", "seeds", "capture", "collision",
+                  "score mean [min, max over seeds]", ""], rows), "",
+        "![tuning_scores](figures/tuning_scores.png)", "", f"*{CAPTION}*", "",
+    ]
+    if choice["tuned_filter"] is not None and len(sweep):
+        fs = params.eval.filter_sweep
+        t = choice["tuned_filter"]
+        sweep_rows = [[r.form, f"{r.gamma:g}", f"{r.robust_margin:g}", r.episodes, _pct(r.capture_rate),
+                       _pct(r.collision_rate), _pct(r.collision_upper), _pct(r.intervention_rate)]
+                      for r in sweep.sort_values("capture_rate", ascending=False).itertuples()]
+        md += [
+            "## The baseline's post-hoc filter (chosen once)", "",
+            f"Every `eval.filter_sweep` configuration on the chosen baseline configuration's {len(budget['seeds'])} "
+            "models, dev episodes pooled over the tuning seeds. Rule: the highest dev capture among configurations "
+            f"whose pooled dev collision Wilson upper bound ({fs.confidence:g}) is at most {100 * fs.max_collision_upper:g} %. "
+            f"Chosen: **{t['form']}, gamma {t['gamma']:g}, margin {t['robust_margin']:g} m**, played by arm "
+            "`baseline_tuned_filter` for every evaluated seed.", "",
+            md_table(["form", "gamma", "margin", "episodes", "capture", "collision", "collision upper", "intervention"],
+                     sweep_rows), "",
+        ]
+    md += [
+        "## Committed settings", "",
+        "```yaml", params_snippet(choice), "```", "",
+        "## Provenance", "",
+        f"- command: `python -m tasks tune` (code commit {prov['git_commit'][:12]}, params hash {prov['params_hash']})",
+        f"- CPU: {prov['cpu']}, {prov['cores']} cores, {prov['workers']} workers; wall time "
+        f"{prov['wall_seconds'] / 60:.1f} min", "",
+    ]
+    return io.write_text(root / REPORT_PATH, "\n".join(md))
+
+
+def budget_line(workdir: Path, params: Params) -> str:
+    """One paragraph for the decision report: the study's budget and what it chose, or that no
+    study stands behind these settings."""
+    path = Path(workdir) / CHOICE_PATH
+    if not path.is_file():
+        return ("**Tuning budget:** no tuning study on record (`results/tuning/choice.json` is missing): every "
+                "algorithm ran on the shared settings of params.yaml.")
+    choice = json.loads(path.read_text())
+    from tasks.tuning import committed_matches
+
+    b = choice["budget"]
+    mismatch = committed_matches(params, choice)
+    chosen = "; ".join(f"{a}: {s}" for a, s in choice["per_algo"].items())
+    text = (f"**Tuning budget (equal for every algorithm):** {b['configurations_per_algorithm']} configurations x "
+            f"{len(b['seeds'])} seeds x {b['steps_per_cell']:,} env steps = {b['env_steps_per_algorithm']:,} env steps "
+            f"per algorithm, judged on dev episodes by one rule ({choice['rule']}); chosen: {chosen}"
+            + (f"; the baseline's filter: {choice['tuned_filter']}" if choice["tuned_filter"] else "")
+            + ". See the [tuning report](tuning_report.md).")
+    if mismatch:
+        text += " **The params of this run differ from the study's choice:** " + "; ".join(mismatch) + "."
+    return text
