@@ -1545,14 +1545,17 @@ def render(inputs: Inputs, params: Params, workdir: Path, started: float) -> tup
     if inputs.notes or trajectory_notes:
         md += ["Notes: " + "; ".join(inputs.notes + trajectory_notes) + ".", ""]
 
+    from tasks.report_tuning import budget_line as tuning_budget_line  # issue 15 item 7
+
     md += ["## Setup", "", "### Scenario", "", _scenario_table(params), ""]
     md += ["### Budgets, seeds and evaluation", "",
            f"- training budget: train.total_steps = {params.train.total_steps:,} env steps per algorithm and seed; "
            + ("equal budgets: every cell ran " + f"{steps[0]:,} env steps" if len(steps) == 1 else
               f"UNEQUAL budgets: cells ran {', '.join(f'{s:,}' for s in steps)} env steps"),
            f"- PPO: {params.train.num_envs} envs x {params.train.rollout_steps} steps per rollout, "
-           f"{params.train.num_minibatches} minibatches, {params.train.update_epochs} epochs, "
-           f"learning rate {params.train.learning_rate:g}",
+           f"{params.train.num_minibatches} minibatches, {params.train.update_epochs} epochs; "
+           + _per_algo_settings(params),
+           "- " + tuning_budget_line(workdir, params),
            f"- training seeds: {seeds}; evaluation: {params.eval.test_episodes} held-out test episodes per (arm, seed) "
            f"on env seeds {params.eval.test_seed_base}..{params.eval.test_seed_base + params.eval.test_episodes - 1} "
            f"and {params.eval.dev_episodes} dev episodes on {params.eval.dev_seed_base}.."
@@ -1595,6 +1598,18 @@ def render(inputs: Inputs, params: Params, workdir: Path, started: float) -> tup
     md += [scenario_section(params, workdir)]
     md += ["## Provenance", "", _provenance_section(inputs, params, workdir, hw, git, overrides)]
     return "\n".join(md), figures
+
+
+def _per_algo_settings(params: Params) -> str:
+    """Each trained algorithm's learning rate and exploration setting (train.per_algo applied)."""
+    parts = []
+    for algo in params.train.algos:
+        p = params.for_algo(algo)
+        knob = {"barriernet": f"exploration std {p.barriernet.exploration_std}",
+                "cbf_beta": f"entropy coefficient {p.train.ent_coef:g}"}.get(
+            algo, f"initial log-std {p.train.init_log_std:g}")
+        parts.append(f"{algo}: learning rate {p.train.learning_rate:g}, {knob}")
+    return "; ".join(parts)
 
 
 def run(params: Params, workdir: str | Path = ".") -> dict[str, Any]:

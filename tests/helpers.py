@@ -49,7 +49,10 @@ def make_workspace(dst: Path, params: dict | None = None) -> Path:
         ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
     ).stdout.split("\n")
     for rel in filter(None, listed):
-        if rel.split("/")[0] in ("results", "reports", "runs") or rel.endswith("dvc.lock"):
+        # outputs stay behind, except the tuning study's committed choice (an input of the report)
+        if rel.split("/")[0] in ("results", "reports", "runs") and not rel.startswith("results/tuning/"):
+            continue
+        if rel.endswith("dvc.lock"):
             continue
         src = REPO_ROOT / rel
         if src.is_file():
