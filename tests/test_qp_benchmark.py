@@ -15,6 +15,7 @@ import torch
 from model.qp import solve_qp
 from tasks import qp_benchmark as stage
 from tasks.params import Params, QPBenchmarkParams
+from tasks.report_dcbf_exact import dcbf_exact_section
 
 CUDA = torch.cuda.is_available()
 
@@ -88,7 +89,7 @@ def test_writes_every_output_with_the_right_columns(tiny_run):
     assert result["speedups_headline"] == speedups["speedup_vs_qpth"]
     # no temp files left behind by the atomic writes
     assert sorted(p.name for p in (workdir / stage.OUT_DIR).iterdir()) == [
-        "metrics.json", "speed.png", "speedups.json", "table.csv"]
+        "dcbf_exact.csv", "metrics.json", "speed.png", "speedups.json", "table.csv"]
 
 
 def test_exact_deviation_matches_an_independent_recomputation(tiny_run):
@@ -222,3 +223,196 @@ def test_bad_batch_size_names_the_key(tmp_path):
         stage.run(tiny_params(batch_sizes=[0, 4]), tmp_path)
     with pytest.raises(ValueError, match=r"qp_benchmark\.obstacle_counts has 9"):
         stage.build_problems(Params().env, Params().cbf, num_obstacles=9, count=2)
+
+
+# ----------------------------------------------------------------------------------------------
+# the dcbf_exact section
+
+_GAUSS_NODES, _GAUSS_WEIGHTS = np.polynomial.legendre.leggauss(12)
+
+
+def own_arc_step(pose, u, dt):
+    """The unicycle flow over dt with constant (v, w), written here apart from the env: theta is
+    linear in time and the position integral is 12-point Gauss-Legendre (exact to round-off for
+    |w dt| <= 0.15 rad). pose (N, 3), u (N, 2), float64 NumPy."""
+    x, y, t = pose.T
+    v, w = u.T
+    s = 0.5 * dt * (_GAUSS_NODES + 1.0)
+    angle = t[:, None] + w[:, None] * s[None, :]
+    weights = 0.5 * dt * _GAUSS_WEIGHTS
+    return np.column_stack([x + v * (np.cos(angle) * weights).sum(1), y + v * (np.sin(angle) * weights).sum(1),
+                            t + w * dt])
+
+
+def own_barriers(pose, safety, env, d):
+    """h (N, K + 4) of the look-ahead point from the obstacle and wall geometry (absent obstacles
+    +inf), in NumPy."""
+    q = pose[:, :2] + d * np.column_stack([np.cos(pose[:, 2]), np.sin(pose[:, 2])])
+    c = safety.obstacle_centres.double().numpy()
+    rho = safety.obstacle_radii.double().numpy() + env.robot_radius + env.safety_margin + d
+    h_obstacles = np.where(safety.obstacle_mask.numpy(), ((q[:, None, :] - c) ** 2).sum(-1) - rho**2, np.inf)
+    wall = env.arena_size / 2 - env.robot_radius - env.safety_margin - d
+    h_walls = np.column_stack([wall - q[:, 0], wall + q[:, 0], wall - q[:, 1], wall + q[:, 1]])
+    return np.concatenate([h_obstacles, h_walls], 1)
+
+
+def own_counts(u, feasible, safety, env, gamma, d, tol=1e-9):
+    """The stage's float64 counts recomputed with this file's own dynamics and barriers."""
+    pose = safety.pursuer.double().numpy()
+    low, high = np.array([0.0, -env.pursuer_w_max]), np.array([env.pursuer_v_max, env.pursuer_w_max])
+    u = np.clip(u, low, high)  # the env clips actions to the box
+    h0 = own_barriers(pose, safety, env, d)
+    h1 = own_barriers(own_arc_step(pose, u, env.dt), safety, env, d)
+    finite = np.isfinite(h0)
+    decay_bad = (np.where(finite, (1 - gamma) * h0 - h1, -np.inf) > tol).any(1)
+    return {
+        "decay_violations_feasible": int((decay_bad & feasible).sum()),
+        "next_barrier_negative": int((np.where(finite, -h1, -np.inf) > tol).any(1).sum()),
+        "infeasible": int((~feasible).sum()),
+        "start_negative": int((h0 < 0).any(1).sum()),
+    }
+
+
+@pytest.fixture(scope="module")
+def dcbf_run(tmp_path_factory):
+    """One obstacle count; batch 32 holds states with no safe action (h(q) < 0 already), so the
+    infeasible and h(q+) < 0 counts are not all zero."""
+    workdir = tmp_path_factory.mktemp("qp_benchmark_dcbf")
+    params = tiny_params(batch_sizes=[1, 32], obstacle_counts=[2], devices=["cpu"], qpth_max_batch=1)
+    stage.run(params, workdir)
+    return params, workdir
+
+
+def test_dcbf_exact_rows_exist_for_every_cell(dcbf_run, tiny_run):
+    for (params, workdir, *_), devices in ((dcbf_run, ["cpu"]), (tiny_run, ["cpu", "cuda"] if CUDA else ["cpu"])):
+        table = pd.read_csv(workdir / stage.DCBF_EXACT_PATH)
+        assert list(table.columns) == list(stage.DCBF_COLUMNS)
+        bench = params.qp_benchmark
+        cells = {(m, p, dv, dt, k, b) for m in stage.DCBF_METHODS for p in stage.PASSES for dv in devices
+                 for dt in bench.dtypes for k in bench.obstacle_counts for b in bench.batch_sizes}
+        keys = ["method", "pass", "device", "dtype", "obstacles", "batch_size"]
+        assert set(map(tuple, table[keys].values.tolist())) == cells and len(table) == len(cells)
+        assert (table["median_ms"] > 0).all() and (table["repeats"] >= 1).all()
+        assert np.allclose(table["per_problem_us"], table["median_ms"] * 1e3 / table["batch_size"])
+        first = table[table["method"] == "dcbf_first_order"].set_index(keys[1:])
+        exact = table[table["method"] == "dcbf_exact"].set_index(keys[1:])
+        assert first["cost_vs_first_order"].isna().all()
+        assert np.allclose(exact["cost_vs_first_order"], exact["median_ms"] / first.loc[exact.index, "median_ms"])
+        # the exact condition holds on every element dcbf_exact calls feasible, in both dtypes
+        assert (exact["decay_violations_feasible"] == 0).all()
+        assert (exact["mean_qp_rounds"] >= 1).all() and (first["mean_qp_rounds"] == 1).all()
+
+
+def test_dcbf_counts_match_an_independent_recount(dcbf_run):
+    from model.cbf import cbf_rows
+    from model.dcbf_exact import exact_dcbf_action
+
+    params, workdir = dcbf_run
+    table = pd.read_csv(workdir / stage.DCBF_EXACT_PATH)
+    env = stage._env_with_obstacles(params.env, 2)
+    cbf = params.cbf.model_copy(update={"form": "dcbf", "qp_backend": "exact"})
+    gamma, batch = cbf.filter_gamma, 32
+    problems = stage.build_problems(params.env, params.cbf, num_obstacles=2, count=batch)
+    safety, u_ref = problems.safety_head(batch), problems.u_ref[:batch]
+    with torch.no_grad():
+        exact = exact_dcbf_action(safety, env, cbf, gamma, u_ref)
+        rows = cbf_rows(safety, env, cbf, gamma, form="dcbf")
+        weights = u_ref.new_tensor(cbf.action_weights)
+        first = solve_qp(torch.diag(weights).expand(batch, 2, 2), -u_ref * weights, rows.A, rows.b,
+                         backend="exact", mask=rows.mask)
+    answers = {"dcbf_exact": exact, "dcbf_first_order": first}
+    for method, answer in answers.items():
+        mine = own_counts(answer.u.numpy(), answer.feasible.numpy(), safety, env, gamma, cbf.lookahead)
+        recorded = table[(table["method"] == method) & (table["dtype"] == "float64") & (table["batch_size"] == batch)]
+        assert len(recorded) == 2  # forward and forward+backward: the same action
+        for name, value in mine.items():
+            assert (recorded[name] == value).all(), (method, name, recorded[name].tolist(), value)
+        if method == "dcbf_exact":
+            assert mine["decay_violations_feasible"] == 0
+            # every infeasible flag comes from a state already outside the safe set
+            assert mine["infeasible"] <= mine["start_negative"]
+    # these states do exercise the counts (some start with h < 0 and have no safe action)
+    assert mine["start_negative"] > 0 and mine["infeasible"] > 0 and mine["next_barrier_negative"] > 0
+
+
+def test_dcbf_metrics_are_deterministic_and_hold_no_timings(dcbf_run, tmp_path):
+    params, workdir = dcbf_run
+    stage.run(params, tmp_path)
+    first = (workdir / stage.METRICS_PATH).read_text()
+    assert first == (tmp_path / stage.METRICS_PATH).read_text()
+    section = json.loads(first)["dcbf_exact"]
+
+    def keys(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield key
+                yield from keys(value)
+
+    timing_words = {"ms", "us", "time", "seconds", "speed", "speedup", "median", "repeats", "threads", "cost"}
+    assert not [k for k in keys(section) if timing_words & set(k.lower().split("_"))]
+    table = pd.read_csv(workdir / stage.DCBF_EXACT_PATH)
+    for _, row in table.iterrows():
+        cell = section["counts"][row["method"]][row["device"]][row["dtype"]][f"obstacles_{row['obstacles']}"]
+        counts = cell[f"batch_{row['batch_size']}"]
+        assert counts["problems"] == row["batch_size"]
+        assert all(counts[name] == pytest.approx(row[name]) for name in stage.DCBF_COUNTS)
+    assert section["gamma"] == params.cbf.filter_gamma and section["tolerance_float64"] == 1e-9
+
+
+def test_dcbf_report_section_shows_the_csv_numbers(dcbf_run, tmp_path):
+    _, workdir = dcbf_run
+    text = dcbf_exact_section(workdir)
+    assert "results/qp_benchmark/dcbf_exact.csv" in text
+    table = pd.read_csv(workdir / stage.DCBF_EXACT_PATH)
+    shown = table[(table["pass"] == "forward+backward") & (table["device"] == "cpu")]
+    lines = [line for line in text.splitlines() if line.startswith("| float")]
+    assert len(lines) == len(shown) // 2  # one line per dtype x obstacles x batch
+    for _, row in shown[shown["method"] == "dcbf_exact"].iterrows():
+        fo = shown[(shown["method"] == "dcbf_first_order") & (shown["dtype"] == row["dtype"])
+                   & (shown["batch_size"] == row["batch_size"])].iloc[0]
+        line = next(x for x in lines if x.startswith(f"| {row['dtype']} | {row['obstacles']} | {row['batch_size']} |"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert float(cells[4]) == pytest.approx(row["per_problem_us"], rel=0.06, abs=0.06)
+        assert float(cells[3]) == pytest.approx(fo["per_problem_us"], rel=0.06, abs=0.06)
+        assert cells[5] == f"{row['cost_vs_first_order']:.2f}"
+        assert cells[7] == f"{fo['next_barrier_negative']} / {row['next_barrier_negative']}"
+        assert cells[8] == f"{fo['infeasible']} / {row['infeasible']}"
+    with pytest.raises(FileNotFoundError, match=r"results/qp_benchmark/dcbf_exact\.csv"):
+        dcbf_exact_section(tmp_path)
+
+
+def test_dcbf_counter_catches_first_order_violations_near_an_obstacle():
+    """States just outside one obstacle, driven toward it: the first-order rows let some exact
+    steps break the decay condition; the stage's counter and this file's own recount agree."""
+    from env.core import SafetyState
+    from model.cbf import cbf_rows
+    from model.dcbf_exact import exact_dcbf_action
+
+    params = Params()
+    env, cbf = stage._env_with_obstacles(params.env, 1), stage._dcbf_cbf(params.cbf)
+    g = np.random.default_rng(0)
+    n, d = 256, cbf.lookahead
+    radius = g.uniform(env.obstacle_radius_min, env.obstacle_radius_max, n)
+    rho = radius + env.robot_radius + env.safety_margin + d
+    bearing = g.uniform(-math.pi, math.pi, n)
+    q = np.sqrt(rho**2 + g.uniform(0.0, 0.05, n))[:, None] * np.column_stack([np.cos(bearing), np.sin(bearing)])
+    theta = bearing + math.pi + g.uniform(-1.3, 1.3, n)  # roughly facing the obstacle at the origin
+    pose = np.column_stack([q - d * np.column_stack([np.cos(theta), np.sin(theta)]), theta])
+    safety = SafetyState(torch.tensor(pose), torch.zeros(n, 1, 2, dtype=torch.float64),
+                         torch.tensor(radius[:, None]), torch.ones(n, 1, dtype=torch.bool))
+    u_ref = torch.tensor(np.column_stack([g.uniform(0.5, 1.0, n) * env.pursuer_v_max,
+                                          g.uniform(-1.0, 1.0, n) * env.pursuer_w_max]))
+    gamma = cbf.filter_gamma
+    rows = cbf_rows(safety, env, cbf, gamma, form="dcbf")
+    weights = u_ref.new_tensor(cbf.action_weights)
+    with torch.no_grad():
+        first = solve_qp(torch.diag(weights).expand(n, 2, 2), -u_ref * weights, rows.A, rows.b, backend="exact",
+                         mask=rows.mask)
+        exact = exact_dcbf_action(safety, env, cbf, gamma, u_ref)
+    for answer, method in ((first, "dcbf_first_order"), (exact, "dcbf_exact")):
+        wrapped = stage.DCBFAnswer(answer.u, answer.feasible, None, None)
+        counted = stage.dcbf_step_counts(wrapped, safety, env, cbf)
+        mine = own_counts(answer.u.numpy(), answer.feasible.numpy(), safety, env, gamma, d)
+        assert {k: counted[k] for k in mine} == mine, method
+    assert own_counts(first.u.numpy(), first.feasible.numpy(), safety, env, gamma, d)["decay_violations_feasible"] > 0
+    assert own_counts(exact.u.numpy(), exact.feasible.numpy(), safety, env, gamma, d)["decay_violations_feasible"] == 0
