@@ -1576,7 +1576,13 @@ def render(inputs: Inputs, params: Params, workdir: Path, started: float) -> tup
     md += ["### Wall time of each stage", "", _stage_times(inputs, time.perf_counter() - started, workdir), ""]
 
     md += ["## Results per arm", "", _results_tables(inputs, params, arms, conf)]
-    md += ["## QP benchmark", "", qp_section(inputs.qp_table)]
+    from tasks.report_dcbf_exact import dcbf_exact_section  # issue 14: the exact DCBF's cost and invariance
+
+    try:
+        dcbf_md = dcbf_exact_section(workdir)
+    except (FileNotFoundError, ValueError) as exc:  # an older benchmark: say so, keep the rest of the report
+        dcbf_md = f"(No dcbf_exact section: {exc}.)"
+    md += ["## QP benchmark", "", qp_section(inputs.qp_table), "", dcbf_md]
 
     md += ["## Figures", ""]
     for index, name in enumerate(figures, start=1):
