@@ -481,8 +481,10 @@ def train_and_eval(overrides: dict[str, Any] | None = None, workspace: str | Non
         report_path = workdir / REPORT_PATH
         summary_path = workdir / SUMMARY_PATH
         if report_path.exists():
-            create_markdown_artifact(report_path.read_text(), key="decision-report",
-                                     description=f"decision report ({report_path})")
+            from flows.report_artifact import self_contained_markdown  # figures inlined for the UI
+
+            create_markdown_artifact(self_contained_markdown(report_path), key="decision-report",
+                                     description=f"decision report ({report_path}; figures inlined)")
         if summary_path.exists():
             create_table_artifact(_read_table(summary_path), key="results-summary",
                                   description=f"results table ({summary_path})")
