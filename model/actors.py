@@ -254,6 +254,10 @@ class BarrierNetActor(nn.Module):
         self.register_buffer("action_half_range", torch.tensor([(h - l) / 2 for l, h in zip(low, high)]))
         self.register_buffer("std", torch.tensor(barriernet_params.exploration_std, dtype=torch.float32))
         self.projection = _CBFProjection(env_params, cbf_params)
+        # Gradient diagnostics (model/diagnostics.py): while True, evaluate_actions keeps its nominal
+        # tensor with its gradient (retain_grad changes no gradient).
+        self.probe_nominal = False
+        self.last_nominal: Tensor | None = None
 
     @property
     def time_qp(self) -> bool:
@@ -358,6 +362,9 @@ class BarrierNetActor(nn.Module):
         (forward's ``info["active_mean"]``); a warm start for the re-solve, results unchanged.
         cbf_geometry: `cbf_geometry` of these states, or None (computed here)."""
         nominal, gamma = self._heads(obs)
+        if self.probe_nominal and nominal.requires_grad:
+            nominal.retain_grad()
+            self.last_nominal = nominal
         std = self.std.to(nominal.dtype)
         with torch.autocast(device_type=nominal.device.type, enabled=False):
             if self.update_mode == "through_qp":

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -211,8 +211,12 @@ def ppo_update(
     cfg: UpdateConfig,
     generator: torch.Generator,
     scaler: "torch.amp.GradScaler | None" = None,
+    after_backward: "Callable[[], None] | None" = None,
 ) -> dict[str, float]:
     """One PPO update over `batch` (update_epochs x shuffled minibatches).
+
+    `after_backward` is called after each minibatch's backward pass, before clipping (read-only
+    diagnostics: model/diagnostics.py `GradientProbe`).
 
     `generator` (CPU) draws the minibatch permutation, so the update is reproducible and its
     state can be checkpointed. `scaler` is given only for CUDA mixed precision; autocast is
@@ -267,11 +271,15 @@ def ppo_update(
             if amp:
                 scaler.scale(loss).backward()
                 scaler.unscale_(optimizer)
+                if after_backward is not None:
+                    after_backward()
                 nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 scaler.step(optimizer)
                 scaler.update()
             else:
                 loss.backward()
+                if after_backward is not None:
+                    after_backward()
                 nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 optimizer.step()
         if cfg.target_kl is not None and float(torch.stack(approx_kls[-batch_size // cfg.minibatch_size :]).mean()) > cfg.target_kl:

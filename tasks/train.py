@@ -38,6 +38,7 @@ import torch
 
 from env.core import PursuitEvasionCore
 from model.actors import ALGOS, Critic, make_actor
+from model.diagnostics import GradientProbe
 from model.ppo import RewardScaler, RolloutBuffer, RunningMeanStd, UpdateConfig, compute_gae, ppo_update
 from tasks import io, numerics
 from tasks.gpu import release_cached_memory, set_allocator_defaults, wait_for_headroom
@@ -217,7 +218,9 @@ class Trainer:
             clip_vloss=tp.clip_vloss, ent_coef=tp.ent_coef, vf_coef=tp.vf_coef,
             max_grad_norm=tp.max_grad_norm, target_kl=tp.target_kl,
         )
+        self.probe = GradientProbe(self.actor)  # read-only gradient diagnostics (DVCLive grad/*)
         self.next_obs = self.core.reset()
+        self.training_collisions = 0.0  # episodes ended by a collision so far (cumulative curve)
         self.update = 0  # updates done
         self.global_step = 0
         self.history: list[dict[str, float]] = []
@@ -248,6 +251,7 @@ class Trainer:
                 "update_generator": self.update_generator.get_state(),
             },
             "history": self.history,
+            "training_collisions": self.training_collisions,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -271,6 +275,7 @@ class Trainer:
         random.setstate(rng["python"])
         self.update_generator.set_state(rng["update_generator"])
         self.history = list(state["history"])
+        self.training_collisions = float(state.get("training_collisions", 0.0))
         self._sync_rollout_copy()
 
     def _sync_rollout_copy(self) -> None:
@@ -289,6 +294,9 @@ class Trainer:
         counts = torch.zeros(8, dtype=torch.float64, device=self.rollout_device)
         # 0 episodes, 1 captures, 2 collisions, 3 return sum, 4 violation steps, 5 interventions,
         # 6 infeasible, 7 gamma sum
+        safety_layer = torch.zeros(5, dtype=torch.float64, device=self.rollout_device)
+        # diagnostics of the safety layer: 0 correction sum (normalised units), 1 active QP rows sum,
+        # 2 steps with an active row, 3 / 4 safe-box width sums (v, w; fractions of the action range)
         qp_seconds = 0.0
         for t in range(tp.rollout_steps):
             obs = self.next_obs
@@ -337,6 +345,16 @@ class Trainer:
                 counts[5] += out.info["intervened"].sum()
                 counts[6] += out.info["infeasible"].sum()
                 counts[7] += out.info["gamma"].float().mean(dim=1).sum()
+                if "correction" in out.info:
+                    safety_layer[0] += out.info["correction"].sum()
+            if "active_mean" in out.info:
+                active = (out.info["active_mean"] >= 0).sum(dim=1)
+                safety_layer[1] += active.sum()
+                safety_layer[2] += (active > 0).sum()
+            if "box_low" in out.info:
+                full = self.rollout_actor.high - self.rollout_actor.low  # the action box (2,)
+                width = (out.info["box_high"] - out.info["box_low"]) / full.to(out.info["box_low"].dtype)
+                safety_layer[3:5] += width.double().sum(dim=0)
             self.next_obs = next_obs
 
         if self.sync_free and bool(self.nonfinite.any()):  # one sync per rollout
@@ -346,10 +364,13 @@ class Trainer:
                 f"(update {self.update + 1}, rollout step {t}), env index {env_index}"
             )
         steps = tp.rollout_steps * tp.num_envs
-        c = counts.tolist()  # the rollout's one device-to-host transfer of statistics
+        c = counts.tolist()  # the rollout's device-to-host transfers of statistics
+        d = safety_layer.tolist()
+        self.training_collisions += c[2]
         stats = {
             "rollout/episodes": c[0],
             "rollout/cbf_violation_rate": c[4] / steps,
+            "rollout/collisions_cumulative": self.training_collisions,
         }
         if c[0] > 0:
             stats.update({
@@ -362,7 +383,12 @@ class Trainer:
                 "rollout/qp_intervention_rate": c[5] / steps,
                 "rollout/qp_infeasible_rate": c[6] / steps,
                 "rollout/mean_gamma": c[7] / steps,
+                "rollout/qp_correction": d[0] / steps,
             })
+        if self.algo == "barriernet" and self.params.barriernet.update_mode == "through_qp":
+            stats.update({"rollout/qp_active_rows": d[1] / steps, "rollout/qp_active_fraction": d[2] / steps})
+        if self.algo == "cbf_beta":
+            stats.update({"rollout/box_width_v": d[3] / steps, "rollout/box_width_w": d[4] / steps})
         stats["perf/qp_ms"] = 1000.0 * qp_seconds / tp.rollout_steps
         return stats
 
@@ -394,8 +420,10 @@ class Trainer:
         batch = b.flatten(advantages, returns, self.update_device)
         try:
             stats.update(ppo_update(
-                self.actor, self.critic, self.optimizer, batch, self.update_cfg, self.update_generator, self.scaler
+                self.actor, self.critic, self.optimizer, batch, self.update_cfg, self.update_generator, self.scaler,
+                after_backward=self.probe,
             ))
+            stats.update(self.probe.stats())
         except torch.cuda.OutOfMemoryError as exc:
             raise TrainingOOMError(
                 f"CUDA out of memory in the PPO update with minibatch {self.minibatch_size}: {exc}",
