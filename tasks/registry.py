@@ -216,7 +216,16 @@ PLOTS: list[Any] = ["reports/figures"]
 # DVCLive curves (results/train/<cell>/live/plots/metrics/<name>.tsv, columns step and the
 # metric) drawn per algorithm with one line per seed: outcome rates, return, and diagnostics.
 TRAINING_CURVES = ("rollout/capture_rate", "rollout/collision_rate", "rollout/episode_return",
-                   "rollout/cbf_violation_rate", "losses/approx_kl", "losses/explained_variance", "losses/entropy")
+                   "rollout/cbf_violation_rate", "rollout/collisions_cumulative", "losses/approx_kl",
+                   "losses/explained_variance", "losses/entropy", "grad/actor_norm")
+# The safety layer's diagnostics (model/diagnostics.py, tasks/train.py), for the algorithms that log them.
+SAFETY_LAYER_CURVES = {
+    "barriernet": ("rollout/qp_intervention_rate", "rollout/qp_correction", "rollout/qp_active_fraction",
+                   "rollout/qp_infeasible_rate", "grad/nominal_norm_p50", "grad/nominal_norm_p99",
+                   "grad/nominal_abs_v", "grad/nominal_abs_w"),
+    "cbf_beta": ("rollout/qp_intervention_rate", "rollout/qp_correction", "rollout/box_width_v", "rollout/box_width_w"),
+    "shielded": ("rollout/qp_intervention_rate", "rollout/qp_correction", "rollout/qp_infeasible_rate"),
+}
 
 
 def training_plots(params_path: str | Path | None = None) -> list[dict[str, Any]]:
@@ -232,7 +241,7 @@ def training_plots(params_path: str | Path | None = None) -> list[dict[str, Any]
     train = load_params(Path(params_path) if params_path else Path(__file__).resolve().parent.parent / "params.yaml").train
     plots = []
     for algo in train.algos:
-        for curve in TRAINING_CURVES:
+        for curve in TRAINING_CURVES + SAFETY_LAYER_CURVES.get(algo, ()):
             field = curve.rsplit("/", 1)[1]
             files = {f"results/train/{algo}-s{seed}/live/plots/metrics/{curve}.tsv": field for seed in train.seeds}
             plots.append({f"training/{algo}/{field}": {"x": "step", "y": files, "title": f"{algo}: {field} per seed",
