@@ -1598,6 +1598,12 @@ def render(inputs: Inputs, params: Params, workdir: Path, started: float) -> tup
     sweep_md, sweep_figures = sweep_section(params, workdir, every_split, ARM_COLOURS)
     figures.update(sweep_figures)
     md += [sweep_md]
+    from tasks.report_diagnostics import section as diagnostics_section  # issue 18: gradients, red flags
+
+    diagnostics_md, diagnostics_figures = diagnostics_section(workdir, params.train.algos, params.train.seeds,
+                                                              ARM_COLOURS)
+    figures.update(diagnostics_figures)
+    md += [diagnostics_md]
     md += ["## Our numbers beside the reference project's (Phase 2.5)", "", _reference_section(inputs, params, arms)]
     from tasks.report_scenarios import section as scenario_section  # issue 18: tables, figures, GIFs
 
