@@ -9,16 +9,61 @@ this, server included. The alternative with a work pool and a process worker is 
 Flow runs start in the directory this process was started from, so it changes to the repo root
 first. The deployment's entrypoint is the module path `flows.train_and_eval.train_and_eval`, so
 Dask workers can import the tasks by name.
+
+At start it marks Crashed the runs of this deployment that the server still shows Running but whose
+process is gone (`mark_orphaned_runs`: what a run looks like after the server died under it).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEPLOYMENT_NAME = "local"
+
+
+def mark_orphaned_runs() -> list[str]:
+    """Mark Crashed the flow runs of this deployment that the server still shows Running but whose
+    process is gone: their workspace lock (flows/lock.py) names them and no live process holds it.
+
+    That is what a flow run looks like after the Prefect server died under it: the run was stopped
+    (scripts/main.sh stops it) but could not report its end. A run whose lock is held, or that
+    never took one, is left alone. Returns one line per run marked.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter, DeploymentFilterName, FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    from flows.lock import stale_record
+    from flows.pipeline import resolve_workdir
+
+    marked = []
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["train-and-eval"])),
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[DEPLOYMENT_NAME])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))),
+        )
+        for run in runs:
+            params = run.parameters or {}
+            workspace = Path(params.get("workspace") or REPO_ROOT).resolve()
+            name = re.sub(r"[^A-Za-z0-9._-]+", "-", str(run.name))
+            workdir = resolve_workdir(workspace, params.get("overrides"), name)
+            record = stale_record(workdir)
+            if not record or record.get("flow_run") != name:
+                continue
+            message = (f"its process (pid {record.get('pid')}) ended without reporting, e.g. after the Prefect "
+                       f"server was lost mid-run; workspace lock {workdir / '.cache/pipeline.lock'} is free")
+            client.set_flow_run_state(run.id, Crashed(message=message), force=True)
+            marked.append(f"marked flow run '{run.name}' Crashed: {message}")
+    return marked
 
 
 def main() -> int:
@@ -42,6 +87,12 @@ def main() -> int:
     from prefect.types.entrypoint import EntrypointType
 
     from flows.train_and_eval import train_and_eval
+
+    try:  # bookkeeping only: never stands in the way of serving
+        for line in mark_orphaned_runs():
+            print(line, flush=True)
+    except Exception as exc:  # pragma: no cover - API hiccup
+        print(f"warning: could not look for flow runs orphaned by a lost Prefect server: {exc}", file=sys.stderr)
 
     print(f"serving train-and-eval/{DEPLOYMENT_NAME} from {REPO_ROOT} (API {url})", flush=True)
     train_and_eval.serve(

@@ -7,6 +7,13 @@
 # server (SQLite under .prefect/, 127.0.0.1 only) unless one already answers at PREFECT_API_URL,
 # serves the deployment (flows/serve.py), runs it with --watch, prints where the report is and
 # the UI address, and stops every process it started. Safe to run again; leaves nothing running.
+#
+# If the Prefect server dies mid-run (killed, out of memory), the flow run cannot report to it:
+# main.sh says so, stops the serve process (and with it the flow run and its Dask workers) and
+# exits with status 75. Recovery is one command: run main.sh again with the same arguments. It
+# starts a new server if none answers; the new flow run takes over the workspace lock the dead one
+# left, and each training cell resumes from its checkpoint in BARRIERNET_STATE_DIR (default
+# .cache/train-state; keyed by the training params and code), so finished cells are not retrained.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO="$PWD"
@@ -42,8 +49,24 @@ stop_started() {
             sleep 0.5
         done
         kill -KILL -- "-$pgid" 2>/dev/null || true
+        # a killed process still holds its files (the workspace lock) until the kernel is done with it
+        for _ in $(seq 1 40); do
+            kill -0 -- "-$pgid" 2>/dev/null || break
+            sleep 0.25
+        done
     done
     STARTED=()
+}
+shell_quote() {   # the arguments as a shell would need them typed: 'it'\''s' for anything unusual
+    local arg out=""
+    for arg in "$@"; do
+        if [[ "$arg" =~ ^[A-Za-z0-9_./:=@%+-]+$ ]]; then
+            out+=" $arg"
+        else
+            out+=" '${arg//\'/\'\\\'\'}'"
+        fi
+    done
+    printf '%s' "$out"
 }
 trap stop_started EXIT
 trap 'exit 130' INT TERM
@@ -59,11 +82,12 @@ except Exception:
 PYEOF
 }
 
+SERVER_PID=""   # set when this script starts the server
 if healthy; then
     echo "main: using the Prefect server that answers at $PREFECT_API_URL"
 else
     echo "main: starting a Prefect server on 127.0.0.1:$PORT (log: $LOGS/server.log)"
-    setsid "$VENV_BIN/prefect" server start --host 127.0.0.1 --port "$PORT" >"$LOGS/server.log" 2>&1 &
+    setsid "$VENV_BIN/prefect" server start --host 127.0.0.1 --port "$PORT" >>"$LOGS/server.log" 2>&1 &
     SERVER_PID=$!
     STARTED+=("$SERVER_PID")
     for _ in $(seq 1 240); do
@@ -93,12 +117,61 @@ for _ in $(seq 1 240); do
 done
 
 echo "main: Prefect UI: $PREFECT_UI_URL"
-set +e
-"$VENV_BIN/prefect" deployment run train-and-eval/local --watch "$@" 2>&1 | tee "$LOGS/last-run.log"
-RC=${PIPESTATUS[0]}
-set -e
+# --watch in the background, shown through tail, so that a server this script started and that
+# dies is noticed at once (--watch alone gives up only after its event stream times out).
+: >"$LOGS/last-run.log"
+"$VENV_BIN/prefect" deployment run train-and-eval/local --watch "$@" >"$LOGS/last-run.log" 2>&1 &
+WATCH_PID=$!
+tail -n +1 -f --pid="$WATCH_PID" "$LOGS/last-run.log" &
+TAIL_PID=$!
+while kill -0 "$WATCH_PID" 2>/dev/null; do
+    if [ -n "$SERVER_PID" ] && ! kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill -TERM "$WATCH_PID" 2>/dev/null || true
+        break
+    fi
+    sleep 1
+done
+RC=0
+wait "$WATCH_PID" || RC=$?
+wait "$TAIL_PID" 2>/dev/null || true
 
 RUN_NAME=$(sed -n "s/.*Created flow run '\([^']*\)'.*/\1/p" "$LOGS/last-run.log" | head -n 1)
+
+# Did the run fail because the Prefect server went away? (`--watch` then exits non-zero while the
+# flow run may still be training in the serve process; it cannot report to a lost server, so it
+# is stopped with everything else this script started, and the message says how to recover.)
+SERVER_LOST=""
+if [ "$RC" -ne 0 ]; then
+    if [ -n "$SERVER_PID" ] && ! kill -0 "$SERVER_PID" 2>/dev/null; then
+        SERVER_STATUS=0
+        wait "$SERVER_PID" 2>/dev/null || SERVER_STATUS=$?
+        SERVER_LOST="the Prefect server this script started (pid $SERVER_PID) exited with status $SERVER_STATUS"
+        [ "$SERVER_STATUS" -gt 128 ] && SERVER_LOST="$SERVER_LOST (signal $((SERVER_STATUS - 128)))"
+        SERVER_LOST="$SERVER_LOST; log: $LOGS/server.log"
+    elif ! healthy; then
+        SERVER_LOST="the Prefect server at $PREFECT_API_URL stopped answering"
+    fi
+fi
+if [ -n "$SERVER_LOST" ]; then
+    STATE_DIR="${BARRIERNET_STATE_DIR:-$REPO/.cache/train-state}"
+    RERUN="bash scripts/main.sh"
+    [ "$#" -gt 0 ] && RERUN="$RERUN$(shell_quote "$@")"
+    {
+        echo
+        echo "main: SERVER LOST: $SERVER_LOST during flow run ${RUN_NAME:+'$RUN_NAME'}."
+        echo "main: the flow run cannot report to a lost server: stopping it (serve process, flow run, Dask workers)."
+        stop_started
+        echo "main: stopped. To recover, run the same command again (from $REPO); it starts a new Prefect server if none answers:"
+        echo
+        echo "    $RERUN"
+        echo
+        echo "main: training cells resume from their checkpoints in $STATE_DIR (keyed by the training params and code):"
+        echo "main: finished cells are not retrained, interrupted ones continue from their last checkpoint; the dead run's"
+        echo "main: workspace lock is taken over. Flow run ${RUN_NAME:+'$RUN_NAME' }stays Running in the server's database"
+        echo "main: until flows/serve.py marks it Crashed at the next start."
+    } >&2
+    exit 75   # EX_TEMPFAIL: run again
+fi
 REPORT="$REPO/reports/decision_report.md"
 if [ -n "$RUN_NAME" ] && [ -f "$REPO/runs/$RUN_NAME/reports/decision_report.md" ]; then
     REPORT="$REPO/runs/$RUN_NAME/reports/decision_report.md"   # a run with overrides
