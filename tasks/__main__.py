@@ -68,6 +68,9 @@ def _tune_command(args: argparse.Namespace) -> int:
     except (ParamsError, numerics.NumericsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.report_only:
+        print(f"wrote {tuning.render_report(params, args.workdir)}")
+        return 0
     choice = tuning.run(params, args.workdir)
     print(f"tuning study done ({choice['provenance']['wall_seconds'] / 60:.1f} min); commit these settings in "
           f"params.yaml:\n{tuning.params_snippet(choice)}")
@@ -85,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     tune.add_argument("--params", default=None, help="params file (default: the repo's params.yaml)")
     tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     tune.add_argument("--workdir", default=".", help="root under which results/tuning, reports/ and runs/ are written")
+    tune.add_argument("--report-only", action="store_true", help="re-render reports/tuning/ from results/tuning")
     for stage in iter_stages():
         p = sub.add_parser(stage.name, help=stage.help)
         p.add_argument("--params", default=None, help="params file (default: the repo's params.yaml)")

@@ -64,7 +64,7 @@ ALGO_KNOBS = {
 
 
 class PerAlgoSettings(_Section):
-    """train.per_algo: per-algorithm settings chosen by the tuning study (reports/tuning_report.md)."""
+    """train.per_algo: per-algorithm settings chosen by the tuning study (reports/tuning/tuning_report.md)."""
 
     barriernet: AlgoSettings = AlgoSettings()
     baseline: AlgoSettings = AlgoSettings()

@@ -151,7 +151,7 @@ def section(params: Params, workdir: Path, episodes: pd.DataFrame, colours: dict
             f"{rule} The arm `baseline_tuned_filter` plays one configuration for every seed, `eval.tuned_filter` = "
             f"{fixed.form}, gamma {fixed.gamma:g}, margin {fixed.robust_margin:g} m: the tuning study chose it once, "
             "by this rule on the dev episodes of its own baseline models (seeds apart from the evaluated ones; "
-            "[tuning report](tuning_report.md)). The sweep below, on the evaluated checkpoints, is shown for "
+            "[tuning report](tuning/tuning_report.md)). The sweep below, on the evaluated checkpoints, is shown for "
             "sensitivity and chose nothing. No test episode entered any choice.", "",
         ]
     else:

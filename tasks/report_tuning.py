@@ -1,4 +1,4 @@
-"""The tuning study's own report (reports/tuning_report.md) and the decision report's budget line.
+"""The tuning study's own report (reports/tuning/tuning_report.md) and the decision report's budget line.
 
 Reads only what tasks/tuning.py wrote (results/tuning/): dev numbers of the study's own models.
 """
@@ -52,7 +52,7 @@ def figure(cells: pd.DataFrame, means: pd.DataFrame) -> bytes:
 
 def write_report(root: Path, cells: pd.DataFrame, means: pd.DataFrame, sweep: pd.DataFrame,
                  choice: dict[str, Any], params: Params) -> Path:
-    """Write reports/tuning_report.md and its figure under `root`; returns the report's path."""
+    """Write reports/tuning/tuning_report.md and its figure under `root`; returns the report's path."""
     from tasks.report import md_table
     from tasks.tuning import FIGURE_PATH, REPORT_PATH, params_snippet
 
@@ -67,7 +67,8 @@ def write_report(root: Path, cells: pd.DataFrame, means: pd.DataFrame, sweep: pd
         "# Equal-effort tuning study", "",
         "Every algorithm got the same tuning budget, judged by one rule on dev episodes (issue 15 item 7). "
         "The chosen settings are committed in `params.yaml` (`train.per_algo`, `eval.tuned_filter`); "
-        "`tests/test_tuning.py` checks that they equal `results/tuning/choice.json`.", "",
+        "`tests/test_tuning.py` checks that they equal `results/tuning/choice.json`; the decision report states "
+        "this budget.", "",
         "## Budget", "",
         f"- per algorithm: {budget['configurations_per_algorithm']} configurations (learning rate "
         f"{budget['learning_rates']} x its exploration knob) x {len(budget['seeds'])} tuning seeds "
@@ -87,7 +88,7 @@ def write_report(root: Path, cells: pd.DataFrame, means: pd.DataFrame, sweep: pd
         "## Results (dev)", "",
         md_table(["algo", "config", "learning rate", "exploration", "seeds", "capture", "collision",
                   "score mean [min, max over seeds]", ""], rows), "",
-        "![tuning_scores](figures/tuning_scores.png)", "", f"*{CAPTION}*", "",
+        "![tuning_scores](tuning_scores.png)", "", f"*{CAPTION}*", "",
     ]
     if choice["tuned_filter"] is not None and len(sweep):
         fs = params.eval.filter_sweep
@@ -133,7 +134,7 @@ def budget_line(workdir: Path, params: Params) -> str:
             f"{len(b['seeds'])} seeds x {b['steps_per_cell']:,} env steps = {b['env_steps_per_algorithm']:,} env steps "
             f"per algorithm, judged on dev episodes by one rule ({choice['rule']}); chosen: {chosen}"
             + (f"; the baseline's filter: {choice['tuned_filter']}" if choice["tuned_filter"] else "")
-            + ". See the [tuning report](tuning_report.md).")
+            + ". See the [tuning report](tuning/tuning_report.md).")
     if mismatch:
         text += " **The params of this run differ from the study's choice:** " + "; ".join(mismatch) + "."
     return text

@@ -32,7 +32,8 @@ Outputs (atomic writes; the study's models stay under ``runs/tuning/``, not comm
     results/tuning/filter_sweep.csv  the pooled dev sweep of the chosen baseline
     results/tuning/choice.json       budget, rule, the chosen settings per algorithm (the
                                      ``train.per_algo`` values) and ``eval.tuned_filter``, provenance
-    reports/tuning_report.md         the study's own report (+ reports/figures/tuning_scores.png)
+    reports/tuning/tuning_report.md  the study's own report (+ tuning_scores.png beside it);
+                                     `python -m tasks tune --report-only` re-renders it from results/tuning
 
 The study does not edit params.yaml (its comments are the documentation): copy the printed
 ``train.per_algo`` and ``eval.tuned_filter`` blocks into it; tests/test_tuning.py checks that the
@@ -69,8 +70,9 @@ RESULTS_DIR = Path("results/tuning")
 CELLS_PATH = RESULTS_DIR / "cells.csv"
 SWEEP_PATH = RESULTS_DIR / "filter_sweep.csv"
 CHOICE_PATH = RESULTS_DIR / "choice.json"
-REPORT_PATH = Path("reports/tuning_report.md")
-FIGURE_PATH = Path("reports/figures/tuning_scores.png")
+# apart from the report stage's outputs (DVC empties reports/figures before each report run)
+REPORT_PATH = Path("reports/tuning/tuning_report.md")
+FIGURE_PATH = Path("reports/tuning/tuning_scores.png")
 RUNS_DIR = Path("runs/tuning")
 CELL_COLUMNS = ("algo", "config", "learning_rate", "knob", "value", "seed", "dev_episodes", "capture_rate",
                 "collision_rate", "score", "train_wall_seconds", "env_steps")
@@ -301,6 +303,19 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
 
     write_report(root, table, means, sweep_table, choice, params)
     return choice
+
+
+def render_report(params: Params, root: str | Path = ".") -> Path:
+    """Re-render the study's report from its committed results (no training)."""
+    from tasks.report_tuning import write_report
+
+    root = Path(root)
+    for path in (CELLS_PATH, CHOICE_PATH):
+        if not (root / path).is_file():
+            raise FileNotFoundError(f"{root / path} is missing; run `python -m tasks tune` first")
+    cells = pd.read_csv(root / CELLS_PATH)
+    sweep = pd.read_csv(root / SWEEP_PATH) if (root / SWEEP_PATH).is_file() else pd.DataFrame()
+    return write_report(root, cells, choose(cells), sweep, json.loads((root / CHOICE_PATH).read_text()), params)
 
 
 def params_snippet(choice: dict[str, Any]) -> str:

@@ -39,7 +39,8 @@ def _row(form, gamma, capture, collision, split="dev"):
 
 
 def test_section_averages_seeds_marks_the_choice_and_refuses_test_rows(tmp_path):
-    params = load_params(overrides={"train.seeds": [0, 1], "train.algos": ["baseline"]})
+    # eval.tuned_filter unset: each seed chose on its own dev sweep
+    params = load_params(overrides={"train.seeds": [0, 1], "train.algos": ["baseline"], "eval.tuned_filter": None})
     choice = {**_row("dcbf", 0.2, 0.9, 0.0), "qualified": True}
     _write_sweep(tmp_path, "baseline", 0, [_row("dcbf", 0.2, 0.9, 0.0), _row("dcbf", 1.0, 0.8, 0.1)], choice)
     _write_sweep(tmp_path, "baseline", 1, [_row("dcbf", 0.2, 0.7, 0.0), _row("dcbf", 1.0, 0.6, 0.3)], choice)
@@ -99,3 +100,15 @@ def test_stage_table_reads_the_wall_times_the_registry_records(tmp_path):
     assert f"| qp_benchmark | {report.fmt_seconds(12.5)} |" in table
     assert f"| compare | {report.fmt_seconds(3.0)} |" in table
     assert "not recorded" in report._stage_times(inputs, 1.0, tmp_path / "elsewhere").split("compare")[1]
+
+
+def test_section_names_the_one_committed_configuration(tmp_path):
+    params = load_params(overrides={"train.seeds": [0, 1], "train.algos": ["baseline"],
+                                    "eval.tuned_filter": {"form": "dcbf", "gamma": 0.2, "robust_margin": 0.0}})
+    fixed = {"form": "dcbf", "gamma": 0.2, "robust_margin": 0.0, "source": "eval.tuned_filter"}
+    _write_sweep(tmp_path, "baseline", 0, [_row("dcbf", 0.2, 0.9, 0.0), _row("dcbf", 1.0, 0.8, 0.1)], fixed)
+    _write_sweep(tmp_path, "baseline", 1, [_row("dcbf", 0.2, 0.7, 0.0), _row("dcbf", 1.0, 0.6, 0.3)], fixed)
+    episodes = pd.DataFrame(columns=["arm", "seed", "split", "outcome", "length", "interventions"])
+    md, _ = report_sweep.section(params, tmp_path, episodes, {"baseline": "tab:orange"})
+    assert "`eval.tuned_filter` = dcbf, gamma 0.2, margin 0 m" in md
+    assert "Chosen configuration per baseline seed" not in md
