@@ -160,3 +160,33 @@ def test_server_killed_mid_run_recovers_with_one_command(tmp_path, monkeypatch):
     metrics = "results/compare/metrics.json"
     assert (second_dir / metrics).read_bytes() == (reference / metrics).read_bytes()
     print(f"whole test: {time.monotonic() - started:.1f} s")
+
+
+def test_lock_holder_tells_a_live_owner_from_a_dead_one(tmp_path):
+    """A live owner blocks (and lock_holder names it); once it is killed, its record stays behind
+    but blocks nobody, and the probes never take the lock themselves."""
+    from flows.lock import WorkspaceBusyError, workspace_lock
+
+    assert lock_holder(tmp_path) is None and stale_record(tmp_path) is None  # no lock file yet
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import time; from flows.lock import workspace_lock\n"
+         f"with workspace_lock({str(tmp_path)!r}, flow_run='first'):\n"
+         "    print('locked', flush=True); time.sleep(60)"],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert lock_holder(tmp_path)["pid"] == holder.pid and stale_record(tmp_path) is None
+        with pytest.raises(WorkspaceBusyError, match=rf"pid {holder.pid} .*flow run 'first'"):
+            with workspace_lock(tmp_path):
+                pass
+        assert lock_holder(tmp_path)["pid"] == holder.pid  # the probes did not disturb it
+    finally:
+        holder.kill()
+        holder.wait()
+    assert lock_holder(tmp_path) is None
+    assert stale_record(tmp_path)["flow_run"] == "first"
+    with workspace_lock(tmp_path, flow_run="second"):
+        assert lock_holder(tmp_path)["flow_run"] == "second"
+    assert stale_record(tmp_path) is None  # a clean end leaves no record
