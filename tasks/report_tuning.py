@@ -120,10 +120,12 @@ def write_report(root: Path, cells: pd.DataFrame, means: pd.DataFrame, sweep: pd
 def budget_line(workdir: Path, params: Params) -> str:
     """One paragraph for the decision report: the study's budget and what it chose, or that no
     study stands behind these settings."""
-    path = Path(workdir) / CHOICE_PATH
-    if not path.is_file():
-        return ("**Tuning budget:** no tuning study on record (`results/tuning/choice.json` is missing): every "
-                "algorithm ran on the shared settings of params.yaml.")
+    # A run with overrides writes under runs/<name>/; the study's choice stays at the repository's root.
+    candidates = [Path(workdir) / CHOICE_PATH, Path(__file__).resolve().parent.parent / CHOICE_PATH]
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        return ("**Tuning budget:** no tuning study on record (`results/tuning/choice.json` is missing): the "
+                "settings above are params.yaml's, not a study's choice.")
     choice = json.loads(path.read_text())
     from tasks.tuning import committed_matches
 
