@@ -414,3 +414,25 @@ def test_outcome_and_matrix_from_measured_numbers():
     assert analysis["outcome"].letter == "B"
     # Without CBF-Beta trained the overhead falls back to the baseline, and says so.
     assert "against the baseline" in report.training_overhead(_phase25_inputs({"barriernet": 3.0, "baseline": 1.0}))[1]
+
+
+def test_qp_summary_line_reads_the_speedups_off_the_table():
+    from tasks.report import qp_summary
+
+    rows = []
+    for obstacles in (2, 8):
+        for batch, exact_ms, qpth_ms in ((1, 0.5, 20.0), (256, 2.0, 100.0)):
+            for backend, ms in (("exact", exact_ms * obstacles / 2), ("qpth", qpth_ms * obstacles / 2)):
+                rows.append({"backend": backend, "pass": "forward+backward", "device": "cpu", "dtype": "float64",
+                             "obstacles": obstacles, "batch_size": batch, "median_ms": ms,
+                             "max_deviation": 1e-9 if backend == "exact" else 3e-6})
+        # a slower float32 row that the summary must ignore
+        rows.append({"backend": "qpth", "pass": "forward+backward", "device": "cpu", "dtype": "float32",
+                     "obstacles": obstacles, "batch_size": 1, "median_ms": 999.0, "max_deviation": 0.0})
+        rows.append({"backend": "exact", "pass": "forward+backward", "device": "cpu", "dtype": "float32",
+                     "obstacles": obstacles, "batch_size": 1, "median_ms": 1.0, "max_deviation": 0.0})
+    line = qp_summary(pd.DataFrame(rows))
+    # by hand: 20 / 0.5 = 40x at batch 1 and 100 / 2 = 50x at batch 256, for both obstacle counts
+    assert "40x faster than qpth at batch 1 and 50x at batch 256" in line
+    assert "exact 1e-09, qpth 3e-06" in line
+    assert "QP benchmark not run" in qp_summary(None)
