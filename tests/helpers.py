@@ -31,6 +31,9 @@ TINY_PIPELINE = {
     "qp_benchmark.repeats": 1,
     "qp_benchmark.warmup": 0,
     "qp_benchmark.devices": ["cpu"],
+    # one dtype and one obstacle count: the benchmark's own tests cover the rest
+    "qp_benchmark.dtypes": ["float64"],
+    "qp_benchmark.obstacle_counts": [2],
     "decision.bootstrap_samples": 200,
     # one post-hoc filter configuration per form instead of the default grid
     "eval.filter_sweep.gammas": [0.2],

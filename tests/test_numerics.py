@@ -40,11 +40,14 @@ TINY_CELLS = [
 ]
 
 # Host-level settings a machine may have; each would change the numbers if it reached a kernel.
+MKL_ATEN = {"MKL_CBWR": "AUTO", "ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"}
+NUMPY_NUMBA_THREADS = {"NPY_DISABLE_CPU_FEATURES": "AVX2,FMA3", "NUMBA_CPU_NAME": "generic",
+                       "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+# Pinned runs: none of the host's settings, and every one of them at once (one run each: a process
+# start with the full pipeline import is most of a run's cost).
 HOST_SETTINGS = {
     "none": {},
-    "mkl-aten": {"MKL_CBWR": "AUTO", "ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"},
-    "numpy-numba-threads": {"NPY_DISABLE_CPU_FEATURES": "AVX2,FMA3", "NUMBA_CPU_NAME": "generic",
-                            "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"},
+    "every-setting": {**MKL_ATEN, **NUMPY_NUMBA_THREADS},
 }
 
 # Wall-clock columns of the episode table (they differ from run to run by nature).
@@ -71,13 +74,21 @@ def _fingerprint(workdir: Path) -> dict[str, str]:
 
 
 def _train_and_evaluate(tmp: Path, name: str, extra_env: dict[str, str], mode: str) -> dict[str, str]:
+    """Both stages through the command line's own entry in ONE fresh process (the mode applied
+    before torch loads, as `python -m tasks` does)."""
     workdir = tmp / name
     env = {**_host_env(extra_env), "BARRIERNET_STATE_DIR": str(tmp / f"state-{name}")}
-    for stage in ("train", "evaluate"):
-        cmd = [sys.executable, "-m", "tasks", stage, "--workdir", str(workdir), f"--set=numerics.mode={mode}"]
-        cmd += [f"--set={o}" for o in TINY_CELLS]
-        done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
-        assert done.returncode == 0, f"{stage} under {name} failed:\n{done.stderr[-3000:]}"
+    args = ["--workdir", str(workdir), f"--set=numerics.mode={mode}", *(f"--set={o}" for o in TINY_CELLS)]
+    code = (
+        "import sys\n"
+        "from tasks import numerics\n"
+        f"numerics.apply({mode!r})\n"
+        "from tasks.__main__ import main\n"
+        f"args = {args!r}\n"
+        "sys.exit(main(['train', *args]) or main(['evaluate', *args]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, f"train + evaluate under {name} failed:\n{done.stderr[-3000:]}"
     prints = _fingerprint(workdir)
     assert len(prints) == 4, prints  # two trained cells, two evaluated cells
     return prints
@@ -93,7 +104,7 @@ def test_pinned_runs_are_identical_under_host_settings_and_native_ones_are_not(t
 
     # Control: the same kernel changes without the pin do move the weights.
     native_host = _train_and_evaluate(tmp_path, "native-none", {}, "native")
-    native_changed = _train_and_evaluate(tmp_path, "native-mkl-aten", HOST_SETTINGS["mkl-aten"], "native")
+    native_changed = _train_and_evaluate(tmp_path, "native-mkl-aten", MKL_ATEN, "native")
     assert native_host["train/baseline-s0"] != native_changed["train/baseline-s0"]
 
 
