@@ -93,14 +93,17 @@ def write_report(root: Path, cells: pd.DataFrame, means: pd.DataFrame, sweep: pd
     if choice["tuned_filter"] is not None and len(sweep):
         fs = params.eval.filter_sweep
         t = choice["tuned_filter"]
+        # in the rule's order: capture first, then fewer interventions (the rule's tie-break)
+        ordered = sweep.sort_values(["capture_rate", "intervention_rate"], ascending=[False, True])
         sweep_rows = [[r.form, f"{r.gamma:g}", f"{r.robust_margin:g}", r.episodes, _pct(r.capture_rate),
-                       _pct(r.collision_rate), _pct(r.collision_upper), _pct(r.intervention_rate)]
-                      for r in sweep.sort_values("capture_rate", ascending=False).itertuples()]
+                       _pct(r.collision_rate), _pct(r.collision_upper), f"{100 * r.intervention_rate:.2f} %"]
+                      for r in ordered.itertuples()]
         md += [
             "## The baseline's post-hoc filter (chosen once)", "",
             f"Every `eval.filter_sweep` configuration on the chosen baseline configuration's {len(budget['seeds'])} "
             "models, dev episodes pooled over the tuning seeds. Rule: the highest dev capture among configurations "
-            f"whose pooled dev collision Wilson upper bound ({fs.confidence:g}) is at most {100 * fs.max_collision_upper:g} %. "
+            f"whose pooled dev collision Wilson upper bound ({fs.confidence:g}) is at most {100 * fs.max_collision_upper:g} % "
+            "(ties: fewer interventions, then grid order). "
             f"Chosen: **{t['form']}, gamma {t['gamma']:g}, margin {t['robust_margin']:g} m**, played by arm "
             "`baseline_tuned_filter` for every evaluated seed.", "",
             md_table(["form", "gamma", "margin", "episodes", "capture", "collision", "collision upper", "intervention"],
@@ -110,7 +113,8 @@ def write_report(root: Path, cells: pd.DataFrame, means: pd.DataFrame, sweep: pd
         "## Committed settings", "",
         "```yaml", params_snippet(choice), "```", "",
         "## Provenance", "",
-        f"- command: `python -m tasks tune` (code commit {prov['git_commit'][:12]}, params hash {prov['params_hash']})",
+        f"- command: `python -m tasks tune` (code commit {prov['git_commit'][:12]} when the study ended, params hash "
+        f"{prov['params_hash']})",
         f"- CPU: {prov['cpu']}, {prov['cores']} cores, {prov['workers']} workers; wall time "
         f"{prov['wall_seconds'] / 60:.1f} min", "",
     ]
