@@ -135,11 +135,15 @@ def budget_line(workdir: Path, params: Params) -> str:
 
     b = choice["budget"]
     mismatch = committed_matches(params, choice)
-    chosen = "; ".join(f"{a}: {s}" for a, s in choice["per_algo"].items())
+    def settings(values: dict[str, Any]) -> str:
+        return ", ".join(f"{k} {v}" for k, v in values.items())
+
+    chosen = "; ".join(f"{a}: {settings(s)}" for a, s in choice["per_algo"].items())
     text = (f"**Tuning budget (equal for every algorithm):** {b['configurations_per_algorithm']} configurations x "
             f"{len(b['seeds'])} seeds x {b['steps_per_cell']:,} env steps = {b['env_steps_per_algorithm']:,} env steps "
             f"per algorithm, judged on dev episodes by one rule ({choice['rule']}); chosen: {chosen}"
-            + (f"; the baseline's filter: {choice['tuned_filter']}" if choice["tuned_filter"] else "")
+            + (f"; the baseline's post-hoc filter (arm baseline_tuned_filter): {settings(choice['tuned_filter'])}"
+               if choice["tuned_filter"] else "")
             + ". See the [tuning report](tuning/tuning_report.md).")
     if mismatch:
         text += " **The params of this run differ from the study's choice:** " + "; ".join(mismatch) + "."
