@@ -1,0 +1,120 @@
+"""How the report prints numbers: rates, intervals, times, p-values, arm names, markdown tables."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tasks.params import Params
+
+ARM_LABELS = {
+    "barriernet": "BarrierNet PPO",
+    "baseline": "Baseline PPO",
+    "baseline_ct_filter": "Baseline + CT-CBF filter",
+    "baseline_dcbf_filter": "Baseline + DCBF filter",
+}
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float, np.floating, np.integer)) and math.isfinite(float(x))
+
+
+def fmt_rate(x: Any) -> str:
+    return f"{100 * float(x):.2f} %" if _finite(x) else "n/a"
+
+
+def _pct(x: float) -> str:
+    """A percentage with 2 decimals, or 2 significant digits when that would print a positive bound as 0.00."""
+    value = 100 * float(x)
+    return f"{value:.2g}" if 0 < abs(value) < 0.005 else f"{value:.2f}"
+
+
+def fmt_rate_ci(est: Any, low: Any, high: Any) -> str:
+    if not _finite(est):
+        return "n/a"
+    if not (_finite(low) and _finite(high)):
+        return fmt_rate(est)
+    if float(low) == float(high):  # a degenerate resampling interval says nothing: do not print it as one
+        return f"{100 * float(est):.2f} % (no interval: every resample gave the same value)"
+    return f"{100 * float(est):.2f} % [{_pct(low)}, {_pct(high)}]"
+
+
+def fmt_ms_ci(est: Any, low: Any, high: Any) -> str:
+    if not _finite(est):
+        return "n/a"
+    if not (_finite(low) and _finite(high)):
+        return f"{float(est):.3f}"
+    return f"{float(est):.3f} [{float(low):.3f}, {float(high):.3f}]"
+
+
+def fmt_pp_ci(est: Any, low: Any, high: Any) -> str:
+    if not _finite(est):
+        return "n/a"
+    text = f"{100 * float(est):+.2f} pp"
+    if _finite(low) and _finite(high):
+        text += f" [{100 * float(low):+.2f}, {100 * float(high):+.2f}]"
+    return text
+
+
+def triple(row: pd.Series | dict, name: str) -> tuple[Any, Any, Any]:
+    """(estimate, low, high) of `name` in a summary row or metrics.json entry."""
+    return row.get(name), row.get(f"{name}_low"), row.get(f"{name}_high")
+
+
+def fmt_metric(kind: str, row: pd.Series | dict, name: str) -> str:
+    est, low, high = row.get(name), row.get(f"{name}_low"), row.get(f"{name}_high")
+    return fmt_rate_ci(est, low, high) if kind == "rate" else fmt_ms_ci(est, low, high)
+
+
+def fmt_seconds(seconds: Any) -> str:
+    if not _finite(seconds):
+        return "not recorded"
+    seconds = float(seconds)
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+def md_table(header: list[str], rows: list[list[Any]]) -> str:
+    def cell(value: Any) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def arm_label(arm: str, params: Params) -> str:
+    if arm == "baseline_dcbf_filter":
+        return f"Baseline + DCBF filter (gamma {params.cbf.filter_gamma:g})"
+    if arm == "baseline_ct_filter":
+        return f"Baseline + CT-CBF filter (gamma {params.cbf.filter_gamma:g})"
+    rcbf = f"RCBF-QP filter ({params.cbf.form}, gamma {params.cbf.filter_gamma:g}, margin {params.cbf.robust_margin:g} m)"
+    if arm == "barriernet_rcbf":
+        return f"BarrierNet + {rcbf}"
+    if arm == "cbf_beta":
+        return "CBF-Beta PPO (safe box)"
+    if arm == "cbf_beta_rcbf":
+        return f"CBF-Beta policy, unconstrained + {rcbf}"
+    if arm == "baseline_tuned_filter":
+        return "Baseline + tuned filter (eval.filter_sweep's rule, chosen on dev)"
+    if arm == "shielded":
+        return f"Shielded PPO ({params.cbf.form} filter in training, gamma {params.cbf.filter_gamma:g})"
+    return ARM_LABELS.get(arm, arm)
+
+
+def fmt_p(p: Any) -> str:
+    if not _finite(p):
+        return "n/a"
+    return "< 0.0001" if float(p) < 1e-4 else f"{float(p):.4f}"
+
+
+def fmt_interval_pp(ci: dict[str, Any] | None) -> str:
+    if not ci:
+        return "n/a"
+    return fmt_pp_ci(ci.get("estimate"), ci.get("low"), ci.get("high"))

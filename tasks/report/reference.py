@@ -1,0 +1,91 @@
+"""Our numbers beside the reference project's published ones (its "Phase 2.5" table).
+
+The published numbers are data, not code: data/reference_phase25.json (see its "source").
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from tasks.params import ARMS, Params
+from tasks.report.formatting import arm_label, fmt_ms_ci, fmt_rate_ci, fmt_seconds, md_table
+from tasks.report.inputs import Inputs
+from tasks.report.numbers import _equal_budgets, across_seed_rows
+
+# The algorithm whose training an arm uses (a filter arm runs on the baseline's policy).
+ALGO_OF_ARM = {"barriernet": "barriernet", "baseline": "baseline",
+               "baseline_ct_filter": "baseline", "baseline_dcbf_filter": "baseline",
+               "barriernet_rcbf": "barriernet", "cbf_beta": "cbf_beta", "cbf_beta_rcbf": "cbf_beta",
+               "shielded": "shielded", "baseline_tuned_filter": "baseline"}
+
+# The reference project's published table: data, not code (its "source" field says where from).
+REFERENCE_PATH = Path(__file__).resolve().parent.parent.parent / "data" / "reference_phase25.json"
+
+
+def load_reference(path: Path = REFERENCE_PATH) -> dict[str, dict[str, str | None]]:
+    """metric -> arm -> their published cell (text as they printed it; None: not reported)."""
+    data = json.loads(Path(path).read_text())
+    return {row["metric"]: dict(row["values"]) for row in data["rows"]}
+
+
+# Their rows in the order the report prints them, with our label for each.
+REFERENCE_ROWS = (
+    ("capture_rate", "capture rate"),
+    ("cbf_violation_rate", "CBF-violation steps"),
+    ("intervention_rate", "QP intervention rate"),
+    ("decision_ms", "inference per step"),
+    ("training", "training budget"),
+)
+
+
+def _reference_section(inputs: Inputs, params: Params, arms: list[str]) -> str:
+    rows_by_arm = across_seed_rows(inputs.summary)
+    steps = sorted({int(c.summary["total_steps"]) for c in inputs.train})
+    walls = {algo: [float(c.summary["wall_seconds"]) for c in inputs.train if c.algo == algo]
+             for algo in params.train.algos}
+    reference = load_reference()
+    table = []
+    for key, label in REFERENCE_ROWS:
+        for arm in ARMS:
+            theirs = reference[key].get(arm) or "-"
+            if key == "training":
+                algo = ALGO_OF_ARM[arm]
+                if algo not in walls or not walls[algo]:
+                    ours = "not trained"
+                else:
+                    ours = (f"{steps[0]:,} steps x {len(walls[algo])} seed(s), "
+                            f"{fmt_seconds(np.mean(walls[algo]))} per seed"
+                            + ("" if arm == algo else " (the baseline's training)"))
+            elif arm not in rows_by_arm or arm not in arms:
+                ours = "not evaluated"
+            elif key == "intervention_rate" and arm == "baseline":
+                ours = "- (no QP)"
+            else:
+                row = rows_by_arm[arm]
+                ours = fmt_ms_ci(row[key], row[f"{key}_low"], row[f"{key}_high"]) + " ms" if key == "decision_ms" \
+                    else fmt_rate_ci(row[key], row[f"{key}_low"], row[f"{key}_high"])
+            table.append([label, arm_label(arm, params), theirs, ours])
+    notes = [
+        "What differs: they used one seed and 200 episodes (100 for the DCBF filter), no intervals, and unequal "
+        f"budgets (324 K steps for BarrierNet, 1 M for the baseline); we train every algorithm for the same "
+        f"{'budget' if _equal_budgets(inputs) else 'budget (NOT here: see the setup table)'} on "
+        f"{len(params.train.seeds)} seed(s), evaluate every arm on the same paired episodes "
+        f"({params.eval.test_episodes} held-out test episodes per seed; tuning used {params.eval.dev_episodes} dev "
+        "episodes) and give intervals that include training-seed and shared-scenario variance.",
+        "Our BarrierNet learns its class-K gamma, keeps the QP inside the PPO update "
+        f"(update mode '{params.barriernet.update_mode}'), uses a discrete-time CBF that accounts for dt "
+        f"(form '{params.cbf.form}'), masks absent constraints instead of zero rows, and detects infeasibility "
+        "from the solution rather than from exceptions.",
+        "Inference per step: ours is the batched evaluation time per decision (all episodes of a chunk side by "
+        "side), on the hardware in the setup table; theirs is per single decision on their machine, so the ratio "
+        "between arms is more comparable than the absolute numbers.",
+    ]
+    if params.train.total_steps < 1_000_000 or params.eval.test_episodes < params.decision.min_test_episodes:
+        notes.append(f"This run is smaller than the study (train.total_steps = {params.train.total_steps:,}, "
+                     f"eval.test_episodes = {params.eval.test_episodes}): its numbers test the pipeline, they do not "
+                     "answer the research question.")
+    return md_table(["metric", "arm", "reference (Phase 2.5)", "ours"], table) + "\n\n" + "\n".join(
+        f"- {n}" for n in notes) + "\n"

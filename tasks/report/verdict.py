@@ -1,0 +1,325 @@
+"""The decision section: outcome A-D, verdict, gates, targets, matrix (tasks.decision's rules; the
+wall-clock inputs are computed here, never in results/compare/metrics.json).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tasks import decision as protocol
+from tasks.compare import METRICS_PATH, REFERENCE_ARM
+from tasks.params import Params
+from tasks.report.formatting import (
+    _finite,
+    fmt_interval_pp,
+    fmt_p,
+    fmt_rate,
+    fmt_rate_ci,
+    fmt_seconds,
+    md_table,
+    triple,
+)
+from tasks.report.inputs import Inputs
+from tasks.report.provenance import REPO_ROOT
+from tasks.stats import seed_t_interval
+
+
+def _mean_wall(inputs: Inputs, algo: str) -> float | None:
+    walls = [float(c.summary["wall_seconds"]) for c in inputs.train if c.algo == algo]
+    return float(np.mean(walls)) if walls else None
+
+
+def training_overhead(inputs: Inputs) -> tuple[float | None, str]:
+    """BarrierNet's mean training wall clock / CBF-Beta's (the baseline's when CBF-Beta was not
+    trained, said so). Machine-dependent: the report shows it, metrics.json never holds it."""
+    bn = _mean_wall(inputs, "barriernet")
+    for against in ("cbf_beta", "baseline"):
+        other = _mean_wall(inputs, against)
+        if bn is not None and other:
+            note = "" if against == "cbf_beta" else " (CBF-Beta not trained: against the baseline PPO instead)"
+            return bn / other, f"BarrierNet / {against} mean training wall clock{note}"
+    return None, "not measurable (BarrierNet or its comparator was not trained)"
+
+
+def outcome_analysis(inputs: Inputs, params: Params, overhead: float | None) -> dict[str, Any]:
+    """Outcome A-D, the decision matrix and its inputs at a given training-overhead ratio."""
+    d, m = params.decision, inputs.metrics
+    safety, arms = m.get("safety") or {}, m.get("arms") or {}
+    hybrid, gap_a = m.get("hybrid"), m.get("gap")
+    base_capture = (arms.get(REFERENCE_ARM) or {}).get("capture_rate")
+    safe = {x: (safety[arm]["unsafe"] <= d.max_unsafe_episodes) if arm in safety else None
+            for x, arm in protocol.APPROACH_ARMS.items()}
+    measures: dict[str, dict[str, float | None]] = {}
+    for x, arm in protocol.APPROACH_ARMS.items():
+        if arm not in safety:
+            continue
+        capture = (arms.get(arm) or {}).get("capture_rate")
+        gap = {"A": (gap_a or {}).get("gap"), "B": 0.0, "C": ((hybrid or {}).get("gap") or {}).get("gap")}[x]
+        mechanisms, differentiable = protocol.APPROACH_STRUCTURE[x]
+        measures[x] = {
+            "gap": gap,
+            "safety": safety[arm]["upper"],
+            "task": (base_capture - capture) / base_capture if base_capture and capture is not None else None,
+            "training_speed": 1.0 if x == "A" else overhead,
+            "complexity": mechanisms + (1 if differentiable else 0),
+        }
+    matrix = protocol.matrix_scores(measures, d.weights)
+    facts = protocol.OutcomeFacts(safe=safe, gap_a=gap_a, overhead=overhead,
+                                  totals={x: row["total"] for x, row in matrix.items()},
+                                  hybrid_noninferior=(hybrid or {}).get("capture_noninferior"))
+    return {"outcome": protocol.choose_outcome(facts, d), "matrix": matrix, "measures": measures, "safe": safe}
+
+
+def plateau_of(inputs: Inputs, params: Params) -> dict[str, Any] | None:
+    curves = [c.curves["capture_rate"] for c in inputs.train if c.algo == "barriernet" and "capture_rate" in c.curves]
+    return protocol.plateau_test(curves, params.decision) if curves else None
+
+
+def training_safety(inputs: Inputs, params: Params) -> list[list[Any]]:
+    """Per algorithm: cumulative training collisions and the mean training collision rate, with a
+    t interval over seeds (>= 2 seeds)."""
+    rows = []
+    conf = params.decision.confidence
+    for algo in params.train.algos:
+        cells = [c for c in inputs.train if c.algo == algo and "collision_rate" in c.curves]
+        if not cells:
+            rows.append([algo, "no collision curve logged", "", ""])
+            continue
+        values = [protocol.training_collisions(c.curves["collision_rate"], c.curves.get("episodes")) for c in cells]
+        texts = []
+        for key, fmt in (("collisions", "{:,.0f}"), ("mean_rate", "{:.2%}")):
+            xs = np.array([v[key] for v in values if key in v], float)
+            if not len(xs):
+                texts.append("not logged")
+            elif len(xs) >= 2:
+                ci = seed_t_interval(xs, conf)
+                texts.append(f"{fmt.format(ci.estimate)} [{fmt.format(max(ci.low, 0.0))}, {fmt.format(ci.high)}]")
+            else:
+                texts.append(fmt.format(xs[0]) + " (one seed: no interval)")
+        rows.append([algo, len(cells), *texts])
+    return rows
+
+
+def test_range_looks(metrics: dict[str, Any], repo: Path = REPO_ROOT) -> str:
+    """How many committed versions of results/compare/metrics.json evaluated this test range
+    (counted from `git log` now); "unknown" outside git."""
+    current = metrics.get("test_split")
+    try:
+        shas = subprocess.run(["git", "log", "--format=%H", "--", str(METRICS_PATH)], cwd=repo, capture_output=True,
+                              text=True, timeout=60, check=True).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)"
+    count = 0
+    for sha in shas[:500]:
+        try:
+            text = subprocess.run(["git", "show", f"{sha}:{METRICS_PATH}"], cwd=repo, capture_output=True, text=True,
+                                  timeout=60, check=True).stdout
+            if json.loads(text).get("test_split") == current:
+                count += 1
+        except (OSError, subprocess.SubprocessError, json.JSONDecodeError, AttributeError):
+            continue
+    return str(count)
+
+
+def _sequence_table(steps: list[dict[str, Any]], params: Params) -> str:
+    d = params.decision
+    rows = []
+    for step in steps:
+        status = "confirmatory" if step.get("confirmatory") else "exploratory"
+        if step["kind"] == "vs_baseline":
+            hypothesis = (f"{step['arm']} vs {step['against']}: collision cut >= {100 * d.min_collision_reduction:g} pp "
+                          f"and capture non-inferior (margin {100 * d.noninferiority_margin:g} pp)")
+            result = ("rejected: shown" if step["rejected"] else
+                      "not rejected: " + ", ".join(x for x, ok in (("collision cut", step["collision_reduction_shown"]),
+                                                                   ("non-inferiority",
+                                                                    step["capture_noninferior_shown"])) if not ok)
+                      + " not shown")
+            p_text = (f"cut {fmt_p(step['p_collision_reduction'])}; non-inferior {fmt_p(step['p_capture_noninferior'])}"
+                      f"; IUT {fmt_p(step['p'])}")
+        else:
+            hypothesis = f"{step['arm']} vs {step['against']} (best alternative, chosen on dev): capture"
+            result = step["answer"]
+            p_text = (f"better {fmt_p(step['p_better'])}; worse {fmt_p(step['p_worse'])}; equivalent (TOST) "
+                      f"{fmt_p(step['p_equivalent'])}")
+        capture = step.get("capture") or {}
+        rows.append([step["id"], status, hypothesis, fmt_interval_pp(step.get("capture_diff")),
+                     fmt_interval_pp(step.get("collision_diff")), p_text,
+                     fmt_p(capture.get("mcnemar_bonferroni_min")), fmt_p(capture.get("permutation")), result])
+    return md_table(["step", "status", "hypothesis (test split)", "capture difference", "collision difference",
+                     "one-sided p (t, crossed variance)", "McNemar capture (min x seeds)",
+                     "seed permutation capture", "result"], rows)
+
+
+def _matrix_table(analysis: dict[str, Any], params: Params) -> str:
+    w = params.decision.weights
+    rows = []
+    for x, row in analysis["matrix"].items():
+        measured = analysis["measures"][x]
+        cells = []
+        for criterion in w:
+            value = measured.get(criterion)
+            shown = ("n/a" if value is None else f"{value:.2f}x" if criterion == "training_speed" else
+                     f"{value:g} parts" if criterion == "complexity" else f"{100 * value:.2f} %")
+            cells.append(f"{row[criterion] if row[criterion] is not None else '-'} ({shown})")
+        total = row["total"]
+        rows.append([f"{x}: {protocol.APPROACH_NAMES[x]}", *cells, f"{total:.2f}" if total is not None else "incomplete"])
+    return md_table(["approach", *(f"{c} ({w[c]:g})" for c in w), "weighted total (1-5)"], rows)
+
+
+def _targets_table(inputs: Inputs, params: Params, analysis: dict[str, Any], overhead: float | None) -> str:
+    d, m = params.decision, inputs.metrics
+    letter = analysis["outcome"].letter
+    measured = analysis["measures"].get(letter, {})
+    bn = (m.get("arms") or {}).get(protocol.CANDIDATE_ARM) or {}
+    chosen_arm = protocol.APPROACH_ARMS.get(letter)
+    unsafe = (m.get("safety") or {}).get(chosen_arm) if chosen_arm else None
+
+    def grade(value, goal, stretch):
+        if value is None:
+            return "not measured"
+        return "stretch met" if value < stretch else "goal met" if value < goal else "missed"
+
+    rows = [
+        ["train-deploy gap of the chosen approach", f"< {100 * d.gap_goal:g} %", f"< {100 * d.gap_stretch:g} %",
+         "n/a" if measured.get("gap") is None else f"{100 * measured['gap']:.2f} %",
+         grade(measured.get("gap"), d.gap_goal, d.gap_stretch)],
+        ["unsafe test episodes (collision or body-barrier violation)", "0 %", "0 %",
+         "n/a" if unsafe is None else f"{unsafe['unsafe']}/{unsafe['episodes']} (95 % upper {protocol.percent(unsafe['upper'])})",
+         "n/a" if unsafe is None else ("met" if unsafe["unsafe"] == 0 else "missed")],
+        ["task: relative capture loss vs the baseline", f"< {100 * d.task_goal:g} %", f"< {100 * d.task_stretch:g} %",
+         "n/a" if measured.get("task") is None else f"{100 * measured['task']:+.2f} %",
+         grade(measured.get("task"), d.task_goal, d.task_stretch)],
+        ["BarrierNet training overhead (wall clock)", f"< {d.overhead_goal:g}x", f"< {d.overhead_stretch:g}x",
+         "n/a" if overhead is None else f"{overhead:.2f}x", grade(overhead, d.overhead_goal, d.overhead_stretch)],
+        ["BarrierNet QP-infeasible steps", f"< {100 * d.infeasible_goal:g} %", f"< {100 * d.infeasible_stretch:g} %",
+         fmt_rate_ci(*triple(bn, "infeasible_rate")) if bn else "n/a",
+         grade(bn.get("infeasible_rate"), d.infeasible_goal, d.infeasible_stretch) if bn else "not measured"],
+    ]
+    return md_table(["target", "goal", "stretch", "measured (test)", "status"], rows)
+
+
+def decision_section(inputs: Inputs, params: Params) -> tuple[str, str]:
+    """(the outcome headline + verdict markdown, the outcome letter)."""
+    d, m = params.decision, inputs.metrics
+    conf = float(m.get("confidence", d.confidence))
+    overhead, overhead_text = training_overhead(inputs)
+    analysis = outcome_analysis(inputs, params, overhead)
+    outcome = analysis["outcome"]
+    steps = m.get("sequence") or []
+    seeds, test_n = list(params.train.seeds), params.eval.test_episodes
+    safety = m.get("safety") or {}
+    lines = [f"## Outcome {outcome.letter}: {protocol.APPROACH_NAMES[outcome.letter]}", ""]
+    lines += [f"- {r}" for r in outcome.reasons]
+    if overhead is not None:
+        changes = []
+        for factor in (0.8, 1.2):
+            other = outcome_analysis(inputs, params, overhead * factor)["outcome"].letter
+            changes.append(f"{factor:g}x the ratio ({overhead * factor:.2f}x): outcome {other}")
+        same = all(c.endswith(f"outcome {outcome.letter}") for c in changes)
+        lines.append(f"- training overhead {overhead:.2f}x ({overhead_text}; measured on this machine, so it is kept "
+                     f"out of metrics.json). Within +/- 20 %: {'; '.join(changes)} -> the outcome "
+                     + ("does not change." if same else "CHANGES: it rests on the wall-clock ratio."))
+    if test_n < d.min_test_episodes:
+        lines.append(f"- **Pipeline check, not a study:** eval.test_episodes = {test_n} is below "
+                     f"decision.min_test_episodes = {d.min_test_episodes} (issue 16 asks for >= 400 held-out scenarios).")
+    verdict = m["decision"]
+    lines += ["", f"## Verdict: **{verdict['verdict']}**", ""]
+    lines += [f"- {r}" for r in verdict.get("reasons", [])]
+    zero = [f"{arm} {s['unsafe']}/{s['episodes']} (95 % upper bound {protocol.percent(s['upper'])})"
+            for arm, s in safety.items()]
+    cost = []
+    for algo in params.train.algos:
+        wall = _mean_wall(inputs, algo)
+        sps_ = [c.summary.get("env_steps_per_second") for c in inputs.train if c.algo == algo]
+        sps_ = [x for x in sps_ if _finite(x)]
+        cost.append(f"{algo} {fmt_seconds(wall)} per seed" + (f" ({np.mean(sps_):,.0f} env steps/s)" if sps_ else ""))
+    lines += ["", (f"Population: policies trained by these algorithms at this budget ({params.train.total_steps:,} env "
+                   f"steps) and these hyper-parameters, {len(seeds)} training seeds ({', '.join(map(str, seeds))}), "
+                   f"judged on {test_n} held-out test scenarios (env seeds {params.eval.test_seed_base}.."
+                   f"{params.eval.test_seed_base + test_n - 1}) played by every arm and seed. Tuning and every choice "
+                   f"(the best alternative below) used only the dev split ({params.eval.dev_episodes} scenarios from "
+                   f"env seed {params.eval.dev_seed_base}): choices cite dev numbers only. Unsafe test episodes "
+                   f"(collision or body-barrier violation): {'; '.join(zero) or 'none evaluated'}. Training compute: "
+                   f"{'; '.join(cost)}. Family-wise error of the fixed sequence <= {100 * (1 - conf) / 2:g} % one-sided "
+                   f"(each test at (1 - {conf:g}) / 2); margins: collision cut >= {100 * d.min_collision_reduction:g} pp, "
+                   f"non-inferiority {100 * d.noninferiority_margin:g} pp, equivalence +/- {100 * d.equivalence_margin:g} pp."),
+              "", f"Committed default runs that evaluated this test range: {test_range_looks(m)} (counted from "
+                  "`git log -- results/compare/metrics.json` at report time).", ""]
+    lines += ["### The fixed sequence (test split)", "",
+              "Each step is confirmatory only if every step before it was rejected; p-values: the one-sided t "
+              "p-values behind each interval (crossed seed x scenario variance; family: the fixed sequence, no "
+              "adjustment needed), exact McNemar on paired captures within each seed (family: the seeds of that "
+              "comparison, Bonferroni: the smallest p times the seeds), and an exact seed-level permutation test "
+              "(family: the fixed sequence; with 5 seeds its smallest possible two-sided p is 2/32 paired or 2/252 "
+              "unpaired).", "", _sequence_table(steps, params) if steps else "No step could run.", ""]
+    choice = m.get("alternative_choice") or {}
+    rows = [[c["arm"], c["dev_episodes"], fmt_rate(c["dev_capture"]), fmt_rate(c["dev_collision"]),
+             f"{100 * c['dev_collision_upper']:.2f} %", "yes" if c["qualifies"] else "no",
+             "**chosen**" if c["arm"] == choice.get("chosen") else ""] for c in choice.get("candidates", [])]
+    lines += ["### The best alternative, chosen on dev", "",
+              f"Rule `decision.alternative_rule = {d.alternative_rule}`: among `decision.alternatives` present, those "
+              f"whose dev collision rate has a Clopper-Pearson upper bound <= {100 * d.alternative_max_collision:g} % "
+              "qualify; the highest dev capture wins. These are DEV numbers, shown only to explain the choice.", "",
+              md_table(["arm", "dev episodes", "dev capture", "dev collision", "dev collision upper bound", "qualifies",
+                        ""], rows) if rows else "No alternative arm was evaluated.", ""]
+    plateau = plateau_of(inputs, params)
+    chosen_arm = protocol.APPROACH_ARMS.get(outcome.letter)
+    matrix_complete = bool(analysis["matrix"]) and all(r["total"] is not None for r in analysis["matrix"].values())
+    gate_rows = protocol.gates(
+        gap_a=m.get("gap"), barriernet_present=protocol.CANDIDATE_ARM in safety,
+        chosen_unsafe=safety.get(chosen_arm) if chosen_arm else None, outcome=outcome,
+        matrix_complete=matrix_complete, p_values_complete=bool(steps) and all(_finite(s.get("p")) for s in steps),
+        plateau=plateau, decision=d)
+    lines += ["### Gates PG-01..PG-05", "", md_table(["gate", "status", "evidence"],
+                                                    [[g["gate"], g["status"], g["evidence"]] for g in gate_rows]), ""]
+    lines += ["### Target metrics", "", _targets_table(inputs, params, analysis, overhead), ""]
+    lines += ["### Decision matrix", "",
+              "Scores 5..1 from measured numbers (lower is better): gap <= 2 / 5 / 10 / 20 %; safety = the 95 % upper "
+              "bound of unsafe test episodes <= 1 / 2 / 5 / 10 %; task = relative capture loss vs the baseline <= 1 / "
+              "5 / 10 / 20 %; training speed = wall clock / CBF-Beta's <= 1.5 / 3 / 5 / 10x; complexity = safety "
+              "mechanisms across training and deployment + 1 for a differentiable QP (2 parts -> 5, 3 -> 4, ...). "
+              "BarrierNet's gap is 0 by construction; the hybrid's is BarrierNet vs BarrierNet + RCBF on the same "
+              "checkpoints.", "",
+              _matrix_table(analysis, params) if analysis["matrix"] else "No Phase 2.5 approach was evaluated.", ""]
+    gap, hybrid = m.get("gap"), m.get("hybrid")
+    extra = []
+    if gap:
+        extra.append(f"CBF-Beta train-deploy gap (cbf_beta vs cbf_beta_rcbf, same checkpoints, test): "
+                     + ("undefined: " + gap.get("note", "") if gap.get("gap") is None else
+                        f"{100 * gap['gap']:.2f} % [{100 * gap['low']:.2f}, {100 * gap['high']:.2f}] ({gap['method']})"))
+    else:
+        extra.append("CBF-Beta train-deploy gap: not measured (arms cbf_beta / cbf_beta_rcbf not evaluated).")
+    if hybrid:
+        extra.append(f"The hybrid (BarrierNet + RCBF filter) vs BarrierNet: capture {fmt_interval_pp(hybrid['capture_diff'])}, "
+                     f"unsafe episodes {fmt_interval_pp(hybrid['unsafe_diff'])}.")
+    lines += [f"- {e}" for e in extra] + [""]
+    power = m.get("power") or {}
+    if power.get("seed_sd_capture"):
+        lines += ["### Power", "",
+                  f"Seed-level SD of test capture (pooled within arms): {100 * power['seed_sd_capture']:.2f} pp. With "
+                  f"{power['seeds']} seeds per arm the minimum detectable difference at 80 % power is "
+                  + (f"{100 * power['mdd_80']:.2f} pp" if power.get("mdd_80") else "n/a")
+                  + f"; detecting 1 pp needs about {power.get('seeds_for_1pp') or 'n/a'} seeds per arm "
+                    f"({power.get('method', '')}).", ""]
+    else:
+        lines += ["### Power", "", "Not estimable: fewer than 2 seeds per arm.", ""]
+    run_level = m.get("run_level") or []
+    if run_level:
+        lines += ["### Probability of improvement (run level) and paired-episode win rate", "",
+                  md_table(["arm", "against", "P(seed score > other's) [95 %]", "paired-episode win rate [95 %]"],
+                           [[r["arm"], r["against"], fmt_rate_ci(*triple(r, "probability_of_improvement")),
+                             fmt_rate_ci(*triple(r, "paired_win_rate"))] for r in run_level]),
+                  "", f"{run_level[0]['probability_of_improvement_method']}; win rate: "
+                      f"{run_level[0]['paired_win_rate_method']}.", ""]
+    lines += ["### Training-time safety", "",
+              "Cumulative training collisions (sum over logged windows of collision rate x episodes ended) and the "
+              "mean training collision rate (area under the collision-rate curve / env steps), from the train cells' "
+              f"DVCLive curves; {100 * conf:g} % t interval over seeds.", "",
+              md_table(["algorithm", "seeds", "training collisions", "mean training collision rate"],
+                       training_safety(inputs, params)), ""]
+    return "\n".join(lines), outcome.letter
