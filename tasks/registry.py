@@ -145,10 +145,9 @@ STAGES: dict[str, Stage] = {
             name="report",
             target="tasks.report:run",
             help="the markdown decision report and its figures in reports/",
-            # results/tuning/choice.json: the tuning study's budget (run once by hand, committed in git);
-            # data/reference_phase25.json: the reference project's published numbers, printed beside ours
+            # results/tuning/choice.json: the tuning study's budget (run once by hand, committed in git)
             deps=("results/compare", "results/eval", "results/train", "results/qp_benchmark", "results/scenarios",
-                  "results/tuning/choice.json", "data/reference_phase25.json"),
+                  "results/tuning/choice.json"),
             params=("env", "cbf", "barriernet", "train", "eval", "decision", "scenarios"),
             # reports/animations: the scenario GIFs, DVC-cached (too large for git history)
             outs=("reports/decision_report.md", "reports/figures", "reports/animations"),
