@@ -66,8 +66,11 @@ def git_state(repo: Path = REPO_ROOT) -> dict[str, Any]:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
                                 timeout=30, check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True,
-                                timeout=60, check=True).stdout
+        # The report's own outputs are left out: DVC deletes them before the stage runs, so they
+        # always read as changed while it renders.
+        own = [":!reports/decision_report.md", ":!reports/figures", ":!reports/animations"]
+        status = subprocess.run(["git", "status", "--porcelain", "--", ".", *own], cwd=repo, capture_output=True,
+                                text=True, timeout=60, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None, "changed": None}
     changed = [line for line in status.splitlines() if line.strip()]
