@@ -17,6 +17,12 @@ ARM_COLOURS = {
     "baseline": "tab:orange",
     "baseline_ct_filter": "tab:green",
     "baseline_dcbf_filter": "tab:red",
+    # one fixed colour per arm: every figure draws an arm the same way
+    "barriernet_rcbf": "tab:cyan",
+    "cbf_beta": "tab:purple",
+    "cbf_beta_rcbf": "tab:pink",
+    "shielded": "tab:brown",
+    "baseline_tuned_filter": "tab:olive",
 }
 
 
@@ -126,7 +132,8 @@ def figure_outcome_rates(summary: pd.DataFrame, arms: list[str], params: Params,
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylim(0, 105)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(arms), 4), fontsize=8, bbox_to_anchor=(0.5, -0.06))
+    # below the figure (saved with bbox_inches="tight"), clear of the x tick labels
+    fig.legend(handles, labels, loc="upper center", ncol=min(len(arms), 3), fontsize=8, bbox_to_anchor=(0.5, 0.0))
     seeds = int(max((r["seeds"] for r in rows.values()), default=1))
     fig.suptitle(f"Outcome rates per arm: mean over {seeds} seed(s), bars = {100 * confidence:g} % "
                  "stratified bootstrap interval")

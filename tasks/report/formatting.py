@@ -102,7 +102,10 @@ def arm_label(arm: str, params: Params) -> str:
     if arm == "cbf_beta_rcbf":
         return f"CBF-Beta policy, unconstrained + {rcbf}"
     if arm == "baseline_tuned_filter":
-        return "Baseline + tuned filter (eval.filter_sweep's rule, chosen on dev)"
+        fixed = params.eval.tuned_filter
+        if fixed is not None:  # chosen once by the tuning study, on its own models' dev episodes
+            return f"Baseline + tuned filter ({fixed.form}, gamma {fixed.gamma:g}, margin {fixed.robust_margin:g} m)"
+        return "Baseline + tuned filter (each seed's dev sweep, eval.filter_sweep's rule)"
     if arm == "shielded":
         return f"Shielded PPO ({params.cbf.form} filter in training, gamma {params.cbf.filter_gamma:g})"
     return ARM_LABELS.get(arm, arm)
