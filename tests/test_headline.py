@@ -85,7 +85,9 @@ def test_training_curves_are_drawn_per_algorithm_with_every_seed_overlaid():
         assert spec["x"] == "step"
         assert spec["y"] == {f"results/train/{algo}-s{s}/live/plots/metrics/rollout/capture_rate.tsv": "capture_rate"
                              for s in train.seeds}
-    assert len(plots) == len(train.algos) * len(__import__("tasks.registry").registry.TRAINING_CURVES)
+    registry = __import__("tasks.registry").registry
+    assert len(plots) == sum(len(registry.TRAINING_CURVES) + len(registry.SAFETY_LAYER_CURVES.get(algo, ()))
+                             for algo in train.algos)
 
 
 def test_dvc_metrics_show_lists_only_the_headline(tmp_path):

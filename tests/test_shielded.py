@@ -256,6 +256,7 @@ def test_sweep_plays_dev_episodes_only_and_the_tuned_arm_plays_the_choice(tmp_pa
         **TINY, "eval.dev_episodes": 4, "eval.test_episodes": 3, "eval.num_envs": 4,
         "eval.filter_sweep.forms": ["dcbf"], "eval.filter_sweep.gammas": [0.05, 1.0],
         "eval.filter_sweep.robust_margins": [0.0, 0.1], "eval.filter_sweep.max_collision_upper": 0.9,
+        "eval.tuned_filter": None,  # the seed's own dev sweep chooses (the study's choice is tested in test_tuning)
     })
     run(params, tmp_path, "baseline", 0)
     played: list[tuple[str, str]] = []
