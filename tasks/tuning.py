@@ -50,8 +50,6 @@ import json
 import logging
 import math
 import os
-import platform
-import subprocess
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -225,26 +223,10 @@ def _sweep_baseline(root: Path, cell: dict[str, Any]) -> pd.DataFrame:
 # the study
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _git_commit(root: Path) -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     """Run the whole study under `root` and write the outputs of the module docstring."""
+    from tasks.report.provenance import cpu_model, git_state
+
     root = Path(root)
     cells = plan(params)  # validates every cell's params before any work
     started = time.perf_counter()
@@ -292,8 +274,9 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
         },
         "per_algo": per_algo,
         "tuned_filter": tuned_filter,
-        "provenance": {"cpu": _cpu_name(), "cores": os.cpu_count(), "workers": workers, "wall_seconds": round(wall, 1),
-                       "git_commit": _git_commit(root), "params_hash": params_hash(params.to_dict())},
+        "provenance": {"cpu": cpu_model(), "cores": os.cpu_count(), "workers": workers, "wall_seconds": round(wall, 1),
+                       "git_commit": git_state(root)["commit"] or "unknown",
+                       "params_hash": params_hash(params.to_dict())},
     }
     io.write_csv(root / CELLS_PATH, table)
     if len(sweep_table):
