@@ -6,8 +6,12 @@ learns nothing there (the plan's red flags: a gradient through the QP below 1e-6
 zero gradient for the turn rate). These numbers are read after each minibatch's backward pass,
 before clipping, and never change a gradient: the training is the same with or without them.
 
-`GradientProbe(actor)` is called by `model.ppo.ppo_update` after every backward pass
-(``after_backward``); `stats()` returns the update's means and starts over.
+`GradientProbe(actor, scaler)` is called by `model.ppo.ppo_update` after every backward pass
+(``after_backward``); `stats()` returns the update's means and starts over. With CUDA mixed
+precision the backward pass runs on the scaled loss, and `GradScaler.unscale_` unscales only the
+optimizer's parameters: the nominal action's retained gradient still carries the loss scale, so the
+probe divides it by ``scaler.get_scale()`` (the scale of this backward pass: the probe runs before
+``scaler.update()``). Without that the ">1e3" red flag would fire on every GPU run.
 
 - ``grad/actor_norm``: the actor's total gradient norm (before clipping), mean over minibatches;
 - ``grad/layer/<parameter name>``: each parameter tensor's gradient norm, mean over minibatches;
@@ -29,8 +33,9 @@ __all__ = ["GradientProbe"]
 class GradientProbe:
     """Accumulates gradient norms over one PPO update's minibatches (see the module docstring)."""
 
-    def __init__(self, actor: nn.Module):
+    def __init__(self, actor: nn.Module, scaler: "torch.amp.GradScaler | None" = None):
         self.actor = actor
+        self.scaler = scaler  # CUDA AMP only: the loss scale still in the nominal action's gradient
         self.named = [(name, p) for name, p in actor.named_parameters() if p.requires_grad]
         from model.actors import BarrierNetActor
 
@@ -57,7 +62,10 @@ class GradientProbe:
         self.calls += 1
         nominal = getattr(self.actor, "last_nominal", None) if self.nominal else None
         if nominal is not None and nominal.grad is not None:
-            self.per_sample.append(nominal.grad.detach().double().cpu() * nominal.shape[0])
+            grad = nominal.grad.detach().double().cpu()
+            if self.scaler is not None and self.scaler.is_enabled():
+                grad = grad / float(self.scaler.get_scale())
+            self.per_sample.append(grad * nominal.shape[0])
 
     def stats(self) -> dict[str, float]:
         """The update's diagnostics (CleanRL-style names); resets the accumulators."""
