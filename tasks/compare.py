@@ -50,7 +50,20 @@ import pandas as pd
 
 from tasks import io
 from tasks import decision as protocol
-from tasks.params import ARMS, DECISION_ARMS, SPLITS, DecisionParams, Params
+from tasks.artifacts import (
+    CANDIDATE_ARM,
+    EPISODE_COLUMNS,
+    KNOWN_ARMS,
+    METRICS_PATH,
+    OUTCOMES,
+    REFERENCE_ARM,
+    SUMMARY_PATH,
+    VERDICTS,
+    StageInputError,
+    episodes_path,
+    read_episode_table,
+)
+from tasks.params import DecisionParams, Params
 from tasks.stats import (
     Interval,
     across_seeds,
@@ -63,18 +76,10 @@ from tasks.stats import (
     wilson_interval,
 )
 
-# Every arm name the pipeline knows, in report order (the existing arms first, then issue 15's).
-KNOWN_ARMS: tuple[str, ...] = tuple(dict.fromkeys((*ARMS, *DECISION_ARMS)))
-
+# The episode table's columns, its reader, the paths and StageInputError are the stages'
+# contract: tasks/artifacts.py.
 __all__ = [
-    "EPISODE_COLUMNS",
-    "OUTCOMES",
     "METRICS",
-    "SUMMARY_PATH",
-    "METRICS_PATH",
-    "StageInputError",
-    "episodes_path",
-    "read_episode_table",
     "load_episodes",
     "split_rows",
     "summarise",
@@ -82,128 +87,8 @@ __all__ = [
     "run",
 ]
 
-EPISODE_COLUMNS: tuple[str, ...] = (
-    "arm",
-    "algo",
-    "seed",
-    "split",
-    "episode",
-    "env_seed",
-    "outcome",
-    "length",
-    "return",
-    "min_h",
-    "cbf_violation_steps",
-    "enforced_violation_steps",
-    "correction_sum",
-    "interventions",
-    "infeasible_steps",
-    "decision_ms",
-)
-OUTCOMES: tuple[str, ...] = ("capture", "collision", "timeout")
-_INT_COLUMNS = ("seed", "episode", "env_seed", "length", "cbf_violation_steps", "enforced_violation_steps",
-                "interventions", "infeasible_steps")
-_FLOAT_COLUMNS = ("return", "min_h", "correction_sum", "decision_ms")
-_STEP_COUNT_COLUMNS = ("cbf_violation_steps", "enforced_violation_steps", "interventions", "infeasible_steps")
-
-SUMMARY_PATH = Path("results/compare/summary.csv")
-METRICS_PATH = Path("results/compare/metrics.json")
-REFERENCE_ARM = "baseline"
-CANDIDATE_ARM = "barriernet"
-
-
-class StageInputError(ValueError):
-    """A stage input file is missing or malformed; the message names the file and the problem."""
-
-
-def episodes_path(workdir: Path, algo: str, seed: int) -> Path:
-    """Where the evaluate stage writes the episode table of one (algo, training seed)."""
-    return Path(workdir) / "results" / "eval" / f"{algo}-s{seed}" / "episodes.csv"
-
-
 # ---------------------------------------------------------------------------------------------
 # Reading and validating the episode tables
-
-
-def read_episode_table(path: str | Path, algo: str | None = None, seed: int | None = None) -> pd.DataFrame:
-    """Read one ``episodes.csv`` and check its columns, types and ranges.
-
-    Returns a DataFrame with exactly EPISODE_COLUMNS (extra columns are dropped), integer
-    columns as int64, float columns as float64, and arm/algo/outcome as str. When ``algo`` /
-    ``seed`` are given, every row must carry them. Raises StageInputError naming the file and
-    every bad column.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise StageInputError(f"{path}: episode table not found (written by the evaluate stage)")
-    try:
-        table = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise StageInputError(f"{path}: not a readable CSV ({exc})") from None
-
-    missing = [c for c in EPISODE_COLUMNS if c not in table.columns]
-    if missing:
-        raise StageInputError(
-            f"{path}: missing columns {missing}; expected columns {list(EPISODE_COLUMNS)}, found {list(table.columns)}"
-        )
-    if table.empty:
-        raise StageInputError(f"{path}: has no episode rows")
-
-    problems: list[str] = []
-    out = pd.DataFrame(index=table.index)
-    for column in _INT_COLUMNS:
-        values = pd.to_numeric(table[column], errors="coerce")
-        bad = values.isna() | ~np.isfinite(values) | (values != np.round(values))
-        if bad.any():
-            problems.append(f"column '{column}' must hold integers; bad values {_examples(table[column][bad])}")
-            continue
-        out[column] = values.astype("int64")
-    for column in _FLOAT_COLUMNS:
-        values = pd.to_numeric(table[column], errors="coerce")
-        bad = values.isna()  # min_h may be +inf (no barrier ever active); NaN is never valid
-        if column != "min_h":
-            bad |= ~np.isfinite(values)
-        if bad.any():
-            problems.append(f"column '{column}' must hold numbers; bad values {_examples(table[column][bad])}")
-            continue
-        out[column] = values.astype("float64")
-    for column, accepted in (("arm", KNOWN_ARMS), ("outcome", OUTCOMES), ("split", SPLITS), ("algo", None)):
-        values = table[column].astype(str).str.strip()
-        if accepted is not None:
-            bad = ~values.isin(accepted)
-            if bad.any():
-                problems.append(f"column '{column}' has {_examples(table[column][bad])}; accepted: {list(accepted)}")
-                continue
-        out[column] = values.astype(object)
-
-    # Ranges only once the types are right.
-    if not problems:
-        if (out["length"] < 1).any():
-            problems.append(f"column 'length' must be >= 1; bad values {_examples(out['length'][out['length'] < 1])}")
-        if (out["episode"] < 0).any():
-            problems.append("column 'episode' must be >= 0")
-        for column in _STEP_COUNT_COLUMNS:
-            bad = (out[column] < 0) | (out[column] > out["length"])
-            if bad.any():
-                problems.append(f"column '{column}' must lie in [0, length]; {int(bad.sum())} rows do not")
-        if (out["decision_ms"] < 0).any():
-            problems.append("column 'decision_ms' must be >= 0")
-        duplicated = out.duplicated(["arm", "split", "episode"])
-        if duplicated.any():
-            pairs = list(out.loc[duplicated, ["arm", "split", "episode"]].itertuples(index=False, name=None))[:3]
-            problems.append(f"(arm, split, episode) rows appear twice, e.g. {pairs}; "
-                            "accepted: one row per (arm, split, episode)")
-        if algo is not None and (out["algo"] != algo).any():
-            problems.append(f"column 'algo' has {_examples(out['algo'][out['algo'] != algo])}; expected '{algo}'")
-        if seed is not None and (out["seed"] != seed).any():
-            problems.append(f"column 'seed' has {_examples(out['seed'][out['seed'] != seed])}; expected {seed}")
-    if problems:
-        raise StageInputError(f"{path}: " + "; ".join(problems))
-    return out[list(EPISODE_COLUMNS)].reset_index(drop=True)
-
-
-def _examples(values: pd.Series, k: int = 3) -> list:
-    return [v.item() if hasattr(v, "item") else v for v in values.drop_duplicates().head(k)]
 
 
 def load_episodes(params: Params, workdir: Path) -> pd.DataFrame:
@@ -282,7 +167,7 @@ METRICS: dict[str, Metric] = {
 }
 # Wall-clock numbers stay in summary.csv and the report but not in metrics.json: `dvc repro -f`
 # must reproduce identical metrics, and no two runs take the same time.
-TIMING_METRICS = ("decision_ms",)
+WALL_CLOCK_METRICS = ("decision_ms",)
 HEADLINE_METRICS = (
     "capture_rate",
     "collision_rate",
@@ -436,7 +321,6 @@ def summarise(episodes: pd.DataFrame, decision: DecisionParams) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------
 # The verdict: the fixed sequence of tasks.decision on test rows, the alternative chosen on dev
 
-VERDICTS = ("BETTER", "EQUIVALENT", "WORSE", "INCONCLUSIVE", "NO_ALTERNATIVE", "FAILS_STEP_1", "NOT_COMPARABLE")
 # Numeric, so `dvc metrics diff` shows a change.
 VERDICT_CODES = {"BETTER": 2, "EQUIVALENT": 1, "NO_ALTERNATIVE": 0, "INCONCLUSIVE": 0, "NOT_COMPARABLE": 0,
                  "WORSE": -1, "FAILS_STEP_1": -2}
@@ -489,14 +373,15 @@ def _step_text(step: dict[str, Any]) -> str:
             f"{step['p_equivalent']:.3g} -> {step['answer']}")
 
 
-def _finite(value: Any) -> Any:
-    """JSON has no NaN/inf: write null instead (recursively)."""
+def _json_safe(value: Any) -> Any:
+    """`value` with every NaN/inf replaced by None, recursively (JSON has no NaN/inf: null instead);
+    numpy scalars become Python ones."""
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: _json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [_json_safe(v) for v in value]
     if isinstance(value, (np.floating, np.integer, np.bool_)):
-        return _finite(value.item())
+        return _json_safe(value.item())
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
@@ -505,8 +390,8 @@ def _finite(value: Any) -> Any:
 def _interval_fields(prefix: str, interval: Interval | None) -> dict[str, Any]:
     if interval is None:
         return {prefix: None, f"{prefix}_low": None, f"{prefix}_high": None}
-    return {prefix: _finite(interval.estimate), f"{prefix}_low": _finite(interval.low),
-            f"{prefix}_high": _finite(interval.high)}
+    return {prefix: _json_safe(interval.estimate), f"{prefix}_low": _json_safe(interval.low),
+            f"{prefix}_high": _json_safe(interval.high)}
 
 
 def _run_level(test: pd.DataFrame, arm: str, other: str, decision: DecisionParams) -> dict[str, Any]:
@@ -535,7 +420,7 @@ def build_metrics(summary: pd.DataFrame, test: pd.DataFrame, dev: pd.DataFrame, 
     for _, row in summary[(summary["seed"] == "all") & (summary["aggregate"] == "mean")].iterrows():
         entry: dict[str, Any] = {"seeds": int(row["seeds"]), "episodes": int(row["episodes"])}
         for name in HEADLINE_METRICS:
-            if name in TIMING_METRICS:
+            if name in WALL_CLOCK_METRICS:
                 continue
             entry.update(_interval_fields(name, Interval(row[name], row[f"{name}_low"], row[f"{name}_high"])))
         arms[row["arm"]] = entry
@@ -567,7 +452,7 @@ def build_metrics(summary: pd.DataFrame, test: pd.DataFrame, dev: pd.DataFrame, 
                      for arm in arms_present if arm != protocol.REFERENCE_ARM]
         if choice["chosen"] in arms_present and protocol.CANDIDATE_ARM in arms_present:
             run_level.append(_run_level(test, protocol.CANDIDATE_ARM, choice["chosen"], decision))
-    return _finite({
+    return _json_safe({
         "confidence": decision.confidence,
         "seeds": [int(s) for s in params.train.seeds],
         "test_split": {"seed_base": params.eval.test_seed_base, "episodes": params.eval.test_episodes},

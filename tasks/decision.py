@@ -37,11 +37,10 @@ import pandas as pd
 from scipy import stats as sps
 
 from tasks import stats
+from tasks.artifacts import CANDIDATE_ARM, REFERENCE_ARM  # noqa: F401  (protocol.REFERENCE_ARM: the arms it compares)
 from tasks.params import DecisionParams
 from tasks.stats import CrossedInterval, rate_interval
 
-REFERENCE_ARM = "baseline"
-CANDIDATE_ARM = "barriernet"
 # The Phase 2.5 approaches and the arm that deploys each: A = CBF-Beta trained, RCBF-QP at
 # deployment; B = BarrierNet end to end; C = BarrierNet trained, RCBF-QP at deployment.
 APPROACH_ARMS = {"A": "cbf_beta_rcbf", "B": "barriernet", "C": "barriernet_rcbf"}

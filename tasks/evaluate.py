@@ -13,7 +13,7 @@ best-alternative rule); test rows serve the headline and the verdict.
 Actions are deterministic (the policy mean, then its safety layer).
 
 Outputs under ``<workdir>/results/eval/<algo>-s<seed>/``:
-  episodes.csv     one row per (arm, split, episode), columns tasks.compare.EPISODE_COLUMNS
+  episodes.csv     one row per (arm, split, episode), columns tasks.artifacts.EPISODE_COLUMNS
   trajectory.npz   the positions of test episode eval.trajectory_episode for every arm (report figure)
   timing.json      wall time of this cell (the report's setup table)
   filter_sweep.csv the post-hoc filter sweep on DEV episodes (eval.filter_sweep.algos only), one row
@@ -38,44 +38,24 @@ from env.core import PursuitEvasionCore
 from model.actors import make_filter
 from model.cbf import cbf_geometry
 from tasks import io
-from tasks.compare import EPISODE_COLUMNS, StageInputError
+from tasks.artifacts import (
+    ARMS_OF_ALGO,
+    CHOICE_FILE,
+    EPISODE_COLUMNS,
+    EPISODES_FILE,
+    SWEEP_FILE,
+    TIMING_FILE,
+    TRAJECTORY_FILE,
+    CheckpointError,
+    StageInputError,
+    eval_dir,
+    model_path,
+)
+from tasks.artifacts.policy import build_policy, load_trained
 from tasks.params import Params
-from tasks.train import CheckpointError, cell_name, load_trained
 
-ARMS_OF_ALGO = {
-    "barriernet": ("barriernet", "barriernet_rcbf"),
-    "baseline": ("baseline", "baseline_ct_filter", "baseline_dcbf_filter", "baseline_tuned_filter"),
-    "cbf_beta": ("cbf_beta", "cbf_beta_rcbf"),
-    "shielded": ("shielded",),
-}
-
-
-def output_dir(workdir: Path, algo: str, seed: int) -> Path:
-    return Path(workdir) / "results" / "eval" / cell_name(algo, seed)
-
-
-def build_policy(arm: str, actor: torch.nn.Module, params: Params, tuned: dict[str, Any] | None = None) -> torch.nn.Module:
-    """The policy an arm plays. The training mechanisms (barriernet, baseline, cbf_beta: the
-    deterministic action inside the safe box, shielded: the filter it trained with) are the actor
-    itself; ``*_rcbf`` arms put the RCBF-QP filter (form ``cbf.form``, gamma ``cbf.filter_gamma``,
-    clearances + ``cbf.robust_margin``) on the actor's action -- for cbf_beta on its unconstrained
-    action (the Beta's mean over the whole action box), the deployment mechanism.
-    ``baseline_tuned_filter``: the filter `select_filter` chose on dev (`tuned`: its form, gamma,
-    robust_margin)."""
-    if arm in ("barriernet", "baseline", "cbf_beta", "shielded"):
-        return actor
-    if arm == "baseline_tuned_filter":
-        if tuned is None:
-            raise ValueError("arm 'baseline_tuned_filter' needs the configuration the filter sweep chose on dev "
-                             "(eval.filter_sweep.enabled with baseline in eval.filter_sweep.algos)")
-        return make_filter(actor, params, tuned["form"], tuned["gamma"], robust_margin=tuned["robust_margin"])
-    if arm in ("barriernet_rcbf", "cbf_beta_rcbf"):
-        return make_filter(actor, params, params.cbf.form, robust_margin=params.cbf.robust_margin)
-    if arm == "baseline_ct_filter":
-        return make_filter(actor, params, "ct")
-    if arm == "baseline_dcbf_filter":
-        return make_filter(actor, params, "dcbf")
-    raise ValueError(f"unknown arm '{arm}'; accepted: {sum(ARMS_OF_ALGO.values(), ())}")
+# What this stage writes in a cell folder (tasks/artifacts.py names every stage's outputs).
+output_dir = eval_dir
 
 
 def enforced_barrier_violated(core: PursuitEvasionCore, params: Params) -> torch.Tensor:
@@ -185,8 +165,6 @@ def play_episodes(
 # ---------------------------------------------------------------------------------------------
 # The post-hoc filter sweep (issue 15 item 5): dev episodes only
 
-SWEEP_FILE = "filter_sweep.csv"
-CHOICE_FILE = "filter_choice.json"
 SWEEP_COLUMNS = ("form", "gamma", "robust_margin", "split", "episodes", "steps", "capture_rate", "collision_rate",
                  "collision_upper", "intervention_rate", "infeasible_rate", "cbf_violation_rate", "mean_capture_steps")
 
@@ -257,18 +235,18 @@ def select_filter(sweep: pd.DataFrame, max_collision_upper: float) -> dict[str, 
 def run(params: Params, workdir: str | Path = ".", algo: str = "barriernet", seed: int = 0) -> dict[str, Any]:
     """Evaluate every arm of the (algo, seed) checkpoint; write episodes.csv and trajectory.npz."""
     workdir = Path(workdir)
-    model_path = workdir / "results" / "train" / cell_name(algo, seed) / "model.pt"
+    model = model_path(workdir, algo, seed)
     arms = [arm for arm in ARMS_OF_ALGO[algo] if arm in params.eval.arms]
     # Check the input before any long work; a bad checkpoint leaves earlier outputs intact.
     try:
-        actor, _, obs_rms, record = load_trained(model_path, params)
+        actor, _, obs_rms, record = load_trained(model, params)
     except CheckpointError as exc:
         raise StageInputError(str(exc)) from None
     if record["algo"] != algo:
-        raise StageInputError(f"{model_path}: holds algo '{record['algo']}', expected '{algo}'")
+        raise StageInputError(f"{model}: holds algo '{record['algo']}', expected '{algo}'")
     if record["obs_dim"] != PursuitEvasionCore(params.env, 1).obs_dim:
         raise StageInputError(
-            f"{model_path}: trained with obs_dim={record['obs_dim']}, the env in params has a different one "
+            f"{model}: trained with obs_dim={record['obs_dim']}, the env in params has a different one "
             "(env params changed since training?)"
         )
 
@@ -308,11 +286,11 @@ def run(params: Params, workdir: str | Path = ".", algo: str = "barriernet", see
 
     out_dir = output_dir(workdir, algo, seed)
     table = pd.DataFrame(rows)[list(EPISODE_COLUMNS)]
-    io.write_csv(out_dir / "episodes.csv", table)
-    with io.atomic_path(out_dir / "trajectory.npz") as tmp:
+    io.write_csv(out_dir / EPISODES_FILE, table)
+    with io.atomic_path(out_dir / TRAJECTORY_FILE) as tmp:
         with open(tmp, "wb") as handle:
             np.savez(handle, **trajectories)
-    io.write_json(out_dir / "timing.json", {"wall_seconds": time.perf_counter() - started, "arms": arms})
+    io.write_json(out_dir / TIMING_FILE, {"wall_seconds": time.perf_counter() - started, "arms": arms})
     summary = (
         table[table["split"] == "test"]
         .assign(capture=table.outcome.eq("capture"), collision=table.outcome.eq("collision"))

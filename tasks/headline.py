@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from tasks import io
+from tasks.artifacts import HEADLINE_PATH, METRICS_PATH
 from tasks.params import Params
 
-METRICS_PATH = Path("results/compare/metrics.json")
-HEADLINE_PATH = Path("results/headline.json")
 # The plan's outcomes (tasks/decision.py Outcome.letter) as numbers; 0: no approach chosen.
 OUTCOME_CODES = {"A": 1, "B": 2, "C": 3, "D": 0}
 RATES = (("capture", "capture_rate"), ("collision", "collision_rate"))

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, 
 from model.config import BarrierNetParams, CBFParams  # re-exported: model/ owns the cbf and barriernet sections
 from env.config import REMOVED_KEYS as REMOVED_ENV_KEYS
 from env.config import EnvParams  # re-exported: env/ owns the env section
+from tasks.artifacts import ARMS, SPLITS  # noqa: F401  re-exported: the stages' contract owns the arm vocabulary
 
 DEFAULT_PARAMS_PATH = Path(__file__).resolve().parent.parent / "params.yaml"
 
@@ -173,9 +174,6 @@ class TrainParams(_Section):
         return max(1, math.ceil(self.total_steps / self.batch_size))
 
 
-ARMS = ("barriernet", "baseline", "baseline_ct_filter", "baseline_dcbf_filter",
-        "barriernet_rcbf", "cbf_beta", "cbf_beta_rcbf", "shielded", "baseline_tuned_filter")
-SPLITS = ("dev", "test")
 # Keys that were renamed: loading one names its replacement (an unknown-key hint could mislead).
 RENAMED_KEYS = {
     "eval.seed_base": "eval.dev_seed_base (tuning episodes) and eval.test_seed_base (held-out episodes)",
@@ -259,10 +257,7 @@ class EvalParams(_Section):
         "(fewer: the report marks the run a pipeline check, not a result)"
     )
     num_envs: int = Field(200, ge=1, description="episodes run side by side")
-    arms: list[Literal["barriernet", "baseline", "baseline_ct_filter", "baseline_dcbf_filter",
-                       "barriernet_rcbf", "cbf_beta", "cbf_beta_rcbf", "shielded", "baseline_tuned_filter"]] = Field(
-        list(ARMS), min_length=1
-    )
+    arms: list[Literal[ARMS]] = Field(list(ARMS), min_length=1)  # type: ignore[valid-type]  (tasks/artifacts.py)
     trajectory_episode: int = Field(0, ge=0, description="episode drawn as trajectories in the report")
     filter_sweep: FilterSweepParams = FilterSweepParams()
     tuned_filter: TunedFilter | None = Field(

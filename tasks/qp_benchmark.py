@@ -104,6 +104,7 @@ from pydantic import ValidationError
 from torch import Tensor
 
 from tasks import io
+from tasks.artifacts import QP_BENCHMARK_DIR
 from tasks.params import CBFParams, EnvParams, Params
 
 __all__ = [
@@ -129,7 +130,7 @@ __all__ = [
     "run",
 ]
 
-OUT_DIR = Path("results/qp_benchmark")
+OUT_DIR = Path(QP_BENCHMARK_DIR)
 TABLE_PATH = OUT_DIR / "table.csv"
 METRICS_PATH = OUT_DIR / "metrics.json"
 SPEEDUPS_PATH = OUT_DIR / "speedups.json"

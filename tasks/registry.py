@@ -4,6 +4,10 @@ Both front doors read it: `python -m tasks <stage>` (and through it `dvc repro`,
 dvc.yaml is generated from this file by `python -m tasks dvc-yaml`) and the Prefect flow in
 `flows/`. Paths may hold `{algo}` and `{seed}` for matrix stages; they become
 `${item.algo}` / `${item.seed}` in dvc.yaml and concrete values on the command line.
+
+The paths are spelled once, in the stages' contract (tasks/artifacts.py); a stage module is
+named here by a "module:function" string and imported only when it runs, so the registry
+imports no stage.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from tasks import artifacts as A
 from tasks.code_deps import import_closure
 from tasks.params import Params
 
@@ -83,33 +88,32 @@ STAGES: dict[str, Stage] = {
             target="tasks.qp_benchmark:run",
             help="time qpth against the exact solver on CBF problems from real env states",
             params=("env", "cbf", "qp_benchmark"),
-            outs=("results/qp_benchmark/table.csv", "results/qp_benchmark/speedups.json", "results/qp_benchmark/speed.png",
-                  "results/qp_benchmark/timing.json", "results/qp_benchmark/metrics.json",
-                  "results/qp_benchmark/dcbf_exact.csv"),
+            outs=(str(A.QP_TABLE_PATH), f"{A.QP_BENCHMARK_DIR}/speedups.json", f"{A.QP_BENCHMARK_DIR}/speed.png",
+                  f"{A.QP_BENCHMARK_DIR}/{A.TIMING_FILE}", str(A.QP_METRICS_PATH),
+                  f"{A.QP_BENCHMARK_DIR}/dcbf_exact.csv"),
             # A plain output, not a DVC metric (about 200 numbers: `dvc exp show` would be unreadable);
             # in git, as before, so a fresh clone and the report's history see it.
-            uncached=("results/qp_benchmark/metrics.json",),
-            timing="results/qp_benchmark/timing.json",
+            uncached=(str(A.QP_METRICS_PATH),),
+            timing=f"{A.QP_BENCHMARK_DIR}/{A.TIMING_FILE}",
         ),
         Stage(
             name="train",
             target="tasks.train:run",
             help="PPO training of one (algo, seed) cell; resumes from its checkpoint",
             params=("env", "cbf", "barriernet", "train"),
-            outs=("results/train/{algo}-s{seed}/model.pt", "results/train/{algo}-s{seed}/summary.json",
-                  "results/train/{algo}-s{seed}/live/plots/metrics"),
+            outs=(A.MODEL, A.TRAIN_SUMMARY, A.TRAIN_CURVES),
             # The DVCLive curves are plain outs in git; `dvc plots show` draws them through the
             # top-level plots below (per algorithm, seeds overlaid), not one chart per cell and file.
-            uncached=("results/train/{algo}-s{seed}/live/plots/metrics",),
+            uncached=(A.TRAIN_CURVES,),
             matrix=(("algo", "train.algos"), ("seed", "train.seeds")),
         ),
         Stage(
             name="evaluate",
             target="tasks.evaluate:run",
             help="evaluate one (algo, seed) cell on the dev and test splits (eval.dev_*, eval.test_*), every arm of it",
-            deps=("results/train/{algo}-s{seed}/model.pt",),
+            deps=(A.MODEL,),
             params=("env", "cbf", "eval"),
-            outs=("results/eval/{algo}-s{seed}",),
+            outs=(A.EVAL_CELL,),
             matrix=(("algo", "train.algos"), ("seed", "train.seeds")),
         ),
         Stage(
@@ -117,37 +121,38 @@ STAGES: dict[str, Stage] = {
             target="tasks.scenarios:run",
             help="every arm of one (algo, seed) cell in the named scenarios (seeds in scenarios.seeds; others: skipped.json)",
             # the evaluate cell holds filter_choice.json, the tuned filter's configuration
-            deps=("results/train/{algo}-s{seed}/model.pt", "results/eval/{algo}-s{seed}"),
+            deps=(A.MODEL, A.EVAL_CELL),
             params=("env", "cbf", "eval.arms", "scenarios"),
-            outs=("results/scenarios/{algo}-s{seed}",),
+            outs=(A.SCENARIOS_CELL,),
             matrix=(("algo", "train.algos"), ("seed", "train.seeds")),
         ),
         Stage(
             name="compare",
             target="tasks.compare:run",
             help="test-split rates with crossed seed x scenario intervals, the alternative chosen on dev, the verdict",
-            deps=("results/eval",),
+            deps=(A.EVAL_ROOT,),
             params=("train.algos", "train.seeds", "eval", "decision"),
-            outs=("results/compare/summary.csv", "results/compare/timing.json", "results/compare/metrics.json"),
+            outs=(str(A.SUMMARY_PATH), str(A.COMPARE_TIMING_PATH), str(A.METRICS_PATH)),
             # Plain output (every interval bound), not a DVC metric: the headline stage's small file
             # is. In git (cache: false): the report counts its committed versions (`git log`).
-            uncached=("results/compare/metrics.json",),
-            timing="results/compare/timing.json",
+            uncached=(str(A.METRICS_PATH),),
+            timing=str(A.COMPARE_TIMING_PATH),
         ),
         Stage(
             name="headline",
             target="tasks.headline:run",
             help="results/headline.json: verdict/outcome codes and per-arm capture and collision (the DVC metrics)",
-            deps=("results/compare/metrics.json",),
-            metrics=("results/headline.json",),
+            deps=(str(A.METRICS_PATH),),
+            metrics=(str(A.HEADLINE_PATH),),
         ),
         Stage(
             name="report",
             target="tasks.report:run",
             help="the markdown decision report and its figures in reports/",
-            # results/tuning/choice.json: the tuning study's budget (run once by hand, committed in git)
-            deps=("results/compare", "results/eval", "results/train", "results/qp_benchmark", "results/scenarios",
-                  "results/tuning/choice.json"),
+            # results/tuning/choice.json: the tuning study's budget (run once by hand, committed in git);
+            # data/: the reference project's published table and the cross-machine spread it cites
+            deps=(A.COMPARE_DIR, A.EVAL_ROOT, A.TRAIN_ROOT, A.QP_BENCHMARK_DIR, A.SCENARIOS_ROOT,
+                  str(A.TUNING_CHOICE_PATH), "data/reference_phase25.json", "data/numerics_spread.json"),
             params=("env", "cbf", "barriernet", "train", "eval", "decision", "scenarios"),
             # reports/animations: the scenario GIFs, DVC-cached (too large for git history)
             outs=("reports/decision_report.md", "reports/figures", "reports/animations"),
@@ -159,13 +164,6 @@ STAGES: dict[str, Stage] = {
 }
 
 PIPELINE_ORDER = ("qp_benchmark", "train", "evaluate", "scenarios", "compare", "headline", "report")
-
-
-def get_stage(name: str) -> Stage:
-    try:
-        return STAGES[name]
-    except KeyError:
-        raise KeyError(f"unknown stage '{name}'; accepted: {', '.join(STAGES)}") from None
 
 
 def iter_stages() -> Iterator[Stage]:
@@ -243,7 +241,7 @@ def training_plots(params_path: str | Path | None = None) -> list[dict[str, Any]
     for algo in train.algos:
         for curve in TRAINING_CURVES + SAFETY_LAYER_CURVES.get(algo, ()):
             field = curve.rsplit("/", 1)[1]
-            files = {f"results/train/{algo}-s{seed}/live/plots/metrics/{curve}.tsv": field for seed in train.seeds}
+            files = {f"{A.TRAIN_CURVES.format(algo=algo, seed=seed)}/{curve}.tsv": field for seed in train.seeds}
             plots.append({f"training/{algo}/{field}": {"x": "step", "y": files, "title": f"{algo}: {field} per seed",
                                                       "x_label": "env steps", "y_label": field}})
     return plots

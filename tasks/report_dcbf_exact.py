@@ -13,12 +13,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from tasks.artifacts import QP_BENCHMARK_DIR, QP_METRICS_PATH
+
 __all__ = ["dcbf_exact_section"]
 
-# The stage's paths and columns, written out here rather than imported: importing
-# tasks.qp_benchmark would make the report depend on (and load) the benchmark's code.
-DCBF_EXACT_PATH = Path("results/qp_benchmark/dcbf_exact.csv")
-METRICS_PATH = Path("results/qp_benchmark/metrics.json")
+# The stage's columns, written out here rather than imported: importing tasks.qp_benchmark would
+# make the report depend on (and load) the benchmark's code. Paths: tasks/artifacts.py.
+DCBF_EXACT_PATH = Path(f"{QP_BENCHMARK_DIR}/dcbf_exact.csv")
+METRICS_PATH = QP_METRICS_PATH
 DCBF_COLUMNS = (
     "method", "pass", "device", "dtype", "obstacles", "batch_size", "per_problem_us", "cost_vs_first_order",
     "decay_violations_feasible", "next_barrier_negative", "infeasible", "start_negative", "mean_qp_rounds",

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tasks.artifacts import train_curve_path
+
 GRAD_LOW, GRAD_HIGH = 1e-6, 1e3
 ZERO_GRAD = 1e-12
 INFEASIBLE_RATE = 0.05
@@ -32,7 +34,7 @@ def read_curve(workdir: Path, algo: str, seed: int, name: str) -> pd.DataFrame |
     """One DVCLive curve -> DataFrame(step, value) (finite values), or None if the cell did not log it."""
     from tasks.report import _read_tsv_curve
 
-    path = Path(workdir) / "results" / "train" / f"{algo}-s{seed}" / "live" / "plots" / "metrics" / f"{name}.tsv"
+    path = train_curve_path(workdir, algo, seed, name)
     return _read_tsv_curve(path, name.rsplit("/", 1)[1])
 
 

@@ -29,9 +29,9 @@ import pandas as pd
 
 from tasks import io
 from tasks.params import Params
-from tasks.scenarios import INFEASIBLE_RED_FLAG, NEAR_BARRIER, red_flags, scenario_geometry
+from tasks.artifacts import BEHAVIOUR_FILE, EPISODES_FILE, HEATMAPS_FILE, SCENARIO_TRAJECTORIES_FILE, scenarios_dir
+from tasks.scenario_catalogue import INFEASIBLE_RED_FLAG, NEAR_BARRIER, red_flags, scenario_geometry
 from tasks.stats import rate_interval
-from tasks.train import cell_name
 
 FIGURE_DIR = Path("reports/figures/scenarios")
 ANIMATION_DIR = Path("reports/animations")
@@ -61,14 +61,14 @@ def read_results(params: Params, workdir: Path) -> tuple[pd.DataFrame, pd.DataFr
     seed = scenario_seed(params)
     episodes, behaviour, trajectories, heatmaps = [], [], {}, {}
     for algo in params.train.algos:
-        cell = Path(workdir) / "results" / "scenarios" / cell_name(algo, seed)
-        if not (cell / "episodes.csv").exists():
+        cell = scenarios_dir(workdir, algo, seed)
+        if not (cell / EPISODES_FILE).exists():
             continue
-        episodes.append(pd.read_csv(cell / "episodes.csv"))
-        behaviour.append(pd.read_csv(cell / "behaviour.csv"))
-        with np.load(cell / "trajectories.npz", allow_pickle=False) as data:
+        episodes.append(pd.read_csv(cell / EPISODES_FILE))
+        behaviour.append(pd.read_csv(cell / BEHAVIOUR_FILE))
+        with np.load(cell / SCENARIO_TRAJECTORIES_FILE, allow_pickle=False) as data:
             trajectories.update({key: data[key] for key in data.files})
-        with np.load(cell / "heatmaps.npz", allow_pickle=False) as data:
+        with np.load(cell / HEATMAPS_FILE, allow_pickle=False) as data:
             heatmaps.update({key: data[key] for key in data.files})
     if not episodes:
         return None

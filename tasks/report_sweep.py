@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks.evaluate import CHOICE_FILE, SWEEP_FILE
+from tasks.artifacts import CHOICE_FILE, SWEEP_FILE, eval_dir
 from tasks.params import Params
 
 CAPTION = ("Filter sweep on dev episodes (the choice never saw a test episode). Each small marker is one post-hoc "
@@ -34,7 +34,7 @@ def read_sweeps(params: Params, workdir: Path) -> tuple[pd.DataFrame, list[dict[
         if algo not in params.train.algos:
             continue
         for seed in params.train.seeds:
-            cell = Path(workdir) / "results" / "eval" / f"{algo}-s{seed}"
+            cell = eval_dir(workdir, algo, seed)
             if (cell / SWEEP_FILE).is_file():
                 frames.append(pd.read_csv(cell / SWEEP_FILE).assign(algo=algo, seed=seed))
             if (cell / CHOICE_FILE).is_file():

@@ -13,9 +13,12 @@ import numpy as np
 import pandas as pd
 
 from tasks import io
-from tasks.params import Params
+from tasks.artifacts import TUNING_CHOICE_PATH
+from tasks.params import ExplorationGrid, Params
 
-CHOICE_PATH = Path("results/tuning/choice.json")
+CHOICE_PATH = TUNING_CHOICE_PATH
+REPORT_PATH = Path("reports/tuning/tuning_report.md")
+FIGURE_PATH = Path("reports/tuning/tuning_scores.png")
 CAPTION = ("Tuning study on dev episodes: each point is one (configuration, tuning seed), the bar the mean over "
            "seeds of the score (dev capture rate - dev collision rate); the red bar is the configuration the rule "
            "chose per algorithm. Every algorithm had the same number of configurations, seeds and env steps.")
@@ -54,7 +57,6 @@ def write_report(root: Path, cells: pd.DataFrame, means: pd.DataFrame, sweep: pd
                  choice: dict[str, Any], params: Params) -> Path:
     """Write reports/tuning/tuning_report.md and its figure under `root`; returns the report's path."""
     from tasks.report import md_table
-    from tasks.tuning import FIGURE_PATH, REPORT_PATH, params_snippet
 
     budget, prov = choice["budget"], choice["provenance"]
     png = figure(cells, means)
@@ -131,8 +133,6 @@ def budget_line(workdir: Path, params: Params) -> str:
         return ("**Tuning budget:** no tuning study on record (`results/tuning/choice.json` is missing): the "
                 "settings above are params.yaml's, not a study's choice.")
     choice = json.loads(path.read_text())
-    from tasks.tuning import committed_matches
-
     b = choice["budget"]
     mismatch = committed_matches(params, choice)
     def settings(values: dict[str, Any]) -> str:
@@ -148,3 +148,30 @@ def budget_line(workdir: Path, params: Params) -> str:
     if mismatch:
         text += " **The params of this run differ from the study's choice:** " + "; ".join(mismatch) + "."
     return text
+
+
+def params_snippet(choice: dict[str, Any]) -> str:
+    """The params.yaml lines that commit a study's choice."""
+    def flow(mapping: dict[str, Any]) -> str:  # a YAML flow mapping: {learning_rate: 0.001, ...}
+        return "{" + ", ".join(f"{k}: {json.dumps(v)}" for k, v in mapping.items()) + "}"
+
+    lines = ["train:", "  per_algo:"]
+    for algo, settings in choice["per_algo"].items():
+        lines.append(f"    {algo}: {flow(settings)}")
+    if choice["tuned_filter"]:
+        lines += ["eval:", f"  tuned_filter: {flow(choice['tuned_filter'])}"]
+    return "\n".join(lines)
+
+
+def committed_matches(params: Params, choice: dict[str, Any]) -> list[str]:
+    """Differences between params (train.per_algo, eval.tuned_filter) and a study's choice ([] if none)."""
+    problems = []
+    for algo in ExplorationGrid.KNOB:
+        settings = {k: v for k, v in getattr(params.train.per_algo, algo).model_dump().items() if v is not None}
+        wanted = choice["per_algo"].get(algo, {})
+        if json.dumps(settings, sort_keys=True) != json.dumps(wanted, sort_keys=True):
+            problems.append(f"train.per_algo.{algo} = {settings}, the study chose {wanted}")
+    fixed = params.eval.tuned_filter.model_dump() if params.eval.tuned_filter is not None else None
+    if json.dumps(fixed, sort_keys=True) != json.dumps(choice["tuned_filter"], sort_keys=True):
+        problems.append(f"eval.tuned_filter = {fixed}, the study chose {choice['tuned_filter']}")
+    return problems

@@ -37,7 +37,7 @@ disturbance            obstacle_between with the pursuer's executed action distu
 Actions are deterministic (the policy mean, then its safety layer), as in `tasks.evaluate`.
 
 Outputs under ``<workdir>/results/scenarios/<algo>-s<seed>/``:
-  episodes.csv      one row per (arm, scenario, episode): EPISODE_COLUMNS
+  episodes.csv      one row per (arm, scenario, episode): tasks.artifacts.SCENARIO_EPISODE_COLUMNS
   trajectories.npz  episode 0 of every (scenario, arm): ``<scenario>/<arm>/<field>`` with fields
                     pursuer (T, 3) x, y, theta; evader (T, 2); h (T,) min body barrier (m);
                     proposal, executed (T, 2) (v, w) the policy's and the executed action;
@@ -60,7 +60,6 @@ import math
 import time
 import warnings
 import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,100 +71,32 @@ from env.config import EnvParams
 from env.core import PursuitEvasionCore
 from model.cbf import cbf_geometry
 from tasks import io
-from tasks.compare import StageInputError
-from tasks.evaluate import ARMS_OF_ALGO, CHOICE_FILE, build_policy
-from tasks.params import SCENARIOS, Params
-from tasks.train import CheckpointError, cell_name, load_trained
-
-EPISODE_COLUMNS = (
-    "arm", "algo", "seed", "scenario", "episode", "env_seed", "outcome", "length", "min_h",
-    "cbf_violation_steps", "interventions", "infeasible_steps", "correction",
-)  # fmt: skip
-"""episodes.csv: correction is the mean |executed - proposal| (v, w) over the episode's steps."""
+from tasks.artifacts import (
+    ARMS_OF_ALGO,
+    BEHAVIOUR_FILE,
+    CHOICE_FILE,
+    EPISODES_FILE,
+    HEATMAPS_FILE,
+    SCENARIO_TRAJECTORIES_FILE,
+    SKIPPED_FILE,
+    TIMING_FILE,
+    CheckpointError,
+    StageInputError,
+    eval_dir,
+    model_path,
+    scenarios_dir,
+)
+from tasks.artifacts import SCENARIO_EPISODE_COLUMNS as EPISODE_COLUMNS
+from tasks.artifacts.policy import build_policy, load_trained
+from tasks.params import Params
+from tasks.scenario_catalogue import INFEASIBLE_RED_FLAG, NEAR_BARRIER, Scenario, red_flags, scenario_geometry  # noqa: F401
 
 HEATMAP_BINS = 40
 ACTION_BINS = 21
-NEAR_BARRIER = 0.5  # m: "a barrier within 0.5 m" of the steering-vs-braking measure
-INFEASIBLE_RED_FLAG = 0.05  # the plan's red flag: QP infeasible on more than 5 % of steps
 
 
 class ScenarioError(ValueError):
     """A scenario's start is not inside the safe set (names the scenario and what to change)."""
-
-
-@dataclass(frozen=True)
-class Scenario:
-    """A fixed geometry: poses (x, y, theta) in m and rad, obstacles (x, y, r) in m."""
-
-    name: str
-    pursuer: tuple[float, float, float]
-    evader: tuple[float, float, float]
-    obstacles: tuple[tuple[float, float, float], ...] = ()
-    pursuer_speed: float = 0.0  # fraction of v_max the pursuer is observed moving at the start
-    env_overrides: dict[str, Any] = field(default_factory=dict)
-    evader_script: str | None = None  # "wall_follow": the evader's action is scripted
-    disturbed: bool = False
-    reading: str = ""  # what the scenario tests (the report's caption)
-
-
-def scenario_geometry(name: str, params: Params) -> Scenario:
-    """The fixed geometry of scenario `name` under `params` (corridor widths follow env and cbf)."""
-    env, cbf = params.env, params.cbf
-    if name == "open_field":
-        return Scenario(name, (-5.0, 0.0, 0.0), (5.0, 0.0, 0.0), reading="plain pursuit, 10 m, no obstacles")
-    if name == "obstacle_between":
-        return Scenario(name, (-5.0, 0.0, 0.0), (5.0, 0.0, 0.0), ((0.0, 0.0, 1.0),),
-                        reading="a 1 m obstacle on the line of sight")  # fmt: skip
-    if name == "near_boundary":
-        return Scenario(name, (-5.0, 9.0, 0.0), (1.0, 9.0, 0.0), reading="chase along the top wall")
-    if name == "cornered":
-        return Scenario(name, (4.0, 4.0, math.pi / 4), (8.5, 8.5, math.pi / 4), reading="evader in a corner")
-    if name == "high_speed_obstacle":
-        return Scenario(name, (-6.0, 0.0, 0.0), (2.0, 0.5, 0.0), ((-3.2, 0.0, 0.8),), pursuer_speed=1.0,
-                        reading="full speed, an obstacle 2 m ahead on the heading")  # fmt: skip
-    if name == "head_on":
-        return Scenario(name, (-1.0, 0.0, 0.0), (1.0, 0.0, math.pi), reading="2 m apart, facing")
-    if name in ("corridor_tight", "corridor_passable"):
-        if name == "corridor_tight":
-            gap = 1.5 * 2 * env.robot_radius
-            reading = "gap 1.5x the robot's width: infeasible for the barrier, timeouts expected, no collisions"
-        else:
-            # The enforced barrier keeps the look-ahead point r + robot_radius + safety_margin +
-            # lookahead (+ robust_margin) from each centre (model/cbf.py): the gap must exceed twice that.
-            gap = 2 * (env.robot_radius + env.safety_margin + cbf.lookahead + cbf.robust_margin) + 0.1
-            reading = "gap just wide enough for the enforced (robust, look-ahead) barrier"
-        # Two discs of radius R that reach past the walls: the only way across x = 0 is the gap.
-        radius = env.arena_size / 4
-        centre = radius + gap / 2
-        return Scenario(name, (-6.0, 0.0, 0.0), (6.0, 0.0, 0.0), ((0.0, centre, radius), (0.0, -centre, radius)),
-                        reading=f"{reading} ({gap:.2f} m)")  # fmt: skip
-    if name == "boundary_wrap":
-        half = env.arena_size / 2
-        return Scenario(name, (-4.0, -6.0, 0.0), (-2.0, -(half - 1.0), 0.0), evader_script="wall_follow",
-                        reading="the evader runs along the walls")  # fmt: skip
-    if name == "obstacle_shadow":
-        return Scenario(name, (-6.0, 0.0, 0.0), (2.3, 0.0, 0.0), ((0.0, 0.0, 1.5),),
-                        reading="the evader hides behind a 1.5 m obstacle")  # fmt: skip
-    if name == "multi_obstacle_4":
-        obstacles = ((-3.0, 1.0, 0.7), (-1.0, -1.3, 0.8), (1.5, 0.9, 0.7), (4.0, -0.6, 0.8))
-        return Scenario(name, (-7.0, 0.0, 0.0), (7.0, 0.0, math.pi), obstacles,
-                        reading="4 obstacles in the way (more than the observation shows)")  # fmt: skip
-    if name == "multi_obstacle_8":
-        obstacles = ((-4.0, 1.2, 0.6), (-4.0, -1.4, 0.6), (-1.5, 0.0, 0.7), (0.5, 2.2, 0.6),
-                     (0.5, -2.0, 0.6), (2.5, 0.3, 0.7), (4.5, 2.0, 0.6), (4.5, -1.6, 0.6))  # fmt: skip
-        return Scenario(name, (-7.0, 0.0, 0.0), (7.0, 0.0, math.pi), obstacles,
-                        reading="8 obstacles in the way (more than the observation shows)")  # fmt: skip
-    if name == "speed_mismatch":
-        return Scenario(name, (-5.0, 0.0, 0.0), (5.0, 0.0, 0.0),
-                        env_overrides={"evader_v_max": 1.2 * env.pursuer_v_max},
-                        reading="the evader is 20 % faster")  # fmt: skip
-    if name == "fleeing_evader":
-        return Scenario(name, (-5.0, 0.0, 0.0), (3.0, 0.0, 0.0), ((-1.0, 2.5, 0.8),),
-                        env_overrides={"evader_policy": "flee"}, reading="a fleeing evader")  # fmt: skip
-    if name == "disturbance":
-        return Scenario(name, (-5.0, 0.0, 0.0), (5.0, 0.0, 0.0), ((0.0, 0.0, 1.0),), disturbed=True,
-                        reading="actuation noise and a speed bias on the pursuer (model mismatch)")  # fmt: skip
-    raise ValueError(f"scenario {name!r} is unknown; accepted: {', '.join(SCENARIOS)}")
 
 
 def scenario_env(scenario: Scenario, params: Params) -> EnvParams:
@@ -420,19 +351,8 @@ def _heatmap_add(maps: dict[str, np.ndarray], arrays: dict[str, np.ndarray], env
     maps["actions"] = maps.get("actions", 0) + grid
 
 
-def output_dir(workdir: Path, algo: str, seed: int) -> Path:
-    return Path(workdir) / "results" / "scenarios" / cell_name(algo, seed)
-
-
-def red_flags(table: pd.DataFrame) -> list[str]:
-    """The plan's red flag per (arm, scenario): QP infeasible on more than 5 % of steps."""
-    flags = []
-    sums = table.groupby(["arm", "scenario"])[["infeasible_steps", "length"]].sum()
-    for (arm, scenario), row in sums.iterrows():
-        rate = row["infeasible_steps"] / max(row["length"], 1)
-        if rate > INFEASIBLE_RED_FLAG:
-            flags.append(f"red flag: {arm} in {scenario}: QP infeasible on {rate:.1%} of steps (> {INFEASIBLE_RED_FLAG:.0%})")
-    return flags
+# What this stage writes in a cell folder (tasks/artifacts.py names every stage's outputs).
+output_dir = scenarios_dir
 
 
 def run(params: Params, workdir: str | Path = ".", algo: str = "barriernet", seed: int = 0) -> dict[str, Any]:
@@ -441,23 +361,23 @@ def run(params: Params, workdir: str | Path = ".", algo: str = "barriernet", see
     if seed not in params.scenarios.seeds:
         # DVC's matrix runs every (algo, training seed) cell, so an override of train.seeds alone
         # stays a valid pipeline; only the seeds in scenarios.seeds play (the budget).
-        io.write_json(output_dir(workdir, algo, seed) / "skipped.json",
+        io.write_json(output_dir(workdir, algo, seed) / SKIPPED_FILE,
                       {"reason": f"seed {seed} is not in scenarios.seeds={params.scenarios.seeds}"})  # fmt: skip
         return {"skipped": True}
-    model_path = workdir / "results" / "train" / cell_name(algo, seed) / "model.pt"
+    model = model_path(workdir, algo, seed)
     arms = [arm for arm in ARMS_OF_ALGO[algo] if arm in params.eval.arms]
     scenarios = [scenario_geometry(name, params) for name in params.scenarios.names]
     for scenario in scenarios:  # refuse a bad geometry/jitter before any long work
         start_states(scenario, params)
     try:
-        actor, _, obs_rms, record = load_trained(model_path, params)
+        actor, _, obs_rms, record = load_trained(model, params)
     except CheckpointError as exc:
         raise StageInputError(str(exc)) from None
     if record["algo"] != algo:
-        raise StageInputError(f"{model_path}: holds algo '{record['algo']}', expected '{algo}'")
+        raise StageInputError(f"{model}: holds algo '{record['algo']}', expected '{algo}'")
     # The tuned filter is the configuration the evaluate stage's sweep chose on dev episodes.
     tuned = None
-    choice = workdir / "results" / "eval" / cell_name(algo, seed) / CHOICE_FILE
+    choice = eval_dir(workdir, algo, seed) / CHOICE_FILE
     if "baseline_tuned_filter" in arms:
         if choice.is_file():
             tuned = json.loads(choice.read_text())
@@ -506,16 +426,16 @@ def play_cell(
 
     out_dir = output_dir(workdir, algo, seed)
     table = pd.DataFrame(rows)[list(EPISODE_COLUMNS)]
-    io.write_csv(out_dir / "episodes.csv", table)
-    io.write_csv(out_dir / "behaviour.csv", pd.DataFrame(behaviour))
-    for name, data in (("trajectories.npz", trajectories), ("heatmaps.npz", heatmaps)):
+    io.write_csv(out_dir / EPISODES_FILE, table)
+    io.write_csv(out_dir / BEHAVIOUR_FILE, pd.DataFrame(behaviour))
+    for name, data in ((SCENARIO_TRAJECTORIES_FILE, trajectories), (HEATMAPS_FILE, heatmaps)):
         with io.atomic_path(out_dir / name) as tmp:
             with open(tmp, "wb") as handle:
                 np.savez_compressed(handle, **data)
     flags = red_flags(table)
     for flag in flags:
         warnings.warn(flag, stacklevel=2)
-    io.write_json(out_dir / "timing.json", {"wall_seconds": time.perf_counter() - started, "arms": arms,
+    io.write_json(out_dir / TIMING_FILE, {"wall_seconds": time.perf_counter() - started, "arms": arms,
                                             "scenarios": [s.name for s in scenarios], "red_flags": flags})  # fmt: skip
     rates = (
         table.assign(capture=table.outcome.eq("capture"), collision=table.outcome.eq("collision"))

@@ -60,7 +60,10 @@ import numpy as np
 import pandas as pd
 
 from tasks import io
+# The study's report and the choice's params.yaml lines belong to the report (tasks/report_tuning.py),
+# which the decision report also embeds: the report never imports this module, this module imports it.
 from tasks.params import ExplorationGrid, Params, params_hash, training_config, validate_params
+from tasks.report_tuning import FIGURE_PATH, REPORT_PATH, committed_matches, params_snippet  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +72,6 @@ CELLS_PATH = RESULTS_DIR / "cells.csv"
 SWEEP_PATH = RESULTS_DIR / "filter_sweep.csv"
 CHOICE_PATH = RESULTS_DIR / "choice.json"
 # apart from the report stage's outputs (DVC empties reports/figures before each report run)
-REPORT_PATH = Path("reports/tuning/tuning_report.md")
-FIGURE_PATH = Path("reports/tuning/tuning_scores.png")
 RUNS_DIR = Path("runs/tuning")
 CELL_COLUMNS = ("algo", "config", "learning_rate", "knob", "value", "seed", "dev_episodes", "capture_rate",
                 "collision_rate", "score", "train_wall_seconds", "env_steps")
@@ -135,7 +136,8 @@ def run_cell(cell: dict[str, Any], root: str) -> dict[str, Any]:
     import torch
 
     from tasks import train
-    from tasks.evaluate import build_policy
+    from tasks.artifacts import model_path
+    from tasks.artifacts.policy import build_policy, load_trained
 
     root_path = Path(root)
     out = _cell_dir(root_path, cell)
@@ -147,7 +149,7 @@ def run_cell(cell: dict[str, Any], root: str) -> dict[str, Any]:
     params = Params.model_validate(cell["params"])
     torch.set_num_threads(1)
     summary = train.run(params, workdir=out, algo=cell["algo"], seed=cell["seed"])
-    actor, _, obs_rms, _ = train.load_trained(train.output_dir(out, cell["algo"], cell["seed"]) / "model.pt", params)
+    actor, _, obs_rms, _ = load_trained(model_path(out, cell["algo"], cell["seed"]), params)
     policy = build_policy(cell["algo"], actor, params)
     policy.eval()
     rates = dev_rates(policy, obs_rms, params)
@@ -210,12 +212,12 @@ def pooled_filter_choice(sweeps: pd.DataFrame, params: Params) -> dict[str, Any]
 
 
 def _sweep_baseline(root: Path, cell: dict[str, Any]) -> pd.DataFrame:
-    from tasks import train
+    from tasks.artifacts import model_path
+    from tasks.artifacts.policy import load_trained
     from tasks.evaluate import sweep_filters
 
     params = Params.model_validate(cell["params"])
-    actor, _, obs_rms, _ = train.load_trained(
-        train.output_dir(_cell_dir(root, cell), "baseline", cell["seed"]) / "model.pt", params)
+    actor, _, obs_rms, _ = load_trained(model_path(_cell_dir(root, cell), "baseline", cell["seed"]), params)
     return sweep_filters(actor, obs_rms, params).assign(seed=cell["seed"])
 
 
@@ -299,30 +301,3 @@ def render_report(params: Params, root: str | Path = ".") -> Path:
     cells = pd.read_csv(root / CELLS_PATH)
     sweep = pd.read_csv(root / SWEEP_PATH) if (root / SWEEP_PATH).is_file() else pd.DataFrame()
     return write_report(root, cells, choose(cells), sweep, json.loads((root / CHOICE_PATH).read_text()), params)
-
-
-def params_snippet(choice: dict[str, Any]) -> str:
-    """The params.yaml lines that commit a study's choice."""
-    def flow(mapping: dict[str, Any]) -> str:  # a YAML flow mapping: {learning_rate: 0.001, ...}
-        return "{" + ", ".join(f"{k}: {json.dumps(v)}" for k, v in mapping.items()) + "}"
-
-    lines = ["train:", "  per_algo:"]
-    for algo, settings in choice["per_algo"].items():
-        lines.append(f"    {algo}: {flow(settings)}")
-    if choice["tuned_filter"]:
-        lines += ["eval:", f"  tuned_filter: {flow(choice['tuned_filter'])}"]
-    return "\n".join(lines)
-
-
-def committed_matches(params: Params, choice: dict[str, Any]) -> list[str]:
-    """Differences between params (train.per_algo, eval.tuned_filter) and a study's choice ([] if none)."""
-    problems = []
-    for algo in ExplorationGrid.KNOB:
-        settings = {k: v for k, v in getattr(params.train.per_algo, algo).model_dump().items() if v is not None}
-        wanted = choice["per_algo"].get(algo, {})
-        if json.dumps(settings, sort_keys=True) != json.dumps(wanted, sort_keys=True):
-            problems.append(f"train.per_algo.{algo} = {settings}, the study chose {wanted}")
-    fixed = params.eval.tuned_filter.model_dump() if params.eval.tuned_filter is not None else None
-    if json.dumps(fixed, sort_keys=True) != json.dumps(choice["tuned_filter"], sort_keys=True):
-        problems.append(f"eval.tuned_filter = {fixed}, the study chose {choice['tuned_filter']}")
-    return problems

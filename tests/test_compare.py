@@ -12,12 +12,9 @@ import pytest
 from scipy import stats as sps
 
 from tasks import decision as protocol
+from tasks.artifacts import EPISODE_COLUMNS, StageInputError, episodes_path, read_episode_table
 from tasks.compare import (
-    EPISODE_COLUMNS,
     VERDICT_CODES,
-    StageInputError,
-    episodes_path,
-    read_episode_table,
     run,
     summarise,
     verdict_of,

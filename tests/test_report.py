@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from tasks import compare, report
-from tasks.compare import EPISODE_COLUMNS, StageInputError
+from tasks.artifacts import EPISODE_COLUMNS, StageInputError
 from tasks.params import DecisionParams, EvalParams, Params, TrainParams, params_hash
 
 SEEDS = [0, 1]

@@ -17,7 +17,10 @@ import torch
 
 from tasks import io
 from tasks.params import load_params
-from tasks.train import CHECKPOINT_NAME, CheckpointError, Trainer, cell_name, load_checkpoint, load_trained, run, state_root
+from tasks import train
+from tasks.artifacts import CheckpointError, model_path as trained_model_path
+from tasks.artifacts.policy import load_trained
+from tasks.train import CHECKPOINT_NAME, Trainer, load_checkpoint, run, state_root
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = {
@@ -61,7 +64,7 @@ def _plant(path: Path, record: dict, marker: Path) -> None:
 def test_planted_model_is_refused_by_load_trained_and_the_evaluate_cli(tmp_path, state_dir):
     params = load_params(overrides=TINY)
     run(params, tmp_path, "baseline", 0)
-    model_path = tmp_path / "results/train" / cell_name("baseline", 0) / "model.pt"
+    model_path = trained_model_path(tmp_path, "baseline", 0)
     actor, _, _, record = load_trained(model_path)  # what training wrote loads safely
     assert torch.equal(actor.log_std.detach(), record["actor"]["log_std"])
 
@@ -91,7 +94,8 @@ def test_planted_checkpoint_is_refused_on_resume_and_left_in_place(tmp_path, sta
     marker = tmp_path / "payload-ran"
     _plant(ckpt, state, marker)  # same key and config: only the payload stands in the way
     planted = ckpt.read_bytes()
-    with pytest.raises(CheckpointError, match="refused") as info:
+    # the train stage's own resume checkpoint: its CheckpointError (the contract's, once train imports it)
+    with pytest.raises(train.CheckpointError, match="refused") as info:
         run(params, tmp_path, "baseline", 0)
     assert str(ckpt) in str(info.value)
     assert not marker.exists()

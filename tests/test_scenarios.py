@@ -16,6 +16,7 @@ from model.actors import ActorOutput, make_actor
 from model.cbf import cbf_rows
 from model.ppo import RunningMeanStd
 from tasks import scenarios as S
+from tasks.artifacts import SCENARIO_EPISODE_COLUMNS
 from tasks.params import SCENARIOS, ParamsError, load_params
 
 
@@ -195,7 +196,7 @@ def test_cell_outputs_and_report_section(tmp_path: Path):
     S.play_cell(actor, _identity_rms(obs_dim), params, tmp_path, "baseline", 0, arms, scenarios)
     cell = S.output_dir(tmp_path, "baseline", 0)
     table = pd.read_csv(cell / "episodes.csv")
-    assert list(table.columns) == list(S.EPISODE_COLUMNS)
+    assert list(table.columns) == list(SCENARIO_EPISODE_COLUMNS)
     assert len(table) == len(arms) * len(names) * 3
     by_arm = [g.sort_values(["scenario", "episode"]).env_seed.to_numpy() for _, g in table.groupby("arm")]
     np.testing.assert_array_equal(by_arm[0], by_arm[1])

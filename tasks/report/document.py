@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.compare import SUMMARY_PATH, StageInputError
+from tasks.artifacts import SUMMARY_PATH, StageInputError
 from tasks.params import Params
 from tasks.report.figures import (
     ARM_COLOURS,

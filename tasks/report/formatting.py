@@ -18,12 +18,13 @@ ARM_LABELS = {
 }
 
 
-def _finite(x: Any) -> bool:
+def is_finite_number(x: Any) -> bool:
+    """True for an int or float (numpy's included) that is neither NaN nor inf: what can be printed."""
     return isinstance(x, (int, float, np.floating, np.integer)) and math.isfinite(float(x))
 
 
 def fmt_rate(x: Any) -> str:
-    return f"{100 * float(x):.2f} %" if _finite(x) else "n/a"
+    return f"{100 * float(x):.2f} %" if is_finite_number(x) else "n/a"
 
 
 def _pct(x: float) -> str:
@@ -33,9 +34,9 @@ def _pct(x: float) -> str:
 
 
 def fmt_rate_ci(est: Any, low: Any, high: Any) -> str:
-    if not _finite(est):
+    if not is_finite_number(est):
         return "n/a"
-    if not (_finite(low) and _finite(high)):
+    if not (is_finite_number(low) and is_finite_number(high)):
         return fmt_rate(est)
     if float(low) == float(high):  # a degenerate resampling interval says nothing: do not print it as one
         return f"{100 * float(est):.2f} % (no interval: every resample gave the same value)"
@@ -43,18 +44,18 @@ def fmt_rate_ci(est: Any, low: Any, high: Any) -> str:
 
 
 def fmt_ms_ci(est: Any, low: Any, high: Any) -> str:
-    if not _finite(est):
+    if not is_finite_number(est):
         return "n/a"
-    if not (_finite(low) and _finite(high)):
+    if not (is_finite_number(low) and is_finite_number(high)):
         return f"{float(est):.3f}"
     return f"{float(est):.3f} [{float(low):.3f}, {float(high):.3f}]"
 
 
 def fmt_pp_ci(est: Any, low: Any, high: Any) -> str:
-    if not _finite(est):
+    if not is_finite_number(est):
         return "n/a"
     text = f"{100 * float(est):+.2f} pp"
-    if _finite(low) and _finite(high):
+    if is_finite_number(low) and is_finite_number(high):
         text += f" [{100 * float(low):+.2f}, {100 * float(high):+.2f}]"
     return text
 
@@ -70,7 +71,7 @@ def fmt_metric(kind: str, row: pd.Series | dict, name: str) -> str:
 
 
 def fmt_seconds(seconds: Any) -> str:
-    if not _finite(seconds):
+    if not is_finite_number(seconds):
         return "not recorded"
     seconds = float(seconds)
     if seconds < 120:
@@ -112,7 +113,7 @@ def arm_label(arm: str, params: Params) -> str:
 
 
 def fmt_p(p: Any) -> str:
-    if not _finite(p):
+    if not is_finite_number(p):
         return "n/a"
     return "< 0.0001" if float(p) < 1e-4 else f"{float(p):.4f}"
 

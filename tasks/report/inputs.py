@@ -16,18 +16,24 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks.compare import (
+from tasks.artifacts import (
+    EPISODES_FILE,
     KNOWN_ARMS,
     METRICS_PATH,
+    QP_METRICS_PATH,
+    QP_TABLE_PATH,
     SUMMARY_PATH,
-    StageInputError,
+    TIMING_FILE,
+    TRAJECTORY_FILE,
     VERDICTS,
+    StageInputError,
+    eval_dir,
     read_episode_table,
+    model_path,
+    train_curve_path,
+    train_summary_path,
 )
 from tasks.params import Params
-
-QP_TABLE_PATH = Path("results/qp_benchmark/table.csv")
-QP_METRICS_PATH = Path("results/qp_benchmark/metrics.json")
 
 # Metrics shown per arm: (summary.csv column, label, kind) with kind "rate" (shown in %) or "ms".
 RESULT_METRICS: tuple[tuple[str, str, str], ...] = (
@@ -166,8 +172,7 @@ SAFETY_CURVES = ("collision_rate", "episodes")  # training-time safety (optional
 
 
 def read_train_cell(workdir: Path, algo: str, seed: int) -> TrainCell:
-    cell_dir = workdir / "results" / "train" / f"{algo}-s{seed}"
-    summary_path = cell_dir / "summary.json"
+    summary_path = train_summary_path(workdir, algo, seed)
     summary = _read_json(summary_path, "training summary (written by the train stage)")
     for key in ("total_steps", "wall_seconds"):
         if not isinstance(summary.get(key), (int, float)):
@@ -176,23 +181,23 @@ def read_train_cell(workdir: Path, algo: str, seed: int) -> TrainCell:
         raise StageInputError(
             f"{summary_path}: holds algo={summary.get('algo')!r} seed={summary.get('seed')!r}; expected {algo!r} {seed}"
         )
-    model_path = cell_dir / "model.pt"
-    if not model_path.is_file() or model_path.stat().st_size == 0:
-        raise StageInputError(f"{model_path}: checkpoint {'is empty' if model_path.is_file() else 'not found'}")
+    checkpoint = model_path(workdir, algo, seed)
+    if not checkpoint.is_file() or checkpoint.stat().st_size == 0:
+        raise StageInputError(f"{checkpoint}: checkpoint {'is empty' if checkpoint.is_file() else 'not found'}")
     curves = {}
     for metric in CURVE_METRICS + SAFETY_CURVES:
-        curve = _read_tsv_curve(cell_dir / "live" / "plots" / "metrics" / "rollout" / f"{metric}.tsv", metric)
+        curve = _read_tsv_curve(train_curve_path(workdir, algo, seed, f"rollout/{metric}"), metric)
         if curve is not None:
             curves[metric] = curve
-    return TrainCell(algo, seed, summary, md5_of(model_path), model_path, curves)
+    return TrainCell(algo, seed, summary, md5_of(checkpoint), checkpoint, curves)
 
 
 def read_eval_cell(workdir: Path, algo: str, seed: int, arms: list[str], need_trajectory: bool) -> EvalCell:
-    cell_dir = workdir / "results" / "eval" / f"{algo}-s{seed}"
-    episodes = read_episode_table(cell_dir / "episodes.csv", algo, seed)
+    cell_dir = eval_dir(workdir, algo, seed)
+    episodes = read_episode_table(cell_dir / EPISODES_FILE, algo, seed)
     episodes = episodes[episodes["arm"].isin(arms)].reset_index(drop=True)
     trajectory = None
-    traj_path = cell_dir / "trajectory.npz"
+    traj_path = cell_dir / TRAJECTORY_FILE
     if need_trajectory:
         if not traj_path.is_file():
             raise StageInputError(f"{traj_path}: trajectory file not found (written by the evaluate stage)")
@@ -208,7 +213,7 @@ def read_eval_cell(workdir: Path, algo: str, seed: int, arms: list[str], need_tr
             if key.endswith(("/pursuer", "/evader")) and (value.ndim != 2 or value.shape[1] != 2):
                 raise StageInputError(f"{traj_path}: '{key}' has shape {value.shape}; expected (T, 2)")
     wall = None
-    timing_path = cell_dir / "timing.json"
+    timing_path = cell_dir / TIMING_FILE
     if timing_path.exists():
         timing = _read_json(timing_path, "evaluation timing")
         wall = timing.get("wall_seconds") if isinstance(timing.get("wall_seconds"), (int, float)) else None

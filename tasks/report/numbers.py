@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from tasks.compare import KNOWN_ARMS
+from tasks.artifacts import KNOWN_ARMS
 from tasks.params import Params
 from tasks.report.inputs import Inputs
 

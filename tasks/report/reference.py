@@ -10,16 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.params import ARMS, Params
+from tasks.artifacts import ALGO_OF_ARM, ARMS
+from tasks.params import Params
 from tasks.report.formatting import arm_label, fmt_ms_ci, fmt_rate_ci, fmt_seconds, md_table
 from tasks.report.inputs import Inputs
 from tasks.report.numbers import _equal_budgets, across_seed_rows
-
-# The algorithm whose training an arm uses (a filter arm runs on the baseline's policy).
-ALGO_OF_ARM = {"barriernet": "barriernet", "baseline": "baseline",
-               "baseline_ct_filter": "baseline", "baseline_dcbf_filter": "baseline",
-               "barriernet_rcbf": "barriernet", "cbf_beta": "cbf_beta", "cbf_beta_rcbf": "cbf_beta",
-               "shielded": "shielded", "baseline_tuned_filter": "baseline"}
 
 # The reference project's published table: data, not code (its "source" field says where from).
 REFERENCE_PATH = Path(__file__).resolve().parent.parent.parent / "data" / "reference_phase25.json"

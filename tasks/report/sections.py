@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.compare import CANDIDATE_ARM, REFERENCE_ARM
+from tasks.artifacts import CANDIDATE_ARM, REFERENCE_ARM, stage_timing_path
 from tasks.params import Params
 from tasks.report.formatting import (
-    _finite,
+    is_finite_number,
     arm_label,
     fmt_interval_pp,
     fmt_metric,
@@ -112,7 +112,7 @@ def _budget_table(inputs: Inputs, params: Params) -> str:
         sps = s.get("env_steps_per_second")
         rows.append([
             cell.algo, cell.seed, f"{params.train.total_steps:,}", f"{int(s['total_steps']):,}", s.get("updates", "?"),
-            fmt_seconds(s["wall_seconds"]), f"{sps:,.0f}" if _finite(sps) else "n/a", fb_text,
+            fmt_seconds(s["wall_seconds"]), f"{sps:,.0f}" if is_finite_number(sps) else "n/a", fb_text,
             f"{s.get('rollout_device', '?')} / {s.get('update_device', '?')}",
             s.get("resumed_from_update") if s.get("resumed_from_update") is not None else "no",
         ])
@@ -123,7 +123,7 @@ def _budget_table(inputs: Inputs, params: Params) -> str:
 
 def _recorded_wall(workdir: Path, stage: str) -> float | None:
     """Wall seconds a stage recorded in results/<stage>/timing.json (tasks/registry.py), if any."""
-    path = Path(workdir) / "results" / stage / "timing.json"
+    path = stage_timing_path(workdir, stage)
     try:
         value = json.loads(path.read_text()).get("wall_seconds")
     except (OSError, ValueError, AttributeError):
@@ -208,7 +208,7 @@ def qp_summary(table: pd.DataFrame | None) -> str:
         if key in rows.columns:
             rows = rows[rows[key] == value]
     ratio = f"qpth/{reference}"
-    rows = rows[rows[ratio].map(_finite)] if ratio in rows.columns else rows.iloc[0:0]
+    rows = rows[rows[ratio].map(is_finite_number)] if ratio in rows.columns else rows.iloc[0:0]
     if not len(rows):
         return "The QP benchmark table is in the appendix."
     by_batch = rows.groupby("batch_size")[ratio].median()
@@ -243,8 +243,8 @@ def qp_section(table: pd.DataFrame | None) -> str:
     rows = []
     for _, row in pivot.iterrows():
         rows.append([row[k] for k in keys] + [int(row["batch_size"])]
-                    + [f"{row[b]:.3f}" if _finite(row[b]) else "-" for b in backends]
-                    + [f"{row[c]:.2f}x" if _finite(row[c]) else "-" for c in ratio_columns])
+                    + [f"{row[b]:.3f}" if is_finite_number(row[b]) else "-" for b in backends]
+                    + [f"{row[c]:.2f}x" if is_finite_number(row[c]) else "-" for c in ratio_columns])
     lines += ["Median time per batched solve; speed-up = other backend's median / "
               f"{reference}'s median, measured side by side in one run.", "", md_table(header, rows), ""]
     extra = [c for c in ("max_deviation", "solved_fraction") if c in table.columns]

@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 
 from tasks import decision as protocol
-from tasks.compare import METRICS_PATH, REFERENCE_ARM
+from tasks.artifacts import METRICS_PATH, REFERENCE_ARM
 from tasks.params import Params
 from tasks.report.formatting import (
-    _finite,
+    is_finite_number,
     fmt_interval_pp,
     fmt_p,
     fmt_rate,
@@ -236,7 +236,7 @@ def decision_section(inputs: Inputs, params: Params) -> tuple[str, str]:
     for algo in params.train.algos:
         wall = _mean_wall(inputs, algo)
         sps_ = [c.summary.get("env_steps_per_second") for c in inputs.train if c.algo == algo]
-        sps_ = [x for x in sps_ if _finite(x)]
+        sps_ = [x for x in sps_ if is_finite_number(x)]
         cost.append(f"{algo} {fmt_seconds(wall)} per seed" + (f" ({np.mean(sps_):,.0f} env steps/s)" if sps_ else ""))
     lines += ["", (f"Population: policies trained by these algorithms at this budget ({params.train.total_steps:,} env "
                    f"steps) and these hyper-parameters, {len(seeds)} training seeds ({', '.join(map(str, seeds))}), "
@@ -273,7 +273,7 @@ def decision_section(inputs: Inputs, params: Params) -> tuple[str, str]:
     gate_rows = protocol.gates(
         gap_a=m.get("gap"), barriernet_present=protocol.CANDIDATE_ARM in safety,
         chosen_unsafe=safety.get(chosen_arm) if chosen_arm else None, outcome=outcome,
-        matrix_complete=matrix_complete, p_values_complete=bool(steps) and all(_finite(s.get("p")) for s in steps),
+        matrix_complete=matrix_complete, p_values_complete=bool(steps) and all(is_finite_number(s.get("p")) for s in steps),
         plateau=plateau, decision=d)
     lines += ["### Gates PG-01..PG-05", "", md_table(["gate", "status", "evidence"],
                                                     [[g["gate"], g["status"], g["evidence"]] for g in gate_rows]), ""]

@@ -1,0 +1,94 @@
+"""Loading a trained policy from the train stage's ``model.pt``, and the policy each arm plays.
+
+Evaluate, scenarios and the tuning study load checkpoints the same way: ``torch.load`` with
+``weights_only=True`` (tensors and plain containers only), so a planted file from a shared DVC
+remote or a copied folder cannot run code. Kept apart from ``tasks.artifacts`` because it needs
+torch and the actors: a stage that only reads tables does not get the model in its code deps.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.actors import ALGOS, Critic, make_actor, make_filter
+from model.ppo import RunningMeanStd
+from tasks.artifacts import ALGO_OF_ARM, ARMS, CheckpointError
+from tasks.params import Params
+
+# The model layer owns the algorithm list (model/ must not import tasks/): every arm must need
+# an algorithm it can build, and every algorithm must be played by some arm.
+if set(ALGO_OF_ARM.values()) != set(ALGOS):
+    raise ImportError(f"tasks.artifacts.ALGO_OF_ARM names algorithms {sorted(set(ALGO_OF_ARM.values()))}; "
+                      f"model.actors.ALGOS has {sorted(ALGOS)}: they must agree")
+
+
+def _safe_torch_load(path: Path, what: str, map_location: Any) -> Any:
+    """torch.load with weights_only=True: tensors and plain containers (dict, list, tuple, str,
+    int, float, bool, None) only, so a planted file (from a shared DVC remote, a copied folder)
+    cannot run code. Raises CheckpointError naming the file: refused (other Python objects in the
+    pickle) or unreadable (truncated, not a torch file)."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{what} {path} was refused: it holds Python objects other than tensors and plain containers, "
+            f"which loading would run as code (torch.load weights_only=True: {reason}). It was left in place; "
+            "do not load it with weights_only=False unless you wrote it yourself. Delete it and rerun the train stage."
+        ) from None
+    except Exception as exc:  # truncated, tampered, not a torch file
+        raise CheckpointError(
+            f"{what} {path} is unreadable ({type(exc).__name__}: {exc}); it was left in place. "
+            "Delete it (or its folder) to start this configuration from scratch."
+        ) from None
+
+
+def load_trained(path: str | Path, params: Params | None = None, device: str | torch.device = "cpu"):
+    """Load model.pt -> (actor, critic, obs_rms, record). Raises CheckpointError naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"trained model {path} does not exist; run the train stage first")
+    try:
+        record = _safe_torch_load(path, "trained model", device)
+        if params is None:
+            params = Params.model_validate(record["params"])
+        actor = make_actor(record["algo"], record["obs_dim"], params.for_algo(record["algo"])).to(device)
+        actor.load_state_dict(record["actor"])
+        critic = Critic(record["obs_dim"], params.train.hidden_sizes).to(device)
+        critic.load_state_dict(record["critic"])
+        obs_rms = RunningMeanStd((record["obs_dim"],)).to(device)
+        obs_rms.load_state_dict(record["obs_rms"])
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(f"trained model {path} is unreadable or incompatible ({type(exc).__name__}: {exc})") from None
+    actor.eval()
+    return actor, critic, obs_rms, record
+
+
+def build_policy(arm: str, actor: torch.nn.Module, params: Params, tuned: dict[str, Any] | None = None) -> torch.nn.Module:
+    """The policy an arm plays. The training mechanisms (barriernet, baseline, cbf_beta: the
+    deterministic action inside the safe box, shielded: the filter it trained with) are the actor
+    itself; ``*_rcbf`` arms put the RCBF-QP filter (form ``cbf.form``, gamma ``cbf.filter_gamma``,
+    clearances + ``cbf.robust_margin``) on the actor's action -- for cbf_beta on its unconstrained
+    action (the Beta's mean over the whole action box), the deployment mechanism.
+    ``baseline_tuned_filter``: the filter the evaluate stage's sweep (or the tuning study) chose on
+    dev (`tuned`: its form, gamma, robust_margin)."""
+    if arm in ("barriernet", "baseline", "cbf_beta", "shielded"):
+        return actor
+    if arm == "baseline_tuned_filter":
+        if tuned is None:
+            raise ValueError("arm 'baseline_tuned_filter' needs the configuration the filter sweep chose on dev "
+                             "(eval.filter_sweep.enabled with baseline in eval.filter_sweep.algos)")
+        return make_filter(actor, params, tuned["form"], tuned["gamma"], robust_margin=tuned["robust_margin"])
+    if arm in ("barriernet_rcbf", "cbf_beta_rcbf"):
+        return make_filter(actor, params, params.cbf.form, robust_margin=params.cbf.robust_margin)
+    if arm == "baseline_ct_filter":
+        return make_filter(actor, params, "ct")
+    if arm == "baseline_dcbf_filter":
+        return make_filter(actor, params, "dcbf")
+    raise ValueError(f"unknown arm '{arm}'; accepted: {ARMS}")
