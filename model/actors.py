@@ -4,7 +4,13 @@ safety filter, and the critic.
 All actors share one interface (docs/ARCHITECTURE.md, "Safety layer")::
 
     forward(obs (B, obs_dim), safety: SafetyState, deterministic=False) -> ActorOutput
-    evaluate_actions(obs, safety, sample (B, 2)) -> (log_prob (B,), entropy (B,))
+    evaluate_actions(obs, safety, sample (B, 2), qp_hint=None, cbf_geometry=None) -> (log_prob (B,), entropy (B,))
+
+and what the PPO loop (`model.ppo`) needs from them, as explicit methods of `Actor` (defaults for
+a policy without a safety layer): ``update_inputs`` (the per-state inputs of ``evaluate_actions``,
+computed once per update), ``rollout_qp_hint`` (what the rollout stores for the update's QP),
+``rollout_metric_names`` / ``rollout_step_sums`` (the safety layer's rollout curves) and
+``policy_metrics`` (numbers of the policy itself, logged after each update).
 
 ``ActorOutput.action`` is what the env executes (physical units, within bounds); ``sample`` is what
 PPO stores and later re-scores with ``evaluate_actions`` (it is never re-drawn there: the
@@ -14,15 +20,17 @@ the mean). ``obs`` is already normalised; ``safety`` is the raw SafetyState.
 Units: every mean, std and sample here is in physical units, u = (v [m/s], w [rad/s]).
 
 The safety layer runs in float32 (or the obs' dtype if float64) with autocast disabled, so CUDA
-mixed precision never reaches the QP. No host synchronisation happens in forward unless
-``time_qp`` is set (then each QP solve is bracketed by ``torch.cuda.synchronize`` on CUDA).
+mixed precision never reaches the QP. No host synchronisation happens in forward.
+
+Two barriers meet in a rollout: the env's ``info["h"]`` (the body barrier, metres) and the
+actors' ``info["lookahead_h"]`` (the CBF rows' barrier on the look-ahead point, m^2 for
+obstacles); the key names which one.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from typing import TYPE_CHECKING, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -56,6 +64,71 @@ class ActorOutput(NamedTuple):
     sample: Tensor  # (B, 2) what PPO stores and re-scores
     log_prob: Tensor  # (B,)
     info: dict[str, Tensor]  # see each actor's docstring; empty for the baseline
+
+
+class UpdateInputs(NamedTuple):
+    """The per-state inputs of ``evaluate_actions`` besides obs and sample, for B states.
+
+    safety: the SafetyState, or None where the actor reads `cbf_geometry` instead;
+    qp_hint: (B, 2) int64 active sets of the rollout's QP (a warm start), or None;
+    cbf_geometry: the actor's per-state precomputation (`CBFGeometry`, `SafeBox`), or None.
+    """
+
+    safety: "SafetyState | None"
+    qp_hint: Tensor | None = None
+    cbf_geometry: Any = None
+
+    def index(self, idx: Tensor) -> "UpdateInputs":
+        """The inputs of states `idx` (a PPO minibatch)."""
+        safety = None if self.safety is None else type(self.safety)(*(x[idx] for x in self.safety))
+        return UpdateInputs(
+            safety,
+            None if self.qp_hint is None else self.qp_hint[idx],
+            None if self.cbf_geometry is None else self.cbf_geometry.index(idx),
+        )
+
+
+class Actor(nn.Module):
+    """What the PPO loop asks of every policy besides forward / evaluate_actions (module docstring).
+
+    The defaults are those of a policy without a safety layer (the baseline)."""
+
+    # The safety layer's rollout curves, logged as rollout/<name> = (sum over the rollout's env
+    # steps of `rollout_step_sums`) / (rollout_steps * num_envs).
+    rollout_metric_names: tuple[str, ...] = ()
+
+    def update_inputs(self, safety: "SafetyState", obs: Tensor, qp_hint: Tensor | None) -> UpdateInputs:
+        """Once per PPO update, for the whole batch: safety (B,) states, obs (B, obs_dim), qp_hint
+        (B, 2) int64 or None (what `rollout_qp_hint` stored). Indexed per minibatch."""
+        return UpdateInputs(safety)
+
+    def rollout_qp_hint(self, out: ActorOutput) -> Tensor | None:
+        """What the rollout stores per step for the update's re-solve, (B, 2) int64, or None."""
+        return None
+
+    def rollout_step_sums(self, out: ActorOutput) -> Tensor:
+        """(len(rollout_metric_names),) float64: this step's sums over the envs of the metrics."""
+        return torch.zeros(0, dtype=torch.float64, device=out.action.device)
+
+    def policy_metrics(self) -> dict[str, float]:
+        """Numbers of the policy itself, logged after each update (charts/*)."""
+        return {}
+
+
+# The rollout curves of every actor with a safety layer in the loop (BarrierNet's QP, CBF-Beta's
+# box, the shield), in the order `_safety_layer_sums` returns them.
+SAFETY_LAYER_METRICS = ("qp_intervention_rate", "qp_infeasible_rate", "mean_gamma", "qp_correction")
+
+
+def _safety_layer_sums(info: dict[str, Tensor]) -> list[Tensor]:
+    """A step's sums over the envs of SAFETY_LAYER_METRICS, each a float64 scalar (the int counts
+    exact, the float32 sums widened exactly)."""
+    return [
+        info["intervened"].sum().double(),
+        info["infeasible"].sum().double(),
+        info["gamma"].float().mean(dim=1).sum().double(),
+        info["correction"].sum().double(),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,7 +187,7 @@ class _ExactRows(NamedTuple):
     safety: "SafetyState"  # in the proposal's dtype and device
     gamma: float | Tensor  # per-step fraction, float or (B, M)
     robust_margin: float
-    h: Tensor  # (B, M) barrier values on the look-ahead point (absent obstacles +inf)
+    h: Tensor  # (B, M) barrier values on the look-ahead point (absent obstacles +inf): info["lookahead_h"]
 
 
 class _CBFProjection(nn.Module):
@@ -134,8 +207,6 @@ class _CBFProjection(nn.Module):
         self.register_buffer("weights", torch.tensor(cbf.action_weights, dtype=torch.float32), persistent=False)
         self.register_buffer("low", torch.tensor(low, dtype=torch.float32), persistent=False)
         self.register_buffer("high", torch.tensor(high, dtype=torch.float32), persistent=False)
-        self.time_qp = False
-        self.qp_ms: list[float] = []
 
     def rows(self, safety: "SafetyState", gamma: float | Tensor, like: Tensor, form: str | None = None,
              robust_margin: float = 0.0):
@@ -165,25 +236,14 @@ class _CBFProjection(nn.Module):
         weights = self.weights.to(u_ref.dtype)
         H = torch.diag(weights).expand(batch, 2, 2)
         f = -u_ref * weights
-        if self.time_qp:
-            _sync(u_ref)
-            start = time.perf_counter()
         if isinstance(rows, _ExactRows):
             solution = exact_dcbf_action(rows.safety, self.env, self.cbf, rows.gamma, u_ref,
                                          robust_margin=rows.robust_margin, active_hint=active_hint)
         else:
             solution = solve_qp(H, f, rows.A, rows.b, backend=self.cbf.qp_backend, mask=rows.mask,
                                 active_hint=active_hint)
-        if self.time_qp:
-            _sync(u_ref)
-            self.qp_ms.append((time.perf_counter() - start) * 1e3)
         u = torch.maximum(torch.minimum(solution.u, self.high.to(u_ref.dtype)), self.low.to(u_ref.dtype))
         return u, solution.feasible, solution.active
-
-
-def _sync(x: Tensor) -> None:
-    if x.is_cuda:
-        torch.cuda.synchronize(x.device)
 
 
 def _intervention_info(proposal: Tensor, executed: Tensor, tol: float, full_scale: Tensor) -> dict[str, Tensor]:
@@ -198,7 +258,7 @@ def _intervention_info(proposal: Tensor, executed: Tensor, tol: float, full_scal
 # BarrierNet
 
 
-class BarrierNetActor(nn.Module):
+class BarrierNetActor(Actor):
     """MLP backbone -> nominal-action head and class-K head -> CBF rows -> QP -> safe action.
 
     - nominal mean (B, 2): ``centre + half_range * tanh(raw)``, so it always lies inside the action
@@ -223,11 +283,14 @@ class BarrierNetActor(nn.Module):
     info: ``nominal`` (B, 2) nominal mean; ``gamma`` (B, M); ``proposal`` (B, 2) the action the
     nominal policy alone would have executed (nominal mean, plus std * eps when stochastic, clipped to the bounds);
     ``correction`` (B,) = |(executed - proposal) / (v_max, w_max)| (normalised units); ``intervened`` (B,) = correction > cbf.intervention_tol;
-    ``infeasible`` (B,) (any QP of this forward was infeasible); ``h`` (B, M) CBF values (absent
-    obstacles +inf); ``active_mean`` (B, 2) int64, only in through_qp mode with the exact
-    backend: the active rows of the mean's QP (-1 padded), which PPO stores and hands back to
-    ``evaluate_actions(..., qp_hint=)`` as a warm start; ``qp_ms`` (scalar) total QP wall time of this call for the whole batch, only
-    when ``time_qp`` is True.
+    ``infeasible`` (B,) (any QP of this forward was infeasible); ``lookahead_h`` (B, M) the CBF
+    rows' barrier values on the look-ahead point (absent obstacles +inf; not the env's body
+    barrier ``info["h"]``); ``active_mean`` (B, 2) int64, only in through_qp mode with the exact
+    backend: the active rows of the mean's QP (-1 padded), which PPO stores (`rollout_qp_hint`)
+    and hands back to ``evaluate_actions(..., qp_hint=)`` as a warm start.
+
+    Rollout curves: SAFETY_LAYER_METRICS, and in through_qp mode ``qp_active_rows`` (mean number
+    of active rows of the mean's QP per step) and ``qp_active_fraction`` (steps with one).
     """
 
     def __init__(
@@ -258,14 +321,9 @@ class BarrierNetActor(nn.Module):
         # tensor with its gradient (retain_grad changes no gradient).
         self.probe_nominal = False
         self.last_nominal: Tensor | None = None
-
-    @property
-    def time_qp(self) -> bool:
-        return self.projection.time_qp
-
-    @time_qp.setter
-    def time_qp(self, value: bool) -> None:
-        self.projection.time_qp = bool(value)
+        self.rollout_metric_names = SAFETY_LAYER_METRICS + (
+            ("qp_active_rows", "qp_active_fraction") if self.update_mode == "through_qp" else ()
+        )
 
     def _heads(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         """obs (B, obs_dim) -> nominal mean (B, 2), gamma (B, M), both float32 (float64 for float64 obs)."""
@@ -312,7 +370,6 @@ class BarrierNetActor(nn.Module):
 
     def forward(self, obs: Tensor, safety: "SafetyState", deterministic: bool = False) -> ActorOutput:
         self._check_safety(safety, obs.shape[0])
-        self.projection.qp_ms = []
         nominal, gamma = self._heads(obs)
         gamma = self.full_gamma(gamma, safety)
         std = self.std.to(nominal.dtype)
@@ -335,13 +392,32 @@ class BarrierNetActor(nn.Module):
         # control bounds. Bound clipping is not a safety intervention; only the CBF rows' is.
         centre, half = self.action_centre.to(proposal.dtype), self.action_half_range.to(proposal.dtype)
         proposal = torch.maximum(torch.minimum(proposal, centre + half), centre - half)
-        info = {"nominal": nominal, "gamma": gamma, "proposal": proposal, "infeasible": ~feasible, "h": rows.h}
+        info = {"nominal": nominal, "gamma": gamma, "proposal": proposal, "infeasible": ~feasible,
+                "lookahead_h": rows.h}
         info.update(_intervention_info(proposal, executed, self.cbf_params.intervention_tol, centre + half))
         if active_mean is not None:
             info["active_mean"] = active_mean
-        if self.time_qp:
-            info["qp_ms"] = torch.tensor(sum(self.projection.qp_ms))
         return ActorOutput(executed, sample, log_prob, info)
+
+    def update_inputs(self, safety: "SafetyState", obs: Tensor, qp_hint: Tensor | None) -> UpdateInputs:
+        """The rows' gamma-free part once per update (`cbf_geometry`) and the rollout's active
+        sets; where there is no geometry (nominal mode, dcbf_exact) the states themselves."""
+        geometry = self.cbf_geometry(safety, obs)
+        return UpdateInputs(safety if geometry is None else None, qp_hint, geometry)
+
+    def rollout_qp_hint(self, out: ActorOutput) -> Tensor | None:
+        """The mean's QP active set (B, 2) int64 (through_qp with the exact backend), else None."""
+        return out.info.get("active_mean")
+
+    def rollout_step_sums(self, out: ActorOutput) -> Tensor:
+        sums = _safety_layer_sums(out.info)
+        if self.update_mode == "through_qp":
+            if "active_mean" in out.info:
+                active = (out.info["active_mean"] >= 0).sum(dim=1)  # (B,) active rows of each mean's QP
+                sums += [active.sum().double(), (active > 0).sum().double()]
+            else:  # a backend without active sets (qpth): nothing counted
+                sums += [torch.zeros((), dtype=torch.float64, device=out.action.device)] * 2
+        return torch.stack(sums)
 
     def cbf_geometry(self, safety: "SafetyState", obs: Tensor) -> CBFGeometry | None:
         """The gamma-free part of the CBF rows of states (B,) (None in nominal mode, which needs no
@@ -386,7 +462,7 @@ class BarrierNetActor(nn.Module):
 # Baseline
 
 
-class GaussianActor(nn.Module):
+class GaussianActor(Actor):
     """The baseline PPO policy (CleanRL's continuous-action agent).
 
     MLP -> raw (B, 2); physical mean = centre + half_range * tanh(raw), inside the action box like
@@ -398,7 +474,7 @@ class GaussianActor(nn.Module):
     info is empty.
     """
 
-    def __init__(self, obs_dim: int, env_params: "EnvParams", hidden_sizes: Sequence[int] = (64, 64), init_log_std: float = -0.5):
+    def __init__(self, obs_dim: int, env_params: "EnvParams", hidden_sizes: Sequence[int], init_log_std: float):
         super().__init__()
         self.backbone = mlp_backbone(obs_dim, hidden_sizes)
         feature_dim = hidden_sizes[-1] if hidden_sizes else obs_dim
@@ -409,7 +485,6 @@ class GaussianActor(nn.Module):
         self.register_buffer("action_high", torch.tensor(high))
         self.register_buffer("action_centre", torch.tensor([(l + h) / 2 for l, h in zip(low, high)]))
         self.register_buffer("action_half_range", torch.tensor([(h - l) / 2 for l, h in zip(low, high)]))
-        self.time_qp = False  # no QP; accepted so the evaluate stage can treat all actors alike
 
     def distribution(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         """obs (B, obs_dim) -> physical mean (B, 2), physical std (2,)."""
@@ -426,18 +501,24 @@ class GaussianActor(nn.Module):
             action = torch.maximum(torch.minimum(sample, self.action_high.to(mean.dtype)), self.action_low.to(mean.dtype))
         return ActorOutput(action, sample, log_prob, {})
 
-    def evaluate_actions(self, obs: Tensor, safety: "SafetyState | None", sample: Tensor) -> tuple[Tensor, Tensor]:
-        """Score the STORED (unclipped) sample (B, 2): (log_prob (B,), entropy (B,))."""
+    def evaluate_actions(self, obs: Tensor, safety: "SafetyState | None", sample: Tensor, qp_hint: Tensor | None = None,
+                         cbf_geometry: Any = None) -> tuple[Tensor, Tensor]:
+        """Score the STORED (unclipped) sample (B, 2): (log_prob (B,), entropy (B,)). safety,
+        qp_hint and cbf_geometry are accepted and ignored (no safety layer)."""
         mean, std = self.distribution(obs)
         with torch.autocast(device_type=mean.device.type, enabled=False):
             return _normal_log_prob(sample.to(mean.dtype), mean, std), _normal_entropy(std, obs.shape[0])
+
+    def policy_metrics(self) -> dict[str, float]:
+        """charts/log_std_mean: the mean learned log-std (normalised units)."""
+        return {"charts/log_std_mean": float(self.log_std.detach().mean())}
 
 
 # ---------------------------------------------------------------------------------------------
 # Post-hoc safety filter
 
 
-class SafetyFilter(nn.Module):
+class SafetyFilter(Actor):
     """Wraps any actor at evaluation: its action is projected by the CBF QP at a fixed gamma.
 
     ``form`` "ct" (gamma: rate in 1/s) or "dcbf" (first-order discrete rows, gamma: per-step
@@ -446,8 +527,9 @@ class SafetyFilter(nn.Module):
     h(q+) >= (1 - gamma) h(q) on the exact arc step (model/dcbf_exact.py). forward has the actor's
     signature (pass deterministic=True at evaluation); sample and log_prob are the wrapped actor's.
     info: ``nominal`` (B, 2) the wrapped actor's executed action, ``gamma`` (B, M) the fixed gamma,
-    ``proposal`` (= nominal), ``correction``, ``intervened``, ``infeasible``, ``h``, ``qp_ms`` (only
-    when ``time_qp``), as for BarrierNetActor. evaluate_actions delegates to the wrapped actor.
+    ``proposal`` (= nominal), ``correction``, ``intervened``, ``infeasible``, ``lookahead_h``, as for
+    BarrierNetActor. evaluate_actions delegates to the wrapped actor. Rollout curves:
+    SAFETY_LAYER_METRICS.
 
     ``robust_margin`` (m, >= 0): the RCBF-QP filter, every clearance of the rows inflated by it
     (`model.cbf.cbf_rows`); 0 is the plain filter. ``infeasible`` also counts the wrapped actor's
@@ -467,35 +549,32 @@ class SafetyFilter(nn.Module):
         self.robust_margin = check_robust_margin(robust_margin)
         self.num_barriers = num_barriers(env_params.num_obstacles)
         self.projection = _CBFProjection(env_params, cbf_params)
-
-    @property
-    def time_qp(self) -> bool:
-        return self.projection.time_qp
-
-    @time_qp.setter
-    def time_qp(self, value: bool) -> None:
-        self.projection.time_qp = bool(value)
+        self.rollout_metric_names = SAFETY_LAYER_METRICS
 
     def forward(self, obs: Tensor, safety: "SafetyState", deterministic: bool = False) -> ActorOutput:
         if safety is None:
             raise ValueError("SafetyFilter needs the SafetyState (got None)")
         inner = self.actor(obs, safety, deterministic=deterministic)
         proposal = inner.action.to(_safe_dtype(inner.action))
-        self.projection.qp_ms = []
         with torch.autocast(device_type=proposal.device.type, enabled=False):
             rows = self.projection.rows(safety, self.gamma, proposal, form=self.form, robust_margin=self.robust_margin)
             executed, feasible, _ = self.projection(proposal, rows)
             if "infeasible" in inner.info:
                 feasible = feasible & ~inner.info["infeasible"]
         gamma = proposal.new_full((proposal.shape[0], rows.h.shape[1]), self.gamma)
-        info = {"nominal": proposal, "gamma": gamma, "proposal": proposal, "infeasible": ~feasible, "h": rows.h}
+        info = {"nominal": proposal, "gamma": gamma, "proposal": proposal, "infeasible": ~feasible,
+                "lookahead_h": rows.h}
         info.update(_intervention_info(proposal, executed, self.cbf_params.intervention_tol, self.projection.high))
-        if self.time_qp:
-            info["qp_ms"] = torch.tensor(sum(self.projection.qp_ms))
         return ActorOutput(executed, inner.sample, inner.log_prob, info)
 
-    def evaluate_actions(self, obs: Tensor, safety: "SafetyState", sample: Tensor) -> tuple[Tensor, Tensor]:
+    def evaluate_actions(self, obs: Tensor, safety: "SafetyState", sample: Tensor, qp_hint: Tensor | None = None,
+                         cbf_geometry: Any = None) -> tuple[Tensor, Tensor]:
+        """The wrapped actor's score of the stored sample (the filter is fixed, outside the policy).
+        qp_hint and cbf_geometry are accepted and ignored: `update_inputs` (the default) gives none."""
         return self.actor.evaluate_actions(obs, safety, sample)
+
+    def rollout_step_sums(self, out: ActorOutput) -> Tensor:
+        return torch.stack(_safety_layer_sums(out.info))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -525,13 +604,16 @@ class ShieldedActor(SafetyFilter):
     """
 
     def __init__(self, obs_dim: int, env_params: "EnvParams", cbf_params: "CBFParams",
-                 hidden_sizes: Sequence[int] = (64, 64), init_log_std: float = -0.5):
+                 hidden_sizes: Sequence[int], init_log_std: float):
         super().__init__(GaussianActor(obs_dim, env_params, hidden_sizes, init_log_std), env_params, cbf_params,
                          cbf_params.form, cbf_params.filter_gamma)
 
     @property
     def log_std(self) -> Tensor:
         return self.actor.log_std
+
+    def policy_metrics(self) -> dict[str, float]:
+        return self.actor.policy_metrics()
 
 
 def make_actor(algo: str, obs_dim: int, params: "Params") -> nn.Module:
@@ -569,7 +651,9 @@ def make_filter(actor: nn.Module, params: "Params", form: str, gamma: float | No
 
 
 __all__ = [
+    "Actor",
     "ActorOutput",
+    "UpdateInputs",
     "BarrierNetActor",
     "GaussianActor",
     "SafetyFilter",

@@ -48,8 +48,8 @@ Log-probability (feasible states): ``sum_d [log Beta(x_d; alpha_d, beta_d) - log
 the density of u on the box (the rescaling Jacobian). PPO stores x (the ``sample``) and re-scores it
 under the box of the state where it was drawn: the box is a deterministic function of the stored
 SafetyState (computed on the CPU in float64, element by element, so the rollout's and the update's
-boxes are the same numbers), built once per update through the ``cbf_geometry`` hook of
-`model.ppo.ppo_update`.
+boxes are the same numbers), built once per update by `CBFBetaActor.update_inputs` (called by
+`model.ppo.ppo_update`).
 """
 
 from __future__ import annotations
@@ -60,7 +60,19 @@ import torch
 from numba import njit
 from torch import Tensor, nn
 
-from model.actors import ActorOutput, _bounds, _intervention_info, _layer_init, _safe_dtype, _safety_like, mlp_backbone
+from model.actors import (
+    SAFETY_LAYER_METRICS,
+    Actor,
+    ActorOutput,
+    UpdateInputs,
+    _bounds,
+    _intervention_info,
+    _layer_init,
+    _safe_dtype,
+    _safety_layer_sums,
+    _safety_like,
+    mlp_backbone,
+)
 from model.cbf import cbf_rows, num_barriers
 from model.qp import solve_qp
 
@@ -310,7 +322,7 @@ def beta_log_prob(x: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
             - (torch.lgamma(alpha) + torch.lgamma(beta) - torch.lgamma(alpha + beta)))
 
 
-class CBFBetaActor(nn.Module):
+class CBFBetaActor(Actor):
     """CBF-Beta policy: MLP -> Beta concentrations per action dimension -> action in the safe box.
 
     - concentrations (B, 2) each: ``alpha = 1 + softplus(raw)``, ``beta = 1 + softplus(raw')``
@@ -330,8 +342,12 @@ class CBFBetaActor(nn.Module):
     info (B rows): ``proposal`` (B, 2) what the policy alone would execute: the same x on the whole
     action box; ``nominal`` (= proposal); ``correction`` = |(executed - proposal) / (v_max, w_max)| (what the safe
     box changed); ``intervened`` = correction > cbf.intervention_tol; ``infeasible`` (B,);
-    ``gamma`` (B, M) the fixed filter gamma; ``h`` (B, M) barrier values; ``box_low``, ``box_high``
-    (B, 2) the safe box.
+    ``gamma`` (B, M) the fixed filter gamma; ``lookahead_h`` (B, M) the rows' barrier values on the
+    look-ahead point (not the env's body barrier ``info["h"]``); ``box_low``, ``box_high`` (B, 2)
+    the safe box.
+
+    Rollout curves: SAFETY_LAYER_METRICS, and ``box_width_v``, ``box_width_w``: the mean safe-box
+    width per step as a fraction of the action range, from each step's own box.
     """
 
     def __init__(
@@ -352,7 +368,7 @@ class CBFBetaActor(nn.Module):
         self.action_low, self.action_high = low, high
         self.register_buffer("low", torch.tensor(low), persistent=False)
         self.register_buffer("high", torch.tensor(high), persistent=False)
-        self.time_qp = False  # no QP on the action (the box's centre QP is part of the decision time)
+        self.rollout_metric_names = SAFETY_LAYER_METRICS + ("box_width_v", "box_width_w")
 
     # -- pieces --------------------------------------------------------------------------------
     def concentrations(self, obs: Tensor) -> tuple[Tensor, Tensor]:
@@ -368,7 +384,8 @@ class CBFBetaActor(nn.Module):
     def cbf_geometry(self, safety: "SafetyState", obs: Tensor | None = None) -> SafeBox:
         """The safe boxes of states (B,), on obs' device (or the CPU): the per-state part of
         `evaluate_actions`, computed once per PPO update (`model.ppo.ppo_update`'s hook) and
-        indexed per minibatch. Always computed on the CPU in float64: the rollout's numbers."""
+        indexed per minibatch (`update_inputs`). Always computed on the CPU in float64: the
+        rollout's numbers."""
         if safety is None:
             raise ValueError("CBFBetaActor needs the SafetyState (got None)")
         rows = self.rows(safety)
@@ -406,7 +423,8 @@ class CBFBetaActor(nn.Module):
             proposal = low + x * (high - low)
         gamma = proposal.new_full((proposal.shape[0], num_barriers(self.num_obstacles)), self.gamma)
         info = {"nominal": proposal, "proposal": proposal, "infeasible": ~box.feasible, "gamma": gamma,
-                "h": rows.h.to(device=obs.device, dtype=dtype), "box_low": box.low.to(dtype), "box_high": box.high.to(dtype)}
+                "lookahead_h": rows.h.to(device=obs.device, dtype=dtype), "box_low": box.low.to(dtype),
+                "box_high": box.high.to(dtype)}
         info.update(_intervention_info(proposal, executed, self.cbf_params.intervention_tol, self.high))
         return ActorOutput(executed, x, log_prob, info)
 
@@ -423,9 +441,11 @@ class CBFBetaActor(nn.Module):
         return ActorOutput(action, x, log_prob, {})
 
     def evaluate_actions(
-        self, obs: Tensor, safety: "SafetyState | None", sample: Tensor, cbf_geometry: SafeBox | None = None,
+        self, obs: Tensor, safety: "SafetyState | None", sample: Tensor, qp_hint: Tensor | None = None,
+        cbf_geometry: SafeBox | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Score the STORED x (B, 2) under the current policy: (log_prob (B,), entropy (B,))."""
+        """Score the STORED x (B, 2) under the current policy: (log_prob (B,), entropy (B,)).
+        qp_hint is accepted and ignored (no QP on the action)."""
         alpha, beta = self.concentrations(obs)
         box = cbf_geometry if cbf_geometry is not None else self.cbf_geometry(safety, obs)
         with torch.autocast(device_type=alpha.device.type, enabled=False):
@@ -433,15 +453,25 @@ class CBFBetaActor(nn.Module):
             entropy = torch.distributions.Beta(alpha, beta).entropy().sum(-1)
         return log_prob, entropy
 
+    def update_inputs(self, safety: "SafetyState", obs: Tensor, qp_hint: Tensor | None) -> UpdateInputs:
+        """The safe boxes of the whole batch, once per update (no QP on the action: no hint)."""
+        return UpdateInputs(None, None, self.cbf_geometry(safety, obs))
 
-class UnconstrainedBeta(nn.Module):
+    def rollout_step_sums(self, out: ActorOutput) -> Tensor:
+        """SAFETY_LAYER_METRICS, then the sums of this step's box widths (high - low of the boxes
+        of this very step, in info) as fractions of the action range, (2,) v and w."""
+        full = self.high - self.low  # the action box (2,)
+        width = (out.info["box_high"] - out.info["box_low"]) / full.to(out.info["box_low"].dtype)  # (B, 2)
+        return torch.stack(_safety_layer_sums(out.info) + list(width.double().sum(dim=0)))
+
+
+class UnconstrainedBeta(Actor):
     """A CBFBetaActor's policy over the whole action box (no safe box): what `SafetyFilter`
     wraps for the deployment arm ``cbf_beta_rcbf``. Same forward signature; info {}."""
 
     def __init__(self, actor: CBFBetaActor):
         super().__init__()
         self.actor = actor
-        self.time_qp = False
 
     def forward(self, obs: Tensor, safety: "SafetyState | None" = None, deterministic: bool = False) -> ActorOutput:
         return self.actor.forward_unconstrained(obs, deterministic=deterministic)

@@ -1,8 +1,11 @@
-"""PPO pieces shared by BarrierNet and the baseline: normalisers, rollout buffer, GAE, update.
+"""PPO for every actor: normalisers, rollout buffer, collect -> GAE -> update.
 
 Read top to bottom like CleanRL's ppo_continuous_action.py: the rollout tensors are
-preallocated as (rollout_steps, num_envs, ...), GAE runs backwards over them, and
-`ppo_update` iterates shuffled minibatches with the clipped surrogate and value loss.
+preallocated as (rollout_steps, num_envs, ...), `collect_rollout` fills them, `compute_gae` runs
+backwards over them, and `ppo_update` iterates shuffled minibatches with the clipped surrogate
+and value loss; `ppo_iteration` is the three in order. What the update and the rollout curves
+need from an actor it asks through the actor's methods (`model.actors.Actor`). Devices,
+checkpoints, resume and logging belong to the train stage (`tasks/train.py`).
 
 Differences from CleanRL, kept on purpose:
 - truncation (timeout) is not folded into `done`: the value of the final observation is
@@ -13,14 +16,15 @@ Differences from CleanRL, kept on purpose:
 
 from __future__ import annotations
 
-import inspect
+import time
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from env.core import SafetyState
+from env.core import PursuitEvasionCore, SafetyState
+from model.actors import Actor, UpdateInputs
 
 
 class RunningMeanStd(nn.Module):
@@ -74,50 +78,16 @@ class RewardScaler(nn.Module):
         return (reward.to(torch.float64) / torch.sqrt(self.stats.var + 1e-8)).to(reward.dtype)
 
 
-def compute_gae(
-    rewards: Tensor,
-    values: Tensor,
-    terminated: Tensor,
-    truncated: Tensor,
-    final_values: Tensor,
-    next_value: Tensor,
-    gamma: float,
-    gae_lambda: float,
-) -> tuple[Tensor, Tensor]:
-    """Generalised advantage estimation with the truncation bootstrap.
-
-    rewards, values, final_values: (T, N) float; terminated, truncated: (T, N) bool;
-    next_value: (N,) value of the observation after the last step.
-    `final_values[t]` is V(final observation) for envs truncated at step t (ignored elsewhere):
-    a timeout is not a terminal state, so its target keeps gamma * V(s_final).
-    Returns (advantages, returns), both (T, N).
-    """
-    num_steps = rewards.shape[0]
-    advantages = torch.zeros_like(rewards)
-    last_advantage = torch.zeros_like(next_value)
-    ended = terminated | truncated
-    for t in reversed(range(num_steps)):
-        following_value = next_value if t == num_steps - 1 else values[t + 1]
-        # After an ended episode, the next row belongs to a new episode: cut the chain there.
-        bootstrap = torch.where(
-            ended[t], torch.where(truncated[t] & ~terminated[t], final_values[t], 0.0), following_value
-        )
-        delta = rewards[t] + gamma * bootstrap - values[t]
-        last_advantage = delta + gamma * gae_lambda * (~ended[t]).to(rewards.dtype) * last_advantage
-        advantages[t] = last_advantage
-    return advantages, advantages + values
-
-
 class RolloutBuffer:
     """Preallocated rollout storage, (rollout_steps, num_envs, ...) on one device.
 
     Fields: obs (T,N,D) normalised observations; sample (T,N,2) what the policy drew and PPO
-    re-scores; action (T,N,2) what the env executed; nominal (T,N,2); log_prob, value, reward,
+    re-scores; action (T,N,2) what the env executed; log_prob, value, reward,
     final_value (T,N); terminated, truncated (T,N) bool; the SafetyState tensors
     (pursuer (T,N,3), obstacle_centres (T,N,K,2), obstacle_radii (T,N,K), obstacle_mask (T,N,K));
     optional qp_active (T,N,2) int64 (None until `store_qp_active` is first called): the active
-    set of the policy mean's QP at each step (BarrierNet's ``info["active_mean"]``), handed back
-    to ``evaluate_actions(..., qp_hint=)`` as a warm start.
+    set of the policy mean's QP at each step (the actor's `rollout_qp_hint`), handed back to
+    ``evaluate_actions(..., qp_hint=)`` as a warm start.
     """
 
     def __init__(self, num_steps: int, num_envs: int, obs_dim: int, num_obstacles: int, device: torch.device | str):
@@ -127,7 +97,6 @@ class RolloutBuffer:
         self.obs = torch.zeros(T, N, obs_dim, **f32)
         self.sample = torch.zeros(T, N, 2, **f32)
         self.action = torch.zeros(T, N, 2, **f32)
-        self.nominal = torch.zeros(T, N, 2, **f32)
         self.log_prob = torch.zeros(T, N, **f32)
         self.value = torch.zeros(T, N, **f32)
         self.reward = torch.zeros(T, N, **f32)
@@ -181,8 +150,185 @@ class Batch(NamedTuple):
     qp_active: Tensor | None = None  # (B, 2) int64 warm start for the actor's QP, or None
 
 
-def _index_safety(safety: SafetyState, idx: Tensor) -> SafetyState:
-    return SafetyState(*(x[idx] for x in safety))
+# ---------------------------------------------------------------------------------------------
+# 1. Collect: the rollout copy of the agent acts in the batched env for rollout_steps steps
+
+
+class NonFiniteStep(RuntimeError):
+    """A NaN/inf observation or reward in a rollout, at rollout step `step` of env `env_index`;
+    `what` is "observation", "reward" or (sync-free rollouts) "observation or reward", `detail`
+    the bad row (empty when unknown)."""
+
+    def __init__(self, step: int, env_index: int, what: str, detail: str = ""):
+        super().__init__(f"non-finite {what} at rollout step {step}, env index {env_index}{detail}")
+        self.step, self.env_index, self.what, self.detail = step, env_index, what, detail
+
+
+class RolloutTotals(NamedTuple):
+    """A rollout's sums over its steps * envs env steps (float64 sums, as Python floats)."""
+
+    rollout_steps: int
+    env_steps: int  # rollout_steps * num_envs
+    episodes: float  # episodes that ended
+    captures: float
+    collisions: float
+    return_sum: float  # sum of the ended episodes' returns
+    violation_steps: float  # env steps with a body barrier h < 0
+    safety_layer: list[float]  # the actor's rollout_step_sums, summed; order: actor.rollout_metric_names
+    policy_seconds: float  # wall time of the actor's forward passes
+
+
+def _check_finite(obs: Tensor, reward: Tensor, t: int) -> None:
+    """obs (N, D), reward (N,) after step t: raise NonFiniteStep naming the first bad env."""
+    bad = ~torch.isfinite(obs).all(dim=1) | ~torch.isfinite(reward)
+    if bool(bad.any()):
+        env_index = int(bad.nonzero()[0, 0])
+        what = "observation" if not bool(torch.isfinite(obs[env_index]).all()) else "reward"
+        raise NonFiniteStep(t, env_index, what, f": obs={obs[env_index].tolist()} reward={float(reward[env_index])}")
+
+
+@torch.no_grad()
+def collect_rollout(
+    env: PursuitEvasionCore,
+    actor: Actor,
+    critic: nn.Module,
+    buffer: "RolloutBuffer",
+    obs_rms: RunningMeanStd,
+    reward_scaler: RewardScaler,
+    next_obs: Tensor,
+    norm_obs: bool,
+    sync_free: bool,
+) -> tuple[Tensor, RolloutTotals]:
+    """Fill `buffer` with buffer.num_steps steps of every env, starting from next_obs (N, D).
+
+    obs_rms learns from each raw observation (when norm_obs) before normalising it; rewards are
+    stored scaled by `reward_scaler`; a truncated env's final observation is valued by the critic
+    for the GAE bootstrap. sync_free (CUDA): no host sync per step, the NaN check runs once at the
+    end (else after every step, naming the bad step before its NaN spreads).
+    Returns (the observation after the last step (N, D), the rollout's totals). Raises NonFiniteStep.
+    """
+    num_steps, num_envs = buffer.num_steps, buffer.num_envs
+    device = next_obs.device
+    counts = torch.zeros(5, dtype=torch.float64, device=device)  # RolloutTotals' fields episodes .. violation_steps
+    safety_layer = torch.zeros(len(actor.rollout_metric_names), dtype=torch.float64, device=device)
+    nonfinite = torch.zeros(num_steps, num_envs, dtype=torch.bool, device=device) if sync_free else None
+    normalize = obs_rms.normalize if norm_obs else (lambda x: x)
+    policy_seconds = 0.0
+    for t in range(num_steps):
+        obs = next_obs
+        if norm_obs:
+            obs_rms.update(obs)
+        obs_n = normalize(obs)
+        safety = env.safety_state()
+        started = time.perf_counter()
+        out = actor(obs_n, safety)
+        policy_seconds += time.perf_counter() - started
+        value = critic(obs_n)
+        next_obs, reward, terminated, truncated, info = env.step(out.action)
+        if sync_free:
+            nonfinite[t] = ~torch.isfinite(next_obs).all(dim=1) | ~torch.isfinite(reward)
+        else:
+            _check_finite(next_obs, reward, t)
+
+        ended = terminated | truncated
+        # a timeout is no terminal state: GAE bootstraps from V(final observation)
+        if sync_free:  # one critic pass more per step beats a device sync
+            final_value = torch.where(truncated, critic(normalize(info["final_obs"])), 0.0)
+        elif bool(truncated.any()):
+            final_value = torch.where(truncated, critic(normalize(info["final_obs"])), 0.0)
+        else:
+            final_value = torch.zeros_like(reward)
+
+        buffer.obs[t] = obs_n
+        buffer.sample[t] = out.sample
+        buffer.action[t] = out.action
+        buffer.log_prob[t] = out.log_prob
+        buffer.value[t] = value
+        buffer.reward[t] = reward_scaler(reward, ended)
+        buffer.final_value[t] = final_value
+        buffer.terminated[t] = terminated
+        buffer.truncated[t] = truncated
+        buffer.store_safety(t, safety)
+        qp_hint = actor.rollout_qp_hint(out)
+        if qp_hint is not None:
+            buffer.store_qp_active(t, qp_hint)
+
+        counts[0] += ended.sum()
+        counts[1] += (info["captured"] & ended).sum()
+        counts[2] += (info["collided"] & ended).sum()
+        counts[3] += torch.where(ended, info["episode_return"], 0.0).sum()
+        counts[4] += (info["h"] < 0).any(dim=1).sum()  # the env's body barrier (metres)
+        safety_layer += actor.rollout_step_sums(out)
+
+    if sync_free and bool(nonfinite.any()):  # one sync per rollout
+        t, env_index = (int(i) for i in nonfinite.nonzero()[0])
+        raise NonFiniteStep(t, env_index, "observation or reward")
+    c = counts.tolist()  # the rollout's device-to-host transfers of statistics
+    totals = RolloutTotals(num_steps, num_steps * num_envs, c[0], c[1], c[2], c[3], c[4], safety_layer.tolist(), policy_seconds)
+    return next_obs, totals
+
+
+def rollout_metrics(totals: RolloutTotals, actor: Actor, collisions_cumulative: float) -> dict[str, float]:
+    """The rollout's curves (rollout/*, perf/policy_ms): rates per env step or per ended episode;
+    collisions_cumulative: the training's collisions so far, this rollout's included."""
+    steps = totals.env_steps
+    stats = {
+        "rollout/episodes": totals.episodes,
+        "rollout/cbf_violation_rate": totals.violation_steps / steps,
+        "rollout/collisions_cumulative": collisions_cumulative,
+    }
+    if totals.episodes > 0:
+        stats.update({
+            "rollout/episode_return": totals.return_sum / totals.episodes,
+            "rollout/capture_rate": totals.captures / totals.episodes,
+            "rollout/collision_rate": totals.collisions / totals.episodes,
+        })
+    stats.update({f"rollout/{name}": value / steps for name, value in zip(actor.rollout_metric_names, totals.safety_layer)})
+    # the policy's whole forward per rollout step (all envs): its safety layer included, if any
+    stats["perf/policy_ms"] = 1000.0 * totals.policy_seconds / totals.rollout_steps
+    return stats
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. GAE over the rollout
+
+
+def compute_gae(
+    rewards: Tensor,
+    values: Tensor,
+    terminated: Tensor,
+    truncated: Tensor,
+    final_values: Tensor,
+    next_value: Tensor,
+    gamma: float,
+    gae_lambda: float,
+) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimation with the truncation bootstrap.
+
+    rewards, values, final_values: (T, N) float; terminated, truncated: (T, N) bool;
+    next_value: (N,) value of the observation after the last step.
+    `final_values[t]` is V(final observation) for envs truncated at step t (ignored elsewhere):
+    a timeout is not a terminal state, so its target keeps gamma * V(s_final).
+    Returns (advantages, returns), both (T, N).
+    """
+    num_steps = rewards.shape[0]
+    advantages = torch.zeros_like(rewards)
+    last_advantage = torch.zeros_like(next_value)
+    ended = terminated | truncated
+    for t in reversed(range(num_steps)):
+        following_value = next_value if t == num_steps - 1 else values[t + 1]
+        # After an ended episode, the next row belongs to a new episode: cut the chain there.
+        bootstrap = torch.where(
+            ended[t], torch.where(truncated[t] & ~terminated[t], final_values[t], 0.0), following_value
+        )
+        delta = rewards[t] + gamma * bootstrap - values[t]
+        last_advantage = delta + gamma * gae_lambda * (~ended[t]).to(rewards.dtype) * last_advantage
+        advantages[t] = last_advantage
+    return advantages, advantages + values
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Update: epochs of shuffled minibatches
 
 
 @dataclass
@@ -204,7 +350,7 @@ def explained_variance(pred: Tensor, target: Tensor) -> float:
 
 
 def ppo_update(
-    actor: nn.Module,
+    actor: Actor,
     critic: nn.Module,
     optimizer: torch.optim.Optimizer,
     batch: Batch,
@@ -227,23 +373,21 @@ def ppo_update(
     batch_size = batch.obs.shape[0]
     amp = scaler is not None
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    # the stored QP active sets speed up the actor's re-solve (results unchanged)
-    use_hint = batch.qp_active is not None and "qp_hint" in inspect.signature(actor.evaluate_actions).parameters
-    # the gamma-free part of BarrierNet's CBF rows depends on the states only: once per update
-    geometry = actor.cbf_geometry(batch.safety, batch.obs) if hasattr(actor, "cbf_geometry") else None
+    # what evaluate_actions needs per state besides obs and sample, once per update (BarrierNet:
+    # the rows' gamma-free part and the rollout's QP active sets; CBF-Beta: the safe boxes)
+    inputs = actor.update_inputs(batch.safety, batch.obs, batch.qp_active)
     clipfracs, approx_kls = [], []
     pg_loss = v_loss = entropy_loss = torch.zeros(())
     for _ in range(cfg.update_epochs):
         order = torch.randperm(batch_size, generator=generator).to(device)
         for start in range(0, batch_size, cfg.minibatch_size):
             idx = order[start : start + cfg.minibatch_size]
+            minibatch = inputs.index(idx)
             with torch.autocast(device_type=device.type, enabled=amp):
-                hint = {"qp_hint": batch.qp_active[idx]} if use_hint else {}
-                if geometry is not None:
-                    hint["cbf_geometry"] = geometry.index(idx)
-                # with the geometry the actor reads no SafetyState (the indexing is skipped)
-                safety = None if geometry is not None else _index_safety(batch.safety, idx)
-                new_log_prob, entropy = actor.evaluate_actions(batch.obs[idx], safety, batch.sample[idx], **hint)
+                new_log_prob, entropy = actor.evaluate_actions(
+                    batch.obs[idx], minibatch.safety, batch.sample[idx],
+                    qp_hint=minibatch.qp_hint, cbf_geometry=minibatch.cbf_geometry,
+                )
                 new_value = critic(batch.obs[idx]).float()
             log_ratio = new_log_prob.float() - batch.log_prob[idx]
             ratio = log_ratio.exp()
@@ -292,3 +436,90 @@ def ppo_update(
         "losses/clipfrac": float(torch.stack(clipfracs).mean()),
         "losses/explained_variance": explained_variance(batch.value, batch.returns),
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# One iteration: collect -> GAE -> update
+
+
+class UpdateOutOfMemory(RuntimeError):
+    """CUDA ran out of memory in the PPO update (not the rollout): a smaller minibatch may fit."""
+
+
+@dataclass
+class PPOAgent:
+    """What one PPO iteration reads and changes. The learner (actor, critic, optimizer) lives on
+    the update device; `rollout_actor` / `rollout_critic` are its copies beside the env (the same
+    objects when both devices agree), refreshed from the learner after every update."""
+
+    env: PursuitEvasionCore
+    actor: Actor
+    critic: nn.Module
+    rollout_actor: Actor
+    rollout_critic: nn.Module
+    optimizer: torch.optim.Optimizer
+    obs_rms: RunningMeanStd
+    reward_scaler: RewardScaler
+    buffer: RolloutBuffer
+    generator: torch.Generator  # CPU: the minibatch permutations
+    scaler: "torch.amp.GradScaler | None" = None  # CUDA mixed precision only
+
+    def sync_rollout_copy(self) -> None:
+        if self.rollout_actor is not self.actor:
+            self.rollout_actor.load_state_dict(self.actor.state_dict())
+            self.rollout_critic.load_state_dict(self.critic.state_dict())
+
+
+@dataclass
+class IterationConfig:
+    """The rollout and GAE settings of an iteration (the update's are in UpdateConfig)."""
+
+    gamma: float
+    gae_lambda: float
+    norm_obs: bool
+    sync_free: bool  # no per-step host sync in the rollout (CUDA)
+
+
+def ppo_iteration(
+    agent: PPOAgent,
+    next_obs: Tensor,
+    config: IterationConfig,
+    update_cfg: UpdateConfig,
+    update_device: torch.device,
+    learning_rate: float,
+    after_backward: "Callable[[], None] | None" = None,
+) -> tuple[Tensor, RolloutTotals, dict[str, float]]:
+    """One PPO iteration from next_obs (N, D): set the learning rate, collect a rollout, GAE,
+    update the learner, copy its weights to the rollout copy.
+
+    Returns (the observation to continue from (N, D), the rollout's totals, the update's
+    statistics). Raises NonFiniteStep (a bad observation or reward), UpdateOutOfMemory.
+    """
+    for group in agent.optimizer.param_groups:
+        group["lr"] = learning_rate
+
+    # 1. collect
+    next_obs, totals = collect_rollout(
+        agent.env, agent.rollout_actor, agent.rollout_critic, agent.buffer, agent.obs_rms, agent.reward_scaler,
+        next_obs, config.norm_obs, config.sync_free,
+    )
+
+    # 2. GAE, bootstrapped from the value of the observation after the last step
+    b = agent.buffer
+    with torch.no_grad():
+        next_value = agent.rollout_critic(agent.obs_rms.normalize(next_obs) if config.norm_obs else next_obs)
+    advantages, returns = compute_gae(
+        b.reward, b.value, b.terminated, b.truncated, b.final_value, next_value, config.gamma, config.gae_lambda
+    )
+
+    # 3. update the learner on the flattened rollout, then refresh the rollout copy
+    batch = b.flatten(advantages, returns, update_device)
+    try:
+        stats = ppo_update(
+            agent.actor, agent.critic, agent.optimizer, batch, update_cfg, agent.generator, agent.scaler,
+            after_backward=after_backward,
+        )
+    except torch.cuda.OutOfMemoryError as exc:
+        raise UpdateOutOfMemory(str(exc)) from exc
+    agent.sync_rollout_copy()
+    return next_obs, totals, stats

@@ -16,6 +16,9 @@ Hybrid scheme (the reference design's, kept because batch-1 GPU inference loses 
 the rollout copy of the agent lives on ``train.rollout_device`` beside the batched env, the
 learner on ``train.update_device``; weights are copied to the rollout copy after every update,
 and each rollout goes to the learner in one transfer per tensor.
+
+The PPO iteration itself (collect -> GAE -> update) is `model.ppo.ppo_iteration`; this stage
+keeps the devices, checkpoints, resume keys and logging around it.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -39,7 +42,20 @@ import torch
 from env.core import PursuitEvasionCore
 from model.actors import ALGOS, Critic, make_actor
 from model.diagnostics import GradientProbe
-from model.ppo import RewardScaler, RolloutBuffer, RunningMeanStd, UpdateConfig, compute_gae, ppo_update
+from model.ppo import (
+    IterationConfig,
+    NonFiniteStep,
+    PPOAgent,
+    RewardScaler,
+    RolloutBuffer,
+    RolloutTotals,
+    RunningMeanStd,
+    UpdateConfig,
+    UpdateOutOfMemory,
+    collect_rollout,
+    ppo_iteration,
+    rollout_metrics,
+)
 from tasks import io, numerics
 from tasks.gpu import release_cached_memory, set_allocator_defaults, wait_for_headroom
 from tasks.params import Params, params_hash, training_config
@@ -50,7 +66,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINT_NAME = "checkpoint.pt"
 # Curves whose values depend on wall-clock time, not on the computation (excluded from the
 # bit-exact resume comparison).
-TIMING_METRICS = ("perf/SPS", "perf/qp_ms")
+TIMING_METRICS = ("perf/SPS", "perf/policy_ms")
 
 
 class TrainingError(RuntimeError):
@@ -138,19 +154,32 @@ def _allocate_adam_state(optimizer: torch.optim.Adam) -> None:
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
-def _maybe_inject_fault(update: int) -> None:
-    """Test-only switch: raise once after `update` (a marker file remembers it happened)."""
+def fault_injection_hook() -> Callable[[int], None]:
+    """The test-only fault switch, read once from the environment (so a test reaches another
+    process, such as a Dask worker): called with the number of updates done after each one.
+
+    BARRIERNET_FAULT_TRAIN_AFTER_UPDATE=n and BARRIERNET_FAULT_MARKER=path: after update n, once
+    (the marker file remembers it happened), fail as BARRIERNET_FAULT_KIND says: "crash"
+    (default, InjectedFault), "oom" (torch.cuda.OutOfMemoryError) or "kill" (SIGKILL this
+    process). Unset: a no-op.
+    """
     after = os.environ.get("BARRIERNET_FAULT_TRAIN_AFTER_UPDATE")
     marker = os.environ.get("BARRIERNET_FAULT_MARKER")
-    if after is None or marker is None or update != int(after) or Path(marker).exists():
-        return
-    Path(marker).write_text(f"fault injected after update {update}\n")
     kind = os.environ.get("BARRIERNET_FAULT_KIND", "crash")
-    if kind == "oom":
-        raise torch.cuda.OutOfMemoryError(f"injected out-of-memory after update {update} (test switch)")
-    if kind == "kill":
-        os.kill(os.getpid(), 9)
-    raise InjectedFault(f"injected transient failure after update {update} (test switch)")
+    if after is None or marker is None:
+        return lambda update: None
+
+    def inject(update: int) -> None:
+        if update != int(after) or Path(marker).exists():
+            return
+        Path(marker).write_text(f"fault injected after update {update}\n")
+        if kind == "oom":
+            raise torch.cuda.OutOfMemoryError(f"injected out-of-memory after update {update} (test switch)")
+        if kind == "kill":
+            os.kill(os.getpid(), 9)
+        raise InjectedFault(f"injected transient failure after update {update} (test switch)")
+
+    return inject
 
 
 class Trainer:
@@ -168,10 +197,14 @@ class Trainer:
         params = params.for_algo(algo)  # this algorithm's tuned settings (train.per_algo)
         self.params, self.algo, self.seed = params, algo, seed
         tp = params.train
-        self.config = {**training_config(params, algo, seed), "code": code_fingerprint()}
-        self.key = params_hash(self.config)
         self.rollout_device = resolve_device(tp.rollout_device)
         self.update_device = resolve_device(update_device or tp.update_device)
+        config = training_config(params, algo, seed)
+        # the device the learner really runs on ("auto" resolved, or the CPU fallback): its
+        # weights differ from another device's, so a checkpoint never resumes on the other
+        config["train"] = {**config["train"], "update_device": self.update_device.type}
+        self.config = {**config, "code": code_fingerprint()}
+        self.key = params_hash(self.config)
         # On CUDA the rollout loop must not wait on the device every step: no per-step host
         # syncs (checks are batched once per rollout). On the CPU syncs are free, and checking
         # each step names the bad step before its NaN spreads.
@@ -212,7 +245,13 @@ class Trainer:
         self.buffer = RolloutBuffer(
             tp.rollout_steps, tp.num_envs, self.obs_dim, params.env.num_obstacles, self.rollout_device
         )
-        self.nonfinite = torch.zeros(tp.rollout_steps, tp.num_envs, dtype=torch.bool, device=self.rollout_device)
+        self.agent = PPOAgent(
+            self.core, self.actor, self.critic, self.rollout_actor, self.rollout_critic, self.optimizer,
+            self.obs_rms, self.reward_scaler, self.buffer, self.update_generator, self.scaler,
+        )
+        self.iteration_cfg = IterationConfig(
+            gamma=tp.gamma, gae_lambda=tp.gae_lambda, norm_obs=tp.norm_obs, sync_free=self.sync_free
+        )
         self.update_cfg = UpdateConfig(
             update_epochs=tp.update_epochs, minibatch_size=self.minibatch_size, clip_coef=tp.clip_coef,
             clip_vloss=tp.clip_vloss, ent_coef=tp.ent_coef, vf_coef=tp.vf_coef,
@@ -276,169 +315,59 @@ class Trainer:
         self.update_generator.set_state(rng["update_generator"])
         self.history = list(state["history"])
         self.training_collisions = float(state.get("training_collisions", 0.0))
-        self._sync_rollout_copy()
-
-    def _sync_rollout_copy(self) -> None:
-        if self.rollout_actor is not self.actor:
-            self.rollout_actor.load_state_dict(self.actor.state_dict())
-            self.rollout_critic.load_state_dict(self.critic.state_dict())
+        self.agent.sync_rollout_copy()
 
     # -- one iteration ------------------------------------------------------------------------
-    def _normalize(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.obs_rms.normalize(obs) if self.params.train.norm_obs else obs
-
-    @torch.no_grad()
-    def collect_rollout(self) -> dict[str, float]:
-        """Fill the buffer with train.rollout_steps steps of every env; return rollout stats."""
-        tp, buf = self.params.train, self.buffer
-        counts = torch.zeros(8, dtype=torch.float64, device=self.rollout_device)
-        # 0 episodes, 1 captures, 2 collisions, 3 return sum, 4 violation steps, 5 interventions,
-        # 6 infeasible, 7 gamma sum
-        safety_layer = torch.zeros(5, dtype=torch.float64, device=self.rollout_device)
-        # diagnostics of the safety layer: 0 correction sum (normalised units), 1 active QP rows sum,
-        # 2 steps with an active row, 3 / 4 safe-box width sums (v, w; fractions of the action range)
-        qp_seconds = 0.0
-        for t in range(tp.rollout_steps):
-            obs = self.next_obs
-            if tp.norm_obs:
-                self.obs_rms.update(obs)
-            obs_n = self._normalize(obs)
-            safety = self.core.safety_state()
-            started = time.perf_counter()
-            out = self.rollout_actor(obs_n, safety)
-            qp_seconds += time.perf_counter() - started
-            value = self.rollout_critic(obs_n)
-            next_obs, reward, terminated, truncated, info = self.core.step(out.action)
-            if self.sync_free:
-                self.nonfinite[t] = ~torch.isfinite(next_obs).all(dim=1) | ~torch.isfinite(reward)
-            else:
-                self._check_finite(next_obs, reward, t)
-
-            ended = terminated | truncated
-            if self.sync_free:  # one critic pass more per step beats a device sync
-                final_value = torch.where(truncated, self.rollout_critic(self._normalize(info["final_obs"])), 0.0)
-            elif bool(truncated.any()):
-                final_value = torch.where(truncated, self.rollout_critic(self._normalize(info["final_obs"])), 0.0)
-            else:
-                final_value = torch.zeros_like(reward)
-
-            buf.obs[t] = obs_n
-            buf.sample[t] = out.sample
-            buf.action[t] = out.action
-            buf.nominal[t] = out.info.get("nominal", out.action)
-            buf.log_prob[t] = out.log_prob
-            buf.value[t] = value
-            buf.reward[t] = self.reward_scaler(reward, ended)
-            buf.final_value[t] = final_value
-            buf.terminated[t] = terminated
-            buf.truncated[t] = truncated
-            buf.store_safety(t, safety)
-            if "active_mean" in out.info:  # BarrierNet's QP active set: a warm start for the update
-                buf.store_qp_active(t, out.info["active_mean"])
-
-            counts[0] += ended.sum()
-            counts[1] += (info["captured"] & ended).sum()
-            counts[2] += (info["collided"] & ended).sum()
-            counts[3] += torch.where(ended, info["episode_return"], 0.0).sum()
-            counts[4] += (info["h"] < 0).any(dim=1).sum()
-            if "intervened" in out.info:
-                counts[5] += out.info["intervened"].sum()
-                counts[6] += out.info["infeasible"].sum()
-                counts[7] += out.info["gamma"].float().mean(dim=1).sum()
-                if "correction" in out.info:
-                    safety_layer[0] += out.info["correction"].sum()
-            if "active_mean" in out.info:
-                active = (out.info["active_mean"] >= 0).sum(dim=1)
-                safety_layer[1] += active.sum()
-                safety_layer[2] += (active > 0).sum()
-            if "box_low" in out.info:
-                full = self.rollout_actor.high - self.rollout_actor.low  # the action box (2,)
-                width = (out.info["box_high"] - out.info["box_low"]) / full.to(out.info["box_low"].dtype)
-                safety_layer[3:5] += width.double().sum(dim=0)
-            self.next_obs = next_obs
-
-        if self.sync_free and bool(self.nonfinite.any()):  # one sync per rollout
-            t, env_index = (int(i) for i in self.nonfinite.nonzero()[0])
-            raise NonFiniteError(
-                f"non-finite observation or reward at global step {self.global_step + t * tp.num_envs} "
-                f"(update {self.update + 1}, rollout step {t}), env index {env_index}"
-            )
-        steps = tp.rollout_steps * tp.num_envs
-        c = counts.tolist()  # the rollout's device-to-host transfers of statistics
-        d = safety_layer.tolist()
-        self.training_collisions += c[2]
-        stats = {
-            "rollout/episodes": c[0],
-            "rollout/cbf_violation_rate": c[4] / steps,
-            "rollout/collisions_cumulative": self.training_collisions,
-        }
-        if c[0] > 0:
-            stats.update({
-                "rollout/episode_return": c[3] / c[0],
-                "rollout/capture_rate": c[1] / c[0],
-                "rollout/collision_rate": c[2] / c[0],
-            })
-        if self.algo != "baseline":  # a safety layer in the loop: BarrierNet's QP, CBF-Beta's box, the shield
-            stats.update({
-                "rollout/qp_intervention_rate": c[5] / steps,
-                "rollout/qp_infeasible_rate": c[6] / steps,
-                "rollout/mean_gamma": c[7] / steps,
-                "rollout/qp_correction": d[0] / steps,
-            })
-        if self.algo == "barriernet" and self.params.barriernet.update_mode == "through_qp":
-            stats.update({"rollout/qp_active_rows": d[1] / steps, "rollout/qp_active_fraction": d[2] / steps})
-        if self.algo == "cbf_beta":
-            stats.update({"rollout/box_width_v": d[3] / steps, "rollout/box_width_w": d[4] / steps})
-        stats["perf/qp_ms"] = 1000.0 * qp_seconds / tp.rollout_steps
-        return stats
-
-    def _check_finite(self, obs: torch.Tensor, reward: torch.Tensor, t: int) -> None:
-        bad = ~torch.isfinite(obs).all(dim=1) | ~torch.isfinite(reward)
-        if bool(bad.any()):
-            env_index = int(bad.nonzero()[0, 0])
-            what = "observation" if not bool(torch.isfinite(obs[env_index]).all()) else "reward"
-            raise NonFiniteError(
-                f"non-finite {what} at global step {self.global_step + t * self.params.train.num_envs} "
-                f"(update {self.update + 1}, rollout step {t}), env index {env_index}: "
-                f"obs={obs[env_index].tolist()} reward={float(reward[env_index])}"
-            )
-
     def train_one_update(self) -> dict[str, float]:
+        """One PPO iteration (`model.ppo.ppo_iteration`: collect -> GAE -> update) with this
+        stage's bookkeeping; returns the curves logged for it (rollout/*, losses/*, grad/*,
+        perf/*, charts/*). Raises NonFiniteError, TrainingOOMError."""
         tp = self.params.train
         started = time.perf_counter()
-        if tp.anneal_lr:
-            frac = 1.0 - self.update / self.num_updates
-            for group in self.optimizer.param_groups:
-                group["lr"] = frac * tp.learning_rate
-        stats = self.collect_rollout()
-        with torch.no_grad():
-            next_value = self.rollout_critic(self._normalize(self.next_obs))
-        b = self.buffer
-        advantages, returns = compute_gae(
-            b.reward, b.value, b.terminated, b.truncated, b.final_value, next_value, tp.gamma, tp.gae_lambda
-        )
-        batch = b.flatten(advantages, returns, self.update_device)
+        learning_rate = (1.0 - self.update / self.num_updates) * tp.learning_rate if tp.anneal_lr else tp.learning_rate
         try:
-            stats.update(ppo_update(
-                self.actor, self.critic, self.optimizer, batch, self.update_cfg, self.update_generator, self.scaler,
+            self.next_obs, totals, update_stats = ppo_iteration(
+                self.agent, self.next_obs, self.iteration_cfg, self.update_cfg, self.update_device, learning_rate,
                 after_backward=self.probe,
-            ))
-            stats.update(self.probe.stats())
-        except torch.cuda.OutOfMemoryError as exc:
+            )
+        except NonFiniteStep as exc:
+            raise self._nonfinite_error(exc) from None
+        except UpdateOutOfMemory as exc:
             raise TrainingOOMError(
                 f"CUDA out of memory in the PPO update with minibatch {self.minibatch_size}: {exc}",
                 self.minibatch_size,
-            ) from exc
-        self._sync_rollout_copy()
+            ) from exc.__cause__
+        stats = {**self._rollout_stats(totals), **update_stats, **self.probe.stats()}
         self.update += 1
         self.global_step += tp.rollout_steps * tp.num_envs
         elapsed = time.perf_counter() - started
         self.wall_seconds += elapsed
         stats["perf/SPS"] = tp.rollout_steps * tp.num_envs / elapsed
         stats["charts/learning_rate"] = self.optimizer.param_groups[0]["lr"]
-        if self.algo in ("baseline", "shielded"):
-            stats["charts/log_std_mean"] = float(self.actor.log_std.detach().mean())
+        stats.update(self.actor.policy_metrics())
         return stats
+
+    def collect_rollout(self) -> dict[str, float]:
+        """A rollout alone, no update (tests, benchmarks): fills `buffer`, returns its curves."""
+        try:
+            self.next_obs, totals = collect_rollout(
+                self.core, self.rollout_actor, self.rollout_critic, self.buffer, self.obs_rms, self.reward_scaler,
+                self.next_obs, self.params.train.norm_obs, self.sync_free,
+            )
+        except NonFiniteStep as exc:
+            raise self._nonfinite_error(exc) from None
+        return self._rollout_stats(totals)
+
+    def _rollout_stats(self, totals: RolloutTotals) -> dict[str, float]:
+        self.training_collisions += totals.collisions
+        return rollout_metrics(totals, self.rollout_actor, self.training_collisions)
+
+    def _nonfinite_error(self, exc: NonFiniteStep) -> NonFiniteError:
+        """The rollout's NonFiniteStep, placed in the training: global step and update."""
+        return NonFiniteError(
+            f"non-finite {exc.what} at global step {self.global_step + exc.step * self.params.train.num_envs} "
+            f"(update {self.update + 1}, rollout step {exc.step}), env index {exc.env_index}{exc.detail}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -574,6 +503,7 @@ def run(
         _log_point(live, record)
     bar = _progress(trainer.num_updates * tp.batch_size, trainer.update * tp.batch_size)
     last_log = time.monotonic()
+    after_update = fault_injection_hook()  # test-only (BARRIERNET_FAULT_*); a no-op otherwise
     try:
         while trainer.update < trainer.num_updates:
             stats = trainer.train_one_update()
@@ -596,7 +526,7 @@ def run(
                 )
             if progress_callback is not None:
                 progress_callback(trainer.update / trainer.num_updates)
-            _maybe_inject_fault(trainer.update)
+            after_update(trainer.update)
     finally:
         if bar is not None:
             bar.close()

@@ -284,8 +284,8 @@ def test_executed_actions_satisfy_the_rows_and_equal_an_independent_projection(m
     with torch.no_grad():
         out = actor(obs, safety)
     info = out.info
-    assert set(info) >= {"nominal", "gamma", "intervened", "infeasible", "correction", "h"}
-    assert info["gamma"].shape == (n, 6) and info["h"].shape == (n, 6)
+    assert set(info) >= {"nominal", "gamma", "intervened", "infeasible", "correction", "lookahead_h"}
+    assert info["gamma"].shape == (n, 6) and info["lookahead_h"].shape == (n, 6)
     g = PARAMS.barriernet
     assert ((info["gamma"] > g.gamma_min) & (info["gamma"] < g.gamma_max)).all()
     rows = cbf_rows(safety, ENV, CBF, info["gamma"])
@@ -336,14 +336,16 @@ def test_infeasible_states_give_a_flagged_finite_in_bounds_action():
     assert all(torch.isfinite(p.grad).all() for p in actor.parameters() if p.grad is not None)
 
 
-def test_qp_timing_only_when_asked():
+def test_lookahead_barrier_has_its_own_key():
+    """The actor's barrier (of the CBF rows, on the look-ahead point) is info["lookahead_h"], never
+    "h", the env's body barrier (metres) that meets it in a rollout: the rows' h of the same states."""
     actor = barriernet("through_qp")
     obs, safety = observations(4, 6), near_obstacle_states(4, 6)
     with torch.no_grad():
-        assert "qp_ms" not in actor(obs, safety).info
-        actor.time_qp = True
-        qp_ms = actor(obs, safety).info["qp_ms"]
-    assert qp_ms.dim() == 0 and float(qp_ms) > 0
+        out = actor(obs, safety)
+    assert "h" not in out.info
+    rows = cbf_rows(safety, ENV, CBF, out.info["gamma"])
+    torch.testing.assert_close(out.info["lookahead_h"], rows.h)
 
 
 def test_wrong_obstacle_count_is_named():
@@ -451,7 +453,7 @@ def test_filter_leaves_a_safe_action_alone_and_corrects_an_unsafe_one(form, gamm
     states = near_obstacle_states(n, 12)
     unsafe = filtered(obs, states, deterministic=True)
     assert unsafe.info["intervened"].all() and not unsafe.info["infeasible"].any()
-    assert (unsafe.info["gamma"] == gamma).all() and unsafe.info["h"].shape == (n, 6)
+    assert (unsafe.info["gamma"] == gamma).all() and unsafe.info["lookahead_h"].shape == (n, 6)
     rows = cbf_rows(states, ENV, CBF, gamma, form=form)
     slack = torch.einsum("bmj,bj->bm", rows.A, unsafe.action) - rows.b
     assert (slack[rows.mask] <= 1e-5).all()
@@ -489,8 +491,6 @@ def test_filter_wraps_the_baseline():
     torch.testing.assert_close(out.info["nominal"], inner.action)
     torch.testing.assert_close(out.log_prob, inner.log_prob)
     assert out.info["intervened"].any()
-    filtered.time_qp = True
-    assert float(filtered(obs, states, deterministic=True).info["qp_ms"]) > 0
 
 
 def test_filter_rejects_bad_arguments():

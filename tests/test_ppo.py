@@ -112,6 +112,7 @@ def test_explained_variance():
 
 def test_rollout_buffer_carries_qp_active_into_the_batch_and_update_hands_it_over():
     from env.core import SafetyState
+    from model.actors import Actor, UpdateInputs
     from model.ppo import RolloutBuffer, UpdateConfig, ppo_update
 
     T, N, K = 3, 4, 2
@@ -124,23 +125,24 @@ def test_rollout_buffer_carries_qp_active_into_the_batch_and_update_hands_it_ove
     assert batch.qp_active.shape == (T * N, 2) and batch.qp_active.dtype == torch.int64
     assert torch.equal(batch.qp_active[N + 1], torch.tensor([102, 103]))  # step 1, env 1
 
-    class HintedActor(torch.nn.Module):
+    class PlainActor(Actor):  # the default update_inputs: the states, no hint
         def __init__(self):
             super().__init__()
             self.w = torch.nn.Parameter(torch.zeros(()))
             self.seen = []
 
-        def evaluate_actions(self, obs, safety, sample, qp_hint=None):
-            self.seen.append((obs[:, 0].long(), qp_hint))
+        def evaluate_actions(self, obs, safety, sample, qp_hint=None, cbf_geometry=None):
+            self.seen.append((obs[:, 0].long(), safety, qp_hint))
             return self.w.expand(obs.shape[0]), self.w.expand(obs.shape[0])
 
-    class PlainActor(HintedActor):
-        def evaluate_actions(self, obs, safety, sample):
-            return super().evaluate_actions(obs, safety, sample)
+    class HintedActor(PlainActor):  # asks for the rollout's hints (as BarrierNet does)
+        def update_inputs(self, safety, obs, qp_hint):
+            return UpdateInputs(safety, qp_hint)
 
     B = T * N
     obs = torch.arange(B, dtype=torch.float32)[:, None].expand(B, 5).clone()
-    safety = SafetyState(torch.zeros(B, 3), torch.zeros(B, K, 2), torch.zeros(B, K), torch.zeros(B, K, dtype=torch.bool))
+    safety = SafetyState(torch.arange(B * 3.0).reshape(B, 3), torch.zeros(B, K, 2), torch.zeros(B, K),
+                         torch.zeros(B, K, dtype=torch.bool))
     hints = torch.arange(B * 2).reshape(B, 2)
     batch = batch._replace(obs=obs, safety=safety, qp_active=hints, advantages=torch.randn(B), returns=torch.randn(B))
     cfg = UpdateConfig(update_epochs=2, minibatch_size=4, clip_coef=0.2, clip_vloss=True, ent_coef=0.0,
@@ -150,6 +152,6 @@ def test_rollout_buffer_carries_qp_active_into_the_batch_and_update_hands_it_ove
         opt = torch.optim.Adam(list(actor.parameters()) + list(critic.parameters()))
         ppo_update(actor, critic, opt, batch, cfg, torch.Generator().manual_seed(0))
         assert len(actor.seen) == 2 * B // 4
-        for rows, hint in actor.seen:
-            # each minibatch gets the hints of exactly its own rows
+        for rows, states, hint in actor.seen:
+            assert torch.equal(states.pursuer, safety.pursuer[rows])  # the minibatch's own states
             assert torch.equal(hint, hints[rows]) if expect_hint else hint is None
