@@ -629,11 +629,6 @@ class PursuitEvasionCore:
     # -- views, state -----------------------------------------------------------------------------
 
     @property
-    def pose(self) -> Tensor:
-        """(N, 2, 3) x, y, theta of the pursuer (row 0) and the evader (row 1)."""
-        return self.robots[:3].permute(2, 1, 0)
-
-    @property
     def pursuer(self) -> Tensor:
         """(N, 3) pursuer pose."""
         return self.robots[:3, _PURSUER].T
@@ -647,11 +642,6 @@ class PursuitEvasionCore:
     def step_count(self) -> Tensor:
         """(N,) steps taken in the current episode."""
         return self.counters[_STEP]
-
-    @property
-    def episode_index(self) -> Tensor:
-        """(N,) index of the current episode since seeding (the first is 0)."""
-        return self.counters[_EPISODE]
 
     def safety_state(self) -> SafetyState:
         """What the CBF rows need, of the current (post-autoreset) state."""

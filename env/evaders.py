@@ -62,5 +62,3 @@ def flee_evader(robots: Tensor, obstacles: Tensor, present: Tensor, params: EnvP
     v = params.evader_v_max * torch.clamp(torch.cos(error), min=0.0)
     return v, w
 
-
-EVADER_POLICIES = ("random", "flee")

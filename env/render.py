@@ -1,4 +1,4 @@
-"""Drawing the arena: rgb_array frames for the envs and trajectory figures for the reports.
+"""Drawing the arena: rgb_array frames for the envs, and the arena under the report's trajectory figures.
 
 Matplotlib figures on the Agg canvas, never through pyplot: no display needed and the caller's
 pyplot state (backend, open figures) is left alone.
@@ -6,8 +6,8 @@ pyplot state (backend, open figures) is left alone.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -24,74 +24,54 @@ EVADER_COLOUR = "tab:red"
 OBSTACLE_COLOUR = "0.45"
 
 
-def draw_arena(ax: "Axes", obstacle_centres: np.ndarray, obstacle_radii: np.ndarray, arena_size: float) -> None:
-    """Walls and obstacles: centres (K, 2), radii (K,) in metres; equal aspect, arena-sized limits."""
-    half = arena_size / 2
-    ax.add_patch(Rectangle((-half, -half), arena_size, arena_size, fill=False, linewidth=2.0, edgecolor="black"))
-    for (cx, cy), radius in zip(np.asarray(obstacle_centres).reshape(-1, 2), np.asarray(obstacle_radii).reshape(-1)):
-        ax.add_patch(Circle((cx, cy), radius, color=OBSTACLE_COLOUR, alpha=0.8))
-    margin = 0.03 * arena_size
-    ax.set_xlim(-half - margin, half + margin)
-    ax.set_ylim(-half - margin, half + margin)
-    ax.set_aspect("equal")
-    ax.set_xlabel("x (m)")
-    ax.set_ylabel("y (m)")
+@dataclass(frozen=True)
+class ArenaStyle:
+    """How `draw_arena` draws: line widths in points, matplotlib colours. The env's frames use the
+    default; the report's figures pass their own (tasks/report/figures.py, tasks/report_scenarios.py)."""
+
+    wall_width: float = 2.0
+    obstacle_colour: str = OBSTACLE_COLOUR
+    obstacle_alpha: float = 0.8
+    keep_out_colour: str = OBSTACLE_COLOUR
+    keep_out_width: float | None = None  # None: matplotlib's patch.linewidth
 
 
-def draw_trajectories(
+def draw_arena(
     ax: "Axes",
     obstacle_centres: np.ndarray,
     obstacle_radii: np.ndarray,
     arena_size: float,
-    trajectories: Mapping[str, np.ndarray],
-    evader: np.ndarray | None = None,
+    keep_out: float | None = None,
+    wall_keep_out: bool = False,
+    margin: float | None = None,
+    style: ArenaStyle = ArenaStyle(),
 ) -> None:
-    """Pursuer paths of several policies over one arena.
+    """Walls and obstacles of the square arena centred at the origin; equal aspect, arena-sized limits.
 
     Args:
-        ax: matplotlib axes to draw on.
-        obstacle_centres: (K, 2) metres; obstacle_radii: (K,) metres.
-        arena_size: side of the square arena (m), centred at the origin.
-        trajectories: name -> (T, 2) pursuer positions; each gets a line, a start dot and an
-            end cross, and the name in the legend.
-        evader: optional (T, 2) evader positions (dashed red).
+        obstacle_centres: (K, 2) metres; obstacle_radii: (K,) metres (only obstacles present).
+        arena_size: side of the arena (m).
+        keep_out: if given, a dotted ring at radius + keep_out (m) around each obstacle: where the
+            body barrier is 0 (robot_radius + safety_margin).
+        wall_keep_out: also a dotted square keep_out inside the walls (needs keep_out).
+        margin: metres beyond the walls the axes show; None: 3 % of the arena.
     """
-    draw_arena(ax, obstacle_centres, obstacle_radii, arena_size)
-    for name, path in trajectories.items():
-        path = np.asarray(path, dtype=float).reshape(-1, 2)
-        (line,) = ax.plot(path[:, 0], path[:, 1], linewidth=1.5, label=name)
-        ax.plot(path[0, 0], path[0, 1], "o", color=line.get_color(), markersize=5)
-        ax.plot(path[-1, 0], path[-1, 1], "x", color=line.get_color(), markersize=7)
-    if evader is not None:
-        path = np.asarray(evader, dtype=float).reshape(-1, 2)
-        ax.plot(path[:, 0], path[:, 1], "--", color=EVADER_COLOUR, linewidth=1.2, label="evader")
-        ax.plot(path[0, 0], path[0, 1], "o", color=EVADER_COLOUR, markersize=5)
-    if trajectories or evader is not None:
-        ax.legend(loc="upper right", fontsize="small")
-
-
-def save_trajectories_png(
-    path: str | Path,
-    obstacle_centres: np.ndarray,
-    obstacle_radii: np.ndarray,
-    arena_size: float,
-    trajectories: Mapping[str, np.ndarray],
-    evader: np.ndarray | None = None,
-    title: str | None = None,
-    dpi: int = 120,
-) -> Path:
-    """`draw_trajectories` on a fresh figure saved as a PNG at `path` (parents created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig = Figure(figsize=(6, 6))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    draw_trajectories(ax, obstacle_centres, obstacle_radii, arena_size, trajectories, evader)
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    return path
+    half = arena_size / 2
+    ax.add_patch(Rectangle((-half, -half), arena_size, arena_size, fill=False, linewidth=style.wall_width,
+                           edgecolor="black"))
+    ring = {"fill": False, "linestyle": ":", "edgecolor": style.keep_out_colour,
+            **({"linewidth": style.keep_out_width} if style.keep_out_width is not None else {})}
+    if keep_out is not None and wall_keep_out:
+        inner = half - keep_out
+        ax.add_patch(Rectangle((-inner, -inner), 2 * inner, 2 * inner, **ring))
+    for (cx, cy), radius in zip(np.asarray(obstacle_centres).reshape(-1, 2), np.asarray(obstacle_radii).reshape(-1)):
+        ax.add_patch(Circle((cx, cy), radius, color=style.obstacle_colour, alpha=style.obstacle_alpha))
+        if keep_out is not None:
+            ax.add_patch(Circle((cx, cy), radius + keep_out, **ring))
+    margin = 0.03 * arena_size if margin is None else margin
+    ax.set_xlim(-half - margin, half + margin)
+    ax.set_ylim(-half - margin, half + margin)
+    ax.set_aspect("equal")
 
 
 def _draw_robot(ax: "Axes", pose: np.ndarray, radius: float, colour: str, label: str) -> None:

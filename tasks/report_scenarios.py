@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from env.render import ArenaStyle, draw_arena
 from tasks import io
 from tasks.params import Params
 from tasks.artifacts import BEHAVIOUR_FILE, EPISODES_FILE, HEATMAPS_FILE, SCENARIO_TRAJECTORIES_FILE, scenarios_dir
@@ -144,20 +145,17 @@ def _md_table(header: list[str], rows: list[list[Any]]) -> str:
 # -- figures ----------------------------------------------------------------------------------
 
 
-def _arena(ax, params: Params, obstacles: np.ndarray) -> None:
-    from matplotlib.patches import Circle, Rectangle
+# The panels' arena: thinner lines than the decision report's single large figure.
+PANEL_ARENA = ArenaStyle(wall_width=1.2, obstacle_colour="dimgrey", obstacle_alpha=0.8, keep_out_colour="grey",
+                         keep_out_width=0.6)
 
-    half = params.env.arena_size / 2
-    keep_out = params.env.robot_radius + params.env.safety_margin
-    ax.add_patch(Rectangle((-half, -half), 2 * half, 2 * half, fill=False, lw=1.2, color="black"))
-    inner = half - keep_out  # where the wall barrier is 0 for the body
-    ax.add_patch(Rectangle((-inner, -inner), 2 * inner, 2 * inner, fill=False, lw=0.6, ls=":", color="grey"))
-    for x, y, r in obstacles:
-        ax.add_patch(Circle((x, y), r, color="dimgrey", alpha=0.8))
-        ax.add_patch(Circle((x, y), r + keep_out, fill=False, ls=":", lw=0.6, color="grey"))
-    ax.set_xlim(-half, half)
-    ax.set_ylim(-half, half)
-    ax.set_aspect("equal")
+
+def _arena(ax, params: Params, obstacles: np.ndarray) -> None:
+    """The arena of one panel: obstacles (K, 3) x, y, r; dotted where the body barrier is 0 (walls included)."""
+    obstacles = np.asarray(obstacles, dtype=float).reshape(-1, 3)
+    draw_arena(ax, obstacles[:, :2], obstacles[:, 2], params.env.arena_size,
+               keep_out=params.env.robot_radius + params.env.safety_margin, wall_keep_out=True, margin=0.0,
+               style=PANEL_ARENA)
     ax.tick_params(labelsize=6)
 
 

@@ -14,7 +14,7 @@ from gymnasium.utils.env_checker import check_env
 import env  # noqa: F401  (registers PursuitEvasion-v0)
 import env.core as core_module
 from env import PlacementError, PursuitEvasionCore, PursuitEvasionEnv, PursuitEvasionVectorEnv
-from env.render import draw_trajectories, save_trajectories_png
+from env.render import draw_arena
 from env.config import EnvParams, EnvParamsError
 
 # Binary-exact numbers (dt = 1/16, robot radius 1/4) so contact and capture land exactly.
@@ -510,7 +510,7 @@ def test_uniform_draws_are_uniform_and_keyed_only_by_their_counters():
 # Rendering
 
 
-def test_render_rgb_array_and_trajectory_png(tmp_path):
+def test_render_rgb_array_and_the_arena():
     single = PursuitEvasionEnv(render_mode="rgb_array")
     single.reset(seed=0)
     frame = single.render()
@@ -523,9 +523,14 @@ def test_render_rgb_array_and_trajectory_png(tmp_path):
     fig = Figure()
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    path = np.stack([np.linspace(-5, 5, 20), np.zeros(20)], axis=1)
-    paths = {"baseline": path, "barriernet": path + 1}
-    draw_trajectories(ax, np.array([[1.0, 2.0]]), np.array([0.5]), 20.0, paths, evader=path - 1)
-    assert [text.get_text() for text in ax.get_legend().get_texts()] == ["baseline", "barriernet", "evader"]
-    out = save_trajectories_png(tmp_path / "fig" / "traj.png", np.zeros((0, 2)), np.zeros(0), 20.0, {"a": path}, title="t")
-    assert out.exists() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the report's arena: one disc and one dotted ring at radius + keep_out per obstacle, the walls'
+    # keep-out square, and the limits the caller asked for
+    draw_arena(ax, np.array([[1.0, 2.0], [-3.0, 0.0]]), np.array([0.5, 1.0]), 20.0, keep_out=0.25,
+               wall_keep_out=True, margin=0.0)
+    from matplotlib.patches import Circle, Rectangle
+
+    radii = sorted(round(patch.get_radius(), 6) for patch in ax.patches if isinstance(patch, Circle))
+    assert radii == [0.5, 0.75, 1.0, 1.25]
+    squares = sorted(round(patch.get_width(), 6) for patch in ax.patches if isinstance(patch, Rectangle))
+    assert squares == [19.5, 20.0]
+    assert ax.get_xlim() == (-10.0, 10.0) and ax.get_ylim() == (-10.0, 10.0)

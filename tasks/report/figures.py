@@ -7,6 +7,7 @@ import io as _bytes_io
 import numpy as np
 import pandas as pd
 
+from env.render import ArenaStyle, draw_arena
 from tasks.params import Params
 from tasks.report.formatting import ARM_LABELS, arm_label
 from tasks.report.inputs import CURVE_METRICS, Inputs
@@ -24,6 +25,8 @@ ARM_COLOURS = {
     "shielded": "tab:brown",
     "baseline_tuned_filter": "tab:olive",
 }
+# The trajectory figure's arena (env/render.py draws it): walls, obstacles and their dotted barrier rings.
+TRAJECTORY_ARENA = ArenaStyle(wall_width=1.5, obstacle_colour="dimgray", obstacle_alpha=0.7, keep_out_colour="dimgray")
 
 
 def _figure_bytes(fig) -> bytes:
@@ -193,22 +196,17 @@ def trajectory_arms(inputs: Inputs, params: Params) -> tuple[dict[str, np.ndarra
 
 def figure_trajectories(inputs: Inputs, params: Params, arms: list[str]) -> tuple[bytes, list[str]]:
     plt = _pyplot()
-    from matplotlib.patches import Circle, Rectangle
-
     data, notes = trajectory_arms(inputs, params)
     episode = params.eval.trajectory_episode
     seed = params.train.seeds[0]
     episodes = all_episodes(inputs)
     fig, ax = plt.subplots(figsize=(7.5, 7.5))
-    half = params.env.arena_size / 2
-    ax.add_patch(Rectangle((-half, -half), 2 * half, 2 * half, fill=False, color="black", lw=1.5))
-    margin = params.env.robot_radius + params.env.safety_margin
-    for centre, radius in zip(np.atleast_2d(data.get("obstacle_centres", np.zeros((0, 2)))),
-                              np.atleast_1d(data.get("obstacle_radii", np.zeros(0)))):
-        if not np.all(np.isfinite(centre)) or not np.isfinite(radius) or radius <= 0:
-            continue  # absent obstacle slots
-        ax.add_patch(Circle(centre, radius, color="dimgray", alpha=0.7))
-        ax.add_patch(Circle(centre, radius + margin, fill=False, ls=":", color="dimgray"))
+    centres = np.atleast_2d(data.get("obstacle_centres", np.zeros((0, 2)))).reshape(-1, 2)
+    radii = np.atleast_1d(data.get("obstacle_radii", np.zeros(0)))
+    present = np.isfinite(centres).all(axis=1) & np.isfinite(radii) & (radii > 0)  # absent slots are not drawn
+    # the dotted ring: where the body barrier is 0 (robot_radius + safety_margin from the obstacle)
+    draw_arena(ax, centres[present], radii[present], params.env.arena_size,
+               keep_out=params.env.robot_radius + params.env.safety_margin, margin=0.5, style=TRAJECTORY_ARENA)
     drawn = [arm for arm in arms if f"{arm}/pursuer" in data]
     evaders = {arm: data[f"{arm}/evader"] for arm in drawn if f"{arm}/evader" in data}
     # A random evader ignores the pursuer, so every arm meets the same evader path (each cut where
@@ -241,9 +239,6 @@ def figure_trajectories(inputs: Inputs, params: Params, arms: list[str]) -> tupl
         ax.plot([], [], marker="s", color="gray", mec="black", ls="none", label="evader at the arm's episode end")
     else:
         ax.text(0, 0, "no trajectory recorded", ha="center")
-    ax.set_xlim(-half - 0.5, half + 0.5)
-    ax.set_ylim(-half - 0.5, half + 0.5)
-    ax.set_aspect("equal")
     ax.set_xlabel("x (m)")
     ax.set_ylabel("y (m)")
     ax.grid(alpha=0.2)
