@@ -157,7 +157,7 @@ def test_barriernet_constrains_obstacles_beyond_its_gamma_head():
     p8 = params.model_copy(update={"env": params.env.model_copy(update={"num_obstacles": 8})})
     core = PursuitEvasionCore(p8.env, 16)
     out = actor(torch.zeros(16, obs_dim), core.safety_state(), deterministic=True)
-    assert out.info["h"].shape == (16, 12) and out.info["gamma"].shape == (16, 12)
+    assert out.info["lookahead_h"].shape == (16, 12) and out.info["gamma"].shape == (16, 12)
     rows = cbf_rows(core.safety_state(), p8.env, p8.cbf, out.info["gamma"])
     slack = (rows.A @ out.action.unsqueeze(-1)).squeeze(-1) - rows.b
     feasible = ~out.info["infeasible"]
