@@ -2,7 +2,7 @@
 
 Inputs (written by the evaluate stage), one per training algorithm and seed::
 
-    results/eval/<algo>-s<seed>/episodes.csv      columns: EPISODE_COLUMNS, one row per (arm, split, episode)
+    results/eval/<algo>-s<seed>/episodes.csv      columns: tasks.artifacts.EPISODE_COLUMNS, one row per (arm, split, episode)
 
 Episode ``e`` of a split is the same start / obstacles / evader randomness for every arm and every
 training seed: a crossed design seeds x scenarios. Dev rows feed only the choice of the best
@@ -52,13 +52,10 @@ from tasks import io
 from tasks import decision as protocol
 from tasks.artifacts import (
     CANDIDATE_ARM,
-    EPISODE_COLUMNS,
     KNOWN_ARMS,
     METRICS_PATH,
-    OUTCOMES,
     REFERENCE_ARM,
     SUMMARY_PATH,
-    VERDICTS,
     StageInputError,
     episodes_path,
     read_episode_table,

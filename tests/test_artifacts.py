@@ -117,6 +117,12 @@ def test_arm_vocabulary_is_one():
         params.EvalParams(arms=["no_such_arm"])
 
 
+def test_every_verdict_has_its_code():
+    from tasks.compare import VERDICT_CODES
+
+    assert set(VERDICT_CODES) == set(A.VERDICTS)
+
+
 def test_episode_tables_share_their_common_columns_in_order():
     common = [c for c in A.EPISODE_COLUMNS if c in A.SCENARIO_EPISODE_COLUMNS]
     assert common == [c for c in A.SCENARIO_EPISODE_COLUMNS if c in A.EPISODE_COLUMNS]

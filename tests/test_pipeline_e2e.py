@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.compare import StageInputError
+from tasks.artifacts import StageInputError
 from tasks.evaluate import run as evaluate
 from tasks.params import load_params
 from tasks.stats import wilson_interval
