@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from env.core import PursuitEvasionCore, SafetyState
-from model.actors import Actor, UpdateInputs
+from model.actors import Actor
 
 
 class RunningMeanStd(nn.Module):
@@ -264,7 +264,9 @@ def collect_rollout(
         t, env_index = (int(i) for i in nonfinite.nonzero()[0])
         raise NonFiniteStep(t, env_index, "observation or reward")
     c = counts.tolist()  # the rollout's device-to-host transfers of statistics
-    totals = RolloutTotals(num_steps, num_steps * num_envs, c[0], c[1], c[2], c[3], c[4], safety_layer.tolist(), policy_seconds)
+    totals = RolloutTotals(
+        num_steps, num_steps * num_envs, c[0], c[1], c[2], c[3], c[4], safety_layer.tolist(), policy_seconds
+    )
     return next_obs, totals
 
 
@@ -283,7 +285,8 @@ def rollout_metrics(totals: RolloutTotals, actor: Actor, collisions_cumulative: 
             "rollout/capture_rate": totals.captures / totals.episodes,
             "rollout/collision_rate": totals.collisions / totals.episodes,
         })
-    stats.update({f"rollout/{name}": value / steps for name, value in zip(actor.rollout_metric_names, totals.safety_layer)})
+    for name, total in zip(actor.rollout_metric_names, totals.safety_layer):
+        stats[f"rollout/{name}"] = total / steps
     # the policy's whole forward per rollout step (all envs): its safety layer included, if any
     stats["perf/policy_ms"] = 1000.0 * totals.policy_seconds / totals.rollout_steps
     return stats

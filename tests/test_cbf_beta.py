@@ -257,10 +257,13 @@ def test_update_rescores_the_rollout_sample_exactly_and_has_gradients():
                          states.obstacle_mask)
     obs = torch.randn(300, OBS_DIM)
     out = model(obs, states)
-    # the hook of ppo_update: boxes once, indexed per minibatch, no SafetyState
-    boxes = model.cbf_geometry(states, obs)
+    # what ppo_update hands over: boxes once (update_inputs), indexed per minibatch, no SafetyState
+    inputs = model.update_inputs(states, obs, None)
+    assert inputs.safety is None and inputs.qp_hint is None and isinstance(inputs.cbf_geometry, SafeBox)
     idx = torch.arange(0, 300, 3)
-    lp, entropy = model.evaluate_actions(obs[idx], None, out.sample[idx], cbf_geometry=boxes.index(idx))
+    minibatch = inputs.index(idx)
+    lp, entropy = model.evaluate_actions(obs[idx], minibatch.safety, out.sample[idx],
+                                         cbf_geometry=minibatch.cbf_geometry)
     assert torch.equal(lp, out.log_prob[idx])
     lp_recomputed, _ = model.evaluate_actions(obs, states, out.sample)
     assert torch.equal(lp_recomputed, out.log_prob)
@@ -270,6 +273,28 @@ def test_update_rescores_the_rollout_sample_exactly_and_has_gradients():
     (-lp.mean()).backward()
     grad = model.concentration_head.weight.grad
     assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_box_width_curves_use_each_steps_own_box():
+    """rollout_step_sums: the box-width sums of a step are its own boxes' high - low (fractions of
+    the action range), recomputed at every step: two steps with other states give other sums."""
+    model = actor(3)
+    names = model.rollout_metric_names
+    v, w = names.index("box_width_v"), names.index("box_width_w")
+    full = torch.tensor(HIGH, dtype=torch.float64) - torch.tensor(LOW, dtype=torch.float64)
+    sums = []
+    for seed in (8, 9):
+        states = random_states(64, seed=seed)
+        with torch.no_grad():
+            out = model(torch.randn(64, OBS_DIM), states)
+            step = model.rollout_step_sums(out)
+        boxes = model.cbf_geometry(states)  # recomputed from the states, float64
+        expected = ((boxes.high - boxes.low) / full).sum(0)
+        assert float(expected.min()) < 64  # some box narrower than the action box: a real check
+        torch.testing.assert_close(step[[v, w]], expected, rtol=1e-5, atol=0)
+        assert step.shape == (len(names),) and step.dtype == torch.float64
+        sums.append(step)
+    assert not torch.equal(sums[0][[v, w]], sums[1][[v, w]])
 
 
 def test_make_actor_builds_cbf_beta_and_its_state_dict_round_trips():

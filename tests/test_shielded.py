@@ -158,12 +158,18 @@ def test_rollout_actions_are_safe_and_rescored_exactly(algo):
     assert bool((excess[feasible] <= 1e-4 * (1 + rows.b.abs()[feasible])).all()), float(excess[feasible].max())
     # the update scores the stored samples exactly as the rollout did (same weights: ratio 1)
     with torch.no_grad():
-        hint = {}
-        if hasattr(trainer.actor, "cbf_geometry"):
-            hint["cbf_geometry"] = trainer.actor.cbf_geometry(safety, flat(buf.obs))
-        lp, _ = trainer.actor.evaluate_actions(flat(buf.obs), None if hint else safety, flat(buf.sample), **hint)
+        inputs = trainer.actor.update_inputs(safety, flat(buf.obs), None)  # what ppo_update hands over
+        lp, _ = trainer.actor.evaluate_actions(flat(buf.obs), inputs.safety, flat(buf.sample),
+                                               qp_hint=inputs.qp_hint, cbf_geometry=inputs.cbf_geometry)
     assert torch.equal(lp, flat(buf.log_prob))
     assert "rollout/qp_intervention_rate" in stats
+    if algo == "cbf_beta":
+        # the box-width curves: every step's own box (high - low), recomputed here from the stored
+        # states, as fractions of the action range, averaged over the rollout's env steps
+        full = torch.tensor([params.env.pursuer_v_max, 2 * params.env.pursuer_w_max], dtype=torch.float64)
+        width = ((boxes.high - boxes.low) / full).mean(0)  # (2,); tests/test_cbf_beta.py has binding boxes
+        assert stats["rollout/box_width_v"] == pytest.approx(float(width[0]), rel=1e-5)
+        assert stats["rollout/box_width_w"] == pytest.approx(float(width[1]), rel=1e-5)
 
 
 @pytest.mark.parametrize("algo", ["cbf_beta", "shielded"])

@@ -16,9 +16,11 @@ from tasks.params import load_params
 from tasks.train import (
     TIMING_METRICS,
     CheckpointError,
+    InjectedFault,
     NonFiniteError,
     Trainer,
     cell_name,
+    fault_injection_hook,
     run,
     state_root,
 )
@@ -169,6 +171,58 @@ def test_code_fingerprint_follows_the_train_stage_sources(tmp_path, monkeypatch)
         handle.write("\n# an edit\n")
     assert fingerprint() != original
     tasks.train.code_fingerprint.cache_clear()  # the real tree's value again for later tests
+
+
+def test_resume_key_records_the_device_the_learner_runs_on():
+    """train.update_device "auto" is recorded resolved (the weights depend on the device)."""
+    auto = Trainer(load_params(overrides={**TINY, "train.update_device": "auto"}), "baseline", 0)
+    assert auto.config["train"]["update_device"] == auto.update_device.type != "auto"
+    cpu = Trainer(load_params(overrides={**TINY, "train.update_device": "cpu"}), "baseline", 0)
+    assert cpu.config["train"]["update_device"] == "cpu"
+    assert (auto.key == cpu.key) == (auto.update_device.type == "cpu")
+
+
+@pytest.mark.parametrize("algo", ["barriernet", "baseline", "cbf_beta", "shielded"])
+def test_each_actor_names_its_rollout_curves(algo):
+    """The trainer logs exactly the rollout curves the actor names (no algorithm branches), the
+    policy's forward time as perf/policy_ms, and the policy's own numbers (charts/*)."""
+    trainer = Trainer(load_params(overrides=TINY), algo, 0)
+    stats = trainer.train_one_update()
+    layer = {f"rollout/{name}" for name in trainer.actor.rollout_metric_names}
+    expected = {
+        "barriernet": {"rollout/qp_intervention_rate", "rollout/qp_infeasible_rate", "rollout/mean_gamma",
+                       "rollout/qp_correction", "rollout/qp_active_rows", "rollout/qp_active_fraction"},
+        "baseline": set(),
+        "cbf_beta": {"rollout/qp_intervention_rate", "rollout/qp_infeasible_rate", "rollout/mean_gamma",
+                     "rollout/qp_correction", "rollout/box_width_v", "rollout/box_width_w"},
+        "shielded": {"rollout/qp_intervention_rate", "rollout/qp_infeasible_rate", "rollout/mean_gamma",
+                     "rollout/qp_correction"},
+    }[algo]
+    assert layer == expected and layer <= set(stats)
+    assert stats["perf/policy_ms"] > 0 and "perf/qp_ms" not in stats
+    assert ("charts/log_std_mean" in stats) == (algo in ("baseline", "shielded"))
+    if algo == "shielded":  # the mean gamma of a fixed filter is its gamma
+        assert stats["rollout/mean_gamma"] == pytest.approx(trainer.params.cbf.filter_gamma, rel=1e-6)
+
+
+def test_fault_injection_hook(tmp_path, monkeypatch):
+    """Unset: a no-op. Set: fails once, after the named update only (the marker remembers)."""
+    for name in ("BARRIERNET_FAULT_TRAIN_AFTER_UPDATE", "BARRIERNET_FAULT_MARKER", "BARRIERNET_FAULT_KIND"):
+        monkeypatch.delenv(name, raising=False)
+    fault_injection_hook()(2)
+    marker = tmp_path / "marker"
+    monkeypatch.setenv("BARRIERNET_FAULT_TRAIN_AFTER_UPDATE", "2")
+    monkeypatch.setenv("BARRIERNET_FAULT_MARKER", str(marker))
+    hook = fault_injection_hook()
+    hook(1)
+    with pytest.raises(InjectedFault, match="after update 2"):
+        hook(2)
+    assert marker.exists()
+    hook(2)  # once only
+    marker.unlink()
+    monkeypatch.setenv("BARRIERNET_FAULT_KIND", "oom")
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        fault_injection_hook()(2)
 
 
 def test_preallocated_adam_state_equals_the_lazy_one():
