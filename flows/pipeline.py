@@ -1,7 +1,7 @@
 """The Prefect flow `train-and-eval`: every pipeline stage as a retryable Prefect task.
 
     QP benchmark -> train (algo x seed, on Dask) -> evaluate (algo x seed, on Dask)
-                 -> compare -> headline -> report -> `dvc commit` (default params only)
+                 -> compare -> headline -> report -> `dvc commit` (default params) or `dvc exp save` (overrides)
 
 Each task calls the stage function from the registry, `STAGES[name].run(params, workdir, **cell)`;
 nothing about a stage is written here twice. Retries, retry delay and timeouts come from
@@ -10,7 +10,12 @@ nothing about a stage is written here twice. Retries, retry delay and timeouts c
 Where it writes:
 * no overrides: the workspace itself (the repo root by default) -- the tracked outputs -- and then
   `dvc commit -f`, so `dvc status` is clean and `dvc repro` has nothing to do;
-* with overrides: ``<workspace>/runs/<flow-run-name>/``; the tracked outputs are left alone.
+* with overrides: a DVC experiment named after the flow run. The stages write in
+  ``<workspace>/runs/<flow-run-name>/``, a git worktree of HEAD with params.yaml rewritten
+  (flows/experiments.py), then `dvc commit -f` and `dvc exp save` record it there; the
+  workspace's tracked outputs are left alone. `dvc exp show` lists it, `dvc exp apply` restores it.
+Every trained cell is published to the workspace's cell store (flows/cells.py), from which a study
+(flows/study.py) reuses finished cells instead of training them again.
 Either way a workspace lock (flows/lock.py) refuses a second concurrent run on the same directory.
 
 The code lives here (an importable module) rather than in the entrypoint file
@@ -21,6 +26,7 @@ the worker processes, which a module Prefect loads from a file path is not.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import os
@@ -43,7 +49,6 @@ from tasks.params import OrchestrationParams, Params, load_params
 from tasks.registry import STAGES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-RUNS_DIR = "runs"
 REPORT_PATH = "reports/decision_report.md"
 SUMMARY_PATH = "results/compare/summary.csv"
 PROGRESS_EVERY_SECONDS = 5.0  # throttle for progress-artifact updates (each is an API call)
@@ -153,8 +158,11 @@ def _run_name() -> str:
 
 
 def resolve_workdir(workspace: Path, overrides: dict[str, Any] | None, run_name: str) -> Path:
-    """The workspace itself for default params; ``<workspace>/runs/<run_name>`` with overrides."""
-    return workspace / RUNS_DIR / run_name if overrides else workspace
+    """The workspace itself for default params; the experiment checkout ``<workspace>/runs/<run_name>``
+    with overrides (flows/experiments.py)."""
+    from flows.experiments import experiment_dir
+
+    return experiment_dir(workspace, run_name) if overrides else workspace
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,74 +374,206 @@ def _with_orchestration(task_, params: Params):
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class Point:
+    """One pipeline run inside a flow run: a name (its experiment's, "" for the workspace's own
+    run), its validated params and the folder its stages write under."""
+
+    name: str
+    params: Params
+    workdir: Path
+
+
 # validate_parameters=False: the arguments are already-validated Python objects from the parent
 # flow (pydantic cannot resolve the `Params` annotation when Prefect loads the flow by module path).
 @flow(name="train-and-eval-matrix", persist_result=False, validate_parameters=False,
       task_runner=ThreadPoolTaskRunner(max_workers=1))
-def matrix_flow(params: Params, workdir: Path) -> dict[str, dict]:
+def matrix_flow(params: Params | None = None, workdir: Path | None = None, points: list[Point] | None = None,
+                cell_store: Path | None = None, reuse_cells: bool = False) -> dict[str, dict]:
     """Train every (algo, seed) cell in parallel, evaluate each as soon as its training is done.
 
-    Runs with the task runner the parent chooses from params (`matrix_task_runner`).
+    One point (`params`, `workdir`) or several (`points`, a study's grid): the training cells of
+    every point are submitted together to the task runner the parent chooses from params
+    (`matrix_task_runner`). Cells with the same training key (flows/cells.py) are trained once and
+    copied to the other points. With `cell_store` (a workspace) every trained cell is published to
+    its store; with `reuse_cells` too, a cell found there is copied in instead of trained.
     Out-of-memory in training resubmits the cell with the minibatch halved, down to
     gpu.min_minibatch; the fallback is recorded in the cell's summary.json by train.run.
-    """
-    logger = get_run_logger()
-    train = _with_orchestration(train_task, params)
-    evaluate = _with_orchestration(evaluate_task, params)
-    scenarios = _with_orchestration(scenarios_task, params)
-    cells = STAGES["train"].cells(params)
-    cell_of: dict[Any, dict] = {}
-    pending = []
-    for cell in cells:
-        future = train.submit(params, workdir, algo=cell["algo"], seed=cell["seed"])
-        cell_of[future] = {**cell, "minibatch_size": params.train.minibatch_size}
-        pending.append(future)
 
-    results: dict[str, dict] = {}
-    eval_of: dict[Any, str] = {}  # evaluation future -> cell name
-    scenarios_of: dict[Any, str] = {}  # scenario-suite future -> cell name
+    Returns {cell name: {"train", "evaluate", "scenarios"}} for one point, {point name: that}
+    for `points`.
+    """
+    from flows import cells as store
+
+    logger = get_run_logger()
+    single = points is None
+    points = [Point("", params, Path(workdir))] if single else list(points)
+    results: dict[str, dict[str, dict]] = {point.name: {} for point in points}
+    cell_of: dict[Any, tuple[Point, dict]] = {}  # future -> (point, cell {algo, seed, minibatch_size, key})
+    waiting: dict[str, list[tuple[Point, dict]]] = {}  # training key -> the jobs that need its cell
+    kinds: dict[Any, str] = {}  # future -> "train" | "evaluate" | "scenarios"
+    pending = []
+
+    def after_training(point: Point, cell: dict, summary: dict) -> None:
+        name = f"{cell['algo']}-s{cell['seed']}"
+        results[point.name][name] = {"train": summary}
+        evaluation = _with_orchestration(evaluate_task, point.params).submit(
+            point.params, point.workdir, algo=cell["algo"], seed=cell["seed"])
+        cell_of[evaluation], kinds[evaluation] = (point, cell), "evaluate"
+        pending.append(evaluation)
+
+    for point in points:
+        for cell in STAGES["train"].cells(point.params):
+            key = store.cell_key(point.params, cell["algo"], cell["seed"])
+            job = (point, {**cell, "minibatch_size": point.params.train.minibatch_size, "key": key})
+            found = store.lookup(cell_store, key, cell["algo"], cell["seed"]) if cell_store and reuse_cells else None
+            if found is not None:
+                logger.info("%s %s-s%d: finished cell reused from %s (not trained again)",
+                            point.name or "workspace", cell["algo"], cell["seed"], found)
+                after_training(point, job[1], store.restore(found, point.workdir, cell["algo"], cell["seed"]))
+            elif key in waiting:  # another point trains the same cell
+                waiting[key].append(job)
+            else:
+                waiting[key] = [job]
+                future = _with_orchestration(train_task, point.params).submit(
+                    point.params, point.workdir, algo=cell["algo"], seed=cell["seed"])
+                cell_of[future], kinds[future] = job, "train"
+                pending.append(future)
+
     # Evaluations join the same as_completed rounds as training, so each result is taken (and
     # released on the Dask side, see _take) as soon as it is ready, not held until the end.
     while pending:
-        resubmitted = []
-        for future in as_completed(pending):
-            if future in scenarios_of:
-                results[scenarios_of[future]]["scenarios"] = _take(future)
+        batch, pending[:] = list(pending), []
+        for future in as_completed(batch):
+            point, cell = cell_of[future]
+            name = f"{cell['algo']}-s{cell['seed']}"
+            kind = kinds[future]
+            if kind == "scenarios":
+                results[point.name][name]["scenarios"] = _take(future)
                 continue
-            if future in eval_of:
-                results[eval_of[future]]["evaluate"] = _take(future)
-                cell = cell_of[future]
+            if kind == "evaluate":
+                results[point.name][name]["evaluate"] = _take(future)
                 # The scenario suite after evaluation. Every cell runs it: a seed outside
                 # scenarios.seeds only writes skipped.json, which DVC's matrix needs as its output.
-                played = scenarios.submit(params, workdir, algo=cell["algo"], seed=cell["seed"])
-                scenarios_of[played] = eval_of[future]
-                resubmitted.append(played)
+                played = _with_orchestration(scenarios_task, point.params).submit(
+                    point.params, point.workdir, algo=cell["algo"], seed=cell["seed"])
+                cell_of[played], kinds[played] = (point, cell), "scenarios"
+                pending.append(played)
                 continue
-            cell = cell_of[future]
-            name = f"{cell['algo']}-s{cell['seed']}"
             try:
                 summary = _take(future)
             except MinibatchOutOfMemory as exc:
                 half = exc.minibatch_size // 2
-                if half < params.gpu.min_minibatch:
+                if half < point.params.gpu.min_minibatch:
                     raise PipelineError(
                         f"training {name} ran out of memory with minibatch {exc.minibatch_size}; halving "
-                        f"would go below gpu.min_minibatch={params.gpu.min_minibatch}. Free GPU memory, "
+                        f"would go below gpu.min_minibatch={point.params.gpu.min_minibatch}. Free GPU memory, "
                         f"lower train.num_envs, or lower gpu.min_minibatch. ({exc})"
                     ) from None
                 logger.warning("training %s ran out of memory with minibatch %d; retrying with %d "
                                "(resumes from its last checkpoint)", name, exc.minibatch_size, half)
-                retry = train.submit(params, workdir, algo=cell["algo"], seed=cell["seed"], minibatch_size=half)
-                cell_of[retry] = {**cell, "minibatch_size": half}
-                resubmitted.append(retry)
+                retry = _with_orchestration(train_task, point.params).submit(
+                    point.params, point.workdir, algo=cell["algo"], seed=cell["seed"], minibatch_size=half)
+                cell_of[retry], kinds[retry] = (point, {**cell, "minibatch_size": half}), "train"
+                pending.append(retry)
                 continue
-            results[name] = {"train": summary}
-            evaluation = evaluate.submit(params, workdir, algo=cell["algo"], seed=cell["seed"])
-            eval_of[evaluation] = name
-            cell_of[evaluation] = cell
-            resubmitted.append(evaluation)
-        pending = resubmitted
-    return results
+            if cell_store:
+                store.publish(cell_store, cell["key"], point.workdir, cell["algo"], cell["seed"])
+            for other, other_cell in waiting.pop(cell["key"]):
+                if other is point:
+                    after_training(point, cell, summary)
+                else:  # the same training in another grid point: its outputs, not a second run
+                    copied = store.restore(store.cell_dir(point.workdir, cell["algo"], cell["seed"]),
+                                           other.workdir, cell["algo"], cell["seed"])
+                    after_training(other, other_cell, {**copied, "reused_from_store": False})
+    return results[""] if single else results
+
+
+def _stage_key(stage_name: str, params: Params) -> str:
+    """What a stage's result depends on within one flow run (same code): its params' values."""
+    from tasks.params import params_hash
+
+    data = params.to_dict()
+    values = {}
+    for dotted in STAGES[stage_name].params:
+        node: Any = data
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        values[dotted] = node
+    return params_hash(values)
+
+
+def _copy_outputs(stage_name: str, source: Path, target: Path) -> None:
+    import shutil
+
+    stage = STAGES[stage_name]
+    for rel in stage.paths("outs", {}) + stage.paths("metrics", {}) + stage.paths("plots", {}):
+        src, dst = source / rel, target / rel
+        if src.is_dir():
+            shutil.copytree(src, dst, dirs_exist_ok=True)
+        elif src.is_file():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+
+
+def run_points(points: list[Point], cell_store: Path | None, reuse_cells: bool) -> dict[str, dict[str, Any]]:
+    """The stages for every point: the QP benchmark (once per distinct benchmark params, copied to
+    the points that share them), the training/evaluation matrix of all points together, then
+    compare, headline and report per point. Returns {point name: {"cells", "compare", "headline",
+    "report_result", "report", "summary"}}."""
+    benchmarked: dict[str, Path] = {}
+    for point in points:
+        key = _stage_key("qp_benchmark", point.params)
+        if key in benchmarked:
+            _copy_outputs("qp_benchmark", benchmarked[key], point.workdir)
+        else:
+            _with_orchestration(qp_benchmark_task, point.params)(point.params, point.workdir)
+            benchmarked[key] = point.workdir
+    runner = matrix_task_runner(points[0].params.orchestration)
+    single = len(points) == 1 and points[0].name == ""
+    matrix = matrix_flow.with_options(task_runner=runner)
+    if single:
+        all_cells = {"": matrix(points[0].params, points[0].workdir, cell_store=cell_store, reuse_cells=reuse_cells)}
+    else:
+        all_cells = matrix(points=points, cell_store=cell_store, reuse_cells=reuse_cells)
+    done: dict[str, dict[str, Any]] = {}
+    for point in points:
+        params, workdir = point.params, point.workdir
+        compare = _with_orchestration(compare_task, params)(params, workdir)
+        headline = _with_orchestration(headline_task, params)(params, workdir)
+        report = _with_orchestration(report_task, params)(params, workdir)
+        report_path, summary_path = workdir / REPORT_PATH, workdir / SUMMARY_PATH
+        suffix = f"-{_artifact_key(point.name)}" if point.name else ""
+        if report_path.exists():
+            from flows.report_artifact import self_contained_markdown  # figures inlined for the UI
+
+            create_markdown_artifact(self_contained_markdown(report_path), key=f"decision-report{suffix}",
+                                     description=f"decision report ({report_path}; figures inlined)")
+        if summary_path.exists():
+            create_table_artifact(_read_table(summary_path), key=f"results-summary{suffix}",
+                                  description=f"results table ({summary_path})")
+        done[point.name] = {"cells": all_cells[point.name], "compare": compare, "headline": headline,
+                            "report_result": report, "report": report_path, "summary": summary_path}
+    return done
+
+
+@task(name="record_experiment", cache_policy=NO_CACHE, persist_result=False)
+def record_experiment_task(workspace: Path, checkout: Path, name: str) -> dict:
+    """`dvc commit -f` and `dvc exp save --name <name>` in the run's experiment checkout."""
+    from flows import experiments
+
+    logger = get_run_logger()
+    if not experiments.is_experiment_checkout(checkout):
+        logger.warning("%s is not an experiment checkout (the workspace is not a git repository with a commit): "
+                       "not recorded as a DVC experiment", checkout)
+        return {"experiment": None}
+    recorded = experiments.record(workspace, checkout, name)
+    if recorded["dvc_status"]:
+        logger.warning("dvc status is not clean in %s after dvc commit: %s", checkout,
+                       json.dumps(recorded["dvc_status"])[:2000])
+    logger.info("recorded as DVC experiment '%s' (%s); `dvc exp show` lists it, `dvc exp apply %s` restores it",
+                name, recorded["ref"], name)
+    return recorded
 
 
 # ---------------------------------------------------------------------------------------------
@@ -446,12 +586,16 @@ def train_and_eval(overrides: dict[str, Any] | None = None, workspace: str | Non
 
     Args:
         overrides: dotted params key -> value, validated like `python -m tasks --set`
-            (e.g. {"train.total_steps": 20000}). With overrides the run writes to
-            ``<workspace>/runs/<flow-run-name>/`` and leaves the tracked outputs alone.
+            (e.g. {"train.total_steps": 20000}). With overrides the run is a DVC experiment named
+            after the flow run: it writes in ``<workspace>/runs/<flow-run-name>/`` (a git worktree
+            of HEAD, flows/experiments.py) and leaves the workspace's tracked outputs alone.
         workspace: the DVC workspace holding params.yaml and dvc.yaml (default: this repo).
 
-    Returns paths of the report and the summary table, the per-cell summaries and the workdir.
+    Returns paths of the report and the summary table, the per-cell summaries, the workdir and,
+    with overrides, the experiment (`dvc exp show` lists it; `dvc exp apply NAME` restores it).
     """
+    from flows import experiments
+
     logger = get_run_logger()
     workspace_dir = Path(workspace).resolve() if workspace else REPO_ROOT
     overrides = dict(overrides or {})
@@ -463,49 +607,40 @@ def train_and_eval(overrides: dict[str, Any] | None = None, workspace: str | Non
     if params.orchestration.dvc_push:  # a push that cannot happen is refused before hours of training
         default_remote(workspace_dir)
     run_name = _run_name()
-    workdir = resolve_workdir(workspace_dir, overrides, run_name)
-    workdir.mkdir(parents=True, exist_ok=True)
+    if overrides:
+        workdir = experiments.prepare(workspace_dir, run_name, overrides)
+    else:
+        workdir = workspace_dir
     logger.info("workdir %s (%s)", workdir, "overrides: " + json.dumps(overrides) if overrides else "tracked outputs")
 
     with workspace_lock(workdir, flow_run=run_name):
         if overrides:
             from tasks import io
 
-            io.write_json(workdir / "params.json", {"overrides": overrides, "params": params.to_dict()})
-        _with_orchestration(qp_benchmark_task, params)(params, workdir)
-        cells = matrix_flow.with_options(task_runner=matrix_task_runner(params.orchestration))(params, workdir)
-        compare = _with_orchestration(compare_task, params)(params, workdir)
-        headline = _with_orchestration(headline_task, params)(params, workdir)
-        report = _with_orchestration(report_task, params)(params, workdir)
-
-        report_path = workdir / REPORT_PATH
-        summary_path = workdir / SUMMARY_PATH
-        if report_path.exists():
-            from flows.report_artifact import self_contained_markdown  # figures inlined for the UI
-
-            create_markdown_artifact(self_contained_markdown(report_path), key="decision-report",
-                                     description=f"decision report ({report_path}; figures inlined)")
-        if summary_path.exists():
-            create_table_artifact(_read_table(summary_path), key="results-summary",
-                                  description=f"results table ({summary_path})")
-        dvc_status = None
-        if not overrides:
+            # Beside the outputs, for readers of the folder; gitignored (.cache/), not in the experiment.
+            io.write_json(workdir / ".cache" / "params.json", {"overrides": overrides, "params": params.to_dict()})
+        done = run_points([Point("", params, workdir)], cell_store=workspace_dir, reuse_cells=False)[""]
+        dvc_status, experiment = None, None
+        if overrides:
+            experiment = record_experiment_task(workspace_dir, workdir, run_name)
+        else:
             dvc_status = dvc_commit_task(workspace_dir)["dvc_status"]
         pushed = None
         if params.orchestration.dvc_push:
-            if overrides:
-                logger.warning("orchestration.dvc_push: %s is not tracked by DVC; pushing the workspace's "
-                               "recorded outputs only", workdir)
-            pushed = dvc_push_task(workspace_dir)
-    print(f"decision report: {report_path}")
+            # From the experiment's checkout: its outputs (and the workspace's, one cache) go to the remote.
+            pushed = dvc_push_task(workdir if experiment and experiment.get("experiment") else workspace_dir)
+    print(f"decision report: {done['report']}")
+    if experiment and experiment.get("experiment"):
+        print(f"DVC experiment: {run_name} (`dvc exp show`; `dvc exp apply {run_name}` restores it)")
     return {
         "workdir": str(workdir),
-        "report": str(report_path),
-        "summary": str(summary_path),
-        "cells": cells,
-        "compare": compare,
-        "headline": headline,
-        "report_result": report,
+        "report": str(done["report"]),
+        "summary": str(done["summary"]),
+        "cells": done["cells"],
+        "compare": done["compare"],
+        "headline": done["headline"],
+        "report_result": done["report_result"],
         "dvc_status": dvc_status,
+        "experiment": experiment,
         "dvc_push": pushed,
     }

@@ -1,14 +1,16 @@
-"""Serve the deployment `train-and-eval/local` from the repo root (Ctrl-C stops it).
+"""Serve the deployments `train-and-eval/local` and `study/local` from the repo root (Ctrl-C stops it).
 
     PREFECT_API_URL=http://127.0.0.1:4200/api python flows/serve.py
 
 then, from another shell: `prefect deployment run train-and-eval/local --watch`
-(optionally `--param overrides='{"train.total_steps": 20000}'`). `scripts/main.sh` does all of
-this, server included. The alternative with a work pool and a process worker is `prefect.yaml`.
+(optionally `--param overrides='{"train.total_steps": 20000}'`: a DVC experiment named after the
+flow run), or a study: `prefect deployment run study/local --param grid='{"env.num_obstacles": [2, 4]}' --watch`.
+`scripts/main.sh` does the first, server included. The alternative with a work pool and a process
+worker is `prefect.yaml`.
 
 Flow runs start in the directory this process was started from, so it changes to the repo root
-first. The deployment's entrypoint is the module path `flows.train_and_eval.train_and_eval`, so
-Dask workers can import the tasks by name.
+first. The deployments' entrypoints are the module paths `flows.train_and_eval.train_and_eval` and
+`flows.study.study`, so Dask workers can import the tasks by name.
 
 At start it marks Crashed the runs of this deployment that the server still shows Running but whose
 process is gone (`mark_orphaned_runs`: what a run looks like after the server died under it).
@@ -84,8 +86,10 @@ def main() -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
+    from prefect import serve
     from prefect.types.entrypoint import EntrypointType
 
+    from flows.study import study
     from flows.train_and_eval import train_and_eval
 
     try:  # bookkeeping only: never stands in the way of serving
@@ -94,12 +98,23 @@ def main() -> int:
     except Exception as exc:  # pragma: no cover - API hiccup
         print(f"warning: could not look for flow runs orphaned by a lost Prefect server: {exc}", file=sys.stderr)
 
-    print(f"serving train-and-eval/{DEPLOYMENT_NAME} from {REPO_ROOT} (API {url})", flush=True)
-    train_and_eval.serve(
-        name=DEPLOYMENT_NAME,
-        entrypoint_type=EntrypointType.MODULE_PATH,
-        description="QP benchmark -> training (algo x seed on Dask) -> evaluation -> comparison -> decision report",
-        tags=["barriernet"],
+    print(f"serving train-and-eval/{DEPLOYMENT_NAME} and study/{DEPLOYMENT_NAME} from {REPO_ROOT} (API {url})",
+          flush=True)
+    serve(
+        train_and_eval.to_deployment(
+            name=DEPLOYMENT_NAME,
+            entrypoint_type=EntrypointType.MODULE_PATH,
+            description="QP benchmark -> training (algo x seed on Dask) -> evaluation -> comparison -> decision "
+                        "report; with overrides, a DVC experiment named after the flow run",
+            tags=["barriernet"],
+        ),
+        study.to_deployment(
+            name=DEPLOYMENT_NAME,
+            entrypoint_type=EntrypointType.MODULE_PATH,
+            description="a grid of overrides: every grid point a DVC experiment, training cells of the whole grid "
+                        "on one Dask runner, then reports/studies/<study>.md",
+            tags=["barriernet"],
+        ),
         print_starting_message=True,
     )
     return 0

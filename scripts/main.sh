@@ -3,6 +3,8 @@
 #
 #   scripts/main.sh [extra `prefect deployment run` args, e.g. --param overrides='{"train.total_steps": 20000}']
 #
+# With overrides the run is a DVC experiment named after the flow run (runs/<name>/ is its checkout).
+#
 # On a fresh machine it creates .venv (python3.11, `pip install -e .`), starts a local Prefect
 # server (SQLite under .prefect/, 127.0.0.1 only) unless one already answers at PREFECT_API_URL,
 # serves the deployment (flows/serve.py), runs it with --watch, prints where the report is and
@@ -107,7 +109,7 @@ setsid "$VENV_BIN/python" flows/serve.py >"$LOGS/serve.log" 2>&1 &
 SERVE_PID=$!
 STARTED+=("$SERVE_PID")
 for _ in $(seq 1 240); do
-    grep -q "is being served" "$LOGS/serve.log" 2>/dev/null && break
+    grep -Eq "(is|are) being served" "$LOGS/serve.log" 2>/dev/null && break
     if ! kill -0 "$SERVE_PID" 2>/dev/null; then
         echo "main: flows/serve.py exited; last lines of $LOGS/serve.log:" >&2
         tail -n 30 "$LOGS/serve.log" >&2
@@ -173,12 +175,15 @@ if [ -n "$SERVER_LOST" ]; then
     exit 75   # EX_TEMPFAIL: run again
 fi
 REPORT="$REPO/reports/decision_report.md"
+EXPERIMENT=""
 if [ -n "$RUN_NAME" ] && [ -f "$REPO/runs/$RUN_NAME/reports/decision_report.md" ]; then
-    REPORT="$REPO/runs/$RUN_NAME/reports/decision_report.md"   # a run with overrides
+    REPORT="$REPO/runs/$RUN_NAME/reports/decision_report.md"   # a run with overrides: a DVC experiment
+    EXPERIMENT="$RUN_NAME"
 fi
 echo
 if [ "$RC" -eq 0 ]; then
     echo "main: decision report: $REPORT"
+    [ -n "$EXPERIMENT" ] && echo "main: DVC experiment '$EXPERIMENT': \`dvc exp show\` lists it, \`dvc exp apply $EXPERIMENT\` restores it"
 else
     echo "main: the flow run ${RUN_NAME:+'$RUN_NAME' }failed (exit $RC); see $LOGS/last-run.log and $LOGS/serve.log" >&2
 fi

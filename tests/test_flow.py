@@ -283,7 +283,7 @@ def test_overrides_write_to_run_dir_and_leave_tracked_outputs_alone(prefect_serv
     assert workdir.parent == fake_stages / "runs"
     assert (workdir / "reports/decision_report.md").exists()
     assert (workdir / "results/train/barriernet-s3/model.pt").exists()
-    assert json.loads((workdir / "params.json").read_text())["overrides"] == {"train.seeds": [3]}
+    assert json.loads((workdir / ".cache/params.json").read_text())["overrides"] == {"train.seeds": [3]}
     assert not _stage_outputs(fake_stages) and not (fake_stages / "reports/decision_report.md").exists()
     assert not (fake_stages / "dvc.lock").exists() and result["dvc_status"] is None
 
@@ -453,6 +453,23 @@ def test_injected_training_fault_is_retried_and_matches_an_unfaulted_run(prefect
     resumed = sorted(str(s["resumed_from_update"]) for s in summaries.values())
     assert resumed == ["1"] + ["None"] * (len(summaries) - 1)  # the faulted cell resumed, no other
     assert (workdir / "reports/decision_report.md").exists()
+
+    # With overrides the run is a DVC experiment (tests/test_experiments.py has the details): applied
+    # in the workspace, DVC finds everything recorded, and the metrics recomputed from the applied
+    # outputs are the run's, byte for byte.
+    name = result["experiment"]["experiment"]
+    assert workdir == workspace / "runs" / name
+    applied = run_dvc(workspace, "exp", "apply", name)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    status = run_dvc(workspace, "status")
+    assert status.returncode == 0 and "Data and pipelines are up to date" in status.stdout, status.stdout
+    repro = run_dvc(workspace, "repro")
+    assert repro.returncode == 0 and "Running stage" not in repro.stdout, repro.stdout + repro.stderr
+    for stage in ("compare", "headline"):
+        forced = run_dvc(workspace, "repro", "--force", "--single-item", stage)
+        assert forced.returncode == 0 and "Running stage" in forced.stdout, forced.stdout + forced.stderr
+    for rel in ("results/compare/metrics.json", "results/headline.json"):
+        assert (workspace / rel).read_bytes() == (workdir / rel).read_bytes(), rel
 
     # Unfaulted reference: same params, fresh resume state, no fault switch.
     monkeypatch.delenv("BARRIERNET_FAULT_TRAIN_AFTER_UPDATE")
