@@ -242,7 +242,7 @@ def measure_sb3(config: dict[str, int], steps: int, seed: int = 0, warmup_steps:
 class PhaseTimer:
     """Wall time of named parts of one training iteration, by wrapping callables in place.
 
-    Wrapped: Trainer.collect_rollout and tasks.train.ppo_update (the two phases), the env step,
+    Wrapped: model.ppo.collect_rollout and model.ppo.ppo_update (the two phases), the env step,
     the actor's forward and evaluate_actions, the CBF-QP projection (attributed to the phase it
     runs in), Tensor.backward, the optimizer step and the QP's KKT backward (exact backend).
     Everything is restored on exit.
@@ -286,17 +286,17 @@ class PhaseTimer:
     @contextlib.contextmanager
     def attached(self, trainer) -> Iterator["PhaseTimer"]:
         import model.qp.common as qp_common
-        import tasks.train as train_module
+        import model.ppo as ppo_module
 
         qp_name = lambda: f"{self.phase}: QP projection (cbf rows excluded)"  # noqa: E731
-        self.patch_instance(trainer, "collect_rollout", "rollout", phase="rollout")
+        self.patch(ppo_module, "collect_rollout", "rollout", phase="rollout")
         self.patch_instance(trainer.core, "step", "rollout: env step")
         self.patch_instance(trainer.rollout_actor, "forward", "rollout: actor forward")
         self.patch_instance(trainer.actor, "evaluate_actions", "update: actor evaluate_actions")
         for actor in (trainer.rollout_actor, trainer.actor):
             self.patch_instance(actor.projection, "forward", qp_name)
         self.patch_instance(trainer.optimizer, "step", "update: optimizer step")
-        self.patch(train_module, "ppo_update", "update", phase="update")
+        self.patch(ppo_module, "ppo_update", "update", phase="update")
         self.patch(torch.Tensor, "backward", "update: backward (all)")
         # On the CPU every QP backward goes through this one autograd node (model/qp/common.py).
         self.patch(qp_common.PrecomputedKKT, "backward", "update: backward, QP KKT (python part)", static=True)

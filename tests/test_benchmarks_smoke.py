@@ -116,10 +116,11 @@ def test_profile_breakdown_adds_up(bench):
         assert shares["update: backward, QP KKT (python part)"] <= shares["update: backward (all)"]
     assert "cProfile" in text and "ncalls" in text
     # the timing wrappers are gone afterwards
-    import tasks.train
+    import model.ppo
     import torch
 
-    assert tasks.train.ppo_update.__module__ == "model.ppo"
+    assert model.ppo.ppo_update.__module__ == "model.ppo"
+    assert model.ppo.collect_rollout.__module__ == "model.ppo"
     assert torch.Tensor.backward.__qualname__ == "Tensor.backward"
 
 
