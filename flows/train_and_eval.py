@@ -6,7 +6,8 @@ Deployments point here (`flows/train_and_eval.py:train_and_eval` or the module p
     python -m flows.train_and_eval [--set key=value ...] [--workspace DIR]
 
 With no `--set` it writes the tracked outputs and records them with `dvc commit`; with `--set`
-it writes to runs/<flow-run-name>/. Without PREFECT_API_URL Prefect starts a temporary local
+the run is a DVC experiment named after the flow run, written in runs/<flow-run-name>/ (a git
+worktree, flows/experiments.py). Without PREFECT_API_URL Prefect starts a temporary local
 server for the run; with it set, the server must answer (a clear error otherwise).
 """
 
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m flows.train_and_eval", description=__doc__.splitlines()[0])
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a param, YAML-typed (repeatable); the run then goes to runs/<name>/")
+                        help="override a param, YAML-typed (repeatable); the run is then a DVC experiment")
     parser.add_argument("--workspace", default=None, help="DVC workspace with params.yaml (default: this repo)")
     args = parser.parse_args(argv)
     try:
