@@ -36,6 +36,7 @@ RUNS_DIR = "runs"
 # `dvc exp save` moves refs/exps/exec/EXEC_HEAD, which every worktree of a repo shares: saves are
 # taken one at a time per repository (a kernel lock, dropped if its holder dies).
 SAVE_LOCK = ".dvc/tmp/exp-save.lock"
+SITE_CACHE = ".dvc/tmp/site-cache"  # the experiment checkouts' DVC site cache (core.site_cache_dir)
 
 
 class ExperimentError(RuntimeError):
@@ -129,8 +130,9 @@ def _workspace_changes(workspace: Path) -> tuple[list[str], list[str]]:
 
 
 def _share_cache_and_remotes(workspace: Path, checkout: Path) -> None:
-    """The worktree's .dvc/config.local: the workspace's cache, and every remote at the url the
-    workspace resolves (a relative url would otherwise resolve from inside runs/)."""
+    """The worktree's .dvc/config.local: the workspace's cache, every remote at the url the workspace
+    resolves (a relative url would otherwise resolve from inside runs/), and a site cache inside the
+    checkout."""
     cache = workspace / ".dvc" / "cache"
     remotes: dict[str, str] = {}
     for line in _dvc(workspace, "config", "--list", "--show-origin").stdout.splitlines():
@@ -143,7 +145,8 @@ def _share_cache_and_remotes(workspace: Path, checkout: Path) -> None:
             cache = Path(value)
         elif len(parts) == 3 and parts[0] == "remote" and parts[2] == "url" and value:
             remotes[parts[1]] = value
-    lines = ["[cache]", f"    dir = {cache}"]
+    # DVC's per-repository index and hash caches stay inside the checkout, not in /var/tmp/dvc.
+    lines = ["[core]", f"    site_cache_dir = {workspace / SITE_CACHE}", "[cache]", f"    dir = {cache}"]
     for name, url in remotes.items():
         lines += [f"['remote \"{name}\"']", f"    url = {url}"]
     (checkout / ".dvc" / "config.local").write_text("\n".join(lines) + "\n")
