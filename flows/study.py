@@ -34,7 +34,8 @@ from typing import Any, Mapping, Sequence
 if __name__ == "__main__":  # pin the numerics before flows.pipeline loads torch
     from tasks import numerics as _numerics
 
-    _numerics.apply(_numerics.mode_from_argv(sys.argv[1:], None))
+    _workspace = next((sys.argv[i + 1] for i, a in enumerate(sys.argv[:-1]) if a == "--workspace"), None)
+    _numerics.apply(_numerics.mode_from_argv(sys.argv[1:], os.path.join(_workspace, "params.yaml") if _workspace else None))
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
