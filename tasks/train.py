@@ -57,6 +57,8 @@ from model.ppo import (
     rollout_metrics,
 )
 from tasks import io, numerics
+from tasks.artifacts import CheckpointError, cell_name, train_dir
+from tasks.artifacts.policy import _safe_torch_load, load_trained, trained_model_record  # noqa: F401 (load_trained re-exported for tests)
 from tasks.gpu import release_cached_memory, set_allocator_defaults, wait_for_headroom
 from tasks.params import Params, params_hash, training_config
 
@@ -75,10 +77,6 @@ class TrainingError(RuntimeError):
 
 class NonFiniteError(TrainingError):
     """A NaN/inf observation or reward: the message names the step and env index."""
-
-
-class CheckpointError(TrainingError):
-    """A checkpoint is unreadable or does not belong to this configuration."""
 
 
 class TrainingOOMError(TrainingError):
@@ -101,10 +99,10 @@ def code_fingerprint() -> str:
     """Hash (16 hex digits) of the Python sources the train stage declares as its code in the
     stage registry (the files DVC watches for it), part of the resume key: a checkpoint written
     by other code is never resumed, nor a finished one reused, after the code changed."""
-    from tasks.registry import STAGES
+    from tasks.code_deps import import_closure
 
     digest = hashlib.sha256()
-    for entry in STAGES["train"].code:
+    for entry in import_closure("tasks.train"):
         path = REPO_ROOT / entry
         files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
         for source in files:
@@ -117,12 +115,8 @@ def state_root() -> Path:
     return Path(os.environ.get("BARRIERNET_STATE_DIR", REPO_ROOT / ".cache" / "train-state"))
 
 
-def cell_name(algo: str, seed: int) -> str:
-    return f"{algo}-s{seed}"
-
-
 def output_dir(workdir: Path, algo: str, seed: int) -> Path:
-    return Path(workdir) / "results" / "train" / cell_name(algo, seed)
+    return train_dir(workdir, algo, seed)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -257,7 +251,7 @@ class Trainer:
             clip_vloss=tp.clip_vloss, ent_coef=tp.ent_coef, vf_coef=tp.vf_coef,
             max_grad_norm=tp.max_grad_norm, target_kl=tp.target_kl,
         )
-        self.probe = GradientProbe(self.actor)  # read-only gradient diagnostics (DVCLive grad/*)
+        self.probe = GradientProbe(self.actor, self.scaler)  # read-only gradient diagnostics (DVCLive grad/*)
         self.next_obs = self.core.reset()
         self.training_collisions = 0.0  # episodes ended by a collision so far (cumulative curve)
         self.update = 0  # updates done
@@ -386,27 +380,6 @@ def _set_numpy_rng_state(state: dict[str, Any]) -> None:
     """Inverse of `_numpy_rng_state`."""
     np.random.set_state((state["bit_generator"], state["keys"].numpy().astype(np.uint32), state["pos"],
                          state["has_gauss"], state["cached_gaussian"]))
-
-
-def _safe_torch_load(path: Path, what: str, map_location: Any) -> Any:
-    """torch.load with weights_only=True: tensors and plain containers (dict, list, tuple, str,
-    int, float, bool, None) only, so a planted file (from a shared DVC remote, a copied folder)
-    cannot run code. Raises CheckpointError naming the file: refused (other Python objects in the
-    pickle) or unreadable (truncated, not a torch file)."""
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        reason = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"{what} {path} was refused: it holds Python objects other than tensors and plain containers, "
-            f"which loading would run as code (torch.load weights_only=True: {reason}). It was left in place; "
-            "do not load it with weights_only=False unless you wrote it yourself. Delete it and rerun the train stage."
-        ) from None
-    except Exception as exc:  # truncated, tampered, not a torch file
-        raise CheckpointError(
-            f"{what} {path} is unreadable ({type(exc).__name__}: {exc}); it was left in place. "
-            "Delete it (or its folder) to start this configuration from scratch."
-        ) from None
 
 
 def load_checkpoint(path: Path, expected_config: dict[str, Any]) -> dict[str, Any]:
@@ -539,18 +512,11 @@ def run(
 
 def _write_outputs(trainer: Trainer, out_dir: Path, minibatch_override: int | None, resumed_from, headroom) -> dict[str, Any]:
     tp = trainer.params.train
-    model = {
-        "format": 1,
-        "algo": trainer.algo,
-        "seed": trainer.seed,
-        "key": trainer.key,
-        "config": trainer.config,
-        "params": trainer.params.to_dict(),
-        "obs_dim": trainer.obs_dim,
-        "actor": {k: v.cpu() for k, v in trainer.actor.state_dict().items()},
-        "critic": {k: v.cpu() for k, v in trainer.critic.state_dict().items()},
-        "obs_rms": {k: v.cpu() for k, v in trainer.obs_rms.state_dict().items()},
-    }
+    model = trained_model_record(
+        algo=trainer.algo, seed=trainer.seed, key=trainer.key, config=trainer.config,
+        params=trainer.params.to_dict(), obs_dim=trainer.obs_dim, actor=trainer.actor.state_dict(),
+        critic=trainer.critic.state_dict(), obs_rms=trainer.obs_rms.state_dict(),
+    )
     io.torch_save(model, out_dir / "model.pt")
     window = trainer.history[-max(1, len(trainer.history) // 10):]
 
@@ -581,26 +547,3 @@ def _write_outputs(trainer: Trainer, out_dir: Path, minibatch_override: int | No
     }
     io.write_json(out_dir / "summary.json", summary)
     return summary
-
-
-def load_trained(path: str | Path, params: Params | None = None, device: str | torch.device = "cpu"):
-    """Load model.pt -> (actor, critic, obs_rms, record). Raises CheckpointError naming the file."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"trained model {path} does not exist; run the train stage first")
-    try:
-        record = _safe_torch_load(path, "trained model", device)
-        if params is None:
-            params = Params.model_validate(record["params"])
-        actor = make_actor(record["algo"], record["obs_dim"], params.for_algo(record["algo"])).to(device)
-        actor.load_state_dict(record["actor"])
-        critic = Critic(record["obs_dim"], params.train.hidden_sizes).to(device)
-        critic.load_state_dict(record["critic"])
-        obs_rms = RunningMeanStd((record["obs_dim"],)).to(device)
-        obs_rms.load_state_dict(record["obs_rms"])
-    except CheckpointError:
-        raise
-    except Exception as exc:
-        raise CheckpointError(f"trained model {path} is unreadable or incompatible ({type(exc).__name__}: {exc})") from None
-    actor.eval()
-    return actor, critic, obs_rms, record

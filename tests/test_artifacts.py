@@ -16,11 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 # Front doors run stages; a stage importing one would pull every stage into its code deps.
 FRONT_DOORS = ("tasks.registry", "tasks.__main__", "tasks.tuning", "flows")
 # Imports still to be cut, each with the reason; remove an entry when its import goes.
-PENDING = {
-    # train.code_fingerprint reads STAGES["train"].code; tasks.code_deps.import_closure("tasks.train")
-    # gives the same files without the registry.
-    ("tasks.train", "tasks.registry"),
-}
+PENDING: set[tuple[str, str]] = set()
 
 
 def _stage_modules() -> dict[str, str]:

@@ -8,6 +8,7 @@ torch and the actors: a stage that only reads tables does not get the model in i
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 from typing import Any
@@ -47,13 +48,52 @@ def _safe_torch_load(path: Path, what: str, map_location: Any) -> Any:
         ) from None
 
 
+# model.pt's layout. Format 2 stores the params and the training config as canonical JSON text:
+# pickling the nested dicts made the file's bytes depend on which string objects happened to be
+# shared (pickle memoizes by identity), so the same weights written through `dvc repro` and
+# through the Prefect flow had different md5s in DVC.
+MODEL_FORMAT = 2
+
+
+def canonical_json(value: Any) -> str:
+    """One text per value: sorted keys, no whitespace (floats keep Python's round-trip repr)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def trained_model_record(*, algo: str, seed: int, key: str, config: dict[str, Any], params: dict[str, Any],
+                         obs_dim: int, actor: dict[str, torch.Tensor], critic: dict[str, torch.Tensor],
+                         obs_rms: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """What the train stage saves as model.pt (tensors moved to the CPU; metadata as JSON text)."""
+    return {
+        "format": MODEL_FORMAT,
+        "algo": str(algo),
+        "seed": int(seed),
+        "key": str(key),
+        "config": canonical_json(config),
+        "params": canonical_json(params),
+        "obs_dim": int(obs_dim),
+        "actor": {k: v.cpu() for k, v in actor.items()},
+        "critic": {k: v.cpu() for k, v in critic.items()},
+        "obs_rms": {k: v.cpu() for k, v in obs_rms.items()},
+    }
+
+
+def _decoded(record: Any, path: Path) -> dict[str, Any]:
+    """model.pt as saved -> the record with ``config`` and ``params`` as dicts."""
+    if not isinstance(record, dict) or record.get("format") != MODEL_FORMAT:
+        found = record.get("format") if isinstance(record, dict) else type(record).__name__
+        raise CheckpointError(f"trained model {path} has format {found!r}; this code reads format {MODEL_FORMAT}. "
+                              "Rerun the train stage to rewrite it.")
+    return {**record, "config": json.loads(record["config"]), "params": json.loads(record["params"])}
+
+
 def load_trained(path: str | Path, params: Params | None = None, device: str | torch.device = "cpu"):
     """Load model.pt -> (actor, critic, obs_rms, record). Raises CheckpointError naming the file."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"trained model {path} does not exist; run the train stage first")
     try:
-        record = _safe_torch_load(path, "trained model", device)
+        record = _decoded(_safe_torch_load(path, "trained model", device), path)
         if params is None:
             params = Params.model_validate(record["params"])
         actor = make_actor(record["algo"], record["obs_dim"], params.for_algo(record["algo"])).to(device)
