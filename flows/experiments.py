@@ -62,15 +62,6 @@ def _git(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
     return result
 
 
-def _dvc(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True,
-                            env={**os.environ, "DVC_NO_ANALYTICS": "1"})
-    if check and result.returncode != 0:
-        raise ExperimentError(f"`dvc {' '.join(args)}` failed in {cwd} (exit {result.returncode}):\n"
-                              f"{result.stdout[-2000:]}{result.stderr[-2000:]}")
-    return result
-
-
 def can_hold_experiments(workspace: Path) -> bool:
     """A git work tree root with at least one commit (an experiment is a commit on top of HEAD)."""
     top = _git(workspace, "rev-parse", "--show-toplevel", check=False)
@@ -133,18 +124,28 @@ def _share_cache_and_remotes(workspace: Path, checkout: Path) -> None:
     """The worktree's .dvc/config.local: the workspace's cache, every remote at the url the workspace
     resolves (a relative url would otherwise resolve from inside runs/), and a site cache inside the
     checkout."""
+    from configobj import ConfigObj  # DVC's own config format; reading it needs no DVC process
+
     cache = workspace / ".dvc" / "cache"
     remotes: dict[str, str] = {}
-    for line in _dvc(workspace, "config", "--list", "--show-origin").stdout.splitlines():
-        origin, _, setting = line.partition("\t")  # "ORIGIN<TAB>KEY=VALUE"
-        key, _, value = setting.partition("=")
-        if value and "://" not in value and not Path(value).is_absolute():
-            value = str((workspace / Path(origin).parent / value).resolve())
-        parts = key.split(".")
-        if key == "cache.dir":
-            cache = Path(value)
-        elif len(parts) == 3 and parts[0] == "remote" and parts[2] == "url" and value:
-            remotes[parts[1]] = value
+    for level in ("config", "config.local"):  # the repository's levels; the later one wins
+        path = workspace / ".dvc" / level
+        if not path.is_file():
+            continue
+        for section, values in ConfigObj(str(path)).items():
+            if not isinstance(values, Mapping):
+                continue
+            found = re.fullmatch(r'remote\s+"(.+)"', section)
+            key = "url" if found else "dir" if section == "cache" else None
+            value = values.get(key) if key else None
+            if not value:
+                continue
+            if "://" not in value and not Path(value).is_absolute():  # relative to .dvc/
+                value = str((workspace / ".dvc" / value).resolve())
+            if found:
+                remotes[found.group(1)] = value
+            else:
+                cache = Path(value)
     # DVC's per-repository index and hash caches stay inside the checkout, not in /var/tmp/dvc.
     lines = ["[core]", f"    site_cache_dir = {workspace / SITE_CACHE}", "[cache]", f"    dir = {cache}"]
     for name, url in remotes.items():
