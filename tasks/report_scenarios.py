@@ -193,7 +193,9 @@ def figure_trajectories(name: str, arms: list[str], trajectories: dict[str, Any]
 
     cols = min(4, len(arms))
     rows = math.ceil(len(arms) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.4 * rows + 0.4), squeeze=False)
+    # constrained layout: equal-aspect panels, the colour bar and the title packed without the
+    # empty band a fixed subplots grid leaves above square panels
+    fig, axes = plt.subplots(rows, cols, figsize=(2.9 * cols + 1.0, 3.0 * rows + 0.5), squeeze=False, layout="constrained")
     cmap = plt.get_cmap("RdYlGn")
     norm = plt.Normalize(*MARGIN_RANGE)
     obstacles = trajectories[f"{name}/obstacles"]
@@ -218,7 +220,7 @@ def figure_trajectories(name: str, arms: list[str], trajectories: dict[str, Any]
                       scale=1.0 / ARROW_GAIN, color="purple", width=0.012)  # fmt: skip
         ax.set_xlim(*view[0])
         ax.set_ylim(*view[1])
-        ax.set_title(f"{arm} ({len(pursuer) - 1} steps, {moved.size} corrected)", fontsize=7)
+        ax.set_title(f"{arm}\n{len(pursuer) - 1} steps, {moved.size} corrected", fontsize=7)  # arm names are long
     for ax in list(axes.flat)[len(arms):]:
         ax.axis("off")
     fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes, shrink=0.6, label="barrier margin h (m)")
