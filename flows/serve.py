@@ -12,7 +12,7 @@ Flow runs start in the directory this process was started from, so it changes to
 first. The deployments' entrypoints are the module paths `flows.train_and_eval.train_and_eval` and
 `flows.study.study`, so Dask workers can import the tasks by name.
 
-At start it marks Crashed the runs of this deployment that the server still shows Running but whose
+At start it marks Crashed the runs of these deployments that the server still shows Running but whose
 process is gone (`mark_orphaned_runs`: what a run looks like after the server died under it).
 """
 
@@ -33,7 +33,8 @@ def mark_orphaned_runs() -> list[str]:
 
     That is what a flow run looks like after the Prefect server died under it: the run was stopped
     (scripts/main.sh stops it) but could not report its end. A run whose lock is held, or that
-    never took one, is left alone. Returns one line per run marked.
+    never took one, is left alone. A study is judged by the lock of its first grid point's
+    checkout (every point's lock names the study's flow run). Returns one line per run marked.
     """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
@@ -43,13 +44,14 @@ def mark_orphaned_runs() -> list[str]:
     from prefect.client.schemas.objects import StateType
     from prefect.states import Crashed
 
+    from flows.experiments import experiment_dir, valid_name
     from flows.lock import stale_record
     from flows.pipeline import resolve_workdir
 
     marked = []
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=["train-and-eval"])),
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["train-and-eval", "study"])),
             deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[DEPLOYMENT_NAME])),
             flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))),
         )
@@ -57,7 +59,10 @@ def mark_orphaned_runs() -> list[str]:
             params = run.parameters or {}
             workspace = Path(params.get("workspace") or REPO_ROOT).resolve()
             name = re.sub(r"[^A-Za-z0-9._-]+", "-", str(run.name))
-            workdir = resolve_workdir(workspace, params.get("overrides"), name)
+            if params.get("grid") is not None:  # a study: its first grid point's checkout
+                workdir = experiment_dir(workspace, f"{valid_name(params.get('name') or name)}-1")
+            else:
+                workdir = resolve_workdir(workspace, params.get("overrides"), name)
             record = stale_record(workdir)
             if not record or record.get("flow_run") != name:
                 continue

@@ -233,7 +233,8 @@ def study(grid: dict[str, list[Any]], overrides: dict[str, Any] | None = None, w
         numerics.require(params.numerics.mode)
     if any(params.orchestration.dvc_push for _, params in validated):
         pipeline.default_remote(workspace_dir)
-    study_name = experiments.valid_name(name or pipeline._run_name())
+    run_name = pipeline._run_name()
+    study_name = experiments.valid_name(name or run_name)
     logger.info("study %s: %d grid points", study_name, len(validated))
 
     points = []
@@ -243,7 +244,7 @@ def study(grid: dict[str, list[Any]], overrides: dict[str, Any] | None = None, w
         points.append(pipeline.Point(experiment, params, checkout))
     with ExitStack() as locks:
         for point in points:
-            locks.enter_context(workspace_lock(point.workdir, flow_run=point.name))
+            locks.enter_context(workspace_lock(point.workdir, flow_run=run_name))
         done = pipeline.run_points(points, cell_store=workspace_dir, reuse_cells=True)
         recorded = {point.name: pipeline.record_experiment_task(workspace_dir, point.workdir, point.name)
                     for point in points}

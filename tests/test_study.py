@@ -58,3 +58,45 @@ def test_study_report_compares_verdicts_and_rates_with_intervals(tmp_path):
         ("s-1", "barriernet", "2"), ("s-1", "baseline", "2"), ("s-2", "barriernet", "4"), ("s-2", "baseline", "4")]
     assert float(read[3]["capture_rate_low"]) == pytest.approx(0.65) and read[3]["verdict"] == "INCONCLUSIVE"
     assert report.read_text() == markdown
+
+
+def test_serve_marks_a_study_run_crashed_when_its_process_died(tmp_path, monkeypatch):
+    """A study whose flow process died (a lost Prefect server) is marked Crashed by flows/serve.py:
+    its first grid point's lock names the flow run and nobody holds it; a live one is left alone."""
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    import prefect.client.orchestration as orchestration
+
+    from flows import serve
+    from flows.experiments import experiment_dir
+
+    checkout = experiment_dir(tmp_path, "grid-1")
+    holder = subprocess.run(  # takes the lock as the study flow does, then dies without releasing it
+        [sys.executable, "-c", "import os; from flows.lock import workspace_lock\n"
+         f"with workspace_lock({str(checkout)!r}, flow_run='lost-run'):\n    os._exit(0)"],
+        cwd=REPO_ROOT)
+    assert holder.returncode == 0
+    runs = [SimpleNamespace(id=1, name="lost-run", parameters={"grid": {"env.num_obstacles": [2]}, "name": "grid",
+                                                               "workspace": str(tmp_path)}),
+            SimpleNamespace(id=2, name="other-run", parameters={"grid": {"env.num_obstacles": [2]}, "name": "other",
+                                                                "workspace": str(tmp_path)})]
+    marked_states = []
+
+    class Client:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read_flow_runs(self, **filters):
+            return runs
+
+        def set_flow_run_state(self, run_id, state, force):
+            marked_states.append((run_id, state.type.value))
+
+    monkeypatch.setattr(orchestration, "get_client", lambda sync_client: Client())
+    lines = serve.mark_orphaned_runs()
+    assert marked_states == [(1, "CRASHED")] and "lost-run" in lines[0]
