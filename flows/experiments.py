@@ -212,10 +212,15 @@ def _save_lock(workspace: Path) -> Iterator[None]:
 # One DVC process for the whole recording (each `dvc` command line costs seconds of imports).
 _RECORD = """
 import json, subprocess, sys
+from dvc.output import OutputDoesNotExistError
 from dvc.repo import Repo
 
 with Repo(".") as repo:
-    repo.commit(force=True)
+    try:
+        repo.commit(force=True)
+    except OutputDoesNotExistError as exc:  # `dvc exp save` would fail the same way
+        print(json.dumps({"missing": str(exc)}))
+        sys.exit(0)
     status = repo.status()
 subprocess.run(["git", "add", "-A"], check=True)
 with Repo(".") as repo:
@@ -230,7 +235,9 @@ def record(workspace: Path, checkout: Path, name: str) -> dict[str, Any]:
     Everything the run wrote that git should hold (params.yaml, dvc.lock, the uncached metrics,
     DVC's .gitignore entries, new files) is staged in the worktree's own index first (`git add -A`),
     so the experiment commit holds it. Returns {"experiment", "ref", "rev", "dvc_status"} (the
-    `dvc status` after the commit: {} when clean).
+    `dvc status` after the commit: {} when clean). When an output of a stage is missing (DVC
+    cannot commit it, nor save the experiment) nothing is recorded: {"experiment": None,
+    "missing": DVC's message}.
     """
     with _save_lock(workspace):
         done = subprocess.run([sys.executable, "-c", _RECORD, name], cwd=checkout, capture_output=True, text=True,
@@ -239,7 +246,10 @@ def record(workspace: Path, checkout: Path, name: str) -> dict[str, Any]:
         raise ExperimentError(f"recording {checkout} as DVC experiment '{name}' (dvc commit -f, dvc exp save) "
                               f"failed (exit {done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-3000:]}")
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    changed = json.loads(lines[-1])["dvc_status"] if lines else {"unparsed": done.stdout[-500:]}
+    reply = json.loads(lines[-1]) if lines else {"dvc_status": {"unparsed": done.stdout[-500:]}}
+    if "missing" in reply:  # a stage wrote no outputs (a stage switched off): nothing to record
+        return {"experiment": None, "ref": None, "rev": None, "missing": reply["missing"], "dvc_status": None}
+    changed = reply["dvc_status"]
     ref = experiment_ref(workspace, name)
     rev = _git(workspace, "rev-parse", "--verify", "-q", ref, check=False).stdout.strip() if ref else None
     return {"experiment": name, "ref": ref, "rev": rev or None, "dvc_status": changed}

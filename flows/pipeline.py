@@ -568,6 +568,9 @@ def record_experiment_task(workspace: Path, checkout: Path, name: str) -> dict:
                        "not recorded as a DVC experiment", checkout)
         return {"experiment": None}
     recorded = experiments.record(workspace, checkout, name)
+    if recorded["experiment"] is None:
+        logger.warning("%s not recorded as a DVC experiment: %s", checkout, recorded["missing"])
+        return recorded
     if recorded["dvc_status"]:
         logger.warning("dvc status is not clean in %s after dvc commit: %s", checkout,
                        json.dumps(recorded["dvc_status"])[:2000])
