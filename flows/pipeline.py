@@ -86,7 +86,8 @@ def _deterministic_failure(exc: BaseException) -> bool:
     ValueError covers bad inputs (ParamsError, the stages' StageInputError, a NaN action);
     NumericsError a worker started without the pinned numerics (it needs a restart, not a retry).
     """
-    from tasks.train import CheckpointError, NonFiniteError  # lazy: keeps flow import light
+    from tasks.artifacts import CheckpointError  # lazy: keeps flow import light
+    from tasks.train import NonFiniteError
 
     return isinstance(exc, (MinibatchOutOfMemory, CheckpointError, NonFiniteError, ValueError,
                             numerics.NumericsError))

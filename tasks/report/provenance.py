@@ -133,7 +133,7 @@ def reproduce_commands(params: Params, workdir: Path, overrides: dict[str, Any])
     where = f"--workdir {shlex.quote(str(workdir))}"
     commands = [f"python -m tasks {stage} {where} {sets}"
                 for stage in ("qp_benchmark", "train", "evaluate", "compare", "report")]
-    commands.append("# or through Prefect (writes to runs/<flow-run-name>/, leaves the tracked outputs alone):")
+    commands.append("# or through Prefect (recorded as a DVC experiment named after the flow run; its checkout is runs/<name>/):")
     commands.append("prefect deployment run train-and-eval/local --params "
                     + shlex.quote(json.dumps({"overrides": dict(sorted(overrides.items()))})))
     commands.append("# or as a DVC experiment in the workspace:")
