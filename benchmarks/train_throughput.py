@@ -37,6 +37,7 @@ the top functions of a cProfile run of the same iteration.
     python benchmarks/train_throughput.py --steps 81920 --threads 2
     python benchmarks/train_throughput.py --profile --skip-sb3 --skip-reference
     python benchmarks/train_throughput.py --quick            # tiny budgets (a smoke test)
+    python benchmarks/train_throughput.py --against 4f49af4  # this checkout vs a commit, side by side
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ import pstats
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
@@ -391,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-reference", action="store_true", help="leave out the reference design")
     parser.add_argument("--skip-sb3", action="store_true", help="leave out Stable-Baselines3")
     parser.add_argument("--profile", action="store_true", help="add the breakdown of one BarrierNet iteration")
+    parser.add_argument("--against", default=None, metavar="COMMIT",
+                        help="instead: this checkout vs COMMIT side by side, per algorithm (benchmarks/side_by_side.py)")
+    parser.add_argument("--rounds", type=_positive, default=6, help="with --against: alternating rounds")
     return parser
 
 
@@ -418,6 +423,19 @@ def main(argv: list[str] | None = None) -> dict[str, Measurement]:
     from tasks.train import resolve_device
 
     args = build_parser().parse_args(argv)
+    if args.against:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("side_by_side", Path(__file__).with_name("side_by_side.py"))
+        side_by_side = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(side_by_side)
+        compare, parse_sets = side_by_side.compare, side_by_side.parse_sets
+        overrides = parse_sets(args.overrides)
+        if args.quick:
+            overrides.update(QUICK_OURS)
+        print(compare(args.against, ["baseline", "barriernet", "cbf_beta", "shielded"], args.rounds, overrides,
+                      args.threads if args.threads is not None else 1), flush=True)
+        return {}
     base = load_params(args.params, overrides=args.overrides or None)
     if args.threads is not None:
         base = _with(base, {"train.torch_threads": args.threads})

@@ -154,3 +154,18 @@ def test_gpu_benchmark_skips_cleanly_without_cuda(capsys):
     else:
         assert module.main([]) == 0
         assert "no CUDA device" in capsys.readouterr().out
+
+
+def test_side_by_side_against_a_commit_alternates_both_checkouts(tmp_path):
+    side_by_side = _load("side_by_side")
+    quick = {"train.num_envs": 8, "train.rollout_steps": 32, "train.num_minibatches": 2, "train.update_epochs": 2}
+    text = side_by_side.compare("HEAD", ["baseline"], 2, quick, snapshots=tmp_path)
+    # the commit's tracked files were unpacked, and nothing half-written is left
+    (snapshot,) = tmp_path.iterdir()
+    assert (snapshot / "tasks" / "train.py").is_file() and not snapshot.name.endswith(".partial")
+    assert "2 alternating rounds of 256 env-steps" in text
+    row = _table_rows(text, ["baseline"])["baseline"]
+    old_sps, new_sps, ratio = (float(c.replace(",", "").rstrip("x")) for c in row[1:4])
+    assert old_sps > 0 and new_sps > 0 and math.isclose(ratio, new_sps / old_sps, rel_tol=0.02)
+    with pytest.raises(SystemExit, match="no-such-commit"):
+        side_by_side.compare("no-such-commit", ["baseline"], 1, quick, snapshots=tmp_path)

@@ -24,7 +24,6 @@ from pathlib import Path
 import pytest
 
 from prefect.task_runners import ThreadPoolTaskRunner
-from prefect.testing.utilities import prefect_test_harness
 
 import flows.pipeline as pipeline
 from tests.helpers import REPO_ROOT, TINY_PIPELINE, make_workspace
@@ -36,6 +35,8 @@ BIN = Path(sys.executable).parent
 # for several seconds on a loaded 2-core machine, a window wide enough to kill it mid-way.
 PARAMS = {
     **TINY_PIPELINE,
+    # four cells on two workers: a worker must start a second cell for the kill
+    "train.algos": ["barriernet", "baseline", "cbf_beta", "shielded"],
     "train.seeds": [0],
     "train.total_steps": 6 * 8 * 16,
     "train.checkpoint_every": 1,
@@ -45,12 +46,6 @@ PARAMS = {
     "eval.arms": ["barriernet", "baseline", "cbf_beta", "shielded"],
     "eval.filter_sweep.enabled": False,
 }
-
-
-@pytest.fixture(scope="module")
-def prefect_server():
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
 
 
 def skip_stage(params, workdir, **cell) -> dict:

@@ -16,12 +16,11 @@ import pytest
 
 import flows.pipeline as pipeline
 import tests.test_flow as fakes
-from tests.helpers import REPO_ROOT, make_workspace, run_dvc
+from tests.helpers import REPO_ROOT, run_dvc
 from tasks.params import ParamsError
 from tasks.registry import STAGES
 
 GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid", "-c", "commit.gpgsign=false"]
-prefect_server = fakes.prefect_server  # the session-wide temporary Prefect server
 
 
 def test_the_remote_is_set_once_in_dvc_config_outside_the_checkout():
@@ -48,12 +47,8 @@ def test_dvc_push_must_be_a_boolean():
 
 @pytest.fixture
 def fake_workspace(monkeypatch, tmp_path):
-    fakes.install_fakes(monkeypatch)
-    fakes.CALLS.clear()
-    fakes.FAKE_BEHAVIOUR.clear()
-    fakes.use_threads(monkeypatch)
-    return make_workspace(tmp_path / "ws", {"train.seeds": [0], "orchestration.retry_delay_seconds": 0,
-                                            "orchestration.dvc_push": True})
+    return fakes.faked_workspace(monkeypatch, tmp_path, {"train.seeds": [0], "orchestration.retry_delay_seconds": 0,
+                                                         "orchestration.dvc_push": True})
 
 
 @pytest.mark.slow

@@ -20,10 +20,9 @@ import flows.pipeline as pipeline
 import tests.test_flow as fakes
 from flows import experiments
 from flows import study as studies
-from tests.helpers import make_workspace, run_dvc
+from tests.helpers import run_dvc
 from tasks.params import ParamsError
 
-prefect_server = fakes.prefect_server  # the session-wide temporary Prefect server
 
 
 def exp_show(workspace: Path) -> dict[str, dict]:
@@ -54,11 +53,7 @@ def exp_show(workspace: Path) -> dict[str, dict]:
 
 @pytest.fixture
 def fake_workspace(monkeypatch, tmp_path):
-    fakes.install_fakes(monkeypatch)
-    fakes.CALLS.clear()
-    fakes.FAKE_BEHAVIOUR.clear()
-    fakes.use_threads(monkeypatch)
-    return make_workspace(tmp_path / "ws", {"train.seeds": [0], "orchestration.retry_delay_seconds": 0})
+    return fakes.faked_workspace(monkeypatch, tmp_path, {"train.seeds": [0], "orchestration.retry_delay_seconds": 0})
 
 
 def test_valid_name_is_a_git_ref_component():

@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 
 from prefect.task_runners import ThreadPoolTaskRunner
-from prefect.testing.utilities import prefect_test_harness
 
 import flows.pipeline as pipeline
 from flows.lock import WorkspaceBusyError, lock_path, workspace_lock
@@ -42,13 +41,6 @@ TINY = {
 
 # ---------------------------------------------------------------------------------------------
 # Fixtures and helpers
-
-
-@pytest.fixture(scope="session")
-def prefect_server():
-    # The default 30 s start-up timeout is too short on a loaded 2-core CI machine.
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
 
 
 def _stage_outputs(workspace: Path) -> list[Path]:
@@ -205,6 +197,16 @@ def install_fakes(monkeypatch) -> None:
         if f"fake_{name}" not in globals():
             monkeypatch.setitem(globals(), f"fake_{name}", _generic_fake(name))
         monkeypatch.setitem(STAGES, name, stand_in(STAGES[name], f"{__name__}:fake_{name}"))
+
+
+def faked_workspace(monkeypatch, tmp_path: Path, params: dict) -> Path:
+    """The fake stages on threads, the call log cleared, and a committed workspace with `params`
+    (dotted keys) for a flow run of the fakes (tests/test_experiments.py, tests/test_dvc_remote.py)."""
+    install_fakes(monkeypatch)
+    CALLS.clear()
+    FAKE_BEHAVIOUR.clear()
+    use_threads(monkeypatch)
+    return make_workspace(tmp_path / "ws", params)
 
 
 @pytest.fixture

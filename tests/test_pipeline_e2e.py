@@ -24,7 +24,9 @@ REPO = Path(__file__).resolve().parent.parent
 TINY = {
     "train.num_envs": 8, "train.rollout_steps": 32, "train.num_minibatches": 2, "train.update_epochs": 2,
     "train.total_steps": 512, "train.seeds": [0, 1], "env.max_steps": 80,
-    "eval.dev_episodes": 6, "eval.test_episodes": 12, "eval.num_envs": 6,
+    # every split in one batch of envs; one post-hoc filter configuration per form and algorithm
+    "eval.dev_episodes": 6, "eval.test_episodes": 12, "eval.num_envs": 12,
+    "eval.filter_sweep.gammas": [0.2], "eval.filter_sweep.robust_margins": [0.0],
     "qp_benchmark.batch_sizes": [1, 4], "qp_benchmark.repeats": 1, "qp_benchmark.warmup": 0,
     "qp_benchmark.dtypes": ["float64"], "qp_benchmark.devices": ["cpu"],
 }

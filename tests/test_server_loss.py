@@ -28,6 +28,7 @@ from tests.helpers import REPO_ROOT, TINY_PIPELINE, make_workspace
 
 OVERRIDES = {
     **TINY_PIPELINE,
+    "train.seeds": [0, 1],  # four cells on two workers: some finish before the kill, some do not
     "train.total_steps": 512,  # 4 updates per cell, a checkpoint after each
     "orchestration.retry_delay_seconds": 0,
     "qp_benchmark.dtypes": ["float64"],
