@@ -127,13 +127,18 @@ class Side:
 
 
 def start(label: str, root: Path, algos: list[str], overrides: dict, threads: int) -> Side:
+    """Launch a checkout's child; `ready` waits for its warm-up (both sides start together)."""
     env = {**os.environ, "PYTHONPATH": str(root)}
     proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(algos), json.dumps(overrides), str(threads)],
                             cwd=root, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
+    return Side(label, root, proc, {})
+
+
+def ready(side: Side) -> None:
+    line = side.proc.stdout.readline()
     if not line:
-        raise SystemExit(f"the {label} child ({root}) failed to start; its stderr is above")
-    return Side(label, root, proc, json.loads(line))
+        raise SystemExit(f"the {side.label} child ({side.root}) failed to start; its stderr is above")
+    side.info = json.loads(line)
 
 
 def compare(against: str, algos: list[str], rounds: int, overrides: dict, threads: int = 1,
@@ -144,6 +149,8 @@ def compare(against: str, algos: list[str], rounds: int, overrides: dict, thread
     new = start("new (this checkout)", REPO, algos, overrides, threads)
     loads = []
     try:
+        ready(old)
+        ready(new)
         for _ in range(rounds):
             old.round()
             new.round()

@@ -20,3 +20,17 @@ def prefect_server():
     # The default 30 s start-up timeout is too short on a loaded 2-core CI machine.
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+# The heaviest modules (end-to-end runs; measured with `pytest --durations`), heaviest first.
+# scripts/test.sh runs `-n auto --dist loadfile`: xdist hands whole modules to workers in
+# collection order, so starting with these keeps one long module from running alone at the end.
+HEAVIEST_FIRST = (
+    "test_server_loss.py", "test_flow.py", "test_dvc.py", "test_pipeline_e2e.py", "test_experiments.py",
+    "test_dask_cluster.py", "test_train.py", "test_numerics.py", "test_tuning.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(HEAVIEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a module kept
