@@ -23,7 +23,7 @@ def prefect_server():
 
 
 # The heaviest modules (end-to-end runs; measured with `pytest --durations`), heaviest first.
-# scripts/test.sh runs `-n auto --dist loadfile`: xdist hands whole modules to workers in
+# scripts/test.sh runs `-n auto --dist loadfile --no-loadscope-reorder`: xdist hands whole modules to workers in
 # collection order, so starting with these keeps one long module from running alone at the end.
 HEAVIEST_FIRST = (
     "test_server_loss.py", "test_flow.py", "test_dvc.py", "test_pipeline_e2e.py", "test_experiments.py",
