@@ -10,6 +10,4 @@ PY=${PYTHON:-python3.11}
 # Exit code 5 (no tests collected) fails like any other failure.
 # One worker per core; --dist loadfile keeps each test module (and its module-scoped fixtures, e.g.
 # the tiny pipeline run of test_pipeline_e2e.py) on one worker, so no fixture runs twice.
-# --no-loadscope-reorder: hand out modules in collection order, which tests/conftest.py starts with
-# the longest (xdist's default order, most tests first, left a 3-minute module to run alone last).
-exec .venv/bin/python -m pytest -q --durations=20 -n auto --dist loadfile --no-loadscope-reorder "$@"
+exec .venv/bin/python -m pytest -q --durations=20 -n auto --dist loadfile "$@"

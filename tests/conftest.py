@@ -21,16 +21,3 @@ def prefect_server():
     with prefect_test_harness(server_startup_timeout=180):
         yield
 
-
-
-# The longest module (about 3 min: two main.sh runs with their own server) goes first; the others
-# keep their alphabetical order. scripts/test.sh runs `-n auto --dist loadfile
-# --no-loadscope-reorder`, so xdist hands out modules in this order. Measured on 2 cores: with
-# xdist's default order (most tests first) this module ran alone at the end; with every heavy
-# module first, two end-to-end runs (each with its own Dask workers) shared the 2 cores and the
-# suite was slower still. Alphabetical order interleaves the other heavy modules with light ones.
-FIRST = ("test_server_loss.py",)
-
-
-def pytest_collection_modifyitems(items):
-    items.sort(key=lambda item: item.path.name not in FIRST)  # stable: every other order is kept
