@@ -56,6 +56,7 @@ print(json.dumps({"sps": steps / wall, "cpu_sps": steps / cpu, "wall": wall}), f
 def _cpu_model() -> str:
     spec = importlib.util.spec_from_file_location("side_by_side", Path(__file__).with_name("side_by_side.py"))
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks the module up there
     spec.loader.exec_module(module)
     return module.cpu_model()
 

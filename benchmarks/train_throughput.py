@@ -428,6 +428,7 @@ def main(argv: list[str] | None = None) -> dict[str, Measurement]:
 
         spec = importlib.util.spec_from_file_location("side_by_side", Path(__file__).with_name("side_by_side.py"))
         side_by_side = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = side_by_side  # its dataclass looks the module up there
         spec.loader.exec_module(side_by_side)
         compare, parse_sets = side_by_side.compare, side_by_side.parse_sets
         overrides = parse_sets(args.overrides)
