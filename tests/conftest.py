@@ -20,4 +20,3 @@ def prefect_server():
     # The default 30 s start-up timeout is too short on a loaded 2-core CI machine.
     with prefect_test_harness(server_startup_timeout=180):
         yield
-
