@@ -18,14 +18,14 @@ can look very different from one run to the next, so repeat it before drawing co
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).parent))  # its sibling, also when loaded by file path
+from side_by_side import ALGOS, REPO, cpu_model  # noqa: E402
 
 CHILD = r"""
 import json, os, sys, time
@@ -53,14 +53,6 @@ print(json.dumps({"sps": steps / wall, "cpu_sps": steps / cpu, "wall": wall}), f
 """
 
 
-def _cpu_model() -> str:
-    spec = importlib.util.spec_from_file_location("side_by_side", Path(__file__).with_name("side_by_side.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks the module up there
-    spec.loader.exec_module(module)
-    return module.cpu_model()
-
-
 def run_cells(algo: str, cells: int, iterations: int, affinity: bool, overrides: dict) -> list[dict]:
     """Start `cells` children (seeds 0..cells-1), release them together, return their rates."""
     procs = []
@@ -84,7 +76,7 @@ def run_cells(algo: str, cells: int, iterations: int, affinity: bool, overrides:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--algo", default="baseline", choices=["baseline", "barriernet", "cbf_beta", "shielded"])
+    parser.add_argument("--algo", default="baseline", choices=ALGOS)
     parser.add_argument("--cells", type=int, default=2, help="cells side by side (default 2)")
     parser.add_argument("--iterations", type=int, default=6, help="timed iterations per cell (default 6)")
     parser.add_argument("--affinity", action="store_true", help="pin child i to CPU i")
@@ -96,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     solo = run_cells(args.algo, 1, args.iterations, args.affinity, overrides)[0]
     together = run_cells(args.algo, args.cells, args.iterations, args.affinity, overrides)
     print(f"parallel efficiency, {args.algo}, {args.iterations} iterations per cell, one torch thread per cell, "
-          f"affinity {'pinned' if args.affinity else 'free'}; {_cpu_model()}, {os.cpu_count()} CPUs; load average "
+          f"affinity {'pinned' if args.affinity else 'free'}; {cpu_model()}, {os.cpu_count()} CPUs; load average "
           f"{load:.2f} at the start, {os.getloadavg()[0]:.2f} at the end")
     head = f"{'run':<18} | {'env-steps/s':>11} | {'steps/CPU-s':>11} | {'efficiency':>10}"
     print(head)

@@ -151,6 +151,9 @@ def compare(against: str, algos: list[str], rounds: int, overrides: dict, thread
     try:
         ready(old)
         ready(new)
+        if old.info["batch"] != new.info["batch"]:
+            raise SystemExit(f"the two checkouts' batches differ ({old.info['batch']} vs {new.info['batch']}); "
+                             "pass the same train.num_envs and train.rollout_steps with --set")
         for _ in range(rounds):
             old.round()
             new.round()
@@ -159,9 +162,6 @@ def compare(against: str, algos: list[str], rounds: int, overrides: dict, thread
         old.close()
         new.close()
     steps = rounds * new.info["batch"]
-    if old.info["batch"] != new.info["batch"]:
-        raise SystemExit(f"the two checkouts' batches differ ({old.info['batch']} vs {new.info['batch']}); "
-                         "pass the same train.num_envs and train.rollout_steps with --set")
     head = (f"{'algorithm':<11} | {'old steps/s':>11} | {'new steps/s':>11} | {'ratio':>6} | "
             f"{'old steps/CPU-s':>15} | {'new steps/CPU-s':>15} | {'CPU ratio':>9}")
     lines = [

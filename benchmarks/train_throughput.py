@@ -424,18 +424,14 @@ def main(argv: list[str] | None = None) -> dict[str, Measurement]:
 
     args = build_parser().parse_args(argv)
     if args.against:
-        import importlib.util
+        sys.path.insert(0, str(Path(__file__).parent))  # its sibling, also when loaded by file path
+        import side_by_side
 
-        spec = importlib.util.spec_from_file_location("side_by_side", Path(__file__).with_name("side_by_side.py"))
-        side_by_side = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = side_by_side  # its dataclass looks the module up there
-        spec.loader.exec_module(side_by_side)
-        compare, parse_sets = side_by_side.compare, side_by_side.parse_sets
-        overrides = parse_sets(args.overrides)
+        overrides = side_by_side.parse_sets(args.overrides)
         if args.quick:
             overrides.update(QUICK_OURS)
-        print(compare(args.against, ["baseline", "barriernet", "cbf_beta", "shielded"], args.rounds, overrides,
-                      args.threads if args.threads is not None else 1), flush=True)
+        print(side_by_side.compare(args.against, list(side_by_side.ALGOS), args.rounds, overrides,
+                                   args.threads if args.threads is not None else 1), flush=True)
         return {}
     base = load_params(args.params, overrides=args.overrides or None)
     if args.threads is not None:

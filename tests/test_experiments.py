@@ -24,7 +24,6 @@ from tests.helpers import run_dvc
 from tasks.params import ParamsError
 
 
-
 def exp_show(workspace: Path) -> dict[str, dict]:
     """`dvc exp show --json` as {experiment name: {"params": {...}, "metrics": {...}}} (files merged)."""
     shown = run_dvc(workspace, "exp", "show", "--json")
