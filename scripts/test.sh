@@ -8,6 +8,7 @@ PY=${PYTHON:-python3.11}
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[dev]"
 # Exit code 5 (no tests collected) fails like any other failure.
-# One worker per core; --dist loadfile keeps each test module (and its module-scoped fixtures, e.g.
-# the tiny pipeline run of test_pipeline_e2e.py) on one worker, so no fixture runs twice.
-exec .venv/bin/python -m pytest -q --durations=20 -n auto --dist loadfile "$@"
+# One worker per core, fed one test at a time in the order tests/conftest.py sets (longest end-to-end
+# runs first); a module with module-scoped fixtures (e.g. the tiny pipeline run of
+# test_pipeline_e2e.py) is one xdist_group, kept on one worker, so no fixture runs twice.
+exec .venv/bin/python -m pytest -q --durations=20 -n auto --dist loadgroup --no-loadscope-reorder "$@"

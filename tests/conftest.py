@@ -4,6 +4,17 @@ The suite runs in the mode the pipeline uses by default, so a flow or stage run 
 the local Dask workers it spawns, which inherit this environment) passes `numerics.require`.
 """
 
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
 from tasks import numerics
 
 numerics.apply("pinned")
@@ -11,12 +22,84 @@ numerics.apply("pinned")
 import pytest  # noqa: E402  (after the pin: pytest plugins may import numpy)
 
 
-@pytest.fixture(scope="session")
-def prefect_server():
-    """One temporary Prefect server per test process (xdist worker), shared by every test that
-    runs a flow: each start costs 20-30 s on a loaded 2-core machine."""
-    from prefect.testing.utilities import prefect_test_harness
+SERVER_RECORD = "prefect-server.json"
 
-    # The default 30 s start-up timeout is too short on a loaded 2-core CI machine.
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
+
+def _shared_root(tmp_path_factory) -> Path:
+    """The session's temp root, the same for every xdist worker (each worker's basetemp lies in it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start_server(root: Path) -> dict:
+    """`prefect server start` on a free loopback port with its own PREFECT_HOME (SQLite) under
+    `root`, in its own process group so that it outlives the worker that started it."""
+    port = _free_port()
+    env = {**os.environ, "PREFECT_HOME": str(root / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    log = open(root / "prefect-server.log", "w")
+    server = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host",
+                               "127.0.0.1", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 180  # a loaded 2-core CI machine takes 15-30 s
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as response:
+                if response.status == 200:
+                    return {"url": url, "pid": server.pid}
+        except OSError:
+            time.sleep(0.3)
+    os.killpg(server.pid, signal.SIGKILL)
+    raise RuntimeError(f"the test Prefect server did not answer at {url}: {(root / 'prefect-server.log').read_text()[-2000:]}")
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """One temporary Prefect server for the whole test session, shared by every xdist worker and
+    every test that runs a flow: each start costs about 13 s of CPU (15-30 s of wall on a loaded
+    2-core machine). The first worker to ask starts it, under a file lock; the others read its
+    address; the controlling process stops it at the end (`pytest_sessionfinish`)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    root = _shared_root(tmp_path_factory)
+    with open(root / "prefect-server.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        record = root / SERVER_RECORD
+        if not record.exists():
+            record.write_text(json.dumps(_start_server(root)))
+        url = json.loads(record.read_text())["url"]
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        yield url
+
+
+def pytest_sessionfinish(session):
+    """The controlling process (not an xdist worker) stops the shared Prefect server, if one started."""
+    if hasattr(session.config, "workerinput"):
+        return
+    record = _shared_root(session.config._tmp_path_factory) / SERVER_RECORD
+    if record.exists():
+        try:
+            os.killpg(json.loads(record.read_text())["pid"], signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+def pytest_collection_modifyitems(config, items):
+    """The end-to-end tests first, those with the longest time budget (pytest-timeout mark) first.
+
+    scripts/test.sh hands tests to the xdist workers one at a time in this order (`--dist loadgroup
+    --no-loadscope-reorder`; a module with module-scoped fixtures is one `xdist_group`): the long
+    runs overlap from the start and the many short tests fill the gaps at the end, instead of one
+    worker finishing a long module alone while the other idles."""
+
+    def budget(item) -> float:
+        timeout = item.get_closest_marker("timeout")
+        return float(timeout.args[0]) if timeout and timeout.args else 0.0
+
+    items.sort(key=lambda item: (item.get_closest_marker("slow") is None, -budget(item)))

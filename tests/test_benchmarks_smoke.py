@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+# The module-scoped fixtures below run once: every test of this module goes to one xdist worker.
+pytestmark = pytest.mark.xdist_group("test_benchmarks_smoke")
+
 REPO = Path(__file__).resolve().parent.parent
 
 

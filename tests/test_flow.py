@@ -74,15 +74,20 @@ def use_threads(monkeypatch, max_workers: int = 4) -> list:
     return chosen
 
 
-def read_artifacts(keys: list[str]):
+def read_artifacts(keys: list[str], flow_run_id) -> list:
+    """The artifacts with these keys that one flow run and its subflows (the matrix) wrote: the
+    session's server is shared by every test and xdist worker, and other runs write the same keys."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import (
+        ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey, FlowRunFilter, FlowRunFilterParentFlowRunId,
+    )
 
-    # One read per key: the server pages at PREFECT_SERVER_API_DEFAULT_LIMIT (200), and the session's
-    # server holds every earlier test's artifacts, so one read of all keys can miss some.
     with get_client(sync_client=True) as client:
-        return [artifact for key in keys
-                for artifact in client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))]
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
+        runs = [flow_run_id, *(run.id for run in children)]
+        return client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=keys), flow_run_id=ArtifactFilterFlowRunId(any_=runs)))
 
 
 # -- fake stages: same signature and output paths as the real ones -----------------------------
@@ -240,7 +245,8 @@ def test_bad_override_fails_before_any_work(prefect_server, fake_stages, monkeyp
 
 def test_default_run_orders_stages_records_artifacts_and_commits_to_dvc(prefect_server, fake_stages, monkeypatch):
     chosen = use_threads(monkeypatch)
-    result = pipeline.train_and_eval(workspace=str(fake_stages))
+    state = pipeline.train_and_eval(workspace=str(fake_stages), return_state=True)
+    result = state.result()
 
     params = load_params(fake_stages / "params.yaml")
     cells = STAGES["train"].cells(params)
@@ -261,7 +267,8 @@ def test_default_run_orders_stages_records_artifacts_and_commits_to_dvc(prefect_
     # Artifacts: the report (markdown), the summary table, one progress artifact per cell at 100 %.
     by_key = {}
     for artifact in read_artifacts(["decision-report", "results-summary"] +
-                                   [pipeline._artifact_key(f"train-{c['algo']}-s{c['seed']}") for c in cells]):
+                                   [pipeline._artifact_key(f"train-{c['algo']}-s{c['seed']}") for c in cells],
+                                   state.state_details.flow_run_id):
         by_key.setdefault(artifact.key, []).append(artifact)
     assert by_key["decision-report"][-1].type == "markdown"
     assert "Decision report (fake)" in by_key["decision-report"][-1].data

@@ -20,6 +20,9 @@ from tasks.evaluate import run as evaluate
 from tasks.params import load_params
 from tasks.stats import wilson_interval
 
+# The module-scoped fixtures below run once: every test of this module goes to one xdist worker.
+pytestmark = pytest.mark.xdist_group("test_pipeline_e2e")
+
 REPO = Path(__file__).resolve().parent.parent
 TINY = {
     "train.num_envs": 8, "train.rollout_steps": 32, "train.num_minibatches": 2, "train.update_epochs": 2,
@@ -29,6 +32,8 @@ TINY = {
     "eval.filter_sweep.gammas": [0.2], "eval.filter_sweep.robust_margins": [0.0],
     "qp_benchmark.batch_sizes": [1, 4], "qp_benchmark.repeats": 1, "qp_benchmark.warmup": 0,
     "qp_benchmark.dtypes": ["float64"], "qp_benchmark.devices": ["cpu"],
+    # the QP benchmark's and the bootstrap's own tests cover the rest; here they only have to feed the report
+    "qp_benchmark.obstacle_counts": [2], "decision.bootstrap_samples": 200,
 }
 
 

@@ -14,6 +14,9 @@ quadprog = pytest.importorskip("quadprog")
 from model.qp import QPSolution, kkt_residuals, routing, solve_qp  # noqa: E402
 from tasks.qp_benchmark import cbf_benchmark_problems  # noqa: E402
 
+# The module-scoped fixtures below run once: every test of this module goes to one xdist worker.
+pytestmark = pytest.mark.xdist_group("test_qp")
+
 V_MAX, W_MAX = 1.0, 2.84
 
 

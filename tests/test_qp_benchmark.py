@@ -17,6 +17,9 @@ from tasks import qp_benchmark as stage
 from tasks.params import Params, QPBenchmarkParams
 from tasks.report_dcbf_exact import dcbf_exact_section
 
+# The module-scoped fixtures below run once: every test of this module goes to one xdist worker.
+pytestmark = pytest.mark.xdist_group("test_qp_benchmark")
+
 CUDA = torch.cuda.is_available()
 
 

@@ -17,6 +17,9 @@ from tasks import compare, report
 from tasks.artifacts import EPISODE_COLUMNS, StageInputError
 from tasks.params import DecisionParams, EvalParams, Params, TrainParams, params_hash
 
+# The module-scoped fixtures below run once: every test of this module goes to one xdist worker.
+pytestmark = pytest.mark.xdist_group("test_report")
+
 SEEDS = [0, 1]
 EPISODES = 30
 DEV_EPISODES = 20

@@ -36,6 +36,9 @@ from tasks.stats import (
     wilson_interval,
 )
 
+# The module-scoped fixtures below run once: every test of this module goes to one xdist worker.
+pytestmark = pytest.mark.xdist_group("test_stats")
+
 Z95 = 1.959963984540054  # Phi^-1(0.975)
 
 
