@@ -12,7 +12,8 @@ that every x86-64 machine of the last decade has (AVX2 + FMA, Haswell 2013 / Zen
 | ATen's vectorised kernels (sin, cos, sqrt, reductions in the env and the losses) | ``ATEN_CPU_CAPABILITY=avx2`` | ATen would pick AVX-512 kernels where the CPU has them |
 | oneDNN | ``ONEDNN_MAX_CPU_ISA=AVX2`` (and the old name ``DNNL_MAX_CPU_ISA``) | same reason, for any op torch routes to oneDNN |
 | numpy's SIMD dispatch (transcendentals, reductions in compare/report) | ``NPY_DISABLE_CPU_FEATURES`` = the AVX-512 groups | numpy dispatches AVX-512 loops where available; without them every AVX2 machine runs the same loops |
-| numba (the compiled QP loop) | ``NUMBA_CPU_NAME=haswell`` | the loop has no fast-math, so LLVM never contracts a*b+c into an FMA and the result does not depend on the target; pinned anyway so no future flag can make it |
+| numpy's BLAS (OpenBLAS, built with DYNAMIC_ARCH: the QP's NumPy fallback route multiplies stacks of small matrices with `@`) | ``OPENBLAS_CORETYPE=Haswell`` | OpenBLAS picks its kernels by CPU at load time: on an AVX-512 AMD EPYC (Zen 4) it took ``Cooperlake`` and the fallback's answer differed in the last bits from the ``Haswell``/``Zen`` kernels an AVX2 machine takes; a BarrierNet default run then left the committed numbers after 600 k steps. Haswell's kernels run on every AVX2 CPU |
+| numba (the compiled QP loop) | ``NUMBA_CPU_NAME=haswell``, ``NUMBA_CPU_FEATURES`` empty | the loop has no fast-math, so LLVM never contracts a*b+c into an FMA and the result does not depend on the target (measured: the same bytes with the host's AVX-512 features and with Haswell's); pinned anyway so no future flag can make it. The empty feature string matters: with the CPU name alone numba still adds every feature of the host |
 | threads | ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``, ``NUMBA_NUM_THREADS`` = 1 | a parallel reduction's order depends on the thread count |
 
 These are read when the libraries load, so they must be in the environment before torch, numpy
@@ -51,7 +52,9 @@ PINNED_ENV: dict[str, str] = {
     "ONEDNN_MAX_CPU_ISA": "AVX2",
     "DNNL_MAX_CPU_ISA": "AVX2",
     "NPY_DISABLE_CPU_FEATURES": _NUMPY_AVX512,
+    "OPENBLAS_CORETYPE": "Haswell",
     "NUMBA_CPU_NAME": "haswell",
+    "NUMBA_CPU_FEATURES": "",
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
     "OPENBLAS_NUM_THREADS": "1",
@@ -177,7 +180,7 @@ def describe() -> dict[str, str]:
     info = {"mode": os.environ.get(MARKER, "unset"), "pinned_isa": PINNED_ISA if os.environ.get(MARKER) == "pinned" else "none (host default)"}
     if "torch" in sys.modules:
         info["aten_capability"] = sys.modules["torch"].backends.cpu.get_cpu_capability()
-    for key in ("MKL_CBWR", "NUMBA_CPU_NAME"):
+    for key in ("MKL_CBWR", "OPENBLAS_CORETYPE", "NUMBA_CPU_NAME"):
         info[key] = os.environ.get(key, "unset")
     return info
 

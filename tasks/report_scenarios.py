@@ -230,24 +230,35 @@ def figure_trajectories(name: str, arms: list[str], trajectories: dict[str, Any]
 
 
 def figure_heatmaps(arms: list[str], heatmaps: dict[str, Any], params: Params) -> bytes:
+    """Rows: arms; columns: mean min barrier, violating fraction, mean QP correction, each on one
+    colour scale shared by every arm (one colour bar per column), so that arms compare by colour."""
     plt = _pyplot()
     half = params.env.arena_size / 2
-    fig, axes = plt.subplots(len(arms), 3, figsize=(8.4, 2.6 * len(arms)), squeeze=False)
-    for row, arm in zip(axes, arms):
-        steps = heatmaps[f"{arm}/steps"]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            panels = (
-                ("mean min barrier h (m)", heatmaps[f"{arm}/min_h"] / steps, "RdYlGn", MARGIN_RANGE),
-                ("violating steps (fraction)", heatmaps[f"{arm}/violations"] / steps, "Reds", (0, 1)),
-                ("mean QP correction |du|", heatmaps[f"{arm}/correction"] / steps, "Purples",
-                 (0, max(float(np.nanmax(heatmaps[f"{arm}/correction"] / steps)), 1e-3))),
-            )  # fmt: skip
-        for ax, (title, grid, cmap, (low, high)) in zip(row, panels):
-            image = ax.imshow(np.ma.masked_invalid(grid.T), origin="lower", extent=(-half, half, -half, half),
-                              cmap=cmap, vmin=low, vmax=high)  # fmt: skip
-            fig.colorbar(image, ax=ax, shrink=0.8)
-            ax.set_title(f"{arm}: {title}", fontsize=7)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        grids = {arm: (heatmaps[f"{arm}/min_h"] / heatmaps[f"{arm}/steps"],
+                       heatmaps[f"{arm}/violations"] / heatmaps[f"{arm}/steps"],
+                       heatmaps[f"{arm}/correction"] / heatmaps[f"{arm}/steps"]) for arm in arms}
+    correction_max = max([float(np.nanmax(g[2])) for g in grids.values() if np.isfinite(g[2]).any()] + [1e-3])
+    columns = (("mean min barrier h (m)", "RdYlGn", MARGIN_RANGE),
+               ("violating steps (fraction)", "Reds", (0, 1)),
+               ("mean QP correction |du|", "Purples", (0, correction_max)))
+    fig, axes = plt.subplots(len(arms), 3, figsize=(7.2, 2.1 * len(arms) + 1.0), squeeze=False, sharex=True,
+                             sharey=True, layout="constrained")
+    for col, (title, cmap, (low, high)) in enumerate(columns):
+        for row, arm in enumerate(arms):
+            ax = axes[row, col]
+            image = ax.imshow(np.ma.masked_invalid(grids[arm][col].T), origin="lower",
+                              extent=(-half, half, -half, half), cmap=cmap, vmin=low, vmax=high)
             ax.tick_params(labelsize=6)
+            if col == 0:
+                ax.set_ylabel(arm, fontsize=7)
+        bar = fig.colorbar(image, ax=axes[:, col], location="top", shrink=0.9, aspect=25, pad=0.01)
+        bar.set_label(title, fontsize=8)
+        bar.ax.tick_params(labelsize=6)
+        bar.ax.locator_params(nbins=4)
+    axes[0, 0].xaxis.set_major_locator(plt.MultipleLocator(5))  # shared by every panel
+    axes[0, 0].yaxis.set_major_locator(plt.MultipleLocator(5))
+    fig.supxlabel("arena x (m); rows: arms, y (m) upwards", fontsize=7)
     return _png(fig)
 
 
@@ -396,7 +407,8 @@ def section(params: Params, workdir: str | Path = ".") -> str:
     link = write_png("heatmaps", figure_heatmaps(arms, heatmaps, params))
     md += ["### Where in the arena", "", f"![heatmaps]({link})", "",
            "*Per arm, over every step of every scenario episode (pursuer position after the step, 0.5 m cells): mean "
-           "minimum barrier margin, fraction of steps with a barrier < 0, mean QP correction |executed - proposal|.*", ""]
+           "minimum barrier margin, fraction of steps with a barrier < 0, mean QP correction |executed - proposal|; "
+           "one colour scale per column, shared by every arm; white: no step there.*", ""]
     b = behaviour_table(behaviour)
     md += ["### Behaviour", "",
            f"Smoothness: mean squared jerk of the pursuer's path (m^2/s^6, mean over scenarios). Near obstacles "

@@ -400,7 +400,7 @@ def _tensors_equal(a: dict, b: dict) -> bool:
 def test_default_run_on_local_dask_cluster_is_recorded_by_dvc(prefect_server, tmp_path, state_dir, monkeypatch):
     from prefect_dask import DaskTaskRunner
 
-    workspace = make_workspace(tmp_path / "ws", TINY)
+    workspace = make_workspace(tmp_path / "ws", {**TINY, "train.seeds": [0]})  # two cells, one per Dask worker
     runners = []
     real_runner = pipeline.matrix_task_runner
 

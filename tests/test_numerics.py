@@ -175,3 +175,45 @@ def test_the_suite_runs_pinned():
     assert os.environ[numerics.MARKER] == "pinned"
     assert torch.backends.cpu.get_cpu_capability() == "AVX2"
     assert json.loads(json.dumps(numerics.describe()))["MKL_CBWR"] == "COMPATIBLE,STRICT"
+
+
+# The QP's NumPy route (model/qp/cpu_numpy.py; the compiled loop's fallback) multiplies stacks of
+# small matrices with `@`, which numpy hands to its OpenBLAS, built to pick its kernels by CPU.
+_QP_NUMPY_ROUTE = """
+import hashlib, sys
+from tasks import numerics
+numerics.apply(sys.argv[1])
+import torch
+from model.qp import routing, solve_qp
+from tasks.params import load_params
+from tasks.qp_benchmark import build_problems
+params = load_params()
+digest = hashlib.sha256()
+problems = build_problems(params.env, params.cbf, 8, 2048)
+H, f, A, b = [t.clone().requires_grad_() for t in problems.head(2048)[:4]]
+with routing.forced("cpu_numpy"):
+    solution = solve_qp(H, f, A, b, backend="exact", mask=problems.mask)
+solution.u.sum().backward()
+for t in (solution.u, f.grad, A.grad, b.grad):
+    digest.update(t.detach().numpy().tobytes())
+print(digest.hexdigest())
+"""
+
+
+def _qp_numpy_route(mode: str, coretype: str | None) -> str:
+    env = _host_env({} if coretype is None else {"OPENBLAS_CORETYPE": coretype})
+    done = subprocess.run([sys.executable, "-c", _QP_NUMPY_ROUTE, mode], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip()
+
+
+def test_the_qp_numpy_route_is_pinned_whatever_blas_kernels_the_host_would_pick():
+    """An AVX-512 host's OpenBLAS kernels (Cooperlake on a Zen 4 EPYC) moved BarrierNet's weights
+    away from an AVX2 machine's. Pinned, the host's choice no longer matters and the answer is
+    the Haswell kernels'; native, it follows the kernels (the control: Prescott's SSE3 kernels run
+    on any x86-64)."""
+    pinned = {coretype: _qp_numpy_route("pinned", coretype) for coretype in (None, "Prescott", "Zen")}
+    assert len(set(pinned.values())) == 1, pinned
+    assert pinned[None] == _qp_numpy_route("native", "Haswell")
+    assert _qp_numpy_route("native", "Prescott") != _qp_numpy_route("native", "Haswell")
