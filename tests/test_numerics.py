@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -217,3 +218,13 @@ def test_the_qp_numpy_route_is_pinned_whatever_blas_kernels_the_host_would_pick(
     assert len(set(pinned.values())) == 1, pinned
     assert pinned[None] == _qp_numpy_route("native", "Haswell")
     assert _qp_numpy_route("native", "Prescott") != _qp_numpy_route("native", "Haswell")
+
+
+def test_the_readme_quotes_the_committed_metrics_digest():
+    """The README's reproduction promise names the sha256 a colleague should get; it must be the
+    digest of the committed file, recomputed here, or the promise points at a stale run."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    quoted = re.findall(r"`([0-9a-f]{64})`", readme)
+    committed = hashlib.sha256((REPO_ROOT / "results" / "compare" / "metrics.json").read_bytes()).hexdigest()
+    assert quoted, "README.md quotes no sha256 of results/compare/metrics.json"
+    assert quoted == [committed], f"README.md quotes {quoted}; the committed metrics.json is {committed}"
