@@ -23,6 +23,8 @@ from tasks.code_deps import import_closure
 from tasks.params import Params
 
 PYTHON = "python"
+# the headline stage's wall time: beside its metrics file, as `artifacts.stage_timing_path` names it
+HEADLINE_TIMING = f"{A.RESULTS}/headline/{A.TIMING_FILE}"
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,9 @@ STAGES: dict[str, Stage] = {
             target="tasks.headline:run",
             help="results/headline.json: verdict/outcome codes and per-arm capture and collision (the DVC metrics)",
             deps=(str(A.METRICS_PATH),),
+            outs=(HEADLINE_TIMING,),
             metrics=(str(A.HEADLINE_PATH),),
+            timing=HEADLINE_TIMING,
         ),
         Stage(
             name="report",
@@ -152,6 +156,7 @@ STAGES: dict[str, Stage] = {
             # results/tuning/choice.json: the tuning study's budget (run once by hand, committed in git);
             # data/: the reference project's published table and the cross-machine spread it cites
             deps=(A.COMPARE_DIR, A.EVAL_ROOT, A.TRAIN_ROOT, A.QP_BENCHMARK_DIR, A.SCENARIOS_ROOT,
+                  HEADLINE_TIMING,
                   str(A.TUNING_CHOICE_PATH), "data/reference_phase25.json", "data/numerics_spread.json"),
             params=("env", "cbf", "barriernet", "train", "eval", "decision", "scenarios"),
             # reports/animations: the scenario GIFs, DVC-cached (too large for git history)

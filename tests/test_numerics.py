@@ -44,6 +44,7 @@ TINY_CELLS = [
 # Host-level settings a machine may have; each would change the numbers if it reached a kernel.
 MKL_ATEN = {"MKL_CBWR": "AUTO", "ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"}
 NUMPY_NUMBA_THREADS = {"NPY_DISABLE_CPU_FEATURES": "AVX2,FMA3", "NUMBA_CPU_NAME": "generic",
+                       "OPENBLAS_CORETYPE": "Prescott", "OPENBLAS_NUM_THREADS": "2",
                        "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
 # Pinned runs: none of the host's settings, and every one of them at once (one run each: a process
 # start with the full pipeline import is most of a run's cost).
@@ -201,8 +202,9 @@ print(digest.hexdigest())
 """
 
 
-def _qp_numpy_route(mode: str, coretype: str | None) -> str:
-    env = _host_env({} if coretype is None else {"OPENBLAS_CORETYPE": coretype})
+def _qp_numpy_route(mode: str, host: dict[str, str]) -> str:
+    """The QP route's digest from a fresh process in `mode` under the host settings."""
+    env = _host_env(host)
     done = subprocess.run([sys.executable, "-c", _QP_NUMPY_ROUTE, mode], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -213,12 +215,14 @@ def test_the_qp_numpy_route_is_pinned_whatever_blas_kernels_the_host_would_pick(
     """An AVX-512 host's OpenBLAS kernels (Cooperlake on a Zen 4 EPYC) moved BarrierNet's weights
     away from an AVX2 machine's. Pinned, the host's choice no longer matters and the answer is
     the Haswell kernels'; native, it follows the kernels (the control: Prescott's SSE3 kernels run
-    on any x86-64)."""
-    pinned = {coretype: _qp_numpy_route("pinned", coretype) for coretype in (None, "Prescott", "Zen")}
-    assert len(set(pinned.values())) == 1, pinned
-    assert pinned[None] == _qp_numpy_route("native", "Haswell")
-    assert _qp_numpy_route("native", "Prescott") != _qp_numpy_route("native", "Haswell")
-
+    on any x86-64). OpenBLAS's thread count moves its bits too (measured on a (1024, 64) x (64, 64)
+    product: 2 threads against 1), so the native runs hold it at the pin's one thread."""
+    hosts = [{}, {"OPENBLAS_CORETYPE": "Prescott"}, {"OPENBLAS_CORETYPE": "Zen", "OPENBLAS_NUM_THREADS": "2"}]
+    pinned = [_qp_numpy_route("pinned", host) for host in hosts]
+    assert len(set(pinned)) == 1, dict(zip(map(str, hosts), pinned))
+    one_thread = {"OPENBLAS_NUM_THREADS": "1"}
+    assert pinned[0] == _qp_numpy_route("native", {"OPENBLAS_CORETYPE": "Haswell", **one_thread})
+    assert _qp_numpy_route("native", {"OPENBLAS_CORETYPE": "Prescott", **one_thread}) != pinned[0]
 
 def test_the_readme_quotes_the_committed_metrics_digest():
     """The README's reproduction promise names the sha256 a colleague should get; it must be the

@@ -102,6 +102,30 @@ def test_stage_table_reads_the_wall_times_the_registry_records(tmp_path):
     assert "not recorded" in report._stage_times(inputs, 1.0, tmp_path / "elsewhere").split("compare")[1]
 
 
+def test_stage_table_says_train_and_evaluate_are_sums_of_cells(tmp_path):
+    """Two 60 s cells that ran side by side: the table must not call 120 s the stage's wall time."""
+    from types import SimpleNamespace
+
+    from tasks import report
+
+    train = [SimpleNamespace(algo="baseline", seed=s, summary={"wall_seconds": 60.0}) for s in (0, 1)]
+    evals = [SimpleNamespace(algo="baseline", seed=s, wall_seconds=30.0) for s in (0, 1)]
+    inputs = report.Inputs(metrics={}, summary=pd.DataFrame(), train=train, evals=evals, qp_table=None,
+                           qp_metrics=None)
+    played = tmp_path / "results" / "scenarios" / "baseline-s0"
+    played.mkdir(parents=True)
+    (played / "timing.json").write_text(json.dumps({"wall_seconds": 20.0}))
+    (tmp_path / "results" / "scenarios" / "baseline-s1").mkdir()  # a skipped cell: no timing
+    (tmp_path / "results" / "headline").mkdir()
+    (tmp_path / "results" / "headline" / "timing.json").write_text(json.dumps({"wall_seconds": 0.5}))
+    table = report._stage_times(inputs, 1.0, tmp_path)
+    assert f"| scenarios | {report.fmt_seconds(20.0)} (sum of 1 cell) | baseline-s0: {report.fmt_seconds(20.0)} |" in table
+    assert f"| headline | {report.fmt_seconds(0.5)} |" in table
+    assert f"| train | {report.fmt_seconds(120.0)} (sum of 2 cells) |" in table
+    assert f"| evaluate | {report.fmt_seconds(60.0)} (sum of 2 cells) |" in table
+    assert "| stage | time | per cell |" in table
+
+
 def test_section_names_the_one_committed_configuration(tmp_path):
     params = load_params(overrides={"train.seeds": [0, 1], "train.algos": ["baseline"],
                                     "eval.tuned_filter": {"form": "dcbf", "gamma": 0.2, "robust_margin": 0.0}})

@@ -106,7 +106,10 @@ def render(inputs: Inputs, params: Params, workdir: Path, started: float) -> tup
                ["platform", f"{hw['platform']}, Python {hw['python']}"],
                ["numerics", _numerics_line(params)],
            ]), ""]
-    md += ["### Wall time of each stage", "", _stage_times(inputs, time.perf_counter() - started, workdir), ""]
+    md += ["### Time of each stage", "",
+           "Train, evaluate and scenarios add up their cells' wall times; the cells run side by side on the Dask "
+           "workers, so these sums exceed the stages' wall time.", "",
+           _stage_times(inputs, time.perf_counter() - started, workdir), ""]
 
     md += ["## Results per arm", "", _results_tables(inputs, params, arms, conf)]
     from tasks.report_dcbf_exact import dcbf_exact_section  # issue 14: the exact DCBF's cost and invariance

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.artifacts import CANDIDATE_ARM, REFERENCE_ARM, stage_timing_path
+from tasks.artifacts import CANDIDATE_ARM, REFERENCE_ARM, SCENARIOS_ROOT, TIMING_FILE, stage_timing_path
 from tasks.params import Params
 from tasks.report.formatting import (
     is_finite_number,
@@ -131,23 +131,49 @@ def _recorded_wall(workdir: Path, stage: str) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
+def _sum_of_cells(n: int) -> str:
+    return f"sum of {n} cell" + ("" if n == 1 else "s")
+
+
+def _scenario_cell_walls(workdir: Path) -> dict[str, float]:
+    """Wall seconds of the scenario cells that played (results/scenarios/<cell>/timing.json), by
+    cell name; cells outside scenarios.seeds wrote skipped.json instead and are left out."""
+    walls = {}
+    for path in sorted((Path(workdir) / SCENARIOS_ROOT).glob(f"*/{TIMING_FILE}")):
+        try:
+            value = json.loads(path.read_text()).get("wall_seconds")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(value, (int, float)):
+            walls[path.parent.name] = float(value)
+    return walls
+
+
 def _stage_times(inputs: Inputs, render_seconds: float, workdir: Path | None = None) -> str:
+    """Markdown table: each stage's time. Train, evaluate and scenarios are the sums of their cells' wall
+    times; the cells run side by side on the Dask workers, so a sum exceeds the stage's wall time."""
     rows = []
     train_total = sum(float(c.summary["wall_seconds"]) for c in inputs.train)
-    rows.append(["train", fmt_seconds(train_total),
+    rows.append(["train", f"{fmt_seconds(train_total)} ({_sum_of_cells(len(inputs.train))})",
                  ", ".join(f"{c.algo}-s{c.seed}: {fmt_seconds(c.summary['wall_seconds'])}" for c in inputs.train)])
     eval_walls = [c.wall_seconds for c in inputs.evals]
     known = [w for w in eval_walls if w is not None]
-    rows.append(["evaluate", fmt_seconds(sum(known)) + ("" if len(known) == len(eval_walls) else " (incomplete)")
-                 if known else "not recorded",
+    rows.append(["evaluate", f"{fmt_seconds(sum(known))} ({_sum_of_cells(len(known))})"
+                 + ("" if len(known) == len(eval_walls) else " (incomplete)") if known else "not recorded",
                  ", ".join(f"{c.algo}-s{c.seed}: {fmt_seconds(c.wall_seconds)}" for c in inputs.evals)])
+    scenario_walls = _scenario_cell_walls(workdir) if workdir is not None else {}
+    rows.append(["scenarios", f"{fmt_seconds(sum(scenario_walls.values()))} ({_sum_of_cells(len(scenario_walls))})"
+                 if scenario_walls else "not recorded",
+                 ", ".join(f"{name}: {fmt_seconds(wall)}" for name, wall in scenario_walls.items())])
     qp_wall = _recorded_wall(workdir, "qp_benchmark") if workdir is not None else None
     rows.append(["qp_benchmark", fmt_seconds(qp_wall) if qp_wall is not None else (
         "not recorded" if inputs.qp_table is not None else "not run"), ""])
     compare_wall = _recorded_wall(workdir, "compare") if workdir is not None else None
     rows.append(["compare", fmt_seconds(compare_wall) if compare_wall is not None else "not recorded", ""])
+    headline_wall = _recorded_wall(workdir, "headline") if workdir is not None else None
+    rows.append(["headline", fmt_seconds(headline_wall) if headline_wall is not None else "not recorded", ""])
     rows.append(["report", fmt_seconds(render_seconds), "this rendering, before writing"])
-    return md_table(["stage", "wall time", "per cell"], rows)
+    return md_table(["stage", "time", "per cell"], rows)
 
 
 def _results_tables(inputs: Inputs, params: Params, arms: list[str], conf: float) -> str:
