@@ -334,12 +334,35 @@ def dvc_push_task(workspace: Path) -> dict:
 # Task runner for the matrix
 
 
+# Dask's nanny starts every worker with MALLOC_TRIM_THRESHOLD_=65536 (distributed.nanny.pre-spawn-
+# environ), to hand freed memory back to the OS. Setting it turns off glibc's dynamic mmap
+# threshold, so every tensor above 128 KiB (a (1024, 64) float32 minibatch activation is 256 KiB)
+# is mmap'ed, page-faulted and unmapped anew: a training cell ran 27 % slower per CPU-second in a
+# worker than in a plain process (benchmarks/parallel_efficiency.py --dask). Memory is not what
+# limits a cell here, so the workers keep glibc's defaults. The nanny also writes the variable
+# into the process that runs it (distributed/nanny.py), which is this one for a LocalCluster, so a
+# cluster started earlier in this process would hand it on to the next one's workers.
+_DASK_MALLOC_TRIM = "MALLOC_TRIM_THRESHOLD_"
+_DASK_DEFAULT_MALLOC_TRIM = "65536"
+
+
+def _keep_glibc_malloc_defaults_in_workers() -> None:
+    import dask
+    import distributed  # noqa: F401  (loads the nanny's defaults first, so they cannot overwrite ours)
+
+    dask.config.set({f"distributed.nanny.pre-spawn-environ.{_DASK_MALLOC_TRIM}": None})
+    if os.environ.get(_DASK_MALLOC_TRIM) == _DASK_DEFAULT_MALLOC_TRIM:  # an earlier nanny's, not the user's
+        del os.environ[_DASK_MALLOC_TRIM]
+
+
 def matrix_task_runner(orchestration: OrchestrationParams) -> TaskRunner:
-    """Dask for the (algo, seed) matrix: an existing scheduler, or a local cluster of processes."""
+    """Dask for the (algo, seed) matrix: an existing scheduler, or a local cluster of processes
+    (started with glibc's malloc defaults: `_keep_glibc_malloc_defaults_in_workers`)."""
     from prefect_dask import DaskTaskRunner
 
     if orchestration.dask_address:
         return DaskTaskRunner(address=orchestration.dask_address)
+    _keep_glibc_malloc_defaults_in_workers()
     return DaskTaskRunner(
         cluster_class="distributed.LocalCluster",
         cluster_kwargs={

@@ -434,6 +434,42 @@ def test_default_run_on_local_dask_cluster_is_recorded_by_dvc(prefect_server, tm
     assert "Running stage" not in repro.stdout and model.stat().st_mtime_ns == before
 
 
+def _worker_malloc_trim(config: dict) -> list:
+    """MALLOC_TRIM_THRESHOLD_ as a local cluster's worker processes see it, under `config`."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    with dask.config.set(config), LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                               host="127.0.0.1", dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+            return list(client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_")).values())
+
+
+@pytest.mark.timeout(120)
+def test_the_flows_dask_workers_keep_glibc_malloc_defaults(monkeypatch):
+    """Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which made a training cell
+    27 % slower per CPU-second (benchmarks/parallel_efficiency.py --dask). The flow's local
+    cluster unsets it, and clears the value an earlier nanny wrote into this process; a value
+    the user set is left alone."""
+    import dask
+    import distributed  # noqa: F401  (its config defaults)
+
+    key = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
+    stock = dask.config.get(key)
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    assert _worker_malloc_trim({}) == ["65536"]  # the control: Dask's stock nanny sets it
+    try:
+        monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")  # as an earlier nanny leaves it
+        pipeline.matrix_task_runner(load_params().orchestration)
+        assert "MALLOC_TRIM_THRESHOLD_" not in os.environ and dask.config.get(key) is None
+        assert _worker_malloc_trim({}) == [None]
+        monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1048576")  # the user's own choice
+        pipeline.matrix_task_runner(load_params().orchestration)
+        assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "1048576"
+    finally:
+        dask.config.set({key: stock})
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_injected_training_fault_is_retried_and_matches_an_unfaulted_run(prefect_server, tmp_path, state_dir,
