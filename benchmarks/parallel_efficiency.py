@@ -101,6 +101,7 @@ with LocalCluster(n_workers=cells, threads_per_worker=1, processes=True, host="1
     Event("go", client=client).set()
     print("RESULT " + json.dumps([future.result() for future in futures]), flush=True)
 """
+QUICK = {"train.num_envs": 8, "train.rollout_steps": 16, "train.num_minibatches": 2, "train.update_epochs": 1}
 DASK_MODES = {"dask-stock": "Dask's stock nanny", "flow": "the flow's workers"}
 
 
@@ -142,10 +143,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iterations", type=int, default=6, help="timed iterations per cell (default 6)")
     parser.add_argument("--affinity", action="store_true", help="pin child i to CPU i")
     parser.add_argument("--dask", action="store_true", help="also inside local Dask workers (stock and the flow's)")
+    parser.add_argument("--quick", action="store_true", help="a tiny batch (a smoke test; the rates mean little)")
     args = parser.parse_args(argv)
     if args.cells < 1 or args.iterations < 1:
         parser.error(f"--cells {args.cells} --iterations {args.iterations}: accepted: both >= 1")
-    overrides = {"train.torch_threads": 1}
+    overrides = {"train.torch_threads": 1, **(QUICK if args.quick else {})}
     load = os.getloadavg()[0]
     solo = run_cells(args.algo, 1, args.iterations, args.affinity, overrides)[0]
     together = run_cells(args.algo, args.cells, args.iterations, args.affinity, overrides)

@@ -172,3 +172,22 @@ def test_side_by_side_against_a_commit_alternates_both_checkouts(tmp_path):
     assert old_sps > 0 and new_sps > 0 and math.isclose(ratio, new_sps / old_sps, rel_tol=0.02)
     with pytest.raises(SystemExit, match="no-such-commit"):
         side_by_side.compare("no-such-commit", ["baseline"], 1, quick, snapshots=tmp_path)
+
+
+def test_parallel_efficiency_in_dask_workers_shows_the_nannys_malloc_setting(capsys):
+    """`--dask` runs the cells in a stock local cluster and in one made as the flow makes it:
+    the table names MALLOC_TRIM_THRESHOLD_ as each set of workers saw it (65536 from Dask's
+    nanny, unset in the flow's), every efficiency is a positive percentage of the solo rate, and
+    the ratio line is the two clusters' summed rates."""
+    bench = _load("parallel_efficiency")
+    bench.main(["--quick", "--iterations", "1", "--cells", "2", "--dask"])
+    out = capsys.readouterr().out
+    rows = {line.split("|")[0].strip(): [part.strip() for part in line.split("|")[1:]]
+            for line in out.splitlines() if line.count("|") == 3}
+    stock = [name for name in rows if name.startswith("Dask's stock nanny (MALLOC_TRIM_THRESHOLD_ 65536)")]
+    flow = [name for name in rows if name.startswith("the flow's workers (MALLOC_TRIM_THRESHOLD_ unset)")]
+    assert len(stock) == 2 and len(flow) == 2, out
+    rates = {name: float(values[0].replace(",", "")) for name, values in rows.items() if name != "run"}
+    assert all(rate > 0 for rate in rates.values()) and "solo, bare process" in rates
+    ratio = float(re.search(r"the flow's workers / Dask's stock nanny: ([0-9.]+)x", out).group(1))
+    assert ratio == pytest.approx(sum(rates[n] for n in flow) / sum(rates[n] for n in stock), abs=0.006)
