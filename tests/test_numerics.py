@@ -224,6 +224,7 @@ def test_the_qp_numpy_route_is_pinned_whatever_blas_kernels_the_host_would_pick(
     assert pinned[0] == _qp_numpy_route("native", {"OPENBLAS_CORETYPE": "Haswell", **one_thread})
     assert _qp_numpy_route("native", {"OPENBLAS_CORETYPE": "Prescott", **one_thread}) != pinned[0]
 
+
 def test_the_readme_quotes_the_committed_metrics_digest():
     """The README's reproduction promise names the sha256 a colleague should get; it must be the
     digest of the committed file, recomputed here, or the promise points at a stale run."""

@@ -121,14 +121,18 @@ def _budget_table(inputs: Inputs, params: Params) -> str:
                     rows)
 
 
-def _recorded_wall(workdir: Path, stage: str) -> float | None:
-    """Wall seconds a stage recorded in results/<stage>/timing.json (tasks/registry.py), if any."""
-    path = stage_timing_path(workdir, stage)
+def _wall_in(path: Path) -> float | None:
+    """The wall_seconds a timing.json records, or None when it is missing or unreadable."""
     try:
         value = json.loads(path.read_text()).get("wall_seconds")
     except (OSError, ValueError, AttributeError):
         return None
     return float(value) if isinstance(value, (int, float)) else None
+
+
+def _recorded_wall(workdir: Path, stage: str) -> float | None:
+    """Wall seconds a stage recorded in results/<stage>/timing.json (tasks/registry.py), if any."""
+    return _wall_in(stage_timing_path(workdir, stage))
 
 
 def _sum_of_cells(n: int) -> str:
@@ -138,15 +142,9 @@ def _sum_of_cells(n: int) -> str:
 def _scenario_cell_walls(workdir: Path) -> dict[str, float]:
     """Wall seconds of the scenario cells that played (results/scenarios/<cell>/timing.json), by
     cell name; cells outside scenarios.seeds wrote skipped.json instead and are left out."""
-    walls = {}
-    for path in sorted((Path(workdir) / SCENARIOS_ROOT).glob(f"*/{TIMING_FILE}")):
-        try:
-            value = json.loads(path.read_text()).get("wall_seconds")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if isinstance(value, (int, float)):
-            walls[path.parent.name] = float(value)
-    return walls
+    walls = {path.parent.name: _wall_in(path)
+             for path in sorted((Path(workdir) / SCENARIOS_ROOT).glob(f"*/{TIMING_FILE}"))}
+    return {name: wall for name, wall in walls.items() if wall is not None}
 
 
 def _stage_times(inputs: Inputs, render_seconds: float, workdir: Path | None = None) -> str:
