@@ -114,6 +114,11 @@ class Actor(nn.Module):
         """Numbers of the policy itself, logged after each update (charts/*)."""
         return {}
 
+    def views(self) -> nn.Module:
+        """The actor whose actions this one's are (itself; a wrapper that only re-reads another
+        actor returns that one): two actors with one `views` act alike."""
+        return self
+
 
 # The rollout curves of every actor with a safety layer in the loop (BarrierNet's QP, CBF-Beta's
 # box, the shield), in the order `_safety_layer_sums` returns them.
@@ -244,6 +249,11 @@ class _CBFProjection(nn.Module):
                                 active_hint=active_hint)
         u = torch.maximum(torch.minimum(solution.u, self.high.to(u_ref.dtype)), self.low.to(u_ref.dtype))
         return u, solution.feasible, solution.active
+
+
+def _same_policy(a: nn.Module, b: nn.Module) -> bool:
+    """The same policy: one object, or two views of one actor (`Actor.views`)."""
+    return a is b or (isinstance(a, Actor) and isinstance(b, Actor) and a.views() is b.views())
 
 
 def _intervention_info(proposal: Tensor, executed: Tensor, tol: float, full_scale: Tensor) -> dict[str, Tensor]:
@@ -552,16 +562,40 @@ class SafetyFilter(Actor):
         self.rollout_metric_names = SAFETY_LAYER_METRICS
 
     def forward(self, obs: Tensor, safety: "SafetyState", deterministic: bool = False) -> ActorOutput:
+        return self._filtered(obs, safety, deterministic, self.gamma)
+
+    def stacks_with(self, other: nn.Module) -> bool:
+        """Whether `other` is a filter that can act beside this one in one pass (`forward_stacked`):
+        the same wrapped policy, form and margin; any gamma."""
+        return isinstance(other, SafetyFilter) and _same_policy(self.actor, other.actor) and \
+            (self.form, self.robust_margin) == (other.form, other.robust_margin)
+
+    @staticmethod
+    def forward_stacked(filters: Sequence["SafetyFilter"], sizes: Sequence[int], obs: Tensor, safety: "SafetyState",
+                        deterministic: bool = False) -> ActorOutput:
+        """filters[i] acts on the next sizes[i] rows of obs (B, obs_dim), B = sum(sizes), in one pass
+        with a per-row gamma (B, 1); row for row the same numbers as each filter's own forward on
+        its rows (the rows take gamma as a (B, M) tensor either way). The filters must share
+        the wrapped policy (`stacks_with`); the first one's runs once for all rows."""
+        first = filters[0]
+        if not all(first.stacks_with(f) for f in filters) or len(sizes) != len(filters):
+            raise ValueError("forward_stacked: every filter must stack with the first (stacks_with), one size each")
+        gamma = torch.cat([obs.new_full((n, 1), f.gamma, dtype=_safe_dtype(obs)) for f, n in zip(filters, sizes)])
+        return first._filtered(obs, safety, deterministic, gamma)
+
+    def _filtered(self, obs: Tensor, safety: "SafetyState", deterministic: bool, gamma: float | Tensor) -> ActorOutput:
+        """forward at `gamma`: a float, or (B, 1) per row (`forward_stacked`)."""
         if safety is None:
             raise ValueError("SafetyFilter needs the SafetyState (got None)")
         inner = self.actor(obs, safety, deterministic=deterministic)
         proposal = inner.action.to(_safe_dtype(inner.action))
         with torch.autocast(device_type=proposal.device.type, enabled=False):
-            rows = self.projection.rows(safety, self.gamma, proposal, form=self.form, robust_margin=self.robust_margin)
+            rows = self.projection.rows(safety, gamma, proposal, form=self.form, robust_margin=self.robust_margin)
             executed, feasible, _ = self.projection(proposal, rows)
             if "infeasible" in inner.info:
                 feasible = feasible & ~inner.info["infeasible"]
-        gamma = proposal.new_full((proposal.shape[0], rows.h.shape[1]), self.gamma)
+        shape = (proposal.shape[0], rows.h.shape[1])
+        gamma = gamma.to(proposal.dtype).expand(shape) if isinstance(gamma, Tensor) else proposal.new_full(shape, gamma)
         info = {"nominal": proposal, "gamma": gamma, "proposal": proposal, "infeasible": ~feasible,
                 "lookahead_h": rows.h}
         info.update(_intervention_info(proposal, executed, self.cbf_params.intervention_tol, self.projection.high))

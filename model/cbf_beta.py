@@ -476,5 +476,9 @@ class UnconstrainedBeta(Actor):
     def forward(self, obs: Tensor, safety: "SafetyState | None" = None, deterministic: bool = False) -> ActorOutput:
         return self.actor.forward_unconstrained(obs, deterministic=deterministic)
 
+    def views(self) -> CBFBetaActor:
+        """The CBF-Beta actor this re-reads (filters over two such views stack: `SafetyFilter.stacks_with`)."""
+        return self.actor
+
 
 __all__ = ["SAMPLE_EPS", "SafeBox", "safe_box", "beta_log_prob", "CBFBetaActor", "UnconstrainedBeta"]

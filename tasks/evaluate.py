@@ -28,14 +28,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from env.core import PursuitEvasionCore
-from model.actors import make_filter
+from torch import Tensor
+
+from env.core import PursuitEvasionCore, SafetyState
+from model.actors import ActorOutput, SafetyFilter, make_filter
 from model.cbf import cbf_geometry
 from tasks import io
 from tasks.artifacts import (
@@ -70,27 +72,71 @@ def enforced_barrier_violated(core: PursuitEvasionCore, params: Params) -> torch
     return ((geometry.h < 0) & geometry.barrier_mask).any(dim=1)
 
 
-@torch.no_grad()
-def play_episodes(
-    policy: torch.nn.Module,
-    obs_rms: torch.nn.Module,
-    params: Params,
-    episodes: list[int],
-    record_episode: int | None = None,
-    split: str = "test",
-) -> tuple[list[dict[str, Any]], dict[str, np.ndarray] | None]:
-    """Play the first episode of envs seeded ``base + e`` for each e in `episodes`, where base
-    is eval.dev_seed_base or eval.test_seed_base for `split` ('dev' or 'test').
+class EpisodeGroup(NamedTuple):
+    """One policy on a list of episodes of one split; `record`: the episode whose trajectory is kept
+    (None: none)."""
 
-    Returns one row per episode (outcome, length, return, min_h, counts, decision_ms) and, if
-    `record_episode` is among them, that episode's trajectory {pursuer (T,2), evader (T,2),
-    obstacle_centres (K,2), obstacle_radii (K,)}.
+    policy: torch.nn.Module
+    split: str  # "dev" or "test"
+    episodes: list[int]
+    record: int | None = None
+
+
+class _Run(NamedTuple):
+    """Rows [start, stop) of a chunk: episodes of group `group`."""
+
+    group: int
+    start: int
+    stop: int
+
+
+@torch.no_grad()
+def play_groups(
+    groups: Sequence[EpisodeGroup], obs_rms: torch.nn.Module, params: Params
+) -> list[tuple[list[dict[str, Any]], dict[str, np.ndarray] | None]]:
+    """Play every group's episodes side by side: the rows of all groups, laid out group after
+    group, are cut into chunks of at most eval.num_envs envs; each chunk is one batched env, and
+    each group's policy acts on its own rows of it.
+
+    Batching many short per-step ops over more envs is what makes evaluation fast; it changes
+    no result, because every row of the env, the MLPs and the per-row QP solvers is computed
+    independently of the other rows (tests/test_evaluate.py compares against one group at a time).
+
+    Returns, per group in order: its rows (one per episode, in its order: outcome, length,
+    return, min_h, counts, decision_ms) and the trajectory of its `record` episode {pursuer (T,2),
+    evader (T,2), obstacle_centres (K,2), obstacle_radii (K,)} or None.
     """
+    layout = [(g, e) for g, group in enumerate(groups) for e in group.episodes]
+    chunk = params.eval.num_envs
+    rows: list[list[dict[str, Any]]] = [[] for _ in groups]
+    trajectories: list[dict[str, np.ndarray] | None] = [None] * len(groups)
+    for begin in range(0, len(layout), chunk):
+        part = layout[begin : begin + chunk]
+        runs, start = [], 0
+        for i in range(1, len(part) + 1):
+            if i == len(part) or part[i][0] != part[start][0]:
+                runs.append(_Run(part[start][0], start, i))
+                start = i
+        chunk_rows, chunk_trajectories = _play_chunk(groups, runs, [e for _, e in part], obs_rms, params)
+        for run in runs:
+            rows[run.group] += chunk_rows[run.start : run.stop]
+        for g, trajectory in chunk_trajectories.items():
+            trajectories[g] = trajectory
+    return list(zip(rows, trajectories))
+
+
+def _play_chunk(
+    groups: Sequence[EpisodeGroup], runs: list[_Run], episodes: list[int], obs_rms: torch.nn.Module, params: Params
+) -> tuple[list[dict[str, Any]], dict[int, dict[str, np.ndarray]]]:
+    """One batched env of len(episodes) rows, `runs` saying which group plays which rows: play the
+    first episode of env row i, seeded (the split's seed base) + episodes[i], to its end."""
     env_p = params.env
     n = len(episodes)
+    splits = [groups[run.group].split for run in runs for _ in range(run.start, run.stop)]
+    seed_bases = {split: params.eval.split_range(split).start for split in set(splits)}
+    env_seeds = [seed_bases[split] + e for split, e in zip(splits, episodes)]
     core = PursuitEvasionCore(env_p, n, autoreset=False)
-    seed_base = params.eval.split_range(split).start
-    core.seed([seed_base + e for e in episodes])
+    core.seed(env_seeds)
     obs = core.reset()
     active = torch.ones(n, dtype=torch.bool)
     length = torch.zeros(n, dtype=torch.int64)
@@ -103,29 +149,38 @@ def play_episodes(
     infeasible = torch.zeros(n, dtype=torch.int64)
     decision_seconds = torch.zeros(n, dtype=torch.float64)
     outcome = np.array(["timeout"] * n, dtype=object)
-    track = episodes.index(record_episode) if record_episode in episodes else None
-    path_p = [core.pursuer[track, :2].clone()] if track is not None else []
-    path_e = [core.evader[track, :2].clone()] if track is not None else []
+    tracks = {}  # group -> its recorded row
+    for run in runs:
+        record = groups[run.group].record
+        if record is not None and record in episodes[run.start : run.stop]:
+            tracks[run.group] = run.start + episodes[run.start : run.stop].index(record)
+    paths = {g: ([core.pursuer[row, :2].clone()], [core.evader[row, :2].clone()]) for g, row in tracks.items()}
+    calls = _calls(groups, runs)
 
     for _ in range(env_p.max_steps):
-        started = time.perf_counter()
-        out = policy(obs_rms.normalize(obs), core.safety_state(), deterministic=True)
-        per_decision = (time.perf_counter() - started) / n  # batched: amortised per env
-        obs, reward, terminated, truncated, info = core.step(out.action)
-        a = active
+        obs_n, safety, a = obs_rms.normalize(obs), core.safety_state(), active
+        actions = []
+        for call in calls:
+            rows = slice(call[0].start, call[-1].stop)
+            started = time.perf_counter()
+            out = _act(groups, call, obs_n[rows], type(safety)(*(x[rows] for x in safety)))
+            per_decision = (time.perf_counter() - started) / (rows.stop - rows.start)  # batched: amortised per env
+            actions.append(out.action)
+            decision_seconds[rows] += torch.where(a[rows], per_decision, 0.0)
+            if "intervened" in out.info:
+                interventions[rows] += a[rows] & out.info["intervened"]
+                infeasible[rows] += a[rows] & out.info["infeasible"]
+                correction[rows] += torch.where(a[rows], out.info["correction"].double(), 0.0)
+        obs, reward, terminated, truncated, info = core.step(actions[0] if len(actions) == 1 else torch.cat(actions))
         length += a
         ret += torch.where(a, reward.double(), 0.0)
         min_h = torch.where(a, torch.minimum(min_h, info["h"].min(dim=1).values.double()), min_h)
         violations += a & (info["h"] < 0).any(dim=1)
         enforced_violations += a & enforced_barrier_violated(core, params)
-        if "intervened" in out.info:
-            interventions += a & out.info["intervened"]
-            infeasible += a & out.info["infeasible"]
-            correction += torch.where(a, out.info["correction"].double(), 0.0)
-        decision_seconds += torch.where(a, per_decision, 0.0)
-        if track is not None and bool(a[track]):
-            path_p.append(info["pursuer"][track, :2].clone())
-            path_e.append(info["evader"][track, :2].clone())
+        for g, row in tracks.items():
+            if bool(a[row]):
+                paths[g][0].append(info["pursuer"][row, :2].clone())
+                paths[g][1].append(info["evader"][row, :2].clone())
         ended = a & (terminated | truncated)
         outcome[(ended & info["captured"]).numpy()] = "capture"
         outcome[(ended & info["collided"]).numpy()] = "collision"
@@ -137,7 +192,7 @@ def play_episodes(
         {
             "split": split,
             "episode": e,
-            "env_seed": seed_base + e,
+            "env_seed": env_seed,
             "outcome": outcome[i],
             "length": int(length[i]),
             "return": float(ret[i]),
@@ -149,17 +204,78 @@ def play_episodes(
             "infeasible_steps": int(infeasible[i]),
             "decision_ms": 1000.0 * float(decision_seconds[i]) / max(int(length[i]), 1),
         }
-        for i, e in enumerate(episodes)
+        for i, (split, e, env_seed) in enumerate(zip(splits, episodes, env_seeds))
     ]
-    trajectory = None
-    if track is not None:
-        trajectory = {
-            "pursuer": torch.stack(path_p).numpy(),
-            "evader": torch.stack(path_e).numpy(),
-            "obstacle_centres": core.obstacle_centres[track].numpy(),
-            "obstacle_radii": core.obstacle_radii[track].numpy(),
+    trajectories = {
+        g: {
+            "pursuer": torch.stack(paths[g][0]).numpy(),
+            "evader": torch.stack(paths[g][1]).numpy(),
+            "obstacle_centres": core.obstacle_centres[row].numpy(),
+            "obstacle_radii": core.obstacle_radii[row].numpy(),
         }
-    return rows, trajectory
+        for g, row in tracks.items()
+    }
+    return rows, trajectories
+
+
+def _calls(groups: Sequence[EpisodeGroup], runs: list[_Run]) -> list[list[_Run]]:
+    """Neighbouring runs that one policy call can serve: the same policy (an arm's dev and test
+    episodes), or post-hoc filters that differ only in gamma (`SafetyFilter.forward_stacked`)."""
+    calls: list[list[_Run]] = []
+    for run in runs:
+        if calls:
+            before, policy = groups[calls[-1][-1].group].policy, groups[run.group].policy
+            if policy is before or (isinstance(before, SafetyFilter) and before.stacks_with(policy)):
+                calls[-1].append(run)
+                continue
+        calls.append([run])
+    return calls
+
+
+# A policy call's batch is padded to a multiple of this many rows (at least this many): MKL's sgemm
+# in the pinned (COMPATIBLE) branch computes a batch of M rows, M >= 8 and a multiple of 4, row for
+# row alike whatever M and the row's position (measured for M <= 1024), but the last M mod 4 rows
+# and batches under 8 with other kernels and other round-off; and the QP takes another route for
+# a single row. Padded, a row's action does not depend on the batch it was played in.
+CALL_ROWS = 8
+
+
+def _act(groups: Sequence[EpisodeGroup], call: list[_Run], obs: Tensor, safety: SafetyState) -> ActorOutput:
+    """The deterministic actions of one call's rows: obs (B, obs_dim) -> ActorOutput of B rows.
+
+    The batch is padded with copies of its last row to a multiple of CALL_ROWS (see there)."""
+    batch = obs.shape[0]
+    pad = -batch % CALL_ROWS
+    if pad:
+        def padded(x: Tensor) -> Tensor:
+            return torch.cat((x, x[-1:].expand(pad, *x.shape[1:])))
+
+        obs, safety = padded(obs), type(safety)(*(padded(x) for x in safety))
+    policies = [groups[run.group].policy for run in call]
+    if all(policy is policies[0] for policy in policies):
+        out = policies[0](obs, safety, deterministic=True)
+    else:
+        sizes = [run.stop - run.start for run in call]
+        sizes[-1] += pad
+        out = SafetyFilter.forward_stacked(policies, sizes, obs, safety, deterministic=True)
+    if not pad:
+        return out
+    return ActorOutput(out.action[:batch], out.sample[:batch], out.log_prob[:batch],
+                       {key: value[:batch] for key, value in out.info.items()})
+
+
+def play_episodes(
+    policy: torch.nn.Module,
+    obs_rms: torch.nn.Module,
+    params: Params,
+    episodes: list[int],
+    record_episode: int | None = None,
+    split: str = "test",
+) -> tuple[list[dict[str, Any]], dict[str, np.ndarray] | None]:
+    """One policy on `episodes` of `split` ('dev' or 'test'): `play_groups` with one group.
+
+    Returns one row per episode and, if `record_episode` is among them, its trajectory."""
+    return play_groups([EpisodeGroup(policy, split, list(episodes), record_episode)], obs_rms, params)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,14 +305,18 @@ def sweep_filters(actor: torch.nn.Module, obs_rms: torch.nn.Module, params: Para
 
     fs = params.eval.filter_sweep
     episodes = list(range(params.eval.dev_episodes))
-    chunk = params.eval.num_envs
-    table = []
-    for config in sweep_configurations(params):
+    configs = sweep_configurations(params)
+    # neighbours that share form and margin stack into one call per step (`SafetyFilter.forward_stacked`)
+    order = sorted(range(len(configs)), key=lambda i: (configs[i]["form"], configs[i]["robust_margin"], i))
+    groups = []
+    for i in order:
+        config = configs[i]
         policy = make_filter(actor, params, config["form"], config["gamma"], robust_margin=config["robust_margin"])
-        policy.eval()
-        rows: list[dict[str, Any]] = []
-        for start in range(0, len(episodes), chunk):
-            rows += play_episodes(policy, obs_rms, params, episodes[start : start + chunk], None, "dev")[0]
+        groups.append(EpisodeGroup(policy.eval(), "dev", episodes))
+    played = dict(zip(order, play_groups(groups, obs_rms, params)))
+    table = []
+    for i, config in enumerate(configs):
+        rows = played[i][0]
         frame = pd.DataFrame(rows)
         n, steps = len(frame), int(frame["length"].sum())
         captured = frame["outcome"].eq("capture")
@@ -265,24 +385,21 @@ def run(params: Params, workdir: str | Path = ".", algo: str = "barriernet", see
         io.write_json(output_dir(workdir, algo, seed) / CHOICE_FILE, tuned)
     if tuned is None:
         arms = [arm for arm in arms if arm != "baseline_tuned_filter"]
+    # every arm on both splits side by side (play_groups), dev rows first as before
+    groups, group_arms = [], []
+    for arm in arms:
+        policy = build_policy(arm, actor, params, tuned).eval()
+        for split, count in (("dev", params.eval.dev_episodes), ("test", params.eval.test_episodes)):
+            drawn = params.eval.trajectory_episode if split == "test" else None
+            groups.append(EpisodeGroup(policy, split, list(range(count)), drawn))
+            group_arms.append(arm)
     rows: list[dict[str, Any]] = []
     trajectories: dict[str, np.ndarray] = {}
-    splits = {"dev": list(range(params.eval.dev_episodes)), "test": list(range(params.eval.test_episodes))}
-    chunk = params.eval.num_envs
-    for arm in arms:
-        policy = build_policy(arm, actor, params, tuned)
-        policy.eval()
-        for split, all_episodes in splits.items():
-            for start in range(0, len(all_episodes), chunk):
-                episodes = all_episodes[start : start + chunk]
-                drawn = params.eval.trajectory_episode if split == "test" else None
-                arm_rows, trajectory = play_episodes(policy, obs_rms, params, episodes, drawn, split)
-                rows += [{"arm": arm, "algo": algo, "seed": seed, **r} for r in arm_rows]
-                if trajectory is None:
-                    continue
-                for name, value in trajectory.items():
-                    key = name if name.startswith("obstacle") else f"{arm}/{name}"
-                    trajectories[key] = value
+    for arm, (arm_rows, trajectory) in zip(group_arms, play_groups(groups, obs_rms, params)):
+        rows += [{"arm": arm, "algo": algo, "seed": seed, **r} for r in arm_rows]
+        for name, value in (trajectory or {}).items():
+            key = name if name.startswith("obstacle") else f"{arm}/{name}"
+            trajectories[key] = value
 
     out_dir = output_dir(workdir, algo, seed)
     table = pd.DataFrame(rows)[list(EPISODE_COLUMNS)]
@@ -299,4 +416,4 @@ def run(params: Params, workdir: str | Path = ".", algo: str = "barriernet", see
         .round(4)
         .to_dict(orient="index")
     )
-    return {"episodes": {split: len(e) for split, e in splits.items()}, "arms": arms, "test_rates": summary}
+    return {"episodes": {"dev": params.eval.dev_episodes, "test": params.eval.test_episodes}, "arms": arms, "test_rates": summary}

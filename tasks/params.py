@@ -256,7 +256,10 @@ class EvalParams(_Section):
         500, ge=1, description="held-out test episodes per (arm, seed); a study needs >= decision.min_test_episodes "
         "(fewer: the report marks the run a pipeline check, not a result)"
     )
-    num_envs: int = Field(200, ge=1, description="episodes run side by side")
+    num_envs: int = Field(
+        4096, ge=1, description="most envs stepped together: a cell's arms and splits (and the sweep's filters) share "
+        "batched envs of up to this many episodes; results do not depend on it (tasks/evaluate.py play_groups)"
+    )
     arms: list[Literal[ARMS]] = Field(list(ARMS), min_length=1)  # type: ignore[valid-type]  (tasks/artifacts.py)
     trajectory_episode: int = Field(0, ge=0, description="episode drawn as trajectories in the report")
     filter_sweep: FilterSweepParams = FilterSweepParams()

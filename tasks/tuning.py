@@ -122,10 +122,7 @@ def dev_rates(policy, obs_rms, params: Params) -> dict[str, Any]:
     """Play `policy` on every dev episode: {episodes, capture_rate, collision_rate}."""
     from tasks.evaluate import play_episodes
 
-    episodes = list(range(params.eval.dev_episodes))
-    rows: list[dict[str, Any]] = []
-    for start in range(0, len(episodes), params.eval.num_envs):
-        rows += play_episodes(policy, obs_rms, params, episodes[start : start + params.eval.num_envs], None, "dev")[0]
+    rows = play_episodes(policy, obs_rms, params, list(range(params.eval.dev_episodes)), None, "dev")[0]
     outcomes = pd.Series([r["outcome"] for r in rows])
     return {"episodes": len(rows), "capture_rate": float(outcomes.eq("capture").mean()),
             "collision_rate": float(outcomes.eq("collision").mean())}

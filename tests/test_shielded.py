@@ -266,14 +266,15 @@ def test_sweep_plays_dev_episodes_only_and_the_tuned_arm_plays_the_choice(tmp_pa
     })
     run(params, tmp_path, "baseline", 0)
     played: list[tuple[str, str]] = []
-    original = evaluate.play_episodes
+    original = evaluate.play_groups
 
-    def spy(policy, obs_rms, p, episodes, record=None, split="test"):
-        form = getattr(policy, "form", None)
-        played.append((split, f"{form}/{getattr(policy, 'gamma', None)}/{getattr(policy, 'robust_margin', None)}"))
-        return original(policy, obs_rms, p, episodes, record, split)
+    def spy(groups, obs_rms, p):
+        for g in groups:
+            form = getattr(g.policy, "form", None)
+            played.append((g.split, f"{form}/{getattr(g.policy, 'gamma', None)}/{getattr(g.policy, 'robust_margin', None)}"))
+        return original(groups, obs_rms, p)
 
-    monkeypatch.setattr(evaluate, "play_episodes", spy)
+    monkeypatch.setattr(evaluate, "play_groups", spy)
     evaluate.run(params, tmp_path, "baseline", 0)
     out = evaluate.output_dir(tmp_path, "baseline", 0)
     sweep = pd.read_csv(out / evaluate.SWEEP_FILE)

@@ -1,0 +1,107 @@
+"""Batched evaluation: every policy of a cell played side by side in one batched env
+(`tasks.evaluate.play_groups`) and post-hoc filters that differ only in gamma stacked into one pass
+(`SafetyFilter.forward_stacked`) give, row for row, the numbers of playing each policy alone, one
+env at a time."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from model.actors import GaussianActor, SafetyFilter, make_actor, make_filter
+from model.ppo import RunningMeanStd
+from tests.test_shielded import near_obstacle_states
+from tasks.evaluate import EpisodeGroup, play_episodes, play_groups
+from tasks.params import load_params
+
+from env.core import PursuitEvasionCore
+
+OBS_DIM = PursuitEvasionCore(load_params().env, 1).obs_dim
+
+
+def _params(num_envs: int):
+    return load_params(overrides={"env.max_steps": 80, "eval.num_envs": num_envs})
+
+
+def _obs_rms() -> RunningMeanStd:
+    rms = RunningMeanStd((OBS_DIM,))
+    g = torch.Generator().manual_seed(3)
+    rms.update(torch.randn(64, OBS_DIM, generator=g, dtype=torch.float64) * 4.0)  # not the identity
+    return rms
+
+
+def _without_timing(rows):
+    return [{k: v for k, v in row.items() if k != "decision_ms"} for row in rows]
+
+
+@pytest.mark.parametrize("algo", ["baseline", "barriernet", "cbf_beta"])
+def test_play_groups_gives_each_groups_rows_as_if_it_were_played_alone_one_env_at_a_time(algo):
+    torch.manual_seed(0)
+    params = _params(num_envs=7)
+    actor = make_actor(algo, OBS_DIM, params).eval()
+    obs_rms = _obs_rms()
+    dcbf = [make_filter(actor, params, "dcbf", gamma).eval() for gamma in (0.05, 1.0)]  # these two stack
+    exact = make_filter(actor, params, "dcbf_exact", 0.2, robust_margin=0.05).eval()
+    groups = [
+        EpisodeGroup(actor, "dev", [0, 1, 2]),
+        EpisodeGroup(actor, "test", [0, 1, 2, 3, 4], record=2),  # same policy: one call with the dev rows
+        EpisodeGroup(dcbf[0], "dev", [0, 1, 2, 3]),
+        EpisodeGroup(dcbf[1], "dev", [0, 1, 2, 3]),
+        EpisodeGroup(exact, "test", [4, 5, 6, 7], record=5),
+    ]
+    # chunks of 7 rows: [g0 x3, g1 x4] [g1 x1, g2 x4, g3 x2] [g3 x2, g4 x4]; calls of 1-7 rows
+    together = play_groups(groups, obs_rms, params)
+
+    alone_params = _params(num_envs=1)
+    interventions = 0
+    for group, (rows, trajectory) in zip(groups, together):
+        alone_rows, alone_trajectory = play_episodes(group.policy, obs_rms, alone_params, group.episodes,
+                                                     group.record, group.split)
+        assert _without_timing(rows) == _without_timing(alone_rows)
+        assert [(r["split"], r["episode"]) for r in rows] == [(group.split, e) for e in group.episodes]
+        assert (trajectory is None) == (group.record is None) == (alone_trajectory is None)
+        if trajectory is not None:
+            assert trajectory.keys() == alone_trajectory.keys()
+            for key in trajectory:
+                np.testing.assert_array_equal(trajectory[key], alone_trajectory[key])
+        interventions += sum(r["interventions"] for r in rows)
+    assert interventions > 0  # the filters acted, so their rows were compared where it matters
+
+
+@pytest.mark.parametrize("form", ["dcbf", "ct", "dcbf_exact"])
+def test_forward_stacked_equals_each_filters_own_forward_on_its_rows(form):
+    params = load_params()
+    torch.manual_seed(1)
+    actor = GaussianActor(OBS_DIM, params.env, params.train.hidden_sizes, init_log_std=-0.5).eval()
+    gammas = (0.05, 0.2, 1.0)
+    filters = [make_filter(actor, params, form, gamma, robust_margin=0.05).eval() for gamma in gammas]
+    sizes = [8, 16, 8]  # a multiple of 8 rows each, as play_groups pads its calls (tasks.evaluate.CALL_ROWS)
+    safety = near_obstacle_states(sum(sizes), seed=4)
+    safety = type(safety)(*(x.float() if x.is_floating_point() else x for x in safety))
+    obs = torch.randn(sum(sizes), OBS_DIM)
+    with torch.no_grad():
+        stacked = SafetyFilter.forward_stacked(filters, sizes, obs, safety, deterministic=True)
+        start = 0
+        for f, n in zip(filters, sizes):
+            rows = slice(start, start + n)
+            alone = f(obs[rows], type(safety)(*(x[rows] for x in safety)), deterministic=True)
+            assert torch.equal(stacked.action[rows], alone.action)
+            for key, value in alone.info.items():
+                assert torch.equal(stacked.info[key][rows], value), key
+            start += n
+    assert stacked.info["intervened"].any()  # the states sit at an obstacle: the rows bind
+
+
+def test_filters_over_two_views_of_one_cbf_beta_actor_stack_and_others_are_refused():
+    params = load_params()
+    beta = make_actor("cbf_beta", OBS_DIM, params)
+    a, b = make_filter(beta, params, "dcbf", 0.2), make_filter(beta, params, "dcbf", 1.0)
+    assert a.actor is not b.actor and a.stacks_with(b)  # make_filter wraps each time; one policy underneath
+    other_actor = make_filter(make_actor("cbf_beta", OBS_DIM, params), params, "dcbf", 0.2)
+    other_form = make_filter(beta, params, "ct", 0.2)
+    other_margin = make_filter(beta, params, "dcbf", 0.2, robust_margin=0.05)
+    assert not any(a.stacks_with(f) for f in (other_actor, other_form, other_margin))
+    safety = near_obstacle_states(4, seed=0)
+    with pytest.raises(ValueError, match="stack"):
+        SafetyFilter.forward_stacked([a, other_form], [2, 2], torch.zeros(4, OBS_DIM, dtype=torch.float64), safety)
