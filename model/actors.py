@@ -511,6 +511,10 @@ class GaussianActor(Actor):
             action = torch.maximum(torch.minimum(sample, self.action_high.to(mean.dtype)), self.action_low.to(mean.dtype))
         return ActorOutput(action, sample, log_prob, {})
 
+    def update_inputs(self, safety: "SafetyState", obs: Tensor, qp_hint: Tensor | None) -> UpdateInputs:
+        """None: evaluate_actions reads no safety state (so no minibatch gathers one)."""
+        return UpdateInputs(None)
+
     def evaluate_actions(self, obs: Tensor, safety: "SafetyState | None", sample: Tensor, qp_hint: Tensor | None = None,
                          cbf_geometry: Any = None) -> tuple[Tensor, Tensor]:
         """Score the STORED (unclipped) sample (B, 2): (log_prob (B,), entropy (B,)). safety,
@@ -601,11 +605,14 @@ class SafetyFilter(Actor):
         info.update(_intervention_info(proposal, executed, self.cbf_params.intervention_tol, self.projection.high))
         return ActorOutput(executed, inner.sample, inner.log_prob, info)
 
+    def update_inputs(self, safety: "SafetyState", obs: Tensor, qp_hint: Tensor | None) -> UpdateInputs:
+        """The wrapped actor's (the filter is fixed, outside the policy)."""
+        return self.actor.update_inputs(safety, obs, qp_hint)
+
     def evaluate_actions(self, obs: Tensor, safety: "SafetyState", sample: Tensor, qp_hint: Tensor | None = None,
                          cbf_geometry: Any = None) -> tuple[Tensor, Tensor]:
-        """The wrapped actor's score of the stored sample (the filter is fixed, outside the policy).
-        qp_hint and cbf_geometry are accepted and ignored: `update_inputs` (the default) gives none."""
-        return self.actor.evaluate_actions(obs, safety, sample)
+        """The wrapped actor's score of the stored sample (the filter is fixed, outside the policy)."""
+        return self.actor.evaluate_actions(obs, safety, sample, qp_hint=qp_hint, cbf_geometry=cbf_geometry)
 
     def rollout_step_sums(self, out: ActorOutput) -> Tensor:
         return torch.stack(_safety_layer_sums(out.info))

@@ -385,13 +385,13 @@ def ppo_update(
         order = torch.randperm(batch_size, generator=generator).to(device)
         for start in range(0, batch_size, cfg.minibatch_size):
             idx = order[start : start + cfg.minibatch_size]
-            minibatch = inputs.index(idx)
+            minibatch, obs = inputs.index(idx), batch.obs[idx]
             with torch.autocast(device_type=device.type, enabled=amp):
                 new_log_prob, entropy = actor.evaluate_actions(
-                    batch.obs[idx], minibatch.safety, batch.sample[idx],
+                    obs, minibatch.safety, batch.sample[idx],
                     qp_hint=minibatch.qp_hint, cbf_geometry=minibatch.cbf_geometry,
                 )
-                new_value = critic(batch.obs[idx]).float()
+                new_value = critic(obs).float()
             log_ratio = new_log_prob.float() - batch.log_prob[idx]
             ratio = log_ratio.exp()
             with torch.no_grad():

@@ -172,8 +172,12 @@ def figure_qp_speed(table: pd.DataFrame) -> bytes | None:
         ax.set_ylabel("median time per batch (ms)")
         ax.set_title(f"pass: {pass_name}" if pass_name else "QP solve")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
-    fig.suptitle("QP solver speed by batch size (log-log; lower is faster)")
+    # one legend below the panels (inside, it hid the small batches); long handles show the dashes
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    columns = min(4, max(1, len(labels)))
+    fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=8, handlelength=4, frameon=False)
+    fig.suptitle("QP solver speed by batch size (log-log; lower is faster; solid float64, dashed float32)")
+    fig.tight_layout(rect=(0, 0.06 * -(-len(labels) // columns), 1, 0.95))
     return _figure_bytes(fig)
 
 
