@@ -435,7 +435,7 @@ class FixedActor(nn.Module):
     def forward(self, obs, safety, deterministic=False):
         return ActorOutput(self.fixed, self.fixed + 1.0, torch.zeros(len(self.fixed)), {})
 
-    def evaluate_actions(self, obs, safety, sample):
+    def evaluate_actions(self, obs, safety, sample, qp_hint=None, cbf_geometry=None):  # the Actor interface
         return torch.full((len(sample),), -1.0), torch.zeros(len(sample))
 
 
