@@ -33,7 +33,6 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 import pandas as pd
 import torch
-
 from torch import Tensor
 
 from env.core import PursuitEvasionCore, SafetyState
@@ -99,8 +98,9 @@ def play_groups(
     each group's policy acts on its own rows of it.
 
     Batching many short per-step ops over more envs is what makes evaluation fast; it changes
-    no result, because every row of the env, the MLPs and the per-row QP solvers is computed
-    independently of the other rows (tests/test_evaluate.py compares against one group at a time).
+    no result: the env, the MLPs and the per-row QP solvers compute every row independently of
+    the other rows once each policy call is padded to CALL_ROWS (see there), so `eval.num_envs`
+    and the grouping move no number (tests/test_evaluate.py compares with one env at a time).
 
     Returns, per group in order: its rows (one per episode, in its order: outcome, length,
     return, min_h, counts, decision_ms) and the trajectory of its `record` episode {pursuer (T,2),
