@@ -7,7 +7,7 @@ Seven ways to train a pursuer on the same pursuit-evasion env, measured in one p
   (the default: the PPO loss differentiates through the QP),
 - ``BarrierNet nominal``: ``barriernet.update_mode=nominal`` (no QP in the update),
 - ``CBF-Beta PPO``: the Beta policy on the safe box (model/cbf_beta.py: one batched centre QP
-  per rollout step, the boxes of the whole rollout once per update, no QP in the loss),
+  per rollout step, kept by the rollout for the update, no QP in the loss),
 - ``shielded PPO``: the Gaussian baseline with the post-hoc filter's QP on every rollout step
   (no QP in the update),
 - ``reference design``: a faithful re-creation of the reference project's loop with our Trainer:

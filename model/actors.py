@@ -8,7 +8,7 @@ All actors share one interface (docs/ARCHITECTURE.md, "Safety layer")::
 
 and what the PPO loop (`model.ppo`) needs from them, as explicit methods of `Actor` (defaults for
 a policy without a safety layer): ``update_inputs`` (the per-state inputs of ``evaluate_actions``,
-computed once per update), ``rollout_qp_hint`` (what the rollout stores for the update's QP),
+computed once per update), ``rollout_record`` (what the rollout keeps of each step for them),
 ``rollout_metric_names`` / ``rollout_step_sums`` (the safety layer's rollout curves) and
 ``policy_metrics`` (numbers of the policy itself, logged after each update).
 
@@ -97,13 +97,13 @@ class Actor(nn.Module):
     # steps of `rollout_step_sums`) / (rollout_steps * num_envs).
     rollout_metric_names: tuple[str, ...] = ()
 
-    def update_inputs(self, safety: "SafetyState", obs: Tensor, qp_hint: Tensor | None) -> UpdateInputs:
-        """Once per PPO update, for the whole batch: safety (B,) states, obs (B, obs_dim), qp_hint
-        (B, 2) int64 or None (what `rollout_qp_hint` stored). Indexed per minibatch."""
+    def update_inputs(self, safety: "SafetyState", obs: Tensor, record: Tensor | None) -> UpdateInputs:
+        """Once per PPO update, for the whole batch: safety (B,) states, obs (B, obs_dim), record
+        (B, k) or None (what `rollout_record` kept of each state). Indexed per minibatch."""
         return UpdateInputs(safety)
 
-    def rollout_qp_hint(self, out: ActorOutput) -> Tensor | None:
-        """What the rollout stores per step for the update's re-solve, (B, 2) int64, or None."""
+    def rollout_record(self, out: ActorOutput) -> Tensor | None:
+        """What the rollout keeps of each step for `update_inputs`, (B, k) (one dtype), or None."""
         return None
 
     def rollout_step_sums(self, out: ActorOutput) -> Tensor:
@@ -296,7 +296,7 @@ class BarrierNetActor(Actor):
     ``infeasible`` (B,) (any QP of this forward was infeasible); ``lookahead_h`` (B, M) the CBF
     rows' barrier values on the look-ahead point (absent obstacles +inf; not the env's body
     barrier ``info["h"]``); ``active_mean`` (B, 2) int64, only in through_qp mode with the exact
-    backend: the active rows of the mean's QP (-1 padded), which PPO stores (`rollout_qp_hint`)
+    backend: the active rows of the mean's QP (-1 padded), which PPO stores (`rollout_record`)
     and hands back to ``evaluate_actions(..., qp_hint=)`` as a warm start.
 
     Rollout curves: SAFETY_LAYER_METRICS, and in through_qp mode ``qp_active_rows`` (mean number
@@ -409,13 +409,14 @@ class BarrierNetActor(Actor):
             info["active_mean"] = active_mean
         return ActorOutput(executed, sample, log_prob, info)
 
-    def update_inputs(self, safety: "SafetyState", obs: Tensor, qp_hint: Tensor | None) -> UpdateInputs:
+    def update_inputs(self, safety: "SafetyState", obs: Tensor, record: Tensor | None) -> UpdateInputs:
         """The rows' gamma-free part once per update (`cbf_geometry`) and the rollout's active
-        sets; where there is no geometry (nominal mode, dcbf_exact) the states themselves."""
+        sets (`record`, the QP hint); where there is no geometry (nominal mode, dcbf_exact) the
+        states themselves."""
         geometry = self.cbf_geometry(safety, obs)
-        return UpdateInputs(safety if geometry is None else None, qp_hint, geometry)
+        return UpdateInputs(safety if geometry is None else None, record, geometry)
 
-    def rollout_qp_hint(self, out: ActorOutput) -> Tensor | None:
+    def rollout_record(self, out: ActorOutput) -> Tensor | None:
         """The mean's QP active set (B, 2) int64 (through_qp with the exact backend), else None."""
         return out.info.get("active_mean")
 
@@ -511,7 +512,7 @@ class GaussianActor(Actor):
             action = torch.maximum(torch.minimum(sample, self.action_high.to(mean.dtype)), self.action_low.to(mean.dtype))
         return ActorOutput(action, sample, log_prob, {})
 
-    def update_inputs(self, safety: "SafetyState", obs: Tensor, qp_hint: Tensor | None) -> UpdateInputs:
+    def update_inputs(self, safety: "SafetyState", obs: Tensor, record: Tensor | None) -> UpdateInputs:
         """None: evaluate_actions reads no safety state (so no minibatch gathers one)."""
         return UpdateInputs(None)
 
@@ -605,9 +606,9 @@ class SafetyFilter(Actor):
         info.update(_intervention_info(proposal, executed, self.cbf_params.intervention_tol, self.projection.high))
         return ActorOutput(executed, inner.sample, inner.log_prob, info)
 
-    def update_inputs(self, safety: "SafetyState", obs: Tensor, qp_hint: Tensor | None) -> UpdateInputs:
+    def update_inputs(self, safety: "SafetyState", obs: Tensor, record: Tensor | None) -> UpdateInputs:
         """The wrapped actor's (the filter is fixed, outside the policy)."""
-        return self.actor.update_inputs(safety, obs, qp_hint)
+        return self.actor.update_inputs(safety, obs, record)
 
     def evaluate_actions(self, obs: Tensor, safety: "SafetyState", sample: Tensor, qp_hint: Tensor | None = None,
                          cbf_geometry: Any = None) -> tuple[Tensor, Tensor]:

@@ -48,8 +48,9 @@ Log-probability (feasible states): ``sum_d [log Beta(x_d; alpha_d, beta_d) - log
 the density of u on the box (the rescaling Jacobian). PPO stores x (the ``sample``) and re-scores it
 under the box of the state where it was drawn: the box is a deterministic function of the stored
 SafetyState (computed on the CPU in float64, element by element, so the rollout's and the update's
-boxes are the same numbers), built once per update by `CBFBetaActor.update_inputs` (called by
-`model.ppo.ppo_update`).
+boxes are the same numbers). The rollout keeps each step's boxes (`CBFBetaActor.rollout_record`),
+and `CBFBetaActor.update_inputs` (called by `model.ppo.ppo_update`) hands them to the update, so no
+box is built twice; without a record it rebuilds them from the states.
 """
 
 from __future__ import annotations
@@ -115,6 +116,16 @@ class SafeBox(NamedTuple):
 
     def to(self, device: torch.device | str) -> "SafeBox":
         return SafeBox(*(x.to(device) for x in self))
+
+    def packed(self) -> Tensor:
+        """(B, 5) float64: low_v, low_w, high_v, high_w, feasible (1.0 / 0.0); what a rollout keeps
+        of each step's box (`CBFBetaActor.rollout_record`). `unpacked` inverts it exactly."""
+        return torch.cat((self.low, self.high, self.feasible.to(self.low.dtype).unsqueeze(-1)), -1)
+
+    @staticmethod
+    def unpacked(packed: Tensor) -> "SafeBox":
+        """The boxes of a `packed` (B, 5) float64 tensor."""
+        return SafeBox(packed[:, 0:2], packed[:, 2:4], packed[:, 4] != 0)
 
 
 def _row_values(A: Tensor, u: Tensor) -> Tensor:
@@ -344,7 +355,8 @@ class CBFBetaActor(Actor):
     box changed); ``intervened`` = correction > cbf.intervention_tol; ``infeasible`` (B,);
     ``gamma`` (B, M) the fixed filter gamma; ``lookahead_h`` (B, M) the rows' barrier values on the
     look-ahead point (not the env's body barrier ``info["h"]``); ``box_low``, ``box_high`` (B, 2)
-    the safe box.
+    the safe box; ``safe_box`` (B, 5) float64 the same box, `SafeBox.packed` (the rollout keeps it
+    for the update: `rollout_record`).
 
     Rollout curves: SAFETY_LAYER_METRICS, and ``box_width_v``, ``box_width_w``: the mean safe-box
     width per step as a fraction of the action range, from each step's own box.
@@ -424,7 +436,7 @@ class CBFBetaActor(Actor):
         gamma = proposal.new_full((proposal.shape[0], num_barriers(self.num_obstacles)), self.gamma)
         info = {"nominal": proposal, "proposal": proposal, "infeasible": ~box.feasible, "gamma": gamma,
                 "lookahead_h": rows.h.to(device=obs.device, dtype=dtype), "box_low": box.low.to(dtype),
-                "box_high": box.high.to(dtype)}
+                "box_high": box.high.to(dtype), "safe_box": box.packed()}
         info.update(_intervention_info(proposal, executed, self.cbf_params.intervention_tol, self.high))
         return ActorOutput(executed, x, log_prob, info)
 
@@ -453,9 +465,18 @@ class CBFBetaActor(Actor):
             entropy = torch.distributions.Beta(alpha, beta).entropy().sum(-1)
         return log_prob, entropy
 
-    def update_inputs(self, safety: "SafetyState", obs: Tensor, qp_hint: Tensor | None) -> UpdateInputs:
-        """The safe boxes of the whole batch, once per update (no QP on the action: no hint)."""
+    def update_inputs(self, safety: "SafetyState", obs: Tensor, record: Tensor | None) -> UpdateInputs:
+        """The safe boxes of the whole batch, once per update (no QP on the action: no hint):
+        the rollout's own (`record`, (B, 5) `SafeBox.packed`) where it kept them, else
+        recomputed from the states (the same numbers: a box depends on its state alone)."""
+        if record is not None:
+            return UpdateInputs(None, None, SafeBox.unpacked(record).to(obs.device))
         return UpdateInputs(None, None, self.cbf_geometry(safety, obs))
+
+    def rollout_record(self, out: ActorOutput) -> Tensor | None:
+        """The step's safe boxes, (B, 5) float64 `SafeBox.packed` (the update scores the stored
+        sample on them instead of recomputing every box of the batch)."""
+        return out.info["safe_box"]
 
     def rollout_step_sums(self, out: ActorOutput) -> Tensor:
         """SAFETY_LAYER_METRICS, then the sums of this step's box widths (high - low of the boxes

@@ -85,9 +85,10 @@ class RolloutBuffer:
     re-scores; action (T,N,2) what the env executed; log_prob, value, reward,
     final_value (T,N); terminated, truncated (T,N) bool; the SafetyState tensors
     (pursuer (T,N,3), obstacle_centres (T,N,K,2), obstacle_radii (T,N,K), obstacle_mask (T,N,K));
-    optional qp_active (T,N,2) int64 (None until `store_qp_active` is first called): the active
-    set of the policy mean's QP at each step (the actor's `rollout_qp_hint`), handed back to
-    ``evaluate_actions(..., qp_hint=)`` as a warm start.
+    optional record (T,N,k) (None until `store_record` is first called): what the actor's
+    `rollout_record` keeps of each step for its update (BarrierNet: the mean QP's active set,
+    int64, handed back to ``evaluate_actions(..., qp_hint=)`` as a warm start; CBF-Beta: the
+    step's safe box, float64), handed to ``update_inputs``.
     """
 
     def __init__(self, num_steps: int, num_envs: int, obs_dim: int, num_obstacles: int, device: torch.device | str):
@@ -107,16 +108,16 @@ class RolloutBuffer:
         self.obstacle_centres = torch.zeros(T, N, K, 2, **f32)
         self.obstacle_radii = torch.zeros(T, N, K, **f32)
         self.obstacle_mask = torch.zeros(T, N, K, dtype=torch.bool, device=device)
-        self.qp_active: Tensor | None = None
+        self.record: Tensor | None = None
         self.device = device
 
-    def store_qp_active(self, t: int, active: Tensor) -> None:
-        """active (N, 2) int64 row indices (-1 = none); allocates qp_active on first use."""
-        if self.qp_active is None:
-            self.qp_active = torch.full(
-                (self.num_steps, self.num_envs, active.shape[-1]), -1, dtype=torch.int64, device=self.device
+    def store_record(self, t: int, record: Tensor) -> None:
+        """record (N, k) of step t; allocates `record` (T, N, k) in its dtype on first use."""
+        if self.record is None:
+            self.record = torch.zeros(
+                (self.num_steps, self.num_envs, *record.shape[1:]), dtype=record.dtype, device=self.device
             )
-        self.qp_active[t] = active
+        self.record[t] = record
 
     def store_safety(self, t: int, safety: SafetyState) -> None:
         self.pursuer[t] = safety.pursuer
@@ -135,7 +136,7 @@ class RolloutBuffer:
         return Batch(
             obs=flat(self.obs), sample=flat(self.sample), log_prob=flat(self.log_prob), value=flat(self.value),
             advantages=flat(advantages), returns=flat(returns), safety=safety,
-            qp_active=None if self.qp_active is None else flat(self.qp_active),
+            record=None if self.record is None else flat(self.record),
         )
 
 
@@ -147,7 +148,7 @@ class Batch(NamedTuple):
     advantages: Tensor  # (B,)
     returns: Tensor     # (B,)
     safety: SafetyState
-    qp_active: Tensor | None = None  # (B, 2) int64 warm start for the actor's QP, or None
+    record: Tensor | None = None  # (B, k) the actor's `rollout_record` of each state, or None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,9 +250,9 @@ def collect_rollout(
         buffer.terminated[t] = terminated
         buffer.truncated[t] = truncated
         buffer.store_safety(t, safety)
-        qp_hint = actor.rollout_qp_hint(out)
-        if qp_hint is not None:
-            buffer.store_qp_active(t, qp_hint)
+        record = actor.rollout_record(out)
+        if record is not None:
+            buffer.store_record(t, record)
 
         counts[0] += ended.sum()
         counts[1] += (info["captured"] & ended).sum()
@@ -377,8 +378,8 @@ def ppo_update(
     amp = scaler is not None
     params = [p for group in optimizer.param_groups for p in group["params"]]
     # what evaluate_actions needs per state besides obs and sample, once per update (BarrierNet:
-    # the rows' gamma-free part and the rollout's QP active sets; CBF-Beta: the safe boxes)
-    inputs = actor.update_inputs(batch.safety, batch.obs, batch.qp_active)
+    # the rows' gamma-free part and the rollout's QP active sets; CBF-Beta: the rollout's safe boxes)
+    inputs = actor.update_inputs(batch.safety, batch.obs, batch.record)
     clipfracs, approx_kls = [], []
     pg_loss = v_loss = entropy_loss = torch.zeros(())
     for _ in range(cfg.update_epochs):

@@ -257,9 +257,13 @@ def test_update_rescores_the_rollout_sample_exactly_and_has_gradients():
                          states.obstacle_mask)
     obs = torch.randn(300, OBS_DIM)
     out = model(obs, states)
-    # what ppo_update hands over: boxes once (update_inputs), indexed per minibatch, no SafetyState
-    inputs = model.update_inputs(states, obs, None)
+    # what ppo_update hands over: the rollout's boxes (update_inputs of its record), indexed per
+    # minibatch, no SafetyState; without a record the boxes are rebuilt from the states, the same
+    inputs = model.update_inputs(states, obs, model.rollout_record(out))
     assert inputs.safety is None and inputs.qp_hint is None and isinstance(inputs.cbf_geometry, SafeBox)
+    rebuilt = model.update_inputs(states, obs, None).cbf_geometry
+    assert all(torch.equal(a, b) for a, b in zip(inputs.cbf_geometry, rebuilt))
+    assert not rebuilt.feasible.all() and rebuilt.feasible.any()  # both kinds of state are packed
     idx = torch.arange(0, 300, 3)
     minibatch = inputs.index(idx)
     lp, entropy = model.evaluate_actions(obs[idx], minibatch.safety, out.sample[idx],

@@ -110,7 +110,7 @@ def test_explained_variance():
     assert explained_variance(torch.full((4,), 2.5), target) == pytest.approx(0.0)
 
 
-def test_rollout_buffer_carries_qp_active_into_the_batch_and_update_hands_it_over():
+def test_rollout_buffer_carries_the_actors_record_into_the_batch_and_update_hands_it_over():
     from env.core import SafetyState
     from model.actors import Actor, UpdateInputs
     from model.ppo import RolloutBuffer, UpdateConfig, ppo_update
@@ -118,12 +118,18 @@ def test_rollout_buffer_carries_qp_active_into_the_batch_and_update_hands_it_ove
     T, N, K = 3, 4, 2
     buf = RolloutBuffer(T, N, 5, K, "cpu")
     zeros = torch.zeros(T, N)
-    assert buf.flatten(zeros, zeros, "cpu").qp_active is None  # not stored: no field
+    assert buf.flatten(zeros, zeros, "cpu").record is None  # not stored: no field
     for t in range(T):
-        buf.store_qp_active(t, torch.arange(N * 2).reshape(N, 2) + 100 * t)
+        buf.store_record(t, torch.arange(N * 2).reshape(N, 2) + 100 * t)
     batch = buf.flatten(zeros, zeros, "cpu")
-    assert batch.qp_active.shape == (T * N, 2) and batch.qp_active.dtype == torch.int64
-    assert torch.equal(batch.qp_active[N + 1], torch.tensor([102, 103]))  # step 1, env 1
+    assert batch.record.shape == (T * N, 2) and batch.record.dtype == torch.int64
+    assert torch.equal(batch.record[N + 1], torch.tensor([102, 103]))  # step 1, env 1
+    # a record keeps its dtype and width (CBF-Beta's boxes: (N, 5) float64)
+    boxes = RolloutBuffer(T, N, 5, K, "cpu")
+    for t in range(T):
+        boxes.store_record(t, torch.full((N, 5), t + 0.1, dtype=torch.float64))
+    record = boxes.flatten(zeros, zeros, "cpu").record
+    assert record.dtype == torch.float64 and record.shape == (T * N, 5) and record[2 * N, 0] == 2.1
 
     class PlainActor(Actor):  # the default update_inputs: the states, no hint
         def __init__(self):
@@ -136,15 +142,15 @@ def test_rollout_buffer_carries_qp_active_into_the_batch_and_update_hands_it_ove
             return self.w.expand(obs.shape[0]), self.w.expand(obs.shape[0])
 
     class HintedActor(PlainActor):  # asks for the rollout's hints (as BarrierNet does)
-        def update_inputs(self, safety, obs, qp_hint):
-            return UpdateInputs(safety, qp_hint)
+        def update_inputs(self, safety, obs, record):
+            return UpdateInputs(safety, record)
 
     B = T * N
     obs = torch.arange(B, dtype=torch.float32)[:, None].expand(B, 5).clone()
     safety = SafetyState(torch.arange(B * 3.0).reshape(B, 3), torch.zeros(B, K, 2), torch.zeros(B, K),
                          torch.zeros(B, K, dtype=torch.bool))
     hints = torch.arange(B * 2).reshape(B, 2)
-    batch = batch._replace(obs=obs, safety=safety, qp_active=hints, advantages=torch.randn(B), returns=torch.randn(B))
+    batch = batch._replace(obs=obs, safety=safety, record=hints, advantages=torch.randn(B), returns=torch.randn(B))
     cfg = UpdateConfig(update_epochs=2, minibatch_size=4, clip_coef=0.2, clip_vloss=True, ent_coef=0.0,
                        vf_coef=0.5, max_grad_norm=0.5)
     critic = torch.nn.Linear(5, 1)

@@ -16,6 +16,7 @@ import torch
 from env.core import SafetyState
 from model.actors import GaussianActor, SafetyFilter, ShieldedActor, make_actor
 from model.cbf import cbf_rows
+from model.cbf_beta import SafeBox
 from tasks import evaluate
 from tasks.params import Params, load_params
 from tasks.train import Trainer, load_trained, run
@@ -157,8 +158,14 @@ def test_rollout_actions_are_safe_and_rescored_exactly(algo):
     assert int(feasible.sum()) > 0.9 * T * N
     assert bool((excess[feasible] <= 1e-4 * (1 + rows.b.abs()[feasible])).all()), float(excess[feasible].max())
     # the update scores the stored samples exactly as the rollout did (same weights: ratio 1)
+    record = None if buf.record is None else flat(buf.record)
+    if algo == "cbf_beta":  # the boxes the rollout kept are the ones rebuilt here from the stored states
+        kept = SafeBox.unpacked(record)
+        assert all(torch.equal(a, b) for a, b in zip(kept, boxes)) and kept.feasible.dtype == torch.bool
+    else:
+        assert record is None  # the filter over the Gaussian keeps nothing
     with torch.no_grad():
-        inputs = trainer.actor.update_inputs(safety, flat(buf.obs), None)  # what ppo_update hands over
+        inputs = trainer.actor.update_inputs(safety, flat(buf.obs), record)  # what ppo_update hands over
         lp, _ = trainer.actor.evaluate_actions(flat(buf.obs), inputs.safety, flat(buf.sample),
                                                qp_hint=inputs.qp_hint, cbf_geometry=inputs.cbf_geometry)
     assert torch.equal(lp, flat(buf.log_prob))
