@@ -80,10 +80,10 @@ class UpdateInputs(NamedTuple):
 
     def index(self, idx: Tensor) -> "UpdateInputs":
         """The inputs of states `idx` (a PPO minibatch)."""
-        safety = None if self.safety is None else type(self.safety)(*(x[idx] for x in self.safety))
+        safety = None if self.safety is None else type(self.safety)(*(x.index_select(0, idx) for x in self.safety))
         return UpdateInputs(
             safety,
-            None if self.qp_hint is None else self.qp_hint[idx],
+            None if self.qp_hint is None else self.qp_hint.index_select(0, idx),
             None if self.cbf_geometry is None else self.cbf_geometry.index(idx),
         )
 

@@ -183,7 +183,7 @@ class CBFGeometry(NamedTuple):
 
     def index(self, idx: Tensor) -> "CBFGeometry":
         """The rows of the states `idx` (a minibatch)."""
-        return CBFGeometry(*(x[idx] for x in self))
+        return CBFGeometry(*(x.index_select(0, idx) for x in self))
 
 
 def cbf_geometry(

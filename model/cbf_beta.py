@@ -112,7 +112,7 @@ class SafeBox(NamedTuple):
 
     def index(self, idx: Tensor) -> "SafeBox":
         """The boxes of states `idx` (a PPO minibatch)."""
-        return SafeBox(*(x[idx] for x in self))
+        return SafeBox(*(x.index_select(0, idx) for x in self))
 
     def to(self, device: torch.device | str) -> "SafeBox":
         return SafeBox(*(x.to(device) for x in self))
@@ -415,7 +415,7 @@ class CBFBetaActor(Actor):
         if deterministic:
             x = alpha / (alpha + beta)
         else:
-            x = torch.distributions.Beta(alpha, beta).sample()
+            x = torch.distributions.Beta(alpha, beta, validate_args=False).sample()  # alpha, beta > 1 by construction
         return x.clamp(SAMPLE_EPS, 1.0 - SAMPLE_EPS)
 
     # -- the actor interface -------------------------------------------------------------------
@@ -462,7 +462,7 @@ class CBFBetaActor(Actor):
         box = cbf_geometry if cbf_geometry is not None else self.cbf_geometry(safety, obs)
         with torch.autocast(device_type=alpha.device.type, enabled=False):
             log_prob = self._log_prob(sample, alpha, beta, box)
-            entropy = torch.distributions.Beta(alpha, beta).entropy().sum(-1)
+            entropy = torch.distributions.Beta(alpha, beta, validate_args=False).entropy().sum(-1)
         return log_prob, entropy
 
     def update_inputs(self, safety: "SafetyState", obs: Tensor, record: Tensor | None) -> UpdateInputs:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, NamedTuple
 
 import torch
@@ -386,28 +387,30 @@ def ppo_update(
         order = torch.randperm(batch_size, generator=generator).to(device)
         for start in range(0, batch_size, cfg.minibatch_size):
             idx = order[start : start + cfg.minibatch_size]
-            minibatch, obs = inputs.index(idx), batch.obs[idx]
+            # index_select: the same copy of the rows as x[idx], 2-4x faster on the CPU
+            rows = partial(torch.index_select, dim=0, index=idx)
+            minibatch, obs = inputs.index(idx), rows(batch.obs)
             with torch.autocast(device_type=device.type, enabled=amp):
                 new_log_prob, entropy = actor.evaluate_actions(
-                    obs, minibatch.safety, batch.sample[idx],
+                    obs, minibatch.safety, rows(batch.sample),
                     qp_hint=minibatch.qp_hint, cbf_geometry=minibatch.cbf_geometry,
                 )
                 new_value = critic(obs).float()
-            log_ratio = new_log_prob.float() - batch.log_prob[idx]
+            log_ratio = new_log_prob.float() - rows(batch.log_prob)
             ratio = log_ratio.exp()
             with torch.no_grad():
                 approx_kls.append(((ratio - 1) - log_ratio).mean())  # Schulman's k3 estimator
                 clipfracs.append(((ratio - 1.0).abs() > cfg.clip_coef).float().mean())
 
-            advantages = batch.advantages[idx]
+            advantages = rows(batch.advantages)
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
             pg_loss = torch.max(
                 -advantages * ratio, -advantages * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)
             ).mean()
 
-            returns = batch.returns[idx]
+            returns = rows(batch.returns)
             if cfg.clip_vloss:
-                old_value = batch.value[idx]
+                old_value = rows(batch.value)
                 clipped = old_value + (new_value - old_value).clamp(-cfg.clip_coef, cfg.clip_coef)
                 v_loss = 0.5 * torch.max((new_value - returns).square(), (clipped - returns).square()).mean()
             else:
