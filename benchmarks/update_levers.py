@@ -1,0 +1,258 @@
+"""Two levers on the PPO update, measured side by side in one process before anyone builds them.
+
+    python benchmarks/update_levers.py                      # baseline, the default batch
+    python benchmarks/update_levers.py --algo cbf_beta --repeats 5
+    python benchmarks/update_levers.py --skip-compile       # no torch.compile (it compiles ~30 s)
+    python benchmarks/update_levers.py --quick              # tiny batch (a smoke test)
+
+Issue 17 asks for twice the training throughput per core and names `torch.compile` and the
+matrix products among the levers. Under the pinned numerics (`tasks/numerics.py`, the default)
+MKL runs its COMPATIBLE (SSE2) branch, and the update's products and the backward pass are most
+of an iteration. This prints, for one algorithm:
+
+1. **The update step, eager vs compiled.** A Trainer collects one rollout (default params); then
+   rounds alternate one epoch of minibatch steps as `model.ppo.ppo_update` runs them (clipped
+   policy loss, clipped value loss, entropy; backward; grad clipping; fused Adam) in two ways:
+   eager, and with the minibatch loss under `torch.compile` (inductor's CPU backend, which picks
+   the pinned ATen capability, AVX2, for its C++). Backward runs through the compiled graph;
+   clipping and Adam stay eager. The compile time is printed apart. So is the loss difference on
+   the first minibatch: a compiled loss that differs in its last bits trains other weights, so
+   adopting it means a rerun of every result.
+2. **The update's matrix products, MKL vs a row-wise numba kernel.** Every (M, K) x (K, N)
+   product of one minibatch's forward and backward: `torch.mm` (MKL; COMPATIBLE when pinned)
+   against `row_products`, numba compiled for Haswell without fast-math (no FMA contraction). Each
+   output row is summed over k in ascending order, four rows at a time, so a row's result
+   depends on neither the batch nor the CPU. Both are checked against float64.
+
+Nothing here changes training. Printed: the CPU model, the numerics mode and the load average,
+then ms per minibatch step and us per product, with the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo (tasks, model)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # side_by_side, also when loaded by file path
+
+from tasks import numerics  # noqa: E402  (before torch: the pinned environment)
+
+numerics.apply(numerics.mode_from_argv(sys.argv[1:]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from numba import njit  # noqa: E402
+from torch import nn  # noqa: E402
+
+from tasks.params import load_params  # noqa: E402
+
+QUICK = {"train.num_envs": 16, "train.rollout_steps": 8, "train.num_minibatches": 2}
+
+
+@njit(cache=True)
+def row_products(x, w, out):  # pragma: no cover (numba)
+    """out (M, N) = x (M, K) @ w (K, N), float32. Each row: k ascending, one rounding per
+    multiply and per add (no FMA without fast-math), four rows share each load of w[k]."""
+    M, K = x.shape
+    N = w.shape[1]
+    acc = np.zeros((4, N), np.float32)
+    i = 0
+    while i + 4 <= M:
+        acc[:] = 0.0
+        for k in range(K):
+            x0, x1, x2, x3 = x[i, k], x[i + 1, k], x[i + 2, k], x[i + 3, k]
+            for j in range(N):
+                wk = w[k, j]
+                acc[0, j] += x0 * wk
+                acc[1, j] += x1 * wk
+                acc[2, j] += x2 * wk
+                acc[3, j] += x3 * wk
+        out[i : i + 4] = acc
+        i += 4
+    for r in range(i, M):  # the tail rows: the same order, one row at a time
+        for j in range(N):
+            out[r, j] = 0.0
+        for k in range(K):
+            xk = x[r, k]
+            for j in range(N):
+                out[r, j] += xk * w[k, j]
+
+
+def update_products(obs_dim: int, hidden: int, minibatch: int, outputs: tuple[int, ...]) -> list[tuple[int, int, int]]:
+    """(M, K, N) of every product one minibatch's forward and backward makes in two 2-hidden-layer
+    MLPs (actor heads `outputs`, critic 1): forward x W', and per layer grad_input and grad_weight."""
+    shapes = []
+    for out in outputs:
+        for fan_in, fan_out in ((obs_dim, hidden), (hidden, hidden), (hidden, out)):
+            shapes.append((minibatch, fan_in, fan_out))  # forward
+            shapes.append((minibatch, fan_out, fan_in))  # backward: grad_input
+            shapes.append((fan_out, minibatch, fan_in))  # backward: grad_weight
+    return shapes
+
+
+def _timed(fn: Callable[[], object], repeats: int) -> float:
+    """Best of `repeats` wall seconds of fn() (after one call)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def measure_products(shapes: list[tuple[int, int, int]], repeats: int) -> list[dict]:
+    rows = []
+    gen = torch.Generator().manual_seed(0)
+    for M, K, N in dict.fromkeys(shapes):  # each distinct shape once, in order
+        x, w = torch.randn(M, K, generator=gen), torch.randn(K, N, generator=gen)
+        out = np.empty((M, N), np.float32)
+        xn, wn = x.numpy(), w.numpy()
+        loops = max(1, 200_000 // (M * K * N // 1000 + 1))
+        t_mkl = _timed(lambda: [torch.mm(x, w) for _ in range(loops)], repeats) / loops
+        t_rows = _timed(lambda: [row_products(xn, wn, out) for _ in range(loops)], repeats) / loops
+        exact = x.double() @ w.double()
+        row_products(xn, wn, out)
+        err_rows = float((torch.from_numpy(out).double() - exact).abs().max())
+        err_mkl = float((torch.mm(x, w).double() - exact).abs().max())
+        head = np.empty((min(M, 8), N), np.float32)
+        row_products(xn[: head.shape[0]], wn, head)  # the first rows alone: same bits?
+        rows.append({"shape": (M, K, N), "mkl_us": t_mkl * 1e6, "rows_us": t_rows * 1e6, "err_mkl": err_mkl,
+                     "err_rows": err_rows, "rows_batch_free": bool(np.array_equal(head, out[: head.shape[0]]))})
+    return rows
+
+
+def minibatch_loss(actor, critic, clip: float, vf_coef: float, ent_coef: float):
+    """The PPO minibatch loss of `model.ppo.ppo_update` as one function (what torch.compile gets)."""
+
+    def loss(obs, inputs, sample, old_log_prob, advantages, returns, old_value):
+        new_log_prob, entropy = actor.evaluate_actions(obs, inputs.safety, sample, qp_hint=inputs.qp_hint,
+                                                       cbf_geometry=inputs.cbf_geometry)
+        new_value = critic(obs).float()
+        ratio = (new_log_prob.float() - old_log_prob).exp()
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        pg_loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip, 1 + clip)).mean()
+        clipped = old_value + (new_value - old_value).clamp(-clip, clip)
+        v_loss = 0.5 * torch.max((new_value - returns).square(), (clipped - returns).square()).mean()
+        return pg_loss - ent_coef * entropy.float().mean() + vf_coef * v_loss
+
+    return loss
+
+
+def measure_update(algo: str, overrides: dict, repeats: int, compile_loss: bool) -> dict:
+    from model.ppo import compute_gae
+    from tasks.train import Trainer
+
+    params = load_params(overrides={"train.total_steps": 10**7, **overrides})
+    trainer = Trainer(params, algo, 0, update_device="cpu")
+    trainer.collect_rollout()
+    agent, buf, tp = trainer.agent, trainer.buffer, trainer.params.train
+    with torch.no_grad():
+        next_value = agent.rollout_critic(agent.obs_rms.normalize(trainer.next_obs))
+    advantages, returns = compute_gae(buf.reward, buf.value, buf.terminated, buf.truncated, buf.final_value,
+                                      next_value, tp.gamma, tp.gae_lambda)
+    batch = buf.flatten(advantages, returns, "cpu")
+    inputs = agent.actor.update_inputs(batch.safety, batch.obs, batch.record)
+    optimizer = agent.optimizer
+    params_ = [p for group in optimizer.param_groups for p in group["params"]]
+    eager = minibatch_loss(agent.actor, agent.critic, tp.clip_coef, tp.vf_coef, tp.ent_coef)
+    size, minibatch = batch.obs.shape[0], trainer.minibatch_size
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(0))
+    slices = [order[s : s + minibatch] for s in range(0, size, minibatch)]
+
+    def args(idx):
+        return (batch.obs[idx], inputs.index(idx), batch.sample[idx], batch.log_prob[idx], batch.advantages[idx],
+                batch.returns[idx], batch.value[idx])
+
+    def epoch(loss_fn) -> None:
+        for idx in slices:
+            loss = loss_fn(*args(idx))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(params_, tp.max_grad_norm)
+            optimizer.step()
+
+    result = {"minibatches": len(slices), "minibatch": minibatch}
+    ways = {"eager": eager}
+    if compile_loss:
+        compiled = torch.compile(eager)
+        with torch.no_grad():
+            first_eager = eager(*args(slices[0]))
+        start = time.perf_counter()
+        first_compiled = compiled(*args(slices[0]))
+        first_compiled.backward()  # the backward graph compiles on first use too
+        optimizer.zero_grad(set_to_none=True)
+        result["compile_s"] = time.perf_counter() - start
+        result["loss_diff"] = float((first_compiled.detach() - first_eager).abs())
+        ways["compiled"] = compiled
+    best = {name: float("inf") for name in ways}
+    for _ in range(repeats):  # alternate, so a drift in the machine's load reaches both
+        for name, fn in ways.items():
+            start = time.perf_counter()
+            epoch(fn)
+            best[name] = min(best[name], time.perf_counter() - start)
+    result.update({f"{name}_ms": best[name] / len(slices) * 1e3 for name in ways})
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--algo", default="baseline", choices=("baseline", "barriernet", "cbf_beta", "shielded"))
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of each way (the best is kept)")
+    parser.add_argument("--skip-compile", action="store_true", help="eager only (no ~30 s compile)")
+    parser.add_argument("--quick", action="store_true", help="a tiny batch: a smoke test, not a measurement")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="a params override, e.g. numerics.mode=native")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}: accepted: >= 1")
+    from side_by_side import cpu_model, parse_sets
+
+    overrides = {**(QUICK if args.quick else {}), **parse_sets(args.sets)}
+    torch.set_num_threads(1)
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"{cpu_model()}, numerics {os.environ.get(numerics.MARKER)}, ATen {torch.backends.cpu.get_cpu_capability()}, "
+          f"torch {torch.__version__}, 1 thread, load average {load}"
+          + (" [--quick: tiny batch, ratios are not meaningful]" if args.quick else ""))
+
+    update = measure_update(args.algo, overrides, args.repeats, not args.skip_compile)
+    print(f"\n{args.algo}: one minibatch step ({update['minibatch']} states; loss, backward, clip, Adam), "
+          f"best of {args.repeats} epochs of {update['minibatches']}")
+    print("| way | ms per minibatch | vs eager |\n|---|---|---|")
+    print(f"| eager | {update['eager_ms']:.2f} | 1.00x |")
+    if "compiled_ms" in update:
+        print(f"| torch.compile (loss + its backward) | {update['compiled_ms']:.2f} | "
+              f"{update['eager_ms'] / update['compiled_ms']:.2f}x |")
+        print(f"compile: {update['compile_s']:.1f} s; |compiled - eager| loss on the first minibatch: "
+              f"{update['loss_diff']:.3g}")
+
+    params = load_params(overrides=overrides)
+    from env.core import PursuitEvasionCore
+
+    obs_dim = PursuitEvasionCore(params.env, 1).obs_dim
+    heads = {"baseline": 2, "shielded": 2, "barriernet": 6, "cbf_beta": 4}[args.algo]
+    shapes = update_products(obs_dim, params.train.hidden_sizes[-1], params.train.minibatch_size, (heads, 1))
+    products = measure_products(shapes, args.repeats)
+    total_mkl = sum(r["mkl_us"] * shapes.count(r["shape"]) for r in products)
+    total_rows = sum(r["rows_us"] * shapes.count(r["shape"]) for r in products)
+    print(f"\nthe update's matrix products (float32), one minibatch: {len(shapes)} products")
+    print("| M x K x N | count | torch.mm (MKL) us | row_products us | MKL / rows | max err MKL | max err rows "
+          "| rows batch-free |\n|---|---|---|---|---|---|---|---|")
+    for r in products:
+        M, K, N = r["shape"]
+        print(f"| {M} x {K} x {N} | {shapes.count(r['shape'])} | {r['mkl_us']:.1f} | {r['rows_us']:.1f} | "
+              f"{r['mkl_us'] / r['rows_us']:.2f}x | {r['err_mkl']:.1e} | {r['err_rows']:.1e} | "
+              f"{'yes' if r['rows_batch_free'] else 'NO'} |")
+    print(f"| all, per minibatch | {len(shapes)} | {total_mkl / 1e3:.2f} ms | {total_rows / 1e3:.2f} ms | "
+          f"{total_mkl / total_rows:.2f}x | | | |")
+    print(f"products' share of the eager minibatch step: MKL {total_mkl / 1e3 / update['eager_ms']:.0%}")
+    return {"update": update, "products": products}
+
+
+if __name__ == "__main__":
+    main()

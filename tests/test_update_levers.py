@@ -1,0 +1,76 @@
+"""benchmarks/update_levers.py: its row-wise product kernel against a second implementation, and
+a `--quick` run (no timing asserts: speed lives in the benchmark's output)."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def levers():
+    spec = importlib.util.spec_from_file_location("bench_update_levers", REPO / "benchmarks" / "update_levers.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _column_sums(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """x @ w in float32 as numpy's elementwise ops compute it: for k ascending, out += x[:, k] w[k],
+    one rounding per multiply and per add (the order row_products promises)."""
+    out = np.zeros((x.shape[0], w.shape[1]), np.float32)
+    for k in range(x.shape[1]):
+        out = out + x[:, k : k + 1] * w[k]
+    return out
+
+
+@pytest.mark.parametrize("M,K,N", [(1024, 25, 64), (13, 64, 6), (64, 1024, 64), (3, 7, 1)])
+def test_row_products_equal_the_elementwise_sums_bit_for_bit(levers, M, K, N):
+    rng = np.random.default_rng(M + K + N)
+    x, w = rng.standard_normal((M, K), np.float32), rng.standard_normal((K, N), np.float32)
+    out = np.empty((M, N), np.float32)
+    levers.row_products(x, w, out)
+    assert np.array_equal(out, _column_sums(x, w))
+    np.testing.assert_allclose(out, x.astype(np.float64) @ w.astype(np.float64), rtol=1e-4, atol=1e-4 * K)
+
+
+def test_a_rows_result_does_not_depend_on_its_batch(levers):
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((1027, 64), np.float32), rng.standard_normal((64, 64), np.float32)
+    whole = np.empty((1027, 64), np.float32)
+    levers.row_products(x, w, whole)
+    for start, stop in ((0, 1), (5, 12), (1020, 1027), (3, 1003)):  # other groupings of four, tails
+        part = np.empty((stop - start, 64), np.float32)
+        levers.row_products(x[start:stop], w, part)
+        assert np.array_equal(part, whole[start:stop]), (start, stop)
+
+
+def test_update_products_are_each_layers_forward_and_two_backward_products(levers):
+    shapes = levers.update_products(25, 64, 1024, (2, 1))
+    assert len(shapes) == 2 * 3 * 3  # two MLPs, three layers, three products each
+    assert shapes[:3] == [(1024, 25, 64), (1024, 64, 25), (64, 1024, 25)]
+    assert (1024, 64, 1) in shapes and (1, 1024, 64) in shapes  # the critic's head and its weight grad
+
+
+def test_quick_run_prints_both_tables(levers):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        result = levers.main(["--quick", "--skip-compile", "--repeats", "1"])
+    text = out.getvalue()
+    assert "| eager |" in text and "| all, per minibatch |" in text, text
+    assert result["update"]["eager_ms"] > 0 and result["update"]["minibatches"] == 2
+    assert all(r["rows_batch_free"] and r["err_rows"] < 1e-3 for r in result["products"])
+
+
+def test_bad_repeats_is_refused_before_any_work(levers):
+    with pytest.raises(SystemExit):
+        levers.main(["--repeats", "0"])
