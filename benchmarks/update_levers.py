@@ -83,14 +83,17 @@ def row_products(x, w, out):  # pragma: no cover (numba)
                 out[r, j] += xk * w[k, j]
 
 
-def update_products(obs_dim: int, hidden: int, minibatch: int, outputs: tuple[int, ...]) -> list[tuple[int, int, int]]:
-    """(M, K, N) of every product one minibatch's forward and backward makes in two 2-hidden-layer
-    MLPs (actor heads `outputs`, critic 1): forward x W', and per layer grad_input and grad_weight."""
+def update_products(modules: list[nn.Module], obs_dim: int, minibatch: int) -> list[tuple[int, int, int]]:
+    """(M, K, N) of every matrix product one minibatch's forward and backward makes in the
+    nn.Linear layers of `modules` (the actor and the critic): forward x W', backward grad_weight,
+    and grad_input except for the layers that read the observation (it needs no gradient)."""
     shapes = []
-    for out in outputs:
-        for fan_in, fan_out in ((obs_dim, hidden), (hidden, hidden), (hidden, out)):
+    for module in modules:
+        for layer in (m for m in module.modules() if isinstance(m, nn.Linear)):
+            fan_in, fan_out = layer.in_features, layer.out_features
             shapes.append((minibatch, fan_in, fan_out))  # forward
-            shapes.append((minibatch, fan_out, fan_in))  # backward: grad_input
+            if fan_in != obs_dim:
+                shapes.append((minibatch, fan_out, fan_in))  # backward: grad_input
             shapes.append((fan_out, minibatch, fan_in))  # backward: grad_weight
     return shapes
 
@@ -127,19 +130,16 @@ def measure_products(shapes: list[tuple[int, int, int]], repeats: int) -> list[d
     return rows
 
 
-def minibatch_loss(actor, critic, clip: float, vf_coef: float, ent_coef: float):
-    """The PPO minibatch loss of `model.ppo.ppo_update` as one function (what torch.compile gets)."""
+def minibatch_loss(actor, critic, cfg):
+    """The minibatch loss of `model.ppo.ppo_update` (its forward passes, then `ppo_losses`) as one
+    function: what torch.compile gets."""
+    from model.ppo import ppo_losses
 
     def loss(obs, inputs, sample, old_log_prob, advantages, returns, old_value):
         new_log_prob, entropy = actor.evaluate_actions(obs, inputs.safety, sample, qp_hint=inputs.qp_hint,
                                                        cbf_geometry=inputs.cbf_geometry)
         new_value = critic(obs).float()
-        ratio = (new_log_prob.float() - old_log_prob).exp()
-        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-        pg_loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip, 1 + clip)).mean()
-        clipped = old_value + (new_value - old_value).clamp(-clip, clip)
-        v_loss = 0.5 * torch.max((new_value - returns).square(), (clipped - returns).square()).mean()
-        return pg_loss - ent_coef * entropy.float().mean() + vf_coef * v_loss
+        return ppo_losses(new_log_prob, entropy, new_value, old_log_prob, advantages, returns, old_value, cfg).loss
 
     return loss
 
@@ -160,7 +160,7 @@ def measure_update(algo: str, overrides: dict, repeats: int, compile_loss: bool)
     inputs = agent.actor.update_inputs(batch.safety, batch.obs, batch.record)
     optimizer = agent.optimizer
     params_ = [p for group in optimizer.param_groups for p in group["params"]]
-    eager = minibatch_loss(agent.actor, agent.critic, tp.clip_coef, tp.vf_coef, tp.ent_coef)
+    eager = minibatch_loss(agent.actor, agent.critic, trainer.update_cfg)
     size, minibatch = batch.obs.shape[0], trainer.minibatch_size
     order = torch.randperm(size, generator=torch.Generator().manual_seed(0))
     slices = [order[s : s + minibatch] for s in range(0, size, minibatch)]
@@ -177,7 +177,8 @@ def measure_update(algo: str, overrides: dict, repeats: int, compile_loss: bool)
             nn.utils.clip_grad_norm_(params_, tp.max_grad_norm)
             optimizer.step()
 
-    result = {"minibatches": len(slices), "minibatch": minibatch}
+    result = {"minibatches": len(slices), "minibatch": minibatch,
+              "products": update_products([agent.actor, agent.critic], batch.obs.shape[1], minibatch)}
     ways = {"eager": eager}
     if compile_loss:
         compiled = torch.compile(eager)
@@ -231,12 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"compile: {update['compile_s']:.1f} s; |compiled - eager| loss on the first minibatch: "
               f"{update['loss_diff']:.3g}")
 
-    params = load_params(overrides=overrides)
-    from env.core import PursuitEvasionCore
-
-    obs_dim = PursuitEvasionCore(params.env, 1).obs_dim
-    heads = {"baseline": 2, "shielded": 2, "barriernet": 6, "cbf_beta": 4}[args.algo]
-    shapes = update_products(obs_dim, params.train.hidden_sizes[-1], params.train.minibatch_size, (heads, 1))
+    shapes = update["products"]
     products = measure_products(shapes, args.repeats)
     total_mkl = sum(r["mkl_us"] * shapes.count(r["shape"]) for r in products)
     total_rows = sum(r["rows_us"] * shapes.count(r["shape"]) for r in products)

@@ -354,6 +354,35 @@ def explained_variance(pred: Tensor, target: Tensor) -> float:
     return float("nan") if var_target == 0 else float(1 - (target - pred).var() / var_target)
 
 
+class PPOLosses(NamedTuple):
+    loss: Tensor       # () what the update minimises: policy - ent_coef * entropy + vf_coef * value
+    policy: Tensor     # () the clipped surrogate
+    value: Tensor      # () the (clipped, if clip_vloss) value loss
+    entropy: Tensor    # () mean entropy
+    log_ratio: Tensor  # (B,) new - old log-probability of the stored samples
+    ratio: Tensor      # (B,) exp(log_ratio)
+
+
+def ppo_losses(
+    new_log_prob: Tensor, entropy: Tensor, new_value: Tensor, old_log_prob: Tensor, advantages: Tensor,
+    returns: Tensor, old_value: Tensor, cfg: UpdateConfig,
+) -> PPOLosses:
+    """The PPO minibatch loss (CleanRL's): every argument (B,), the first three from the current
+    policy and critic, the rest stored by the rollout; advantages are normalised per minibatch."""
+    log_ratio = new_log_prob.float() - old_log_prob
+    ratio = log_ratio.exp()
+    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    pg_loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
+    if cfg.clip_vloss:
+        clipped = old_value + (new_value - old_value).clamp(-cfg.clip_coef, cfg.clip_coef)
+        v_loss = 0.5 * torch.max((new_value - returns).square(), (clipped - returns).square()).mean()
+    else:
+        v_loss = 0.5 * (new_value - returns).square().mean()
+    entropy_loss = entropy.float().mean()
+    loss = pg_loss - cfg.ent_coef * entropy_loss + cfg.vf_coef * v_loss
+    return PPOLosses(loss, pg_loss, v_loss, entropy_loss, log_ratio, ratio)
+
+
 def ppo_update(
     actor: Actor,
     critic: nn.Module,
@@ -396,27 +425,13 @@ def ppo_update(
                     qp_hint=minibatch.qp_hint, cbf_geometry=minibatch.cbf_geometry,
                 )
                 new_value = critic(obs).float()
-            log_ratio = new_log_prob.float() - rows(batch.log_prob)
-            ratio = log_ratio.exp()
+            losses = ppo_losses(new_log_prob, entropy, new_value, rows(batch.log_prob), rows(batch.advantages),
+                                rows(batch.returns), rows(batch.value), cfg)
             with torch.no_grad():
+                ratio, log_ratio = losses.ratio, losses.log_ratio
                 approx_kls.append(((ratio - 1) - log_ratio).mean())  # Schulman's k3 estimator
                 clipfracs.append(((ratio - 1.0).abs() > cfg.clip_coef).float().mean())
-
-            advantages = rows(batch.advantages)
-            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-            pg_loss = torch.max(
-                -advantages * ratio, -advantages * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)
-            ).mean()
-
-            returns = rows(batch.returns)
-            if cfg.clip_vloss:
-                old_value = rows(batch.value)
-                clipped = old_value + (new_value - old_value).clamp(-cfg.clip_coef, cfg.clip_coef)
-                v_loss = 0.5 * torch.max((new_value - returns).square(), (clipped - returns).square()).mean()
-            else:
-                v_loss = 0.5 * (new_value - returns).square().mean()
-            entropy_loss = entropy.float().mean()
-            loss = pg_loss - cfg.ent_coef * entropy_loss + cfg.vf_coef * v_loss
+            loss, pg_loss, v_loss, entropy_loss = losses.loss, losses.policy, losses.value, losses.entropy
 
             optimizer.zero_grad(set_to_none=True)
             if amp:

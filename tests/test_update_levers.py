@@ -55,10 +55,16 @@ def test_a_rows_result_does_not_depend_on_its_batch(levers):
 
 
 def test_update_products_are_each_layers_forward_and_two_backward_products(levers):
-    shapes = levers.update_products(25, 64, 1024, (2, 1))
-    assert len(shapes) == 2 * 3 * 3  # two MLPs, three layers, three products each
-    assert shapes[:3] == [(1024, 25, 64), (1024, 64, 25), (64, 1024, 25)]
+    from torch import nn
+
+    def mlp(out):  # 25 -> 64 -> 64 -> out, as the actor and critic
+        return nn.Sequential(nn.Linear(25, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, out))
+
+    shapes = levers.update_products([mlp(2), mlp(1)], 25, 1024)
+    assert len(shapes) == 2 * 3 * 3 - 2  # two MLPs, three layers, three products each; no grad of obs
+    assert shapes[:3] == [(1024, 25, 64), (64, 1024, 25), (1024, 64, 64)]  # layer 1: forward, weight grad
     assert (1024, 64, 1) in shapes and (1, 1024, 64) in shapes  # the critic's head and its weight grad
+    assert (1024, 64, 25) not in shapes  # the observation's gradient is never computed
 
 
 def test_quick_run_prints_both_tables(levers):
