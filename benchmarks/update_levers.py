@@ -54,7 +54,7 @@ from tasks.params import load_params  # noqa: E402
 QUICK = {"train.num_envs": 16, "train.rollout_steps": 8, "train.num_minibatches": 2}
 
 
-@njit(cache=True)
+@njit(cache=False)  # no on-disk cache: tests load this file under another module name than a run does
 def row_products(x, w, out):  # pragma: no cover (numba)
     """out (M, N) = x (M, K) @ w (K, N), float32. Each row: k ascending, one rounding per
     multiply and per add (no FMA without fast-math), four rows share each load of w[k]."""
