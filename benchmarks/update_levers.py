@@ -165,9 +165,10 @@ def measure_update(algo: str, overrides: dict, repeats: int, compile_loss: bool)
     order = torch.randperm(size, generator=torch.Generator().manual_seed(0))
     slices = [order[s : s + minibatch] for s in range(0, size, minibatch)]
 
-    def args(idx):
-        return (batch.obs[idx], inputs.index(idx), batch.sample[idx], batch.log_prob[idx], batch.advantages[idx],
-                batch.returns[idx], batch.value[idx])
+    def args(idx):  # the minibatch's rows, gathered as ppo_update gathers them
+        rows = [x.index_select(0, idx) for x in (batch.obs, batch.sample, batch.log_prob, batch.advantages,
+                                                 batch.returns, batch.value)]
+        return (rows[0], inputs.index(idx), *rows[1:])
 
     def epoch(loss_fn) -> None:
         for idx in slices:
