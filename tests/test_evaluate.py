@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from env.core import PursuitEvasionCore
 from model.actors import GaussianActor, SafetyFilter, make_actor, make_filter
 from model.ppo import RunningMeanStd
-from tests.test_shielded import near_obstacle_states
 from tasks.evaluate import EpisodeGroup, play_episodes, play_groups
 from tasks.params import load_params
-
-from env.core import PursuitEvasionCore
+from tests.test_shielded import near_obstacle_states
 
 OBS_DIM = PursuitEvasionCore(load_params().env, 1).obs_dim
 
