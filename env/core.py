@@ -726,6 +726,20 @@ class PursuitEvasionCore:
         self.counters, self.tracking = counters, tracking
         return self.observe()
 
+    def keep_envs(self, index: Tensor) -> None:
+        """Shrink the batch to the envs `index` (M,) int64, M >= 1, in that order; the others are
+        dropped. A kept env's state and RNG counters are unchanged, and every env is computed on
+        its own (counter-based draws, per-env arithmetic), so it goes on exactly as in the full
+        batch. Evaluation drops its ended episodes with this (without autoreset an ended env
+        would otherwise be stepped until the longest episode of the batch ends)."""
+        index = torch.as_tensor(index, dtype=torch.int64, device=self.device)
+        if index.dim() != 1 or index.numel() == 0:
+            raise ValueError(f"keep_envs: index has shape {tuple(index.shape)}; accepted: (M,) with M >= 1")
+        for name in _STATE_KEYS:
+            setattr(self, name, getattr(self, name).index_select(-1, index))
+        self.num_envs = int(index.numel())
+        self._obstacles_changed()
+
     def state_dict(self) -> dict[str, Any]:
         """The full state and RNG counters (copies), for a bit-exact resume."""
         state: dict[str, Any] = {name: getattr(self, name).clone() for name in _STATE_KEYS}

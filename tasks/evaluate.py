@@ -97,10 +97,12 @@ def play_groups(
     group, are cut into chunks of at most eval.num_envs envs; each chunk is one batched env, and
     each group's policy acts on its own rows of it.
 
-    Batching many short per-step ops over more envs is what makes evaluation fast; it changes
-    no result: the env, the MLPs and the per-row QP solvers compute every row independently of
-    the other rows once each policy call is padded to CALL_ROWS (see there), so `eval.num_envs`
-    and the grouping move no number (tests/test_evaluate.py compares with one env at a time).
+    Batching many short per-step ops over more envs is what makes evaluation fast, and a chunk
+    drops its ended episodes as it goes (COMPACT_FRACTION); neither changes a result: the env,
+    the MLPs and the per-row QP solvers compute every row independently of the other rows once
+    each policy call is padded to CALL_ROWS (see there), so `eval.num_envs`, the grouping and the
+    dropping move no number (tests/test_evaluate.py compares with one env at a time, and with a
+    chunk that never drops a row).
 
     Returns, per group in order: its rows (one per episode, in its order: outcome, length,
     return, min_h, counts, decision_ms) and the trajectory of its `record` episode {pursuer (T,2),
@@ -125,6 +127,14 @@ def play_groups(
     return list(zip(rows, trajectories))
 
 
+# A chunk drops its ended episodes from the batched env (`PursuitEvasionCore.keep_envs`) once at
+# least this fraction of its rows has ended. Without autoreset an ended env would be stepped until
+# the chunk's longest episode ends, and evaluation episodes average 230-280 of at most 600 steps;
+# the fraction keeps the dozen index_selects of a compaction rare. Which rows share a step (and a
+# policy call, padded to CALL_ROWS) moves no number, so neither does this.
+COMPACT_FRACTION = 1 / 16
+
+
 def _play_chunk(
     groups: Sequence[EpisodeGroup], runs: list[_Run], episodes: list[int], obs_rms: torch.nn.Module, params: Params
 ) -> tuple[list[dict[str, Any]], dict[int, dict[str, np.ndarray]]]:
@@ -138,24 +148,32 @@ def _play_chunk(
     core = PursuitEvasionCore(env_p, n, autoreset=False)
     core.seed(env_seeds)
     obs = core.reset()
+    # `core` row i plays chunk row live[i]; `sums` hold the live rows' per-episode tallies and
+    # `final` those of the rows already dropped (by chunk row).
+    live = torch.arange(n)
     active = torch.ones(n, dtype=torch.bool)
-    length = torch.zeros(n, dtype=torch.int64)
-    ret = torch.zeros(n, dtype=torch.float64)
-    min_h = core.barrier().min(dim=1).values.double()
-    violations = torch.zeros(n, dtype=torch.int64)
-    enforced_violations = torch.zeros(n, dtype=torch.int64)
-    correction = torch.zeros(n, dtype=torch.float64)
-    interventions = torch.zeros(n, dtype=torch.int64)
-    infeasible = torch.zeros(n, dtype=torch.int64)
-    decision_seconds = torch.zeros(n, dtype=torch.float64)
+    sums = {
+        "length": torch.zeros(n, dtype=torch.int64),
+        "return": torch.zeros(n, dtype=torch.float64),
+        "min_h": core.barrier().min(dim=1).values.double(),
+        "cbf_violation_steps": torch.zeros(n, dtype=torch.int64),
+        "enforced_violation_steps": torch.zeros(n, dtype=torch.int64),
+        "correction_sum": torch.zeros(n, dtype=torch.float64),
+        "interventions": torch.zeros(n, dtype=torch.int64),
+        "infeasible_steps": torch.zeros(n, dtype=torch.int64),
+        "decision_seconds": torch.zeros(n, dtype=torch.float64),
+    }
+    final = {name: torch.empty_like(tally) for name, tally in sums.items()}
     outcome = np.array(["timeout"] * n, dtype=object)
-    tracks = {}  # group -> its recorded row
+    tracks = {}  # group -> its recorded chunk row
     for run in runs:
         record = groups[run.group].record
         if record is not None and record in episodes[run.start : run.stop]:
             tracks[run.group] = run.start + episodes[run.start : run.stop].index(record)
     paths = {g: ([core.pursuer[row, :2].clone()], [core.evader[row, :2].clone()]) for g, row in tracks.items()}
-    calls = _calls(groups, runs)
+    obstacles = {g: (core.obstacle_centres[row].clone(), core.obstacle_radii[row].clone()) for g, row in tracks.items()}
+    tracked = dict(tracks)  # group -> its recorded row's position in `core`, while it plays
+    chunk_runs, calls = runs, _calls(groups, runs)
 
     for _ in range(env_p.max_steps):
         obs_n, safety, a = obs_rms.normalize(obs), core.safety_state(), active
@@ -166,27 +184,42 @@ def _play_chunk(
             out = _act(groups, call, obs_n[rows], type(safety)(*(x[rows] for x in safety)))
             per_decision = (time.perf_counter() - started) / (rows.stop - rows.start)  # batched: amortised per env
             actions.append(out.action)
-            decision_seconds[rows] += torch.where(a[rows], per_decision, 0.0)
+            sums["decision_seconds"][rows] += torch.where(a[rows], per_decision, 0.0)
             if "intervened" in out.info:
-                interventions[rows] += a[rows] & out.info["intervened"]
-                infeasible[rows] += a[rows] & out.info["infeasible"]
-                correction[rows] += torch.where(a[rows], out.info["correction"].double(), 0.0)
+                sums["interventions"][rows] += a[rows] & out.info["intervened"]
+                sums["infeasible_steps"][rows] += a[rows] & out.info["infeasible"]
+                sums["correction_sum"][rows] += torch.where(a[rows], out.info["correction"].double(), 0.0)
         obs, reward, terminated, truncated, info = core.step(actions[0] if len(actions) == 1 else torch.cat(actions))
-        length += a
-        ret += torch.where(a, reward.double(), 0.0)
-        min_h = torch.where(a, torch.minimum(min_h, info["h"].min(dim=1).values.double()), min_h)
-        violations += a & (info["h"] < 0).any(dim=1)
-        enforced_violations += a & enforced_barrier_violated(core, params)
-        for g, row in tracks.items():
-            if bool(a[row]):
-                paths[g][0].append(info["pursuer"][row, :2].clone())
-                paths[g][1].append(info["evader"][row, :2].clone())
+        sums["length"] += a
+        sums["return"] += torch.where(a, reward.double(), 0.0)
+        sums["min_h"] = torch.where(a, torch.minimum(sums["min_h"], info["h"].min(dim=1).values.double()), sums["min_h"])
+        sums["cbf_violation_steps"] += a & (info["h"] < 0).any(dim=1)
+        sums["enforced_violation_steps"] += a & enforced_barrier_violated(core, params)
+        for g, position in tracked.items():
+            if bool(a[position]):
+                paths[g][0].append(info["pursuer"][position, :2].clone())
+                paths[g][1].append(info["evader"][position, :2].clone())
         ended = a & (terminated | truncated)
-        outcome[(ended & info["captured"]).numpy()] = "capture"
-        outcome[(ended & info["collided"]).numpy()] = "collision"
+        outcome[live[ended & info["captured"]].numpy()] = "capture"
+        outcome[live[ended & info["collided"]].numpy()] = "collision"
         active = a & ~(terminated | truncated)
-        if not bool(active.any()):
+        playing = int(active.sum())
+        if playing == 0:
             break
+        if len(active) - playing >= COMPACT_FRACTION * len(active):
+            keep, drop = active.nonzero().squeeze(1), (~active).nonzero().squeeze(1)
+            for name, tally in sums.items():
+                final[name][live[drop]] = tally[drop]
+                sums[name] = tally[keep]
+            live = live[keep]
+            core.keep_envs(keep)
+            obs, active = obs[keep], active[keep]
+            runs = _live_runs(chunk_runs, live)
+            calls = _calls(groups, runs)
+            tracked = {g: position for g, row in tracks.items()
+                       if (position := int(torch.searchsorted(live, row))) < len(live) and int(live[position]) == row}
+    for name, tally in sums.items():
+        final[name][live] = tally
 
     rows = [
         {
@@ -194,15 +227,15 @@ def _play_chunk(
             "episode": e,
             "env_seed": env_seed,
             "outcome": outcome[i],
-            "length": int(length[i]),
-            "return": float(ret[i]),
-            "min_h": float(min_h[i]),
-            "cbf_violation_steps": int(violations[i]),
-            "enforced_violation_steps": int(enforced_violations[i]),
-            "correction_sum": float(correction[i]),
-            "interventions": int(interventions[i]),
-            "infeasible_steps": int(infeasible[i]),
-            "decision_ms": 1000.0 * float(decision_seconds[i]) / max(int(length[i]), 1),
+            "length": int(final["length"][i]),
+            "return": float(final["return"][i]),
+            "min_h": float(final["min_h"][i]),
+            "cbf_violation_steps": int(final["cbf_violation_steps"][i]),
+            "enforced_violation_steps": int(final["enforced_violation_steps"][i]),
+            "correction_sum": float(final["correction_sum"][i]),
+            "interventions": int(final["interventions"][i]),
+            "infeasible_steps": int(final["infeasible_steps"][i]),
+            "decision_ms": 1000.0 * float(final["decision_seconds"][i]) / max(int(final["length"][i]), 1),
         }
         for i, (split, e, env_seed) in enumerate(zip(splits, episodes, env_seeds))
     ]
@@ -210,12 +243,19 @@ def _play_chunk(
         g: {
             "pursuer": torch.stack(paths[g][0]).numpy(),
             "evader": torch.stack(paths[g][1]).numpy(),
-            "obstacle_centres": core.obstacle_centres[row].numpy(),
-            "obstacle_radii": core.obstacle_radii[row].numpy(),
+            "obstacle_centres": obstacles[g][0].numpy(),
+            "obstacle_radii": obstacles[g][1].numpy(),
         }
-        for g, row in tracks.items()
+        for g in tracks
     }
     return rows, trajectories
+
+
+def _live_runs(chunk_runs: list[_Run], live: Tensor) -> list[_Run]:
+    """The runs of a chunk after its ended rows were dropped: `live` (M,) ascending chunk rows
+    still playing -> each run's rows as positions in them (runs without a row left out)."""
+    bounds = torch.searchsorted(live, torch.tensor([[run.start, run.stop] for run in chunk_runs]))
+    return [_Run(run.group, start, stop) for run, (start, stop) in zip(chunk_runs, bounds.tolist()) if stop > start]
 
 
 def _calls(groups: Sequence[EpisodeGroup], runs: list[_Run]) -> list[list[_Run]]:

@@ -160,6 +160,32 @@ def test_state_dict_resumes_bit_exactly():
     assert sum(int(r[2].sum() + r[3].sum()) for r in first) > 0  # autoresets happened after the save
 
 
+def test_kept_envs_go_on_exactly_as_in_the_full_batch():
+    # 40 envs (several SIMD widths and a tail), the random evader drawing every step: after
+    # keep_envs the kept envs step (and draw) bit for bit as the same rows of the full batch
+    params = EnvParams(arena_size=8.0, max_steps=60, start_distance_min=1.0, start_distance_max=4.0)
+    full = PursuitEvasionCore(params, num_envs=40, autoreset=False)
+    part = PursuitEvasionCore(params, num_envs=40, autoreset=False)
+    g = torch.Generator().manual_seed(4)
+    actions = [torch.rand(40, 2, generator=g) * torch.tensor([1.0, 5.0]) - torch.tensor([0.0, 2.5]) for _ in range(50)]
+    for a in actions[:10]:
+        full.step(a), part.step(a)
+    keep = torch.tensor([1, 2, 3, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 30, 38])
+    part.keep_envs(keep)
+    assert part.num_envs == len(keep)
+    assert torch.equal(part.obstacle_centres, full.obstacle_centres[keep])
+    for a in actions[10:]:
+        obs, reward, terminated, truncated, info = full.step(a)
+        obs2, reward2, terminated2, truncated2, info2 = part.step(a[keep])
+        for x, y in ((obs, obs2), (reward, reward2), (terminated, terminated2), (truncated, truncated2),
+                     (info["h"], info2["h"]), (info["evader"], info2["evader"])):
+            assert torch.equal(x[keep], y)
+    # the evader moved (its draws were used) and the arithmetic did not run on identical rows
+    assert not torch.equal(part.evader[0], part.evader[1])
+    with pytest.raises(ValueError, match=r"keep_envs: index has shape \(0,\)"):
+        part.keep_envs(torch.zeros(0, dtype=torch.int64))
+
+
 def test_sync_free_autoreset_equals_indexed_autoreset():
     params = EnvParams(arena_size=8.0, max_steps=25, start_distance_min=1.0, start_distance_max=4.0)
     indexed = PursuitEvasionCore(params, num_envs=8, sync_free_autoreset=False)

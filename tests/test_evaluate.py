@@ -104,3 +104,49 @@ def test_filters_over_two_views_of_one_cbf_beta_actor_stack_and_others_are_refus
     safety = near_obstacle_states(4, seed=0)
     with pytest.raises(ValueError, match="stack"):
         SafetyFilter.forward_stacked([a, other_form], [2, 2], torch.zeros(4, OBS_DIM, dtype=torch.float64), safety)
+
+
+def test_dropping_ended_episodes_from_the_batch_moves_no_number(monkeypatch):
+    # one chunk of 44 rows whose episodes end at many different steps (an actor that drives
+    # nearly straight at full speed in a small arena): compacted (ended rows dropped, later calls
+    # shorter, recorded rows at new positions in the batch) vs never compacted
+    from tasks import evaluate
+    from tasks.params import load_params
+
+    torch.manual_seed(1)
+    params = load_params(overrides={"env.max_steps": 100, "eval.num_envs": 64, "env.arena_size": 8.0,
+                                    "env.start_distance_min": 1.0, "env.start_distance_max": 4.0})
+    actor = make_actor("baseline", OBS_DIM, params).eval()
+    with torch.no_grad():
+        actor.mean_head.bias[0] = 2.0  # v near its maximum
+    obs_rms = _obs_rms()
+    groups = [
+        EpisodeGroup(actor, "dev", list(range(24)), record=20),
+        EpisodeGroup(make_filter(actor, params, "dcbf", 0.2).eval(), "test", list(range(20)), record=17),
+    ]
+    kept: list[int] = []
+    keep_envs = PursuitEvasionCore.keep_envs
+
+    def spy(core, index):
+        kept.append(len(index))
+        keep_envs(core, index)
+
+    monkeypatch.setattr(PursuitEvasionCore, "keep_envs", spy)
+    compacted = play_groups(groups, obs_rms, params)
+    batch_sizes = kept[:]
+    monkeypatch.setattr(evaluate, "COMPACT_FRACTION", float("inf"))
+    kept.clear()
+    full = play_groups(groups, obs_rms, params)
+    assert len(batch_sizes) >= 3 and batch_sizes[-1] <= 30 and not kept  # compacted, then never
+
+    lengths = [r["length"] for rows, _ in full for r in rows]
+    assert len(set(lengths)) > 10 and min(lengths) < 40  # episodes ended at many different steps
+    for (rows, trajectory), (rows_full, trajectory_full) in zip(compacted, full):
+        assert _without_timing(rows) == _without_timing(rows_full)
+        assert trajectory.keys() == trajectory_full.keys()
+        for key in trajectory:
+            np.testing.assert_array_equal(trajectory[key], trajectory_full[key])
+    # both recorded episodes played on after rows before them had been dropped, and the filter acted
+    recorded = [rows[g.episodes.index(g.record)]["length"] for g, (rows, _) in zip(groups, full)]
+    assert min(recorded) > min(lengths) + 1
+    assert sum(r["interventions"] for r in full[1][0]) > 0
