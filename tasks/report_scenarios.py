@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import io as _bytes_io
 import math
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -353,6 +356,32 @@ def animation_gif(name: str, arms: list[str], trajectories: dict[str, Any], para
     return size
 
 
+def render_scenario(name: str, arms: list[str], trajectories: dict[str, Any], params: Params, gif: Path) -> bytes:
+    """One scenario's pictures: writes its animation to `gif`, returns its trajectory PNG."""
+    png = figure_trajectories(name, arms, trajectories, params)
+    animation_gif(name, arms, trajectories, params, gif)
+    return png
+
+
+def render_scenarios(names: list[str], arms: list[str], trajectories: dict[str, Any], params: Params,
+                     animation_dir: Path) -> dict[str, bytes]:
+    """`render_scenario` for every scenario: writes `animation_dir/<name>.gif`, returns
+    {name: trajectory PNG}. The scenarios are drawn in parallel processes (one per CPU, spawned:
+    the caller may run threads), since drawing them is most of the report stage's time and one
+    process would leave the other cores idle; each process gets only its scenario's arrays. Agg
+    draws the same bytes in any process."""
+    animation_dir.mkdir(parents=True, exist_ok=True)
+    jobs = {name: (name, arms, {key: value for key, value in trajectories.items() if key.startswith(f"{name}/")},
+                   params, animation_dir / f"{name}.gif") for name in names}  # fmt: skip
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    processes = min(len(jobs), cpus)
+    if processes <= 1:
+        return {name: render_scenario(*job) for name, job in jobs.items()}
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {name: pool.submit(render_scenario, *job) for name, job in jobs.items()}
+        return {name: future.result() for name, future in futures.items()}
+
+
 # -- the section ------------------------------------------------------------------------------
 
 
@@ -388,6 +417,7 @@ def section(params: Params, workdir: str | Path = ".") -> str:
           "and more; dotted rings: where the body barrier is 0), the evader dashed blue, purple arrows where the QP "
           f"changed the action (how far it moved the pursuer's 1 s course, drawn x{ARROW_GAIN:g}). Animated GIFs of "
           "all arms side by side are in `reports/animations/` (DVC-cached, not in git).", ""]
+    pictures = render_scenarios(names, arms, trajectories, params, animation_dir)
     flags = red_flags(episodes)
     md += ["**Red flags** (QP infeasible on > 5 % of steps): " + ("; ".join(flags) if flags else "none") + ".", ""]
     for name in names:
@@ -400,10 +430,9 @@ def section(params: Params, workdir: str | Path = ".") -> str:
               _ci(r.interventions, r.steps), _ci(r.infeasible, r.steps),
               f"{r.capture_time:.1f}" if np.isfinite(r.capture_time) else "-"] for r in rows.itertuples()],
         ), ""]  # fmt: skip
-        link = write_png(f"trajectories_{name}", figure_trajectories(name, arms, trajectories, params))
+        link = write_png(f"trajectories_{name}", pictures[name])
         md += [f"![{name}]({link})", "",
                f"*{name}: episode 0 for every arm (legend above). Animation: `reports/animations/{name}.gif`.*", ""]
-        animation_gif(name, arms, trajectories, params, animation_dir / f"{name}.gif")
     link = write_png("heatmaps", figure_heatmaps(arms, heatmaps, params))
     md += ["### Where in the arena", "", f"![heatmaps]({link})", "",
            "*Per arm, over every step of every scenario episode (pursuer position after the step, 0.5 m cells): mean "

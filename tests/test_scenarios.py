@@ -181,8 +181,9 @@ def test_bad_scenario_params_are_refused_naming_the_key(override, key):
         load_params(overrides=override)
 
 
-def test_cell_outputs_and_report_section(tmp_path: Path):
-    """Every arm plays the same episodes; the section writes its figures and GIFs within limits."""
+def test_cell_outputs_and_report_section(tmp_path: Path, monkeypatch):
+    """Every arm plays the same episodes; the section writes its figures and GIFs within limits,
+    drawn in parallel processes, the same bytes as drawn in this process."""
     from tasks import report_scenarios as R
 
     names = ["head_on", "multi_obstacle_8", "corridor_tight"]
@@ -203,7 +204,14 @@ def test_cell_outputs_and_report_section(tmp_path: Path):
     with np.load(cell / "trajectories.npz") as data:  # the same start for both arms
         for name in names:
             np.testing.assert_array_equal(data[f"{name}/baseline/pursuer"][0], data[f"{name}/baseline_ct_filter/pursuer"][0])
+    monkeypatch.setattr(R.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)  # 3 processes
     md = R.section(params, tmp_path)
+    monkeypatch.setattr(R.os, "sched_getaffinity", lambda pid: {0}, raising=False)  # this process
+    _, _, trajectories, _ = R.read_results(params, tmp_path)
+    alone = R.render_scenarios(names, arms, trajectories, params, tmp_path / "alone")
+    for name in names:
+        assert alone[name] == (tmp_path / f"reports/figures/scenarios/trajectories_{name}.png").read_bytes()
+        assert (tmp_path / f"alone/{name}.gif").read_bytes() == (tmp_path / f"reports/animations/{name}.gif").read_bytes()
     for name in names:
         assert f"### {name}" in md
         assert (tmp_path / f"reports/figures/scenarios/trajectories_{name}.png").stat().st_size > 1000
