@@ -191,3 +191,23 @@ def test_parallel_efficiency_in_dask_workers_shows_the_nannys_malloc_setting(cap
     assert all(rate > 0 for rate in rates.values()) and "solo, bare process" in rates
     ratio = float(re.search(r"the flow's workers / Dask's stock nanny: ([0-9.]+)x", out).group(1))
     assert ratio == pytest.approx(sum(rates[n] for n in flow) / sum(rates[n] for n in stock), abs=0.006)
+
+
+def test_eval_throughput_quick_times_both_ways_on_the_same_episodes(capsys):
+    """benchmarks/eval_throughput.py --quick: one freshly trained cell evaluated with ended episodes
+    dropped and kept; both ways must give the same episode rows (the benchmark checks it, and so
+    does this test, on what it returned and printed)."""
+    eval_bench = _load("eval_throughput")
+    rows = eval_bench.main(["--quick", "--algos", "barriernet", "--rounds", "1"])
+    text = capsys.readouterr().out
+    assert [r["algo"] for r in rows] == ["barriernet"]
+    row = rows[0]
+    assert row["same_rows"] is True
+    assert row["dropped_s"] > 0 and row["kept_s"] > 0
+    assert row["ratio"] == pytest.approx(row["kept_s"] / row["dropped_s"])
+    assert 1 <= row["mean_length"] <= row["max_steps"] == eval_bench.QUICK_OVERRIDES["env.max_steps"]
+    printed = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("| barriernet")]
+    assert len(printed) == 1 and printed[0][3] == f"{row['ratio']:.2f}x" and printed[0][5] == "yes"
+    assert "CPU:" in text
+    with pytest.raises(SystemExit):
+        eval_bench.main(["--rounds", "0"])
