@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from env.core import PursuitEvasionCore, SafetyState
-from model.actors import ActorOutput, SafetyFilter, make_filter
+from model.actors import Actor, ActorOutput, SafetyFilter, make_filter
 from model.cbf import cbf_geometry
 from tasks import io
 from tasks.artifacts import (
@@ -272,6 +272,26 @@ def _calls(groups: Sequence[EpisodeGroup], runs: list[_Run]) -> list[list[_Run]]
     return calls
 
 
+def play_stacked(groups: Sequence[EpisodeGroup], obs_rms: torch.nn.Module, params: Params):
+    """`play_groups` with the groups laid out so that the ones one policy call can serve are
+    neighbours (`_calls`: the same policy, or filters that stack), in the order each such set first
+    appears: fewer calls per step, the same rows (the layout moves no number). Returns per group
+    in the order given, as `play_groups`."""
+    first: dict[tuple, int] = {}
+    rank = [first.setdefault(_stack_key(group.policy), i) for i, group in enumerate(groups)]
+    order = sorted(range(len(groups)), key=lambda i: rank[i])
+    played = dict(zip(order, play_groups([groups[i] for i in order], obs_rms, params)))
+    return [played[i] for i in range(len(groups))]
+
+
+def _stack_key(policy: torch.nn.Module) -> tuple:
+    """Groups with equal keys can share a call (`SafetyFilter.stacks_with`, `_calls`)."""
+    if isinstance(policy, SafetyFilter):
+        wrapped = policy.actor.views() if isinstance(policy.actor, Actor) else policy.actor
+        return ("filter", id(wrapped), policy.form, policy.robust_margin)
+    return ("policy", id(policy))
+
+
 # A policy call's batch is padded to a multiple of this many rows (at least this many): MKL's sgemm
 # in the pinned (COMPATIBLE) branch computes a batch of M rows, M >= 8 and a multiple of 4, row for
 # row alike whatever M and the row's position (measured for M <= 1024), but the last M mod 4 rows
@@ -341,19 +361,27 @@ def sweep_filters(actor: torch.nn.Module, obs_rms: torch.nn.Module, params: Para
     SWEEP_COLUMNS: rates over the dev episodes, collision_upper the Wilson upper bound
     (eval.filter_sweep.confidence) of the collision rate, step rates over the episodes' steps.
     """
+    configs, groups = sweep_groups(actor, params)
+    return sweep_table(configs, play_stacked(groups, obs_rms, params), params)
+
+
+def sweep_groups(actor: torch.nn.Module, params: Params) -> tuple[list[dict[str, Any]], list[EpisodeGroup]]:
+    """The sweep's configurations (`sweep_configurations` order) and one group each: its filter
+    on the DEV episodes (the only split a sweep plays)."""
+    episodes = list(range(params.eval.dev_episodes))
+    configs = sweep_configurations(params)
+    groups = [EpisodeGroup(make_filter(actor, params, c["form"], c["gamma"], robust_margin=c["robust_margin"]).eval(),
+                           "dev", episodes) for c in configs]
+    return configs, groups
+
+
+def sweep_table(configs: list[dict[str, Any]], played: Sequence[tuple[list[dict[str, Any]], Any]],
+                params: Params) -> pd.DataFrame:
+    """The sweep's table (see `sweep_filters`) from each configuration's played dev rows
+    (`played[i]` = `play_groups`' result for configs[i])."""
     from tasks.stats import wilson_interval
 
     fs = params.eval.filter_sweep
-    episodes = list(range(params.eval.dev_episodes))
-    configs = sweep_configurations(params)
-    # neighbours that share form and margin stack into one call per step (`SafetyFilter.forward_stacked`)
-    order = sorted(range(len(configs)), key=lambda i: (configs[i]["form"], configs[i]["robust_margin"], i))
-    groups = []
-    for i in order:
-        config = configs[i]
-        policy = make_filter(actor, params, config["form"], config["gamma"], robust_margin=config["robust_margin"])
-        groups.append(EpisodeGroup(policy.eval(), "dev", episodes))
-    played = dict(zip(order, play_groups(groups, obs_rms, params)))
     table = []
     for i, config in enumerate(configs):
         rows = played[i][0]
@@ -413,19 +441,21 @@ def run(params: Params, workdir: str | Path = ".", algo: str = "barriernet", see
     started = time.perf_counter()
     # The filter sweep (dev episodes only) and, for the baseline, the configuration it chooses.
     fs, tuned = params.eval.filter_sweep, None
-    if fs.enabled and algo in fs.algos:
-        sweep = sweep_filters(actor, obs_rms, params)
-        io.write_csv(output_dir(workdir, algo, seed) / SWEEP_FILE, sweep)
-        if algo == "baseline" and params.eval.tuned_filter is None:
-            tuned = select_filter(sweep, fs.max_collision_upper)
+    sweeping = fs.enabled and algo in fs.algos
+    chosen_here = sweeping and algo == "baseline" and params.eval.tuned_filter is None
+    sweep_configs, sweep_played = [], []
+    if chosen_here:  # the tuned arm plays what this sweep chooses: the sweep first, alone
+        sweep_configs, sweep_group_list = sweep_groups(actor, params)
+        sweep_played = play_stacked(sweep_group_list, obs_rms, params)
+        tuned = select_filter(sweep_table(sweep_configs, sweep_played, params), fs.max_collision_upper)
     if algo == "baseline" and params.eval.tuned_filter is not None:
         # one configuration for every seed, chosen once by the tuning study on its own dev sweep
         tuned = {**params.eval.tuned_filter.model_dump(), "source": "eval.tuned_filter"}
-    if tuned is not None:
-        io.write_json(output_dir(workdir, algo, seed) / CHOICE_FILE, tuned)
     if tuned is None:
         arms = [arm for arm in arms if arm != "baseline_tuned_filter"]
-    # every arm on both splits side by side (play_groups), dev rows first as before
+    # every arm on both splits, dev rows first as before; the sweep's filters beside them unless
+    # it was played above: one batched pass, its filters stacked with the arms' filters of the same
+    # form and margin (play_stacked; neither moves a number)
     groups, group_arms = [], []
     for arm in arms:
         policy = build_policy(arm, actor, params, tuned).eval()
@@ -433,9 +463,19 @@ def run(params: Params, workdir: str | Path = ".", algo: str = "barriernet", see
             drawn = params.eval.trajectory_episode if split == "test" else None
             groups.append(EpisodeGroup(policy, split, list(range(count)), drawn))
             group_arms.append(arm)
+    if sweeping and not chosen_here:
+        sweep_configs, sweep_group_list = sweep_groups(actor, params)
+        played = play_stacked(sweep_group_list + groups, obs_rms, params)
+        sweep_played, played = played[: len(sweep_group_list)], played[len(sweep_group_list):]
+    else:
+        played = play_stacked(groups, obs_rms, params)
+    if sweeping:
+        io.write_csv(output_dir(workdir, algo, seed) / SWEEP_FILE, sweep_table(sweep_configs, sweep_played, params))
+    if tuned is not None:
+        io.write_json(output_dir(workdir, algo, seed) / CHOICE_FILE, tuned)
     rows: list[dict[str, Any]] = []
     trajectories: dict[str, np.ndarray] = {}
-    for arm, (arm_rows, trajectory) in zip(group_arms, play_groups(groups, obs_rms, params)):
+    for arm, (arm_rows, trajectory) in zip(group_arms, played):
         rows += [{"arm": arm, "algo": algo, "seed": seed, **r} for r in arm_rows]
         for name, value in (trajectory or {}).items():
             key = name if name.startswith("obstacle") else f"{arm}/{name}"

@@ -257,7 +257,7 @@ class EvalParams(_Section):
         "(fewer: the report marks the run a pipeline check, not a result)"
     )
     num_envs: int = Field(
-        4096, ge=1, description="most envs stepped together: a cell's arms and splits (and the sweep's filters) share "
+        8192, ge=1, description="most envs stepped together: a cell's arms and splits (and the sweep's filters) share "
         "batched envs of up to this many episodes; results do not depend on it (tasks/evaluate.py play_groups)"
     )
     arms: list[Literal[ARMS]] = Field(list(ARMS), min_length=1)  # type: ignore[valid-type]  (tasks/artifacts.py)

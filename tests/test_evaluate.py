@@ -150,3 +150,87 @@ def test_dropping_ended_episodes_from_the_batch_moves_no_number(monkeypatch):
     recorded = [rows[g.episodes.index(g.record)]["length"] for g, (rows, _) in zip(groups, full)]
     assert min(recorded) > min(lengths) + 1
     assert sum(r["interventions"] for r in full[1][0]) > 0
+
+
+def test_play_stacked_lays_out_groups_one_call_can_serve_together_and_moves_no_number(monkeypatch):
+    from tasks import evaluate
+
+    torch.manual_seed(2)
+    params = _params(num_envs=64)
+    actor = make_actor("baseline", OBS_DIM, params).eval()
+    obs_rms = _obs_rms()
+    dcbf = [make_filter(actor, params, "dcbf", gamma).eval() for gamma in (0.05, 0.2, 1.0)]
+    exact = make_filter(actor, params, "dcbf_exact", 1.0).eval()
+    groups = [  # interleaved: in this order only the last two neighbours share a call
+        EpisodeGroup(actor, "dev", [0, 1, 2]), EpisodeGroup(dcbf[0], "dev", [0, 1, 2, 3]),
+        EpisodeGroup(actor, "test", [0, 1, 2, 3], record=1), EpisodeGroup(exact, "dev", [0, 1, 2]),
+        EpisodeGroup(dcbf[1], "test", [0, 1, 2, 3, 4], record=3), EpisodeGroup(dcbf[2], "dev", [4, 5, 6]),
+    ]  # fmt: skip
+    calls_per_step: list[int] = []
+    calls = evaluate._calls
+
+    def spy(groups_, runs):
+        out = calls(groups_, runs)
+        calls_per_step.append(len(out))
+        return out
+
+    monkeypatch.setattr(evaluate, "_calls", spy)
+    stacked = evaluate.play_stacked(groups, obs_rms, params)
+    assert calls_per_step[0] == 3  # the actor's rows, the three dcbf filters, the exact one
+    calls_per_step.clear()
+    evaluate.play_groups(groups, obs_rms, params)
+    assert calls_per_step[0] == 5
+    for group, (rows, trajectory) in zip(groups, stacked):
+        alone_rows, alone_trajectory = play_groups([group], obs_rms, params)[0]
+        assert _without_timing(rows) == _without_timing(alone_rows)
+        assert [(r["split"], r["episode"]) for r in rows] == [(group.split, e) for e in group.episodes]
+        assert (trajectory is None) == (alone_trajectory is None) == (group.record is None)
+        for key in trajectory or {}:
+            np.testing.assert_array_equal(trajectory[key], alone_trajectory[key])
+
+
+def test_evaluate_plays_the_sweep_beside_the_arms_with_the_numbers_of_playing_each_alone(tmp_path, monkeypatch):
+    # eval.tuned_filter fixed (the default): the sweep's filters and every arm play in one pass,
+    # the tuned arm stacked with the sweep's filters of its form; the stage's files must be those
+    # of playing every group alone
+    import pandas as pd
+
+    from tasks import evaluate, train
+    from tasks.params import load_params
+
+    params = load_params(overrides={
+        "train.total_steps": 8192, "env.max_steps": 60, "eval.dev_episodes": 6, "eval.test_episodes": 8,
+        "eval.filter_sweep.gammas": [0.2, 1.0], "eval.filter_sweep.robust_margins": [0.0],
+    })  # fmt: skip
+    assert params.eval.tuned_filter is not None and params.eval.tuned_filter.form in params.eval.filter_sweep.forms
+    monkeypatch.setenv("BARRIERNET_STATE_DIR", str(tmp_path / "state"))
+    train.run(params, tmp_path / "together", "baseline", 0)
+    cell = "results/train/baseline-s0"
+    (tmp_path / "alone" / cell).mkdir(parents=True)
+    (tmp_path / "alone" / cell / "model.pt").write_bytes((tmp_path / "together" / cell / "model.pt").read_bytes())
+
+    passes: list[int] = []
+    play_stacked = evaluate.play_stacked
+
+    def counted(groups, obs_rms, params_):
+        passes.append(len(groups))
+        return play_stacked(groups, obs_rms, params_)
+
+    monkeypatch.setattr(evaluate, "play_stacked", counted)
+    evaluate.run(params, tmp_path / "together", "baseline", 0)
+    assert passes == [4 + 2 * 4]  # one pass: 4 sweep filters and 4 arms x 2 splits
+    monkeypatch.setattr(evaluate, "play_stacked",
+                        lambda groups, obs_rms, params_: [play_groups([g], obs_rms, params_)[0] for g in groups])
+    evaluate.run(params, tmp_path / "alone", "baseline", 0)
+
+    out = "results/eval/baseline-s0"
+    together, alone = (pd.read_csv(tmp_path / side / out / "episodes.csv").drop(columns="decision_ms")
+                       for side in ("together", "alone"))
+    pd.testing.assert_frame_equal(together, alone)
+    assert set(together.arm) == {"baseline", "baseline_ct_filter", "baseline_dcbf_filter", "baseline_tuned_filter"}
+    for name in ("filter_sweep.csv", "filter_choice.json"):
+        assert (tmp_path / "together" / out / name).read_text() == (tmp_path / "alone" / out / name).read_text()
+    with np.load(tmp_path / "together" / out / "trajectory.npz") as a, np.load(tmp_path / "alone" / out / "trajectory.npz") as b:
+        assert sorted(a.files) == sorted(b.files)
+        for key in a.files:
+            np.testing.assert_array_equal(a[key], b[key])
