@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from env.core import PursuitEvasionCore, SafetyState
-from model.actors import Actor, ActorOutput, SafetyFilter, make_filter
+from model.actors import ActorOutput, SafetyFilter, make_filter
 from model.cbf import cbf_geometry
 from tasks import io
 from tasks.artifacts import (
@@ -263,13 +263,16 @@ def _calls(groups: Sequence[EpisodeGroup], runs: list[_Run]) -> list[list[_Run]]
     episodes), or post-hoc filters that differ only in gamma (`SafetyFilter.forward_stacked`)."""
     calls: list[list[_Run]] = []
     for run in runs:
-        if calls:
-            before, policy = groups[calls[-1][-1].group].policy, groups[run.group].policy
-            if policy is before or (isinstance(before, SafetyFilter) and before.stacks_with(policy)):
-                calls[-1].append(run)
-                continue
+        if calls and _one_call_serves(groups[calls[-1][-1].group].policy, groups[run.group].policy):
+            calls[-1].append(run)
+            continue
         calls.append([run])
     return calls
+
+
+def _one_call_serves(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """Whether one policy call can act for both policies: the same one, or filters that stack."""
+    return a is b or (isinstance(a, SafetyFilter) and a.stacks_with(b))
 
 
 def play_stacked(groups: Sequence[EpisodeGroup], obs_rms: torch.nn.Module, params: Params):
@@ -277,19 +280,12 @@ def play_stacked(groups: Sequence[EpisodeGroup], obs_rms: torch.nn.Module, param
     neighbours (`_calls`: the same policy, or filters that stack), in the order each such set first
     appears: fewer calls per step, the same rows (the layout moves no number). Returns per group
     in the order given, as `play_groups`."""
-    first: dict[tuple, int] = {}
-    rank = [first.setdefault(_stack_key(group.policy), i) for i, group in enumerate(groups)]
+    # each group goes after the first group one call can serve with it (stable within a set)
+    rank = [next(j for j in range(i + 1) if _one_call_serves(groups[j].policy, group.policy))
+            for i, group in enumerate(groups)]
     order = sorted(range(len(groups)), key=lambda i: rank[i])
     played = dict(zip(order, play_groups([groups[i] for i in order], obs_rms, params)))
     return [played[i] for i in range(len(groups))]
-
-
-def _stack_key(policy: torch.nn.Module) -> tuple:
-    """Groups with equal keys can share a call (`SafetyFilter.stacks_with`, `_calls`)."""
-    if isinstance(policy, SafetyFilter):
-        wrapped = policy.actor.views() if isinstance(policy.actor, Actor) else policy.actor
-        return ("filter", id(wrapped), policy.form, policy.robust_margin)
-    return ("policy", id(policy))
 
 
 # A policy call's batch is padded to a multiple of this many rows (at least this many): MKL's sgemm
@@ -443,11 +439,10 @@ def run(params: Params, workdir: str | Path = ".", algo: str = "barriernet", see
     fs, tuned = params.eval.filter_sweep, None
     sweeping = fs.enabled and algo in fs.algos
     chosen_here = sweeping and algo == "baseline" and params.eval.tuned_filter is None
-    sweep_configs, sweep_played = [], []
+    sweep = None
     if chosen_here:  # the tuned arm plays what this sweep chooses: the sweep first, alone
-        sweep_configs, sweep_group_list = sweep_groups(actor, params)
-        sweep_played = play_stacked(sweep_group_list, obs_rms, params)
-        tuned = select_filter(sweep_table(sweep_configs, sweep_played, params), fs.max_collision_upper)
+        sweep = sweep_filters(actor, obs_rms, params)
+        tuned = select_filter(sweep, fs.max_collision_upper)
     if algo == "baseline" and params.eval.tuned_filter is not None:
         # one configuration for every seed, chosen once by the tuning study on its own dev sweep
         tuned = {**params.eval.tuned_filter.model_dump(), "source": "eval.tuned_filter"}
@@ -466,11 +461,12 @@ def run(params: Params, workdir: str | Path = ".", algo: str = "barriernet", see
     if sweeping and not chosen_here:
         sweep_configs, sweep_group_list = sweep_groups(actor, params)
         played = play_stacked(sweep_group_list + groups, obs_rms, params)
-        sweep_played, played = played[: len(sweep_group_list)], played[len(sweep_group_list):]
+        sweep = sweep_table(sweep_configs, played[: len(sweep_group_list)], params)
+        played = played[len(sweep_group_list):]
     else:
         played = play_stacked(groups, obs_rms, params)
-    if sweeping:
-        io.write_csv(output_dir(workdir, algo, seed) / SWEEP_FILE, sweep_table(sweep_configs, sweep_played, params))
+    if sweep is not None:
+        io.write_csv(output_dir(workdir, algo, seed) / SWEEP_FILE, sweep)
     if tuned is not None:
         io.write_json(output_dir(workdir, algo, seed) / CHOICE_FILE, tuned)
     rows: list[dict[str, Any]] = []
