@@ -278,6 +278,31 @@ def test_bad_input_is_named_and_leaves_the_report_intact(rendered, tmp_path, dam
     assert outputs and _unchanged(outputs)
 
 
+def test_report_row_counts_the_drawing_after_the_stage_table(rendered, tmp_path, monkeypatch):
+    """The scenario section (figures and GIFs) is drawn after the stage table in reading order;
+    the report's own row must still include it. The clock jumps 50 minutes while that section is
+    drawn, so the row must read at least 50 min (timed at the table, it read seconds)."""
+    import time
+
+    from tasks import report_scenarios
+
+    params, workdir, _ = _copy(rendered, tmp_path)
+    real_clock, jump = time.perf_counter, [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: real_clock() + jump[0])
+    drawn = report_scenarios.section
+
+    def slow_section(*args, **kwargs):
+        jump[0] += 3000.0
+        return drawn(*args, **kwargs)
+
+    monkeypatch.setattr(report_scenarios, "section", slow_section)
+    text = Path(report.run(params, workdir)["report"]).read_text()
+    row = table_row(text, "report")
+    value, unit = row.split("|")[2].split()
+    assert unit == "min" and 50.0 <= float(value) < 60.0, row
+    assert "\x00" not in text
+
+
 def test_qp_table_with_missing_columns_shows_what_exists(rendered):
     _, workdir, _, _ = rendered
     table = pd.read_csv(workdir / "results/qp_benchmark/table.csv")

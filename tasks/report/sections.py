@@ -147,9 +147,18 @@ def _scenario_cell_walls(workdir: Path) -> dict[str, float]:
     return {name: wall for name, wall in walls.items() if wall is not None}
 
 
-def _stage_times(inputs: Inputs, render_seconds: float, workdir: Path | None = None) -> str:
+# Where the report's own row goes while the rest of the report is still being drawn: the report
+# section order puts the stage table before the figures and GIFs that take most of the stage's
+# time, so render() fills this in last (see `_stage_times`).
+REPORT_SECONDS_SLOT = "\x00report-seconds\x00"
+
+
+def _stage_times(inputs: Inputs, render_seconds: float | None, workdir: Path | None = None) -> str:
     """Markdown table: each stage's time. Train, evaluate and scenarios are the sums of their cells' wall
-    times; the cells run side by side on the Dask workers, so a sum exceeds the stage's wall time."""
+    times; the cells run side by side on the Dask workers, so a sum exceeds the stage's wall time.
+
+    `render_seconds=None` leaves REPORT_SECONDS_SLOT in the report's row, for the caller to replace
+    once every figure is drawn."""
     rows = []
     train_total = sum(float(c.summary["wall_seconds"]) for c in inputs.train)
     rows.append(["train", f"{fmt_seconds(train_total)} ({_sum_of_cells(len(inputs.train))})",
@@ -170,7 +179,9 @@ def _stage_times(inputs: Inputs, render_seconds: float, workdir: Path | None = N
     rows.append(["compare", fmt_seconds(compare_wall) if compare_wall is not None else "not recorded", ""])
     headline_wall = _recorded_wall(workdir, "headline") if workdir is not None else None
     rows.append(["headline", fmt_seconds(headline_wall) if headline_wall is not None else "not recorded", ""])
-    rows.append(["report", fmt_seconds(render_seconds), "this rendering, before writing"])
+    rows.append(["report", REPORT_SECONDS_SLOT if render_seconds is None else fmt_seconds(render_seconds),
+                 "this rendering: reading the results and drawing every table, figure and GIF, up to "
+                 "writing the files"])
     return md_table(["stage", "time", "per cell"], rows)
 
 
