@@ -25,6 +25,21 @@ FLEE_OBSTACLE_GAIN = 1.0
 FLEE_WALL_GAIN = 1.0
 _MIN_CLEARANCE = 0.05  # caps the repulsion (1/s) when the evader touches something
 
+# ATen's float32 atan2 computes the last (N mod 16) elements of a batch (pinned AVX2; 32 with
+# AVX-512) on a scalar path with other round-off, so an env's heading would depend on how many
+# envs share its batch and where it sits (evaluation and the scenarios drop ended envs). Padded
+# to a multiple of this, every element takes the vector path, lane for lane alike.
+_ATAN2_BLOCK = 64
+
+
+def _atan2_per_env(y: Tensor, x: Tensor) -> Tensor:
+    """torch.atan2(y, x) of (N,) tensors, each element's bits independent of N and its position."""
+    n = y.shape[0]
+    pad = -n % _ATAN2_BLOCK
+    if pad:
+        y, x = torch.cat((y, y.new_zeros(pad))), torch.cat((x, x.new_ones(pad)))
+    return torch.atan2(y, x)[:n]
+
 
 def random_evader(draw_v: Tensor, draw_w: Tensor, params: EnvParams) -> tuple[Tensor, Tensor]:
     """Uniform (v, w), each (N,), from uniform draws (N,) in [0, 1)."""
@@ -57,7 +72,7 @@ def flee_evader(robots: Tensor, obstacles: Tensor, present: Tensor, params: EnvP
     inner = params.arena_size / 2 - params.robot_radius
     push_x = push_x + repulsion(inner + ex, FLEE_WALL_GAIN) - repulsion(inner - ex, FLEE_WALL_GAIN)
     push_y = push_y + repulsion(inner + ey, FLEE_WALL_GAIN) - repulsion(inner - ey, FLEE_WALL_GAIN)
-    error = wrap_angle(torch.atan2(push_y, push_x) - heading)
+    error = wrap_angle(_atan2_per_env(push_y, push_x) - heading)
     w = torch.clamp(error / params.dt, -params.evader_w_max, params.evader_w_max)
     v = params.evader_v_max * torch.clamp(torch.cos(error), min=0.0)
     return v, w

@@ -296,28 +296,46 @@ def play_stacked(groups: Sequence[EpisodeGroup], obs_rms: torch.nn.Module, param
 CALL_ROWS = 8
 
 
+def padded_call_rows(obs: Tensor, safety: SafetyState) -> tuple[Tensor, SafetyState]:
+    """obs (B, obs_dim) and the safety state's (B, ...) tensors, padded with copies of the last row
+    to a multiple of CALL_ROWS (see there): (B', obs_dim) and (B', ...), B' >= B."""
+    pad = -obs.shape[0] % CALL_ROWS
+    if not pad:
+        return obs, safety
+
+    def padded(x: Tensor) -> Tensor:
+        return torch.cat((x, x[-1:].expand(pad, *x.shape[1:])))
+
+    return padded(obs), type(safety)(*(padded(x) for x in safety))
+
+
+def first_rows(out: ActorOutput, batch: int) -> ActorOutput:
+    """The first `batch` rows of a padded call's output (every info value is per row)."""
+    if out.action.shape[0] == batch:
+        return out
+    return ActorOutput(out.action[:batch], out.sample[:batch], out.log_prob[:batch],
+                       {key: value[:batch] for key, value in out.info.items()})
+
+
+def act_padded(policy: torch.nn.Module, obs: Tensor, safety: SafetyState) -> ActorOutput:
+    """One policy's deterministic actions for obs (B, obs_dim), the call padded to CALL_ROWS, so a
+    row's action does not depend on the batch it is played in: ActorOutput of B rows."""
+    rows, rows_safety = padded_call_rows(obs, safety)
+    return first_rows(policy(rows, rows_safety, deterministic=True), obs.shape[0])
+
+
 def _act(groups: Sequence[EpisodeGroup], call: list[_Run], obs: Tensor, safety: SafetyState) -> ActorOutput:
     """The deterministic actions of one call's rows: obs (B, obs_dim) -> ActorOutput of B rows.
 
     The batch is padded with copies of its last row to a multiple of CALL_ROWS (see there)."""
     batch = obs.shape[0]
-    pad = -batch % CALL_ROWS
-    if pad:
-        def padded(x: Tensor) -> Tensor:
-            return torch.cat((x, x[-1:].expand(pad, *x.shape[1:])))
-
-        obs, safety = padded(obs), type(safety)(*(padded(x) for x in safety))
     policies = [groups[run.group].policy for run in call]
     if all(policy is policies[0] for policy in policies):
-        out = policies[0](obs, safety, deterministic=True)
-    else:
-        sizes = [run.stop - run.start for run in call]
-        sizes[-1] += pad
-        out = SafetyFilter.forward_stacked(policies, sizes, obs, safety, deterministic=True)
-    if not pad:
-        return out
-    return ActorOutput(out.action[:batch], out.sample[:batch], out.log_prob[:batch],
-                       {key: value[:batch] for key, value in out.info.items()})
+        return act_padded(policies[0], obs, safety)
+    obs, safety = padded_call_rows(obs, safety)
+    sizes = [run.stop - run.start for run in call]
+    sizes[-1] += obs.shape[0] - batch
+    return first_rows(SafetyFilter.forward_stacked(policies, sizes, obs, safety, deterministic=True), batch)
 
 
 def play_episodes(

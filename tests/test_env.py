@@ -160,10 +160,13 @@ def test_state_dict_resumes_bit_exactly():
     assert sum(int(r[2].sum() + r[3].sum()) for r in first) > 0  # autoresets happened after the save
 
 
-def test_kept_envs_go_on_exactly_as_in_the_full_batch():
-    # 40 envs (several SIMD widths and a tail), the random evader drawing every step: after
-    # keep_envs the kept envs step (and draw) bit for bit as the same rows of the full batch
-    params = EnvParams(arena_size=8.0, max_steps=60, start_distance_min=1.0, start_distance_max=4.0)
+@pytest.mark.parametrize("evader_policy", ["random", "flee"])
+def test_kept_envs_go_on_exactly_as_in_the_full_batch(evader_policy):
+    # 40 envs (several SIMD widths and a tail), the random evader drawing every step or the
+    # fleeing one steering by atan2 (ATen's float32 atan2 gives the batch's tail other round-off):
+    # after keep_envs the kept envs step (and draw) bit for bit as the same rows of the full batch
+    params = EnvParams(arena_size=8.0, max_steps=60, start_distance_min=1.0, start_distance_max=4.0,
+                       evader_policy=evader_policy)
     full = PursuitEvasionCore(params, num_envs=40, autoreset=False)
     part = PursuitEvasionCore(params, num_envs=40, autoreset=False)
     g = torch.Generator().manual_seed(4)
