@@ -88,7 +88,7 @@ from tasks.artifacts import (
 )
 from tasks.artifacts import SCENARIO_EPISODE_COLUMNS as EPISODE_COLUMNS
 from tasks.artifacts.policy import build_policy, load_trained
-from tasks.evaluate import COMPACT_FRACTION, act_padded
+from tasks.evaluate import act_padded
 from tasks.params import Params
 from tasks.scenario_catalogue import INFEASIBLE_RED_FLAG, NEAR_BARRIER, Scenario, red_flags, scenario_geometry  # noqa: F401
 
@@ -207,9 +207,6 @@ def play_group(
     executed (T, N, 2) (v, w: the policy's proposal and its safety layer's output, before any
     disturbance), correction (T, N) the actor's |executed - proposal|, intervened, infeasible,
     active (T, N) bool (active: the episode was still running at that step); obstacles (K, 3).
-    After an episode's last step its pursuer, evader and h hold their last values and its
-    proposal, executed, correction, intervened and infeasible are 0: ended episodes are not
-    stepped (their rows leave the batched core), so read the trace through `active`.
     """
     if len({group_key(s) for s in scenarios}) != 1:
         raise ValueError(f"play_group needs scenarios of one group_key; got {[s.name for s in scenarios]}")
@@ -247,78 +244,49 @@ def play_group(
         for i, s in enumerate(scenarios) if s.disturbed
     ]  # fmt: skip
     limits = torch.tensor([env_s.pursuer_v_max, env_s.pursuer_w_max], dtype=torch.float64)
-    bias = torch.tensor([1.0 + sp.speed_bias, 1.0], dtype=torch.float64)
-    is_disturbed = torch.zeros(n, dtype=torch.bool)
-    for rows, _ in disturbed:
-        is_disturbed[rows] = True
     scripted = scenarios[0].evader_script == "wall_follow"
-    # `core` row i plays group row live[i]; the core drops ended rows (keep_envs) once at least
-    # COMPACT_FRACTION of its rows have ended, as evaluation does (tasks/evaluate.py): every row is
-    # computed on its own and each policy call is padded to CALL_ROWS, so dropping moves no number.
-    live = torch.arange(n)
     active = torch.ones(n, dtype=torch.bool)
     min_h = core.barrier().min(dim=1).values.double()
     outcome = np.array(["timeout"] * n, dtype=object)
     names = ("pursuer", "evader", "h", "proposal", "executed", "correction", "intervened", "infeasible", "active")
     trace: dict[str, list[torch.Tensor]] = {k: [] for k in names}
-    # After its last step an episode's pursuer, evader and h hold their last values (`held`).
-    held = {"pursuer": core.pursuer.double().clone(), "evader": core.evader[:, :2].double().clone(),
-            "h": min_h.clone()}  # fmt: skip
-    for key, value in held.items():
-        trace[key].append(value.clone())
+    zero, no = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.bool)
+    trace["pursuer"].append(core.pursuer.double().clone())
+    trace["evader"].append(core.evader[:, :2].double().clone())
+    trace["h"].append(min_h.clone())
     for _ in range(env_s.max_steps):
         out = act_padded(policy, obs_rms.normalize(obs), core.safety_state())
         action = out.action
         proposal = out.info.get("proposal", action)
         executed = action
         if disturbed:
-            # every disturbed scenario draws for all its episodes each step, ended ones included,
-            # so an episode meets the same disturbance whichever rows are still in the core
-            draw = torch.zeros(n, 2, dtype=torch.float64)
-            for rows, generator in disturbed:
-                draw[rows] = torch.randn(n_each, 2, generator=generator, dtype=torch.float64)
             executed = action.double().clone()
-            hit = is_disturbed[live].nonzero().squeeze(1)
-            executed[hit] = executed[hit] * bias + sp.actuation_noise * limits * draw[live[hit]]
+            for rows, generator in disturbed:
+                draw = torch.randn(n_each, 2, generator=generator, dtype=torch.float64)
+                executed[rows] = executed[rows] * torch.tensor([1.0 + sp.speed_bias, 1.0], dtype=torch.float64) \
+                    + sp.actuation_noise * limits * draw
             executed = executed.to(action.dtype)
         obs, _, terminated, truncated, info = core.step(executed, _wall_follow(core) if scripted else None)
-        a = active[live]  # (M,) the core's rows still playing before this step
-        played = live[a]
+        a = active
         step_h = info["h"].min(dim=1).values.double()
-        min_h[live] = torch.where(a, torch.minimum(min_h[live], step_h), min_h[live])
-        for key, value in (("pursuer", info["pursuer"]), ("evader", info["evader"][:, :2]), ("h", step_h)):
-            held[key] = held[key].clone()
-            held[key][played] = value[a].double()
-            trace[key].append(held[key])
-
-        def full(value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-            """(M, ...) values of the core's rows -> (n, ...), 0 / False off the playing rows."""
-            whole = torch.zeros((n, *value.shape[1:]), dtype=dtype)
-            whole[played] = value[a].to(dtype)
-            return whole
-
-        trace["proposal"].append(full(proposal, torch.float64))
-        trace["executed"].append(full(action, torch.float64))
-        if "correction" in out.info:
-            trace["correction"].append(full(out.info["correction"], torch.float64))
-        else:
-            trace["correction"].append(torch.zeros(n, dtype=torch.float64))
-        for key in ("intervened", "infeasible"):
-            flag = out.info.get(key)
-            trace[key].append(full(flag, torch.bool) if flag is not None else torch.zeros(n, dtype=torch.bool))
-        trace["active"].append(active.clone())
+        min_h = torch.where(a, torch.minimum(min_h, step_h), min_h)
+        trace["pursuer"].append(info["pursuer"].double().clone())
+        trace["evader"].append(info["evader"][:, :2].double().clone())
+        trace["h"].append(step_h)
+        trace["proposal"].append(proposal.double())
+        trace["executed"].append(action.double())
+        trace["correction"].append(out.info["correction"].double() if "correction" in out.info else zero)
+        trace["intervened"].append(out.info.get("intervened", no) & a)
+        trace["infeasible"].append(out.info.get("infeasible", no) & a)
+        trace["active"].append(a.clone())
         ended = a & (terminated | truncated)
-        outcome[live[ended & info["captured"]].numpy()] = "capture"
-        outcome[live[ended & info["collided"]].numpy()] = "collision"
-        active[live] = a & ~(terminated | truncated)
-        still = active[live]
-        if not bool(still.any()):
+        outcome[(ended & info["captured"]).numpy()] = "capture"
+        outcome[(ended & info["collided"]).numpy()] = "collision"
+        active = a & ~(terminated | truncated)
+        if not bool(active.any()):
             break
-        if int((~still).sum()) >= COMPACT_FRACTION * len(live):
-            keep = still.nonzero().squeeze(1)
-            core.keep_envs(keep)
-            obs, live = obs.index_select(0, keep), live[keep]
     stacked = {key: torch.stack(value).numpy() for key, value in trace.items()}
+    stacked["correction"] = np.where(stacked["active"], stacked["correction"], 0.0)
     results = {}
     for i, scenario in enumerate(scenarios):
         cols = slice(i * n_each, (i + 1) * n_each)

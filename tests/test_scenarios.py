@@ -242,58 +242,6 @@ def test_batching_scenarios_in_one_core_does_not_change_their_episodes():
         np.testing.assert_array_equal(arrays["pursuer"][:steps], alone["pursuer"])
 
 
-class SteeredByAnMLP(nn.Module):
-    """Full speed, steered a little by a small random MLP of the observation: matrix products whose
-    rows MKL could compute differently by batch, under a DCBF filter whose QPs end some episodes
-    early (collisions, captures) and others late."""
-
-    def __init__(self, obs_dim: int):
-        super().__init__()
-        torch.manual_seed(3)
-        self.mlp = nn.Sequential(nn.Linear(obs_dim, 64), nn.Tanh(), nn.Linear(64, 1))
-
-    def forward(self, obs, safety, deterministic=False):
-        w = 1.5 * torch.tanh(self.mlp(obs))[:, 0]
-        action = torch.stack((torch.ones_like(w), w), 1)
-        return ActorOutput(action, action, torch.zeros(len(action)), {})
-
-
-def test_dropping_ended_episodes_and_the_group_move_no_number(monkeypatch):
-    """play_group drops ended rows from the core as it goes (COMPACT_FRACTION) and pads every policy
-    call to CALL_ROWS: a scenario's rows, and its trace wherever an episode is live, are bit for
-    bit those of playing it alone without ever dropping a row."""
-    from model.actors import make_filter
-
-    params = _params(**{"env.max_steps": 160, "scenarios.episodes": 13})
-    obs_dim = PursuitEvasionCore(params.env, 1).obs_dim
-    policy = make_filter(SteeredByAnMLP(obs_dim), params, "dcbf")
-    rms = _identity_rms(obs_dim)
-    group = [S.scenario_geometry(n, params) for n in ("obstacle_between", "head_on", "disturbance", "open_field")]
-    kept = []
-    keep_envs = PursuitEvasionCore.keep_envs
-    monkeypatch.setattr(PursuitEvasionCore, "keep_envs", lambda core, index: (kept.append(len(index)),
-                                                                              keep_envs(core, index))[1])
-    together = S.play_group(policy, rms, params, group)
-    assert len(kept) >= 3, kept  # rows were dropped several times
-    drops = len(kept)
-    monkeypatch.setattr(S, "COMPACT_FRACTION", float("inf"))
-    lengths = []
-    for scenario in group:
-        alone_rows, alone = S.play_scenario(policy, rms, params, scenario)
-        rows, arrays = together[scenario.name]
-        assert rows == alone_rows, scenario.name
-        live = alone["active"]
-        lengths += [r["length"] for r in rows]
-        steps = alone["active"].shape[0]
-        for key in ("proposal", "executed", "correction", "intervened", "infeasible"):
-            np.testing.assert_array_equal(arrays[key][:steps][live], alone[key][live], err_msg=key)
-        for key in ("pursuer", "evader", "h"):  # (T + 1, ...): position t + 1 exists once step t was live
-            np.testing.assert_array_equal(arrays[key][1 : steps + 1][live], alone[key][1:][live], err_msg=key)
-    assert len(kept) == drops  # the runs alone never dropped a row
-    assert len(set(lengths)) >= 8 and min(lengths) < 100 and max(lengths) == 160  # ends spread out
-    assert any(r["interventions"] for s in group for r in together[s.name][0])  # the filter acted
-
-
 def test_cells_outside_scenarios_seeds_only_write_a_skip_marker(tmp_path: Path):
     """DVC's matrix is algo x train.seeds; a seed outside scenarios.seeds needs no checkpoint."""
     params = _params(**{"train.seeds": [0, 1]})
