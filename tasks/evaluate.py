@@ -52,7 +52,7 @@ from tasks.artifacts import (
     eval_dir,
     model_path,
 )
-from tasks.artifacts.policy import build_policy, load_trained
+from tasks.artifacts.policy import act_padded, build_policy, first_rows, load_trained, padded_call_rows
 from tasks.params import Params
 
 # What this stage writes in a cell folder (tasks/artifacts.py names every stage's outputs).
@@ -100,7 +100,7 @@ def play_groups(
     Batching many short per-step ops over more envs is what makes evaluation fast, and a chunk
     drops its ended episodes as it goes (COMPACT_FRACTION); neither changes a result: the env,
     the MLPs and the per-row QP solvers compute every row independently of the other rows once
-    each policy call is padded to CALL_ROWS (see there), so `eval.num_envs`, the grouping and the
+    each policy call is padded to CALL_ROWS (tasks/artifacts/policy.py), so `eval.num_envs`, the grouping and the
     dropping move no number (tests/test_evaluate.py compares with one env at a time, and with a
     chunk that never drops a row).
 
@@ -288,46 +288,10 @@ def play_stacked(groups: Sequence[EpisodeGroup], obs_rms: torch.nn.Module, param
     return [played[i] for i in range(len(groups))]
 
 
-# A policy call's batch is padded to a multiple of this many rows (at least this many): MKL's sgemm
-# in the pinned (COMPATIBLE) branch computes a batch of M rows, M >= 8 and a multiple of 4, row for
-# row alike whatever M and the row's position (measured for M <= 1024), but the last M mod 4 rows
-# and batches under 8 with other kernels and other round-off; and the QP takes another route for
-# a single row. Padded, a row's action does not depend on the batch it was played in.
-CALL_ROWS = 8
-
-
-def padded_call_rows(obs: Tensor, safety: SafetyState) -> tuple[Tensor, SafetyState]:
-    """obs (B, obs_dim) and the safety state's (B, ...) tensors, padded with copies of the last row
-    to a multiple of CALL_ROWS (see there): (B', obs_dim) and (B', ...), B' >= B."""
-    pad = -obs.shape[0] % CALL_ROWS
-    if not pad:
-        return obs, safety
-
-    def padded(x: Tensor) -> Tensor:
-        return torch.cat((x, x[-1:].expand(pad, *x.shape[1:])))
-
-    return padded(obs), type(safety)(*(padded(x) for x in safety))
-
-
-def first_rows(out: ActorOutput, batch: int) -> ActorOutput:
-    """The first `batch` rows of a padded call's output (every info value is per row)."""
-    if out.action.shape[0] == batch:
-        return out
-    return ActorOutput(out.action[:batch], out.sample[:batch], out.log_prob[:batch],
-                       {key: value[:batch] for key, value in out.info.items()})
-
-
-def act_padded(policy: torch.nn.Module, obs: Tensor, safety: SafetyState) -> ActorOutput:
-    """One policy's deterministic actions for obs (B, obs_dim), the call padded to CALL_ROWS, so a
-    row's action does not depend on the batch it is played in: ActorOutput of B rows."""
-    rows, rows_safety = padded_call_rows(obs, safety)
-    return first_rows(policy(rows, rows_safety, deterministic=True), obs.shape[0])
-
-
 def _act(groups: Sequence[EpisodeGroup], call: list[_Run], obs: Tensor, safety: SafetyState) -> ActorOutput:
     """The deterministic actions of one call's rows: obs (B, obs_dim) -> ActorOutput of B rows.
 
-    The batch is padded with copies of its last row to a multiple of CALL_ROWS (see there)."""
+    The batch is padded with copies of its last row to a multiple of CALL_ROWS (tasks/artifacts/policy.py)."""
     batch = obs.shape[0]
     policies = [groups[run.group].policy for run in call]
     if all(policy is policies[0] for policy in policies):

@@ -87,8 +87,7 @@ from tasks.artifacts import (
     scenarios_dir,
 )
 from tasks.artifacts import SCENARIO_EPISODE_COLUMNS as EPISODE_COLUMNS
-from tasks.artifacts.policy import build_policy, load_trained
-from tasks.evaluate import act_padded
+from tasks.artifacts.policy import act_padded, build_policy, load_trained
 from tasks.params import Params
 from tasks.scenario_catalogue import INFEASIBLE_RED_FLAG, NEAR_BARRIER, Scenario, red_flags, scenario_geometry  # noqa: F401
 

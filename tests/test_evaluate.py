@@ -75,7 +75,7 @@ def test_forward_stacked_equals_each_filters_own_forward_on_its_rows(form):
     actor = GaussianActor(OBS_DIM, params.env, params.train.hidden_sizes, init_log_std=-0.5).eval()
     gammas = (0.05, 0.2, 1.0)
     filters = [make_filter(actor, params, form, gamma, robust_margin=0.05).eval() for gamma in gammas]
-    sizes = [8, 16, 8]  # a multiple of 8 rows each, as play_groups pads its calls (tasks.evaluate.CALL_ROWS)
+    sizes = [8, 16, 8]  # a multiple of 8 rows each, as play_groups pads its calls (tasks.artifacts.policy.CALL_ROWS)
     safety = near_obstacle_states(sum(sizes), seed=4)
     safety = type(safety)(*(x.float() if x.is_floating_point() else x for x in safety))
     obs = torch.randn(sum(sizes), OBS_DIM)

@@ -1,4 +1,6 @@
-"""Loading a trained policy from the train stage's ``model.pt``, and the policy each arm plays.
+"""Loading a trained policy from the train stage's ``model.pt``, the policy each arm plays, and
+one batched call of it whose rows do not depend on the batch (``act_padded``: evaluate and
+scenarios both play through it).
 
 Evaluate, scenarios and the tuning study load checkpoints the same way: ``torch.load`` with
 ``weights_only=True`` (tensors and plain containers only), so a planted file from a shared DVC
@@ -15,7 +17,10 @@ from typing import Any
 
 import torch
 
-from model.actors import ALGOS, Critic, make_actor, make_filter
+from torch import Tensor
+
+from env.core import SafetyState
+from model.actors import ALGOS, ActorOutput, Critic, make_actor, make_filter
 from model.ppo import RunningMeanStd
 from tasks.artifacts import ALGO_OF_ARM, ARMS, CheckpointError
 from tasks.params import Params
@@ -132,3 +137,39 @@ def build_policy(arm: str, actor: torch.nn.Module, params: Params, tuned: dict[s
     if arm == "baseline_dcbf_filter":
         return make_filter(actor, params, "dcbf")
     raise ValueError(f"unknown arm '{arm}'; accepted: {ARMS}")
+
+
+# A policy call's batch is padded to a multiple of this many rows (at least this many): MKL's sgemm
+# in the pinned (COMPATIBLE) branch computes a batch of M rows, M >= 8 and a multiple of 4, row for
+# row alike whatever M and the row's position (measured for M <= 1024), but the last M mod 4 rows
+# and batches under 8 with other kernels and other round-off; and the QP takes another route for
+# a single row. Padded, a row's action does not depend on the batch it was played in.
+CALL_ROWS = 8
+
+
+def padded_call_rows(obs: Tensor, safety: SafetyState) -> tuple[Tensor, SafetyState]:
+    """obs (B, obs_dim) and the safety state's (B, ...) tensors, padded with copies of the last row
+    to a multiple of CALL_ROWS (see there): (B', obs_dim) and (B', ...), B' >= B."""
+    pad = -obs.shape[0] % CALL_ROWS
+    if not pad:
+        return obs, safety
+
+    def padded(x: Tensor) -> Tensor:
+        return torch.cat((x, x[-1:].expand(pad, *x.shape[1:])))
+
+    return padded(obs), type(safety)(*(padded(x) for x in safety))
+
+
+def first_rows(out: ActorOutput, batch: int) -> ActorOutput:
+    """The first `batch` rows of a padded call's output (every info value is per row)."""
+    if out.action.shape[0] == batch:
+        return out
+    return ActorOutput(out.action[:batch], out.sample[:batch], out.log_prob[:batch],
+                       {key: value[:batch] for key, value in out.info.items()})
+
+
+def act_padded(policy: torch.nn.Module, obs: Tensor, safety: SafetyState) -> ActorOutput:
+    """One policy's deterministic actions for obs (B, obs_dim), the call padded to CALL_ROWS, so a
+    row's action does not depend on the batch it is played in: ActorOutput of B rows."""
+    rows, rows_safety = padded_call_rows(obs, safety)
+    return first_rows(policy(rows, rows_safety, deterministic=True), obs.shape[0])
