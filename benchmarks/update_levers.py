@@ -4,6 +4,7 @@
     python benchmarks/update_levers.py --algo cbf_beta --repeats 5
     python benchmarks/update_levers.py --skip-compile       # no torch.compile (it compiles ~30 s)
     python benchmarks/update_levers.py --quick              # tiny batch (a smoke test)
+    python benchmarks/update_levers.py --ceiling --skip-compile --repeats 5   # + the ceiling (section 3)
 
 Issue 17 asks for twice the training throughput per core and names `torch.compile` and the
 matrix products among the levers. Under the pinned numerics (`tasks/numerics.py`, the default)
@@ -24,6 +25,14 @@ of an iteration. This prints, for one algorithm:
    output row is summed over k in ascending order, four rows at a time, so a row's result
    depends on neither the batch nor the CPU. Both are checked against float64.
 
+3. **The ceiling of every product and tanh lever** (``--ceiling``). Two Trainers of the same
+   seed run whole iterations (rollout, GAE, update) alternately: one as training runs, one with
+   every ``nn.Linear`` product and every ``nn.Tanh`` replaced by a free stand-in
+   (`free_products_and_tanh`: outputs of the right shape, zero gradients; timing only, its
+   weights learn nothing). No faster BLAS, tanh or fused kernel can beat the stand-in, so the
+   ratio bounds what any such lever can give a whole iteration. It also counts the ATen ops one
+   iteration dispatches in the rollout and in the update: what stays is per-op dispatch.
+
 Nothing here changes training. Printed: the CPU model, the numerics mode and the load average,
 then ms per minibatch step and us per product, with the ratios.
 """
@@ -31,6 +40,8 @@ then ms per minibatch step and us per product, with the ratios.
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import os
 import sys
 import time
@@ -48,6 +59,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from numba import njit  # noqa: E402
 from torch import nn  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from tasks.params import load_params  # noqa: E402
 
@@ -202,12 +214,105 @@ def measure_update(algo: str, overrides: dict, repeats: int, compile_loss: bool)
     return result
 
 
+class _FreeLinear(torch.autograd.Function):
+    """x (B, in), weight (out, in), bias (out,) -> (B, out) filled with a constant; backward gives
+    zero gradients for x and weight and the bias its usual sum: no matrix product either way."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.x_shape, ctx.weight_shape = x.shape, weight.shape
+        return x.new_full((*x.shape[:-1], weight.shape[0]), 0.01)
+
+    @staticmethod
+    def backward(ctx, grad):
+        bias_grad = grad.reshape(-1, grad.shape[-1]).sum(0)
+        return grad.new_zeros(ctx.x_shape), grad.new_zeros(ctx.weight_shape), bias_grad
+
+
+class _FreeTanh(torch.autograd.Function):
+    """The identity in both directions: a tanh that costs nothing."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+@contextlib.contextmanager
+def free_products_and_tanh():
+    """Inside: every nn.Linear and nn.Tanh module of this process computes nothing (see
+    `_FreeLinear`, `_FreeTanh`); a Linear without bias is not expected (the actors have none).
+    Timing only. The original forwards are back on exit, also after an error."""
+    linear_forward, tanh_forward = nn.Linear.forward, nn.Tanh.forward
+    nn.Linear.forward = lambda self, x: _FreeLinear.apply(x, self.weight, self.bias)
+    nn.Tanh.forward = lambda self, x: _FreeTanh.apply(x)
+    try:
+        yield
+    finally:
+        nn.Linear.forward, nn.Tanh.forward = linear_forward, tanh_forward
+
+
+class AtenCounter(TorchDispatchMode):
+    """Counts the ATen ops dispatched while active (`counts`: op name -> calls)."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_iteration_ops(trainer) -> dict[str, collections.Counter]:
+    """ATen ops of one iteration of `trainer`, split into its rollout and the rest (GAE, update):
+    the rollout is counted alone, then a whole iteration, and the first is subtracted."""
+    with AtenCounter() as rollout:
+        trainer.collect_rollout()
+    with AtenCounter() as whole:
+        trainer.train_one_update()
+    return {"rollout": rollout.counts, "update": whole.counts - rollout.counts}
+
+
+def measure_ceiling(algo: str, overrides: dict, repeats: int) -> dict:
+    """Whole iterations, as training runs them against `free_products_and_tanh`, alternated:
+    best ms of each, and the ATen ops per iteration of the real one (see the module docstring)."""
+    from tasks.train import Trainer
+
+    params = load_params(overrides={"train.total_steps": 10**7, **overrides})
+    real = Trainer(params, algo, 0, update_device="cpu")
+    with free_products_and_tanh():
+        free = Trainer(params, algo, 0, update_device="cpu")
+    ways = {"real": (real, contextlib.nullcontext), "free": (free, free_products_and_tanh)}
+    for trainer, context in ways.values():  # warm-up: allocations, lazy init
+        with context():
+            trainer.train_one_update()
+    best = {name: float("inf") for name in ways}
+    for _ in range(repeats):  # alternate, so a drift in the machine's load reaches both
+        for name, (trainer, context) in ways.items():
+            with context():
+                start = time.perf_counter()
+                trainer.train_one_update()
+                best[name] = min(best[name], time.perf_counter() - start)
+    ops = count_iteration_ops(real)
+    steps = params.train.num_envs * params.train.rollout_steps
+    return {"real_ms": best["real"] * 1e3, "free_ms": best["free"] * 1e3, "env_steps": steps,
+            "ops": {part: sum(c.values()) for part, c in ops.items()},
+            "products_and_tanh": {part: sum(c[n] for n in ("mm", "addmm", "tanh", "tanh_backward"))
+                                  for part, c in ops.items()}}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--algo", default="baseline", choices=("baseline", "barriernet", "cbf_beta", "shielded"))
     parser.add_argument("--repeats", type=int, default=3, help="rounds of each way (the best is kept)")
     parser.add_argument("--skip-compile", action="store_true", help="eager only (no ~30 s compile)")
     parser.add_argument("--quick", action="store_true", help="a tiny batch: a smoke test, not a measurement")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="also time whole iterations with every product and tanh made free (section 3)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="a params override, e.g. numerics.mode=native")
     args = parser.parse_args(argv)
@@ -248,7 +353,22 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"| all, per minibatch | {len(shapes)} | {total_mkl / 1e3:.2f} ms | {total_rows / 1e3:.2f} ms | "
           f"{total_mkl / total_rows:.2f}x | | | |")
     print(f"products' share of the eager minibatch step: MKL {total_mkl / 1e3 / update['eager_ms']:.0%}")
-    return {"update": update, "products": products}
+    result = {"update": update, "products": products}
+    if args.ceiling:
+        ceiling = measure_ceiling(args.algo, overrides, args.repeats)
+        print(f"\n{args.algo}: whole iterations ({ceiling['env_steps']} env steps: rollout, GAE, update), best of "
+              f"{args.repeats}, alternated; 'free': every nn.Linear product and nn.Tanh replaced by a stand-in "
+              "that computes nothing (timing only)")
+        print("| iteration | ms | env-steps/s | vs real |\n|---|---|---|---|")
+        for name in ("real", "free"):
+            ms = ceiling[f"{name}_ms"]
+            print(f"| {name} | {ms:.0f} | {ceiling['env_steps'] / ms * 1e3:,.0f} | {ceiling['real_ms'] / ms:.2f}x |")
+        ops, heavy = ceiling["ops"], ceiling["products_and_tanh"]
+        print(f"ATen ops per real iteration: rollout {ops['rollout']:,} ({heavy['rollout']:,} products and tanh), "
+              f"GAE + update {ops['update']:,} ({heavy['update']:,}); 'vs real' of 'free' bounds every product, "
+              "tanh or BLAS lever: the rest is those ops' dispatch and the Python around them")
+        result["ceiling"] = ceiling
+    return result
 
 
 if __name__ == "__main__":

@@ -80,3 +80,51 @@ def test_quick_run_prints_both_tables(levers):
 def test_bad_repeats_is_refused_before_any_work(levers):
     with pytest.raises(SystemExit):
         levers.main(["--repeats", "0"])
+
+
+def test_the_op_counter_counts_what_a_hand_written_function_dispatches(levers):
+    import torch
+
+    a, b = torch.ones(3, 4), torch.ones(4, 2)
+    with levers.AtenCounter() as counter:
+        (torch.mm(a, b) + 1.0).tanh()
+    assert counter.counts == {"mm": 1, "add": 1, "tanh": 1}
+
+
+def test_the_free_stand_ins_dispatch_no_product_and_no_tanh_and_are_undone_on_exit(levers):
+    import torch
+    from torch import nn
+
+    net = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
+    x = torch.randn(7, 5)
+    expected = torch.tanh(x @ net[0].weight.T + net[0].bias) @ net[2].weight.T + net[2].bias
+
+    def ops_of_a_step():
+        with levers.AtenCounter() as counter:
+            out = net(x)
+            out.sum().backward()
+        return out, counter.counts
+
+    out, real = ops_of_a_step()
+    assert torch.allclose(out, expected) and real["addmm"] + real["mm"] >= 3 and real["tanh"] == 1
+    with levers.free_products_and_tanh():
+        out, free = ops_of_a_step()
+    assert out.shape == (7, 3) and free["addmm"] == free["mm"] == free["tanh"] == free["tanh_backward"] == 0
+    assert net[0].weight.grad is not None and net[2].bias.grad is not None  # gradients of the right shapes
+    with pytest.raises(RuntimeError, match="inside"):
+        with levers.free_products_and_tanh():
+            raise RuntimeError("an error inside")
+    assert torch.allclose(net(x), expected)  # the real forwards are back
+
+
+def test_quick_ceiling_run_prints_the_iteration_table(levers):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        result = levers.main(["--quick", "--skip-compile", "--repeats", "1", "--ceiling"])
+    text = out.getvalue()
+    assert "| real |" in text and "| free |" in text and "ATen ops per real iteration" in text, text
+    ceiling = result["ceiling"]
+    assert ceiling["real_ms"] > 0 and ceiling["free_ms"] > 0 and ceiling["env_steps"] == 16 * 8
+    # the real iteration's products and tanh are counted in both parts (the policy acts in the rollout)
+    assert all(ceiling["products_and_tanh"][part] > 0 for part in ("rollout", "update"))
+    assert all(ceiling["ops"][part] > ceiling["products_and_tanh"][part] for part in ("rollout", "update"))
