@@ -129,7 +129,10 @@ class Side:
 def start(label: str, root: Path, algos: list[str], overrides: dict, threads: int) -> Side:
     """Launch a checkout's child; `ready` waits for its warm-up (both sides start together)."""
     env = {**os.environ, "PYTHONPATH": str(root)}
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(algos), json.dumps(overrides), str(threads)],
+    # absolute: the child runs in the checkout, where a relative interpreter path (".venv/bin/python"
+    # when the venv is on PATH by a relative entry) would not resolve
+    python = os.path.abspath(sys.executable)
+    proc = subprocess.Popen([python, "-c", CHILD, json.dumps(algos), json.dumps(overrides), str(threads)],
                             cwd=root, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     return Side(label, root, proc, {})
 
