@@ -159,9 +159,14 @@ def test_gpu_benchmark_skips_cleanly_without_cuda(capsys):
         assert "no CUDA device" in capsys.readouterr().out
 
 
-def test_side_by_side_against_a_commit_alternates_both_checkouts(tmp_path):
+def test_side_by_side_against_a_commit_alternates_both_checkouts(tmp_path, monkeypatch):
     side_by_side = _load("side_by_side")
     quick = {"train.num_envs": 8, "train.rollout_steps": 32, "train.num_minibatches": 2, "train.update_epochs": 2}
+    # the interpreter as a path relative to the caller's folder (a venv put on PATH by a relative
+    # entry): the children run in the checkouts' folders, where it must still be found
+    interpreter = Path(sys.executable)
+    monkeypatch.chdir(interpreter.parent)
+    monkeypatch.setattr(sys, "executable", f"./{interpreter.name}")
     text = side_by_side.compare("HEAD", ["baseline"], 2, quick, snapshots=tmp_path)
     # the commit's tracked files were unpacked, and nothing half-written is left
     (snapshot,) = tmp_path.iterdir()
