@@ -7,9 +7,13 @@ The other commit's tracked files are unpacked (`git archive`) under `.cache/snap
 (git-ignored, kept for the next run). Two long-lived child processes, one per checkout, each import their own
 code with the pinned numerics, build a `tasks.train.Trainer` per algorithm from their own
 params.yaml (the same budget overrides in both) and run one warm-up iteration. Then the parent
-alternates: one iteration of every algorithm in the old checkout, then in the new one, round
-after round. Drifts in the machine's load therefore reach both sides alike; only one child
-computes at a time, so the two never compete for a core.
+alternates: one iteration of every algorithm in one checkout, then in the other, round after
+round, the first side swapping every round (old-new, new-old, ...). Drifts in the machine's load
+therefore reach both sides alike, and so does any edge of going first or second in a round. Only
+one child computes at a time, and both are pinned to the same CPU (`shared_cpu`): on separate CPUs
+the child started second ran 2-7 % faster in A/A runs (this checkout against HEAD), whichever
+checkout it held; pinned together, two A/A runs of 12 rounds read 0.98-1.03x and 0.96-1.07x,
+neither side favoured. So a ratio within about 7 % of 1 is noise here. Use an even number of rounds.
 
 Printed: per algorithm, env-steps per wall second and per CPU second of each side and the ratio
 (new / old), with the CPU model and the load average. The wall-clock figure is the measure; the
@@ -35,7 +39,10 @@ ALGOS = ("baseline", "barriernet", "cbf_beta", "shielded")
 # oldest interface it must run (Trainer(params, algo, seed).train_one_update(), load_params with
 # overrides), so it runs unchanged in any commit since the train stage took that shape.
 CHILD = r"""
-import json, sys, time
+import json, os, sys, time
+if os.environ.get("SIDE_BY_SIDE_CPU"):  # before torch starts any thread
+    os.sched_setaffinity(0, {int(os.environ["SIDE_BY_SIDE_CPU"])})
+cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
 try:
     from tasks import numerics
     numerics.apply("pinned")
@@ -54,7 +61,8 @@ for algo in algos:
     trainers[algo] = Trainer(params, algo, 0)
     trainers[algo].train_one_update()  # warm-up: allocations, lazy init, JIT caches
 batch = params.train.num_envs * params.train.rollout_steps
-print(json.dumps({"ready": True, "batch": batch, "numerics": mode, "torch": torch.__version__}), flush=True)
+print(json.dumps({"ready": True, "batch": batch, "numerics": mode, "torch": torch.__version__, "cpus": cpus}),
+      flush=True)
 for line in sys.stdin:
     if line.strip() != "round":
         break
@@ -126,9 +134,18 @@ class Side:
             self.proc.wait(60)
 
 
+def shared_cpu() -> int | None:
+    """The one CPU both children run on (the last this process may use), or None where the OS
+    cannot pin. Only one child computes at a time, so they never compete for it; on separate
+    CPUs the child started second ran 2-7 % faster in A/A runs on a 2-core VM, whichever
+    checkout it held."""
+    return max(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+
+
 def start(label: str, root: Path, algos: list[str], overrides: dict, threads: int) -> Side:
     """Launch a checkout's child; `ready` waits for its warm-up (both sides start together)."""
-    env = {**os.environ, "PYTHONPATH": str(root)}
+    cpu = shared_cpu() if threads == 1 else None  # more threads than one CPU would only queue
+    env = {**os.environ, "PYTHONPATH": str(root), **({"SIDE_BY_SIDE_CPU": str(cpu)} if cpu is not None else {})}
     # absolute: the child runs in the checkout, where a relative interpreter path (".venv/bin/python"
     # when the venv is on PATH by a relative entry) would not resolve
     python = os.path.abspath(sys.executable)
@@ -157,9 +174,11 @@ def compare(against: str, algos: list[str], rounds: int, overrides: dict, thread
         if old.info["batch"] != new.info["batch"]:
             raise SystemExit(f"the two checkouts' batches differ ({old.info['batch']} vs {new.info['batch']}); "
                              "pass the same train.num_envs and train.rollout_steps with --set")
-        for _ in range(rounds):
-            old.round()
-            new.round()
+        for index in range(rounds):
+            # ABBA: the side that goes first swaps every round, so whatever favours the first (or
+            # second) turn of a round -- caches, clocks, the other child just gone idle -- reaches both
+            for side in ((old, new) if index % 2 == 0 else (new, old)):
+                side.round()
             loads.append(os.getloadavg()[0])
     finally:
         old.close()
@@ -168,9 +187,10 @@ def compare(against: str, algos: list[str], rounds: int, overrides: dict, thread
     head = (f"{'algorithm':<11} | {'old steps/s':>11} | {'new steps/s':>11} | {'ratio':>6} | "
             f"{'old steps/CPU-s':>15} | {'new steps/CPU-s':>15} | {'CPU ratio':>9}")
     lines = [
-        f"training throughput, {against} vs this checkout: {rounds} alternating rounds of {steps // rounds} "
+        f"training throughput, {against} vs this checkout: {rounds} alternating rounds (ABBA order) of {steps // rounds} "
         f"env-steps per algorithm, warm-up excluded; {cpu_model()}, {os.cpu_count()} CPUs, {threads} torch "
-        f"thread(s); numerics old {old.info['numerics']} / new {new.info['numerics']}; torch {new.info['torch']}; "
+        f"thread(s), children on CPU(s) old {old.info.get('cpus')} / new {new.info.get('cpus')}; numerics old {old.info['numerics']} / new "
+        f"{new.info['numerics']}; torch {new.info['torch']}; "
         f"load average {min(loads):.2f}-{max(loads):.2f}",
         head, "-" * len(head),
     ]

@@ -171,7 +171,10 @@ def test_side_by_side_against_a_commit_alternates_both_checkouts(tmp_path, monke
     # the commit's tracked files were unpacked, and nothing half-written is left
     (snapshot,) = tmp_path.iterdir()
     assert (snapshot / "tasks" / "train.py").is_file() and not snapshot.name.endswith(".partial")
-    assert "2 alternating rounds of 256 env-steps" in text
+    assert "2 alternating rounds (ABBA order) of 256 env-steps" in text
+    cpu = side_by_side.shared_cpu()
+    if cpu is not None:  # both children ran on the one shared CPU (Linux)
+        assert f"children on CPU(s) old [{cpu}] / new [{cpu}]" in text, text
     row = _table_rows(text, ["baseline"])["baseline"]
     old_sps, new_sps, ratio = (float(c.replace(",", "").rstrip("x")) for c in row[1:4])
     assert old_sps > 0 and new_sps > 0 and math.isclose(ratio, new_sps / old_sps, rel_tol=0.02)
