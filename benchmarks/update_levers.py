@@ -215,17 +215,18 @@ def measure_update(algo: str, overrides: dict, repeats: int, compile_loss: bool)
 
 
 class _FreeLinear(torch.autograd.Function):
-    """x (B, in), weight (out, in), bias (out,) -> (B, out) filled with a constant; backward gives
-    zero gradients for x and weight and the bias its usual sum: no matrix product either way."""
+    """x (..., in), weight (out, in), bias (out,) or None -> (..., out) filled with a constant;
+    backward gives zero gradients for x and weight and the bias its usual sum: no matrix product
+    either way."""
 
     @staticmethod
     def forward(ctx, x, weight, bias):
-        ctx.x_shape, ctx.weight_shape = x.shape, weight.shape
+        ctx.x_shape, ctx.weight_shape, ctx.has_bias = x.shape, weight.shape, bias is not None
         return x.new_full((*x.shape[:-1], weight.shape[0]), 0.01)
 
     @staticmethod
     def backward(ctx, grad):
-        bias_grad = grad.reshape(-1, grad.shape[-1]).sum(0)
+        bias_grad = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.has_bias else None
         return grad.new_zeros(ctx.x_shape), grad.new_zeros(ctx.weight_shape), bias_grad
 
 
@@ -244,8 +245,8 @@ class _FreeTanh(torch.autograd.Function):
 @contextlib.contextmanager
 def free_products_and_tanh():
     """Inside: every nn.Linear and nn.Tanh module of this process computes nothing (see
-    `_FreeLinear`, `_FreeTanh`); a Linear without bias is not expected (the actors have none).
-    Timing only. The original forwards are back on exit, also after an error."""
+    `_FreeLinear`, `_FreeTanh`). Timing only. The original forwards are back on exit, also
+    after an error."""
     linear_forward, tanh_forward = nn.Linear.forward, nn.Tanh.forward
     nn.Linear.forward = lambda self, x: _FreeLinear.apply(x, self.weight, self.bias)
     nn.Tanh.forward = lambda self, x: _FreeTanh.apply(x)
