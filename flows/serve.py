@@ -25,6 +25,10 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEPLOYMENT_NAME = "local"
+RUNNER_POLL_SECONDS = 1.0
+"""How often serve asks the server for flow runs to start. Prefect's default, 10 s, left a run
+created by `prefect deployment run` (scripts/main.sh) waiting up to that long before it started;
+one small query a second to a server on loopback costs nothing."""
 
 
 def mark_orphaned_runs() -> list[str]:
@@ -121,6 +125,7 @@ def main() -> int:
             tags=["barriernet"],
         ),
         print_starting_message=True,
+        query_seconds=RUNNER_POLL_SECONDS,
     )
     return 0
 
