@@ -5,6 +5,7 @@
     python benchmarks/update_levers.py --skip-compile       # no torch.compile (it compiles ~30 s)
     python benchmarks/update_levers.py --quick              # tiny batch (a smoke test)
     python benchmarks/update_levers.py --ceiling --skip-compile --repeats 5   # + the ceiling (section 3)
+    python benchmarks/update_levers.py --tanh --skip-compile --repeats 5      # + a faster tanh (section 4)
 
 Issue 17 asks for twice the training throughput per core and names `torch.compile` and the
 matrix products among the levers. Under the pinned numerics (`tasks/numerics.py`, the default)
@@ -33,6 +34,16 @@ of an iteration. This prints, for one algorithm:
    ratio bounds what any such lever can give a whole iteration. It also counts the ATen ops one
    iteration dispatches in the rollout and in the update: what stays is per-op dispatch.
 
+4. **A faster tanh** (``--tanh``). ATen's float32 tanh is the slowest elementwise op of an
+   iteration (about 15 % of it, 3-4 ns per element in both numerics modes). `rational_tanh` is
+   Eigen's float tanh (``generic_fast_tanh_float``: clamp to +-7.9053, an odd degree-13 over an
+   even degree-6 polynomial, one division; x itself below 4e-4) as a numba ufunc: only + * / and
+   compares, no fast-math, so every x86-64 computes the same bits, and LLVM vectorises it. Its
+   error is a few ulp where ATen's is under one, so adopting it moves every result (a rerun, the
+   learning checked within the seed intervals). Printed: us per call at the update's and the
+   rollout's shapes, the max error of each against float64, and whole iterations alternated with
+   every nn.Tanh module computing `rational_tanh` (backward: ATen's tanh_backward on its output).
+
 Nothing here changes training. Printed: the CPU model, the numerics mode and the load average,
 then ms per minibatch step and us per product, with the ratios.
 """
@@ -57,7 +68,7 @@ numerics.apply(numerics.mode_from_argv(sys.argv[1:]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from numba import njit  # noqa: E402
+from numba import njit, vectorize  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
@@ -138,7 +149,9 @@ def measure_products(shapes: list[tuple[int, int, int]], repeats: int) -> list[d
         head = np.empty((min(M, 8), N), np.float32)
         row_products(xn[: head.shape[0]], wn, head)  # the first rows alone: same bits?
         rows.append({"shape": (M, K, N), "mkl_us": t_mkl * 1e6, "rows_us": t_rows * 1e6, "err_mkl": err_mkl,
-                     "err_rows": err_rows, "rows_batch_free": bool(np.array_equal(head, out[: head.shape[0]]))})
+                     "err_rows": err_rows, "rows_batch_free": bool(np.array_equal(head, out[: head.shape[0]])),
+                     # MKL's answer bit for bit: a kernel that matches it is a lever that moves no result
+                     "rows_equal_mkl": bool(np.array_equal(out, torch.mm(x, w).numpy()))})
     return rows
 
 
@@ -256,6 +269,89 @@ def free_products_and_tanh():
         nn.Linear.forward, nn.Tanh.forward = linear_forward, tanh_forward
 
 
+# Eigen's generic_fast_tanh_float (Eigen/src/Core/MathFunctionsImpl.h): the clamp where the
+# rational's float32 value reaches 1, and its coefficients, highest power first.
+_TANH_CLAMP = np.float32(7.90531110763549805)
+_TANH_TINY = np.float32(0.0004)  # below it tanh(x) rounds to x in float32
+_TANH_P = tuple(np.float32(c) for c in (-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11,
+                                         5.12229709037114e-08, 1.48572235717979e-05, 6.37261928875436e-04,
+                                         4.89352455891786e-03))
+_TANH_Q = tuple(np.float32(c) for c in (1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03,
+                                         4.89352518554385e-03))
+_P13, _P11, _P9, _P7, _P5, _P3, _P1 = _TANH_P
+_Q6, _Q4, _Q2, _Q0 = _TANH_Q
+
+
+@vectorize(["float32(float32)"], cache=False)
+def rational_tanh(x):  # pragma: no cover (numba)
+    """tanh of a float32 array, elementwise, as Eigen computes it (see the module docstring):
+    Horner in x^2, one rounding per operation, so the bits depend on neither the CPU nor the
+    array's length (vector lanes and the scalar tail run the same operations)."""
+    if abs(x) < _TANH_TINY:
+        return x
+    c = _TANH_CLAMP if x > _TANH_CLAMP else x
+    c = -_TANH_CLAMP if c < -_TANH_CLAMP else c
+    x2 = c * c
+    p = x2 * _P13 + _P11
+    p = p * x2 + _P9
+    p = p * x2 + _P7
+    p = p * x2 + _P5
+    p = p * x2 + _P3
+    p = p * x2 + _P1
+    q = x2 * _Q6 + _Q4
+    q = q * x2 + _Q2
+    q = q * x2 + _Q0
+    return (c * p) / q
+
+
+class _RationalTanh(torch.autograd.Function):
+    """x (...) float32 -> rational_tanh(x); backward: ATen's tanh_backward (grad (1 - y^2)) on
+    the output, as nn.Tanh's own backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.empty_like(x, memory_format=torch.contiguous_format)
+        rational_tanh(x.detach().contiguous().numpy(), out=y.numpy())
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.tanh_backward(grad, y)
+
+
+@contextlib.contextmanager
+def rational_tanh_modules():
+    """Inside: every nn.Tanh module of this process computes `rational_tanh` (float32; other
+    dtypes keep ATen's). The original forward is back on exit, also after an error."""
+    tanh_forward = nn.Tanh.forward
+    nn.Tanh.forward = lambda self, x: _RationalTanh.apply(x) if x.dtype == torch.float32 else tanh_forward(self, x)
+    try:
+        yield
+    finally:
+        nn.Tanh.forward = tanh_forward
+
+
+def measure_tanh(shapes: list[tuple[int, int]], repeats: int) -> list[dict]:
+    """us per call of ATen's tanh and `rational_tanh` on float32 inputs of each shape (values
+    N(0, 2^2): the range a hidden layer sees), with each one's max error against float64."""
+    rows = []
+    gen = torch.Generator().manual_seed(0)
+    for shape in shapes:
+        x = torch.randn(shape, generator=gen) * 2
+        out = torch.empty_like(x)
+        xn, outn = x.numpy(), out.numpy()
+        loops = max(1, 2_000_000 // x.numel())
+        t_aten = _timed(lambda: [torch.tanh(x) for _ in range(loops)], repeats) / loops
+        t_rational = _timed(lambda: [rational_tanh(xn, out=outn) for _ in range(loops)], repeats) / loops
+        exact = x.double().tanh()
+        rows.append({"shape": shape, "aten_us": t_aten * 1e6, "rational_us": t_rational * 1e6,
+                     "err_aten": float((torch.tanh(x).double() - exact).abs().max()),
+                     "err_rational": float((torch.from_numpy(rational_tanh(xn)).double() - exact).abs().max())})
+    return rows
+
+
 class AtenCounter(TorchDispatchMode):
     """Counts the ATen ops dispatched while active (`counts`: op name -> calls)."""
 
@@ -278,29 +374,37 @@ def count_iteration_ops(trainer) -> dict[str, collections.Counter]:
     return {"rollout": rollout.counts, "update": whole.counts - rollout.counts}
 
 
-def measure_ceiling(algo: str, overrides: dict, repeats: int) -> dict:
-    """Whole iterations, as training runs them against `free_products_and_tanh`, alternated:
-    best ms of each, and the ATen ops per iteration of the real one (see the module docstring)."""
+def alternate_iterations(algo: str, overrides: dict, repeats: int, other: Callable) -> tuple[object, dict, int]:
+    """Two Trainers of the same seed, one as training runs and one inside the context `other()`
+    (built and run inside it), one whole iteration each in turn, `repeats` rounds after a warm-up
+    iteration, so a drift in the machine's load reaches both. Returns (the real Trainer, best ms
+    of {"real", "other"}, env steps per iteration)."""
     from tasks.train import Trainer
 
     params = load_params(overrides={"train.total_steps": 10**7, **overrides})
     real = Trainer(params, algo, 0, update_device="cpu")
-    with free_products_and_tanh():
-        free = Trainer(params, algo, 0, update_device="cpu")
-    ways = {"real": (real, contextlib.nullcontext), "free": (free, free_products_and_tanh)}
+    with other():
+        changed = Trainer(params, algo, 0, update_device="cpu")
+    ways = {"real": (real, contextlib.nullcontext), "other": (changed, other)}
     for trainer, context in ways.values():  # warm-up: allocations, lazy init
         with context():
             trainer.train_one_update()
     best = {name: float("inf") for name in ways}
-    for _ in range(repeats):  # alternate, so a drift in the machine's load reaches both
+    for _ in range(repeats):
         for name, (trainer, context) in ways.items():
             with context():
                 start = time.perf_counter()
                 trainer.train_one_update()
                 best[name] = min(best[name], time.perf_counter() - start)
+    return real, {name: ms * 1e3 for name, ms in best.items()}, params.train.num_envs * params.train.rollout_steps
+
+
+def measure_ceiling(algo: str, overrides: dict, repeats: int) -> dict:
+    """Whole iterations, as training runs them against `free_products_and_tanh`, alternated:
+    best ms of each, and the ATen ops per iteration of the real one (see the module docstring)."""
+    real, best, steps = alternate_iterations(algo, overrides, repeats, free_products_and_tanh)
     ops = count_iteration_ops(real)
-    steps = params.train.num_envs * params.train.rollout_steps
-    return {"real_ms": best["real"] * 1e3, "free_ms": best["free"] * 1e3, "env_steps": steps,
+    return {"real_ms": best["real"], "free_ms": best["other"], "env_steps": steps,
             "ops": {part: sum(c.values()) for part, c in ops.items()},
             "products_and_tanh": {part: sum(c[n] for n in ("mm", "addmm", "tanh", "tanh_backward"))
                                   for part, c in ops.items()}}
@@ -314,6 +418,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="a tiny batch: a smoke test, not a measurement")
     parser.add_argument("--ceiling", action="store_true",
                         help="also time whole iterations with every product and tanh made free (section 3)")
+    parser.add_argument("--tanh", action="store_true",
+                        help="also time ATen's tanh against a vectorised rational tanh, alone and in whole iterations (section 4)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="a params override, e.g. numerics.mode=native")
     args = parser.parse_args(argv)
@@ -345,14 +451,14 @@ def main(argv: list[str] | None = None) -> dict:
     total_rows = sum(r["rows_us"] * shapes.count(r["shape"]) for r in products)
     print(f"\nthe update's matrix products (float32), one minibatch: {len(shapes)} products")
     print("| M x K x N | count | torch.mm (MKL) us | row_products us | MKL / rows | max err MKL | max err rows "
-          "| rows batch-free |\n|---|---|---|---|---|---|---|---|")
+          "| rows batch-free | rows = MKL bits |\n|---|---|---|---|---|---|---|---|---|")
     for r in products:
         M, K, N = r["shape"]
         print(f"| {M} x {K} x {N} | {shapes.count(r['shape'])} | {r['mkl_us']:.1f} | {r['rows_us']:.1f} | "
               f"{r['mkl_us'] / r['rows_us']:.2f}x | {r['err_mkl']:.1e} | {r['err_rows']:.1e} | "
-              f"{'yes' if r['rows_batch_free'] else 'NO'} |")
+              f"{'yes' if r['rows_batch_free'] else 'NO'} | {'yes' if r['rows_equal_mkl'] else 'no'} |")
     print(f"| all, per minibatch | {len(shapes)} | {total_mkl / 1e3:.2f} ms | {total_rows / 1e3:.2f} ms | "
-          f"{total_mkl / total_rows:.2f}x | | | |")
+          f"{total_mkl / total_rows:.2f}x | | | | |")
     print(f"products' share of the eager minibatch step: MKL {total_mkl / 1e3 / update['eager_ms']:.0%}")
     result = {"update": update, "products": products}
     if args.ceiling:
@@ -369,6 +475,22 @@ def main(argv: list[str] | None = None) -> dict:
               f"GAE + update {ops['update']:,} ({heavy['update']:,}); 'vs real' of 'free' bounds every product, "
               "tanh or BLAS lever: the rest is those ops' dispatch and the Python around them")
         result["ceiling"] = ceiling
+    if args.tanh:
+        tp = load_params(overrides=overrides).train
+        calls = measure_tanh([(update["minibatch"], tp.hidden_sizes[0]), (tp.num_envs, tp.hidden_sizes[0])], args.repeats)
+        print("\ntanh, float32, one call (the update's and the rollout's hidden activations)")
+        print("| shape | ATen tanh us | rational_tanh us | ATen / rational | max err ATen | max err rational |\n"
+              "|---|---|---|---|---|---|")
+        for r in calls:
+            print(f"| {r['shape'][0]} x {r['shape'][1]} | {r['aten_us']:.1f} | {r['rational_us']:.1f} | "
+                  f"{r['aten_us'] / r['rational_us']:.2f}x | {r['err_aten']:.1e} | {r['err_rational']:.1e} |")
+        _, best, steps = alternate_iterations(args.algo, overrides, args.repeats, rational_tanh_modules)
+        print(f"\n{args.algo}: whole iterations ({steps} env steps), best of {args.repeats}, alternated; 'rational': "
+              "every nn.Tanh module computes rational_tanh (other weights: a timing, not a result)")
+        print("| iteration | ms | env-steps/s | vs ATen tanh |\n|---|---|---|---|")
+        for label, name in (("ATen tanh", "real"), ("rational", "other")):
+            print(f"| {label} | {best[name]:.0f} | {steps / best[name] * 1e3:,.0f} | {best['real'] / best[name]:.2f}x |")
+        result["tanh"] = {"calls": calls, "aten_ms": best["real"], "rational_ms": best["other"], "env_steps": steps}
     return result
 
 

@@ -129,3 +129,69 @@ def test_quick_ceiling_run_prints_the_iteration_table(levers):
     # the real iteration's products and tanh are counted in both parts (the policy acts in the rollout)
     assert all(ceiling["products_and_tanh"][part] > 0 for part in ("rollout", "update"))
     assert all(ceiling["ops"][part] > ceiling["products_and_tanh"][part] for part in ("rollout", "update"))
+
+
+def test_rational_tanh_against_float64_and_whatever_its_batch(levers):
+    import torch
+
+    x = np.concatenate([np.linspace(-20, 20, 40_001, dtype=np.float32),
+                        np.float32([0.0, -0.0, 1e-30, -3e-4, 3.9e-4, 4e-4, 7.9, -7.9, 8.0, np.inf, -np.inf])])
+    y = levers.rational_tanh(x)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, np.tanh(x.astype(np.float64)), rtol=0, atol=5e-7)
+    tiny = np.abs(x) < 4e-4
+    assert np.array_equal(y[tiny], x[tiny])  # below 4e-4 tanh(x) is x to float32 precision
+    assert np.all(np.abs(y) <= 1.0) and y[-2] == -y[-1] > 0.999999
+    # vector lanes and the scalar tail compute alike: a slice's answer is the whole array's
+    for stop in (1, 7, 17, 1001):
+        assert np.array_equal(levers.rational_tanh(x[:stop]), y[:stop]), stop
+    # the same answer as ATen's tanh to a few ulp, not bit for bit: adopting it moves results
+    assert not np.array_equal(y, torch.tanh(torch.from_numpy(x)).numpy())
+
+
+def test_rational_tanh_gradient_is_one_minus_its_square(levers):
+    import torch
+
+    x = (torch.randn(33, 64, generator=torch.Generator().manual_seed(1)) * 2).requires_grad_()
+    g = torch.randn(33, 64, generator=torch.Generator().manual_seed(2))
+    y = levers._RationalTanh.apply(x)
+    (y * g).sum().backward()
+    expected = g.double() * (1 - y.detach().double() ** 2)  # d tanh / dx = 1 - tanh^2, by hand
+    torch.testing.assert_close(x.grad.double(), expected, rtol=1e-6, atol=1e-6)
+    x_ref = x.detach().double().requires_grad_()
+    (torch.tanh(x_ref) * g.double()).sum().backward()  # and float64 autograd of the true tanh
+    torch.testing.assert_close(x.grad.double(), x_ref.grad, rtol=0, atol=2e-6)
+
+
+def test_rational_tanh_modules_replace_every_float32_tanh_and_are_undone_on_exit(levers):
+    import torch
+    from torch import nn
+
+    net = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3), nn.Tanh())
+    x = torch.randn(7, 5)
+    before = net(x)
+    with levers.rational_tanh_modules():
+        with levers.AtenCounter() as counter:
+            inside = net(x)
+            inside.sum().backward()
+        assert counter.counts["tanh"] == 0 and counter.counts["tanh_backward"] == 2
+        assert torch.equal(net.double()(x.double()), torch.tanh(net[2](torch.tanh(net[0](x.double())))))  # float64: ATen's
+        net.float()
+    torch.testing.assert_close(inside, before, rtol=0, atol=1e-6)
+    assert not torch.equal(inside, before)  # another tanh was computed inside
+    with pytest.raises(RuntimeError, match="inside"):
+        with levers.rational_tanh_modules():
+            raise RuntimeError("an error inside")
+    assert torch.equal(net(x), before)  # ATen's tanh is back
+
+
+def test_quick_tanh_run_prints_both_tanh_tables(levers):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        result = levers.main(["--quick", "--skip-compile", "--repeats", "1", "--tanh"])
+    text = out.getvalue()
+    assert "| ATen tanh |" in text and "| rational |" in text and "rational_tanh us" in text, text
+    tanh = result["tanh"]
+    assert [r["shape"] for r in tanh["calls"]] == [(64, 64), (16, 64)]  # the quick minibatch and num_envs
+    assert all(r["err_rational"] < 5e-7 and r["err_aten"] < 1e-7 for r in tanh["calls"])
+    assert tanh["aten_ms"] > 0 and tanh["rational_ms"] > 0 and tanh["env_steps"] == 16 * 8
