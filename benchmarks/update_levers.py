@@ -6,6 +6,7 @@
     python benchmarks/update_levers.py --quick              # tiny batch (a smoke test)
     python benchmarks/update_levers.py --ceiling --skip-compile --repeats 5   # + the ceiling (section 3)
     python benchmarks/update_levers.py --tanh --skip-compile --repeats 5      # + a faster tanh (section 4)
+    python benchmarks/update_levers.py --row-linear --skip-compile --repeats 8  # + the row kernel in training (5)
 
 Issue 17 asks for twice the training throughput per core and names `torch.compile` and the
 matrix products among the levers. Under the pinned numerics (`tasks/numerics.py`, the default)
@@ -43,6 +44,12 @@ of an iteration. This prints, for one algorithm:
    learning checked within the seed intervals). Printed: us per call at the update's and the
    rollout's shapes, the max error of each against float64, and whole iterations alternated with
    every nn.Tanh module computing `rational_tanh` (backward: ATen's tanh_backward on its output).
+
+5. **The row kernel inside training** (``--row-linear``). Every hidden ``nn.Linear`` (8 or more
+   outputs) computes its forward product and its input's gradient by `row_products`, the
+   weight's and bias's gradients as ATen does (`row_linear_modules`). Printed: whether the
+   actor's and critic's weights after two iterations equal training's bit for bit, and whole
+   iterations alternated. A lever that moves no result, if it pays.
 
 Nothing here changes training. Printed: the CPU model, the numerics mode and the load average,
 then ms per minibatch step and us per product, with the ratios.
@@ -333,6 +340,72 @@ def rational_tanh_modules():
         nn.Tanh.forward = tanh_forward
 
 
+ROW_LINEAR_MIN_OUT = 8  # MKL's addmm takes another path for the heads (2 or 1 outputs): other bits
+
+
+class _RowLinear(torch.autograd.Function):
+    """nn.Linear on x (M, in) float32: the forward product and the input's gradient by
+    `row_products` (MKL's bits where the products table says so), the bias added after the
+    product as addmm does; the weight's and the bias's gradients as ATen computes them."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        out = torch.empty(x.shape[0], weight.shape[0])
+        row_products(x.detach().contiguous().numpy(), weight.detach().t().contiguous().numpy(), out.numpy())
+        if bias is not None:
+            out += bias.detach()
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.empty(grad.shape[0], weight.shape[1])
+            row_products(grad.contiguous().numpy(), weight.detach().contiguous().numpy(), grad_x.numpy())
+        grad_weight = grad.t().mm(x)
+        return grad_x, grad_weight, grad.sum(0) if ctx.has_bias else None
+
+
+@contextlib.contextmanager
+def row_linear_modules():
+    """Inside: every nn.Linear module of this process on a 2-D float32 input runs `_RowLinear`
+    (others keep ATen's). The original forward is back on exit, also after an error."""
+    linear_forward = nn.Linear.forward
+
+    def forward(self, x):
+        if x.dim() == 2 and x.dtype == torch.float32 and self.out_features >= ROW_LINEAR_MIN_OUT:
+            return _RowLinear.apply(x, self.weight, self.bias)
+        return linear_forward(self, x)
+
+    nn.Linear.forward = forward
+    try:
+        yield
+    finally:
+        nn.Linear.forward = linear_forward
+
+
+def row_linear_identical(algo: str, overrides: dict, iterations: int = 2) -> bool:
+    """Do two Trainers of the same seed, one inside `row_linear_modules`, hold the same actor and
+    critic weights bit for bit after `iterations` whole iterations?"""
+    from tasks.train import Trainer
+
+    params = load_params(overrides={"train.total_steps": 10**7, **overrides})
+    # each Trainer runs right after it is built: building one seeds the global RNG that the
+    # rollout's sampling draws from
+    real = Trainer(params, algo, 0, update_device="cpu")
+    for _ in range(iterations):
+        real.train_one_update()
+    with row_linear_modules():
+        rows = Trainer(params, algo, 0, update_device="cpu")
+        for _ in range(iterations):
+            rows.train_one_update()
+    pairs = [(real.actor, rows.actor), (real.critic, rows.critic)]
+    return all(torch.equal(a, b) for x, y in pairs for a, b in zip(x.state_dict().values(), y.state_dict().values()))
+
+
 def measure_tanh(shapes: list[tuple[int, int]], repeats: int) -> list[dict]:
     """us per call of ATen's tanh and `rational_tanh` on float32 inputs of each shape (values
     N(0, 2^2): the range a hidden layer sees), with each one's max error against float64."""
@@ -420,6 +493,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="also time whole iterations with every product and tanh made free (section 3)")
     parser.add_argument("--tanh", action="store_true",
                         help="also time ATen's tanh against a vectorised rational tanh, alone and in whole iterations (section 4)")
+    parser.add_argument("--row-linear", action="store_true",
+                        help="also time whole iterations with the hidden layers' products by the row kernel (section 5)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="a params override, e.g. numerics.mode=native")
     args = parser.parse_args(argv)
@@ -491,6 +566,16 @@ def main(argv: list[str] | None = None) -> dict:
         for label, name in (("ATen tanh", "real"), ("rational", "other")):
             print(f"| {label} | {best[name]:.0f} | {steps / best[name] * 1e3:,.0f} | {best['real'] / best[name]:.2f}x |")
         result["tanh"] = {"calls": calls, "aten_ms": best["real"], "rational_ms": best["other"], "env_steps": steps}
+    if args.row_linear:
+        identical = row_linear_identical(args.algo, overrides)
+        _, best, steps = alternate_iterations(args.algo, overrides, args.repeats, row_linear_modules)
+        print(f"\n{args.algo}: whole iterations ({steps} env steps), best of {args.repeats}, alternated; 'row kernel': "
+              f"every hidden nn.Linear's forward and input-gradient products by row_products; weights after two "
+              f"iterations {'identical to' if identical else 'DIFFERENT from'} training's")
+        print("| iteration | ms | env-steps/s | vs MKL |\n|---|---|---|---|")
+        for label, name in (("MKL", "real"), ("row kernel", "other")):
+            print(f"| {label} | {best[name]:.0f} | {steps / best[name] * 1e3:,.0f} | {best['real'] / best[name]:.2f}x |")
+        result["row_linear"] = {"identical": identical, "mkl_ms": best["real"], "rows_ms": best["other"], "env_steps": steps}
     return result
 
 

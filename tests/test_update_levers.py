@@ -195,3 +195,50 @@ def test_quick_tanh_run_prints_both_tanh_tables(levers):
     assert [r["shape"] for r in tanh["calls"]] == [(64, 64), (16, 64)]  # the quick minibatch and num_envs
     assert all(r["err_rational"] < 5e-7 and r["err_aten"] < 1e-7 for r in tanh["calls"])
     assert tanh["aten_ms"] > 0 and tanh["rational_ms"] > 0 and tanh["env_steps"] == 16 * 8
+
+
+@pytest.mark.parametrize("M,fan_in,fan_out", [(1024, 25, 64), (256, 64, 64), (12, 64, 64)])
+def test_row_linear_gives_nn_linears_bits_forward_and_backward(levers, M, fan_in, fan_out):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(M + fan_in)
+    layer = nn.Linear(fan_in, fan_out)
+    x, g = torch.randn(M, fan_in, requires_grad=True), torch.randn(M, fan_out)
+
+    def run(forward):
+        x.grad = None
+        layer.zero_grad(set_to_none=True)
+        y = forward(x)
+        y.backward(g)
+        return y.detach(), x.grad, layer.weight.grad, layer.bias.grad
+
+    expected = run(layer)  # ATen: addmm and its backward (MKL)
+    got = run(lambda v: levers._RowLinear.apply(v, layer.weight, layer.bias))
+    assert all(torch.equal(a, b) for a, b in zip(expected, got))
+
+
+def test_row_linear_modules_leave_the_heads_to_aten_and_are_undone_on_exit(levers):
+    import torch
+    from torch import nn
+
+    net = nn.Sequential(nn.Linear(25, 64), nn.Tanh(), nn.Linear(64, 2))
+    x = torch.randn(8, 25)
+    with levers.row_linear_modules():
+        with levers.AtenCounter() as counter:
+            inside = net(x)
+    assert counter.counts["addmm"] == 1  # the head (2 outputs) only: MKL's small-N path has other bits
+    assert torch.equal(inside, net(x))
+    with pytest.raises(RuntimeError, match="inside"):
+        with levers.row_linear_modules():
+            raise RuntimeError("an error inside")
+    with levers.AtenCounter() as counter:
+        net(x)
+    assert counter.counts["addmm"] == 2
+
+
+def test_quick_row_linear_run_trains_the_same_weights(levers):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        result = levers.main(["--quick", "--skip-compile", "--repeats", "1", "--row-linear"])
+    assert "| row kernel |" in out.getvalue() and result["row_linear"]["identical"], out.getvalue()
