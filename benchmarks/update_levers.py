@@ -36,7 +36,7 @@ of an iteration. This prints, for one algorithm:
    iteration dispatches in the rollout and in the update: what stays is per-op dispatch.
 
 4. **A faster tanh** (``--tanh``). ATen's float32 tanh is the slowest elementwise op of an
-   iteration (about 15 % of it, 3-4 ns per element in both numerics modes). `rational_tanh` is
+   iteration (the profiler's share: about 15 %; 3-4 ns per element in both numerics modes). `rational_tanh` is
    Eigen's float tanh (``generic_fast_tanh_float``: clamp to +-7.9053, an odd degree-13 over an
    even degree-6 polynomial, one division; x itself below 4e-4) as a numba ufunc: only + * / and
    compares, no fast-math, so every x86-64 computes the same bits, and LLVM vectorises it. Its
@@ -277,16 +277,15 @@ def free_products_and_tanh():
 
 
 # Eigen's generic_fast_tanh_float (Eigen/src/Core/MathFunctionsImpl.h): the clamp where the
-# rational's float32 value reaches 1, and its coefficients, highest power first.
+# rational's float32 value reaches 1, and the coefficients of its odd numerator (P) and even
+# denominator (Q) in x.
 _TANH_CLAMP = np.float32(7.90531110763549805)
 _TANH_TINY = np.float32(0.0004)  # below it tanh(x) rounds to x in float32
-_TANH_P = tuple(np.float32(c) for c in (-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11,
-                                         5.12229709037114e-08, 1.48572235717979e-05, 6.37261928875436e-04,
-                                         4.89352455891786e-03))
-_TANH_Q = tuple(np.float32(c) for c in (1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03,
-                                         4.89352518554385e-03))
-_P13, _P11, _P9, _P7, _P5, _P3, _P1 = _TANH_P
-_Q6, _Q4, _Q2, _Q0 = _TANH_Q
+_P13, _P11, _P9 = np.float32(-2.76076847742355e-16), np.float32(2.00018790482477e-13), np.float32(-8.60467152213735e-11)
+_P7, _P5, _P3 = np.float32(5.12229709037114e-08), np.float32(1.48572235717979e-05), np.float32(6.37261928875436e-04)
+_P1 = np.float32(4.89352455891786e-03)
+_Q6, _Q4 = np.float32(1.19825839466702e-06), np.float32(1.18534705686654e-04)
+_Q2, _Q0 = np.float32(2.26843463243900e-03), np.float32(4.89352518554385e-03)
 
 
 @vectorize(["float32(float32)"], cache=False)

@@ -24,6 +24,16 @@ def levers():
     return module
 
 
+@pytest.fixture(scope="module")
+def quick_run(levers):
+    """One `--quick` run with every optional section (each would otherwise redo the update and
+    products tables): (printed text, returned result)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        result = levers.main(["--quick", "--skip-compile", "--repeats", "1", "--ceiling", "--tanh", "--row-linear"])
+    return out.getvalue(), result
+
+
 def _column_sums(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """x @ w in float32 as numpy's elementwise ops compute it: for k ascending, out += x[:, k] w[k],
     one rounding per multiply and per add (the order row_products promises)."""
@@ -67,11 +77,8 @@ def test_update_products_are_each_layers_forward_and_two_backward_products(lever
     assert (1024, 64, 25) not in shapes  # the observation's gradient is never computed
 
 
-def test_quick_run_prints_both_tables(levers):
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        result = levers.main(["--quick", "--skip-compile", "--repeats", "1"])
-    text = out.getvalue()
+def test_quick_run_prints_both_tables(quick_run):
+    text, result = quick_run
     assert "| eager |" in text and "| all, per minibatch |" in text, text
     assert result["update"]["eager_ms"] > 0 and result["update"]["minibatches"] == 2
     assert all(r["rows_batch_free"] and r["err_rows"] < 1e-3 for r in result["products"])
@@ -118,11 +125,8 @@ def test_the_free_stand_ins_dispatch_no_product_and_no_tanh_and_are_undone_on_ex
     assert torch.allclose(net(x), expected)  # the real forwards are back
 
 
-def test_quick_ceiling_run_prints_the_iteration_table(levers):
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        result = levers.main(["--quick", "--skip-compile", "--repeats", "1", "--ceiling"])
-    text = out.getvalue()
+def test_quick_ceiling_run_prints_the_iteration_table(quick_run):
+    text, result = quick_run
     assert "| real |" in text and "| free |" in text and "ATen ops per real iteration" in text, text
     ceiling = result["ceiling"]
     assert ceiling["real_ms"] > 0 and ceiling["free_ms"] > 0 and ceiling["env_steps"] == 16 * 8
@@ -185,11 +189,8 @@ def test_rational_tanh_modules_replace_every_float32_tanh_and_are_undone_on_exit
     assert torch.equal(net(x), before)  # ATen's tanh is back
 
 
-def test_quick_tanh_run_prints_both_tanh_tables(levers):
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        result = levers.main(["--quick", "--skip-compile", "--repeats", "1", "--tanh"])
-    text = out.getvalue()
+def test_quick_tanh_run_prints_both_tanh_tables(quick_run):
+    text, result = quick_run
     assert "| ATen tanh |" in text and "| rational |" in text and "rational_tanh us" in text, text
     tanh = result["tanh"]
     assert [r["shape"] for r in tanh["calls"]] == [(64, 64), (16, 64)]  # the quick minibatch and num_envs
@@ -237,8 +238,6 @@ def test_row_linear_modules_leave_the_heads_to_aten_and_are_undone_on_exit(lever
     assert counter.counts["addmm"] == 2
 
 
-def test_quick_row_linear_run_trains_the_same_weights(levers):
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        result = levers.main(["--quick", "--skip-compile", "--repeats", "1", "--row-linear"])
-    assert "| row kernel |" in out.getvalue() and result["row_linear"]["identical"], out.getvalue()
+def test_quick_row_linear_run_trains_the_same_weights(quick_run):
+    text, result = quick_run
+    assert "| row kernel |" in text and result["row_linear"]["identical"], text
