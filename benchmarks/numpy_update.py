@@ -1,26 +1,31 @@
-"""The baseline's PPO minibatch step outside torch: what the update costs without per-op dispatch.
+"""The PPO minibatch step outside torch (baseline, BarrierNet): what the update costs without
+per-op dispatch.
 
-    python benchmarks/numpy_update.py                 # the default batch, 5 alternated rounds
-    python benchmarks/numpy_update.py --repeats 10
-    python benchmarks/numpy_update.py --quick         # tiny batch (a smoke test)
+    python benchmarks/numpy_update.py                       # the baseline, 5 alternated rounds
+    python benchmarks/numpy_update.py --algo barriernet --repeats 10
+    python benchmarks/numpy_update.py --quick               # tiny batch (a smoke test)
 
 `update_levers.py --ceiling` showed that even free matrix products and tanh leave a baseline
 iteration at most 2.0-2.2x faster: the rest is the dispatch of some 30 k small ATen ops (about
 300 per minibatch step, each with its autograd bookkeeping) and the Python around them. So the
 route to issue 17's 2x per core is a step with far fewer, larger calls, and it must keep the
 pinned numerics. This measures how far that route goes before anyone builds it.
-`NumpyPPOStep` is one minibatch step of the baseline written as whole-array NumPy calls with the
-backward derived by hand:
+`NumpyPPOStep` is one minibatch step written as whole-array NumPy calls with the backward derived
+by hand:
 
-- `GaussianActor` and `Critic`: tanh MLPs;
+- the actor's log-probability of the stored samples and its backward: `GaussianActor` (tanh MLP,
+  learned log-std) or `BarrierNetActor` in through_qp mode (tanh MLP, nominal and class-K heads,
+  the CBF rows' right sides gamma h / dt, the QP by the compiled loop of
+  `model.qp.cpu_n2_kernels` with its implicit-function backward, the clamp to the action box);
+- the `Critic` (tanh MLP);
 - the clipped surrogate, the clipped value loss and the entropy term of `model.ppo.ppo_losses`;
 - global-norm clipping;
 - Adam as torch's fused Adam computes it, on one flat vector of every parameter.
 
 Every piece is pinned by `tasks/numerics.py`: OpenBLAS's Haswell kernels for the products,
-NumPy's AVX2 loops for the elementwise calls, numba's Haswell target for the rational tanh. The
-step runs with two tanh functions: NumPy's (a scalar loop here, 5 ns per element) and
-`update_levers.rational_tanh` (Eigen's, a few ulp; vectorised).
+NumPy's AVX2 loops for the elementwise calls, numba's Haswell target for the QP loop and the
+rational tanh. The step runs with two tanh functions: NumPy's (a scalar loop here, 5 ns per
+element) and `update_levers.rational_tanh` (Eigen's, a few ulp; vectorised).
 
 Printed: the CPU; each way's one step against torch's from the same weights; ms per minibatch of
 the eager step (as `model.ppo.ppo_update` runs it, without the gradient probe) and of each NumPy
@@ -32,8 +37,8 @@ Its answer is not training's: OpenBLAS's products and either tanh round differen
 COMPATIBLE branch and ATen's, so adopting such a step would move every result, and the learning
 would have to be shown the same within the seed intervals. `check_against_torch` compares one
 step with torch's from the same weights: the loss, every gradient and the updated weights agree
-to float32 round-off (tests/test_numpy_update.py, with every clipping branch active). Nothing
-here changes training.
+to float32 round-off (tests/test_numpy_update.py, with every clipping branch and, for
+BarrierNet, active CBF rows). Nothing here changes training.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo (tasks, model)
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # side_by_side, also when loaded by file path
@@ -95,16 +101,139 @@ def _backward(acts: list[np.ndarray], grad_out: np.ndarray, layers, grads) -> No
             g *= 1.0 - h * h
 
 
+class _GaussianPolicy:
+    """`GaussianActor.evaluate_actions` and its backward: physical mean = centre + half tanh(raw),
+    std = half exp(log_std) (a parameter); the entropy's gradient reaches log_std."""
+
+    def __init__(self, step: "NumpyPPOStep", actor):
+        self.step = step
+        self.layers, self.grads = step.layers_of(actor)
+        self.log_std, self.log_std_grad = step.views[id(actor.log_std)]
+        self.centre = actor.action_centre.cpu().numpy().astype(np.float32)
+        self.half = actor.action_half_range.cpu().numpy().astype(np.float32)
+
+    def log_prob(self, obs, sample, extra) -> tuple[np.ndarray, float]:
+        """log_prob (B,) of the stored samples and the (per-state constant) entropy; keeps what
+        `backward` needs."""
+        self.acts = _forward(obs, self.layers, self.step.tanh)
+        self.t = self.step.tanh(self.acts[-1])
+        mean = self.centre + self.half * self.t
+        self.std = self.half * np.exp(self.log_std)
+        log_std_phys = np.log(self.std)
+        self.z = (sample - mean) / self.std
+        return (-0.5 * self.z * self.z - log_std_phys - HALF_LOG_2PI).sum(1), float((0.5 + HALF_LOG_2PI + log_std_phys).sum())
+
+    def backward(self, grad_log_prob: np.ndarray, grad_entropy: float) -> None:
+        """grad_log_prob (B, 1), grad_entropy (d loss / d entropy) -> the actor's gradients."""
+        grad_raw = grad_log_prob * self.z / self.std * self.half * (1.0 - self.t * self.t)  # d log_prob / d mean = z / std
+        self.log_std_grad[:] = (grad_log_prob * (self.z * self.z - 1.0)).sum(0) + grad_entropy
+        _backward(self.acts, grad_raw.astype(np.float32), self.layers, self.grads)
+
+
+class _BarrierNetPolicy:
+    """`BarrierNetActor.evaluate_actions` (through_qp, rows from the update's CBF geometry) and its
+    backward: nominal = centre + half tanh(raw), gamma = gamma_min + (gamma_max - gamma_min)
+    sigmoid(raw'); the barrier rows' right sides gamma h / dt; mean = the QP's solution (the
+    compiled loop of `model.qp.cpu_n2_kernels`, the NumPy full rule for what it cannot settle;
+    its implicit-function backward `backward_batch`), clamped to the action box; fixed std."""
+
+    def __init__(self, step: "NumpyPPOStep", actor):
+        from model.qp.common import FEAS_TOL, SINGULAR_TOL, TIE_REL
+        from model.qp.cpu_n2_kernels import backward_batch
+
+        if actor.update_mode != "through_qp" or actor.cbf_params.form != "dcbf":
+            raise ValueError("the NumPy BarrierNet step covers barriernet.update_mode=through_qp with cbf.form=dcbf")
+        self.step = step
+        linears = _linears(actor)  # backbone, then the nominal head, then the gamma head
+        backbone = linears[:-2]
+        self.layers, self.grads = step.layers_of(actor, backbone)
+        self.nominal_head, self.nominal_grad = step.layers_of(actor, [linears[-2]])
+        self.gamma_head, self.gamma_grad = step.layers_of(actor, [linears[-1]])
+        self.centre = actor.action_centre.cpu().numpy().astype(np.float32)
+        self.half = actor.action_half_range.cpu().numpy().astype(np.float32)
+        self.std = actor.std.cpu().numpy().astype(np.float32)
+        bn = actor.barriernet_params
+        self.gamma_min, self.gamma_span = np.float32(bn.gamma_min), np.float32(bn.gamma_max - bn.gamma_min)
+        self.dt = actor.env_params.dt
+        proj = actor.projection
+        self.weights = proj.weights.cpu().numpy()
+        self.low, self.high = proj.low.cpu().numpy(), proj.high.cpu().numpy()
+        self.tolerances = (FEAS_TOL[torch.float32], TIE_REL[torch.float32], SINGULAR_TOL[torch.float32])
+        self.entropy = float((0.5 + HALF_LOG_2PI + np.log(self.std)).sum())
+        self.qp_backward = backward_batch  # the QP's implicit-function backward (an attribute: tests swap it)
+
+    def log_prob(self, obs, sample, extra) -> tuple[np.ndarray, float]:
+        from model.qp import cpu_numpy
+        from model.qp.cpu_n2_kernels import allocate_outputs, solve_batch
+
+        A, mask, h, barrier_mask, b_bounds, hint = extra
+        batch, m = mask.shape
+        self.acts = _forward(obs, self.layers, self.step.tanh)
+        self.acts[-1] = self.step.tanh(self.acts[-1])  # the backbone ends in a tanh: its features
+        features = self.acts[-1]
+        raw_nominal = features @ self.nominal_head[0][0].T + self.nominal_head[0][1]
+        raw_gamma = features @ self.gamma_head[0][0].T + self.gamma_head[0][1]
+        self.t = self.step.tanh(raw_nominal)
+        nominal = self.centre + self.half * self.t
+        self.sig = 1.0 / (1.0 + np.exp(-raw_gamma))
+        gamma = self.gamma_min + self.gamma_span * self.sig
+        self.h, self.barrier_mask = h, barrier_mask
+        b = np.concatenate((np.where(barrier_mask, (gamma / self.dt) * h, 1.0).astype(np.float32), b_bounds), 1)
+        H = np.broadcast_to(np.diag(self.weights), (batch, 2, 2))
+        f = -nominal * self.weights
+        out = allocate_outputs(batch, m)
+        u, lam, used, Y, K, active, inv_norm, lam_rows, passed = out
+        solve_batch(H, f, A, b, mask, True, hint, True, *self.tolerances, *out)
+        u, lam, Y, K, inv_norm = (x.astype(np.float32) for x in (u, lam, Y, K, inv_norm))
+        if not passed.all():  # what the compiled loop cannot settle: the NumPy full rule, as solve_qp does
+            rest = np.flatnonzero(~passed)
+            (active[rest], _, _, u[rest], lam[rest], Y[rest], K[rest], inv_norm[rest], _) = cpu_numpy.full_rule_rows(
+                np.ascontiguousarray(H[rest]), f[rest], A[rest], b[rest], mask[rest], torch.float32)
+        self.saved = (u, lam, Y, K, active, inv_norm, m)
+        mean = np.maximum(np.minimum(u, self.high), self.low)
+        # torch.minimum / maximum: the gradient to the larger (smaller) side, half each on a tie
+        self.clamp_grad = (np.where(u < self.high, 1.0, np.where(u == self.high, 0.5, 0.0))
+                           * np.where(np.minimum(u, self.high) > self.low, 1.0,
+                                      np.where(np.minimum(u, self.high) == self.low, 0.5, 0.0))).astype(np.float32)
+        self.z = (sample - mean) / self.std
+        return (-0.5 * self.z * self.z - np.log(self.std) - HALF_LOG_2PI).sum(1), self.entropy
+
+    def backward(self, grad_log_prob: np.ndarray, grad_entropy: float) -> None:
+        u, lam, Y, K, active, inv_norm, m = self.saved
+        batch = u.shape[0]
+        grad_u = (grad_log_prob * self.z / self.std * self.clamp_grad).astype(np.float32)
+        grad_H, grad_f = np.empty((batch, 2, 2), np.float32), np.empty((batch, 2), np.float32)
+        grad_A, grad_b = np.empty((batch, m, 2), np.float32), np.empty((batch, m), np.float32)
+        self.qp_backward(grad_u, u, lam, Y, K, active, inv_norm, grad_H, grad_f, grad_A, grad_b)
+        barriers = self.h.shape[1]
+        grad_gamma = np.where(self.barrier_mask, grad_b[:, :barriers] * self.h, 0.0).astype(np.float32) / np.float32(self.dt)
+        grad_raw_gamma = grad_gamma * self.gamma_span * self.sig * (1.0 - self.sig)
+        grad_raw_nominal = -grad_f * self.weights * self.half * (1.0 - self.t * self.t)
+        features = self.acts[-1]
+        (nominal_w, _), (gamma_w, _) = self.nominal_head[0], self.gamma_head[0]
+        for (gw, gb), g in ((self.nominal_grad[0], grad_raw_nominal), (self.gamma_grad[0], grad_raw_gamma)):
+            np.matmul(g.T, features, out=gw)
+            np.sum(g, axis=0, out=gb)
+        grad_features = grad_raw_nominal @ nominal_w + grad_raw_gamma @ gamma_w
+        grad_features *= 1.0 - features * features  # through the backbone's last tanh
+        _backward(self.acts, grad_features, self.layers, self.grads)
+
+
 class NumpyPPOStep:
-    """One PPO minibatch step of a `GaussianActor` and a `Critic` in NumPy (module docstring).
+    """One PPO minibatch step of an actor (`GaussianActor` or `BarrierNetActor`) and a `Critic`
+    in NumPy (module docstring).
 
     The parameters (actor's, then critic's, in `named_parameters` order, as the trainer's Adam
     holds them) live in one flat float32 vector, their gradients and Adam's moments in three more,
     so clipping and Adam are a few whole-vector calls. Shapes: obs (B, D), sample (B, 2),
-    old_log_prob, advantages, returns, old_value (B,).
+    old_log_prob, advantages, returns, old_value (B,); extra: what the policy's evaluate_actions
+    reads besides (BarrierNet: the minibatch's CBF geometry A (B, m, 2), mask (B, m), h (B, M),
+    barrier_mask (B, M), b_bounds (B, 4) and the QP hint (B, 2) int64; the baseline: nothing).
     """
 
     def __init__(self, actor, critic, cfg, lr: float, betas=(0.9, 0.999), eps: float = 1e-5, tanh=np.tanh):
+        from model.actors import BarrierNetActor, GaussianActor
+
         named = ([(f"actor.{n}", p) for n, p in actor.named_parameters()]
                  + [(f"critic.{n}", p) for n, p in critic.named_parameters()])
         self.flat = np.concatenate([p.detach().cpu().numpy().astype(np.float32).ravel() for _, p in named])
@@ -112,32 +241,31 @@ class NumpyPPOStep:
         self.exp_avg, self.exp_avg_sq = np.zeros_like(self.flat), np.zeros_like(self.flat)
         self.steps = 0
         self.cfg, self.lr, self.betas, self.eps, self.tanh = cfg, float(lr), betas, eps, tanh
-        by_tensor, offset = {}, 0
+        self.views, offset = {}, 0
         for _, p in named:
             size = p.numel()
-            by_tensor[id(p)] = (self.flat[offset:offset + size].reshape(p.shape),
-                                self.grad[offset:offset + size].reshape(p.shape))
+            self.views[id(p)] = (self.flat[offset:offset + size].reshape(p.shape),
+                                 self.grad[offset:offset + size].reshape(p.shape))
             offset += size
-        self.actor_layers = [(by_tensor[id(m.weight)][0], by_tensor[id(m.bias)][0]) for m in _linears(actor)]
-        self.actor_grads = [(by_tensor[id(m.weight)][1], by_tensor[id(m.bias)][1]) for m in _linears(actor)]
-        self.critic_layers = [(by_tensor[id(m.weight)][0], by_tensor[id(m.bias)][0]) for m in _linears(critic)]
-        self.critic_grads = [(by_tensor[id(m.weight)][1], by_tensor[id(m.bias)][1]) for m in _linears(critic)]
-        self.log_std, self.log_std_grad = by_tensor[id(actor.log_std)]
-        self.centre = actor.action_centre.cpu().numpy().astype(np.float32)
-        self.half = actor.action_half_range.cpu().numpy().astype(np.float32)
         self.names = [name for name, _ in named]
         self.shapes = [tuple(p.shape) for _, p in named]
+        policies = {GaussianActor: _GaussianPolicy, BarrierNetActor: _BarrierNetPolicy}
+        if type(actor) not in policies:
+            raise ValueError(f"no NumPy step for {type(actor).__name__}; accepted: GaussianActor, BarrierNetActor")
+        self.policy = policies[type(actor)](self, actor)
+        self.critic_layers, self.critic_grads = self.layers_of(critic)
 
-    def loss_and_grad(self, obs, sample, old_log_prob, advantages, returns, old_value) -> float:
+    def layers_of(self, module, linears=None):
+        """[(weight, bias)] and [(grad_weight, grad_bias)] views of `module`'s nn.Linear layers
+        (or of `linears`), in forward order."""
+        linears = _linears(module) if linears is None else linears
+        return ([(self.views[id(m.weight)][0], self.views[id(m.bias)][0]) for m in linears],
+                [(self.views[id(m.weight)][1], self.views[id(m.bias)][1]) for m in linears])
+
+    def loss_and_grad(self, obs, sample, old_log_prob, advantages, returns, old_value, extra=()) -> float:
         """The minibatch loss of `model.ppo.ppo_losses` (float) and its gradient in self.grad."""
         cfg, n = self.cfg, obs.shape[0]
-        actor_acts = _forward(obs, self.actor_layers, self.tanh)
-        t = self.tanh(actor_acts[-1])
-        mean = self.centre + self.half * t
-        std = self.half * np.exp(self.log_std)
-        log_std_phys = np.log(std)
-        z = (sample - mean) / std
-        log_prob = (-0.5 * z * z - log_std_phys - HALF_LOG_2PI).sum(1)
+        log_prob, entropy = self.policy.log_prob(obs, sample, extra)
         critic_acts = _forward(obs, self.critic_layers, self.tanh)
         value = critic_acts[-1][:, 0]
 
@@ -164,13 +292,9 @@ class NumpyPPOStep:
         else:
             v_loss = 0.5 * (error * error).mean()
             grad_value = error * (cfg.vf_coef / n)
-        entropy = (0.5 + HALF_LOG_2PI + log_std_phys).sum()
         loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
 
-        grad_log_prob = (grad_ratio * ratio)[:, None]  # (B, 1)
-        grad_raw = grad_log_prob * z / std * self.half * (1.0 - t * t)  # d log_prob / d mean = z / std
-        self.log_std_grad[:] = (grad_log_prob * (z * z - 1.0)).sum(0) - cfg.ent_coef
-        _backward(actor_acts, grad_raw.astype(np.float32), self.actor_layers, self.actor_grads)
+        self.policy.backward((grad_ratio * ratio)[:, None], -cfg.ent_coef)
         _backward(critic_acts, grad_value.astype(np.float32)[:, None], self.critic_layers, self.critic_grads)
         return float(loss)
 
@@ -191,6 +315,7 @@ class NumpyPPOStep:
         self.flat -= (self.lr / correction1) * self.exp_avg / denom
 
     def step(self, *minibatch) -> float:
+        """loss_and_grad, then clip_and_step; returns the loss."""
         loss = self.loss_and_grad(*minibatch)
         self.clip_and_step()
         return loss
@@ -205,9 +330,27 @@ class NumpyPPOStep:
         return out
 
 
+class Batch(NamedTuple):
+    """PPO rows of B states as `model.ppo.ppo_update` gathers them: obs, sample, log_prob,
+    advantages, returns, value (torch), and the actor's `UpdateInputs` of those states."""
+
+    rows: tuple[torch.Tensor, ...]
+    inputs: object
+
+    def index(self, idx: torch.Tensor) -> "Batch":
+        return Batch(tuple(x.index_select(0, idx) for x in self.rows), self.inputs.index(idx))
+
+    def arrays(self) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+        """The rows as NumPy arrays (shared memory) and the NumPy step's `extra`: BarrierNet's CBF
+        geometry (A, mask, h, barrier_mask, b_bounds) and QP hint; nothing for the baseline."""
+        geometry, hint = self.inputs.cbf_geometry, self.inputs.qp_hint
+        extra = () if geometry is None else (*(x.numpy() for x in geometry), hint.numpy())
+        return tuple(x.numpy() for x in self.rows), extra
+
+
 def rollout_batch(algo: str, overrides: dict):
-    """A Trainer after one rollout, its flattened batch with GAE, and minibatch index slices as
-    `model.ppo.ppo_update` draws them. Returns (trainer, batch, slices)."""
+    """A Trainer after one rollout, its flattened batch with GAE and the actor's update inputs,
+    and minibatch index slices as `model.ppo.ppo_update` draws them: (trainer, Batch, slices)."""
     from model.ppo import compute_gae
     from tasks.train import Trainer
 
@@ -219,27 +362,23 @@ def rollout_batch(algo: str, overrides: dict):
         next_value = agent.rollout_critic(agent.obs_rms.normalize(trainer.next_obs))
     advantages, returns = compute_gae(buf.reward, buf.value, buf.terminated, buf.truncated, buf.final_value,
                                       next_value, tp.gamma, tp.gae_lambda)
-    batch = buf.flatten(advantages, returns, "cpu")
-    size, minibatch = batch.obs.shape[0], trainer.minibatch_size
+    flat = buf.flatten(advantages, returns, "cpu")
+    inputs = agent.actor.update_inputs(flat.safety, flat.obs, flat.record)
+    batch = Batch((flat.obs, flat.sample, flat.log_prob, flat.advantages, flat.returns, flat.value), inputs)
+    size, minibatch = flat.obs.shape[0], trainer.minibatch_size
     order = torch.randperm(size, generator=torch.Generator().manual_seed(0))
     return trainer, batch, [order[s : s + minibatch] for s in range(0, size, minibatch)]
 
 
-def _minibatch(batch, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The rows of one minibatch as ppo_update gathers them: obs, sample, log_prob, advantages,
-    returns, value."""
-    return tuple(x.index_select(0, idx) for x in (batch.obs, batch.sample, batch.log_prob, batch.advantages,
-                                                   batch.returns, batch.value))
-
-
-def torch_step(trainer, rows: tuple[torch.Tensor, ...]) -> float:
+def torch_step(trainer, minibatch: Batch) -> float:
     """One eager minibatch step as `model.ppo.ppo_update` runs it on the CPU (without the gradient
     probe): forward, `ppo_losses`, backward, clip_grad_norm_, the trainer's fused Adam."""
     from model.ppo import ppo_losses
 
     agent, cfg = trainer.agent, trainer.update_cfg
-    obs, sample, old_log_prob, advantages, returns, old_value = rows
-    new_log_prob, entropy = agent.actor.evaluate_actions(obs, None, sample)
+    (obs, sample, old_log_prob, advantages, returns, old_value), inputs = minibatch
+    new_log_prob, entropy = agent.actor.evaluate_actions(obs, inputs.safety, sample, qp_hint=inputs.qp_hint,
+                                                         cbf_geometry=inputs.cbf_geometry)
     new_value = agent.critic(obs).float()
     loss = ppo_losses(new_log_prob, entropy, new_value, old_log_prob, advantages, returns, old_value, cfg).loss
     agent.optimizer.zero_grad(set_to_none=True)
@@ -256,7 +395,7 @@ def numpy_step_for(trainer, tanh=np.tanh) -> NumpyPPOStep:
                         betas=group["betas"], eps=group["eps"], tanh=tanh)
 
 
-def check_against_torch(trainer, rows: tuple[torch.Tensor, ...], tanh=np.tanh) -> dict[str, float]:
+def check_against_torch(trainer, minibatch: Batch, tanh=np.tanh) -> dict[str, float]:
     """One step from the trainer's weights both ways (the trainer's Adam moments reset, as a fresh
     NumpyPPOStep's are). Returns both losses, the largest difference of the clipped gradients
     relative to the largest gradient, and the largest difference of the updated weights relative
@@ -265,15 +404,28 @@ def check_against_torch(trainer, rows: tuple[torch.Tensor, ...], tanh=np.tanh) -
     agent.optimizer.state.clear()
     ours = numpy_step_for(trainer, tanh)
     before = ours.flat.copy()
-    loss_numpy = ours.loss_and_grad(*(x.numpy() for x in rows))
+    rows, extra = minibatch.arrays()
+    loss_numpy = ours.loss_and_grad(*rows, extra)
     ours.clip_and_step()  # clips self.grad in place, as torch does
-    loss_torch = torch_step(trainer, rows)
+    loss_torch = torch_step(trainer, minibatch)
     named = list(agent.actor.parameters()) + list(agent.critic.parameters())
-    grads_torch = np.concatenate([p.grad.numpy().ravel() for p in named])
     weights_torch = np.concatenate([p.detach().numpy().ravel() for p in named])
-    return {"loss_numpy": loss_numpy, "loss_torch": loss_torch,
-            "grad_rel": float(np.abs(ours.grad - grads_torch).max() / np.abs(grads_torch).max()),
+    return {"loss_numpy": loss_numpy, "loss_torch": loss_torch, "grad_rel": gradient_difference(ours, named),
             "weight_rel": float(np.abs(ours.flat - weights_torch).max() / np.abs(weights_torch - before).max())}
+
+
+def gradient_difference(ours: NumpyPPOStep, params: list[torch.Tensor]) -> float:
+    """The largest, over the parameter tensors, of max |ours - torch's gradient| / max |torch's
+    gradient| of that tensor (per tensor: the critic's gradients are far larger than the actor's
+    and would hide an error in the actor's). params: the actor's, then the critic's."""
+    worst, offset = 0.0, 0
+    for p in params:
+        theirs = p.grad.numpy().ravel()
+        mine = ours.grad[offset:offset + theirs.size]
+        offset += theirs.size
+        scale = np.abs(theirs).max()
+        worst = max(worst, float(np.abs(mine - theirs).max() / scale) if scale > 0 else float(np.abs(mine).max()))
+    return worst
 
 
 def measure(algo: str, overrides: dict, repeats: int) -> dict:
@@ -284,19 +436,19 @@ def measure(algo: str, overrides: dict, repeats: int) -> dict:
 
     tanhs = {"numpy": np.tanh, "rational": rational_tanh}
     trainer, batch, slices = rollout_batch(algo, overrides)
-    checks = {name: check_against_torch(trainer, _minibatch(batch, slices[0]), tanh) for name, tanh in tanhs.items()}
+    checks = {name: check_against_torch(trainer, batch.index(slices[0]), tanh) for name, tanh in tanhs.items()}
     steps = {name: numpy_step_for(trainer, tanh) for name, tanh in tanhs.items()}
-    arrays = [x.numpy() for x in (batch.obs, batch.sample, batch.log_prob, batch.advantages, batch.returns, batch.value)]
+    rows, extra = batch.arrays()
     index = [idx.numpy() for idx in slices]
 
     def eager_epoch():
         for idx in slices:
-            torch_step(trainer, _minibatch(batch, idx))
+            torch_step(trainer, batch.index(idx))
 
     def numpy_epoch(step):
         def epoch():
             for idx in index:  # the rows gathered as the eager step gathers them
-                step.step(*(np.take(x, idx, axis=0) for x in arrays))
+                step.step(*(np.take(x, idx, axis=0) for x in rows), tuple(np.take(x, idx, axis=0) for x in extra))
         return epoch
 
     ways = {"eager": eager_epoch, **{name: numpy_epoch(step) for name, step in steps.items()}}
@@ -320,6 +472,7 @@ def measure(algo: str, overrides: dict, repeats: int) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--algo", default="baseline", choices=("baseline", "barriernet"))
     parser.add_argument("--repeats", type=int, default=5, help="alternated rounds of each way (the best is kept)")
     parser.add_argument("--quick", action="store_true", help="a tiny batch: a smoke test, not a measurement")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -335,14 +488,14 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{cpu_model()}, numerics {os.environ.get(numerics.MARKER)}, torch {torch.__version__}, "
           f"numpy {np.__version__}, 1 thread, load average {load}"
           + (" [--quick: tiny batch, ratios are not meaningful]" if args.quick else ""))
-    r = measure("baseline", overrides, args.repeats)
+    r = measure(args.algo, overrides, args.repeats)
     labels = {"numpy": "NumPy, np.tanh", "rational": "NumPy, rational tanh (update_levers.rational_tanh)"}
     print("\none step from the same weights, against torch (float32 round-off: other bits, the same step)")
-    print("| way | loss | torch's loss | max gradient difference / max gradient | max weight difference / max step |\n"
+    print("| way | loss | torch's loss | max gradient difference / max gradient (worst tensor) | max weight difference / max step |\n"
           "|---|---|---|---|---|")
     for name, c in r["checks"].items():
         print(f"| {labels[name]} | {c['loss_numpy']:.7g} | {c['loss_torch']:.7g} | {c['grad_rel']:.1e} | {c['weight_rel']:.1e} |")
-    print(f"\nbaseline: one minibatch step ({r['minibatch']} states: loss, backward, clip, Adam), best of "
+    print(f"\n{args.algo}: one minibatch step ({r['minibatch']} states: loss, backward, clip, Adam), best of "
           f"{args.repeats} alternated epochs of {r['minibatches']}")
     print("| way | ms per minibatch | vs eager |\n|---|---|---|")
     print(f"| eager torch (as ppo_update) | {r['eager_ms']:.2f} | 1.00x |")

@@ -27,29 +27,56 @@ def bench():
     return module
 
 
-def _perturbed(rows, seed: int):
+QUICK = {"baseline": {}, "barriernet": {"train.num_envs": 64, "train.rollout_steps": 8}}
+
+
+def _perturbed(minibatch, seed: int):
     """The minibatch with the stored log-probabilities and values moved, so that some ratios
     leave [1 - clip, 1 + clip] on both sides and some value steps exceed the clip: at the
     rollout's own weights every ratio is 1 and no clipping branch would be tested."""
     gen = torch.Generator().manual_seed(seed)
-    obs, sample, log_prob, advantages, returns, value = rows
+    obs, sample, log_prob, advantages, returns, value = minibatch.rows
     log_prob = log_prob + 0.4 * torch.randn(log_prob.shape, generator=gen)
     value = value + 0.5 * torch.randn(value.shape, generator=gen)
-    return obs, sample, log_prob, advantages, returns, value
+    inputs = minibatch.inputs
+    if inputs.cbf_geometry is not None:
+        # BarrierNet: barrier values cut to a thousandth, so that many QPs have an active CBF row
+        # (a first rollout rarely comes near an obstacle) and the gradient through the QP is tested
+        inputs = inputs._replace(cbf_geometry=inputs.cbf_geometry._replace(h=inputs.cbf_geometry.h * 1e-3))
+    return minibatch._replace(rows=(obs, sample, log_prob, advantages, returns, value), inputs=inputs)
 
 
-@pytest.mark.parametrize("ent_coef,clip_vloss,tanh", [(0.0, True, "numpy"), (0.01, False, "rational")])
-def test_numpy_steps_follow_torch_autograd_and_adam(bench, ent_coef, clip_vloss, tanh):
+def _active_states(bench, trainer, minibatch) -> int:
+    """States of the minibatch whose mean's QP has an active row (NumPy step, current weights)."""
+    ours = bench.numpy_step_for(trainer)
+    rows, extra = minibatch.arrays()
+    ours.policy.log_prob(rows[0], rows[1], extra)
+    return int((ours.policy.saved[4][:, 0] >= 0).sum())
+
+
+def _trainer(bench, algo):
+    return bench.rollout_batch(algo, {**bench.QUICK, **QUICK[algo]})
+
+
+@pytest.mark.parametrize("algo,ent_coef,clip_vloss,tanh", [
+    ("baseline", 0.0, True, "numpy"), ("baseline", 0.01, False, "rational"),
+    ("barriernet", 0.0, True, "numpy"), ("barriernet", 0.01, False, "rational"),
+])
+def test_numpy_steps_follow_torch_autograd_and_adam(bench, algo, ent_coef, clip_vloss, tanh):
     from update_levers import rational_tanh  # benchmarks/ is on sys.path once bench is loaded
 
     tanh = {"numpy": np.tanh, "rational": rational_tanh}[tanh]
-    trainer, batch, slices = bench.rollout_batch("baseline", bench.QUICK)
+    trainer, batch, slices = _trainer(bench, algo)
     trainer.update_cfg = dataclasses.replace(trainer.update_cfg, ent_coef=ent_coef, clip_vloss=clip_vloss)
-    minibatches = [_perturbed(bench._minibatch(batch, idx), seed) for seed, idx in enumerate(slices * 2)]
+    minibatches = [_perturbed(batch.index(idx), seed) for seed, idx in enumerate(slices * 2)]
     clip = trainer.update_cfg.clip_coef
-    ratio = torch.exp(trainer.agent.actor.evaluate_actions(minibatches[0][0], None, minibatches[0][1])[0].detach()
-                      - minibatches[0][2])
+    (obs, sample, old_log_prob, *_), inputs = minibatches[0]
+    new_log_prob = trainer.agent.actor.evaluate_actions(obs, inputs.safety, sample, qp_hint=inputs.qp_hint,
+                                                        cbf_geometry=inputs.cbf_geometry)[0].detach()
+    ratio = torch.exp(new_log_prob - old_log_prob)
     assert (ratio < 1 - clip).any() and (ratio > 1 + clip).any() and ((ratio - 1).abs() < clip).any()
+    if algo == "barriernet":  # QPs with an active CBF row: the gradient goes through the QP
+        assert _active_states(bench, trainer, minibatches[0]) > 0.1 * obs.shape[0]
 
     check = bench.check_against_torch(trainer, minibatches[0], tanh)
     assert check["loss_numpy"] == pytest.approx(check["loss_torch"], rel=1e-5)
@@ -60,31 +87,54 @@ def test_numpy_steps_follow_torch_autograd_and_adam(bench, ent_coef, clip_vloss,
     trainer.agent.optimizer.state.clear()
     ours = bench.numpy_step_for(trainer, tanh)
     start = ours.flat.copy()
-    for rows in minibatches[1:]:
-        ours.step(*(x.numpy() for x in rows))
-        bench.torch_step(trainer, rows)
-    named = list(trainer.agent.actor.named_parameters()) + list(trainer.agent.critic.named_parameters())
+    for minibatch in minibatches[1:]:
+        rows, extra = minibatch.arrays()
+        ours.step(*rows, extra)
+        bench.torch_step(trainer, minibatch)
+    named = ([(f"actor.{n}", p) for n, p in trainer.agent.actor.named_parameters()]
+             + [(f"critic.{n}", p) for n, p in trainer.agent.critic.named_parameters()])
     theirs = np.concatenate([p.detach().numpy().ravel() for _, p in named])
     moved = np.abs(theirs - start).max()
     assert moved > 0
     assert np.abs(ours.flat - theirs).max() < 1e-3 * moved
-    assert ours.tensors()["actor.log_std"] == pytest.approx(named[0][1].detach().numpy(), abs=1e-3 * moved)
+    mine = ours.tensors()
+    for name, p in named[:1] + named[-1:]:  # the names map to the right tensors
+        np.testing.assert_allclose(mine[name], p.detach().numpy(), atol=1e-3 * moved)
+
+
+def _gradient_difference(bench, trainer, minibatch, ours) -> float:
+    """One step of `ours` and of torch from the same weights: `gradient_difference` after it."""
+    rows, extra = minibatch.arrays()
+    ours.loss_and_grad(*rows, extra)
+    ours.clip_and_step()
+    bench.torch_step(trainer, minibatch)
+    return bench.gradient_difference(ours, list(trainer.agent.actor.parameters()) + list(trainer.agent.critic.parameters()))
 
 
 def test_a_step_that_ignores_the_clipping_is_caught(bench):
     """The comparison can fail: a NumPy step whose gradient ignores the ratio and value clipping
     (a plausible slip) leaves the tolerance the test above holds, on the same perturbed minibatch."""
-    trainer, batch, slices = bench.rollout_batch("baseline", bench.QUICK)
-    rows = _perturbed(bench._minibatch(batch, slices[0]), 0)
+    trainer, batch, slices = _trainer(bench, "baseline")
     trainer.agent.optimizer.state.clear()
     ours = bench.numpy_step_for(trainer)
     ours.cfg = dataclasses.replace(ours.cfg, clip_coef=1e9)  # every ratio and value step "inside"
-    ours.loss_and_grad(*(x.numpy() for x in rows))
-    ours.clip_and_step()
-    bench.torch_step(trainer, rows)
-    named = list(trainer.agent.actor.parameters()) + list(trainer.agent.critic.parameters())
-    theirs = np.concatenate([p.grad.numpy().ravel() for p in named])
-    assert np.abs(ours.grad - theirs).max() / np.abs(theirs).max() > 1e-3
+    assert _gradient_difference(bench, trainer, _perturbed(batch.index(slices[0]), 0), ours) > 1e-3
+
+
+def test_a_barriernet_step_that_ignores_the_qp_is_caught(bench):
+    """The comparison can fail: with the QP's backward replaced by the unconstrained one (the
+    gradient as if no CBF row were active), BarrierNet's gradients leave the tolerance."""
+
+    def unconstrained_backward(grad_u, u, lam, Y, K, active, inv_norm, grad_H, grad_f, grad_A, grad_b):
+        grad_f[:] = -grad_u / weights  # u = -H^-1 f without constraints
+        grad_b[:] = 0.0
+
+    trainer, batch, slices = _trainer(bench, "barriernet")
+    trainer.agent.optimizer.state.clear()
+    ours = bench.numpy_step_for(trainer)
+    weights = ours.policy.weights
+    ours.policy.qp_backward = unconstrained_backward
+    assert _gradient_difference(bench, trainer, _perturbed(batch.index(slices[0]), 0), ours) > 1e-3
 
 
 def test_quick_run_prints_the_table_and_the_cpu(bench):
