@@ -29,9 +29,11 @@ element) and `update_levers.rational_tanh` (Eigen's, a few ulp; vectorised).
 
 Printed: the CPU; each way's one step against torch's from the same weights; ms per minibatch of
 the eager step (as `model.ppo.ppo_update` runs it, without the gradient probe) and of each NumPy
-way on the same minibatches, alternated; and what a whole iteration would take if only its
-update ran at a NumPy way's speed (the iteration timed in the same process; the rollout, GAE
-and the rest unchanged: an estimate).
+way on the same minibatches, alternated; what a whole iteration would take if only its update
+ran at a NumPy way's speed (the iteration timed in the same process; the rollout, GAE and the
+rest unchanged: an estimate); and where a rollout's time goes (env steps, the actor's and the
+critic's forward calls, the rest), with the rollout time that twice today's iteration speed
+would leave once the update is that fast.
 
 Its answer is not training's: OpenBLAS's products and either tanh round differently from MKL's
 COMPATIBLE branch and ATen's, so adopting such a step would move every result, and the learning
@@ -428,6 +430,41 @@ def gradient_difference(ours: NumpyPPOStep, params: list[torch.Tensor]) -> float
     return worst
 
 
+def rollout_split(trainer, repeats: int) -> dict[str, float]:
+    """Best-of-`repeats` ms of one rollout (`Trainer.collect_rollout`) and, in that rollout, of the
+    env's steps and the rollout actor's and critic's forward calls (timers around the three,
+    removed afterwards)."""
+    agent = trainer.agent
+    parts = {"env_step": 0.0, "actor": 0.0, "critic": 0.0}
+
+    def timed(name, fn):
+        def call(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                parts[name] += time.perf_counter() - start
+        return call
+
+    targets = {"env_step": (trainer.core, "step"), "actor": (agent.rollout_actor, "forward"),
+               "critic": (agent.rollout_critic, "forward")}
+    for name, (owner, attr) in targets.items():
+        setattr(owner, attr, timed(name, getattr(owner, attr)))
+    best = {"rollout": float("inf")}
+    try:
+        for _ in range(repeats):
+            parts.update(dict.fromkeys(parts, 0.0))
+            start = time.perf_counter()
+            trainer.collect_rollout()
+            took = time.perf_counter() - start
+            if took < best["rollout"]:
+                best = {"rollout": took, **parts}
+    finally:
+        for owner, attr in targets.values():
+            delattr(owner, attr)  # the instance attribute: the class's method again
+    return {name: seconds * 1e3 for name, seconds in best.items()}
+
+
 def measure(algo: str, overrides: dict, repeats: int) -> dict:
     """Alternated epochs (every minibatch once) of the eager step and the NumPy step with each
     tanh on the same minibatches, then whole iterations: best ms of each, and each NumPy way's
@@ -463,8 +500,9 @@ def measure(algo: str, overrides: dict, repeats: int) -> dict:
         start = time.perf_counter()
         trainer.train_one_update()
         iteration = min(iteration, time.perf_counter() - start)
+    split = rollout_split(trainer, max(2, repeats // 2))
     tp = trainer.params.train
-    return {"checks": checks, "minibatches": len(slices), "minibatch": trainer.minibatch_size,
+    return {"checks": checks, "rollout_split": split, "minibatches": len(slices), "minibatch": trainer.minibatch_size,
             **{f"{name}_ms": best[name] / len(slices) * 1e3 for name in ways},
             "iteration_ms": iteration * 1e3, "update_minibatches": tp.update_epochs * len(slices),
             "env_steps": tp.num_envs * tp.rollout_steps}
@@ -511,6 +549,19 @@ def main(argv: list[str] | None = None) -> dict:
         projected = r["iteration_ms"] - update_ms + r["update_minibatches"] * r[name + "_ms"]
         r[f"{name}_iteration_ms"] = projected
         print(f"| {label} | {projected:.0f} | {r['env_steps'] / projected * 1e3:,.0f} | {r['iteration_ms'] / projected:.2f}x |")
+    split = r["rollout_split"]
+    others = split["rollout"] - split["env_step"] - split["actor"] - split["critic"]
+    rest = r["rational_iteration_ms"] - split["rollout"]  # the update at the rational way's speed, GAE, logging
+    print(f"\nwhere a rollout's time goes (best of {max(2, args.repeats // 2)} rollouts, timers around the calls), and what "
+          "twice today's iteration speed leaves the rollout once the update runs at the rational way's speed")
+    print("| part | ms per rollout | share of today's iteration |\n|---|---|---|")
+    for label, ms in (("env.step", split["env_step"]), ("actor forward (its safety layer included)", split["actor"]),
+                      ("critic forward", split["critic"]), ("the rest of the rollout (obs norm, buffer, sums)", others),
+                      ("rollout", split["rollout"])):
+        print(f"| {label} | {ms:.0f} | {ms / r['iteration_ms']:.0%} |")
+    budget = r["iteration_ms"] / 2 - rest
+    print(f"2x needs the iteration at {r['iteration_ms'] / 2:.0f} ms: with the update, GAE and logging at ~{rest:.0f} ms, "
+          f"the rollout at {budget:.0f} ms or less ({budget / split['rollout']:.0%} of today's {split['rollout']:.0f} ms)")
     return r
 
 

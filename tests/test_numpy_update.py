@@ -145,3 +145,6 @@ def test_quick_run_prints_the_table_and_the_cpu(bench):
     assert "numerics pinned" in text and "| NumPy, rational tanh" in text and "whole iteration" in text
     assert result["eager_ms"] > 0 and result["numpy_ms"] > 0 and result["rational_ms"] > 0
     assert all(c["grad_rel"] < 1e-5 for c in result["checks"].values())
+    split = result["rollout_split"]  # the timed calls lie inside the rollout, each was called
+    assert 0 < split["env_step"] + split["actor"] + split["critic"] < split["rollout"]
+    assert min(split["env_step"], split["actor"], split["critic"]) > 0 and "2x needs the iteration" in text
