@@ -46,6 +46,7 @@ BarrierNet, active CBF rows). Nothing here changes training.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -508,11 +509,77 @@ def measure(algo: str, overrides: dict, repeats: int) -> dict:
             "env_steps": tp.num_envs * tp.rollout_steps}
 
 
+class NumpyLearner:
+    """Updates one Trainer by a NumpyPPOStep inside whole training iterations (`patched`): the
+    step is kept across iterations (Adam's moments carry on), the minibatch order is drawn from
+    the trainer's generator as `model.ppo.ppo_update` draws it, and the weights are written back
+    into the torch modules the rollout reads. The loss statistics are not logged."""
+
+    def __init__(self, trainer, tanh=np.tanh):
+        self.step = numpy_step_for(trainer, tanh)
+        self.params = list(trainer.agent.actor.parameters()) + list(trainer.agent.critic.parameters())
+
+    def update(self, actor, critic, optimizer, batch, cfg, generator, scaler=None, after_backward=None) -> dict:
+        """`model.ppo.ppo_update`'s signature; returns no statistics."""
+        self.step.lr = optimizer.param_groups[0]["lr"]
+        whole = Batch((batch.obs, batch.sample, batch.log_prob, batch.advantages, batch.returns, batch.value),
+                      actor.update_inputs(batch.safety, batch.obs, batch.record))
+        rows, extra = whole.arrays()
+        size = batch.obs.shape[0]
+        for _ in range(cfg.update_epochs):
+            order = torch.randperm(size, generator=generator).numpy()
+            for start in range(0, size, cfg.minibatch_size):
+                idx = order[start : start + cfg.minibatch_size]
+                self.step.step(*(np.take(x, idx, axis=0) for x in rows), tuple(np.take(x, idx, axis=0) for x in extra))
+        with torch.no_grad():
+            for p, value in zip(self.params, self.step.tensors().values()):
+                p.copy_(torch.from_numpy(value))
+        return {}
+
+    @contextlib.contextmanager
+    def patched(self):
+        """Inside: `model.ppo.ppo_iteration` calls `update` (run only this trainer's iterations here)."""
+        import model.ppo as ppo
+
+        original = ppo.ppo_update
+        ppo.ppo_update = self.update
+        try:
+            yield self
+        finally:
+            ppo.ppo_update = original
+
+
+def measure_whole(algo: str, overrides: dict, repeats: int) -> dict:
+    """Whole iterations of two Trainers of the same seed, alternated after a warm-up round: one as
+    training runs, one updated by the NumPy step with the rational tanh (`NumpyLearner`). Best
+    ms of each."""
+    from tasks.train import Trainer
+    from update_levers import rational_tanh
+
+    params = load_params(overrides={"train.total_steps": 10**7, **overrides})
+    torch_trainer = Trainer(params, algo, 0, update_device="cpu")
+    numpy_trainer = Trainer(params, algo, 0, update_device="cpu")
+    learner = NumpyLearner(numpy_trainer, rational_tanh)
+    ways = {"torch": (torch_trainer, contextlib.nullcontext), "numpy": (numpy_trainer, learner.patched)}
+    best = {name: float("inf") for name in ways}
+    for round_ in range(repeats + 1):
+        for name, (trainer, context) in ways.items():
+            with context():
+                start = time.perf_counter()
+                trainer.train_one_update()
+                if round_:
+                    best[name] = min(best[name], time.perf_counter() - start)
+    tp = params.train
+    return {"torch_ms": best["torch"] * 1e3, "numpy_ms": best["numpy"] * 1e3, "env_steps": tp.num_envs * tp.rollout_steps}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--algo", default="baseline", choices=("baseline", "barriernet"))
     parser.add_argument("--repeats", type=int, default=5, help="alternated rounds of each way (the best is kept)")
     parser.add_argument("--quick", action="store_true", help="a tiny batch: a smoke test, not a measurement")
+    parser.add_argument("--whole", action="store_true",
+                        help="also alternate whole training iterations with the update by the NumPy step (measured, not projected)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="a params override, e.g. train.num_envs=512")
     args = parser.parse_args(argv)
@@ -562,6 +629,16 @@ def main(argv: list[str] | None = None) -> dict:
     budget = r["iteration_ms"] / 2 - rest
     print(f"2x needs the iteration at {r['iteration_ms'] / 2:.0f} ms: with the update, GAE and logging at ~{rest:.0f} ms, "
           f"the rollout at {budget:.0f} ms or less ({budget / split['rollout']:.0%} of today's {split['rollout']:.0f} ms)")
+    if args.whole:
+        whole = measure_whole(args.algo, overrides, args.repeats)
+        print(f"\n{args.algo}: whole training iterations ({whole['env_steps']} env steps: rollout, GAE, update), best of "
+              f"{args.repeats} alternated after a warm-up; 'NumPy': the update by the NumPy step with the rational tanh "
+              "(its weights written back for the rollout; a timing, not a result)")
+        print("| update by | iteration ms | env-steps/s | vs torch |\n|---|---|---|---|")
+        for label, name in (("eager torch", "torch"), ("NumPy, rational tanh", "numpy")):
+            ms = whole[f"{name}_ms"]
+            print(f"| {label} | {ms:.0f} | {whole['env_steps'] / ms * 1e3:,.0f} | {whole['torch_ms'] / ms:.2f}x |")
+        r["whole"] = whole
     return r
 
 

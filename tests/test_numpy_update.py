@@ -140,7 +140,7 @@ def test_a_barriernet_step_that_ignores_the_qp_is_caught(bench):
 def test_quick_run_prints_the_table_and_the_cpu(bench):
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        result = bench.main(["--quick", "--repeats", "1"])
+        result = bench.main(["--quick", "--repeats", "1", "--whole"])
     text = out.getvalue()
     assert "numerics pinned" in text and "| NumPy, rational tanh" in text and "whole iteration" in text
     assert result["eager_ms"] > 0 and result["numpy_ms"] > 0 and result["rational_ms"] > 0
@@ -148,3 +148,27 @@ def test_quick_run_prints_the_table_and_the_cpu(bench):
     split = result["rollout_split"]  # the timed calls lie inside the rollout, each was called
     assert 0 < split["env_step"] + split["actor"] + split["critic"] < split["rollout"]
     assert min(split["env_step"], split["actor"], split["critic"]) > 0 and "2x needs the iteration" in text
+    assert result["whole"]["numpy_ms"] > 0 and "whole training iterations" in text
+
+
+def test_the_numpy_learner_trains_inside_real_iterations_and_hands_its_weights_to_the_rollout(bench):
+    """Under `NumpyLearner.patched` a training iteration's update is the NumPy step's (Adam's step
+    count says so), the torch modules the rollout reads hold its weights afterwards, and the
+    original `ppo_update` is back on exit."""
+    import model.ppo as ppo
+    from tasks.params import load_params
+    from tasks.train import Trainer
+
+    trainer = Trainer(load_params(overrides={**bench.QUICK, "train.total_steps": 10**6}), "barriernet", 0,
+                      update_device="cpu")
+    learner = bench.NumpyLearner(trainer)
+    original = ppo.ppo_update
+    before = learner.step.flat.copy()
+    with learner.patched():
+        trainer.train_one_update()
+    assert ppo.ppo_update is original
+    cfg = trainer.update_cfg
+    assert learner.step.steps == cfg.update_epochs * trainer.params.train.num_minibatches
+    assert not np.array_equal(learner.step.flat, before)
+    rollout = list(trainer.agent.rollout_actor.parameters()) + list(trainer.agent.rollout_critic.parameters())
+    assert np.array_equal(np.concatenate([p.detach().numpy().ravel() for p in rollout]), learner.step.flat)
