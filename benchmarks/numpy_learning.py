@@ -118,7 +118,7 @@ def train_and_evaluate(algo: str, seed: int, overrides: dict, workdir: Path) -> 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--algo", default="baseline", choices=("baseline", "barriernet"))
+    parser.add_argument("--algo", default="baseline", choices=("baseline", "barriernet", "cbf_beta", "shielded"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--quick", action="store_true", help="tiny budgets: a smoke test (no committed cell to compare)")
     parser.add_argument("--workdir", default=str(REPO / ".cache" / "numpy_learning"), help="throw-away outputs")

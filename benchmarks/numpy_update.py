@@ -1,8 +1,8 @@
-"""The PPO minibatch step outside torch (baseline, BarrierNet): what the update costs without
-per-op dispatch.
+"""The PPO minibatch step outside torch, for every algorithm: what the update costs without per-op
+dispatch.
 
     python benchmarks/numpy_update.py                       # the baseline, 5 alternated rounds
-    python benchmarks/numpy_update.py --algo barriernet --repeats 10
+    python benchmarks/numpy_update.py --algo barriernet --repeats 10 --whole
     python benchmarks/numpy_update.py --quick               # tiny batch (a smoke test)
 
 `update_levers.py --ceiling` showed that even free matrix products and tanh leave a baseline
@@ -14,9 +14,11 @@ pinned numerics. This measures how far that route goes before anyone builds it.
 by hand:
 
 - the actor's log-probability of the stored samples and its backward: `GaussianActor` (tanh MLP,
-  learned log-std) or `BarrierNetActor` in through_qp mode (tanh MLP, nominal and class-K heads,
-  the CBF rows' right sides gamma h / dt, the QP by the compiled loop of
-  `model.qp.cpu_n2_kernels` with its implicit-function backward, the clamp to the action box);
+  learned log-std; also inside `ShieldedActor`, whose QP only acts), `BarrierNetActor` in
+  through_qp mode (tanh MLP, nominal and class-K heads, the CBF rows' right sides gamma h / dt,
+  the QP by the compiled loop of `model.qp.cpu_n2_kernels` with its implicit-function backward,
+  the clamp to the action box) or `CBFBetaActor` (softplus concentrations, the Beta density on
+  the rollout's safe boxes, the Beta entropy; digamma and trigamma from scipy.special);
 - the `Critic` (tanh MLP);
 - the clipped surrogate, the clipped value loss and the entropy term of `model.ppo.ppo_losses`;
 - global-norm clipping;
@@ -40,7 +42,9 @@ COMPATIBLE branch and ATen's, so adopting such a step would move every result, a
 would have to be shown the same within the seed intervals. `check_against_torch` compares one
 step with torch's from the same weights: the loss, every gradient and the updated weights agree
 to float32 round-off (tests/test_numpy_update.py, with every clipping branch and, for
-BarrierNet, active CBF rows). Nothing here changes training.
+BarrierNet, active CBF rows). `--whole` alternates real training iterations, one Trainer's
+updates by the NumPy step (`NumpyLearner`); `benchmarks/numpy_learning.py` trains whole cells so
+and compares their held-out rates. Nothing here changes training.
 """
 
 from __future__ import annotations
@@ -222,6 +226,67 @@ class _BarrierNetPolicy:
         _backward(self.acts, grad_features, self.layers, self.grads)
 
 
+class _BetaPolicy:
+    """`CBFBetaActor.evaluate_actions` and its backward: alpha = 1 + softplus(raw[:, :2]), beta =
+    1 + softplus(raw[:, 2:]); log_prob = sum_d log Beta(x_d; alpha_d, beta_d) - log(box width)
+    on feasible states (0 elsewhere; the widths are the rollout's boxes, constant in the
+    parameters); entropy of the Beta, summed over d. digamma and trigamma from scipy.special."""
+
+    def __init__(self, step: "NumpyPPOStep", actor):
+        from model.cbf_beta import MIN_WIDTH_FRACTION
+
+        self.step = step
+        linears = _linears(actor)
+        self.layers, self.grads = step.layers_of(actor, linears[:-1])
+        self.head, self.head_grad = step.layers_of(actor, linears[-1:])
+        self.floor = MIN_WIDTH_FRACTION * (actor.high - actor.low).double().numpy()
+
+    def log_prob(self, obs, sample, extra) -> tuple[np.ndarray, float]:
+        from scipy import special
+
+        low, high, feasible = extra
+        self.acts = _forward(obs, self.layers, self.step.tanh)
+        self.acts[-1] = self.step.tanh(self.acts[-1])  # the backbone ends in a tanh: its features
+        raw = self.acts[-1] @ self.head[0][0].T + self.head[0][1]
+        # torch's softplus (beta 1, threshold 20): x itself above 20
+        soft = np.where(raw > 20, raw, np.log1p(np.exp(np.minimum(raw, 20)))).astype(np.float32)
+        self.raw = raw
+        a, b = 1.0 + soft[:, :2], 1.0 + soft[:, 2:]
+        self.a, self.b, self.x, self.feasible = a, b, sample, feasible
+        log_width = np.log(np.maximum(high - low, self.floor)).astype(np.float32).sum(-1)
+        log_beta = special.gammaln(a) + special.gammaln(b) - special.gammaln(a + b)
+        log_density = ((a - 1) * np.log(sample) + (b - 1) * np.log1p(-sample) - log_beta).sum(-1) - log_width
+        log_prob = np.where(feasible, log_density, 0.0).astype(np.float32)
+        psi_a, psi_b, psi_ab = special.digamma(a), special.digamma(b), special.digamma(a + b)
+        self.psi = (psi_a, psi_b, psi_ab)
+        entropy = log_beta - (a - 1) * psi_a - (b - 1) * psi_b + (a + b - 2) * psi_ab  # (B, 2)
+        return log_prob, entropy.sum(-1)
+
+    def backward(self, grad_log_prob: np.ndarray, grad_entropy: np.ndarray) -> None:
+        """grad_log_prob (B, 1); grad_entropy (B,): d loss / d entropy of each state."""
+        from scipy import special
+
+        a, b, x = self.a, self.b, self.x
+        psi_a, psi_b, psi_ab = self.psi
+        gate = grad_log_prob * self.feasible[:, None]
+        grad_a = gate * (np.log(x) - psi_a + psi_ab)
+        grad_b = gate * (np.log1p(-x) - psi_b + psi_ab)
+        if np.any(grad_entropy):  # dH/da = -(a - 1) psi'(a) + (a + b - 2) psi'(a + b), likewise b
+            tri_a, tri_b, tri_ab = special.polygamma(1, a), special.polygamma(1, b), special.polygamma(1, a + b)
+            g = grad_entropy[:, None]
+            grad_a = grad_a + g * (-(a - 1) * tri_a + (a + b - 2) * tri_ab)
+            grad_b = grad_b + g * (-(b - 1) * tri_b + (a + b - 2) * tri_ab)
+        sigmoid = 1.0 / (1.0 + np.exp(-self.raw))  # softplus' derivative (1 above the threshold)
+        sigmoid = np.where(self.raw > 20, 1.0, sigmoid)
+        grad_raw = (np.concatenate((grad_a, grad_b), 1) * sigmoid).astype(np.float32)
+        features = self.acts[-1]
+        np.matmul(grad_raw.T, features, out=self.head_grad[0][0])
+        np.sum(grad_raw, axis=0, out=self.head_grad[0][1])
+        grad_features = grad_raw @ self.head[0][0]
+        grad_features *= 1.0 - features * features
+        _backward(self.acts, grad_features, self.layers, self.grads)
+
+
 class NumpyPPOStep:
     """One PPO minibatch step of an actor (`GaussianActor` or `BarrierNetActor`) and a `Critic`
     in NumPy (module docstring).
@@ -235,7 +300,8 @@ class NumpyPPOStep:
     """
 
     def __init__(self, actor, critic, cfg, lr: float, betas=(0.9, 0.999), eps: float = 1e-5, tanh=np.tanh):
-        from model.actors import BarrierNetActor, GaussianActor
+        from model.actors import BarrierNetActor, GaussianActor, ShieldedActor
+        from model.cbf_beta import CBFBetaActor
 
         named = ([(f"actor.{n}", p) for n, p in actor.named_parameters()]
                  + [(f"critic.{n}", p) for n, p in critic.named_parameters()])
@@ -252,9 +318,11 @@ class NumpyPPOStep:
             offset += size
         self.names = [name for name, _ in named]
         self.shapes = [tuple(p.shape) for _, p in named]
-        policies = {GaussianActor: _GaussianPolicy, BarrierNetActor: _BarrierNetPolicy}
+        # the shielded actor scores its samples by the Gaussian policy it wraps (the QP only acts)
+        policies = {GaussianActor: _GaussianPolicy, BarrierNetActor: _BarrierNetPolicy, CBFBetaActor: _BetaPolicy,
+                    ShieldedActor: lambda step, shielded: _GaussianPolicy(step, shielded.actor)}
         if type(actor) not in policies:
-            raise ValueError(f"no NumPy step for {type(actor).__name__}; accepted: GaussianActor, BarrierNetActor")
+            raise ValueError(f"no NumPy step for {type(actor).__name__}; accepted: {', '.join(t.__name__ for t in policies)}")
         self.policy = policies[type(actor)](self, actor)
         self.critic_layers, self.critic_grads = self.layers_of(critic)
 
@@ -295,9 +363,11 @@ class NumpyPPOStep:
         else:
             v_loss = 0.5 * (error * error).mean()
             grad_value = error * (cfg.vf_coef / n)
-        loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
+        loss = pg_loss - cfg.ent_coef * np.mean(entropy) + cfg.vf_coef * v_loss
 
-        self.policy.backward((grad_ratio * ratio)[:, None], -cfg.ent_coef)
+        # d loss / d entropy: -ent_coef for a per-state constant, -ent_coef / B per state otherwise
+        grad_entropy = -cfg.ent_coef if np.ndim(entropy) == 0 else np.full(n, -cfg.ent_coef / n, np.float32)
+        self.policy.backward((grad_ratio * ratio)[:, None], grad_entropy)
         _backward(critic_acts, grad_value.astype(np.float32)[:, None], self.critic_layers, self.critic_grads)
         return float(loss)
 
@@ -347,8 +417,8 @@ class Batch(NamedTuple):
         """The rows as NumPy arrays (shared memory) and the NumPy step's `extra`: BarrierNet's CBF
         geometry (A, mask, h, barrier_mask, b_bounds) and QP hint; nothing for the baseline."""
         geometry, hint = self.inputs.cbf_geometry, self.inputs.qp_hint
-        extra = () if geometry is None else (*(x.numpy() for x in geometry), hint.numpy())
-        return tuple(x.numpy() for x in self.rows), extra
+        extra = () if geometry is None else tuple(x.numpy() for x in geometry)
+        return tuple(x.numpy() for x in self.rows), extra + (() if hint is None else (hint.numpy(),))
 
 
 def rollout_batch(algo: str, overrides: dict):
@@ -575,7 +645,7 @@ def measure_whole(algo: str, overrides: dict, repeats: int) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--algo", default="baseline", choices=("baseline", "barriernet"))
+    parser.add_argument("--algo", default="baseline", choices=("baseline", "barriernet", "cbf_beta", "shielded"))
     parser.add_argument("--repeats", type=int, default=5, help="alternated rounds of each way (the best is kept)")
     parser.add_argument("--quick", action="store_true", help="a tiny batch: a smoke test, not a measurement")
     parser.add_argument("--whole", action="store_true",

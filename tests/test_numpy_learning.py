@@ -48,7 +48,7 @@ def test_test_rates_count_only_the_arm_on_the_test_split(bench, tmp_path):
         bench.test_rates(path, "barriernet")
 
 
-@pytest.mark.parametrize("algo", ["baseline", "barriernet"])
+@pytest.mark.parametrize("algo", ["baseline", "barriernet", "cbf_beta", "shielded"])
 def test_quick_run_trains_every_minibatch_with_the_numpy_step(bench, tmp_path, algo):
     from tasks.params import load_params
 

@@ -27,7 +27,8 @@ def bench():
     return module
 
 
-QUICK = {"baseline": {}, "barriernet": {"train.num_envs": 64, "train.rollout_steps": 8}}
+QUICK = {"baseline": {}, "barriernet": {"train.num_envs": 64, "train.rollout_steps": 8}, "cbf_beta": {},
+         "shielded": {}}
 
 
 def _perturbed(minibatch, seed: int):
@@ -39,7 +40,7 @@ def _perturbed(minibatch, seed: int):
     log_prob = log_prob + 0.4 * torch.randn(log_prob.shape, generator=gen)
     value = value + 0.5 * torch.randn(value.shape, generator=gen)
     inputs = minibatch.inputs
-    if inputs.cbf_geometry is not None:
+    if hasattr(inputs.cbf_geometry, "barrier_mask"):
         # BarrierNet: barrier values cut to a thousandth, so that many QPs have an active CBF row
         # (a first rollout rarely comes near an obstacle) and the gradient through the QP is tested
         inputs = inputs._replace(cbf_geometry=inputs.cbf_geometry._replace(h=inputs.cbf_geometry.h * 1e-3))
@@ -61,6 +62,7 @@ def _trainer(bench, algo):
 @pytest.mark.parametrize("algo,ent_coef,clip_vloss,tanh", [
     ("baseline", 0.0, True, "numpy"), ("baseline", 0.01, False, "rational"),
     ("barriernet", 0.0, True, "numpy"), ("barriernet", 0.01, False, "rational"),
+    ("cbf_beta", 0.0, True, "rational"), ("cbf_beta", 0.01, False, "numpy"), ("shielded", 0.01, True, "rational"),
 ])
 def test_numpy_steps_follow_torch_autograd_and_adam(bench, algo, ent_coef, clip_vloss, tanh):
     from update_levers import rational_tanh  # benchmarks/ is on sys.path once bench is loaded
