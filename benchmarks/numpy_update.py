@@ -606,17 +606,54 @@ class NumpyLearner:
                 p.copy_(torch.from_numpy(value))
         return {}
 
+    def rollout_forwards(self, trainer) -> dict:
+        """NumPy stand-ins for the rollout's Gaussian policy (the baseline's, or the one a shielded
+        actor wraps) and critic forward calls, reading the step's weights: {(module, name): fn}.
+        The Gaussian noise is still drawn by torch.randn_like, so the RNG stream is training's."""
+        from model.actors import ActorOutput, GaussianActor, ShieldedActor
+
+        step, agent = self.step, trainer.agent
+        actor = agent.rollout_actor.actor if isinstance(agent.rollout_actor, ShieldedActor) else agent.rollout_actor
+        if not isinstance(actor, GaussianActor) or not isinstance(step.policy, _GaussianPolicy):
+            raise ValueError("the NumPy rollout forward covers the Gaussian policy (baseline, shielded) only")
+        policy = step.policy
+        low, high = actor.action_low.numpy(), actor.action_high.numpy()
+
+        def actor_forward(obs, safety=None, deterministic=False):
+            x = obs.numpy()
+            t = step.tanh(_forward(x, policy.layers, step.tanh)[-1])
+            mean = policy.centre + policy.half * t
+            std = policy.half * np.exp(policy.log_std)
+            noise = np.zeros_like(mean) if deterministic else torch.randn(mean.shape, dtype=torch.float32).numpy()
+            sample = mean + std * noise
+            z = (sample - mean) / std
+            log_prob = (-0.5 * z * z - np.log(std) - HALF_LOG_2PI).sum(1)
+            action = np.maximum(np.minimum(sample, high), low)
+            return ActorOutput(torch.from_numpy(action), torch.from_numpy(sample), torch.from_numpy(log_prob), {})
+
+        def critic_forward(obs):
+            return torch.from_numpy(np.ascontiguousarray(_forward(obs.numpy(), step.critic_layers, step.tanh)[-1][:, 0]))
+
+        return {(actor, "forward"): actor_forward, (agent.rollout_critic, "forward"): critic_forward}
+
     @contextlib.contextmanager
-    def patched(self):
-        """Inside: `model.ppo.ppo_iteration` calls `update` (run only this trainer's iterations here)."""
+    def patched(self, trainer=None):
+        """Inside: `model.ppo.ppo_iteration` calls `update` (run only this trainer's iterations
+        here); with `trainer`, its rollout's policy and critic forward calls are NumPy's too
+        (`rollout_forwards`)."""
         import model.ppo as ppo
 
         original = ppo.ppo_update
+        forwards = self.rollout_forwards(trainer) if trainer is not None else {}
         ppo.ppo_update = self.update
+        for (module, name), fn in forwards.items():
+            setattr(module, name, fn)
         try:
             yield self
         finally:
             ppo.ppo_update = original
+            for module, name in forwards:
+                delattr(module, name)
 
 
 def measure_whole(algo: str, overrides: dict, repeats: int) -> dict:
@@ -631,6 +668,10 @@ def measure_whole(algo: str, overrides: dict, repeats: int) -> dict:
     numpy_trainer = Trainer(params, algo, 0, update_device="cpu")
     learner = NumpyLearner(numpy_trainer, rational_tanh)
     ways = {"torch": (torch_trainer, contextlib.nullcontext), "numpy": (numpy_trainer, learner.patched)}
+    if isinstance(learner.step.policy, _GaussianPolicy):  # also the rollout's forward calls
+        both_trainer = Trainer(params, algo, 0, update_device="cpu")
+        both = NumpyLearner(both_trainer, rational_tanh)
+        ways["numpy_rollout"] = (both_trainer, lambda: both.patched(both_trainer))
     best = {name: float("inf") for name in ways}
     for round_ in range(repeats + 1):
         for name, (trainer, context) in ways.items():
@@ -640,7 +681,7 @@ def measure_whole(algo: str, overrides: dict, repeats: int) -> dict:
                 if round_:
                     best[name] = min(best[name], time.perf_counter() - start)
     tp = params.train
-    return {"torch_ms": best["torch"] * 1e3, "numpy_ms": best["numpy"] * 1e3, "env_steps": tp.num_envs * tp.rollout_steps}
+    return {**{f"{name}_ms": ms * 1e3 for name, ms in best.items()}, "env_steps": tp.num_envs * tp.rollout_steps}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -705,7 +746,10 @@ def main(argv: list[str] | None = None) -> dict:
               f"{args.repeats} alternated after a warm-up; 'NumPy': the update by the NumPy step with the rational tanh "
               "(its weights written back for the rollout; a timing, not a result)")
         print("| update by | iteration ms | env-steps/s | vs torch |\n|---|---|---|---|")
-        for label, name in (("eager torch", "torch"), ("NumPy, rational tanh", "numpy")):
+        for label, name in (("eager torch", "torch"), ("NumPy, rational tanh", "numpy"),
+                            ("NumPy, and the rollout's policy and critic forward in NumPy", "numpy_rollout")):
+            if f"{name}_ms" not in whole:
+                continue
             ms = whole[f"{name}_ms"]
             print(f"| {label} | {ms:.0f} | {whole['env_steps'] / ms * 1e3:,.0f} | {whole['torch_ms'] / ms:.2f}x |")
         r["whole"] = whole

@@ -174,3 +174,29 @@ def test_the_numpy_learner_trains_inside_real_iterations_and_hands_its_weights_t
     assert not np.array_equal(learner.step.flat, before)
     rollout = list(trainer.agent.rollout_actor.parameters()) + list(trainer.agent.rollout_critic.parameters())
     assert np.array_equal(np.concatenate([p.detach().numpy().ravel() for p in rollout]), learner.step.flat)
+
+
+@pytest.mark.parametrize("algo", ["baseline", "shielded"])
+def test_the_numpy_rollout_forward_equals_torchs_up_to_round_off(bench, algo):
+    """The rollout's Gaussian policy and critic by NumPy (`rollout_forwards`) against the torch
+    modules from the same weights and the same RNG state: action, sample, log_prob and value agree
+    to float32 round-off; a shielded actor's wrapped policy is the one replaced."""
+    from tasks.params import load_params
+    from tasks.train import Trainer
+
+    trainer = Trainer(load_params(overrides={**bench.QUICK, "train.total_steps": 10**6}), algo, 0, update_device="cpu")
+    agent = trainer.agent
+    policy = agent.rollout_actor.actor if algo == "shielded" else agent.rollout_actor
+    obs = agent.obs_rms.normalize(trainer.next_obs)
+    forwards = {module: fn for (module, _), fn in bench.NumpyLearner(trainer).rollout_forwards(trainer).items()}
+    assert set(forwards) == {policy, agent.rollout_critic}
+    with torch.no_grad():
+        torch.manual_seed(7)
+        theirs = policy(obs)
+        torch.manual_seed(7)
+        ours = forwards[policy](obs)
+        value = agent.rollout_critic(obs)
+    for name in ("action", "sample", "log_prob"):
+        np.testing.assert_allclose(getattr(ours, name).numpy(), getattr(theirs, name).numpy(), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(ours.sample.numpy(), policy(obs, deterministic=True).sample.detach().numpy())  # noise drawn
+    np.testing.assert_allclose(forwards[agent.rollout_critic](obs).numpy(), value.numpy(), rtol=1e-5, atol=1e-5)
