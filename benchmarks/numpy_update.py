@@ -169,33 +169,51 @@ class _BarrierNetPolicy:
         self.entropy = float((0.5 + HALF_LOG_2PI + np.log(self.std)).sum())
         self.qp_backward = backward_batch  # the QP's implicit-function backward (an attribute: tests swap it)
 
-    def log_prob(self, obs, sample, extra) -> tuple[np.ndarray, float]:
-        from model.qp import cpu_numpy
-        from model.qp.cpu_n2_kernels import allocate_outputs, solve_batch
-
-        A, mask, h, barrier_mask, b_bounds, hint = extra
-        batch, m = mask.shape
+    def heads(self, obs) -> tuple[np.ndarray, np.ndarray]:
+        """obs (B, D) -> nominal (B, 2), gamma (B, M); keeps what `backward` needs."""
         self.acts = _forward(obs, self.layers, self.step.tanh)
         self.acts[-1] = self.step.tanh(self.acts[-1])  # the backbone ends in a tanh: its features
         features = self.acts[-1]
         raw_nominal = features @ self.nominal_head[0][0].T + self.nominal_head[0][1]
         raw_gamma = features @ self.gamma_head[0][0].T + self.gamma_head[0][1]
         self.t = self.step.tanh(raw_nominal)
-        nominal = self.centre + self.half * self.t
         self.sig = 1.0 / (1.0 + np.exp(-raw_gamma))
-        gamma = self.gamma_min + self.gamma_span * self.sig
-        self.h, self.barrier_mask = h, barrier_mask
-        b = np.concatenate((np.where(barrier_mask, (gamma / self.dt) * h, 1.0).astype(np.float32), b_bounds), 1)
+        return self.centre + self.half * self.t, self.gamma_min + self.gamma_span * self.sig
+
+    def solve(self, u_ref, A, mask, b, hint) -> tuple[np.ndarray, ...]:
+        """The projection's QP min 1/2 (u - u_ref)' W (u - u_ref) s.t. the rows, as `solve_qp`
+        solves it on the CPU (the compiled loop, the NumPy full rule for what it cannot settle).
+        hint (B, 2) int64 or None. Returns u, lam, Y, K, active, inv_norm, feasible."""
+        from model.qp import cpu_numpy
+        from model.qp.cpu_n2_kernels import allocate_outputs, solve_batch
+
+        batch, m = mask.shape
         H = np.broadcast_to(np.diag(self.weights), (batch, 2, 2))
-        f = -nominal * self.weights
+        f = -u_ref * self.weights
         out = allocate_outputs(batch, m)
         u, lam, used, Y, K, active, inv_norm, lam_rows, passed = out
-        solve_batch(H, f, A, b, mask, True, hint, True, *self.tolerances, *out)
+        has_hint = hint is not None
+        solve_batch(H, f, A, b, mask, True, hint if has_hint else np.full((1, 2), -1, np.int64), has_hint,
+                    *self.tolerances, *out)
         u, lam, Y, K, inv_norm = (x.astype(np.float32) for x in (u, lam, Y, K, inv_norm))
+        feasible = passed.copy()
         if not passed.all():  # what the compiled loop cannot settle: the NumPy full rule, as solve_qp does
             rest = np.flatnonzero(~passed)
-            (active[rest], _, _, u[rest], lam[rest], Y[rest], K[rest], inv_norm[rest], _) = cpu_numpy.full_rule_rows(
-                np.ascontiguousarray(H[rest]), f[rest], A[rest], b[rest], mask[rest], torch.float32)
+            (active[rest], feasible[rest], _, u[rest], lam[rest], Y[rest], K[rest], inv_norm[rest], _) = \
+                cpu_numpy.full_rule_rows(np.ascontiguousarray(H[rest]), f[rest], A[rest], b[rest], mask[rest],
+                                         torch.float32)
+        return u, lam, Y, K, active, inv_norm, feasible
+
+    def right_sides(self, gamma, h, barrier_mask, b_bounds) -> np.ndarray:
+        """b (B, m): gamma h / dt on the present barrier rows, 1 on absent ones, then the bounds."""
+        return np.concatenate((np.where(barrier_mask, (gamma / self.dt) * h, 1.0).astype(np.float32), b_bounds), 1)
+
+    def log_prob(self, obs, sample, extra) -> tuple[np.ndarray, float]:
+        A, mask, h, barrier_mask, b_bounds, hint = extra
+        m = mask.shape[1]
+        nominal, gamma = self.heads(obs)
+        self.h, self.barrier_mask = h, barrier_mask
+        u, lam, Y, K, active, inv_norm, _ = self.solve(nominal, A, mask, self.right_sides(gamma, h, barrier_mask, b_bounds), hint)
         self.saved = (u, lam, Y, K, active, inv_norm, m)
         mean = np.maximum(np.minimum(u, self.high), self.low)
         # torch.minimum / maximum: the gradient to the larger (smaller) side, half each on a tie
@@ -614,27 +632,67 @@ class NumpyLearner:
 
         step, agent = self.step, trainer.agent
         actor = agent.rollout_actor.actor if isinstance(agent.rollout_actor, ShieldedActor) else agent.rollout_actor
-        if not isinstance(actor, GaussianActor) or not isinstance(step.policy, _GaussianPolicy):
-            raise ValueError("the NumPy rollout forward covers the Gaussian policy (baseline, shielded) only")
         policy = step.policy
-        low, high = actor.action_low.numpy(), actor.action_high.numpy()
+        if isinstance(policy, _BarrierNetPolicy):
+            actor_forward = self._barriernet_forward(agent.rollout_actor)
+        elif isinstance(actor, GaussianActor) and isinstance(policy, _GaussianPolicy):
+            low, high = actor.action_low.numpy(), actor.action_high.numpy()
 
-        def actor_forward(obs, safety=None, deterministic=False):
-            x = obs.numpy()
-            t = step.tanh(_forward(x, policy.layers, step.tanh)[-1])
-            mean = policy.centre + policy.half * t
-            std = policy.half * np.exp(policy.log_std)
-            noise = np.zeros_like(mean) if deterministic else torch.randn(mean.shape, dtype=torch.float32).numpy()
-            sample = mean + std * noise
-            z = (sample - mean) / std
-            log_prob = (-0.5 * z * z - np.log(std) - HALF_LOG_2PI).sum(1)
-            action = np.maximum(np.minimum(sample, high), low)
-            return ActorOutput(torch.from_numpy(action), torch.from_numpy(sample), torch.from_numpy(log_prob), {})
+            def actor_forward(obs, safety=None, deterministic=False):
+                x = obs.numpy()
+                t = step.tanh(_forward(x, policy.layers, step.tanh)[-1])
+                mean = policy.centre + policy.half * t
+                std = policy.half * np.exp(policy.log_std)
+                noise = np.zeros_like(mean) if deterministic else torch.randn(mean.shape, dtype=torch.float32).numpy()
+                sample = mean + std * noise
+                z = (sample - mean) / std
+                log_prob = (-0.5 * z * z - np.log(std) - HALF_LOG_2PI).sum(1)
+                action = np.maximum(np.minimum(sample, high), low)
+                return ActorOutput(torch.from_numpy(action), torch.from_numpy(sample), torch.from_numpy(log_prob), {})
+        else:
+            raise ValueError("the NumPy rollout forward covers the Gaussian policy (baseline, shielded) and BarrierNet")
 
         def critic_forward(obs):
             return torch.from_numpy(np.ascontiguousarray(_forward(obs.numpy(), step.critic_layers, step.tanh)[-1][:, 0]))
 
         return {(actor, "forward"): actor_forward, (agent.rollout_critic, "forward"): critic_forward}
+
+    def _barriernet_forward(self, actor):
+        """`BarrierNetActor.forward` (through_qp, the training's K obstacles) in NumPy: heads, the
+        CBF rows (their gamma-free part by torch, `cbf_geometry`), the mean's QP, the sample's QP
+        warm-started by the mean's active set, and the info the rollout's curves and record read."""
+        from model.actors import ActorOutput
+
+        policy = self.step.policy
+        tol = actor.cbf_params.intervention_tol
+        full_scale = policy.centre + policy.half
+
+        def forward(obs, safety, deterministic=False):
+            nominal, gamma = policy.heads(obs.numpy())
+            A, mask, h, barrier_mask, b_bounds = (x.numpy() for x in actor.projection.geometry(safety, obs.new_empty(0)))
+            b = policy.right_sides(gamma, h, barrier_mask, b_bounds)
+            noise = (np.zeros_like(nominal) if deterministic
+                     else policy.std * torch.randn(nominal.shape, dtype=torch.float32).numpy())
+            u, *_, active_mean, _, feasible_mean = policy.solve(nominal, A, mask, b, None)
+            mean = np.maximum(np.minimum(u, policy.high), policy.low)
+            sample = mean + noise
+            if deterministic:
+                executed, feasible = mean, feasible_mean
+            else:
+                u, *_, feasible = policy.solve(sample, A, mask, b, active_mean)
+                executed = np.maximum(np.minimum(u, policy.high), policy.low)
+                feasible = feasible & feasible_mean
+            z = (sample - mean) / policy.std
+            log_prob = (-0.5 * z * z - np.log(policy.std) - HALF_LOG_2PI).sum(1)
+            proposal = np.maximum(np.minimum(nominal + noise, full_scale), policy.centre - policy.half)
+            correction = np.sqrt((((executed - proposal) / full_scale) ** 2).sum(-1))
+            info = {"nominal": nominal, "gamma": gamma, "proposal": proposal, "infeasible": ~feasible,
+                    "lookahead_h": np.where(barrier_mask, h, np.inf).astype(np.float32), "correction": correction,
+                    "intervened": correction > tol, "active_mean": active_mean}
+            return ActorOutput(torch.from_numpy(executed.astype(np.float32)), torch.from_numpy(sample),
+                               torch.from_numpy(log_prob), {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in info.items()})
+
+        return forward
 
     @contextlib.contextmanager
     def patched(self, trainer=None):
@@ -668,7 +726,7 @@ def measure_whole(algo: str, overrides: dict, repeats: int) -> dict:
     numpy_trainer = Trainer(params, algo, 0, update_device="cpu")
     learner = NumpyLearner(numpy_trainer, rational_tanh)
     ways = {"torch": (torch_trainer, contextlib.nullcontext), "numpy": (numpy_trainer, learner.patched)}
-    if isinstance(learner.step.policy, _GaussianPolicy):  # also the rollout's forward calls
+    if isinstance(learner.step.policy, (_GaussianPolicy, _BarrierNetPolicy)):  # also the rollout's forward calls
         both_trainer = Trainer(params, algo, 0, update_device="cpu")
         both = NumpyLearner(both_trainer, rational_tanh)
         ways["numpy_rollout"] = (both_trainer, lambda: both.patched(both_trainer))
@@ -747,7 +805,7 @@ def main(argv: list[str] | None = None) -> dict:
               "(its weights written back for the rollout; a timing, not a result)")
         print("| update by | iteration ms | env-steps/s | vs torch |\n|---|---|---|---|")
         for label, name in (("eager torch", "torch"), ("NumPy, rational tanh", "numpy"),
-                            ("NumPy, and the rollout's policy and critic forward in NumPy", "numpy_rollout")):
+                            ("NumPy, and the rollout's actor and critic forward in NumPy", "numpy_rollout")):
             if f"{name}_ms" not in whole:
                 continue
             ms = whole[f"{name}_ms"]

@@ -200,3 +200,38 @@ def test_the_numpy_rollout_forward_equals_torchs_up_to_round_off(bench, algo):
         np.testing.assert_allclose(getattr(ours, name).numpy(), getattr(theirs, name).numpy(), rtol=1e-5, atol=1e-5)
     assert not np.allclose(ours.sample.numpy(), policy(obs, deterministic=True).sample.detach().numpy())  # noise drawn
     np.testing.assert_allclose(forwards[agent.rollout_critic](obs).numpy(), value.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_the_numpy_barriernet_rollout_forward_equals_torchs_up_to_round_off(bench):
+    """BarrierNet's rollout forward by NumPy (heads, both QPs, info) against the torch actor from
+    the same weights, RNG state and states (a rollout's worth of them, some with active CBF rows):
+    actions, samples, log-probabilities and the info the rollout reads."""
+    from env.core import SafetyState
+    from tasks.params import load_params
+    from tasks.train import Trainer
+
+    trainer = Trainer(load_params(overrides={**bench.QUICK, "train.num_envs": 256, "train.total_steps": 10**6}),
+                      "barriernet", 0, update_device="cpu")
+    trainer.collect_rollout()  # states spread over a rollout, not only starts
+    agent = trainer.agent
+    actor = agent.rollout_actor
+    forward = {module: fn for (module, _), fn in bench.NumpyLearner(trainer).rollout_forwards(trainer).items()}[actor]
+    buf = trainer.buffer
+    active = 0
+    for t in range(buf.num_steps):
+        safety = SafetyState(buf.pursuer[t], buf.obstacle_centres[t], buf.obstacle_radii[t], buf.obstacle_mask[t])
+        obs = buf.obs[t]
+        with torch.no_grad():
+            torch.manual_seed(t)
+            theirs = actor(obs, safety)
+            torch.manual_seed(t)
+            ours = forward(obs, safety)
+        for name in ("action", "sample", "log_prob"):
+            np.testing.assert_allclose(getattr(ours, name).numpy(), getattr(theirs, name).detach().numpy(),
+                                       rtol=1e-4, atol=1e-5)
+        for key in ("intervened", "infeasible", "active_mean"):
+            assert torch.equal(ours.info[key], theirs.info[key]), key
+        for key in ("nominal", "gamma", "proposal", "correction", "lookahead_h"):
+            np.testing.assert_allclose(ours.info[key].numpy(), theirs.info[key].detach().numpy(), rtol=1e-4, atol=1e-5)
+        active += int((ours.info["active_mean"][:, 0] >= 0).sum())
+    assert active > 0
