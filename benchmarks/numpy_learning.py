@@ -48,22 +48,29 @@ QUICK = {"train.total_steps": 4096, "train.num_envs": 32, "train.rollout_steps":
          "eval.dev_episodes": 8, "eval.num_envs": 64}
 
 
-def patched_update(tanh):
+def patched_update(tanh, rollout: bool = False):
     """A `model.ppo.ppo_update` stand-in that updates each actor by its own `NumpyLearner`
-    (created at its first update from the actor's trainer state: weights, lr, Adam settings).
+    (created at its first update from the actor's trainer state: weights, lr, Adam settings);
+    with `rollout`, the actor's and critic's rollout forward calls are NumPy's from then on
+    (`NumpyLearner.rollout_forwards`; the CPU rollout reads the learner's own modules).
     Returns (the stand-in, {id(actor): its learner})."""
     import numpy_update
 
     learners: dict[int, numpy_update.NumpyLearner] = {}
 
-    class _TrainerView:  # what NumpyLearner reads of a Trainer
+    class _TrainerView:  # what NumpyLearner reads of a Trainer (a CPU one: the rollout reads the learner)
         def __init__(self, actor, critic, optimizer, cfg):
-            self.agent = type("Agent", (), {"actor": actor, "critic": critic, "optimizer": optimizer})()
+            self.agent = type("Agent", (), {"actor": actor, "critic": critic, "optimizer": optimizer,
+                                            "rollout_actor": actor, "rollout_critic": critic})()
             self.update_cfg = cfg
 
     def update(actor, critic, optimizer, batch, cfg, generator, scaler=None, after_backward=None) -> dict:
         if id(actor) not in learners:
-            learners[id(actor)] = numpy_update.NumpyLearner(_TrainerView(actor, critic, optimizer, cfg), tanh)
+            view = _TrainerView(actor, critic, optimizer, cfg)
+            learners[id(actor)] = learner = numpy_update.NumpyLearner(view, tanh)
+            if rollout:
+                for (module, name), fn in learner.rollout_forwards(view).items():
+                    setattr(module, name, fn)
         return learners[id(actor)].update(actor, critic, optimizer, batch, cfg, generator)
 
     return update, learners
@@ -93,15 +100,16 @@ def zero_upper(episodes: int, confidence: float = 0.95) -> float:
     return 1.0 - ((1.0 - confidence) / 2) ** (1.0 / episodes)
 
 
-def train_and_evaluate(algo: str, seed: int, overrides: dict, workdir: Path) -> dict:
-    """Train (NumPy updates) and evaluate one cell in `workdir`; returns its test rates and times."""
+def train_and_evaluate(algo: str, seed: int, overrides: dict, workdir: Path, rollout: bool = False) -> dict:
+    """Train (NumPy updates; with `rollout` NumPy rollout forward calls too) and evaluate one cell
+    in `workdir`; returns its test rates and times."""
     import model.ppo as ppo
     from tasks import evaluate, train
     from update_levers import rational_tanh
 
     params = load_params(overrides={"eval.arms": [algo], "eval.filter_sweep.enabled": False, **overrides})
     original = ppo.ppo_update
-    ppo.ppo_update, learners = patched_update(rational_tanh)
+    ppo.ppo_update, learners = patched_update(rational_tanh, rollout)
     try:
         start = time.perf_counter()
         train.run(params, workdir, algo, seed)
@@ -121,6 +129,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--algo", default="baseline", choices=("baseline", "barriernet", "cbf_beta", "shielded"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--quick", action="store_true", help="tiny budgets: a smoke test (no committed cell to compare)")
+    parser.add_argument("--rollout", action="store_true",
+                        help="the rollout's actor and critic forward in NumPy too (baseline, shielded, barriernet)")
     parser.add_argument("--workdir", default=str(REPO / ".cache" / "numpy_learning"), help="throw-away outputs")
     args = parser.parse_args(argv)
     from side_by_side import cpu_model
@@ -132,14 +142,15 @@ def main(argv: list[str] | None = None) -> dict:
     if root.exists():
         shutil.rmtree(root)
     overrides = QUICK if args.quick else {}
-    print(f"{cpu_model()}, numerics {os.environ.get(numerics.MARKER)}, {args.algo}, seeds {args.seeds}"
+    print(f"{cpu_model()}, numerics {os.environ.get(numerics.MARKER)}, {args.algo}, seeds {args.seeds}, NumPy "
+          + ("update and rollout forward" if args.rollout else "update, torch's rollout")
           + (" [--quick: tiny budgets, rates are not meaningful]" if args.quick else ""))
     rows = []
     saved_state_dir = os.environ.get("BARRIERNET_STATE_DIR")
     os.environ["BARRIERNET_STATE_DIR"] = str(root / "state")  # never resume the real training's checkpoints
     try:
         for seed in args.seeds:
-            ours = train_and_evaluate(args.algo, seed, overrides, root)
+            ours = train_and_evaluate(args.algo, seed, overrides, root, args.rollout)
             committed = REPO / "results" / "eval" / f"{args.algo}-s{seed}" / "episodes.csv"
             theirs = test_rates(committed, args.algo) if committed.is_file() and not args.quick else (math.nan,) * 3
             rows.append({"seed": seed, **ours, "torch_capture": theirs[0], "torch_collision": theirs[1]})

@@ -48,14 +48,16 @@ def test_test_rates_count_only_the_arm_on_the_test_split(bench, tmp_path):
         bench.test_rates(path, "barriernet")
 
 
-@pytest.mark.parametrize("algo", ["baseline", "barriernet", "cbf_beta", "shielded"])
-def test_quick_run_trains_every_minibatch_with_the_numpy_step(bench, tmp_path, algo):
+@pytest.mark.parametrize("algo,rollout", [("baseline", False), ("barriernet", True), ("cbf_beta", False),
+                                          ("shielded", True)])
+def test_quick_run_trains_every_minibatch_with_the_numpy_step(bench, tmp_path, algo, rollout):
     from tasks.params import load_params
 
     before = os.environ.get("BARRIERNET_STATE_DIR")
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        result = bench.main(["--algo", algo, "--quick", "--seeds", "0", "--workdir", str(tmp_path)])
+        result = bench.main(["--algo", algo, "--quick", "--seeds", "0", "--workdir", str(tmp_path)]
+                            + (["--rollout"] if rollout else []))
     tp = load_params(overrides=bench.QUICK).train
     (row,) = result["rows"]
     assert row["numpy_steps"] == tp.num_updates * tp.update_epochs * tp.num_minibatches
