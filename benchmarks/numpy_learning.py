@@ -71,7 +71,7 @@ def patched_update(tanh, rollout: bool = False):
             if rollout:
                 for (module, name), fn in learner.rollout_forwards(view).items():
                     setattr(module, name, fn)
-        return learners[id(actor)].update(actor, critic, optimizer, batch, cfg, generator)
+        return learners[id(actor)].update(actor, critic, optimizer, batch, cfg, generator, scaler, after_backward)
 
     return update, learners
 

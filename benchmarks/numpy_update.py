@@ -233,7 +233,8 @@ class _BarrierNetPolicy:
         barriers = self.h.shape[1]
         grad_gamma = np.where(self.barrier_mask, grad_b[:, :barriers] * self.h, 0.0).astype(np.float32) / np.float32(self.dt)
         grad_raw_gamma = grad_gamma * self.gamma_span * self.sig * (1.0 - self.sig)
-        grad_raw_nominal = -grad_f * self.weights * self.half * (1.0 - self.t * self.t)
+        self.grad_nominal = -grad_f * self.weights  # d loss / d nominal (B, 2): GradientProbe's number
+        grad_raw_nominal = self.grad_nominal * self.half * (1.0 - self.t * self.t)
         features = self.acts[-1]
         (nominal_w, _), (gamma_w, _) = self.nominal_head[0], self.gamma_head[0]
         for (gw, gb), g in ((self.nominal_grad[0], grad_raw_nominal), (self.gamma_grad[0], grad_raw_gamma)):
@@ -306,7 +307,7 @@ class _BetaPolicy:
 
 
 class NumpyPPOStep:
-    """One PPO minibatch step of an actor (`GaussianActor` or `BarrierNetActor`) and a `Critic`
+    """One PPO minibatch step of an actor (`GaussianActor`, `ShieldedActor`, `BarrierNetActor` or `CBFBetaActor`) and a `Critic`
     in NumPy (module docstring).
 
     The parameters (actor's, then critic's, in `named_parameters` order, as the trainer's Adam
@@ -382,6 +383,11 @@ class NumpyPPOStep:
             v_loss = 0.5 * (error * error).mean()
             grad_value = error * (cfg.vf_coef / n)
         loss = pg_loss - cfg.ent_coef * np.mean(entropy) + cfg.vf_coef * v_loss
+        log_ratio = log_prob - old_log_prob
+        # what ppo_update logs of each minibatch (CleanRL's names; k3 estimator of the KL)
+        self.last_stats = {"policy": float(pg_loss), "value": float(v_loss), "entropy": float(np.mean(entropy)),
+                           "approx_kl": float(((ratio - 1) - log_ratio).mean()),
+                           "clipfrac": float((np.abs(ratio - 1.0) > cfg.clip_coef).mean())}
 
         # d loss / d entropy: -ent_coef for a per-state constant, -ent_coef / B per state otherwise
         grad_entropy = -cfg.ent_coef if np.ndim(entropy) == 0 else np.full(n, -cfg.ent_coef / n, np.float32)
@@ -600,29 +606,61 @@ def measure(algo: str, overrides: dict, repeats: int) -> dict:
 class NumpyLearner:
     """Updates one Trainer by a NumpyPPOStep inside whole training iterations (`patched`): the
     step is kept across iterations (Adam's moments carry on), the minibatch order is drawn from
-    the trainer's generator as `model.ppo.ppo_update` draws it, and the weights are written back
-    into the torch modules the rollout reads. The loss statistics are not logged."""
+    the trainer's generator as `model.ppo.ppo_update` draws it, the trainer's gradient probe and
+    loss statistics run as in torch's update, and the weights are written back into the torch
+    modules the rollout reads."""
 
     def __init__(self, trainer, tanh=np.tanh):
         self.step = numpy_step_for(trainer, tanh)
         self.params = list(trainer.agent.actor.parameters()) + list(trainer.agent.critic.parameters())
 
     def update(self, actor, critic, optimizer, batch, cfg, generator, scaler=None, after_backward=None) -> dict:
-        """`model.ppo.ppo_update`'s signature; returns no statistics."""
-        self.step.lr = optimizer.param_groups[0]["lr"]
+        """`model.ppo.ppo_update`'s signature and statistics. `after_backward` (the trainer's
+        GradientProbe, or None) gets each minibatch's gradients before clipping, as in torch's
+        update (`feed_probe`)."""
+        from model.diagnostics import GradientProbe
+        from model.ppo import explained_variance
+
+        step = self.step
+        step.lr = optimizer.param_groups[0]["lr"]
         whole = Batch((batch.obs, batch.sample, batch.log_prob, batch.advantages, batch.returns, batch.value),
                       actor.update_inputs(batch.safety, batch.obs, batch.record))
         rows, extra = whole.arrays()
         size = batch.obs.shape[0]
+        if after_backward is not None and not isinstance(after_backward, GradientProbe):
+            raise TypeError(f"after_backward={after_backward!r}; accepted: None or a model.diagnostics.GradientProbe")
+        kls, clipfracs = [], []
         for _ in range(cfg.update_epochs):
             order = torch.randperm(size, generator=generator).numpy()
             for start in range(0, size, cfg.minibatch_size):
                 idx = order[start : start + cfg.minibatch_size]
-                self.step.step(*(np.take(x, idx, axis=0) for x in rows), tuple(np.take(x, idx, axis=0) for x in extra))
+                step.loss_and_grad(*(np.take(x, idx, axis=0) for x in rows), tuple(np.take(x, idx, axis=0) for x in extra))
+                if after_backward is not None:
+                    self.feed_probe(after_backward)
+                step.clip_and_step()
+                kls.append(step.last_stats["approx_kl"])
+                clipfracs.append(step.last_stats["clipfrac"])
         with torch.no_grad():
-            for p, value in zip(self.params, self.step.tensors().values()):
+            for p, value in zip(self.params, step.tensors().values()):
                 p.copy_(torch.from_numpy(value))
-        return {}
+        last = step.last_stats
+        return {"losses/policy_loss": last["policy"], "losses/value_loss": last["value"],
+                "losses/entropy": last["entropy"], "losses/approx_kl": float(np.mean(kls)),
+                "losses/clipfrac": float(np.mean(clipfracs)),
+                "losses/explained_variance": explained_variance(batch.value, batch.returns)}
+
+    def feed_probe(self, probe) -> None:
+        """What `GradientProbe.__call__` adds for one minibatch, from the NumPy gradients: each
+        actor tensor's gradient norm (float64), their total, and BarrierNet's per-sample loss
+        gradient reaching the nominal action (times B, as the probe scales it)."""
+        norms = np.array([math.sqrt(float(np.dot(g, g))) for g in
+                          (self.step.views[id(p)][1].astype(np.float64).ravel() for _, p in probe.named)])
+        probe.layer += torch.from_numpy(norms)
+        probe.total += math.sqrt(float(np.dot(norms, norms)))
+        probe.calls += 1
+        if probe.nominal and isinstance(self.step.policy, _BarrierNetPolicy):
+            grad = self.step.policy.grad_nominal.astype(np.float64)
+            probe.per_sample.append(torch.from_numpy(grad * grad.shape[0]))
 
     def rollout_forwards(self, trainer) -> dict:
         """NumPy stand-ins for the rollout's Gaussian policy (the baseline's, or the one a shielded
@@ -802,7 +840,8 @@ def main(argv: list[str] | None = None) -> dict:
         whole = measure_whole(args.algo, overrides, args.repeats)
         print(f"\n{args.algo}: whole training iterations ({whole['env_steps']} env steps: rollout, GAE, update), best of "
               f"{args.repeats} alternated after a warm-up; 'NumPy': the update by the NumPy step with the rational tanh "
-              "(its weights written back for the rollout; a timing, not a result)")
+              "(the gradient probe and loss statistics computed as in torch's; its weights written back for the "
+              "rollout; a timing, not a result)")
         print("| update by | iteration ms | env-steps/s | vs torch |\n|---|---|---|---|")
         for label, name in (("eager torch", "torch"), ("NumPy, rational tanh", "numpy"),
                             ("NumPy, and the rollout's actor and critic forward in NumPy", "numpy_rollout")):
