@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import importlib.util
 import io
+import os
 import sys
 from pathlib import Path
 
@@ -261,3 +262,57 @@ def test_the_numpy_learner_logs_what_torchs_update_logs(bench, algo):
             trainer.train_one_update()
         finally:
             trainer.probe = probe
+
+
+# One NumPy step, three times, on fixed weights and a fixed minibatch (numpy's RNG), in a fresh
+# process: the sha256 of the weights. argv: the numerics mode.
+_PINNED_PATH_SCRIPT = """
+import hashlib, sys
+mode = sys.argv[1]
+sys.argv = ["x", "--set", f"numerics.mode={mode}"]
+sys.path.insert(0, "benchmarks")
+import numpy_update as bench  # applies the mode before numpy, torch and numba load
+import numpy as np
+import torch
+from update_levers import rational_tanh
+from model.actors import Critic, GaussianActor
+from model.ppo import UpdateConfig
+from tasks.params import load_params
+
+params = load_params()
+actor, critic = GaussianActor(25, params.env, [64, 64], -0.5), Critic(25, [64, 64])
+rng = np.random.default_rng(0)
+with torch.no_grad():
+    for p in list(actor.parameters()) + list(critic.parameters()):
+        p.copy_(torch.from_numpy((0.3 * rng.standard_normal(tuple(p.shape))).astype(np.float32)))
+cfg = UpdateConfig(update_epochs=1, minibatch_size=1024, clip_coef=0.2, clip_vloss=True, ent_coef=0.01,
+                   vf_coef=0.5, max_grad_norm=0.5)
+step = bench.NumpyPPOStep(actor, critic, cfg, 1e-3, tanh=rational_tanh)
+f32 = lambda *shape: rng.standard_normal(shape).astype(np.float32)
+rows = (f32(1024, 25), f32(1024, 2), f32(1024) - 3.0, f32(1024), f32(1024), f32(1024))
+for _ in range(3):
+    step.step(*rows, ())
+print(hashlib.sha256(step.flat.tobytes()).hexdigest())
+"""
+
+
+def test_the_numpy_step_is_pinned_under_host_settings_and_not_without_the_pin():
+    """The NumPy route keeps `tasks/numerics.py`'s promise: under host settings that change
+    OpenBLAS's kernel, numpy's SIMD loops, numba's target and the thread counts, pinned processes
+    compute the same weights; the control, the same change in native mode, moves them."""
+    import subprocess
+
+    from tasks import numerics
+
+    host = {"OPENBLAS_CORETYPE": "Prescott", "NPY_DISABLE_CPU_FEATURES": "AVX2,FMA3", "NUMBA_CPU_NAME": "generic",
+            "OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2"}
+
+    def weights(mode, extra):
+        env = {k: v for k, v in os.environ.items() if k not in numerics.PINNED_ENV and k != numerics.MARKER}
+        done = subprocess.run([sys.executable, "-c", _PINNED_PATH_SCRIPT, mode], cwd=REPO, env={**env, **extra},
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.strip().splitlines()[-1]
+
+    assert weights("pinned", {}) == weights("pinned", host)
+    assert weights("native", {}) != weights("native", host)
