@@ -663,9 +663,10 @@ class NumpyLearner:
             probe.per_sample.append(torch.from_numpy(grad * grad.shape[0]))
 
     def rollout_forwards(self, trainer) -> dict:
-        """NumPy stand-ins for the rollout's Gaussian policy (the baseline's, or the one a shielded
-        actor wraps) and critic forward calls, reading the step's weights: {(module, name): fn}.
-        The Gaussian noise is still drawn by torch.randn_like, so the RNG stream is training's."""
+        """NumPy stand-ins for the rollout's actor forward (the Gaussian policy of the baseline or
+        the one a shielded actor wraps, or BarrierNet's: `_barriernet_forward`) and critic forward,
+        reading the step's weights: {(module, name): fn}. The Gaussian noise is still drawn by
+        torch's global generator, so the RNG stream is training's. CBF-Beta has none (ValueError)."""
         from model.actors import ActorOutput, GaussianActor, ShieldedActor
 
         step, agent = self.step, trainer.agent
