@@ -64,14 +64,14 @@ def patched_update(tanh, rollout: bool = False):
                                             "rollout_actor": actor, "rollout_critic": critic})()
             self.update_cfg = cfg
 
-    def update(actor, critic, optimizer, batch, cfg, generator, scaler=None, after_backward=None) -> dict:
+    def update(actor, critic, optimizer, batch, cfg, generator, scaler=None, after_backward=None, learner=None) -> dict:
         if id(actor) not in learners:
             view = _TrainerView(actor, critic, optimizer, cfg)
             learners[id(actor)] = learner = numpy_update.NumpyLearner(view, tanh)
             if rollout:
                 for (module, name), fn in learner.rollout_forwards(view).items():
                     setattr(module, name, fn)
-        return learners[id(actor)].update(actor, critic, optimizer, batch, cfg, generator, scaler, after_backward)
+        return learners[id(actor)].ppo_update(actor, critic, optimizer, batch, cfg, generator, scaler, after_backward)
 
     return update, learners
 

@@ -75,7 +75,7 @@ numerics.apply(numerics.mode_from_argv(sys.argv[1:]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from numba import njit, vectorize  # noqa: E402
+from numba import njit  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
@@ -276,38 +276,8 @@ def free_products_and_tanh():
         nn.Linear.forward, nn.Tanh.forward = linear_forward, tanh_forward
 
 
-# Eigen's generic_fast_tanh_float (Eigen/src/Core/MathFunctionsImpl.h): the clamp where the
-# rational's float32 value reaches 1, and the coefficients of its odd numerator (P) and even
-# denominator (Q) in x.
-_TANH_CLAMP = np.float32(7.90531110763549805)
-_TANH_TINY = np.float32(0.0004)  # below it tanh(x) rounds to x in float32
-_P13, _P11, _P9 = np.float32(-2.76076847742355e-16), np.float32(2.00018790482477e-13), np.float32(-8.60467152213735e-11)
-_P7, _P5, _P3 = np.float32(5.12229709037114e-08), np.float32(1.48572235717979e-05), np.float32(6.37261928875436e-04)
-_P1 = np.float32(4.89352455891786e-03)
-_Q6, _Q4 = np.float32(1.19825839466702e-06), np.float32(1.18534705686654e-04)
-_Q2, _Q0 = np.float32(2.26843463243900e-03), np.float32(4.89352518554385e-03)
-
-
-@vectorize(["float32(float32)"], cache=False)
-def rational_tanh(x):  # pragma: no cover (numba)
-    """tanh of a float32 array, elementwise, as Eigen computes it (see the module docstring):
-    Horner in x^2, one rounding per operation, so the bits depend on neither the CPU nor the
-    array's length (vector lanes and the scalar tail run the same operations)."""
-    if abs(x) < _TANH_TINY:
-        return x
-    c = _TANH_CLAMP if x > _TANH_CLAMP else x
-    c = -_TANH_CLAMP if c < -_TANH_CLAMP else c
-    x2 = c * c
-    p = x2 * _P13 + _P11
-    p = p * x2 + _P9
-    p = p * x2 + _P7
-    p = p * x2 + _P5
-    p = p * x2 + _P3
-    p = p * x2 + _P1
-    q = x2 * _Q6 + _Q4
-    q = q * x2 + _Q2
-    q = q * x2 + _Q0
-    return (c * p) / q
+# Eigen's float tanh as a numba ufunc (model/numpy_learner.py, which the NumPy learner uses)
+from model.numpy_learner import rational_tanh  # noqa: E402
 
 
 class _RationalTanh(torch.autograd.Function):

@@ -392,8 +392,13 @@ def ppo_update(
     generator: torch.Generator,
     scaler: "torch.amp.GradScaler | None" = None,
     after_backward: "Callable[[], None] | None" = None,
+    learner: object | None = None,
 ) -> dict[str, float]:
     """One PPO update over `batch` (update_epochs x shuffled minibatches).
+
+    `learner` (a `model.numpy_learner.NumpyLearner`, ``train.learner: numpy``, CPU only; not
+    imported here, so the stages that read this module do not depend on it): the update runs as
+    whole-array NumPy calls, the same algorithm with other bits; None: torch's autograd and Adam.
 
     `after_backward` is called after each minibatch's backward pass, before clipping (read-only
     diagnostics: model/diagnostics.py `GradientProbe`).
@@ -403,6 +408,8 @@ def ppo_update(
     then enabled around the forward passes (the actor keeps its QP in float32).
     Returns the logged statistics (CleanRL names).
     """
+    if learner is not None:
+        return learner.update(actor, batch, cfg, generator, after_backward)
     device = batch.obs.device
     batch_size = batch.obs.shape[0]
     amp = scaler is not None
@@ -510,6 +517,7 @@ def ppo_iteration(
     update_device: torch.device,
     learning_rate: float,
     after_backward: "Callable[[], None] | None" = None,
+    learner: object | None = None,
 ) -> tuple[Tensor, RolloutTotals, dict[str, float]]:
     """One PPO iteration from next_obs (N, D): set the learning rate, collect a rollout, GAE,
     update the learner, copy its weights to the rollout copy.
@@ -539,7 +547,7 @@ def ppo_iteration(
     try:
         stats = ppo_update(
             agent.actor, agent.critic, agent.optimizer, batch, update_cfg, agent.generator, agent.scaler,
-            after_backward=after_backward,
+            after_backward=after_backward, learner=learner,
         )
     except torch.cuda.OutOfMemoryError as exc:
         raise UpdateOutOfMemory(str(exc)) from exc

@@ -193,6 +193,9 @@ class Trainer:
         tp = params.train
         self.rollout_device = resolve_device(tp.rollout_device)
         self.update_device = resolve_device(update_device or tp.update_device)
+        if tp.learner == "numpy" and self.update_device.type != "cpu":  # before any model is built
+            raise ValueError(f"train.learner=numpy runs the update on the CPU, but the update device is "
+                             f"{self.update_device.type}; accepted: train.update_device=cpu, or train.learner=torch")
         config = training_config(params, algo, seed)
         # the device the learner really runs on ("auto" resolved, or the CPU fallback): its
         # weights differ from another device's, so a checkpoint never resumes on the other
@@ -252,6 +255,11 @@ class Trainer:
             max_grad_norm=tp.max_grad_norm, target_kl=tp.target_kl,
         )
         self.probe = GradientProbe(self.actor, self.scaler)  # read-only gradient diagnostics (DVCLive grad/*)
+        self.learner = None
+        if tp.learner == "numpy":
+            from model.numpy_learner import NumpyLearner
+
+            self.learner = NumpyLearner(self.actor, self.critic, self.optimizer, self.update_cfg)
         self.next_obs = self.core.reset()
         self.training_collisions = 0.0  # episodes ended by a collision so far (cumulative curve)
         self.update = 0  # updates done
@@ -322,7 +330,7 @@ class Trainer:
         try:
             self.next_obs, totals, update_stats = ppo_iteration(
                 self.agent, self.next_obs, self.iteration_cfg, self.update_cfg, self.update_device, learning_rate,
-                after_backward=self.probe,
+                after_backward=self.probe, learner=self.learner,
             )
         except NonFiniteStep as exc:
             raise self._nonfinite_error(exc) from None

@@ -1,0 +1,520 @@
+"""The PPO update as whole-array NumPy calls with a hand-derived backward (`train.learner: numpy`).
+
+Why: an eager torch update dispatches about 300 small ATen ops per minibatch, each with its
+autograd bookkeeping; at this project's sizes (two 64x64 tanh MLPs, minibatch 1,024, one thread)
+that dispatch, not arithmetic, is the update's cost. One step written as NumPy calls on whole
+arrays runs 2.2-2.7x faster per minibatch and whole training iterations 1.5-1.7x faster
+(`benchmarks/numpy_update.py`, measured on a 2-core AMD EPYC), and five seeds of every algorithm
+trained with it reach the same held-out capture and collision rates as the torch-trained ones
+within the seed intervals (`benchmarks/numpy_learning.py`).
+
+What it computes, per minibatch (`NumpyPPOStep`):
+
+- the actor's log-probability of the stored samples and its backward, per policy:
+  `GaussianActor` (tanh MLP, learned log-std; also inside `ShieldedActor`, whose QP only acts),
+  `BarrierNetActor` in through_qp mode with the dcbf rows (heads, the rows' right sides
+  gamma h / dt, the QP by the compiled loop of `model.qp.cpu_n2_kernels` with the NumPy full rule
+  for what it cannot settle, the QP's implicit-function backward, the clamp to the action box with
+  torch's tie gradients) or `CBFBetaActor` (softplus concentrations, the Beta density on the
+  rollout's safe boxes, the Beta entropy; digamma and trigamma from scipy.special);
+- the `Critic`;
+- the clipped surrogate, the clipped value loss and the entropy term of `model.ppo.ppo_losses`;
+- global-norm clipping and Adam as torch's fused Adam computes them, on one flat vector of every
+  parameter.
+
+`NumpyLearner` runs a whole update: it copies the weights and Adam's moments and step count in
+from the torch modules and optimizer, runs the epochs of shuffled minibatches (the permutation
+drawn from the same generator as `ppo_update`), feeds the trainer's `GradientProbe` and returns
+`ppo_update`'s statistics, then copies everything back. So checkpoints, resumes and the rollout
+read the torch objects as before.
+
+Numerics: its bits are not the torch learner's (OpenBLAS's products, `rational_tanh`), and every
+piece is pinned by `tasks/numerics.py`: OpenBLAS's Haswell kernels, NumPy's AVX2 loops, numba's
+Haswell target without fast-math, scipy.special's scalar C (tests/test_numpy_learner.py runs it
+under host settings that change each of them).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from numba import vectorize
+from torch import nn
+
+HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+# torch.nn.utils.clip_grad_norm_ divides by (total norm + this)
+CLIP_EPS = 1e-6
+
+
+# Eigen's generic_fast_tanh_float (Eigen/src/Core/MathFunctionsImpl.h): the clamp where the
+# rational's float32 value reaches 1, and the coefficients of its odd numerator (P) and even
+# denominator (Q) in x.
+_TANH_CLAMP = np.float32(7.90531110763549805)
+_TANH_TINY = np.float32(0.0004)  # below it tanh(x) rounds to x in float32
+_P13, _P11, _P9 = np.float32(-2.76076847742355e-16), np.float32(2.00018790482477e-13), np.float32(-8.60467152213735e-11)
+_P7, _P5, _P3 = np.float32(5.12229709037114e-08), np.float32(1.48572235717979e-05), np.float32(6.37261928875436e-04)
+_P1 = np.float32(4.89352455891786e-03)
+_Q6, _Q4 = np.float32(1.19825839466702e-06), np.float32(1.18534705686654e-04)
+_Q2, _Q0 = np.float32(2.26843463243900e-03), np.float32(4.89352518554385e-03)
+
+
+@vectorize(["float32(float32)"], cache=True)
+def rational_tanh(x):  # pragma: no cover (numba)
+    """tanh of a float32 array, elementwise, as Eigen computes it: clamp to +-7.9053, an odd
+    degree-13 over an even degree-6 polynomial, one division; x itself below 4e-4. Horner in x^2,
+    one rounding per operation (no fast-math), so the bits depend on neither the CPU nor the
+    array's length (vector lanes and the scalar tail run the same operations). A few ulp from
+    the true tanh, where ATen's is under one."""
+    if abs(x) < _TANH_TINY:
+        return x
+    c = _TANH_CLAMP if x > _TANH_CLAMP else x
+    c = -_TANH_CLAMP if c < -_TANH_CLAMP else c
+    x2 = c * c
+    p = x2 * _P13 + _P11
+    p = p * x2 + _P9
+    p = p * x2 + _P7
+    p = p * x2 + _P5
+    p = p * x2 + _P3
+    p = p * x2 + _P1
+    q = x2 * _Q6 + _Q4
+    q = q * x2 + _Q2
+    q = q * x2 + _Q0
+    return (c * p) / q
+
+
+def _linears(module: nn.Module) -> list[nn.Linear]:
+    """The nn.Linear layers of an MLP in forward order (hidden layers, then the head)."""
+    return [m for m in module.modules() if isinstance(m, nn.Linear)]
+
+
+def _forward(x: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray]], tanh=np.tanh) -> list[np.ndarray]:
+    """x (B, D) through Linear + tanh layers and a linear head: [x, h1, ..., h_L, head output].
+    tanh: a ufunc (np.tanh or update_levers.rational_tanh)."""
+    acts = [x]
+    for i, (weight, bias) in enumerate(layers):
+        z = acts[-1] @ weight.T
+        z += bias
+        # a new array, not out=z: numba's ufunc copies an aliased output first (5x slower)
+        acts.append(tanh(z) if i < len(layers) - 1 else z)
+    return acts
+
+
+def _backward(acts: list[np.ndarray], grad_out: np.ndarray, layers, grads) -> None:
+    """Fill grads [(grad_weight, grad_bias)] of `_forward`'s layers from grad_out (B, out), the
+    gradient of the head's output; the observation gets no gradient."""
+    g = grad_out
+    for i in reversed(range(len(layers))):
+        grad_weight, grad_bias = grads[i]
+        np.matmul(g.T, acts[i], out=grad_weight)
+        np.sum(g, axis=0, out=grad_bias)
+        if i:
+            g = g @ layers[i][0]
+            h = acts[i]  # tanh output feeding layer i
+            g *= 1.0 - h * h
+
+
+class _GaussianPolicy:
+    """`GaussianActor.evaluate_actions` and its backward: physical mean = centre + half tanh(raw),
+    std = half exp(log_std) (a parameter); the entropy's gradient reaches log_std."""
+
+    def __init__(self, step: "NumpyPPOStep", actor):
+        self.step = step
+        self.layers, self.grads = step.layers_of(actor)
+        self.log_std, self.log_std_grad = step.views[id(actor.log_std)]
+        self.centre = actor.action_centre.cpu().numpy().astype(np.float32)
+        self.half = actor.action_half_range.cpu().numpy().astype(np.float32)
+
+    def log_prob(self, obs, sample, extra) -> tuple[np.ndarray, float]:
+        """log_prob (B,) of the stored samples and the (per-state constant) entropy; keeps what
+        `backward` needs."""
+        self.acts = _forward(obs, self.layers, self.step.tanh)
+        self.t = self.step.tanh(self.acts[-1])
+        mean = self.centre + self.half * self.t
+        self.std = self.half * np.exp(self.log_std)
+        log_std_phys = np.log(self.std)
+        self.z = (sample - mean) / self.std
+        return (-0.5 * self.z * self.z - log_std_phys - HALF_LOG_2PI).sum(1), float((0.5 + HALF_LOG_2PI + log_std_phys).sum())
+
+    def backward(self, grad_log_prob: np.ndarray, grad_entropy: float) -> None:
+        """grad_log_prob (B, 1), grad_entropy (d loss / d entropy) -> the actor's gradients."""
+        grad_raw = grad_log_prob * self.z / self.std * self.half * (1.0 - self.t * self.t)  # d log_prob / d mean = z / std
+        self.log_std_grad[:] = (grad_log_prob * (self.z * self.z - 1.0)).sum(0) + grad_entropy
+        _backward(self.acts, grad_raw.astype(np.float32), self.layers, self.grads)
+
+
+class _BarrierNetPolicy:
+    """`BarrierNetActor.evaluate_actions` (through_qp, rows from the update's CBF geometry) and its
+    backward: nominal = centre + half tanh(raw), gamma = gamma_min + (gamma_max - gamma_min)
+    sigmoid(raw'); the barrier rows' right sides gamma h / dt; mean = the QP's solution (the
+    compiled loop of `model.qp.cpu_n2_kernels`, the NumPy full rule for what it cannot settle;
+    its implicit-function backward `backward_batch`), clamped to the action box; fixed std."""
+
+    def __init__(self, step: "NumpyPPOStep", actor):
+        from model.qp.common import FEAS_TOL, SINGULAR_TOL, TIE_REL
+        from model.qp.cpu_n2_kernels import backward_batch
+
+        if actor.update_mode != "through_qp" or actor.cbf_params.form != "dcbf":
+            raise ValueError("the NumPy BarrierNet step covers barriernet.update_mode=through_qp with cbf.form=dcbf")
+        self.step = step
+        linears = _linears(actor)  # backbone, then the nominal head, then the gamma head
+        backbone = linears[:-2]
+        self.layers, self.grads = step.layers_of(actor, backbone)
+        self.nominal_head, self.nominal_grad = step.layers_of(actor, [linears[-2]])
+        self.gamma_head, self.gamma_grad = step.layers_of(actor, [linears[-1]])
+        self.centre = actor.action_centre.cpu().numpy().astype(np.float32)
+        self.half = actor.action_half_range.cpu().numpy().astype(np.float32)
+        self.std = actor.std.cpu().numpy().astype(np.float32)
+        bn = actor.barriernet_params
+        self.gamma_min, self.gamma_span = np.float32(bn.gamma_min), np.float32(bn.gamma_max - bn.gamma_min)
+        self.dt = actor.env_params.dt
+        proj = actor.projection
+        self.weights = proj.weights.cpu().numpy()
+        self.low, self.high = proj.low.cpu().numpy(), proj.high.cpu().numpy()
+        self.tolerances = (FEAS_TOL[torch.float32], TIE_REL[torch.float32], SINGULAR_TOL[torch.float32])
+        self.entropy = float((0.5 + HALF_LOG_2PI + np.log(self.std)).sum())
+        self.qp_backward = backward_batch  # the QP's implicit-function backward (an attribute: tests swap it)
+
+    def heads(self, obs) -> tuple[np.ndarray, np.ndarray]:
+        """obs (B, D) -> nominal (B, 2), gamma (B, M); keeps what `backward` needs."""
+        self.acts = _forward(obs, self.layers, self.step.tanh)
+        self.acts[-1] = self.step.tanh(self.acts[-1])  # the backbone ends in a tanh: its features
+        features = self.acts[-1]
+        raw_nominal = features @ self.nominal_head[0][0].T + self.nominal_head[0][1]
+        raw_gamma = features @ self.gamma_head[0][0].T + self.gamma_head[0][1]
+        self.t = self.step.tanh(raw_nominal)
+        self.sig = 1.0 / (1.0 + np.exp(-raw_gamma))
+        return self.centre + self.half * self.t, self.gamma_min + self.gamma_span * self.sig
+
+    def solve(self, u_ref, A, mask, b, hint) -> tuple[np.ndarray, ...]:
+        """The projection's QP min 1/2 (u - u_ref)' W (u - u_ref) s.t. the rows, as `solve_qp`
+        solves it on the CPU (the compiled loop, the NumPy full rule for what it cannot settle).
+        hint (B, 2) int64 or None. Returns u, lam, Y, K, active, inv_norm, feasible."""
+        from model.qp import cpu_numpy
+        from model.qp.cpu_n2_kernels import allocate_outputs, solve_batch
+
+        batch, m = mask.shape
+        H = np.broadcast_to(np.diag(self.weights), (batch, 2, 2))
+        f = -u_ref * self.weights
+        out = allocate_outputs(batch, m)
+        u, lam, used, Y, K, active, inv_norm, lam_rows, passed = out
+        has_hint = hint is not None
+        solve_batch(H, f, A, b, mask, True, hint if has_hint else np.full((1, 2), -1, np.int64), has_hint,
+                    *self.tolerances, *out)
+        u, lam, Y, K, inv_norm = (x.astype(np.float32) for x in (u, lam, Y, K, inv_norm))
+        feasible = passed.copy()
+        if not passed.all():  # what the compiled loop cannot settle: the NumPy full rule, as solve_qp does
+            rest = np.flatnonzero(~passed)
+            (active[rest], feasible[rest], _, u[rest], lam[rest], Y[rest], K[rest], inv_norm[rest], _) = \
+                cpu_numpy.full_rule_rows(np.ascontiguousarray(H[rest]), f[rest], A[rest], b[rest], mask[rest],
+                                         torch.float32)
+        return u, lam, Y, K, active, inv_norm, feasible
+
+    def right_sides(self, gamma, h, barrier_mask, b_bounds) -> np.ndarray:
+        """b (B, m): gamma h / dt on the present barrier rows, 1 on absent ones, then the bounds."""
+        return np.concatenate((np.where(barrier_mask, (gamma / self.dt) * h, 1.0).astype(np.float32), b_bounds), 1)
+
+    def log_prob(self, obs, sample, extra) -> tuple[np.ndarray, float]:
+        A, mask, h, barrier_mask, b_bounds, hint = extra
+        m = mask.shape[1]
+        nominal, gamma = self.heads(obs)
+        self.h, self.barrier_mask = h, barrier_mask
+        u, lam, Y, K, active, inv_norm, _ = self.solve(nominal, A, mask, self.right_sides(gamma, h, barrier_mask, b_bounds), hint)
+        self.saved = (u, lam, Y, K, active, inv_norm, m)
+        mean = np.maximum(np.minimum(u, self.high), self.low)
+        # torch.minimum / maximum: the gradient to the larger (smaller) side, half each on a tie
+        self.clamp_grad = (np.where(u < self.high, 1.0, np.where(u == self.high, 0.5, 0.0))
+                           * np.where(np.minimum(u, self.high) > self.low, 1.0,
+                                      np.where(np.minimum(u, self.high) == self.low, 0.5, 0.0))).astype(np.float32)
+        self.z = (sample - mean) / self.std
+        return (-0.5 * self.z * self.z - np.log(self.std) - HALF_LOG_2PI).sum(1), self.entropy
+
+    def backward(self, grad_log_prob: np.ndarray, grad_entropy: float) -> None:
+        u, lam, Y, K, active, inv_norm, m = self.saved
+        batch = u.shape[0]
+        grad_u = (grad_log_prob * self.z / self.std * self.clamp_grad).astype(np.float32)
+        grad_H, grad_f = np.empty((batch, 2, 2), np.float32), np.empty((batch, 2), np.float32)
+        grad_A, grad_b = np.empty((batch, m, 2), np.float32), np.empty((batch, m), np.float32)
+        self.qp_backward(grad_u, u, lam, Y, K, active, inv_norm, grad_H, grad_f, grad_A, grad_b)
+        barriers = self.h.shape[1]
+        grad_gamma = np.where(self.barrier_mask, grad_b[:, :barriers] * self.h, 0.0).astype(np.float32) / np.float32(self.dt)
+        grad_raw_gamma = grad_gamma * self.gamma_span * self.sig * (1.0 - self.sig)
+        self.grad_nominal = -grad_f * self.weights  # d loss / d nominal (B, 2): GradientProbe's number
+        grad_raw_nominal = self.grad_nominal * self.half * (1.0 - self.t * self.t)
+        features = self.acts[-1]
+        (nominal_w, _), (gamma_w, _) = self.nominal_head[0], self.gamma_head[0]
+        for (gw, gb), g in ((self.nominal_grad[0], grad_raw_nominal), (self.gamma_grad[0], grad_raw_gamma)):
+            np.matmul(g.T, features, out=gw)
+            np.sum(g, axis=0, out=gb)
+        grad_features = grad_raw_nominal @ nominal_w + grad_raw_gamma @ gamma_w
+        grad_features *= 1.0 - features * features  # through the backbone's last tanh
+        _backward(self.acts, grad_features, self.layers, self.grads)
+
+
+class _BetaPolicy:
+    """`CBFBetaActor.evaluate_actions` and its backward: alpha = 1 + softplus(raw[:, :2]), beta =
+    1 + softplus(raw[:, 2:]); log_prob = sum_d log Beta(x_d; alpha_d, beta_d) - log(box width)
+    on feasible states (0 elsewhere; the widths are the rollout's boxes, constant in the
+    parameters); entropy of the Beta, summed over d. digamma and trigamma from scipy.special."""
+
+    def __init__(self, step: "NumpyPPOStep", actor):
+        from model.cbf_beta import MIN_WIDTH_FRACTION
+
+        self.step = step
+        linears = _linears(actor)
+        self.layers, self.grads = step.layers_of(actor, linears[:-1])
+        self.head, self.head_grad = step.layers_of(actor, linears[-1:])
+        self.floor = MIN_WIDTH_FRACTION * (actor.high - actor.low).double().numpy()
+
+    def log_prob(self, obs, sample, extra) -> tuple[np.ndarray, float]:
+        from scipy import special
+
+        low, high, feasible = extra
+        self.acts = _forward(obs, self.layers, self.step.tanh)
+        self.acts[-1] = self.step.tanh(self.acts[-1])  # the backbone ends in a tanh: its features
+        raw = self.acts[-1] @ self.head[0][0].T + self.head[0][1]
+        # torch's softplus (beta 1, threshold 20): x itself above 20
+        soft = np.where(raw > 20, raw, np.log1p(np.exp(np.minimum(raw, 20)))).astype(np.float32)
+        self.raw = raw
+        a, b = 1.0 + soft[:, :2], 1.0 + soft[:, 2:]
+        self.a, self.b, self.x, self.feasible = a, b, sample, feasible
+        log_width = np.log(np.maximum(high - low, self.floor)).astype(np.float32).sum(-1)
+        log_beta = special.gammaln(a) + special.gammaln(b) - special.gammaln(a + b)
+        log_density = ((a - 1) * np.log(sample) + (b - 1) * np.log1p(-sample) - log_beta).sum(-1) - log_width
+        log_prob = np.where(feasible, log_density, 0.0).astype(np.float32)
+        psi_a, psi_b, psi_ab = special.digamma(a), special.digamma(b), special.digamma(a + b)
+        self.psi = (psi_a, psi_b, psi_ab)
+        entropy = log_beta - (a - 1) * psi_a - (b - 1) * psi_b + (a + b - 2) * psi_ab  # (B, 2)
+        return log_prob, entropy.sum(-1)
+
+    def backward(self, grad_log_prob: np.ndarray, grad_entropy: np.ndarray) -> None:
+        """grad_log_prob (B, 1); grad_entropy (B,): d loss / d entropy of each state."""
+        from scipy import special
+
+        a, b, x = self.a, self.b, self.x
+        psi_a, psi_b, psi_ab = self.psi
+        gate = grad_log_prob * self.feasible[:, None]
+        grad_a = gate * (np.log(x) - psi_a + psi_ab)
+        grad_b = gate * (np.log1p(-x) - psi_b + psi_ab)
+        if np.any(grad_entropy):  # dH/da = -(a - 1) psi'(a) + (a + b - 2) psi'(a + b), likewise b
+            tri_a, tri_b, tri_ab = special.polygamma(1, a), special.polygamma(1, b), special.polygamma(1, a + b)
+            g = grad_entropy[:, None]
+            grad_a = grad_a + g * (-(a - 1) * tri_a + (a + b - 2) * tri_ab)
+            grad_b = grad_b + g * (-(b - 1) * tri_b + (a + b - 2) * tri_ab)
+        sigmoid = 1.0 / (1.0 + np.exp(-self.raw))  # softplus' derivative (1 above the threshold)
+        sigmoid = np.where(self.raw > 20, 1.0, sigmoid)
+        grad_raw = (np.concatenate((grad_a, grad_b), 1) * sigmoid).astype(np.float32)
+        features = self.acts[-1]
+        np.matmul(grad_raw.T, features, out=self.head_grad[0][0])
+        np.sum(grad_raw, axis=0, out=self.head_grad[0][1])
+        grad_features = grad_raw @ self.head[0][0]
+        grad_features *= 1.0 - features * features
+        _backward(self.acts, grad_features, self.layers, self.grads)
+
+
+class NumpyPPOStep:
+    """One PPO minibatch step of an actor (`GaussianActor`, `ShieldedActor`, `BarrierNetActor` or `CBFBetaActor`) and a `Critic`
+    in NumPy (module docstring).
+
+    The parameters (actor's, then critic's, in `named_parameters` order, as the trainer's Adam
+    holds them) live in one flat float32 vector, their gradients and Adam's moments in three more,
+    so clipping and Adam are a few whole-vector calls. Shapes: obs (B, D), sample (B, 2),
+    old_log_prob, advantages, returns, old_value (B,); extra: what the policy's evaluate_actions
+    reads besides (BarrierNet: the minibatch's CBF geometry A (B, m, 2), mask (B, m), h (B, M),
+    barrier_mask (B, M), b_bounds (B, 4) and the QP hint (B, 2) int64; the baseline: nothing).
+    """
+
+    def __init__(self, actor, critic, cfg, lr: float, betas=(0.9, 0.999), eps: float = 1e-5, tanh=np.tanh):
+        from model.actors import BarrierNetActor, GaussianActor, ShieldedActor
+        from model.cbf_beta import CBFBetaActor
+
+        named = ([(f"actor.{n}", p) for n, p in actor.named_parameters()]
+                 + [(f"critic.{n}", p) for n, p in critic.named_parameters()])
+        self.flat = np.concatenate([p.detach().cpu().numpy().astype(np.float32).ravel() for _, p in named])
+        self.grad = np.zeros_like(self.flat)
+        self.exp_avg, self.exp_avg_sq = np.zeros_like(self.flat), np.zeros_like(self.flat)
+        self.steps = 0
+        self.cfg, self.lr, self.betas, self.eps, self.tanh = cfg, float(lr), betas, eps, tanh
+        self.views, offset = {}, 0
+        for _, p in named:
+            size = p.numel()
+            self.views[id(p)] = (self.flat[offset:offset + size].reshape(p.shape),
+                                 self.grad[offset:offset + size].reshape(p.shape))
+            offset += size
+        self.names = [name for name, _ in named]
+        self.shapes = [tuple(p.shape) for _, p in named]
+        # the shielded actor scores its samples by the Gaussian policy it wraps (the QP only acts)
+        policies = {GaussianActor: _GaussianPolicy, BarrierNetActor: _BarrierNetPolicy, CBFBetaActor: _BetaPolicy,
+                    ShieldedActor: lambda step, shielded: _GaussianPolicy(step, shielded.actor)}
+        if type(actor) not in policies:
+            raise ValueError(f"no NumPy step for {type(actor).__name__}; accepted: {', '.join(t.__name__ for t in policies)}")
+        self.policy = policies[type(actor)](self, actor)
+        self.critic_layers, self.critic_grads = self.layers_of(critic)
+
+    def layers_of(self, module, linears=None):
+        """[(weight, bias)] and [(grad_weight, grad_bias)] views of `module`'s nn.Linear layers
+        (or of `linears`), in forward order."""
+        linears = _linears(module) if linears is None else linears
+        return ([(self.views[id(m.weight)][0], self.views[id(m.bias)][0]) for m in linears],
+                [(self.views[id(m.weight)][1], self.views[id(m.bias)][1]) for m in linears])
+
+    def loss_and_grad(self, obs, sample, old_log_prob, advantages, returns, old_value, extra=()) -> float:
+        """The minibatch loss of `model.ppo.ppo_losses` (float) and its gradient in self.grad."""
+        cfg, n = self.cfg, obs.shape[0]
+        log_prob, entropy = self.policy.log_prob(obs, sample, extra)
+        critic_acts = _forward(obs, self.critic_layers, self.tanh)
+        value = critic_acts[-1][:, 0]
+
+        ratio = np.exp(log_prob - old_log_prob)
+        adv = (advantages - advantages.mean()) / (advantages.std(ddof=1) + 1e-8)
+        low, high = 1 - cfg.clip_coef, 1 + cfg.clip_coef
+        surrogate, clipped = -adv * ratio, -adv * np.clip(ratio, low, high)
+        pg_loss = np.maximum(surrogate, clipped).mean()
+        # torch.maximum's gradient: all to the larger side, half each on a tie; clamp's passes
+        # where low <= ratio <= high
+        to_surrogate = np.where(surrogate > clipped, 1.0, np.where(surrogate == clipped, 0.5, 0.0)).astype(np.float32)
+        inside = ((ratio >= low) & (ratio <= high)).astype(np.float32)
+        grad_ratio = -adv * (to_surrogate + (1 - to_surrogate) * inside) / n
+
+        error = value - returns
+        if cfg.clip_vloss:
+            step = value - old_value
+            clipped_error = old_value + np.clip(step, -cfg.clip_coef, cfg.clip_coef) - returns
+            plain, clipped_sq = error * error, clipped_error * clipped_error
+            v_loss = 0.5 * np.maximum(plain, clipped_sq).mean()
+            to_plain = np.where(plain > clipped_sq, 1.0, np.where(plain == clipped_sq, 0.5, 0.0)).astype(np.float32)
+            in_clip = ((step >= -cfg.clip_coef) & (step <= cfg.clip_coef)).astype(np.float32)
+            grad_value = (to_plain * error + (1 - to_plain) * clipped_error * in_clip) * (cfg.vf_coef / n)
+        else:
+            v_loss = 0.5 * (error * error).mean()
+            grad_value = error * (cfg.vf_coef / n)
+        loss = pg_loss - cfg.ent_coef * np.mean(entropy) + cfg.vf_coef * v_loss
+        log_ratio = log_prob - old_log_prob
+        # what ppo_update logs of each minibatch (CleanRL's names; k3 estimator of the KL)
+        self.last_stats = {"policy": float(pg_loss), "value": float(v_loss), "entropy": float(np.mean(entropy)),
+                           "approx_kl": float(((ratio - 1) - log_ratio).mean()),
+                           "clipfrac": float((np.abs(ratio - 1.0) > cfg.clip_coef).mean())}
+
+        # d loss / d entropy: -ent_coef for a per-state constant, -ent_coef / B per state otherwise
+        grad_entropy = -cfg.ent_coef if np.ndim(entropy) == 0 else np.full(n, -cfg.ent_coef / n, np.float32)
+        self.policy.backward((grad_ratio * ratio)[:, None], grad_entropy)
+        _backward(critic_acts, grad_value.astype(np.float32)[:, None], self.critic_layers, self.critic_grads)
+        return float(loss)
+
+    def clip_and_step(self) -> None:
+        """clip_grad_norm_(max_grad_norm), then one Adam step (torch's formula, lr as given)."""
+        total = np.sqrt(np.dot(self.grad, self.grad))
+        scale = min(1.0, self.cfg.max_grad_norm / (float(total) + CLIP_EPS))
+        if scale < 1.0:
+            self.grad *= np.float32(scale)
+        beta1, beta2 = self.betas
+        self.steps += 1
+        self.exp_avg *= beta1
+        self.exp_avg += (1 - beta1) * self.grad
+        self.exp_avg_sq *= beta2
+        self.exp_avg_sq += (1 - beta2) * self.grad * self.grad
+        correction1, correction2 = 1 - beta1 ** self.steps, 1 - beta2 ** self.steps
+        denom = np.sqrt(self.exp_avg_sq) / math.sqrt(correction2) + self.eps
+        self.flat -= (self.lr / correction1) * self.exp_avg / denom
+
+    def step(self, *minibatch) -> float:
+        """loss_and_grad, then clip_and_step; returns the loss."""
+        loss = self.loss_and_grad(*minibatch)
+        self.clip_and_step()
+        return loss
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        """{parameter name (actor's, then critic's): a copy of its current value}."""
+        out, offset = {}, 0
+        for name, shape in zip(self.names, self.shapes):
+            size = math.prod(shape)
+            out[name] = self.flat[offset:offset + size].reshape(shape).copy()
+            offset += size
+        return out
+
+
+class NumpyLearner:
+    """A whole PPO update of `actor` and `critic` by a `NumpyPPOStep` (module docstring). Built once
+    per Trainer; the weights and Adam's state live in the torch objects between updates."""
+
+    def __init__(self, actor: nn.Module, critic: nn.Module, optimizer: torch.optim.Optimizer, cfg, tanh=rational_tanh):
+        group = optimizer.param_groups[0]
+        self.step = NumpyPPOStep(actor, critic, cfg, group["lr"], betas=group["betas"], eps=group["eps"], tanh=tanh)
+        self.params = list(actor.parameters()) + list(critic.parameters())
+        self.optimizer = optimizer
+
+    def _load(self) -> None:
+        """The torch weights and Adam's moments and step count into the flat NumPy vectors."""
+        step, offset = self.step, 0
+        for p in self.params:
+            size, state = p.numel(), self.optimizer.state[p]
+            step.flat[offset:offset + size] = p.detach().numpy().ravel()
+            step.exp_avg[offset:offset + size] = state["exp_avg"].numpy().ravel()
+            step.exp_avg_sq[offset:offset + size] = state["exp_avg_sq"].numpy().ravel()
+            offset += size
+        step.steps = int(self.optimizer.state[self.params[0]]["step"])
+
+    def _store(self) -> None:
+        """The flat NumPy vectors back into the torch weights and Adam's state."""
+        step, offset = self.step, 0
+        with torch.no_grad():
+            for p in self.params:
+                size, state = p.numel(), self.optimizer.state[p]
+                p.copy_(torch.from_numpy(step.flat[offset:offset + size]).view_as(p))
+                state["exp_avg"].copy_(torch.from_numpy(step.exp_avg[offset:offset + size]).view_as(p))
+                state["exp_avg_sq"].copy_(torch.from_numpy(step.exp_avg_sq[offset:offset + size]).view_as(p))
+                state["step"].fill_(step.steps)
+                offset += size
+
+    def update(self, actor, batch, cfg, generator, after_backward=None) -> dict:
+        """One update over `batch` (`model.ppo.Batch` on the CPU) with `ppo_update`'s statistics.
+        `after_backward` (the trainer's GradientProbe, or None) gets each minibatch's gradients
+        before clipping, as in torch's update (`feed_probe`). cfg.target_kl is honoured as there."""
+        from model.diagnostics import GradientProbe
+        from model.ppo import explained_variance
+
+        step = self.step
+        self._load()
+        step.lr, step.cfg = self.optimizer.param_groups[0]["lr"], cfg
+        inputs = actor.update_inputs(batch.safety, batch.obs, batch.record)
+        rows = tuple(x.numpy() for x in (batch.obs, batch.sample, batch.log_prob, batch.advantages, batch.returns,
+                                         batch.value))
+        extra = () if inputs.cbf_geometry is None else tuple(x.numpy() for x in inputs.cbf_geometry)
+        extra += () if inputs.qp_hint is None else (inputs.qp_hint.numpy(),)
+        size = batch.obs.shape[0]
+        if after_backward is not None and not isinstance(after_backward, GradientProbe):
+            raise TypeError(f"after_backward={after_backward!r}; accepted: None or a model.diagnostics.GradientProbe")
+        kls, clipfracs = [], []
+        for _ in range(cfg.update_epochs):
+            order = torch.randperm(size, generator=generator).numpy()
+            for start in range(0, size, cfg.minibatch_size):
+                idx = order[start : start + cfg.minibatch_size]
+                step.loss_and_grad(*(np.take(x, idx, axis=0) for x in rows), tuple(np.take(x, idx, axis=0) for x in extra))
+                if after_backward is not None:
+                    self.feed_probe(after_backward)
+                step.clip_and_step()
+                kls.append(step.last_stats["approx_kl"])
+                clipfracs.append(step.last_stats["clipfrac"])
+            minibatches = -(-size // cfg.minibatch_size)
+            if cfg.target_kl is not None and float(np.mean(kls[-minibatches:])) > cfg.target_kl:
+                break
+        self._store()
+        last = step.last_stats
+        return {"losses/policy_loss": last["policy"], "losses/value_loss": last["value"],
+                "losses/entropy": last["entropy"], "losses/approx_kl": float(np.mean(kls)),
+                "losses/clipfrac": float(np.mean(clipfracs)),
+                "losses/explained_variance": explained_variance(batch.value, batch.returns)}
+
+    def feed_probe(self, probe) -> None:
+        """What `GradientProbe.__call__` adds for one minibatch, from the NumPy gradients: each
+        actor tensor's gradient norm (float64), their total, and BarrierNet's per-sample loss
+        gradient reaching the nominal action (times B, as the probe scales it)."""
+        norms = np.array([math.sqrt(float(np.dot(g, g))) for g in
+                          (self.step.views[id(p)][1].astype(np.float64).ravel() for _, p in probe.named)])
+        probe.layer += torch.from_numpy(norms)
+        probe.total += math.sqrt(float(np.dot(norms, norms)))
+        probe.calls += 1
+        if probe.nominal and isinstance(self.step.policy, _BarrierNetPolicy):
+            grad = self.step.policy.grad_nominal.astype(np.float64)
+            probe.per_sample.append(torch.from_numpy(grad * grad.shape[0]))
