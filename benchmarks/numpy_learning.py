@@ -105,7 +105,7 @@ def train_and_evaluate(algo: str, seed: int, overrides: dict, workdir: Path, rol
     in `workdir`; returns its test rates and times."""
     import model.ppo as ppo
     from tasks import evaluate, train
-    from update_levers import rational_tanh
+    from model.numpy_learner import rational_tanh
 
     params = load_params(overrides={"eval.arms": [algo], "eval.filter_sweep.enabled": False, **overrides})
     original = ppo.ppo_update

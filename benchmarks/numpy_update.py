@@ -27,7 +27,7 @@ by hand:
 Every piece is pinned by `tasks/numerics.py`: OpenBLAS's Haswell kernels for the products,
 NumPy's AVX2 loops for the elementwise calls, numba's Haswell target for the QP loop and the
 rational tanh. The step runs with two tanh functions: NumPy's (a scalar loop here, 5 ns per
-element) and `update_levers.rational_tanh` (Eigen's, a few ulp; vectorised).
+element) and `model.numpy_learner.rational_tanh` (Eigen's, a few ulp; vectorised).
 
 Printed: the CPU; each way's one step against torch's from the same weights; ms per minibatch of
 the eager step (as `model.ppo.ppo_update` runs it, without the gradient probe) and of each NumPy
@@ -218,7 +218,7 @@ def measure(algo: str, overrides: dict, repeats: int) -> dict:
     """Alternated epochs (every minibatch once) of the eager step and the NumPy step with each
     tanh on the same minibatches, then whole iterations: best ms of each, and each NumPy way's
     one-step check against torch."""
-    from update_levers import rational_tanh
+    from model.numpy_learner import rational_tanh
 
     tanhs = {"numpy": np.tanh, "rational": rational_tanh}
     trainer, batch, slices = rollout_batch(algo, overrides)
@@ -367,7 +367,7 @@ def measure_whole(algo: str, overrides: dict, repeats: int) -> dict:
     training runs, one updated by the NumPy step with the rational tanh (`NumpyLearner`). Best
     ms of each."""
     from tasks.train import Trainer
-    from update_levers import rational_tanh
+    from model.numpy_learner import rational_tanh
 
     params = load_params(overrides={"train.total_steps": 10**7, **overrides})
     torch_trainer = Trainer(params, algo, 0, update_device="cpu")
@@ -411,7 +411,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"numpy {np.__version__}, 1 thread, load average {load}"
           + (" [--quick: tiny batch, ratios are not meaningful]" if args.quick else ""))
     r = measure(args.algo, overrides, args.repeats)
-    labels = {"numpy": "NumPy, np.tanh", "rational": "NumPy, rational tanh (update_levers.rational_tanh)"}
+    labels = {"numpy": "NumPy, np.tanh", "rational": "NumPy, rational tanh (model.numpy_learner.rational_tanh)"}
     print("\none step from the same weights, against torch (float32 round-off: other bits, the same step)")
     print("| way | loss | torch's loss | max gradient difference / max gradient (worst tensor) | max weight difference / max step |\n"
           "|---|---|---|---|---|")

@@ -177,30 +177,18 @@ def minibatch_loss(actor, critic, cfg):
 
 
 def measure_update(algo: str, overrides: dict, repeats: int, compile_loss: bool) -> dict:
-    from model.ppo import compute_gae
-    from tasks.train import Trainer
+    from numpy_update import rollout_batch  # one rollout, GAE and minibatch slices, as ppo_update draws them
 
-    params = load_params(overrides={"train.total_steps": 10**7, **overrides})
-    trainer = Trainer(params, algo, 0, update_device="cpu")
-    trainer.collect_rollout()
-    agent, buf, tp = trainer.agent, trainer.buffer, trainer.params.train
-    with torch.no_grad():
-        next_value = agent.rollout_critic(agent.obs_rms.normalize(trainer.next_obs))
-    advantages, returns = compute_gae(buf.reward, buf.value, buf.terminated, buf.truncated, buf.final_value,
-                                      next_value, tp.gamma, tp.gae_lambda)
-    batch = buf.flatten(advantages, returns, "cpu")
-    inputs = agent.actor.update_inputs(batch.safety, batch.obs, batch.record)
+    trainer, batch, slices = rollout_batch(algo, overrides)
+    agent, tp = trainer.agent, trainer.params.train
     optimizer = agent.optimizer
     params_ = [p for group in optimizer.param_groups for p in group["params"]]
     eager = minibatch_loss(agent.actor, agent.critic, trainer.update_cfg)
-    size, minibatch = batch.obs.shape[0], trainer.minibatch_size
-    order = torch.randperm(size, generator=torch.Generator().manual_seed(0))
-    slices = [order[s : s + minibatch] for s in range(0, size, minibatch)]
+    minibatch = trainer.minibatch_size
 
     def args(idx):  # the minibatch's rows, gathered as ppo_update gathers them
-        rows = [x.index_select(0, idx) for x in (batch.obs, batch.sample, batch.log_prob, batch.advantages,
-                                                 batch.returns, batch.value)]
-        return (rows[0], inputs.index(idx), *rows[1:])
+        (obs, *rows), inputs = batch.index(idx)
+        return (obs, inputs, *rows)
 
     def epoch(loss_fn) -> None:
         for idx in slices:
@@ -211,7 +199,7 @@ def measure_update(algo: str, overrides: dict, repeats: int, compile_loss: bool)
             optimizer.step()
 
     result = {"minibatches": len(slices), "minibatch": minibatch,
-              "products": update_products([agent.actor, agent.critic], batch.obs.shape[1], minibatch)}
+              "products": update_products([agent.actor, agent.critic], batch.rows[0].shape[1], minibatch)}
     ways = {"eager": eager}
     if compile_loss:
         compiled = torch.compile(eager)

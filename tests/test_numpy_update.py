@@ -66,7 +66,7 @@ def _trainer(bench, algo):
     ("cbf_beta", 0.0, True, "rational"), ("cbf_beta", 0.01, False, "numpy"), ("shielded", 0.01, True, "rational"),
 ])
 def test_numpy_steps_follow_torch_autograd_and_adam(bench, algo, ent_coef, clip_vloss, tanh):
-    from update_levers import rational_tanh  # benchmarks/ is on sys.path once bench is loaded
+    from model.numpy_learner import rational_tanh
 
     tanh = {"numpy": np.tanh, "rational": rational_tanh}[tanh]
     trainer, batch, slices = _trainer(bench, algo)
@@ -274,7 +274,7 @@ sys.path.insert(0, "benchmarks")
 import numpy_update as bench  # applies the mode before numpy, torch and numba load
 import numpy as np
 import torch
-from update_levers import rational_tanh
+from model.numpy_learner import rational_tanh
 from model.actors import Critic, GaussianActor
 from model.ppo import UpdateConfig
 from tasks.params import load_params
