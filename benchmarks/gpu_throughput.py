@@ -1,9 +1,11 @@
 """GPU benchmark (run where a CUDA device exists; exits cleanly, saying so, elsewhere).
 
 One run, two printed tables:
-1. training env-steps/s of BarrierNet (through_qp) and the baseline in three placements:
-   all-CPU (rollout + update on cpu), hybrid (rollout cpu, update cuda: the default with a GPU)
-   and all-GPU (env, QP and policy on cuda), measured in alternating rounds so drift hits all;
+1. training env-steps/s of BarrierNet (through_qp) and the baseline in four placements:
+   all-CPU (rollout + update on cpu, torch's learner), all-CPU with the NumPy learner (the
+   default params), hybrid (rollout cpu, update cuda, torch's learner: `train.learner=torch`
+   with a GPU) and all-GPU (env, QP and policy on cuda), measured in alternating rounds so drift
+   hits all;
 2. qpth vs the exact solver on CUDA by batch size (forward+backward, float64 and float32),
    same problems, same run.
 
@@ -23,10 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-PLACEMENTS = {  # name -> (rollout_device, update_device)
-    "all-CPU": ("cpu", "cpu"),
-    "hybrid": ("cpu", "cuda"),
-    "all-GPU": ("cuda", "cuda"),
+PLACEMENTS = {  # name -> (rollout_device, update_device, train.learner)
+    "all-CPU": ("cpu", "cpu", "torch"),
+    "all-CPU, NumPy learner": ("cpu", "cpu", "numpy"),
+    "hybrid": ("cpu", "cuda", "torch"),
+    "all-GPU": ("cuda", "cuda", "torch"),
 }
 
 
@@ -37,9 +40,10 @@ def training_rates(num_envs: int, iterations: int, algos: list[str]) -> dict[tup
     os.environ.setdefault("BARRIERNET_STATE_DIR", tempfile.mkdtemp(prefix="gpu-bench-"))
     trainers = {}
     for algo in algos:
-        for name, (rollout, update) in PLACEMENTS.items():
+        for name, (rollout, update, learner) in PLACEMENTS.items():
             params = load_params(overrides={"train.num_envs": num_envs, "train.rollout_device": rollout,
-                                            "train.update_device": update, "train.seeds": [0]})
+                                            "train.update_device": update, "train.learner": learner,
+                                            "train.seeds": [0]})
             trainer = Trainer(params, algo, 0)
             trainer.train_one_update()  # warm-up: allocations, cuDNN/cuBLAS handles
             trainers[(algo, name)] = [trainer, 0.0, 0]
@@ -86,14 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
     print("\ntraining env-steps/s (rollout + update), warm-up excluded")
-    header = f"{'algo':12s} {'num_envs':>8s} " + " ".join(f"{name:>10s}" for name in PLACEMENTS) + "  hybrid/CPU  GPU/CPU"
+    header = f"{'algo':12s} {'num_envs':>8s} " + " ".join(f"{name:>22s}" for name in PLACEMENTS) + "  hybrid/CPU  GPU/CPU"
     print(header)
     print("-" * len(header))
     for num_envs in args.num_envs:
         rates = training_rates(num_envs, args.iterations, ["barriernet", "baseline"])
         for algo in ("barriernet", "baseline"):
             r = {name: rates[(algo, name)] for name in PLACEMENTS}
-            print(f"{algo:12s} {num_envs:8d} " + " ".join(f"{r[name]:10,.0f}" for name in PLACEMENTS)
+            print(f"{algo:12s} {num_envs:8d} " + " ".join(f"{r[name]:22,.0f}" for name in PLACEMENTS)
                   + f"  {r['hybrid'] / r['all-CPU']:9.2f}x {r['all-GPU'] / r['all-CPU']:7.2f}x")
     print("\nQP forward+backward on CUDA, median ms per call")
     print(f"{'dtype':8s} {'batch':>6s} {'exact ms':>9s} {'qpth ms':>9s} {'qpth/exact':>10s}")

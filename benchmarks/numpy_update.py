@@ -68,14 +68,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from model.numpy_learner import (  # noqa: E402
-    HALF_LOG_2PI,
-    NumpyLearner as _ModelLearner,
-    NumpyPPOStep,
-    _BarrierNetPolicy,
-    _GaussianPolicy,
-    _forward,
-)
+from model.numpy_learner import NumpyLearner as _ModelLearner, NumpyPPOStep  # noqa: E402
 from tasks.params import load_params  # noqa: E402
 
 QUICK = {"train.num_envs": 16, "train.rollout_steps": 8, "train.num_minibatches": 2}
@@ -105,7 +98,8 @@ def rollout_batch(algo: str, overrides: dict):
     from model.ppo import compute_gae
     from tasks.train import Trainer
 
-    params = load_params(overrides={"train.total_steps": 10**7, **overrides})
+    # torch's learner: the torch step measured here runs the modules' own forward
+    params = load_params(overrides={"train.total_steps": 10**7, "train.learner": "torch", **overrides})
     trainer = Trainer(params, algo, 0, update_device="cpu")
     trainer.collect_rollout()
     agent, buf, tp = trainer.agent, trainer.buffer, trainer.params.train
@@ -258,9 +252,8 @@ def measure(algo: str, overrides: dict, repeats: int) -> dict:
 
 
 class NumpyLearner(_ModelLearner):
-    """`model.numpy_learner.NumpyLearner` for one Trainer, with what the benchmark adds: `patched`
-    puts its update into `model.ppo.ppo_iteration` for a Trainer built with the torch learner, and
-    `rollout_forwards` gives NumPy stand-ins for the rollout's forward calls."""
+    """`model.numpy_learner.NumpyLearner` for one Trainer built with torch's learner: `patched`
+    puts its update into `model.ppo.ppo_iteration` (the rollout stays torch's)."""
 
     def __init__(self, trainer, tanh=np.tanh):
         agent = trainer.agent
@@ -271,113 +264,36 @@ class NumpyLearner(_ModelLearner):
         """`model.ppo.ppo_update`'s signature (what `patched` installs)."""
         return self.update(actor, batch, cfg, generator, after_backward)
 
-    def rollout_forwards(self, trainer) -> dict:
-        """NumPy stand-ins for the rollout's actor forward (the Gaussian policy of the baseline or
-        the one a shielded actor wraps, or BarrierNet's: `_barriernet_forward`) and critic forward,
-        reading the step's weights: {(module, name): fn}. The Gaussian noise is still drawn by
-        torch's global generator, so the RNG stream is training's. CBF-Beta has none (ValueError)."""
-        from model.actors import ActorOutput, GaussianActor, ShieldedActor
-
-        step, agent = self.step, trainer.agent
-        actor = agent.rollout_actor.actor if isinstance(agent.rollout_actor, ShieldedActor) else agent.rollout_actor
-        policy = step.policy
-        if isinstance(policy, _BarrierNetPolicy):
-            actor_forward = self._barriernet_forward(agent.rollout_actor)
-        elif isinstance(actor, GaussianActor) and isinstance(policy, _GaussianPolicy):
-            low, high = actor.action_low.numpy(), actor.action_high.numpy()
-
-            def actor_forward(obs, safety=None, deterministic=False):
-                x = obs.numpy()
-                t = step.tanh(_forward(x, policy.layers, step.tanh)[-1])
-                mean = policy.centre + policy.half * t
-                std = policy.half * np.exp(policy.log_std)
-                noise = np.zeros_like(mean) if deterministic else torch.randn(mean.shape, dtype=torch.float32).numpy()
-                sample = mean + std * noise
-                z = (sample - mean) / std
-                log_prob = (-0.5 * z * z - np.log(std) - HALF_LOG_2PI).sum(1)
-                action = np.maximum(np.minimum(sample, high), low)
-                return ActorOutput(torch.from_numpy(action), torch.from_numpy(sample), torch.from_numpy(log_prob), {})
-        else:
-            raise ValueError("the NumPy rollout forward covers the Gaussian policy (baseline, shielded) and BarrierNet")
-
-        def critic_forward(obs):
-            return torch.from_numpy(np.ascontiguousarray(_forward(obs.numpy(), step.critic_layers, step.tanh)[-1][:, 0]))
-
-        return {(actor, "forward"): actor_forward, (agent.rollout_critic, "forward"): critic_forward}
-
-    def _barriernet_forward(self, actor):
-        """`BarrierNetActor.forward` (through_qp, the training's K obstacles) in NumPy: heads, the
-        CBF rows (their gamma-free part by torch, `cbf_geometry`), the mean's QP, the sample's QP
-        warm-started by the mean's active set, and the info the rollout's curves and record read."""
-        from model.actors import ActorOutput
-
-        policy = self.step.policy
-        tol = actor.cbf_params.intervention_tol
-        full_scale = policy.centre + policy.half
-
-        def forward(obs, safety, deterministic=False):
-            nominal, gamma = policy.heads(obs.numpy())
-            A, mask, h, barrier_mask, b_bounds = (x.numpy() for x in actor.projection.geometry(safety, obs.new_empty(0)))
-            b = policy.right_sides(gamma, h, barrier_mask, b_bounds)
-            noise = (np.zeros_like(nominal) if deterministic
-                     else policy.std * torch.randn(nominal.shape, dtype=torch.float32).numpy())
-            u, *_, active_mean, _, feasible_mean = policy.solve(nominal, A, mask, b, None)
-            mean = np.maximum(np.minimum(u, policy.high), policy.low)
-            sample = mean + noise
-            if deterministic:
-                executed, feasible = mean, feasible_mean
-            else:
-                u, *_, feasible = policy.solve(sample, A, mask, b, active_mean)
-                executed = np.maximum(np.minimum(u, policy.high), policy.low)
-                feasible = feasible & feasible_mean
-            z = (sample - mean) / policy.std
-            log_prob = (-0.5 * z * z - np.log(policy.std) - HALF_LOG_2PI).sum(1)
-            proposal = np.maximum(np.minimum(nominal + noise, full_scale), policy.centre - policy.half)
-            correction = np.sqrt((((executed - proposal) / full_scale) ** 2).sum(-1))
-            info = {"nominal": nominal, "gamma": gamma, "proposal": proposal, "infeasible": ~feasible,
-                    "lookahead_h": np.where(barrier_mask, h, np.inf).astype(np.float32), "correction": correction,
-                    "intervened": correction > tol, "active_mean": active_mean}
-            return ActorOutput(torch.from_numpy(executed.astype(np.float32)), torch.from_numpy(sample),
-                               torch.from_numpy(log_prob), {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in info.items()})
-
-        return forward
-
     @contextlib.contextmanager
-    def patched(self, trainer=None):
-        """Inside: `model.ppo.ppo_iteration` calls `update` (run only this trainer's iterations
-        here); with `trainer`, its rollout's policy and critic forward calls are NumPy's too
-        (`rollout_forwards`)."""
+    def patched(self):
+        """Inside: `model.ppo.ppo_iteration` calls `update` (run only this trainer's iterations here)."""
         import model.ppo as ppo
 
         original = ppo.ppo_update
-        forwards = self.rollout_forwards(trainer) if trainer is not None else {}
         ppo.ppo_update = self.ppo_update
-        for (module, name), fn in forwards.items():
-            setattr(module, name, fn)
         try:
             yield self
         finally:
             ppo.ppo_update = original
-            for module, name in forwards:
-                delattr(module, name)
 
 
 def measure_whole(algo: str, overrides: dict, repeats: int) -> dict:
-    """Whole iterations of two Trainers of the same seed, alternated after a warm-up round: one as
-    training runs, one updated by the NumPy step with the rational tanh (`NumpyLearner`). Best
-    ms of each."""
+    """Whole iterations of Trainers of the same seed, alternated after a warm-up round: torch's
+    learner; torch's learner with the update by the NumPy step (`NumpyLearner.patched`, the
+    rational tanh); and `train.learner: numpy` as training runs it (the update and, for the
+    Gaussian policies and BarrierNet, the rollout's actor and critic forward in NumPy,
+    `model/numpy_rollout.py`; CBF-Beta's actor forward stays torch's). Best ms of each."""
     from tasks.train import Trainer
     from model.numpy_learner import rational_tanh
 
-    params = load_params(overrides={"train.total_steps": 10**7, **overrides})
-    torch_trainer = Trainer(params, algo, 0, update_device="cpu")
-    numpy_trainer = Trainer(params, algo, 0, update_device="cpu")
+    params = {learner: load_params(overrides={"train.total_steps": 10**7, **overrides, "train.learner": learner})
+              for learner in ("torch", "numpy")}
+    torch_trainer = Trainer(params["torch"], algo, 0, update_device="cpu")
+    numpy_trainer = Trainer(params["torch"], algo, 0, update_device="cpu")
     learner = NumpyLearner(numpy_trainer, rational_tanh)
-    ways = {"torch": (torch_trainer, contextlib.nullcontext), "numpy": (numpy_trainer, learner.patched)}
-    if isinstance(learner.step.policy, (_GaussianPolicy, _BarrierNetPolicy)):  # also the rollout's forward calls
-        both_trainer = Trainer(params, algo, 0, update_device="cpu")
-        both = NumpyLearner(both_trainer, rational_tanh)
-        ways["numpy_rollout"] = (both_trainer, lambda: both.patched(both_trainer))
+    both_trainer = Trainer(params["numpy"], algo, 0, update_device="cpu")
+    ways = {"torch": (torch_trainer, contextlib.nullcontext), "numpy": (numpy_trainer, learner.patched),
+            "numpy_rollout": (both_trainer, contextlib.nullcontext)}
     best = {name: float("inf") for name in ways}
     for round_ in range(repeats + 1):
         for name, (trainer, context) in ways.items():
@@ -386,7 +302,7 @@ def measure_whole(algo: str, overrides: dict, repeats: int) -> dict:
                 trainer.train_one_update()
                 if round_:
                     best[name] = min(best[name], time.perf_counter() - start)
-    tp = params.train
+    tp = params["torch"].train
     return {**{f"{name}_ms": ms * 1e3 for name, ms in best.items()}, "env_steps": tp.num_envs * tp.rollout_steps}
 
 
@@ -454,9 +370,8 @@ def main(argv: list[str] | None = None) -> dict:
               "rollout; a timing, not a result)")
         print("| update by | iteration ms | env-steps/s | vs torch |\n|---|---|---|---|")
         for label, name in (("eager torch", "torch"), ("NumPy, rational tanh", "numpy"),
-                            ("NumPy, and the rollout's actor and critic forward in NumPy", "numpy_rollout")):
-            if f"{name}_ms" not in whole:
-                continue
+                            ("train.learner: numpy (the update, and the rollout's forwards where model/numpy_rollout.py has them)",
+                             "numpy_rollout")):
             ms = whole[f"{name}_ms"]
             print(f"| {label} | {ms:.0f} | {whole['env_steps'] / ms * 1e3:,.0f} | {whole['torch_ms'] / ms:.2f}x |")
         r["whole"] = whole

@@ -254,6 +254,7 @@ class PhaseTimer:
         self.seconds: dict[str, float] = {}
         self.phase = "other"
         self._restore: list[Callable[[], None]] = []
+        self._wrapped: set[tuple[int, str]] = set()
 
     def add(self, name: str, seconds: float) -> None:
         self.seconds[name] = self.seconds.get(name, 0.0) + seconds
@@ -280,10 +281,13 @@ class PhaseTimer:
 
     def patch_instance(self, obj: Any, attr: str, name: Callable[[], str] | str, phase: str | None = None) -> None:
         """Shadow a method by a timed wrapper in the instance's __dict__ (deleted on exit)."""
-        if attr in obj.__dict__:
+        if (id(obj), attr) in self._wrapped:
             return  # already wrapped (the same object reached twice)
+        self._wrapped.add((id(obj), attr))
+        # an instance's own attribute (the NumPy rollout forward, model/numpy_rollout.py) is put back
+        had, own = attr in obj.__dict__, obj.__dict__.get(attr)
         obj.__dict__[attr] = self._timed(getattr(obj, attr), name, phase)
-        self._restore.append(lambda: obj.__dict__.pop(attr, None))
+        self._restore.append(lambda: obj.__dict__.__setitem__(attr, own) if had else obj.__dict__.pop(attr, None))
 
     @contextlib.contextmanager
     def attached(self, trainer) -> Iterator["PhaseTimer"]:
@@ -308,6 +312,7 @@ class PhaseTimer:
             for restore in reversed(self._restore):
                 restore()
             self._restore.clear()
+            self._wrapped.clear()
 
 
 def profile_barriernet(params: Params, top: int = 25) -> str:

@@ -349,7 +349,7 @@ def row_linear_identical(algo: str, overrides: dict, iterations: int = 2) -> boo
     critic weights bit for bit after `iterations` whole iterations?"""
     from tasks.train import Trainer
 
-    params = load_params(overrides={"train.total_steps": 10**7, **overrides})
+    params = load_params(overrides={"train.total_steps": 10**7, "train.learner": "torch", **overrides})  # torch's levers
     # each Trainer runs right after it is built: building one seeds the global RNG that the
     # rollout's sampling draws from
     real = Trainer(params, algo, 0, update_device="cpu")
@@ -411,7 +411,7 @@ def alternate_iterations(algo: str, overrides: dict, repeats: int, other: Callab
     of {"real", "other"}, env steps per iteration)."""
     from tasks.train import Trainer
 
-    params = load_params(overrides={"train.total_steps": 10**7, **overrides})
+    params = load_params(overrides={"train.total_steps": 10**7, "train.learner": "torch", **overrides})  # torch's levers
     real = Trainer(params, algo, 0, update_device="cpu")
     with other():
         changed = Trainer(params, algo, 0, update_device="cpu")

@@ -91,7 +91,7 @@ def _linears(module: nn.Module) -> list[nn.Linear]:
 
 def _forward(x: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray]], tanh=np.tanh) -> list[np.ndarray]:
     """x (B, D) through Linear + tanh layers and a linear head: [x, h1, ..., h_L, head output].
-    tanh: a ufunc (np.tanh or update_levers.rational_tanh)."""
+    tanh: a ufunc (np.tanh or `rational_tanh`)."""
     acts = [x]
     for i, (weight, bias) in enumerate(layers):
         z = acts[-1] @ weight.T
@@ -311,6 +311,22 @@ class _BetaPolicy:
         grad_features = grad_raw @ self.head[0][0]
         grad_features *= 1.0 - features * features
         _backward(self.acts, grad_features, self.layers, self.grads)
+
+
+def not_covered(actor) -> str | None:
+    """Why `NumpyPPOStep` has no step for `actor` (a sentence naming the settings), or None when
+    it has one: the Gaussian policies, CBF-Beta and BarrierNet in through_qp mode with dcbf rows."""
+    from model.actors import BarrierNetActor, GaussianActor, ShieldedActor
+    from model.cbf_beta import CBFBetaActor
+
+    if isinstance(actor, BarrierNetActor):
+        if actor.update_mode != "through_qp" or actor.cbf_params.form != "dcbf":
+            return (f"barriernet.update_mode={actor.update_mode} with cbf.form={actor.cbf_params.form}: the NumPy "
+                    "learner covers BarrierNet with update_mode through_qp and form dcbf")
+        return None
+    if type(actor) in (GaussianActor, ShieldedActor, CBFBetaActor):
+        return None
+    return f"{type(actor).__name__}: the NumPy learner covers GaussianActor, ShieldedActor, BarrierNetActor, CBFBetaActor"
 
 
 class NumpyPPOStep:

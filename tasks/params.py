@@ -123,8 +123,9 @@ class TrainParams(_Section):
     checkpoint_every: int = Field(10, ge=1, description="updates between checkpoints")
     torch_threads: int = Field(1, ge=0, description="intra-op threads; 1 is fastest for these small nets (0: torch default)")
     learner: Literal["torch", "numpy"] = Field(
-        "torch", description="the PPO update: torch's autograd and Adam, or the same algorithm as whole-array NumPy "
-        "calls (model/numpy_learner.py: 1.5-1.7x faster training on the CPU, other bits; CPU updates only)"
+        "numpy", description="numpy: the PPO update (model/numpy_learner.py) and a CPU rollout's actor and critic "
+        "forward (model/numpy_rollout.py) as whole-array NumPy calls, 1.7-1.9x faster training on the CPU, CPU "
+        "updates only (update_device auto means cpu); torch: autograd and Adam on any device (the GPU paths)"
     )
     log_every: int = Field(1, ge=1, description="updates between logged points")
     per_algo: PerAlgoSettings = Field(

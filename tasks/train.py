@@ -192,7 +192,9 @@ class Trainer:
         self.params, self.algo, self.seed = params, algo, seed
         tp = params.train
         self.rollout_device = resolve_device(tp.rollout_device)
-        self.update_device = resolve_device(update_device or tp.update_device)
+        requested = update_device or tp.update_device
+        # the NumPy learner updates on the CPU: "auto" means the CPU there, an explicit CUDA is refused
+        self.update_device = resolve_device("cpu" if tp.learner == "numpy" and requested == "auto" else requested)
         if tp.learner == "numpy" and self.update_device.type != "cpu":  # before any model is built
             raise ValueError(f"train.learner=numpy runs the update on the CPU, but the update device is "
                              f"{self.update_device.type}; accepted: train.update_device=cpu, or train.learner=torch")
@@ -255,11 +257,21 @@ class Trainer:
             max_grad_norm=tp.max_grad_norm, target_kl=tp.target_kl,
         )
         self.probe = GradientProbe(self.actor, self.scaler)  # read-only gradient diagnostics (DVCLive grad/*)
-        self.learner = None
+        self.learner, self.learner_name = None, tp.learner  # the learner that runs (the summary records it)
         if tp.learner == "numpy":
-            from model.numpy_learner import NumpyLearner
+            from model.numpy_learner import NumpyLearner, not_covered
 
-            self.learner = NumpyLearner(self.actor, self.critic, self.optimizer, self.update_cfg)
+            reason = not_covered(self.actor)
+            if reason is not None:  # e.g. a study over cbf.form: those cells train with torch's learner
+                log.warning("%s-s%d: train.learner=numpy does not cover %s; torch's learner trains this cell",
+                            algo, seed, reason)
+                self.learner_name = "torch"
+            else:
+                self.learner = NumpyLearner(self.actor, self.critic, self.optimizer, self.update_cfg)
+                if self.rollout_device.type == "cpu":  # the rollout's forwards too (they read the weights in place)
+                    from model.numpy_rollout import install_rollout_forwards
+
+                    install_rollout_forwards(self.rollout_actor, self.rollout_critic)
         self.next_obs = self.core.reset()
         self.training_collisions = 0.0  # episodes ended by a collision so far (cumulative curve)
         self.update = 0  # updates done
@@ -546,6 +558,7 @@ def _write_outputs(trainer: Trainer, out_dir: Path, minibatch_override: int | No
         "resumed_from_update": resumed_from,
         "rollout_device": str(trainer.rollout_device),
         "update_device": str(trainer.update_device),
+        "learner": trainer.learner_name,
         "gpu_headroom": headroom.status,
         "gpu_wait_seconds": headroom.waited_seconds,
         "final_capture_rate": mean_of("rollout/capture_rate"),

@@ -98,10 +98,11 @@ def test_ratio_lines_follow_the_measurements(bench):
     assert "n/a (b not measured)" in bench._ratio_line("r", fast, None, "b", 10)
 
 
-def test_profile_breakdown_adds_up(bench):
+@pytest.mark.parametrize("learner", ["torch", "numpy"])
+def test_profile_breakdown_adds_up(bench, learner):
     from tasks.params import load_params
 
-    params = bench._with(load_params(), {**bench.QUICK_OURS, "train.total_steps": 10_000})
+    params = bench._with(load_params(), {**bench.QUICK_OURS, "train.total_steps": 10_000, "train.learner": learner})
     text = bench.profile_barriernet(params, top=5)
     shares = {}
     for line in text.splitlines():
@@ -112,6 +113,10 @@ def test_profile_breakdown_adds_up(bench):
     # the phases partition the iteration; the parts of a phase fit inside it
     assert shares["rollout"] + shares["update"] + shares["other (GAE, buffer flatten, LR, sync)"] == pytest.approx(total, abs=2e-3)
     assert shares["rollout: actor forward"] + shares["rollout: env step"] <= shares["rollout"]
+    if learner == "numpy":  # the NumPy forward and update: none of torch's QP module or backward runs
+        assert not any(k.startswith(("rollout: QP", "update: ")) for k in shares), shares
+        assert "cProfile" in text
+        return
     assert shares["rollout: QP projection (cbf rows excluded)"] <= shares["rollout: actor forward"]
     assert shares["update: QP projection (cbf rows excluded)"] <= shares["update: actor evaluate_actions"]
     assert 0 < shares["update: backward (all)"] <= shares["update"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from model.actors import make_actor
@@ -11,9 +12,10 @@ from tasks.train import Trainer
 from tests.helpers import TINY_PIPELINE
 
 
-def _tiny_params(updates: int = 3):
+def _tiny_params(updates: int = 3, learner: str = "numpy"):
     over = {k: v for k, v in TINY_PIPELINE.items() if k.startswith(("env.", "train."))}
     over["train.total_steps"] = 8 * 16 * updates
+    over["train.learner"] = learner
     return load_params(overrides=over)
 
 
@@ -25,8 +27,9 @@ class _NoProbe:
         return {}
 
 
-def test_the_probe_changes_no_weight():
-    params = _tiny_params()
+@pytest.mark.parametrize("learner", ["torch", "numpy"])
+def test_the_probe_changes_no_weight(learner):
+    params = _tiny_params(learner=learner)
     for algo in ("barriernet", "cbf_beta"):
         weights = []
         for probed in (True, False):
@@ -34,6 +37,10 @@ def test_the_probe_changes_no_weight():
             if not probed:
                 trainer.probe.close()
                 trainer.probe = _NoProbe()
+                if trainer.learner is not None:  # the NumPy learner feeds only a GradientProbe: give it none
+                    update = trainer.learner.update
+                    trainer.learner.update = lambda actor, batch, cfg, generator, after_backward=None: update(
+                        actor, batch, cfg, generator, None)
             for _ in range(3):
                 stats = trainer.train_one_update()
             weights.append(torch.cat([p.detach().flatten() for p in trainer.actor.parameters()]))

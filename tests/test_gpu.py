@@ -66,7 +66,8 @@ def test_headroom_wait_does_nothing_without_cuda():
 
 
 TINY = {"train.num_envs": 8, "train.rollout_steps": 16, "train.num_minibatches": 2, "train.update_epochs": 1,
-        "train.total_steps": 512, "train.seeds": [0], "env.max_steps": 20}
+        "train.total_steps": 512, "train.seeds": [0], "env.max_steps": 20,
+        "train.learner": "torch"}  # the CUDA paths are torch's (the NumPy learner runs on the CPU)
 
 
 class HostTransferCounter:

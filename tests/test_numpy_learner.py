@@ -81,3 +81,21 @@ def test_an_unknown_learner_is_refused_by_the_params():
 
     with pytest.raises(ParamsError, match="train.learner"):
         load_params(overrides={"train.learner": "jax"})
+
+
+@pytest.mark.parametrize("override", [{"cbf.form": "ct"}, {"barriernet.update_mode": "nominal"}])
+def test_a_barriernet_the_numpy_step_does_not_cover_trains_with_torchs_learner(override, caplog):
+    from tasks.train import Trainer
+
+    """BarrierNet settings without a NumPy step (other CBF forms, other update modes) train with
+    torch's learner and the torch forwards, say so in the log, and record it as the cell's learner."""
+    from model.numpy_learner import not_covered
+
+    params = load_params(overrides={**QUICK, "train.learner": "numpy", **override})
+    with caplog.at_level("WARNING"):
+        trainer = Trainer(params, "barriernet", 0, update_device="cpu")
+    assert trainer.learner is None and trainer.learner_name == "torch"
+    assert "torch's learner trains this cell" in caplog.text and not_covered(trainer.actor) in caplog.text
+    assert "forward" not in vars(trainer.rollout_actor) and "forward" not in vars(trainer.rollout_critic)
+    assert trainer.train_one_update()["losses/approx_kl"] >= 0
+    assert not_covered(_trainer("barriernet", "numpy").actor) is None

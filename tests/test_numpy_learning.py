@@ -48,21 +48,37 @@ def test_test_rates_count_only_the_arm_on_the_test_split(bench, tmp_path):
         bench.test_rates(path, "barriernet")
 
 
-# BarrierNet and shielded PPO (the Gaussian policy inside a wrapper) with the rollout forward too,
-# CBF-Beta with the update alone; tests/test_numpy_update.py checks each policy's numbers
-@pytest.mark.parametrize("algo,rollout", [("barriernet", True), ("cbf_beta", False), ("shielded", True)])
-def test_quick_run_trains_every_minibatch_with_the_numpy_step(bench, tmp_path, algo, rollout):
+# BarrierNet and shielded PPO (NumPy update and rollout forwards), CBF-Beta (NumPy update, torch's
+# rollout forward); tests/test_numpy_update.py and tests/test_numpy_rollout.py check the numbers
+@pytest.mark.parametrize("algo", ["barriernet", "cbf_beta", "shielded"])
+def test_quick_run_trains_with_the_learner_asked_for(bench, tmp_path, monkeypatch, algo):
+    """Every update of the run is the NumPy learner's, its summary says so, the real state
+    directory is left alone; and the default learner is the one params.yaml does not use."""
+    from model.numpy_learner import NumpyLearner
     from tasks.params import load_params
 
+    updates = []
+    original = NumpyLearner.update
+    monkeypatch.setattr(NumpyLearner, "update", lambda self, *a, **k: updates.append(1) or original(self, *a, **k))
     before = os.environ.get("BARRIERNET_STATE_DIR")
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        result = bench.main(["--algo", algo, "--quick", "--seeds", "0", "--workdir", str(tmp_path)]
-                            + (["--rollout"] if rollout else []))
+        result = bench.main(["--algo", algo, "--quick", "--seeds", "0", "--workdir", str(tmp_path), "--learner", "numpy"])
     tp = load_params(overrides=bench.QUICK).train
     (row,) = result["rows"]
-    assert row["numpy_steps"] == tp.num_updates * tp.update_epochs * tp.num_minibatches
+    assert len(updates) == tp.num_updates and row["learner"] == "numpy"
     assert row["episodes"] == bench.QUICK["eval.test_episodes"] and 0 <= row["collision"] <= 1
     assert (tmp_path / algo / "state").is_dir()  # its checkpoints, not the real training's
     assert os.environ.get("BARRIERNET_STATE_DIR") == before
     assert "| seed | episodes |" in out.getvalue()
+
+
+def test_quick_run_by_default_trains_with_the_other_learner(bench, tmp_path, monkeypatch):
+    from model.numpy_learner import NumpyLearner
+    from tasks.params import load_params
+
+    monkeypatch.setattr(NumpyLearner, "update", lambda *a, **k: pytest.fail("the NumPy learner ran"))
+    assert load_params().train.learner == "numpy"  # the committed cells' learner
+    with contextlib.redirect_stdout(io.StringIO()):
+        result = bench.main(["--algo", "baseline", "--quick", "--seeds", "0", "--workdir", str(tmp_path)])
+    assert result["learner"] == "torch" and result["rows"][0]["learner"] == "torch"

@@ -28,6 +28,7 @@ def bench():
     return module
 
 
+TORCH = {"train.learner": "torch"}  # the trainers whose update `NumpyLearner.patched` replaces
 QUICK = {"baseline": {}, "barriernet": {"train.num_envs": 64, "train.rollout_steps": 8}, "cbf_beta": {},
          "shielded": {}}
 
@@ -162,7 +163,7 @@ def test_the_numpy_learner_trains_inside_real_iterations_and_hands_its_weights_t
     from tasks.params import load_params
     from tasks.train import Trainer
 
-    trainer = Trainer(load_params(overrides={**bench.QUICK, "train.total_steps": 10**6}), "barriernet", 0,
+    trainer = Trainer(load_params(overrides={**bench.QUICK, **TORCH, "train.total_steps": 10**6}), "barriernet", 0,
                       update_device="cpu")
     learner = bench.NumpyLearner(trainer)
     original = ppo.ppo_update
@@ -177,67 +178,6 @@ def test_the_numpy_learner_trains_inside_real_iterations_and_hands_its_weights_t
     assert np.array_equal(np.concatenate([p.detach().numpy().ravel() for p in rollout]), learner.step.flat)
 
 
-@pytest.mark.parametrize("algo", ["baseline", "shielded"])
-def test_the_numpy_rollout_forward_equals_torchs_up_to_round_off(bench, algo):
-    """The rollout's Gaussian policy and critic by NumPy (`rollout_forwards`) against the torch
-    modules from the same weights and the same RNG state: action, sample, log_prob and value agree
-    to float32 round-off; a shielded actor's wrapped policy is the one replaced."""
-    from tasks.params import load_params
-    from tasks.train import Trainer
-
-    trainer = Trainer(load_params(overrides={**bench.QUICK, "train.total_steps": 10**6}), algo, 0, update_device="cpu")
-    agent = trainer.agent
-    policy = agent.rollout_actor.actor if algo == "shielded" else agent.rollout_actor
-    obs = agent.obs_rms.normalize(trainer.next_obs)
-    forwards = {module: fn for (module, _), fn in bench.NumpyLearner(trainer).rollout_forwards(trainer).items()}
-    assert set(forwards) == {policy, agent.rollout_critic}
-    with torch.no_grad():
-        torch.manual_seed(7)
-        theirs = policy(obs)
-        torch.manual_seed(7)
-        ours = forwards[policy](obs)
-        value = agent.rollout_critic(obs)
-    for name in ("action", "sample", "log_prob"):
-        np.testing.assert_allclose(getattr(ours, name).numpy(), getattr(theirs, name).numpy(), rtol=1e-5, atol=1e-5)
-    assert not np.allclose(ours.sample.numpy(), policy(obs, deterministic=True).sample.detach().numpy())  # noise drawn
-    np.testing.assert_allclose(forwards[agent.rollout_critic](obs).numpy(), value.numpy(), rtol=1e-5, atol=1e-5)
-
-
-def test_the_numpy_barriernet_rollout_forward_equals_torchs_up_to_round_off(bench):
-    """BarrierNet's rollout forward by NumPy (heads, both QPs, info) against the torch actor from
-    the same weights, RNG state and states (a rollout's worth of them, some with active CBF rows):
-    actions, samples, log-probabilities and the info the rollout reads."""
-    from env.core import SafetyState
-    from tasks.params import load_params
-    from tasks.train import Trainer
-
-    trainer = Trainer(load_params(overrides={**bench.QUICK, "train.num_envs": 256, "train.total_steps": 10**6}),
-                      "barriernet", 0, update_device="cpu")
-    trainer.collect_rollout()  # states spread over a rollout, not only starts
-    agent = trainer.agent
-    actor = agent.rollout_actor
-    forward = {module: fn for (module, _), fn in bench.NumpyLearner(trainer).rollout_forwards(trainer).items()}[actor]
-    buf = trainer.buffer
-    active = 0
-    for t in range(buf.num_steps):
-        safety = SafetyState(buf.pursuer[t], buf.obstacle_centres[t], buf.obstacle_radii[t], buf.obstacle_mask[t])
-        obs = buf.obs[t]
-        with torch.no_grad():
-            torch.manual_seed(t)
-            theirs = actor(obs, safety)
-            torch.manual_seed(t)
-            ours = forward(obs, safety)
-        for name in ("action", "sample", "log_prob"):
-            np.testing.assert_allclose(getattr(ours, name).numpy(), getattr(theirs, name).detach().numpy(),
-                                       rtol=1e-4, atol=1e-5)
-        for key in ("intervened", "infeasible", "active_mean"):
-            assert torch.equal(ours.info[key], theirs.info[key]), key
-        for key in ("nominal", "gamma", "proposal", "correction", "lookahead_h"):
-            np.testing.assert_allclose(ours.info[key].numpy(), theirs.info[key].detach().numpy(), rtol=1e-4, atol=1e-5)
-        active += int((ours.info["active_mean"][:, 0] >= 0).sum())
-    assert active > 0
-
-
 @pytest.mark.parametrize("algo", ["baseline", "barriernet"])
 def test_the_numpy_learner_logs_what_torchs_update_logs(bench, algo):
     """One iteration from the same seed by torch's update and by `NumpyLearner`: the same loss
@@ -246,7 +186,7 @@ def test_the_numpy_learner_logs_what_torchs_update_logs(bench, algo):
     from tasks.params import load_params
     from tasks.train import Trainer
 
-    params = load_params(overrides={**bench.QUICK, "train.total_steps": 10**6})
+    params = load_params(overrides={**bench.QUICK, **TORCH, "train.total_steps": 10**6})
     theirs = Trainer(params, algo, 0, update_device="cpu").train_one_update()
     trainer = Trainer(params, algo, 0, update_device="cpu")  # re-seeds: the same rollout
     with bench.NumpyLearner(trainer).patched():

@@ -101,6 +101,7 @@ def build_workdir(workdir: Path, params: Params) -> None:
                 "planned_minibatch_size": 256, "minibatch_size": 128 if fallback else 256,
                 "minibatch_fallback": fallback, "resumed_from_update": None,
                 "rollout_device": "cpu", "update_device": "cpu",
+                **({"learner": "numpy"} if seed == 0 else {}),  # seed 1: a summary from before the learner was recorded
             }))
             steps = np.arange(1, 5) * 1024
             metrics_dir = train_dir / "live" / "plots" / "metrics" / "rollout"
@@ -225,6 +226,8 @@ def test_setup_and_provenance(rendered):
     assert params_hash(params.to_dict()) in markdown
     assert "equal budgets: every cell ran 4,096 env steps" in markdown
     assert "YES: 128 instead of 256" in table_row(markdown, "baseline", "1")
+    assert "| cpu / cpu (numpy) |" in table_row(markdown, "baseline", "0")
+    assert "| cpu / cpu |" in table_row(markdown, "baseline", "1")
     assert "minibatch fallback (out-of-memory retry with a smaller minibatch): YES, in baseline-s1" in markdown
     assert "42.0 s" in table_row(markdown, "qp_benchmark")
     # params differ from params.yaml: the commands carry the overrides, shell-quoted

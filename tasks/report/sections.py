@@ -113,11 +113,13 @@ def _budget_table(inputs: Inputs, params: Params) -> str:
         rows.append([
             cell.algo, cell.seed, f"{params.train.total_steps:,}", f"{int(s['total_steps']):,}", s.get("updates", "?"),
             fmt_seconds(s["wall_seconds"]), f"{sps:,.0f}" if is_finite_number(sps) else "n/a", fb_text,
-            f"{s.get('rollout_device', '?')} / {s.get('update_device', '?')}",
+            f"{s.get('rollout_device', '?')} / {s.get('update_device', '?')}"
+            + (f" ({s['learner']})" if s.get("learner") else ""),
             s.get("resumed_from_update") if s.get("resumed_from_update") is not None else "no",
         ])
     return md_table(["algo", "seed", "budget (train.total_steps)", "env steps done", "updates", "wall time",
-                     "env steps/s", "minibatch fallback (size used)", "rollout / update device", "resumed from update"],
+                     "env steps/s", "minibatch fallback (size used)", "rollout / update device (learner)",
+                     "resumed from update"],
                     rows)
 
 

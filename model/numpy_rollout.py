@@ -1,0 +1,147 @@
+"""The rollout's actor and critic forward in NumPy (`train.learner: numpy`, CPU rollout).
+
+Why: a rollout step's actor and critic forward are a few dozen small ATen ops on 256 envs, and
+their dispatch costs more than their arithmetic, as in the update (`model/numpy_learner.py`).
+With the forwards in NumPy too, whole training iterations ran 1.69-1.85x faster than torch's,
+against 1.52-1.70x with the NumPy update alone (`benchmarks/numpy_update.py --whole`, measured on
+a 2-core AMD EPYC).
+
+What it replaces: the `forward` of the rollout's Gaussian policy (the baseline's, or the one a
+`ShieldedActor` wraps: its filter stays torch's and acts on what this returns), of a
+`BarrierNetActor` (through_qp, dcbf: heads, the CBF rows' gamma-free part by torch's
+`cbf_geometry`, the mean's QP, the sample's QP warm-started by the mean's active set, and the
+info the rollout's curves and record read) and of the `Critic`. CBF-Beta keeps torch's (its safe
+box is torch and numba already). Everything else the rollout calls (`rollout_record`, the step
+sums, the filter) is the torch actor's, reading the same `ActorOutput`.
+
+The weights are read from the torch parameters' own storage (`Tensor.numpy()` shares it, no
+copy), so the forward always sees the current weights: the update, `load_state_dict` and a
+checkpoint load all write in place. The Gaussian noise is drawn by torch's global generator, so
+the RNG stream is the torch forward's. Numerics: pinned as the NumPy update's (its module
+docstring); the outputs equal torch's to float32 round-off (tests/test_numpy_rollout.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from model.numpy_learner import HALF_LOG_2PI, NumpyPPOStep, _BarrierNetPolicy, _forward, _GaussianPolicy, rational_tanh
+
+
+class _LiveWeights:
+    """What the NumPy policies read as their `step`: every parameter of `modules` as a NumPy view
+    of the torch storage (no gradients: forward only)."""
+
+    layers_of = NumpyPPOStep.layers_of
+
+    def __init__(self, modules: list[nn.Module], tanh):
+        self.tanh = tanh
+        self.views = {id(p): (p.detach().numpy(), None) for m in modules for p in m.parameters()}
+
+
+def gaussian_forward(actor, tanh=rational_tanh):
+    """`GaussianActor.forward` in NumPy: (obs (B, D), safety=None, deterministic=False) ->
+    ActorOutput(action (B, 2) clamped to the action box, sample (B, 2), log_prob (B,), {})."""
+    from model.actors import ActorOutput
+
+    policy = _GaussianPolicy(_LiveWeights([actor], tanh), actor)
+    low, high = actor.action_low.numpy(), actor.action_high.numpy()
+
+    def forward(obs, safety=None, deterministic=False):
+        mean = policy.centre + policy.half * tanh(_forward(obs.numpy(), policy.layers, tanh)[-1])
+        std = policy.half * np.exp(policy.log_std)
+        noise = np.zeros_like(mean) if deterministic else torch.randn(mean.shape, dtype=torch.float32).numpy()
+        sample = mean + std * noise
+        z = (sample - mean) / std
+        log_prob = (-0.5 * z * z - np.log(std) - HALF_LOG_2PI).sum(1)
+        action = np.maximum(np.minimum(sample, high), low)
+        return ActorOutput(torch.from_numpy(action), torch.from_numpy(sample), torch.from_numpy(log_prob), {})
+
+    return forward
+
+
+def barriernet_forward(actor, tanh=rational_tanh):
+    """`BarrierNetActor.forward` (through_qp, dcbf, the training's obstacles) in NumPy: (obs (B, D),
+    safety, deterministic=False) -> ActorOutput(executed (B, 2), sample (B, 2), log_prob (B,), info)
+    with info's nominal (B, 2), gamma (B, M), proposal (B, 2), infeasible (B,), lookahead_h (B, M),
+    correction (B,), intervened (B,) and active_mean (B, 2) as the torch actor's."""
+    from model.actors import ActorOutput
+
+    policy = _BarrierNetPolicy(_LiveWeights([actor], tanh), actor)
+    tol = actor.cbf_params.intervention_tol
+    full_scale = policy.centre + policy.half
+
+    def forward(obs, safety, deterministic=False):
+        nominal, gamma = policy.heads(obs.numpy())
+        A, mask, h, barrier_mask, b_bounds = (x.numpy() for x in actor.projection.geometry(safety, obs.new_empty(0)))
+        b = policy.right_sides(gamma, h, barrier_mask, b_bounds)
+        noise = (np.zeros_like(nominal) if deterministic
+                 else policy.std * torch.randn(nominal.shape, dtype=torch.float32).numpy())
+        u, *_, active_mean, _, feasible_mean = policy.solve(nominal, A, mask, b, None)
+        mean = np.maximum(np.minimum(u, policy.high), policy.low)
+        sample = mean + noise
+        if deterministic:
+            executed, feasible = mean, feasible_mean
+        else:  # the sample's QP, warm-started by the mean's active set, as the torch actor does
+            u, *_, feasible = policy.solve(sample, A, mask, b, active_mean)
+            executed = np.maximum(np.minimum(u, policy.high), policy.low)
+            feasible = feasible & feasible_mean
+        z = (sample - mean) / policy.std
+        log_prob = (-0.5 * z * z - np.log(policy.std) - HALF_LOG_2PI).sum(1)
+        proposal = np.maximum(np.minimum(nominal + noise, full_scale), policy.centre - policy.half)
+        correction = np.sqrt((((executed - proposal) / full_scale) ** 2).sum(-1))
+        info = {"nominal": nominal, "gamma": gamma, "proposal": proposal, "infeasible": ~feasible,
+                "lookahead_h": np.where(barrier_mask, h, np.inf).astype(np.float32), "correction": correction,
+                "intervened": correction > tol, "active_mean": active_mean}
+        return ActorOutput(torch.from_numpy(executed.astype(np.float32)), torch.from_numpy(sample),
+                           torch.from_numpy(log_prob), {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in info.items()})
+
+    return forward
+
+
+def critic_forward(critic, tanh=rational_tanh):
+    """`Critic.forward` in NumPy: obs (B, D) -> value (B,)."""
+    layers, _ = _LiveWeights([critic], tanh).layers_of(critic)
+
+    def forward(obs):
+        return torch.from_numpy(np.ascontiguousarray(_forward(obs.numpy(), layers, tanh)[-1][:, 0]))
+
+    return forward
+
+
+def rollout_forwards(actor, critic, tanh=rational_tanh) -> dict:
+    """{module: its NumPy forward} for a CPU rollout's actor and critic: the Gaussian policy (the
+    baseline's, or the one a ShieldedActor wraps), BarrierNet's (through_qp, dcbf) and the critic.
+    An actor with none (CBF-Beta, BarrierNet's other modes) keeps torch's: only the critic's is
+    given. Raises ValueError for parameters off the CPU."""
+    from model.actors import BarrierNetActor, GaussianActor, ShieldedActor
+
+    if any(p.device.type != "cpu" for p in list(actor.parameters()) + list(critic.parameters())):
+        raise ValueError("the NumPy rollout forward reads CPU parameters; accepted: train.rollout_device=cpu")
+    forwards = {critic: critic_forward(critic, tanh)}
+    policy = actor.actor if isinstance(actor, ShieldedActor) else actor
+    if type(policy) is GaussianActor:
+        forwards[policy] = gaussian_forward(policy, tanh)
+    elif (isinstance(policy, BarrierNetActor) and policy.update_mode == "through_qp"
+          and policy.cbf_params.form == "dcbf"):
+        forwards[policy] = barriernet_forward(policy, tanh)
+    return forwards
+
+
+def install_rollout_forwards(actor, critic, tanh=rational_tanh) -> list[nn.Module]:
+    """Make `rollout_forwards` the modules' own `forward` (an instance attribute, which
+    `nn.Module.__call__` calls): the rollout, GAE's bootstrap value and anything else calling the
+    rollout copy run them. Returns the modules changed (`uninstall_rollout_forwards` undoes it)."""
+    forwards = rollout_forwards(actor, critic, tanh)
+    for module, forward in forwards.items():
+        module.forward = forward
+    return list(forwards)
+
+
+def uninstall_rollout_forwards(modules: list[nn.Module]) -> None:
+    """Give `modules` their class's torch forward back."""
+    for module in modules:
+        if "forward" in vars(module):
+            del module.forward

@@ -1,0 +1,132 @@
+"""model/numpy_rollout.py: the rollout's actor and critic forward in NumPy against the torch
+modules' own forward (the second implementation) from the same weights and RNG state, and how
+training installs them (`train.learner: numpy`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from model.numpy_rollout import install_rollout_forwards, rollout_forwards, uninstall_rollout_forwards
+from tasks.params import load_params
+from tasks.train import Trainer
+
+QUICK = {"train.num_envs": 16, "train.rollout_steps": 8, "train.num_minibatches": 2, "train.total_steps": 10**6}
+
+
+def _torch_trainer(algo: str, **overrides) -> Trainer:
+    return Trainer(load_params(overrides={**QUICK, "train.learner": "torch", **overrides}), algo, 0, update_device="cpu")
+
+
+@pytest.mark.parametrize("algo", ["baseline", "shielded"])
+def test_the_gaussian_policy_and_critic_equal_torchs_up_to_round_off(algo):
+    """Action, sample, log_prob and value agree to float32 round-off; a shielded actor's wrapped
+    policy is the one given a NumPy forward."""
+    trainer = _torch_trainer(algo)
+    agent = trainer.agent
+    policy = agent.rollout_actor.actor if algo == "shielded" else agent.rollout_actor
+    obs = agent.obs_rms.normalize(trainer.next_obs)
+    forwards = rollout_forwards(agent.rollout_actor, agent.rollout_critic)
+    assert set(forwards) == {policy, agent.rollout_critic}
+    with torch.no_grad():
+        torch.manual_seed(7)
+        theirs = policy(obs)
+        torch.manual_seed(7)
+        ours = forwards[policy](obs)
+        value = agent.rollout_critic(obs)
+    for name in ("action", "sample", "log_prob"):
+        np.testing.assert_allclose(getattr(ours, name).numpy(), getattr(theirs, name).numpy(), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(ours.sample.numpy(), policy(obs, deterministic=True).sample.detach().numpy())  # noise drawn
+    np.testing.assert_allclose(forwards[policy](obs, deterministic=True).action.numpy(),
+                               policy(obs, deterministic=True).action.detach().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(forwards[agent.rollout_critic](obs).numpy(), value.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_barriernet_equals_torchs_up_to_round_off_with_active_rows():
+    """Heads, both QPs and the info, over a rollout's worth of states (some with active CBF rows):
+    actions, samples, log-probabilities and the info the rollout reads."""
+    from env.core import SafetyState
+
+    trainer = _torch_trainer("barriernet", **{"train.num_envs": 256})
+    trainer.collect_rollout()  # states spread over a rollout, not only starts
+    actor = trainer.agent.rollout_actor
+    forward = rollout_forwards(actor, trainer.agent.rollout_critic)[actor]
+    buf = trainer.buffer
+    active = 0
+    for t in range(buf.num_steps):
+        safety = SafetyState(buf.pursuer[t], buf.obstacle_centres[t], buf.obstacle_radii[t], buf.obstacle_mask[t])
+        obs = buf.obs[t]
+        with torch.no_grad():
+            torch.manual_seed(t)
+            theirs = actor(obs, safety)
+            torch.manual_seed(t)
+            ours = forward(obs, safety)
+        for name in ("action", "sample", "log_prob"):
+            np.testing.assert_allclose(getattr(ours, name).numpy(), getattr(theirs, name).detach().numpy(),
+                                       rtol=1e-4, atol=1e-5)
+        for key in ("intervened", "infeasible", "active_mean"):
+            assert torch.equal(ours.info[key], theirs.info[key]), key
+        for key in ("nominal", "gamma", "proposal", "correction", "lookahead_h"):
+            np.testing.assert_allclose(ours.info[key].numpy(), theirs.info[key].detach().numpy(), rtol=1e-4, atol=1e-5)
+        active += int((ours.info["active_mean"][:, 0] >= 0).sum())
+    assert active > 0
+
+
+def test_the_forward_reads_the_current_weights_in_place():
+    """Weights written after the forward was built (an update, load_state_dict) are the ones it
+    uses: it reads the torch storage, not a copy."""
+    trainer = _torch_trainer("baseline")
+    agent = trainer.agent
+    critic = agent.rollout_critic
+    forward = rollout_forwards(agent.rollout_actor, critic)[critic]
+    obs = agent.obs_rms.normalize(trainer.next_obs)
+    before = forward(obs).numpy().copy()
+    state = {k: v + 0.1 for k, v in critic.state_dict().items()}
+    critic.load_state_dict(state)
+    after = forward(obs).numpy()
+    assert not np.allclose(after, before)
+    with torch.no_grad():
+        np.testing.assert_allclose(after, critic(obs).numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("algo,actor_replaced", [("baseline", True), ("shielded", True), ("barriernet", True),
+                                                 ("cbf_beta", False)])
+def test_training_with_the_numpy_learner_installs_them_and_uninstall_restores_torchs(algo, actor_replaced):
+    """`train.learner: numpy` gives the rollout copy's policy and critic their NumPy forward (not
+    CBF-Beta's actor: it has none); torch's learner leaves them alone; uninstalling gives the
+    class's forward back."""
+    trainer = Trainer(load_params(overrides={**QUICK, "train.learner": "numpy"}), algo, 0, update_device="cpu")
+    agent = trainer.agent
+    policy = agent.rollout_actor.actor if algo == "shielded" else agent.rollout_actor
+    assert "forward" in vars(agent.rollout_critic)
+    assert ("forward" in vars(policy)) == actor_replaced
+    assert not any("forward" in vars(m) for m in (_torch_trainer(algo).agent.rollout_actor,
+                                                  _torch_trainer(algo).agent.rollout_critic))
+    uninstall_rollout_forwards([policy, agent.rollout_critic])
+    assert "forward" not in vars(policy) and "forward" not in vars(agent.rollout_critic)
+    assert install_rollout_forwards(agent.rollout_actor, agent.rollout_critic) == (
+        [agent.rollout_critic, policy] if actor_replaced else [agent.rollout_critic])
+
+
+def test_a_numpy_learner_iteration_rolls_out_what_torchs_forward_would():
+    """One iteration's rollout by the NumPy forwards (the learner's default) against the same
+    iteration with the torch forwards put back: the same episodes' counts and the stored actions
+    to round-off (the RNG stream is the same)."""
+    params = load_params(overrides={**QUICK, "train.learner": "numpy"})
+    ours = Trainer(params, "barriernet", 0, update_device="cpu")
+    ours.collect_rollout()
+    theirs = Trainer(params, "barriernet", 0, update_device="cpu")  # re-seeds torch's global generator
+    uninstall_rollout_forwards([theirs.agent.rollout_actor, theirs.agent.rollout_critic])
+    theirs.collect_rollout()
+    np.testing.assert_allclose(ours.buffer.action.numpy(), theirs.buffer.action.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ours.buffer.value.numpy(), theirs.buffer.value.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_parameters_off_the_cpu_are_refused():
+    trainer = _torch_trainer("baseline")
+    critic = trainer.agent.rollout_critic
+    meta = torch.nn.Linear(2, 2, device="meta")
+    critic.add_module("extra", meta)
+    with pytest.raises(ValueError, match="train.rollout_device=cpu"):
+        rollout_forwards(trainer.agent.rollout_actor, critic)
