@@ -195,7 +195,11 @@ class _BarrierNetPolicy:
         from model.qp.cpu_n2_kernels import allocate_outputs, solve_batch
 
         batch, m = mask.shape
-        H = np.broadcast_to(np.diag(self.weights), (batch, 2, 2))
+        # W for every row as a stride-0 view, writable: the array type (float32, 3d, 'A') that the
+        # torch route's expanded H has, so both routes share one compiled specialization (a
+        # read-only view would make numba compile the loop a second time in every fresh cache)
+        diag = np.diag(self.weights)
+        H = np.lib.stride_tricks.as_strided(diag, (batch, 2, 2), (0, *diag.strides), writeable=True)
         f = -u_ref * self.weights
         out = allocate_outputs(batch, m)
         u, lam, used, Y, K, active, inv_norm, lam_rows, passed = out

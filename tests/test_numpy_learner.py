@@ -99,3 +99,23 @@ def test_a_barriernet_the_numpy_step_does_not_cover_trains_with_torchs_learner(o
     assert "forward" not in vars(trainer.rollout_actor) and "forward" not in vars(trainer.rollout_critic)
     assert trainer.train_one_update()["losses/approx_kl"] >= 0
     assert not_covered(_trainer("barriernet", "numpy").actor) is None
+
+
+def test_the_numpy_and_torch_routes_share_one_compiled_qp_loop(monkeypatch):
+    """Both learners hand `cpu_n2_kernels.solve_batch` arrays of the same numba types, so a fresh
+    cache compiles the loop once, not once per route (a read-only H made a second one)."""
+    import numba
+
+    from model.qp import cpu_n2_kernels
+
+    seen = set()
+    original = cpu_n2_kernels.solve_batch
+
+    def spy(*args):
+        seen.add(tuple(str(numba.typeof(a)) for a in args))
+        return original(*args)
+
+    monkeypatch.setattr(cpu_n2_kernels, "solve_batch", spy)
+    for learner in ("torch", "numpy"):
+        _trainer("barriernet", learner).train_one_update()
+    assert len(seen) == 1, seen
