@@ -9,7 +9,8 @@ dispatch.
 iteration at most 2.0-2.2x faster: the rest is the dispatch of some 30 k small ATen ops (about
 300 per minibatch step, each with its autograd bookkeeping) and the Python around them. So the
 route to issue 17's 2x per core is a step with far fewer, larger calls, and it must keep the
-pinned numerics. This measures how far that route goes before anyone builds it.
+pinned numerics. This measures how far that route goes; training takes it as
+`train.learner: numpy` (model/numpy_learner.py, model/numpy_rollout.py), the default.
 `NumpyPPOStep` is one minibatch step written as whole-array NumPy calls with the backward derived
 by hand:
 
@@ -37,14 +38,14 @@ rest unchanged: an estimate); and where a rollout's time goes (env steps, the ac
 critic's forward calls, the rest), with the rollout time that twice today's iteration speed
 would leave once the update is that fast.
 
-Its answer is not training's: OpenBLAS's products and either tanh round differently from MKL's
-COMPATIBLE branch and ATen's, so adopting such a step would move every result, and the learning
-would have to be shown the same within the seed intervals. `check_against_torch` compares one
+Its bits are not torch's learner's: OpenBLAS's products and either tanh round differently from
+MKL's COMPATIBLE branch and ATen's, so the learning is shown the same within the seed intervals
+instead (`benchmarks/numpy_learning.py`). `check_against_torch` compares one
 step with torch's from the same weights: the loss, every gradient and the updated weights agree
 to float32 round-off (tests/test_numpy_update.py, with every clipping branch and, for
-BarrierNet, active CBF rows). `--whole` alternates real training iterations, one Trainer's
-updates by the NumPy step (`NumpyLearner`); `benchmarks/numpy_learning.py` trains whole cells so
-and compares their held-out rates. Nothing here changes training.
+BarrierNet, active CBF rows). `--whole` alternates real training iterations: torch's learner,
+torch's learner with its update by the NumPy step (`NumpyLearner.patched`), and
+`train.learner: numpy` as training runs it. Nothing here changes training.
 """
 
 from __future__ import annotations
