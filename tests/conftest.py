@@ -102,6 +102,7 @@ def pytest_sessionstart(session):
     and numerics stay untouched."""
     if hasattr(session.config, "workerinput"):
         return
+    _check_xdist_keeps_groups(session.config)
     caches = REPO_ROOT / "model" / "qp" / "__pycache__", REPO_ROOT / "model" / "__pycache__"
     kernels = ("cpu_n2_kernels.solve_batch-*", "cbf_beta._boxes_kernel-*")
     if all(any(c.glob(f"{name}.*.nbi")) for c, name in zip(caches, kernels)):
@@ -122,6 +123,7 @@ def pytest_sessionfinish(session):
         except ProcessLookupError:
             pass
 
+
 def pytest_collection_modifyitems(config, items):
     """The end-to-end tests first, those with the longest time budget (pytest-timeout mark) first.
 
@@ -135,3 +137,25 @@ def pytest_collection_modifyitems(config, items):
         return float(timeout.args[0]) if timeout and timeout.args else 0.0
 
     items.sort(key=lambda item: (item.get_closest_marker("slow") is None, -budget(item)))
+
+
+def _check_xdist_keeps_groups(config) -> None:
+    """Under `--dist loadgroup` (scripts/test.sh), refuse a pytest whose test ids pytest-xdist
+    cannot tag with their group. xdist's workers append "@group" to `item._nodeid` and the
+    controller schedules by that suffix alone; pytest 9.2 reads the id from `Node._id` instead, so
+    there every group is spread over the workers and its module fixtures (a whole tiny pipeline
+    run) run once per worker, silently. Probed by xdist's own move on a bare node."""
+    from _pytest.nodes import Node
+
+    if config.getvalue("dist") != "loadgroup":
+        return
+    node = object.__new__(Node)
+    node._nodeid = "tests/test_x.py::test_probe@group"
+    try:
+        tagged = node.nodeid == node._nodeid
+    except AttributeError:
+        tagged = False
+    if not tagged:
+        raise pytest.UsageError(
+            f"pytest {pytest.__version__} with this pytest-xdist ignores xdist_group under --dist loadgroup "
+            "(a group's module fixtures would run on every worker); accepted: pytest<9.2 (pyproject.toml's dev extra)")
