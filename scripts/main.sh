@@ -25,7 +25,7 @@ if [ ! -x .venv/bin/python ]; then
     echo "main: creating .venv with $PY and installing the project"
     "$PY" -m venv .venv
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q --no-compile -e .  # modules are byte-compiled when first imported
+    .venv/bin/python -m pip install -q -e .  # byte-compiled here: PYTHONDONTWRITEBYTECODE may forbid it later
 fi
 VENV_BIN="$REPO/.venv/bin"
 export PATH="$VENV_BIN:$PATH"   # dvc.yaml's `python` and the flow's `dvc` are the venv's
