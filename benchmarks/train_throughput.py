@@ -29,13 +29,15 @@ average (ours: the mean over their rounds; the others: when they ended). The pri
 CPU time over the same span: with one torch thread, env-steps per CPU-second approximate the
 rate on an idle core, a load-robust companion to the wall-clock figure (which stays the measure).
 
-``--profile`` adds a breakdown of one BarrierNet (through_qp) iteration: rollout vs update, the
-QP's share of each, the env step, the backward pass (and the QP's KKT backward inside it), then
-the top functions of a cProfile run of the same iteration.
+``--profile [ALGO]`` adds a breakdown of one iteration of ALGO (default BarrierNet through_qp):
+rollout vs update, the safety layer's share of each (BarrierNet's QP; CBF-Beta's rows and safe
+box), the env step, the backward pass (and the QP's KKT backward inside it), then the top
+functions of a cProfile run of the same iteration.
 
     python benchmarks/train_throughput.py                    # 3 iterations of the default batch
     python benchmarks/train_throughput.py --steps 81920 --threads 2
     python benchmarks/train_throughput.py --profile --skip-sb3 --skip-reference
+    python benchmarks/train_throughput.py --profile cbf_beta --quick --skip-sb3 --skip-reference
     python benchmarks/train_throughput.py --quick            # tiny budgets (a smoke test)
     python benchmarks/train_throughput.py --against 4f49af4  # this checkout vs a commit, side by side
 """
@@ -238,15 +240,16 @@ def measure_sb3(config: dict[str, int], steps: int, seed: int = 0, warmup_steps:
 
 
 # ---------------------------------------------------------------------------------------------
-# Profile of one BarrierNet iteration
+# Profile of one training iteration
 
 
 class PhaseTimer:
     """Wall time of named parts of one training iteration, by wrapping callables in place.
 
     Wrapped: model.ppo.collect_rollout and model.ppo.ppo_update (the two phases), the env step,
-    the actor's forward and evaluate_actions, the CBF-QP projection (attributed to the phase it
-    runs in), Tensor.backward, the optimizer step and the QP's KKT backward (exact backend).
+    the actor's forward and evaluate_actions, BarrierNet's CBF-QP projection and CBF-Beta's rows
+    and safe box (attributed to the phase they run in), Tensor.backward, the optimizer step and
+    the QP's KKT backward (exact backend).
     Everything is restored on exit.
     """
 
@@ -291,8 +294,10 @@ class PhaseTimer:
 
     @contextlib.contextmanager
     def attached(self, trainer) -> Iterator["PhaseTimer"]:
+        import model.cbf_beta as cbf_beta_module
         import model.qp.common as qp_common
         import model.ppo as ppo_module
+        from model.cbf_beta import CBFBetaActor
 
         qp_name = lambda: f"{self.phase}: QP projection (cbf rows excluded)"  # noqa: E731
         self.patch(ppo_module, "collect_rollout", "rollout", phase="rollout")
@@ -300,7 +305,11 @@ class PhaseTimer:
         self.patch_instance(trainer.rollout_actor, "forward", "rollout: actor forward")
         self.patch_instance(trainer.actor, "evaluate_actions", "update: actor evaluate_actions")
         for actor in (trainer.rollout_actor, trainer.actor):
-            self.patch_instance(actor.projection, "forward", qp_name)
+            if hasattr(actor, "projection"):  # BarrierNet
+                self.patch_instance(actor.projection, "forward", qp_name)
+            if isinstance(actor, CBFBetaActor):  # its rows, then the box (centre QPs, chords; numba)
+                self.patch_instance(actor, "rows", lambda: f"{self.phase}: CBF-Beta rows (cbf_rows)")
+        self.patch(cbf_beta_module, "safe_box", lambda: f"{self.phase}: CBF-Beta safe box (centre QPs + chords)")
         self.patch_instance(trainer.optimizer, "step", "update: optimizer step")
         self.patch(ppo_module, "ppo_update", "update", phase="update")
         self.patch(torch.Tensor, "backward", "update: backward (all)")
@@ -315,9 +324,9 @@ class PhaseTimer:
             self._wrapped.clear()
 
 
-def profile_barriernet(params: Params, top: int = 25) -> str:
-    """Breakdown of one BarrierNet iteration (after a warm-up) and the top cProfile functions."""
-    trainer = make_trainer(params, "barriernet")
+def profile_iteration(params: Params, algo: str = "barriernet", top: int = 25) -> str:
+    """Breakdown of one training iteration of `algo` (after a warm-up) and the top cProfile functions."""
+    trainer = make_trainer(params, algo)
     trainer.train_one_update()  # warm-up
     timer = PhaseTimer()
     with timer.attached(trainer):
@@ -327,15 +336,18 @@ def profile_barriernet(params: Params, top: int = 25) -> str:
     s = timer.seconds
     rows = [("iteration (rollout + GAE + update)", total)]
     order = [
-        "rollout", "rollout: actor forward", "rollout: QP projection (cbf rows excluded)", "rollout: env step",
+        "rollout", "rollout: actor forward", "rollout: QP projection (cbf rows excluded)",
+        "rollout: CBF-Beta rows (cbf_rows)", "rollout: CBF-Beta safe box (centre QPs + chords)", "rollout: env step",
         "update", "update: actor evaluate_actions", "update: QP projection (cbf rows excluded)",
+        "update: CBF-Beta rows (cbf_rows)", "update: CBF-Beta safe box (centre QPs + chords)",
         "update: backward (all)", "update: backward, QP KKT (python part)", "update: optimizer step",
     ]
     rows += [(name, s[name]) for name in order if name in s]
     rows.append(("other (GAE, buffer flatten, LR, sync)", total - s.get("rollout", 0.0) - s.get("update", 0.0)))
     tp = params.train
     out = io.StringIO()
-    print(f"\nwhere the time goes: one BarrierNet ({params.barriernet.update_mode}) iteration, "
+    what = f"BarrierNet ({params.barriernet.update_mode})" if algo == "barriernet" else algo
+    print(f"\nwhere the time goes: one {what} iteration, learner {params.train.learner}, "
           f"{_describe_ours(params)}, load {load_average():.2f}", file=out)
     width = max(len(name) for name, _ in rows)
     print(f"{'part':<{width}} | {'seconds':>8} | {'share':>6}", file=out)
@@ -397,7 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="tiny configurations and budgets (a smoke test)")
     parser.add_argument("--skip-reference", action="store_true", help="leave out the reference design")
     parser.add_argument("--skip-sb3", action="store_true", help="leave out Stable-Baselines3")
-    parser.add_argument("--profile", action="store_true", help="add the breakdown of one BarrierNet iteration")
+    parser.add_argument("--profile", nargs="?", const="barriernet", default=None,
+                        choices=["baseline", "barriernet", "cbf_beta", "shielded"], metavar="ALGO",
+                        help="add the breakdown of one iteration of ALGO (default, without ALGO: barriernet)")
     parser.add_argument("--against", default=None, metavar="COMMIT",
                         help="instead: this checkout vs COMMIT side by side, per algorithm (benchmarks/side_by_side.py)")
     parser.add_argument("--rounds", type=_positive, default=6, help="with --against: alternating rounds")
@@ -514,7 +528,8 @@ def main(argv: list[str] | None = None) -> dict[str, Measurement]:
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
 
     if args.profile:
-        print(profile_barriernet(_with(ours_params, {"barriernet.update_mode": "through_qp"})), flush=True)
+        profiled = _with(ours_params, {"barriernet.update_mode": "through_qp"}) if args.profile == "barriernet" else ours_params
+        print(profile_iteration(profiled, args.profile), flush=True)
     return results
 
 

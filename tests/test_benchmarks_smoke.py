@@ -103,7 +103,7 @@ def test_profile_breakdown_adds_up(bench, learner):
     from tasks.params import load_params
 
     params = bench._with(load_params(), {**bench.QUICK_OURS, "train.total_steps": 10_000, "train.learner": learner})
-    text = bench.profile_barriernet(params, top=5)
+    text = bench.profile_iteration(params, "barriernet", top=5)
     shares = {}
     for line in text.splitlines():
         cells = [c.strip() for c in line.split("|")]
@@ -123,6 +123,24 @@ def test_profile_breakdown_adds_up(bench, learner):
     if "update: backward, QP KKT (python part)" in shares:  # the exact backend's closed-form backward
         assert shares["update: backward, QP KKT (python part)"] <= shares["update: backward (all)"]
     assert "cProfile" in text and "ncalls" in text
+
+
+def test_cbf_beta_profile_shows_its_safety_layer_inside_the_rollout(bench):
+    """CBF-Beta's rows and safe box are timed inside its rollout forward (the update scores the
+    rollout's recorded boxes: no box is built there)."""
+    from tasks.params import load_params
+
+    params = bench._with(load_params(), {**bench.QUICK_OURS, "train.total_steps": 10_000})
+    text = bench.profile_iteration(params, "cbf_beta", top=5)
+    shares = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.split("|")]
+        if len(cells) == 3 and cells[2].endswith("%"):
+            shares[cells[0]] = float(cells[1])
+    assert "one cbf_beta iteration" in text
+    rows, box = shares["rollout: CBF-Beta rows (cbf_rows)"], shares["rollout: CBF-Beta safe box (centre QPs + chords)"]
+    assert 0 < rows and 0 < box and rows + box <= shares["rollout: actor forward"] <= shares["rollout"]
+    assert not any(k.startswith("update: CBF-Beta") for k in shares), shares
     # the timing wrappers are gone afterwards
     import model.ppo
     import torch
