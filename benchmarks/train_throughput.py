@@ -59,6 +59,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from model.actors import ALGOS
 from tasks.params import Params, load_params
 
 # Reference design: one env, batch-1 rollout with qpth, SB3-like PPO (minibatch 64, 10 epochs).
@@ -410,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-reference", action="store_true", help="leave out the reference design")
     parser.add_argument("--skip-sb3", action="store_true", help="leave out Stable-Baselines3")
     parser.add_argument("--profile", nargs="?", const="barriernet", default=None,
-                        choices=["baseline", "barriernet", "cbf_beta", "shielded"], metavar="ALGO",
+                        choices=ALGOS, metavar="ALGO",
                         help="add the breakdown of one iteration of ALGO (default, without ALGO: barriernet)")
     parser.add_argument("--against", default=None, metavar="COMMIT",
                         help="instead: this checkout vs COMMIT side by side, per algorithm (benchmarks/side_by_side.py)")

@@ -98,17 +98,34 @@ def test_ratio_lines_follow_the_measurements(bench):
     assert "n/a (b not measured)" in bench._ratio_line("r", fast, None, "b", 10)
 
 
+def _profile_shares(text: str) -> dict[str, float]:
+    """{part: seconds} from a `profile_iteration` breakdown table."""
+    shares = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.split("|")]
+        if len(cells) == 3 and cells[2].endswith("%"):
+            shares[cells[0]] = float(cells[1])
+    return shares
+
+
+def _assert_timing_wrappers_removed() -> None:
+    import model.cbf_beta
+    import model.ppo
+    import torch
+
+    assert model.ppo.ppo_update.__module__ == "model.ppo"
+    assert model.ppo.collect_rollout.__module__ == "model.ppo"
+    assert model.cbf_beta.safe_box.__module__ == "model.cbf_beta"
+    assert torch.Tensor.backward.__qualname__ == "Tensor.backward"
+
+
 @pytest.mark.parametrize("learner", ["torch", "numpy"])
 def test_profile_breakdown_adds_up(bench, learner):
     from tasks.params import load_params
 
     params = bench._with(load_params(), {**bench.QUICK_OURS, "train.total_steps": 10_000, "train.learner": learner})
     text = bench.profile_iteration(params, "barriernet", top=5)
-    shares = {}
-    for line in text.splitlines():
-        cells = [c.strip() for c in line.split("|")]
-        if len(cells) == 3 and cells[2].endswith("%"):
-            shares[cells[0]] = float(cells[1])
+    shares = _profile_shares(text)
     total = shares["iteration (rollout + GAE + update)"]
     # the phases partition the iteration; the parts of a phase fit inside it
     assert shares["rollout"] + shares["update"] + shares["other (GAE, buffer flatten, LR, sync)"] == pytest.approx(total, abs=2e-3)
@@ -123,6 +140,7 @@ def test_profile_breakdown_adds_up(bench, learner):
     if "update: backward, QP KKT (python part)" in shares:  # the exact backend's closed-form backward
         assert shares["update: backward, QP KKT (python part)"] <= shares["update: backward (all)"]
     assert "cProfile" in text and "ncalls" in text
+    _assert_timing_wrappers_removed()
 
 
 def test_cbf_beta_profile_shows_its_safety_layer_inside_the_rollout(bench):
@@ -132,22 +150,12 @@ def test_cbf_beta_profile_shows_its_safety_layer_inside_the_rollout(bench):
 
     params = bench._with(load_params(), {**bench.QUICK_OURS, "train.total_steps": 10_000})
     text = bench.profile_iteration(params, "cbf_beta", top=5)
-    shares = {}
-    for line in text.splitlines():
-        cells = [c.strip() for c in line.split("|")]
-        if len(cells) == 3 and cells[2].endswith("%"):
-            shares[cells[0]] = float(cells[1])
+    shares = _profile_shares(text)
     assert "one cbf_beta iteration" in text
     rows, box = shares["rollout: CBF-Beta rows (cbf_rows)"], shares["rollout: CBF-Beta safe box (centre QPs + chords)"]
     assert 0 < rows and 0 < box and rows + box <= shares["rollout: actor forward"] <= shares["rollout"]
     assert not any(k.startswith("update: CBF-Beta") for k in shares), shares
-    # the timing wrappers are gone afterwards
-    import model.ppo
-    import torch
-
-    assert model.ppo.ppo_update.__module__ == "model.ppo"
-    assert model.ppo.collect_rollout.__module__ == "model.ppo"
-    assert torch.Tensor.backward.__qualname__ == "Tensor.backward"
+    _assert_timing_wrappers_removed()
 
 
 @pytest.mark.parametrize("argv, message", [
