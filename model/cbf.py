@@ -54,7 +54,9 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, NamedTuple
 
+import numpy as np
 import torch
+from numba import njit
 from torch import Tensor
 
 if TYPE_CHECKING:  # the env's SafetyState; any object with these fields works
@@ -66,6 +68,8 @@ FORMS = ("dcbf", "ct")
 """The forms that are a fixed set of rows (`cbf_rows`); ``dcbf_exact`` iterates (model/dcbf_exact.py)."""
 NUM_WALLS = 4
 NUM_BOUND_ROWS = 4
+# The control-bound rows v <= v_max, -v <= 0, w <= w_max, -w <= w_max (their right sides: b_bounds).
+_BOUND_ROWS = ((1.0, 0.0), (-1.0, 0.0), (0.0, 1.0), (0.0, -1.0))
 
 
 class CBFRows(NamedTuple):
@@ -187,9 +191,16 @@ class CBFGeometry(NamedTuple):
 
 
 def cbf_geometry(
-    safety: "SafetyState", env_params: "EnvParams", cbf_params: "CBFParams", robust_margin: float = 0.0
+    safety: "SafetyState", env_params: "EnvParams", cbf_params: "CBFParams", robust_margin: float = 0.0,
+    implementation: str = "compiled",
 ) -> CBFGeometry:
-    """The gamma-free part of `cbf_rows` (see there for the shapes of safety and robust_margin)."""
+    """The gamma-free part of `cbf_rows` (see there for the shapes of safety and robust_margin).
+
+    implementation: "compiled" (on the CPU, float32 or float64 states that need no gradient: one
+    numba loop over the states, `_geometry_kernel`, equal to the torch code bit for bit; elsewhere
+    the torch code) or "torch" (the batched tensor ops: any device, autograd)."""
+    if implementation not in ("compiled", "torch"):
+        raise ValueError(f"cbf_geometry implementation={implementation!r}; accepted: 'compiled' or 'torch'")
     pursuer = safety.pursuer
     if pursuer.dim() != 2 or pursuer.shape[-1] != 3:
         raise ValueError(f"safety.pursuer has shape {tuple(pursuer.shape)}; accepted: (B, 3) = x, y, theta")
@@ -199,8 +210,13 @@ def cbf_geometry(
             f"safety obstacle fields disagree: centres {tuple(safety.obstacle_centres.shape)}, radii "
             f"{tuple(safety.obstacle_radii.shape)}, mask {tuple(safety.obstacle_mask.shape)}; accepted: (B, K, 2), (B, K), (B, K)"
         )
+    margin = check_robust_margin(robust_margin)
+    floats = (pursuer, safety.obstacle_centres, safety.obstacle_radii)
+    if (implementation == "compiled" and pursuer.device.type == "cpu" and pursuer.dtype in (torch.float32, torch.float64)
+            and all(t.dtype == pursuer.dtype and t.device.type == "cpu" and not t.requires_grad for t in floats)):
+        return _geometry_compiled(safety, env_params, cbf_params.lookahead, margin)
     lookahead = cbf_params.lookahead
-    h, grad, barrier_mask = _barriers(safety, env_params, lookahead, check_robust_margin(robust_margin))
+    h, grad, barrier_mask = _barriers(safety, env_params, lookahead, margin)
     theta = pursuer[:, 2]
     cos, sin = torch.cos(theta), torch.sin(theta)
     # grad @ J(theta): J's columns are dq/dv = (cos, sin) and dq/dw = d (-sin, cos).
@@ -213,11 +229,78 @@ def cbf_geometry(
     a_barrier = torch.where(barrier_mask.unsqueeze(-1), a_barrier, placeholder_a)
 
     v_max, w_max = env_params.pursuer_v_max, env_params.pursuer_w_max
-    a_bounds = pursuer.new_tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]]).expand(batch, NUM_BOUND_ROWS, 2)
+    a_bounds = pursuer.new_tensor(_BOUND_ROWS).expand(batch, NUM_BOUND_ROWS, 2)
     b_bounds = pursuer.new_tensor([v_max, 0.0, w_max, w_max]).expand(batch, NUM_BOUND_ROWS)
     A = torch.cat((a_barrier, a_bounds), dim=1)
     mask = torch.cat((barrier_mask, torch.ones(batch, NUM_BOUND_ROWS, dtype=torch.bool, device=pursuer.device)), dim=1)
     return CBFGeometry(A=A, mask=mask, h=h, barrier_mask=barrier_mask, b_bounds=b_bounds)
+
+
+def _geometry_compiled(safety: "SafetyState", env: "EnvParams", lookahead: float, margin: float) -> CBFGeometry:
+    """`cbf_geometry`'s torch code as one numba loop over the states (CPU, no autograd): a few
+    dozen small tensor ops per call cost more than the arithmetic. The constants are rounded to
+    the states' dtype first, as torch rounds a Python number it combines with a tensor, and
+    cos, sin come from torch's own kernels (their vectorised code rounds differently from libm)."""
+    pursuer = safety.pursuer
+    dtype = pursuer.dtype
+    theta = pursuer[:, 2]
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    batch, obstacles = safety.obstacle_radii.shape
+    barriers = obstacles + NUM_WALLS
+    # the Python-float sums as `barriers_at` forms them, then rounded once to the dtype
+    rho_add = env.robot_radius + env.safety_margin + lookahead + margin
+    wall = env.arena_size / 2 - env.robot_radius - env.safety_margin - lookahead - margin
+    np_dtype = np.float32 if dtype == torch.float32 else np.float64
+    consts = np.array([lookahead, rho_add, wall, 1.0, 2.0, 0.0], np_dtype)
+    A = np.empty((batch, barriers + NUM_BOUND_ROWS, 2), np_dtype)
+    h = np.empty((batch, barriers), np_dtype)
+    barrier_mask = np.empty((batch, barriers), np.bool_)
+    _geometry_kernel(pursuer.detach().numpy(), cos.numpy(), sin.numpy(), safety.obstacle_centres.detach().numpy(),
+                     safety.obstacle_radii.detach().numpy(), safety.obstacle_mask.to(torch.bool).numpy(), consts,
+                     A, h, barrier_mask)
+    A[:, barriers:] = _BOUND_ROWS
+    mask = np.concatenate((barrier_mask, np.ones((batch, NUM_BOUND_ROWS), np.bool_)), 1)
+    b_bounds = torch.tensor([env.pursuer_v_max, 0.0, env.pursuer_w_max, env.pursuer_w_max], dtype=dtype)
+    return CBFGeometry(A=torch.from_numpy(A), mask=torch.from_numpy(mask), h=torch.from_numpy(h),
+                       barrier_mask=torch.from_numpy(barrier_mask), b_bounds=b_bounds.expand(batch, NUM_BOUND_ROWS))
+
+
+@njit(cache=True)
+def _geometry_kernel(pursuer, cos, sin, centres, radii, present, consts, A, h, barrier_mask):  # pragma: no cover
+    """numba: `cbf_geometry`'s torch code per state, operation for operation in the arrays' dtype
+    (no fast-math: no fused multiply-add). pursuer (B, 3), cos, sin (B,) of theta, centres (B, K, 2),
+    radii (B, K), present (B, K) bool, consts (6,) = lookahead, rho's added clearance, the wall
+    bound, 1, 2, 0 (in the dtype); writes the barrier rows of A (B, >= K + 4, 2), h (B, K + 4), barrier_mask (B, K + 4)."""
+    batch, obstacles = radii.shape
+    d, rho_add, wall = consts[0], consts[1], consts[2]
+    one, two, zero = consts[3], consts[4], consts[5]
+    for n in range(batch):
+        c, s = cos[n], sin[n]
+        qx, qy = pursuer[n, 0] + d * c, pursuer[n, 1] + d * s
+        for k in range(obstacles):
+            real = present[n, k]
+            cx = centres[n, k, 0] if real else qx + one
+            cy = centres[n, k, 1] if real else qy + one
+            rho = (radii[n, k] if real else zero) + rho_add
+            ox, oy = qx - cx, qy - cy
+            h[n, k] = (ox * ox + oy * oy) - rho * rho
+            barrier_mask[n, k] = real
+            if real:
+                gx, gy = two * ox, two * oy
+                A[n, k, 0] = -(gx * c + gy * s)
+                A[n, k, 1] = -(d * (-gx * s + gy * c))
+            else:  # "-v <= 1": non-zero, always satisfied within the bounds
+                A[n, k, 0], A[n, k, 1] = -one, zero
+        # walls +x, -x, +y, -y: h = wall -+ q, grad (-1, 0), (1, 0), (0, -1), (0, 1)
+        for w in range(4):
+            j = obstacles + w
+            sign = -one if w % 2 == 0 else one
+            gx = sign if w < 2 else zero
+            gy = sign if w >= 2 else zero
+            h[n, j] = wall - qx if w == 0 else (wall + qx if w == 1 else (wall - qy if w == 2 else wall + qy))
+            barrier_mask[n, j] = True
+            A[n, j, 0] = -(gx * c + gy * s)
+            A[n, j, 1] = -(d * (-gx * s + gy * c))
 
 
 def cbf_rows_from_geometry(geometry: CBFGeometry, env_params: "EnvParams", gamma: float | Tensor, form: str) -> CBFRows:

@@ -34,8 +34,10 @@ Safe box construction (`safe_box`, vectorised over the batch, float64)
    passes keep the box of largest normalised area (ties: the smallest delta, the earliest pass).
    A state whose C(x) contains the whole action box gets the whole action box; a half-plane
    ``v <= s`` gives exactly ``[0, s] x [-w_max, w_max]``.
-Steps 2-4 run as a numba loop over the states (`_boxes_kernel`), bit-equal to the batched torch
-code `_boxes_torch` (tested). This box is not the largest box inside C(x); it is one every corner
+On the CPU the whole construction runs on NumPy arrays (`_safe_box_arrays`): the centres' QPs go
+straight to the exact solver's compiled loop and steps 2-4 run as a numba loop over the states
+(`_boxes_kernel`), bit-equal to the batched torch code (`_centres`, `_boxes_torch`; tested), whose
+few hundred small tensor ops per call cost more than the arithmetic. This box is not the largest box inside C(x); it is one every corner
 of which provably satisfies every row (tested on random and near-boundary states).
 
 Infeasible states (C(x) empty): the box collapses to the QP's minimum-violation point (solve_qp's
@@ -57,6 +59,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, NamedTuple, Sequence
 
+import numpy as np
 import torch
 from numba import njit
 from torch import Tensor, nn
@@ -92,6 +95,9 @@ MIN_WIDTH_FRACTION = 1e-6
 _COEF_TOL = 1e-12
 # Inward offsets of the rows (in units of the half action range) for the candidate box centres.
 CENTRE_DELTAS = (0.0, 0.05, 0.2, 0.5)
+# The action bounds as rows (v <= high_v, -v <= -low_v, w <= high_w, -w <= -low_w), so the
+# centres' QPs respect them.
+_BOUND_A = ((1.0, 0.0), (-1.0, 0.0), (0.0, 1.0), (0.0, -1.0))
 
 
 class SafeBox(NamedTuple):
@@ -177,42 +183,99 @@ def safe_box(
     """
     if rounds < 1:
         raise ValueError(f"safe_box rounds={rounds}; accepted: >= 1")
+    if implementation not in ("compiled", "torch"):
+        raise ValueError(f"safe_box implementation={implementation!r}; accepted: 'compiled' or 'torch'")
+    if implementation == "compiled" and b.device.type == "cpu":
+        return _safe_box_arrays(A, b, mask, action_low, action_high, rounds)
     f64 = dict(dtype=torch.float64, device=b.device)
     A, b = A.to(torch.float64), b.to(torch.float64)
     mask = mask.to(torch.bool)
     low, high = torch.tensor(list(action_low), **f64), torch.tensor(list(action_high), **f64)
     batch = b.shape[0]
     # The action bounds as rows too, so the centre's QP respects them.
-    bound_A = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]], **f64).expand(batch, 4, 2)
+    bound_A = torch.tensor(_BOUND_A, **f64).expand(batch, 4, 2)
     bound_b = torch.stack((high[0], -low[0], high[1], -low[1])).expand(batch, 4)
     A_all = torch.cat((A, bound_A), 1)
     b_all = torch.cat((b, bound_b), 1)
     mask_all = torch.cat((mask, torch.ones(batch, 4, dtype=torch.bool, device=b.device)), 1)
 
-    if implementation == "compiled" and b.device.type == "cpu":
-        boxes = _boxes_compiled
-    elif implementation in ("compiled", "torch"):
-        boxes = _boxes_torch
-    else:
-        raise ValueError(f"safe_box implementation={implementation!r}; accepted: 'compiled' or 'torch'")
     # Offset 0 first: it decides feasibility, and where its box is the whole action box (most states
     # away from obstacles and walls) no other offset can do better, so only the rest solve the
     # other offsets' QPs (the same boxes as solving all: step 4 keeps the first largest).
     centres, rung_feasible = _centres(A_all, b_all, mask_all, CENTRE_DELTAS[:1], low, high)
     feasible = rung_feasible[0]
-    best_lo, best_hi = boxes(A_all, b_all, mask_all, centres, rung_feasible, low, high, rounds)
+    best_lo, best_hi = _boxes_torch(A_all, b_all, mask_all, centres, rung_feasible, low, high, rounds)
     whole = ((best_hi - best_lo) == (high - low)).all(-1)
     rest = torch.nonzero(feasible & ~whole).flatten()
     if rest.numel():
         A_r, b_r, mask_r = A_all[rest], b_all[rest], mask_all[rest]
         more, more_feasible = _centres(A_r, b_r, mask_r, CENTRE_DELTAS[1:], low, high)
-        lo_r, hi_r = boxes(A_r, b_r, mask_r, torch.cat((centres[:, rest], more)),
-                           torch.cat((rung_feasible[:, rest], more_feasible)), low, high, rounds)
+        lo_r, hi_r = _boxes_torch(A_r, b_r, mask_r, torch.cat((centres[:, rest], more)),
+                                  torch.cat((rung_feasible[:, rest], more_feasible)), low, high, rounds)
         best_lo[rest], best_hi[rest] = lo_r, hi_r
     # Infeasible: a point box at the QP's minimum-violation fallback (of C(x) itself).
     point = centres[0]
     keep = feasible.unsqueeze(-1)
     return SafeBox(torch.where(keep, best_lo, point), torch.where(keep, best_hi, point), feasible)
+
+
+def _safe_box_arrays(A: Tensor, b: Tensor, mask: Tensor, action_low: Sequence[float], action_high: Sequence[float],
+                     rounds: int) -> SafeBox:
+    """`safe_box` on the CPU as NumPy arrays and compiled loops: the same steps, the same arithmetic
+    per element, equal to the torch code bit for bit (tested). The centres' QPs go straight to the
+    exact solver's compiled loop (`model.qp.cpu_n2.solve_arrays`), steps 2-4 to `_boxes_kernel`:
+    the torch code's few hundred small tensor ops per call cost more than the QPs themselves."""
+    A_np = A.detach().to(torch.float64).numpy()
+    b_np = b.detach().to(torch.float64).numpy()
+    mask_np = mask.to(torch.bool).numpy()
+    low, high = np.array(list(action_low), np.float64), np.array(list(action_high), np.float64)
+    batch = b_np.shape[0]
+    bound_A = np.broadcast_to(np.array(_BOUND_A, np.float64), (batch, 4, 2))
+    bound_b = np.broadcast_to(np.array([high[0], -low[0], high[1], -low[1]]), (batch, 4))
+    A_all = np.concatenate((A_np, bound_A), 1)
+    b_all = np.concatenate((b_np, bound_b), 1)
+    mask_all = np.concatenate((mask_np, np.ones((batch, 4), np.bool_)), 1)
+
+    def boxes(A_, b_, mask_, centres, rung_feasible):
+        lo, hi = np.empty((b_.shape[0], 2)), np.empty((b_.shape[0], 2))
+        _boxes_kernel(A_, b_, mask_, centres, rung_feasible, low, high, int(rounds), _COEF_TOL, lo, hi)
+        return lo, hi
+
+    centres, rung_feasible = _centres_arrays(A_all, b_all, mask_all, CENTRE_DELTAS[:1], low, high)
+    feasible = rung_feasible[0]
+    best_lo, best_hi = boxes(A_all, b_all, mask_all, centres, rung_feasible)
+    whole = ((best_hi - best_lo) == (high - low)).all(-1)
+    rest = np.flatnonzero(feasible & ~whole)
+    if rest.size:
+        A_r, b_r, mask_r = A_all[rest], b_all[rest], mask_all[rest]
+        more, more_feasible = _centres_arrays(A_r, b_r, mask_r, CENTRE_DELTAS[1:], low, high)
+        best_lo[rest], best_hi[rest] = boxes(A_r, b_r, mask_r, np.concatenate((centres[:, rest], more)),
+                                             np.concatenate((rung_feasible[:, rest], more_feasible)))
+    point = centres[0]
+    keep = feasible[:, None]
+    return SafeBox(torch.from_numpy(np.where(keep, best_lo, point)), torch.from_numpy(np.where(keep, best_hi, point)),
+                   torch.from_numpy(feasible))
+
+
+def _centres_arrays(A: np.ndarray, b: np.ndarray, mask: np.ndarray, deltas: Sequence[float], low: np.ndarray,
+                    high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`_centres` on NumPy arrays (the same arithmetic): centres (R, B, 2), feasible (R, B)."""
+    from model.qp.cpu_n2 import solve_arrays
+
+    batch, rungs = b.shape[0], len(deltas)
+    half, middle = (high - low) / 2, (high + low) / 2
+    # torch's norm, not sqrt(x^2 + y^2): its reduction rounds differently in the last bit
+    row_norm = torch.from_numpy(A * half).norm(dim=-1).numpy()
+    offsets = np.array(list(deltas), np.float64)
+    b_rungs = (b[None] - offsets[:, None, None] * row_norm[None]).reshape(rungs * batch, -1)
+    weights = 1.0 / (half * half)
+    H = np.broadcast_to(np.diag(weights), (rungs * batch, 2, 2))
+    f = np.broadcast_to(-weights * middle, (rungs * batch, 2))
+    A_rungs = np.concatenate([A] * rungs) if rungs > 1 else A
+    mask_rungs = np.concatenate([mask] * rungs) if rungs > 1 else mask
+    u, *_, feasible, _ = solve_arrays(H, f, A_rungs, b_rungs, mask_rungs, None, torch.float64)
+    centre = np.maximum(np.minimum(u, high), low)
+    return centre.reshape(rungs, batch, 2), feasible.reshape(rungs, batch)
 
 
 def _centres(A: Tensor, b: Tensor, mask: Tensor, deltas: Sequence[float], low: Tensor, high: Tensor
@@ -259,19 +322,6 @@ def _boxes_torch(A: Tensor, b: Tensor, mask: Tensor, centres: Tensor, rung_feasi
     pick = best_area.reshape(rungs, batch).argmax(0)  # argmax returns the first maximum
     rows_of = pick * batch + torch.arange(batch, device=b.device)
     return best_lo[rows_of], best_hi[rows_of]
-
-
-def _boxes_compiled(A: Tensor, b: Tensor, mask: Tensor, centres: Tensor, rung_feasible: Tensor, low: Tensor,
-                    high: Tensor, rounds: int) -> tuple[Tensor, Tensor]:
-    """Steps 2-4 as one numba loop over the elements (the torch code's arithmetic per element; a
-    few hundred small torch ops per call cost more than the QP). CPU, float64."""
-    batch = b.shape[0]
-    lo = torch.empty(batch, 2, dtype=torch.float64)
-    hi = torch.empty(batch, 2, dtype=torch.float64)
-    _boxes_kernel(A.contiguous().numpy(), b.contiguous().numpy(), mask.contiguous().numpy(),
-                 centres.contiguous().numpy(), rung_feasible.contiguous().numpy(), low.numpy(), high.numpy(),
-                 int(rounds), _COEF_TOL, lo.numpy(), hi.numpy())
-    return lo, hi
 
 
 @njit(cache=True)

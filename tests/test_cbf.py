@@ -314,3 +314,33 @@ def test_importing_model_loads_no_pipeline_module():
     out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", f"pipeline modules loaded by model/: {out.stdout.strip()}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_geometry_equals_the_torch_code_bit_for_bit(dtype):
+    # two implementations of the rows' gamma-free part (one numba loop per state, batched torch
+    # ops): absent obstacles, states hugging walls, K = 0, 2 and 8, with and without the RCBF margin
+    for k, seed in ((0, 1), (2, 2), (8, 3)):
+        states = random_states(2000, k, seed, dtype)
+        g = np.random.default_rng(seed)
+        pursuer = states.pursuer.clone()
+        hug = torch.from_numpy(g.random(2000) < 0.2)
+        pursuer[hug, 0] = (ENV.arena_size / 2 - 0.3) * torch.sign(pursuer[hug, 0])
+        states = states._replace(pursuer=pursuer, obstacle_mask=torch.from_numpy(g.random((2000, k)) < 0.7))
+        for margin in (0.0, 0.05):
+            compiled = cbf_geometry(states, ENV, CBF, margin)
+            reference = cbf_geometry(states, ENV, CBF, margin, implementation="torch")
+            for name, a, b in zip(compiled._fields, compiled, reference):
+                assert a.dtype == b.dtype and a.shape == b.shape, name
+                assert torch.equal(a, b), (k, margin, name)
+    with pytest.raises(ValueError, match="implementation='numba'"):
+        cbf_geometry(states, ENV, CBF, implementation="numba")
+
+
+def test_geometry_keeps_autograd_where_the_states_need_it():
+    # a pursuer that requires grad takes the torch code: the rows stay differentiable in it
+    states = random_states(4, 2, 0)
+    pursuer = states.pursuer.clone().requires_grad_(True)
+    geometry = cbf_geometry(states._replace(pursuer=pursuer), ENV, CBF)
+    geometry.A.sum().backward()
+    assert pursuer.grad is not None and torch.isfinite(pursuer.grad).all() and pursuer.grad.abs().sum() > 0

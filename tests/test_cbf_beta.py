@@ -357,9 +357,10 @@ def test_safe_box_refuses_bad_rounds():
         safe_box(torch.zeros(1, 1, 2), torch.zeros(1, 1), torch.ones(1, 1, dtype=torch.bool), LOW, HIGH, rounds=0)
 
 
-def test_compiled_box_loop_equals_the_torch_code():
-    # two implementations of steps 2-4 (numba loop per element, batched torch ops), and the
-    # shortcut that skips the other offsets where offset 0 already gives the whole action box
+def test_compiled_box_equals_the_torch_code():
+    # two implementations of the whole box (NumPy arrays into the compiled QP loop and a numba loop
+    # per element; batched torch ops through solve_qp), and the shortcut that skips the other
+    # offsets where offset 0 already gives the whole action box
     states = random_states(3000, seed=13)
     for form, gamma in (("dcbf", 0.2), ("ct", 2.0)):
         rows = cbf_rows(states, ENV, CBF, gamma, form=form)

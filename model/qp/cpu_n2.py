@@ -228,31 +228,14 @@ def solve_batch(H, f, A, b, mask, active_hint) -> QPSolution:
     """A batch through `cpu_n2_kernels.solve_batch` (the arithmetic of `solve_single`, compiled,
     float64 inside); elements it cannot settle (its check fails: infeasible problems, round-off)
     get `cpu_numpy.full_rule_rows`. Inputs and result as `solve`."""
-    from model.qp.cpu_n2_kernels import allocate_outputs, backward_batch, solve_batch as compiled_loop
+    from model.qp.cpu_n2_kernels import backward_batch
 
-    float_dtype = f.dtype
     Hn, fn, An, bn = (x.detach().numpy() for x in (H, f, A, b))
-    dtype = fn.dtype
     B, m = b.shape
-    if m == 0:  # one row 0'u <= 1 so that every step sees m >= 1
-        An, bn = np.zeros((B, 1, 2), dtype), np.ones((B, 1), dtype)
-    mm = bn.shape[1]
-    has_mask, has_hint = mask is not None and m > 0, active_hint is not None
-    mask_np = mask.numpy() if has_mask else None  # the compiled loop reads the mask itself
-    outputs = allocate_outputs(B, mm)
-    u, lam, used, Y, K, active, inv_norm, lam_rows, passed = outputs
-    mask_arg = mask_np if has_mask else np.ones((1, 1), np.bool_)
-    hint_arg = active_hint.numpy() if has_hint else np.full((1, 2), -1, np.int64)
-    compiled_loop(Hn, fn, An, bn, mask_arg, has_mask, hint_arg, has_hint, FEAS_TOL[float_dtype],
-                  TIE_REL[float_dtype], SINGULAR_TOL[float_dtype], *outputs)
-    u, lam, Y, K = (x.astype(dtype) for x in (u, lam, Y, K))
-    inv_norm, lam_rows = inv_norm.astype(dtype), lam_rows.astype(dtype)
-    feasible, violation = passed.copy(), np.zeros(B, dtype)
-    if not passed.all():  # the NumPy full rule on those elements only
-        rest = np.flatnonzero(~passed)
-        (active[rest], feasible[rest], violation[rest], u[rest], lam[rest], Y[rest], K[rest], inv_norm[rest],
-         lam_rows[rest]) = cpu_numpy.full_rule_rows(Hn[rest], fn[rest], An[rest], bn[rest],
-                                                    mask_np[rest] if has_mask else None, float_dtype)
+    dtype = fn.dtype
+    solved = solve_arrays(Hn, fn, An, bn, mask.numpy() if mask is not None else None,
+                          active_hint.numpy() if active_hint is not None else None, f.dtype)
+    u, lam, Y, K, active, inv_norm, lam_rows, feasible, violation = solved
 
     def backward(grad_u):  # the formulas of `_py_backward_single`, in the compiled loop
         grads = (np.empty((B, 2, 2), dtype), np.empty((B, 2), dtype), np.empty((B, m, 2), dtype),
@@ -267,3 +250,36 @@ def solve_batch(H, f, A, b, mask, active_hint) -> QPSolution:
         u_t = torch.from_numpy(u)
     return QPSolution(u_t, torch.from_numpy(feasible), torch.from_numpy(violation),
                       torch.from_numpy(lam_rows[:, :m]), torch.ones(B, dtype=torch.bool), torch.from_numpy(active))
+
+
+def solve_arrays(Hn: np.ndarray, fn: np.ndarray, An: np.ndarray, bn: np.ndarray, mask_np: np.ndarray | None,
+                 hint_np: np.ndarray | None, float_dtype: torch.dtype) -> tuple[np.ndarray, ...]:
+    """`solve_batch` on NumPy arrays, no autograd (callers that never need a gradient and whose
+    inputs are NumPy already, e.g. `model.cbf_beta`'s box centres, skip the tensor plumbing):
+    Hn (B, 2, 2), fn (B, 2), An (B, m, 2), bn (B, m) of one float dtype, mask_np (B, m) bool or
+    None, hint_np (B, 2) int64 or None, float_dtype the torch dtype whose tolerances apply.
+    Returns u, lam (B, 2), Y, K (B, 2, 2), active (B, 2), inv_norm (B, 2), lam_rows (B, m')
+    (m' = max(m, 1)), feasible (B,) bool, violation (B,), in fn's dtype."""
+    from model.qp.cpu_n2_kernels import allocate_outputs, solve_batch as compiled_loop
+
+    dtype = fn.dtype
+    B, m = bn.shape
+    if m == 0:  # one row 0'u <= 1 so that every step sees m >= 1
+        An, bn = np.zeros((B, 1, 2), dtype), np.ones((B, 1), dtype)
+    mm = bn.shape[1]
+    has_mask, has_hint = mask_np is not None and m > 0, hint_np is not None
+    outputs = allocate_outputs(B, mm)
+    u, lam, used, Y, K, active, inv_norm, lam_rows, passed = outputs
+    mask_arg = mask_np if has_mask else np.ones((1, 1), np.bool_)  # the compiled loop reads the mask itself
+    hint_arg = hint_np if has_hint else np.full((1, 2), -1, np.int64)
+    compiled_loop(Hn, fn, An, bn, mask_arg, has_mask, hint_arg, has_hint, FEAS_TOL[float_dtype],
+                  TIE_REL[float_dtype], SINGULAR_TOL[float_dtype], *outputs)
+    u, lam, Y, K = (x.astype(dtype) for x in (u, lam, Y, K))
+    inv_norm, lam_rows = inv_norm.astype(dtype), lam_rows.astype(dtype)
+    feasible, violation = passed.copy(), np.zeros(B, dtype)
+    if not passed.all():  # the NumPy full rule on those elements only
+        rest = np.flatnonzero(~passed)
+        (active[rest], feasible[rest], violation[rest], u[rest], lam[rest], Y[rest], K[rest], inv_norm[rest],
+         lam_rows[rest]) = cpu_numpy.full_rule_rows(Hn[rest], fn[rest], An[rest], bn[rest],
+                                                    mask_np[rest] if has_mask else None, float_dtype)
+    return u, lam, Y, K, active, inv_norm, lam_rows, feasible, violation
