@@ -110,17 +110,6 @@ def check_robust_margin(robust_margin: float) -> float:
     return margin
 
 
-def _barriers(
-    safety: "SafetyState", env: "EnvParams", lookahead: float, robust_margin: float = 0.0
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Barrier values and gradients on q (the look-ahead point of safety.pursuer).
-
-    Returns h (B, M) (finite everywhere: absent obstacles get a placeholder value),
-    grad (B, M, 2) = dh/dq, and the barrier mask (B, M) bool.
-    """
-    return barriers_at(virtual_point(safety.pursuer, lookahead), safety, env, lookahead, robust_margin)
-
-
 def barriers_at(
     q: Tensor, safety: "SafetyState", env: "EnvParams", lookahead: float, robust_margin: float = 0.0
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -129,7 +118,18 @@ def barriers_at(
     The radii and wall bounds are those of the look-ahead point (``lookahead`` m ahead of the
     body), inflated by ``robust_margin`` m. Returns h (B, M) (m^2 for obstacles, m for walls;
     absent obstacles hold a finite placeholder), grad (B, M, 2) = dh/dq, mask (B, M) bool.
+    On the CPU, for float32 or float64 inputs that need no gradient, one numba loop over the states
+    (`_barriers_kernel`) computes the same numbers bit for bit (tested).
     """
+    if _compiles(q, safety.obstacle_centres, safety.obstacle_radii):
+        return _barriers_compiled(q, safety, env, lookahead, robust_margin)
+    return _barriers_torch(q, safety, env, lookahead, robust_margin)
+
+
+def _barriers_torch(
+    q: Tensor, safety: "SafetyState", env: "EnvParams", lookahead: float, robust_margin: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """`barriers_at` as batched tensor ops (any device, autograd)."""
     batch = q.shape[0]
     present = safety.obstacle_mask.to(torch.bool)
     # Absent slots may hold anything (zeros, garbage, inf): replace before any arithmetic so that no
@@ -211,12 +211,11 @@ def cbf_geometry(
             f"{tuple(safety.obstacle_radii.shape)}, mask {tuple(safety.obstacle_mask.shape)}; accepted: (B, K, 2), (B, K), (B, K)"
         )
     margin = check_robust_margin(robust_margin)
-    floats = (pursuer, safety.obstacle_centres, safety.obstacle_radii)
-    if (implementation == "compiled" and pursuer.device.type == "cpu" and pursuer.dtype in (torch.float32, torch.float64)
-            and all(t.dtype == pursuer.dtype and t.device.type == "cpu" and not t.requires_grad for t in floats)):
+    if implementation == "compiled" and _compiles(pursuer, safety.obstacle_centres, safety.obstacle_radii):
         return _geometry_compiled(safety, env_params, cbf_params.lookahead, margin)
     lookahead = cbf_params.lookahead
-    h, grad, barrier_mask = _barriers(safety, env_params, lookahead, margin)
+    q = virtual_point(pursuer, lookahead)
+    h, grad, barrier_mask = _barriers_torch(q, safety, env_params, lookahead, margin)
     theta = pursuer[:, 2]
     cos, sin = torch.cos(theta), torch.sin(theta)
     # grad @ J(theta): J's columns are dq/dv = (cos, sin) and dq/dw = d (-sin, cos).
@@ -236,71 +235,110 @@ def cbf_geometry(
     return CBFGeometry(A=A, mask=mask, h=h, barrier_mask=barrier_mask, b_bounds=b_bounds)
 
 
+def _compiles(*floats: Tensor) -> bool:
+    """Whether the compiled loops take these tensors: CPU, one float32 or float64 dtype, no
+    gradient wanted (the loops have no autograd)."""
+    dtype = floats[0].dtype
+    return dtype in (torch.float32, torch.float64) and all(
+        t.dtype == dtype and t.device.type == "cpu" and not t.requires_grad for t in floats)
+
+
+def _barrier_constants(env: "EnvParams", lookahead: float, margin: float, dtype: torch.dtype) -> np.ndarray:
+    """(6,) in the dtype: lookahead, rho's added clearance, the wall bound, 1, 2, 0. The Python-float
+    sums are formed as `barriers_at` forms them, then rounded once to the dtype, as torch rounds a
+    Python number it combines with a tensor."""
+    rho_add = env.robot_radius + env.safety_margin + lookahead + margin
+    wall = env.arena_size / 2 - env.robot_radius - env.safety_margin - lookahead - margin
+    return np.array([lookahead, rho_add, wall, 1.0, 2.0, 0.0], np.float32 if dtype == torch.float32 else np.float64)
+
+
+def _barriers_compiled(q: Tensor, safety: "SafetyState", env: "EnvParams", lookahead: float, margin: float
+                       ) -> tuple[Tensor, Tensor, Tensor]:
+    """`barriers_at` through `_barriers_kernel` (CPU, no autograd)."""
+    batch, obstacles = safety.obstacle_radii.shape
+    consts = _barrier_constants(env, lookahead, margin, q.dtype)
+    h = np.empty((batch, obstacles + NUM_WALLS), consts.dtype)
+    grad = np.empty((batch, obstacles + NUM_WALLS, 2), consts.dtype)
+    mask = np.empty((batch, obstacles + NUM_WALLS), np.bool_)
+    _barriers_kernel(q.detach().numpy(), safety.obstacle_centres.detach().numpy(), safety.obstacle_radii.detach().numpy(),
+                     safety.obstacle_mask.to(torch.bool).numpy(), consts, h, grad, mask)
+    return torch.from_numpy(h), torch.from_numpy(grad), torch.from_numpy(mask)
+
+
 def _geometry_compiled(safety: "SafetyState", env: "EnvParams", lookahead: float, margin: float) -> CBFGeometry:
     """`cbf_geometry`'s torch code as one numba loop over the states (CPU, no autograd): a few
-    dozen small tensor ops per call cost more than the arithmetic. The constants are rounded to
-    the states' dtype first, as torch rounds a Python number it combines with a tensor, and
-    cos, sin come from torch's own kernels (their vectorised code rounds differently from libm)."""
+    dozen small tensor ops per call cost more than the arithmetic. cos, sin come from torch's own
+    kernels (their vectorised code rounds differently from libm's)."""
     pursuer = safety.pursuer
-    dtype = pursuer.dtype
     theta = pursuer[:, 2]
     cos, sin = torch.cos(theta), torch.sin(theta)
     batch, obstacles = safety.obstacle_radii.shape
     barriers = obstacles + NUM_WALLS
-    # the Python-float sums as `barriers_at` forms them, then rounded once to the dtype
-    rho_add = env.robot_radius + env.safety_margin + lookahead + margin
-    wall = env.arena_size / 2 - env.robot_radius - env.safety_margin - lookahead - margin
-    np_dtype = np.float32 if dtype == torch.float32 else np.float64
-    consts = np.array([lookahead, rho_add, wall, 1.0, 2.0, 0.0], np_dtype)
-    A = np.empty((batch, barriers + NUM_BOUND_ROWS, 2), np_dtype)
-    h = np.empty((batch, barriers), np_dtype)
+    consts = _barrier_constants(env, lookahead, margin, pursuer.dtype)
+    A = np.empty((batch, barriers + NUM_BOUND_ROWS, 2), consts.dtype)
+    h = np.empty((batch, barriers), consts.dtype)
+    grad = np.empty((batch, barriers, 2), consts.dtype)
     barrier_mask = np.empty((batch, barriers), np.bool_)
     _geometry_kernel(pursuer.detach().numpy(), cos.numpy(), sin.numpy(), safety.obstacle_centres.detach().numpy(),
                      safety.obstacle_radii.detach().numpy(), safety.obstacle_mask.to(torch.bool).numpy(), consts,
-                     A, h, barrier_mask)
+                     A, h, grad, barrier_mask)
     A[:, barriers:] = _BOUND_ROWS
     mask = np.concatenate((barrier_mask, np.ones((batch, NUM_BOUND_ROWS), np.bool_)), 1)
-    b_bounds = torch.tensor([env.pursuer_v_max, 0.0, env.pursuer_w_max, env.pursuer_w_max], dtype=dtype)
+    b_bounds = torch.tensor([env.pursuer_v_max, 0.0, env.pursuer_w_max, env.pursuer_w_max], dtype=pursuer.dtype)
     return CBFGeometry(A=torch.from_numpy(A), mask=torch.from_numpy(mask), h=torch.from_numpy(h),
                        barrier_mask=torch.from_numpy(barrier_mask), b_bounds=b_bounds.expand(batch, NUM_BOUND_ROWS))
 
 
+@njit(cache=True, inline="always")
+def _state_barriers(n, qx, qy, centres, radii, present, consts, h, grad, barrier_mask):  # pragma: no cover
+    """`_barriers_torch` for state n at the point (qx, qy), operation for operation in the arrays'
+    dtype (no fast-math: no fused multiply-add): writes h[n], grad[n], barrier_mask[n]."""
+    obstacles = radii.shape[1]
+    rho_add, wall, one, two, zero = consts[1], consts[2], consts[3], consts[4], consts[5]
+    for k in range(obstacles):
+        real = present[n, k]
+        # absent slots: centre q + 1, radius 0 (finite placeholders, masked out)
+        cx = centres[n, k, 0] if real else qx + one
+        cy = centres[n, k, 1] if real else qy + one
+        rho = (radii[n, k] if real else zero) + rho_add
+        ox, oy = qx - cx, qy - cy
+        h[n, k] = (ox * ox + oy * oy) - rho * rho
+        grad[n, k, 0], grad[n, k, 1] = two * ox, two * oy
+        barrier_mask[n, k] = real
+    # walls +x, -x, +y, -y: h = wall - qx, wall + qx, wall - qy, wall + qy
+    j = obstacles
+    h[n, j], h[n, j + 1], h[n, j + 2], h[n, j + 3] = wall - qx, wall + qx, wall - qy, wall + qy
+    grad[n, j, 0], grad[n, j, 1], grad[n, j + 1, 0], grad[n, j + 1, 1] = -one, zero, one, zero
+    grad[n, j + 2, 0], grad[n, j + 2, 1], grad[n, j + 3, 0], grad[n, j + 3, 1] = zero, -one, zero, one
+    for w in range(NUM_WALLS):
+        barrier_mask[n, j + w] = True
+
+
 @njit(cache=True)
-def _geometry_kernel(pursuer, cos, sin, centres, radii, present, consts, A, h, barrier_mask):  # pragma: no cover
-    """numba: `cbf_geometry`'s torch code per state, operation for operation in the arrays' dtype
-    (no fast-math: no fused multiply-add). pursuer (B, 3), cos, sin (B,) of theta, centres (B, K, 2),
-    radii (B, K), present (B, K) bool, consts (6,) = lookahead, rho's added clearance, the wall
-    bound, 1, 2, 0 (in the dtype); writes the barrier rows of A (B, >= K + 4, 2), h (B, K + 4), barrier_mask (B, K + 4)."""
-    batch, obstacles = radii.shape
-    d, rho_add, wall = consts[0], consts[1], consts[2]
-    one, two, zero = consts[3], consts[4], consts[5]
-    for n in range(batch):
+def _barriers_kernel(q, centres, radii, present, consts, h, grad, barrier_mask):  # pragma: no cover
+    """numba: `_barriers_torch`. q (B, 2), centres (B, K, 2), radii (B, K), present (B, K) bool,
+    consts `_barrier_constants`; writes h (B, K + 4), grad (B, K + 4, 2), barrier_mask (B, K + 4)."""
+    for n in range(q.shape[0]):
+        _state_barriers(n, q[n, 0], q[n, 1], centres, radii, present, consts, h, grad, barrier_mask)
+
+
+@njit(cache=True)
+def _geometry_kernel(pursuer, cos, sin, centres, radii, present, consts, A, h, grad, barrier_mask):  # pragma: no cover
+    """numba: `cbf_geometry`'s torch code per state. pursuer (B, 3), cos, sin (B,) of theta, the
+    obstacles and consts as `_barriers_kernel`; writes the barrier rows of A (B, >= K + 4, 2) and
+    h, grad (scratch), barrier_mask as `_barriers_kernel` at the look-ahead point."""
+    d, one, zero = consts[0], consts[3], consts[5]
+    for n in range(pursuer.shape[0]):
         c, s = cos[n], sin[n]
-        qx, qy = pursuer[n, 0] + d * c, pursuer[n, 1] + d * s
-        for k in range(obstacles):
-            real = present[n, k]
-            cx = centres[n, k, 0] if real else qx + one
-            cy = centres[n, k, 1] if real else qy + one
-            rho = (radii[n, k] if real else zero) + rho_add
-            ox, oy = qx - cx, qy - cy
-            h[n, k] = (ox * ox + oy * oy) - rho * rho
-            barrier_mask[n, k] = real
-            if real:
-                gx, gy = two * ox, two * oy
+        _state_barriers(n, pursuer[n, 0] + d * c, pursuer[n, 1] + d * s, centres, radii, present, consts, h, grad,
+                        barrier_mask)
+        for k in range(h.shape[1]):
+            if barrier_mask[n, k]:  # -grad @ J(theta)
+                gx, gy = grad[n, k, 0], grad[n, k, 1]
                 A[n, k, 0] = -(gx * c + gy * s)
                 A[n, k, 1] = -(d * (-gx * s + gy * c))
             else:  # "-v <= 1": non-zero, always satisfied within the bounds
                 A[n, k, 0], A[n, k, 1] = -one, zero
-        # walls +x, -x, +y, -y: h = wall -+ q, grad (-1, 0), (1, 0), (0, -1), (0, 1)
-        for w in range(4):
-            j = obstacles + w
-            sign = -one if w % 2 == 0 else one
-            gx = sign if w < 2 else zero
-            gy = sign if w >= 2 else zero
-            h[n, j] = wall - qx if w == 0 else (wall + qx if w == 1 else (wall - qy if w == 2 else wall + qy))
-            barrier_mask[n, j] = True
-            A[n, j, 0] = -(gx * c + gy * s)
-            A[n, j, 1] = -(d * (-gx * s + gy * c))
 
 
 def cbf_rows_from_geometry(geometry: CBFGeometry, env_params: "EnvParams", gamma: float | Tensor, form: str) -> CBFRows:

@@ -10,7 +10,7 @@ import pytest
 import quadprog
 import torch
 
-from model.cbf import CBFRows, cbf_geometry, cbf_rows, num_barriers, num_rows, virtual_point
+from model.cbf import CBFRows, _barriers_torch, barriers_at, cbf_geometry, cbf_rows, num_barriers, num_rows, virtual_point
 from model.config import CBFParams
 from tasks.params import EnvParams
 
@@ -318,8 +318,8 @@ def test_importing_model_loads_no_pipeline_module():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_compiled_geometry_equals_the_torch_code_bit_for_bit(dtype):
-    # two implementations of the rows' gamma-free part (one numba loop per state, batched torch
-    # ops): absent obstacles, states hugging walls, K = 0, 2 and 8, with and without the RCBF margin
+    # two implementations of the rows' gamma-free part and of the barriers (one numba loop per
+    # state, batched torch ops): absent obstacles, states hugging walls, K = 0, 2 and 8, with and without the RCBF margin
     for k, seed in ((0, 1), (2, 2), (8, 3)):
         states = random_states(2000, k, seed, dtype)
         g = np.random.default_rng(seed)
@@ -333,6 +333,11 @@ def test_compiled_geometry_equals_the_torch_code_bit_for_bit(dtype):
             for name, a, b in zip(compiled._fields, compiled, reference):
                 assert a.dtype == b.dtype and a.shape == b.shape, name
                 assert torch.equal(a, b), (k, margin, name)
+            # the barriers at other points (dcbf_exact evaluates them at the exact next look-ahead point)
+            q = virtual_point(states.pursuer, CBF.lookahead) + torch.from_numpy(g.normal(0, 0.3, (2000, 2))).to(dtype)
+            for a, b in zip(barriers_at(q, states, ENV, CBF.lookahead, margin),
+                            _barriers_torch(q, states, ENV, CBF.lookahead, margin)):
+                assert a.dtype == b.dtype and torch.equal(a, b), (k, margin)
     with pytest.raises(ValueError, match="implementation='numba'"):
         cbf_geometry(states, ENV, CBF, implementation="numba")
 
@@ -344,3 +349,7 @@ def test_geometry_keeps_autograd_where_the_states_need_it():
     geometry = cbf_geometry(states._replace(pursuer=pursuer), ENV, CBF)
     geometry.A.sum().backward()
     assert pursuer.grad is not None and torch.isfinite(pursuer.grad).all() and pursuer.grad.abs().sum() > 0
+    q = virtual_point(states.pursuer, CBF.lookahead).requires_grad_(True)
+    h, _, _ = barriers_at(q, states, ENV, CBF.lookahead)
+    h.sum().backward()
+    assert q.grad is not None and q.grad.abs().sum() > 0
