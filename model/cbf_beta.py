@@ -78,7 +78,7 @@ from model.actors import (
     mlp_backbone,
 )
 from model.cbf import cbf_rows, num_barriers
-from model.qp import solve_qp
+from model.qp import routing, solve_qp
 
 if TYPE_CHECKING:
     from env.core import SafetyState
@@ -178,14 +178,16 @@ def safe_box(
 
     A (B, m, 2), b (B, m), mask (B, m) bool: the CBF rows (`model.cbf.CBFRows`, bound rows included
     or not); action_low, action_high: (2,) physical bounds. rounds >= 1 chord-and-shrink passes.
-    implementation: "compiled" (numba loop over the elements, CPU; elsewhere torch) or "torch".
+    implementation: "compiled" (on the CPU: NumPy arrays into the compiled QP and box loops, unless
+    a test forces a QP route; elsewhere the torch code) or "torch" (batched tensor ops, solve_qp).
     Computed in float64 on the inputs' device; returns SafeBox(low (B, 2), high (B, 2), feasible (B,)).
     """
     if rounds < 1:
         raise ValueError(f"safe_box rounds={rounds}; accepted: >= 1")
     if implementation not in ("compiled", "torch"):
         raise ValueError(f"safe_box implementation={implementation!r}; accepted: 'compiled' or 'torch'")
-    if implementation == "compiled" and b.device.type == "cpu":
+    # a route forced by a test (`model.qp.routing`) reaches the centres' QPs through solve_qp
+    if implementation == "compiled" and b.device.type == "cpu" and routing.FORCED_ROUTE is None:
         return _safe_box_arrays(A, b, mask, action_low, action_high, rounds)
     f64 = dict(dtype=torch.float64, device=b.device)
     A, b = A.to(torch.float64), b.to(torch.float64)
