@@ -57,6 +57,7 @@ box is built twice; without a record it rebuilds them from the states.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import numpy as np
@@ -79,6 +80,7 @@ from model.actors import (
 )
 from model.cbf import cbf_rows, num_barriers
 from model.qp import routing, solve_qp
+from model.qp.common import FEAS_TOL
 
 if TYPE_CHECKING:
     from env.core import SafetyState
@@ -95,6 +97,9 @@ MIN_WIDTH_FRACTION = 1e-6
 _COEF_TOL = 1e-12
 # Inward offsets of the rows (in units of the half action range) for the candidate box centres.
 CENTRE_DELTAS = (0.0, 0.05, 0.2, 0.5)
+# `_empty_beyond_round_off`'s margin, relative to the rows' size: far above the full rule's
+# round-off (~1e-15), far below the gaps of the centre QPs it settles (~1e-2).
+_EMPTY_MARGIN = 1e-9
 # The action bounds as rows (v <= high_v, -v <= -low_v, w <= high_w, -w <= -low_w), so the
 # centres' QPs respect them.
 _BOUND_A = ((1.0, 0.0), (-1.0, 0.0), (0.0, 1.0), (0.0, -1.0))
@@ -243,14 +248,15 @@ def _safe_box_arrays(A: Tensor, b: Tensor, mask: Tensor, action_low: Sequence[fl
         _boxes_kernel(A_, b_, mask_, centres, rung_feasible, low, high, int(rounds), _COEF_TOL, lo, hi)
         return lo, hi
 
-    centres, rung_feasible = _centres_arrays(A_all, b_all, mask_all, CENTRE_DELTAS[:1], low, high)
+    centres, rung_feasible = _centres_arrays(A_all, b_all, mask_all, CENTRE_DELTAS[:1], low, high, True)
     feasible = rung_feasible[0]
     best_lo, best_hi = boxes(A_all, b_all, mask_all, centres, rung_feasible)
     whole = ((best_hi - best_lo) == (high - low)).all(-1)
     rest = np.flatnonzero(feasible & ~whole)
     if rest.size:
         A_r, b_r, mask_r = A_all[rest], b_all[rest], mask_all[rest]
-        more, more_feasible = _centres_arrays(A_r, b_r, mask_r, CENTRE_DELTAS[1:], low, high)
+        # an infeasible offset > 0 is only skipped (its point is never read): proven ones skip the full rule
+        more, more_feasible = _centres_arrays(A_r, b_r, mask_r, CENTRE_DELTAS[1:], low, high, False)
         best_lo[rest], best_hi[rest] = boxes(A_r, b_r, mask_r, np.concatenate((centres[:, rest], more)),
                                              np.concatenate((rung_feasible[:, rest], more_feasible)))
     point = centres[0]
@@ -260,8 +266,10 @@ def _safe_box_arrays(A: Tensor, b: Tensor, mask: Tensor, action_low: Sequence[fl
 
 
 def _centres_arrays(A: np.ndarray, b: np.ndarray, mask: np.ndarray, deltas: Sequence[float], low: np.ndarray,
-                    high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """`_centres` on NumPy arrays (the same arithmetic): centres (R, B, 2), feasible (R, B)."""
+                    high: np.ndarray, infeasible_points: bool) -> tuple[np.ndarray, np.ndarray]:
+    """`_centres` on NumPy arrays (the same arithmetic): centres (R, B, 2), feasible (R, B).
+    infeasible_points False: an element proven infeasible (`_empty_beyond_round_off`) gets a NaN
+    centre instead of the full rule's fallback point (the flag is the full rule's, bit for bit)."""
     from model.qp.cpu_n2 import solve_arrays
 
     batch, rungs = b.shape[0], len(deltas)
@@ -275,9 +283,78 @@ def _centres_arrays(A: np.ndarray, b: np.ndarray, mask: np.ndarray, deltas: Sequ
     f = np.broadcast_to(-weights * middle, (rungs * batch, 2))
     A_rungs = np.concatenate([A] * rungs) if rungs > 1 else A
     mask_rungs = np.concatenate([mask] * rungs) if rungs > 1 else mask
-    u, *_, feasible, _ = solve_arrays(H, f, A_rungs, b_rungs, mask_rungs, None, torch.float64)
+    proven_infeasible = None
+    if not infeasible_points:
+        # |u0| of the full rule's tolerance: the unconstrained optimum is the box centre
+        u0_norm, reach = float(np.hypot(*middle)), float(np.abs(np.concatenate((low, high))).max()) + 1.0
+
+        def proven_infeasible(rest: np.ndarray) -> np.ndarray:
+            out = np.empty(rest.size, np.bool_)
+            _empty_beyond_round_off(A_rungs[rest], b_rungs[rest], mask_rungs[rest], FEAS_TOL[torch.float64], u0_norm,
+                                    reach, _EMPTY_MARGIN, out)
+            return out
+
+    u, *_, feasible, _ = solve_arrays(H, f, A_rungs, b_rungs, mask_rungs, None, torch.float64, proven_infeasible)
     centre = np.maximum(np.minimum(u, high), low)
     return centre.reshape(rungs, batch, 2), feasible.reshape(rungs, batch)
+
+
+@njit(cache=True)
+def _empty_beyond_round_off(A, b, mask, feas_tol, u0_norm, reach, margin, out):  # pragma: no cover
+    """numba: for each element of a batch of centre QPs, whether its rows leave no point even
+    relaxed by the full rule's tolerance and a margin, so that `model.qp.cpu_numpy.full_rule_rows`
+    certainly flags it infeasible, whatever its round-off. A (B, m, 2), b (B, m), mask (B, m);
+    feas_tol and u0_norm (|H^-1 f|) as the full rule's tolerance uses them; reach: every u with
+    |u|_inf > reach violates some row by more than 1 (the action-bound rows do: reach = the largest
+    |bound| + 1); margin relative to the rows' size. Writes out (B,) bool.
+
+    The full rule works on unit rows a_i, right sides t_i = b_i / |a_i| + feas_tol (1 + |b_i / |a_i||
+    + |u0|), and flags an element feasible only if one of its candidate points has every
+    a_i . u - t_i <= 0. For weights lam >= 0 on at most three rows, sum lam = 1 (Farkas; in 2-D
+    three rows suffice, Helly), every u with |u|_inf <= reach has
+        max_i (a_i . u - t_i) >= sum_i lam_i (a_i . u - t_i) >= -|r|_1 reach - sum_i lam_i t_i =: L,
+    r = sum_i lam_i a_i (zero in exact arithmetic). Where L > margin (10 + max |t_i|), every point
+    misses a row by more than any round-off of the full rule's computed residuals (a few ulps of
+    |u| + |t|): it flags the element infeasible. The weights of three rows are their pairwise
+    cross products (c_i a_i + c_j a_j + c_k a_k = 0), used where all share one sign; a pair gets
+    (1/2, 1/2). False means "not proven", not "feasible"."""
+    batch, m = b.shape
+    unit = np.empty((m, 2))
+    t = np.empty(m)
+    for e in range(batch):
+        n = 0
+        size = 0.0
+        for k in range(m):
+            if not mask[e, k]:  # 0'u <= 1 in the full rule: never violated
+                continue
+            x, y = A[e, k, 0], A[e, k, 1]
+            norm = math.sqrt(x * x + y * y)
+            if norm == 0.0:  # a zero row is left out: fewer rows can only weaken the proof
+                continue
+            unit[n, 0], unit[n, 1] = x / norm, y / norm
+            bu = b[e, k] / norm
+            t[n] = bu + feas_tol * (1.0 + abs(bu) + u0_norm)
+            size = max(size, abs(t[n]))
+            n += 1
+        best = -np.inf
+        for i in range(n):
+            for j in range(i + 1, n):
+                rx, ry = 0.5 * (unit[i, 0] + unit[j, 0]), 0.5 * (unit[i, 1] + unit[j, 1])
+                best = max(best, -0.5 * (t[i] + t[j]) - (abs(rx) + abs(ry)) * reach)
+                for k in range(j + 1, n):
+                    ci = unit[j, 0] * unit[k, 1] - unit[j, 1] * unit[k, 0]
+                    cj = unit[k, 0] * unit[i, 1] - unit[k, 1] * unit[i, 0]
+                    ck = unit[i, 0] * unit[j, 1] - unit[i, 1] * unit[j, 0]
+                    total = ci + cj + ck
+                    if total == 0.0:
+                        continue
+                    li, lj, lk = ci / total, cj / total, ck / total
+                    if li < 0.0 or lj < 0.0 or lk < 0.0:
+                        continue
+                    rx = li * unit[i, 0] + lj * unit[j, 0] + lk * unit[k, 0]
+                    ry = li * unit[i, 1] + lj * unit[j, 1] + lk * unit[k, 1]
+                    best = max(best, -(li * t[i] + lj * t[j] + lk * t[k]) - (abs(rx) + abs(ry)) * reach)
+        out[e] = best > margin * (10.0 + size)
 
 
 def _centres(A: Tensor, b: Tensor, mask: Tensor, deltas: Sequence[float], low: Tensor, high: Tensor

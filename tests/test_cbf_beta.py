@@ -370,3 +370,59 @@ def test_compiled_box_equals_the_torch_code():
             assert torch.equal(a, b)
     with pytest.raises(ValueError, match="implementation='numpy'"):
         safe_box(rows.A, rows.b, rows.mask, LOW, HIGH, implementation="numpy")
+
+
+def test_proven_empty_offsets_get_the_full_rules_flag_without_it():
+    # The offsets > 0 skip the full rule where `_empty_beyond_round_off` proves them empty: the
+    # flags must be the full rule's, the feasible centres the same bits, and the proof must have
+    # settled some elements (else this compares nothing).
+    from model.cbf_beta import CENTRE_DELTAS, _centres_arrays
+
+    states = random_states(3000, seed=21)
+    rows = cbf_rows(states, ENV, CBF, 0.2, form="dcbf")
+    low, high = np.array(LOW), np.array(HIGH)
+    A = np.concatenate((rows.A.numpy(), np.broadcast_to(np.array([[1.0, 0], [-1, 0], [0, 1], [0, -1]]), (3000, 4, 2))), 1)
+    b = np.concatenate((rows.b.numpy(), np.broadcast_to(np.array([high[0], -low[0], high[1], -low[1]]), (3000, 4))), 1)
+    mask = np.concatenate((rows.mask.numpy(), np.ones((3000, 4), bool)), 1)
+    full, full_feasible = _centres_arrays(A, b, mask, CENTRE_DELTAS[1:], low, high, True)
+    quick, quick_feasible = _centres_arrays(A, b, mask, CENTRE_DELTAS[1:], low, high, False)
+    assert np.array_equal(full_feasible, quick_feasible)
+    assert np.array_equal(full[full_feasible], quick[quick_feasible])
+    proven = np.isnan(quick).any(-1)
+    assert not (proven & quick_feasible).any()
+    assert proven.sum() > 100, proven.sum()
+
+
+def test_emptiness_proof_agrees_with_an_lp_solver():
+    # Random 2-D polygons inside the action box's rows: where the proof says "empty beyond
+    # round-off", HiGHS must find no point even with every row relaxed by 1e-7; clearly empty and
+    # clearly non-empty hand-made cases are decided both ways.
+    from model.cbf_beta import _empty_beyond_round_off
+
+    g = np.random.default_rng(5)
+    n, k = 3000, 5
+    bounds_A = np.array([[1.0, 0], [-1, 0], [0, 1], [0, -1]])
+    bounds_b = np.array([HIGH[0], -LOW[0], HIGH[1], -LOW[1]])
+    angle = g.uniform(-math.pi, math.pi, (n, k))
+    normals = np.stack([np.cos(angle), np.sin(angle)], -1) * g.uniform(0.1, 10, (n, k, 1))
+    through = np.stack([g.uniform(-0.5, 1.5, (n, k)), g.uniform(-4, 4, (n, k))], -1)
+    b_rand = (normals * through).sum(-1) - g.uniform(-0.5, 0.5, (n, k))
+    A = np.concatenate((normals, np.broadcast_to(bounds_A, (n, 4, 2))), 1)
+    b = np.concatenate((b_rand, np.broadcast_to(bounds_b, (n, 4))), 1)
+    mask = np.ones(b.shape, bool)
+    mask[:, 0] = g.random(n) < 0.8
+    out = np.empty(n, bool)
+    _empty_beyond_round_off(A, b, mask, 1e-11, 0.5, max(map(abs, LOW + HIGH)) + 1.0, 1e-9, out)
+    assert 100 < out.sum() < n - 100, out.sum()  # both answers occur
+    for e in np.flatnonzero(out)[:300]:
+        norms = np.linalg.norm(A[e], axis=1)
+        keep = mask[e]
+        lp = linprog(np.zeros(2), A_ub=A[e][keep] / norms[keep, None], b_ub=b[e][keep] / norms[keep] + 1e-7,
+                     bounds=[(None, None)] * 2, method="highs")
+        assert lp.status == 2, e  # infeasible
+    # v <= 0.2 and -v <= -0.5: empty by 0.3; v <= 0.5 and -v <= -0.2: a strip, not empty
+    for right, empty in (((0.2, -0.5), True), ((0.5, -0.2), False)):
+        A1 = np.concatenate(([[1.0, 0], [-1, 0]], bounds_A))[None]
+        b1 = np.concatenate((right, bounds_b))[None]
+        _empty_beyond_round_off(A1, b1, np.ones(b1.shape, bool), 1e-11, 0.5, 3.84, 1e-9, out[:1])
+        assert out[0] == empty

@@ -15,6 +15,7 @@ infeasible problems, round-off) takes the NumPy rules of `model.qp.cpu_numpy`.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import torch
@@ -253,13 +254,20 @@ def solve_batch(H, f, A, b, mask, active_hint) -> QPSolution:
 
 
 def solve_arrays(Hn: np.ndarray, fn: np.ndarray, An: np.ndarray, bn: np.ndarray, mask_np: np.ndarray | None,
-                 hint_np: np.ndarray | None, float_dtype: torch.dtype) -> tuple[np.ndarray, ...]:
+                 hint_np: np.ndarray | None, float_dtype: torch.dtype,
+                 proven_infeasible: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, ...]:
     """`solve_batch` on NumPy arrays, no autograd (callers that never need a gradient and whose
     inputs are NumPy already, e.g. `model.cbf_beta`'s box centres, skip the tensor plumbing):
     Hn (B, 2, 2), fn (B, 2), An (B, m, 2), bn (B, m) of one float dtype, mask_np (B, m) bool or
     None, hint_np (B, 2) int64 or None, float_dtype the torch dtype whose tolerances apply.
     Returns u, lam (B, 2), Y, K (B, 2, 2), active (B, 2), inv_norm (B, 2), lam_rows (B, m')
-    (m' = max(m, 1)), feasible (B,) bool, violation (B,), in fn's dtype."""
+    (m' = max(m, 1)), feasible (B,) bool, violation (B,), in fn's dtype.
+
+    proven_infeasible: for a caller that needs nothing of an infeasible element but the flag.
+    Given the indices (R,) of the elements the compiled loop could not settle, it returns (R,)
+    bool: True where the full rule would certainly find the element infeasible (a proof with room
+    for round-off, e.g. `model.cbf_beta._empty_beyond_round_off`). Those skip the full rule:
+    feasible False, every other output NaN (-1 in active). The rest get the full rule as usual."""
     from model.qp.cpu_n2_kernels import allocate_outputs, solve_batch as compiled_loop
 
     dtype = fn.dtype
@@ -277,8 +285,15 @@ def solve_arrays(Hn: np.ndarray, fn: np.ndarray, An: np.ndarray, bn: np.ndarray,
     u, lam, Y, K = (x.astype(dtype) for x in (u, lam, Y, K))
     inv_norm, lam_rows = inv_norm.astype(dtype), lam_rows.astype(dtype)
     feasible, violation = passed.copy(), np.zeros(B, dtype)
-    if not passed.all():  # the NumPy full rule on those elements only
-        rest = np.flatnonzero(~passed)
+    rest = np.flatnonzero(~passed)
+    if rest.size and proven_infeasible is not None:
+        proven = proven_infeasible(rest)
+        gone, rest = rest[proven], rest[~proven]
+        feasible[gone] = False
+        for x in (u, lam, Y, K, inv_norm, lam_rows, violation):
+            x[gone] = np.nan
+        active[gone] = -1
+    if rest.size:  # the NumPy full rule on those elements only
         (active[rest], feasible[rest], violation[rest], u[rest], lam[rest], Y[rest], K[rest], inv_norm[rest],
          lam_rows[rest]) = cpu_numpy.full_rule_rows(Hn[rest], fn[rest], An[rest], bn[rest],
                                                     mask_np[rest] if has_mask else None, float_dtype)
