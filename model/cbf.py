@@ -68,8 +68,9 @@ FORMS = ("dcbf", "ct")
 """The forms that are a fixed set of rows (`cbf_rows`); ``dcbf_exact`` iterates (model/dcbf_exact.py)."""
 NUM_WALLS = 4
 NUM_BOUND_ROWS = 4
-# The control-bound rows v <= v_max, -v <= 0, w <= w_max, -w <= w_max (their right sides: b_bounds).
-_BOUND_ROWS = ((1.0, 0.0), (-1.0, 0.0), (0.0, 1.0), (0.0, -1.0))
+# The action-bound rows v <= high_v, -v <= -low_v, w <= high_w, -w <= -low_w (here v_max, 0, w_max,
+# w_max: b_bounds); CBF-Beta's safe box appends them to its centres' QPs too.
+BOUND_ROWS = ((1.0, 0.0), (-1.0, 0.0), (0.0, 1.0), (0.0, -1.0))
 
 
 class CBFRows(NamedTuple):
@@ -228,7 +229,7 @@ def cbf_geometry(
     a_barrier = torch.where(barrier_mask.unsqueeze(-1), a_barrier, placeholder_a)
 
     v_max, w_max = env_params.pursuer_v_max, env_params.pursuer_w_max
-    a_bounds = pursuer.new_tensor(_BOUND_ROWS).expand(batch, NUM_BOUND_ROWS, 2)
+    a_bounds = pursuer.new_tensor(BOUND_ROWS).expand(batch, NUM_BOUND_ROWS, 2)
     b_bounds = pursuer.new_tensor([v_max, 0.0, w_max, w_max]).expand(batch, NUM_BOUND_ROWS)
     A = torch.cat((a_barrier, a_bounds), dim=1)
     mask = torch.cat((barrier_mask, torch.ones(batch, NUM_BOUND_ROWS, dtype=torch.bool, device=pursuer.device)), dim=1)
@@ -285,7 +286,7 @@ def _geometry_compiled(safety: "SafetyState", env: "EnvParams", lookahead: float
     _geometry_kernel(pursuer.detach().numpy(), cos.numpy(), sin.numpy(), safety.obstacle_centres.detach().numpy(),
                      safety.obstacle_radii.detach().numpy(), safety.obstacle_mask.to(torch.bool).numpy(), consts,
                      A, h, grad, barrier_mask)
-    A[:, barriers:] = _BOUND_ROWS
+    A[:, barriers:] = BOUND_ROWS
     mask = np.concatenate((barrier_mask, np.ones((batch, NUM_BOUND_ROWS), np.bool_)), 1)
     b_bounds = torch.tensor([env.pursuer_v_max, 0.0, env.pursuer_w_max, env.pursuer_w_max], dtype=pursuer.dtype)
     return CBFGeometry(A=torch.from_numpy(A), mask=torch.from_numpy(mask), h=torch.from_numpy(h),

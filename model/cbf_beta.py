@@ -78,8 +78,9 @@ from model.actors import (
     _safety_like,
     mlp_backbone,
 )
-from model.cbf import cbf_rows, num_barriers
+from model.cbf import BOUND_ROWS, cbf_rows, num_barriers
 from model.qp import routing, solve_qp
+from model.qp.cpu_n2 import solve_arrays
 from model.qp.common import FEAS_TOL
 
 if TYPE_CHECKING:
@@ -100,9 +101,6 @@ CENTRE_DELTAS = (0.0, 0.05, 0.2, 0.5)
 # `_empty_beyond_round_off`'s margin, relative to the rows' size: far above the full rule's
 # round-off (~1e-15), far below the gaps of the centre QPs it settles (~1e-2).
 _EMPTY_MARGIN = 1e-9
-# The action bounds as rows (v <= high_v, -v <= -low_v, w <= high_w, -w <= -low_w), so the
-# centres' QPs respect them.
-_BOUND_A = ((1.0, 0.0), (-1.0, 0.0), (0.0, 1.0), (0.0, -1.0))
 
 
 class SafeBox(NamedTuple):
@@ -200,7 +198,7 @@ def safe_box(
     low, high = torch.tensor(list(action_low), **f64), torch.tensor(list(action_high), **f64)
     batch = b.shape[0]
     # The action bounds as rows too, so the centre's QP respects them.
-    bound_A = torch.tensor(_BOUND_A, **f64).expand(batch, 4, 2)
+    bound_A = torch.tensor(BOUND_ROWS, **f64).expand(batch, 4, 2)
     bound_b = torch.stack((high[0], -low[0], high[1], -low[1])).expand(batch, 4)
     A_all = torch.cat((A, bound_A), 1)
     b_all = torch.cat((b, bound_b), 1)
@@ -237,7 +235,7 @@ def _safe_box_arrays(A: Tensor, b: Tensor, mask: Tensor, action_low: Sequence[fl
     mask_np = mask.to(torch.bool).numpy()
     low, high = np.array(list(action_low), np.float64), np.array(list(action_high), np.float64)
     batch = b_np.shape[0]
-    bound_A = np.broadcast_to(np.array(_BOUND_A, np.float64), (batch, 4, 2))
+    bound_A = np.broadcast_to(np.array(BOUND_ROWS, np.float64), (batch, 4, 2))
     bound_b = np.broadcast_to(np.array([high[0], -low[0], high[1], -low[1]]), (batch, 4))
     A_all = np.concatenate((A_np, bound_A), 1)
     b_all = np.concatenate((b_np, bound_b), 1)
@@ -270,8 +268,6 @@ def _centres_arrays(A: np.ndarray, b: np.ndarray, mask: np.ndarray, deltas: Sequ
     """`_centres` on NumPy arrays (the same arithmetic): centres (R, B, 2), feasible (R, B).
     infeasible_points False: an element proven infeasible (`_empty_beyond_round_off`) gets a NaN
     centre instead of the full rule's fallback point (the flag is the full rule's, bit for bit)."""
-    from model.qp.cpu_n2 import solve_arrays
-
     batch, rungs = b.shape[0], len(deltas)
     half, middle = (high - low) / 2, (high + low) / 2
     # torch's norm, not sqrt(x^2 + y^2): its reduction rounds differently in the last bit
