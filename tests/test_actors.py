@@ -366,6 +366,7 @@ def test_autocast_keeps_the_safety_layer_in_float32():
     torch.testing.assert_close(log_prob, out.log_prob)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("mode", ["through_qp", "nominal"])
 def test_cuda_matches_cpu(mode):

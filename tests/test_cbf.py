@@ -353,3 +353,26 @@ def test_geometry_keeps_autograd_where_the_states_need_it():
     h, _, _ = barriers_at(q, states, ENV, CBF.lookahead)
     h.sum().backward()
     assert q.grad is not None and q.grad.abs().sum() > 0
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the compiled loop is CPU-only; the torch code runs on CUDA)")
+def test_cuda_geometry_matches_the_compiled_cpu_loop():
+    # On CUDA the rows come from the torch code; on the CPU from the numba loop. Same states,
+    # float64: the two devices' cos/sin/sqrt may differ in the last bits, nothing more.
+    for k, seed in ((0, 4), (3, 5), (8, 6)):
+        states = random_states(4000, k, seed)
+        on_gpu = SafetyState(*(t.cuda() for t in states))
+        for margin in (0.0, 0.05):
+            cpu = cbf_geometry(states, ENV, CBF, margin)
+            gpu = cbf_geometry(on_gpu, ENV, CBF, margin)
+            for name, a, b in zip(cpu._fields, cpu, gpu):
+                assert b.device.type == "cuda", name
+                if a.dtype == torch.bool:
+                    assert torch.equal(a, b.cpu()), name
+                else:
+                    torch.testing.assert_close(b.cpu(), a, rtol=0, atol=1e-12, msg=name)
+            q = virtual_point(states.pursuer, CBF.lookahead)
+            for a, b in zip(barriers_at(q, states, ENV, CBF.lookahead, margin),
+                            barriers_at(q.cuda(), on_gpu, ENV, CBF.lookahead, margin)):
+                torch.testing.assert_close(b.cpu(), a, rtol=0, atol=1e-12)

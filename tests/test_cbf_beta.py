@@ -426,3 +426,21 @@ def test_emptiness_proof_agrees_with_an_lp_solver():
         b1 = np.concatenate((right, bounds_b))[None]
         _empty_beyond_round_off(A1, b1, np.ones(b1.shape, bool), 1e-11, 0.5, 3.84, 1e-9, out[:1])
         assert out[0] == empty
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the NumPy box is CPU-only; the torch code runs on CUDA)")
+def test_cuda_box_matches_the_cpu_box():
+    # CUDA takes the batched torch code through solve_qp; the CPU the NumPy arrays and numba
+    # loops. float64 rows: the same feasibility flags, the same box up to round-off.
+    states = random_states(3000, seed=17)
+    for form, gamma in (("dcbf", 0.2), ("ct", 2.0)):
+        rows = cbf_rows(states, ENV, CBF, gamma, form=form)
+        cpu = safe_box(rows.A, rows.b, rows.mask, LOW, HIGH)
+        gpu = safe_box(rows.A.cuda(), rows.b.cuda(), rows.mask.cuda(), LOW, HIGH)
+        for name, a, b in zip(cpu._fields, cpu, gpu):
+            assert b.device.type == "cuda", name
+            if a.dtype == torch.bool:
+                assert torch.equal(a, b.cpu()), (form, name)
+            else:
+                torch.testing.assert_close(b.cpu(), a, rtol=0, atol=1e-9, msg=f"{form} {name}")

@@ -206,6 +206,7 @@ def test_sync_free_autoreset_equals_indexed_autoreset():
     assert ended > 8
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the same code runs on CPU in the other tests)")
 def test_cuda_core_matches_cpu_core():
     params = EnvParams(arena_size=8.0, max_steps=25, start_distance_min=1.0, start_distance_max=4.0)

@@ -150,15 +150,16 @@ def test_sync_free_and_syncing_rollouts_agree():
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none on this machine)")
+@pytest.mark.parametrize("algo", ["barriernet", "cbf_beta", "shielded", "baseline"])
 @pytest.mark.parametrize("rollout_device", ["cpu", "cuda"])
-def test_cuda_training_hybrid_and_all_gpu(tmp_path, monkeypatch, rollout_device):
+def test_cuda_training_hybrid_and_all_gpu(tmp_path, monkeypatch, rollout_device, algo):
     from tasks.train import run
 
     monkeypatch.setenv("BARRIERNET_STATE_DIR", str(tmp_path / "state"))
     params = load_params(overrides={**TINY, "train.update_device": "cuda", "train.rollout_device": rollout_device})
-    summary = run(params, tmp_path, "barriernet", 0)
+    summary = run(params, tmp_path, algo, 0)
     assert summary["update_device"].startswith("cuda") and summary["gpu_headroom"] == "ready"
-    trainer = Trainer(params, "barriernet", 0)
+    trainer = Trainer(params, algo, 0)
     if rollout_device == "cpu":  # the rollout copy never holds CUDA tensors
         assert all(p.device.type == "cpu" for p in trainer.rollout_actor.parameters())
     assert all(p.device.type == "cuda" for p in trainer.actor.parameters())

@@ -175,6 +175,7 @@ def test_missing_cuda_is_skipped_and_recorded(tiny_run):
     assert not (workdir / "cuda_only").exists()
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
 def test_cuda_rows_match_the_reference(tmp_path):
     params = tiny_params(obstacle_counts=[2], devices=["cuda"])
