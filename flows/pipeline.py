@@ -1,7 +1,7 @@
 """The Prefect flow `train-and-eval`: every pipeline stage as a retryable Prefect task.
 
-    QP benchmark -> train (algo x seed, on Dask) -> evaluate (algo x seed, on Dask)
-                 -> compare -> headline -> report -> `dvc commit` (default params) or `dvc exp save` (overrides)
+    [QP benchmark, train (algo x seed) -> evaluate -> scenarios (per cell)] on Dask
+        -> compare -> headline -> report -> `dvc commit` (default params) or `dvc exp save` (overrides)
 
 Each task calls the stage function from the registry, `STAGES[name].run(params, workdir, **cell)`;
 nothing about a stage is written here twice. Retries, retry delay and timeouts come from
@@ -391,6 +391,11 @@ def _take(future) -> Any:
             release()
 
 
+def _submit(task_, params: Params, *args, **kwargs):
+    """`task_.submit(params, *args, **kwargs)` with params' retries and timeout."""
+    return _with_orchestration(task_, params).submit(params, *args, **kwargs)
+
+
 def _with_orchestration(task_, params: Params):
     orch = params.orchestration
     return task_.with_options(
@@ -413,7 +418,8 @@ class Point:
 @flow(name="train-and-eval-matrix", persist_result=False, validate_parameters=False,
       task_runner=ThreadPoolTaskRunner(max_workers=1))
 def matrix_flow(params: Params | None = None, workdir: Path | None = None, points: list[Point] | None = None,
-                cell_store: Path | None = None, reuse_cells: bool = False) -> dict[str, dict]:
+                cell_store: Path | None = None, reuse_cells: bool = False,
+                benchmarks: list[Point] | None = None) -> dict[str, dict]:
     """Train every (algo, seed) cell in parallel, evaluate each as soon as its training is done.
 
     One point (`params`, `workdir`) or several (`points`, a study's grid): the training cells of
@@ -423,6 +429,12 @@ def matrix_flow(params: Params | None = None, workdir: Path | None = None, point
     its store; with `reuse_cells` too, a cell found there is copied in instead of trained.
     Out-of-memory in training resubmits the cell with the minibatch halved, down to
     gpu.min_minibatch; the fallback is recorded in the cell's summary.json by train.run.
+
+    `benchmarks`: points whose QP benchmark runs here too, submitted first, so it runs on one
+    worker while the others train: as a stage of its own before the matrix it left every other
+    core idle for its whole length. Where a task runs moves no result (each computes the same bits
+    on any worker), and the benchmark's timings are taken beside a training, as each training
+    cell's env-steps/s are.
 
     Returns {cell name: {"train", "evaluate", "scenarios"}} for one point, {point name: that}
     for `points`.
@@ -441,11 +453,14 @@ def matrix_flow(params: Params | None = None, workdir: Path | None = None, point
     def after_training(point: Point, cell: dict, summary: dict) -> None:
         name = f"{cell['algo']}-s{cell['seed']}"
         results[point.name][name] = {"train": summary}
-        evaluation = _with_orchestration(evaluate_task, point.params).submit(
-            point.params, point.workdir, algo=cell["algo"], seed=cell["seed"])
+        evaluation = _submit(evaluate_task, point.params, point.workdir, algo=cell["algo"], seed=cell["seed"])
         cell_of[evaluation], kinds[evaluation] = (point, cell), "evaluate"
         pending.append(evaluation)
 
+    for point in benchmarks or []:
+        benchmark = _submit(qp_benchmark_task, point.params, point.workdir)
+        cell_of[benchmark], kinds[benchmark] = (point, {}), "qp_benchmark"
+        pending.append(benchmark)
     for point in points:
         for cell in STAGES["train"].cells(point.params):
             key = store.cell_key(point.params, cell["algo"], cell["seed"])
@@ -459,8 +474,7 @@ def matrix_flow(params: Params | None = None, workdir: Path | None = None, point
                 waiting[key].append(job)
             else:
                 waiting[key] = [job]
-                future = _with_orchestration(train_task, point.params).submit(
-                    point.params, point.workdir, algo=cell["algo"], seed=cell["seed"])
+                future = _submit(train_task, point.params, point.workdir, algo=cell["algo"], seed=cell["seed"])
                 cell_of[future], kinds[future] = job, "train"
                 pending.append(future)
 
@@ -470,8 +484,11 @@ def matrix_flow(params: Params | None = None, workdir: Path | None = None, point
         batch, pending[:] = list(pending), []
         for future in as_completed(batch):
             point, cell = cell_of[future]
-            name = f"{cell['algo']}-s{cell['seed']}"
             kind = kinds[future]
+            if kind == "qp_benchmark":
+                _take(future)  # its outputs are on disk; a failure raises here
+                continue
+            name = f"{cell['algo']}-s{cell['seed']}"
             if kind == "scenarios":
                 results[point.name][name]["scenarios"] = _take(future)
                 continue
@@ -479,8 +496,8 @@ def matrix_flow(params: Params | None = None, workdir: Path | None = None, point
                 results[point.name][name]["evaluate"] = _take(future)
                 # The scenario suite after evaluation. Every cell runs it: a seed outside
                 # scenarios.seeds only writes skipped.json, which DVC's matrix needs as its output.
-                played = _with_orchestration(scenarios_task, point.params).submit(
-                    point.params, point.workdir, algo=cell["algo"], seed=cell["seed"])
+                played = _submit(scenarios_task, point.params, point.workdir, algo=cell["algo"],
+                                 seed=cell["seed"])
                 cell_of[played], kinds[played] = (point, cell), "scenarios"
                 pending.append(played)
                 continue
@@ -496,8 +513,8 @@ def matrix_flow(params: Params | None = None, workdir: Path | None = None, point
                     ) from None
                 logger.warning("training %s ran out of memory with minibatch %d; retrying with %d "
                                "(resumes from its last checkpoint)", name, exc.minibatch_size, half)
-                retry = _with_orchestration(train_task, point.params).submit(
-                    point.params, point.workdir, algo=cell["algo"], seed=cell["seed"], minibatch_size=half)
+                retry = _submit(train_task, point.params, point.workdir, algo=cell["algo"], seed=cell["seed"],
+                                minibatch_size=half)
                 cell_of[retry], kinds[retry] = (point, {**cell, "minibatch_size": half}), "train"
                 pending.append(retry)
                 continue
@@ -541,25 +558,26 @@ def _copy_outputs(stage_name: str, source: Path, target: Path) -> None:
 
 
 def run_points(points: list[Point], cell_store: Path | None, reuse_cells: bool) -> dict[str, dict[str, Any]]:
-    """The stages for every point: the QP benchmark (once per distinct benchmark params, copied to
-    the points that share them), the training/evaluation matrix of all points together, then
-    compare, headline and report per point. Returns {point name: {"cells", "compare", "headline",
+    """The stages for every point: the training/evaluation matrix of all points together, with the
+    QP benchmark on the same workers (once per distinct benchmark params, copied to the points
+    that share them), then compare, headline and report per point. Returns {point name: {"cells", "compare", "headline",
     "report_result", "report", "summary"}}."""
-    benchmarked: dict[str, Path] = {}
+    benchmarked: dict[str, Point] = {}  # benchmark params key -> the point that runs it
     for point in points:
-        key = _stage_key("qp_benchmark", point.params)
-        if key in benchmarked:
-            _copy_outputs("qp_benchmark", benchmarked[key], point.workdir)
-        else:
-            _with_orchestration(qp_benchmark_task, point.params)(point.params, point.workdir)
-            benchmarked[key] = point.workdir
+        benchmarked.setdefault(_stage_key("qp_benchmark", point.params), point)
     runner = matrix_task_runner(points[0].params.orchestration)
     single = len(points) == 1 and points[0].name == ""
     matrix = matrix_flow.with_options(task_runner=runner)
+    benchmarks = list(benchmarked.values())
     if single:
-        all_cells = {"": matrix(points[0].params, points[0].workdir, cell_store=cell_store, reuse_cells=reuse_cells)}
+        all_cells = {"": matrix(points[0].params, points[0].workdir, cell_store=cell_store, reuse_cells=reuse_cells,
+                                benchmarks=benchmarks)}
     else:
-        all_cells = matrix(points=points, cell_store=cell_store, reuse_cells=reuse_cells)
+        all_cells = matrix(points=points, cell_store=cell_store, reuse_cells=reuse_cells, benchmarks=benchmarks)
+    for point in points:  # the points that share a benchmark get its outputs
+        source = benchmarked[_stage_key("qp_benchmark", point.params)]
+        if source is not point:
+            _copy_outputs("qp_benchmark", source.workdir, point.workdir)
     done: dict[str, dict[str, Any]] = {}
     for point in points:
         params, workdir = point.params, point.workdir
