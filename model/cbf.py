@@ -59,6 +59,8 @@ import torch
 from numba import njit
 from torch import Tensor
 
+from model.qp.cpu_n2_kernels import contiguous
+
 if TYPE_CHECKING:  # the env's SafetyState; any object with these fields works
     from env.core import SafetyState
     from model.config import CBFParams
@@ -264,8 +266,9 @@ def _barriers_compiled(q: Tensor, safety: "SafetyState", env: "EnvParams", looka
     h = np.empty((batch, obstacles + NUM_WALLS), consts.dtype)
     grad = np.empty((batch, obstacles + NUM_WALLS, 2), consts.dtype)
     mask = np.empty((batch, obstacles + NUM_WALLS), np.bool_)
-    _barriers_kernel(q.detach().numpy(), safety.obstacle_centres.detach().numpy(), safety.obstacle_radii.detach().numpy(),
-                     safety.obstacle_mask.to(torch.bool).numpy(), consts, h, grad, mask)
+    _barriers_kernel(*contiguous(q.detach().numpy(), safety.obstacle_centres.detach().numpy(),
+                                 safety.obstacle_radii.detach().numpy(), safety.obstacle_mask.to(torch.bool).numpy()),
+                     consts, h, grad, mask)
     return torch.from_numpy(h), torch.from_numpy(grad), torch.from_numpy(mask)
 
 
@@ -283,9 +286,9 @@ def _geometry_compiled(safety: "SafetyState", env: "EnvParams", lookahead: float
     h = np.empty((batch, barriers), consts.dtype)
     grad = np.empty((batch, barriers, 2), consts.dtype)
     barrier_mask = np.empty((batch, barriers), np.bool_)
-    _geometry_kernel(pursuer.detach().numpy(), cos.numpy(), sin.numpy(), safety.obstacle_centres.detach().numpy(),
-                     safety.obstacle_radii.detach().numpy(), safety.obstacle_mask.to(torch.bool).numpy(), consts,
-                     A, h, grad, barrier_mask)
+    _geometry_kernel(*contiguous(pursuer.detach().numpy(), cos.numpy(), sin.numpy(), safety.obstacle_centres.detach().numpy(),
+                                 safety.obstacle_radii.detach().numpy(), safety.obstacle_mask.to(torch.bool).numpy()),
+                     consts, A, h, grad, barrier_mask)
     A[:, barriers:] = BOUND_ROWS
     mask = np.concatenate((barrier_mask, np.ones((batch, NUM_BOUND_ROWS), np.bool_)), 1)
     b_bounds = torch.tensor([env.pursuer_v_max, 0.0, env.pursuer_w_max, env.pursuer_w_max], dtype=pursuer.dtype)

@@ -192,20 +192,18 @@ class _BarrierNetPolicy:
         solves it on the CPU (the compiled loop, the NumPy full rule for what it cannot settle).
         hint (B, 2) int64 or None. Returns u, lam, Y, K, active, inv_norm, feasible."""
         from model.qp import cpu_numpy
-        from model.qp.cpu_n2_kernels import allocate_outputs, solve_batch
+        from model.qp.cpu_n2_kernels import allocate_outputs, contiguous, solve_batch
 
         batch, m = mask.shape
-        # W for every row as a stride-0 view, writable: the array type (float32, 3d, 'A') that the
-        # torch route's expanded H has, so both routes share one compiled specialization (a
-        # read-only view would make numba compile the loop a second time in every fresh cache)
-        diag = np.diag(self.weights)
-        H = np.lib.stride_tricks.as_strided(diag, (batch, 2, 2), (0, *diag.strides), writeable=True)
+        # W for every row, C-contiguous as `cpu_n2_kernels.contiguous` hands the torch route's H to
+        # the loop: both routes share one compiled specialization
+        H = np.ascontiguousarray(np.broadcast_to(np.diag(self.weights), (batch, 2, 2)))
         f = -u_ref * self.weights
         out = allocate_outputs(batch, m)
         u, lam, used, Y, K, active, inv_norm, lam_rows, passed = out
         has_hint = hint is not None
-        solve_batch(H, f, A, b, mask, True, hint if has_hint else np.full((1, 2), -1, np.int64), has_hint,
-                    *self.tolerances, *out)
+        solve_batch(*contiguous(H, f, A, b, mask), True, *contiguous(hint if has_hint else np.full((1, 2), -1, np.int64)),
+                    has_hint, *self.tolerances, *out)
         u, lam, Y, K, inv_norm = (x.astype(np.float32) for x in (u, lam, Y, K, inv_norm))
         feasible = passed.copy()
         if not passed.all():  # what the compiled loop cannot settle: the NumPy full rule, as solve_qp does

@@ -229,7 +229,7 @@ def solve_batch(H, f, A, b, mask, active_hint) -> QPSolution:
     """A batch through `cpu_n2_kernels.solve_batch` (the arithmetic of `solve_single`, compiled,
     float64 inside); elements it cannot settle (its check fails: infeasible problems, round-off)
     get `cpu_numpy.full_rule_rows`. Inputs and result as `solve`."""
-    from model.qp.cpu_n2_kernels import backward_batch
+    from model.qp.cpu_n2_kernels import backward_batch, contiguous
 
     Hn, fn, An, bn = (x.detach().numpy() for x in (H, f, A, b))
     B, m = b.shape
@@ -241,7 +241,7 @@ def solve_batch(H, f, A, b, mask, active_hint) -> QPSolution:
     def backward(grad_u):  # the formulas of `_py_backward_single`, in the compiled loop
         grads = (np.empty((B, 2, 2), dtype), np.empty((B, 2), dtype), np.empty((B, m, 2), dtype),
                  np.empty((B, m), dtype))
-        backward_batch(grad_u.numpy().astype(dtype, copy=False), u, lam, Y, K, active, inv_norm, *grads)
+        backward_batch(*contiguous(grad_u.numpy().astype(dtype, copy=False)), u, lam, Y, K, active, inv_norm, *grads)
         return tuple(torch.from_numpy(x) for x in grads)
 
     if needs_grad(H, f, A, b):
@@ -268,7 +268,7 @@ def solve_arrays(Hn: np.ndarray, fn: np.ndarray, An: np.ndarray, bn: np.ndarray,
     bool: True where the full rule would certainly find the element infeasible (a proof with room
     for round-off, e.g. `model.cbf_beta._empty_beyond_round_off`). Those skip the full rule:
     feasible False, every other output NaN (-1 in active). The rest get the full rule as usual."""
-    from model.qp.cpu_n2_kernels import allocate_outputs, solve_batch as compiled_loop
+    from model.qp.cpu_n2_kernels import allocate_outputs, contiguous, solve_batch as compiled_loop
 
     dtype = fn.dtype
     B, m = bn.shape
@@ -280,8 +280,8 @@ def solve_arrays(Hn: np.ndarray, fn: np.ndarray, An: np.ndarray, bn: np.ndarray,
     u, lam, used, Y, K, active, inv_norm, lam_rows, passed = outputs
     mask_arg = mask_np if has_mask else np.ones((1, 1), np.bool_)  # the compiled loop reads the mask itself
     hint_arg = hint_np if has_hint else np.full((1, 2), -1, np.int64)
-    compiled_loop(Hn, fn, An, bn, mask_arg, has_mask, hint_arg, has_hint, FEAS_TOL[float_dtype],
-                  TIE_REL[float_dtype], SINGULAR_TOL[float_dtype], *outputs)
+    compiled_loop(*contiguous(Hn, fn, An, bn, mask_arg), has_mask, contiguous(hint_arg)[0], has_hint,
+                  FEAS_TOL[float_dtype], TIE_REL[float_dtype], SINGULAR_TOL[float_dtype], *outputs)
     u, lam, Y, K = (x.astype(dtype) for x in (u, lam, Y, K))
     inv_norm, lam_rows = inv_norm.astype(dtype), lam_rows.astype(dtype)
     feasible, violation = passed.copy(), np.zeros(B, dtype)

@@ -196,6 +196,15 @@ def solve_batch(H, f, A, b, mask, has_mask, hint, has_hint, feas, tie, sing_tol,
                 inv_norm[e, k] = 0.0
 
 
+def contiguous(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The arrays C-contiguous and writable (copies where they are not), for a compiled loop's
+    inputs. numba compiles a loop once per argument type, and an array's type includes its layout
+    and read-only flag: a stride-0 expanded H, a transposed view or a read-only broadcast would each
+    cost a compilation of its own (3-5 s for `solve_batch`) in every process with a cold cache. The
+    values, and so every result bit, are the same."""
+    return tuple(x if x.flags.c_contiguous and x.flags.writeable else np.array(x, order="C") for x in arrays)
+
+
 def allocate_outputs(batch: int, m: int) -> tuple[np.ndarray, ...]:
     """The output arrays of `solve_batch` for a batch of `batch` problems with m rows."""
     return (np.empty((batch, 2)), np.empty((batch, 2)), np.empty((batch, 2), np.bool_),
