@@ -376,3 +376,25 @@ def test_cuda_geometry_matches_the_compiled_cpu_loop():
             for a, b in zip(barriers_at(q, states, ENV, CBF.lookahead, margin),
                             barriers_at(q.cuda(), on_gpu, ENV, CBF.lookahead, margin)):
                 torch.testing.assert_close(b.cpu(), a, rtol=0, atol=1e-12)
+
+
+def test_the_compiled_rows_see_one_array_layout_per_dtype():
+    # states sliced out of wider tensors (non-contiguous views) reach the loops as C-contiguous
+    # copies: one numba specialization per dtype, and the same bits as the contiguous states
+    from numba.core import types
+
+    from model.cbf import _barriers_kernel, _geometry_kernel
+
+    for dtype in (torch.float32, torch.float64):
+        states = random_states(64, 3, 9, dtype)
+        viewed = states._replace(pursuer=states.pursuer.t().contiguous().t())  # column-major: not C-contiguous
+        assert not viewed.pursuer.is_contiguous()
+        reference = states._replace(pursuer=viewed.pursuer.contiguous())
+        for a, b in zip(cbf_geometry(viewed, ENV, CBF), cbf_geometry(reference, ENV, CBF)):
+            assert torch.equal(a, b)
+        q = virtual_point(states.pursuer, CBF.lookahead).t().contiguous().t()
+        for a, b in zip(barriers_at(q, states, ENV, CBF.lookahead), barriers_at(q.contiguous(), states, ENV, CBF.lookahead)):
+            assert torch.equal(a, b)
+    for loop in (_geometry_kernel, _barriers_kernel):
+        arrays = [t for signature in loop.signatures for t in signature if isinstance(t, types.Array)]
+        assert arrays and all(t.layout == "C" and t.mutable for t in arrays), loop.signatures

@@ -992,3 +992,32 @@ def test_each_route_runs_its_implementation(monkeypatch, forced, batch, infeasib
     sol = solve_qp(H, f, A, b)
     assert calls == expected
     assert bool(sol.feasible[-1]) != infeasible
+
+
+def test_the_compiled_loops_see_one_array_layout_per_dtype():
+    # numba compiles a loop once per argument type, layout and read-only flag included; the
+    # callers hand over C-contiguous writable arrays (cpu_n2_kernels.contiguous), so an expanded
+    # H, a transposed A or a read-only view costs no compilation of its own (3-5 s each, cold).
+    from numba.core import types
+
+    from model.qp.cpu_n2_kernels import backward_batch, contiguous, solve_batch
+
+    B, m = 16, 5
+    gen = torch.Generator().manual_seed(4)
+    for dtype in (torch.float32, torch.float64):
+        H_view = torch.eye(2, dtype=dtype).expand(B, 2, 2)  # stride 0
+        f = torch.randn(2, B, generator=gen, dtype=dtype).t().requires_grad_(True)  # transposed: not contiguous
+        A = torch.randn(B, 2, m, generator=gen, dtype=dtype).transpose(1, 2)
+        b = torch.rand(m, B, generator=gen, dtype=dtype).t() + 0.5
+        solution = solve_qp(H_view, f, A, b, mask=torch.ones(B, m, dtype=torch.bool))
+        solution.u.sum().backward()
+        expected = solve_qp(H_view.contiguous(), f.detach().contiguous(), A.contiguous(), b.contiguous())
+        assert torch.equal(solution.u.detach(), expected.u)
+    for loop in (solve_batch, backward_batch):
+        arrays = [t for signature in loop.signatures for t in signature if isinstance(t, types.Array)]
+        assert arrays and all(t.layout == "C" and t.mutable for t in arrays), loop.signatures
+    read_only = np.broadcast_to(np.eye(2), (3, 2, 2))
+    (copy,) = contiguous(read_only)
+    assert copy.flags.c_contiguous and copy.flags.writeable and np.array_equal(copy, read_only)
+    kept = np.zeros((3, 2))
+    assert contiguous(kept)[0] is kept  # no copy where none is needed
