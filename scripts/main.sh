@@ -84,6 +84,12 @@ except Exception:
 PYEOF
 }
 
+# The numba loops compile once per fresh clone (model/kernel_cache.py): compiled here, on the core
+# the server's start leaves idle, the Dask workers load them instead of each compiling its own.
+# Not waited for: a worker that gets there first compiles, as it would without this.
+setsid "$VENV_BIN/python" -m tasks warm-kernels >"$LOGS/warm-kernels.log" 2>&1 &
+STARTED+=("$!")
+
 SERVER_PID=""   # set when this script starts the server
 if healthy; then
     echo "main: using the Prefect server that answers at $PREFECT_API_URL"

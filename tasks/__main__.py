@@ -1,7 +1,9 @@
 """Command line: `python -m tasks <stage> [--params FILE] [--set key=value ...] [--algo A --seed S]`.
 
-Also `python -m tasks tune` (the equal-effort tuning study, tasks/tuning.py), `python -m tasks list`, `python -m tasks dvc-yaml [--check]` (regenerate dvc.yaml from
-the stage registry, or fail when the committed one has drifted) and `python -m tasks numerics-env
+Also `python -m tasks tune` (the equal-effort tuning study, tasks/tuning.py), `python -m tasks list`,
+`python -m tasks warm-kernels` (compile the numba loops into their on-disk cache, model/kernel_cache.py),
+`python -m tasks dvc-yaml [--check]` (regenerate dvc.yaml from the stage registry, or fail when the
+committed one has drifted) and `python -m tasks numerics-env
 [pinned|native]` (the environment words of the pinned numerics, for processes started by hand:
 `env $(python -m tasks numerics-env) dask worker ...`).
 
@@ -84,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     gen = sub.add_parser("dvc-yaml", help="generate dvc.yaml from the stage registry")
     gen.add_argument("--check", action="store_true", help="fail if the file differs instead of writing it")
     gen.add_argument("--path", default=str(REPO_ROOT / "dvc.yaml"))
+    sub.add_parser("warm-kernels", help="compile the model's numba loops into their on-disk cache (model/kernel_cache.py)")
     tune = sub.add_parser("tune", help="the equal-effort tuning study (params section tuning; tasks/tuning.py)")
     tune.add_argument("--params", default=None, help="params file (default: the repo's params.yaml)")
     tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -112,6 +115,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "tune":
         return _tune_command(args)
+    if args.command == "warm-kernels":
+        from model.kernel_cache import warm
+
+        seconds = warm()
+        print("warm-kernels: " + ", ".join(f"{part} {s:.1f} s" for part, s in seconds.items()))
+        return 0
 
     stage = STAGES[args.command]
     try:  # validate everything before any work starts

@@ -80,23 +80,9 @@ def prefect_server(tmp_path_factory):
         yield url
 
 
-# A tiny training iteration of the algorithms whose cells run the compiled kernels (the QP loop
-# and its backward, CBF-Beta's safe box; the rational tanh compiles at import), as the cells run
-# them: pinned numerics, the default learner.
-_WARM_KERNELS = """
-from tasks import numerics
-numerics.apply("pinned")
-from tasks.params import load_params
-from tasks.train import Trainer
-tiny = {"train.num_envs": 8, "train.rollout_steps": 8, "train.num_minibatches": 2, "train.total_steps": 10**5}
-for algo in ("barriernet", "cbf_beta"):
-    Trainer(load_params(overrides=tiny), algo, 0, update_device="cpu").train_one_update()
-"""
-
-
 def pytest_sessionstart(session):
-    """The controlling process fills the repo's numba caches before any test runs, when they are
-    empty (a fresh clone, as CI has). Every end-to-end test copies them into its workspace
+    """The controlling process fills the repo's numba caches (`python -m tasks warm-kernels`) before
+    any test runs, when they are empty (a fresh clone, as CI has). Every end-to-end test copies them into its workspace
     (`helpers.make_workspace`); empty, each workspace's first process compiled the kernels again,
     about 18 s of CPU each, about 1.5 min of a CI run in all. A separate process: this one's RNG
     and numerics stay untouched."""
@@ -107,7 +93,7 @@ def pytest_sessionstart(session):
     kernels = ("cpu_n2_kernels.solve_batch-*", "cbf_beta._boxes_kernel-*")
     if all(any(c.glob(f"{name}.*.nbi")) for c, name in zip(caches, kernels)):
         return
-    result = subprocess.run([sys.executable, "-c", _WARM_KERNELS], cwd=REPO_ROOT, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "tasks", "warm-kernels"], cwd=REPO_ROOT, capture_output=True, text=True)
     if result.returncode:
         raise RuntimeError(f"compiling the numba kernels failed:\n{result.stderr[-2000:]}")
 

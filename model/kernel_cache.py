@@ -1,0 +1,93 @@
+"""Compile every numba loop of the model into numba's on-disk cache, ahead of the workers.
+
+Why: each loop is compiled (`cache=True`) the first time a process calls it with a new argument
+type, 1-5 s per signature here (`solve_batch` alone: 2.8 s float64, 5.0 s float32, on a 2-core
+AMD EPYC). On a fresh clone nothing is cached yet, so both Dask workers of the main job compile
+the same eleven signatures at the start of their first cells, about 15 s of each worker's time.
+`scripts/main.sh` runs `python -m tasks warm-kernels` in the background while the Prefect server
+starts (a wait that leaves one core idle); the workers then load the machine code from the cache.
+
+How: each loop is called once per argument type the pipeline gives it, on a batch of zero
+elements (the loop body never runs; numba compiles and caches by type alone). The types are
+those a cold main job leaves in the cache (its `.nbi` index files): float32 and float64 for the
+QP's solve and backward and the CBF rows, float64 for CBF-Beta's box, float32 for the tanh.
+Every array is C-contiguous and writable, as `model.qp.cpu_n2_kernels.contiguous` hands them to
+the loops. tests/test_kernel_cache.py checks, with a fresh cache, that a training iteration of
+every algorithm compiles nothing the warm-up did not.
+
+The numerics mode must be applied before numba loads (`python -m tasks warm-kernels` does),
+since numba keys its cache by the target CPU it compiles for: a warm-up for another target
+compiles code no worker loads.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+DTYPES = (np.float32, np.float64)
+"""The float types of the QP and CBF-row loops: training runs float32, the QP benchmark and the
+evaluation's float64 checks run float64."""
+
+
+def _qp_loops(dtype: type) -> None:
+    from model.qp.common import FEAS_TOL, SINGULAR_TOL, TIE_REL
+    from model.qp.cpu_n2_kernels import allocate_outputs, backward_batch, solve_batch
+
+    import torch
+
+    torch_dtype = torch.float32 if dtype == np.float32 else torch.float64
+    tolerances = (FEAS_TOL[torch_dtype], TIE_REL[torch_dtype], SINGULAR_TOL[torch_dtype])
+    batch, m = 0, 1
+    out = allocate_outputs(batch, m)
+    solve_batch(np.empty((batch, 2, 2), dtype), np.empty((batch, 2), dtype), np.empty((batch, m, 2), dtype),
+                np.empty((batch, m), dtype), np.empty((batch, m), np.bool_), True, np.full((1, 2), -1, np.int64),
+                False, *tolerances, *out)
+    u, lam, _, Y, K, active, inv_norm, _, _ = out
+    as_dtype = [x.astype(dtype) for x in (u, lam, Y, K)]
+    backward_batch(np.empty((batch, 2), dtype), *as_dtype, active, inv_norm.astype(dtype),
+                   np.empty((batch, 2, 2), dtype), np.empty((batch, 2), dtype), np.empty((batch, m, 2), dtype),
+                   np.empty((batch, m), dtype))
+
+
+def _cbf_loops(dtype: type) -> None:
+    from model.cbf import _barriers_kernel, _geometry_kernel
+
+    batch, obstacles = 0, 2
+    barriers = obstacles + 4
+    centres, radii = np.empty((batch, obstacles, 2), dtype), np.empty((batch, obstacles), dtype)
+    present, consts = np.empty((batch, obstacles), np.bool_), np.zeros(6, dtype)
+    h, grad, mask = np.empty((batch, barriers), dtype), np.empty((batch, barriers, 2), dtype), np.empty((batch, barriers), np.bool_)
+    _barriers_kernel(np.empty((batch, 2), dtype), centres, radii, present, consts, h, grad, mask)
+    _geometry_kernel(np.empty((batch, 3), dtype), np.empty(batch, dtype), np.empty(batch, dtype), centres, radii,
+                     present, consts, np.empty((batch, barriers + 4, 2), dtype), h, grad, mask)
+
+
+def _cbf_beta_loops() -> None:
+    from model.cbf_beta import _boxes_kernel, _empty_beyond_round_off
+
+    batch, m, rungs = 0, 1, 1
+    A, b, mask = np.empty((batch, m, 2)), np.empty((batch, m)), np.empty((batch, m), np.bool_)
+    _empty_beyond_round_off(A, b, mask, 0.0, 0.0, 0.0, 0.0, np.empty(batch, np.bool_))
+    _boxes_kernel(A, b, mask, np.empty((rungs, batch, 2)), np.empty((rungs, batch), np.bool_), np.zeros(2),
+                  np.ones(2), 1, 0.0, np.empty((batch, 2)), np.empty((batch, 2)))
+
+
+def warm() -> dict[str, float]:
+    """Compile (or load from the cache) every loop for every argument type the pipeline uses.
+    Returns {part: seconds}."""
+    seconds = {}
+    started = time.perf_counter()
+    import model.numpy_learner  # noqa: F401  (rational_tanh: its one signature compiles at import)
+
+    seconds["tanh"] = time.perf_counter() - started
+    for dtype in DTYPES:
+        for name, part in (("qp", _qp_loops), ("cbf", _cbf_loops)):
+            started = time.perf_counter()
+            part(dtype)
+            seconds[f"{name} {np.dtype(dtype).name}"] = time.perf_counter() - started
+    started = time.perf_counter()
+    _cbf_beta_loops()
+    seconds["cbf_beta float64"] = time.perf_counter() - started
+    return seconds

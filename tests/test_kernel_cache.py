@@ -1,0 +1,67 @@
+"""`python -m tasks warm-kernels` (model/kernel_cache.py): with a fresh numba cache, it compiles
+every loop for the argument types the pipeline uses, so that a training iteration of each
+algorithm and a float64 QP solve with its gradient afterwards compile nothing more."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# What a training cell of each algorithm runs, at a tiny size, as the cells run it (pinned
+# numerics, the default learner), and the QP benchmark's float64 solve with its backward.
+_REAL_PATHS = """
+from tasks import numerics
+numerics.apply("pinned")
+import torch
+from model.qp import solve_qp
+from tasks.params import load_params
+from tasks.train import Trainer
+tiny = {"train.num_envs": 8, "train.rollout_steps": 8, "train.num_minibatches": 2, "train.total_steps": 10**5}
+for algo in ("baseline", "barriernet", "cbf_beta", "shielded"):
+    Trainer(load_params(overrides=tiny), algo, 0, update_device="cpu").train_one_update()
+g = torch.Generator().manual_seed(0)
+H = torch.eye(2, dtype=torch.float64).expand(16, 2, 2)
+f = torch.randn(16, 2, dtype=torch.float64, generator=g, requires_grad=True)
+A = torch.randn(16, 3, 2, dtype=torch.float64, generator=g)
+b = torch.rand(16, 3, dtype=torch.float64, generator=g)
+solve_qp(H, f, A, b, backend="exact").u.sum().backward()
+"""
+
+# The signatures a cold main job compiled (read from the `.nbi` index files it left in
+# model/__pycache__ and model/qp/__pycache__): one file per signature.
+_EXPECTED = {
+    "cpu_n2_kernels.solve_batch": 2, "cpu_n2_kernels.backward_batch": 2, "cbf._geometry_kernel": 2,
+    "cbf._barriers_kernel": 2, "cbf_beta._boxes_kernel": 1, "cbf_beta._empty_beyond_round_off": 1,
+    "numpy_learner.rational_tanh": 1,
+}
+
+
+def _compiled(cache: Path) -> dict[str, int]:
+    """{kernel: number of cached signatures} in a NUMBA_CACHE_DIR."""
+    counts: dict[str, int] = {}
+    for path in cache.rglob("*.nbc"):
+        kernel = path.name.split("-")[0]
+        counts[kernel] = counts.get(kernel, 0) + 1
+    return counts
+
+
+@pytest.mark.slow
+def test_the_warm_up_compiles_every_signature_a_training_iteration_needs(tmp_path):
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    warm = subprocess.run([sys.executable, "-m", "tasks", "warm-kernels"], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert warm.returncode == 0, warm.stderr[-2000:]
+    assert "warm-kernels: tanh" in warm.stdout
+    after_warm_up = _compiled(tmp_path)
+    assert after_warm_up == _EXPECTED
+
+    real = subprocess.run([sys.executable, "-c", _REAL_PATHS], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert real.returncode == 0, real.stderr[-2000:]
+    assert _compiled(tmp_path) == after_warm_up  # nothing compiled that the warm-up had not
