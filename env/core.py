@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -202,6 +203,14 @@ class PursuitEvasionCore:
         self._contact_tol = 8 * torch.finfo(dtype).eps * p.arena_size
         self._one = torch.ones((), dtype=dtype, device=self.device)
         self._far_obstacle = torch.tensor([1.0, 0.0, 0.0], dtype=dtype, device=self.device).view(1, 3, 1)
+        # The observation's arithmetic as one compiled loop (env/observe_kernel.py) on the CPU; the
+        # torch code elsewhere, and where a test forces the accelerators' sync-free path on the CPU.
+        self.compiled_observe = self.device.type == "cpu" and not self.sync_free_autoreset
+        self._velocity_scale_np = self._velocity_scale[..., 0].cpu().numpy().copy()  # (2, 2) [v or w, robot]
+        self._observe_consts = np.array(  # as ATen casts each Python scalar to the tensors' dtype
+            [self._half, self._diagonal, self._half - p.robot_radius, p.arena_size, p.robot_radius, 1e-30, 1.0, 2.0, 0.0,
+             math.inf],
+            np.float32 if dtype == torch.float32 else np.float64)
         self._allocate()
         self.seed(range(num_envs))
         self.reset()
@@ -578,13 +587,22 @@ class PursuitEvasionCore:
         """Normalised observation (M, obs_dim) of the pursuer from robots (5, 2, M), obstacles
         (3, K, M), present (K, M); layout in `observation_names`."""
         p = self.params
+        # the transcendental calls: torch's on both paths (ATen rounds them its own way)
         cos_t, sin_t = torch.cos(robots[_THETA]), torch.sin(robots[_THETA])  # (2, M)
-        position = robots[:2] / self._half  # (2, 2, M)
-        velocity = robots[_V:] / self._velocity_scale  # (2, 2, M)
         px, py = robots[_X, _PURSUER], robots[_Y, _PURSUER]
-        pc, ps = cos_t[_PURSUER], sin_t[_PURSUER]
         dx, dy = robots[_X, _EVADER] - px, robots[_Y, _EVADER] - py
         distance = torch.hypot(dx, dy)
+        k_obs, k_all = self.observed_obstacles, self.num_obstacles
+        take = min(k_obs, k_all)
+        if take:
+            ox, oy = obstacles[0] - px, obstacles[1] - py  # (K, M) towards the centres
+            centre_distance = torch.hypot(ox, oy)
+        if self.compiled_observe:
+            return self._observe_compiled(robots, obstacles, present, cos_t, sin_t, distance,
+                                          centre_distance if take else distance.new_empty(0, robots.shape[2]))
+        position = robots[:2] / self._half  # (2, 2, M)
+        velocity = robots[_V:] / self._velocity_scale  # (2, 2, M)
+        pc, ps = cos_t[_PURSUER], sin_t[_PURSUER]
         inner = self._half - p.robot_radius  # body clearance to each wall: 0 = touching
         rows = []
         for who in (_PURSUER, _EVADER):
@@ -593,12 +611,8 @@ class PursuitEvasionCore:
         rows += [inner - px, inner + px, inner - py, inner + py]
         obs = torch.stack(rows)  # (19, M)
         obs[15:19] /= p.arena_size
-        k_obs, k_all = self.observed_obstacles, self.num_obstacles
-        take = min(k_obs, k_all)
         blocks = [obs]
         if take:
-            ox, oy = obstacles[0] - px, obstacles[1] - py  # (K, M) towards the centres
-            centre_distance = torch.hypot(ox, oy)
             gap = torch.where(present, (centre_distance - obstacles[2] - p.robot_radius) / self._diagonal, math.inf)
             entries = torch.stack((gap, *self._bearing(ox, oy, centre_distance, pc, ps)), dim=1)  # (K, 3, M)
             if k_all == 2:  # nearest first; a swap is far cheaper than a sort (ties keep order)
@@ -614,6 +628,19 @@ class PursuitEvasionCore:
         obs = torch.cat(blocks) if len(blocks) > 1 else obs
         # Positions and distances to [-2, 2]; unit entries are already in [-1, 1].
         return obs.clamp_(-2.0, 2.0).T.contiguous()
+
+    def _observe_compiled(self, robots: Tensor, obstacles: Tensor, present: Tensor, cos_t: Tensor, sin_t: Tensor,
+                          distance: Tensor, centre_distance: Tensor) -> Tensor:
+        """`_observe`'s arithmetic after its torch calls, by `env.observe_kernel` (CPU): the same bits.
+        cos_t, sin_t (2, M), distance (M,), centre_distance (K, M) (or (0, M) when no obstacle is
+        observed)."""
+        from env.observe_kernel import observe_kernel
+
+        arrays = (x.numpy() for x in (robots, obstacles, present, cos_t, sin_t, distance, centre_distance))
+        out = np.empty((robots.shape[2], self.obs_dim), self._observe_consts.dtype)
+        observe_kernel(*(np.ascontiguousarray(x) for x in arrays), self._velocity_scale_np, self._observe_consts,
+                       self.observed_obstacles, out)
+        return torch.from_numpy(out)
 
     def _bearing(self, dx: Tensor, dy: Tensor, length: Tensor, cos_t: Tensor, sin_t: Tensor) -> tuple[Tensor, Tensor]:
         """(cos, sin) of the direction (dx, dy) relative to the heading (cos_t, sin_t), clipped to

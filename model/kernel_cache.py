@@ -3,14 +3,15 @@
 Why: each loop is compiled (`cache=True`) the first time a process calls it with a new argument
 type, 1-5 s per signature here (`solve_batch` alone: 2.8 s float64, 5.0 s float32, on a 2-core
 AMD EPYC). On a fresh clone nothing is cached yet, so both Dask workers of the main job compile
-the same eleven signatures at the start of their first cells, about 15 s of each worker's time.
+the same thirteen signatures at the start of their first cells, about 15 s of each worker's time.
 `scripts/main.sh` runs `python -m tasks warm-kernels` in the background while the Prefect server
 starts (a wait that leaves one core idle); the workers then load the machine code from the cache.
 
 How: each loop is called once per argument type the pipeline gives it, on a batch of zero
 elements (the loop body never runs; numba compiles and caches by type alone). The types are
 those a cold main job leaves in the cache (its `.nbi` index files): float32 and float64 for the
-QP's solve and backward and the CBF rows, float64 for CBF-Beta's box, float32 for the tanh.
+QP's solve and backward, the CBF rows and the env's observation, float64 for CBF-Beta's box,
+float32 for the tanh.
 Every array is C-contiguous and writable, as `model.qp.cpu_n2_kernels.contiguous` hands them to
 the loops. tests/test_kernel_cache.py checks, with a fresh cache, that a training iteration of
 every algorithm compiles nothing the warm-up did not.
@@ -27,8 +28,8 @@ import time
 import numpy as np
 
 DTYPES = (np.float32, np.float64)
-"""The float types of the QP and CBF-row loops: training runs float32, the QP benchmark and the
-evaluation's float64 checks run float64."""
+"""The float types of the QP, CBF-row and observation loops: training runs float32, the QP
+benchmark (its env and its rows) float64."""
 
 
 def _qp_loops(dtype: type) -> None:
@@ -64,6 +65,16 @@ def _cbf_loops(dtype: type) -> None:
                      present, consts, np.empty((batch, barriers + 4, 2), dtype), h, grad, mask)
 
 
+def _env_loops(dtype: type) -> None:
+    from env.observe_kernel import observe_kernel
+
+    envs, obstacles, observed = 0, 2, 2
+    observe_kernel(np.empty((5, 2, envs), dtype), np.empty((3, obstacles, envs), dtype), np.empty((obstacles, envs), np.bool_),
+                   np.empty((2, envs), dtype), np.empty((2, envs), dtype), np.empty(envs, dtype),
+                   np.empty((obstacles, envs), dtype), np.ones((2, 2), dtype), np.ones(10, dtype), observed,
+                   np.empty((envs, 19 + 3 * observed), dtype))
+
+
 def _cbf_beta_loops() -> None:
     from model.cbf_beta import _boxes_kernel, _empty_beyond_round_off
 
@@ -83,7 +94,7 @@ def warm() -> dict[str, float]:
 
     seconds["tanh"] = time.perf_counter() - started
     for dtype in DTYPES:
-        for name, part in (("qp", _qp_loops), ("cbf", _cbf_loops)):
+        for name, part in (("qp", _qp_loops), ("cbf", _cbf_loops), ("env", _env_loops)):
             started = time.perf_counter()
             part(dtype)
             seconds[f"{name} {np.dtype(dtype).name}"] = time.perf_counter() - started

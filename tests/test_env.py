@@ -564,3 +564,48 @@ def test_render_rgb_array_and_the_arena():
     squares = sorted(round(patch.get_width(), 6) for patch in ax.patches if isinstance(patch, Rectangle))
     assert squares == [19.5, 20.0]
     assert ax.get_xlim() == (-10.0, 10.0) and ax.get_ylim() == (-10.0, 10.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("obstacles, observed", [(2, 2), (0, 2), (1, 2), (3, 2), (4, 5), (2, 0)])
+def test_compiled_observation_equals_the_torch_code_bit_for_bit(dtype, obstacles, observed):
+    """`env/observe_kernel.py` against `_observe`'s torch code on the same states: episodes stepped
+    with random actions (resets included), then hand-set states with absent obstacles, a pursuer
+    on top of the evader and of an obstacle centre, ties between obstacle gaps and positions past
+    the walls (the [-2, 2] clip)."""
+    params = EnvParams(num_obstacles=obstacles, observed_obstacles=observed)
+    n = 40  # above and below ATen's 16-element vector blocks: both of its rounding paths
+    core = PursuitEvasionCore(params, num_envs=n, dtype=dtype)
+    assert core.compiled_observe
+    generator = torch.Generator().manual_seed(obstacles * 10 + observed)
+
+    def both() -> tuple[torch.Tensor, torch.Tensor]:
+        core.compiled_observe = False
+        reference = core.observe()
+        core.compiled_observe = True
+        return reference, core.observe()
+
+    for _ in range(25):
+        core.step(torch.rand(n, 2, generator=generator, dtype=dtype) * torch.tensor([2.0, 6.0], dtype=dtype)
+                  - torch.tensor([0.5, 3.0], dtype=dtype))
+        reference, compiled = both()
+        assert compiled.dtype == dtype and compiled.shape == (n, core.obs_dim)
+        assert torch.equal(reference, compiled)
+
+    pursuer = torch.rand(n, 3, generator=generator, dtype=dtype) * 60 - 30  # some far beyond the walls
+    evader = torch.rand(n, 3, generator=generator, dtype=dtype) * 20 - 10
+    evader[:4] = pursuer[:4]  # zero distance: the bearing's floor
+    centres = torch.rand(n, obstacles, 2, generator=generator, dtype=dtype) * 16 - 8
+    radii = torch.rand(n, obstacles, generator=generator, dtype=dtype) + 0.3
+    mask = torch.rand(n, obstacles, generator=generator) < 0.7
+    if obstacles:
+        centres[4:8, 0] = pursuer[4:8, :2]  # the pursuer on an obstacle centre
+        if obstacles > 1:
+            centres[8:12, 1], radii[8:12, 1] = centres[8:12, 0], radii[8:12, 0]  # tied gaps
+            mask[12:16] = False  # no obstacle at all
+    core.set_state(pursuer=pursuer, evader=evader, obstacle_centres=centres, obstacle_radii=radii, obstacle_mask=mask,
+                   pursuer_vel=torch.rand(n, 2, generator=generator, dtype=dtype),
+                   evader_vel=torch.rand(n, 2, generator=generator, dtype=dtype))
+    reference, compiled = both()
+    assert torch.equal(reference, compiled)
+    assert compiled.abs().max() == 2.0  # some entries were clipped
