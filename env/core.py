@@ -203,14 +203,20 @@ class PursuitEvasionCore:
         self._contact_tol = 8 * torch.finfo(dtype).eps * p.arena_size
         self._one = torch.ones((), dtype=dtype, device=self.device)
         self._far_obstacle = torch.tensor([1.0, 0.0, 0.0], dtype=dtype, device=self.device).view(1, 3, 1)
-        # The observation's arithmetic as one compiled loop (env/observe_kernel.py) on the CPU; the
-        # torch code elsewhere, and where a test forces the accelerators' sync-free path on the CPU.
-        self.compiled_observe = self.device.type == "cpu" and not self.sync_free_autoreset
+        # The observation's and the shaping's arithmetic as compiled loops (env/compiled.py) on the
+        # CPU; the torch code elsewhere, and where a test forces the accelerators' sync-free path on
+        # the CPU.
+        self.compiled = self.device.type == "cpu" and not self.sync_free_autoreset
         self._velocity_scale_np = self._velocity_scale[..., 0].cpu().numpy().copy()  # (2, 2) [v or w, robot]
+        float_type = np.float32 if dtype == torch.float32 else np.float64
+        self._proximity_consts = np.array([self._half - p.robot_radius, p.robot_radius, p.proximity_range, 1.0, 0.0],
+                                          float_type)
+        self._shaping_consts = np.array([p.distance_shaping, -p.distance_shaping, p.proximity_shaping, 1.0 - p.discount,
+                                         1.0 if p.proximity_shaping else 0.0, 1.0 if p.discount != 1.0 else 0.0],
+                                        float_type)
         self._observe_consts = np.array(  # as ATen casts each Python scalar to the tensors' dtype
             [self._half, self._diagonal, self._half - p.robot_radius, p.arena_size, p.robot_radius, 1e-30, 1.0, 2.0, 0.0,
-             math.inf],
-            np.float32 if dtype == torch.float32 else np.float64)
+             math.inf], float_type)
         self._allocate()
         self.seed(range(num_envs))
         self.reset()
@@ -510,6 +516,8 @@ class PursuitEvasionCore:
         centre_distance (K, N) describe s'; robots_before (5, 2, N) s.
         """
         p = self.params
+        if self.compiled:
+            return self._shaping_compiled(robots_before, x, y, distance, centre_distance, terminated)
         # Phi(s') - Phi(s) first, then - (1 - g) Phi(s'): the same number as g Phi(s') - Phi(s),
         # but the large potentials cancel before rounding (float32 keeps 1e-5 over an episode).
         d_before = self.tracking[_DISTANCE]
@@ -526,6 +534,30 @@ class PursuitEvasionCore:
             potential_before = potential_before - p.proximity_shaping * cost_before
         live = difference - (1.0 - p.discount) * potential_after if p.discount != 1.0 else difference
         return torch.where(terminated, -potential_before, live)
+
+    def _shaping_compiled(self, robots_before: Tensor, x: Tensor, y: Tensor, distance: Tensor, centre_distance: Tensor,
+                          terminated: Tensor) -> Tensor:
+        """`_shaping` by `env.compiled`'s loops (CPU): the same bits. torch computes what it rounds its
+        own way (the hypot to the obstacles before the step, the sums over the proximity terms)."""
+        from env.compiled import proximity_terms_kernel, shaping_kernel
+
+        consts = self._shaping_consts
+        costs = []
+        if self.params.proximity_shaping:
+            px, py = robots_before[_X, _PURSUER], robots_before[_Y, _PURSUER]
+            obstacles, present = self.obstacles, self.present
+            before = torch.hypot(px - obstacles[0], py - obstacles[1])
+            for px_, py_, centres in ((px, py, before), (x, y, centre_distance)):
+                terms = np.empty((self.num_obstacles + 4, px_.shape[0]), consts.dtype)
+                proximity_terms_kernel(*(np.ascontiguousarray(t.numpy()) for t in (px_, py_, centres, obstacles[2], present)),
+                                       self._proximity_consts, terms)
+                costs.append(torch.from_numpy(terms).sum(0).numpy())  # torch's sum: its order of additions
+        else:
+            costs = [np.zeros(distance.shape[0], consts.dtype)] * 2
+        out = np.empty(distance.shape[0], consts.dtype)
+        shaping_kernel(*(np.ascontiguousarray(t.numpy()) for t in (self.tracking[_DISTANCE], distance)), *costs,
+                       terminated.numpy(), consts, out)
+        return torch.from_numpy(out)
 
     def _proximity(self, x: Tensor, y: Tensor, centre_distance: Tensor, obstacles: Tensor, present: Tensor) -> Tensor:
         """Proximity cost (N,) = sum over obstacles and walls of max(0, 1 - clearance / range), the
@@ -597,7 +629,7 @@ class PursuitEvasionCore:
         if take:
             ox, oy = obstacles[0] - px, obstacles[1] - py  # (K, M) towards the centres
             centre_distance = torch.hypot(ox, oy)
-        if self.compiled_observe:
+        if self.compiled:
             return self._observe_compiled(robots, obstacles, present, cos_t, sin_t, distance,
                                           centre_distance if take else distance.new_empty(0, robots.shape[2]))
         position = robots[:2] / self._half  # (2, 2, M)
@@ -631,10 +663,10 @@ class PursuitEvasionCore:
 
     def _observe_compiled(self, robots: Tensor, obstacles: Tensor, present: Tensor, cos_t: Tensor, sin_t: Tensor,
                           distance: Tensor, centre_distance: Tensor) -> Tensor:
-        """`_observe`'s arithmetic after its torch calls, by `env.observe_kernel` (CPU): the same bits.
+        """`_observe`'s arithmetic after its torch calls, by `env.compiled` (CPU): the same bits.
         cos_t, sin_t (2, M), distance (M,), centre_distance (K, M) (or (0, M) when no obstacle is
         observed)."""
-        from env.observe_kernel import observe_kernel
+        from env.compiled import observe_kernel
 
         arrays = (x.numpy() for x in (robots, obstacles, present, cos_t, sin_t, distance, centre_distance))
         out = np.empty((robots.shape[2], self.obs_dim), self._observe_consts.dtype)

@@ -66,9 +66,12 @@ def _cbf_loops(dtype: type) -> None:
 
 
 def _env_loops(dtype: type) -> None:
-    from env.observe_kernel import observe_kernel
+    from env.compiled import observe_kernel, proximity_terms_kernel, shaping_kernel
 
     envs, obstacles, observed = 0, 2, 2
+    row, rows, present = np.empty(envs, dtype), np.empty((obstacles, envs), dtype), np.empty((obstacles, envs), np.bool_)
+    proximity_terms_kernel(row, row, rows, rows, present, np.ones(5, dtype), np.empty((obstacles + 4, envs), dtype))
+    shaping_kernel(row, row, row, row, np.empty(envs, np.bool_), np.ones(6, dtype), np.empty(envs, dtype))
     observe_kernel(np.empty((5, 2, envs), dtype), np.empty((3, obstacles, envs), dtype), np.empty((obstacles, envs), np.bool_),
                    np.empty((2, envs), dtype), np.empty((2, envs), dtype), np.empty(envs, dtype),
                    np.empty((obstacles, envs), dtype), np.ones((2, 2), dtype), np.ones(10, dtype), observed,

@@ -567,30 +567,41 @@ def test_render_rgb_array_and_the_arena():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("obstacles, observed", [(2, 2), (0, 2), (1, 2), (3, 2), (4, 5), (2, 0)])
-def test_compiled_observation_equals_the_torch_code_bit_for_bit(dtype, obstacles, observed):
-    """`env/observe_kernel.py` against `_observe`'s torch code on the same states: episodes stepped
-    with random actions (resets included), then hand-set states with absent obstacles, a pursuer
-    on top of the evader and of an obstacle centre, ties between obstacle gaps and positions past
-    the walls (the [-2, 2] clip)."""
-    params = EnvParams(num_obstacles=obstacles, observed_obstacles=observed)
+@pytest.mark.parametrize("obstacles, observed, overrides", [
+    (2, 2, {"shaping_discount": 0.99}), (2, 2, {}), (0, 2, {}), (1, 2, {"shaping_discount": 0.9}),
+    (3, 2, {"proximity_shaping": 0.0}), (4, 5, {}), (2, 0, {}),
+])  # fmt: skip
+def test_compiled_step_equals_the_torch_code_bit_for_bit(dtype, obstacles, observed, overrides):
+    """`env/compiled.py` (observation, shaping reward) against the torch code: two cores, the same
+    seeds and actions, stepped in lockstep through resets, every output compared bitwise; then
+    hand-set states with absent obstacles, a pursuer on top of the evader and of an obstacle
+    centre, ties between obstacle gaps and positions past the walls (the [-2, 2] clip)."""
+    params = EnvParams(num_obstacles=obstacles, observed_obstacles=observed, **overrides)
     n = 40  # above and below ATen's 16-element vector blocks: both of its rounding paths
-    core = PursuitEvasionCore(params, num_envs=n, dtype=dtype)
-    assert core.compiled_observe
+    compiled, reference = (PursuitEvasionCore(params, num_envs=n, dtype=dtype) for _ in range(2))
+    assert compiled.compiled
+    reference.compiled = False
     generator = torch.Generator().manual_seed(obstacles * 10 + observed)
+    low, span = torch.tensor([-0.5, -3.0], dtype=dtype), torch.tensor([2.0, 6.0], dtype=dtype)
+    resets = 0
+    for _ in range(60):
+        action = low + span * torch.rand(n, 2, generator=generator, dtype=dtype)
+        ours, theirs = compiled.step(action), reference.step(action)
+        for a, b in zip(ours[:4], theirs[:4]):  # obs, reward, terminated, truncated
+            assert a.dtype == b.dtype and torch.equal(a, b)
+        assert ours[4].keys() == theirs[4].keys()
+        for key in ours[4]:
+            assert torch.equal(ours[4][key], theirs[4][key]), key
+        resets += int((ours[2] | ours[3]).sum())
+    assert resets > 0 and bool((ours[1] != 0).any())
+
+    core = compiled
 
     def both() -> tuple[torch.Tensor, torch.Tensor]:
-        core.compiled_observe = False
-        reference = core.observe()
-        core.compiled_observe = True
-        return reference, core.observe()
-
-    for _ in range(25):
-        core.step(torch.rand(n, 2, generator=generator, dtype=dtype) * torch.tensor([2.0, 6.0], dtype=dtype)
-                  - torch.tensor([0.5, 3.0], dtype=dtype))
-        reference, compiled = both()
-        assert compiled.dtype == dtype and compiled.shape == (n, core.obs_dim)
-        assert torch.equal(reference, compiled)
+        core.compiled = False
+        torch_obs = core.observe()
+        core.compiled = True
+        return torch_obs, core.observe()
 
     pursuer = torch.rand(n, 3, generator=generator, dtype=dtype) * 60 - 30  # some far beyond the walls
     evader = torch.rand(n, 3, generator=generator, dtype=dtype) * 20 - 10
@@ -606,6 +617,6 @@ def test_compiled_observation_equals_the_torch_code_bit_for_bit(dtype, obstacles
     core.set_state(pursuer=pursuer, evader=evader, obstacle_centres=centres, obstacle_radii=radii, obstacle_mask=mask,
                    pursuer_vel=torch.rand(n, 2, generator=generator, dtype=dtype),
                    evader_vel=torch.rand(n, 2, generator=generator, dtype=dtype))
-    reference, compiled = both()
-    assert torch.equal(reference, compiled)
-    assert compiled.abs().max() == 2.0  # some entries were clipped
+    torch_obs, compiled_obs = both()
+    assert torch.equal(torch_obs, compiled_obs)
+    assert compiled_obs.abs().max() == 2.0  # some entries were clipped

@@ -38,7 +38,8 @@ solve_qp(H, f, A, b, backend="exact").u.sum().backward()
 _EXPECTED = {
     "cpu_n2_kernels.solve_batch": 2, "cpu_n2_kernels.backward_batch": 2, "cbf._geometry_kernel": 2,
     "cbf._barriers_kernel": 2, "cbf_beta._boxes_kernel": 1, "cbf_beta._empty_beyond_round_off": 1,
-    "numpy_learner.rational_tanh": 1, "observe_kernel.observe_kernel": 2,
+    "numpy_learner.rational_tanh": 1, "compiled.observe_kernel": 2,
+    "compiled.proximity_terms_kernel": 2, "compiled.shaping_kernel": 2,
 }
 
 

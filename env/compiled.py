@@ -1,14 +1,16 @@
-"""The observation's arithmetic as one numba loop over the envs (CPU), bit for bit the torch code's.
+"""The env's per-step arithmetic as numba loops over the envs (CPU), bit for bit the torch code's.
 
-Why: `PursuitEvasionCore._observe` is about sixty small tensor ops on (., N) rows; at the
-training's 256 envs their dispatch, not their arithmetic, is the cost (395 us of a 1.45 ms env
-step, measured on a 2-core AMD EPYC), and it runs every step plus once per reset.
+Why: `PursuitEvasionCore`'s observation and shaping reward are each a few dozen small tensor ops
+on (., N) rows; at the training's 256 envs their dispatch, not their arithmetic, is the cost (the
+observation 395 us and the shaping 186 us of a 1.45 ms env step, measured on a 2-core AMD EPYC),
+and the observation runs once more per reset.
 
-What stays torch: cos and sin of the headings and the two hypot calls. ATen's vectorised kernels
-round them differently from libm (and its scalar tail, under 16 float32 elements, uses libm), so
-the caller computes them with torch exactly as the torch path does and passes them in. Everything
-else is +, -, *, /, comparisons and selections, which IEEE 754 rounds the same in any order of
-evaluation of independent elements: each operation is written here in the torch code's order and
+What stays torch: cos, sin, hypot and the shaping's sums over barriers. ATen's vectorised
+kernels round the first three differently from libm (and its scalar tail, under 16 float32
+elements, uses libm), and its sum's order depends on the shape; so the caller computes them with
+torch exactly as the torch code does and passes them in. Everything else is +, -, *, /,
+comparisons and selections, which IEEE 754 rounds the same whatever the order in which
+independent elements are computed: each operation is written here in the torch code's order and
 in the arrays' dtype (constants cast once, as ATen casts a Python scalar to the tensor's dtype;
 no fast-math, so LLVM fuses no multiply-add). tests/test_env.py compares the two paths bitwise.
 """
@@ -94,3 +96,48 @@ def observe_kernel(robots, obstacles, present, cos_t, sin_t, distance, centre_di
                 row[base], row[base + 1], row[base + 2] = one, zero, zero
         for j in range(row.shape[0]):
             row[j] = _clamp(row[j], -two, two)
+
+
+@njit(cache=True, inline="always")
+def _clamp_min(x, low):  # pragma: no cover (numba)
+    """torch.clamp_min: NaN stays NaN."""
+    return x if (x > low or x != x) else low
+
+
+@njit(cache=True)
+def proximity_terms_kernel(x, y, centre_distance, radii, present, consts, out):  # pragma: no cover (numba)
+    """numba: `PursuitEvasionCore._proximity` before its sum: out (K + 4, N) = max(0, 1 - clearance /
+    range) for the walls +x, -x, +y, -y, then each obstacle (absent: infinite clearance, 0). x, y
+    (N,) the pursuer's position, centre_distance, radii (K, N), present (K, N) bool; consts: wall
+    clearance (half - robot radius), robot radius, proximity range, 1, 0, in the arrays' dtype."""
+    inner, robot_radius, reach, one, zero = consts[0], consts[1], consts[2], consts[3], consts[4]
+    for n in range(x.shape[0]):
+        px, py = x[n], y[n]
+        out[0, n] = _clamp_min(one - (inner - px) / reach, zero)
+        out[1, n] = _clamp_min(one - (inner + px) / reach, zero)
+        out[2, n] = _clamp_min(one - (inner - py) / reach, zero)
+        out[3, n] = _clamp_min(one - (inner + py) / reach, zero)
+        for k in range(radii.shape[0]):
+            gap = centre_distance[k, n] - radii[k, n] - robot_radius
+            out[4 + k, n] = _clamp_min(one - gap / reach, zero) if present[k, n] else zero
+
+
+@njit(cache=True)
+def shaping_kernel(d_before, distance, cost_before, cost_after, terminated, consts, out):  # pragma: no cover (numba)
+    """numba: `PursuitEvasionCore._shaping` from its sums: out (N,). d_before, distance (N,) the
+    pursuer-evader distance before and after the step, cost_before, cost_after (N,) the proximity
+    costs (zeros without proximity shaping), terminated (N,) bool; consts: distance_shaping,
+    -distance_shaping, proximity_shaping, 1 - discount, whether the proximity terms are on (1/0),
+    whether the discount is not 1 (1/0), in the arrays' dtype."""
+    scale, minus_scale, proximity, undiscounted = consts[0], consts[1], consts[2], consts[3]
+    with_proximity, discounted = consts[4] != 0, consts[5] != 0
+    for n in range(distance.shape[0]):
+        difference = scale * (d_before[n] - distance[n])
+        potential_after = minus_scale * distance[n]
+        potential_before = minus_scale * d_before[n]
+        if with_proximity:
+            difference = difference + proximity * (cost_before[n] - cost_after[n])
+            potential_after = potential_after - proximity * cost_after[n]
+            potential_before = potential_before - proximity * cost_before[n]
+        live = difference - undiscounted * potential_after if discounted else difference
+        out[n] = -potential_before if terminated[n] else live
