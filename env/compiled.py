@@ -141,3 +141,138 @@ def shaping_kernel(d_before, distance, cost_before, cost_after, terminated, cons
             potential_before = potential_before - proximity * cost_before[n]
         live = difference - undiscounted * potential_after if discounted else difference
         out[n] = -potential_before if terminated[n] else live
+
+
+# -- the start states of a reset (`PursuitEvasionCore._start_states`) ------------------------------
+# torch keeps acos, cos, sin and hypot; the loops below compute everything between those calls.
+
+
+@njit(cache=True, inline="always")
+def _mix32(x, hashing):  # pragma: no cover (numba)
+    """`env.core._mix32` of one int64; hashing = [mask32, multiplier A, multiplier B, seed salt]."""
+    x = x ^ (x >> 16)
+    x = (x * hashing[1]) & hashing[0]
+    x = x ^ (x >> 15)
+    x = (x * hashing[2]) & hashing[0]
+    return x ^ (x >> 16)
+
+
+@njit(cache=True)
+def start_draws_kernel(seed_lo, seed_hi, episode, salts, hashing, unit, consts, key_out, draw_out, distance_out,
+                       acos_arg_out):  # pragma: no cover (numba)
+    """numba: a reset's episode keys and uniform draws (`episode_key`, `uniforms` at step 0; integer
+    arithmetic, exact) and its start distance up to torch's acos. seed_lo, seed_hi, episode (M,)
+    int64, salts (D,) int64; unit: 2^-24 in the draws' dtype; consts: start_distance_min,
+    start_distance_max - start_distance_min, sqrt(2) span, 1e-12, span, 1. Writes key_out (M,),
+    draw_out (D, M), distance_out (M,) (clamped to the span's diagonal) and acos_arg_out (M,) =
+    min(1, span / max(distance, 1e-12)) as torch computes it (1 / x, then times span)."""
+    mask, seed_salt = hashing[0], hashing[3]
+    low, width, cap, tiny, span, one = consts[0], consts[1], consts[2], consts[3], consts[4], consts[5]
+    for n in range(key_out.shape[0]):
+        key = _mix32(seed_lo[n] ^ seed_salt, hashing)
+        key = _mix32(key ^ seed_hi[n], hashing)
+        key = _mix32(key ^ (episode[n] & mask), hashing)
+        key_out[n] = key
+        for d in range(salts.shape[0]):  # step 0: the counter is the key itself
+            draw_out[d, n] = (_mix32(key ^ salts[d], hashing) >> 8) * unit  # a 24-bit integer times 2^-24: exact
+        distance = draw_out[0, n] * width + low
+        distance = cap if distance > cap else distance
+        ratio = (one / (tiny if distance < tiny else distance)) * span  # torch's `span / t` is reciprocal(t) * span
+        distance_out[n] = distance
+        acos_arg_out[n] = one if ratio > one else ratio
+
+
+@njit(cache=True)
+def start_angles_kernel(draw, cut, consts, direction_out, headings_out):  # pragma: no cover (numba)
+    """numba: the pursuer-to-evader direction (M,) from the draws (D, M) and torch's cut = acos(.) (M,),
+    and both headings (2, M), up to torch's cos and sin. consts: pi / 2, pi, 1, 2, 4."""
+    half_pi, pi, one, two, four = consts[0], consts[1], consts[2], consts[3], consts[4]
+    for n in range(cut.shape[0]):
+        quadrant = np.floor(four * draw[1, n])
+        direction_out[n] = (quadrant * half_pi + cut[n]) + draw[2, n] * (half_pi - two * cut[n])
+        headings_out[0, n] = (two * draw[5, n] - one) * pi
+        headings_out[1, n] = (two * draw[6, n] - one) * pi
+
+
+@njit(cache=True)
+def start_robots_kernel(draw, distance, headings, cos_direction, sin_direction, cos_heading, sin_heading, consts,
+                        robots_out, ahead_out):  # pragma: no cover (numba)
+    """numba: both robots' start states robots_out (5, 2, M) and the pursuer's heading segment
+    ahead_out (2, M) from torch's cos and sin of the direction and of the pursuer's heading (M,).
+    consts: the start half-width U, -U, start_margin, 0."""
+    usable, minus_usable, ahead_length, zero = consts[0], consts[1], consts[2], consts[3]
+    for n in range(distance.shape[0]):
+        offset = (cos_direction[n] * distance[n], sin_direction[n] * distance[n])
+        ahead = (cos_heading[n] * ahead_length, sin_heading[n] * ahead_length)
+        for axis in range(2):
+            # torch.maximum / minimum: NaN wins, as `_clamp`'s comparisons let it
+            a = minus_usable - offset[axis]
+            b = _clamp_min(-ahead[axis], zero) + minus_usable
+            low = a if (a > b or a != a) else b
+            a = usable - offset[axis]
+            b = usable - _clamp_min(ahead[axis], zero)
+            high = a if (a < b or a != a) else b
+            pursuer = low + draw[3 + axis, n] * (high - low)
+            robots_out[axis, 0, n] = pursuer
+            robots_out[axis, 1, n] = pursuer + offset[axis]
+            ahead_out[axis, n] = ahead[axis]
+        robots_out[2, 0, n], robots_out[2, 1, n] = headings[0, n], headings[1, n]
+        for row in range(3, 5):
+            robots_out[row, 0, n], robots_out[row, 1, n] = zero, zero
+
+
+@njit(cache=True)
+def obstacle_candidates_kernel(draw, k, robots, ahead, obstacles, consts, radius, cx, cy, robot_dx, robot_dy,
+                               segment_dx, segment_dy, placed_dx, placed_dy):  # pragma: no cover (numba)
+    """numba: obstacle k's C candidates per env (C, M) (radius, centre) and the offsets whose lengths
+    torch's hypot measures: to both robots (2, C, M), to the pursuer's heading segment (C, M) and to
+    each obstacle placed before it (k, C, M). draw (D, M), robots (5, 2, M), ahead (2, M),
+    obstacles (3, K, M); consts: obstacle_radius_min, its range, half arena, max(start_margin^2,
+    1e-30), 1, 2, 0."""
+    r_min, r_range, half, segment_squared, one, two, zero = (consts[0], consts[1], consts[2], consts[3], consts[4],
+                                                            consts[5], consts[6])
+    candidates = radius.shape[0]
+    for c in range(candidates):
+        base = 7 + (k * candidates + c) * 3  # draw[7:] reshaped (K, C, 3, M)
+        for n in range(radius.shape[1]):
+            r = draw[base, n] * r_range + r_min
+            span = half - r
+            x = (two * draw[base + 1, n] - one) * span
+            y = (two * draw[base + 2, n] - one) * span
+            radius[c, n], cx[c, n], cy[c, n] = r, x, y
+            for who in range(2):
+                robot_dx[who, c, n] = x - robots[0, who, n]
+                robot_dy[who, c, n] = y - robots[1, who, n]
+            rel_x, rel_y = x - robots[0, 0, n], y - robots[1, 0, n]
+            along = _clamp((rel_x * ahead[0, n] + rel_y * ahead[1, n]) / segment_squared, zero, one)
+            segment_dx[c, n] = rel_x - along * ahead[0, n]
+            segment_dy[c, n] = rel_y - along * ahead[1, n]
+            for j in range(k):
+                placed_dx[j, c, n] = x - obstacles[0, j, n]
+                placed_dy[j, c, n] = y - obstacles[1, j, n]
+
+
+@njit(cache=True)
+def obstacle_choice_kernel(k, radius, cx, cy, to_robots, to_segment, to_placed, consts, obstacles,
+                           failed):  # pragma: no cover (numba)
+    """numba: obstacle k of each env is its first valid candidate (candidate 0 where none is: the env
+    is marked failed). to_robots (2, C, M), to_segment (C, M), to_placed (k, C, M) torch's hypot
+    of `obstacle_candidates_kernel`'s offsets; consts: keep-off from the robots, keep-off from the
+    segment. Writes obstacles[:, k] (3, M) and ors failed (M,)."""
+    keep_off_robots, keep_off_segment = consts[0], consts[1]
+    candidates, envs = radius.shape
+    for n in range(envs):
+        first = -1
+        for c in range(candidates):
+            r = radius[c, n]
+            valid = to_robots[0, c, n] >= r + keep_off_robots and to_robots[1, c, n] >= r + keep_off_robots
+            valid = valid and to_segment[c, n] >= r + keep_off_segment
+            for j in range(k):
+                valid = valid and to_placed[j, c, n] >= r + obstacles[2, j, n]
+            if valid:
+                first = c
+                break
+        if first < 0:
+            failed[n] = True
+            first = 0
+        obstacles[0, k, n], obstacles[1, k, n], obstacles[2, k, n] = cx[first, n], cy[first, n], radius[first, n]

@@ -214,6 +214,17 @@ class PursuitEvasionCore:
         self._shaping_consts = np.array([p.distance_shaping, -p.distance_shaping, p.proximity_shaping, 1.0 - p.discount,
                                          1.0 if p.proximity_shaping else 0.0, 1.0 if p.discount != 1.0 else 0.0],
                                         float_type)
+        usable = p.start_half_width
+        span = 2 * usable - p.start_margin
+        self._hashing = np.array([_MASK32, _MUL_A, _MUL_B, _SEED_SALT], np.int64)
+        self._start_consts = [np.array(c, float_type) for c in (
+            [p.start_distance_min, p.start_distance_max - p.start_distance_min, math.sqrt(2) * span, 1e-12, span, 1.0],
+            [math.pi / 2, math.pi, 1.0, 2.0, 4.0],
+            [usable, -usable, p.start_margin, 0.0],
+            [p.obstacle_radius_min, p.obstacle_radius_max - p.obstacle_radius_min, self._half,
+             max(p.start_margin**2, 1e-30), 1.0, 2.0, 0.0],
+            [p.robot_radius + p.obstacle_clearance, p.robot_radius + p.safety_margin + p.start_margin + START_SLACK],
+        )]  # fmt: skip
         self._observe_consts = np.array(  # as ATen casts each Python scalar to the tensors' dtype
             [self._half, self._diagonal, self._half - p.robot_radius, p.arena_size, p.robot_radius, 1e-30, 1.0, 2.0, 0.0,
              math.inf], float_type)
@@ -310,6 +321,8 @@ class PursuitEvasionCore:
 
         Returns robots (5, 2, M), obstacles (3, K, M), key (M,), distance (M,), failed (M,) bool.
         """
+        if self.compiled:
+            return self._start_states_compiled(counters)
         p = self.params
         dtype = self.dtype
         m = counters.shape[1]
@@ -370,6 +383,44 @@ class PursuitEvasionCore:
                 failed |= ~valid.any(0)
                 obstacles[:, k] = torch.cat((cx.gather(0, first), cy.gather(0, first), radius.gather(0, first)))
         return robots, obstacles, key, distance, failed
+
+    def _start_states_compiled(self, counters: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """`_start_states` by `env.compiled`'s loops (CPU): the same bits. torch computes acos, cos,
+        sin and hypot, on tensors of the torch code's shapes (ATen's rounding path depends on them)."""
+        from env import compiled
+
+        p, m, dtype = self.params, counters.shape[1], self._observe_consts.dtype
+        salts = self._reset_salts.numpy()
+        key, draw = np.empty(m, np.int64), np.empty((salts.shape[0], m), dtype)
+        distance, acos_arg = np.empty(m, dtype), np.empty(m, dtype)
+        compiled.start_draws_kernel(*(np.ascontiguousarray(counters[row].numpy()) for row in (_SEED_LO, _SEED_HI, _EPISODE)),
+                                    salts, self._hashing, dtype.type(_UNIT_24), self._start_consts[0], key, draw, distance,
+                                    acos_arg)
+        direction, headings = np.empty(m, dtype), np.empty((2, m), dtype)
+        compiled.start_angles_kernel(draw, torch.acos(torch.from_numpy(acos_arg)).numpy(), self._start_consts[1],
+                                     direction, headings)
+        direction_t, heading_t = torch.from_numpy(direction), torch.from_numpy(headings)[0]
+        robots, ahead = np.empty((5, 2, m), dtype), np.empty((2, m), dtype)
+        compiled.start_robots_kernel(draw, distance, headings, *(f(x).numpy() for x in (direction_t, heading_t)
+                                                                 for f in (torch.cos, torch.sin)),
+                                     self._start_consts[2], robots, ahead)
+        k_total, c = self.num_obstacles, PLACEMENT_CANDIDATES
+        obstacles, failed = np.zeros((3, k_total, m), dtype), np.zeros(m, np.bool_)
+        for k in range(k_total):
+            radius, cx, cy = (np.empty((c, m), dtype) for _ in range(3))
+            robot_dx, robot_dy = np.empty((2, c, m), dtype), np.empty((2, c, m), dtype)
+            segment_dx, segment_dy = np.empty((c, m), dtype), np.empty((c, m), dtype)
+            placed_dx, placed_dy = np.empty((k, c, m), dtype), np.empty((k, c, m), dtype)
+            compiled.obstacle_candidates_kernel(draw, k, robots, ahead, obstacles, self._start_consts[3], radius, cx, cy,
+                                                robot_dx, robot_dy, segment_dx, segment_dy, placed_dx, placed_dy)
+            hypot = lambda dx, dy: torch.hypot(torch.from_numpy(dx), torch.from_numpy(dy)).numpy()  # noqa: E731
+            to_placed = np.empty((k, c, m), dtype)
+            for j in range(k):  # one (C, M) call per placed obstacle, as the torch code
+                to_placed[j] = hypot(placed_dx[j], placed_dy[j])
+            compiled.obstacle_choice_kernel(k, radius, cx, cy, hypot(robot_dx, robot_dy), hypot(segment_dx, segment_dy),
+                                            to_placed, self._start_consts[4], obstacles, failed)
+        return (torch.from_numpy(robots), torch.from_numpy(obstacles), torch.from_numpy(key), torch.from_numpy(distance),
+                torch.from_numpy(failed))
 
     def _reset_index(self, index: Tensor) -> None:
         """Start the next episode in the envs listed in `index` (M,) int64 (out of place)."""

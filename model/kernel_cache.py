@@ -76,6 +76,25 @@ def _env_loops(dtype: type) -> None:
                    np.empty((2, envs), dtype), np.empty((2, envs), dtype), np.empty(envs, dtype),
                    np.empty((obstacles, envs), dtype), np.ones((2, 2), dtype), np.ones(10, dtype), observed,
                    np.empty((envs, 19 + 3 * observed), dtype))
+    _start_loops(dtype)
+
+
+def _start_loops(dtype: type) -> None:
+    from env import compiled
+
+    envs, candidates, draws = 0, 64, 7 + 3 * 64 * 2
+    ints, row, rows = np.empty(envs, np.int64), np.empty(envs, dtype), np.empty((2, envs), dtype)
+    draw, robots = np.empty((draws, envs), dtype), np.empty((5, 2, envs), dtype)
+    compiled.start_draws_kernel(ints, ints, ints, np.empty(draws, np.int64), np.ones(4, np.int64), dtype(1.0),
+                                np.ones(6, dtype), ints, draw, row, row)
+    compiled.start_angles_kernel(draw, row, np.ones(5, dtype), row, rows)
+    compiled.start_robots_kernel(draw, row, rows, row, row, row, row, np.ones(4, dtype), robots, rows)
+    plane, pair = np.empty((candidates, envs), dtype), np.empty((2, candidates, envs), dtype)
+    obstacles = np.empty((3, 2, envs), dtype)
+    compiled.obstacle_candidates_kernel(draw, 0, robots, rows, obstacles, np.ones(7, dtype), plane, plane, plane, pair,
+                                        pair, plane, plane, pair[:0], pair[:0])
+    compiled.obstacle_choice_kernel(0, plane, plane, plane, pair, plane, pair[:0], np.ones(2, dtype), obstacles,
+                                    np.empty(envs, np.bool_))
 
 
 def _cbf_beta_loops() -> None:

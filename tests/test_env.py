@@ -620,3 +620,30 @@ def test_compiled_step_equals_the_torch_code_bit_for_bit(dtype, obstacles, obser
     torch_obs, compiled_obs = both()
     assert torch.equal(torch_obs, compiled_obs)
     assert compiled_obs.abs().max() == 2.0  # some entries were clipped
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("overrides", [
+    {}, {"arena_size": 10.0, "start_distance_max": 12.0, "num_obstacles": 3, "observed_obstacles": 3},
+    {"num_obstacles": 0}, {"num_obstacles": 8, "obstacle_clearance": 0.5},
+])  # fmt: skip
+def test_compiled_start_states_equal_the_torch_code_bit_for_bit(dtype, overrides):
+    """`env/compiled.py`'s reset (keys, draws, robots, obstacle placement) against the torch code
+    on 1,500 episodes at once and on 1 and 7 (ATen's scalar path); the small arena's long start
+    distances reach the direction's cut (acos < 1), eight obstacles test many overlaps."""
+    params = EnvParams(**overrides)
+    core = PursuitEvasionCore(params, num_envs=1, dtype=dtype)
+    generator = torch.Generator().manual_seed(len(overrides))
+    for m in (1500, 1, 7):
+        counters = torch.zeros(5, m, dtype=torch.int64)
+        counters[core_module._SEED_LO] = torch.randint(0, 2**32, (m,), generator=generator)
+        counters[core_module._SEED_HI] = torch.randint(0, 2**32, (m,), generator=generator)
+        counters[core_module._EPISODE] = torch.randint(0, 2**40, (m,), generator=generator)
+        core.compiled = False
+        reference = core._start_states(counters)
+        core.compiled = True
+        ours = core._start_states(counters)
+        for a, b in zip(ours, reference):  # robots, obstacles, key, distance, failed
+            assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    if "arena_size" in overrides:
+        assert bool((reference[3] > 2 * params.start_half_width - params.start_margin).any())  # the cut is > 0
