@@ -276,3 +276,152 @@ def obstacle_choice_kernel(k, radius, cx, cy, to_robots, to_segment, to_placed, 
             failed[n] = True
             first = 0
         obstacles[0, k, n], obstacles[1, k, n], obstacles[2, k, n] = cx[first, n], cy[first, n], radius[first, n]
+
+
+# -- one step of the dynamics and its events (`PursuitEvasionCore.step` up to the shaping) ---------
+# torch keeps sin, cos, remainder, hypot and the evader's push sums; the loops compute the rest.
+
+
+@njit(cache=True)
+def arc_inputs_kernel(action, key, step, salts, hashing, unit, evader, random_evader, consts, v_out, w_out,
+                      half_turn_out, mid_out, theta):  # pragma: no cover (numba)
+    """numba: both robots' (v, w) (2, N) (the pursuer's action (N, 2) clipped; the evader's from its
+    uniform draws when random_evader, else `evader` (2, N) as given) and the arc's half turn
+    w dt / 2 and mid heading theta + w dt / 2 (2, N), theta (2, N) the headings. key, step (N,)
+    int64, salts (2,) int64, hashing = [mask32, multiplier A, multiplier B, seed salt, step
+    multiplier]; consts: pursuer v_max, w_max, evader v_max, w_max, dt / 2, 0, 1, 2."""
+    v_max, w_max, evader_v_max, evader_w_max, half_dt = consts[0], consts[1], consts[2], consts[3], consts[4]
+    zero, one, two = consts[5], consts[6], consts[7]
+    mask, step_mul = hashing[0], hashing[4]
+    for n in range(action.shape[0]):
+        if random_evader:  # `uniforms(key, step, salts)`, then `random_evader`
+            counter = key[n] ^ ((step[n] * step_mul) & mask)
+            # a 24-bit integer times 2^-24 is exact in any float type; stored, it takes the arrays'
+            v_out[1, n] = (_mix32(counter ^ salts[0], hashing) >> 8) * unit
+            w_out[1, n] = (_mix32(counter ^ salts[1], hashing) >> 8) * unit
+            ev, ew = v_out[1, n] * evader_v_max, (two * w_out[1, n] - one) * evader_w_max
+        else:
+            ev, ew = evader[0, n], evader[1, n]
+        v_out[0, n], v_out[1, n] = _clamp(action[n, 0], zero, v_max), ev
+        w_out[0, n], w_out[1, n] = _clamp(action[n, 1], -w_max, w_max), ew
+        for who in range(2):
+            turn = w_out[who, n] * half_dt
+            half_turn_out[who, n] = turn
+            mid_out[who, n] = theta[who, n] + turn
+
+
+@njit(cache=True)
+def arc_kernel(x, y, v, half_turn, mid, sin_half_turn, cos_mid, sin_mid, consts, x_out, y_out,
+               wrap_out):  # pragma: no cover (numba)
+    """numba: `unicycle_arc` of both robots (2, N) from torch's sin(half turn), cos and sin(mid),
+    up to `wrap_angle`'s remainder: x_out, y_out and wrap_out = pi - (mid + half turn).
+    consts: dt, 1, pi."""
+    dt, one, pi = consts[0], consts[1], consts[2]
+    for who in range(2):
+        for n in range(x.shape[1]):
+            turn = half_turn[who, n]
+            factor = one if turn == 0 else sin_half_turn[who, n] / turn
+            length = (v[who, n] * dt) * factor
+            x_out[who, n] = x[who, n] + length * cos_mid[who, n]
+            y_out[who, n] = y[who, n] + length * sin_mid[who, n]
+            wrap_out[who, n] = pi - (mid[who, n] + turn)
+
+
+@njit(cache=True)
+def confine_start_kernel(x, y, obstacles, consts, x_out, y_out, away_x, away_y):  # pragma: no cover (numba)
+    """numba: `_confine_evader`'s first clamp of the evader's proposed x, y (N,) into the arena and
+    its offsets (K, N) from every obstacle centre. consts: half - robot radius."""
+    inner = consts[0]
+    for n in range(x.shape[0]):
+        ex, ey = _clamp(x[n], -inner, inner), _clamp(y[n], -inner, inner)
+        x_out[n], y_out[n] = ex, ey
+        for k in range(obstacles.shape[1]):
+            away_x[k, n] = ex - obstacles[0, k, n]
+            away_y[k, n] = ey - obstacles[1, k, n]
+
+
+@njit(cache=True)
+def confine_push_kernel(away_x, away_y, gap, obstacles, present, consts, push_x, push_y,
+                        contact_out):  # pragma: no cover (numba)
+    """numba: the radial pushes (K, N) out of the obstacles the evader's body overlaps (before torch
+    sums them over K): away * (contact / max(gap, 1e-12) - 1) where present and gap < contact,
+    contact = radius + robot radius (written to contact_out). consts: robot radius, 1e-12, 1, 0."""
+    robot_radius, tiny, one, zero = consts[0], consts[1], consts[2], consts[3]
+    for k in range(gap.shape[0]):
+        for n in range(gap.shape[1]):
+            contact = obstacles[2, k, n] + robot_radius
+            contact_out[k, n] = contact
+            g = gap[k, n]
+            stretch = contact / (tiny if g < tiny else g) - one if (present[k, n] and g < contact) else zero
+            push_x[k, n] = away_x[k, n] * stretch
+            push_y[k, n] = away_y[k, n] * stretch
+
+
+@njit(cache=True)
+def confine_move_kernel(x, y, sum_x, sum_y, obstacles, consts, x_out, y_out, away_x,
+                        away_y):  # pragma: no cover (numba)
+    """numba: the pushed evader clamped into the arena again, x_out, y_out (N,), and its offsets
+    (K, N) from the obstacle centres (torch measures them). consts: half - robot radius."""
+    inner = consts[0]
+    for n in range(x.shape[0]):
+        ex, ey = _clamp(x[n] + sum_x[n], -inner, inner), _clamp(y[n] + sum_y[n], -inner, inner)
+        x_out[n], y_out[n] = ex, ey
+        for k in range(obstacles.shape[1]):
+            away_x[k, n] = ex - obstacles[0, k, n]
+            away_y[k, n] = ey - obstacles[1, k, n]
+
+
+@njit(cache=True)
+def new_state_kernel(x, y, evader_x, evader_y, gap, contact, present, previous, wrapped, v, w, obstacles, consts,
+                     robots_out, dx_out, dy_out, centre_dx, centre_dy):  # pragma: no cover (numba)
+    """numba: the end of `_confine_evader` (a wedged evader keeps its previous x, y (2, N): rows x, y
+    of the robots before the step) and the new robots (5, 2, N) (theta = pi - torch's remainder
+    `wrapped` (2, N)); then the offsets torch measures: evader from pursuer (N,) and obstacle
+    centres from pursuer (K, N). gap, contact (K, N) after the push; consts: contact tolerance, pi."""
+    tolerance, pi = consts[0], consts[1]
+    for n in range(x.shape[1]):
+        ex, ey = evader_x[n], evader_y[n]
+        for k in range(gap.shape[0]):
+            if present[k, n] and gap[k, n] < contact[k, n] - tolerance:  # wedged
+                ex, ey = previous[0, 1, n], previous[1, 1, n]
+                break
+        px, py = x[0, n], y[0, n]
+        robots_out[0, 0, n], robots_out[0, 1, n] = px, ex
+        robots_out[1, 0, n], robots_out[1, 1, n] = py, ey
+        for who in range(2):
+            robots_out[2, who, n] = pi - wrapped[who, n]
+            robots_out[3, who, n] = v[who, n]
+            robots_out[4, who, n] = w[who, n]
+        dx_out[n], dy_out[n] = px - ex, py - ey
+        for k in range(obstacles.shape[1]):
+            centre_dx[k, n] = px - obstacles[0, k, n]
+            centre_dy[k, n] = py - obstacles[1, k, n]
+
+
+@njit(cache=True)
+def events_kernel(robots, distance, centre_distance, obstacles, present, step, max_steps, consts, h_out, collided_out,
+                  captured_out, truncated_out, reward_out):  # pragma: no cover (numba)
+    """numba: the step's events from torch's distances: body barriers h_out (N, K + 4) as
+    `body_barriers` (absent obstacles +inf), collided, captured (collision wins), truncated (N,)
+    bool and the event reward (N,). consts: robot radius + safety margin, wall bound (half - robot
+    radius - safety margin), half - robot radius, robot radius, capture radius, collision penalty,
+    capture reward, 0, inf."""
+    body, wall, inner, robot_radius, capture = consts[0], consts[1], consts[2], consts[3], consts[4]
+    collision_penalty, capture_reward, zero, inf = consts[5], consts[6], consts[7], consts[8]
+    obstacles_count = obstacles.shape[1]
+    for n in range(distance.shape[0]):
+        px, py = robots[0, 0, n], robots[1, 0, n]
+        collided = False
+        for k in range(obstacles_count):
+            d = centre_distance[k, n]
+            h_out[n, k] = d - (obstacles[2, k, n] + body) if present[k, n] else inf
+            collided = collided or (present[k, n] and d <= obstacles[2, k, n] + robot_radius)
+        h_out[n, obstacles_count] = wall - px
+        h_out[n, obstacles_count + 1] = wall + px
+        h_out[n, obstacles_count + 2] = wall - py
+        h_out[n, obstacles_count + 3] = wall + py
+        collided = collided or abs(px) >= inner or abs(py) >= inner
+        captured = distance[n] <= capture and not collided
+        collided_out[n], captured_out[n] = collided, captured
+        truncated_out[n] = step[n] >= max_steps and not (captured or collided)
+        reward_out[n] = collision_penalty if collided else (capture_reward if captured else zero)

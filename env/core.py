@@ -216,7 +216,6 @@ class PursuitEvasionCore:
                                         float_type)
         usable = p.start_half_width
         span = 2 * usable - p.start_margin
-        self._hashing = np.array([_MASK32, _MUL_A, _MUL_B, _SEED_SALT], np.int64)
         self._start_consts = [np.array(c, float_type) for c in (
             [p.start_distance_min, p.start_distance_max - p.start_distance_min, math.sqrt(2) * span, 1e-12, span, 1.0],
             [math.pi / 2, math.pi, 1.0, 2.0, 4.0],
@@ -224,6 +223,17 @@ class PursuitEvasionCore:
             [p.obstacle_radius_min, p.obstacle_radius_max - p.obstacle_radius_min, self._half,
              max(p.start_margin**2, 1e-30), 1.0, 2.0, 0.0],
             [p.robot_radius + p.obstacle_clearance, p.robot_radius + p.safety_margin + p.start_margin + START_SLACK],
+        )]  # fmt: skip
+        self._hashing = np.array([_MASK32, _MUL_A, _MUL_B, _SEED_SALT, _STEP_MUL], np.int64)
+        self._step_consts = [np.array(c, float_type) for c in (
+            [p.pursuer_v_max, p.pursuer_w_max, p.evader_v_max, p.evader_w_max, 0.5 * p.dt, 0.0, 1.0, 2.0],
+            [p.dt, 1.0, math.pi],
+            [self._half - p.robot_radius],
+            [p.robot_radius, 1e-12, 1.0, 0.0],
+            [self._contact_tol, math.pi],
+            [p.robot_radius + p.safety_margin, p.arena_size / 2 - p.robot_radius - p.safety_margin,
+             self._half - p.robot_radius, p.robot_radius, p.capture_radius, p.collision_penalty, p.capture_reward, 0.0,
+             math.inf],
         )]  # fmt: skip
         self._observe_consts = np.array(  # as ATen casts each Python scalar to the tensors' dtype
             [self._half, self._diagonal, self._half - p.robot_radius, p.arena_size, p.robot_radius, 1e-30, 1.0, 2.0, 0.0,
@@ -487,8 +497,9 @@ class PursuitEvasionCore:
         step_count = self.counters[_STEP] + 1
         if evader_action is None:
             if p.evader_policy == "random":
-                draws = uniforms(self.counters[_KEY], step_count, self._step_salts, self.dtype)
-                evader_v, evader_w = random_evader(draws[0], draws[1], p)
+                if not self.compiled:  # the compiled step draws them itself
+                    draws = uniforms(self.counters[_KEY], step_count, self._step_salts, self.dtype)
+                    evader_v, evader_w = random_evader(draws[0], draws[1], p)
             else:
                 evader_v, evader_w = flee_evader(robots, obstacles, present, p)
         else:
@@ -497,27 +508,34 @@ class PursuitEvasionCore:
                 raise ValueError(f"evader_action has shape {tuple(evader_action.shape)}; accepted: ({self.num_envs}, 2)")
             evader_v = evader_action[:, 0].clamp(0.0, p.evader_v_max)
             evader_w = evader_action[:, 1].clamp(-p.evader_w_max, p.evader_w_max)
-        v = torch.stack((action[:, 0].clamp(0.0, p.pursuer_v_max), evader_v))  # (2, N)
-        w = torch.stack((action[:, 1].clamp(-p.pursuer_w_max, p.pursuer_w_max), evader_w))
-        x, y, theta = unicycle_arc(robots[_X], robots[_Y], robots[_THETA], v, w, p.dt)  # both robots at once
-        evader_x, evader_y = self._confine_evader(
-            x[_EVADER], y[_EVADER], robots[_X, _EVADER], robots[_Y, _EVADER], obstacles, present
-        )
-        pursuer_x, pursuer_y = x[_PURSUER], y[_PURSUER]
-        robots = torch.stack((torch.stack((pursuer_x, evader_x)), torch.stack((pursuer_y, evader_y)), theta, v, w))
+        if self.compiled:
+            given = None if evader_action is None and p.evader_policy == "random" else torch.stack((evader_v, evader_w))
+            robots, distance, centre_distance, h, collided, captured, truncated, reward = self._advance_compiled(
+                action, given, step_count)
+            pursuer_x, pursuer_y = robots[_X, _PURSUER], robots[_Y, _PURSUER]
+            terminated = captured | collided
+        else:
+            v = torch.stack((action[:, 0].clamp(0.0, p.pursuer_v_max), evader_v))  # (2, N)
+            w = torch.stack((action[:, 1].clamp(-p.pursuer_w_max, p.pursuer_w_max), evader_w))
+            x, y, theta = unicycle_arc(robots[_X], robots[_Y], robots[_THETA], v, w, p.dt)  # both robots at once
+            evader_x, evader_y = self._confine_evader(
+                x[_EVADER], y[_EVADER], robots[_X, _EVADER], robots[_Y, _EVADER], obstacles, present
+            )
+            pursuer_x, pursuer_y = x[_PURSUER], y[_PURSUER]
+            robots = torch.stack((torch.stack((pursuer_x, evader_x)), torch.stack((pursuer_y, evader_y)), theta, v, w))
 
-        # Events of the new state (the contract's inequalities, evaluated as written).
-        distance = torch.hypot(pursuer_x - evader_x, pursuer_y - evader_y)
-        centre_distance = torch.hypot(pursuer_x - obstacles[0], pursuer_y - obstacles[1])  # (K, N)
-        h = body_barriers(pursuer_x, pursuer_y, centre_distance, obstacles[2], present, p).T.contiguous()
-        inner = self._half - p.robot_radius
-        collided = (present & (centre_distance <= obstacles[2] + p.robot_radius)).any(0)
-        collided |= (pursuer_x.abs() >= inner) | (pursuer_y.abs() >= inner)
-        captured = (distance <= p.capture_radius) & ~collided  # collision wins: safety first
-        terminated = captured | collided
-        truncated = (step_count >= p.max_steps) & ~terminated  # pays nothing: time is not observed
+            # Events of the new state (the contract's inequalities, evaluated as written).
+            distance = torch.hypot(pursuer_x - evader_x, pursuer_y - evader_y)
+            centre_distance = torch.hypot(pursuer_x - obstacles[0], pursuer_y - obstacles[1])  # (K, N)
+            h = body_barriers(pursuer_x, pursuer_y, centre_distance, obstacles[2], present, p).T.contiguous()
+            inner = self._half - p.robot_radius
+            collided = (present & (centre_distance <= obstacles[2] + p.robot_radius)).any(0)
+            collided |= (pursuer_x.abs() >= inner) | (pursuer_y.abs() >= inner)
+            captured = (distance <= p.capture_radius) & ~collided  # collision wins: safety first
+            terminated = captured | collided
+            truncated = (step_count >= p.max_steps) & ~terminated  # pays nothing: time is not observed
+            reward = torch.where(collided, p.collision_penalty, torch.where(captured, p.capture_reward, self._zero))
         tracking = self.tracking
-        reward = torch.where(collided, p.collision_penalty, torch.where(captured, p.capture_reward, self._zero))
         reward = reward + self._shaping(robots_before, pursuer_x, pursuer_y, distance, centre_distance, terminated)
         episode_return = tracking[_RETURN] + reward
         obs = self._observe(robots, obstacles, present)
@@ -585,6 +603,53 @@ class PursuitEvasionCore:
             potential_before = potential_before - p.proximity_shaping * cost_before
         live = difference - (1.0 - p.discount) * potential_after if p.discount != 1.0 else difference
         return torch.where(terminated, -potential_before, live)
+
+    def _advance_compiled(self, action: Tensor, evader: Tensor | None, step_count: Tensor) -> tuple[Tensor, ...]:
+        """The step's dynamics and events by `env.compiled`'s loops (CPU): the same bits. torch
+        computes sin, cos, the heading's remainder, hypot and the evader's push sums, on tensors of
+        the torch code's shapes. action (N, 2); evader (2, N) its (v, w) when not drawn here (a
+        given or fleeing evader), None for the random evader. Returns robots (5, 2, N), distance
+        (N,), centre_distance (K, N), h (N, K + 4), collided, captured, truncated (N,) bool and
+        the event reward (N,)."""
+        from env import compiled
+
+        dtype, (n, k) = self._observe_consts.dtype, (self.num_envs, self.num_obstacles)
+        robots, obstacles, present = self.robots.numpy(), self.obstacles.numpy(), self.present.numpy()
+        c = self._step_consts
+        plane = lambda rows: np.empty((rows, n), dtype)  # noqa: E731
+        hypot = lambda dx, dy: torch.hypot(torch.from_numpy(dx), torch.from_numpy(dy)).numpy()  # noqa: E731
+        v, w, half_turn, mid = plane(2), plane(2), plane(2), plane(2)
+        compiled.arc_inputs_kernel(np.ascontiguousarray(action.detach().numpy()), np.ascontiguousarray(self.counters[_KEY].numpy()),
+                                   step_count.numpy(), self._step_salts.numpy(), self._hashing, dtype.type(_UNIT_24),
+                                   plane(0) if evader is None else np.ascontiguousarray(evader.numpy()), evader is None,
+                                   c[0], v, w, half_turn, mid, robots[_THETA])
+        half_turn_t, mid_t = torch.from_numpy(half_turn), torch.from_numpy(mid)
+        x, y, wrap = plane(2), plane(2), plane(2)
+        compiled.arc_kernel(robots[_X], robots[_Y], v, half_turn, mid, torch.sin(half_turn_t).numpy(),
+                            torch.cos(mid_t).numpy(), torch.sin(mid_t).numpy(), c[1], x, y, wrap)
+        wrapped = torch.remainder(torch.from_numpy(wrap), 2 * math.pi).numpy()
+        evader_x, evader_y, away_x, away_y = plane(1)[0], plane(1)[0], plane(k), plane(k)
+        compiled.confine_start_kernel(x[_EVADER], y[_EVADER], obstacles, c[2], evader_x, evader_y, away_x, away_y)
+        gap, contact = plane(k), plane(k)
+        if k:
+            push_x, push_y = plane(k), plane(k)
+            compiled.confine_push_kernel(away_x, away_y, hypot(away_x, away_y), obstacles, present, c[3], push_x, push_y,
+                                         contact)
+            sums = (torch.from_numpy(push).sum(0).numpy() for push in (push_x, push_y))
+            pushed_x, pushed_y = plane(1)[0], plane(1)[0]
+            compiled.confine_move_kernel(evader_x, evader_y, *sums, obstacles, c[2], pushed_x, pushed_y, away_x, away_y)
+            evader_x, evader_y, gap = pushed_x, pushed_y, hypot(away_x, away_y)
+        new_robots, dx, dy, centre_dx, centre_dy = np.empty((5, 2, n), dtype), plane(1)[0], plane(1)[0], plane(k), plane(k)
+        compiled.new_state_kernel(x, y, evader_x, evader_y, gap, contact, present, robots, wrapped, v, w, obstacles, c[4],
+                                  new_robots, dx, dy, centre_dx, centre_dy)
+        distance, centre_distance = hypot(dx, dy), hypot(centre_dx, centre_dy)
+        h = np.empty((n, k + 4), dtype)
+        collided, captured, truncated = (np.empty(n, np.bool_) for _ in range(3))
+        reward = plane(1)[0]
+        compiled.events_kernel(new_robots, distance, centre_distance, obstacles, present, step_count.numpy(),
+                               self.params.max_steps, c[5], h, collided, captured, truncated, reward)
+        return tuple(torch.from_numpy(a) for a in (new_robots, distance, centre_distance, h, collided, captured,
+                                                   truncated, reward))
 
     def _shaping_compiled(self, robots_before: Tensor, x: Tensor, y: Tensor, distance: Tensor, centre_distance: Tensor,
                           terminated: Tensor) -> Tensor:

@@ -77,6 +77,26 @@ def _env_loops(dtype: type) -> None:
                    np.empty((obstacles, envs), dtype), np.ones((2, 2), dtype), np.ones(10, dtype), observed,
                    np.empty((envs, 19 + 3 * observed), dtype))
     _start_loops(dtype)
+    _step_loops(dtype)
+
+
+def _step_loops(dtype: type) -> None:
+    from env import compiled
+
+    envs, obstacles = 0, 2
+    ints, row, rows = np.empty(envs, np.int64), np.empty(envs, dtype), np.empty((2, envs), dtype)
+    planes, present = np.empty((obstacles, envs), dtype), np.empty((obstacles, envs), np.bool_)
+    robots, obstacle_rows = np.empty((5, 2, envs), dtype), np.empty((3, obstacles, envs), dtype)
+    compiled.arc_inputs_kernel(np.empty((envs, 2), dtype), ints, ints, np.empty(2, np.int64), np.ones(5, np.int64),
+                               dtype(1.0), np.empty((0, envs), dtype), True, np.ones(8, dtype), rows, rows, rows, rows, rows)
+    compiled.arc_kernel(rows, rows, rows, rows, rows, rows, rows, rows, np.ones(3, dtype), rows, rows, rows)
+    compiled.confine_start_kernel(row, row, obstacle_rows, np.ones(1, dtype), row, row, planes, planes)
+    compiled.confine_push_kernel(planes, planes, planes, obstacle_rows, present, np.ones(4, dtype), planes, planes, planes)
+    compiled.confine_move_kernel(row, row, row, row, obstacle_rows, np.ones(1, dtype), row, row, planes, planes)
+    compiled.new_state_kernel(rows, rows, row, row, planes, planes, present, robots, rows, rows, rows, obstacle_rows,
+                              np.ones(2, dtype), robots, row, row, planes, planes)
+    compiled.events_kernel(robots, row, planes, obstacle_rows, present, ints, 1, np.ones(9, dtype),
+                           np.empty((envs, obstacles + 4), dtype), *(np.empty(envs, np.bool_) for _ in range(3)), row)
 
 
 def _start_loops(dtype: type) -> None:

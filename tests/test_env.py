@@ -569,11 +569,12 @@ def test_render_rgb_array_and_the_arena():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("obstacles, observed, overrides", [
     (2, 2, {"shaping_discount": 0.99}), (2, 2, {}), (0, 2, {}), (1, 2, {"shaping_discount": 0.9}),
-    (3, 2, {"proximity_shaping": 0.0}), (4, 5, {}), (2, 0, {}),
+    (3, 2, {"proximity_shaping": 0.0}), (4, 5, {}), (2, 0, {}), (2, 2, {"evader_policy": "flee"}),
 ])  # fmt: skip
 def test_compiled_step_equals_the_torch_code_bit_for_bit(dtype, obstacles, observed, overrides):
-    """`env/compiled.py` (observation, shaping reward) against the torch code: two cores, the same
-    seeds and actions, stepped in lockstep through resets, every output compared bitwise; then
+    """`env/compiled.py` (dynamics, events, observation, shaping reward, resets) against the torch
+    code: two cores, the same seeds and actions (random, fleeing and given evaders), stepped in
+    lockstep through resets, every output compared bitwise; then
     hand-set states with absent obstacles, a pursuer on top of the evader and of an obstacle
     centre, ties between obstacle gaps and positions past the walls (the [-2, 2] clip)."""
     params = EnvParams(num_obstacles=obstacles, observed_obstacles=observed, **overrides)
@@ -584,9 +585,11 @@ def test_compiled_step_equals_the_torch_code_bit_for_bit(dtype, obstacles, obser
     generator = torch.Generator().manual_seed(obstacles * 10 + observed)
     low, span = torch.tensor([-0.5, -3.0], dtype=dtype), torch.tensor([2.0, 6.0], dtype=dtype)
     resets = 0
-    for _ in range(60):
+    for step in range(60):
         action = low + span * torch.rand(n, 2, generator=generator, dtype=dtype)
-        ours, theirs = compiled.step(action), reference.step(action)
+        # every fifth step a given evader action (clipped to the evader's limits), as tests and self-play give
+        evader = low + span * torch.rand(n, 2, generator=generator, dtype=dtype) if step % 5 == 4 else None
+        ours, theirs = compiled.step(action, evader), reference.step(action, evader)
         for a, b in zip(ours[:4], theirs[:4]):  # obs, reward, terminated, truncated
             assert a.dtype == b.dtype and torch.equal(a, b)
         assert ours[4].keys() == theirs[4].keys()

@@ -41,7 +41,9 @@ _EXPECTED = {
     "numpy_learner.rational_tanh": 1, "compiled.observe_kernel": 2,
     "compiled.proximity_terms_kernel": 2, "compiled.shaping_kernel": 2, "compiled.start_draws_kernel": 2,
     "compiled.start_angles_kernel": 2, "compiled.start_robots_kernel": 2, "compiled.obstacle_candidates_kernel": 2,
-    "compiled.obstacle_choice_kernel": 2,
+    "compiled.obstacle_choice_kernel": 2, "compiled.arc_inputs_kernel": 2, "compiled.arc_kernel": 2,
+    "compiled.confine_start_kernel": 2, "compiled.confine_push_kernel": 2, "compiled.confine_move_kernel": 2,
+    "compiled.new_state_kernel": 2, "compiled.events_kernel": 2,
 }
 
 
