@@ -2,7 +2,9 @@
 
 Three ways to step N pursuit-evasion games with uniformly random pursuer actions:
 
-- ``core``: the torch core directly (the zero-copy path training uses),
+- ``core``: the core directly (the zero-copy path training uses): on the CPU its arithmetic runs in
+  numba loops (`env/compiled.py`, the default), and ``core torch`` is the same core with
+  ``compiled = False`` (the torch code, which CUDA runs; the same bits),
 - ``vector``: `PursuitEvasionVectorEnv` through gymnasium's numpy VectorEnv API,
 - ``sync``: ``gymnasium.vector.SyncVectorEnv`` over N single `PursuitEvasionEnv` (same-step
   autoreset), the usual way to vectorise an env that has no native batch.
@@ -46,8 +48,9 @@ def _rate(step, total_env_steps_per_call: int, min_seconds: float, max_calls: in
             return calls * total_env_steps_per_call / elapsed, calls * total_env_steps_per_call / cpu
 
 
-def bench_core(params: EnvParams, n: int, min_seconds: float, max_calls: int) -> tuple[float, float]:
+def bench_core(params: EnvParams, n: int, min_seconds: float, max_calls: int, compiled: bool = True) -> tuple[float, float]:
     core = PursuitEvasionCore(params, num_envs=n)
+    core.compiled = compiled
     g = torch.Generator().manual_seed(0)
     low = torch.tensor([0.0, -params.pursuer_w_max])
     high = torch.tensor([params.pursuer_v_max, params.pursuer_w_max])
@@ -80,6 +83,8 @@ def bench_sync(params: EnvParams, n: int, min_seconds: float, max_env_steps: int
 
 
 def main(argv: list[str] | None = None) -> None:
+    from side_by_side import cpu_model  # benchmarks/ is on sys.path when a script of it runs
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 64, 1024, 4096], help="num_envs values")
     parser.add_argument("--quick", action="store_true", help="short runs (a smoke test, noisier figures)")
@@ -93,19 +98,22 @@ def main(argv: list[str] | None = None) -> None:
     max_calls = 200 if args.quick else 5000
     sync_steps = 2_000 if args.quick else 20_000
 
-    print(f"pursuit-evasion env throughput (env-steps/s), torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"evader {args.evader}, {params.num_obstacles} obstacles, random pursuer actions")
+    print(f"pursuit-evasion env throughput (env-steps/s), {cpu_model()}, torch {torch.__version__}, threads "
+          f"{torch.get_num_threads()}, evader {args.evader}, {params.num_obstacles} obstacles, random pursuer actions")
     print("wall: per wall-clock second; cpu: per second of this process's CPU time (less hurt by a busy machine)")
-    header = (f"{'num_envs':>8} | {'core wall':>11} | {'core cpu':>11} | {'vector wall':>11} | {'vector cpu':>11} | "
-              f"{'sync wall':>9} | {'sync cpu':>9} | {'core/sync':>9} | {'vector/sync':>11}")
+    header = (f"{'num_envs':>8} | {'core wall':>11} | {'core cpu':>11} | {'core torch':>11} | {'core/torch':>10} | "
+              f"{'vector wall':>11} | {'vector cpu':>11} | {'sync wall':>9} | {'sync cpu':>9} | {'core/sync':>9} | "
+              f"{'vector/sync':>11}")
     print(header)
     print("-" * len(header))
     for n in args.sizes:
         core = bench_core(params, n, seconds, max_calls)
+        core_torch = bench_core(params, n, seconds, max_calls, compiled=False)
         vector = bench_vector(params, n, seconds, max_calls)
         sync = bench_sync(params, n, seconds, sync_steps)
         print(
-            f"{n:>8} | {core[0]:>11,.0f} | {core[1]:>11,.0f} | {vector[0]:>11,.0f} | {vector[1]:>11,.0f} | "
+            f"{n:>8} | {core[0]:>11,.0f} | {core[1]:>11,.0f} | {core_torch[0]:>11,.0f} | {core[0] / core_torch[0]:>9.2f}x | "
+            f"{vector[0]:>11,.0f} | {vector[1]:>11,.0f} | "
             f"{sync[0]:>9,.0f} | {sync[1]:>9,.0f} | {core[0] / sync[0]:>8.1f}x | {vector[0] / sync[0]:>10.1f}x",
             flush=True,
         )

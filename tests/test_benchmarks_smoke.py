@@ -250,3 +250,18 @@ def test_eval_throughput_quick_times_both_ways_on_the_same_episodes(capsys):
     assert "CPU:" in text
     with pytest.raises(SystemExit):
         eval_bench.main(["--rounds", "0"])
+
+
+def test_env_throughput_quick_prints_the_compiled_and_the_torch_core_side_by_side(capsys, monkeypatch):
+    """benchmarks/env_throughput.py --quick: one row per size with the compiled core's rate, the
+    torch core's and their ratio (computed from the printed rates), and the CPU named."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))  # as when the script runs
+    _load("env_throughput").main(["--quick", "--sizes", "8", "32"])
+    text = capsys.readouterr().out
+    rows = [[c.strip() for c in line.split("|")] for line in text.splitlines() if line.strip()[:1].isdigit()]
+    assert [row[0] for row in rows] == ["8", "32"]
+    for row in rows:
+        compiled, torch_rate = float(row[1].replace(",", "")), float(row[3].replace(",", ""))
+        assert compiled > 0 and torch_rate > 0
+        assert float(row[4].rstrip("x")) == pytest.approx(compiled / torch_rate, abs=0.006)
+    assert _load("side_by_side").cpu_model() in text.splitlines()[0]
