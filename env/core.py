@@ -614,7 +614,8 @@ class PursuitEvasionCore:
         from env import compiled
 
         dtype, (n, k) = self._observe_consts.dtype, (self.num_envs, self.num_obstacles)
-        robots, obstacles, present = self.robots.numpy(), self.obstacles.numpy(), self.present.numpy()
+        # C-contiguous, one compiled type per loop (`set_state` leaves `present` transposed)
+        robots, obstacles, present = (np.ascontiguousarray(t.numpy()) for t in (self.robots, self.obstacles, self.present))
         c = self._step_consts
         plane = lambda rows: np.empty((rows, n), dtype)  # noqa: E731
         hypot = lambda dx, dy: torch.hypot(torch.from_numpy(dx), torch.from_numpy(dy)).numpy()  # noqa: E731

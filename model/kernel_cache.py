@@ -1,20 +1,20 @@
-"""Compile every numba loop of the model into numba's on-disk cache, ahead of the workers.
+"""Compile every numba loop of `model/` and `env/` into numba's on-disk cache, ahead of the workers.
 
 Why: each loop is compiled (`cache=True`) the first time a process calls it with a new argument
 type, 1-5 s per signature here (`solve_batch` alone: 2.8 s float64, 5.0 s float32, on a 2-core
 AMD EPYC). On a fresh clone nothing is cached yet, so both Dask workers of the main job compile
-the same thirteen signatures at the start of their first cells, about 15 s of each worker's time.
-`scripts/main.sh` runs `python -m tasks warm-kernels` in the background while the Prefect server
+the same 41 signatures at the start of their first cells (the warm-up takes about 24 s of one
+core here). `scripts/main.sh` runs `python -m tasks warm-kernels` in the background while the Prefect server
 starts (a wait that leaves one core idle); the workers then load the machine code from the cache.
 
 How: each loop is called once per argument type the pipeline gives it, on a batch of zero
 elements (the loop body never runs; numba compiles and caches by type alone). The types are
 those a cold main job leaves in the cache (its `.nbi` index files): float32 and float64 for the
-QP's solve and backward, the CBF rows and the env's observation, float64 for CBF-Beta's box,
-float32 for the tanh.
-Every array is C-contiguous and writable, as `model.qp.cpu_n2_kernels.contiguous` hands them to
-the loops. tests/test_kernel_cache.py checks, with a fresh cache, that a training iteration of
-every algorithm compiles nothing the warm-up did not.
+QP's solve and backward, the CBF rows and the env's loops (`env/compiled.py`), float64 for
+CBF-Beta's box, float32 for the tanh. Every array is C-contiguous and writable, as the callers
+hand them to the loops. tests/test_kernel_cache.py checks, with a fresh cache, that a training
+iteration of every algorithm, a float64 QP solve and a step from a hand-set state compile nothing
+the warm-up did not.
 
 The numerics mode must be applied before numba loads (`python -m tasks warm-kernels` does),
 since numba keys its cache by the target CPU it compiles for: a warm-up for another target

@@ -14,7 +14,8 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # What a training cell of each algorithm runs, at a tiny size, as the cells run it (pinned
-# numerics, the default learner), and the QP benchmark's float64 solve with its backward.
+# numerics, the default learner), the QP benchmark's float64 solve with its backward, and a
+# scenario's step from a hand-set state.
 _REAL_PATHS = """
 from tasks import numerics
 numerics.apply("pinned")
@@ -31,6 +32,10 @@ f = torch.randn(16, 2, dtype=torch.float64, generator=g, requires_grad=True)
 A = torch.randn(16, 3, 2, dtype=torch.float64, generator=g)
 b = torch.rand(16, 3, dtype=torch.float64, generator=g)
 solve_qp(H, f, A, b, backend="exact").u.sum().backward()
+from env import PursuitEvasionCore  # a scenario's hand-set state (its obstacle mask arrives transposed)
+core = PursuitEvasionCore(load_params().env, num_envs=4)
+core.set_state(obstacle_mask=torch.tensor([[True, False]] * 4))
+core.step(torch.zeros(4, 2))
 """
 
 # The signatures a cold main job compiled (read from the `.nbi` index files it left in
