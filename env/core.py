@@ -113,6 +113,12 @@ def uniforms(key: Tensor, step: Tensor | int, salts: Tensor, dtype: torch.dtype)
     return (bits >> 8).to(dtype) * _UNIT_24
 
 
+def _torch_hypot(dx: "np.ndarray", dy: "np.ndarray") -> "np.ndarray":
+    """torch.hypot of two same-shaped arrays (views, no copy), for the compiled step's loops: ATen's
+    rounding, which libm's (and numba's) does not reproduce."""
+    return torch.hypot(torch.from_numpy(dx), torch.from_numpy(dy)).numpy()
+
+
 class SafetyState(NamedTuple):
     """What the CBF rows need, batched."""
 
@@ -203,9 +209,9 @@ class PursuitEvasionCore:
         self._contact_tol = 8 * torch.finfo(dtype).eps * p.arena_size
         self._one = torch.ones((), dtype=dtype, device=self.device)
         self._far_obstacle = torch.tensor([1.0, 0.0, 0.0], dtype=dtype, device=self.device).view(1, 3, 1)
-        # The observation's and the shaping's arithmetic as compiled loops (env/compiled.py) on the
-        # CPU; the torch code elsewhere, and where a test forces the accelerators' sync-free path on
-        # the CPU.
+        # The step's arithmetic (dynamics, events, shaping, observation, resets) as compiled loops
+        # (env/compiled.py) on the CPU; the torch code elsewhere, and where a test forces the
+        # accelerators' sync-free path on the CPU.
         self.compiled = self.device.type == "cpu" and not self.sync_free_autoreset
         self._velocity_scale_np = self._velocity_scale[..., 0].cpu().numpy().copy()  # (2, 2) [v or w, robot]
         float_type = np.float32 if dtype == torch.float32 else np.float64
@@ -399,7 +405,7 @@ class PursuitEvasionCore:
         sin and hypot, on tensors of the torch code's shapes (ATen's rounding path depends on them)."""
         from env import compiled
 
-        p, m, dtype = self.params, counters.shape[1], self._observe_consts.dtype
+        m, dtype = counters.shape[1], self._observe_consts.dtype
         salts = self._reset_salts.numpy()
         key, draw = np.empty(m, np.int64), np.empty((salts.shape[0], m), dtype)
         distance, acos_arg = np.empty(m, dtype), np.empty(m, dtype)
@@ -423,11 +429,11 @@ class PursuitEvasionCore:
             placed_dx, placed_dy = np.empty((k, c, m), dtype), np.empty((k, c, m), dtype)
             compiled.obstacle_candidates_kernel(draw, k, robots, ahead, obstacles, self._start_consts[3], radius, cx, cy,
                                                 robot_dx, robot_dy, segment_dx, segment_dy, placed_dx, placed_dy)
-            hypot = lambda dx, dy: torch.hypot(torch.from_numpy(dx), torch.from_numpy(dy)).numpy()  # noqa: E731
             to_placed = np.empty((k, c, m), dtype)
             for j in range(k):  # one (C, M) call per placed obstacle, as the torch code
-                to_placed[j] = hypot(placed_dx[j], placed_dy[j])
-            compiled.obstacle_choice_kernel(k, radius, cx, cy, hypot(robot_dx, robot_dy), hypot(segment_dx, segment_dy),
+                to_placed[j] = _torch_hypot(placed_dx[j], placed_dy[j])
+            compiled.obstacle_choice_kernel(k, radius, cx, cy, _torch_hypot(robot_dx, robot_dy),
+                                            _torch_hypot(segment_dx, segment_dy),
                                             to_placed, self._start_consts[4], obstacles, failed)
         return (torch.from_numpy(robots), torch.from_numpy(obstacles), torch.from_numpy(key), torch.from_numpy(distance),
                 torch.from_numpy(failed))
@@ -618,7 +624,6 @@ class PursuitEvasionCore:
         robots, obstacles, present = (np.ascontiguousarray(t.numpy()) for t in (self.robots, self.obstacles, self.present))
         c = self._step_consts
         plane = lambda rows: np.empty((rows, n), dtype)  # noqa: E731
-        hypot = lambda dx, dy: torch.hypot(torch.from_numpy(dx), torch.from_numpy(dy)).numpy()  # noqa: E731
         v, w, half_turn, mid = plane(2), plane(2), plane(2), plane(2)
         compiled.arc_inputs_kernel(np.ascontiguousarray(action.detach().numpy()), np.ascontiguousarray(self.counters[_KEY].numpy()),
                                    step_count.numpy(), self._step_salts.numpy(), self._hashing, dtype.type(_UNIT_24),
@@ -634,16 +639,16 @@ class PursuitEvasionCore:
         gap, contact = plane(k), plane(k)
         if k:
             push_x, push_y = plane(k), plane(k)
-            compiled.confine_push_kernel(away_x, away_y, hypot(away_x, away_y), obstacles, present, c[3], push_x, push_y,
-                                         contact)
+            compiled.confine_push_kernel(away_x, away_y, _torch_hypot(away_x, away_y), obstacles, present, c[3], push_x,
+                                         push_y, contact)
             sums = (torch.from_numpy(push).sum(0).numpy() for push in (push_x, push_y))
             pushed_x, pushed_y = plane(1)[0], plane(1)[0]
             compiled.confine_move_kernel(evader_x, evader_y, *sums, obstacles, c[2], pushed_x, pushed_y, away_x, away_y)
-            evader_x, evader_y, gap = pushed_x, pushed_y, hypot(away_x, away_y)
+            evader_x, evader_y, gap = pushed_x, pushed_y, _torch_hypot(away_x, away_y)
         new_robots, dx, dy, centre_dx, centre_dy = np.empty((5, 2, n), dtype), plane(1)[0], plane(1)[0], plane(k), plane(k)
         compiled.new_state_kernel(x, y, evader_x, evader_y, gap, contact, present, robots, wrapped, v, w, obstacles, c[4],
                                   new_robots, dx, dy, centre_dx, centre_dy)
-        distance, centre_distance = hypot(dx, dy), hypot(centre_dx, centre_dy)
+        distance, centre_distance = _torch_hypot(dx, dy), _torch_hypot(centre_dx, centre_dy)
         h = np.empty((n, k + 4), dtype)
         collided, captured, truncated = (np.empty(n, np.bool_) for _ in range(3))
         reward = plane(1)[0]

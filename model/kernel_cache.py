@@ -4,8 +4,9 @@ Why: each loop is compiled (`cache=True`) the first time a process calls it with
 type, 1-5 s per signature here (`solve_batch` alone: 2.8 s float64, 5.0 s float32, on a 2-core
 AMD EPYC). On a fresh clone nothing is cached yet, so both Dask workers of the main job compile
 the same 41 signatures at the start of their first cells (the warm-up takes about 24 s of one
-core here). `scripts/main.sh` runs `python -m tasks warm-kernels` in the background while the Prefect server
-starts (a wait that leaves one core idle); the workers then load the machine code from the cache.
+core here). `scripts/main.sh` runs `python -m tasks warm-kernels` in the background while the
+Prefect server starts (a wait that leaves one core idle); the workers then load the machine code
+from the cache.
 
 How: each loop is called once per argument type the pipeline gives it, on a batch of zero
 elements (the loop body never runs; numba compiles and caches by type alone). The types are
@@ -28,8 +29,8 @@ import time
 import numpy as np
 
 DTYPES = (np.float32, np.float64)
-"""The float types of the QP, CBF-row and observation loops: training runs float32, the QP
-benchmark (its env and its rows) float64."""
+"""The float types of the QP, CBF-row and env loops: training runs float32, the QP benchmark (its
+env and its rows) float64."""
 
 
 def _qp_loops(dtype: type) -> None:

@@ -82,8 +82,8 @@ def prefect_server(tmp_path_factory):
 
 def pytest_sessionstart(session):
     """The controlling process fills the repo's numba caches (`python -m tasks warm-kernels`) before
-    any test runs, when they are empty (a fresh clone, as CI has). Every end-to-end test copies them into its workspace
-    (`helpers.make_workspace`); empty, each workspace's first process compiled the kernels again,
+    any test runs, when they are empty (a fresh clone, as CI has). Every end-to-end test copies
+    them into its workspace (`helpers.make_workspace`); empty, each workspace's first process compiled the kernels again,
     about 18 s of CPU each, about 1.5 min of a CI run in all. A separate process: this one's RNG
     and numerics stay untouched."""
     if hasattr(session.config, "workerinput"):
