@@ -144,6 +144,54 @@ class _GaussianPolicy:
         _backward(self.acts, grad_raw.astype(np.float32), self.layers, self.grads)
 
 
+class ProjectionQP:
+    """The safety layer's QP on NumPy float32 arrays, as `solve_qp` solves it on the CPU (the
+    compiled loop of `model.qp.cpu_n2_kernels`, the NumPy full rule for what it cannot settle),
+    without the tensor plumbing: min 1/2 (u - u_ref)' W (u - u_ref) s.t. A u <= b on the rows with
+    mask True, W = diag(weights). BarrierNet's update and rollout and the shield's rollout call it
+    a few hundred times per iteration, so W's (B, 2, 2) copy is kept per batch size."""
+
+    def __init__(self, weights: np.ndarray):
+        from model.qp.common import FEAS_TOL, SINGULAR_TOL, TIE_REL
+
+        self.weights = np.asarray(weights, np.float32)
+        self.tolerances = (FEAS_TOL[torch.float32], TIE_REL[torch.float32], SINGULAR_TOL[torch.float32])
+        self.no_hint = np.full((1, 2), -1, np.int64)
+        self._H: dict[int, np.ndarray] = {}
+
+    def _hessians(self, batch: int) -> np.ndarray:
+        # W for every row, C-contiguous as `cpu_n2_kernels.contiguous` hands the torch route's H to
+        # the loop: both routes share one compiled specialization. The loop only reads it.
+        H = self._H.get(batch)
+        if H is None:
+            H = self._H[batch] = np.ascontiguousarray(np.broadcast_to(np.diag(self.weights), (batch, 2, 2)))
+        return H
+
+    def __call__(self, u_ref, A, mask, b, hint) -> tuple[np.ndarray, ...]:
+        """u_ref (B, 2), A (B, m, 2), mask (B, m) bool, b (B, m) float32; hint (B, 2) int64 (an
+        earlier solve's active set: a warm start) or None. Returns u, lam (B, 2), Y, K (B, 2, 2)
+        float32, active (B, 2) int64, inv_norm (B, 2) float32, feasible (B,) bool."""
+        from model.qp import cpu_numpy
+        from model.qp.cpu_n2_kernels import allocate_outputs, contiguous, solve_batch
+
+        batch, m = mask.shape
+        H = self._hessians(batch)
+        f = -u_ref * self.weights
+        out = allocate_outputs(batch, m)
+        u, lam, used, Y, K, active, inv_norm, lam_rows, passed = out
+        has_hint = hint is not None
+        solve_batch(H, *contiguous(f, A, b, mask), True, *contiguous(hint if has_hint else self.no_hint),
+                    has_hint, *self.tolerances, *out)
+        u, lam, Y, K, inv_norm = (x.astype(np.float32) for x in (u, lam, Y, K, inv_norm))
+        feasible = passed
+        if not passed.all():  # what the compiled loop cannot settle: the NumPy full rule, as solve_qp does
+            rest = np.flatnonzero(~passed)
+            (active[rest], feasible[rest], _, u[rest], lam[rest], Y[rest], K[rest], inv_norm[rest], _) = \
+                cpu_numpy.full_rule_rows(np.ascontiguousarray(H[rest]), f[rest], A[rest], b[rest], mask[rest],
+                                         torch.float32)
+        return u, lam, Y, K, active, inv_norm, feasible
+
+
 class _BarrierNetPolicy:
     """`BarrierNetActor.evaluate_actions` (through_qp, rows from the update's CBF geometry) and its
     backward: nominal = centre + half tanh(raw), gamma = gamma_min + (gamma_max - gamma_min)
@@ -152,7 +200,6 @@ class _BarrierNetPolicy:
     its implicit-function backward `backward_batch`), clamped to the action box; fixed std."""
 
     def __init__(self, step: "NumpyPPOStep", actor):
-        from model.qp.common import FEAS_TOL, SINGULAR_TOL, TIE_REL
         from model.qp.cpu_n2_kernels import backward_batch
 
         if actor.update_mode != "through_qp" or actor.cbf_params.form != "dcbf":
@@ -172,7 +219,7 @@ class _BarrierNetPolicy:
         proj = actor.projection
         self.weights = proj.weights.cpu().numpy()
         self.low, self.high = proj.low.cpu().numpy(), proj.high.cpu().numpy()
-        self.tolerances = (FEAS_TOL[torch.float32], TIE_REL[torch.float32], SINGULAR_TOL[torch.float32])
+        self.solve = ProjectionQP(self.weights)
         self.entropy = float((0.5 + HALF_LOG_2PI + np.log(self.std)).sum())
         self.qp_backward = backward_batch  # the QP's implicit-function backward (an attribute: tests swap it)
 
@@ -186,32 +233,6 @@ class _BarrierNetPolicy:
         self.t = self.step.tanh(raw_nominal)
         self.sig = 1.0 / (1.0 + np.exp(-raw_gamma))
         return self.centre + self.half * self.t, self.gamma_min + self.gamma_span * self.sig
-
-    def solve(self, u_ref, A, mask, b, hint) -> tuple[np.ndarray, ...]:
-        """The projection's QP min 1/2 (u - u_ref)' W (u - u_ref) s.t. the rows, as `solve_qp`
-        solves it on the CPU (the compiled loop, the NumPy full rule for what it cannot settle).
-        hint (B, 2) int64 or None. Returns u, lam, Y, K, active, inv_norm, feasible."""
-        from model.qp import cpu_numpy
-        from model.qp.cpu_n2_kernels import allocate_outputs, contiguous, solve_batch
-
-        batch, m = mask.shape
-        # W for every row, C-contiguous as `cpu_n2_kernels.contiguous` hands the torch route's H to
-        # the loop: both routes share one compiled specialization
-        H = np.ascontiguousarray(np.broadcast_to(np.diag(self.weights), (batch, 2, 2)))
-        f = -u_ref * self.weights
-        out = allocate_outputs(batch, m)
-        u, lam, used, Y, K, active, inv_norm, lam_rows, passed = out
-        has_hint = hint is not None
-        solve_batch(*contiguous(H, f, A, b, mask), True, *contiguous(hint if has_hint else np.full((1, 2), -1, np.int64)),
-                    has_hint, *self.tolerances, *out)
-        u, lam, Y, K, inv_norm = (x.astype(np.float32) for x in (u, lam, Y, K, inv_norm))
-        feasible = passed.copy()
-        if not passed.all():  # what the compiled loop cannot settle: the NumPy full rule, as solve_qp does
-            rest = np.flatnonzero(~passed)
-            (active[rest], feasible[rest], _, u[rest], lam[rest], Y[rest], K[rest], inv_norm[rest], _) = \
-                cpu_numpy.full_rule_rows(np.ascontiguousarray(H[rest]), f[rest], A[rest], b[rest], mask[rest],
-                                         torch.float32)
-        return u, lam, Y, K, active, inv_norm, feasible
 
     def right_sides(self, gamma, h, barrier_mask, b_bounds) -> np.ndarray:
         """b (B, m): gamma h / dt on the present barrier rows, 1 on absent ones, then the bounds."""

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.numpy_rollout import install_rollout_forwards, rollout_forwards, uninstall_rollout_forwards
+from model.numpy_rollout import (gaussian_forward, install_rollout_forwards, rollout_forwards, shielded_forward,
+                                 uninstall_rollout_forwards)
 from tasks.params import load_params
 from tasks.train import Trainer
 
@@ -21,14 +22,16 @@ def _torch_trainer(algo: str, **overrides) -> Trainer:
 
 @pytest.mark.parametrize("algo", ["baseline", "shielded"])
 def test_the_gaussian_policy_and_critic_equal_torchs_up_to_round_off(algo):
-    """Action, sample, log_prob and value agree to float32 round-off; a shielded actor's wrapped
-    policy is the one given a NumPy forward."""
+    """Action, sample, log_prob and value agree to float32 round-off (a shielded actor's wrapped
+    policy by `gaussian_forward`; the shielded actor itself gets `shielded_forward`)."""
     trainer = _torch_trainer(algo)
     agent = trainer.agent
     policy = agent.rollout_actor.actor if algo == "shielded" else agent.rollout_actor
     obs = agent.obs_rms.normalize(trainer.next_obs)
     forwards = rollout_forwards(agent.rollout_actor, agent.rollout_critic)
-    assert set(forwards) == {policy, agent.rollout_critic}
+    assert set(forwards) == {agent.rollout_actor, agent.rollout_critic}
+    if algo == "shielded":
+        forwards[policy] = gaussian_forward(policy)
     with torch.no_grad():
         torch.manual_seed(7)
         theirs = policy(obs)
@@ -73,6 +76,59 @@ def test_barriernet_equals_torchs_up_to_round_off_with_active_rows():
     assert active > 0
 
 
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same dtype, shape and bytes: unlike torch.equal, a zero's sign counts (NumPy's and torch's
+    maximum keep different zeros on a tie)."""
+    return a.dtype == b.dtype and a.shape == b.shape and a.contiguous().numpy().tobytes() == b.contiguous().numpy().tobytes()
+
+
+@pytest.mark.parametrize("form", ["dcbf", "ct"])
+def test_the_shielded_forward_equals_the_torch_filter_bit_for_bit(form):
+    """`shielded_forward` against the torch `SafetyFilter` acting on the same NumPy Gaussian
+    proposal (the wrapped policy's `gaussian_forward` installed, as the rollout ran it before),
+    over a rollout's states with active and infeasible rows: every output and info entry
+    `torch.equal`, and so are the rollout's step sums."""
+    from env.core import SafetyState
+
+    overrides = {"train.num_envs": 256, "cbf.form": form, "env.num_obstacles": 4}
+    trainer = _torch_trainer("shielded", **overrides)
+    trainer.collect_rollout()  # states spread over a rollout, not only starts
+    actor = trainer.agent.rollout_actor
+    ours_forward = shielded_forward(actor)
+    actor.actor.forward = gaussian_forward(actor.actor)  # the torch filter proposes by the same NumPy forward
+    buf = trainer.buffer
+    corrected = infeasible = 0
+    for t in range(buf.num_steps):
+        radii = buf.obstacle_radii[t].clone()
+        radii[::3, 0] = 3.0 * (t % 2)  # every third pursuer deep inside a huge obstacle: infeasible rows
+        safety = SafetyState(buf.pursuer[t], buf.obstacle_centres[t], radii, buf.obstacle_mask[t])
+        obs = buf.obs[t] if t % 2 else buf.obs[t] * 8.0  # large inputs: more corrections
+        for deterministic in (False, True):
+            with torch.no_grad():
+                torch.manual_seed(t)
+                theirs = actor(obs, safety, deterministic=deterministic)
+                torch.manual_seed(t)
+                ours = ours_forward(obs, safety, deterministic=deterministic)
+            for name in ("action", "sample", "log_prob"):
+                assert _same_bits(getattr(ours, name), getattr(theirs, name)), name
+            assert set(ours.info) == set(theirs.info)
+            for key, value in theirs.info.items():
+                assert _same_bits(ours.info[key], value), key
+            assert _same_bits(actor.rollout_step_sums(ours), actor.rollout_step_sums(theirs))
+            corrected += int(ours.info["intervened"].sum())
+            infeasible += int(ours.info["infeasible"].sum())
+    assert corrected > 0 and infeasible > 0
+
+
+def test_the_shielded_forward_refuses_the_exact_form():
+    trainer = _torch_trainer("shielded")
+    actor = trainer.agent.rollout_actor
+    actor.form = "dcbf_exact"
+    with pytest.raises(ValueError, match="'dcbf' and 'ct'"):
+        shielded_forward(actor)
+    assert set(rollout_forwards(actor, trainer.agent.rollout_critic)) == {actor.actor, trainer.agent.rollout_critic}
+
+
 def test_the_forward_reads_the_current_weights_in_place():
     """Weights written after the forward was built (an update, load_state_dict) are the ones it
     uses: it reads the torch storage, not a copy."""
@@ -98,7 +154,7 @@ def test_training_with_the_numpy_learner_installs_them_and_uninstall_restores_to
     class's forward back."""
     trainer = Trainer(load_params(overrides={**QUICK, "train.learner": "numpy"}), algo, 0, update_device="cpu")
     agent = trainer.agent
-    policy = agent.rollout_actor.actor if algo == "shielded" else agent.rollout_actor
+    policy = agent.rollout_actor  # a shielded actor's whole forward, its filter's included
     assert "forward" in vars(agent.rollout_critic)
     assert ("forward" in vars(policy)) == actor_replaced
     assert not any("forward" in vars(m) for m in (_torch_trainer(algo).agent.rollout_actor,
