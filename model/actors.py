@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -125,15 +126,24 @@ class Actor(nn.Module):
 SAFETY_LAYER_METRICS = ("qp_intervention_rate", "qp_infeasible_rate", "mean_gamma", "qp_correction")
 
 
-def _safety_layer_sums(info: dict[str, Tensor]) -> list[Tensor]:
-    """A step's sums over the envs of SAFETY_LAYER_METRICS, each a float64 scalar (the int counts
-    exact, the float32 sums widened exactly)."""
-    return [
-        info["intervened"].sum().double(),
-        info["infeasible"].sum().double(),
-        info["gamma"].float().mean(dim=1).sum().double(),
-        info["correction"].sum().double(),
-    ]
+def _safety_layer_sums(info: dict[str, Tensor], counts: Sequence[Tensor] = (), sums: Sequence[Tensor] = ()) -> Tensor:
+    """A step's sums over the envs of SAFETY_LAYER_METRICS, then the number of True entries of each
+    bool tensor in `counts`, then the 0-dim tensors `sums`: (4 + len(counts) + len(sums),) float64
+    (the counts exact, the float32 sums widened exactly).
+
+    On the CPU the counts are NumPy's and the vector is built once from host numbers: the same
+    values as the tensor ops the accelerators run (without a host sync; also where a test forces
+    their sync-free route on the CPU), at a fifth of their cost."""
+    from model.qp import routing
+
+    flags = (info["intervened"], info["infeasible"])
+    totals = (info["gamma"].float().mean(dim=1).sum(), info["correction"].sum())
+    if not routing.sync_free(flags[0].device):
+        count = lambda f: float(np.count_nonzero(f.numpy()))  # noqa: E731
+        return torch.tensor([count(f) for f in flags] + [float(x) for x in totals] + [count(f) for f in counts]
+                            + [float(x) for x in sums], dtype=torch.float64)
+    return torch.stack([f.sum().double() for f in flags] + [x.double() for x in totals]
+                       + [f.sum().double() for f in counts] + [x.double() for x in sums])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -421,14 +431,12 @@ class BarrierNetActor(Actor):
         return out.info.get("active_mean")
 
     def rollout_step_sums(self, out: ActorOutput) -> Tensor:
-        sums = _safety_layer_sums(out.info)
-        if self.update_mode == "through_qp":
-            if "active_mean" in out.info:
-                active = (out.info["active_mean"] >= 0).sum(dim=1)  # (B,) active rows of each mean's QP
-                sums += [active.sum().double(), (active > 0).sum().double()]
-            else:  # a backend without active sets (qpth): nothing counted
-                sums += [torch.zeros((), dtype=torch.float64, device=out.action.device)] * 2
-        return torch.stack(sums)
+        if self.update_mode != "through_qp":
+            return _safety_layer_sums(out.info)
+        if "active_mean" not in out.info:  # a backend without active sets (qpth): nothing counted
+            return torch.cat((_safety_layer_sums(out.info), torch.zeros(2, dtype=torch.float64, device=out.action.device)))
+        active = out.info["active_mean"] >= 0  # (B, 2): each mean's QP's active rows
+        return _safety_layer_sums(out.info, counts=(active, active.any(dim=1)))
 
     def cbf_geometry(self, safety: "SafetyState", obs: Tensor) -> CBFGeometry | None:
         """The gamma-free part of the CBF rows of states (B,) (None in nominal mode, which needs no
@@ -616,7 +624,7 @@ class SafetyFilter(Actor):
         return self.actor.evaluate_actions(obs, safety, sample, qp_hint=qp_hint, cbf_geometry=cbf_geometry)
 
     def rollout_step_sums(self, out: ActorOutput) -> Tensor:
-        return torch.stack(_safety_layer_sums(out.info))
+        return _safety_layer_sums(out.info)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -608,7 +608,7 @@ class CBFBetaActor(Actor):
         of this very step, in info) as fractions of the action range, (2,) v and w."""
         full = self.high - self.low  # the action box (2,)
         width = (out.info["box_high"] - out.info["box_low"]) / full.to(out.info["box_low"].dtype)  # (B, 2)
-        return torch.stack(_safety_layer_sums(out.info) + list(width.double().sum(dim=0)))
+        return _safety_layer_sums(out.info, sums=tuple(width.double().sum(dim=0)))
 
 
 class UnconstrainedBeta(Actor):

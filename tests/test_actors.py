@@ -336,6 +336,38 @@ def test_infeasible_states_give_a_flagged_finite_in_bounds_action():
     assert all(torch.isfinite(p.grad).all() for p in actor.parameters() if p.grad is not None)
 
 
+@pytest.mark.parametrize("which", ["barriernet", "shielded", "cbf_beta"])
+def test_rollout_step_sums_count_and_sum_the_info_on_both_routes(which):
+    """rollout_step_sums on the CPU (NumPy counts, one tensor built) against hand sums of the
+    info in Python and against the accelerators' tensor route (forced on the CPU): the same
+    float64 vector, byte for byte, with infeasible, corrected and active-row states in the batch."""
+    from model.actors import make_actor
+    from model.qp import routing
+
+    torch.manual_seed(3)
+    actor = make_actor(which, OBS_DIM, PARAMS)
+    near, inside = near_obstacle_states(64, 1), near_obstacle_states(16, 2)
+    heading = inside.pursuer[:, 2]
+    inside.pursuer[:, :2] = inside.obstacle_centres[:, 0] - CBF.lookahead * torch.stack([heading.cos(), heading.sin()], -1)
+    safety = SafetyState(*(torch.cat(pair) for pair in zip(near, inside)))
+    with torch.no_grad():
+        out = actor(observations(80, 3) * 4.0, safety)
+        ours = actor.rollout_step_sums(out)
+        with routing.forced("reference_sync_free"):
+            theirs = actor.rollout_step_sums(out)
+    info = out.info
+    hand = [sum(bool(x) for x in info["intervened"]), sum(bool(x) for x in info["infeasible"])]
+    assert hand[0] > 0 and hand[1] > 0
+    assert ours.dtype == torch.float64 and ours.shape == (len(actor.rollout_metric_names),)
+    assert ours[:2].tolist() == hand
+    assert math.isclose(ours[2], sum(float(g.mean()) for g in info["gamma"].float()), rel_tol=1e-5)
+    assert math.isclose(ours[3], sum(float(c) for c in info["correction"]), rel_tol=1e-5)
+    if which == "barriernet":
+        rows = [sum(int(k) >= 0 for k in pair) for pair in info["active_mean"]]
+        assert ours[4:].tolist() == [sum(rows), sum(r > 0 for r in rows)] and sum(rows) > 0
+    assert ours.numpy().tobytes() == theirs.numpy().tobytes()
+
+
 def test_lookahead_barrier_has_its_own_key():
     """The actor's barrier (of the CBF rows, on the look-ahead point) is info["lookahead_h"], never
     "h", the env's body barrier (metres) that meets it in a rollout: the rows' h of the same states."""
