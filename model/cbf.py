@@ -73,6 +73,7 @@ NUM_BOUND_ROWS = 4
 # The action-bound rows v <= high_v, -v <= -low_v, w <= high_w, -w <= -low_w (here v_max, 0, w_max,
 # w_max: b_bounds); CBF-Beta's safe box appends them to its centres' QPs too.
 BOUND_ROWS = ((1.0, 0.0), (-1.0, 0.0), (0.0, 1.0), (0.0, -1.0))
+_BOUND_ROWS_NP = np.array(BOUND_ROWS)
 
 
 class CBFRows(NamedTuple):
@@ -289,8 +290,9 @@ def _geometry_compiled(safety: "SafetyState", env: "EnvParams", lookahead: float
     _geometry_kernel(*contiguous(pursuer.detach().numpy(), cos.numpy(), sin.numpy(), safety.obstacle_centres.detach().numpy(),
                                  safety.obstacle_radii.detach().numpy(), safety.obstacle_mask.to(torch.bool).numpy()),
                      consts, A, h, grad, barrier_mask)
-    A[:, barriers:] = BOUND_ROWS
-    mask = np.concatenate((barrier_mask, np.ones((batch, NUM_BOUND_ROWS), np.bool_)), 1)
+    A[:, barriers:] = _BOUND_ROWS_NP  # (a NumPy constant: converting the tuple costs more than the copy)
+    mask = np.ones((batch, barriers + NUM_BOUND_ROWS), np.bool_)
+    mask[:, :barriers] = barrier_mask
     b_bounds = torch.tensor([env.pursuer_v_max, 0.0, env.pursuer_w_max, env.pursuer_w_max], dtype=pursuer.dtype)
     return CBFGeometry(A=torch.from_numpy(A), mask=torch.from_numpy(mask), h=torch.from_numpy(h),
                        barrier_mask=torch.from_numpy(barrier_mask), b_bounds=b_bounds.expand(batch, NUM_BOUND_ROWS))
