@@ -316,6 +316,16 @@ class PhaseTimer:
         self.patch(torch.Tensor, "backward", "update: backward (all)")
         # On the CPU every QP backward goes through this one autograd node (model/qp/common.py).
         self.patch(qp_common.PrecomputedKKT, "backward", "update: backward, QP KKT (python part)", static=True)
+        # The NumPy learner and rollout (train.learner: numpy) call the QP on arrays: BarrierNet's
+        # and the shield's projections, and BarrierNet's implicit-function backward.
+        import model.numpy_learner as numpy_learner
+        import model.qp.cpu_n2_kernels as kernels
+        self.patch(numpy_learner.ProjectionQP, "__call__", qp_name)
+        # the QP's own arithmetic (the compiled loop every CPU route ends in), apart from its plumbing
+        self.patch(kernels, "solve_batch", KERNEL)
+        policy = getattr(getattr(trainer.learner, "step", None), "policy", None)
+        if isinstance(policy, numpy_learner._BarrierNetPolicy):
+            self.patch_instance(policy, "qp_backward", "update: backward, QP KKT (python part)")
         try:
             yield self
         finally:
@@ -325,8 +335,24 @@ class PhaseTimer:
             self._wrapped.clear()
 
 
+KERNEL = "compiled QP loop (model.qp.cpu_n2_kernels.solve_batch; rollout and update)"
+TARGET_SAFE_VS_BASELINE = 0.9  # issue 17: BarrierNet, CBF-Beta and shielded PPO at >= 0.9x the baseline
+
+
+def _fastest_iteration(trainer, repeats: int = 3) -> float:
+    """The least wall time of `repeats` training iterations (seconds): the least disturbed one."""
+    best = math.inf
+    for _ in range(repeats):
+        started = time.perf_counter()
+        trainer.train_one_update()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
 def profile_iteration(params: Params, algo: str = "barriernet", top: int = 25) -> str:
-    """Breakdown of one training iteration of `algo` (after a warm-up) and the top cProfile functions."""
+    """Breakdown of one training iteration of `algo` (after a warm-up) and the top cProfile
+    functions. For a policy with a safety layer, also what the 0.9x target leaves it: the
+    baseline's and the policy's fastest untimed iteration, and the compiled QP loop's own time."""
     trainer = make_trainer(params, algo)
     trainer.train_one_update()  # warm-up
     timer = PhaseTimer()
@@ -335,6 +361,7 @@ def profile_iteration(params: Params, algo: str = "barriernet", top: int = 25) -
         trainer.train_one_update()
         total = time.perf_counter() - started
     s = timer.seconds
+    kernel = s.pop(KERNEL, 0.0)
     rows = [("iteration (rollout + GAE + update)", total)]
     order = [
         "rollout", "rollout: actor forward", "rollout: QP projection (cbf rows excluded)",
@@ -361,6 +388,15 @@ def profile_iteration(params: Params, algo: str = "barriernet", top: int = 25) -
     print(f"QP forward {rollout_qp + update_qp:.3f} s (rollout {rollout_qp:.3f}, update {update_qp:.3f}) vs "
           f"QP KKT backward {kkt:.3f} s; per rollout step {1e3 * s.get('rollout', 0.0) / tp.rollout_steps:.2f} ms "
           f"for {tp.num_envs} envs", file=out)
+    if algo != "baseline":
+        baseline = make_trainer(params, "baseline")
+        baseline.train_one_update()  # warm-up
+        ours, theirs = _fastest_iteration(trainer), _fastest_iteration(baseline)
+        allowed = theirs / TARGET_SAFE_VS_BASELINE - theirs
+        print(f"{TARGET_SAFE_VS_BASELINE}x the baseline's env-steps/s allows {1e3 * allowed:.1f} ms per iteration "
+              f"beyond the baseline's {1e3 * theirs:.1f} ms; {what} takes {1e3 * (ours - theirs):.1f} ms more "
+              f"({theirs / ours:.2f}x; fastest of 3 untimed iterations each), of which the compiled QP loop "
+              f"alone took {1e3 * kernel:.1f} ms in the timed iteration", file=out)
 
     profiler = cProfile.Profile()
     profiler.enable()
@@ -526,6 +562,11 @@ def main(argv: list[str] | None = None) -> dict[str, Measurement]:
           f"(time per env-step; the Phase 2.5 plan's target < 5x, stretch < 3x); shielded PPO "
           f"{results[ROW_SHIELDED].sps:,.0f} env-steps/s, {results[ROW_SHIELDED].sps / results[ROW_BASELINE].sps:,.2f}x "
           "the baseline's")
+    base = results[ROW_BASELINE].sps
+    print(f"safe algorithms vs the baseline (target >= {TARGET_SAFE_VS_BASELINE}x): " + ", ".join(
+        f"{name} {results[row].sps / base:.2f}x ({'meets' if results[row].sps >= TARGET_SAFE_VS_BASELINE * base else 'below'})"
+        for name, row in (("BarrierNet through_qp", ROW_THROUGH_QP), ("CBF-Beta", ROW_CBF_BETA),
+                          ("shielded", ROW_SHIELDED))))
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
 
     if args.profile:
