@@ -282,8 +282,9 @@ def solve_arrays(Hn: np.ndarray, fn: np.ndarray, An: np.ndarray, bn: np.ndarray,
     hint_arg = hint_np if has_hint else np.full((1, 2), -1, np.int64)
     compiled_loop(*contiguous(Hn, fn, An, bn, mask_arg), has_mask, contiguous(hint_arg)[0], has_hint,
                   FEAS_TOL[float_dtype], TIE_REL[float_dtype], SINGULAR_TOL[float_dtype], *outputs)
-    u, lam, Y, K = (x.astype(dtype) for x in (u, lam, Y, K))
-    inv_norm, lam_rows = inv_norm.astype(dtype), lam_rows.astype(dtype)
+    # (the loop's float64 outputs are fresh arrays: a float64 problem keeps them without a copy)
+    u, lam, Y, K = (x.astype(dtype, copy=False) for x in (u, lam, Y, K))
+    inv_norm, lam_rows = inv_norm.astype(dtype, copy=False), lam_rows.astype(dtype, copy=False)
     feasible, violation = passed.copy(), np.zeros(B, dtype)
     rest = np.flatnonzero(~passed)
     if rest.size and proven_infeasible is not None:
