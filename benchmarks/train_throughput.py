@@ -57,6 +57,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+if __name__ == "__main__":
+    # Pinned numerics, as training runs (tasks/numerics.py): set before torch, numpy and numba
+    # load. Among others it holds OpenBLAS to one thread: unpinned, the NumPy learner's products
+    # took both cores of a 2-core machine, and the rates were no longer per core.
+    from tasks import numerics as _numerics
+
+    _numerics.apply(_numerics.mode_from_argv(sys.argv[1:]))
+
 import torch
 
 from model.actors import ALGOS
