@@ -114,7 +114,7 @@ def shielded_forward(actor, tanh=rational_tanh):
     (`ProjectionQP`: the same compiled loop), the correction is torch's own norm. So every output
     equals the torch filter's on the same proposal bit for bit (tests/test_numpy_rollout.py); what
     goes is the tensor plumbing around them, a fifth of a shielded iteration at 256 envs."""
-    from model.actors import ActorOutput, _intervention_info, _safety_like
+    from model.actors import ActorOutput, _safety_like
     from model.cbf import cbf_geometry
 
     if actor.form not in ("dcbf", "ct"):
@@ -127,6 +127,7 @@ def shielded_forward(actor, tanh=rational_tanh):
     # divided in float32 as torch divides the filled gamma tensor (`model.cbf.cbf_rows_from_geometry`)
     rate = gamma / np.float32(actor.env_params.dt) if actor.form == "dcbf" else gamma
     tol = actor.cbf_params.intervention_tol
+    full_scale = projection.high.numpy()  # (v_max, w_max): `_intervention_info`'s units
 
     def forward(obs, safety, deterministic=False):
         inner = propose(obs, None, deterministic)
@@ -140,7 +141,10 @@ def shielded_forward(actor, tanh=rational_tanh):
         info = {"nominal": inner.action, "gamma": torch.from_numpy(np.full(h.shape, gamma)), "proposal": inner.action,
                 "infeasible": torch.from_numpy(~feasible),
                 "lookahead_h": torch.from_numpy(np.where(barrier_mask, h, np.float32(np.inf)))}
-        info.update(_intervention_info(inner.action, executed, tol, projection.high))
+        # `_intervention_info`'s difference and scaling in NumPy (the same float32 operations), its
+        # norm and comparison torch's (their reduction and the tolerance's rounding are torch's)
+        correction = torch.from_numpy((executed.numpy() - inner.action.numpy()) / full_scale).norm(dim=-1)
+        info.update(correction=correction, intervened=correction > tol)
         return ActorOutput(executed, inner.sample, inner.log_prob, info)
 
     return forward
