@@ -28,11 +28,17 @@ average (ours: the mean over their rounds; the others: when they ended). The pri
 1-minute load average is printed with each row (this machine is shared), and so is the process's
 CPU time over the same span: with one torch thread, env-steps per CPU-second approximate the
 rate on an idle core, a load-robust companion to the wall-clock figure (which stays the measure).
+The process runs with the pinned numerics training uses (`tasks/numerics.py`; `--set
+numerics.mode=native` leaves the host's settings), so every library runs on one thread and the
+rates are per core. A last line gives each safe algorithm's rate as a fraction of the baseline's
+(issue 17's target: >= 0.9x).
 
 ``--profile [ALGO]`` adds a breakdown of one iteration of ALGO (default BarrierNet through_qp):
-rollout vs update, the safety layer's share of each (BarrierNet's QP; CBF-Beta's rows and safe
-box), the env step, the backward pass (and the QP's KKT backward inside it), then the top
-functions of a cProfile run of the same iteration.
+rollout vs update, the safety layer's share of each (the QP projection, the NumPy learner's too;
+CBF-Beta's rows and safe box), the env step, the backward pass (and the QP's KKT backward inside
+it), then the top functions of a cProfile run of the same iteration. For a safe algorithm it also
+states what 0.9x the baseline's rate leaves it per iteration, how much more it takes, and how
+much of that the compiled QP loop alone took.
 
     python benchmarks/train_throughput.py                    # 3 iterations of the default batch
     python benchmarks/train_throughput.py --steps 81920 --threads 2
