@@ -3,7 +3,7 @@
 Why: each loop is compiled (`cache=True`) the first time a process calls it with a new argument
 type, 1-5 s per signature here (`solve_batch` alone: 2.8 s float64, 5.0 s float32, on a 2-core
 AMD EPYC). On a fresh clone nothing is cached yet, so both Dask workers of the main job compile
-the same 41 signatures at the start of their first cells (the warm-up takes about 24 s of one
+the same 43 signatures at the start of their first cells (the warm-up takes about 24 s of one
 core here). `scripts/main.sh` runs `python -m tasks warm-kernels` in the background while the
 Prefect server starts (a wait that leaves one core idle); the workers then load the machine code
 from the cache.
@@ -54,7 +54,7 @@ def _qp_loops(dtype: type) -> None:
 
 
 def _cbf_loops(dtype: type) -> None:
-    from model.cbf import _barriers_kernel, _geometry_kernel
+    from model.cbf import _barriers_kernel, _geometry_kernel, _rows_kernel
 
     batch, obstacles = 0, 2
     barriers = obstacles + 4
@@ -64,6 +64,10 @@ def _cbf_loops(dtype: type) -> None:
     _barriers_kernel(np.empty((batch, 2), dtype), centres, radii, present, consts, h, grad, mask)
     _geometry_kernel(np.empty((batch, 3), dtype), np.empty(batch, dtype), np.empty(batch, dtype), centres, radii,
                      present, consts, np.empty((batch, barriers + 4, 2), dtype), h, grad, mask)
+    _rows_kernel(np.empty((batch, 3), dtype), np.empty(batch, dtype), np.empty(batch, dtype), centres, radii, present,
+                 consts, np.empty((batch, barriers), dtype), dtype(0.05), True, np.zeros(4, dtype), np.zeros((4, 2), dtype),
+                 np.empty((batch, barriers + 4, 2), dtype), np.empty((batch, barriers + 4), dtype), h, grad, mask,
+                 np.empty((batch, barriers + 4), np.bool_))
 
 
 def _env_loops(dtype: type) -> None:

@@ -9,7 +9,7 @@ a 2-core AMD EPYC).
 What it replaces: the `forward` of the rollout's Gaussian policy (the baseline's), of a
 `ShieldedActor` (forms dcbf and ct: the Gaussian policy's NumPy forward, then the filter's rows and
 QP on NumPy arrays, bit for bit the torch filter's), of a `BarrierNetActor` (through_qp, dcbf:
-heads, the CBF rows' gamma-free part by torch's `cbf_geometry`, the mean's QP, the sample's QP
+heads, the CBF rows by `model.cbf.cbf_rows_arrays`' compiled loop, the mean's QP, the sample's QP
 warm-started by the mean's active set, and the info the rollout's curves and record read) and of
 the `Critic`. CBF-Beta keeps torch's (its safe box is torch and numba already). Everything else the
 rollout calls (`rollout_record`, the step sums) is the torch actor's, reading the same
@@ -69,7 +69,8 @@ def barriernet_forward(actor, tanh=rational_tanh):
     safety, deterministic=False) -> ActorOutput(executed (B, 2), sample (B, 2), log_prob (B,), info)
     with info's nominal (B, 2), gamma (B, M), proposal (B, 2), infeasible (B,), lookahead_h (B, M),
     correction (B,), intervened (B,) and active_mean (B, 2) as the torch actor's."""
-    from model.actors import ActorOutput
+    from model.actors import ActorOutput, _safety_like
+    from model.cbf import cbf_rows_arrays
 
     policy = _BarrierNetPolicy(_LiveWeights([actor], tanh), actor)
     tol = actor.cbf_params.intervention_tol
@@ -77,8 +78,10 @@ def barriernet_forward(actor, tanh=rational_tanh):
 
     def forward(obs, safety, deterministic=False):
         nominal, gamma = policy.heads(obs.numpy())
-        A, mask, h, barrier_mask, b_bounds = (x.numpy() for x in actor.projection.geometry(safety, obs.new_empty(0)))
-        b = policy.right_sides(gamma, h, barrier_mask, b_bounds)
+        # the rows and their right sides gamma h / dt in one compiled loop (the update's
+        # `right_sides` arithmetic, bit for bit)
+        A, b, mask, h, barrier_mask = cbf_rows_arrays(_safety_like(safety, obs), actor.env_params, actor.cbf_params,
+                                                      gamma, "dcbf")
         noise = (np.zeros_like(nominal) if deterministic
                  else policy.std * torch.randn(nominal.shape, dtype=torch.float32).numpy())
         u, *_, active_mean, _, feasible_mean = policy.solve(nominal, A, mask, b, None)
@@ -109,13 +112,14 @@ def shielded_forward(actor, tanh=rational_tanh):
     info's nominal, proposal (B, 2), gamma, lookahead_h (B, M), infeasible, correction and
     intervened (B,) as `SafetyFilter`'s.
 
-    The Gaussian policy's NumPy forward proposes; the rows' gamma-free part is `cbf_geometry`'s
-    (compiled), their right sides and the projection are the torch filter's arithmetic in NumPy
-    (`ProjectionQP`: the same compiled loop), the correction is torch's own norm. So every output
-    equals the torch filter's on the same proposal bit for bit (tests/test_numpy_rollout.py); what
-    goes is the tensor plumbing around them, a fifth of a shielded iteration at 256 envs."""
+    The Gaussian policy's NumPy forward proposes; the rows and their right sides come from one
+    compiled loop (`model.cbf.cbf_rows_arrays`, bit for bit `cbf_rows`), the projection is the
+    torch filter's arithmetic on arrays (`ProjectionQP`: the same compiled loop), the clamp and the
+    correction's norm are torch's own. So every output equals the torch filter's on the same
+    proposal bit for bit (tests/test_numpy_rollout.py); what goes is the tensor plumbing around
+    them, which cost more than the filter's arithmetic at 256 envs."""
     from model.actors import ActorOutput, _safety_like
-    from model.cbf import cbf_geometry
+    from model.cbf import cbf_rows_arrays
 
     if actor.form not in ("dcbf", "ct"):
         raise ValueError(f"shielded_forward covers the forms 'dcbf' and 'ct'; got {actor.form!r}")
@@ -123,18 +127,13 @@ def shielded_forward(actor, tanh=rational_tanh):
     projection = actor.projection
     solve = ProjectionQP(projection.weights.numpy())
     gamma = np.float32(actor.gamma)
-    # the barrier rows' right sides gamma h: a per-step fraction in the dcbf form, so gamma / dt,
-    # divided in float32 as torch divides the filled gamma tensor (`model.cbf.cbf_rows_from_geometry`)
-    rate = gamma / np.float32(actor.env_params.dt) if actor.form == "dcbf" else gamma
     tol = actor.cbf_params.intervention_tol
     full_scale = projection.high.numpy()  # (v_max, w_max): `_intervention_info`'s units
 
     def forward(obs, safety, deterministic=False):
         inner = propose(obs, None, deterministic)
-        geometry = cbf_geometry(_safety_like(safety, inner.action), actor.env_params, actor.cbf_params,
-                                actor.robust_margin)
-        A, mask, h, barrier_mask, b_bounds = (x.numpy() for x in geometry)
-        b = np.concatenate((np.where(barrier_mask, rate * h, np.float32(1.0)), b_bounds), 1)
+        A, b, mask, h, barrier_mask = cbf_rows_arrays(_safety_like(safety, inner.action), actor.env_params,
+                                                      actor.cbf_params, actor.gamma, actor.form, actor.robust_margin)
         u, *_, feasible = solve(inner.action.numpy(), A, mask, b, None)
         # torch's clamp, not NumPy's: the two give a zero opposite signs where u is -0.0
         executed = torch.maximum(torch.minimum(torch.from_numpy(u), projection.high), projection.low)

@@ -10,7 +10,8 @@ import pytest
 import quadprog
 import torch
 
-from model.cbf import CBFRows, _barriers_torch, barriers_at, cbf_geometry, cbf_rows, num_barriers, num_rows, virtual_point
+from model.cbf import (CBFRows, _barriers_torch, barriers_at, cbf_geometry, cbf_rows, cbf_rows_arrays, cbf_rows_from_geometry,
+                       num_barriers, num_rows, virtual_point)
 from model.config import CBFParams
 from tasks.params import EnvParams
 
@@ -340,6 +341,51 @@ def test_compiled_geometry_equals_the_torch_code_bit_for_bit(dtype):
                 assert a.dtype == b.dtype and torch.equal(a, b), (k, margin)
     with pytest.raises(ValueError, match="implementation='numba'"):
         cbf_geometry(states, ENV, CBF, implementation="numba")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_rows_as_arrays_equal_the_torch_code_bit_for_bit(dtype):
+    # `cbf_rows_arrays` (one numba loop: geometry and right sides) against the batched torch code
+    # (`cbf_geometry(implementation="torch")`, then `cbf_rows_from_geometry`): K = 0, 2 and 8,
+    # absent obstacles, states hugging walls, both forms, the RCBF margin, a fixed gamma and one
+    # per state and barrier; every array byte for byte
+    np_dtype = np.float32 if dtype == torch.float32 else np.float64
+    for k, seed in ((0, 1), (2, 2), (8, 3)):
+        g = np.random.default_rng(seed)
+        states = random_states(500, k, seed, dtype)
+        pursuer = states.pursuer.clone()
+        hug = torch.from_numpy(g.random(500) < 0.2)
+        pursuer[hug, 1] = (ENV.arena_size / 2 - 0.3) * torch.sign(pursuer[hug, 1])
+        states = states._replace(pursuer=pursuer, obstacle_mask=torch.from_numpy(g.random((500, k)) < 0.7))
+        per_state = g.uniform(0.05, 1.0, (500, k + 4)).astype(np_dtype)
+        for form in ("dcbf", "ct"):
+            for margin in (0.0, 0.05):
+                for gamma in (0.2, per_state):
+                    torch_gamma = gamma if isinstance(gamma, float) else torch.from_numpy(gamma)
+                    geometry = cbf_geometry(states, ENV, CBF, margin, implementation="torch")
+                    rows = cbf_rows_from_geometry(geometry, ENV, torch_gamma, form)
+                    ours = cbf_rows_arrays(states, ENV, CBF, gamma, form, margin)
+                    for name, theirs, mine in zip(("A", "b", "mask", "h", "barrier_mask"),
+                                                  (rows.A, rows.b, rows.mask, geometry.h, geometry.barrier_mask), ours):
+                        theirs = theirs.contiguous().numpy()
+                        assert mine.dtype == theirs.dtype and mine.shape == theirs.shape, (k, form, margin, name)
+                        assert mine.tobytes() == theirs.tobytes(), (k, form, margin, name)
+
+
+def test_the_rows_as_arrays_refuse_what_they_cannot_take():
+    states = random_states(4, 2, 0, torch.float32)
+    with pytest.raises(ValueError, match=r"gamma has shape \(4, 5\) and dtype float32; accepted: a float or an array \(4, 6\)"):
+        cbf_rows_arrays(states, ENV, CBF, np.full((4, 5), 0.2, np.float32), "dcbf")
+    with pytest.raises(ValueError, match="dtype float64; accepted: a float or an array"):
+        cbf_rows_arrays(states, ENV, CBF, np.full((4, 6), 0.2), "dcbf")
+    with pytest.raises(ValueError, match=r"gamma=1.5 is invalid for the dcbf form; accepted: \(0, 1\]"):
+        cbf_rows_arrays(states, ENV, CBF, 1.5, "dcbf")
+    with pytest.raises(ValueError, match="dcbf_exact"):
+        cbf_rows_arrays(states, ENV, CBF, 0.2, "dcbf_exact")
+    with pytest.raises(ValueError, match="need no gradient; use cbf_rows"):
+        cbf_rows_arrays(states._replace(pursuer=states.pursuer.clone().requires_grad_(True)), ENV, CBF, 0.2, "dcbf")
+    with pytest.raises(ValueError, match="safety fields disagree"):
+        cbf_rows_arrays(states._replace(obstacle_mask=states.obstacle_mask[:, :1]), ENV, CBF, 0.2, "dcbf")
 
 
 def test_geometry_keeps_autograd_where_the_states_need_it():

@@ -41,7 +41,7 @@ core.step(torch.zeros(4, 2))
 # The signatures a cold main job compiled (read from the `.nbi` index files it left in
 # model/__pycache__ and model/qp/__pycache__): one file per signature.
 _EXPECTED = {
-    "cpu_n2_kernels.solve_batch": 2, "cpu_n2_kernels.backward_batch": 2, "cbf._geometry_kernel": 2,
+    "cpu_n2_kernels.solve_batch": 2, "cpu_n2_kernels.backward_batch": 2, "cbf._geometry_kernel": 2, "cbf._rows_kernel": 2,
     "cbf._barriers_kernel": 2, "cbf_beta._boxes_kernel": 1, "cbf_beta._empty_beyond_round_off": 1,
     "numpy_learner.rational_tanh": 1, "compiled.observe_kernel": 2,
     "compiled.proximity_terms_kernel": 2, "compiled.shaping_kernel": 2, "compiled.start_draws_kernel": 2,
