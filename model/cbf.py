@@ -379,10 +379,21 @@ def cbf_rows(
     robust_margin: metres (>= 0) added to every clearance (RCBF-QP filter: ``cbf.robust_margin``);
     0 gives the plain rows.
     Returns CBFRows(A (B, m, 2), b (B, m), mask (B, m), h (B, M)), m = K + 8, in safety's dtype/device.
-    No host synchronisation.
+    No host synchronisation. On the CPU, for states and a gamma that need no gradient, the rows
+    come from `cbf_rows_arrays`' one compiled loop (the same numbers, bit for bit); elsewhere from
+    the batched tensor ops (any device, autograd).
     """
     form = cbf_params.form if form is None else form
     _check_row_form(form)
+    pursuer = safety.pursuer
+    if _compiles(pursuer, safety.obstacle_centres, safety.obstacle_radii) and not (
+            isinstance(gamma, Tensor) and gamma.requires_grad):
+        batch, barriers = safety.obstacle_radii.shape[0], safety.obstacle_radii.shape[-1] + NUM_WALLS
+        if isinstance(gamma, Tensor):  # (B, M) or (M,), as the tensor route takes it
+            gamma = _check_gamma(gamma, form, batch, barriers, pursuer).contiguous().numpy()
+        A, b, mask, h, barrier_mask = cbf_rows_arrays(safety, env_params, cbf_params, gamma, form, robust_margin)
+        h = np.where(barrier_mask, h, np.array(np.inf, h.dtype))
+        return CBFRows(A=torch.from_numpy(A), b=torch.from_numpy(b), mask=torch.from_numpy(mask), h=torch.from_numpy(h))
     return cbf_rows_from_geometry(cbf_geometry(safety, env_params, cbf_params, robust_margin), env_params, gamma, form)
 
 

@@ -370,6 +370,13 @@ def test_the_rows_as_arrays_equal_the_torch_code_bit_for_bit(dtype):
                         theirs = theirs.contiguous().numpy()
                         assert mine.dtype == theirs.dtype and mine.shape == theirs.shape, (k, form, margin, name)
                         assert mine.tobytes() == theirs.tobytes(), (k, form, margin, name)
+                    # `cbf_rows` takes this loop on the CPU: its CBFRows too, a gamma tensor (M,) as well
+                    for given in (torch_gamma, torch.from_numpy(per_state[0])):
+                        reference = cbf_rows_from_geometry(geometry, ENV, given, form)
+                        for name, theirs, mine in zip(CBFRows._fields, reference,
+                                                      cbf_rows(states, ENV, CBF, given, form, margin)):
+                            assert mine.dtype == theirs.dtype and mine.shape == theirs.shape, (k, form, name)
+                            assert mine.numpy().tobytes() == theirs.contiguous().numpy().tobytes(), (k, form, margin, name)
 
 
 def test_the_rows_as_arrays_refuse_what_they_cannot_take():
