@@ -23,6 +23,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+if __name__ == "__main__":
+    # Pinned numerics, as training runs (tasks/numerics.py): set before torch, numpy and numba
+    # load; among others it holds OpenBLAS and OpenMP to one thread, so the CPU timings are per core.
+    from tasks import numerics as _numerics
+
+    _numerics.apply(_numerics.mode_from_argv(sys.argv[1:]))
+
 import torch  # noqa: E402
 
 PLACEMENTS = {  # name -> (rollout_device, update_device, train.learner)

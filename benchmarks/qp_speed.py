@@ -26,6 +26,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+if __name__ == "__main__":
+    # Pinned numerics, as training runs (tasks/numerics.py): set before torch, numpy and numba
+    # load; among others it holds OpenBLAS and OpenMP to one thread, so the timings are per core.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tasks import numerics as _numerics
+
+    _numerics.apply(_numerics.mode_from_argv(sys.argv[1:]))
+
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
