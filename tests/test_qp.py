@@ -1021,3 +1021,48 @@ def test_the_compiled_loops_see_one_array_layout_per_dtype():
     assert copy.flags.c_contiguous and copy.flags.writeable and np.array_equal(copy, read_only)
     kept = np.zeros((3, 2))
     assert contiguous(kept)[0] is kept  # no copy where none is needed
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_compiled_loop_keeps_unit_zero_and_masked_rows_bit_for_bit(dtype):
+    """The loop divides a row by its norm only where the norm is neither 1 nor 0 (nor NaN): unit
+    rows (the action bounds), zero rows and masked rows keep their numbers, as division by a scale
+    of 1 would. The Python float path always divides: u and the row multipliers must be the same
+    bytes (a -0.0 included), and in float64, where both backwards run in float64, the gradients
+    through every input too (in float32 the batch's backward runs in float32, the Python one in
+    float64: they differ in the last bit with or without the shortcut)."""
+    from model.qp import cpu_n2
+
+    H, f, A, b, mask = cbf_benchmark_problems(96, 2, seed=93)
+    B, m = b.shape
+    gen = torch.Generator().manual_seed(6)
+    b = b - torch.rand(b.shape, generator=gen, dtype=b.dtype) * 0.2
+    A[::3, 0] = torch.tensor([0.6, -0.8], dtype=A.dtype)  # a unit row that is no bound row
+    # a row just off unit norm, binding (v >= 0.3 / |a|): it must be divided
+    A[1::3, 3], b[1::3, 3] = torch.tensor([-(1 + 2.0 ** -20), 0.0], dtype=A.dtype), -0.3
+    A[1::4, 1] = 0.0  # a zero row
+    mask = mask.clone()
+    mask[2::5, 2] = False
+    f[5::7, 0] = -0.0  # a zero proposal coordinate: u comes out -0.0 where no row moves it
+    H, f, A, b = (x.to(dtype) for x in (H, f, A, b))
+    norms = A.double().norm(dim=-1)
+    assert (norms == 1).sum() > B and (norms == 0).any() and ((norms - 1).abs() < 1e-5).sum() > (norms == 1).sum()
+    weights = torch.linspace(-1, 1, 2 * B, dtype=dtype).reshape(B, 2)
+    leaves = [x.clone().requires_grad_() for x in (H, f, A, b)]
+    batch = solve_qp(*leaves, mask=mask)
+    (batch.u * weights).sum().backward()
+    settled = off_unit_active = 0
+    for i in range(B):
+        one = [x[i:i + 1].detach().clone().requires_grad_() for x in (H, f, A, b)]
+        single = cpu_n2.solve_single(*one, mask[i:i + 1], None)
+        if single is None:
+            continue
+        settled += 1
+        off_unit_active += i % 3 == 1 and 3 in single.active.tolist()[0]
+        assert single.u.detach().numpy().tobytes() == batch.u[i:i + 1].detach().numpy().tobytes(), i
+        assert single.lam.numpy().tobytes() == batch.lam[i:i + 1].numpy().tobytes(), i
+        if dtype == torch.float64:
+            (single.u * weights[i:i + 1]).sum().backward()
+            for name, mine, theirs in zip("HfAb", one, leaves):
+                assert mine.grad.numpy().tobytes() == theirs.grad[i:i + 1].numpy().tobytes(), (name, i)
+    assert settled >= B // 2 and off_unit_active >= 5
