@@ -1066,3 +1066,57 @@ def test_the_compiled_loop_keeps_unit_zero_and_masked_rows_bit_for_bit(dtype):
             for name, mine, theirs in zip("HfAb", one, leaves):
                 assert mine.grad.numpy().tobytes() == theirs.grad[i:i + 1].numpy().tobytes(), (name, i)
     assert settled >= B // 2 and off_unit_active >= 5
+
+
+@pytest.mark.parametrize("tolerances", ["float64", "float32"])
+def test_the_loops_shortcut_for_clear_rows_keeps_the_fast_rules_winner(tolerances, monkeypatch):
+    """Where u0 satisfies every row by more than the dual test could forgive, the compiled loop
+    skips the fast rule's single-row and pair loops (`_all_rows_clear`): the empty set wins there.
+    Near that line the rule can still pick a row u0 satisfies (a multiplier just below 0, within
+    the tie tolerance). The nearest row's slack is swept over nine decades across that line, for
+    either dtype's tolerances; the compiled loop must give every output of the same loop run as
+    Python with the shortcut switched off, byte for byte."""
+    from model.qp import cpu_n2_kernels as kernels
+    from model.qp.common import FEAS_TOL, SINGULAR_TOL, TIE_REL
+
+    dtype = getattr(torch, tolerances)
+    B, m = 400, 7
+    gen = torch.Generator().manual_seed(17)
+    weights = 0.5 + 2 * torch.rand(B, 2, generator=gen, dtype=torch.float64)
+    H = torch.diag_embed(weights)
+    u0 = torch.randn(B, 2, generator=gen, dtype=torch.float64)
+    angle = 2 * math.pi * torch.rand(B, m, generator=gen, dtype=torch.float64)
+    scale = 0.2 + 3 * torch.rand(B, m, 1, generator=gen, dtype=torch.float64)  # rows of any length
+    A = torch.stack((angle.cos(), angle.sin()), -1) * scale
+    slack = 0.5 + torch.rand(B, m, generator=gen, dtype=torch.float64)
+    slack[:, 0] = 10.0 ** torch.linspace(-10, -1, B, dtype=torch.float64)  # the nearest row
+    slack[::9, 1] = 0.0  # a row u0 touches
+    slack[4::11, 2] = -1e-3  # a violated row
+    b = (A * u0[:, None, :]).sum(-1) + slack * scale[..., 0]
+    f = -(H @ u0[..., None])[..., 0]
+    arrays = kernels.contiguous(*(x.numpy() for x in (H, f, A, b)))
+    mask, hint = np.ones((B, m), np.bool_), np.full((B, 2), -1, np.int64)
+    tol = (FEAS_TOL[dtype], TIE_REL[dtype], SINGULAR_TOL[dtype])
+
+    def run(loop):
+        out = kernels.allocate_outputs(B, m)
+        loop(*arrays, mask, False, hint, False, *tol, *out)
+        return out
+
+    compiled = run(kernels.solve_batch)
+    clear = []
+    real = kernels._all_rows_clear
+    monkeypatch.setattr(kernels, "_all_rows_clear", lambda *a: clear.append(real(*a)) or clear[-1])
+    assert all(x.tobytes() == y.tobytes() for x, y in zip(run(kernels.solve_batch.py_func), compiled))
+    monkeypatch.setattr(kernels, "_all_rows_clear", lambda *a: False)
+    reference = run(kernels.solve_batch.py_func)
+    for name, x, y in zip(("u", "lam", "used", "Y", "K", "active", "inv_norm", "lam_rows", "passed"), reference, compiled):
+        assert x.tobytes() == y.tobytes(), name
+    active = compiled[5]
+    touched_or_violated = np.zeros(B, np.bool_)
+    touched_or_violated[::9] = touched_or_violated[4::11] = True
+    # both sides of the line are exercised: rows u0 satisfies picked near it, elements skipped beyond
+    picked_near = int(((active >= 0).any(1) & ~touched_or_violated).sum())
+    # (float64's tolerances leave a wider margin for round-off at near-singular pairs: fewer skipped)
+    assert picked_near >= 5 and (100 if tolerances == "float32" else 25) <= sum(clear) <= B - picked_near, \
+        (picked_near, sum(clear))

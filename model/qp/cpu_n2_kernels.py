@@ -76,6 +76,43 @@ def _check(out, rows, b_tol, m, tie):
     return True
 
 
+# a double's unit round-off: the bound on each rounding in `_all_rows_clear`'s argument
+_EPS = 2.0 ** -53
+
+
+@njit(cache=True, inline="always")
+def _all_rows_clear(gd, r, m, tie, sing_tol):
+    """Whether u0 satisfies every row with gd > 0 (r <= 0) so clearly that no single row and no
+    pair of rows can pass the fast rule's dual test (least multiplier >= -tie (1 + |least|), i.e.
+    >= -tau, tau = tie / (1 - tie)): then the rule's winner is the empty set, and its loops over
+    the rows and the pairs can be skipped (the same result, bit for bit).
+
+    Why, with c = -r >= 0 the slacks and M = [[p, q], [q, s]] a pair's Gram matrix in H^-1
+    (p = gd_i, s = gd_j; the pair is tried only where det = ps - q^2 > sing_tol ps, so M is
+    positive definite), its multipliers lam = M^-1 r:
+    - both lam >= 0: lam'M lam = lam'r = -(lam_i c_i + lam_j c_j) <= 0, so lam = 0 and c = 0;
+    - lam_i in [-tau', 0), lam_j >= 0: -c_j = q lam_i + s lam_j >= -|q| tau', so c_j <= |q| tau';
+    - both in [-tau', 0): -c_i = p lam_i + q lam_j >= -(p + |q|) tau'.
+    So a pair passes only if min(c_i, c_j) <= (max(p, s) + |q|) tau' <= 2 gd_max tau'. The computed
+    multipliers carry rounding: each numerator s r_i - q r_j is off by at most about
+    2 eps (s c_i + |q| c_j), the determinant by 4 eps ps (a 4e-4 fraction of it at the smallest
+    sing_tol, 1e-12), so a computed multiplier >= -tau means an exact one >= -tau' with
+    tau' = 1.001 tau + 4.1 eps c_max / (sing_tol gd_min). A single row's multiplier -c / gd passes
+    only if c <= tau gd (1 + eps). The threshold below is 4x the pairs' bound and covers both."""
+    gd_min, gd_max, r_max, c_max = math.inf, 0.0, -math.inf, 0.0
+    for k in range(m):
+        if gd[k] > 0:
+            gd_min = min(gd_min, gd[k])
+            gd_max = max(gd_max, gd[k])
+            r_max = max(r_max, r[k])
+            c_max = max(c_max, -r[k])
+    if not r_max < 0.0:  # a row violated or touched (or no row at all, or a NaN): the full loops
+        return False
+    tau = tie / (1.0 - tie)
+    threshold = 8.0 * gd_max * (1.001 * tau + 4.1 * _EPS * c_max / (sing_tol * gd_min))
+    return -r_max > threshold
+
+
 @njit(cache=True)
 def solve_batch(H, f, A, b, mask, has_mask, hint, has_hint, feas, tie, sing_tol,
                 u, lam, used, Y, K, active, inv_norm, lam_rows, passed):
@@ -144,7 +181,11 @@ def solve_batch(H, f, A, b, mask, has_mask, hint, has_hint, feas, tie, sing_tol,
                 gd[k] = ah[k, 0] * rows[k, 0] + ah[k, 1] * rows[k, 1]
                 r[k] = rows[k, 0] * u00 + rows[k, 1] * u01 - rhs[k]
             best, slot0, slot1 = 0.0, -1, -1
-            for k in range(m):
+            if _all_rows_clear(gd, r, m, tie, sing_tol):
+                m_candidates = 0  # no candidate can pass the dual test: the empty set wins
+            else:
+                m_candidates = m
+            for k in range(m_candidates):
                 if gd[k] > 0:
                     lam1 = r[k] / gd[k]
                     obj = 0.5 * lam1 * r[k]
@@ -153,7 +194,7 @@ def solve_batch(H, f, A, b, mask, has_mask, hint, has_hint, feas, tie, sing_tol,
             n_pairs = 0
             slack_max = 0.0
             any_slack = False
-            for k in range(m):
+            for k in range(m_candidates):
                 if gd[k] > 0:
                     pair_rows[n_pairs] = k
                     n_pairs += 1
