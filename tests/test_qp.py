@@ -776,6 +776,13 @@ def test_compiled_loop_equals_the_python_float_path_bit_for_bit(dtype):
     H, f, A, b, mask = cbf_benchmark_problems(240, 4, seed=91)
     b = b - torch.rand(b.shape, generator=torch.Generator().manual_seed(5), dtype=b.dtype) * 0.1
     b[:12] -= 5.0  # infeasible
+    # every other element gets weights whose products round in float32 (h00 h11, H's symmetrised
+    # off-diagonal): the loop must form them in float64, as the Python path does
+    gen = torch.Generator().manual_seed(8)
+    weights = torch.diag_embed(0.3 + torch.rand(240, 2, generator=gen, dtype=H.dtype))
+    tilt = 0.05 * torch.randn(240, generator=gen, dtype=H.dtype)
+    weights[:, 0, 1], weights[:, 1, 0] = tilt, tilt * (1 + 1e-3)  # slightly asymmetric: symmetrised
+    H[1::2] = weights[1::2]
     H, f, A, b = (x.to(dtype) for x in (H, f, A, b))
     own = solve_qp(H, f, A, b, mask=mask).active
     wrong = torch.full_like(own, -1)

@@ -138,18 +138,20 @@ def solve_batch(H, f, A, b, mask, has_mask, hint, has_hint, feas, tie, sing_tol,
     pair_rows = np.empty(m, np.int64)
     out = np.empty(15)
     for e in range(batch):
-        h00, h11 = float(H[e, 0, 0]), float(H[e, 1, 1])
-        h01 = 0.5 * (float(H[e, 0, 1]) + float(H[e, 1, 0]))
+        # np.float64, not float(): numba's float() keeps a float32 a float32, and the products
+        # below (h00 h11, the off-diagonal sum) would round to float32 for a float32 problem
+        h00, h11 = np.float64(H[e, 0, 0]), np.float64(H[e, 1, 1])
+        h01 = 0.5 * (np.float64(H[e, 0, 1]) + np.float64(H[e, 1, 0]))
         det = h00 * h11 - h01 * h01
         i00, i01, i11 = h11 / det, -h01 / det, h00 / det
-        f0, f1 = float(f[e, 0]), float(f[e, 1])
+        f0, f1 = np.float64(f[e, 0]), np.float64(f[e, 1])
         u00, u01 = -(i00 * f0 + i01 * f1), -(i01 * f0 + i11 * f1)
         u0_norm = math.hypot(u00, u01)
         for k in range(m):  # unit rows: violations become distances; zero rows stay zero
             if has_mask and not mask[e, k]:
                 x, y, c = 0.0, 0.0, 1.0  # masked rows: 0'u <= 1, never active, always satisfied
             else:
-                x, y, c = float(A[e, k, 0]), float(A[e, k, 1]), float(b[e, k])
+                x, y, c = np.float64(A[e, k, 0]), np.float64(A[e, k, 1]), np.float64(b[e, k])
             norm = math.sqrt(x * x + y * y)
             if norm == 1.0 or not norm > 0:
                 # a scale of 1 (zero, masked and NaN rows get one) divides exactly: the action-bound
