@@ -106,7 +106,10 @@ def _all_rows_clear(gd, r, m, tie, sing_tol):
             gd_max = max(gd_max, gd[k])
             r_max = max(r_max, r[k])
             c_max = max(c_max, -r[k])
-    if not r_max < 0.0:  # a row violated or touched (or no row at all, or a NaN): the full loops
+    # a row violated or touched: the full loops. (A row that is no candidate, gd <= 0 or NaN, and
+    # a NaN slack, which numba's max passes over, can never win: leaving them out of the bound keeps
+    # the winner; with no candidate at all the empty set wins either way.)
+    if not r_max < 0.0:
         return False
     tau = tie / (1.0 - tie)
     threshold = 8.0 * gd_max * (1.001 * tau + 4.1 * _EPS * c_max / (sing_tol * gd_min))
