@@ -26,17 +26,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 if __name__ == "__main__":
     # Pinned numerics, as training runs (tasks/numerics.py): set before torch, numpy and numba
     # load; among others it holds OpenBLAS and OpenMP to one thread, so the timings are per core.
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from tasks import numerics as _numerics
 
     _numerics.apply(_numerics.mode_from_argv(sys.argv[1:]))
 
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch  # noqa: E402
 
 from model.qp import solve_qp  # noqa: E402
 from tasks.qp_benchmark import cbf_benchmark_problems, time_solver  # noqa: E402

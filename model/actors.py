@@ -47,7 +47,7 @@ from model.cbf import (
     virtual_point,
 )
 from model.dcbf_exact import exact_dcbf_action
-from model.qp import solve_qp
+from model.qp import routing, solve_qp
 
 if TYPE_CHECKING:
     from env.config import EnvParams
@@ -134,8 +134,6 @@ def _safety_layer_sums(info: dict[str, Tensor], counts: Sequence[Tensor] = (), s
     On the CPU the counts are NumPy's and the vector is built once from host numbers: the same
     values as the tensor ops the accelerators run (without a host sync; also where a test forces
     their sync-free route on the CPU), at a fifth of their cost."""
-    from model.qp import routing
-
     flags = (info["intervened"], info["infeasible"])
     totals = (info["gamma"].float().mean(dim=1).sum(), info["correction"].sum())
     if not routing.sync_free(flags[0].device):
