@@ -290,22 +290,34 @@ class _BetaPolicy:
         self.head, self.head_grad = step.layers_of(actor, linears[-1:])
         self.floor = MIN_WIDTH_FRACTION * (actor.high - actor.low).double().numpy()
 
-    def log_prob(self, obs, sample, extra) -> tuple[np.ndarray, float]:
-        from scipy import special
-
-        low, high, feasible = extra
+    def concentrations(self, obs) -> tuple[np.ndarray, np.ndarray]:
+        """obs (B, D) -> alpha, beta (B, 2) float32, both > 1; keeps what `backward` needs."""
         self.acts = _forward(obs, self.layers, self.step.tanh)
         self.acts[-1] = self.step.tanh(self.acts[-1])  # the backbone ends in a tanh: its features
         raw = self.acts[-1] @ self.head[0][0].T + self.head[0][1]
         # torch's softplus (beta 1, threshold 20): x itself above 20
         soft = np.where(raw > 20, raw, np.log1p(np.exp(np.minimum(raw, 20)))).astype(np.float32)
         self.raw = raw
-        a, b = 1.0 + soft[:, :2], 1.0 + soft[:, 2:]
-        self.a, self.b, self.x, self.feasible = a, b, sample, feasible
+        return 1.0 + soft[:, :2], 1.0 + soft[:, 2:]
+
+    def log_density(self, a, b, sample, low, high, feasible) -> tuple[np.ndarray, np.ndarray]:
+        """log_prob (B,) float32 of the samples x (B, 2) in (0, 1) on the boxes [low, high] (B, 2)
+        float64 (0 on infeasible states, feasible (B,) bool) and log B(a, b) (B, 2): the rollout's
+        forward (`model.numpy_rollout.cbf_beta_forward`) and the update score alike."""
+        from scipy import special
+
         log_width = np.log(np.maximum(high - low, self.floor)).astype(np.float32).sum(-1)
         log_beta = special.gammaln(a) + special.gammaln(b) - special.gammaln(a + b)
         log_density = ((a - 1) * np.log(sample) + (b - 1) * np.log1p(-sample) - log_beta).sum(-1) - log_width
-        log_prob = np.where(feasible, log_density, 0.0).astype(np.float32)
+        return np.where(feasible, log_density, 0.0).astype(np.float32), log_beta
+
+    def log_prob(self, obs, sample, extra) -> tuple[np.ndarray, np.ndarray]:
+        from scipy import special
+
+        low, high, feasible = extra
+        a, b = self.concentrations(obs)
+        self.a, self.b, self.x, self.feasible = a, b, sample, feasible
+        log_prob, log_beta = self.log_density(a, b, sample, low, high, feasible)
         psi_a, psi_b, psi_ab = special.digamma(a), special.digamma(b), special.digamma(a + b)
         self.psi = (psi_a, psi_b, psi_ab)
         entropy = log_beta - (a - 1) * psi_a - (b - 1) * psi_b + (a + b - 2) * psi_ab  # (B, 2)

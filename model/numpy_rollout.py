@@ -10,15 +10,15 @@ What it replaces: the `forward` of the rollout's Gaussian policy (the baseline's
 `ShieldedActor` (forms dcbf and ct: the Gaussian policy's NumPy forward, then the filter's rows and
 QP on NumPy arrays, bit for bit the torch filter's), of a `BarrierNetActor` (through_qp, dcbf:
 heads, the CBF rows by `model.cbf.cbf_rows_arrays`' compiled loop, the mean's QP, the sample's QP
-warm-started by the mean's active set, and the info the rollout's curves and record read) and of
-the `Critic`. CBF-Beta keeps torch's (its safe box is torch and numba already). Everything else the
-rollout calls (`rollout_record`, the step sums) is the torch actor's, reading the same
-`ActorOutput`.
+warm-started by the mean's active set, and the info the rollout's curves and record read), of a
+`CBFBetaActor` (the concentrations and log-density as the NumPy update computes them, the
+actor's own rows and safe box, torch's Beta draw) and of the `Critic`. Everything else the rollout
+calls (`rollout_record`, the step sums) is the torch actor's, reading the same `ActorOutput`.
 
 The weights are read from the torch parameters' own storage (`Tensor.numpy()` shares it, no
 copy), so the forward always sees the current weights: the update, `load_state_dict` and a
-checkpoint load all write in place. The Gaussian noise is drawn by torch's global generator, so
-the RNG stream is the torch forward's. Numerics: pinned as the NumPy update's (its module
+checkpoint load all write in place. The Gaussian noise and the Beta draws come from torch's global
+generator, so the RNG stream is the torch forward's. Numerics: pinned as the NumPy update's (its module
 docstring); the outputs equal torch's to float32 round-off (tests/test_numpy_rollout.py).
 """
 
@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from model.numpy_learner import (HALF_LOG_2PI, NumpyPPOStep, ProjectionQP, _BarrierNetPolicy, _forward, _GaussianPolicy,
-                                 rational_tanh)
+from model.numpy_learner import (HALF_LOG_2PI, NumpyPPOStep, ProjectionQP, _BarrierNetPolicy, _BetaPolicy, _forward,
+                                 _GaussianPolicy, rational_tanh)
 
 
 class _LiveWeights:
@@ -149,6 +149,57 @@ def shielded_forward(actor, tanh=rational_tanh):
     return forward
 
 
+def cbf_beta_forward(actor, tanh=rational_tanh):
+    """`CBFBetaActor.forward` in NumPy: (obs (B, D), safety, deterministic=False) ->
+    ActorOutput(executed (B, 2), sample x (B, 2), log_prob (B,), info) with info's nominal,
+    proposal (B, 2), infeasible (B,), gamma, lookahead_h (B, M), box_low, box_high (B, 2),
+    safe_box (B, 5) float64, correction and intervened (B,) as the torch actor's.
+
+    The concentrations and the log-density are the NumPy update's own arithmetic (`_BetaPolicy`:
+    the same MLP, softplus and scipy's gammaln), so the rollout's log_prob is the one the update's
+    first epoch recomputes; the rows and the safe box are the torch actor's (already compiled
+    loops, the same numbers); the Beta draw is torch's `_sample_dirichlet` on the stacked
+    concentrations, the call `torch.distributions.Beta.sample` makes, so the RNG stream is the torch
+    forward's."""
+    from model import cbf_beta
+    from model.actors import ActorOutput
+    from model.cbf import num_barriers
+
+    policy = _BetaPolicy(_LiveWeights([actor], tanh), actor)
+    low, high = actor.low.numpy(), actor.high.numpy()  # the action box (2,) float32
+    eps_low, eps_high = np.float32(cbf_beta.SAMPLE_EPS), np.float32(1.0 - cbf_beta.SAMPLE_EPS)
+    tol = actor.cbf_params.intervention_tol
+    barriers = num_barriers(actor.num_obstacles)
+
+    def forward(obs, safety, deterministic=False):
+        if safety is None:
+            raise ValueError("CBFBetaActor needs the SafetyState (got None)")
+        a, b = policy.concentrations(obs.numpy())
+        rows = actor.rows(safety)
+        # looked up per call, as the torch actor does (a profiler times the module's function)
+        box = cbf_beta.safe_box(rows.A, rows.b, rows.mask, actor.action_low, actor.action_high, actor.box_rounds)
+        box_low, box_high, feasible = box.low.numpy(), box.high.numpy(), box.feasible.numpy()
+        if deterministic:
+            x = a / (a + b)
+        else:  # Beta(a, b) = the first coordinate of Dirichlet((a, b))
+            x = torch._sample_dirichlet(torch.from_numpy(np.stack((a, b), -1)))[..., 0].numpy()
+        x = np.minimum(np.maximum(x, eps_low), eps_high)
+        executed = (box_low + x.astype(np.float64) * (box_high - box_low)).astype(np.float32)
+        log_prob, _ = policy.log_density(a, b, x, box_low, box_high, feasible)
+        proposal = low + x * (high - low)
+        correction = np.sqrt((((executed - proposal) / high) ** 2).sum(-1))
+        info = {"nominal": proposal, "proposal": proposal, "infeasible": ~feasible,
+                "gamma": np.full((x.shape[0], barriers), np.float32(actor.gamma)),
+                "lookahead_h": rows.h.numpy().astype(np.float32), "box_low": box_low.astype(np.float32),
+                "box_high": box_high.astype(np.float32), "correction": correction, "intervened": correction > tol}
+        info = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in info.items()}
+        info["safe_box"] = box.packed()
+        return ActorOutput(torch.from_numpy(executed), torch.from_numpy(np.ascontiguousarray(x)),
+                           torch.from_numpy(log_prob), info)
+
+    return forward
+
+
 def critic_forward(critic, tanh=rational_tanh):
     """`Critic.forward` in NumPy: obs (B, D) -> value (B,)."""
     layers, _ = _LiveWeights([critic], tanh).layers_of(critic)
@@ -162,10 +213,11 @@ def critic_forward(critic, tanh=rational_tanh):
 def rollout_forwards(actor, critic, tanh=rational_tanh) -> dict:
     """{module: its NumPy forward} for a CPU rollout's actor and critic: the Gaussian policy (the
     baseline's), the ShieldedActor's (forms dcbf and ct; with dcbf_exact only the policy it wraps
-    gets one, its filter stays torch's), BarrierNet's (through_qp, dcbf) and the critic. An actor
-    with none (CBF-Beta, BarrierNet's other modes) keeps torch's: only the critic's is given.
+    gets one, its filter stays torch's), BarrierNet's (through_qp, dcbf), CBF-Beta's and the critic.
+    An actor with none (BarrierNet's other modes) keeps torch's: only the critic's is given.
     Raises ValueError for parameters off the CPU."""
     from model.actors import BarrierNetActor, GaussianActor, ShieldedActor
+    from model.cbf_beta import CBFBetaActor
 
     if any(p.device.type != "cpu" for p in list(actor.parameters()) + list(critic.parameters())):
         raise ValueError("the NumPy rollout forward reads CPU parameters; accepted: train.rollout_device=cpu")
@@ -176,6 +228,8 @@ def rollout_forwards(actor, critic, tanh=rational_tanh) -> dict:
     policy = actor.actor if isinstance(actor, ShieldedActor) else actor
     if type(policy) is GaussianActor:
         forwards[policy] = gaussian_forward(policy, tanh)
+    elif type(policy) is CBFBetaActor:
+        forwards[policy] = cbf_beta_forward(policy, tanh)
     elif (isinstance(policy, BarrierNetActor) and policy.update_mode == "through_qp"
           and policy.cbf_params.form == "dcbf"):
         forwards[policy] = barriernet_forward(policy, tanh)

@@ -76,6 +76,47 @@ def test_barriernet_equals_torchs_up_to_round_off_with_active_rows():
     assert active > 0
 
 
+def test_cbf_beta_equals_torchs_up_to_round_off_with_shrunken_and_infeasible_boxes():
+    """Concentrations, the Beta draw (the same RNG stream), the box and the info over a rollout's
+    states, some pushed deep inside an obstacle (an empty safe set: a point box, log_prob 0) and
+    some near one (a box smaller than the action box): actions, samples and log-probabilities to
+    round-off; the box, its packed record, the flags and the rows' h exactly (the actor's own
+    code); the rollout's step sums to round-off."""
+    from env.core import SafetyState
+    from model.numpy_rollout import cbf_beta_forward
+
+    trainer = _torch_trainer("cbf_beta", **{"train.num_envs": 256, "env.num_obstacles": 4})
+    trainer.collect_rollout()  # states spread over a rollout, not only starts
+    actor = trainer.agent.rollout_actor
+    forward = cbf_beta_forward(actor)
+    buf = trainer.buffer
+    shrunk = infeasible = 0
+    for t in range(buf.num_steps):
+        radii = buf.obstacle_radii[t].clone()
+        radii[::5, 0] = 3.0 * (t % 2)  # every fifth pursuer deep inside a huge obstacle: infeasible
+        safety = SafetyState(buf.pursuer[t], buf.obstacle_centres[t], radii, buf.obstacle_mask[t])
+        for deterministic in (False, True):
+            with torch.no_grad():
+                torch.manual_seed(t)
+                theirs = actor(buf.obs[t], safety, deterministic=deterministic)
+                torch.manual_seed(t)
+                ours = forward(buf.obs[t], safety, deterministic=deterministic)
+            for name in ("action", "sample", "log_prob"):
+                np.testing.assert_allclose(getattr(ours, name).numpy(), getattr(theirs, name).numpy(),
+                                           rtol=1e-5, atol=1e-5, err_msg=name)
+            assert set(ours.info) == set(theirs.info)
+            for key in ("infeasible", "gamma", "lookahead_h", "box_low", "box_high", "safe_box"):
+                assert _same_bits(ours.info[key], theirs.info[key]), key
+            for key in ("nominal", "proposal", "correction"):
+                np.testing.assert_allclose(ours.info[key].numpy(), theirs.info[key].numpy(), rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(actor.rollout_step_sums(ours).numpy(), actor.rollout_step_sums(theirs).numpy(),
+                                       rtol=1e-5, atol=1e-4)
+            infeasible += int(ours.info["infeasible"].sum())
+            assert (ours.log_prob[ours.info["infeasible"]] == 0).all()
+            shrunk += int(((ours.info["box_high"] - ours.info["box_low"]) < (actor.high - actor.low)).any(-1).sum())
+    assert infeasible > 0 and shrunk > infeasible
+
+
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Same dtype, shape and bytes: unlike torch.equal, a zero's sign counts (NumPy's and torch's
     maximum keep different zeros on a tie)."""
@@ -146,23 +187,20 @@ def test_the_forward_reads_the_current_weights_in_place():
         np.testing.assert_allclose(after, critic(obs).numpy(), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("algo,actor_replaced", [("baseline", True), ("shielded", True), ("barriernet", True),
-                                                 ("cbf_beta", False)])
-def test_training_with_the_numpy_learner_installs_them_and_uninstall_restores_torchs(algo, actor_replaced):
-    """`train.learner: numpy` gives the rollout copy's policy and critic their NumPy forward (not
-    CBF-Beta's actor: it has none); torch's learner leaves them alone; uninstalling gives the
-    class's forward back."""
+@pytest.mark.parametrize("algo", ["baseline", "shielded", "barriernet", "cbf_beta"])
+def test_training_with_the_numpy_learner_installs_them_and_uninstall_restores_torchs(algo):
+    """`train.learner: numpy` gives the rollout copy's policy and critic their NumPy forward;
+    torch's learner leaves them alone; uninstalling gives the class's forward back."""
     trainer = Trainer(load_params(overrides={**QUICK, "train.learner": "numpy"}), algo, 0, update_device="cpu")
     agent = trainer.agent
     policy = agent.rollout_actor  # a shielded actor's whole forward, its filter's included
     assert "forward" in vars(agent.rollout_critic)
-    assert ("forward" in vars(policy)) == actor_replaced
+    assert "forward" in vars(policy)
     assert not any("forward" in vars(m) for m in (_torch_trainer(algo).agent.rollout_actor,
                                                   _torch_trainer(algo).agent.rollout_critic))
     uninstall_rollout_forwards([policy, agent.rollout_critic])
     assert "forward" not in vars(policy) and "forward" not in vars(agent.rollout_critic)
-    assert install_rollout_forwards(agent.rollout_actor, agent.rollout_critic) == (
-        [agent.rollout_critic, policy] if actor_replaced else [agent.rollout_critic])
+    assert install_rollout_forwards(agent.rollout_actor, agent.rollout_critic) == [agent.rollout_critic, policy]
 
 
 def test_a_numpy_learner_iteration_rolls_out_what_torchs_forward_would():
