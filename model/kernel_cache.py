@@ -3,7 +3,7 @@
 Why: each loop is compiled (`cache=True`) the first time a process calls it with a new argument
 type, 1-5 s per signature here (`solve_batch` alone: 2.8 s float64, 5.0 s float32, on a 2-core
 AMD EPYC). On a fresh clone nothing is cached yet, so both Dask workers of the main job compile
-the same 43 signatures at the start of their first cells (the warm-up takes about 24 s of one
+the same 46 signatures at the start of their first cells (the warm-up takes about 24 s of one
 core here). `scripts/main.sh` runs `python -m tasks warm-kernels` in the background while the
 Prefect server starts (a wait that leaves one core idle); the workers then load the machine code
 from the cache.
@@ -12,7 +12,7 @@ How: each loop is called once per argument type the pipeline gives it, on a batc
 elements (the loop body never runs; numba compiles and caches by type alone). The types are
 those a cold main job leaves in the cache (its `.nbi` index files): float32 and float64 for the
 QP's solve and backward, the CBF rows and the env's loops (`env/compiled.py`), float64 for
-CBF-Beta's box, float32 for the tanh. Every array is C-contiguous and writable, as the callers
+CBF-Beta's box, float32 for the tanh and the NumPy learner's BarrierNet loops. Every array is C-contiguous and writable, as the callers
 hand them to the loops. tests/test_kernel_cache.py checks, with a fresh cache, that a training
 iteration of every algorithm, a float64 QP solve and a step from a hand-set state compile nothing
 the warm-up did not.
@@ -132,6 +132,20 @@ def _cbf_beta_loops() -> None:
                   np.ones(2), 1, 0.0, np.empty((batch, 2)), np.empty((batch, 2)))
 
 
+def _learner_loops() -> None:
+    """BarrierNet's update loops of the NumPy learner (float32 only: the learner's dtype)."""
+    from model.numpy_learner import _barriernet_head_grads, _barriernet_raw_grads, _clamped_gaussian_log_prob
+
+    batch, barriers, f32 = 0, 6, np.float32
+    pair, vector = np.empty((batch, 2), f32), np.ones(2, f32)
+    _clamped_gaussian_log_prob(pair, vector, vector, pair, vector, vector, pair, pair, np.empty(batch, f32))
+    # the upstream gradient arrives as a (B, 1) view of a (B,) vector, as loss_and_grad hands it
+    _barriernet_head_grads(np.empty(batch, f32)[:, None], pair, vector, pair, pair)
+    rows = np.empty((batch, barriers), f32)
+    _barriernet_raw_grads(pair, np.empty((batch, barriers + 4), f32), rows, np.empty((batch, barriers), np.bool_), rows,
+                          pair, vector, vector, f32(1.0), f32(0.05), pair, pair, rows)
+
+
 def warm() -> dict[str, float]:
     """Compile (or load from the cache) every loop for every argument type the pipeline uses.
     Returns {part: seconds}."""
@@ -140,6 +154,9 @@ def warm() -> dict[str, float]:
     import model.numpy_learner  # noqa: F401  (rational_tanh: its one signature compiles at import)
 
     seconds["tanh"] = time.perf_counter() - started
+    started = time.perf_counter()
+    _learner_loops()
+    seconds["learner float32"] = time.perf_counter() - started
     for dtype in DTYPES:
         for name, part in (("qp", _qp_loops), ("cbf", _cbf_loops), ("env", _env_loops)):
             started = time.perf_counter()

@@ -40,7 +40,7 @@ import math
 
 import numpy as np
 import torch
-from numba import vectorize
+from numba import njit, vectorize
 from torch import nn
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -82,6 +82,71 @@ def rational_tanh(x):  # pragma: no cover (numba)
     q = q * x2 + _Q2
     q = q * x2 + _Q0
     return (c * p) / q
+
+
+@njit(cache=True)
+def _clamped_gaussian_log_prob(u, high, low, sample, std, log_std, z, clamp_grad, log_prob):  # pragma: no cover
+    """numba, float32 throughout: BarrierNet's update score of the stored samples around the QP's
+    clamped solution, the NumPy expressions of `_BarrierNetPolicy` (kept in the test as the
+    reference) fused into one pass over the minibatch, one rounding per operation in their order:
+
+        mean = maximum(minimum(u, high), low)          (as NumPy's SIMD loops: a tie gives the bound,
+                                                        so -0.0 against a bound of +0.0 gives +0.0)
+        clamp_grad = torch's gradient of that clamp    (1 inside, 1/2 on a tie with a bound, else 0)
+        z = (sample - mean) / std
+        log_prob = sum_d ((-1/2 z_d) z_d - log_std_d) - HALF_LOG_2PI
+
+    u, sample (B, 2); high, low, std, log_std (2,) (log_std: NumPy's log of std, computed outside:
+    numba's log is not NumPy's); writes z, clamp_grad (B, 2) and log_prob (B,)."""
+    half_log_2pi = np.float32(HALF_LOG_2PI)
+    minus_half = np.float32(-0.5)
+    for i in range(u.shape[0]):
+        total = np.float32(0.0)
+        for d in range(2):
+            x, hi, lo = u[i, d], high[d], low[d]
+            upper = x if (x < hi or x != x) else hi
+            mean = upper if (upper > lo or upper != upper) else lo
+            g_hi = np.float32(1.0) if x < hi else (np.float32(0.5) if x == hi else np.float32(0.0))
+            g_lo = np.float32(1.0) if upper > lo else (np.float32(0.5) if upper == lo else np.float32(0.0))
+            clamp_grad[i, d] = g_hi * g_lo
+            zd = (sample[i, d] - mean) / std[d]
+            z[i, d] = zd
+            term = (minus_half * zd) * zd - log_std[d] - half_log_2pi
+            total = term if d == 0 else total + term
+        log_prob[i] = total
+
+
+@njit(cache=True)
+def _barriernet_head_grads(grad_log_prob, z, std, clamp_grad, grad_u):  # pragma: no cover
+    """numba, float32: d loss / d u (B, 2) = ((g z) / std) clamp_grad into grad_u, g = grad_log_prob (B, 1)."""
+    for i in range(z.shape[0]):
+        g = grad_log_prob[i, 0]
+        for d in range(2):
+            grad_u[i, d] = ((g * z[i, d]) / std[d]) * clamp_grad[i, d]
+
+
+@njit(cache=True)
+def _barriernet_raw_grads(grad_f, grad_b, h, barrier_mask, sig, t, weights, half, gamma_span, dt, grad_nominal,
+                          grad_raw_nominal, grad_raw_gamma):  # pragma: no cover
+    """numba, float32, the NumPy expressions of `_BarrierNetPolicy.backward` in their order: from
+    the QP's gradients grad_f (B, 2) and grad_b (B, m) to the heads' raw outputs,
+
+        grad_gamma = (barrier_mask ? grad_b[:, :M] h : 0) / dt              (B, M)
+        grad_raw_gamma = ((grad_gamma gamma_span) sig) (1 - sig)            (the sigmoid's derivative)
+        grad_nominal = (-grad_f) weights                                    (B, 2)
+        grad_raw_nominal = (grad_nominal half) (1 - t t)                    (the tanh's derivative)
+
+    h, barrier_mask, sig (B, M); t (B, 2); weights, half (2,); gamma_span, dt float32 scalars."""
+    one = np.float32(1.0)
+    for i in range(grad_f.shape[0]):
+        for k in range(h.shape[1]):
+            g = grad_b[i, k] * h[i, k] if barrier_mask[i, k] else np.float32(0.0)
+            s = sig[i, k]
+            grad_raw_gamma[i, k] = (((g / dt) * gamma_span) * s) * (one - s)
+        for d in range(2):
+            gn = (-grad_f[i, d]) * weights[d]
+            grad_nominal[i, d] = gn
+            grad_raw_nominal[i, d] = (gn * half[d]) * (one - t[i, d] * t[i, d])
 
 
 def _linears(module: nn.Module) -> list[nn.Linear]:
@@ -221,6 +286,8 @@ class _BarrierNetPolicy:
         self.low, self.high = proj.low.cpu().numpy(), proj.high.cpu().numpy()
         self.solve = ProjectionQP(self.weights)
         self.entropy = float((0.5 + HALF_LOG_2PI + np.log(self.std)).sum())
+        self.log_std = np.log(self.std)  # NumPy's log, for `_clamped_gaussian_log_prob`
+        self.dt32 = np.float32(self.dt)
         self.qp_backward = backward_batch  # the QP's implicit-function backward (an attribute: tests swap it)
 
     def heads(self, obs) -> tuple[np.ndarray, np.ndarray]:
@@ -245,26 +312,25 @@ class _BarrierNetPolicy:
         self.h, self.barrier_mask = h, barrier_mask
         u, lam, Y, K, active, inv_norm, _ = self.solve(nominal, A, mask, self.right_sides(gamma, h, barrier_mask, b_bounds), hint)
         self.saved = (u, lam, Y, K, active, inv_norm, m)
-        mean = np.maximum(np.minimum(u, self.high), self.low)
-        # torch.minimum / maximum: the gradient to the larger (smaller) side, half each on a tie
-        self.clamp_grad = (np.where(u < self.high, 1.0, np.where(u == self.high, 0.5, 0.0))
-                           * np.where(np.minimum(u, self.high) > self.low, 1.0,
-                                      np.where(np.minimum(u, self.high) == self.low, 0.5, 0.0))).astype(np.float32)
-        self.z = (sample - mean) / self.std
-        return (-0.5 * self.z * self.z - np.log(self.std) - HALF_LOG_2PI).sum(1), self.entropy
+        batch = u.shape[0]
+        self.z, self.clamp_grad = np.empty((batch, 2), np.float32), np.empty((batch, 2), np.float32)
+        log_prob = np.empty(batch, np.float32)
+        _clamped_gaussian_log_prob(u, self.high, self.low, sample, self.std, self.log_std, self.z, self.clamp_grad,
+                                   log_prob)
+        return log_prob, self.entropy
 
     def backward(self, grad_log_prob: np.ndarray, grad_entropy: float) -> None:
         u, lam, Y, K, active, inv_norm, m = self.saved
         batch = u.shape[0]
-        grad_u = (grad_log_prob * self.z / self.std * self.clamp_grad).astype(np.float32)
+        grad_u = np.empty((batch, 2), np.float32)
+        _barriernet_head_grads(grad_log_prob, self.z, self.std, self.clamp_grad, grad_u)
         grad_H, grad_f = np.empty((batch, 2, 2), np.float32), np.empty((batch, 2), np.float32)
         grad_A, grad_b = np.empty((batch, m, 2), np.float32), np.empty((batch, m), np.float32)
         self.qp_backward(grad_u, u, lam, Y, K, active, inv_norm, grad_H, grad_f, grad_A, grad_b)
-        barriers = self.h.shape[1]
-        grad_gamma = np.where(self.barrier_mask, grad_b[:, :barriers] * self.h, 0.0).astype(np.float32) / np.float32(self.dt)
-        grad_raw_gamma = grad_gamma * self.gamma_span * self.sig * (1.0 - self.sig)
-        self.grad_nominal = -grad_f * self.weights  # d loss / d nominal (B, 2): GradientProbe's number
-        grad_raw_nominal = self.grad_nominal * self.half * (1.0 - self.t * self.t)
+        self.grad_nominal = np.empty((batch, 2), np.float32)  # d loss / d nominal (B, 2): GradientProbe's number
+        grad_raw_nominal, grad_raw_gamma = np.empty((batch, 2), np.float32), np.empty(self.h.shape, np.float32)
+        _barriernet_raw_grads(grad_f, grad_b, self.h, self.barrier_mask, self.sig, self.t, self.weights, self.half,
+                              self.gamma_span, self.dt32, self.grad_nominal, grad_raw_nominal, grad_raw_gamma)
         features = self.acts[-1]
         (nominal_w, _), (gamma_w, _) = self.nominal_head[0], self.gamma_head[0]
         for (gw, gb), g in ((self.nominal_grad[0], grad_raw_nominal), (self.gamma_grad[0], grad_raw_gamma)):

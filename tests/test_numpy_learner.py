@@ -119,3 +119,67 @@ def test_the_numpy_and_torch_routes_share_one_compiled_qp_loop(monkeypatch):
     for learner in ("torch", "numpy"):
         _trainer("barriernet", learner).train_one_update()
     assert len(seen) == 1, seen
+
+
+def _bytes(x: np.ndarray) -> bytes:
+    return np.ascontiguousarray(x).tobytes()
+
+
+def test_barriernets_fused_loops_compute_the_numpy_expressions_bit_for_bit():
+    """`_clamped_gaussian_log_prob`, `_barriernet_head_grads` and `_barriernet_raw_grads` against
+    the NumPy expressions they replace (written out here, as `_BarrierNetPolicy` had them), byte
+    for byte in float32: random values whose products round, solutions exactly on either bound,
+    +0.0 and -0.0 against a bound of 0, NaN, and barriers both present and absent; a minibatch's
+    size and an odd one (NumPy's vector loops and their scalar tails)."""
+    rng = np.random.default_rng(3)
+    for batch in (1024, 4099):
+        _check_fused_loops(rng, batch)
+
+
+def _check_fused_loops(rng, batch):
+    from model.numpy_learner import (HALF_LOG_2PI, _barriernet_head_grads, _barriernet_raw_grads,
+                                     _clamped_gaussian_log_prob)
+
+    barriers, f32 = 6, np.float32
+    low, high = np.array([0.0, -2.84], f32), np.array([1.0, 2.84], f32)
+    u = (rng.standard_normal((batch, 2)) * 2).astype(f32)
+    u[::7, 0], u[1::7, 0], u[2::7, 1], u[3::7, 1] = high[0], low[0], high[1], low[1]  # ties with a bound
+    u[4::7, 0], u[5::11, 0], u[6::13] = f32(-0.0), f32(0.0), np.nan
+    sample = (rng.standard_normal((batch, 2)) * 1.3).astype(f32)
+    sample[::17, 0] = f32(-0.0)
+    std = np.array([0.173, 0.41], f32)
+    log_std = np.log(std)
+
+    z, clamp_grad, log_prob = np.empty((batch, 2), f32), np.empty((batch, 2), f32), np.empty(batch, f32)
+    _clamped_gaussian_log_prob(u, high, low, sample, std, log_std, z, clamp_grad, log_prob)
+    mean = np.maximum(np.minimum(u, high), low)
+    want_grad = (np.where(u < high, 1.0, np.where(u == high, 0.5, 0.0))
+                 * np.where(np.minimum(u, high) > low, 1.0, np.where(np.minimum(u, high) == low, 0.5, 0.0))).astype(f32)
+    want_z = (sample - mean) / std
+    want_log_prob = (-0.5 * want_z * want_z - np.log(std) - HALF_LOG_2PI).sum(1)
+    assert _bytes(z) == _bytes(want_z) and _bytes(clamp_grad) == _bytes(want_grad)
+    assert _bytes(log_prob) == _bytes(want_log_prob)
+    assert {0.0, 0.5, 1.0} <= set(clamp_grad.ravel().tolist()) and np.isnan(log_prob).any()
+
+    g = (rng.standard_normal(batch) * 1e-3).astype(f32)[:, None]
+    grad_u = np.empty((batch, 2), f32)
+    _barriernet_head_grads(g, z, std, clamp_grad, grad_u)
+    assert _bytes(grad_u) == _bytes((g * z / std * clamp_grad).astype(f32))
+
+    grad_f = rng.standard_normal((batch, 2)).astype(f32)
+    grad_b = rng.standard_normal((batch, barriers + 4)).astype(f32)
+    h = (rng.random((batch, barriers)) * 3 - 0.5).astype(f32)
+    present = rng.random((batch, barriers)) < 0.7
+    sig = rng.random((batch, barriers)).astype(f32)
+    t = np.tanh(rng.standard_normal((batch, 2))).astype(f32)
+    weights, half = np.array([1.0, 0.1], f32), np.array([0.5, 2.84], f32)
+    gamma_span, dt = f32(0.9), f32(0.05)
+    grad_nominal, grad_raw_nominal = np.empty((batch, 2), f32), np.empty((batch, 2), f32)
+    grad_raw_gamma = np.empty((batch, barriers), f32)
+    _barriernet_raw_grads(grad_f, grad_b, h, present, sig, t, weights, half, gamma_span, dt, grad_nominal,
+                          grad_raw_nominal, grad_raw_gamma)
+    want_gamma = np.where(present, grad_b[:, :barriers] * h, 0.0).astype(f32) / dt
+    assert _bytes(grad_raw_gamma) == _bytes(want_gamma * gamma_span * sig * (1.0 - sig))
+    want_nominal = -grad_f * weights
+    assert _bytes(grad_nominal) == _bytes(want_nominal)
+    assert _bytes(grad_raw_nominal) == _bytes(want_nominal * half * (1.0 - t * t))
