@@ -3,7 +3,7 @@
 Why: each loop is compiled (`cache=True`) the first time a process calls it with a new argument
 type, 1-5 s per signature here (`solve_batch` alone: 2.8 s float64, 5.0 s float32, on a 2-core
 AMD EPYC). On a fresh clone nothing is cached yet, so both Dask workers of the main job compile
-the same 46 signatures at the start of their first cells (the warm-up takes about 24 s of one
+the same 47 signatures at the start of their first cells (the warm-up takes about 24 s of one
 core here). `scripts/main.sh` runs `python -m tasks warm-kernels` in the background while the
 Prefect server starts (a wait that leaves one core idle); the workers then load the machine code
 from the cache.
@@ -133,7 +133,7 @@ def _cbf_beta_loops() -> None:
 
 
 def _learner_loops() -> None:
-    """BarrierNet's update loops of the NumPy learner (float32 only: the learner's dtype)."""
+    """BarrierNet's loops of the NumPy learner and rollout (float32 only: their dtype)."""
     from model.numpy_learner import _barriernet_head_grads, _barriernet_raw_grads, _clamped_gaussian_log_prob
 
     batch, barriers, f32 = 0, 6, np.float32
@@ -142,8 +142,14 @@ def _learner_loops() -> None:
     # the upstream gradient arrives as a (B, 1) view of a (B,) vector, as loss_and_grad hands it
     _barriernet_head_grads(np.empty(batch, f32)[:, None], pair, vector, pair, pair)
     rows = np.empty((batch, barriers), f32)
-    _barriernet_raw_grads(pair, np.empty((batch, barriers + 4), f32), rows, np.empty((batch, barriers), np.bool_), rows,
-                          pair, vector, vector, f32(1.0), f32(0.05), pair, pair, rows)
+    present = np.empty((batch, barriers), np.bool_)
+    _barriernet_raw_grads(pair, np.empty((batch, barriers + 4), f32), rows, present, rows, pair, vector, vector,
+                          f32(1.0), f32(0.05), pair, pair, rows)
+    from model.numpy_rollout import _barriernet_rollout_tail
+
+    row = np.empty(batch, f32)
+    _barriernet_rollout_tail(pair, pair, pair, pair, pair, vector, vector, vector, vector, vector, vector, f32(0.01),
+                             rows, present, pair, row, pair, row, np.empty(batch, np.bool_), rows)
 
 
 def warm() -> dict[str, float]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from numba import njit
 from torch import nn
 
 from model.numpy_learner import (HALF_LOG_2PI, NumpyPPOStep, ProjectionQP, _BarrierNetPolicy, _BetaPolicy, _forward,
@@ -64,6 +65,49 @@ def gaussian_forward(actor, tanh=rational_tanh):
     return forward
 
 
+@njit(cache=True)
+def _barriernet_rollout_tail(u, mean, sample, nominal, noise, high, low, std, log_std, full_scale, proposal_low,
+                             tol, h, barrier_mask, executed, log_prob, proposal, correction, intervened,
+                             lookahead_h):  # pragma: no cover
+    """numba, float32: what `barriernet_forward` computes after its QPs, the NumPy expressions
+    (kept in tests/test_numpy_rollout.py as the reference) in their order, one rounding each:
+
+        executed = maximum(minimum(u, high), low)        (a tie gives the bound, as NumPy's loops)
+        z = (sample - mean) / std;  log_prob = sum_d ((-1/2 z_d) z_d - log_std_d) - HALF_LOG_2PI
+        proposal = maximum(minimum(nominal + noise, full_scale), proposal_low)
+        correction = sqrt(sum_d ((executed_d - proposal_d) / full_scale_d)^2);  intervened = correction > tol
+        lookahead_h = h where the barrier is present, else +inf
+
+    u (the executed QP's solution), mean, sample, nominal, noise (B, 2); high, low, std, log_std
+    (NumPy's log of std), full_scale, proposal_low (2,); tol a float32; h, barrier_mask (B, M).
+    Writes executed, proposal (B, 2), log_prob, correction, intervened (B,), lookahead_h (B, M)."""
+    half_log_2pi = np.float32(HALF_LOG_2PI)
+    minus_half = np.float32(-0.5)
+    inf = np.float32(np.inf)
+    for i in range(u.shape[0]):
+        score = np.float32(0.0)
+        square = np.float32(0.0)
+        for d in range(2):
+            x = u[i, d]
+            x = x if (x < high[d] or x != x) else high[d]
+            x = x if (x > low[d] or x != x) else low[d]
+            executed[i, d] = x
+            z = (sample[i, d] - mean[i, d]) / std[d]
+            term = (minus_half * z) * z - log_std[d] - half_log_2pi
+            score = term if d == 0 else score + term
+            p = nominal[i, d] + noise[i, d]
+            p = p if (p < full_scale[d] or p != p) else full_scale[d]
+            p = p if (p > proposal_low[d] or p != p) else proposal_low[d]
+            proposal[i, d] = p
+            c = (x - p) / full_scale[d]
+            square = c * c if d == 0 else square + c * c
+        log_prob[i] = score
+        correction[i] = np.sqrt(square)
+        intervened[i] = correction[i] > tol
+        for k in range(h.shape[1]):
+            lookahead_h[i, k] = h[i, k] if barrier_mask[i, k] else inf
+
+
 def barriernet_forward(actor, tanh=rational_tanh):
     """`BarrierNetActor.forward` (through_qp, dcbf, the training's obstacles) in NumPy: (obs (B, D),
     safety, deterministic=False) -> ActorOutput(executed (B, 2), sample (B, 2), log_prob (B,), info)
@@ -73,8 +117,8 @@ def barriernet_forward(actor, tanh=rational_tanh):
     from model.cbf import cbf_rows_arrays
 
     policy = _BarrierNetPolicy(_LiveWeights([actor], tanh), actor)
-    tol = actor.cbf_params.intervention_tol
-    full_scale = policy.centre + policy.half
+    tol = np.float32(actor.cbf_params.intervention_tol)  # NumPy compared the float32 correction with it in float32
+    full_scale, proposal_low = policy.centre + policy.half, policy.centre - policy.half
 
     def forward(obs, safety, deterministic=False):
         nominal, gamma = policy.heads(obs.numpy())
@@ -88,20 +132,22 @@ def barriernet_forward(actor, tanh=rational_tanh):
         mean = np.maximum(np.minimum(u, policy.high), policy.low)
         sample = mean + noise
         if deterministic:
-            executed, feasible = mean, feasible_mean
+            feasible = feasible_mean
         else:  # the sample's QP, warm-started by the mean's active set, as the torch actor does
             u, *_, feasible = policy.solve(sample, A, mask, b, active_mean)
-            executed = np.maximum(np.minimum(u, policy.high), policy.low)
             feasible = feasible & feasible_mean
-        z = (sample - mean) / policy.std
-        log_prob = (-0.5 * z * z - np.log(policy.std) - HALF_LOG_2PI).sum(1)
-        proposal = np.maximum(np.minimum(nominal + noise, full_scale), policy.centre - policy.half)
-        correction = np.sqrt((((executed - proposal) / full_scale) ** 2).sum(-1))
+        batch = u.shape[0]
+        executed, proposal = np.empty((batch, 2), np.float32), np.empty((batch, 2), np.float32)
+        log_prob, correction = np.empty(batch, np.float32), np.empty(batch, np.float32)
+        intervened, lookahead_h = np.empty(batch, np.bool_), np.empty(h.shape, np.float32)
+        _barriernet_rollout_tail(u, mean, sample, nominal, noise, policy.high, policy.low, policy.std, policy.log_std,
+                                 full_scale, proposal_low, tol, h, barrier_mask, executed, log_prob, proposal,
+                                 correction, intervened, lookahead_h)
         info = {"nominal": nominal, "gamma": gamma, "proposal": proposal, "infeasible": ~feasible,
-                "lookahead_h": np.where(barrier_mask, h, np.inf).astype(np.float32), "correction": correction,
-                "intervened": correction > tol, "active_mean": active_mean}
-        return ActorOutput(torch.from_numpy(executed.astype(np.float32)), torch.from_numpy(sample),
-                           torch.from_numpy(log_prob), {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in info.items()})
+                "lookahead_h": lookahead_h, "correction": correction, "intervened": intervened,
+                "active_mean": active_mean}
+        return ActorOutput(torch.from_numpy(executed), torch.from_numpy(sample), torch.from_numpy(log_prob),
+                           {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in info.items()})
 
     return forward
 

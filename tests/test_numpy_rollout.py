@@ -224,3 +224,47 @@ def test_parameters_off_the_cpu_are_refused():
     critic.add_module("extra", meta)
     with pytest.raises(ValueError, match="train.rollout_device=cpu"):
         rollout_forwards(trainer.agent.rollout_actor, critic)
+
+
+def test_barriernets_rollout_tail_computes_the_numpy_expressions_bit_for_bit():
+    """`_barriernet_rollout_tail` against the NumPy expressions it replaces (written out here, as
+    `barriernet_forward` had them), byte for byte in float32: solutions and proposals on either
+    bound, +0.0 and -0.0 against the bound 0, NaN, corrections on both sides of the tolerance,
+    barriers present and absent; a rollout's batch and an odd one."""
+    from model.numpy_learner import HALF_LOG_2PI
+    from model.numpy_rollout import _barriernet_rollout_tail
+
+    rng, f32 = np.random.default_rng(5), np.float32
+    centre, half = np.array([0.5, 0.0], f32), np.array([0.5, 2.84], f32)
+    full_scale, proposal_low = centre + half, centre - half
+    high, low, std = full_scale, proposal_low, np.array([0.173, 0.41], f32)
+    tol = f32(0.01)
+    for batch in (256, 1001):
+        u = (rng.standard_normal((batch, 2)) * 1.5).astype(f32)
+        u[::7, 0], u[1::7, 0], u[2::7, 1], u[3::7, 1] = high[0], low[0], high[1], low[1]
+        u[4::7, 0], u[5::11, 0], u[6::13] = f32(-0.0), f32(0.0), np.nan
+        mean = np.maximum(np.minimum(u[::-1].copy(), high), low)
+        noise = (rng.standard_normal((batch, 2)) * std).astype(f32)
+        noise[::9] = 0.0
+        sample = mean + noise
+        nominal = (centre + half * np.tanh(rng.standard_normal((batch, 2)))).astype(f32)
+        nominal[::5, 0], nominal[1::5, 0] = f32(-0.0), f32(1.0)
+        u[8::10] = nominal[8::10] + noise[8::10] + f32(0.004)  # corrections close to the tolerance
+        barriers = 6
+        h = rng.standard_normal((batch, barriers)).astype(f32)
+        present = rng.random((batch, barriers)) < 0.7
+        out = (np.empty((batch, 2), f32), np.empty(batch, f32), np.empty((batch, 2), f32), np.empty(batch, f32),
+               np.empty(batch, np.bool_), np.empty((batch, barriers), f32))
+        _barriernet_rollout_tail(u, mean, sample, nominal, noise, high, low, std, np.log(std), full_scale,
+                                 proposal_low, tol, h, present, *out)
+        executed, log_prob, proposal, correction, intervened, lookahead_h = out
+        want_executed = np.maximum(np.minimum(u, high), low)
+        z = (sample - mean) / std
+        want_proposal = np.maximum(np.minimum(nominal + noise, full_scale), centre - half)
+        want_correction = np.sqrt((((want_executed - want_proposal) / full_scale) ** 2).sum(-1))
+        for ours, want in ((executed, want_executed), (proposal, want_proposal), (correction, want_correction),
+                           (log_prob, (-0.5 * z * z - np.log(std) - HALF_LOG_2PI).sum(1)),
+                           (intervened, want_correction > 0.01),
+                           (lookahead_h, np.where(present, h, np.inf).astype(f32))):
+            assert ours.dtype == want.dtype and ours.tobytes() == np.ascontiguousarray(want).tobytes()
+        assert intervened.any() and not intervened.all()
