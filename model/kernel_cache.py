@@ -3,7 +3,7 @@
 Why: each loop is compiled (`cache=True`) the first time a process calls it with a new argument
 type, 1-5 s per signature here (`solve_batch` alone: 2.8 s float64, 5.0 s float32, on a 2-core
 AMD EPYC). On a fresh clone nothing is cached yet, so both Dask workers of the main job compile
-the same 47 signatures at the start of their first cells (the warm-up takes about 24 s of one
+the same 49 signatures at the start of their first cells (the warm-up takes about 24 s of one
 core here). `scripts/main.sh` runs `python -m tasks warm-kernels` in the background while the
 Prefect server starts (a wait that leaves one core idle); the workers then load the machine code
 from the cache.
@@ -134,7 +134,8 @@ def _cbf_beta_loops() -> None:
 
 def _learner_loops() -> None:
     """BarrierNet's loops of the NumPy learner and rollout (float32 only: their dtype)."""
-    from model.numpy_learner import _barriernet_head_grads, _barriernet_raw_grads, _clamped_gaussian_log_prob
+    from model.numpy_learner import (_barrier_right_sides, _barriernet_head_grads, _barriernet_head_values,
+                                     _barriernet_raw_grads, _clamped_gaussian_log_prob)
 
     batch, barriers, f32 = 0, 6, np.float32
     pair, vector = np.empty((batch, 2), f32), np.ones(2, f32)
@@ -145,6 +146,8 @@ def _learner_loops() -> None:
     present = np.empty((batch, barriers), np.bool_)
     _barriernet_raw_grads(pair, np.empty((batch, barriers + 4), f32), rows, present, rows, pair, vector, vector,
                           f32(1.0), f32(0.05), pair, pair, rows)
+    _barriernet_head_values(pair, rows, vector, vector, f32(0.1), f32(0.9), pair, rows, rows)
+    _barrier_right_sides(rows, rows, present, np.empty((batch, 4), f32), f32(0.05), np.empty((batch, barriers + 4), f32))
     from model.numpy_rollout import _barriernet_rollout_tail
 
     row = np.empty(batch, f32)

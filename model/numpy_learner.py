@@ -149,6 +149,35 @@ def _barriernet_raw_grads(grad_f, grad_b, h, barrier_mask, sig, t, weights, half
             grad_raw_nominal[i, d] = (gn * half[d]) * (one - t[i, d] * t[i, d])
 
 
+@njit(cache=True)
+def _barriernet_head_values(t, decay, centre, half, gamma_min, gamma_span, nominal, sig, gamma):  # pragma: no cover
+    """numba, float32: BarrierNet's heads from t = tanh(raw nominal) (B, 2) and decay =
+    exp(-raw gamma) (B, M) (both NumPy's or the learner's own ufuncs, computed outside), the NumPy
+    expressions in their order: nominal = centre + half t, sig = 1 / (1 + decay), gamma =
+    gamma_min + gamma_span sig. centre, half (2,); gamma_min, gamma_span float32 scalars."""
+    one = np.float32(1.0)
+    for i in range(t.shape[0]):
+        for d in range(2):
+            nominal[i, d] = centre[d] + half[d] * t[i, d]
+        for k in range(decay.shape[1]):
+            s = one / (one + decay[i, k])
+            sig[i, k] = s
+            gamma[i, k] = gamma_min + gamma_span * s
+
+
+@njit(cache=True)
+def _barrier_right_sides(gamma, h, barrier_mask, b_bounds, dt, b):  # pragma: no cover
+    """numba, float32: the QP's right sides b (B, M + 4): (gamma / dt) h on the present barrier
+    rows, 1 on absent ones, then the bound rows' b_bounds (B, 4); gamma, h, barrier_mask (B, M),
+    dt a float32 (NumPy divided by the float32 of the Python float)."""
+    barriers = h.shape[1]
+    for i in range(h.shape[0]):
+        for k in range(barriers):
+            b[i, k] = (gamma[i, k] / dt) * h[i, k] if barrier_mask[i, k] else np.float32(1.0)
+        for j in range(b_bounds.shape[1]):
+            b[i, barriers + j] = b_bounds[i, j]
+
+
 def _linears(module: nn.Module) -> list[nn.Linear]:
     """The nn.Linear layers of an MLP in forward order (hidden layers, then the head)."""
     return [m for m in module.modules() if isinstance(m, nn.Linear)]
@@ -298,12 +327,17 @@ class _BarrierNetPolicy:
         raw_nominal = features @ self.nominal_head[0][0].T + self.nominal_head[0][1]
         raw_gamma = features @ self.gamma_head[0][0].T + self.gamma_head[0][1]
         self.t = self.step.tanh(raw_nominal)
-        self.sig = 1.0 / (1.0 + np.exp(-raw_gamma))
-        return self.centre + self.half * self.t, self.gamma_min + self.gamma_span * self.sig
+        decay = np.exp(-raw_gamma)  # NumPy's exp (numba's is not the same function)
+        nominal, self.sig, gamma = np.empty_like(self.t), np.empty_like(decay), np.empty_like(decay)
+        _barriernet_head_values(self.t, decay, self.centre, self.half, self.gamma_min, self.gamma_span, nominal,
+                                self.sig, gamma)
+        return nominal, gamma
 
     def right_sides(self, gamma, h, barrier_mask, b_bounds) -> np.ndarray:
         """b (B, m): gamma h / dt on the present barrier rows, 1 on absent ones, then the bounds."""
-        return np.concatenate((np.where(barrier_mask, (gamma / self.dt) * h, 1.0).astype(np.float32), b_bounds), 1)
+        b = np.empty((h.shape[0], h.shape[1] + b_bounds.shape[1]), np.float32)
+        _barrier_right_sides(gamma, h, barrier_mask, b_bounds, self.dt32, b)
+        return b
 
     def log_prob(self, obs, sample, extra) -> tuple[np.ndarray, float]:
         A, mask, h, barrier_mask, b_bounds, hint = extra

@@ -45,6 +45,7 @@ _EXPECTED = {
     "cbf._barriers_kernel": 2, "cbf_beta._boxes_kernel": 1, "cbf_beta._empty_beyond_round_off": 1,
     "numpy_learner.rational_tanh": 1, "numpy_learner._clamped_gaussian_log_prob": 1,
     "numpy_learner._barriernet_head_grads": 1, "numpy_learner._barriernet_raw_grads": 1,
+    "numpy_learner._barriernet_head_values": 1, "numpy_learner._barrier_right_sides": 1,
     "numpy_rollout._barriernet_rollout_tail": 1, "compiled.observe_kernel": 2,
     "compiled.proximity_terms_kernel": 2, "compiled.shaping_kernel": 2, "compiled.start_draws_kernel": 2,
     "compiled.start_angles_kernel": 2, "compiled.start_robots_kernel": 2, "compiled.obstacle_candidates_kernel": 2,

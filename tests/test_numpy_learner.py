@@ -126,7 +126,8 @@ def _bytes(x: np.ndarray) -> bytes:
 
 
 def test_barriernets_fused_loops_compute_the_numpy_expressions_bit_for_bit():
-    """`_clamped_gaussian_log_prob`, `_barriernet_head_grads` and `_barriernet_raw_grads` against
+    """`_barriernet_head_values`, `_barrier_right_sides`, `_clamped_gaussian_log_prob`,
+    `_barriernet_head_grads` and `_barriernet_raw_grads` against
     the NumPy expressions they replace (written out here, as `_BarrierNetPolicy` had them), byte
     for byte in float32: random values whose products round, solutions exactly on either bound,
     +0.0 and -0.0 against a bound of 0, NaN, and barriers both present and absent; a minibatch's
@@ -137,10 +138,29 @@ def test_barriernets_fused_loops_compute_the_numpy_expressions_bit_for_bit():
 
 
 def _check_fused_loops(rng, batch):
-    from model.numpy_learner import (HALF_LOG_2PI, _barriernet_head_grads, _barriernet_raw_grads,
-                                     _clamped_gaussian_log_prob)
+    from model.numpy_learner import (HALF_LOG_2PI, _barrier_right_sides, _barriernet_head_grads,
+                                     _barriernet_head_values, _barriernet_raw_grads, _clamped_gaussian_log_prob)
 
     barriers, f32 = 6, np.float32
+    raw_nominal = (rng.standard_normal((batch, 2)) * 3).astype(f32)
+    raw_gamma = (rng.standard_normal((batch, barriers)) * 4).astype(f32)
+    raw_gamma[::9, 0] = 200.0  # exp(-raw) underflows to 0: sig exactly 1
+    t, decay = np.tanh(raw_nominal), np.exp(-raw_gamma)
+    centre, half_range = np.array([0.5, 0.0], f32), np.array([0.5, 2.84], f32)
+    gamma_min, gamma_span = f32(0.1), f32(0.9)
+    nominal, sig, gamma = np.empty_like(t), np.empty_like(decay), np.empty_like(decay)
+    _barriernet_head_values(t, decay, centre, half_range, gamma_min, gamma_span, nominal, sig, gamma)
+    want_sig = 1.0 / (1.0 + decay)
+    assert _bytes(nominal) == _bytes(centre + half_range * t) and _bytes(sig) == _bytes(want_sig)
+    assert _bytes(gamma) == _bytes(gamma_min + gamma_span * want_sig)
+    h_rows = rng.standard_normal((batch, barriers)).astype(f32)
+    barrier_mask = rng.random((batch, barriers)) < 0.6
+    b_bounds = rng.standard_normal((batch, 4)).astype(f32)
+    right = np.empty((batch, barriers + 4), f32)
+    dt = 0.05  # the env's step, a Python float in the policy
+    _barrier_right_sides(gamma, h_rows, barrier_mask, b_bounds, f32(dt), right)
+    want_right = np.concatenate((np.where(barrier_mask, (gamma / dt) * h_rows, 1.0).astype(f32), b_bounds), 1)
+    assert _bytes(right) == _bytes(want_right)
     low, high = np.array([0.0, -2.84], f32), np.array([1.0, 2.84], f32)
     u = (rng.standard_normal((batch, 2)) * 2).astype(f32)
     u[::7, 0], u[1::7, 0], u[2::7, 1], u[3::7, 1] = high[0], low[0], high[1], low[1]  # ties with a bound
