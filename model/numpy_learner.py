@@ -631,7 +631,9 @@ class NumpyLearner:
         inputs = actor.update_inputs(batch.safety, batch.obs, batch.record)
         rows = tuple(x.numpy() for x in (batch.obs, batch.sample, batch.log_prob, batch.advantages, batch.returns,
                                          batch.value))
-        extra = () if inputs.cbf_geometry is None else tuple(x.numpy() for x in inputs.cbf_geometry)
+        # contiguous once per update: a stride-0 view (BarrierNet's b_bounds is one row expanded)
+        # makes each minibatch's np.take 30x slower (66 us against 2 us at 1,024 of 8,192 rows)
+        extra = () if inputs.cbf_geometry is None else tuple(np.ascontiguousarray(x.numpy()) for x in inputs.cbf_geometry)
         extra += () if inputs.qp_hint is None else (inputs.qp_hint.numpy(),)
         size = batch.obs.shape[0]
         if after_backward is not None and not isinstance(after_backward, GradientProbe):
