@@ -114,3 +114,25 @@ def test_layer_norms_are_the_parameter_gradient_norms():
         total += float(p.grad.norm()) ** 2
     assert abs(stats["grad/actor_norm"] - total**0.5) < 1e-12
     assert probe.stats() == {}  # reset after reading
+
+
+def test_the_nominal_percentiles_are_torchs_quantiles_bit_for_bit():
+    """The probe's p50 and p99 (NumPy's quantile) against torch.quantile of the same per-sample
+    norms (the second implementation), with ties and an even and odd number of samples."""
+    import numpy as np
+
+    class _Actor(torch.nn.Linear):
+        last_nominal = None
+
+    probe = GradientProbe(_Actor(2, 2))
+    probe.nominal = True
+    g = torch.Generator().manual_seed(4)
+    for samples in (40960, 1023):
+        grads = torch.randn(samples, 2, dtype=torch.float64, generator=g) * torch.rand(samples, 1, generator=g,
+                                                                                      dtype=torch.float64) ** 8
+        grads[: samples // 3] = grads[0]  # ties
+        probe.per_sample, probe.calls = [grads], 1
+        stats = probe.stats()
+        want = torch.quantile(grads.norm(dim=-1), torch.tensor([0.5, 0.99], dtype=torch.float64))
+        got = np.array([stats["grad/nominal_norm_p50"], stats["grad/nominal_norm_p99"]])
+        assert got.tobytes() == want.numpy().tobytes()
