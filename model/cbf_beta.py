@@ -62,7 +62,9 @@ from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import numpy as np
 import torch
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 from torch import Tensor, nn
 
 from model.actors import (
@@ -270,10 +272,8 @@ def _centres_arrays(A: np.ndarray, b: np.ndarray, mask: np.ndarray, deltas: Sequ
     centre instead of the full rule's fallback point (the flag is the full rule's, bit for bit)."""
     batch, rungs = b.shape[0], len(deltas)
     half, middle = (high - low) / 2, (high + low) / 2
-    # torch's norm, not sqrt(x^2 + y^2): its reduction rounds differently in the last bit
-    row_norm = torch.from_numpy(A * half).norm(dim=-1).numpy()
-    offsets = np.array(list(deltas), np.float64)
-    b_rungs = (b[None] - offsets[:, None, None] * row_norm[None]).reshape(rungs * batch, -1)
+    b_rungs = np.empty((rungs * batch, b.shape[1]))
+    _pushed_right_sides(A, b, half, np.array(list(deltas), np.float64), b_rungs)
     weights = 1.0 / (half * half)
     H = np.broadcast_to(np.diag(weights), (rungs * batch, 2, 2))
     f = np.broadcast_to(-weights * middle, (rungs * batch, 2))
@@ -293,6 +293,37 @@ def _centres_arrays(A: np.ndarray, b: np.ndarray, mask: np.ndarray, deltas: Sequ
     u, *_, feasible, _ = solve_arrays(H, f, A_rungs, b_rungs, mask_rungs, None, torch.float64, proven_infeasible)
     centre = np.maximum(np.minimum(u, high), low)
     return centre.reshape(rungs, batch, 2), feasible.reshape(rungs, batch)
+
+
+@intrinsic
+def _fma(typingctx, a, b, c):  # pragma: no cover (numba)
+    """numba: a b + c with one rounding (LLVM's llvm.fma.f64: the CPU's FMA instruction where the
+    target has one, an exact software fma elsewhere; IEEE-defined either way), for float64."""
+    if not all(isinstance(t, types.Float) and t.bitwidth == 64 for t in (a, b, c)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        double = ir.DoubleType()
+        fma = builder.module.declare_intrinsic("llvm.fma", [double], ir.FunctionType(double, [double, double, double]))
+        return builder.call(fma, args)
+
+    return types.float64(types.float64, types.float64, types.float64), codegen
+
+
+@njit(cache=True)
+def _pushed_right_sides(A, b, half, offsets, out):  # pragma: no cover
+    """numba: the centre QPs' right sides with every row pushed inwards by each offset, in z units:
+    out[r B + e, k] = b[e, k] - offsets[r] |A[e, k] o half|, for A (B, m, 2), b (B, m), half (2,),
+    offsets (R,) float64; out (R B, m). The norm is torch's `norm(dim=-1)` of the (B, m, 2) product
+    bit for bit: ATen reduces a pair as sqrt(fma(y, y, x x)), which rounds differently from
+    sqrt(x x + y y) in the last bit (tested against torch)."""
+    batch, m = b.shape
+    for e in range(batch):
+        for k in range(m):
+            x, y = A[e, k, 0] * half[0], A[e, k, 1] * half[1]
+            norm = math.sqrt(_fma(y, y, x * x))
+            for r in range(offsets.shape[0]):
+                out[r * batch + e, k] = b[e, k] - offsets[r] * norm
 
 
 @njit(cache=True)

@@ -3,7 +3,7 @@
 Why: each loop is compiled (`cache=True`) the first time a process calls it with a new argument
 type, 1-5 s per signature here (`solve_batch` alone: 2.8 s float64, 5.0 s float32, on a 2-core
 AMD EPYC). On a fresh clone nothing is cached yet, so both Dask workers of the main job compile
-the same 49 signatures at the start of their first cells (the warm-up takes about 24 s of one
+the same 50 signatures at the start of their first cells (the warm-up takes about 24 s of one
 core here). `scripts/main.sh` runs `python -m tasks warm-kernels` in the background while the
 Prefect server starts (a wait that leaves one core idle); the workers then load the machine code
 from the cache.
@@ -123,10 +123,11 @@ def _start_loops(dtype: type) -> None:
 
 
 def _cbf_beta_loops() -> None:
-    from model.cbf_beta import _boxes_kernel, _empty_beyond_round_off
+    from model.cbf_beta import _boxes_kernel, _empty_beyond_round_off, _pushed_right_sides
 
     batch, m, rungs = 0, 1, 1
     A, b, mask = np.empty((batch, m, 2)), np.empty((batch, m)), np.empty((batch, m), np.bool_)
+    _pushed_right_sides(A, b, np.ones(2), np.zeros(rungs), np.empty((rungs * batch, m)))
     _empty_beyond_round_off(A, b, mask, 0.0, 0.0, 0.0, 0.0, np.empty(batch, np.bool_))
     _boxes_kernel(A, b, mask, np.empty((rungs, batch, 2)), np.empty((rungs, batch), np.bool_), np.zeros(2),
                   np.ones(2), 1, 0.0, np.empty((batch, 2)), np.empty((batch, 2)))
