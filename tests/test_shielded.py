@@ -169,14 +169,15 @@ def test_rollout_actions_are_safe_and_rescored_exactly(algo, learner):
         inputs = trainer.actor.update_inputs(safety, flat(buf.obs), record)  # what ppo_update hands over
         lp, _ = trainer.actor.evaluate_actions(flat(buf.obs), inputs.safety, flat(buf.sample),
                                                qp_hint=inputs.qp_hint, cbf_geometry=inputs.cbf_geometry)
-    if learner == "torch" or algo == "cbf_beta":  # CBF-Beta's rollout forward is torch's with either learner
+    if learner == "torch":
         assert torch.equal(lp, flat(buf.log_prob))
     if learner == "numpy":  # the NumPy update's own scoring: OpenBLAS's products differ in the last bit
         # between the rollout's and the update's row counts, so the first ratio is 1 to float32 round-off
         extra = () if inputs.cbf_geometry is None else tuple(x.numpy() for x in inputs.cbf_geometry)
         ours, _ = trainer.learner.step.policy.log_prob(flat(buf.obs).numpy(), flat(buf.sample).numpy(), extra)
         np.testing.assert_allclose(ours, flat(buf.log_prob).numpy(), rtol=0, atol=2e-6)
-        assert float((lp - flat(buf.log_prob)).abs().max()) < 2e-6
+        # torch's scoring: its tanh and, for CBF-Beta, its lgamma are a few ulp from the NumPy ones
+        assert float((lp - flat(buf.log_prob)).abs().max()) < (1e-5 if algo == "cbf_beta" else 2e-6)
     assert "rollout/qp_intervention_rate" in stats
     if algo == "cbf_beta":
         # the box-width curves: every step's own box (high - low), recomputed here from the stored
