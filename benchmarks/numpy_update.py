@@ -281,9 +281,8 @@ class NumpyLearner(_ModelLearner):
 def measure_whole(algo: str, overrides: dict, repeats: int) -> dict:
     """Whole iterations of Trainers of the same seed, alternated after a warm-up round: torch's
     learner; torch's learner with the update by the NumPy step (`NumpyLearner.patched`, the
-    rational tanh); and `train.learner: numpy` as training runs it (the update and, for the
-    Gaussian policies and BarrierNet, the rollout's actor and critic forward in NumPy,
-    `model/numpy_rollout.py`; CBF-Beta's actor forward stays torch's). Best ms of each."""
+    rational tanh); and `train.learner: numpy` as training runs it (the update and the rollout's
+    actor and critic forward in NumPy, `model/numpy_rollout.py`). Best ms of each."""
     from tasks.train import Trainer
     from model.numpy_learner import rational_tanh
 
