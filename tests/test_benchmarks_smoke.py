@@ -124,6 +124,23 @@ def _assert_timing_wrappers_removed() -> None:
     assert type(model.qp.cpu_n2_kernels.solve_batch).__name__ == "CPUDispatcher"  # the numba loop itself
 
 
+def _assert_qp_free_bound(text: str) -> None:
+    """The "QPs taking no time" line: its ratio is the measured one with the QPs' timed share of the
+    iteration taken out, so it can only be higher, and it is what the baseline's iteration over the
+    rest gives (recomputed from the printed milliseconds, to their rounding)."""
+    import re
+
+    measured = re.search(r"takes (-?[\d.]+) ms more \(([\d.]+)x;", text)
+    baseline_ms = float(re.search(r"beyond the baseline's ([\d.]+) ms", text).group(1))
+    free = re.search(r"with its QPs taking no time at all \(([\d.]+) ms .* would run at ([\d.]+)x the baseline", text)
+    assert measured and free, text
+    extra_ms, ratio = float(measured.group(1)), float(measured.group(2))
+    qp_ms, free_ratio = float(free.group(1)), float(free.group(2))
+    assert free_ratio >= ratio
+    expected = baseline_ms / max(baseline_ms + extra_ms - qp_ms, baseline_ms)
+    assert free_ratio == pytest.approx(expected, abs=0.01 + 0.2 * expected / baseline_ms)
+
+
 @pytest.mark.parametrize("learner", ["torch", "numpy"])
 def test_profile_breakdown_adds_up(bench, learner):
     from tasks.params import load_params
@@ -136,6 +153,7 @@ def test_profile_breakdown_adds_up(bench, learner):
     assert shares["rollout"] + shares["update"] + shares["other (GAE, buffer flatten, LR, sync)"] == pytest.approx(total, abs=2e-3)
     assert shares["rollout: actor forward"] + shares["rollout: env step"] <= shares["rollout"]
     assert "allows" in text and "the compiled QP loop alone took" in text  # the 0.9x budget line
+    _assert_qp_free_bound(text)
     if learner == "numpy":  # the NumPy forward and update: the QP on arrays, no torch backward
         # (printed to the millisecond: a tiny configuration's QP may read 0.000)
         assert shares["rollout: QP projection (cbf rows excluded)"] <= shares["rollout: actor forward"]
@@ -166,6 +184,7 @@ def test_cbf_beta_profile_shows_its_safety_layer_inside_the_rollout(bench):
     rows, box = shares["rollout: CBF-Beta rows (cbf_rows)"], shares["rollout: CBF-Beta safe box (centre QPs + chords)"]
     assert 0 < rows and 0 < box and rows + box <= shares["rollout: actor forward"] <= shares["rollout"]
     assert not any(k.startswith("update: CBF-Beta") for k in shares), shares
+    _assert_qp_free_bound(text)
     _assert_timing_wrappers_removed()
 
 
