@@ -33,8 +33,9 @@ import pandas as pd
 from env.render import ArenaStyle, draw_arena
 from tasks import io
 from tasks.params import Params
-from tasks.artifacts import BEHAVIOUR_FILE, EPISODES_FILE, HEATMAPS_FILE, SCENARIO_TRAJECTORIES_FILE, scenarios_dir
+from tasks.artifacts import ARMS_WITHOUT_QP, BEHAVIOUR_FILE, EPISODES_FILE, HEATMAPS_FILE, SCENARIO_TRAJECTORIES_FILE, scenarios_dir
 from tasks.scenario_catalogue import INFEASIBLE_RED_FLAG, NEAR_BARRIER, red_flags, scenario_geometry
+from tasks.report.formatting import percent_bound
 from tasks.stats import rate_interval
 
 FIGURE_DIR = Path("reports/figures/scenarios")
@@ -80,8 +81,16 @@ def read_results(params: Params, workdir: Path) -> tuple[pd.DataFrame, pd.DataFr
 
 
 def _ci(k: int, n: int) -> str:
+    """k of n as a percentage with its 95 % Wilson interval, one decimal; a bound that would round to
+    0.0 keeps two significant digits (0 of 10,000 steps: [0.0, 0.038], not [0.0, 0.0])."""
     interval = rate_interval(int(k), int(n))
-    return f"{100 * interval.estimate:.1f} % [{100 * interval.low:.1f}, {100 * interval.high:.1f}]"
+    return f"{100 * interval.estimate:.1f} % [{percent_bound(interval.low, 1)}, {percent_bound(interval.high, 1)}]"
+
+
+def _qp_ci(arm: str, k: int, n: int) -> str:
+    """`_ci` of a QP count (interventions, infeasible steps); "n/a (no QP)" for an arm whose actions
+    pass through no QP, whose zeros were never measured."""
+    return "n/a (no QP)" if arm in ARMS_WITHOUT_QP else _ci(k, n)
 
 
 def scenario_table(episodes: pd.DataFrame, dt: float) -> pd.DataFrame:
@@ -427,7 +436,7 @@ def section(params: Params, workdir: str | Path = ".") -> str:
         md += [_md_table(
             ["arm", "capture", "collision", "violation", "intervention (steps)", "infeasible (steps)", "capture time (s)"],
             [[r.arm, _ci(r.capture, r.episodes), _ci(r.collision, r.episodes), _ci(r.violation, r.episodes),
-              _ci(r.interventions, r.steps), _ci(r.infeasible, r.steps),
+              _qp_ci(r.arm, r.interventions, r.steps), _qp_ci(r.arm, r.infeasible, r.steps),
               f"{r.capture_time:.1f}" if np.isfinite(r.capture_time) else "-"] for r in rows.itertuples()],
         ), ""]  # fmt: skip
         link = write_png(f"trajectories_{name}", pictures[name])

@@ -121,9 +121,10 @@ def wilson_interval(successes, n, confidence: float = 0.95):
         denom = 1.0 + z * z / total
         centre = (p + z * z / (2.0 * total)) / denom
         half = z / denom * np.sqrt(p * (1.0 - p) / total + z * z / (4.0 * total * total))
-        # Clip float round-off (e.g. k == n gives high = 1 + 1e-16).
-        low = np.clip(centre - half, 0.0, 1.0)
-        high = np.clip(centre + half, 0.0, 1.0)
+        # The closed form leaves round-off where a count pins an end exactly (k == 0 gave a low of
+        # 4.3e-19 at n = 500, k == n a high of 1 + 1e-16): those ends are 0 and 1.
+        low = np.where(k == 0, 0.0, np.clip(centre - half, 0.0, 1.0))
+        high = np.where(k == total, 1.0, np.clip(centre + half, 0.0, 1.0))
     low = np.where(total > 0, low, np.nan)
     high = np.where(total > 0, high, np.nan)
     if low.ndim == 0:
@@ -457,8 +458,6 @@ def rate_interval(successes, n, confidence: float = 0.95, method: str = "wilson"
         return Interval(float("nan"), float("nan"), float("nan"))
     if method == "wilson":
         low, high = wilson_interval(k, total, confidence)
-        # The closed form leaves round-off (~1e-19) at the ends a count pins exactly.
-        low, high = (0.0 if k == 0 else low), (1.0 if k == total else high)
     else:
         alpha = 1.0 - confidence
         low = 0.0 if k == 0 else float(sps.beta.ppf(alpha / 2.0, k, total - k + 1.0))

@@ -404,6 +404,51 @@ def test_training_collisions_by_hand(rendered):
     assert row.split(" | ")[2].startswith(f"{np.mean(totals):,.0f} [")
 
 
+def test_qp_columns_of_an_arm_without_a_qp_say_so(rendered):
+    """The baseline's actions pass through no QP: its intervention, correction and infeasible cells
+    read "n/a (no QP)" in every results table (across seeds, per seed), not measured-looking zeros;
+    an arm with a QP keeps its numbers."""
+    _, _, _, markdown = rendered
+    qp_columns = ("QP intervention", "QP correction per step (normalised units)", "QP infeasible")
+    header, seen = None, {"Baseline PPO": 0, "BarrierNet PPO": 0}
+    for line in markdown.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        if line.startswith("| arm |"):
+            header = cells
+        elif header and cells[0] in seen and all(c in header for c in qp_columns):
+            seen[cells[0]] += 1
+            values = [cells[header.index(c)] for c in qp_columns]
+            if cells[0] == "Baseline PPO":
+                assert values == ["n/a (no QP)"] * 3, line
+            else:
+                assert all(v[0].isdigit() for v in values), line
+    assert seen["Baseline PPO"] >= 1 + len(SEEDS) and seen["BarrierNet PPO"] >= 1 + len(SEEDS)  # across + per seed
+
+
+def test_collision_free_training_gets_an_upper_bound_not_zero_zero():
+    """No seed collided: the rate's bound is Clopper-Pearson's on the pooled training episodes,
+    1 - (alpha / 2)^(1 / N) for 0 of N (here N = 2 x 80), not a t interval [0, 0]; a seed with one
+    collision brings back the t interval over seeds."""
+    from tasks.report.verdict import training_safety
+
+    steps = [100, 200, 300, 400]
+
+    def cell(seed, rates):
+        curves = {"collision_rate": pd.DataFrame({"step": steps, "value": rates}),
+                  "episodes": pd.DataFrame({"step": steps, "value": [10.0, 20.0, 20.0, 30.0]})}
+        return report.TrainCell("barriernet", seed, {}, "", Path("m.pt"), curves)
+
+    params = make_params()
+    free = report.Inputs({}, pd.DataFrame(), [cell(0, [0.0] * 4), cell(1, [0.0] * 4)], [], None, None)
+    row = next(r for r in training_safety(free, params) if r[0] == "barriernet")
+    upper = 1 - 0.025 ** (1 / 160)  # 2.28 %
+    assert row[1] == 2 and row[2] == "0 (none in 160 training episodes)"
+    assert f"95 % upper bound {100 * upper:.2f}%" in row[3] and "[0" not in row[3]
+    one = report.Inputs({}, pd.DataFrame(), [cell(0, [0.0] * 4), cell(1, [0.1, 0.0, 0.0, 0.0])], [], None, None)
+    row = next(r for r in training_safety(one, params) if r[0] == "barriernet")
+    assert row[2].startswith("0 [0, ") and "upper bound" not in row[3]  # mean 0.5 collisions per seed
+
+
 def test_test_range_looks_outside_git(tmp_path):
     assert report.test_range_looks({"test_split": {"seed_base": 1, "episodes": 2}}, tmp_path).startswith("unknown")
 

@@ -223,6 +223,20 @@ def test_cell_outputs_and_report_section(tmp_path: Path, monkeypatch):
             assert 2 <= image.n_frames <= 10
     assert (tmp_path / "reports/figures/scenarios/heatmaps.png").exists()
     assert "steer share" in md and "Red flags" in md
+    # the scenario tables' rows (7 cells; the behaviour table has 6): the QP columns of the arm without a QP
+    rows = [line for line in md.splitlines() if line.startswith("| baseline") and line.count(" | ") == 6]
+    assert len(rows) == len(names) * len(arms) and all(line.count("n/a (no QP)") == (2 if line.startswith("| baseline |") else 0) for line in rows)
+
+
+def test_a_zero_count_prints_its_upper_bound_not_zero_zero():
+    """0 of n: the Wilson upper bound is z^2 / (n + z^2) (the score equation at p_hat = 0); one
+    decimal would print it as 0.0 for n = 10,000 (0.038 %), so it keeps two significant digits."""
+    from tasks import report_scenarios as R
+
+    z2 = 1.959963984540054 ** 2
+    assert R._ci(0, 10_000) == f"0.0 % [0.0, {100 * z2 / (10_000 + z2):.2g}]" == "0.0 % [0.0, 0.038]"
+    assert R._ci(0, 50) == f"0.0 % [0.0, {100 * z2 / (50 + z2):.1f}]"  # 7.1: one decimal suffices
+    assert R._qp_ci("baseline", 0, 10_000) == "n/a (no QP)" and R._qp_ci("shielded", 0, 10_000) == R._ci(0, 10_000)
 
 
 def test_batching_scenarios_in_one_core_does_not_change_their_episodes():

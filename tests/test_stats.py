@@ -64,9 +64,15 @@ def test_wilson_matches_newcombe_1998(k, n, low, high):
 
 def test_wilson_closed_forms_at_the_edges():
     # k = 0: the upper end solves p = z^2 (1 - p) / n  ->  z^2 / (n + z^2); k = n mirrors it.
-    for n in (1, 7, 50, 600):
-        assert wilson_interval(0, n) == pytest.approx((0.0, Z95**2 / (n + Z95**2)), abs=1e-12)
-        assert wilson_interval(n, n) == pytest.approx((n / (n + Z95**2), 1.0), abs=1e-12)
+    # The pinned ends are exact: the closed form left 4.3e-19 as the low end of 0 of 500, which the
+    # report printed as "0.00 % [4.3e-17, 0.76]".
+    for n in (1, 7, 50, 500, 600, 111549):
+        low, high = wilson_interval(0, n)
+        assert low == 0.0 and high == pytest.approx(Z95**2 / (n + Z95**2), rel=1e-12)
+        low, high = wilson_interval(n, n)
+        assert high == 1.0 and low == pytest.approx(n / (n + Z95**2), rel=1e-12)
+    lows, highs = wilson_interval(np.array([0, 0, 3]), np.array([500, 111549, 3]))
+    assert lows[0] == 0.0 and lows[1] == 0.0 and highs[2] == 1.0
 
 
 @pytest.mark.parametrize("k,n,confidence", [(3, 10, 0.95), (81, 263, 0.9), (599, 600, 0.99), (40, 41, 0.8)])

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
-    "ALGO_OF_ARM", "ARMS", "ARMS_OF_ALGO", "CANDIDATE_ARM", "REFERENCE_ARM", "OUTCOMES", "SPLITS", "KNOWN_ARMS",
+    "ALGO_OF_ARM", "ARMS", "ARMS_OF_ALGO", "ARMS_WITHOUT_QP", "CANDIDATE_ARM", "REFERENCE_ARM", "OUTCOMES", "SPLITS", "KNOWN_ARMS",
     "EPISODE_COLUMNS", "SCENARIO_EPISODE_COLUMNS", "VERDICTS",
     "StageInputError", "CheckpointError",
     "CELL", "cell_name", "train_dir", "model_path", "train_summary_path", "train_curve_path", "eval_dir", "episodes_path",
@@ -59,6 +59,9 @@ ARMS_OF_ALGO: dict[str, tuple[str, ...]] = {
 }
 """The arms one trained (algo, seed) cell is evaluated as, in evaluation order."""
 
+ARMS_WITHOUT_QP: frozenset[str] = frozenset({"baseline"})
+"""Arms whose actions pass through no QP (the baseline's policy alone): their QP columns
+(interventions, corrections, infeasible steps) are zero by construction, not measured."""
 REFERENCE_ARM = "baseline"  # what the candidate is compared against
 CANDIDATE_ARM = "barriernet"  # the approach under test
 OUTCOMES: tuple[str, ...] = ("capture", "collision", "timeout")

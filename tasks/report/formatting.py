@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tasks.artifacts import ARMS_WITHOUT_QP
 from tasks.params import Params
 
 ARM_LABELS = {
@@ -27,10 +28,11 @@ def fmt_rate(x: Any) -> str:
     return f"{100 * float(x):.2f} %" if is_finite_number(x) else "n/a"
 
 
-def _pct(x: float) -> str:
-    """A percentage with 2 decimals, or 2 significant digits when that would print a positive bound as 0.00."""
+def percent_bound(x: float, decimals: int = 2) -> str:
+    """A percentage with `decimals` decimals, or 2 significant digits where that would print a
+    positive bound as zero (a zero count's upper bound must read as a bound, not as 0)."""
     value = 100 * float(x)
-    return f"{value:.2g}" if 0 < abs(value) < 0.005 else f"{value:.2f}"
+    return f"{value:.2g}" if 0 < abs(value) < 0.5 * 10.0 ** -decimals else f"{value:.{decimals}f}"
 
 
 def fmt_rate_ci(est: Any, low: Any, high: Any) -> str:
@@ -40,7 +42,7 @@ def fmt_rate_ci(est: Any, low: Any, high: Any) -> str:
         return fmt_rate(est)
     if float(low) == float(high):  # a degenerate resampling interval says nothing: do not print it as one
         return f"{100 * float(est):.2f} % (no interval: every resample gave the same value)"
-    return f"{100 * float(est):.2f} % [{_pct(low)}, {_pct(high)}]"
+    return f"{100 * float(est):.2f} % [{percent_bound(low)}, {percent_bound(high)}]"
 
 
 def fmt_ms_ci(est: Any, low: Any, high: Any) -> str:
@@ -65,7 +67,16 @@ def triple(row: pd.Series | dict, name: str) -> tuple[Any, Any, Any]:
     return row.get(name), row.get(f"{name}_low"), row.get(f"{name}_high")
 
 
-def fmt_metric(kind: str, row: pd.Series | dict, name: str) -> str:
+# The summary's columns about the QP: read for an arm in ARMS_WITHOUT_QP they would print zeros that
+# were never measured (with a Wilson bound that suggests they were)
+QP_METRICS = ("intervention_rate", "mean_correction", "infeasible_rate")
+
+
+def fmt_metric(kind: str, row: pd.Series | dict, name: str, arm: str | None = None) -> str:
+    """One cell of the results tables: a rate or number with its interval from the summary row;
+    "n/a (no QP)" for a QP column of an arm whose actions pass through no QP."""
+    if arm in ARMS_WITHOUT_QP and name in QP_METRICS:
+        return "n/a (no QP)"
     est, low, high = row.get(name), row.get(f"{name}_low"), row.get(f"{name}_high")
     return fmt_rate_ci(est, low, high) if kind == "rate" else fmt_ms_ci(est, low, high)
 

@@ -195,7 +195,7 @@ def _results_tables(inputs: Inputs, params: Params, arms: list[str], conf: float
     for arm in arms:
         row = rows[arm]
         table.append([arm_label(arm, params), int(row["seeds"]), int(row["episodes"])]
-                     + [fmt_metric(kind, row, name) for name, _, kind in RESULT_METRICS]
+                     + [fmt_metric(kind, row, name, arm) for name, _, kind in RESULT_METRICS]
                      + [fmt_ms_ci(row["mean_return"], row.get("mean_return_low"), row.get("mean_return_high"))
                         if "mean_return" in row else "n/a"])
     methods = inputs.metrics.get("interval_methods") or {}
@@ -212,7 +212,7 @@ def _results_tables(inputs: Inputs, params: Params, arms: list[str], conf: float
         text += [f"Interquartile mean across seeds ({level} interval: {methods.get('iqm', 'stratified bootstrap')}):",
                  "",
                  md_table(["arm"] + [label for _, label, _ in RESULT_METRICS],
-                          [[arm_label(a, params)] + [fmt_metric(k, iqm[a], n) for n, _, k in RESULT_METRICS]
+                          [[arm_label(a, params)] + [fmt_metric(k, iqm[a], n, a) for n, _, k in RESULT_METRICS]
                            for a in arms if a in iqm]), ""]
     else:
         text += [f"(With {seeds} seed(s) the interquartile mean across seeds equals the mean: it trims "
@@ -222,7 +222,7 @@ def _results_tables(inputs: Inputs, params: Params, arms: list[str], conf: float
     for arm in arms:
         for _, row in per_seed[per_seed["arm"] == arm].iterrows():
             ps_rows.append([arm_label(arm, params), row["seed"], int(row["episodes"]), int(row["steps"])]
-                           + [fmt_metric(kind, row, name) for name, _, kind in RESULT_METRICS])
+                           + [fmt_metric(kind, row, name, arm) for name, _, kind in RESULT_METRICS])
     text += [f"### Per seed ({level} Wilson intervals; decision ms: bootstrap over episodes)", "",
              "Capture and collision intervals are over episodes; step rates are over steps, which are "
              "correlated within an episode, so their intervals are too narrow: read them as descriptive.", "",

@@ -26,7 +26,7 @@ from tasks.report.formatting import (
 )
 from tasks.report.inputs import Inputs
 from tasks.report.provenance import REPO_ROOT
-from tasks.stats import seed_t_interval
+from tasks.stats import rate_interval, seed_t_interval
 
 
 def _mean_wall(inputs: Inputs, algo: str) -> float | None:
@@ -82,7 +82,8 @@ def plateau_of(inputs: Inputs, params: Params) -> dict[str, Any] | None:
 
 def training_safety(inputs: Inputs, params: Params) -> list[list[Any]]:
     """Per algorithm: cumulative training collisions and the mean training collision rate, with a
-    t interval over seeds (>= 2 seeds)."""
+    t interval over seeds (>= 2 seeds); where no seed collided, the rate's Clopper-Pearson upper
+    bound on the pooled training episodes (a zero count gets a bound, not [0, 0])."""
     rows = []
     conf = params.decision.confidence
     for algo in params.train.algos:
@@ -91,6 +92,15 @@ def training_safety(inputs: Inputs, params: Params) -> list[list[Any]]:
             rows.append([algo, "no collision curve logged", "", ""])
             continue
         values = [protocol.training_collisions(c.curves["collision_rate"], c.curves.get("episodes")) for c in cells]
+        if all(v.get("collisions") == 0.0 and "episodes" in v for v in values):
+            # every seed collision-free: a t interval over seeds would be [0, 0]; the pooled
+            # training episodes give the rate a Clopper-Pearson upper bound instead
+            episodes = int(round(sum(v["episodes"] for v in values)))
+            upper = rate_interval(0, episodes, conf, "clopper_pearson").high
+            rows.append([algo, len(cells), f"0 (none in {episodes:,} training episodes)",
+                         f"0.00% ({100 * conf:g} % upper bound {upper:.2%}: Clopper-Pearson, 0 of {episodes:,} "
+                         "pooled training episodes)"])
+            continue
         texts = []
         for key, fmt in (("collisions", "{:,.0f}"), ("mean_rate", "{:.2%}")):
             xs = np.array([v[key] for v in values if key in v], float)
@@ -319,7 +329,8 @@ def decision_section(inputs: Inputs, params: Params) -> tuple[str, str]:
     lines += ["### Training-time safety", "",
               "Cumulative training collisions (sum over logged windows of collision rate x episodes ended) and the "
               "mean training collision rate (area under the collision-rate curve / env steps), from the train cells' "
-              f"DVCLive curves; {100 * conf:g} % t interval over seeds.", "",
+              f"DVCLive curves; {100 * conf:g} % t interval over seeds (an algorithm with no training collision: the "
+              "Clopper-Pearson upper bound of its rate on the pooled training episodes).", "",
               md_table(["algorithm", "seeds", "training collisions", "mean training collision rate"],
                        training_safety(inputs, params)), ""]
     return "\n".join(lines), outcome.letter
