@@ -425,6 +425,27 @@ def test_qp_columns_of_an_arm_without_a_qp_say_so(rendered):
     assert seen["Baseline PPO"] >= 1 + len(SEEDS) and seen["BarrierNet PPO"] >= 1 + len(SEEDS)  # across + per seed
 
 
+def test_reference_training_row_names_the_checkpoints_each_arm_plays(rendered):
+    """A filter arm plays its algorithm's checkpoints: BarrierNet + RCBF is BarrierNet's training
+    (it once read "the baseline's training"), the baseline's filters the baseline's."""
+    from tasks.artifacts import ALGO_OF_ARM
+    from tasks.report.formatting import arm_label
+
+    params, _, _, markdown = rendered
+    rows = {line.split(" | ")[1]: line for line in markdown.splitlines() if line.startswith("| training budget |")}
+    checked = 0
+    for arm, algo in ALGO_OF_ARM.items():
+        line = rows[arm_label(arm, params)]
+        if algo not in params.train.algos:
+            assert "not trained" in line
+        elif arm == algo:
+            assert "checkpoints" not in line
+        else:
+            assert f"(the {algo} checkpoints, trained once)" in line and "baseline's training" not in line.split(" | ")[3]
+            checked += 1
+    assert checked >= 3  # barriernet_rcbf and the baseline's filters
+
+
 def test_collision_free_training_gets_an_upper_bound_not_zero_zero():
     """No seed collided: the rate's bound is Clopper-Pearson's on the pooled training episodes,
     1 - (alpha / 2)^(1 / N) for 0 of N (here N = 2 x 80), not a t interval [0, 0]; a seed with one

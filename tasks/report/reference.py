@@ -53,7 +53,7 @@ def _reference_section(inputs: Inputs, params: Params, arms: list[str]) -> str:
                 else:
                     ours = (f"{steps[0]:,} steps x {len(walls[algo])} seed(s), "
                             f"{fmt_seconds(np.mean(walls[algo]))} per seed"
-                            + ("" if arm == algo else " (the baseline's training)"))
+                            + ("" if arm == algo else f" (the {algo} checkpoints, trained once)"))
             elif arm not in rows_by_arm or arm not in arms:
                 ours = "not evaluated"
             elif key == "intervention_rate" and arm == "baseline":
