@@ -33,7 +33,8 @@ import pandas as pd
 from env.render import ArenaStyle, draw_arena
 from tasks import io
 from tasks.params import Params
-from tasks.artifacts import ARMS_WITHOUT_QP, BEHAVIOUR_FILE, EPISODES_FILE, HEATMAPS_FILE, SCENARIO_TRAJECTORIES_FILE, scenarios_dir
+from tasks.artifacts import (ARMS_WITHOUT_QP, BEHAVIOUR_FILE, EPISODES_FILE, HEATMAPS_FILE, SCENARIO_TRAJECTORIES_FILE,
+                             scenarios_dir)
 from tasks.scenario_catalogue import INFEASIBLE_RED_FLAG, NEAR_BARRIER, red_flags, scenario_geometry
 from tasks.report.formatting import percent_bound
 from tasks.stats import rate_interval

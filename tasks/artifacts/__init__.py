@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
-    "ALGO_OF_ARM", "ARMS", "ARMS_OF_ALGO", "ARMS_WITHOUT_QP", "CANDIDATE_ARM", "REFERENCE_ARM", "OUTCOMES", "SPLITS", "KNOWN_ARMS",
+    "ALGO_OF_ARM", "ARMS", "ARMS_OF_ALGO", "ARMS_WITHOUT_QP", "CANDIDATE_ARM", "REFERENCE_ARM", "OUTCOMES", "SPLITS",
+    "KNOWN_ARMS",
     "EPISODE_COLUMNS", "SCENARIO_EPISODE_COLUMNS", "VERDICTS",
     "StageInputError", "CheckpointError",
     "CELL", "cell_name", "train_dir", "model_path", "train_summary_path", "train_curve_path", "eval_dir", "episodes_path",

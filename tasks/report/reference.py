@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.artifacts import ALGO_OF_ARM, ARMS
+from tasks.artifacts import ALGO_OF_ARM, ARMS, ARMS_WITHOUT_QP
 from tasks.params import Params
 from tasks.report.formatting import arm_label, fmt_ms_ci, fmt_rate_ci, fmt_seconds, md_table
 from tasks.report.inputs import Inputs
@@ -56,7 +56,7 @@ def _reference_section(inputs: Inputs, params: Params, arms: list[str]) -> str:
                             + ("" if arm == algo else f" (the {algo} checkpoints, trained once)"))
             elif arm not in rows_by_arm or arm not in arms:
                 ours = "not evaluated"
-            elif key == "intervention_rate" and arm == "baseline":
+            elif key == "intervention_rate" and arm in ARMS_WITHOUT_QP:
                 ours = "- (no QP)"
             else:
                 row = rows_by_arm[arm]
