@@ -465,6 +465,10 @@ def test_collision_free_training_gets_an_upper_bound_not_zero_zero():
     upper = 1 - 0.025 ** (1 / 160)  # 2.28 %
     assert row[1] == 2 and row[2] == "0 (none in 160 training episodes)"
     assert f"95 % upper bound {100 * upper:.2f}%" in row[3] and "[0" not in row[3]
+    for c in free.train:  # curves without the episode count: no bound, and no [0, 0] either
+        del c.curves["episodes"]
+    row = next(r for r in training_safety(free, params) if r[0] == "barriernet")
+    assert row[2] == "not logged" and row[3] == "0.00% (no collision; no episode count logged, so no bound)"
     one = report.Inputs({}, pd.DataFrame(), [cell(0, [0.0] * 4), cell(1, [0.1, 0.0, 0.0, 0.0])], [], None, None)
     row = next(r for r in training_safety(one, params) if r[0] == "barriernet")
     assert row[2].startswith("0 [0, ") and "upper bound" not in row[3]  # mean 0.5 collisions per seed

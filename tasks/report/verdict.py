@@ -106,6 +106,8 @@ def training_safety(inputs: Inputs, params: Params) -> list[list[Any]]:
             xs = np.array([v[key] for v in values if key in v], float)
             if not len(xs):
                 texts.append("not logged")
+            elif not xs.any():  # zeros without an episode count (older curves): nothing to bound the rate by
+                texts.append(f"{fmt.format(0.0)} (no collision; no episode count logged, so no bound)")
             elif len(xs) >= 2:
                 ci = seed_t_interval(xs, conf)
                 texts.append(f"{fmt.format(ci.estimate)} [{fmt.format(max(ci.low, 0.0))}, {fmt.format(ci.high)}]")
