@@ -13,9 +13,9 @@ elements (the loop body never runs; numba compiles and caches by type alone). Th
 those a cold main job leaves in the cache (its `.nbi` index files): float32 and float64 for the
 QP's solve and backward, the CBF rows and the env's loops (`env/compiled.py`), float64 for
 CBF-Beta's box, float32 for the tanh and BarrierNet's loops of the NumPy learner and rollout.
-Every array is C-contiguous and writable, as the callers hand them to the loops. tests/test_kernel_cache.py checks, with a fresh cache, that a training
-iteration of every algorithm, a float64 QP solve and a step from a hand-set state compile nothing
-the warm-up did not.
+Every array is C-contiguous and writable, as the callers hand them to the loops.
+tests/test_kernel_cache.py checks, with a fresh cache, that a training iteration of every
+algorithm, a float64 QP solve and a step from a hand-set state compile nothing the warm-up did not.
 
 The numerics mode must be applied before numba loads (`python -m tasks warm-kernels` does),
 since numba keys its cache by the target CPU it compiles for: a warm-up for another target

@@ -36,7 +36,6 @@ from tasks.params import Params
 from tasks.artifacts import (ARMS_WITHOUT_QP, BEHAVIOUR_FILE, EPISODES_FILE, HEATMAPS_FILE, SCENARIO_TRAJECTORIES_FILE,
                              scenarios_dir)
 from tasks.scenario_catalogue import INFEASIBLE_RED_FLAG, NEAR_BARRIER, red_flags, scenario_geometry
-from tasks.report.formatting import percent_bound
 from tasks.stats import rate_interval
 
 FIGURE_DIR = Path("reports/figures/scenarios")
@@ -84,6 +83,9 @@ def read_results(params: Params, workdir: Path) -> tuple[pd.DataFrame, pd.DataFr
 def _ci(k: int, n: int) -> str:
     """k of n as a percentage with its 95 % Wilson interval, one decimal; a bound that would round to
     0.0 keeps two significant digits (0 of 10,000 steps: [0.0, 0.038], not [0.0, 0.0])."""
+    # here, not at the top: importing the report package costs the spawned figure processes 0.6 s each
+    from tasks.report.formatting import percent_bound
+
     interval = rate_interval(int(k), int(n))
     return f"{100 * interval.estimate:.1f} % [{percent_bound(interval.low, 1)}, {percent_bound(interval.high, 1)}]"
 
