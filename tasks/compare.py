@@ -32,7 +32,8 @@ Intervals (all at ``params.decision.confidence``; ``interval_methods`` labels ea
   design (tasks.stats.crossed_mean_interval, never [0, 0] for a rate); step rates pooled over steps
   with tasks.stats.crossed_ratio_interval (delta method, Wilson floor); decision ms: t over the
   per-seed values. IQM rows: stratified bootstrap within seeds (evaluation noise only); IQM trims
-  only with >= 4 seeds.
+  only with >= 4 seeds; a count with no event in any seed (where every resample is 0) gets the
+  one-sided bound of tasks.stats.iqm_edge_bound instead of [0, 0].
 
 The verdict is ``verdict_of`` over tasks.decision.fixed_sequence; its module docstring states the rules.
 """
@@ -66,6 +67,7 @@ from tasks.stats import (
     across_seeds,
     crossed_mean_interval,
     crossed_ratio_interval,
+    iqm_edge_bound,
     probability_of_improvement,
     rate_interval,
     seed_t_interval,
@@ -204,7 +206,10 @@ RETURN_METHOD = ("crossed seed x scenario design: t interval from the two-way ra
                  "per-episode returns, Satterthwaite df")
 SEED_MEAN_METHOD = "t interval over the per-seed means (training seeds; scenarios held fixed)"
 IQM_METHOD = ("percentile bootstrap resampling episodes within each seed (seeds held fixed: evaluation noise "
-              "only, training-seed variance not included)")
+              "only, training-seed variance not included); a rate with no event in any seed (every resample 0): the "
+              "one-sided bound N CP(0 of N) / ((seeds - int(seeds / 4)) x the smallest seed's N), N the pooled episodes "
+              "(steps for step rates, counted as independent: descriptive), which the IQM of the seeds' rates cannot "
+              "exceed (tasks.stats.iqm_edge_bound)")
 PER_SEED_METHOD = ("one seed: Wilson on episodes (capture, collision, timeout) or on steps (step rates, "
                    "correlated within an episode: descriptive); return and decision ms: percentile bootstrap "
                    "over the seed's episodes")
@@ -307,8 +312,15 @@ def summarise(episodes: pd.DataFrame, decision: DecisionParams) -> pd.DataFrame:
         iqm_row = {"arm": arm, "seed": "all", "aggregate": "iqm", "seeds": len(seeds),
                    "episodes": len(arm_rows), "steps": int(arm_rows["length"].sum())}
         intervals = stratified_bootstrap_cis(strata, across_seeds(_ratio, "iqm"), n_boot, conf, boot_seed)
-        for name, interval in zip(names, intervals):
-            iqm_row.update({name: interval.estimate, f"{name}_low": interval.low, f"{name}_high": interval.high})
+        seed_sums = np.stack([pairs.sum(axis=0) for pairs in strata])  # (seeds, metrics, 2)
+        for j, (name, interval) in enumerate(zip(names, intervals)):
+            low, high = interval.low, interval.high
+            if name in EPISODE_RATES or name in STEP_RATES:  # a count: no event (or all events) still gets a bound
+                events, trials = seed_sums[:, j, 0], seed_sums[:, j, 1]
+                if np.all(trials >= 1) and (np.all(events == 0) or np.all(events == trials)):
+                    bound = iqm_edge_bound(trials, conf)
+                    low, high = (0.0, bound) if np.all(events == 0) else (1.0 - bound, 1.0)
+            iqm_row.update({name: interval.estimate, f"{name}_low": low, f"{name}_high": high})
         rows.append(iqm_row)
     columns = ["arm", "seed", "aggregate", "seeds", "episodes", "steps"]
     columns += [f"{m}{suffix}" for m in METRICS for suffix in ("", "_low", "_high")]

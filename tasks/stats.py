@@ -82,6 +82,7 @@ __all__ = [
     "paired_win_rate",
     "run_level_probability_of_improvement",
     "iqm_trims",
+    "iqm_edge_bound",
     "performance_profile",
 ]
 
@@ -1059,6 +1060,31 @@ def iqm_trims(n: int) -> bool:
     """Whether ``iqm`` of n values drops anything (int(0.25 n) >= 1, i.e. n >= 4); else the IQM
     equals the mean and the report should say so."""
     return int(0.25 * n) >= 1
+
+
+def iqm_edge_bound(denominators, confidence: float = 0.95) -> float:
+    """A one-sided bound on the IQM of the seeds' true rates when no seed saw an event: the upper
+    bound of that IQM (read 1 minus it as the lower bound when every trial of every seed was an
+    event). A percentile bootstrap of the IQM gives [0, 0] there, as every resample has no event.
+
+    denominators (S,): each seed's trials (episodes, or steps for a step rate); with the seeds held
+    fixed (evaluation noise only, as the IQM's bootstrap), seed s has rate p_s over n_s trials.
+
+    Why it holds: scipy's IQM keeps the middle S - 2t sorted values, t = int(0.25 S); each of the t
+    largest is at least every kept value, so sum_s p_s >= (S - t) IQM. And sum_s p_s <= N pbar / min_s
+    n_s, pbar = sum_s n_s p_s / N the pooled rate, N = sum_s n_s. No event in N trials has
+    probability prod_s (1 - p_s)^n_s <= (1 - pbar)^N (the log is concave), so the exact
+    Clopper-Pearson bound on 0 of N bounds pbar at this confidence, and
+
+        IQM <= N * CP_high(0, N) / ((S - t) * min_s n_s),   capped at 1.
+
+    With five seeds of 500 episodes: 5/4 * (1 - 0.025^(1/2500)) = 0.184 % at 95 %."""
+    n = np.asarray(denominators, dtype=float)
+    if n.ndim != 1 or n.size == 0 or not np.all(n >= 1) or not np.all(n == np.round(n)):
+        raise ValueError(f"denominators={denominators!r}; accepted: a non-empty 1-D array of trial counts >= 1")
+    total, seeds = float(n.sum()), n.size
+    pooled_high = rate_interval(0, int(total), confidence, "clopper_pearson").high
+    return min(1.0, total * pooled_high / ((seeds - int(0.25 * seeds)) * float(n.min())))
 
 
 def performance_profile(seed_scores, thresholds) -> np.ndarray:

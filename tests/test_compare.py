@@ -20,7 +20,7 @@ from tasks.compare import (
     verdict_of,
 )
 from tasks.params import DecisionParams, EvalParams, Params, TrainParams
-from tasks.stats import crossed_mean_interval
+from tasks.stats import crossed_mean_interval, iqm_edge_bound
 
 Z95 = 1.959963984540054
 
@@ -251,6 +251,36 @@ def test_zero_event_rates_never_read_zero_zero(tmp_path):
     assert entry["cbf_violation_rate"] == 0 and entry["cbf_violation_rate_high"] > 0
     safety = metrics["safety"]["barriernet"]
     assert safety["unsafe"] == 0 and safety["upper"] == pytest.approx(1 - 0.025 ** (1 / 100))
+
+
+def test_iqm_rows_bound_a_count_no_seed_saw(tmp_path):
+    # Five seeds (the IQM keeps three): barriernet never collides, so every bootstrap resample of
+    # its collision IQM is 0; the row must carry the edge bound from the seeds' episode counts,
+    # not [0, 0].
+    seeds = (0, 1, 2, 3, 4)
+    write_eval_tables(tmp_path, seeds, 40)
+    for seed in seeds:
+        path = episodes_path(tmp_path, "barriernet", seed)
+        table = pd.read_csv(path)
+        table.loc[table["outcome"] == "collision", "outcome"] = "timeout"
+        table.to_csv(path, index=False)
+    run(make_params(seeds, episodes=40), tmp_path)
+    summary = pd.read_csv(tmp_path / "results/compare/summary.csv", dtype={"seed": str})
+    iqm_rows = summary[summary["aggregate"] == "iqm"].set_index("arm")
+    row = iqm_rows.loc["barriernet"]
+    # 200 pooled episodes, 40 in the smallest seed, 5 - int(5 / 4) = 4 seeds at least as large as the IQM
+    want = 200 * (1 - 0.025 ** (1 / 200)) / (4 * 40)
+    assert (row["collision_rate"], row["collision_rate_low"]) == (0, 0)
+    assert row["collision_rate_high"] == pytest.approx(want, rel=1e-9)
+    # the baseline's QP never intervenes (intervention rate 0 in the fake): a step rate, bounded on steps
+    raw = pd.concat([pd.read_csv(episodes_path(tmp_path, "baseline", s)) for s in seeds])
+    steps = raw[(raw["arm"] == "baseline") & (raw["split"] == "test")].groupby("seed")["length"].sum()
+    want = steps.sum() * (1 - 0.025 ** (1 / steps.sum())) / (4 * steps.min())
+    assert iqm_rows.loc["baseline", "intervention_rate_high"] == pytest.approx(want, rel=1e-9)
+    # a count with events keeps its bootstrap interval, which is not [0, 0]
+    assert iqm_rows.loc["baseline", "collision_rate_low"] < iqm_rows.loc["baseline", "collision_rate_high"]
+    assert iqm_rows.loc["baseline", "collision_rate_high"] != pytest.approx(
+        iqm_edge_bound([40] * 5), rel=1e-3)
 
 
 def _step(id_, kind="vs_baseline", rejected=True, confirmatory=True, answer=None):

@@ -16,6 +16,7 @@ from tasks.stats import (
     crossed_mean_interval,
     crossed_ratio_interval,
     iqm,
+    iqm_edge_bound,
     iqm_trims,
     mcnemar_exact,
     newcombe_difference_interval,
@@ -839,6 +840,35 @@ def test_iqm_trims_exactly_when_scipy_drops_values():
         x = rng.exponential(size=n)  # continuous and skewed: trimming always changes the mean
         assert iqm_trims(n) == (not math.isclose(iqm(x), x.mean(), rel_tol=1e-12)), n
     assert not iqm_trims(3) and iqm_trims(4) and iqm_trims(5)
+
+
+def test_iqm_edge_bound_holds_at_the_worst_case_and_is_nearly_tight():
+    # Five seeds of 500 episodes, no event: 5/4 of the pooled Clopper-Pearson bound, by hand.
+    assert iqm_edge_bound([500] * 5) == pytest.approx(5 / 4 * (1 - 0.025 ** (1 / 2500)), rel=1e-12)
+    # The true rates that make "no event anywhere" likeliest for a given IQM B: the lowest seed at 0,
+    # the other four at B (the largest must be at least the kept ones). Their chance of no event,
+    # (1 - B)^(4 n), is the tightest level at B; at the bound it is at most 2.5 % (valid) and the
+    # exact worst-case bound 1 - 0.025^(1 / (4 n)) is within 0.3 % of it (tight).
+    for n in (40, 500, 5000):
+        bound = iqm_edge_bound([n] * 5)
+        assert (1 - bound) ** (4 * n) <= 0.025
+        assert bound == pytest.approx(1 - 0.025 ** (1 / (4 * n)), rel=3e-3)
+    # Random true rates with unequal seeds, scaled to the bound's IQM: none gives "no event" a
+    # chance above 2.5 % (product over seeds, exact; no simulation).
+    rng = np.random.default_rng(7)
+    for _ in range(2000):
+        seeds = int(rng.integers(1, 12))
+        n = rng.integers(20, 3000, size=seeds)
+        bound = iqm_edge_bound(n)
+        rates = rng.exponential(size=seeds) * rng.integers(0, 2, size=seeds)  # some seeds exactly 0
+        if iqm(rates) <= 0:
+            continue
+        rates *= bound / iqm(rates)
+        if rates.max() >= 1:
+            continue
+        assert np.exp(np.sum(n * np.log1p(-rates))) <= 0.025 + 1e-12
+    with pytest.raises(ValueError, match="denominators"):
+        iqm_edge_bound([500, 0])
 
 
 def test_performance_profile_by_hand():
