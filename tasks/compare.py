@@ -68,8 +68,8 @@ from tasks.stats import (
     crossed_mean_interval,
     crossed_ratio_interval,
     iqm_edge_bound,
-    probability_of_improvement,
     rate_interval,
+    run_level_probability_of_improvement,
     seed_t_interval,
     stratified_bootstrap_cis,
     wilson_interval,
@@ -407,14 +407,17 @@ def _run_level(test: pd.DataFrame, arm: str, other: str, decision: DecisionParam
     """Run-level probability of improvement (per-seed capture rates, rliable) and the paired-episode win rate."""
     _, a = protocol.score_matrix(test, arm, "capture")
     _, b = protocol.score_matrix(test, other, "capture")
-    poi = probability_of_improvement(a.mean(axis=1), b.mean(axis=1), decision.bootstrap_samples,
-                                     decision.confidence, decision.bootstrap_seed)
+    poi = run_level_probability_of_improvement(a.mean(axis=1), b.mean(axis=1), decision.bootstrap_samples,
+                                               decision.confidence, decision.bootstrap_seed)
     rows = min(a.shape[0], b.shape[0])
     win = protocol.win_rate(a[:rows], b[:rows], decision.confidence)
     return {"arm": arm, "against": other,
             **_interval_fields("probability_of_improvement", poi),
             "probability_of_improvement_method": "P(seed score of arm > seed score of other) over all seed pairs "
-                                                 "(rliable, run level), percentile bootstrap over seeds",
+                                                 "(rliable, run level), percentile bootstrap over seeds; where every "
+                                                 "seed pair is won (or lost) no resample differs, and the bound is the "
+                                                 "distribution-free one of complete separation, ((1 - confidence) / "
+                                                 "2)^(1 / fewer seeds) (tasks.stats.separation_bound)",
             **_interval_fields("paired_win_rate", Interval(*win[:3])),
             "paired_win_rate_method": "(seed i, scenario) cells of both arms: wins + ties / 2; " + win.method}
 

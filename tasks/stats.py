@@ -83,6 +83,7 @@ __all__ = [
     "run_level_probability_of_improvement",
     "iqm_trims",
     "iqm_edge_bound",
+    "separation_bound",
     "performance_profile",
 ]
 
@@ -1047,13 +1048,36 @@ def run_level_probability_of_improvement(
 
     a_seed_scores (Sa,), b_seed_scores (Sb,): one score per seed (e.g. its test capture rate).
     The interval is the percentile bootstrap resampling the runs of each arm (rliable's
-    stratified bootstrap with one task); with 5 runs per arm it is coarse.
+    stratified bootstrap with one task); with 5 runs per arm it is coarse. Where every seed of a
+    beats every seed of b (estimate 1) no resample can differ, and the interval is the
+    distribution-free one of `separation_bound` instead (mirrored for estimate 0).
     """
     x, y = np.asarray(a_seed_scores, dtype=float), np.asarray(b_seed_scores, dtype=float)
     for name, v in (("a_seed_scores", x), ("b_seed_scores", y)):
         if v.ndim != 1 or v.size < 1 or not np.all(np.isfinite(v)):
             raise ValueError(f"{name} has shape {v.shape}; accepted: (seeds,) finite per-seed scores")
-    return probability_of_improvement(x, y, n_boot, confidence, seed)
+    interval = probability_of_improvement(x, y, n_boot, confidence, seed)
+    if interval.estimate in (0.0, 1.0):
+        low = separation_bound(x.size, y.size, confidence)
+        return Interval(1.0, low, 1.0) if interval.estimate == 1.0 else Interval(0.0, 0.0, 1.0 - low)
+    return interval
+
+
+def separation_bound(m: int, n: int, confidence: float = 0.95) -> float:
+    """The lower confidence bound of P(X > Y) + 0.5 P(X = Y) when every one of the m x n pairs of
+    m draws of X and n of Y had X > Y (complete separation), for any distributions:
+    ((1 - confidence) / 2) ** (1 / min(m, n)).
+
+    Why: min(m, n) disjoint pairs (X_1, Y_1), ... are independent and each has X_i > Y_i with
+    probability at most P, so complete separation has probability at most P^min(m, n); a P below
+    the bound makes it rarer than (1 - confidence) / 2. The bound is attained (Y constant at 0,
+    X = 1 with probability P and -1 otherwise, m <= n), so no distribution-free bound is higher:
+    with 5 seeds per arm, 0.025^(1/5) = 0.478 at 95 %: complete separation of five runs alone does
+    not show P > 1/2 without assumptions on the runs' distributions."""
+    if min(m, n) < 1:
+        raise ValueError(f"m={m}, n={n}; accepted: at least one draw of each")
+    _z(confidence)
+    return ((1.0 - confidence) / 2.0) ** (1.0 / min(m, n))
 
 
 def iqm_trims(n: int) -> bool:

@@ -32,6 +32,7 @@ from tasks.stats import (
     seed_t_difference_interval,
     seed_t_interval,
     seeds_needed,
+    separation_bound,
     stratified_bootstrap_ci,
     variance_components,
     wilson_interval,
@@ -832,6 +833,48 @@ def test_run_level_probability_of_improvement_brute_force():
     assert got.low <= got.estimate <= got.high
     with pytest.raises(ValueError, match=r"\(seeds,\)"):
         run_level_probability_of_improvement(np.ones((2, 3)), b)
+
+
+def _separation_probability(x_values, x_probs, y_values, y_probs, m, n):
+    """P(every one of m draws of X exceeds every one of n draws of Y), exactly, for discrete X, Y:
+    sum over y of P(max of the Ys = y) P(X > y)^m."""
+    order = np.argsort(y_values)
+    ys, py = np.asarray(y_values, float)[order], np.asarray(y_probs, float)[order]
+    cdf = np.cumsum(py)
+    below = np.concatenate(([0.0], cdf[:-1]))
+    max_y = cdf ** n - below ** n  # P(max = ys[k])
+    above = np.array([np.sum(np.asarray(x_probs)[np.asarray(x_values) > y]) for y in ys])
+    return float(np.sum(max_y * above ** m))
+
+
+def test_separation_bound_is_valid_and_attained():
+    # By hand: five seeds a side, 95 %: 0.025^(1/5).
+    assert separation_bound(5, 5) == pytest.approx(0.025 ** 0.2, rel=1e-15)
+    assert separation_bound(3, 8, 0.9) == pytest.approx(0.05 ** (1 / 3), rel=1e-15)
+    # Attained: Y constant 0, X = +1 with probability P else -1: complete separation of m = 5 X's
+    # over any n >= 5 Y's has probability P^5 (exact enumeration), 2.5 % at the bound.
+    p = separation_bound(5, 7)
+    assert _separation_probability([1.0, -1.0], [p, 1 - p], [0.0], [1.0], 5, 7) == pytest.approx(0.025)
+    # Valid: random discrete distributions (ties count half in P) never make complete separation
+    # likelier than P^min(m, n), so below the bound it stays under 2.5 %.
+    rng = np.random.default_rng(3)
+    for _ in range(3000):
+        support = np.arange(int(rng.integers(2, 7)), dtype=float)
+        px, py = rng.dirichlet(np.ones(support.size) * 0.4), rng.dirichlet(np.ones(support.size) * 0.4)
+        m, n = (int(v) for v in rng.integers(1, 9, size=2))
+        win = sum(px[i] * py[j] * (1.0 if support[i] > support[j] else 0.5 if i == j else 0.0)
+                  for i in range(support.size) for j in range(support.size))
+        assert _separation_probability(support, px, support, py, m, n) <= win ** min(m, n) + 1e-12
+    with pytest.raises(ValueError, match="at least one"):
+        separation_bound(0, 5)
+
+
+def test_run_level_probability_of_improvement_at_complete_separation():
+    # Every seed of a above every seed of b: the bootstrap would give [1, 1]; the interval is the
+    # distribution-free one, and mirrored when a loses every pair.
+    a, b = np.array([0.97, 0.98, 0.96, 0.99, 0.975]), np.array([0.90, 0.91, 0.92, 0.93])
+    assert run_level_probability_of_improvement(a, b, n_boot=300)[:3] == pytest.approx((1.0, 0.025 ** 0.25, 1.0))
+    assert run_level_probability_of_improvement(b, a, n_boot=300)[:3] == pytest.approx((0.0, 0.0, 1 - 0.025 ** 0.25))
 
 
 def test_iqm_trims_exactly_when_scipy_drops_values():
