@@ -32,8 +32,8 @@ Intervals (all at ``params.decision.confidence``; ``interval_methods`` labels ea
   design (tasks.stats.crossed_mean_interval, never [0, 0] for a rate); step rates pooled over steps
   with tasks.stats.crossed_ratio_interval (delta method, Wilson floor); decision ms: t over the
   per-seed values. IQM rows: stratified bootstrap within seeds (evaluation noise only); IQM trims
-  only with >= 4 seeds; a count with no event in any seed (where every resample is 0) gets the
-  one-sided bound of tasks.stats.iqm_edge_bound instead of [0, 0].
+  only with >= 4 seeds; a count whose every resample is 0 (no event in any seed, or only in
+  trimmed seeds) gets the one-sided bound of tasks.stats.iqm_edge_bound instead of [0, 0].
 
 The verdict is ``verdict_of`` over tasks.decision.fixed_sequence; its module docstring states the rules.
 """
@@ -206,10 +206,10 @@ RETURN_METHOD = ("crossed seed x scenario design: t interval from the two-way ra
                  "per-episode returns, Satterthwaite df")
 SEED_MEAN_METHOD = "t interval over the per-seed means (training seeds; scenarios held fixed)"
 IQM_METHOD = ("percentile bootstrap resampling episodes within each seed (seeds held fixed: evaluation noise "
-              "only, training-seed variance not included); a rate with no event in any seed (every resample 0): the "
-              "one-sided bound N CP(0 of N) / ((seeds - int(seeds / 4)) x the smallest seed's N), N the pooled episodes "
-              "(steps for step rates, counted as independent: descriptive), which the IQM of the seeds' rates cannot "
-              "exceed (tasks.stats.iqm_edge_bound)")
+              "only, training-seed variance not included); a rate whose every resample gave 0 (no event in any seed, "
+              "or only in trimmed seeds): the one-sided bound N CP(k of N) / ((seeds - int(seeds / 4)) x the smallest "
+              "seed's N), k of N the pooled events and episodes (steps for step rates, counted as independent: "
+              "descriptive), which the IQM of the seeds' rates cannot exceed (tasks.stats.iqm_edge_bound)")
 PER_SEED_METHOD = ("one seed: Wilson on episodes (capture, collision, timeout) or on steps (step rates, "
                    "correlated within an episode: descriptive); return and decision ms: percentile bootstrap "
                    "over the seed's episodes")
@@ -315,11 +315,14 @@ def summarise(episodes: pd.DataFrame, decision: DecisionParams) -> pd.DataFrame:
         seed_sums = np.stack([pairs.sum(axis=0) for pairs in strata])  # (seeds, metrics, 2)
         for j, (name, interval) in enumerate(zip(names, intervals)):
             low, high = interval.low, interval.high
-            if name in EPISODE_RATES or name in STEP_RATES:  # a count: no event (or all events) still gets a bound
+            # a count whose every resample gave 0 (or 1): no seed, or only trimmed seeds, saw an
+            # event (a non-event); the bootstrap says nothing there, the pooled bound does
+            if (name in EPISODE_RATES or name in STEP_RATES) and low == high and low in (0.0, 1.0):
                 events, trials = seed_sums[:, j, 0], seed_sums[:, j, 1]
-                if np.all(trials >= 1) and (np.all(events == 0) or np.all(events == trials)):
-                    bound = iqm_edge_bound(trials, conf)
-                    low, high = (0.0, bound) if np.all(events == 0) else (1.0 - bound, 1.0)
+                if np.all(trials >= 1):
+                    counted = events.sum() if low == 0.0 else (trials - events).sum()
+                    bound = iqm_edge_bound(trials, conf, int(round(counted)))
+                    low, high = (0.0, bound) if low == 0.0 else (1.0 - bound, 1.0)
             iqm_row.update({name: interval.estimate, f"{name}_low": low, f"{name}_high": high})
         rows.append(iqm_row)
     columns = ["arm", "seed", "aggregate", "seeds", "episodes", "steps"]

@@ -1086,28 +1086,36 @@ def iqm_trims(n: int) -> bool:
     return int(0.25 * n) >= 1
 
 
-def iqm_edge_bound(denominators, confidence: float = 0.95) -> float:
-    """A one-sided bound on the IQM of the seeds' true rates when no seed saw an event: the upper
-    bound of that IQM (read 1 minus it as the lower bound when every trial of every seed was an
-    event). A percentile bootstrap of the IQM gives [0, 0] there, as every resample has no event.
+def iqm_edge_bound(denominators, confidence: float = 0.95, events: int = 0) -> float:
+    """A one-sided upper bound on the IQM of the seeds' true rates, for where the IQM's percentile
+    bootstrap gives [0, 0]: no seed saw an event (events = 0), or the seeds that did are trimmed in
+    every resample (events = their pooled count). Read 1 minus it as the lower bound where every
+    resample gives 1 (events = the pooled non-events).
 
     denominators (S,): each seed's trials (episodes, or steps for a step rate); with the seeds held
     fixed (evaluation noise only, as the IQM's bootstrap), seed s has rate p_s over n_s trials.
 
     Why it holds: scipy's IQM keeps the middle S - 2t sorted values, t = int(0.25 S); each of the t
     largest is at least every kept value, so sum_s p_s >= (S - t) IQM. And sum_s p_s <= N pbar / min_s
-    n_s, pbar = sum_s n_s p_s / N the pooled rate, N = sum_s n_s. No event in N trials has
-    probability prod_s (1 - p_s)^n_s <= (1 - pbar)^N (the log is concave), so the exact
-    Clopper-Pearson bound on 0 of N bounds pbar at this confidence, and
+    n_s, pbar = sum_s n_s p_s / N the pooled rate, N = sum_s n_s. The pooled count is a sum of
+    independent trials with mean pbar, and its chance of at most k events is at most the
+    binomial's with rate pbar wherever k <= N pbar - 1 (Hoeffding 1956, Theorem 4; for k = 0 simply
+    prod_s (1 - p_s)^n_s <= (1 - pbar)^N, the log being concave). So the exact Clopper-Pearson
+    bound on k of N bounds pbar at this confidence (it lies where N pbar >= k + 1; where it does
+    not, the bound returned is 1, the trivial one), and
 
-        IQM <= N * CP_high(0, N) / ((S - t) * min_s n_s),   capped at 1.
+        IQM <= N * CP_high(k, N) / ((S - t) * min_s n_s),   capped at 1.
 
-    With five seeds of 500 episodes: 5/4 * (1 - 0.025^(1/2500)) = 0.184 % at 95 %."""
+    With five seeds of 500 episodes and no event: 5/4 * (1 - 0.025^(1/2500)) = 0.184 % at 95 %."""
     n = np.asarray(denominators, dtype=float)
     if n.ndim != 1 or n.size == 0 or not np.all(n >= 1) or not np.all(n == np.round(n)):
         raise ValueError(f"denominators={denominators!r}; accepted: a non-empty 1-D array of trial counts >= 1")
     total, seeds = float(n.sum()), n.size
-    pooled_high = rate_interval(0, int(total), confidence, "clopper_pearson").high
+    if not (0 <= events <= total and events == int(events)):
+        raise ValueError(f"events={events!r}; accepted: an integer count from 0 to the pooled trials ({total:.0f})")
+    pooled_high = rate_interval(int(events), int(total), confidence, "clopper_pearson").high
+    if total * pooled_high < events + 1:  # outside Hoeffding's condition: nothing proven
+        return 1.0
     return min(1.0, total * pooled_high / ((seeds - int(0.25 * seeds)) * float(n.min())))
 
 

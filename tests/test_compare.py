@@ -277,6 +277,17 @@ def test_iqm_rows_bound_a_count_no_seed_saw(tmp_path):
     steps = raw[(raw["arm"] == "baseline") & (raw["split"] == "test")].groupby("seed")["length"].sum()
     want = steps.sum() * (1 - 0.025 ** (1 / steps.sum())) / (4 * steps.min())
     assert iqm_rows.loc["baseline", "intervention_rate_high"] == pytest.approx(want, rel=1e-9)
+    # events only in a seed the IQM trims in every resample: the bound counts them (k = 2 of 200)
+    path = episodes_path(tmp_path, "barriernet", 0)
+    table = pd.read_csv(path)
+    test_rows = table.index[(table["arm"] == "barriernet") & (table["split"] == "test")]
+    table.loc[test_rows[:2], "outcome"] = "collision"
+    table.to_csv(path, index=False)
+    run(make_params(seeds, episodes=40), tmp_path)
+    summary = pd.read_csv(tmp_path / "results/compare/summary.csv", dtype={"seed": str})
+    row = summary[(summary["aggregate"] == "iqm") & (summary["arm"] == "barriernet")].iloc[0]
+    assert (row["collision_rate"], row["collision_rate_low"]) == (0, 0)
+    assert row["collision_rate_high"] == pytest.approx(200 * sps.beta.ppf(0.975, 3, 198) / (4 * 40), rel=1e-9)
     # a count with events keeps its bootstrap interval, which is not [0, 0]
     assert iqm_rows.loc["baseline", "collision_rate_low"] < iqm_rows.loc["baseline", "collision_rate_high"]
     assert iqm_rows.loc["baseline", "collision_rate_high"] != pytest.approx(
