@@ -114,13 +114,21 @@ def scenario_table(episodes: pd.DataFrame, dt: float) -> pd.DataFrame:
 
 def reading(name: str, rows: pd.DataFrame) -> str:
     """One line per scenario from its numbers (rows: scenario_table's rows of this scenario)."""
-    rates = rows.assign(rate=rows.capture / rows.episodes).sort_values("rate", ascending=False)
-    best = rates.iloc[0]
-    worst = rates.iloc[-1]
-    if best.rate == worst.rate:
-        parts = [f"every arm captured {100 * best.rate:.0f} %"]
+    rates = rows.assign(rate=rows.capture / rows.episodes)
+    high, low = rates.rate.max(), rates.rate.min()
+    if high == low:
+        parts = [f"every arm captured {100 * high:.0f} %"]
     else:
-        parts = [f"highest capture {best.arm} ({100 * best.rate:.0f} %), lowest {worst.arm} ({100 * worst.rate:.0f} %)"]
+        # every arm tied at either end is named: one name for a shared 100 % would read as a winner
+        best, worst = rates[rates.rate == high], rates[rates.rate == low]
+        parts = [f"highest capture {', '.join(best.arm)} ({100 * high:.0f} %), lowest {', '.join(worst.arm)} "
+                 f"({100 * low:.0f} %)"]
+        # whether the extremes' 95 % Wilson intervals overlap: a descriptive reading of so few
+        # episodes, no test (non-overlap is the stricter condition)
+        top = min(rate_interval(int(r.capture), int(r.episodes)).low for r in best.itertuples())
+        bottom = max(rate_interval(int(r.capture), int(r.episodes)).high for r in worst.itertuples())
+        if top <= bottom:
+            parts[-1] += " (their 95 % intervals overlap)"
     colliding = rows[rows.collision > 0]
     parts.append("no collisions" if colliding.empty else
                  "collisions: " + ", ".join(f"{r.arm} {r.collision}/{r.episodes}" for r in colliding.itertuples()))

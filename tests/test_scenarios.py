@@ -282,9 +282,27 @@ def test_scenario_table_and_reading_from_hand_counted_episodes():
     assert (a.capture, a.collision, a.violation, a.steps, a.infeasible) == (2, 1, 1, 670, 60)
     assert a.capture_time == pytest.approx((20 + 40) / 2 * 0.05)  # captured episodes only
     text = R.reading("corridor_tight", table)
-    assert "highest capture a (50 %), lowest b (0 %)" in text
+    # 2 of 4 against 0 of 4: Wilson [15.0, 85.0] % and [0, 49.0] %: they overlap
+    assert "highest capture a (50 %), lowest b (0 %) (their 95 % intervals overlap)" in text
     assert "collisions: a 1/4" in text and "barrier violated by a (1 ep.)" in text
     assert "QP infeasible > 5 % of steps: a" in text  # 60 / 670 = 9 %
+
+
+def test_reading_names_every_tied_arm_and_says_when_intervals_overlap():
+    from tasks import report_scenarios as R
+
+    def rows(captures, episodes=50):
+        return pd.DataFrame({"arm": list(captures), "capture": list(captures.values()),
+                             "episodes": episodes, "collision": 0, "violation": 0, "infeasible": 0, "steps": 1000})
+
+    # Three arms share 100 %: all three are named, none reads as the winner.
+    text = R.reading("open_field", rows({"x": 50, "y": 37, "z": 50, "w": 50}))
+    assert "highest capture x, z, w (100 %), lowest y (74 %)" in text
+    # 50/50 (Wilson low 92.9 %) against 37/50 (high 84.1 %): no overlap, nothing added
+    assert "overlap" not in text
+    # 50/50 against 45/50 (Wilson high 95.7 %): they overlap
+    assert "lowest y (90 %) (their 95 % intervals overlap)" in R.reading("open_field", rows({"x": 50, "y": 45}))
+    assert R.reading("open_field", rows({"x": 20, "y": 20})).startswith("every arm captured 40 %")
 
 
 class AimThroughTheGap(nn.Module):
