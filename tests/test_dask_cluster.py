@@ -38,7 +38,10 @@ PARAMS = {
     # four cells on two workers: a worker must start a second cell for the kill
     "train.algos": ["barriernet", "baseline", "cbf_beta", "shielded"],
     "train.seeds": [0],
-    "train.total_steps": 6 * 8 * 16,
+    # 18 updates of 8 envs x 16 steps, a checkpoint after each: the watcher (polling every 50 ms)
+    # must see the second cell between its first checkpoint and its summary; with 6 updates that
+    # window was about 0.1 s and a loaded machine missed it once in a dozen runs
+    "train.total_steps": 18 * 8 * 16,
     "train.checkpoint_every": 1,
     "orchestration.retry_delay_seconds": 0,
     "gpu.min_minibatch": 16,
