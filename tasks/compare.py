@@ -63,6 +63,7 @@ from tasks.artifacts import (
 )
 from tasks.params import DecisionParams, Params
 from tasks.stats import (
+    DEFAULT_DRAWS,
     Interval,
     across_seeds,
     crossed_mean_interval,
@@ -199,20 +200,27 @@ STEP_RATES = ("cbf_violation_rate", "enforced_violation_rate", "episode_violatio
               "infeasible_rate")
 # Ratios of sums that are not counts of events (no Wilson floor): correction per step, steps per capture.
 RATIO_MEANS = ("mean_correction", "capture_steps")
-STEP_RATE_METHOD = ("crossed seed x scenario design for a ratio of sums (steps with the event / steps): delta-method "
-                    "linearisation, two-way random-effects variance, Satterthwaite df, widened to at least the pooled "
-                    "Wilson interval on steps")
-RETURN_METHOD = ("crossed seed x scenario design: t interval from the two-way random-effects variance of the "
-                 "per-episode returns, Satterthwaite df")
+# crossed_mean_interval / crossed_ratio_interval at their default method (tasks/stats.py)
+GENERALIZED = f"generalized pivotal interval ({DEFAULT_DRAWS} seeded chi-square draws)"
+STEP_RATE_METHOD = ("crossed seed x scenario design for a ratio of sums pooled over seeds (steps with the event / "
+                    "steps): delta-method linearisation, two-way random-effects variance, " + GENERALIZED
+                    + ", widened to at least the pooled Wilson interval on steps")
+RETURN_METHOD = ("crossed seed x scenario design: two-way random-effects variance of the per-episode returns, "
+                 + GENERALIZED)
 SEED_MEAN_METHOD = "t interval over the per-seed means (training seeds; scenarios held fixed)"
 IQM_METHOD = ("percentile bootstrap resampling episodes within each seed (seeds held fixed: evaluation noise "
               "only, training-seed variance not included); a rate whose every resample gave 0 (no event in any seed, "
               "or only in trimmed seeds): the one-sided bound N CP(k of N) / ((seeds - int(seeds / 4)) x the smallest "
               "seed's N), k of N the pooled events and episodes (steps for step rates, counted as independent: "
               "descriptive), which the IQM of the seeds' rates cannot exceed (tasks.stats.iqm_edge_bound)")
-PER_SEED_METHOD = ("one seed: Wilson on episodes (capture, collision, timeout) or on steps (step rates, "
-                   "correlated within an episode: descriptive); return and decision ms: percentile bootstrap "
-                   "over the seed's episodes")
+PER_SEED_METHOD = ("one seed: Wilson on episodes (capture, collision, timeout, episodes with a body-barrier "
+                   "violation) or on steps (step rates, correlated within an episode: descriptive); return, QP "
+                   "correction per step, steps to capture and decision ms: percentile bootstrap over the seed's "
+                   "episodes")
+# A share of episodes, computed by the step rates' ratio-of-sums interval with one per episode below
+EPISODE_SHARE_METHOD = ("crossed seed x scenario design for the share of episodes (a ratio of sums, one per "
+                        "episode): delta-method linearisation, two-way random-effects variance, " + GENERALIZED
+                        + ", widened to at least the pooled Wilson interval on episodes")
 
 
 def interval_methods(n_seeds: int) -> dict[str, str]:
@@ -221,14 +229,15 @@ def interval_methods(n_seeds: int) -> dict[str, str]:
     for name in METRICS:
         if name in EPISODE_RATES:
             methods[name] = protocol.ONE_SEED_MEAN if n_seeds < 2 else (
-                "crossed seed x scenario design: t interval from the two-way random-effects variance (training "
-                "seeds + shared test scenarios + residual), Satterthwaite df, widened to at least the pooled "
-                "Wilson interval")
+                "crossed seed x scenario design: two-way random-effects variance (training seeds + shared test "
+                "scenarios + residual), " + GENERALIZED + ", widened to at least the pooled Wilson interval")
+        elif name == "episode_violation_rate":
+            methods[name] = EPISODE_SHARE_METHOD if n_seeds >= 2 else "one seed: Wilson on the pooled episodes"
         elif name in STEP_RATES:
             methods[name] = STEP_RATE_METHOD if n_seeds >= 2 else "one seed: Wilson on the pooled steps"
         elif name in RATIO_MEANS:
-            methods[name] = ("crossed seed x scenario design for a ratio of sums: delta-method linearisation, "
-                             "two-way random-effects variance" if n_seeds >= 2 else
+            methods[name] = ("crossed seed x scenario design for a ratio of sums pooled over seeds: delta-method "
+                             "linearisation, two-way random-effects variance, " + GENERALIZED if n_seeds >= 2 else
                              "one seed: percentile bootstrap over episodes")
         elif name == "mean_return":
             methods[name] = RETURN_METHOD if n_seeds >= 2 else "one seed: percentile bootstrap over episodes"

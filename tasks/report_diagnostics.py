@@ -130,10 +130,10 @@ def section(workdir: Path, algos: list[str], seeds: list[int], colours: dict[str
         rows.append([algo] + [("-" if np.isnan(v).all() else f"{np.nanmean(v):.3g}") for v in values.values()])
     png = figure(workdir, algos, seeds, colours)
     if not rows or png is None:
-        return ("### Training diagnostics\n\nNo training diagnostics in this run's curves (trained before they "
+        return ("## Training diagnostics\n\nNo training diagnostics in this run's curves (trained before they "
                 "were logged).\n"), {}
     flags = red_flags(workdir, algos, seeds)
-    md = ["### Training diagnostics", "",
+    md = ["## Training diagnostics", "",
           "End of training (mean over the last tenth of the logged updates and over seeds; DVCLive curves, "
           "`dvc plots show` draws every one per seed):", "",
           md_table(["algorithm", *names.values()], rows), "",

@@ -302,7 +302,8 @@ def figure_actions(arms: list[str], heatmaps: dict[str, Any], params: Params) ->
         ax.tick_params(labelsize=6)
     for ax in list(axes.flat)[len(arms):]:
         ax.axis("off")
-    fig.suptitle("executed actions, all scenario steps (log10 share of steps)", fontsize=8)
+    fig.suptitle("commanded actions (the safety layer's output), all scenario steps (log10 share of steps)",
+                 fontsize=8)
     fig.tight_layout()
     return _png(fig)
 
@@ -456,16 +457,19 @@ def section(params: Params, workdir: str | Path = ".") -> str:
     link = write_png("heatmaps", figure_heatmaps(arms, heatmaps, params))
     md += ["### Where in the arena", "", f"![heatmaps]({link})", "",
            "*Per arm, over every step of every scenario episode (pursuer position after the step, 0.5 m cells): mean "
-           "minimum barrier margin, fraction of steps with a barrier < 0, mean QP correction |executed - proposal|; "
+           "minimum barrier margin, fraction of steps with a barrier < 0, mean QP correction |commanded - proposal|; "
            "one colour scale per column, shared by every arm; white: no step there.*", ""]
     b = behaviour_table(behaviour)
     md += ["### Behaviour", "",
-           f"Smoothness: mean squared jerk of the pursuer's path (m^2/s^6, mean over scenarios). Near obstacles "
-           f"(a barrier within {NEAR_BARRIER:g} m): mean |change of v| / v_max and |change of w| / w_max per step; "
+           f"Smoothness: mean squared jerk of the pursuer's path (m^2/s^6, mean over scenarios). Near an obstacle "
+           f"or a wall (a body barrier within {NEAR_BARRIER:g} m): mean |change of the commanded v| / v_max and "
+           "|change of w| / w_max per step (commanded: the safety layer's output, before the disturbance "
+           "scenario's actuation noise); "
            "steer share = dw / (dv + dw) (1: only steers, 0: only brakes).", "",
            _md_table(["arm", "jerk (m^2/s^6)", "near steps", "dv / v_max", "dw / w_max", "steer share"],
                      [[r.arm, f"{r.jerk_ms:.3g}", r.near_steps, f"{r.dv_near:.3f}", f"{r.dw_near:.3f}",
                        f"{r.steer_share:.2f}"] for r in b.itertuples()]), ""]  # fmt: skip
     link = write_png("actions", figure_actions(arms, heatmaps, params))
-    md += [f"![actions]({link})", "", "*Executed (v, w) of every scenario step per arm (log10 share of steps).*", ""]
+    md += [f"![actions]({link})", "", "*Commanded (v, w) (the safety layer's output, before any disturbance) of "
+           "every scenario step per arm (log10 share of steps).*", ""]
     return "\n".join(md)

@@ -166,11 +166,13 @@ def section(params: Params, workdir: Path, episodes: pd.DataFrame, colours: dict
             md_table(["seed", "form", "gamma", "margin", "dev capture", "dev collision upper bound", "rule met"],
                      choice_rows), "",
         ]
+    swept = list(dict.fromkeys(means["algo"]))  # the checkpoint families the sweep played, in its order
     md = [
         "## Filter sweep (dev episodes)", "",
-        f"{len(means)} configurations ({', '.join(fs.forms)} x gamma {fs.gammas} x robust margin {fs.robust_margins} m) "
-        f"on the {', '.join(a for a in fs.algos if a in params.train.algos)} checkpoints, "
-        f"{params.eval.dev_episodes} dev episodes per (configuration, seed).", "",
+        f"{len(means[['form', 'gamma', 'robust_margin']].drop_duplicates())} configurations ({', '.join(fs.forms)} x "
+        f"gamma {fs.gammas} x robust margin {fs.robust_margins} m) on each of the "
+        f"{', '.join(swept)} checkpoints ({len(means)} in all), {params.eval.dev_episodes} dev episodes per "
+        "(configuration, seed).", "",
         *choice_md,
         "Every configuration on the baseline checkpoints (dev, mean over seeds), best capture first:", "",
         md_table(["form", "gamma", "margin", "capture", "collision", "collision upper (mean)", "intervention",

@@ -318,8 +318,9 @@ def behaviour_rows(arrays: dict[str, np.ndarray], env: EnvParams) -> dict[str, f
     jerk_ms: mean squared jerk of the pursuer's path (m^2/s^6): the third finite difference of
     positions / dt^3, over every window of 4 positions inside one episode. near_steps: steps
     that began with a barrier within NEAR_BARRIER m (any obstacle or wall, body barrier);
-    dv_near, dw_near: mean |change of the executed v| / v_max and |change of w| / w_max at those
-    steps (from the step before); steer_share = dw / (dv + dw): 1 = only steers, 0 = only brakes.
+    dv_near, dw_near: mean |change of the commanded v| / v_max and |change of w| / w_max at those
+    steps (from the step before; trace "executed" holds the safety layer's output, before the
+    disturbance scenario's noise); steer_share = dw / (dv + dw): 1 = only steers, 0 = only brakes.
     """
     dt = env.dt
     position, act = arrays["pursuer"][:, :, :2], arrays["active"]

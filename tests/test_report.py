@@ -15,6 +15,7 @@ import pytest
 
 from tasks import compare, report
 from tasks.artifacts import EPISODE_COLUMNS, StageInputError
+from tasks.report.inputs import RESULT_METRICS
 from tasks.params import DecisionParams, EvalParams, Params, TrainParams, params_hash
 
 # The module-scoped fixtures below run once: every test of this module goes to one xdist worker.
@@ -233,7 +234,7 @@ def test_setup_and_provenance(rendered):
     # params differ from params.yaml: the commands carry the overrides, shell-quoted
     assert "python -m tasks train --workdir" in markdown
     assert "--set 'train.seeds=[0,1]'" in markdown
-    assert "7.56 %" in table_row(markdown, "CBF-violation steps", report.arm_label("barriernet", params))
+    assert "7.56 %" in table_row(markdown, "CBF-violation steps (body barrier h < 0)", report.arm_label("barriernet", params))
 
 
 def test_every_figure_is_a_png(rendered):
@@ -402,6 +403,9 @@ def test_training_collisions_by_hand(rendered):
     totals = [float(np.dot(COLLISION_CURVE["baseline"][s], episodes)) for s in SEEDS]  # 26.0 and 21.0
     row = table_row(markdown, "baseline", str(len(SEEDS)))
     assert row.split(" | ")[2].startswith(f"{np.mean(totals):,.0f} [")
+    # the pooled count beside the per-seed mean: 47 collisions in 2 x 80 episodes
+    assert row.split(" | ")[2].endswith(f" per seed ({sum(totals):,.0f} in {len(SEEDS) * episodes.sum():,.0f} "
+                                        "training episodes, all seeds)")
 
 
 def test_qp_columns_of_an_arm_without_a_qp_say_so(rendered):
@@ -463,7 +467,7 @@ def test_collision_free_training_gets_an_upper_bound_not_zero_zero():
     free = report.Inputs({}, pd.DataFrame(), [cell(0, [0.0] * 4), cell(1, [0.0] * 4)], [], None, None)
     row = next(r for r in training_safety(free, params) if r[0] == "barriernet")
     upper = 1 - 0.025 ** (1 / 160)  # 2.28 %
-    assert row[1] == 2 and row[2] == "0 (none in 160 training episodes)"
+    assert row[1] == 2 and row[2] == "0 (none in 160 training episodes, all seeds)"
     assert f"95 % upper bound {100 * upper:.2f}%" in row[3] and "[0" not in row[3]
     for c in free.train:  # curves without the episode count: no bound, and no [0, 0] either
         del c.curves["episodes"]
@@ -472,6 +476,7 @@ def test_collision_free_training_gets_an_upper_bound_not_zero_zero():
     one = report.Inputs({}, pd.DataFrame(), [cell(0, [0.0] * 4), cell(1, [0.1, 0.0, 0.0, 0.0])], [], None, None)
     row = next(r for r in training_safety(one, params) if r[0] == "barriernet")
     assert row[2].startswith("0 [0, ") and "upper bound" not in row[3]  # mean 0.5 collisions per seed
+    assert row[2].endswith(" per seed (1 in 160 training episodes, all seeds)")
 
 
 def test_test_range_looks_outside_git(tmp_path):
@@ -537,3 +542,76 @@ def test_qp_summary_line_reads_the_speedups_off_the_table():
     assert "40x faster than qpth at batch 1 and 50x at batch 256" in line
     assert "exact 1e-09, qpth 3e-06" in line
     assert "QP benchmark not run" in qp_summary(None)
+
+
+def test_each_across_seed_column_is_named_with_the_method_compare_used(rendered):
+    """The sentence under the across-seed table names every column once, beside the method that
+    compare recorded for it in metrics.json (it once printed the decision time's seed-t method for the
+    mean return, which compare computes from the crossed design)."""
+    _, workdir, _, markdown = rendered
+    methods = json.loads((workdir / "results" / "compare" / "metrics.json").read_text())["interval_methods"]
+    line = next(l for l in markdown.splitlines() if l.startswith("What each interval estimated or resampled: "))
+    sentence = line.removeprefix("What each interval estimated or resampled: ").removesuffix(".")
+    named = {}
+    for method in set(methods.values()):
+        at = sentence.find(f": {method}")
+        if at < 0:
+            continue
+        labels = sentence[:at].rsplit("; ", 1)[-1]
+        for label in labels.split(", "):
+            named[label] = method
+    expected = {label: methods[name] for name, label, _ in RESULT_METRICS}
+    expected["mean return"] = methods["mean_return"]
+    assert named == expected
+    assert methods["mean_return"] == compare.RETURN_METHOD and methods["decision_ms"] == compare.SEED_MEAN_METHOD
+    # the share of episodes with a violation is floored by Wilson on episodes, and its method says so
+    assert "on episodes" in methods["episode_violation_rate"] and "on steps" not in methods["episode_violation_rate"]
+
+
+def test_episode_violation_share_is_floored_on_episodes_not_steps(tmp_path):
+    """An arm with no violating episode: the across-seed upper end of "episodes with a body-barrier
+    violation" is the Wilson bound on the pooled episodes (as its method line says), far above the one
+    on the pooled steps."""
+    rng = np.random.default_rng(3)
+    episodes = pd.concat([fake_episodes("barriernet", "barriernet", seed, rng, 0.7, 0.0, 0.0, 0.5) for seed in SEEDS],
+                         ignore_index=True)
+    summary = compare.summarise(episodes, DecisionParams(bootstrap_samples=200))
+    row = summary[(summary["arm"] == "barriernet") & (summary["seed"] == "all") & (summary["aggregate"] == "mean")].iloc[0]
+    assert row["episode_violation_rate"] == 0.0
+    assert row["episode_violation_rate_high"] == pytest.approx(wilson_upper(0, len(episodes)), rel=1e-9)
+    assert row["cbf_violation_rate_high"] == pytest.approx(wilson_upper(0, int(episodes["length"].sum())), rel=1e-9)
+
+
+def test_outcome_rates_figure_draws_the_table_intervals_and_no_qp_zeros(rendered, monkeypatch):
+    """Figure 2's whiskers are the across-seed table's interval ends (its caption says so); the
+    baseline's QP rates, never measured, get no bar and an "n/a" mark instead of a zero."""
+    from tasks.report import figures
+
+    params, workdir, _, _ = rendered
+    summary = pd.read_csv(workdir / "results" / "compare" / "summary.csv", dtype={"seed": str})
+    arms = list(ARM_SPEC)
+    captured = []
+    monkeypatch.setattr(figures, "_figure_bytes", lambda fig: captured.append(fig) or b"")
+    figures.figure_outcome_rates(summary, arms, params, 0.95)
+    episodes_ax, steps_ax = captured[0].axes[:2]
+    mean = summary[(summary["seed"] == "all") & (summary["aggregate"] == "mean")].set_index("arm")
+    from matplotlib.container import BarContainer
+
+    def bar_groups(ax):  # one BarContainer per arm, in the arms' order
+        return [c for c in ax.containers if isinstance(c, BarContainer)]
+
+    for i, arm in enumerate(arms):
+        bars = bar_groups(episodes_ax)[i]
+        whiskers = bars.errorbar.lines[2][0].get_segments()
+        for j, metric in enumerate(("capture_rate", "collision_rate", "timeout_rate")):
+            assert bars.patches[j].get_height() == pytest.approx(100 * mean.loc[arm, metric])
+            (_, low), (_, high) = whiskers[j]
+            assert (low, high) == pytest.approx((100 * mean.loc[arm, f"{metric}_low"], 100 * mean.loc[arm, f"{metric}_high"]))
+    baseline = arms.index("baseline")
+    baseline_bars = bar_groups(steps_ax)[baseline]
+    heights = [p.get_height() for p in baseline_bars.patches]
+    assert heights[1:] == [0.0, 0.0] and heights[0] > 0  # violation steps measured; intervention, infeasible not
+    marks = [t for t in steps_ax.texts if t.get_text() == "n/a"]
+    assert len(marks) == 2
+    assert sorted(t.get_position()[0] for t in marks) == pytest.approx(
+        sorted(p.get_x() + p.get_width() / 2 for p in baseline_bars.patches[1:]))

@@ -136,3 +136,17 @@ def test_section_names_the_one_committed_configuration(tmp_path):
     md, _ = report_sweep.section(params, tmp_path, episodes, {"baseline": "tab:orange"})
     assert "`eval.tuned_filter` = dcbf, gamma 0.2, margin 0 m" in md
     assert "Chosen configuration per baseline seed" not in md
+
+
+def test_section_counts_configurations_once_and_families_apart(tmp_path):
+    """Two configurations swept on two checkpoint families: "2 configurations ... on each of the
+    baseline, cbf_beta checkpoints (4 in all)", not "4 configurations" (it once counted the grid
+    once per family)."""
+    params = load_params(overrides={"train.seeds": [0], "train.algos": ["baseline", "cbf_beta"],
+                                    "eval.tuned_filter": {"form": "dcbf", "gamma": 0.2, "robust_margin": 0.0}})
+    fixed = {"form": "dcbf", "gamma": 0.2, "robust_margin": 0.0, "source": "eval.tuned_filter"}
+    for algo in ("baseline", "cbf_beta"):
+        _write_sweep(tmp_path, algo, 0, [_row("dcbf", 0.2, 0.9, 0.0), _row("dcbf", 1.0, 0.8, 0.1)], fixed)
+    episodes = pd.DataFrame(columns=["arm", "seed", "split", "outcome", "length", "interventions"])
+    md, _ = report_sweep.section(params, tmp_path, episodes, {"baseline": "tab:orange"})
+    assert "2 configurations (" in md and "on each of the baseline, cbf_beta checkpoints (4 in all)" in md

@@ -9,7 +9,8 @@ import pandas as pd
 
 from env.render import ArenaStyle, draw_arena
 from tasks.params import Params
-from tasks.report.formatting import ARM_LABELS, arm_label
+from tasks.artifacts import ARMS_WITHOUT_QP
+from tasks.report.formatting import ARM_LABELS, QP_METRICS, arm_label
 from tasks.report.inputs import CURVE_METRICS, Inputs
 from tasks.report.numbers import across_seed_rows, all_episodes
 
@@ -114,7 +115,7 @@ def figure_outcome_rates(summary: pd.DataFrame, arms: list[str], params: Params,
     panels = [
         (axes[0], [("capture_rate", "capture"), ("collision_rate", "collision"), ("timeout_rate", "timeout")],
          "episode outcomes (share of episodes)"),
-        (axes[1], [("cbf_violation_rate", "CBF-violation steps"), ("intervention_rate", "QP intervention"),
+        (axes[1], [("cbf_violation_rate", "body-barrier\nviolation steps"), ("intervention_rate", "QP intervention"),
                    ("infeasible_rate", "QP infeasible")], "step rates (share of steps)"),
     ]
     width = 0.8 / max(len(arms), 1)
@@ -122,13 +123,17 @@ def figure_outcome_rates(summary: pd.DataFrame, arms: list[str], params: Params,
         x = np.arange(len(metrics))
         for i, arm in enumerate(arms):
             row = rows[arm]
-            est = np.array([row[m] for m, _ in metrics], float)
-            low = np.array([row[f"{m}_low"] for m, _ in metrics], float)
-            high = np.array([row[f"{m}_high"] for m, _ in metrics], float)
+            # the summary holds zeros for the QP columns of an arm without a QP: never measured, not drawn
+            measured = [not (arm in ARMS_WITHOUT_QP and m in QP_METRICS) for m, _ in metrics]
+            est, low, high = (np.array([row[f"{m}{suffix}"] if ok else np.nan for (m, _), ok in zip(metrics, measured)],
+                                       float) for suffix in ("", "_low", "_high"))
             err = np.vstack([np.clip(est - low, 0, None), np.clip(high - est, 0, None)])
             err = np.nan_to_num(err)
-            ax.bar(x + (i - (len(arms) - 1) / 2) * width, 100 * est, width, yerr=100 * err, capsize=3,
+            positions = x + (i - (len(arms) - 1) / 2) * width
+            ax.bar(positions, 100 * np.nan_to_num(est), width, yerr=100 * err, capsize=3,
                    color=ARM_COLOURS.get(arm), label=arm_label(arm, params))
+            for position in positions[~np.array(measured)]:
+                ax.text(position, 0.5, "n/a", rotation=90, ha="center", va="bottom", fontsize=7, color="0.3")
         ax.set_xticks(x, [label for _, label in metrics])
         ax.set_ylabel("%")
         ax.set_title(title)
@@ -138,8 +143,9 @@ def figure_outcome_rates(summary: pd.DataFrame, arms: list[str], params: Params,
     # below the figure (saved with bbox_inches="tight"), clear of the x tick labels
     fig.legend(handles, labels, loc="upper center", ncol=min(len(arms), 3), fontsize=8, bbox_to_anchor=(0.5, 0.0))
     seeds = int(max((r["seeds"] for r in rows.values()), default=1))
-    fig.suptitle(f"Outcome rates per arm: mean over {seeds} seed(s), bars = {100 * confidence:g} % "
-                 "stratified bootstrap interval")
+    fig.suptitle(f"Outcome rates per arm over {seeds} seed(s) (episode outcomes: mean over seeds; step rates: "
+                 f"pooled steps), bars = the {100 * confidence:g} % intervals of the report's across-seed table",
+                 fontsize=10)
     return _figure_bytes(fig)
 
 
@@ -287,8 +293,11 @@ FIGURE_CAPTIONS = {
                        "one line per algorithm (mean across the seeds that logged a point at that step), "
                        "band = min..max across seeds, dots = single seeds, open circles = steps where fewer seeds "
                        "logged a point (a rate is logged only when an episode ended in that rollout window).",
-    "outcome_rates": "Outcome rates per arm (mean across seeds) with {level} stratified-bootstrap interval bars: "
-                     "episode outcomes (left) and step rates (right).",
+    "outcome_rates": "Outcome rates per arm with the {level} intervals of the across-seed table (episode "
+                     "outcomes, left: the mean over seeds; step rates, right: steps pooled over seeds; both "
+                     "generalized pivotal intervals of the crossed seed x scenario design, widened to at least the "
+                     "pooled Wilson interval, so a zero count shows an upper bound, too small to see here, not "
+                     "[0, 0]); 'n/a': the arm has no QP.",
     "qp_speed": "QP solver speed: median time per batched solve against batch size, log-log, per backend, "
                 "dtype (solid float64, dashed float32) and obstacle count.",
     "trajectories": "One evaluation episode played by every arm (same start, obstacles and evader randomness): "

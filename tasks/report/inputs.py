@@ -48,6 +48,11 @@ RESULT_METRICS: tuple[tuple[str, str, str], ...] = (
     ("capture_steps", "steps to capture (captured episodes)", "number"),
     ("decision_ms", "decision (ms)", "ms"),
 )
+# How evaluate times a decision (tasks/evaluate.py: play_groups): the report says it wherever it shows one
+DECISION_TIMING = ("wall time of each batched policy call divided by the rows it served: the arm's live dev and "
+                   "test episodes, and for a post-hoc filter those of every filter stacked into the same call, e.g. "
+                   "the filter sweep's configurations of its form and margin; a larger call spreads its fixed cost "
+                   "over more rows, so decision times compare arms only roughly")
 UNDEFINED_WHEN_EMPTY = ("capture_steps",)  # a mean over captured episodes: none captured, no mean
 SUMMARY_REQUIRED = ("arm", "seed", "aggregate", "seeds", "episodes", "steps") + tuple(
     f"{name}{suffix}" for name, _, _ in RESULT_METRICS for suffix in ("", "_low", "_high")

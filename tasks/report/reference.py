@@ -13,7 +13,7 @@ import numpy as np
 from tasks.artifacts import ALGO_OF_ARM, ARMS, ARMS_WITHOUT_QP
 from tasks.params import Params
 from tasks.report.formatting import arm_label, fmt_ms_ci, fmt_rate_ci, fmt_seconds, md_table
-from tasks.report.inputs import Inputs
+from tasks.report.inputs import DECISION_TIMING, Inputs
 from tasks.report.numbers import _equal_budgets, across_seed_rows
 
 # The reference project's published table: data, not code (its "source" field says where from).
@@ -29,7 +29,7 @@ def load_reference(path: Path = REFERENCE_PATH) -> dict[str, dict[str, str | Non
 # Their rows in the order the report prints them, with our label for each.
 REFERENCE_ROWS = (
     ("capture_rate", "capture rate"),
-    ("cbf_violation_rate", "CBF-violation steps"),
+    ("cbf_violation_rate", "CBF-violation steps (body barrier h < 0)"),
     ("intervention_rate", "QP intervention rate"),
     ("decision_ms", "inference per step"),
     ("training", "training budget"),
@@ -69,14 +69,15 @@ def _reference_section(inputs: Inputs, params: Params, arms: list[str]) -> str:
         f"{'budget' if _equal_budgets(inputs) else 'budget (NOT here: see the setup table)'} on "
         f"{len(params.train.seeds)} seed(s), evaluate every arm on the same paired episodes "
         f"({params.eval.test_episodes} held-out test episodes per seed; tuning used {params.eval.dev_episodes} dev "
-        "episodes) and give intervals that include training-seed and shared-scenario variance.",
+        "episodes) and give intervals that include training-seed and shared-scenario variance (decision ms: a t "
+        "interval over seeds only).",
         "Our BarrierNet learns its class-K gamma, keeps the QP inside the PPO update "
         f"(update mode '{params.barriernet.update_mode}'), uses a discrete-time CBF that accounts for dt "
         f"(form '{params.cbf.form}'), masks absent constraints instead of zero rows, and detects infeasibility "
         "from the solution rather than from exceptions.",
-        "Inference per step: ours is the batched evaluation time per decision (all episodes of a chunk side by "
-        "side), on the hardware in the setup table; theirs is per single decision on their machine, so the ratio "
-        "between arms is more comparable than the absolute numbers.",
+        "Inference per step: ours is the batched evaluation time per decision (" + DECISION_TIMING + "), on the "
+        "hardware in the setup table; theirs is per single decision on their machine, so neither the absolute "
+        "numbers nor the ratios between arms are like for like.",
     ]
     if params.train.total_steps < 1_000_000 or params.eval.test_episodes < params.decision.min_test_episodes:
         notes.append(f"This run is smaller than the study (train.total_steps = {params.train.total_steps:,}, "

@@ -21,7 +21,7 @@ from tasks.report.formatting import (
     md_table,
     triple,
 )
-from tasks.report.inputs import Inputs, RESULT_METRICS
+from tasks.report.inputs import DECISION_TIMING, Inputs, RESULT_METRICS
 from tasks.report.numbers import across_seed_rows, qp_pivot
 from tasks.stats import iqm_trims
 
@@ -48,7 +48,7 @@ def summary_paragraph(inputs: Inputs, params: Params, arms: list[str]) -> str:
             f"{fmt_interval_pp(h1.get('capture_diff'))}); "
             f"it collided in {fmt_rate(cand['collision_rate'])} against {fmt_rate(ref['collision_rate'])} "
             f"({fmt_interval_pp(h1.get('collision_diff'))}) "
-            f"and violated a CBF on {fmt_rate(cand['cbf_violation_rate'])} of steps against "
+            f"and violated its body barrier (h < 0) on {fmt_rate(cand['cbf_violation_rate'])} of steps against "
             f"{fmt_rate(ref['cbf_violation_rate'])}."
         )
         parts.append(
@@ -187,6 +187,18 @@ def _stage_times(inputs: Inputs, render_seconds: float | None, workdir: Path | N
     return md_table(["stage", "time", "per cell"], rows)
 
 
+def interval_methods_sentence(methods: dict[str, str]) -> str:
+    """The across-seed table's columns grouped by the interval method `compare` recorded for each
+    (metrics.json's interval_methods), e.g. "capture, collision: <method>; QP intervention, ...:
+    <method>"; columns without a recorded method are left out."""
+    columns = [(name, label) for name, label, _ in RESULT_METRICS] + [("mean_return", "mean return")]
+    groups: dict[str, list[str]] = {}
+    for name, label in columns:
+        if name in methods:
+            groups.setdefault(methods[name], []).append(label)
+    return "; ".join(f"{', '.join(labels)}: {method}" for method, labels in groups.items())
+
+
 def _results_tables(inputs: Inputs, params: Params, arms: list[str], conf: float) -> str:
     level = f"{100 * conf:g} %"
     rows = across_seed_rows(inputs.summary)
@@ -199,13 +211,11 @@ def _results_tables(inputs: Inputs, params: Params, arms: list[str], conf: float
                      + [fmt_ms_ci(row["mean_return"], row.get("mean_return_low"), row.get("mean_return_high"))
                         if "mean_return" in row else "n/a"])
     methods = inputs.metrics.get("interval_methods") or {}
-    text = [f"### Across seeds (test split; mean of the seeds' values, {level} intervals)", "",
+    text = [f"### Across seeds (test split; {level} intervals; episode rates, return and decision ms: the mean of the "
+            "seeds' values; step rates, QP correction and steps to capture: the ratio of sums pooled over seeds)", "",
             md_table(header, table), "",
-            "What each interval estimated or resampled: " + "; ".join(
-                f"{label}: {methods[name]}" for name, label, _ in (("capture_rate", "capture", ""),
-                                                                  ("cbf_violation_rate", "step rates", ""),
-                                                                  ("decision_ms", "return and decision ms", ""))
-                if name in methods) + ".", ""]
+            "What each interval estimated or resampled: " + interval_methods_sentence(methods) + ".", "",
+            f"Decision (ms): {DECISION_TIMING}.", ""]
     seeds = int(max((r["seeds"] for r in rows.values()), default=1))
     if iqm_trims(seeds):  # scipy's IQM trims int(0.25 * seeds) from each end
         iqm = across_seed_rows(inputs.summary, "iqm")
@@ -223,7 +233,9 @@ def _results_tables(inputs: Inputs, params: Params, arms: list[str], conf: float
         for _, row in per_seed[per_seed["arm"] == arm].iterrows():
             ps_rows.append([arm_label(arm, params), row["seed"], int(row["episodes"]), int(row["steps"])]
                            + [fmt_metric(kind, row, name, arm) for name, _, kind in RESULT_METRICS])
-    text += [f"### Per seed ({level} Wilson intervals; decision ms: bootstrap over episodes)", "",
+    bootstrapped = ", ".join(label for name, label, kind in RESULT_METRICS if kind != "rate")
+    text += [f"### Per seed ({level} Wilson intervals; {bootstrapped}: percentile bootstrap over the seed's "
+             "episodes)", "",
              "Capture and collision intervals are over episodes; step rates are over steps, which are "
              "correlated within an episode, so their intervals are too narrow: read them as descriptive.", "",
              md_table(["arm", "seed", "episodes", "steps"] + [label for _, label, _ in RESULT_METRICS], ps_rows), ""]

@@ -97,7 +97,7 @@ def training_safety(inputs: Inputs, params: Params) -> list[list[Any]]:
             # training episodes give the rate a Clopper-Pearson upper bound instead
             episodes = int(round(sum(v["episodes"] for v in values)))
             upper = rate_interval(0, episodes, conf, "clopper_pearson").high
-            rows.append([algo, len(cells), f"0 (none in {episodes:,} training episodes)",
+            rows.append([algo, len(cells), f"0 (none in {episodes:,} training episodes, all seeds)",
                          f"0.00% ({100 * conf:g} % upper bound {upper:.2%}: Clopper-Pearson, 0 of {episodes:,} "
                          "pooled training episodes)"])
             continue
@@ -113,6 +113,10 @@ def training_safety(inputs: Inputs, params: Params) -> list[list[Any]]:
                 texts.append(f"{fmt.format(ci.estimate)} [{fmt.format(max(ci.low, 0.0))}, {fmt.format(ci.high)}]")
             else:
                 texts.append(fmt.format(xs[0]) + " (one seed: no interval)")
+        if all("collisions" in v and "episodes" in v for v in values) and len(values) >= 2:
+            # the per-seed mean beside the pooled count, so neither reads as the other
+            collisions, episodes = (sum(v[k] for v in values) for k in ("collisions", "episodes"))
+            texts[0] += f" per seed ({collisions:,.0f} in {episodes:,.0f} training episodes, all seeds)"
         rows.append([algo, len(cells), *texts])
     return rows
 
@@ -163,7 +167,7 @@ def _sequence_table(steps: list[dict[str, Any]], params: Params) -> str:
                      fmt_interval_pp(step.get("collision_diff")), p_text,
                      fmt_p(capture.get("mcnemar_bonferroni_min")), fmt_p(capture.get("permutation")), result])
     return md_table(["step", "status", "hypothesis (test split)", "capture difference", "collision difference",
-                     "one-sided p (t, crossed variance)", "McNemar capture (min x seeds)",
+                     "one-sided p (read off the interval)", "McNemar capture (min x seeds)",
                      "seed permutation capture", "result"], rows)
 
 
@@ -263,9 +267,11 @@ def decision_section(inputs: Inputs, params: Params) -> tuple[str, str]:
               "", f"Committed default runs that evaluated this test range: {test_range_looks(m)} (counted from "
                   "`git log -- results/compare/metrics.json` at report time).", ""]
     lines += ["### The fixed sequence (test split)", "",
-              "Each step is confirmatory only if every step before it was rejected; p-values: the one-sided t "
-              "p-values behind each interval (crossed seed x scenario variance; family: the fixed sequence, no "
-              "adjustment needed), exact McNemar on paired captures within each seed (family: the seeds of that "
+              "Each step is confirmatory only if every step before it was rejected; p-values: one-sided p read off "
+              "each interval's bound (its half-width taken as a t statistic's at the Satterthwaite df, so p < (1 - "
+              "confidence) / 2 exactly when the bound clears the threshold; the intervals: crossed seed x scenario "
+              "variance, generalized pivotal, widened to the score interval where events are few; family: the fixed "
+              "sequence, no adjustment needed), exact McNemar on paired captures within each seed (family: the seeds of that "
               "comparison, Bonferroni: the smallest p times the seeds), and an exact seed-level permutation test "
               "(family: the fixed sequence; with 5 seeds its smallest possible two-sided p is 2/32 paired or 2/252 "
               "unpaired).", "", _sequence_table(steps, params) if steps else "No step could run.", ""]
@@ -329,10 +335,12 @@ def decision_section(inputs: Inputs, params: Params) -> tuple[str, str]:
                   "", f"{run_level[0]['probability_of_improvement_method']}; win rate: "
                       f"{run_level[0]['paired_win_rate_method']}.", ""]
     lines += ["### Training-time safety", "",
-              "Cumulative training collisions (sum over logged windows of collision rate x episodes ended) and the "
-              "mean training collision rate (area under the collision-rate curve / env steps), from the train cells' "
-              f"DVCLive curves; {100 * conf:g} % t interval over seeds (an algorithm with no training collision: the "
-              "Clopper-Pearson upper bound of its rate on the pooled training episodes).", "",
-              md_table(["algorithm", "seeds", "training collisions", "mean training collision rate"],
+              "Cumulative training collisions of each seed (sum over logged windows of collision rate x episodes "
+              "ended; their mean over seeds, and in brackets the total) and each seed's mean training collision rate "
+              "(area under the windowed collision-rate curve / env steps: a time average of the windows' shares, not "
+              f"collisions / episodes), from the train cells' DVCLive curves; {100 * conf:g} % t interval over seeds "
+              "(an algorithm with no training collision: the Clopper-Pearson upper bound of its rate on the pooled "
+              "training episodes).", "",
+              md_table(["algorithm", "seeds", "training collisions (mean per seed)", "mean training collision rate"],
                        training_safety(inputs, params)), ""]
     return "\n".join(lines), outcome.letter
