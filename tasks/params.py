@@ -551,8 +551,8 @@ class TuningParams(_Section):
         [100, 101], min_length=1, description="training seeds of the study (apart from train.seeds: the study's "
         "models are not the evaluated ones)"
     )
-    total_steps: int = Field(262_144, ge=1, description="env steps per configuration and seed (a quarter of the study "
-                                                           "budget: tuning at full budget would cost 4x)")
+    total_steps: int = Field(262_144, ge=1, description="env steps per configuration and seed (about a quarter of "
+                                                           "train.total_steps: tuning at full budget would cost 4x)")
     learning_rates: list[float] = Field([3e-4, 1e-3], min_length=1, description="train.learning_rate values")
     exploration: ExplorationGrid = ExplorationGrid()
     rule: Literal["dev_capture_minus_collision"] = Field(

@@ -43,7 +43,7 @@ ANIMATION_DIR = Path("reports/animations")
 GIF_LIMIT_BYTES = 1_000_000
 ARROWS_PER_PANEL = 12
 ARROW_GAIN = 2.0  # correction arrows drawn at twice the course shift, to be visible
-MARGIN_RANGE = (-0.2, 1.0)  # m: colour scale of the barrier margin (red < 0 < yellow < green)
+MARGIN_RANGE = (-0.2, 1.0)  # m: colour scale of the barrier margin (RdYlGn: red at the low end, yellow midway)
 
 
 def _pyplot():
@@ -81,13 +81,14 @@ def read_results(params: Params, workdir: Path) -> tuple[pd.DataFrame, pd.DataFr
 
 
 def _ci(k: int, n: int) -> str:
-    """k of n as a percentage with its 95 % Wilson interval, one decimal; a bound that would round to
-    0.0 keeps two significant digits (0 of 10,000 steps: [0.0, 0.038], not [0.0, 0.0])."""
+    """k of n as a percentage with its 95 % Wilson interval, one decimal, or as many as an upper bound
+    under 0.1 % needs for two significant digits (`percent_interval`: 0 of 10,000 steps: 0.0 % [0.0,
+    0.038], not [0.0, 0.0]; 6 of 20,131: 0.030 % [0.014, 0.065], not 0.0 % outside its interval)."""
     # here, not at the top: importing the report package costs the spawned figure processes 0.6 s each
-    from tasks.report.formatting import percent_bound
+    from tasks.report.formatting import percent_interval
 
     interval = rate_interval(int(k), int(n))
-    return f"{100 * interval.estimate:.1f} % [{percent_bound(interval.low, 1)}, {percent_bound(interval.high, 1)}]"
+    return percent_interval(interval.estimate, interval.low, interval.high, 1)
 
 
 def _qp_ci(arm: str, k: int, n: int) -> str:
@@ -260,11 +261,13 @@ def figure_heatmaps(arms: list[str], heatmaps: dict[str, Any], params: Params) -
     with np.errstate(invalid="ignore", divide="ignore"):
         grids = {arm: (heatmaps[f"{arm}/min_h"] / heatmaps[f"{arm}/steps"],
                        heatmaps[f"{arm}/violations"] / heatmaps[f"{arm}/steps"],
-                       heatmaps[f"{arm}/correction"] / heatmaps[f"{arm}/steps"]) for arm in arms}
+                       # an arm without a QP has no correction to show: its zeros were never measured
+                       np.full_like(heatmaps[f"{arm}/steps"], np.nan, dtype=float) if arm in ARMS_WITHOUT_QP
+                       else heatmaps[f"{arm}/correction"] / heatmaps[f"{arm}/steps"]) for arm in arms}
     correction_max = max([float(np.nanmax(g[2])) for g in grids.values() if np.isfinite(g[2]).any()] + [1e-3])
     columns = (("mean min barrier h (m)", "RdYlGn", MARGIN_RANGE),
                ("violating steps (fraction)", "Reds", (0, 1)),
-               ("mean QP correction |du|", "Purples", (0, correction_max)))
+               ("mean QP correction |du| (normalised units)", "Purples", (0, correction_max)))
     fig, axes = plt.subplots(len(arms), 3, figsize=(7.2, 2.1 * len(arms) + 1.0), squeeze=False, sharex=True,
                              sharey=True, layout="constrained")
     for col, (title, cmap, (low, high)) in enumerate(columns):
@@ -273,6 +276,8 @@ def figure_heatmaps(arms: list[str], heatmaps: dict[str, Any], params: Params) -
             image = ax.imshow(np.ma.masked_invalid(grids[arm][col].T), origin="lower",
                               extent=(-half, half, -half, half), cmap=cmap, vmin=low, vmax=high)
             ax.tick_params(labelsize=6)
+            if col == 2 and arm in ARMS_WITHOUT_QP:
+                ax.text(0.5, 0.5, "n/a (no QP)", transform=ax.transAxes, ha="center", va="center", fontsize=7)
             if col == 0:
                 ax.set_ylabel(arm, fontsize=7)
         bar = fig.colorbar(image, ax=axes[:, col], location="top", shrink=0.9, aspect=25, pad=0.01)
@@ -289,12 +294,13 @@ def figure_actions(arms: list[str], heatmaps: dict[str, Any], params: Params) ->
     plt = _pyplot()
     cols = min(4, len(arms))
     rows = math.ceil(len(arms) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.8 * cols, 2.5 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.8 * cols, 2.5 * rows + 0.4), squeeze=False, layout="constrained")
     v_max, w_max = params.env.pursuer_v_max, params.env.pursuer_w_max
+    image = None
     for ax, arm in zip(axes.flat, arms):
         grid = heatmaps[f"{arm}/actions"]
         share = grid / max(grid.sum(), 1)
-        ax.imshow(np.log10(share.T + 1e-5), origin="lower", extent=(0, v_max, -w_max, w_max), aspect="auto",
+        image = ax.imshow(np.log10(share.T + 1e-5), origin="lower", extent=(0, v_max, -w_max, w_max), aspect="auto",
                   cmap="viridis", vmin=-5, vmax=0)  # fmt: skip
         ax.set_title(arm, fontsize=7)
         ax.set_xlabel("v (m/s)", fontsize=6)
@@ -302,9 +308,12 @@ def figure_actions(arms: list[str], heatmaps: dict[str, Any], params: Params) ->
         ax.tick_params(labelsize=6)
     for ax in list(axes.flat)[len(arms):]:
         ax.axis("off")
+    if image is not None:  # one scale for every arm (vmin, vmax fixed above)
+        bar = fig.colorbar(image, ax=axes, location="right", shrink=0.8, aspect=30)
+        bar.set_label("log10 share of the arm's steps (1e-5 added)", fontsize=7)
+        bar.ax.tick_params(labelsize=6)
     fig.suptitle("commanded actions (the safety layer's output), all scenario steps (log10 share of steps)",
                  fontsize=8)
-    fig.tight_layout()
     return _png(fig)
 
 
@@ -434,9 +443,11 @@ def section(params: Params, workdir: str | Path = ".") -> str:
           "time: mean over captured episodes. The step rates' intervals treat steps as independent (they are not: "
           "read them as too narrow).", "",
           "Figures per scenario: episode 0 for every arm (same start and evader randomness), the window zoomed to the "
-          f"paths; the pursuer's path coloured by its barrier margin h (red < 0 < yellow < green, {MARGIN_RANGE[1]:g} m "
-          "and more; dotted rings: where the body barrier is 0), the evader dashed blue, purple arrows where the QP "
-          f"changed the action (how far it moved the pursuer's 1 s course, drawn x{ARROW_GAIN:g}). Animated GIFs of "
+          "paths; the pursuer's path coloured by its barrier margin h on a red-yellow-green scale from "
+          f"{MARGIN_RANGE[0]:g} m and below (red) through {sum(MARGIN_RANGE) / 2:g} m (yellow) to {MARGIN_RANGE[1]:g} m "
+          "and more (green), so h = 0 is orange; dotted rings: where the body barrier is 0; the evader dashed blue; "
+          f"purple arrows at up to {ARROWS_PER_PANEL} evenly spaced steps where the QP changed the action (how far it "
+          f"moved the pursuer's 1 s course, drawn x{ARROW_GAIN:g}). Animated GIFs of "
           "all arms side by side are in `reports/animations/` (DVC-cached, not in git).", ""]
     pictures = render_scenarios(names, arms, trajectories, params, animation_dir)
     flags = red_flags(episodes)
@@ -457,8 +468,9 @@ def section(params: Params, workdir: str | Path = ".") -> str:
     link = write_png("heatmaps", figure_heatmaps(arms, heatmaps, params))
     md += ["### Where in the arena", "", f"![heatmaps]({link})", "",
            "*Per arm, over every step of every scenario episode (pursuer position after the step, 0.5 m cells): mean "
-           "minimum barrier margin, fraction of steps with a barrier < 0, mean QP correction |commanded - proposal|; "
-           "one colour scale per column, shared by every arm; white: no step there.*", ""]
+           "minimum barrier margin, fraction of steps with a barrier < 0, mean QP correction |commanded - proposal| in "
+           "normalised units ((dv / v_max, dw / w_max); n/a for an arm without a QP); one colour scale per column, "
+           "shared by every arm; white: no step there.*", ""]
     b = behaviour_table(behaviour)
     md += ["### Behaviour", "",
            f"Smoothness: mean squared jerk of the pursuer's path (m^2/s^6, mean over scenarios). Near an obstacle "

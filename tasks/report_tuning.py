@@ -59,6 +59,9 @@ def write_report(root: Path, cells: pd.DataFrame, means: pd.DataFrame, sweep: pd
     from tasks.report import md_table
 
     budget, prov = choice["budget"], choice["provenance"]
+    evaluated_steps = params.train.num_updates * params.train.batch_size
+    # a study recorded before `train.learner` existed trained with torch's learner, then the only one
+    study_learner = prov.get("learner", "torch")
     png = figure(cells, means)
     with io.atomic_path(root / FIGURE_PATH) as tmp:
         tmp.write_bytes(png)
@@ -79,10 +82,15 @@ def write_report(root: Path, cells: pd.DataFrame, means: pd.DataFrame, sweep: pd
         "- exploration knobs: " + "; ".join(f"{a}: {v}" for a, v in budget["exploration"].items()) + " (first value: "
         "the shared default);",
         f"- the tuning seeds are apart from the evaluated `train.seeds` {list(params.train.seeds)}: the evaluated "
-        "models were trained afterwards with the chosen settings, at the full `train.total_steps` "
-        f"({params.train.total_steps:,});",
-        "- the study's runs are shorter than the evaluated ones (a quarter of the budget by default): a setting "
-        "that learns fast early is favoured. That is the study's known bias.", "",
+        f"models were trained afterwards with the chosen settings, to `train.total_steps` {params.train.total_steps:,} "
+        f"({evaluated_steps:,} env steps run: {params.train.num_updates} whole updates of {params.train.batch_size:,});",
+        f"- the study's runs are shorter than the evaluated ones ({budget['steps_per_cell'] / evaluated_steps:.0%} of "
+        "their env steps): a setting that learns fast early is favoured. That is the study's known bias;",
+        f"- the study trained with the {study_learner} learner, the evaluated models with the "
+        f"{params.train.learner} learner (`train.learner`)" + (
+            "" if study_learner == params.train.learner else
+            ": the same algorithm with other floating-point bits, so today's code would not reproduce the study's "
+            "dev numbers exactly; the choice was made on the numbers below") + ".", "",
         "## Rule", "",
         "score = dev capture rate - dev collision rate of the model's own arm (deterministic actions), averaged over "
         "the tuning seeds; the highest mean wins, ties go to the earlier configuration (the defaults come first). "
@@ -145,6 +153,10 @@ def budget_line(workdir: Path, params: Params) -> str:
             + (f"; the baseline's post-hoc filter (arm baseline_tuned_filter): {settings(choice['tuned_filter'])}"
                if choice["tuned_filter"] else "")
             + ". See the [tuning report](tuning/tuning_report.md).")
+    study_learner = choice.get("provenance", {}).get("learner", "torch")  # recorded since train.learner exists
+    if study_learner != params.train.learner:
+        text += (f" The study trained with the {study_learner} learner, these models with the {params.train.learner} "
+                 "learner: the same algorithm, other floating-point bits.")
     if mismatch:
         text += " **The params of this run differ from the study's choice:** " + "; ".join(mismatch) + "."
     return text

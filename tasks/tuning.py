@@ -275,7 +275,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
         "tuned_filter": tuned_filter,
         "provenance": {"cpu": cpu_model(), "cores": os.cpu_count(), "workers": workers, "wall_seconds": round(wall, 1),
                        "git_commit": git_state(root)["commit"] or "unknown",
-                       "params_hash": params_hash(params.to_dict())},
+                       "params_hash": params_hash(params.to_dict()), "learner": params.train.learner},
     }
     io.write_csv(root / CELLS_PATH, table)
     if len(sweep_table):

@@ -16,6 +16,7 @@ import pytest
 from tasks import compare, report
 from tasks.artifacts import EPISODE_COLUMNS, StageInputError
 from tasks.report.inputs import RESULT_METRICS
+from tests.helpers import REPO_ROOT
 from tasks.params import DecisionParams, EvalParams, Params, TrainParams, params_hash
 
 # The module-scoped fixtures below run once: every test of this module goes to one xdist worker.
@@ -540,8 +541,34 @@ def test_qp_summary_line_reads_the_speedups_off_the_table():
     line = qp_summary(pd.DataFrame(rows))
     # by hand: 20 / 0.5 = 40x at batch 1 and 100 / 2 = 50x at batch 256, for both obstacle counts
     assert "40x faster than qpth at batch 1 and 50x at batch 256" in line
-    assert "exact 1e-09, qpth 3e-06" in line
+    assert "exact float32 0, exact float64 1e-09, qpth float32 0, qpth float64 3e-06" in line
     assert "QP benchmark not run" in qp_summary(None)
+
+
+def test_qp_accuracy_names_dtypes_the_feasible_share_and_qpths_own_answers():
+    """The appendix's accuracy words: deviations per backend and dtype (the float32 error stays
+    apart from float64's), the lowest feasible share per backend with the batches each ran and
+    whether the two agree where both ran, and the share qpth answered itself."""
+    from tasks.report.sections import qp_accuracy_lines
+
+    rows = []
+    for backend, batches in (("exact", (1, 1024, 4096)), ("qpth", (1, 1024))):
+        for dtype, deviation in (("float64", 2e-12 if backend == "exact" else 4e-6),
+                                 ("float32", 5e-6 if backend == "exact" else 2e-5)):
+            for batch in batches:
+                rows.append({"backend": backend, "pass": "forward", "device": "cpu", "dtype": dtype, "obstacles": 2,
+                             "batch_size": batch, "median_ms": 1.0, "max_deviation": deviation,
+                             "solved_fraction": {1: 1.0, 1024: 0.96, 4096: 0.95}[batch],
+                             "solver_ok_fraction": 1.0 if backend == "exact" else {1: 0.0, 1024: 0.81}[batch],
+                             "reference": "quadprog"})
+    text = qp_accuracy_lines(pd.DataFrame(rows))[0]
+    assert ("(max |u - u_ref|): exact float32 5e-06; exact float64 2e-12; qpth float32 2e-05; qpth float64 4e-06."
+            in text)
+    assert "lowest exact 0.95 (batches up to 4,096), qpth 0.96 (batches up to 1,024); at the 4 settings both ran, " \
+           "they agree." in text
+    assert "qpth answered 0 to 81 % of each batch itself" in text
+    rows[-1]["solved_fraction"] = 0.5  # qpth float32 at batch 1024 returns fewer feasible answers
+    assert "at the 4 settings both ran, they differ at 1." in qp_accuracy_lines(pd.DataFrame(rows))[0]
 
 
 def test_each_across_seed_column_is_named_with_the_method_compare_used(rendered):
@@ -615,3 +642,59 @@ def test_outcome_rates_figure_draws_the_table_intervals_and_no_qp_zeros(rendered
     assert len(marks) == 2
     assert sorted(t.get_position()[0] for t in marks) == pytest.approx(
         sorted(p.get_x() + p.get_width() / 2 for p in baseline_bars.patches[1:]))
+
+
+def test_git_state_counts_code_apart_from_the_pipelines_outputs(tmp_path):
+    """A run rewrites results/, reports/ and dvc.lock before they are committed: those paths say
+    nothing about the code, so they are counted apart and alone do not make the checkout DIRTY."""
+    import subprocess
+
+    from tasks.report.provenance import git_state
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    for name in ("tasks/a.py", "results/compare/metrics.json", "reports/decision_report.md", "dvc.lock"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("0\n")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "first")
+    for name in ("results/compare/metrics.json", "dvc.lock", "results/new.csv", "reports/tuning/x.md"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("1\n")
+    state = git_state(tmp_path)
+    assert (state["dirty"], state["changed"], state["outputs"]) == (False, 0, 4)
+    (tmp_path / "tasks" / "a.py").write_text("1\n")
+    (tmp_path / "notes.txt").write_text("1\n")
+    state = git_state(tmp_path)
+    assert (state["dirty"], state["changed"], state["outputs"]) == (True, 2, 4)
+
+
+# The README's "Latest results" table: (column header, summary.csv metric)
+README_COLUMNS = (("capture", "capture_rate"), ("collision", "collision_rate"),
+                  ("episodes with a body-barrier violation", "episode_violation_rate"),
+                  ("enforced-barrier violation steps", "enforced_violation_rate"), ("QP intervention", "intervention_rate"))
+
+
+def test_readme_results_table_is_the_committed_summary():
+    """The README's table of the latest results is typed by hand: every cell must be what the
+    report's formatter prints from the committed results/compare/summary.csv (the across-seed mean
+    rows), "n/a (no QP)" included; it once kept CBF-Beta's numbers of an older run."""
+    from tasks.report.formatting import fmt_metric
+
+    readme = (REPO_ROOT / "README.md").read_text().splitlines()
+    header = "| arm | " + " | ".join(label for label, _ in README_COLUMNS) + " |"
+    assert header in readme, f"README.md has no results table headed {header!r}"
+    rows = {}
+    for line in readme[readme.index(header) + 2:]:
+        if not line.startswith("| `"):
+            break
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        rows[cells[0].strip("`")] = cells[1:]
+    summary = pd.read_csv(REPO_ROOT / "results" / "compare" / "summary.csv", dtype={"seed": str})
+    means = summary[(summary["seed"] == "all") & (summary["aggregate"] == "mean")].set_index("arm")
+    assert set(rows) == set(means.index)
+    for arm, cells in rows.items():
+        expected = [fmt_metric("rate", means.loc[arm], metric, arm) for _, metric in README_COLUMNS]
+        assert cells == expected, f"README.md's row for {arm}: {cells}; the committed summary gives {expected}"

@@ -239,6 +239,24 @@ def test_a_zero_count_prints_its_upper_bound_not_zero_zero():
     assert R._qp_ci("baseline", 0, 10_000) == "n/a (no QP)" and R._qp_ci("shielded", 0, 10_000) == R._ci(0, 10_000)
 
 
+def test_a_rare_event_prints_its_rate_inside_its_own_interval():
+    """6 infeasible steps of 20,131 (the disturbance scenario once printed "0.0 % [0.014, 0.1]"):
+    the rate keeps two significant digits as its bounds do, 0.030 %, inside the Wilson interval
+    written out from Wilson (1927); the main tables' formatter does the same at two decimals."""
+    from tasks import report_scenarios as R
+    from tasks.report.formatting import fmt_rate_ci
+
+    z, k, n = 1.959963984540054, 6, 20_131
+    p = k / n
+    centre, half = p + z * z / (2 * n), z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5)
+    low, high = (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
+    assert R._ci(k, n) == f"{100 * p:.3f} % [{100 * low:.3f}, {100 * high:.3f}]" == "0.030 % [0.014, 0.065]"
+    assert fmt_rate_ci(1 / 200_000, 0.0, 4e-5) == "0.0005 % [0.00, 0.0040]"  # 2 decimals: 0.00 % [0.00, 0.00]
+    assert fmt_rate_ci(1 / 20_000, 0.0, 2e-4) == "0.01 % [0.00, 0.02]"  # a bound of 0.02 % needs no more digits
+    assert fmt_rate_ci(1.9e-5, 0.0, 1e-4) == "0.0019 % [0.00, 0.0100]"  # not 0.00 %: one event is not none
+    assert fmt_rate_ci(0.0, 0.0, 6.9e-6) == "0.00 % [0.00, 0.00069]"  # a zero count: its bound, zeros as they were
+
+
 def test_batching_scenarios_in_one_core_does_not_change_their_episodes():
     """play_group runs the scenarios of one env config side by side (padded obstacle slots): the
     same rows as playing each alone, BarrierNet's extra (masked) gamma slots included."""

@@ -138,6 +138,29 @@ def test_committed_params_equal_the_studys_choice():
     assert set(cells.groupby("algo").size()) == {budget["configurations_per_algorithm"] * len(budget["seeds"])}
 
 
+def test_committed_tuning_report_is_what_the_code_renders_from_the_committed_results(tmp_path: Path):
+    """reports/tuning/tuning_report.md is written by `python -m tasks tune`, outside DVC, so nothing
+    else would notice its words drifting from the code: re-rendering it from the committed results
+    must give the committed file. It states the evaluated runs' steps (whole updates) and that the
+    study, recorded before `train.learner` existed, trained with torch's learner."""
+    import shutil
+
+    shutil.copytree(REPO_ROOT / tuning.RESULTS_DIR, tmp_path / tuning.RESULTS_DIR)
+    params = load_params()
+    written = tuning.render_report(params, tmp_path).read_text()
+    assert written == (REPO_ROOT / tuning.REPORT_PATH).read_text(), \
+        "reports/tuning/tuning_report.md is stale: run `python -m tasks tune --report-only` and commit it"
+    steps = math.ceil(params.train.total_steps / params.train.batch_size) * params.train.batch_size
+    assert f"({steps:,} env steps run:" in written
+    choice = json.loads((REPO_ROOT / tuning.CHOICE_PATH).read_text())
+    assert f"({choice['budget']['steps_per_cell'] / steps:.0%} of their env steps)" in written
+    if "learner" not in choice["provenance"] and params.train.learner != "torch":
+        assert "the study trained with the torch learner" in written
+        from tasks.report_tuning import budget_line
+
+        assert "The study trained with the torch learner" in budget_line(REPO_ROOT, params)
+
+
 def test_committed_matches_names_a_difference():
     params = load_params(overrides={"train.per_algo.baseline.learning_rate": 0.00123})
     choice = {"per_algo": {}, "tuned_filter": None}

@@ -25,14 +25,33 @@ def is_finite_number(x: Any) -> bool:
 
 
 def fmt_rate(x: Any) -> str:
-    return f"{100 * float(x):.2f} %" if is_finite_number(x) else "n/a"
+    return f"{percent_bound(x)} %" if is_finite_number(x) else "n/a"
 
 
 def percent_bound(x: float, decimals: int = 2) -> str:
     """A percentage with `decimals` decimals, or 2 significant digits where that would print a
-    positive bound as zero (a zero count's upper bound must read as a bound, not as 0)."""
+    positive value as zero (a zero count's upper bound must read as a bound, not as 0; a rare event's
+    rate must not read as none, nor fall outside its own interval)."""
     value = 100 * float(x)
     return f"{value:.2g}" if 0 < abs(value) < 0.5 * 10.0 ** -decimals else f"{value:.{decimals}f}"
+
+
+def percent_interval(est: float, low: float, high: float, decimals: int = 2) -> str:
+    """"est % [low, high]" as percentages, all three with one number of decimals: `decimals`, or
+    where the upper bound is below 10^-decimals %, enough for its two significant digits (6 of
+    20,131 at one decimal: 0.030 % [0.014, 0.065], not 0.0 % [0.014, 0.1], a rate outside its own
+    interval), and where a positive rate would round to 0, enough for its two (0.0019 % [0.00,
+    0.0100], not 0.00 % [0.00, 0.01], which reads as no event). Exact zeros print with `decimals`."""
+    top, rate, places = 100 * float(high), abs(100 * float(est)), decimals
+    if 0 < top < 10.0 ** -decimals:
+        places = 1 - math.floor(math.log10(top))
+    if 0 < rate < 0.5 * 10.0 ** -places:  # a rare event's rate would print as none: two significant digits
+        places = 1 - math.floor(math.log10(rate))
+
+    def number(v: float) -> str:
+        return f"{0.0:.{decimals}f}" if v == 0 else f"{100 * float(v):.{places}f}"
+
+    return f"{number(est)} % [{number(low)}, {number(high)}]"
 
 
 def fmt_rate_ci(est: Any, low: Any, high: Any) -> str:
@@ -42,7 +61,7 @@ def fmt_rate_ci(est: Any, low: Any, high: Any) -> str:
         return fmt_rate(est)
     if float(low) == float(high):  # a degenerate resampling interval says nothing: do not print it as one
         return f"{100 * float(est):.2f} % (no interval: every resample gave the same value)"
-    return f"{100 * float(est):.2f} % [{percent_bound(low)}, {percent_bound(high)}]"
+    return percent_interval(est, low, high)
 
 
 def fmt_ms_ci(est: Any, low: Any, high: Any) -> str:

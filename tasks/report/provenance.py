@@ -61,8 +61,15 @@ def _numerics_line(params: Params) -> str:
     return line
 
 
+# The pipeline's tracked outputs: a run rewrites them, so they differ from the commit until the
+# run is committed; they say nothing about whether the code that ran was committed.
+PIPELINE_OUTPUTS = ("results/", "reports/", "dvc.lock")
+
+
 def git_state(repo: Path = REPO_ROOT) -> dict[str, Any]:
-    """{"commit": sha or None, "dirty": bool or None, "changed": n}; tolerates a missing git."""
+    """{"commit": sha or None, "dirty": bool or None, "changed": n, "outputs": m}; "changed" counts
+    changed or untracked paths outside PIPELINE_OUTPUTS ("dirty": any), "outputs" those inside;
+    tolerates a missing git."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
                                 timeout=30, check=True).stdout.strip()
@@ -72,9 +79,11 @@ def git_state(repo: Path = REPO_ROOT) -> dict[str, Any]:
         status = subprocess.run(["git", "status", "--porcelain", "--", ".", *own], cwd=repo, capture_output=True,
                                 text=True, timeout=60, check=True).stdout
     except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None, "changed": None}
-    changed = [line for line in status.splitlines() if line.strip()]
-    return {"commit": commit, "dirty": bool(changed), "changed": len(changed)}
+        return {"commit": None, "dirty": None, "changed": None, "outputs": None}
+    paths = [line[3:].strip().strip('"') for line in status.splitlines() if line.strip()]
+    outputs = [p for p in paths if p.startswith(PIPELINE_OUTPUTS)]
+    changed = len(paths) - len(outputs)
+    return {"commit": commit, "dirty": bool(changed), "changed": changed, "outputs": len(outputs)}
 
 
 def package_versions() -> dict[str, str]:
@@ -146,8 +155,11 @@ def _provenance_section(inputs: Inputs, params: Params, workdir: Path, hw: dict[
     if git["commit"] is None:
         git_text = "not a git checkout (or git missing): commit unknown"
     else:
-        git_text = f"`{git['commit']}`" + (f", DIRTY ({git['changed']} changed/untracked paths)" if git["dirty"]
-                                           else ", clean")
+        git_text = f"`{git['commit']}`" + (f", DIRTY ({git['changed']} changed/untracked paths outside the "
+                                           "pipeline's outputs)" if git["dirty"] else ", clean code")
+        if git.get("outputs"):
+            git_text += (f"; {git['outputs']} paths under {', '.join(PIPELINE_OUTPUTS)} differ from the commit (this "
+                         "run's outputs until they are committed)")
     lines = [
         f"- git commit: {git_text}",
         f"- params hash: `{params_hash(params.to_dict())}` (sha256 of the validated params, first 16 hex digits)",
