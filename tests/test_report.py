@@ -671,17 +671,18 @@ def test_git_state_counts_code_apart_from_the_pipelines_outputs(tmp_path):
     assert (state["dirty"], state["changed"], state["outputs"]) == (True, 2, 4)
 
 
-# The README's "Latest results" table: (column header, summary.csv metric)
-README_COLUMNS = (("capture", "capture_rate"), ("collision", "collision_rate"),
-                  ("episodes with a body-barrier violation", "episode_violation_rate"),
-                  ("enforced-barrier violation steps", "enforced_violation_rate"), ("QP intervention", "intervention_rate"))
+# The README's "Latest results" table: its column header and the report's across-seed column
+README_COLUMNS = (("capture", "capture"), ("collision", "collision"),
+                  ("episodes with a body-barrier violation", "episodes with a body-barrier violation"),
+                  ("enforced-barrier violation steps", "enforced (look-ahead) barrier violation steps"),
+                  ("QP intervention", "QP intervention"))
 
 
-def test_readme_results_table_is_the_committed_summary():
-    """The README's table of the latest results is typed by hand: every cell must be what the
-    report's formatter prints from the committed results/compare/summary.csv (the across-seed mean
-    rows), "n/a (no QP)" included; it once kept CBF-Beta's numbers of an older run."""
-    from tasks.report.formatting import fmt_metric
+def test_readme_results_table_is_the_committed_report():
+    """The README's table of the latest results is typed by hand: every cell must be the committed
+    report's across-seed cell for that arm (git holds both; summary.csv is DVC's), "n/a (no QP)"
+    included; it once kept CBF-Beta's numbers of an older run."""
+    from tasks.params import load_params
 
     readme = (REPO_ROOT / "README.md").read_text().splitlines()
     header = "| arm | " + " | ".join(label for label, _ in README_COLUMNS) + " |"
@@ -692,9 +693,14 @@ def test_readme_results_table_is_the_committed_summary():
             break
         cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
         rows[cells[0].strip("`")] = cells[1:]
-    summary = pd.read_csv(REPO_ROOT / "results" / "compare" / "summary.csv", dtype={"seed": str})
-    means = summary[(summary["seed"] == "all") & (summary["aggregate"] == "mean")].set_index("arm")
-    assert set(rows) == set(means.index)
+    lines = (REPO_ROOT / "reports" / "decision_report.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("### Across seeds"))
+    table = [[c.strip() for c in line.strip().strip("|").split(" | ")]
+             for line in lines[start + 2:] if line.startswith("|")][:len(rows) + 2]
+    columns = [table[0].index(name) for _, name in README_COLUMNS]
+    by_label = {row[0]: row for row in table[2:]}
+    params = load_params()
+    assert {report.arm_label(arm, params) for arm in rows} == set(by_label)
     for arm, cells in rows.items():
-        expected = [fmt_metric("rate", means.loc[arm], metric, arm) for _, metric in README_COLUMNS]
-        assert cells == expected, f"README.md's row for {arm}: {cells}; the committed summary gives {expected}"
+        expected = [by_label[report.arm_label(arm, params)][c] for c in columns]
+        assert cells == expected, f"README.md's row for {arm}: {cells}; the committed report has {expected}"
