@@ -86,11 +86,12 @@ def write_report(root: Path, cells: pd.DataFrame, means: pd.DataFrame, sweep: pd
         f"({evaluated_steps:,} env steps run: {params.train.num_updates} whole updates of {params.train.batch_size:,});",
         f"- the study's runs are shorter than the evaluated ones ({budget['steps_per_cell'] / evaluated_steps:.0%} of "
         "their env steps): a setting that learns fast early is favoured. That is the study's known bias;",
-        f"- the study trained with the {study_learner} learner, the evaluated models with the "
-        f"{params.train.learner} learner (`train.learner`)" + (
-            "" if study_learner == params.train.learner else
-            ": the same algorithm with other floating-point bits, so today's code would not reproduce the study's "
-            "dev numbers exactly; the choice was made on the numbers below") + ".", "",
+        (f"- the study and the evaluated models trained with the same learner (`train.learner: {study_learner}`)."
+         if study_learner == params.train.learner else
+         f"- the study trained with the {study_learner} learner, the evaluated models with the "
+         f"{params.train.learner} learner (`train.learner`): the same algorithm with other floating-point bits, so "
+         "today's code would not reproduce the study's dev numbers exactly; the choice was made on the numbers "
+         "below."), "",
         "## Rule", "",
         "score = dev capture rate - dev collision rate of the model's own arm (deterministic actions), averaged over "
         "the tuning seeds; the highest mean wins, ties go to the earlier configuration (the defaults come first). "

@@ -141,8 +141,9 @@ def test_committed_params_equal_the_studys_choice():
 def test_committed_tuning_report_is_what_the_code_renders_from_the_committed_results(tmp_path: Path):
     """reports/tuning/tuning_report.md is written by `python -m tasks tune`, outside DVC, so nothing
     else would notice its words drifting from the code: re-rendering it from the committed results
-    must give the committed file. It states the evaluated runs' steps (whole updates) and that the
-    study, recorded before `train.learner` existed, trained with torch's learner."""
+    must give the committed file. It states the evaluated runs' steps (whole updates) and which
+    learner the study trained with: a study recorded before `train.learner` existed (as the first
+    committed one, at 8fe2edd) trained with torch's, and both reports say so."""
     import shutil
 
     shutil.copytree(REPO_ROOT / tuning.RESULTS_DIR, tmp_path / tuning.RESULTS_DIR)
@@ -154,11 +155,19 @@ def test_committed_tuning_report_is_what_the_code_renders_from_the_committed_res
     assert f"({steps:,} env steps run:" in written
     choice = json.loads((REPO_ROOT / tuning.CHOICE_PATH).read_text())
     assert f"({choice['budget']['steps_per_cell'] / steps:.0%} of their env steps)" in written
-    if "learner" not in choice["provenance"] and params.train.learner != "torch":
-        assert "the study trained with the torch learner" in written
-        from tasks.report_tuning import budget_line
+    from tasks.report_tuning import budget_line
 
-        assert "The study trained with the torch learner" in budget_line(REPO_ROOT, params)
+    same = choice["provenance"].get("learner", "torch") == params.train.learner
+    assert ("trained with the same learner" in written) == same
+    assert ("The study trained with the" in budget_line(REPO_ROOT, params)) == (not same)
+    # a study recorded before `train.learner` existed trained with torch's learner: both reports say so
+    choice["provenance"].pop("learner", None)
+    (tmp_path / tuning.CHOICE_PATH).write_text(json.dumps(choice))
+    numpy_params = load_params(overrides={"train.learner": "numpy"})
+    assert "the study trained with the torch learner, the evaluated models with the numpy learner" in \
+        tuning.render_report(numpy_params, tmp_path).read_text()
+    assert "The study trained with the torch learner, these models with the numpy learner" in \
+        budget_line(tmp_path, numpy_params)
 
 
 def test_committed_matches_names_a_difference():
