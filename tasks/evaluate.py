@@ -15,7 +15,9 @@ Actions are deterministic (the policy mean, then its safety layer).
 Outputs under ``<workdir>/results/eval/<algo>-s<seed>/``:
   episodes.csv     one row per (arm, split, episode), columns tasks.artifacts.EPISODE_COLUMNS
   trajectory.npz   the positions of test episode eval.trajectory_episode for every arm (report figure)
-  timing.json      wall time of this cell (the report's setup table)
+  timing.json      wall time of this cell (the report's setup table) and each arm's median time of
+                   one decision on one state (`single_decision_ms`: the reference's "inference per
+                   step"); wall clock, so never in episodes.csv
   filter_sweep.csv the post-hoc filter sweep on DEV episodes (eval.filter_sweep.algos only), one row
                    per (form, gamma, robust_margin), columns SWEEP_COLUMNS
   filter_choice.json  the tuned filter's configuration (baseline only): ``eval.tuned_filter`` (one
@@ -302,6 +304,38 @@ def _act(groups: Sequence[EpisodeGroup], call: list[_Run], obs: Tensor, safety: 
     return first_rows(SafetyFilter.forward_stacked(policies, sizes, obs, safety, deterministic=True), batch)
 
 
+# dev start states timed one at a time per arm (`single_decision_ms`)
+SINGLE_DECISION_STATES = 64
+
+
+@torch.no_grad()
+def single_decision_ms(policies: dict[str, torch.nn.Module], obs_rms: torch.nn.Module, params: Params,
+                       states: int = SINGLE_DECISION_STATES) -> dict[str, float]:
+    """{arm: median wall time (ms) of one deterministic decision}, one state per call.
+
+    The episode table's decision_ms divides a batched call's time by its rows (hundreds to
+    thousands): an amortised cost that depends on how many rows share the call. The reference
+    project's "inference per step" is one decision on one state, so this times that: each policy
+    acts on the first `states` dev start states one at a time (`act_padded`, the call padded to
+    CALL_ROWS as every evaluation call is), the arms taking turns state by state so that the
+    machine's drift reaches all alike, after one untimed call each."""
+    states = max(1, min(states, params.eval.dev_episodes))  # dev starts only
+    core = PursuitEvasionCore(params.env, states, autoreset=False)
+    core.seed([params.eval.split_range("dev").start + i for i in range(states)])
+    obs = obs_rms.normalize(core.reset())
+    safety = core.safety_state()
+    one = [(obs[i : i + 1], type(safety)(*(x[i : i + 1] for x in safety))) for i in range(states)]
+    for policy in policies.values():
+        act_padded(policy, *one[0])
+    seconds: dict[str, list[float]] = {arm: [] for arm in policies}
+    for state in one:
+        for arm, policy in policies.items():
+            started = time.perf_counter()
+            act_padded(policy, *state)
+            seconds[arm].append(time.perf_counter() - started)
+    return {arm: 1e3 * float(np.median(values)) for arm, values in seconds.items()}
+
+
 def play_episodes(
     policy: torch.nn.Module,
     obs_rms: torch.nn.Module,
@@ -433,9 +467,9 @@ def run(params: Params, workdir: str | Path = ".", algo: str = "barriernet", see
     # every arm on both splits, dev rows first as before; the sweep's filters beside them unless
     # it was played above: one batched pass, its filters stacked with the arms' filters of the same
     # form and margin (play_stacked; neither moves a number)
-    groups, group_arms = [], []
+    groups, group_arms, policies = [], [], {}
     for arm in arms:
-        policy = build_policy(arm, actor, params, tuned).eval()
+        policy = policies[arm] = build_policy(arm, actor, params, tuned).eval()
         for split, count in (("dev", params.eval.dev_episodes), ("test", params.eval.test_episodes)):
             drawn = params.eval.trajectory_episode if split == "test" else None
             groups.append(EpisodeGroup(policy, split, list(range(count)), drawn))
@@ -465,7 +499,9 @@ def run(params: Params, workdir: str | Path = ".", algo: str = "barriernet", see
     with io.atomic_path(out_dir / TRAJECTORY_FILE) as tmp:
         with open(tmp, "wb") as handle:
             np.savez(handle, **trajectories)
-    io.write_json(out_dir / TIMING_FILE, {"wall_seconds": time.perf_counter() - started, "arms": arms})
+    wall_seconds = time.perf_counter() - started  # the cell's episodes; the latency probe below is apart
+    io.write_json(out_dir / TIMING_FILE, {"wall_seconds": wall_seconds, "arms": arms,
+                                          "single_decision_ms": single_decision_ms(policies, obs_rms, params)})
     summary = (
         table[table["split"] == "test"]
         .assign(capture=table.outcome.eq("capture"), collision=table.outcome.eq("collision"))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from env.core import PursuitEvasionCore
-from model.actors import GaussianActor, SafetyFilter, make_actor, make_filter
+from model.actors import ActorOutput, GaussianActor, SafetyFilter, make_actor, make_filter
 from model.ppo import RunningMeanStd
 from tasks.evaluate import EpisodeGroup, play_episodes, play_groups
 from tasks.params import load_params
@@ -234,3 +234,35 @@ def test_evaluate_plays_the_sweep_beside_the_arms_with_the_numbers_of_playing_ea
         assert sorted(a.files) == sorted(b.files)
         for key in a.files:
             np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_single_decision_timing_calls_each_arm_on_one_state_at_a_time_taking_turns():
+    """`single_decision_ms` (the reference's "inference per step"): every arm acts on one dev start
+    state per call (padded to CALL_ROWS rows, as every evaluation call), the arms taking turns state
+    by state after one untimed call each, and the state is the one a dev episode starts from. No
+    timing is asserted beyond its being a positive number: speed lives in benchmarks."""
+    from tasks.artifacts.policy import CALL_ROWS
+    from tasks.evaluate import single_decision_ms
+
+    params = load_params(overrides={"eval.dev_episodes": 20})
+    calls = []
+
+    class Recorder(torch.nn.Module):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+        def forward(self, obs, safety, deterministic=False):
+            calls.append((self.name, obs.shape[0], obs[0].clone(), deterministic))
+            zeros = torch.zeros(obs.shape[0], 2)
+            return ActorOutput(zeros, zeros, torch.zeros(obs.shape[0]), {})
+
+    obs_rms = _obs_rms()
+    result = single_decision_ms({"a": Recorder("a"), "b": Recorder("b")}, obs_rms, params, states=32)
+    assert set(result) == {"a", "b"} and all(v > 0 for v in result.values())
+    states = 20  # capped at the dev episodes
+    assert [c[0] for c in calls] == ["a", "b"] + ["a", "b"] * states
+    assert all(rows == CALL_ROWS and deterministic for _, rows, _, deterministic in calls)
+    core = PursuitEvasionCore(params.env, 1, autoreset=False)  # dev episode 5's start, played alone
+    core.seed([params.eval.split_range("dev").start + 5])
+    assert torch.equal(calls[2 + 2 * 5][2], obs_rms.normalize(core.reset())[0])

@@ -118,7 +118,10 @@ def build_workdir(workdir: Path, params: Params) -> None:
                                for arm in arms for split in ("test", "dev")])
             table.to_csv(eval_dir / "episodes.csv", index=False)
             np.savez(eval_dir / "trajectory.npz", **fake_trajectory(arms, np.random.default_rng(seed)))
-            (eval_dir / "timing.json").write_text(json.dumps({"wall_seconds": 3.0, "arms": arms}))
+            # one decision on one state, per arm: 0.1 ms x (arm's place + 1) + 0.01 ms x seed
+            single = {arm: 0.1 * (i + 1) + 0.01 * seed for i, arm in enumerate(ARM_SPEC) if arm in arms}
+            (eval_dir / "timing.json").write_text(json.dumps({"wall_seconds": 3.0, "arms": arms,
+                                                              "single_decision_ms": single}))
     compare.run(params, workdir)
 
     rows = []
@@ -704,3 +707,16 @@ def test_readme_results_table_is_the_committed_report():
     for arm, cells in rows.items():
         expected = [by_label[report.arm_label(arm, params)][c] for c in columns]
         assert cells == expected, f"README.md's row for {arm}: {cells}; the committed report has {expected}"
+
+
+def test_inference_per_step_is_one_decision_beside_the_batched_time(rendered):
+    """The reference compares one decision on one state: the row gives the median over seeds of
+    each cell's single-decision time (here 0.1 ms x (arm's place + 1) + 0.01 ms x seed, so the
+    median of seeds 0 and 1 is that + 0.005 ms), then the batched time per decision."""
+    params, _, _, markdown = rendered
+    for i, arm in enumerate(ARM_SPEC):
+        row = table_row(markdown, "inference per step", report.arm_label(arm, params))
+        ours = row.split(" | ")[-1]
+        expected = 0.1 * (i + 1) + 0.005
+        assert ours.startswith(f"{expected:.3f} ms one state per call (median of {len(SEEDS)} seed(s)); "), row
+        assert ours.endswith(" ms batched |"), row

@@ -76,6 +76,7 @@ class EvalCell:
     episodes: pd.DataFrame
     trajectory: dict[str, np.ndarray] | None
     wall_seconds: float | None
+    single_decision_ms: dict[str, float] | None = None  # {arm: ms}: tasks.evaluate.single_decision_ms
 
 
 @dataclass
@@ -217,12 +218,15 @@ def read_eval_cell(workdir: Path, algo: str, seed: int, arms: list[str], need_tr
         for key, value in trajectory.items():
             if key.endswith(("/pursuer", "/evader")) and (value.ndim != 2 or value.shape[1] != 2):
                 raise StageInputError(f"{traj_path}: '{key}' has shape {value.shape}; expected (T, 2)")
-    wall = None
+    wall, single_ms = None, None
     timing_path = cell_dir / TIMING_FILE
     if timing_path.exists():
         timing = _read_json(timing_path, "evaluation timing")
         wall = timing.get("wall_seconds") if isinstance(timing.get("wall_seconds"), (int, float)) else None
-    return EvalCell(algo, seed, episodes, trajectory, wall)
+        single = timing.get("single_decision_ms")
+        if isinstance(single, dict) and all(isinstance(v, (int, float)) for v in single.values()):
+            single_ms = {str(k): float(v) for k, v in single.items()}
+    return EvalCell(algo, seed, episodes, trajectory, wall, single_ms)
 
 
 def read_qp_benchmark(workdir: Path) -> tuple[pd.DataFrame | None, dict[str, Any] | None, list[str]]:
