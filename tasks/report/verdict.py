@@ -336,7 +336,8 @@ def decision_section(inputs: Inputs, params: Params) -> tuple[str, str]:
                       f"{run_level[0]['paired_win_rate_method']}.", ""]
     lines += ["### Training-time safety", "",
               "Cumulative training collisions of each seed (sum over logged windows of collision rate x episodes "
-              "ended; their mean over seeds, and in brackets the total) and each seed's mean training collision rate "
+              "ended; shown as their mean over seeds with its interval in brackets, the total over seeds in "
+              "parentheses) and each seed's mean training collision rate "
               "(area under the windowed collision-rate curve / env steps: a time average of the windows' shares, not "
               f"collisions / episodes), from the train cells' DVCLive curves; {100 * conf:g} % t interval over seeds "
               "(an algorithm with no training collision: the Clopper-Pearson upper bound of its rate on the pooled "
