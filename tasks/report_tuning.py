@@ -60,8 +60,7 @@ def write_report(root: Path, cells: pd.DataFrame, means: pd.DataFrame, sweep: pd
 
     budget, prov = choice["budget"], choice["provenance"]
     evaluated_steps = params.train.num_updates * params.train.batch_size
-    # a study recorded before `train.learner` existed trained with torch's learner, then the only one
-    study_learner = prov.get("learner", "torch")
+    study_learner = _study_learner(choice)
     png = figure(cells, means)
     with io.atomic_path(root / FIGURE_PATH) as tmp:
         tmp.write_bytes(png)
@@ -132,6 +131,12 @@ def write_report(root: Path, cells: pd.DataFrame, means: pd.DataFrame, sweep: pd
     return io.write_text(root / REPORT_PATH, "\n".join(md))
 
 
+def _study_learner(choice: dict[str, Any]) -> str:
+    """The `train.learner` a study trained with: recorded in its provenance since that key exists;
+    a study recorded before then trained with torch's learner, the only one there was."""
+    return choice.get("provenance", {}).get("learner", "torch")
+
+
 def budget_line(workdir: Path, params: Params) -> str:
     """One paragraph for the decision report: the study's budget and what it chose, or that no
     study stands behind these settings."""
@@ -154,7 +159,7 @@ def budget_line(workdir: Path, params: Params) -> str:
             + (f"; the baseline's post-hoc filter (arm baseline_tuned_filter): {settings(choice['tuned_filter'])}"
                if choice["tuned_filter"] else "")
             + ". See the [tuning report](tuning/tuning_report.md).")
-    study_learner = choice.get("provenance", {}).get("learner", "torch")  # recorded since train.learner exists
+    study_learner = _study_learner(choice)
     if study_learner != params.train.learner:
         text += (f" The study trained with the {study_learner} learner, these models with the {params.train.learner} "
                  "learner: the same algorithm, other floating-point bits.")

@@ -81,6 +81,7 @@ __all__ = [
     "PairedWinRate",
     "paired_win_rate",
     "run_level_probability_of_improvement",
+    "iqm_trimmed",
     "iqm_trims",
     "iqm_edge_bound",
     "separation_bound",
@@ -1080,10 +1081,15 @@ def separation_bound(m: int, n: int, confidence: float = 0.95) -> float:
     return ((1.0 - confidence) / 2.0) ** (1.0 / min(m, n))
 
 
+def iqm_trimmed(n: int) -> int:
+    """How many of n values ``iqm`` (scipy's trim_mean at 0.25) drops from each end: int(0.25 n)."""
+    return int(0.25 * n)
+
+
 def iqm_trims(n: int) -> bool:
-    """Whether ``iqm`` of n values drops anything (int(0.25 n) >= 1, i.e. n >= 4); else the IQM
-    equals the mean and the report should say so."""
-    return int(0.25 * n) >= 1
+    """Whether ``iqm`` of n values drops anything (n >= 4); else the IQM equals the mean and the
+    report should say so."""
+    return iqm_trimmed(n) >= 1
 
 
 def iqm_edge_bound(denominators, confidence: float = 0.95, events: int = 0) -> float:
@@ -1116,7 +1122,7 @@ def iqm_edge_bound(denominators, confidence: float = 0.95, events: int = 0) -> f
     pooled_high = rate_interval(int(events), int(total), confidence, "clopper_pearson").high
     if total * pooled_high < events + 1:  # outside Hoeffding's condition: nothing proven
         return 1.0
-    return min(1.0, total * pooled_high / ((seeds - int(0.25 * seeds)) * float(n.min())))
+    return min(1.0, total * pooled_high / ((seeds - iqm_trimmed(seeds)) * float(n.min())))
 
 
 def performance_profile(seed_scores, thresholds) -> np.ndarray:

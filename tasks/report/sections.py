@@ -243,6 +243,15 @@ def _results_tables(inputs: Inputs, params: Params, arms: list[str], conf: float
     return "\n".join(text)
 
 
+def _worst_deviations(table: pd.DataFrame) -> list[str]:
+    """["exact float32 4.9e-06", ...]: the QP table's largest max_deviation per backend and dtype
+    (float32's error is not float64's; per backend alone where the table has no dtype column)."""
+    keys = ["backend"] + (["dtype"] if "dtype" in table.columns else [])
+    worst = table.groupby(keys)["max_deviation"].max()
+    return [" ".join(map(str, key if isinstance(key, tuple) else (key,))) + f" {value:.2g}"
+            for key, value in worst.items()]
+
+
 def qp_summary(table: pd.DataFrame | None) -> str:
     """One line for the report's body: the exact solver's speed-up over qpth, forward+backward on the
     CPU in float64 at the smallest and largest batch both ran, and the accuracy; the full table is
@@ -264,10 +273,8 @@ def qp_summary(table: pd.DataFrame | None) -> str:
     small, large = int(by_batch.index.min()), int(by_batch.index.max())
     accuracy = ""
     if "max_deviation" in table.columns:
-        keys = ["backend"] + (["dtype"] if "dtype" in table.columns else [])
-        worst = table.groupby(keys)["max_deviation"].max()
         accuracy = "; largest deviation from the independent reference (any pass and batch): " + ", ".join(
-            " ".join(map(str, key if isinstance(key, tuple) else (key,))) + f" {v:.2g}" for key, v in worst.items())
+            _worst_deviations(table))
     return (f"The {reference} solver is {by_batch[small]:.0f}x faster than qpth at batch {small} and "
             f"{by_batch[large]:.0f}x at batch {large} (forward+backward, CPU, float64, median over obstacle counts, "
             f"measured side by side){accuracy}. Every timing is in the appendix.")
@@ -312,13 +319,10 @@ def qp_accuracy_lines(table: pd.DataFrame) -> list[str]:
     no feasible point) and is compared at the batches both backends ran; and how much of
     qpth's answer was its own (its KKT check's rejects are re-solved by the exact solver)."""
     lines = []
-    keys = ["backend"] + (["dtype"] if "dtype" in table.columns else [])
     reference = f"the {table['reference'].iloc[0]} solution" if "reference" in table.columns else "the reference solution"
     if "max_deviation" in table.columns:
-        worst = table.groupby(keys)["max_deviation"].max()
-        lines.append(f"Largest deviation from {reference} (max |u - u_ref|): " + "; ".join(
-            " ".join(map(str, key if isinstance(key, tuple) else (key,))) + f" {value:.2g}"
-            for key, value in worst.items()) + ".")
+        lines.append(f"Largest deviation from {reference} (max |u - u_ref|): " + "; ".join(_worst_deviations(table))
+                     + ".")
     if "solved_fraction" in table.columns:
         lowest = table.groupby("backend").agg(low=("solved_fraction", "min"), batch=("batch_size", "max"))
         text = "Share of each batch returned feasible (some of the stage's problems have no feasible point): lowest " + \
