@@ -67,6 +67,8 @@ def prefect_server(tmp_path_factory):
     every test that runs a flow: each start costs about 13 s of CPU (15-30 s of wall on a loaded
     2-core machine). The first worker to ask starts it, under a file lock; the others read its
     address; the controlling process stops it at the end (`pytest_sessionfinish`)."""
+    from prefect.logging.handlers import APILogWorker
+    from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     root = _shared_root(tmp_path_factory)
@@ -76,8 +78,24 @@ def prefect_server(tmp_path_factory):
         if not record.exists():
             record.write_text(json.dumps(_start_server(root)))
         url = json.loads(record.read_text())["url"]
-    with temporary_settings(updates={PREFECT_API_URL: url}):
+    with temporary_settings(updates={PREFECT_API_URL: url}), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SubprocessASGIServer, "start", _no_temporary_server)
         yield url
+        # the flows' log records still queued go now, while the server answers: the controlling
+        # process stops it at the end (`pytest_sessionfinish`), and a worker that flushed them at
+        # its exit would print "Error logging to API"
+        APILogWorker.drain_all(timeout=5)
+
+
+def _no_temporary_server(self, *args, **kwargs):
+    """Stands in for `SubprocessASGIServer.start` while the test server runs. A flow that finds no
+    PREFECT_API_URL starts a temporary server of its own (prefect 3.8 does, whatever
+    PREFECT_SERVER_EPHEMERAL_ENABLED says): a thread started without a copy of the test's context
+    does not see the test server's URL, which `temporary_settings` sets context-locally. That server
+    costs seconds and prints a logging error at exit; here it fails the test that caused it."""
+    raise RuntimeError("a flow found no PREFECT_API_URL and would start a temporary Prefect server: run it in "
+                       "the test's context (a thread: `contextvars.copy_context().run`), which has the "
+                       "`prefect_server` fixture's URL")
 
 
 def pytest_sessionstart(session):

@@ -7,6 +7,7 @@ budgets in a temporary copy of the repo, the first of them on a real local Dask 
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import json
 import os
@@ -341,7 +342,10 @@ def test_second_run_on_the_same_workspace_gets_a_clear_error(prefect_server, fak
         except BaseException as exc:  # pragma: no cover - reported below
             outcome["error"] = exc
 
-    thread = threading.Thread(target=first_run)
+    # the thread runs in a copy of this context: the test server's PREFECT_API_URL is a context-local
+    # setting (conftest's `temporary_settings`), which a bare thread would not see; its flow would
+    # start a temporary server of its own
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(first_run,))
     thread.start()
     try:
         assert FAKE_BEHAVIOUR["qp_started"].wait(120), "first run never reached its first stage"
