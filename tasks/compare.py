@@ -183,9 +183,18 @@ HEADLINE_METRICS = (
 )
 
 
+def ratio_of_sums(numerator, denominator) -> np.ndarray:
+    """numerator / denominator elementwise, NaN where the denominator is 0: steps to capture of a
+    seed (or a resample) with no capture, whose numerator is 0 too. Undefined, not an error, so no
+    "invalid value" warning."""
+    numerator, denominator = np.asarray(numerator, float), np.asarray(denominator, float)
+    out = np.full(np.broadcast_shapes(numerator.shape, denominator.shape), np.nan)
+    return np.divide(numerator, denominator, out=out, where=denominator != 0)[()]
+
+
 def _ratio(pairs: np.ndarray) -> np.ndarray:
     """(n_boot, n, [metrics,] 2) numerator/denominator pairs -> (n_boot[, metrics]) ratio of sums."""
-    return pairs[..., 0].sum(axis=1) / pairs[..., 1].sum(axis=1)
+    return ratio_of_sums(pairs[..., 0].sum(axis=1), pairs[..., 1].sum(axis=1))
 
 
 def _pairs(df: pd.DataFrame, names: list[str]) -> np.ndarray:
@@ -299,7 +308,7 @@ def summarise(episodes: pd.DataFrame, decision: DecisionParams) -> pd.DataFrame:
             for name, (numerator, denominator) in zip(names, sums):
                 low, high = wilson_interval(numerator, denominator, conf) if METRICS[name].interval == "wilson" else (
                     np.nan, np.nan)
-                row.update({name: numerator / denominator, f"{name}_low": low, f"{name}_high": high})
+                row.update({name: ratio_of_sums(numerator, denominator), f"{name}_low": low, f"{name}_high": high})
             # One stratum: a plain percentile bootstrap over this seed's episodes.
             intervals = stratified_bootstrap_cis([_pairs(df, bootstrapped)], across_seeds(_ratio), n_boot, conf,
                                                  boot_seed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -200,6 +201,24 @@ def test_single_algorithm_run_is_not_comparable_not_a_crash(tmp_path):
     assert all(step["arm"] != "barriernet" for step in metrics["sequence"])
     # One seed: the intervals say the seed variance was not estimable.
     assert "one training seed" in metrics["interval_methods"]["capture_rate"]
+
+
+
+def test_steps_to_capture_of_a_seed_without_captures_is_undefined_without_a_warning():
+    """A seed that never captures has no steps to capture (0 / 0): NaN, which the report prints as
+    n/a, and no numpy "invalid value" warning; the other seed's is its captures' mean length,
+    recomputed with pandas, and so is the pooled mean (the empty seed adds nothing to either sum)."""
+    rng = np.random.default_rng(7)
+    never = fake_episodes("baseline", "baseline", 0, ["timeout", "collision"] * 10, rng=rng)
+    some = fake_episodes("baseline", "baseline", 1, ["capture", "timeout"] * 10, rng=rng)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        summary = summarise(pd.concat([never, some]), DecisionParams(bootstrap_samples=200))
+    rows = summary.set_index(["seed", "aggregate"])["capture_steps"]
+    assert math.isnan(rows["0", "per_seed"])
+    captured = some.loc[some["outcome"] == "capture", "length"]
+    assert rows["1", "per_seed"] == pytest.approx(captured.mean())
+    assert rows["all", "mean"] == pytest.approx(captured.mean())
 
 
 # --------------------------------------------------------------------------------------------

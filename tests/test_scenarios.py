@@ -244,7 +244,7 @@ def test_a_rare_event_prints_its_rate_inside_its_own_interval():
     the rate keeps two significant digits as its bounds do, 0.030 %, inside the Wilson interval
     written out from Wilson (1927); the main tables' formatter does the same at two decimals."""
     from tasks import report_scenarios as R
-    from tasks.report.formatting import fmt_rate_ci
+    from tasks.report.formatting import fmt_rate, fmt_rate_ci
 
     z, k, n = 1.959963984540054, 6, 20_131
     p = k / n
@@ -255,6 +255,8 @@ def test_a_rare_event_prints_its_rate_inside_its_own_interval():
     assert fmt_rate_ci(1 / 20_000, 0.0, 2e-4) == "0.01 % [0.00, 0.02]"  # a bound of 0.02 % needs no more digits
     assert fmt_rate_ci(1.9e-5, 0.0, 1e-4) == "0.0019 % [0.00, 0.0100]"  # not 0.00 %: one event is not none
     assert fmt_rate_ci(0.0, 0.0, 6.9e-6) == "0.00 % [0.00, 0.00069]"  # a zero count: its bound, zeros as they were
+    # a zero count's bound far beyond this study's size: 3.7 in a million steps, in fixed notation
+    assert fmt_rate(3.7e-7) == "0.000037 %" and fmt_rate(3.7e-5) == "0.0037 %" and fmt_rate(0.0) == "0.00 %"
 
 
 def test_batching_scenarios_in_one_core_does_not_change_their_episodes():

@@ -29,11 +29,13 @@ def fmt_rate(x: Any) -> str:
 
 
 def percent_bound(x: float, decimals: int = 2) -> str:
-    """A percentage with `decimals` decimals, or 2 significant digits where that would print a
-    positive value as zero (a zero count's upper bound must read as a bound, not as 0; a rare event's
-    rate must not read as none, nor fall outside its own interval)."""
+    """A percentage with `decimals` decimals, or 2 significant digits in fixed notation where that
+    would print a positive value as zero (a zero count's upper bound must read as a bound, not as 0;
+    a rare event's rate must not read as none, nor fall outside its own interval)."""
     value = 100 * float(x)
-    return f"{value:.2g}" if 0 < abs(value) < 0.5 * 10.0 ** -decimals else f"{value:.{decimals}f}"
+    if 0 < abs(value) < 0.5 * 10.0 ** -decimals:  # fixed notation: "0.000037", never "3.7e-05"
+        decimals = 1 - math.floor(math.log10(abs(value)))
+    return f"{value:.{decimals}f}"
 
 
 def percent_interval(est: float, low: float, high: float, decimals: int = 2) -> str:
