@@ -561,9 +561,13 @@ def choose_outcome(facts: OutcomeFacts, decision: DecisionParams) -> Outcome:
 
 
 def percent(x: float) -> str:
-    """A rate in percent: 2 decimals, or 2 significant digits for a positive rate below 0.005 %."""
-    value = 100 * float(x)
-    return (f"{value:.2g}" if 0 < value < 0.005 else f"{value:.2f}") + " %"
+    """A rate in percent with 2 decimals, or 2 significant digits in fixed notation where that would
+    print a positive rate as zero (a zero count's upper bound must read as a bound, not as 0; a rare
+    event's rate must not read as none): "0.15 %", "0.0037 %", never "3.7e-05 %"."""
+    value, decimals = 100 * float(x), 2
+    if 0 < abs(value) < 0.005:
+        decimals = 1 - math.floor(math.log10(abs(value)))
+    return f"{value:.{decimals}f} %"
 
 
 def gates(*, gap_a: dict[str, Any] | None, barriernet_present: bool, chosen_unsafe: dict[str, Any] | None,

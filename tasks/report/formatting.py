@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.artifacts import ARMS_WITHOUT_QP
+from tasks.decision import percent
 from tasks.params import Params
 
 ARM_LABELS = {
@@ -25,17 +26,7 @@ def is_finite_number(x: Any) -> bool:
 
 
 def fmt_rate(x: Any) -> str:
-    return f"{percent_bound(x)} %" if is_finite_number(x) else "n/a"
-
-
-def percent_bound(x: float, decimals: int = 2) -> str:
-    """A percentage with `decimals` decimals, or 2 significant digits in fixed notation where that
-    would print a positive value as zero (a zero count's upper bound must read as a bound, not as 0;
-    a rare event's rate must not read as none, nor fall outside its own interval)."""
-    value = 100 * float(x)
-    if 0 < abs(value) < 0.5 * 10.0 ** -decimals:  # fixed notation: "0.000037", never "3.7e-05"
-        decimals = 1 - math.floor(math.log10(abs(value)))
-    return f"{value:.{decimals}f}"
+    return percent(x) if is_finite_number(x) else "n/a"
 
 
 def percent_interval(est: float, low: float, high: float, decimals: int = 2) -> str:

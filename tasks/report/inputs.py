@@ -89,6 +89,12 @@ class Inputs:
     qp_metrics: dict[str, Any] | None
     notes: list[str] = field(default_factory=list)  # what was missing but not fatal
 
+    def single_decision_ms(self, arm: str) -> tuple[float, int] | None:
+        """(median over seeds of `arm`'s one-state decision time in ms, seeds that timed it), or None
+        where no evaluate cell timed it (`tasks.evaluate.single_decision_ms`: wall clock, this machine)."""
+        times = [c.single_decision_ms[arm] for c in self.evals if c.single_decision_ms and arm in c.single_decision_ms]
+        return (float(np.median(times)), len(times)) if times else None
+
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():

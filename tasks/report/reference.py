@@ -61,10 +61,9 @@ def _reference_section(inputs: Inputs, params: Params, arms: list[str]) -> str:
             elif key == "decision_ms":
                 row = rows_by_arm[arm]
                 batched = fmt_ms_ci(row[key], row[f"{key}_low"], row[f"{key}_high"]) + " ms batched"
-                single = [c.single_decision_ms[arm] for c in inputs.evals
-                          if c.single_decision_ms and arm in c.single_decision_ms]
-                ours = (f"{np.median(single):.3f} ms one state per call (median of {len(single)} seed(s)); "
-                        f"{batched}" if single else batched)
+                single = inputs.single_decision_ms(arm)
+                ours = (f"{single[0]:.3f} ms one state per call (median of {single[1]} seed(s)); {batched}"
+                        if single else batched)
             else:
                 row = rows_by_arm[arm]
                 ours = fmt_rate_ci(row[key], row[f"{key}_low"], row[f"{key}_high"])

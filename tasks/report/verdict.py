@@ -80,6 +80,11 @@ def plateau_of(inputs: Inputs, params: Params) -> dict[str, Any] | None:
     return protocol.plateau_test(curves, params.decision) if curves else None
 
 
+def _count_ci(estimate: float, low: float, high: float) -> str:
+    """A mean count per seed with its interval: "395 [365, 425]"."""
+    return f"{estimate:,.0f} [{low:,.0f}, {high:,.0f}]"
+
+
 def training_safety(inputs: Inputs, params: Params) -> list[list[Any]]:
     """Per algorithm: cumulative training collisions and the mean training collision rate, with a
     t interval over seeds (>= 2 seeds); where no seed collided, the rate's Clopper-Pearson upper
@@ -98,21 +103,21 @@ def training_safety(inputs: Inputs, params: Params) -> list[list[Any]]:
             episodes = int(round(sum(v["episodes"] for v in values)))
             upper = rate_interval(0, episodes, conf, "clopper_pearson").high
             rows.append([algo, len(cells), f"0 (none in {episodes:,} training episodes, all seeds)",
-                         f"0.00% ({100 * conf:g} % upper bound {upper:.2%}: Clopper-Pearson, 0 of {episodes:,} "
-                         "pooled training episodes)"])
+                         f"{fmt_rate(0.0)} ({100 * conf:g} % upper bound {fmt_rate(upper)}: Clopper-Pearson, "
+                         f"0 of {episodes:,} pooled training episodes)"])
             continue
         texts = []
-        for key, fmt in (("collisions", "{:,.0f}"), ("mean_rate", "{:.2%}")):
+        for key, fmt, fmt_ci in (("collisions", "{:,.0f}".format, _count_ci), ("mean_rate", fmt_rate, fmt_rate_ci)):
             xs = np.array([v[key] for v in values if key in v], float)
             if not len(xs):
                 texts.append("not logged")
             elif not xs.any():  # zeros without an episode count (older curves): nothing to bound the rate by
-                texts.append(f"{fmt.format(0.0)} (no collision; no episode count logged, so no bound)")
+                texts.append(f"{fmt(0.0)} (no collision; no episode count logged, so no bound)")
             elif len(xs) >= 2:
                 ci = seed_t_interval(xs, conf)
-                texts.append(f"{fmt.format(ci.estimate)} [{fmt.format(max(ci.low, 0.0))}, {fmt.format(ci.high)}]")
+                texts.append(fmt_ci(ci.estimate, max(ci.low, 0.0), ci.high))
             else:
-                texts.append(fmt.format(xs[0]) + " (one seed: no interval)")
+                texts.append(fmt(xs[0]) + " (one seed: no interval)")
         if all("collisions" in v and "episodes" in v for v in values) and len(values) >= 2:
             # the per-seed mean beside the pooled count, so neither reads as the other
             collisions, episodes = (sum(v[k] for v in values) for k in ("collisions", "episodes"))
