@@ -736,3 +736,25 @@ def test_summary_gives_one_decisions_time_then_the_batched_time_per_state(render
     mean = table[(table["seed"] == "all") & (table["aggregate"] == "mean")].set_index("arm")["decision_ms"]
     assert (f"one decision (one state per call, median over seeds) took 0.105 ms against 0.205 ms for the baseline "
             f"(batched evaluation: {mean['barriernet']:.3f} ms against {mean['baseline']:.3f} ms per state)") in summary
+
+
+def test_numbers_print_with_the_precision_they_have(rendered):
+    """Across seeds: steps to capture and the mean return with one decimal (whole steps and returns
+    of the order of 100, averaged over episodes), QP correction and decision ms with three, each
+    read back against summary.csv's across-seed mean row."""
+    params, workdir, _, markdown = rendered
+    table = pd.read_csv(workdir / "results/compare/summary.csv")
+    row = table[(table["arm"] == "barriernet") & (table["seed"] == "all") & (table["aggregate"] == "mean")].iloc[0]
+    lines = markdown.split("### Across seeds", 1)[1].splitlines()
+    header = [c.strip() for c in next(line for line in lines if line.startswith("| arm |")).strip("|").split("|")]
+    cells = [c.strip() for c in table_row("\n".join(lines), "BarrierNet PPO", str(len(SEEDS))).strip("|").split("|")]
+    cell = dict(zip(header, cells))
+
+    def expect(name, decimals):
+        return " ".join([f"{row[name]:.{decimals}f}", f"[{row[name + '_low']:.{decimals}f},",
+                         f"{row[name + '_high']:.{decimals}f}]"])
+
+    assert cell["steps to capture (captured episodes)"] == expect("capture_steps", 1)
+    assert cell["mean return"] == expect("mean_return", 1)
+    assert cell["QP correction per step (normalised units)"] == expect("mean_correction", 3)
+    assert cell["decision (ms)"] == expect("decision_ms", 3)

@@ -57,12 +57,13 @@ def fmt_rate_ci(est: Any, low: Any, high: Any) -> str:
     return percent_interval(est, low, high)
 
 
-def fmt_ms_ci(est: Any, low: Any, high: Any) -> str:
+def fmt_ms_ci(est: Any, low: Any, high: Any, decimals: int = 3) -> str:
+    """A number (ms, normalised units, steps, return) with its interval, `decimals` decimals each."""
     if not is_finite_number(est):
         return "n/a"
     if not (is_finite_number(low) and is_finite_number(high)):
-        return f"{float(est):.3f}"
-    return f"{float(est):.3f} [{float(low):.3f}, {float(high):.3f}]"
+        return f"{float(est):.{decimals}f}"
+    return f"{float(est):.{decimals}f} [{float(low):.{decimals}f}, {float(high):.{decimals}f}]"
 
 
 def fmt_pp_ci(est: Any, low: Any, high: Any) -> str:
@@ -90,7 +91,9 @@ def fmt_metric(kind: str, row: pd.Series | dict, name: str, arm: str | None = No
     if arm in ARMS_WITHOUT_QP and name in QP_METRICS:
         return "n/a (no QP)"
     est, low, high = row.get(name), row.get(f"{name}_low"), row.get(f"{name}_high")
-    return fmt_rate_ci(est, low, high) if kind == "rate" else fmt_ms_ci(est, low, high)
+    # steps to capture are whole env steps averaged over a few hundred episodes: a tenth is the
+    # precision they have; ms and normalised corrections are below 1 and keep three decimals
+    return fmt_rate_ci(est, low, high) if kind == "rate" else fmt_ms_ci(est, low, high, 1 if kind == "steps" else 3)
 
 
 def fmt_seconds(seconds: Any) -> str:

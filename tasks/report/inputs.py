@@ -45,7 +45,7 @@ RESULT_METRICS: tuple[tuple[str, str, str], ...] = (
     ("intervention_rate", "QP intervention", "rate"),
     ("mean_correction", "QP correction per step (normalised units)", "number"),
     ("infeasible_rate", "QP infeasible", "rate"),
-    ("capture_steps", "steps to capture (captured episodes)", "number"),
+    ("capture_steps", "steps to capture (captured episodes)", "steps"),
     ("decision_ms", "decision (ms)", "ms"),
 )
 # How evaluate times a decision (tasks/evaluate.py: play_groups): the report says it wherever it shows one

@@ -219,7 +219,7 @@ def _results_tables(inputs: Inputs, params: Params, arms: list[str], conf: float
         row = rows[arm]
         table.append([arm_label(arm, params), int(row["seeds"]), int(row["episodes"])]
                      + [fmt_metric(kind, row, name, arm) for name, _, kind in RESULT_METRICS]
-                     + [fmt_ms_ci(row["mean_return"], row.get("mean_return_low"), row.get("mean_return_high"))
+                     + [fmt_ms_ci(row["mean_return"], row.get("mean_return_low"), row.get("mean_return_high"), 1)
                         if "mean_return" in row else "n/a"])
     methods = inputs.metrics.get("interval_methods") or {}
     text = [f"### Across seeds (test split; {level} intervals; episode rates, return and decision ms: the mean of the "
