@@ -213,7 +213,9 @@ RATIO_MEANS = ("mean_correction", "capture_steps")
 GENERALIZED = f"generalized pivotal interval ({DEFAULT_DRAWS} seeded chi-square draws)"
 STEP_RATE_METHOD = ("crossed seed x scenario design for a ratio of sums pooled over seeds (steps with the event / "
                     "steps): delta-method linearisation, two-way random-effects variance, " + GENERALIZED
-                    + ", widened to at least the pooled Wilson interval on steps")
+                    + ", widened to at least the pooled Wilson interval on steps; with no event in any step the "
+                    "variance estimate is 0 and the interval is that Wilson bound alone, which counts correlated "
+                    "steps as independent (too narrow: descriptive; the episode share's bound, on episodes, holds)")
 RETURN_METHOD = ("crossed seed x scenario design: two-way random-effects variance of the per-episode returns, "
                  + GENERALIZED)
 SEED_MEAN_METHOD = "t interval over the per-seed means (training seeds; scenarios held fixed)"

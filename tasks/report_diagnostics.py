@@ -27,7 +27,8 @@ INFEASIBLE_RATE = 0.05
 CAPTION = ("Training diagnostics against env steps, one line per seed. Left: median per-sample gradient norm of "
            "the loss reaching BarrierNet's nominal action through the QP (log scale; dashed: the red-flag band "
            "1e-6..1e3). Middle: mean |gradient| per action component (v solid, turn rate w dotted). Right: share of "
-           "training steps where the QP changed the action, per algorithm with a safety layer.")
+           "training steps where the safety layer changed the action, per algorithm with one (BarrierNet's and the "
+           "shield's QP; CBF-Beta's safe box, which changes the action without a QP).")
 
 
 def read_curve(workdir: Path, algo: str, seed: int, name: str) -> pd.DataFrame | None:
@@ -97,7 +98,7 @@ def figure(workdir: Path, algos: list[str], seeds: list[int], colours: dict[str,
     axes[0].set_ylabel("median ||dL/du_nom|| per sample")
     axes[1].set_yscale("log")
     axes[1].set_ylabel("mean |dL/du_nom| per component")
-    axes[2].set_ylabel("training steps with a QP correction (%)")
+    axes[2].set_ylabel("training steps the safety layer changed (%)")
     for ax in axes:
         ax.set_xlabel("env steps")
         ax.grid(alpha=0.3)

@@ -13,7 +13,7 @@
 
 and returns the markdown: a per-scenario table (capture, collision, violation, intervention,
 infeasible with Wilson intervals; capture time), a one-line reading per scenario generated from
-the numbers, behaviour measures per arm, and the red flags (QP infeasible on > 5 % of steps).
+the numbers, behaviour measures per arm, and the red flags (the safety layer infeasible on > 5 % of steps).
 Without scenario results it returns a one-line note (the stage may not have run).
 """
 
@@ -254,8 +254,9 @@ def figure_trajectories(name: str, arms: list[str], trajectories: dict[str, Any]
 
 
 def figure_heatmaps(arms: list[str], heatmaps: dict[str, Any], params: Params) -> bytes:
-    """Rows: arms; columns: mean min barrier, violating fraction, mean QP correction, each on one
-    colour scale shared by every arm (one colour bar per column), so that arms compare by colour."""
+    """Rows: arms; columns: mean min barrier, violating fraction, mean correction by the safety layer,
+    each on one colour scale shared by every arm (one colour bar per column), so that arms compare by
+    colour; cells no step reached are grey."""
     plt = _pyplot()
     half = params.env.arena_size / 2
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -267,14 +268,16 @@ def figure_heatmaps(arms: list[str], heatmaps: dict[str, Any], params: Params) -
     correction_max = max([float(np.nanmax(g[2])) for g in grids.values() if np.isfinite(g[2]).any()] + [1e-3])
     columns = (("mean min barrier h (m)", "RdYlGn", MARGIN_RANGE),
                ("violating steps (fraction)", "Reds", (0, 1)),
-               ("mean QP correction |du| (normalised units)", "Purples", (0, correction_max)))
+               ("mean correction |du| by the safety layer (normalised units)", "Purples", (0, correction_max)))
     fig, axes = plt.subplots(len(arms), 3, figsize=(7.2, 2.1 * len(arms) + 1.0), squeeze=False, sharex=True,
                              sharey=True, layout="constrained")
     for col, (title, cmap, (low, high)) in enumerate(columns):
+        # cells no step reached are grey: the scales' low ends are near white, which a zero would share
+        colours = plt.get_cmap(cmap).with_extremes(bad="lightgrey")
         for row, arm in enumerate(arms):
             ax = axes[row, col]
             image = ax.imshow(np.ma.masked_invalid(grids[arm][col].T), origin="lower",
-                              extent=(-half, half, -half, half), cmap=cmap, vmin=low, vmax=high)
+                              extent=(-half, half, -half, half), cmap=colours, vmin=low, vmax=high)
             ax.tick_params(labelsize=6)
             if col == 2 and arm in ARMS_WITHOUT_QP:
                 ax.text(0.5, 0.5, "n/a (no QP)", transform=ax.transAxes, ha="center", va="center", fontsize=7)
@@ -441,17 +444,19 @@ def section(params: Params, workdir: str | Path = ".") -> str:
           f"{params.scenarios.jitter:g} m / rad). Rates with 95 % Wilson intervals; capture, collision and "
           "violation (any step with a barrier < 0) per episode, intervention and infeasible per step; capture "
           "time: mean over captured episodes. The step rates' intervals treat steps as independent (they are not: "
-          "read them as too narrow).", "",
+          "read them as too narrow). The safety layer is a QP for every arm but CBF-Beta's own, which solves none: "
+          "its 'intervention' is a step whose safe box moved the action from where the same Beta draw lands on the "
+          "whole action box, its 'infeasible' a step whose safe box is empty.", "",
           "Figures per scenario: episode 0 for every arm (same start and evader randomness), the window zoomed to the "
           "paths; the pursuer's path coloured by its barrier margin h on a red-yellow-green scale from "
           f"{MARGIN_RANGE[0]:g} m and below (red) through {sum(MARGIN_RANGE) / 2:g} m (yellow) to {MARGIN_RANGE[1]:g} m "
           "and more (green), so h = 0 is orange; dotted rings: where the body barrier is 0; the evader dashed blue; "
-          f"purple arrows at up to {ARROWS_PER_PANEL} evenly spaced steps where the QP changed the action (how far it "
+          f"purple arrows at up to {ARROWS_PER_PANEL} evenly spaced steps where the safety layer changed the action (how far it "
           f"moved the pursuer's 1 s course, drawn x{ARROW_GAIN:g}). Animated GIFs of "
           "all arms side by side are in `reports/animations/` (DVC-cached, not in git).", ""]
     pictures = render_scenarios(names, arms, trajectories, params, animation_dir)
     flags = red_flags(episodes)
-    md += ["**Red flags** (QP infeasible on > 5 % of steps): " + ("; ".join(flags) if flags else "none") + ".", ""]
+    md += ["**Red flags** (the safety layer infeasible on > 5 % of steps): " + ("; ".join(flags) if flags else "none") + ".", ""]
     for name in names:
         rows = table[table.scenario == name]
         geometry = scenario_geometry(name, params)
@@ -468,16 +473,16 @@ def section(params: Params, workdir: str | Path = ".") -> str:
     link = write_png("heatmaps", figure_heatmaps(arms, heatmaps, params))
     md += ["### Where in the arena", "", f"![heatmaps]({link})", "",
            "*Per arm, over every step of every scenario episode (pursuer position after the step, 0.5 m cells): mean "
-           "minimum barrier margin, fraction of steps with a barrier < 0, mean QP correction |commanded - proposal| in "
-           "normalised units ((dv / v_max, dw / w_max); n/a for an arm without a QP); one colour scale per column, "
-           "shared by every arm; white: no step there.*", ""]
+           "minimum barrier margin, fraction of steps with a barrier < 0, mean correction by the safety layer "
+           "|commanded - proposal| in normalised units ((dv / v_max, dw / w_max); n/a for an arm without one); one "
+           "colour scale per column, shared by every arm; grey: no step there.*", ""]
     b = behaviour_table(behaviour)
     md += ["### Behaviour", "",
            f"Smoothness: mean squared jerk of the pursuer's path (m^2/s^6, mean over scenarios). Near an obstacle "
            f"or a wall (a body barrier within {NEAR_BARRIER:g} m): mean |change of the commanded v| / v_max and "
            "|change of w| / w_max per step (commanded: the safety layer's output, before the disturbance "
            "scenario's actuation noise); "
-           "steer share = dw / (dv + dw) (1: only steers, 0: only brakes).", "",
+           "steer share = dw / (dv + dw) (1: only steers, 0: only changes speed, braking or speeding up).", "",
            _md_table(["arm", "jerk (m^2/s^6)", "near steps", "dv / v_max", "dw / w_max", "steer share"],
                      [[r.arm, f"{r.jerk_ms:.3g}", r.near_steps, f"{r.dv_near:.3f}", f"{r.dw_near:.3f}",
                        f"{r.steer_share:.2f}"] for r in b.itertuples()]), ""]  # fmt: skip

@@ -22,8 +22,9 @@ from tasks.params import Params
 
 CAPTION = ("Filter sweep on dev episodes (the choice never saw a test episode). Each small marker is one post-hoc "
            "filter configuration (form, gamma, robust margin) on one checkpoint family, averaged over training seeds; "
-           "filled markers are Pareto-efficient (no other configuration has higher capture and lower collision, "
-           "resp. intervention); the trained arms are placed by their own dev episodes; the ring marks the "
+           "filled markers are Pareto-efficient within their checkpoint family, all forms together (no other "
+           "configuration on the same checkpoints has at least the capture and at most the collision, resp. "
+           "intervention, and is better in one); the trained arms are placed by their own dev episodes; the ring marks the "
            "configuration the rule chose for the baseline.")
 
 
@@ -61,6 +62,16 @@ def pareto_mask(gain: np.ndarray, cost: np.ndarray) -> np.ndarray:
     return ~dominated
 
 
+def efficient_in_family(means: pd.DataFrame, cost: str) -> pd.Series:
+    """(rows of `means`,) bool: the configuration is Pareto-efficient (capture up, `cost` down)
+    among every configuration of its checkpoint family (`algo`), whatever its form: a filter of one
+    form dominated by one of another form is not efficient."""
+    efficient = pd.Series(False, index=means.index)
+    for _, group in means.groupby("algo", sort=False):
+        efficient[group.index] = pareto_mask(group["capture_rate"], group[cost])
+    return efficient
+
+
 def arm_dev_points(episodes: pd.DataFrame) -> pd.DataFrame:
     """Dev capture, collision and intervention of each trained arm (pooled over seeds)."""
     dev = episodes[episodes["split"] == "dev"]
@@ -85,8 +96,9 @@ def figure_pareto(means: pd.DataFrame, arms: pd.DataFrame, chosen: dict[str, Any
     family_colour = {"baseline": "tab:orange", "cbf_beta": "tab:purple"}
     for index, (cost, label) in enumerate(panels):
         ax = fig.add_subplot(1, 2, index + 1)
+        in_family = efficient_in_family(means, cost)
         for (algo, form), group in means.groupby(["algo", "form"], sort=False):
-            efficient = pareto_mask(group["capture_rate"], group[cost])
+            efficient = in_family[group.index].to_numpy()
             colour = family_colour.get(algo, "tab:gray")
             ax.scatter(group[cost][~efficient], group["capture_rate"][~efficient], s=26, marker=markers.get(form, "o"),
                        facecolors="none", edgecolors=colour, alpha=0.8)

@@ -81,7 +81,7 @@ def write_report(root: Path, cells: pd.DataFrame, means: pd.DataFrame, sweep: pd
         "- exploration knobs: " + "; ".join(f"{a}: {v}" for a, v in budget["exploration"].items()) + " (first value: "
         "the shared default);",
         f"- the tuning seeds are apart from the evaluated `train.seeds` {list(params.train.seeds)}: the evaluated "
-        f"models were trained afterwards with the chosen settings, to `train.total_steps` {params.train.total_steps:,} "
+        f"models train with the settings `params.yaml` commits, to `train.total_steps` {params.train.total_steps:,} "
         f"({evaluated_steps:,} env steps run: {params.train.num_updates} whole updates of {params.train.batch_size:,});",
         f"- the study's runs are shorter than the evaluated ones ({budget['steps_per_cell'] / evaluated_steps:.0%} of "
         "their env steps): a setting that learns fast early is favoured. That is the study's known bias;",

@@ -10,7 +10,7 @@ Scenarios (arena 20 m, centred; P pursuer, E evader; obstacles as (x, y, r) in m
 
 =====================  =========================================================================
 open_field             P (-5, 0) -> E (5, 0), 10 m apart, no obstacles
-obstacle_between       a 1 m obstacle at the origin on the P-E line
+obstacle_between       an obstacle of radius 1 m at the origin on the P-E line
 near_boundary          P and E run along the top wall (y = 9)
 cornered               E in the top-right corner, P 6 m away on the diagonal
 high_speed_approach    P starts at full speed 2 m short of an obstacle on its heading (the
@@ -23,10 +23,10 @@ corridor_passable      the same doorway, 2 (robot_radius + safety_margin + cbf.l
                        cbf.robust_margin) + 0.1 m wide: just wide enough for the enforced barrier
                        (the look-ahead point's keep-out, robust margin included)
 boundary_wrap          E follows the walls counter-clockwise at full speed (scripted)
-obstacle_shadow        E hides 0.8 m behind a 1.5 m obstacle, P on the far side
+obstacle_shadow        E hides 0.8 m behind an obstacle of radius 1.5 m, P on the far side
 multi_obstacle_4/8     4 / 8 obstacles between P and E: more than training saw; the observation
                        keeps the nearest env.observed_obstacles, the safety layer constrains all
-speed_mismatch         open field, evader 20 % faster than the pursuer
+speed_mismatch         open field, the evader's top speed 20 % above the pursuer's
 fleeing_evader         env.evader_policy = flee (deterministic: the jitter makes episodes differ)
 disturbance            obstacle_between with the pursuer's executed action disturbed: speed x
                        (1 + scenarios.speed_bias), plus Gaussian noise of std
@@ -320,7 +320,7 @@ def behaviour_rows(arrays: dict[str, np.ndarray], env: EnvParams) -> dict[str, f
     that began with a barrier within NEAR_BARRIER m (any obstacle or wall, body barrier);
     dv_near, dw_near: mean |change of the commanded v| / v_max and |change of w| / w_max at those
     steps (from the step before; trace "executed" holds the safety layer's output, before the
-    disturbance scenario's noise); steer_share = dw / (dv + dw): 1 = only steers, 0 = only brakes.
+    disturbance scenario's noise); steer_share = dw / (dv + dw): 1 = only steers, 0 = only changes speed.
     """
     dt = env.dt
     position, act = arrays["pursuer"][:, :, :2], arrays["active"]

@@ -758,3 +758,16 @@ def test_numbers_print_with_the_precision_they_have(rendered):
     assert cell["mean return"] == expect("mean_return", 1)
     assert cell["QP correction per step (normalised units)"] == expect("mean_correction", 3)
     assert cell["decision (ms)"] == expect("decision_ms", 3)
+
+
+def test_reference_section_states_design_mds_two_facts_and_what_dcbf_is(rendered):
+    """DESIGN.md: the report must say plainly that the reference's "DCBF" row is the CT row at rate
+    gamma / dt and that its baseline's walls were clamps; and our form 'dcbf' is that same row
+    (model/cbf.py), so the section must not list it as a fix over the reference."""
+    params, _, _, markdown = rendered
+    section = markdown.split("## Our numbers beside the reference project's", 1)[1].split("\n## ", 1)[0]
+    assert "their \"DCBF\" row is the continuous-time row at rate gamma / dt" in section
+    assert "walls as clamps" in section and "touching a wall ends the episode as a collision" in section
+    assert params.cbf.form == "dcbf" and "the same rows as the continuous-time form at rate gamma / dt" in section
+    assert "accounts for dt" not in section
+    assert "a step rate with no event in any step: the Wilson bound on the pooled steps alone" in section

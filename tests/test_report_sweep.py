@@ -23,6 +23,21 @@ def test_pareto_mask_against_a_naive_loop():
     assert report_sweep.pareto_mask(gain, cost).tolist() == expected
 
 
+
+def test_efficiency_is_judged_across_forms_within_a_checkpoint_family():
+    """The committed sweep's case: on the baseline's checkpoints dcbf at gamma 0.2 (capture 0.929,
+    collision 0) is the best dcbf configuration, but dcbf_exact at gamma 1 (0.932, 0) dominates it,
+    so it is not efficient; a configuration of another family never counts against it."""
+    means = pd.DataFrame({
+        "algo": ["baseline", "baseline", "baseline", "cbf_beta"],
+        "form": ["dcbf", "dcbf", "dcbf_exact", "dcbf"],
+        "capture_rate": [0.929, 0.900, 0.932, 0.990],
+        "collision_rate": [0.0, 0.0, 0.0, 0.0],
+    })
+    efficient = report_sweep.efficient_in_family(means, "collision_rate")
+    assert efficient.tolist() == [False, False, True, True]
+    assert report_sweep.pareto_mask(means["capture_rate"][:2], means["collision_rate"][:2]).tolist() == [True, False]
+
 def _write_sweep(workdir, algo, seed, rows, choice=None):
     cell = workdir / "results" / "eval" / f"{algo}-s{seed}"
     cell.mkdir(parents=True, exist_ok=True)

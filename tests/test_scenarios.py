@@ -353,3 +353,36 @@ def test_the_robust_filter_passes_the_passable_doorway_and_never_the_tight_one()
     # Without the filter the same nominal squeezes through the tight gap, violating the barrier.
     rows, _ = S.play_scenario(AimThroughTheGap(), rms, params, S.scenario_geometry("corridor_tight", params))
     assert all(r["cbf_violation_steps"] > 0 for r in rows)
+
+
+def test_heatmap_cells_no_step_reached_are_grey_and_visited_zeros_are_not():
+    """Two arms over a 4 x 4 grid: one visited every cell with no violation and no correction (the
+    colour scales' near-white low end), the other only one half. Grey (matplotlib's 'lightgrey',
+    211/255) fills the half the second arm never reached, as many pixels whichever half it is, and
+    a figure whose every cell was visited has next to none."""
+    import io
+
+    from matplotlib import image
+
+    from tasks import report_scenarios as R
+
+    params = _params()
+
+    def maps(steps):
+        zeros = np.zeros_like(steps)
+        return {"min_h": steps * 0.3, "steps": steps, "violations": zeros, "correction": zeros}
+
+    def grey_pixels(right_visited: bool) -> int:
+        everywhere, half = np.ones((4, 4)), np.zeros((4, 4))
+        half[(slice(2, 4) if right_visited else slice(0, 2)), :] = 1.0
+        heatmaps = {f"{arm}/{k}": v for arm, steps in (("barriernet", everywhere), ("shielded", half))
+                    for k, v in maps(steps).items()}
+        pixels = image.imread(io.BytesIO(R.figure_heatmaps(["barriernet", "shielded"], heatmaps, params)))
+        return int(np.all(np.abs(pixels[..., :3] - 211 / 255) < 1 / 255, axis=-1).sum())
+
+    left, right = grey_pixels(False), grey_pixels(True)
+    assert abs(left - right) < 0.05 * left  # three half panels of grey, whichever half
+    everywhere = {f"barriernet/{k}": v for k, v in maps(np.ones((4, 4))).items()}
+    pixels = image.imread(io.BytesIO(R.figure_heatmaps(["barriernet"], everywhere, params)))
+    # every cell visited: grey only in a few antialiased edge pixels, not in zero-valued cells
+    assert np.all(np.abs(pixels[..., :3] - 211 / 255) < 1 / 255, axis=-1).sum() < 0.01 * left

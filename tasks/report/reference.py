@@ -20,6 +20,17 @@ from tasks.report.numbers import _equal_budgets, across_seed_rows
 REFERENCE_PATH = Path(__file__).resolve().parent.parent.parent / "data" / "reference_phase25.json"
 
 
+def _form_sentence(form: str) -> str:
+    """What the training's CBF form is, against the reference's rows (model/cbf.py's forms)."""
+    if form == "dcbf":
+        return ("Its rows are the first-order discrete-time ones (form 'dcbf'): the same rows as the continuous-time "
+                "form at rate gamma / dt, as their \"DCBF\" row, so neither makes the exact next step safe; "
+                "form 'dcbf_exact' (a post-hoc filter here) re-solves on the exact step.")
+    if form == "ct":
+        return "Its rows are the continuous-time ones (form 'ct'), gamma a rate in 1/s."
+    return f"Its CBF form is '{form}' (model/cbf.py)."
+
+
 def load_reference(path: Path = REFERENCE_PATH) -> dict[str, dict[str, str | None]]:
     """metric -> arm -> their published cell (text as they printed it; None: not reported)."""
     data = json.loads(Path(path).read_text())
@@ -75,11 +86,16 @@ def _reference_section(inputs: Inputs, params: Params, arms: list[str]) -> str:
         f"{len(params.train.seeds)} seed(s), evaluate every arm on the same paired episodes "
         f"({params.eval.test_episodes} held-out test episodes per seed; tuning used {params.eval.dev_episodes} dev "
         "episodes) and give intervals that include training-seed and shared-scenario variance (decision ms: a t "
-        "interval over seeds only).",
+        "interval over seeds only; a step rate with no event in any step: the Wilson bound on the pooled steps "
+        "alone, which counts correlated steps as independent, so it is descriptive).",
+        "Two facts about their numbers (DESIGN.md): their \"DCBF\" row is the continuous-time row at rate "
+        "gamma / dt, so their two filters differ only by a 20x rate, not by a discrete-time condition; and their "
+        "baseline's 100 % capture had the walls as clamps, where here touching a wall ends the episode as a "
+        "collision, so the capture and collision rows are not one to one.",
         "Our BarrierNet learns its class-K gamma, keeps the QP inside the PPO update "
-        f"(update mode '{params.barriernet.update_mode}'), uses a discrete-time CBF that accounts for dt "
-        f"(form '{params.cbf.form}'), masks absent constraints instead of zero rows, and detects infeasibility "
-        "from the solution rather than from exceptions.",
+        f"(update mode '{params.barriernet.update_mode}'), masks absent constraints instead of zero rows, and "
+        "detects infeasibility from the solution rather than from exceptions. "
+        + _form_sentence(params.cbf.form),
         "Inference per step: theirs is one decision on their machine; ours first is one decision too (each arm "
         "acts on the first dev start states one at a time, arms taking turns: `tasks.evaluate.single_decision_ms`, the "
         "median per seed, then over seeds), on the hardware in the setup table, so the ratios between arms "
