@@ -268,7 +268,7 @@ def figure_heatmaps(arms: list[str], heatmaps: dict[str, Any], params: Params) -
     correction_max = max([float(np.nanmax(g[2])) for g in grids.values() if np.isfinite(g[2]).any()] + [1e-3])
     columns = (("mean min barrier h (m)", "RdYlGn", MARGIN_RANGE),
                ("violating steps (fraction)", "Reds", (0, 1)),
-               ("mean correction |du| by the safety layer (normalised units)", "Purples", (0, correction_max)))
+               ("mean correction |du| (normalised)", "Purples", (0, correction_max)))
     fig, axes = plt.subplots(len(arms), 3, figsize=(7.2, 2.1 * len(arms) + 1.0), squeeze=False, sharex=True,
                              sharey=True, layout="constrained")
     for col, (title, cmap, (low, high)) in enumerate(columns):

@@ -91,7 +91,8 @@ def figure_pareto(means: pd.DataFrame, arms: pd.DataFrame, chosen: dict[str, Any
 
     fig = Figure(figsize=(11, 4.6))
     FigureCanvasAgg(fig)
-    panels = [("collision_rate", "collision rate (dev)"), ("intervention_rate", "QP intervention rate (dev)")]
+    panels = [("collision_rate", "collision rate (dev)"),
+              ("intervention_rate", "intervention rate (dev; the safety layer changed the action)")]
     markers = {"dcbf": "o", "ct": "s", "dcbf_exact": "^"}
     family_colour = {"baseline": "tab:orange", "cbf_beta": "tab:purple"}
     for index, (cost, label) in enumerate(panels):
