@@ -444,9 +444,10 @@ def section(params: Params, workdir: str | Path = ".") -> str:
           f"{params.scenarios.jitter:g} m / rad). Rates with 95 % Wilson intervals; capture, collision and "
           "violation (any step with a barrier < 0) per episode, intervention and infeasible per step; capture "
           "time: mean over captured episodes. The step rates' intervals treat steps as independent (they are not: "
-          "read them as too narrow). The safety layer is a QP for every arm but CBF-Beta's own, which solves none: "
-          "its 'intervention' is a step whose safe box moved the action from where the same Beta draw lands on the "
-          "whole action box, its 'infeasible' a step whose safe box is empty.", "",
+          "read them as too narrow). Every safety layer is a QP except CBF-Beta's own, a safe box that solves no "
+          "QP on the action (the baseline has no layer): its 'intervention' is a step whose box moved the action "
+          "from where the same Beta draw lands on the whole action box, its 'infeasible' a step whose box is "
+          "empty.", "",
           "Figures per scenario: episode 0 for every arm (same start and evader randomness), the window zoomed to the "
           "paths; the pursuer's path coloured by its barrier margin h on a red-yellow-green scale from "
           f"{MARGIN_RANGE[0]:g} m and below (red) through {sum(MARGIN_RANGE) / 2:g} m (yellow) to {MARGIN_RANGE[1]:g} m "
