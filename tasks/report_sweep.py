@@ -89,7 +89,7 @@ def figure_pareto(means: pd.DataFrame, arms: pd.DataFrame, chosen: dict[str, Any
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(11, 4.6))
+    fig = Figure(figsize=(12.5, 4.6))
     FigureCanvasAgg(fig)
     panels = [("collision_rate", "collision rate (dev)"),
               ("intervention_rate", "intervention rate (dev; the safety layer changed the action)")]
@@ -104,23 +104,24 @@ def figure_pareto(means: pd.DataFrame, arms: pd.DataFrame, chosen: dict[str, Any
             ax.scatter(group[cost][~efficient], group["capture_rate"][~efficient], s=26, marker=markers.get(form, "o"),
                        facecolors="none", edgecolors=colour, alpha=0.8)
             ax.scatter(group[cost][efficient], group["capture_rate"][efficient], s=34, marker=markers.get(form, "o"),
-                       color=colour, label=f"{algo} + filter ({form})")
-        for _, row in arms.iterrows():
+                       color=colour, label=f"{algo} + filter ({form})" if index == 0 else None)
+        for _, row in arms.iterrows():  # named in the right panel's legend: labels beside them overlapped
             ax.scatter(row[cost], row["capture_rate"], s=90, marker="*", color=colours.get(row["arm"], "black"),
-                       edgecolors="black", linewidths=0.5, zorder=5)
-            ax.annotate(row["arm"], (row[cost], row["capture_rate"]), fontsize=7, xytext=(4, 3),
-                        textcoords="offset points")
+                       edgecolors="black", linewidths=0.5, zorder=5, label=row["arm"] if index == 1 else None)
         if chosen is not None:
             pick = means[(means["algo"] == "baseline") & (means["form"] == chosen["form"])
                          & np.isclose(means["gamma"], chosen["gamma"]) & np.isclose(means["robust_margin"], chosen["robust_margin"])]
             if len(pick):
                 ax.scatter(pick[cost], pick["capture_rate"], s=220, facecolors="none", edgecolors="red", linewidths=1.5,
-                           zorder=6, label="chosen (baseline_tuned_filter)")
+                           zorder=6, label="chosen (baseline_tuned_filter)" if index == 0 else None)
         ax.set_xlabel(label)
         ax.set_ylabel("capture rate (dev)")
         ax.grid(alpha=0.3)
         if index == 0:
             ax.legend(fontsize=7, loc="lower right")
+        else:
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="trained arms (dev)",
+                      title_fontsize=7)
     fig.suptitle("Post-hoc filter sweep on dev episodes: capture against collision and intervention (stars: trained arms)",
                  fontsize=10)
     fig.tight_layout()
