@@ -119,7 +119,7 @@ def figure_pareto(means: pd.DataFrame, arms: pd.DataFrame, chosen: dict[str, Any
         ax.grid(alpha=0.3)
         if index == 0:
             ax.legend(fontsize=7, loc="lower right")
-        else:
+        elif ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="trained arms (dev)",
                       title_fontsize=7)
     fig.suptitle("Post-hoc filter sweep on dev episodes: capture against collision and intervention (stars: trained arms)",
