@@ -560,13 +560,18 @@ def choose_outcome(facts: OutcomeFacts, decision: DecisionParams) -> Outcome:
     return Outcome(letter, APPROACH_ARMS.get(letter), reasons)
 
 
+def two_digit_places(value: float) -> int:
+    """Decimals that print |value| (> 0) with two significant digits: 3 for 0.0123, 5 for 0.000037."""
+    return 1 - math.floor(math.log10(abs(value)))
+
+
 def percent(x: float) -> str:
     """A rate in percent with 2 decimals, or 2 significant digits in fixed notation where that would
     print a positive rate as zero (a zero count's upper bound must read as a bound, not as 0; a rare
     event's rate must not read as none): "0.15 %", "0.0037 %", never "3.7e-05 %"."""
     value, decimals = 100 * float(x), 2
     if 0 < abs(value) < 0.005:
-        decimals = 1 - math.floor(math.log10(abs(value)))
+        decimals = two_digit_places(value)
     return f"{value:.{decimals}f} %"
 
 

@@ -64,7 +64,7 @@ from tasks.report.formatting import (  # noqa: F401
     ARM_LABELS,
     arm_label,
     fmt_metric,
-    fmt_ms_ci,
+    fmt_number_ci,
     fmt_pp_ci,
     fmt_rate,
     fmt_rate_ci,

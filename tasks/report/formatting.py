@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.artifacts import ARMS_WITHOUT_QP
-from tasks.decision import percent
+from tasks.decision import percent, two_digit_places
 from tasks.params import Params
 
 ARM_LABELS = {
@@ -37,9 +37,9 @@ def percent_interval(est: float, low: float, high: float, decimals: int = 2) -> 
     0.0100], not 0.00 % [0.00, 0.01], which reads as no event). Exact zeros print with `decimals`."""
     top, rate, places = 100 * float(high), abs(100 * float(est)), decimals
     if 0 < top < 10.0 ** -decimals:
-        places = 1 - math.floor(math.log10(top))
+        places = two_digit_places(top)
     if 0 < rate < 0.5 * 10.0 ** -places:  # a rare event's rate would print as none: two significant digits
-        places = 1 - math.floor(math.log10(rate))
+        places = two_digit_places(rate)
 
     def number(v: float) -> str:
         return f"{0.0:.{decimals}f}" if v == 0 else f"{100 * float(v):.{places}f}"
@@ -57,7 +57,7 @@ def fmt_rate_ci(est: Any, low: Any, high: Any) -> str:
     return percent_interval(est, low, high)
 
 
-def fmt_ms_ci(est: Any, low: Any, high: Any, decimals: int = 3) -> str:
+def fmt_number_ci(est: Any, low: Any, high: Any, decimals: int = 3) -> str:
     """A number (ms, normalised units, steps, return) with its interval, `decimals` decimals each."""
     if not is_finite_number(est):
         return "n/a"
@@ -93,7 +93,7 @@ def fmt_metric(kind: str, row: pd.Series | dict, name: str, arm: str | None = No
     est, low, high = row.get(name), row.get(f"{name}_low"), row.get(f"{name}_high")
     # steps to capture are whole env steps averaged over a few hundred episodes: a tenth is the
     # precision they have; ms and normalised corrections are below 1 and keep three decimals
-    return fmt_rate_ci(est, low, high) if kind == "rate" else fmt_ms_ci(est, low, high, 1 if kind == "steps" else 3)
+    return fmt_rate_ci(est, low, high) if kind == "rate" else fmt_number_ci(est, low, high, 1 if kind == "steps" else 3)
 
 
 def fmt_seconds(seconds: Any) -> str:

@@ -12,7 +12,7 @@ import numpy as np
 
 from tasks.artifacts import ALGO_OF_ARM, ARMS, ARMS_WITHOUT_QP
 from tasks.params import Params
-from tasks.report.formatting import arm_label, fmt_ms_ci, fmt_rate_ci, fmt_seconds, md_table
+from tasks.report.formatting import arm_label, fmt_number_ci, fmt_rate_ci, fmt_seconds, md_table
 from tasks.report.inputs import DECISION_TIMING, Inputs
 from tasks.report.numbers import _equal_budgets, across_seed_rows
 
@@ -71,7 +71,7 @@ def _reference_section(inputs: Inputs, params: Params, arms: list[str]) -> str:
                 ours = "- (no QP)"
             elif key == "decision_ms":
                 row = rows_by_arm[arm]
-                batched = fmt_ms_ci(row[key], row[f"{key}_low"], row[f"{key}_high"]) + " ms batched"
+                batched = fmt_number_ci(row[key], row[f"{key}_low"], row[f"{key}_high"]) + " ms batched"
                 single = inputs.single_decision_ms(arm)
                 ours = (f"{single[0]:.3f} ms one state per call (median of {single[1]} seed(s)); {batched}"
                         if single else batched)

@@ -14,7 +14,7 @@ from tasks.report.formatting import (
     arm_label,
     fmt_interval_pp,
     fmt_metric,
-    fmt_ms_ci,
+    fmt_number_ci,
     fmt_rate,
     fmt_rate_ci,
     fmt_seconds,
@@ -31,11 +31,11 @@ def _decision_time_clause(inputs: Inputs, cand: dict, ref: dict) -> str:
     reference's "inference per step") where the evaluate cells timed it, then the batched
     evaluation's time per row, which divides a call over thousands of states."""
     batched = f"{float(cand['decision_ms']):.3f} ms against {float(ref['decision_ms']):.3f} ms per state"
-    single = inputs.single_decision_ms(CANDIDATE_ARM), inputs.single_decision_ms(REFERENCE_ARM)
-    if single[0] is None or single[1] is None:
+    ours, theirs = inputs.single_decision_ms(CANDIDATE_ARM), inputs.single_decision_ms(REFERENCE_ARM)
+    if ours is None or theirs is None:
         return f"a decision in the batched evaluation took {batched}"
-    return (f"one decision (one state per call, median over seeds) took {single[0][0]:.3f} ms against "
-            f"{single[1][0]:.3f} ms for the baseline (batched evaluation: {batched})")
+    return (f"one decision (one state per call, median over seeds) took {ours[0]:.3f} ms against "
+            f"{theirs[0]:.3f} ms for the baseline (batched evaluation: {batched})")
 
 
 def summary_paragraph(inputs: Inputs, params: Params, arms: list[str]) -> str:
@@ -219,7 +219,7 @@ def _results_tables(inputs: Inputs, params: Params, arms: list[str], conf: float
         row = rows[arm]
         table.append([arm_label(arm, params), int(row["seeds"]), int(row["episodes"])]
                      + [fmt_metric(kind, row, name, arm) for name, _, kind in RESULT_METRICS]
-                     + [fmt_ms_ci(row["mean_return"], row.get("mean_return_low"), row.get("mean_return_high"), 1)
+                     + [fmt_number_ci(row["mean_return"], row.get("mean_return_low"), row.get("mean_return_high"), 1)
                         if "mean_return" in row else "n/a"])
     methods = inputs.metrics.get("interval_methods") or {}
     text = [f"### Across seeds (test split; {level} intervals; episode rates, return and decision ms: the mean of the "
