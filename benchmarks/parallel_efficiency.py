@@ -64,6 +64,7 @@ import json, sys
 from tasks import numerics
 numerics.apply("pinned")
 from distributed import Client, Event, LocalCluster
+from flows.pipeline import LOOPBACK_CLUSTER
 
 algo, cells, iterations, mode, overrides = (sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4],
                                             json.loads(sys.argv[5]))
@@ -93,8 +94,7 @@ def cell(seed):
             "malloc_trim": os.environ.get("MALLOC_TRIM_THRESHOLD_", "unset")}
 
 
-with LocalCluster(n_workers=cells, threads_per_worker=1, processes=True, host="127.0.0.1",
-                  dashboard_address=None) as cluster, Client(cluster) as client:
+with LocalCluster(n_workers=cells, threads_per_worker=1, **LOOPBACK_CLUSTER) as cluster, Client(cluster) as client:
     futures = [client.submit(cell, seed, pure=False) for seed in range(cells)]
     for seed in range(cells):
         Event(f"ready-{seed}", client=client).wait()

@@ -355,6 +355,19 @@ def _keep_glibc_malloc_defaults_in_workers() -> None:
         del os.environ[_DASK_MALLOC_TRIM]
 
 
+# A local cluster that listens on loopback only, on ports the OS picks. `dashboard_address=None`
+# turns the dashboard off but not the scheduler's HTTP server (its health and metrics routes):
+# distributed then binds the default port 8787, and warns "Port 8787 is already in use" whenever
+# another cluster (a second flow, a user's Jupyter) holds it. The scheduler's own options win over
+# LocalCluster's, so the HTTP server gets 127.0.0.1 and port 0 with the dashboard still off.
+LOOPBACK_CLUSTER: dict[str, Any] = {
+    "processes": True,
+    "host": "127.0.0.1",  # loopback only: nothing listens on the network
+    "dashboard_address": None,
+    "scheduler_kwargs": {"dashboard": False, "dashboard_address": "127.0.0.1:0"},
+}
+
+
 def matrix_task_runner(orchestration: OrchestrationParams) -> TaskRunner:
     """Dask for the (algo, seed) matrix: an existing scheduler, or a local cluster of processes
     (started with glibc's malloc defaults: `_keep_glibc_malloc_defaults_in_workers`)."""
@@ -368,9 +381,7 @@ def matrix_task_runner(orchestration: OrchestrationParams) -> TaskRunner:
         cluster_kwargs={
             "n_workers": orchestration.dask_workers,
             "threads_per_worker": 1,  # one training per process: torch threads stay predictable
-            "processes": True,
-            "host": "127.0.0.1",  # loopback only: nothing listens on the network
-            "dashboard_address": None,
+            **LOOPBACK_CLUSTER,
         },
     )
 

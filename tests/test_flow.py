@@ -11,10 +11,12 @@ import contextvars
 import dataclasses
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -422,6 +424,7 @@ def test_default_run_on_local_dask_cluster_is_recorded_by_dvc(prefect_server, tm
     runner = runners[0]
     assert isinstance(runner, DaskTaskRunner) and runner.cluster_kwargs["processes"] is True
     assert runner.cluster_kwargs["host"] == "127.0.0.1" and runner.cluster_kwargs["n_workers"] == 2
+    assert runner.cluster_kwargs.items() >= pipeline.LOOPBACK_CLUSTER.items()
     report = Path(result["report"])
     assert report == workspace / "reports/decision_report.md" and report.read_text().strip()
     params = load_params(workspace / "params.yaml")
@@ -445,10 +448,44 @@ def _worker_malloc_trim(config: dict) -> list:
     import dask
     from distributed import Client, LocalCluster
 
-    with dask.config.set(config), LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
-                                               host="127.0.0.1", dashboard_address=None) as cluster:
+    with dask.config.set(config), LocalCluster(n_workers=1, threads_per_worker=1,
+                                               **pipeline.LOOPBACK_CLUSTER) as cluster:
         with Client(cluster) as client:
             return list(client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_")).values())
+
+
+def _http_server_of_a_local_cluster(**kwargs) -> tuple[tuple[str, int], list[str]]:
+    """(host, port) the scheduler's HTTP server of a worker-less LocalCluster listened on, and the
+    messages of the warnings starting it raised."""
+    from distributed import LocalCluster
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with LocalCluster(n_workers=0, **kwargs) as cluster:
+            server = cluster.scheduler.http_server
+            bound = (server.address, server.port)
+    return bound, [str(w.message) for w in caught]
+
+
+@pytest.mark.timeout(120)
+def test_the_flows_local_cluster_listens_on_loopback_and_leaves_a_taken_port_8787_alone():
+    """The flow's cluster turns the dashboard off. Dask still starts the scheduler's HTTP server,
+    on port 8787 unless told otherwise, and warns when another cluster holds that port (CI's log
+    showed it whenever two tests ran a cluster at once). With 8787 held, the flow's settings give
+    a loopback address on another port and no warning; the control (the dashboard turned off the
+    documented way) shows the warning."""
+    with socket.socket() as holder:
+        try:
+            holder.bind(("127.0.0.1", 8787))
+            holder.listen()
+        except OSError:  # held already: by another test's cluster, which is the case under test
+            pass
+        control, control_warnings = _http_server_of_a_local_cluster(processes=True, host="127.0.0.1",
+                                                                    dashboard_address=None)
+        bound, raised = _http_server_of_a_local_cluster(**pipeline.LOOPBACK_CLUSTER)
+    assert any("8787 is already in use" in m for m in control_warnings), (control, control_warnings)
+    assert bound[0] == "127.0.0.1" and bound[1] not in (0, 8787), bound
+    assert not [m for m in raised if "already in use" in m], raised
 
 
 @pytest.mark.timeout(120)
@@ -492,8 +529,7 @@ def test_injected_training_fault_is_retried_and_matches_an_unfaulted_run(prefect
     monkeypatch.setenv("BARRIERNET_FAULT_TRAIN_AFTER_UPDATE", "1")  # inherited by the Dask worker
     monkeypatch.setenv("BARRIERNET_FAULT_MARKER", str(marker))
     # An existing scheduler (orchestration.dask_address): one single-threaded worker process.
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as cluster:
+    with LocalCluster(n_workers=1, threads_per_worker=1, **pipeline.LOOPBACK_CLUSTER) as cluster:
         overrides = {"train.seeds": [0], "orchestration.dask_address": cluster.scheduler_address}
         result = pipeline.train_and_eval(overrides=overrides, workspace=str(workspace))
         ran_on_cluster = {prefix for prefix in cluster.scheduler.task_prefixes}
