@@ -53,7 +53,8 @@ def test_study_report_compares_verdicts_and_rates_with_intervals(tmp_path):
     assert "| `s-2` | `4` | 85.00 % [80.00, 90.00] | 75.00 % [65.00, 85.00] |" in markdown
     assert "| `s-2` | `4` | 0.00 % [0.00, 1.00] | 10.00 % [5.00, 15.00] |" in markdown  # collision
     report, table = studies.write_report(tmp_path, "s", markdown, rows)
-    read = list(csv.DictReader(open(table)))
+    with open(table, newline="") as handle:
+        read = list(csv.DictReader(handle))
     assert [(r["experiment"], r["arm"], r["env.num_obstacles"]) for r in read] == [
         ("s-1", "barriernet", "2"), ("s-1", "baseline", "2"), ("s-2", "barriernet", "4"), ("s-2", "baseline", "4")]
     assert float(read[3]["capture_rate_low"]) == pytest.approx(0.65) and read[3]["verdict"] == "INCONCLUSIVE"
