@@ -100,3 +100,12 @@ def run(cmd: list[str], cwd: Path, **env) -> subprocess.CompletedProcess:
 
 def run_dvc(workspace: Path, *args: str, **env) -> subprocess.CompletedProcess:
     return run([sys.executable, "-m", "dvc", *args], workspace, **env)
+
+
+def same_bits(a, b) -> bool:
+    """Two tensors have the same dtype, shape and bytes. Unlike `torch.equal`, a zero's sign counts
+    (NumPy's and torch's maximum keep different zeros on a tie: docs/TOOLCHAIN.md)."""
+    def raw(x):
+        return x.detach().cpu().contiguous().numpy().tobytes()
+
+    return a.dtype == b.dtype and a.shape == b.shape and raw(a) == raw(b)

@@ -16,6 +16,7 @@ from model.config import CBFParams
 from tasks.params import EnvParams
 
 from env.core import SafetyState
+from tests.helpers import same_bits
 
 
 ENV = EnvParams()
@@ -269,7 +270,7 @@ def test_robust_margin_equals_a_larger_safety_margin_and_zero_is_the_plain_rows(
             torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
         plain, zero = cbf_rows(safety, ENV, CBF, gamma, form=form), cbf_rows(safety, ENV, CBF, gamma, form=form, robust_margin=0.0)
         for got, want in zip(zero, plain):
-            assert torch.equal(got, want)
+            assert same_bits(got, want)
         assert (robust.h[:, :3] < plain.h[:, :3]).all() and (robust.h[:, 3:] < plain.h[:, 3:]).all()
     geometry = cbf_geometry(safety, ENV, CBF, robust_margin=0.07)
     torch.testing.assert_close(geometry.h, cbf_rows(safety, ENV, CBF, 0.3, robust_margin=0.07).h)
@@ -333,12 +334,12 @@ def test_compiled_geometry_equals_the_torch_code_bit_for_bit(dtype):
             reference = cbf_geometry(states, ENV, CBF, margin, implementation="torch")
             for name, a, b in zip(compiled._fields, compiled, reference):
                 assert a.dtype == b.dtype and a.shape == b.shape, name
-                assert torch.equal(a, b), (k, margin, name)
+                assert same_bits(a, b), (k, margin, name)
             # the barriers at other points (dcbf_exact evaluates them at the exact next look-ahead point)
             q = virtual_point(states.pursuer, CBF.lookahead) + torch.from_numpy(g.normal(0, 0.3, (2000, 2))).to(dtype)
             for a, b in zip(barriers_at(q, states, ENV, CBF.lookahead, margin),
                             _barriers_torch(q, states, ENV, CBF.lookahead, margin)):
-                assert a.dtype == b.dtype and torch.equal(a, b), (k, margin)
+                assert a.dtype == b.dtype and same_bits(a, b), (k, margin)
     with pytest.raises(ValueError, match="implementation='numba'"):
         cbf_geometry(states, ENV, CBF, implementation="numba")
 
@@ -422,7 +423,7 @@ def test_cuda_geometry_matches_the_compiled_cpu_loop():
             for name, a, b in zip(cpu._fields, cpu, gpu):
                 assert b.device.type == "cuda", name
                 if a.dtype == torch.bool:
-                    assert torch.equal(a, b.cpu()), name
+                    assert same_bits(a, b.cpu()), name
                 else:
                     torch.testing.assert_close(b.cpu(), a, rtol=0, atol=1e-12, msg=name)
             q = virtual_point(states.pursuer, CBF.lookahead)
@@ -444,10 +445,10 @@ def test_the_compiled_rows_see_one_array_layout_per_dtype():
         assert not viewed.pursuer.is_contiguous()
         reference = states._replace(pursuer=viewed.pursuer.contiguous())
         for a, b in zip(cbf_geometry(viewed, ENV, CBF), cbf_geometry(reference, ENV, CBF)):
-            assert torch.equal(a, b)
+            assert same_bits(a, b)
         q = virtual_point(states.pursuer, CBF.lookahead).t().contiguous().t()
         for a, b in zip(barriers_at(q, states, ENV, CBF.lookahead), barriers_at(q.contiguous(), states, ENV, CBF.lookahead)):
-            assert torch.equal(a, b)
+            assert same_bits(a, b)
     for loop in (_geometry_kernel, _barriers_kernel):
         arrays = [t for signature in loop.signatures for t in signature if isinstance(t, types.Array)]
         assert arrays and all(t.layout == "C" and t.mutable for t in arrays), loop.signatures

@@ -17,6 +17,7 @@ from model.actors import SafetyFilter, make_actor, make_filter
 from model.cbf import cbf_rows, virtual_point
 from model.cbf_beta import SAMPLE_EPS, CBFBetaActor, SafeBox, UnconstrainedBeta, beta_log_prob, safe_box
 from tasks.params import CBFParams, EnvParams, Params
+from tests.helpers import same_bits
 
 OBS_DIM = 12
 ENV, CBF = EnvParams(), CBFParams()
@@ -197,12 +198,12 @@ def test_box_is_a_deterministic_function_of_each_state():
     idx = torch.randperm(2000, generator=torch.Generator().manual_seed(0))[:300]
     part = model.cbf_geometry(SafetyState(*(t[idx] for t in states)))
     for a, b in zip(whole.index(idx), part):
-        assert torch.equal(a, b)
+        assert same_bits(a, b)
     # float32 states (what the env and the rollout buffer hold) give the same boxes each time too
     states32 = SafetyState(states.pursuer.float(), states.obstacle_centres.float(), states.obstacle_radii.float(),
                            states.obstacle_mask)
     for a, b in zip(model.cbf_geometry(states32), model.cbf_geometry(states32)):
-        assert torch.equal(a, b)
+        assert same_bits(a, b)
 
 
 def test_infeasible_state_falls_back_and_is_flagged():
@@ -217,8 +218,8 @@ def test_infeasible_state_falls_back_and_is_flagged():
     model = actor(0).double()
     out = model(torch.randn(1, OBS_DIM, dtype=torch.float64), states)
     assert out.info["infeasible"].tolist() == [True]
-    assert torch.equal(out.info["box_low"], out.info["box_high"])  # a point box
-    assert torch.equal(out.action, out.info["box_low"])
+    assert same_bits(out.info["box_low"], out.info["box_high"])  # a point box
+    assert torch.equal(out.action, out.info["box_low"])  # the same point (a zero may differ in sign)
     assert out.log_prob.tolist() == [0.0]  # the action did not depend on the sample: ratio 1
     lows, highs = torch.tensor(LOW, dtype=torch.float64), torch.tensor(HIGH, dtype=torch.float64)
     assert bool(((out.action >= lows) & (out.action <= highs)).all())
@@ -262,15 +263,15 @@ def test_update_rescores_the_rollout_sample_exactly_and_has_gradients():
     inputs = model.update_inputs(states, obs, model.rollout_record(out))
     assert inputs.safety is None and inputs.qp_hint is None and isinstance(inputs.cbf_geometry, SafeBox)
     rebuilt = model.update_inputs(states, obs, None).cbf_geometry
-    assert all(torch.equal(a, b) for a, b in zip(inputs.cbf_geometry, rebuilt))
+    assert all(same_bits(a, b) for a, b in zip(inputs.cbf_geometry, rebuilt))
     assert not rebuilt.feasible.all() and rebuilt.feasible.any()  # both kinds of state are packed
     idx = torch.arange(0, 300, 3)
     minibatch = inputs.index(idx)
     lp, entropy = model.evaluate_actions(obs[idx], minibatch.safety, out.sample[idx],
                                          cbf_geometry=minibatch.cbf_geometry)
-    assert torch.equal(lp, out.log_prob[idx])
+    assert same_bits(lp, out.log_prob[idx])
     lp_recomputed, _ = model.evaluate_actions(obs, states, out.sample)
-    assert torch.equal(lp_recomputed, out.log_prob)
+    assert same_bits(lp_recomputed, out.log_prob)
     # entropy: the Beta's in unit coordinates, against scipy
     alpha, beta = (t.detach().numpy() for t in model.concentrations(obs[idx]))
     np.testing.assert_allclose(entropy.detach().numpy(), scipy.stats.beta(alpha, beta).entropy().sum(1), rtol=1e-4)
@@ -309,7 +310,7 @@ def test_make_actor_builds_cbf_beta_and_its_state_dict_round_trips():
     assert not torch.equal(a.backbone[0].weight, b.backbone[0].weight)
     b.load_state_dict(a.state_dict())
     obs, states = torch.randn(50, OBS_DIM), random_states(50, seed=7)
-    assert torch.equal(a(obs, states, True).action, b(obs, states, True).action)
+    assert same_bits(a(obs, states, True).action, b(obs, states, True).action)
     assert set(a.state_dict()) == {k for k in a.state_dict() if k.startswith(("backbone.", "concentration_head."))}
 
 
@@ -367,7 +368,7 @@ def test_compiled_box_equals_the_torch_code():
         compiled = safe_box(rows.A, rows.b, rows.mask, LOW, HIGH)
         reference = safe_box(rows.A, rows.b, rows.mask, LOW, HIGH, implementation="torch")
         for a, b in zip(compiled, reference):
-            assert torch.equal(a, b)
+            assert same_bits(a, b)
     with pytest.raises(ValueError, match="implementation='numpy'"):
         safe_box(rows.A, rows.b, rows.mask, LOW, HIGH, implementation="numpy")
 
@@ -464,6 +465,6 @@ def test_cuda_box_matches_the_cpu_box():
         for name, a, b in zip(cpu._fields, cpu, gpu):
             assert b.device.type == "cuda", name
             if a.dtype == torch.bool:
-                assert torch.equal(a, b.cpu()), (form, name)
+                assert same_bits(a, b.cpu()), (form, name)
             else:
                 torch.testing.assert_close(b.cpu(), a, rtol=0, atol=1e-9, msg=f"{form} {name}")

@@ -16,6 +16,7 @@ import env.core as core_module
 from env import PlacementError, PursuitEvasionCore, PursuitEvasionEnv, PursuitEvasionVectorEnv
 from env.render import draw_arena
 from env.config import EnvParams, EnvParamsError
+from tests.helpers import same_bits
 
 # Binary-exact numbers (dt = 1/16, robot radius 1/4) so contact and capture land exactly.
 # Proximity shaping off here (its own tests below), so the reward tests see the other terms alone.
@@ -155,8 +156,8 @@ def test_state_dict_resumes_bit_exactly():
     resumed.load_state_dict(saved)
     for a, (obs, reward, terminated, truncated, info) in zip(actions[30:], first):
         obs2, reward2, terminated2, truncated2, info2 = resumed.step(a)
-        assert torch.equal(obs, obs2) and torch.equal(reward, reward2)
-        assert torch.equal(terminated, terminated2) and torch.equal(truncated, truncated2)
+        assert same_bits(obs, obs2) and same_bits(reward, reward2)
+        assert same_bits(terminated, terminated2) and same_bits(truncated, truncated2)
     assert sum(int(r[2].sum() + r[3].sum()) for r in first) > 0  # autoresets happened after the save
 
 
@@ -176,13 +177,13 @@ def test_kept_envs_go_on_exactly_as_in_the_full_batch(evader_policy):
     keep = torch.tensor([1, 2, 3, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 30, 38])
     part.keep_envs(keep)
     assert part.num_envs == len(keep)
-    assert torch.equal(part.obstacle_centres, full.obstacle_centres[keep])
+    assert same_bits(part.obstacle_centres, full.obstacle_centres[keep])
     for a in actions[10:]:
         obs, reward, terminated, truncated, info = full.step(a)
         obs2, reward2, terminated2, truncated2, info2 = part.step(a[keep])
         for x, y in ((obs, obs2), (reward, reward2), (terminated, terminated2), (truncated, truncated2),
                      (info["h"], info2["h"]), (info["evader"], info2["evader"])):
-            assert torch.equal(x[keep], y)
+            assert same_bits(x[keep], y)
     # the evader moved (its draws were used) and the arithmetic did not run on identical rows
     assert not torch.equal(part.evader[0], part.evader[1])
     with pytest.raises(ValueError, match=r"keep_envs: index has shape \(0,\)"):
@@ -199,9 +200,9 @@ def test_sync_free_autoreset_equals_indexed_autoreset():
         a = torch.rand(8, 2, generator=g) * torch.tensor([1.0, 5.0]) - torch.tensor([0.0, 2.5])
         out_i, out_s = indexed.step(a), sync_free.step(a)
         for x, y in zip(out_i[:4], out_s[:4]):
-            assert torch.equal(x, y)
-        assert torch.equal(out_i[4]["final_obs"], out_s[4]["final_obs"])
-        assert torch.equal(indexed.obstacle_centres, sync_free.obstacle_centres)
+            assert same_bits(x, y)
+        assert same_bits(out_i[4]["final_obs"], out_s[4]["final_obs"])
+        assert same_bits(indexed.obstacle_centres, sync_free.obstacle_centres)
         ended += int((out_i[2] | out_i[3]).sum())
     assert ended > 8
 
@@ -591,10 +592,10 @@ def test_compiled_step_equals_the_torch_code_bit_for_bit(dtype, obstacles, obser
         evader = low + span * torch.rand(n, 2, generator=generator, dtype=dtype) if step % 5 == 4 else None
         ours, theirs = compiled.step(action, evader), reference.step(action, evader)
         for a, b in zip(ours[:4], theirs[:4]):  # obs, reward, terminated, truncated
-            assert a.dtype == b.dtype and torch.equal(a, b)
+            assert same_bits(a, b)
         assert ours[4].keys() == theirs[4].keys()
         for key in ours[4]:
-            assert torch.equal(ours[4][key], theirs[4][key]), key
+            assert same_bits(ours[4][key], theirs[4][key]), key
         resets += int((ours[2] | ours[3]).sum())
     assert resets > 0 and bool((ours[1] != 0).any())
 
@@ -621,7 +622,7 @@ def test_compiled_step_equals_the_torch_code_bit_for_bit(dtype, obstacles, obser
                    pursuer_vel=torch.rand(n, 2, generator=generator, dtype=dtype),
                    evader_vel=torch.rand(n, 2, generator=generator, dtype=dtype))
     torch_obs, compiled_obs = both()
-    assert torch.equal(torch_obs, compiled_obs)
+    assert same_bits(torch_obs, compiled_obs)
     assert compiled_obs.abs().max() == 2.0  # some entries were clipped
 
 
@@ -647,6 +648,6 @@ def test_compiled_start_states_equal_the_torch_code_bit_for_bit(dtype, overrides
         core.compiled = True
         ours = core._start_states(counters)
         for a, b in zip(ours, reference):  # robots, obstacles, key, distance, failed
-            assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+            assert same_bits(a, b)
     if "arena_size" in overrides:
         assert bool((reference[3] > 2 * params.start_half_width - params.start_margin).any())  # the cut is > 0

@@ -79,3 +79,65 @@ def test_the_warm_up_compiles_every_signature_a_training_iteration_needs(tmp_pat
                           text=True, timeout=600)
     assert real.returncode == 0, real.stderr[-2000:]
     assert _compiled(tmp_path) == after_warm_up  # nothing compiled that the warm-up had not
+
+
+# The modules whose numba loops are cached on disk (`cache=True`), and the one value a cached loop
+# reads from another file: a mathematical constant, which no edit changes.
+_CACHED_MODULES = ("env.compiled", "model.cbf", "model.cbf_beta", "model.numpy_learner", "model.numpy_rollout",
+                   "model.qp.cpu_n2_kernels")
+_CONSTANTS_FROM_ELSEWHERE = {("model.numpy_rollout", "HALF_LOG_2PI")}
+
+
+def _numba_function(obj):
+    """(the Python function numba compiles, whether it is cached on disk) of a numba object, else None."""
+    from numba.core.caching import NullCache
+    from numba.core.registry import CPUDispatcher
+
+    if isinstance(obj, CPUDispatcher):
+        return obj.py_func, not isinstance(obj._cache, NullCache)
+    if type(obj).__name__ == "DUFunc":  # @vectorize
+        return obj._dispatcher.py_func, not isinstance(obj._dispatcher.cache, NullCache)
+    if type(obj).__name__ == "_Intrinsic":
+        return obj._defn, False
+    return None
+
+
+def _imported_from_the_project(module) -> set[str]:
+    """Names `module` imports from env/, model/ or tasks/ (`from model.x import NAME`)."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(module))
+    return {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+            and (node.module or "").split(".")[0] in ("env", "model", "tasks") for alias in node.names}
+
+
+def test_cached_numba_loops_call_only_what_their_own_file_defines():
+    """numba invalidates a cached loop only when the loop's own source file changes, and it freezes
+    the globals a loop reads into the cache: a helper or a value taken from another file would go
+    stale in every cache after an edit there (docs/TOOLCHAIN.md). So every cached loop calls only
+    numba functions defined in its own file and reads no value imported from the project."""
+    import importlib
+
+    from tasks import numerics
+
+    numerics.apply("pinned")
+    checked, crossing = 0, []
+    for name in _CACHED_MODULES:
+        module = importlib.import_module(name)
+        imported = _imported_from_the_project(module)
+        for attr, obj in vars(module).items():
+            found = _numba_function(obj)
+            if found is None or not found[1] or found[0].__module__ != name:
+                continue
+            checked += 1
+            func = found[0]
+            for used in func.__code__.co_names:
+                value = func.__globals__.get(used)
+                callee = _numba_function(value) if value is not None else None
+                if callee is not None and callee[0].__module__ != name:
+                    crossing.append(f"{name}.{attr} calls {callee[0].__module__}.{used}")
+                elif callee is None and used in imported and (name, used) not in _CONSTANTS_FROM_ELSEWHERE:
+                    crossing.append(f"{name}.{attr} reads {used}, imported from another project file")
+    assert checked >= 30, checked  # every cached loop of the six files (the kernel cache warms 31)
+    assert not crossing, crossing

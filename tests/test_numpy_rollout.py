@@ -11,6 +11,7 @@ import torch
 from model.numpy_rollout import (gaussian_forward, install_rollout_forwards, rollout_forwards, shielded_forward,
                                  uninstall_rollout_forwards)
 from tasks.params import load_params
+from tests.helpers import same_bits
 from tasks.train import Trainer
 
 QUICK = {"train.num_envs": 16, "train.rollout_steps": 8, "train.num_minibatches": 2, "train.total_steps": 10**6}
@@ -69,7 +70,7 @@ def test_barriernet_equals_torchs_up_to_round_off_with_active_rows():
             np.testing.assert_allclose(getattr(ours, name).numpy(), getattr(theirs, name).detach().numpy(),
                                        rtol=1e-4, atol=1e-5)
         for key in ("intervened", "infeasible", "active_mean"):
-            assert torch.equal(ours.info[key], theirs.info[key]), key
+            assert same_bits(ours.info[key], theirs.info[key]), key
         for key in ("nominal", "gamma", "proposal", "correction", "lookahead_h"):
             np.testing.assert_allclose(ours.info[key].numpy(), theirs.info[key].detach().numpy(), rtol=1e-4, atol=1e-5)
         active += int((ours.info["active_mean"][:, 0] >= 0).sum())
@@ -106,7 +107,7 @@ def test_cbf_beta_equals_torchs_up_to_round_off_with_shrunken_and_infeasible_box
                                            rtol=1e-5, atol=1e-5, err_msg=name)
             assert set(ours.info) == set(theirs.info)
             for key in ("infeasible", "gamma", "lookahead_h", "box_low", "box_high", "safe_box"):
-                assert _same_bits(ours.info[key], theirs.info[key]), key
+                assert same_bits(ours.info[key], theirs.info[key]), key
             for key in ("nominal", "proposal", "correction"):
                 np.testing.assert_allclose(ours.info[key].numpy(), theirs.info[key].numpy(), rtol=1e-5, atol=1e-5)
             np.testing.assert_allclose(actor.rollout_step_sums(ours).numpy(), actor.rollout_step_sums(theirs).numpy(),
@@ -115,12 +116,6 @@ def test_cbf_beta_equals_torchs_up_to_round_off_with_shrunken_and_infeasible_box
             assert (ours.log_prob[ours.info["infeasible"]] == 0).all()
             shrunk += int(((ours.info["box_high"] - ours.info["box_low"]) < (actor.high - actor.low)).any(-1).sum())
     assert infeasible > 0 and shrunk > infeasible
-
-
-def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Same dtype, shape and bytes: unlike torch.equal, a zero's sign counts (NumPy's and torch's
-    maximum keep different zeros on a tie)."""
-    return a.dtype == b.dtype and a.shape == b.shape and a.contiguous().numpy().tobytes() == b.contiguous().numpy().tobytes()
 
 
 @pytest.mark.parametrize("form", ["dcbf", "ct"])
@@ -151,11 +146,11 @@ def test_the_shielded_forward_equals_the_torch_filter_bit_for_bit(form):
                 torch.manual_seed(t)
                 ours = ours_forward(obs, safety, deterministic=deterministic)
             for name in ("action", "sample", "log_prob"):
-                assert _same_bits(getattr(ours, name), getattr(theirs, name)), name
+                assert same_bits(getattr(ours, name), getattr(theirs, name)), name
             assert set(ours.info) == set(theirs.info)
             for key, value in theirs.info.items():
-                assert _same_bits(ours.info[key], value), key
-            assert _same_bits(actor.rollout_step_sums(ours), actor.rollout_step_sums(theirs))
+                assert same_bits(ours.info[key], value), key
+            assert same_bits(actor.rollout_step_sums(ours), actor.rollout_step_sums(theirs))
             corrected += int(ours.info["intervened"].sum())
             infeasible += int(ours.info["infeasible"].sum())
     assert corrected > 0 and infeasible > 0

@@ -13,6 +13,7 @@ quadprog = pytest.importorskip("quadprog")
 
 from model.qp import QPSolution, kkt_residuals, routing, solve_qp  # noqa: E402
 from tasks.qp_benchmark import cbf_benchmark_problems  # noqa: E402
+from tests.helpers import same_bits
 
 # The module-scoped fixtures below run once: every test of this module goes to one xdist worker.
 pytestmark = pytest.mark.xdist_group("test_qp")
@@ -159,7 +160,7 @@ def vertex_problems(B, seed):
 def assert_matches_reference(H, f, A, b, mask=None, atol=1e-8):
     sol = solve_qp(H, f, A, b, mask=mask)
     u_ref, feasible_ref = quadprog_reference(H, f, A, b, mask)
-    assert torch.equal(sol.feasible, feasible_ref), (
+    assert same_bits(sol.feasible, feasible_ref), (
         f"feasibility flags differ on {(sol.feasible != feasible_ref).sum()} of {len(f)} problems")
     assert torch.isfinite(sol.u).all()
     err = (sol.u - u_ref)[feasible_ref].abs().max() if feasible_ref.any() else torch.tensor(0.0)
@@ -252,7 +253,7 @@ def test_infeasible_problems_are_flagged_with_the_documented_fallback():
         violation = torch.where(inside, torch.maximum(v_nom - 1, 1.5 - v_nom), torch.full_like(v_nom, 0.5))
         assert torch.allclose(sol.violation, violation, atol=1e-6)
     again = solve_qp(H, f, A, b)
-    assert torch.equal(again.u, solve_qp(H, f, A, b).u), "fallback must be deterministic"
+    assert same_bits(again.u, solve_qp(H, f, A, b).u), "fallback must be deterministic"
 
 
 def test_infeasible_fallback_measures_violation_as_a_distance():
@@ -341,7 +342,7 @@ def test_qpth_backend_agrees_and_never_returns_nan():
         exact = solve_qp(H, f, A, b, mask=mask)
         sol = solve_qp(H, f, A, b, backend="qpth", mask=mask)
         assert torch.isfinite(sol.u).all()
-        assert torch.equal(sol.feasible, exact.feasible)
+        assert same_bits(sol.feasible, exact.feasible)
         assert (sol.u - exact.u)[exact.feasible].abs().max() <= 1e-4
         real = torch.ones_like(b, dtype=torch.bool) if mask is None else mask
         resid = torch.where(real, (A @ sol.u[..., None])[..., 0] - b, -1.0).amax(-1)
@@ -369,7 +370,7 @@ def test_float32_agrees_with_float64():
     sol64 = solve_qp(H, f, A, b, mask=mask)
     sol32 = solve_qp(H.float(), f.float(), A.float(), b.float(), mask=mask)
     assert sol32.u.dtype == torch.float32
-    assert torch.equal(sol32.feasible, sol64.feasible)
+    assert same_bits(sol32.feasible, sol64.feasible)
     assert (sol32.u.double() - sol64.u).abs().max() <= 1e-4
     inputs = [x.float().requires_grad_() for x in (H, f, A, b)]
     solve_qp(*inputs, mask=mask).u.sum().backward()
@@ -436,9 +437,9 @@ def test_sync_free_path_used_on_cuda_agrees_on_cpu():
     indexed = _solve_exact(Hd, fd, Ad, bd, sync_free=False)
     merged = _solve_exact(Hd, fd, Ad, bd, sync_free=True)
     assert (~indexed.feasible).any() and indexed.feasible.any()
-    assert torch.equal(indexed.feasible, merged.feasible)
-    assert torch.equal(indexed.u, merged.u)
-    assert torch.equal(indexed.violation, merged.violation)
+    assert same_bits(indexed.feasible, merged.feasible)
+    assert same_bits(indexed.u, merged.u)
+    assert same_bits(indexed.violation, merged.violation)
 
 
 @pytest.mark.cuda
@@ -449,7 +450,7 @@ def test_cuda_matches_cpu():
     inputs = [x.cuda().requires_grad_() for x in (H, f, A, b)]
     gpu = solve_qp(*inputs, mask=mask.cuda())
     gpu.u.sum().backward()
-    assert torch.equal(gpu.feasible.cpu(), cpu.feasible)
+    assert same_bits(gpu.feasible.cpu(), cpu.feasible)
     assert (gpu.u.cpu() - cpu.u).abs().max() <= 1e-9
     assert all(torch.isfinite(x.grad).all() for x in inputs)
 
@@ -486,10 +487,10 @@ def _solve_with_grads(H, f, A, b, mask=None, **kwargs):
 def _assert_hint_is_transparent(H, f, A, b, mask=None, atol=1e-10, gradients=True, seed=0):
     full, full_grads = _solve_with_grads(H, f, A, b, mask)
     u_ref, feasible_ref = quadprog_reference(H, f, A, b, mask)
-    assert torch.equal(full.feasible, feasible_ref)
+    assert same_bits(full.feasible, feasible_ref)
     for name, hint in _hint_variants(full.active, A.shape[1], seed).items():
         hinted, grads = _solve_with_grads(H, f, A, b, mask, active_hint=hint)
-        assert torch.equal(hinted.feasible, full.feasible), name
+        assert same_bits(hinted.feasible, full.feasible), name
         assert (hinted.u - full.u).abs().max() <= atol, (name, (hinted.u - full.u).abs().max())
         assert (hinted.u - u_ref)[feasible_ref].abs().max() <= 1e-8, name
         assert (hinted.violation - full.violation).abs().max() <= atol, name
@@ -498,8 +499,8 @@ def _assert_hint_is_transparent(H, f, A, b, mask=None, atol=1e-10, gradients=Tru
                 assert (g - g_full).abs().max() <= 1e-8 * (1 + g_full.abs().max()), name
         if name in ("correct", "swapped"):
             # the correct set, in either slot order, is taken as is: the same canonical set
-            assert torch.equal(hinted.active, full.active), name
-            assert torch.equal(hinted.u, full.u), name
+            assert same_bits(hinted.active, full.active), name
+            assert same_bits(hinted.u, full.u), name
     return full
 
 
@@ -559,7 +560,7 @@ def test_hint_naming_a_masked_or_zero_row_is_rejected():
     masked_row = 8  # the first obstacle row (masked in about a quarter of the elements)
     for hint in ([0, -1], [masked_row, -1], [masked_row, 9], [3, 3]):
         hinted = solve_qp(H, f, A, b, mask=mask, active_hint=torch.tensor(hint).expand(100, 2).clone())
-        assert torch.equal(hinted.feasible, full.feasible)
+        assert same_bits(hinted.feasible, full.feasible)
         assert (hinted.u - full.u).abs().max() <= 1e-12
         assert not (hinted.active == 0).any()
         assert not ((hinted.active == masked_row) & ~mask[:, masked_row:masked_row + 1]).any()
@@ -569,7 +570,7 @@ def test_hint_float32_and_generic_n():
     H, f, A, b, mask = cbf_benchmark_problems(200, 2, seed=45, dtype=torch.float32)
     full = solve_qp(H, f, A, b, mask=mask)
     hinted = solve_qp(H, f, A, b, mask=mask, active_hint=full.active)
-    assert torch.equal(hinted.u, full.u) and torch.equal(hinted.feasible, full.feasible)
+    assert same_bits(hinted.u, full.u) and same_bits(hinted.feasible, full.feasible)
     for n, m in ((1, 4), (3, 6)):
         H, f, A, b = random_problems(80, m, n, seed=60 + n)
         _assert_hint_is_transparent(H, f, A, b, seed=n)
@@ -588,10 +589,10 @@ def test_hint_sync_free_branch_agrees_on_cpu():
         indexed = _solve_exact(Hd, fd, Ad, bd, sync_free=False, active_hint=hint)
         merged = _solve_exact(Hd, fd, Ad, bd, sync_free=True, active_hint=hint)
         for sol in (indexed, merged):
-            assert torch.equal(sol.feasible, full.feasible), name
+            assert same_bits(sol.feasible, full.feasible), name
             assert (sol.u - full.u).abs().max() <= 1e-12, name
-            assert torch.equal(sol.violation, full.violation), name
-        assert torch.equal(indexed.active, merged.active), name
+            assert same_bits(sol.violation, full.violation), name
+        assert same_bits(indexed.active, merged.active), name
 
 
 @pytest.mark.parametrize(
@@ -680,8 +681,8 @@ def _assert_paths_agree(monkeypatch, H, f, A, b, mask=None, active_hint=None, at
     for name in QPSolution._fields:
         x, y = getattr(fast, name), getattr(ref, name)
         assert x.dtype == y.dtype and x.shape == y.shape, name
-    assert torch.equal(fast.feasible, ref.feasible)
-    assert torch.equal(fast.solver_ok, ref.solver_ok)
+    assert same_bits(fast.feasible, ref.feasible)
+    assert same_bits(fast.solver_ok, ref.solver_ok)
     assert (fast.u - ref.u).abs().max() <= atol
     assert (fast.violation - ref.violation).abs().max() <= atol
     real = torch.ones_like(b, dtype=torch.bool) if mask is None else mask
@@ -690,7 +691,7 @@ def _assert_paths_agree(monkeypatch, H, f, A, b, mask=None, active_hint=None, at
         for key in ("primal", "stationarity", "dual", "complementarity"):
             assert (kkt[key][fast.feasible] <= 100 * atol).all(), key
     if same_active:  # generic problems: one active set, the same multipliers and gradients
-        assert torch.equal(fast.active, ref.active)
+        assert same_bits(fast.active, ref.active)
         assert fast.lam.numel() == 0 or (fast.lam - ref.lam).abs().max() <= atol
         if gradients:
             for name, gx, gy in zip("HfAb", fast_grads, ref_grads):
@@ -798,7 +799,7 @@ def test_compiled_loop_equals_the_python_float_path_bit_for_bit(dtype):
                 continue
             settled += 1
             for name in ("u", "lam", "active", "feasible"):
-                assert torch.equal(getattr(single, name), getattr(batch, name)[i:i + 1]), (name, i)
+                assert same_bits(getattr(single, name), getattr(batch, name)[i:i + 1]), (name, i)
         assert 180 <= settled <= 228  # most are; the 12 infeasible ones never are
 
 
@@ -818,7 +819,7 @@ def test_numpy_path_gradient_survives_in_place_change_of_u(cpu_path):
     with torch.no_grad():
         u.mul_(100.0)  # the caller's tensor; the backward must not read it
     for got, want in zip(torch.autograd.grad(u.sum(), leaves), expected):
-        assert torch.equal(got, want)
+        assert same_bits(got, want)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -864,11 +865,11 @@ def _assert_single_paths_agree(monkeypatch, H, f, A, b, mask=None, hints=("none"
                 for name in QPSolution._fields:
                     x, y = getattr(py, name), getattr(ref, name)
                     assert x.dtype == y.dtype and x.shape == y.shape, name
-                assert torch.equal(py.feasible, ref.feasible) and torch.equal(py.solver_ok, ref.solver_ok), i
+                assert same_bits(py.feasible, ref.feasible) and same_bits(py.solver_ok, ref.solver_ok), i
                 assert (py.u - ref.u).abs().max() <= atol, (i, hint_kind)
                 assert (py.violation - ref.violation).abs().max() <= atol
                 if same_active:
-                    assert torch.equal(py.active, ref.active), (i, hint_kind)
+                    assert same_bits(py.active, ref.active), (i, hint_kind)
                     assert py.lam.numel() == 0 or (py.lam - ref.lam).abs().max() <= atol
                     for name, gx, gy in zip("HfAb", py_grads, ref_grads):
                         assert gx.numel() == 0 or (gx - gy).abs().max() <= 100 * atol, (i, hint_kind, name)
@@ -1019,7 +1020,7 @@ def test_the_compiled_loops_see_one_array_layout_per_dtype():
         solution = solve_qp(H_view, f, A, b, mask=torch.ones(B, m, dtype=torch.bool))
         solution.u.sum().backward()
         expected = solve_qp(H_view.contiguous(), f.detach().contiguous(), A.contiguous(), b.contiguous())
-        assert torch.equal(solution.u.detach(), expected.u)
+        assert same_bits(solution.u.detach(), expected.u)
     for loop in (solve_batch, backward_batch):
         arrays = [t for signature in loop.signatures for t in signature if isinstance(t, types.Array)]
         assert arrays and all(t.layout == "C" and t.mutable for t in arrays), loop.signatures

@@ -20,6 +20,7 @@ from model.cbf_beta import SafeBox
 from tasks import evaluate
 from tasks.params import Params, load_params
 from tasks.train import Trainer, load_trained, run
+from tests.helpers import same_bits
 
 OBS_DIM = 12
 TINY = {
@@ -87,11 +88,11 @@ def test_shielded_executes_the_filtered_sample_and_scores_the_sample():
         mean, std = shield.actor.distribution(obs)
         torch.manual_seed(5)
         expected_sample = mean + std * torch.randn_like(mean)
-        assert torch.equal(out.sample, expected_sample)
+        assert same_bits(out.sample, expected_sample)
         normal = torch.distributions.Normal(mean, std.expand_as(mean))
         np.testing.assert_allclose(out.log_prob.numpy(), normal.log_prob(out.sample).sum(-1).numpy(), rtol=1e-12)
         lp, _ = shield.evaluate_actions(obs, states, out.sample)
-        assert torch.equal(lp, out.log_prob)
+        assert same_bits(lp, out.log_prob)
     # the executed action is the CBF-QP projection of the clipped sample (quadprog, independently)
     rows = cbf_rows(states, params.env, params.cbf, params.cbf.filter_gamma, form=params.cbf.form)
     low = torch.tensor([0.0, -params.env.pursuer_w_max], dtype=torch.float64)
@@ -123,7 +124,7 @@ def test_shielded_state_dict_is_the_gaussian_policys():
     obs = torch.randn(64, OBS_DIM)
     filtered = SafetyFilter(gaussian, params.env, params.cbf, params.cbf.form, params.cbf.filter_gamma)
     with torch.no_grad():
-        assert torch.equal(shield(obs, states, deterministic=True).action, filtered(obs, states, deterministic=True).action)
+        assert same_bits(shield(obs, states, deterministic=True).action, filtered(obs, states, deterministic=True).action)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,7 +163,7 @@ def test_rollout_actions_are_safe_and_rescored_exactly(algo, learner):
     record = None if buf.record is None else flat(buf.record)
     if algo == "cbf_beta":  # the boxes the rollout kept are the ones rebuilt here from the stored states
         kept = SafeBox.unpacked(record)
-        assert all(torch.equal(a, b) for a, b in zip(kept, boxes)) and kept.feasible.dtype == torch.bool
+        assert all(same_bits(a, b) for a, b in zip(kept, boxes)) and kept.feasible.dtype == torch.bool
     else:
         assert record is None  # the filter over the Gaussian keeps nothing
     with torch.no_grad():
@@ -170,7 +171,7 @@ def test_rollout_actions_are_safe_and_rescored_exactly(algo, learner):
         lp, _ = trainer.actor.evaluate_actions(flat(buf.obs), inputs.safety, flat(buf.sample),
                                                qp_hint=inputs.qp_hint, cbf_geometry=inputs.cbf_geometry)
     if learner == "torch":
-        assert torch.equal(lp, flat(buf.log_prob))
+        assert same_bits(lp, flat(buf.log_prob))
     if learner == "numpy":  # the NumPy update's own scoring: OpenBLAS's products differ in the last bit
         # between the rollout's and the update's row counts, so the first ratio is 1 to float32 round-off
         extra = () if inputs.cbf_geometry is None else tuple(x.numpy() for x in inputs.cbf_geometry)

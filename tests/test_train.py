@@ -24,6 +24,7 @@ from tasks.train import (
     run,
     state_root,
 )
+from tests.helpers import same_bits
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = {
@@ -71,7 +72,7 @@ def test_same_seed_same_weights(tmp_path, state_dir, algo):
     wb = _weights(tmp_path / "b/results/train" / cell_name(algo, 0) / "model.pt")
     assert wa.keys() == wb.keys()
     for name in wa:
-        assert torch.equal(wa[name], wb[name]), name
+        assert same_bits(wa[name], wb[name]), name
     # and a different seed gives different weights (the check above can fail)
     other = load_params(overrides={**TINY, "train.seeds": [1]})
     run(other, tmp_path / "c", algo, 1)
@@ -108,7 +109,7 @@ def test_sigkill_after_checkpoint_then_resume_is_bit_identical(tmp_path, monkeyp
     w_ref = _weights(tmp_path / "ref/results/train" / cell / "model.pt")
     w_run = _weights(tmp_path / "run/results/train" / cell / "model.pt")
     for name in w_ref:
-        assert torch.equal(w_ref[name], w_run[name]), name
+        assert same_bits(w_ref[name], w_run[name]), name
     c_ref = _curves(tmp_path / "ref/results/train" / cell / "live")
     c_run = _curves(tmp_path / "run/results/train" / cell / "live")
     assert "rollout/capture_rate" in c_ref and len(c_ref["losses/approx_kl"]) == 1 + 4  # header + 4 updates
@@ -244,11 +245,11 @@ def test_preallocated_adam_state_equals_the_lazy_one():
             opt.step()
         results.append((net.state_dict(), opt.state_dict()["state"]))
     (w1, s1), (w2, s2) = results
-    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    assert all(same_bits(w1[k], w2[k]) for k in w1)
     for index in s1:
         for key in ("step", "exp_avg", "exp_avg_sq"):
             a, b = s1[index][key], s2[index][key]
-            assert torch.equal(a, b) and a.dtype == b.dtype and a.device == b.device, key
+            assert same_bits(a, b) and a.dtype == b.dtype and a.device == b.device, key
 
 
 def test_truncated_or_tampered_checkpoint_is_refused(tmp_path, state_dir):
