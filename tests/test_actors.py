@@ -296,10 +296,17 @@ def test_executed_actions_satisfy_the_rows_and_equal_an_independent_projection(m
     # executed = projection of the sample (nominal) / of the sample around the QP mean (through_qp)
     expected = quadprog_projection(out.sample.numpy(), rows.A.numpy(), rows.b.numpy(), rows.mask.numpy())
     np.testing.assert_allclose(out.action.numpy(), expected, atol=2e-4)
-    # intervention bookkeeping against the proposal the nominal policy alone would have executed
-    # correction in normalised action units: (dv / v_max, dw / w_max)
+    # intervention bookkeeping against the proposal the nominal policy alone would have executed:
+    # the nominal mean plus this draw's noise (the sample less the mean it was drawn around: the
+    # QP's deterministic action in through_qp mode, the nominal mean in nominal mode), clipped to
+    # the action box; correction in normalised action units: (dv / v_max, dw / w_max)
+    with torch.no_grad():
+        det = actor(obs, safety, deterministic=True)
+    noise = out.sample - (det.action if mode == "through_qp" else info["nominal"])
     scale = torch.tensor([ENV.pursuer_v_max, ENV.pursuer_w_max])
-    torch.testing.assert_close(info["correction"], ((out.action - info["proposal"]) / scale).norm(dim=-1))
+    proposal = torch.maximum(torch.minimum(info["nominal"] + noise, scale), torch.tensor([0.0, -ENV.pursuer_w_max]))
+    torch.testing.assert_close(info["proposal"], proposal, rtol=0, atol=1e-6)
+    torch.testing.assert_close(info["correction"], ((out.action - proposal) / scale).norm(dim=-1), rtol=1e-5, atol=1e-6)
     assert torch.equal(info["intervened"], info["correction"] > CBF.intervention_tol)
     assert info["intervened"][: n // 2].float().mean() > 0.5
 

@@ -350,7 +350,10 @@ def _check_rcbf(policy, model, params, obs, states, margin):
     # and the margin mattered: the plain filter executes something else on some states
     plain_out = make_filter(model, params, "dcbf")(obs, states, deterministic=True)
     assert (plain_out.action - out.action).abs().amax(1).gt(1e-6).any()
-    assert int(feasible.sum()) > 300 and plain.h.shape == robust.h.shape
+    assert int(feasible.sum()) > 300
+    # the margin inflates every barrier: each (finite) barrier value is lower with it than without
+    finite = torch.isfinite(plain.h)
+    assert finite.any() and bool((robust.h[finite] < plain.h[finite]).all())
 
 
 def test_safe_box_refuses_bad_rounds():

@@ -175,7 +175,10 @@ def test_stage_end_to_end_numbers_recomputed_with_pandas(tmp_path):
             want = 1.0 if a_only + b_only == 0 else sps.binomtest(a_only, a_only + b_only, 0.5).pvalue
             assert step["capture"]["mcnemar_per_seed"][i] == pytest.approx(want)
 
-    # Run-level probability of improvement: all pairs of per-seed capture rates.
+    # Run-level probability of improvement: all pairs of per-seed capture rates, for every arm
+    # against the baseline (and BarrierNet against the chosen alternative, when there is one).
+    pairs = {(entry["arm"], entry["against"]) for entry in metrics["run_level"]}
+    assert pairs >= {(arm, "baseline") for arm in set(raw["arm"]) - {"baseline"}}, pairs
     for entry in metrics["run_level"]:
         a = per_seed.loc[entry["arm"], "capture"].to_numpy()
         b = per_seed.loc[entry["against"], "capture"].to_numpy()
@@ -184,6 +187,13 @@ def test_stage_end_to_end_numbers_recomputed_with_pandas(tmp_path):
 
     decision = metrics["decision"]
     assert decision["verdict"] == result["verdict"] and decision["verdict"] in VERDICT_CODES
+    # Step 1 against its own intervals: rejected only where the collision cut and capture's
+    # non-inferiority both clear their margins; a step 1 not rejected ends the sequence.
+    h1, margins = steps[("barriernet", "baseline")], make_params(seeds, episodes=episodes).decision
+    clears = (h1["collision_diff"]["high"] < -margins.min_collision_reduction
+              and h1["capture_diff"]["low"] > -margins.noninferiority_margin)
+    assert h1["rejected"] == clears, h1
+    assert (decision["verdict"] == "FAILS_STEP_1") == (not h1["rejected"])
     assert decision["verdict_code"] == VERDICT_CODES[decision["verdict"]]
     assert decision["reasons"] and all(isinstance(r, str) for r in decision["reasons"])
     assert metrics["test_split"] == {"seed_base": 2_000_000, "episodes": episodes}

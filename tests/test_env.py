@@ -70,7 +70,7 @@ def test_check_env_passes_with_only_the_documented_warning():
 def test_make_and_make_vec_build_our_classes_with_overrides():
     single = gymnasium.make("PursuitEvasion-v0", num_obstacles=3, evader_policy="flee")
     assert isinstance(single.unwrapped, PursuitEvasionEnv)
-    assert single.unwrapped.params.num_obstacles == 3
+    assert single.unwrapped.params.num_obstacles == 3 and single.unwrapped.params.evader_policy == "flee"
     obs, _ = single.reset(seed=0)
     assert obs.shape == (25,) and obs.dtype == np.float32
 
@@ -86,6 +86,9 @@ def test_make_and_make_vec_build_our_classes_with_overrides():
     sync = gymnasium.make_vec("PursuitEvasion-v0", num_envs=2, vectorization_mode="sync", max_steps=7)
     obs, _ = sync.reset(seed=0)
     assert obs.shape == (2, 25)
+    for step in range(1, 8):  # a standing pursuer: no capture, no collision; the override's time limit ends both
+        obs, reward, terminated, truncated, info = sync.step(np.zeros((2, 2), np.float32))
+        assert not terminated.any() and truncated.all() == (step == 7), step
 
 
 def test_bad_override_names_the_key():

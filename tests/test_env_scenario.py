@@ -355,6 +355,11 @@ def test_evader_between_two_obstacles_is_not_pushed_into_either():
     for _ in range(40):  # straight down into the gap, where it does not fit
         info = core.step(torch.zeros(1, 2, dtype=torch.float64), evader_action=torch.tensor([[1.0, 0.0]], dtype=torch.float64))[4]
         assert_evader_confined(info["evader"], centres, radii, torch.ones(1, 2, dtype=torch.bool), params, tol=1e-12)
+    # it drove down to where its body touches both discs, |(x, y) - (+/-0.6, 0)| = 0.5 + 0.15, so
+    # x = 0 and y = sqrt(0.65^2 - 0.6^2) = 0.25 (by hand), and stays there
+    contact = math.sqrt((0.5 + params.robot_radius) ** 2 - 0.6**2)
+    assert contact == pytest.approx(0.25)
+    assert abs(info["evader"][0, 0].item()) < 1e-12 and info["evader"][0, 1].item() == pytest.approx(contact, abs=1e-6)
 
 
 @pytest.mark.parametrize("policy", ["random", "flee"])

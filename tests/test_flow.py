@@ -142,6 +142,7 @@ def fake_train(params, workdir, algo, seed, minibatch_size=None, progress_callba
     summary = {"algo": algo, "seed": seed, "minibatch_size": used,
                "minibatch_fallback": minibatch_size is not None and minibatch_size != params.train.minibatch_size}
     (Path(workdir) / STAGES["train"].paths("outs", {"algo": algo, "seed": seed})[1]).write_text(json.dumps(summary))
+    _record("trained", algo=algo, seed=seed)  # when the cell's training returned
     return summary
 
 
@@ -260,13 +261,15 @@ def test_default_run_orders_stages_records_artifacts_and_commits_to_dvc(prefect_
     assert names[-3:] == ["compare", "headline", "report"]
     assert sorted((c[1]["algo"], c[1]["seed"]) for c in CALLS if c[0] == "train") == sorted(
         (c["algo"], c["seed"]) for c in cells)
-    done = {}
-    for name, cell, when in CALLS:  # each cell is evaluated after its own training
+    done, evaluated = {}, []
+    for name, cell, when in CALLS:  # each cell is evaluated after its own training returned
         key = (cell.get("algo"), cell.get("seed"))
-        if name == "train":
+        if name == "trained":
             done[key] = when
         if name == "evaluate":
-            assert key in done and done[key] <= when
+            assert key in done and done[key] <= when, key
+            evaluated.append(key)
+    assert sorted(evaluated) == sorted((c["algo"], c["seed"]) for c in cells)
     assert result["workdir"] == str(fake_stages) and Path(result["report"]).exists()
 
     # Artifacts: the report (markdown), the summary table, one progress artifact per cell at 100 %.
@@ -590,4 +593,6 @@ def test_out_of_memory_in_training_retries_with_half_the_minibatch(prefect_serve
     on_disk = json.loads((Path(result["workdir"]) / f"results/train/{name}/summary.json").read_text())
     assert on_disk["minibatch_fallback"] is True and on_disk["minibatch_size"] == planned // 2
     report = (Path(result["workdir"]) / "reports/decision_report.md").read_text().lower()
-    assert "fallback" in report  # the report tells the reader the planned batch was not used
+    # the report tells the reader the planned batch was not used: in its setup and in the cell's row
+    assert f"minibatch fallback (out-of-memory retry with a smaller minibatch): yes, in {name}" in report
+    assert f"yes: {planned // 2} instead of {planned}" in report

@@ -172,6 +172,14 @@ def wilson_upper(k: int, n: int) -> float:
     return (p + Z95**2 / (2 * n) + Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n))) / (1 + Z95**2 / n)
 
 
+def wilson_lower(k: int, n: int) -> float:
+    """Wilson score lower bound, written out from Wilson (1927); exactly 0 for no event."""
+    p = k / n
+    if k == 0:
+        return 0.0
+    return (p + Z95**2 / (2 * n) - Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n))) / (1 + Z95**2 / n)
+
+
 # --------------------------------------------------------------------------------------------
 
 
@@ -192,11 +200,12 @@ def test_wilson_bound_and_step_rate_of_one_seed(rendered):
     episodes = all_episodes(workdir)
     rows = episodes[(episodes["arm"] == "baseline") & (episodes["seed"] == 0)]
     collisions = int((rows["outcome"] == "collision").sum())
-    high = wilson_upper(collisions, len(rows))
+    low, high = wilson_lower(collisions, len(rows)), wilson_upper(collisions, len(rows))
+    assert collisions > 0  # the fixture's seed 0 collides: the lower bound is not pinned at 0
     violation = rows["cbf_violation_steps"].sum() / rows["length"].sum()
     row = table_row(markdown, report.arm_label("baseline", params), "0", str(len(rows)), str(rows["length"].sum()))
     cells = row.split(" | ")
-    assert cells[5] == f"{100 * collisions / len(rows):.2f} % [{cells[5].split('[')[1].split(',')[0]}, {100 * high:.2f}]"
+    assert cells[5] == f"{100 * collisions / len(rows):.2f} % [{100 * low:.2f}, {100 * high:.2f}]"
     episodes_with = (rows["cbf_violation_steps"] > 0).mean()
     assert cells[6].startswith(f"{100 * episodes_with:.2f} %")
     assert cells[7].startswith(f"{100 * violation:.2f} %")
@@ -380,8 +389,16 @@ def test_outcome_is_the_headline_and_gates_follow(rendered):
     for gate in ("PG-01", "PG-02", "PG-03", "PG-04", "PG-05"):
         assert table_row(markdown, gate)
     assert "FAIL" in table_row(markdown, "PG-01")  # CBF-Beta's gap is not measured without its arms
-    # 4 logged points: the plateau test compares the last 20 % window with the one before it.
-    assert table_row(markdown, "PG-05").split(" | ")[1] in ("PASS", "DOCUMENTED", "FAIL")
+    # 4 logged points at 1024..4096: the last 20 % window (steps > 3276.8) holds 4096, the one
+    # before it (2457.6 < step <= 3276.8) holds 3072; the seeds' mean capture at each, by hand
+    assert params.decision.plateau_window == 0.2
+    curves = [pd.read_csv(workdir / f"results/train/barriernet-s{seed}/live/plots/metrics/rollout/capture_rate.tsv",
+                          sep="\t").set_index("step")["capture_rate"] for seed in SEEDS]
+    change = np.mean([c[4096] for c in curves]) - np.mean([c[3072] for c in curves])
+    expected = "PASS" if abs(change) <= params.decision.plateau_tolerance else "DOCUMENTED"
+    assert table_row(markdown, "PG-05").split(" | ")[1] == expected, (change, table_row(markdown, "PG-05"))
+    if expected == "DOCUMENTED":
+        assert f"changed by {change:+.3f}" in table_row(markdown, "PG-05")
 
 
 def test_verdict_text_names_population_dev_rule_and_small_run(rendered):

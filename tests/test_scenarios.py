@@ -58,9 +58,18 @@ def test_start_states_rebuilt_from_params_are_identical_and_jittered_within_boun
 
 
 def test_every_scenario_starts_inside_the_safe_set_and_too_much_jitter_is_refused():
+    from tests.test_env_scenario import body_barriers, lookahead_barriers
+
     params = _params(**{"scenarios.jitter": 0.5})
+    env, cbf = params.env, params.cbf
     for name in SCENARIOS:
-        S.start_states(S.scenario_geometry(name, params), params)  # raises ScenarioError if not
+        states = S.start_states(S.scenario_geometry(name, params), params)  # raises ScenarioError if not
+        # and, checked another way (the barriers written out in NumPy, not the module's own check):
+        args = (states["pursuer"], states["obstacle_centres"], states["obstacle_radii"], states["obstacle_mask"])
+        assert (body_barriers(*args, env) >= 0).all(), name
+        assert (lookahead_barriers(*args, env, cbf.lookahead, cbf.robust_margin) >= 0).all(), name
+        gap = np.linalg.norm(states["evader"][:, None, :2] - states["obstacle_centres"], axis=-1) - states["obstacle_radii"]
+        assert not (states["obstacle_mask"] & (gap <= env.robot_radius)).any(), name
     params = _params()
     far = S.Scenario("touching", (-6.0, 0.0, 0.0), (5.0, 0.0, 0.0), ((-5.6, 0.0, 0.3),))
     with pytest.raises(S.ScenarioError, match="scenarios.jitter"):
