@@ -15,8 +15,6 @@ from tasks.registry import STAGES
 REPO = Path(__file__).resolve().parent.parent
 # Front doors run stages; a stage importing one would pull every stage into its code deps.
 FRONT_DOORS = ("tasks.registry", "tasks.__main__", "tasks.tuning", "flows")
-# Imports still to be cut, each with the reason; remove an entry when its import goes.
-PENDING: set[tuple[str, str]] = set()
 
 
 def _stage_modules() -> dict[str, str]:
@@ -67,7 +65,7 @@ def test_no_stage_imports_another_stage_or_a_front_door():
             other = owner.get(imported)
             if other is not None and other != stage:
                 bad.append(f"{module} (stage {stage}) imports {imported} (stage {other})")
-            elif any(_belongs(imported, door) for door in FRONT_DOORS) and (module, imported) not in PENDING:
+            elif any(_belongs(imported, door) for door in FRONT_DOORS):
                 bad.append(f"{module} (stage {stage}) imports the front door {imported}")
     assert not bad, "stages share files through tasks/artifacts, not imports:\n  " + "\n  ".join(bad)
 
@@ -87,12 +85,6 @@ def test_no_stage_runs_another_stages_code():
 def test_the_registry_imports_no_stage():
     owner = _stage_modules()
     assert not [m for m in _imports("tasks.registry") if m in owner]
-
-
-def test_the_pending_exceptions_still_exist():
-    """An entry of PENDING whose import is gone must be removed (the guard then covers it)."""
-    for module, imported in PENDING:
-        assert imported in _imports(module), f"{module} no longer imports {imported}: drop it from PENDING"
 
 
 def test_arm_vocabulary_is_one():

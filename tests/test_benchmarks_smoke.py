@@ -284,8 +284,10 @@ def test_eval_throughput_quick_times_both_ways_on_the_same_episodes(capsys):
     printed = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("| barriernet")]
     assert len(printed) == 1 and printed[0][3] == f"{row['ratio']:.2f}x" and printed[0][5] == "yes"
     assert "CPU:" in text
-    with pytest.raises(SystemExit):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:
         eval_bench.main(["--rounds", "0"])
+    assert refused.value.code == 2 and "--rounds 0: accepted: an integer >= 1" in capsys.readouterr().err
 
 
 def test_env_throughput_quick_prints_the_compiled_and_the_torch_core_side_by_side(capsys, monkeypatch):

@@ -198,7 +198,8 @@ def test_worker_sigkilled_mid_training_resumes_elsewhere_without_recomputing(pre
 
     # ... which resumed from the checkpoint the killed run had written (update >= 1, not finished).
     summary = result["cells"][killed["cell"]]["train"]
-    assert summary["resumed_from_update"] is not None and 1 <= summary["resumed_from_update"] <= 6, summary
+    updates = PARAMS["train.total_steps"] // (8 * 16)  # 18: the kill came before the last
+    assert summary["resumed_from_update"] is not None and 1 <= summary["resumed_from_update"] < updates, summary
     assert summary["total_steps"] == PARAMS["train.total_steps"]
 
     # Undisturbed reference: the same params in this process (threads, fresh resume state).

@@ -260,12 +260,17 @@ def test_barriernet_and_the_filter_run_the_exact_form():
 def test_robust_margin_in_the_exact_form_keeps_the_inflated_barrier():
     """robust_margin m: the exact step keeps the barrier of the clearances inflated by m, i.e. the
     plain barrier of an env whose safety_margin is m larger (computed by the benchmark's own code)."""
-    safety, nominal, _ = BENCH.sample_states("obstacle", 200, 7, ENV, CBF)
     wider = ENV.model_copy(update={"safety_margin": ENV.safety_margin + 0.05})
-    # states sampled against the plain barrier are inside the inflated one: move them out first
+    # states sampled against the plain barrier lie outside the inflated safe set (h_inflated < 0);
+    # states sampled against the wider env's barrier lie inside it: 200 of each
+    plain, plain_nominal, _ = BENCH.sample_states("obstacle", 200, 7, ENV, CBF)
+    inside, inside_nominal, _ = BENCH.sample_states("obstacle", 200, 8, wider, CBF)
+    safety = SafetyState(*(torch.cat([a, b]) for a, b in zip(plain, inside)))
+    nominal = np.concatenate([plain_nominal, inside_nominal])
     pose = safety.pursuer.numpy()
     h_inflated, _ = BENCH.lookahead_barriers(pose, safety, wider, CBF.lookahead)
     keep = torch.tensor(h_inflated.min(1) >= 0)
+    assert int(keep.sum()) >= 200  # the 200 drawn inside the inflated set: the feasibility check is not vacuous
     out = exact_dcbf_action(safety, ENV, CBF, 0.2, torch.tensor(nominal), robust_margin=0.05)
     h1, _ = BENCH.lookahead_barriers(BENCH.arc_step(pose, out.u.numpy(), ENV.dt), safety, wider, CBF.lookahead)
     ok = (h1 - 0.8 * h_inflated >= -1e-9).all(1)

@@ -116,15 +116,16 @@ def test_p_values_beside_the_intervals_match_independent_computations():
 
 def test_seeds_needed_reaches_the_power_and_one_fewer_does_not():
     n = dec.seeds_for(0.016, 0.01, 0.95)
-    def power(k):
-        df, shift = 2 * k - 2, 0.01 / (0.016 * math.sqrt(2 / k))
+    def power(k, difference=0.01):
+        df, shift = 2 * k - 2, difference / (0.016 * math.sqrt(2 / k))
         q = sps.t.ppf(0.975, df)
         return 1 - sps.nct.cdf(q, df, shift) + sps.nct.cdf(-q, df, shift)
     assert power(n) >= 0.8 > power(n - 1)
+    # the minimum detectable difference at 5 seeds is the one this power function puts at 80 %
     mdd = dec.minimum_detectable(0.016, 5, 0.95)
-    assert 0.02 < mdd < 0.05  # (t_.975,8 + t_.8,8) * 0.016 * sqrt(2/5) = 0.0336
-    assert dec.minimum_detectable(0.016, 5, 0.95) == pytest.approx(
-        (sps.t.ppf(0.975, 8) + sps.t.ppf(0.8, 8)) * 0.016 * math.sqrt(0.4), rel=0.1)
+    assert power(5, mdd) == pytest.approx(0.8, abs=1e-6)
+    # and near the central-t approximation (t_.975,8 + t_.8,8) * 0.016 * sqrt(2/5) = 0.0336
+    assert mdd == pytest.approx((sps.t.ppf(0.975, 8) + sps.t.ppf(0.8, 8)) * 0.016 * math.sqrt(0.4), rel=0.05)
 
 
 # --- the fixed sequence -------------------------------------------------------------------------
@@ -178,7 +179,19 @@ def test_train_deploy_gap_by_hand():
     test = exact({"cbf_beta": ([400, 410], [500, 500]), "cbf_beta_rcbf": ([380, 390], [500, 500])})
     gap = dec.train_deploy_gap(test, "cbf_beta", "cbf_beta_rcbf", 0.95)
     assert gap["gap"] == pytest.approx((0.81 - 0.77) / 0.81)
-    assert gap["low"] <= gap["gap"] <= gap["high"]
+    # the interval: the paired difference's (tested on its own above) over capture_train, 0.81;
+    # both seeds lost 20 captures, so it lies above 0 and is not folded
+    def difference(train_arm, deploy_arm, table):
+        (_, a), (_, b) = dec.score_matrix(table, train_arm, "capture"), dec.score_matrix(table, deploy_arm, "capture")
+        return dec.difference_interval(a, b, dec.shared_seeds(table, train_arm, deploy_arm), 0.95)
+    diff = difference("cbf_beta", "cbf_beta_rcbf", test)
+    assert diff.low > 0 and (gap["low"], gap["high"]) == pytest.approx((diff.low / 0.81, diff.high / 0.81))
+    # a difference whose interval straddles 0: the gap |difference| / 0.81 runs from 0 to the larger end
+    mixed = exact({"cbf_beta": ([400, 410], [500, 500]), "cbf_beta_rcbf": ([410, 400], [500, 500])})
+    straddle = dec.train_deploy_gap(mixed, "cbf_beta", "cbf_beta_rcbf", 0.95)
+    diff = difference("cbf_beta", "cbf_beta_rcbf", mixed)
+    assert diff.low < 0 < diff.high and straddle["gap"] == pytest.approx(0.0, abs=1e-12)
+    assert (straddle["low"], straddle["high"]) == pytest.approx((0.0, max(-diff.low, diff.high) / 0.81))
     assert dec.train_deploy_gap(test, "cbf_beta", "absent", 0.95) is None
 
 

@@ -4,8 +4,9 @@ The end-to-end check trains and evaluates tiny cells through `python -m tasks` i
 processes whose environment carries host-level settings that change kernels (MKL's branch,
 ATen's capability, numpy's SIMD dispatch, numba's target, thread counts). In pinned mode every
 run must give the same weights and the same episodes. The control runs the same change in native
-mode and must see different weights: it shows the fingerprint is sensitive enough to catch a
-numeric path that escapes the pin.
+mode, one group of settings at a time (torch's kernels; NumPy's, OpenBLAS's and numba's), and
+each must see different weights: it shows the fingerprint is sensitive enough to catch a numeric
+path that escapes the pin.
 """
 
 from __future__ import annotations
@@ -107,10 +108,13 @@ def test_pinned_runs_are_identical_under_host_settings_and_native_ones_are_not(t
     for name, prints in pinned.items():
         assert prints == reference, f"host settings {HOST_SETTINGS[name]} escaped the pin: {prints} vs {reference}"
 
-    # Control: the same kernel changes without the pin do move the weights.
+    # Control: each group of the same kernel changes, without the pin, moves the weights (torch's
+    # kernels; NumPy's, OpenBLAS's and numba's, which the default NumPy learner runs on).
     native_host = _train_and_evaluate(tmp_path, "native-none", {}, "native", evaluate=False)
-    native_changed = _train_and_evaluate(tmp_path, "native-mkl-aten", MKL_ATEN, "native", evaluate=False)
-    assert native_host["train/baseline-s0"] != native_changed["train/baseline-s0"]
+    for group, settings in (("mkl-aten", MKL_ATEN), ("numpy-numba-threads", NUMPY_NUMBA_THREADS)):
+        native_changed = _train_and_evaluate(tmp_path, f"native-{group}", settings, "native", evaluate=False)
+        moved = [cell for cell in native_host if native_host[cell] != native_changed[cell]]
+        assert moved, f"{group}: {settings} moved no weight without the pin; the check could not see an escape"
 
 
 def _python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess:

@@ -223,8 +223,14 @@ def test_new_arms_are_built_from_their_checkpoints():
                 assert (policy.form, policy.gamma, policy.robust_margin) == ("dcbf_exact", 0.5, 0.03)
             elif arm.endswith("_rcbf"):
                 assert isinstance(policy, SafetyFilter) and policy.robust_margin == params.cbf.robust_margin > 0
+            elif arm in ("baseline_ct_filter", "baseline_dcbf_filter"):
+                assert isinstance(policy, SafetyFilter) and policy.actor is actor
+                assert (policy.form, policy.gamma, policy.robust_margin) == (
+                    arm.split("_")[1], params.cbf.filter_gamma, 0.0)
             elif arm in ("barriernet", "baseline", "cbf_beta", "shielded"):
                 assert policy is actor
+            else:
+                pytest.fail(f"arm {arm!r} has no expectation here")
     with pytest.raises(ValueError, match="unknown arm"):
         evaluate.build_policy("cbf_beta_tuned", actor, params)
     with pytest.raises(ValueError, match="needs the configuration"):

@@ -79,6 +79,13 @@ def test_serve_marks_a_study_run_crashed_when_its_process_died(tmp_path, monkeyp
          f"with workspace_lock({str(checkout)!r}, flow_run='lost-run'):\n    os._exit(0)"],
         cwd=REPO_ROOT)
     assert holder.returncode == 0
+    # a live study: its lock names its flow run and a running process holds it
+    live = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from flows.lock import workspace_lock\n"
+         f"with workspace_lock({str(experiment_dir(tmp_path, 'other-1'))!r}, flow_run='other-run'):\n"
+         "    print('held', flush=True)\n    time.sleep(120)"],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+    assert live.stdout.readline().strip() == "held"
     runs = [SimpleNamespace(id=1, name="lost-run", parameters={"grid": {"env.num_obstacles": [2]}, "name": "grid",
                                                                "workspace": str(tmp_path)}),
             SimpleNamespace(id=2, name="other-run", parameters={"grid": {"env.num_obstacles": [2]}, "name": "other",
@@ -99,5 +106,9 @@ def test_serve_marks_a_study_run_crashed_when_its_process_died(tmp_path, monkeyp
             marked_states.append((run_id, state.type.value))
 
     monkeypatch.setattr(orchestration, "get_client", lambda sync_client: Client())
-    lines = serve.mark_orphaned_runs()
-    assert marked_states == [(1, "CRASHED")] and "lost-run" in lines[0]
+    try:
+        lines = serve.mark_orphaned_runs()
+    finally:
+        live.kill()
+        live.wait(timeout=30)
+    assert marked_states == [(1, "CRASHED")] and len(lines) == 1 and "lost-run" in lines[0]

@@ -202,7 +202,11 @@ def test_tiny_study_end_to_end_and_resume(tmp_path: Path):
     report = (tmp_path / tuning.REPORT_PATH).read_text()
     assert "256 env steps" in report and "tuned_filter" in report
     assert (tmp_path / tuning.FIGURE_PATH).stat().st_size > 1000
-    # a rerun finds every cell done (dev.json keyed by the training config) and chooses the same
+    # a rerun finds every cell done (dev.json keyed by the training config) and chooses the same:
+    # no cell trains or plays again, so no file of a cell is rewritten
+    cell_files = {path: path.stat().st_mtime_ns for path in (tmp_path / tuning.RUNS_DIR).rglob("*") if path.is_file()}
+    assert len([p for p in cell_files if p.name == "dev.json"]) == 2 and any(p.suffix == ".pt" for p in cell_files)
     again = tuning.run(params, tmp_path)
+    assert {path: path.stat().st_mtime_ns for path in cell_files} == cell_files
     assert again["per_algo"] == choice["per_algo"] and again["tuned_filter"] == choice["tuned_filter"]
     assert pd.read_csv(tmp_path / tuning.CELLS_PATH).equals(cells)

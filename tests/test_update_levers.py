@@ -85,9 +85,11 @@ def test_quick_run_prints_both_tables(quick_run):
     assert all(r["rows_batch_free"] and r["err_rows"] < 1e-3 for r in result["products"])
 
 
-def test_bad_repeats_is_refused_before_any_work(levers):
-    with pytest.raises(SystemExit):
+def test_bad_repeats_is_refused_before_any_work(levers, capsys, monkeypatch):
+    monkeypatch.setattr(levers, "measure_products", lambda *a, **k: pytest.fail("work started before the check"))
+    with pytest.raises(SystemExit) as refused:
         levers.main(["--repeats", "0"])
+    assert refused.value.code == 2 and "--repeats 0: accepted: >= 1" in capsys.readouterr().err
 
 
 def test_the_op_counter_counts_what_a_hand_written_function_dispatches(levers):
