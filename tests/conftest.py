@@ -99,6 +99,19 @@ def _no_temporary_server(self, *args, **kwargs):
                        "`prefect_server` fixture's URL")
 
 
+def pytest_report_header(config):
+    """The log names the machine: the pinned numbers must not depend on it, and
+    tests/test_numerics.py compares this machine's with the ones recorded on another CPU."""
+    from tasks.report.provenance import cpu_model
+
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        flags = []
+    features = ", ".join(f for f in ("avx2", "fma", "avx512f") if f in flags) or "unknown"
+    return f"CPU: {cpu_model()}, {os.cpu_count()} CPUs ({features})"
+
+
 def pytest_sessionstart(session):
     """The controlling process fills the repo's numba caches (`python -m tasks warm-kernels`) before
     any test runs, when they are empty (a fresh clone, as CI has). Every end-to-end test copies

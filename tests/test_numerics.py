@@ -54,6 +54,9 @@ HOST_SETTINGS = {
     "every-setting": {**MKL_ATEN, **NUMPY_NUMBA_THREADS},
 }
 
+# The pinned run's fingerprint as recorded on one machine (its CPU in the file).
+RECORDED_FINGERPRINT = REPO_ROOT / "tests" / "data" / "pinned_fingerprint.json"
+
 # Wall-clock columns of the episode table (they differ from run to run by nature).
 _TIMING_COLUMN_HINTS = ("_ms", "seconds")
 
@@ -65,11 +68,25 @@ def _host_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def _weights_digest(model: Path) -> str:
+    """sha256 of a checkpoint's trained tensors (actor, critic, observation normaliser: names,
+    dtypes, shapes and bytes), not of the file: the file also records the training code's hash,
+    which any edit of that code changes."""
+    import torch
+
+    record, digest = torch.load(model, weights_only=True), hashlib.sha256()
+    for part in ("actor", "critic", "obs_rms"):
+        for name, tensor in sorted(record[part].items()):
+            digest.update(f"{part}.{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(tensor.contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def _fingerprint(workdir: Path) -> dict[str, str]:
-    """sha256 of every cell's model.pt and of its episode table without wall-clock columns."""
+    """sha256 of every cell's trained weights and of its episode table without wall-clock columns."""
     prints = {}
     for model in sorted((workdir / "results" / "train").glob("*/model.pt")):
-        prints[f"train/{model.parent.name}"] = hashlib.sha256(model.read_bytes()).hexdigest()[:16]
+        prints[f"train/{model.parent.name}"] = _weights_digest(model)
     for table in sorted((workdir / "results" / "eval").glob("*/episodes.csv")):
         frame = pd.read_csv(table)
         frame = frame[[c for c in frame.columns if not any(h in c for h in _TIMING_COLUMN_HINTS)]]
@@ -107,6 +124,15 @@ def test_pinned_runs_are_identical_under_host_settings_and_native_ones_are_not(t
     reference = pinned["none"]
     for name, prints in pinned.items():
         assert prints == reference, f"host settings {HOST_SETTINGS[name]} escaped the pin: {prints} vs {reference}"
+    # ... and as on the machine that recorded it: the promise is the same numbers on any x86-64
+    # CPU with AVX2, so every machine that runs this test checks it (CI's included)
+    from tasks.report.provenance import cpu_model
+
+    recorded = json.loads(RECORDED_FINGERPRINT.read_text())
+    assert reference == recorded["fingerprint"], (
+        f"this machine's ({cpu_model()}, {os.cpu_count()} CPUs) pinned run differs from the one recorded on "
+        f"{recorded['recorded_on']}: {reference}; "
+        f"a change meant to move the numbers updates {RECORDED_FINGERPRINT.relative_to(REPO_ROOT)}")
 
     # Control: each group of the same kernel changes, without the pin, moves the weights (torch's
     # kernels; NumPy's, OpenBLAS's and numba's, which the default NumPy learner runs on).
