@@ -139,5 +139,5 @@ def test_cached_numba_loops_call_only_what_their_own_file_defines():
                     crossing.append(f"{name}.{attr} calls {callee[0].__module__}.{used}")
                 elif callee is None and used in imported and (name, used) not in _CONSTANTS_FROM_ELSEWHERE:
                     crossing.append(f"{name}.{attr} reads {used}, imported from another project file")
-    assert checked >= 30, checked  # every cached loop of the six files (the kernel cache warms 31)
+    assert checked >= 38, checked  # every cached numba function of the six files, helpers included (38 today)
     assert not crossing, crossing
