@@ -5,7 +5,7 @@
 #
 # With overrides the run is a DVC experiment named after the flow run (runs/<name>/ is its checkout).
 #
-# On a fresh machine it creates .venv (python3.11, `pip install -e .`), starts a local Prefect
+# On a fresh machine it creates .venv (python3.11, `pip install -c constraints.txt -e .`), starts a local Prefect
 # server (SQLite under .prefect/, 127.0.0.1 only) unless one already answers at PREFECT_API_URL,
 # serves the deployment (flows/serve.py), runs it with --watch, prints where the report is and
 # the UI address, and stops every process it started. Safe to run again; leaves nothing running.
@@ -25,7 +25,7 @@ if [ ! -x .venv/bin/python ]; then
     echo "main: creating .venv with $PY and installing the project"
     "$PY" -m venv .venv
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e .  # byte-compiled here: PYTHONDONTWRITEBYTECODE may forbid it later
+    .venv/bin/python -m pip install -q -c constraints.txt -e .  # byte-compiled here: PYTHONDONTWRITEBYTECODE may forbid it later
 fi
 VENV_BIN="$REPO/.venv/bin"
 export PATH="$VENV_BIN:$PATH"   # dvc.yaml's `python` and the flow's `dvc` are the venv's

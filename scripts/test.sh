@@ -11,7 +11,7 @@ PY=${PYTHON:-python3.11}
 # caches what it compiles, and every Python process of the suite would compile torch, prefect and
 # dvc again (`import torch, prefect`: 11.1 s against 5.4 s). compileall's status is not checked:
 # a few packages ship files that are not Python 3.11 (pip skips them too).
-.venv/bin/python -m pip install -q --no-compile -e ".[dev]"
+.venv/bin/python -m pip install -q --no-compile -c constraints.txt -e ".[dev]"
 SITE=.venv/lib/python3.11/site-packages
 .venv/bin/python -m compileall -q -j 0 "$SITE" > /dev/null || true
 [ -f "$SITE/torch/__pycache__/__init__.cpython-311.pyc" ] || { echo "test.sh: byte-compiling $SITE failed" >&2; exit 1; }
