@@ -5,8 +5,8 @@
 #
 # With overrides the run is a DVC experiment named after the flow run (runs/<name>/ is its checkout).
 #
-# On a fresh machine it creates .venv (python3.11, `pip install -c constraints.txt -e .`), starts a local Prefect
-# server (SQLite under .prefect/, 127.0.0.1 only) unless one already answers at PREFECT_API_URL,
+# On a fresh machine it creates .venv (python3.11, `pip install -c constraints.txt -e .`), starts
+# a local Prefect server (SQLite under .prefect/, 127.0.0.1 only) unless one already answers at PREFECT_API_URL,
 # serves the deployment (flows/serve.py), runs it with --watch, prints where the report is and
 # the UI address, and stops every process it started. Safe to run again; leaves nothing running.
 #

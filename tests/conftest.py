@@ -91,9 +91,10 @@ def _no_temporary_server(self, *args, **kwargs):
     """Stands in for `SubprocessASGIServer.start` while the test server runs. A flow that finds no
     PREFECT_API_URL starts a temporary server of its own (in prefect 3.8 the client does where
     PREFECT_SERVER_EPHEMERAL_ENABLED is true, the default profile's value; the events worker does
-    wherever PREFECT_API_KEY is unset: docs/TOOLCHAIN.md): a thread started without a copy of the test's context
-    does not see the test server's URL, which `temporary_settings` sets context-locally. That server
-    costs seconds and prints a logging error at exit; here it fails the test that caused it."""
+    wherever PREFECT_API_KEY is unset: docs/TOOLCHAIN.md): a thread started without a copy of the
+    test's context does not see the test server's URL, which `temporary_settings` sets
+    context-locally. That server costs seconds and prints a logging error at exit; here it fails
+    the test that caused it."""
     raise RuntimeError("a flow found no PREFECT_API_URL and would start a temporary Prefect server: run it in "
                        "the test's context (a thread: `contextvars.copy_context().run`), which has the "
                        "`prefect_server` fixture's URL")
