@@ -122,6 +122,35 @@ def test_the_numpy_and_torch_routes_share_one_compiled_qp_loop(monkeypatch):
     assert len(seen) == 1, seen
 
 
+@pytest.mark.parametrize("algo", ["barriernet", "cbf_beta"])
+def test_the_update_gathers_minibatches_from_arrays_with_no_stride_zero(algo, monkeypatch):
+    """An expanded (stride-0) array made every minibatch's `np.take` about 30x slower (BarrierNet's
+    bound rows are one row expanded: docs/TOOLCHAIN.md); the update makes such arrays contiguous
+    once. Every array it gathers from must have no zero stride, and BarrierNet's did have one."""
+    gathered = []
+    original = np.take
+
+    def spy(a, indices, *args, **kwargs):
+        gathered.append(np.asarray(a).strides)
+        return original(a, indices, *args, **kwargs)
+
+    trainer = _trainer(algo, "numpy")
+    inputs = []
+    real_inputs = type(trainer.actor).update_inputs
+
+    def keep(actor, *args):  # what the actor hands the update, before the update copies it
+        inputs.append(real_inputs(actor, *args))
+        return inputs[-1]
+
+    monkeypatch.setattr(type(trainer.actor), "update_inputs", keep)
+    monkeypatch.setattr(np, "take", spy)
+    trainer.train_one_update()
+    assert len(gathered) >= 2 * QUICK["train.num_minibatches"] * 6, len(gathered)  # six rows arrays and more
+    assert not [strides for strides in gathered if 0 in strides], gathered
+    if algo == "barriernet":  # the case the copy is for: the actor hands over a stride-0 array
+        assert any(0 in x.stride() for x in inputs[0].cbf_geometry), [x.stride() for x in inputs[0].cbf_geometry]
+
+
 def _bytes(x: np.ndarray) -> bytes:
     return np.ascontiguousarray(x).tobytes()
 
