@@ -166,18 +166,16 @@ def table_row(markdown: str, *starts: str) -> str:
     return rows[0]
 
 
+def wilson_bounds(k: int, n: int) -> tuple[float, float]:
+    """Wilson score interval, written out from Wilson (1927); the lower end exactly 0 for no event."""
+    p = k / n
+    centre = (p + Z95**2 / (2 * n)) / (1 + Z95**2 / n)
+    half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / (1 + Z95**2 / n)
+    return (0.0 if k == 0 else centre - half), centre + half
+
+
 def wilson_upper(k: int, n: int) -> float:
-    """Wilson score upper bound, written out from Wilson (1927)."""
-    p = k / n
-    return (p + Z95**2 / (2 * n) + Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n))) / (1 + Z95**2 / n)
-
-
-def wilson_lower(k: int, n: int) -> float:
-    """Wilson score lower bound, written out from Wilson (1927); exactly 0 for no event."""
-    p = k / n
-    if k == 0:
-        return 0.0
-    return (p + Z95**2 / (2 * n) - Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n))) / (1 + Z95**2 / n)
+    return wilson_bounds(k, n)[1]
 
 
 # --------------------------------------------------------------------------------------------
@@ -200,7 +198,7 @@ def test_wilson_bound_and_step_rate_of_one_seed(rendered):
     episodes = all_episodes(workdir)
     rows = episodes[(episodes["arm"] == "baseline") & (episodes["seed"] == 0)]
     collisions = int((rows["outcome"] == "collision").sum())
-    low, high = wilson_lower(collisions, len(rows)), wilson_upper(collisions, len(rows))
+    low, high = wilson_bounds(collisions, len(rows))
     assert collisions > 0  # the fixture's seed 0 collides: the lower bound is not pinned at 0
     violation = rows["cbf_violation_steps"].sum() / rows["length"].sum()
     row = table_row(markdown, report.arm_label("baseline", params), "0", str(len(rows)), str(rows["length"].sum()))
