@@ -11,6 +11,7 @@ from scipy import stats as sps
 
 from tasks import decision as dec
 from tasks.params import DecisionParams
+from tasks.stats import CrossedInterval
 
 D = DecisionParams()
 ALGO = {"barriernet": "barriernet", "barriernet_rcbf": "barriernet", "baseline": "baseline",
@@ -93,6 +94,13 @@ def test_one_sided_p_agrees_with_the_interval(theta0):
     assert (dec.p_below(ci, theta0, 0.95) < 0.025) == (ci.high < theta0)
     # At theta0 = the interval's end the p-value is exactly alpha / 2.
     assert dec.p_above(ci, ci.low, 0.95) == pytest.approx(0.025, abs=1e-9)
+
+
+def test_a_zero_width_interval_gives_p_0_or_1_and_never_rejects_at_its_own_value():
+    """No variance left (se 0): the estimate alone decides; at theta0 = the estimate nothing is shown."""
+    ci = CrossedInterval(0.02, 0.02, 0.02, 0.0, math.inf, "no variance")
+    assert [dec.p_above(ci, theta0, 0.95) for theta0 in (0.0, 0.02, 0.03)] == [0.0, 1.0, 1.0]
+    assert [dec.p_below(ci, theta0, 0.95) for theta0 in (0.03, 0.02, 0.0)] == [0.0, 1.0, 1.0]
 
 
 def test_one_seed_falls_back_to_a_score_interval_never_zero_width():
@@ -195,6 +203,32 @@ def test_train_deploy_gap_by_hand():
     assert dec.train_deploy_gap(test, "cbf_beta", "absent", 0.95) is None
 
 
+def test_train_deploy_gap_when_the_filter_adds_captures():
+    """Both seeds capture 20 more with the filter: the difference's interval lies below 0, and
+    |difference| runs from -high to -low (mirrored, not folded to 0). The same interval, up to the
+    base, as the arms' captures exchanged (a paired difference only changes sign)."""
+    test = exact({"cbf_beta": ([380, 390], [500, 500]), "cbf_beta_rcbf": ([400, 410], [500, 500])})
+    swapped = exact({"cbf_beta": ([400, 410], [500, 500]), "cbf_beta_rcbf": ([380, 390], [500, 500])})
+    gap = dec.train_deploy_gap(test, "cbf_beta", "cbf_beta_rcbf", 0.95)
+    mirror = dec.train_deploy_gap(swapped, "cbf_beta", "cbf_beta_rcbf", 0.95)
+    (_, a), (_, b) = dec.score_matrix(test, "cbf_beta", "capture"), dec.score_matrix(test, "cbf_beta_rcbf", "capture")
+    diff = dec.difference_interval(a, b, dec.shared_seeds(test, "cbf_beta", "cbf_beta_rcbf"), 0.95)
+    assert diff.high < 0 and gap["gap"] == pytest.approx(0.04 / 0.77)
+    assert (gap["low"], gap["high"]) == pytest.approx((-diff.high / 0.77, -diff.low / 0.77))
+    assert mirror["low"] > 0 and (gap["low"] * 0.77, gap["high"] * 0.77) == pytest.approx(
+        (mirror["low"] * 0.81, mirror["high"] * 0.81))
+
+
+def test_score_matrix_names_what_the_crossed_design_lacks():
+    test = exact({"barriernet": ([5, 5], [10, 10])})
+    with pytest.raises(ValueError, match="arm 'baseline' has no episodes"):
+        dec.score_matrix(test, "baseline", "capture")
+    with pytest.raises(ValueError, match="not every seed played the same episodes"):
+        dec.score_matrix(exact({"barriernet": ([5, 5], [10, 9])}), "barriernet", "capture")
+    with pytest.raises(ValueError, match=r"score='return'; accepted"):
+        dec.episode_scores(test, "return")
+
+
 def test_unsafe_counts_include_body_barrier_violations():
     test = frame({"barriernet": (0.9, 0.0)}, seeds=2, episodes=250, violations={"barriernet": 3})
     counts = dec.unsafe_counts(test, "barriernet", 0.95)
@@ -214,6 +248,16 @@ def test_plateau_and_training_collisions():
     out = dec.training_collisions(collision, episodes)
     assert out["collisions"] == pytest.approx(0.5 * 10 + 0.2 * 20)
     assert out["mean_rate"] == pytest.approx(((0.5 + 0.2) / 2 * 100 + (0.2 + 0.0) / 2 * 100) / 200)
+
+
+def test_plateau_says_when_it_cannot_test():
+    few = [pd.DataFrame({"step": [100.0, 200.0, 300.0], "value": [0.1, 0.5, 0.9]})]
+    assert dec.plateau_test(few, D)["converged"] is None
+    assert dec.plateau_test([pd.DataFrame({"step": [], "value": []})], D)["converged"] is None
+    # the last 20 % of 10,000 steps holds a point, the 20 % before it none
+    gap_in_logging = [pd.DataFrame({"step": [100.0, 200.0, 300.0, 10_000.0], "value": [0.1, 0.5, 0.9, 0.9]})]
+    result = dec.plateau_test(gap_in_logging, D)
+    assert result["converged"] is None and "window holds no logged point" in result["note"]
 
 
 # --- matrix, outcome A-D, gates ------------------------------------------------------------------
@@ -242,6 +286,9 @@ ALL_SAFE = {"A": True, "B": True, "C": True}
     (dec.OutcomeFacts(ALL_SAFE, gap(0.12, 0.08, 0.16), overhead=2.0), "B"),                 # plan rule B
     (dec.OutcomeFacts(ALL_SAFE, gap(0.01, 0.0, 0.03), overhead=2.0, totals={"A": 3.1, "B": 4.0}), "B"),  # open
     (dec.OutcomeFacts(ALL_SAFE, gap(0.01, 0.0, 0.03), overhead=2.0, totals={"A": 4.0, "B": 4.0}), "A"),  # tie
+    (dec.OutcomeFacts(ALL_SAFE, gap(0.01, 0.0, 0.03), overhead=2.0, totals={"A": None, "B": 4.0}), "B"),  # open,
+    (dec.OutcomeFacts(ALL_SAFE, gap(0.01, 0.0, 0.03), overhead=2.0, totals={"A": 4.0, "B": None}), "A"),  # a total
+    (dec.OutcomeFacts(ALL_SAFE, gap(0.01, 0.0, 0.03), overhead=2.0, totals={}), "B"),                     # missing
     (dec.OutcomeFacts({"A": True, "B": False, "C": True}, gap(0.12, 0.08, 0.16), overhead=2.0,
                       hybrid_noninferior=True), "C"),                                         # hybrid rule
     (dec.OutcomeFacts({"A": True, "B": False, "C": True}, gap(0.12, 0.08, 0.16), overhead=2.0,

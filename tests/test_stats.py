@@ -947,6 +947,41 @@ def test_iqm_edge_bound_with_events_in_trimmed_seeds():
         assert _at_most(rates, k) <= (1 - conf) / 2 * (1 + 1e-9)
 
 
+def test_iqm_edge_bound_claims_nothing_outside_hoeffdings_condition():
+    """The bound rests on N * CP_high(k, N) >= k + 1 (Hoeffding's condition); below it, 1.
+
+    0 of 2,500 at 10 % confidence: CP_high = 1 - 0.45^(1/2500), N times it is -ln 0.45 = 0.80 < 1.
+    At 50 %: 1 - 0.25^(1/2500), N times it is -ln 0.25 = 1.39 >= 1, and the bound has its form."""
+    assert 2500 * (1 - 0.45 ** (1 / 2500)) < 1 <= 2500 * (1 - 0.25 ** (1 / 2500))
+    assert iqm_edge_bound([500] * 5, confidence=0.10) == 1.0
+    assert iqm_edge_bound([500] * 5, confidence=0.50) == pytest.approx(
+        2500 * (1 - 0.25 ** (1 / 2500)) / (4 * 500), rel=1e-9)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda st: st.stratified_bootstrap_ci([], "mean"), "scores has no seeds"),
+    (lambda st: st.stratified_bootstrap_ci([np.zeros((3, 2)), np.zeros((3, 3))], "mean"), "disagree on trailing shape"),
+    (lambda st: st.stratified_bootstrap_samples([np.zeros(3)], 0, 0), "n_boot=0 must be >= 1"),
+    (lambda st: st.across_seeds(np.mean, "median"), "aggregate='median' is unknown; accepted: 'mean', 'iqm'"),
+    (lambda st: st.probability_of_improvement([[1.0, 2.0]], [[1.0, 2.0], [3.0, 4.0]]), "x has 1 seeds but y has 2"),
+    (lambda st: st.crossed_ratio_interval(np.ones((2, 3)), np.ones((2, 4))), r"numerator \(2, 3\) and denominator"),
+    (lambda st: st.seed_t_interval([0.5]), r"seed_means has shape \(1,\); accepted: .*at least 2 seeds"),
+    (lambda st: st.seed_t_difference_interval([0.5, 0.6], [0.5, 0.6, 0.7], paired=True), "paired=True needs the same"),
+    (lambda st: st.seed_t_difference_interval([0.5, math.nan], [0.5, 0.6], paired=False), "a_seed_means has shape"),
+    (lambda st: st.seed_permutation_test([0.5, 0.6], [], paired=False), r"b_seed_scores has shape \(0,\)"),
+    (lambda st: st.seeds_needed(0.1, 0.05, alpha=1.5), "alpha=1.5 must lie strictly between 0 and 1"),
+    (lambda st: st.seeds_needed(0.0, 0.05), "seed_sd=0.0 must be a positive finite"),
+    (lambda st: st.performance_profile(np.zeros((2, 2)), [0.5]), "must be 1-D"),
+    (lambda st: st.iqm_edge_bound([500, 0]), "denominators=.*accepted: a non-empty 1-D array of trial counts >= 1"),
+    (lambda st: st.iqm_edge_bound([500, 500], events=1001), "events=1001; accepted: an integer count from 0 to"),
+])
+def test_bad_inputs_are_named_with_what_is_accepted(call, message):
+    import tasks.stats as st
+
+    with pytest.raises(ValueError, match=message):
+        call(st)
+
+
 def test_performance_profile_by_hand():
     got = performance_profile([0.91, 0.95, 0.95, 0.99], [0.9, 0.95, 0.98, 1.0])
     assert got == pytest.approx([1.0, 0.25, 0.25, 0.0])  # strictly greater than tau
