@@ -173,7 +173,8 @@ def _wall_follow(core: PursuitEvasionCore) -> torch.Tensor:
     # Heading along each wall (counter-clockwise): right -> +y, bottom -> +x, left -> -y, top -> -x.
     headings = torch.tensor([math.pi / 2, 0.0, -math.pi / 2, math.pi], dtype=x.dtype)
     target = headings[distances.argmin(0)]
-    # Ahead of a corner, turn early: steer toward the next wall's heading within 1.5 m of it.
+    # No look-ahead at a corner: the next wall's heading takes over once that wall is the nearer one,
+    # and the turn toward it saturates at evader_w_max (so the evader cuts no corner short).
     error = torch.atan2(torch.sin(target - theta), torch.cos(target - theta))
     w = (4.0 * error).clamp(-p.evader_w_max, p.evader_w_max)
     return torch.stack((torch.full_like(x, p.evader_v_max), w), dim=1)

@@ -120,6 +120,32 @@ def test_disturbance_speed_bias_is_applied_to_the_executed_action():
     np.testing.assert_allclose(np.diff(plain["pursuer"][:, :, 0], axis=0), 0.5 * params.env.dt, rtol=1e-5)
 
 
+def test_boundary_wrap_evader_runs_counter_clockwise_along_the_walls():
+    """The scripted evader (`_wall_follow`) heads along the nearest wall at full speed, counter-
+    clockwise. From (-2, -9) heading +x (1 m from the bottom wall) that is, by hand: y = -9 and
+    x = -2 + v t until the right wall is the nearer one (x > 9), then a left turn onto the right
+    wall, and straight up it at a constant x. The pursuer stands still far away."""
+    params = _params(**{"scenarios.jitter": 0.0, "scenarios.episodes": 2})
+    env = params.env
+    obs_dim = PursuitEvasionCore(env, 1).obs_dim
+    rows, trace = S.play_scenario(ConstantPolicy(0.0, 0.0), _identity_rms(obs_dim), params,
+                                  S.scenario_geometry("boundary_wrap", params))  # fmt: skip
+    assert [row["outcome"] for row in rows] == ["timeout", "timeout"]
+    path = trace["evader"][:, 0].astype(float)  # (T + 1, 2)
+    step = np.linalg.norm(np.diff(path, axis=0), axis=1)
+    assert step == pytest.approx(env.evader_v_max * env.dt, rel=2e-3)  # full speed throughout (arcs a hair shorter)
+    bottom = path[path[:, 0] < 9.0]
+    assert np.all(bottom[:, 1] == -9.0)
+    np.testing.assert_allclose(bottom[:, 0], -2.0 + env.evader_v_max * env.dt * np.arange(len(bottom)), atol=1e-4)
+    turn = int(np.argmax(path[:, 1] != -9.0))  # the first step off the bottom wall's line
+    assert 9.0 <= path[turn - 1, 0] < 9.0 + env.evader_v_max * env.dt
+    right = path[(path[:, 1] > -5.0) & (path[:, 1] < 5.0)]  # the right wall's leg, well past the corner
+    assert len(right) == pytest.approx(10.0 / (env.evader_v_max * env.dt), abs=1)  # 10 m straight up at full speed
+    assert np.ptp(right[:, 0]) < 1e-6 and 9.0 < right[0, 0] < env.arena_size / 2 - env.robot_radius
+    assert np.all(np.diff(right[:, 1]) > 0)  # up: counter-clockwise
+    assert (env.arena_size / 2 - np.abs(path)).min() > env.robot_radius  # its body never reaches a wall
+
+
 def test_behaviour_measures_against_closed_forms():
     env = _params().env
     dt, a = env.dt, 2.0
