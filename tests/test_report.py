@@ -505,6 +505,68 @@ def test_test_range_looks_outside_git(tmp_path):
     assert report.test_range_looks({"test_split": {"seed_base": 1, "episodes": 2}}, tmp_path).startswith("unknown")
 
 
+def test_test_range_looks_counts_the_committed_versions_with_this_test_range(tmp_path):
+    """Four committed versions of metrics.json: two evaluated this test range, one another range,
+    one is not JSON (skipped, not counted)."""
+    import subprocess
+
+    from tasks.artifacts import METRICS_PATH
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    here = {"seed_base": 2_000_000, "episodes": 500}
+    for text in (json.dumps({"test_split": here}), json.dumps({"test_split": {**here, "episodes": 100}}), "{not json",
+                 json.dumps({"test_split": here, "verdict": "INCONCLUSIVE"})):
+        path = tmp_path / METRICS_PATH
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        git("add", str(METRICS_PATH))
+        git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "a run")
+    assert report.test_range_looks({"test_split": here}, tmp_path) == "2"
+    assert report.test_range_looks({"test_split": {"seed_base": 1, "episodes": 2}}, tmp_path) == "0"
+
+
+def test_the_sequence_table_row_of_the_alternative_step():
+    """H3 (barriernet vs the best alternative): its three one-sided p-values and its answer, by hand."""
+    from tasks.report.verdict import _sequence_table
+
+    step = {"id": "H3", "kind": "vs_alternative", "confirmatory": False, "arm": "barriernet", "against": "shielded",
+            "answer": "better", "p_better": 0.00338, "p_worse": 0.99662, "p_equivalent": 0.96549,
+            "capture_diff": {"estimate": 0.048, "low": 0.0173, "high": 0.0787},
+            "collision_diff": {"estimate": 0.0, "low": -0.0015, "high": 0.0015},
+            "capture": {"mcnemar_bonferroni_min": 3e-6, "permutation": 2 / 252}}
+    row = _sequence_table([step], make_params()).splitlines()[-1]
+    assert row == ("| H3 | exploratory | barriernet vs shielded (best alternative, chosen on dev): capture | "
+                   "+4.80 pp [+1.73, +7.87] | +0.00 pp [-0.15, +0.15] | better 0.0034; worse 0.9966; equivalent (TOST) "
+                   "0.9655 | < 0.0001 | 0.0079 | better |")
+
+
+def test_the_committed_reports_seed_aggregates_are_its_per_seed_rates():
+    """The committed report against the committed summary (both in git): each arm's capture across
+    seeds is the mean of its seeds' rates, and its interquartile mean the mean of the middle seeds
+    (scipy's trim_mean at 0.25 drops int(0.25 S) seeds from each end), computed here by hand."""
+    from tasks.params import load_params
+    from tasks.report.formatting import arm_label
+
+    params = load_params(REPO_ROOT / "params.yaml")
+    summary = pd.read_csv(REPO_ROOT / "results" / "compare" / "summary.csv", dtype={"seed": str})
+    markdown = (REPO_ROOT / "reports" / "decision_report.md").read_text()
+    means = markdown.split("### Across seeds")[1].split("Interquartile mean across seeds")[0]
+    iqms = markdown.split("Interquartile mean across seeds")[1].split("\n\n#")[0]
+    per_seed = summary[summary["aggregate"] == "per_seed"]
+    assert set(per_seed["arm"]) == set(params.eval.arms)
+    for arm in params.eval.arms:
+        rates = np.sort(per_seed.loc[per_seed["arm"] == arm, "capture_rate"].to_numpy())
+        trim = int(0.25 * len(rates))
+        assert len(rates) == len(params.train.seeds) == 5 and trim == 1
+        mean_cell = table_row(means, arm_label(arm, params)).split(" | ")[3]
+        iqm_cell = table_row(iqms, arm_label(arm, params)).split(" | ")[1]
+        assert mean_cell.startswith(f"{100 * rates.mean():.2f} % [")
+        assert iqm_cell.startswith(f"{100 * rates[trim:len(rates) - trim].mean():.2f} % [")
+
+
 def test_overhead_sensitivity_is_stated(rendered):
     _, _, _, markdown = rendered
     assert "Within +/- 20 %: 0.8x the ratio" in markdown and "1.2x the ratio" in markdown
