@@ -33,6 +33,9 @@ numerics.mode=native` leaves the host's settings), so every library runs on one 
 rates are per core. A last line gives each safe algorithm's rate as a fraction of the baseline's
 (issue 17's target: >= 0.9x).
 
+``--phases`` adds each algorithm's fastest iteration split into rollout+GAE and the update, with
+its time beyond the baseline's (where a safe algorithm's extra time goes, per phase).
+
 ``--profile [ALGO]`` adds a breakdown of one iteration of ALGO (default BarrierNet through_qp):
 rollout vs update, the safety layer's share of each (the QP projection, the NumPy learner's too;
 CBF-Beta's rows and safe box), the env step, the backward pass (and the QP's KKT backward inside
@@ -43,6 +46,7 @@ much of that the compiled QP loop alone took.
     python benchmarks/train_throughput.py                    # 3 iterations of the default batch
     python benchmarks/train_throughput.py --steps 81920 --threads 2
     python benchmarks/train_throughput.py --profile --skip-sb3 --skip-reference
+    python benchmarks/train_throughput.py --phases --skip-sb3 --skip-reference
     python benchmarks/train_throughput.py --profile cbf_beta --quick --skip-sb3 --skip-reference
     python benchmarks/train_throughput.py --quick            # tiny budgets (a smoke test)
     python benchmarks/train_throughput.py --against 4f49af4  # this checkout vs a commit, side by side
@@ -374,6 +378,56 @@ def _fastest_iterations(trainers: list, repeats: int = 7) -> list[float]:
     return best
 
 
+PHASE_ALGOS = ("baseline", "barriernet", "cbf_beta", "shielded")
+
+
+def phase_split(params: Params, repeats: int = 9) -> str:
+    """The fastest of `repeats` iterations of each algorithm (taking turns), split into the update
+    (`model.ppo.ppo_update`, the NumPy or torch learner) and the rest (rollout, GAE, buffer): where
+    each safe algorithm's time beyond the baseline's goes, against what 0.9x the baseline's rate
+    allows (issue 17). Each phase's minimum is taken on its own, so the two columns need not add
+    up to the fastest whole iteration."""
+    import model.ppo as ppo
+
+    trainers = [make_trainer(params, algo) for algo in PHASE_ALGOS]
+    for trainer in trainers:
+        trainer.train_one_update()  # warm-up, excluded
+    best = {algo: [math.inf, math.inf, math.inf] for algo in PHASE_ALGOS}  # rest, update, whole
+    update = ppo.ppo_update
+    spent = [0.0]
+
+    def timed_update(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return update(*args, **kwargs)
+        finally:
+            spent[0] = time.perf_counter() - started
+
+    ppo.ppo_update = timed_update  # ppo_iteration looks it up at each call
+    try:
+        for _ in range(repeats):
+            for algo, trainer in zip(PHASE_ALGOS, trainers):
+                started = time.perf_counter()
+                trainer.train_one_update()
+                whole = time.perf_counter() - started
+                row = best[algo]
+                row[:] = min(row[0], whole - spent[0]), min(row[1], spent[0]), min(row[2], whole)
+    finally:
+        ppo.ppo_update = update
+    base = best["baseline"][2]
+    allowed = base / TARGET_SAFE_VS_BASELINE - base
+    head = (f"{'algorithm':<11} | {'rollout+GAE ms':>14} | {'update ms':>9} | {'iteration ms':>12} | "
+            f"{'beyond the baseline':>19} | {'vs baseline':>11}")
+    lines = [f"where the time goes per algorithm: fastest of {repeats} iterations each, taking turns, "
+             f"{_describe_ours(params)}; 0.9x the baseline's rate allows {1e3 * allowed:.1f} ms beyond its "
+             "iteration", head, "-" * len(head)]
+    for algo in PHASE_ALGOS:
+        rest, upd, whole = best[algo]
+        lines.append(f"{algo:<11} | {1e3 * rest:>14.1f} | {1e3 * upd:>9.1f} | {1e3 * whole:>12.1f} | "
+                     f"{1e3 * (whole - base):>+16.1f} ms | {base / whole:>10.2f}x")
+    return "\n".join(lines)
+
+
 def profile_iteration(params: Params, algo: str = "barriernet", top: int = 25) -> str:
     """Breakdown of one training iteration of `algo` (after a warm-up) and the top cProfile
     functions. For a policy with a safety layer, also what the 0.9x target leaves it: the
@@ -487,6 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", nargs="?", const="barriernet", default=None,
                         choices=ALGOS, metavar="ALGO",
                         help="add the breakdown of one iteration of ALGO (default, without ALGO: barriernet)")
+    parser.add_argument("--phases", action="store_true",
+                        help="add each algorithm's fastest iteration split into rollout+GAE and update")
     parser.add_argument("--against", default=None, metavar="COMMIT",
                         help="instead: this checkout vs COMMIT side by side, per algorithm (benchmarks/side_by_side.py)")
     parser.add_argument("--rounds", type=_positive, default=6, help="with --against: alternating rounds")
@@ -607,6 +663,8 @@ def main(argv: list[str] | None = None) -> dict[str, Measurement]:
                           ("shielded", ROW_SHIELDED))))
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
 
+    if args.phases:
+        print(phase_split(ours_params), flush=True)
     if args.profile:
         profiled = _with(ours_params, {"barriernet.update_mode": "through_qp"}) if args.profile == "barriernet" else ours_params
         print(profile_iteration(profiled, args.profile), flush=True)

@@ -303,3 +303,21 @@ def test_env_throughput_quick_prints_the_compiled_and_the_torch_core_side_by_sid
         assert compiled > 0 and torch_rate > 0
         assert float(row[4].rstrip("x")) == pytest.approx(compiled / torch_rate, abs=0.006)
     assert _load("side_by_side").cpu_model() in text.splitlines()[0]
+
+
+def test_phase_split_rows_add_up_and_restore_the_update(bench):
+    """--phases: each phase's fastest time is at most its share of the fastest whole iteration
+    (min a + min b <= min (a + b)), the baseline is its own reference, and the update's timing
+    wrapper is gone afterwards."""
+    base = bench._with(bench.load_params(), bench.QUICK_OURS)
+    text = bench.phase_split(bench._with(base, bench._budget_overrides(base, 1)), repeats=2)
+    rows = _table_rows(text, list(bench.PHASE_ALGOS))
+    assert list(rows) == list(bench.PHASE_ALGOS), text
+    for algo, cells in rows.items():
+        rest, update, whole = (float(c) for c in cells[1:4])
+        assert 0 < rest and 0 < update and rest + update <= whole + 0.1, cells  # printed to 0.1 ms
+    assert rows["baseline"][4] == "+0.0 ms" and rows["baseline"][5] == "1.00x"
+    allowed = float(re.search(r"allows ([\d.]+) ms", text).group(1))
+    assert allowed == pytest.approx(float(rows["baseline"][3]) / bench.TARGET_SAFE_VS_BASELINE
+                                    - float(rows["baseline"][3]), abs=0.15)
+    _assert_timing_wrappers_removed()

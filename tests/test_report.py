@@ -574,7 +574,7 @@ def test_overhead_sensitivity_is_stated(rendered):
     params, _, _, markdown = rendered
     line = next(x for x in markdown.splitlines() if x.startswith("- training overhead "))
     assert f"the plan rule's {params.decision.overhead_goal:g}x and the training-speed score's bounds" in line
-    assert "gives outcome " in line and "the same outcome at " in line
+    assert "gives outcome " in line and line.endswith(" the measured ratio.")
 
 
 def test_overhead_range_by_hand():
@@ -586,13 +586,23 @@ def test_overhead_range_by_hand():
     params, inputs = make_params(), _phase25_inputs({"barriernet": 200.0, "cbf_beta": 100.0})
     fast = overhead_range(inputs, params, 2.0)
     assert fast == {"letter": "B", "low": None, "high": 3.0, "below": None, "above": "A"}
-    assert overhead_range_text(fast) == "any overhead up to 3x gives outcome B (above 3x: A)"
+    assert overhead_range_text(fast, 1.0) == ("any overhead up to 3x gives outcome B (above 3x: A); so also at 0.5x, "
+                                              "0.8x, 1.25x and 2x the measured ratio")
+    assert overhead_range_text(fast, 2.0) == ("any overhead up to 3x gives outcome B (above 3x: A); so at 0.5x, 0.8x and "
+                                              "1.25x the measured ratio too, but not at 2x: it rests on the wall-clock "
+                                              "ratio")
     for overhead in (0.1, 1.5, 3.0):  # every overhead in the range gives B, and just beyond it A
         assert report.outcome_analysis(inputs, params, overhead)["outcome"].letter == "B"
     assert report.outcome_analysis(inputs, params, 3.0001)["outcome"].letter == "A"
     slow = overhead_range(inputs, params, 8.0)
     assert slow == {"letter": "A", "low": 3.0, "high": None, "below": "B", "above": None}
-    assert overhead_range_text(slow) == "any overhead above 3x gives outcome A (at or below 3x: B)"
+    assert overhead_range_text(slow, 8.0) == ("any overhead above 3x gives outcome A (at or below 3x: B); so also at "
+                                              "0.5x, 0.8x, 1.25x and 2x the measured ratio")
+    assert overhead_range_text(slow, 5.0).endswith("so at 0.8x, 1.25x and 2x the measured ratio too, but not at 0.5x: "
+                                                   "it rests on the wall-clock ratio")  # 2.5x is B's
+    assert overhead_range_text({"letter": "B", "low": 1.5, "high": 3.0, "below": "A", "above": "A"}, 2.0) == (
+        "any overhead above 1.5x up to 3x gives outcome B (at or below 1.5x: A; above 3x: A); so at 0.8x and 1.25x the "
+        "measured ratio too, but not at 0.5x and 2x: it rests on the wall-clock ratio")
     assert report.outcome_analysis(inputs, params, 1000.0)["outcome"].letter == "A"
 
 

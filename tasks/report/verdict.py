@@ -102,15 +102,28 @@ def overhead_range(inputs: Inputs, params: Params, overhead: float) -> dict[str,
             "below": letters[first - 1] if first else None, "above": letters[last + 1] if last < len(bounds) else None}
 
 
-def overhead_range_text(span: dict[str, Any]) -> str:
-    """"any overhead up to 10x gives outcome B (above 10x: A)" and the like."""
+ROBUSTNESS_FACTORS = (0.5, 0.8, 1.25, 2.0)  # multiples of the measured overhead the report tries
+
+
+def overhead_range_text(span: dict[str, Any], overhead: float) -> str:
+    """`overhead_range`'s answer in words, then whether the outcome holds at each of
+    ROBUSTNESS_FACTORS times the measured `overhead`: "any overhead up to 10x gives outcome B
+    (above 10x: A); so also at 0.5x, 0.8x, 1.25x and 2x the measured ratio"."""
     low, high, letter = span["low"], span["high"], span["letter"]
     where = ("any overhead" if low is None and high is None else f"any overhead up to {high:g}x" if low is None
              else f"any overhead above {low:g}x" if high is None else f"any overhead above {low:g}x up to {high:g}x")
-    beyond = [f"at or below {low:g}x: {span['below']}" if low is not None else "",
-              f"above {high:g}x: {span['above']}" if high is not None else ""]
-    beyond = [b for b in beyond if b]
-    return f"{where} gives outcome {letter}" + (f" ({'; '.join(beyond)})" if beyond else "")
+    beyond = [text for text in (f"at or below {low:g}x: {span['below']}" if low is not None else "",
+                                f"above {high:g}x: {span['above']}" if high is not None else "") if text]
+    inside = [(low is None or overhead * f > low) and (high is None or overhead * f <= high) for f in ROBUSTNESS_FACTORS]
+    same, other = ([f"{f:g}x" for f, ok in zip(ROBUSTNESS_FACTORS, inside) if ok is flag] for flag in (True, False))
+
+    def listed(xs: list[str]) -> str:
+        return f"{', '.join(xs[:-1])} and {xs[-1]}" if len(xs) > 1 else xs[0]
+
+    moved = (f"so also at {listed(same)} the measured ratio" if not other else
+             (f"so at {listed(same)} the measured ratio too, but not at {listed(other)}" if same else
+              f"so not at {listed(other)} the measured ratio") + ": it rests on the wall-clock ratio")
+    return f"{where} gives outcome {letter}" + (f" ({'; '.join(beyond)})" if beyond else "") + f"; {moved}"
 
 
 def plateau_of(inputs: Inputs, params: Params) -> dict[str, Any] | None:
@@ -276,14 +289,10 @@ def decision_section(inputs: Inputs, params: Params) -> tuple[str, str]:
     lines += [f"- {r}" for r in outcome.reasons]
     if overhead is not None:
         span = overhead_range(inputs, params, overhead)
-        room = [f"{f:g}x the measured ratio" for f in (0.5, 0.8, 1.25, 2.0)
-                if (span["low"] is None or overhead * f > span["low"]) and (span["high"] is None or overhead * f <= span["high"])]
         lines.append(f"- training overhead {overhead:.2f}x ({overhead_text}; measured on this machine, so it is kept "
                      f"out of metrics.json; it moves between runs). The outcome reads it only through the plan "
                      f"rule's {params.decision.overhead_goal:g}x and the training-speed score's bounds: "
-                     f"{overhead_range_text(span)}; the same outcome at "
-                     + (", ".join(room) if room else "none of 0.5x, 0.8x, 1.25x, 2x the measured ratio: it rests on the "
-                        "wall-clock ratio") + ".")
+                     f"{overhead_range_text(overhead_range(inputs, params, overhead), overhead)}.")
     if test_n < d.min_test_episodes:
         lines.append(f"- **Pipeline check, not a study:** eval.test_episodes = {test_n} is below "
                      f"decision.min_test_episodes = {d.min_test_episodes} (issue 16 asks for >= 400 held-out scenarios).")
