@@ -168,6 +168,17 @@ def test_a_process_started_with_numerics_env_passes_require():
     assert done.stdout.strip() == "AVX2"
 
 
+def test_pinned_mode_refuses_aten_without_avx2(monkeypatch):
+    """A CPU without AVX2 (or ATEN_CPU_CAPABILITY changed after torch loaded): the environment is the
+    pinned one, yet ATen's kernels are not, so the results would not be the promised bits."""
+    import torch
+
+    numerics.require("pinned")  # this process is pinned (the suite runs so)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+    with pytest.raises(numerics.NumericsError, match="needs ATen's AVX2 kernels, but this process runs 'DEFAULT'"):
+        numerics.require("pinned")
+
+
 def test_native_mode_refuses_a_pinned_process():
     with pytest.raises(numerics.NumericsError, match="BARRIERNET_NUMERICS_MODE=native"):
         numerics.require("native")  # the test suite itself runs pinned (conftest.py)

@@ -274,6 +274,22 @@ def test_truncated_or_tampered_checkpoint_is_refused(tmp_path, state_dir):
     assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == other_files  # nothing deleted
 
 
+def test_a_checkpoint_that_is_no_training_checkpoint_and_bad_cells_are_named(tmp_path, state_dir):
+    from tasks.train import TrainingError, load_checkpoint, resolve_device
+
+    params = load_params(overrides=TINY)
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"actor": {"w": torch.zeros(2)}}, path)  # loads as weights, but records no config or key
+    with pytest.raises(CheckpointError, match=f"checkpoint {path} is not a training checkpoint"):
+        load_checkpoint(path, {})
+    with pytest.raises(TrainingError, match="unknown algo 'ppo'; accepted: "):
+        run(params, tmp_path, "ppo", 0)
+    assert not any(state_root().glob("*"))  # refused before any state was written
+    if not torch.cuda.is_available():
+        with pytest.raises(TrainingError, match="train device 'cuda' requested but torch.cuda.is_available"):
+            resolve_device("cuda")
+
+
 def test_nan_observation_names_step_and_env(tmp_path, state_dir, monkeypatch):
     params = load_params(overrides=TINY)
     trainer = Trainer(params, "baseline", 0)
