@@ -82,8 +82,8 @@ def overhead_range(inputs: Inputs, params: Params, overhead: float) -> dict[str,
     exceeded?) and the training-speed score's bounds (`tasks.decision.SCORE_BOUNDS`: at most
     1.5 / 3 / 5 / 10x?), so it is constant on each interval (b_i, b_i+1] between those breakpoints;
     one evaluation per interval finds exactly where it changes. A wall-clock ratio moves between
-    runs and machines (0.79x and 0.97x in two runs of one commit on one machine); this says how far
-    it may move before the answer does. Returns {"letter", "low", "high" (None: unbounded; the
+    runs and machines (0.77x to 0.97x over three runs of one commit on one 2-core machine); this
+    says how far it may move before the answer does. Returns {"letter", "low", "high" (None: unbounded; the
     range is (low, high]), "below", "above" (the outcome just outside it, or None)}."""
     bounds = sorted({*protocol.SCORE_BOUNDS["training_speed"], float(params.decision.overhead_goal)})
     # interval i is (bounds[i - 1], bounds[i]] (bounds[-1] = 0, the last one unbounded); its right
@@ -288,7 +288,6 @@ def decision_section(inputs: Inputs, params: Params) -> tuple[str, str]:
     lines = [f"## Outcome {outcome.letter}: {protocol.APPROACH_NAMES[outcome.letter]}", ""]
     lines += [f"- {r}" for r in outcome.reasons]
     if overhead is not None:
-        span = overhead_range(inputs, params, overhead)
         lines.append(f"- training overhead {overhead:.2f}x ({overhead_text}; measured on this machine, so it is kept "
                      f"out of metrics.json; it moves between runs). The outcome reads it only through the plan "
                      f"rule's {params.decision.overhead_goal:g}x and the training-speed score's bounds: "
