@@ -513,7 +513,8 @@ def choose_outcome(facts: OutcomeFacts, decision: DecisionParams) -> Outcome:
        interval's lower end) and the overhead is below overhead_goal. Otherwise (an open case:
        both small, both large, or the gap interval straddles the goal) decision.open_case =
        "matrix": the approach with the higher decision-matrix total (ties: A, the cheaper to
-       train). Without CBF-Beta's arms (no gap) or without a measured overhead: B.
+       train; a total missing: the approach that has one, B when neither has). Without
+       CBF-Beta's arms (no gap) or without a measured overhead: B.
     3. Safety overrides: a chosen approach that fails PG-02 gives way. decision.hybrid_rule =
        "fixes_safety": B that fails PG-02 becomes C when BarrierNet + RCBF passes it with capture
        non-inferior; else the other of A/B that passes; else C if it passes; else D.

@@ -278,6 +278,10 @@ class Trainer:
         self.global_step = 0
         self.history: list[dict[str, float]] = []
         self.wall_seconds = 0.0
+        # this process's CPU time in the iterations: unlike wall clock, not inflated by what else
+        # runs on the machine (the other Dask worker's cell, the Prefect server), so the training
+        # overhead between algorithms steadies on it
+        self.cpu_seconds = 0.0
 
     # -- checkpoints --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -288,6 +292,7 @@ class Trainer:
             "update": self.update,
             "global_step": self.global_step,
             "wall_seconds": self.wall_seconds,
+            "cpu_seconds": self.cpu_seconds,
             "actor": self.actor.state_dict(),
             "critic": self.critic.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -311,6 +316,7 @@ class Trainer:
         self.update = state["update"]
         self.global_step = state["global_step"]
         self.wall_seconds = state["wall_seconds"]
+        self.cpu_seconds = state["cpu_seconds"]
         self.actor.load_state_dict(state["actor"])
         self.critic.load_state_dict(state["critic"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -337,7 +343,7 @@ class Trainer:
         stage's bookkeeping; returns the curves logged for it (rollout/*, losses/*, grad/*,
         perf/*, charts/*). Raises NonFiniteError, TrainingOOMError."""
         tp = self.params.train
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         learning_rate = (1.0 - self.update / self.num_updates) * tp.learning_rate if tp.anneal_lr else tp.learning_rate
         try:
             self.next_obs, totals, update_stats = ppo_iteration(
@@ -356,6 +362,7 @@ class Trainer:
         self.global_step += tp.rollout_steps * tp.num_envs
         elapsed = time.perf_counter() - started
         self.wall_seconds += elapsed
+        self.cpu_seconds += time.process_time() - cpu_started
         stats["perf/SPS"] = tp.rollout_steps * tp.num_envs / elapsed
         stats["charts/learning_rate"] = self.optimizer.param_groups[0]["lr"]
         stats.update(self.actor.policy_metrics())
@@ -551,6 +558,7 @@ def _write_outputs(trainer: Trainer, out_dir: Path, minibatch_override: int | No
         "total_steps": trainer.global_step,
         "updates": trainer.update,
         "wall_seconds": trainer.wall_seconds,
+        "cpu_seconds": trainer.cpu_seconds,
         "env_steps_per_second": trainer.global_step / max(trainer.wall_seconds, 1e-9),
         "planned_minibatch_size": tp.minibatch_size,
         "minibatch_size": trainer.minibatch_size,

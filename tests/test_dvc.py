@@ -103,7 +103,7 @@ def test_dvc_repro_builds_the_report_then_has_nothing_to_do(tmp_path):
     assert "Running stage 'train@barriernet-0'" in forced.stdout
     assert list((tmp_path / "fresh-state").glob("barriernet-s0-*/checkpoint.pt"))  # it did train again
     assert model.read_bytes() == model_before
-    timing = {"wall_seconds", "env_steps_per_second"}
+    timing = {"wall_seconds", "cpu_seconds", "env_steps_per_second"}
     assert {k: v for k, v in json.loads(summary_path.read_text()).items() if k not in timing} == {
         k: v for k, v in summary_before.items() if k not in timing}
     # the retrained cell's consumers see the same model: nothing to evaluate again

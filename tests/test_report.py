@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import shutil
 from pathlib import Path
@@ -505,12 +506,19 @@ def test_test_range_looks_outside_git(tmp_path):
     assert report.test_range_looks({"test_split": {"seed_base": 1, "episodes": 2}}, tmp_path).startswith("unknown")
 
 
-def test_test_range_looks_counts_the_committed_versions_with_this_test_range(tmp_path):
+def test_test_range_looks_counts_the_committed_versions_with_this_test_range(tmp_path, monkeypatch):
     """Four committed versions of metrics.json: two evaluated this test range, one another range,
     one is not JSON (skipped, not counted)."""
     import subprocess
 
     from tasks.artifacts import METRICS_PATH
+
+    # a git of its own: no GIT_DIR or index from an outer repository (a hook running pytest), no
+    # user or system config (commit signing); test_range_looks' own git calls inherit the same
+    for name in [n for n in os.environ if n.startswith("GIT_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", os.devnull)
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
 
     def git(*args):
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
@@ -571,10 +579,12 @@ def test_the_committed_reports_seed_aggregates_are_its_per_seed_rates():
 
 
 def test_overhead_sensitivity_is_stated(rendered):
+    """The fixture has no CBF-Beta arms, so its outcome cannot depend on the overhead at all."""
     params, _, _, markdown = rendered
+    letter = re.search(r"^## Outcome ([A-D]):", markdown, re.M).group(1)
     line = next(x for x in markdown.splitlines() if x.startswith("- training overhead "))
-    assert f"the plan rule's {params.decision.overhead_goal:g}x and the training-speed score's bounds" in line
-    assert "gives outcome " in line and line.endswith(" the measured ratio.")
+    assert line.endswith(f"the plan rule's {params.decision.overhead_goal:g}x and the training-speed score's bounds: "
+                         f"any overhead gives outcome {letter}; so also at 0.5x, 0.8x, 1.25x and 2x the measured ratio.")
 
 
 def test_overhead_range_by_hand():
@@ -604,10 +614,19 @@ def test_overhead_range_by_hand():
         "any overhead above 1.5x up to 3x gives outcome B (at or below 1.5x: A; above 3x: A); so at 0.8x and 1.25x the "
         "measured ratio too, but not at 0.5x and 2x: it rests on the wall-clock ratio")
     assert report.outcome_analysis(inputs, params, 1000.0)["outcome"].letter == "A"
+    assert overhead_range(inputs, params, 3.0)["letter"] == "B"  # the bound itself is in the range below it
+    # a plan-rule goal that is no score bound: at most 2x the matrix (B 4.85 or 5.00 against A 4.80),
+    # above 2x the plan's rule A
+    strict = params.model_copy(update={"decision": params.decision.model_copy(update={"overhead_goal": 2.0})})
+    assert overhead_range(inputs, strict, 1.0) == {"letter": "B", "low": None, "high": 2.0, "below": None, "above": "A"}
+    assert overhead_range(inputs, strict, 2.5) == {"letter": "A", "low": 2.0, "high": None, "below": "B", "above": None}
+    assert overhead_range_text({"letter": "D", "low": None, "high": None, "below": None, "above": None}, 1.0) == (
+        "any overhead gives outcome D; so also at 0.5x, 0.8x, 1.25x and 2x the measured ratio")
 
 
-def _phase25_inputs(walls: dict[str, float]) -> report.Inputs:
-    """Compare metrics of the four Phase 2.5 arms (numbers chosen by hand) and train summaries."""
+def _phase25_inputs(walls: dict[str, float], cpus: dict[str, tuple[float, float]] | None = None) -> report.Inputs:
+    """Compare metrics of the four Phase 2.5 arms (numbers chosen by hand) and train summaries
+    (seeds 0 and 1: `walls` seconds each; `cpus[algo]`: each seed's CPU seconds, absent if not given)."""
     metrics = {
         "arms": {"baseline": {"capture_rate": 0.95}, "barriernet": {"capture_rate": 0.96},
                  "cbf_beta_rcbf": {"capture_rate": 0.94}, "barriernet_rcbf": {"capture_rate": 0.955}},
@@ -616,7 +635,9 @@ def _phase25_inputs(walls: dict[str, float]) -> report.Inputs:
         "gap": {"gap": 0.01, "low": 0.0, "high": 0.03},
         "hybrid": {"gap": {"gap": 0.005}, "capture_noninferior": True},
     }
-    cells = [report.TrainCell(algo, seed, {"total_steps": 1, "wall_seconds": wall}, "", Path("m.pt"), {})
+    cells = [report.TrainCell(algo, seed, {"total_steps": 1, "wall_seconds": wall,
+                                           **({"cpu_seconds": cpus[algo][seed]} if cpus and algo in cpus else {})},
+                              "", Path("m.pt"), {})
              for algo, wall in walls.items() for seed in (0, 1)]
     return report.Inputs(metrics, pd.DataFrame(), cells, [], None, None)
 
@@ -638,6 +659,21 @@ def test_outcome_and_matrix_from_measured_numbers():
     assert analysis["outcome"].letter == "B"
     # Without CBF-Beta trained the overhead falls back to the baseline, and says so.
     assert "against the baseline" in report.training_overhead(_phase25_inputs({"barriernet": 3.0, "baseline": 1.0}))[1]
+
+
+def test_overhead_on_cpu_time_beside_wall_clock():
+    """BarrierNet's cells used 90 and 110 CPU seconds, CBF-Beta's 40 and 60: 100 / 50 = 2x on CPU
+    time, while the wall clocks (300 and 100 s) say 3x. A comparator cell without the number (an
+    older summary) gives no CPU ratio rather than one against the wrong algorithm."""
+    both = _phase25_inputs({"barriernet": 300.0, "cbf_beta": 100.0},
+                           {"barriernet": (90.0, 110.0), "cbf_beta": (40.0, 60.0)})
+    assert report.training_overhead(both)[0] == pytest.approx(3.0)
+    ratio, text = report.training_overhead(both, "cpu_seconds")
+    assert ratio == pytest.approx(2.0) and text == "BarrierNet / cbf_beta mean training CPU time"
+    older = _phase25_inputs({"barriernet": 300.0, "cbf_beta": 100.0, "baseline": 50.0},
+                            {"barriernet": (90.0, 110.0), "baseline": (20.0, 30.0)})
+    assert report.training_overhead(older, "cpu_seconds")[0] is None
+    assert report.training_overhead(older)[0] == pytest.approx(3.0)
 
 
 def test_qp_summary_line_reads_the_speedups_off_the_table():

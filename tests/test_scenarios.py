@@ -134,11 +134,11 @@ def test_boundary_wrap_evader_runs_counter_clockwise_along_the_walls():
     path = trace["evader"][:, 0].astype(float)  # (T + 1, 2)
     step = np.linalg.norm(np.diff(path, axis=0), axis=1)
     assert step == pytest.approx(env.evader_v_max * env.dt, rel=2e-3)  # full speed throughout (arcs a hair shorter)
-    bottom = path[path[:, 0] < 9.0]
-    assert np.all(bottom[:, 1] == -9.0)
-    np.testing.assert_allclose(bottom[:, 0], -2.0 + env.evader_v_max * env.dt * np.arange(len(bottom)), atol=1e-4)
     turn = int(np.argmax(path[:, 1] != -9.0))  # the first step off the bottom wall's line
-    assert 9.0 <= path[turn - 1, 0] < 9.0 + env.evader_v_max * env.dt
+    bottom = path[:turn]
+    np.testing.assert_allclose(bottom[:, 0], -2.0 + env.evader_v_max * env.dt * np.arange(turn), atol=1e-4)
+    # the turn starts on the first step at which the right wall (10 - x) is nearer than the bottom one (1 m)
+    assert bottom[-2, 0] < 9.0 + 1e-4 and bottom[-1, 0] > 9.0 - 1e-4 and turn == 221  # 11 m at 0.05 m a step, + 1
     right = path[(path[:, 1] > -5.0) & (path[:, 1] < 5.0)]  # the right wall's leg, well past the corner
     assert len(right) == pytest.approx(10.0 / (env.evader_v_max * env.dt), abs=1)  # 10 m straight up at full speed
     assert np.ptp(right[:, 0]) < 1e-6 and 9.0 < right[0, 0] < env.arena_size / 2 - env.robot_radius

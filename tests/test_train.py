@@ -118,7 +118,9 @@ def test_sigkill_after_checkpoint_then_resume_is_bit_identical(tmp_path, monkeyp
 
 def test_changed_config_starts_fresh_and_keeps_other_state(tmp_path, state_dir):
     params = load_params(overrides=TINY)
-    run(params, tmp_path, "baseline", 0)
+    done = run(params, tmp_path, "baseline", 0)
+    # one training thread (pinned numerics): the process's CPU time cannot exceed its wall time
+    assert 0 < done["cpu_seconds"] <= 1.05 * done["wall_seconds"] + 0.01, done
     first = sorted(p.name for p in state_root().iterdir())
     changed = load_params(overrides={**TINY, "train.total_steps": 8 * 16 * 2})
     summary = run(changed, tmp_path, "baseline", 0)
@@ -128,6 +130,8 @@ def test_changed_config_starts_fresh_and_keeps_other_state(tmp_path, state_dir):
     # the same configuration again resumes from its final checkpoint: nothing left to do
     again = run(params, tmp_path, "baseline", 0)
     assert again["resumed_from_update"] == 4 and again["updates"] == 4
+    # the times come back from the checkpoint (no iteration ran since)
+    assert (again["wall_seconds"], again["cpu_seconds"]) == (done["wall_seconds"], done["cpu_seconds"])
 
 
 def test_changed_training_code_starts_fresh(tmp_path, state_dir, monkeypatch):
@@ -274,20 +278,23 @@ def test_truncated_or_tampered_checkpoint_is_refused(tmp_path, state_dir):
     assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == other_files  # nothing deleted
 
 
-def test_a_checkpoint_that_is_no_training_checkpoint_and_bad_cells_are_named(tmp_path, state_dir):
+def test_a_checkpoint_that_is_no_training_checkpoint_and_bad_cells_are_named(tmp_path, state_dir, monkeypatch):
+    import re
+
     from tasks.train import TrainingError, load_checkpoint, resolve_device
 
     params = load_params(overrides=TINY)
     path = tmp_path / "checkpoint.pt"
     torch.save({"actor": {"w": torch.zeros(2)}}, path)  # loads as weights, but records no config or key
-    with pytest.raises(CheckpointError, match=f"checkpoint {path} is not a training checkpoint"):
+    with pytest.raises(CheckpointError, match=f"checkpoint {re.escape(str(path))} is not a training checkpoint"):
         load_checkpoint(path, {})
     with pytest.raises(TrainingError, match="unknown algo 'ppo'; accepted: "):
         run(params, tmp_path, "ppo", 0)
-    assert not any(state_root().glob("*"))  # refused before any state was written
-    if not torch.cuda.is_available():
-        with pytest.raises(TrainingError, match="train device 'cuda' requested but torch.cuda.is_available"):
-            resolve_device("cuda")
+    # refused before anything was written: no state, no results
+    assert not any(state_root().glob("*")) and sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # also on a machine with CUDA
+    with pytest.raises(TrainingError, match="train device 'cuda' requested but torch.cuda.is_available"):
+        resolve_device("cuda")
 
 
 def test_nan_observation_names_step_and_env(tmp_path, state_dir, monkeypatch):
