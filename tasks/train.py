@@ -278,9 +278,9 @@ class Trainer:
         self.global_step = 0
         self.history: list[dict[str, float]] = []
         self.wall_seconds = 0.0
-        # this process's CPU time in the iterations: unlike wall clock, not inflated by what else
-        # runs on the machine (the other Dask worker's cell, the Prefect server), so the training
-        # overhead between algorithms steadies on it
+        # this process's CPU time in the iterations: wall clock without the time spent waiting for
+        # a core while other processes run (the other Dask worker's cell, the Prefect server), so
+        # a report can tell waiting from slower computing
         self.cpu_seconds = 0.0
 
     # -- checkpoints --------------------------------------------------------------------------

@@ -299,8 +299,8 @@ def decision_section(inputs: Inputs, params: Params) -> tuple[str, str]:
     lines += [f"- {r}" for r in outcome.reasons]
     if overhead is not None:
         cpu, _ = training_overhead(inputs, "cpu_seconds")
-        on_cpu = "" if cpu is None else (f"; {cpu:.2f}x on the training processes' CPU time, which what else runs "
-                                         "on the machine does not inflate")
+        on_cpu = "" if cpu is None else (f"; {cpu:.2f}x on the training processes' CPU time, which leaves out time "
+                                         "spent waiting for a core")
         lines.append(f"- training overhead {overhead:.2f}x ({overhead_text}{on_cpu}; measured on this machine, so it is "
                      f"kept out of metrics.json; it moves between runs). The outcome reads it only through the plan "
                      f"rule's {params.decision.overhead_goal:g}x and the training-speed score's bounds: "
