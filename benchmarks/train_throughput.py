@@ -356,10 +356,14 @@ class PhaseTimer:
         try:
             yield self
         finally:
-            for restore in reversed(self._restore):
-                restore()
-            self._restore.clear()
-            self._wrapped.clear()
+            self.restore()
+
+    def restore(self) -> None:
+        """Put back every attribute this timer wrapped."""
+        for restore in reversed(self._restore):
+            restore()
+        self._restore.clear()
+        self._wrapped.clear()
 
 
 KERNEL = "compiled QP loop (model.qp.cpu_n2_kernels.solve_batch; rollout and update)"
@@ -393,27 +397,19 @@ def phase_split(params: Params, repeats: int = 9) -> str:
     for trainer in trainers:
         trainer.train_one_update()  # warm-up, excluded
     best = {algo: [math.inf, math.inf, math.inf] for algo in PHASE_ALGOS}  # rest, update, whole
-    update = ppo.ppo_update
-    spent = [0.0]
-
-    def timed_update(*args, **kwargs):
-        started = time.perf_counter()
-        try:
-            return update(*args, **kwargs)
-        finally:
-            spent[0] = time.perf_counter() - started
-
-    ppo.ppo_update = timed_update  # ppo_iteration looks it up at each call
+    timer = PhaseTimer()
+    timer.patch(ppo, "ppo_update", "update")  # ppo_iteration looks it up at each call
     try:
         for _ in range(repeats):
             for algo, trainer in zip(PHASE_ALGOS, trainers):
+                timer.seconds.clear()
                 started = time.perf_counter()
                 trainer.train_one_update()
                 whole = time.perf_counter() - started
-                row = best[algo]
-                row[:] = min(row[0], whole - spent[0]), min(row[1], spent[0]), min(row[2], whole)
+                spent, row = timer.seconds["update"], best[algo]
+                row[:] = min(row[0], whole - spent), min(row[1], spent), min(row[2], whole)
     finally:
-        ppo.ppo_update = update
+        timer.restore()
     base = best["baseline"][2]
     allowed = base / TARGET_SAFE_VS_BASELINE - base
     head = (f"{'algorithm':<11} | {'rollout+GAE ms':>14} | {'update ms':>9} | {'iteration ms':>12} | "

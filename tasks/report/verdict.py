@@ -92,8 +92,7 @@ def overhead_range(inputs: Inputs, params: Params, overhead: float) -> dict[str,
     exceeded?) and the training-speed score's bounds (`tasks.decision.SCORE_BOUNDS`: at most
     1.5 / 3 / 5 / 10x?), so it is constant on each interval (b_i, b_i+1] between those breakpoints;
     one evaluation per interval finds exactly where it changes. A wall-clock ratio moves between
-    runs and machines (0.77x to 0.97x over three runs of one commit on one 2-core machine); this
-    says how far it may move before the answer does. Returns {"letter", "low", "high" (None: unbounded; the
+    runs and machines; this says how far it may move before the answer does. Returns {"letter", "low", "high" (None: unbounded; the
     range is (low, high]), "below", "above" (the outcome just outside it, or None)}."""
     bounds = sorted({*protocol.SCORE_BOUNDS["training_speed"], float(params.decision.overhead_goal)})
     # interval i is (bounds[i - 1], bounds[i]] (bounds[-1] = 0, the last one unbounded); its right
