@@ -392,6 +392,16 @@ def _pp(ci: dict[str, Any]) -> str:
     return f"{100 * ci['estimate']:+.2f} pp [{100 * ci['low']:+.2f}, {100 * ci['high']:+.2f}]"
 
 
+def _seeds_to_settle(step: dict[str, Any]) -> str:
+    """Where non-inferiority was not shown: the seeds per arm a study would need to show it (80 %
+    power, true difference 0, this comparison's seed-level SD); else ""."""
+    needed = step.get("seeds_for_noninferiority")
+    if step["capture_noninferior_shown"] or not needed:
+        return ""
+    return (f"; about {needed} seeds per arm would give 80 % power to show it if the true difference were 0, "
+            f"at this comparison's seed SD {100 * step['seed_sd']:.2f} pp")
+
+
 def _step_text(step: dict[str, Any]) -> str:
     tag = f"{step['id']} ({'confirmatory' if step.get('confirmatory') else 'exploratory'})"
     if step["kind"] == "vs_baseline":
@@ -399,7 +409,8 @@ def _step_text(step: dict[str, Any]) -> str:
                 f"(cut >= min_collision_reduction {'shown' if step['collision_reduction_shown'] else 'NOT shown'}, "
                 f"p = {step['p_collision_reduction']:.3g}); capture difference {_pp(step['capture_diff'])} "
                 f"(non-inferior {'shown' if step['capture_noninferior_shown'] else 'NOT shown'}, "
-                f"p = {step['p_capture_noninferior']:.3g}) -> {'rejected' if step['rejected'] else 'not rejected'}")
+                f"p = {step['p_capture_noninferior']:.3g}{_seeds_to_settle(step)}) -> "
+                f"{'rejected' if step['rejected'] else 'not rejected'}")
     return (f"{tag} {step['arm']} vs {step['against']}: capture difference {_pp(step['capture_diff'])}; "
             f"p(better) = {step['p_better']:.3g}, p(worse) = {step['p_worse']:.3g}, p(equivalent) = "
             f"{step['p_equivalent']:.3g} -> {step['answer']}")

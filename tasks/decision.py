@@ -290,10 +290,16 @@ def safe_vs_baseline(test: pd.DataFrame, arm: str, decision: DecisionParams) -> 
     p_collision = p_below(collision, -R, conf)  # H0: the cut is smaller than R
     p_capture = p_above(capture, -M, conf)  # H0: capture drops by M or more
     alpha = (1 - conf) / 2
+    # A planning number for a study that would settle non-inferiority: seeds per arm for 80 %
+    # power at margin M when the true capture difference is 0 (the usual non-inferiority design
+    # assumption), from the seed-level SD of these two arms. A two-sided t test at 1 - conf has
+    # this one-sided test's alpha, so `seeds_for` is that design's formula.
+    sd = seed_sd(test, [arm, REFERENCE_ARM])
     return {
         "kind": "vs_baseline", "arm": arm, "against": REFERENCE_ARM, "paired_seeds": paired,
         "collision_diff": interval_dict(collision), "capture_diff": interval_dict(capture),
         "p_collision_reduction": p_collision, "p_capture_noninferior": p_capture,
+        "seed_sd": sd, "seeds_for_noninferiority": seeds_for(sd, M, conf) if sd is not None else None,
         "p": max(p_collision, p_capture),  # intersection-union: both must be rejected
         "collision_reduction_shown": bool(p_collision < alpha),
         "capture_noninferior_shown": bool(p_capture < alpha),

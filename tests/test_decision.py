@@ -162,6 +162,36 @@ def test_sequence_stops_at_the_first_failure():
     assert not steps[1]["confirmatory"] and not steps[2]["confirmatory"]
 
 
+def test_non_inferiority_not_shown_names_the_seeds_that_would_settle_it():
+    """Shielded 0.2 pp below the baseline with a wide seed spread: non-inferiority (margin 3 pp)
+    is not shown. The planning number: the fewest seeds per arm at which a two-sided t test at
+    5 % (the one-sided 2.5 % of the step) reaches 80 % power for a true difference of 3 pp at
+    the pooled within-arm SD of the per-seed rates, computed here from scipy's noncentral t;
+    by the normal approximation 2 (z_.975 + z_.8)^2 (sd / M)^2 it is 23.1 for this SD (3.64 pp)."""
+    from tasks.compare import _step_text
+
+    shielded, baseline = [440, 480, 455, 470, 430], [450, 470, 440, 475, 446]
+    test = exact({"shielded": (shielded, [500] * 5), "baseline": (baseline, [500] * 5)})
+    step = dec.safe_vs_baseline(test, "shielded", D)
+    assert not step["capture_noninferior_shown"]
+    sd = math.sqrt((np.var(np.array(shielded) / 500, ddof=1) + np.var(np.array(baseline) / 500, ddof=1)) / 2)
+    assert step["seed_sd"] == pytest.approx(sd)
+    n = step["seeds_for_noninferiority"]
+
+    def power(k):
+        df, shift = 2 * k - 2, D.noninferiority_margin / (sd * math.sqrt(2 / k))
+        q = sps.t.ppf(0.975, df)
+        return 1 - sps.nct.cdf(q, df, shift) + sps.nct.cdf(-q, df, shift)
+    assert power(n) >= 0.8 > power(n - 1)
+    normal = 2 * (sps.norm.ppf(0.975) + sps.norm.ppf(0.8)) ** 2 * (sd / D.noninferiority_margin) ** 2
+    assert normal == pytest.approx(23.1, abs=0.05) and normal <= n <= normal + 2
+    assert f"about {n} seeds per arm would give 80 % power to show it" in _step_text({**step, "id": "H2"})
+    # shown: no planning number in the text
+    shown = dec.safe_vs_baseline(exact({"shielded": ([475] * 5, [500] * 5), "baseline": ([475] * 5, [500] * 5)}),
+                                 "shielded", D)
+    assert shown["capture_noninferior_shown"] and "seeds per arm" not in _step_text({**shown, "id": "H2"})
+
+
 @pytest.mark.parametrize("bn, alt, expected", [
     ([490] * 5, [450] * 5, "better"),
     ([450] * 5, [490] * 5, "worse"),

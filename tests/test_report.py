@@ -551,6 +551,33 @@ def test_the_sequence_table_row_of_the_alternative_step():
                    "0.9655 | < 0.0001 | 0.0079 | better |")
 
 
+def test_the_sequence_table_row_of_a_step_that_did_not_show_non_inferiority():
+    """H2 with the cut shown and non-inferiority not: the result names what failed and the seeds
+    per arm the planning number asks; a step without the number (an older metrics.json) says
+    only what failed."""
+    from tasks.report.verdict import _sequence_table
+
+    step = {"id": "H2", "kind": "vs_baseline", "confirmatory": True, "arm": "shielded", "against": "baseline",
+            "collision_reduction_shown": True, "capture_noninferior_shown": False, "rejected": False,
+            "p_collision_reduction": 2e-8, "p_capture_noninferior": 0.0402, "p": 0.0402,
+            "capture_diff": {"estimate": 0.0224, "low": -0.0383, "high": 0.0831},
+            "collision_diff": {"estimate": -0.0688, "low": -0.0871, "high": -0.0505},
+            "capture": {"mcnemar_bonferroni_min": 0.0002, "permutation": 0.3968}, "seeds_for_noninferiority": 17}
+    result = _sequence_table([step], make_params()).splitlines()[-1].split(" | ")[-1]
+    assert result == "not rejected: non-inferiority not shown (about 17 seeds per arm for 80 % power) |"
+    older = {k: v for k, v in step.items() if k != "seeds_for_noninferiority"}
+    assert _sequence_table([older], make_params()).splitlines()[-1].endswith("| not rejected: non-inferiority not shown |")
+
+
+def test_the_smallest_permutation_p_follows_the_seed_count():
+    """By hand: n paired seeds have 2^n sign flips, two arms of n seeds C(2n, n) relabellings, and
+    the two most extreme of them give the smallest two-sided p."""
+    from tasks.report.verdict import _smallest_permutation_p
+
+    assert _smallest_permutation_p(5) == "with 5 seeds its smallest possible two-sided p is 2/32 paired or 2/252 unpaired"
+    assert _smallest_permutation_p(3) == "with 3 seeds its smallest possible two-sided p is 2/8 paired or 2/20 unpaired"
+
+
 def test_the_committed_reports_seed_aggregates_are_its_per_seed_rates():
     """The committed report's tables agree with each other (the episode tables behind them are in
     DVC's cache, not in git): each arm's capture across seeds is the mean of its per-seed rates, and
@@ -918,3 +945,20 @@ def test_reference_section_states_design_mds_two_facts_and_what_dcbf_is(rendered
     assert params.cbf.form == "dcbf" and "the same rows as the continuous-time form at rate gamma / dt" in section
     assert "accounts for dt" not in section
     assert "a step rate with no event in any step: the Wilson bound on the pooled steps alone" in section
+
+
+def test_cell_table_gives_cpu_time_and_its_share_of_wall():
+    """The per-cell table's CPU column: 45 CPU s of a 50 s cell is "45.0 s (90 %)" (hand value);
+    150 CPU s of 200 s is "2.5 min (75 %)"; a summary written before cells recorded CPU time says
+    "not recorded", never 0."""
+    from tasks.report.sections import _budget_table
+
+    inputs = _phase25_inputs({"barriernet": 50.0, "baseline": 200.0}, {"barriernet": (45.0, 45.0)})
+    table = _budget_table(inputs, make_params())
+    header, _, *rows = table.splitlines()
+    column = header.split(" | ").index("CPU time (share of wall)")
+    cells = {(row.split(" | ")[0].lstrip("| "), row.split(" | ")[1]): row.split(" | ")[column] for row in rows}
+    assert cells[("barriernet", "0")] == "45.0 s (90 %)"
+    assert cells[("baseline", "1")] == "not recorded"
+    inputs = _phase25_inputs({"baseline": 200.0}, {"baseline": (150.0, 150.0)})
+    assert "| 2.5 min (75 %) |" in _budget_table(inputs, make_params())

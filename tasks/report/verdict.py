@@ -5,6 +5,7 @@ wall-clock inputs are computed here, never in results/compare/metrics.json).
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -207,6 +208,14 @@ def test_range_looks(metrics: dict[str, Any], repo: Path = REPO_ROOT) -> str:
     return str(count)
 
 
+def _smallest_permutation_p(seeds: int) -> str:
+    """What the seed-level permutation test can reach with `seeds` seeds per arm: its smallest
+    two-sided p is 2 / 2^n over the sign flips of n paired differences and 2 / C(2n, n) over the
+    relabellings of two arms of n seeds (5 seeds: 2/32 and 2/252)."""
+    return (f"with {seeds} seeds its smallest possible two-sided p is 2/{2 ** seeds} paired or "
+            f"2/{math.comb(2 * seeds, seeds)} unpaired")
+
+
 def _sequence_table(steps: list[dict[str, Any]], params: Params) -> str:
     d = params.decision
     rows = []
@@ -220,6 +229,8 @@ def _sequence_table(steps: list[dict[str, Any]], params: Params) -> str:
                                                                    ("non-inferiority",
                                                                     step["capture_noninferior_shown"])) if not ok)
                       + " not shown")
+            if not step["capture_noninferior_shown"] and step.get("seeds_for_noninferiority"):
+                result += f" (about {step['seeds_for_noninferiority']} seeds per arm for 80 % power)"
             p_text = (f"cut {fmt_p(step['p_collision_reduction'])}; non-inferior {fmt_p(step['p_capture_noninferior'])}"
                       f"; IUT {fmt_p(step['p'])}")
         else:
@@ -337,8 +348,9 @@ def decision_section(inputs: Inputs, params: Params) -> tuple[str, str]:
               "variance, generalized pivotal, widened to the score interval where events are few; family: the fixed "
               "sequence, no adjustment needed), exact McNemar on paired captures within each seed (family: the seeds of that "
               "comparison, Bonferroni: the smallest p times the seeds), and an exact seed-level permutation test "
-              "(family: the fixed sequence; with 5 seeds its smallest possible two-sided p is 2/32 paired or 2/252 "
-              "unpaired).", "", _sequence_table(steps, params) if steps else "No step could run.", ""]
+              f"(family: the fixed sequence; {_smallest_permutation_p(len(seeds))}). Where non-inferiority is not "
+              "shown, the result names the seeds per arm a study would need for 80 % power at the margin if the true "
+              "difference were 0 (a planning number from that comparison's seed-level SD).", "", _sequence_table(steps, params) if steps else "No step could run.", ""]
     choice = m.get("alternative_choice") or {}
     rows = [[c["arm"], c["dev_episodes"], fmt_rate(c["dev_capture"]), fmt_rate(c["dev_collision"]),
              f"{100 * c['dev_collision_upper']:.2f} %", "yes" if c["qualifies"] else "no",
