@@ -394,12 +394,15 @@ def _pp(ci: dict[str, Any]) -> str:
 
 def _seeds_to_settle(step: dict[str, Any]) -> str:
     """Where non-inferiority was not shown: the seeds per arm a study would need to show it (80 %
-    power, true difference 0, this comparison's seed-level SD); else ""."""
+    power, true difference 0, the variance components of this comparison's crossed design; see
+    `tasks.decision.crossed_seeds_for`); else ""."""
     needed = step.get("seeds_for_noninferiority")
-    if step["capture_noninferior_shown"] or not needed:
+    if step["capture_noninferior_shown"] or "seeds_for_noninferiority" not in step:
         return ""
+    if not needed:
+        return f"; {step['seeds_for_noninferiority_note']}"
     return (f"; about {needed} seeds per arm would give 80 % power to show it if the true difference were 0, "
-            f"at this comparison's seed SD {100 * step['seed_sd']:.2f} pp")
+            "on these test scenarios")
 
 
 def _step_text(step: dict[str, Any]) -> str:

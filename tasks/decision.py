@@ -192,6 +192,29 @@ def win_rate(a: np.ndarray, b: np.ndarray, confidence: float = 0.95) -> stats.Pa
     return stats.paired_win_rate(a, b, confidence)
 
 
+def crossed_seeds_for(a: np.ndarray, b: np.ndarray, paired_seeds: bool, delta: float, confidence: float,
+                      power: float = 0.8) -> int | None:
+    """Seeds per arm at which the crossed difference of a (Sa, E) and b (Sb, E), on these E test
+    scenarios, shows a margin `delta` with `power` when the true difference is 0: the planning
+    number of a non-inferiority (or, per side, equivalence) step. A two-sided test at 1 -
+    confidence has the one-sided alpha of the step, so `stats.crossed_seeds_needed` is that
+    design's search. It uses the variance components the step's interval uses (seed, scenario
+    and their interaction), so it is the number for the analysis the step runs, not for the
+    seed-level t model of `seeds_for`. None with fewer than 2 seeds or scenarios per arm, or when
+    no number of seeds reaches it (the arm x scenario term alone is too wide at E scenarios)."""
+    if min(a.shape[0], b.shape[0]) < 2 or a.shape[1] < 2:
+        return None
+    return stats.crossed_seeds_needed(a, b, paired_seeds and a.shape == b.shape, delta, alpha=1 - confidence,
+                                      power=power)
+
+
+def _unplanned(a: np.ndarray, b: np.ndarray) -> str:
+    """Why `crossed_seeds_for` gives no number for these arms, if it gives none."""
+    if min(a.shape[0], b.shape[0]) < 2 or a.shape[1] < 2:
+        return "fewer than 2 seeds or scenarios per arm: no variance to plan from"
+    return "no number of seeds reaches 80 % power on these test scenarios (their arm x scenario spread alone)"
+
+
 def seeds_for(seed_sd: float, delta: float, confidence: float, power: float = 0.8) -> int | None:
     """Seeds per arm to detect `delta` between two independent-seed arms at `power` (two-sided t)."""
     if not (seed_sd and seed_sd > 0 and delta > 0):
@@ -290,16 +313,13 @@ def safe_vs_baseline(test: pd.DataFrame, arm: str, decision: DecisionParams) -> 
     p_collision = p_below(collision, -R, conf)  # H0: the cut is smaller than R
     p_capture = p_above(capture, -M, conf)  # H0: capture drops by M or more
     alpha = (1 - conf) / 2
-    # A planning number for a study that would settle non-inferiority: seeds per arm for 80 %
-    # power at margin M when the true capture difference is 0 (the usual non-inferiority design
-    # assumption), from the seed-level SD of these two arms. A two-sided t test at 1 - conf has
-    # this one-sided test's alpha, so `seeds_for` is that design's formula.
-    sd = seed_sd(test, [arm, REFERENCE_ARM])
+    # the planning number of a study that would settle non-inferiority (see crossed_seeds_for)
+    needed = crossed_seeds_for(cap_a, cap_b, paired, M, conf)
     return {
         "kind": "vs_baseline", "arm": arm, "against": REFERENCE_ARM, "paired_seeds": paired,
         "collision_diff": interval_dict(collision), "capture_diff": interval_dict(capture),
         "p_collision_reduction": p_collision, "p_capture_noninferior": p_capture,
-        "seed_sd": sd, "seeds_for_noninferiority": seeds_for(sd, M, conf) if sd is not None else None,
+        "seeds_for_noninferiority": needed, "seeds_for_noninferiority_note": None if needed else _unplanned(cap_a, cap_b),
         "p": max(p_collision, p_capture),  # intersection-union: both must be rejected
         "collision_reduction_shown": bool(p_collision < alpha),
         "capture_noninferior_shown": bool(p_capture < alpha),
@@ -322,7 +342,7 @@ def versus_alternative(test: pd.DataFrame, alternative: str, decision: DecisionP
     p_better, p_worse = p_above(diff, 0.0, conf), p_below(diff, 0.0, conf)
     p_equivalent = max(p_above(diff, -m, conf), p_below(diff, m, conf))  # TOST
     sd = seed_sd(test, [candidate, alternative])
-    needed = seeds_for(sd, m, conf) if sd is not None else None
+    needed = crossed_seeds_for(a, b, paired, m, conf)
     if p_better < alpha:
         answer = "better"
     elif p_worse < alpha:
@@ -331,6 +351,7 @@ def versus_alternative(test: pd.DataFrame, alternative: str, decision: DecisionP
         answer = f"equivalent within +/- {100 * m:g} pp: prefer the cheaper"
     else:
         answer = (f"inconclusive: needs about {needed} seeds per arm" if needed else
+                  "inconclusive: no number of seeds settles it at these test scenarios" if sd is not None else
                   "inconclusive: the seed-level SD is not estimable (fewer than 2 seeds)")
     collision = difference_interval(score_matrix(test, candidate, "collision")[1],
                                     score_matrix(test, alternative, "collision")[1], paired, conf)

@@ -76,6 +76,8 @@ __all__ = [
     "power_at",
     "power_analysis",
     "seeds_needed",
+    "crossed_difference_variance_at",
+    "crossed_seeds_needed",
     "mcnemar_exact",
     "seed_permutation_test",
     "PairedWinRate",
@@ -881,6 +883,78 @@ def power_analysis(
     )
 
 
+
+def crossed_difference_variance_at(a, b, paired_seeds: bool, n_seeds: int) -> float:
+    """Var(mean(a) - mean(b)) of `crossed_difference_interval`'s design with `n_seeds` training
+    seeds per arm and the same E test scenarios, from the variance components a (Sa, E) and b
+    (Sb, E) show. At n_seeds = Sa = Sb it is that interval's point variance (se^2).
+
+    Independent seeds: var_seed_a / n + var_seed_b / n + (var_interaction + (var_residual_a +
+    var_residual_b) / n) / E, with var_seed = (MS_seed - MS_residual) / E per arm and the arm x
+    scenario interaction var_interaction = Var_e(per-scenario difference) - MS_residual_a / Sa -
+    MS_residual_b / Sb: a term more seeds do not shrink. Paired seeds (the same checkpoints):
+    var_seed / n + var_scenario / E + var_residual / (n E) of the difference a - b. As the
+    interval does, never less than its floors (the seed-level variance, the per-scenario term)
+    scaled to n seeds, and never below 0."""
+    n = _check_seed_count("n_seeds", n_seeds)
+    x, y = _as_crossed(a, "a"), _as_crossed(b, "b")
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"a has {x.shape[1]} scenarios but b has {y.shape[1]}; accepted: the same test scenarios")
+    e = x.shape[1]
+    if paired_seeds:
+        if x.shape != y.shape:
+            raise ValueError(f"paired_seeds=True needs the same seeds for both arms; got a {x.shape}, b {y.shape}")
+        c = variance_components(x - y)
+        seed, residual = (c.ms_seed - c.ms_residual) / e, c.ms_residual
+        scenario = (c.ms_scenario - c.ms_residual) / c.n_seeds
+        full = seed / n + scenario / e + residual / (n * e)
+        floors = (seed / n + residual / (n * e), scenario / e + residual / (n * e))
+        return max(full, *floors, 0.0)
+    ca, cb = variance_components(x), variance_components(y)
+    per_scenario = float((x.mean(axis=0) - y.mean(axis=0)).var(ddof=1))
+    residual = ca.ms_residual + cb.ms_residual
+    interaction = per_scenario - ca.ms_residual / ca.n_seeds - cb.ms_residual / cb.n_seeds
+    seeds = (ca.ms_seed - ca.ms_residual + cb.ms_seed - cb.ms_residual) / e
+    full = seeds / n + (interaction + residual / n) / e
+    floors = ((ca.ms_seed + cb.ms_seed) / (n * e), (interaction + residual / n) / e)
+    return max(full, *floors, 0.0)
+
+
+def crossed_seeds_needed(a, b, paired_seeds: bool, delta: float, alpha: float = 0.05, power: float = 0.8,
+                         max_seeds: int = 10_000) -> int | None:
+    """Smallest number of training seeds per arm at which a two-sided test at level ``alpha`` of
+    the crossed difference (a, b as in ``crossed_difference_interval``, the same E scenarios)
+    detects a true difference ``delta`` with probability ``power``: noncentral t with
+    noncentrality delta / sqrt(``crossed_difference_variance_at``(n)) and the seed-level df
+    (2n - 2; n - 1 paired). None when no n up to ``max_seeds`` reaches it (the arm x scenario
+    term, which more seeds do not shrink, is too large for ``delta`` at these E scenarios)."""
+    _check_power_inputs(1.0, alpha, power)
+    if not (np.isfinite(delta) and delta != 0):
+        raise ValueError(f"delta={delta!r} must be a non-zero finite difference (score units)")
+
+    def reaches(n: int) -> bool:
+        variance = crossed_difference_variance_at(a, b, paired_seeds, n)
+        if not variance > 0:
+            return True
+        df = n - 1 if paired_seeds else 2 * n - 2
+        critical, shift = float(sps.t.ppf(1.0 - alpha / 2.0, df)), abs(delta) / math.sqrt(variance)
+        reached = float(sps.nct.sf(critical, df, shift) + sps.nct.cdf(-critical, df, shift))
+        if not np.isfinite(reached):  # scipy's noncentral t far in the tail: the normal is exact there
+            reached = float(sps.norm.sf(critical - shift) + sps.norm.cdf(-critical - shift))
+        return reached >= power
+
+    if not reaches(max_seeds):
+        return None
+    low, high = 1, 2  # power rises with n (the variance falls, the df grow): double, then bisect
+    while not reaches(high):
+        low, high = high, min(2 * high, max_seeds)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if reaches(middle):
+            high = middle
+        else:
+            low = middle
+    return high
 def seeds_needed(
     seed_sd: float,
     delta: float,

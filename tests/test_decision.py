@@ -162,34 +162,56 @@ def test_sequence_stops_at_the_first_failure():
     assert not steps[1]["confirmatory"] and not steps[2]["confirmatory"]
 
 
+def _crossed_variance_by_hand(a: np.ndarray, b: np.ndarray, n: int) -> float:
+    """Var(mean a - mean b) of two independent-seed arms on the same E scenarios at n seeds each,
+    written out from the two-way ANOVA: seed variance (MS_seed - MS_res) / E per arm, residual
+    MS_res, arm x scenario interaction Var_e(per-scenario difference) - MS_res_a / S - MS_res_b / S;
+    then seeds / n + (interaction + residuals / n) / E, at least (MS_seed_a + MS_seed_b) / (n E)."""
+    def anova(x):
+        s, e = x.shape
+        seed_means, scenario_means, grand = x.mean(1), x.mean(0), x.mean()
+        residual = x - seed_means[:, None] - scenario_means[None, :] + grand
+        return e * ((seed_means - grand) ** 2).sum() / (s - 1), (residual ** 2).sum() / ((s - 1) * (e - 1))
+    (seed_a, res_a), (seed_b, res_b) = anova(a), anova(b)
+    s, e = a.shape
+    interaction = (a.mean(0) - b.mean(0)).var(ddof=1) - res_a / s - res_b / s
+    full = ((seed_a - res_a) + (seed_b - res_b)) / e / n + (interaction + (res_a + res_b) / n) / e
+    return max(full, (seed_a + seed_b) / (n * e), (interaction + (res_a + res_b) / n) / e)
+
+
 def test_non_inferiority_not_shown_names_the_seeds_that_would_settle_it():
     """Shielded 0.2 pp below the baseline with a wide seed spread: non-inferiority (margin 3 pp)
-    is not shown. The planning number: the fewest seeds per arm at which a two-sided t test at
-    5 % (the one-sided 2.5 % of the step) reaches 80 % power for a true difference of 3 pp at
-    the pooled within-arm SD of the per-seed rates, computed here from scipy's noncentral t;
-    by the normal approximation 2 (z_.975 + z_.8)^2 (sd / M)^2 it is 23.1 for this SD (3.64 pp)."""
+    is not shown. The planning number: the fewest seeds per arm at which the crossed design (these
+    E scenarios, n seeds per arm) gives a two-sided test at 5 % (the step's one-sided 2.5 %) 80 %
+    power for a true difference of 3 pp. Checked with the variance written out by hand, which at
+    5 seeds is the step's own interval's variance, and scipy's noncentral t; it is never below
+    the seed-level t model's number, whose variance is the crossed one's floor."""
     from tasks.compare import _step_text
 
     shielded, baseline = [440, 480, 455, 470, 430], [450, 470, 440, 475, 446]
     test = exact({"shielded": (shielded, [500] * 5), "baseline": (baseline, [500] * 5)})
     step = dec.safe_vs_baseline(test, "shielded", D)
-    assert not step["capture_noninferior_shown"]
-    sd = math.sqrt((np.var(np.array(shielded) / 500, ddof=1) + np.var(np.array(baseline) / 500, ddof=1)) / 2)
-    assert step["seed_sd"] == pytest.approx(sd)
+    assert not step["capture_noninferior_shown"] and step["seeds_for_noninferiority_note"] is None
+    (_, a), (_, b) = dec.score_matrix(test, "shielded", "capture"), dec.score_matrix(test, "baseline", "capture")
+    assert _crossed_variance_by_hand(a, b, 5) == pytest.approx(step["capture_diff"]["se"] ** 2, rel=1e-9)
     n = step["seeds_for_noninferiority"]
 
     def power(k):
-        df, shift = 2 * k - 2, D.noninferiority_margin / (sd * math.sqrt(2 / k))
+        df, shift = 2 * k - 2, D.noninferiority_margin / math.sqrt(_crossed_variance_by_hand(a, b, k))
         q = sps.t.ppf(0.975, df)
         return 1 - sps.nct.cdf(q, df, shift) + sps.nct.cdf(-q, df, shift)
     assert power(n) >= 0.8 > power(n - 1)
-    normal = 2 * (sps.norm.ppf(0.975) + sps.norm.ppf(0.8)) ** 2 * (sd / D.noninferiority_margin) ** 2
-    assert normal == pytest.approx(23.1, abs=0.05) and normal <= n <= normal + 2
+    sd = math.sqrt((np.var(np.array(shielded) / 500, ddof=1) + np.var(np.array(baseline) / 500, ddof=1)) / 2)
+    assert n >= dec.seeds_for(sd, D.noninferiority_margin, D.confidence)
     assert f"about {n} seeds per arm would give 80 % power to show it" in _step_text({**step, "id": "H2"})
     # shown: no planning number in the text
     shown = dec.safe_vs_baseline(exact({"shielded": ([475] * 5, [500] * 5), "baseline": ([475] * 5, [500] * 5)}),
                                  "shielded", D)
     assert shown["capture_noninferior_shown"] and "seeds per arm" not in _step_text({**shown, "id": "H2"})
+    # one seed per arm: no variance to plan from, and the text says so instead of a number
+    single = dec.safe_vs_baseline(exact({"shielded": ([300], [500]), "baseline": ([450], [500])}), "shielded", D)
+    assert single["seeds_for_noninferiority"] is None and not single["capture_noninferior_shown"]
+    assert "fewer than 2 seeds or scenarios per arm" in _step_text({**single, "id": "H2"})
 
 
 @pytest.mark.parametrize("bn, alt, expected", [
@@ -207,7 +229,10 @@ def test_versus_alternative_branches(bn, alt, expected):
     if expected.startswith("inconclusive"):
         sd = np.sqrt((np.var(np.array(bn) / 500, ddof=1) + np.var(np.array(alt) / 500, ddof=1)) / 2)
         assert step["seed_sd"] == pytest.approx(sd)
-        assert step["seeds_needed"] == dec.seeds_for(sd, D.equivalence_margin, D.confidence) > 5
+        # the crossed design's number (the variance the step's interval uses) is at least the
+        # seed-level t model's, whose variance is its floor
+        assert step["seeds_needed"] >= dec.seeds_for(sd, D.equivalence_margin, D.confidence) > 5
+        assert step["answer"] == f"inconclusive: needs about {step['seeds_needed']} seeds per arm"
 
 
 # --- gap, unsafe counts, curves -----------------------------------------------------------------

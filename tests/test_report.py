@@ -567,6 +567,9 @@ def test_the_sequence_table_row_of_a_step_that_did_not_show_non_inferiority():
     assert result == "not rejected: non-inferiority not shown (about 17 seeds per arm for 80 % power) |"
     older = {k: v for k, v in step.items() if k != "seeds_for_noninferiority"}
     assert _sequence_table([older], make_params()).splitlines()[-1].endswith("| not rejected: non-inferiority not shown |")
+    beyond = {**step, "seeds_for_noninferiority": None, "seeds_for_noninferiority_note": "no number of seeds reaches it"}
+    assert _sequence_table([beyond], make_params()).splitlines()[-1].endswith(
+        "| not rejected: non-inferiority not shown (no number of seeds reaches it) |")
 
 
 def test_the_smallest_permutation_p_follows_the_seed_count():

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
+from tasks import stats
 from tasks.stats import (
     Interval,
     across_seeds,
@@ -985,3 +986,45 @@ def test_bad_inputs_are_named_with_what_is_accepted(call, message):
 def test_performance_profile_by_hand():
     got = performance_profile([0.91, 0.95, 0.95, 0.99], [0.9, 0.95, 0.98, 1.0])
     assert got == pytest.approx([1.0, 0.25, 0.25, 0.0])  # strictly greater than tau
+
+
+def test_crossed_variance_at_the_observed_seeds_is_the_intervals_and_shrinks_to_the_interaction():
+    """`crossed_difference_variance_at` at the observed seed count is the point variance (se^2)
+    of `crossed_difference_interval`, paired and not (a second implementation of the same
+    components); with many seeds it falls to what more seeds cannot remove: the arm x scenario
+    term of independent arms, the scenario term of paired ones, written out by hand."""
+    rng = np.random.default_rng(3)
+    scenario = rng.random(300) < 0.8  # a shared scenario effect, then per-arm and per-seed noise
+    a = ((rng.random((5, 300)) < 0.9) & scenario).astype(float)
+    b = ((rng.random((5, 300)) < 0.8) & (scenario | (rng.random(300) < 0.3))).astype(float)
+    for paired in (False, True):
+        interval = stats.crossed_difference_interval(a, b, paired, binary_floor=False)
+        assert stats.crossed_difference_variance_at(a, b, paired, 5) == pytest.approx(interval.se ** 2, rel=1e-12)
+    residual = lambda x: ((x - x.mean(1, keepdims=True) - x.mean(0) + x.mean()) ** 2).sum() / (4 * 299)  # noqa: E731
+    interaction = (a.mean(0) - b.mean(0)).var(ddof=1) - (residual(a) + residual(b)) / 5
+    assert stats.crossed_difference_variance_at(a, b, False, 10 ** 6) == pytest.approx(interaction / 300, rel=1e-4)
+    d = a - b
+    ms_scenario = 5 * ((d.mean(0) - d.mean()) ** 2).sum() / 299
+    assert stats.crossed_difference_variance_at(a, b, True, 10 ** 6) == pytest.approx(
+        (ms_scenario - residual(d)) / 5 / 300, rel=1e-4)
+
+
+def test_crossed_seeds_needed_none_where_the_scenarios_alone_are_too_wide():
+    """Two arms that disagree on every scenario the same way in each seed (differences +-1): the
+    arm x scenario term is about Var(+-1) / E = 1.05 / 20 whatever the seeds (se >= 0.23), so no
+    number of seeds gives 80 % power for 1 pp or even 60 pp (2.8 se would be needed at infinite
+    df: 0.64), while 90 pp needs only a few. Bad inputs are named."""
+    a = np.tile(np.arange(20) % 2, (3, 1)).astype(float)
+    b = 1.0 - a
+    b[0, 0] = 0.0  # a little seed variance, so that the seed terms are not all zero
+    assert stats.crossed_seeds_needed(a, b, False, 0.01) is None
+    assert stats.crossed_seeds_needed(a, b, False, 0.6) is None
+    assert stats.crossed_difference_variance_at(a, b, False, 10 ** 6) == pytest.approx(
+        (a.mean(0) - b.mean(0)).var(ddof=1) / 20, rel=1e-2)
+    assert 2 <= stats.crossed_seeds_needed(a, b, False, 0.9) <= 5
+    with pytest.raises(ValueError, match="delta=0.0 must be a non-zero"):
+        stats.crossed_seeds_needed(a, b, False, 0.0)
+    with pytest.raises(ValueError, match="n_seeds=1 must be an integer >= 2"):
+        stats.crossed_difference_variance_at(a, b, False, 1)
+    with pytest.raises(ValueError, match="same test scenarios"):
+        stats.crossed_difference_variance_at(a, b[:, :10], False, 5)

@@ -229,8 +229,10 @@ def _sequence_table(steps: list[dict[str, Any]], params: Params) -> str:
                                                                    ("non-inferiority",
                                                                     step["capture_noninferior_shown"])) if not ok)
                       + " not shown")
-            if not step["capture_noninferior_shown"] and step.get("seeds_for_noninferiority"):
-                result += f" (about {step['seeds_for_noninferiority']} seeds per arm for 80 % power)"
+            if not step["capture_noninferior_shown"] and "seeds_for_noninferiority" in step:
+                needed = step["seeds_for_noninferiority"]
+                result += (f" (about {needed} seeds per arm for 80 % power)" if needed else
+                           f" ({step.get('seeds_for_noninferiority_note')})")
             p_text = (f"cut {fmt_p(step['p_collision_reduction'])}; non-inferior {fmt_p(step['p_capture_noninferior'])}"
                       f"; IUT {fmt_p(step['p'])}")
         else:
@@ -350,7 +352,8 @@ def decision_section(inputs: Inputs, params: Params) -> tuple[str, str]:
               "comparison, Bonferroni: the smallest p times the seeds), and an exact seed-level permutation test "
               f"(family: the fixed sequence; {_smallest_permutation_p(len(seeds))}). Where non-inferiority is not "
               "shown, the result names the seeds per arm a study would need for 80 % power at the margin if the true "
-              "difference were 0 (a planning number from that comparison's seed-level SD).", "", _sequence_table(steps, params) if steps else "No step could run.", ""]
+              "difference were 0, on these test scenarios (a planning number from the variance components of that "
+              "comparison's interval: seed, scenario and their interaction, which more seeds do not shrink).", "", _sequence_table(steps, params) if steps else "No step could run.", ""]
     choice = m.get("alternative_choice") or {}
     rows = [[c["arm"], c["dev_episodes"], fmt_rate(c["dev_capture"]), fmt_rate(c["dev_collision"]),
              f"{100 * c['dev_collision_upper']:.2f} %", "yes" if c["qualifies"] else "no",
