@@ -402,7 +402,9 @@ def decision_section(inputs: Inputs, params: Params) -> tuple[str, str]:
                   f"{power['seeds']} seeds per arm the minimum detectable difference at 80 % power is "
                   + (f"{100 * power['mdd_80']:.2f} pp" if power.get("mdd_80") else "n/a")
                   + f"; detecting 1 pp needs about {power.get('seeds_for_1pp') or 'n/a'} seeds per arm "
-                    f"({power.get('method', '')}).", ""]
+                    f"({power.get('method', '')}). This seed-level model leaves out the arm x scenario "
+                    "interaction, which more seeds do not shrink: the fixed sequence's own planning numbers (the seeds "
+                    "a step would need) use the variance components of that step's interval instead.", ""]
     else:
         lines += ["### Power", "", "Not estimable: fewer than 2 seeds per arm.", ""]
     run_level = m.get("run_level") or []
