@@ -319,7 +319,8 @@ def safe_vs_baseline(test: pd.DataFrame, arm: str, decision: DecisionParams) -> 
         "kind": "vs_baseline", "arm": arm, "against": REFERENCE_ARM, "paired_seeds": paired,
         "collision_diff": interval_dict(collision), "capture_diff": interval_dict(capture),
         "p_collision_reduction": p_collision, "p_capture_noninferior": p_capture,
-        "seeds_for_noninferiority": needed, "seeds_for_noninferiority_note": None if needed else _unplanned(cap_a, cap_b),
+        "seeds_for_noninferiority": needed,
+        "seeds_for_noninferiority_note": None if needed else _unplanned(cap_a, cap_b),
         "p": max(p_collision, p_capture),  # intersection-union: both must be rejected
         "collision_reduction_shown": bool(p_collision < alpha),
         "capture_noninferior_shown": bool(p_capture < alpha),

@@ -883,7 +883,6 @@ def power_analysis(
     )
 
 
-
 def crossed_difference_variance_at(a, b, paired_seeds: bool, n_seeds: int) -> float:
     """Var(mean(a) - mean(b)) of `crossed_difference_interval`'s design with `n_seeds` training
     seeds per arm and the same E test scenarios, from the variance components a (Sa, E) and b
@@ -955,6 +954,8 @@ def crossed_seeds_needed(a, b, paired_seeds: bool, delta: float, alpha: float = 
         else:
             low = middle
     return high
+
+
 def seeds_needed(
     seed_sd: float,
     delta: float,

@@ -140,8 +140,8 @@ def _budget_table(inputs: Inputs, params: Params) -> str:
             s.get("resumed_from_update") if s.get("resumed_from_update") is not None else "no",
         ])
     return md_table(["algo", "seed", "budget (train.total_steps)", "env steps done", "updates", "wall time",
-                     "CPU time (share of wall)", "env steps/s", "minibatch fallback (size used)", "rollout / update device (learner)",
-                     "resumed from update"],
+                     "CPU time (share of wall)", "env steps/s", "minibatch fallback (size used)",
+                     "rollout / update device (learner)", "resumed from update"],
                     rows)
 
 

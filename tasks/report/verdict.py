@@ -353,7 +353,8 @@ def decision_section(inputs: Inputs, params: Params) -> tuple[str, str]:
               f"(family: the fixed sequence; {_smallest_permutation_p(len(seeds))}). Where non-inferiority is not "
               "shown, the result names the seeds per arm a study would need for 80 % power at the margin if the true "
               "difference were 0, on these test scenarios (a planning number from the variance components of that "
-              "comparison's interval: seed, scenario and their interaction, which more seeds do not shrink).", "", _sequence_table(steps, params) if steps else "No step could run.", ""]
+              "comparison's interval: seed, scenario and their interaction, which more seeds do not shrink).", "",
+              _sequence_table(steps, params) if steps else "No step could run.", ""]
     choice = m.get("alternative_choice") or {}
     rows = [[c["arm"], c["dev_episodes"], fmt_rate(c["dev_capture"]), fmt_rate(c["dev_collision"]),
              f"{100 * c['dev_collision_upper']:.2f} %", "yes" if c["qualifies"] else "no",
