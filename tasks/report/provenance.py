@@ -158,8 +158,9 @@ def _provenance_section(inputs: Inputs, params: Params, workdir: Path, hw: dict[
         git_text = f"`{git['commit']}`" + (f", DIRTY ({git['changed']} changed/untracked paths outside the "
                                            "pipeline's outputs)" if git["dirty"] else ", clean code")
         if git.get("outputs"):
-            git_text += (f"; {git['outputs']} paths under {', '.join(PIPELINE_OUTPUTS)} differ from the commit (this "
-                         "run's outputs until they are committed)")
+            count = git["outputs"]
+            git_text += (f"; {count} path{'' if count == 1 else 's'} under {', '.join(PIPELINE_OUTPUTS)} "
+                         f"differ{'s' if count == 1 else ''} from the commit (this run's outputs until they are committed)")
     lines = [
         f"- git commit: {git_text}",
         f"- params hash: `{params_hash(params.to_dict())}` (sha256 of the validated params, first 16 hex digits)",
