@@ -192,6 +192,10 @@ def win_rate(a: np.ndarray, b: np.ndarray, confidence: float = 0.95) -> stats.Pa
     return stats.paired_win_rate(a, b, confidence)
 
 
+# per one-sided test of the equivalence step (TOST), for about 80 % power of the pair
+EQUIVALENCE_SIDE_POWER = 0.9
+
+
 def crossed_seeds_for(a: np.ndarray, b: np.ndarray, paired_seeds: bool, delta: float, confidence: float,
                       power: float = 0.8) -> int | None:
     """Seeds per arm at which the crossed difference of a (Sa, E) and b (Sb, E), on these E test
@@ -208,11 +212,12 @@ def crossed_seeds_for(a: np.ndarray, b: np.ndarray, paired_seeds: bool, delta: f
                                       power=power)
 
 
-def _unplanned(a: np.ndarray, b: np.ndarray) -> str:
+def _unplanned(a: np.ndarray, b: np.ndarray, power: float = 0.8) -> str:
     """Why `crossed_seeds_for` gives no number for these arms, if it gives none."""
     if min(a.shape[0], b.shape[0]) < 2 or a.shape[1] < 2:
         return "fewer than 2 seeds or scenarios per arm: no variance to plan from"
-    return "no number of seeds reaches 80 % power on these test scenarios (their arm x scenario spread alone)"
+    return (f"no number of seeds reaches {100 * power:g} % power on these test scenarios: the arms' "
+            "scenario-by-scenario disagreement alone is too wide; more test scenarios would narrow it")
 
 
 def seeds_for(seed_sd: float, delta: float, confidence: float, power: float = 0.8) -> int | None:
@@ -313,14 +318,20 @@ def safe_vs_baseline(test: pd.DataFrame, arm: str, decision: DecisionParams) -> 
     p_collision = p_below(collision, -R, conf)  # H0: the cut is smaller than R
     p_capture = p_above(capture, -M, conf)  # H0: capture drops by M or more
     alpha = (1 - conf) / 2
-    # the planning number of a study that would settle non-inferiority (see crossed_seeds_for)
-    needed = crossed_seeds_for(cap_a, cap_b, paired, M, conf)
+    # the planning number of a study that would settle non-inferiority (see crossed_seeds_for);
+    # none where the capture loss is shown to exceed the margin: more seeds would only confirm it
+    inferior = p_below(capture, -M, conf) < alpha
+    needed = None if inferior else crossed_seeds_for(cap_a, cap_b, paired, M, conf)
+    note = None
+    if inferior:
+        note = "capture is shown lower by more than the margin: more seeds would not show non-inferiority"
+    elif needed is None:
+        note = _unplanned(cap_a, cap_b)
     return {
         "kind": "vs_baseline", "arm": arm, "against": REFERENCE_ARM, "paired_seeds": paired,
         "collision_diff": interval_dict(collision), "capture_diff": interval_dict(capture),
         "p_collision_reduction": p_collision, "p_capture_noninferior": p_capture,
-        "seeds_for_noninferiority": needed,
-        "seeds_for_noninferiority_note": None if needed else _unplanned(cap_a, cap_b),
+        "seeds_for_noninferiority": needed, "seeds_for_noninferiority_note": note,
         "p": max(p_collision, p_capture),  # intersection-union: both must be rejected
         "collision_reduction_shown": bool(p_collision < alpha),
         "capture_noninferior_shown": bool(p_capture < alpha),
@@ -343,7 +354,9 @@ def versus_alternative(test: pd.DataFrame, alternative: str, decision: DecisionP
     p_better, p_worse = p_above(diff, 0.0, conf), p_below(diff, 0.0, conf)
     p_equivalent = max(p_above(diff, -m, conf), p_below(diff, m, conf))  # TOST
     sd = seed_sd(test, [candidate, alternative])
-    needed = crossed_seeds_for(a, b, paired, m, conf)
+    # equivalence needs both one-sided tests: 90 % power each gives about 80 % for the pair at a
+    # true difference of 0 (their failures barely overlap)
+    needed = crossed_seeds_for(a, b, paired, m, conf, power=EQUIVALENCE_SIDE_POWER)
     if p_better < alpha:
         answer = "better"
     elif p_worse < alpha:
@@ -351,9 +364,9 @@ def versus_alternative(test: pd.DataFrame, alternative: str, decision: DecisionP
     elif p_equivalent < alpha:
         answer = f"equivalent within +/- {100 * m:g} pp: prefer the cheaper"
     else:
-        answer = (f"inconclusive: needs about {needed} seeds per arm" if needed else
-                  "inconclusive: no number of seeds settles it at these test scenarios" if sd is not None else
-                  "inconclusive: the seed-level SD is not estimable (fewer than 2 seeds)")
+        answer = (f"inconclusive: needs about {needed} seeds per arm (80 % power to show equivalence within "
+                  f"+/- {100 * m:g} pp if the true difference were 0, on these test scenarios)" if needed else
+                  f"inconclusive: {_unplanned(a, b)}")
     collision = difference_interval(score_matrix(test, candidate, "collision")[1],
                                     score_matrix(test, alternative, "collision")[1], paired, conf)
     return {

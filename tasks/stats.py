@@ -925,7 +925,9 @@ def crossed_seeds_needed(a, b, paired_seeds: bool, delta: float, alpha: float = 
     the crossed difference (a, b as in ``crossed_difference_interval``, the same E scenarios)
     detects a true difference ``delta`` with probability ``power``: noncentral t with
     noncentrality delta / sqrt(``crossed_difference_variance_at``(n)) and the seed-level df
-    (2n - 2; n - 1 paired). None when no n up to ``max_seeds`` reaches it (the arm x scenario
+    (2n - 2; n - 1 paired), an approximation of the Satterthwaite df the interval itself has
+    (fewer than 2n - 2 when one arm's seed spread dominates, about E - 1 for paired arms whose
+    scenario term dominates). None when no n up to ``max_seeds`` reaches it (the arm x scenario
     term, which more seeds do not shrink, is too large for ``delta`` at these E scenarios)."""
     _check_power_inputs(1.0, alpha, power)
     if not (np.isfinite(delta) and delta != 0):
@@ -933,7 +935,7 @@ def crossed_seeds_needed(a, b, paired_seeds: bool, delta: float, alpha: float = 
 
     def reaches(n: int) -> bool:
         variance = crossed_difference_variance_at(a, b, paired_seeds, n)
-        if not variance > 0:
+        if variance <= 0:
             return True
         df = n - 1 if paired_seeds else 2 * n - 2
         critical, shift = float(sps.t.ppf(1.0 - alpha / 2.0, df)), abs(delta) / math.sqrt(variance)
@@ -1015,8 +1017,14 @@ def mcnemar_exact(a, b) -> float:
     return float(min(1.0, 2.0 * tail))
 
 
+# `seed_permutation_test` enumerates every relabelling up to this many, else draws this many
+PERMUTATION_MAX_EXACT = 200_000
+PERMUTATION_RESAMPLES = 100_000
+
+
 def seed_permutation_test(
-    a_seed_scores, b_seed_scores, paired: bool, max_exact: int = 200_000, n_resamples: int = 100_000, seed: int = 0
+    a_seed_scores, b_seed_scores, paired: bool, max_exact: int = PERMUTATION_MAX_EXACT,
+    n_resamples: int = PERMUTATION_RESAMPLES, seed: int = 0
 ) -> float:
     """Two-sided permutation test of the difference in mean per-seed score between two arms.
 

@@ -179,6 +179,54 @@ def _crossed_variance_by_hand(a: np.ndarray, b: np.ndarray, n: int) -> float:
     return max(full, (seed_a + seed_b) / (n * e), (interaction + (res_a + res_b) / n) / e)
 
 
+def _seeds_by_hand(a: np.ndarray, b: np.ndarray, margin: float, power: float = 0.8) -> int:
+    """The fewest seeds per arm (counting up from 2) at which scipy's noncentral t with 2n - 2 df
+    gives a two-sided 5 % test `power` for a true difference `margin`, at the hand-written
+    crossed variance."""
+    for k in range(2, 10_000):
+        df, shift = 2 * k - 2, margin / math.sqrt(_crossed_variance_by_hand(a, b, k))
+        q = sps.t.ppf(0.975, df)
+        if 1 - sps.nct.cdf(q, df, shift) + sps.nct.cdf(-q, df, shift) >= power:
+            return k
+    raise AssertionError("no seed count reaches the power")
+
+
+def _matrix_frame(matrices: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Test episodes from 0/1 capture matrices (S, E) per arm (column e: the scenario e)."""
+    rows = []
+    for arm, m in matrices.items():
+        for s, row in enumerate(m):
+            for e, captured in enumerate(row):
+                rows.append({"arm": arm, "algo": ALGO[arm], "seed": s, "split": "test", "episode": e,
+                             "env_seed": e, "outcome": "capture" if captured else "timeout", "length": 10,
+                             "return": 0.0, "min_h": 1.0, "cbf_violation_steps": 0, "enforced_violation_steps": 0,
+                             "correction_sum": 0.0, "interventions": 0, "infeasible_steps": 0, "decision_ms": 0.0})
+    return pd.DataFrame(rows)
+
+
+def test_planning_number_counts_the_arm_by_scenario_term():
+    """Two arms that fail on different scenarios (each arm's own hard scenarios, fixed across its
+    seeds): the arm x scenario term is positive and the full variance binds, so the crossed
+    design asks for more seeds than the seed-level t model, whose variance leaves that term out.
+    The number equals a count-up search written here by hand."""
+    rng = np.random.default_rng(7)
+    hard_a, hard_b = rng.random(600) < 0.02, rng.random(600) < 0.02
+    a = ((rng.random((5, 600)) < 0.97) & ~hard_a).astype(float)
+    b = ((rng.random((5, 600)) < 0.97) & ~hard_b).astype(float)
+    step = dec.safe_vs_baseline(_matrix_frame({"shielded": a, "baseline": b}), "shielded", D)
+    n = step["seeds_for_noninferiority"]
+    assert n == _seeds_by_hand(a, b, D.noninferiority_margin)
+    interaction = (a.mean(0) - b.mean(0)).var(ddof=1)  # includes the residuals / S, which are small here
+    assert interaction / 600 > 0.5 * _crossed_variance_by_hand(a, b, 5)  # the term carries the variance
+    sd = math.sqrt((a.mean(1).var(ddof=1) + b.mean(1).var(ddof=1)) / 2)
+    assert n > dec.seeds_for(sd, D.noninferiority_margin, D.confidence)
+    # an arm shown worse than the margin: no number, and the note says why
+    worse = dec.safe_vs_baseline(_matrix_frame({"shielded": a * (rng.random((5, 600)) < 0.8), "baseline": b}),
+                                 "shielded", D)
+    assert worse["seeds_for_noninferiority"] is None
+    assert worse["seeds_for_noninferiority_note"].startswith("capture is shown lower by more than the margin")
+
+
 def test_non_inferiority_not_shown_names_the_seeds_that_would_settle_it():
     """Shielded 0.2 pp below the baseline with a wide seed spread: non-inferiority (margin 3 pp)
     is not shown. The planning number: the fewest seeds per arm at which the crossed design (these
@@ -209,7 +257,7 @@ def test_non_inferiority_not_shown_names_the_seeds_that_would_settle_it():
                                  "shielded", D)
     assert shown["capture_noninferior_shown"] and "seeds per arm" not in _step_text({**shown, "id": "H2"})
     # one seed per arm: no variance to plan from, and the text says so instead of a number
-    single = dec.safe_vs_baseline(exact({"shielded": ([300], [500]), "baseline": ([450], [500])}), "shielded", D)
+    single = dec.safe_vs_baseline(exact({"shielded": ([440], [500]), "baseline": ([450], [500])}), "shielded", D)
     assert single["seeds_for_noninferiority"] is None and not single["capture_noninferior_shown"]
     assert "fewer than 2 seeds or scenarios per arm" in _step_text({**single, "id": "H2"})
 
@@ -229,10 +277,13 @@ def test_versus_alternative_branches(bn, alt, expected):
     if expected.startswith("inconclusive"):
         sd = np.sqrt((np.var(np.array(bn) / 500, ddof=1) + np.var(np.array(alt) / 500, ddof=1)) / 2)
         assert step["seed_sd"] == pytest.approx(sd)
-        # the crossed design's number (the variance the step's interval uses) is at least the
-        # seed-level t model's, whose variance is its floor
-        assert step["seeds_needed"] >= dec.seeds_for(sd, D.equivalence_margin, D.confidence) > 5
-        assert step["answer"] == f"inconclusive: needs about {step['seeds_needed']} seeds per arm"
+        # the crossed design's number: 90 % power for each one-sided test of the TOST, by hand;
+        # at least the seed-level t model's (its variance is the crossed one's floor)
+        (_, a), (_, b) = dec.score_matrix(test, "barriernet", "capture"), dec.score_matrix(test, "shielded", "capture")
+        assert step["seeds_needed"] == _seeds_by_hand(a, b, D.equivalence_margin, power=0.9)
+        assert step["seeds_needed"] >= dec.seeds_for(sd, D.equivalence_margin, D.confidence, power=0.9) > 5
+        assert step["answer"] == (f"inconclusive: needs about {step['seeds_needed']} seeds per arm (80 % power to show "
+                                  "equivalence within +/- 2 pp if the true difference were 0, on these test scenarios)")
 
 
 # --- gap, unsafe counts, curves -----------------------------------------------------------------

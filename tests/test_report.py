@@ -579,6 +579,11 @@ def test_the_smallest_permutation_p_follows_the_seed_count():
 
     assert _smallest_permutation_p(5) == "with 5 seeds its smallest possible two-sided p is 2/32 paired or 2/252 unpaired"
     assert _smallest_permutation_p(3) == "with 3 seeds its smallest possible two-sided p is 2/8 paired or 2/20 unpaired"
+    # 11 seeds: 2^11 = 2,048 sign flips are enumerated, C(22, 11) = 705,432 relabellings are more than
+    # the test enumerates (200,000), so it draws 100,000 and its smallest p is 1 / 100,001
+    assert _smallest_permutation_p(11) == ("with 11 seeds its smallest possible two-sided p is 2/2,048 paired or "
+                                           "1/100,001 (random relabellings) unpaired")
+    assert _smallest_permutation_p(1) == "with 1 seed per arm it cannot run"
 
 
 def test_the_committed_reports_seed_aggregates_are_its_per_seed_rates():

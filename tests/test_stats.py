@@ -1028,3 +1028,39 @@ def test_crossed_seeds_needed_none_where_the_scenarios_alone_are_too_wide():
         stats.crossed_difference_variance_at(a, b, False, 1)
     with pytest.raises(ValueError, match="same test scenarios"):
         stats.crossed_difference_variance_at(a, b[:, :10], False, 5)
+
+
+def test_paired_planning_where_a_floor_binds_and_its_search_by_hand():
+    """Paired arms (the same checkpoints) whose differences have no scenario structure: the
+    scenario mean square falls below the residual one, so the full estimate is below the seed
+    floor MS_seed / (S E), which binds (by hand, and as the interval's se^2). The paired search
+    (df n - 1) equals a count-up written here with scipy's noncentral t at the hand variance
+    max(full, floors) at n seeds."""
+    rng = np.random.default_rng(0)
+    a = (rng.random((4, 200)) < 0.9).astype(float)
+    b = a * (rng.random((4, 200)) < 0.95) + (1 - a) * (rng.random((4, 200)) < 0.3)
+    d = a - b
+    s, e = d.shape
+    seed_means, scenario_means, grand = d.mean(1), d.mean(0), d.mean()
+    ms_seed = e * ((seed_means - grand) ** 2).sum() / (s - 1)
+    ms_scenario = s * ((scenario_means - grand) ** 2).sum() / (e - 1)
+    ms_res = ((d - seed_means[:, None] - scenario_means[None, :] + grand) ** 2).sum() / ((s - 1) * (e - 1))
+    assert ms_scenario < ms_res  # the data are chosen so: the floor binds
+
+    def variance(n):
+        seed, scenario = (ms_seed - ms_res) / e, (ms_scenario - ms_res) / s
+        return max(seed / n + scenario / e + ms_res / (n * e), seed / n + ms_res / (n * e),
+                   scenario / e + ms_res / (n * e), 0.0)
+    assert variance(4) == pytest.approx(ms_seed / (s * e), rel=1e-12)
+    assert stats.crossed_difference_variance_at(a, b, True, 4) == pytest.approx(variance(4), rel=1e-12)
+    assert stats.crossed_difference_interval(a, b, True, binary_floor=False).se ** 2 == pytest.approx(
+        variance(4), rel=1e-12)
+
+    def by_hand(delta, power=0.8):
+        for k in range(2, 100_000):
+            shift = delta / math.sqrt(variance(k))
+            q = sps.t.ppf(0.975, k - 1)
+            if sps.nct.sf(q, k - 1, shift) + sps.nct.cdf(-q, k - 1, shift) >= power:
+                return k
+    for delta in (0.01, 0.03):
+        assert stats.crossed_seeds_needed(a, b, True, delta) == by_hand(delta)

@@ -114,9 +114,10 @@ def _scenario_table(params: Params) -> str:
 
 
 def _cpu_time(summary: dict) -> str:
-    """A cell's training CPU time and its share of the wall time ("12.0 s (94 %)"): one training
-    thread, so a share well below 100 % is time the cell waited for a core. "not recorded" for a
-    summary without it (written before cells recorded it)."""
+    """A cell's training CPU time and its share of the wall time ("12.0 s (94 %)"). With one torch
+    thread and the update on the CPU (the default), a share well below 100 % is time the cell
+    waited for a core; on a GPU waiting for the device lowers it too, and with more threads it can
+    exceed 100 %. "not recorded" for a summary without it (written before cells recorded it)."""
     cpu, wall = summary.get("cpu_seconds"), summary.get("wall_seconds")
     if not is_finite_number(cpu):
         return "not recorded"

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from tasks import decision as protocol
+from tasks import stats
 from tasks.artifacts import METRICS_PATH, REFERENCE_ARM
 from tasks.params import Params
 from tasks.report.formatting import (
@@ -209,11 +210,20 @@ def test_range_looks(metrics: dict[str, Any], repo: Path = REPO_ROOT) -> str:
 
 
 def _smallest_permutation_p(seeds: int) -> str:
-    """What the seed-level permutation test can reach with `seeds` seeds per arm: its smallest
-    two-sided p is 2 / 2^n over the sign flips of n paired differences and 2 / C(2n, n) over the
-    relabellings of two arms of n seeds (5 seeds: 2/32 and 2/252)."""
-    return (f"with {seeds} seeds its smallest possible two-sided p is 2/{2 ** seeds} paired or "
-            f"2/{math.comb(2 * seeds, seeds)} unpaired")
+    """What the seed-level permutation test (`tasks.stats.seed_permutation_test`) can reach with
+    `seeds` seeds per arm: its smallest two-sided p is 2 / 2^n over the sign flips of n paired
+    differences and 2 / C(2n, n) over the relabellings of two arms of n seeds (5 seeds: 2/32 and
+    2/252) while it enumerates them; beyond PERMUTATION_MAX_EXACT relabellings it draws
+    PERMUTATION_RESAMPLES of them, and its smallest p is 1 / (1 + that)."""
+    if seeds < 2:
+        return f"with {seeds} seed per arm it cannot run"
+
+    def smallest(count: int) -> str:
+        if count <= stats.PERMUTATION_MAX_EXACT:
+            return f"2/{count:,}"
+        return f"1/{1 + stats.PERMUTATION_RESAMPLES:,} (random relabellings)"
+    return (f"with {seeds} seeds its smallest possible two-sided p is {smallest(2 ** seeds)} paired or "
+            f"{smallest(math.comb(2 * seeds, seeds))} unpaired")
 
 
 def _sequence_table(steps: list[dict[str, Any]], params: Params) -> str:
@@ -353,7 +363,8 @@ def decision_section(inputs: Inputs, params: Params) -> tuple[str, str]:
               f"(family: the fixed sequence; {_smallest_permutation_p(len(seeds))}). Where non-inferiority is not "
               "shown, the result names the seeds per arm a study would need for 80 % power at the margin if the true "
               "difference were 0, on these test scenarios (a planning number from the variance components of that "
-              "comparison's interval: seed, scenario and their interaction, which more seeds do not shrink).", "",
+              "comparison's interval: seed, scenario and their interaction, which more seeds do not shrink; a plug-in "
+              "estimate from this run's few seeds per arm, so itself uncertain).", "",
               _sequence_table(steps, params) if steps else "No step could run.", ""]
     choice = m.get("alternative_choice") or {}
     rows = [[c["arm"], c["dev_episodes"], fmt_rate(c["dev_capture"]), fmt_rate(c["dev_collision"]),
