@@ -206,15 +206,20 @@ def crossed_seeds_for(a: np.ndarray, b: np.ndarray, paired_seeds: bool, delta: f
     and their interaction), so it is the number for the analysis the step runs, not for the
     seed-level t model of `seeds_for`. None with fewer than 2 seeds or scenarios per arm, or when
     no number of seeds reaches it (the arm x scenario term alone is too wide at E scenarios)."""
-    if min(a.shape[0], b.shape[0]) < 2 or a.shape[1] < 2:
+    if not _plannable(a, b):
         return None
     return stats.crossed_seeds_needed(a, b, paired_seeds and a.shape == b.shape, delta, alpha=1 - confidence,
                                       power=power)
 
 
+def _plannable(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether arms a (Sa, E) and b (Sb, E) show a variance to plan from: 2 seeds each, 2 scenarios."""
+    return min(a.shape[0], b.shape[0]) >= 2 and a.shape[1] >= 2
+
+
 def _unplanned(a: np.ndarray, b: np.ndarray, power: float = 0.8) -> str:
     """Why `crossed_seeds_for` gives no number for these arms, if it gives none."""
-    if min(a.shape[0], b.shape[0]) < 2 or a.shape[1] < 2:
+    if not _plannable(a, b):
         return "fewer than 2 seeds or scenarios per arm: no variance to plan from"
     return (f"no number of seeds reaches {100 * power:g} % power on these test scenarios: the arms' "
             "scenario-by-scenario disagreement alone is too wide; more test scenarios would narrow it")

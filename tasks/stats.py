@@ -883,6 +883,35 @@ def power_analysis(
     )
 
 
+def _crossed_variance_terms(a, b, paired_seeds: bool) -> list[tuple[float, float]]:
+    """The candidates of `crossed_difference_interval`'s variance as functions of the seeds per
+    arm n, each (fixed, per_seed): fixed + per_seed / n (see `crossed_difference_variance_at`).
+    The variance components are estimated once here, so a search over n reuses them."""
+    x, y = _as_crossed(a, "a"), _as_crossed(b, "b")
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"a has {x.shape[1]} scenarios but b has {y.shape[1]}; accepted: the same test scenarios")
+    e = x.shape[1]
+    if paired_seeds:
+        if x.shape != y.shape:
+            raise ValueError(f"paired_seeds=True needs the same seeds for both arms; got a {x.shape}, b {y.shape}")
+        c = variance_components(x - y)
+        seed, residual = (c.ms_seed - c.ms_residual) / e, c.ms_residual
+        scenario = (c.ms_scenario - c.ms_residual) / c.n_seeds
+        # full, then the floors: the seed-level variance, the per-scenario term
+        return [(scenario / e, seed + residual / e), (0.0, seed + residual / e), (scenario / e, residual / e)]
+    ca, cb = variance_components(x), variance_components(y)
+    per_scenario = float((x.mean(axis=0) - y.mean(axis=0)).var(ddof=1))
+    residual = ca.ms_residual + cb.ms_residual
+    interaction = per_scenario - ca.ms_residual / ca.n_seeds - cb.ms_residual / cb.n_seeds
+    seeds = (ca.ms_seed - ca.ms_residual + cb.ms_seed - cb.ms_residual) / e
+    return [(interaction / e, seeds + residual / e), (0.0, (ca.ms_seed + cb.ms_seed) / e),
+            (interaction / e, residual / e)]
+
+
+def _variance_at(terms: list[tuple[float, float]], n: int) -> float:
+    return max(*(fixed + per_seed / n for fixed, per_seed in terms), 0.0)
+
+
 def crossed_difference_variance_at(a, b, paired_seeds: bool, n_seeds: int) -> float:
     """Var(mean(a) - mean(b)) of `crossed_difference_interval`'s design with `n_seeds` training
     seeds per arm and the same E test scenarios, from the variance components a (Sa, E) and b
@@ -896,27 +925,7 @@ def crossed_difference_variance_at(a, b, paired_seeds: bool, n_seeds: int) -> fl
     interval does, never less than its floors (the seed-level variance, the per-scenario term)
     scaled to n seeds, and never below 0."""
     n = _check_seed_count("n_seeds", n_seeds)
-    x, y = _as_crossed(a, "a"), _as_crossed(b, "b")
-    if x.shape[1] != y.shape[1]:
-        raise ValueError(f"a has {x.shape[1]} scenarios but b has {y.shape[1]}; accepted: the same test scenarios")
-    e = x.shape[1]
-    if paired_seeds:
-        if x.shape != y.shape:
-            raise ValueError(f"paired_seeds=True needs the same seeds for both arms; got a {x.shape}, b {y.shape}")
-        c = variance_components(x - y)
-        seed, residual = (c.ms_seed - c.ms_residual) / e, c.ms_residual
-        scenario = (c.ms_scenario - c.ms_residual) / c.n_seeds
-        full = seed / n + scenario / e + residual / (n * e)
-        floors = (seed / n + residual / (n * e), scenario / e + residual / (n * e))
-        return max(full, *floors, 0.0)
-    ca, cb = variance_components(x), variance_components(y)
-    per_scenario = float((x.mean(axis=0) - y.mean(axis=0)).var(ddof=1))
-    residual = ca.ms_residual + cb.ms_residual
-    interaction = per_scenario - ca.ms_residual / ca.n_seeds - cb.ms_residual / cb.n_seeds
-    seeds = (ca.ms_seed - ca.ms_residual + cb.ms_seed - cb.ms_residual) / e
-    full = seeds / n + (interaction + residual / n) / e
-    floors = ((ca.ms_seed + cb.ms_seed) / (n * e), (interaction + residual / n) / e)
-    return max(full, *floors, 0.0)
+    return _variance_at(_crossed_variance_terms(a, b, paired_seeds), n)
 
 
 def crossed_seeds_needed(a, b, paired_seeds: bool, delta: float, alpha: float = 0.05, power: float = 0.8,
@@ -933,8 +942,10 @@ def crossed_seeds_needed(a, b, paired_seeds: bool, delta: float, alpha: float = 
     if not (np.isfinite(delta) and delta != 0):
         raise ValueError(f"delta={delta!r} must be a non-zero finite difference (score units)")
 
+    terms = _crossed_variance_terms(a, b, paired_seeds)
+
     def reaches(n: int) -> bool:
-        variance = crossed_difference_variance_at(a, b, paired_seeds, n)
+        variance = _variance_at(terms, n)
         if variance <= 0:
             return True
         df = n - 1 if paired_seeds else 2 * n - 2
