@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,9 +26,11 @@ import pytest
 from tasks import numerics
 from tests.helpers import REPO_ROOT
 
-# Two PPO updates per algorithm with a minibatch big enough for MKL's GEMM kernels to matter.
+# Two PPO updates per algorithm with a minibatch big enough for MKL's GEMM kernels to matter; every
+# algorithm and every arm but the sweep's (each safety layer's own numeric path: BarrierNet's QP,
+# CBF-Beta's safe box and Beta draws, the shield, the deployment filters).
 TINY_CELLS = [
-    "train.algos=[baseline,barriernet]",
+    "train.algos=[baseline,barriernet,cbf_beta,shielded]",
     "train.seeds=[0]",
     "train.total_steps=2048",
     "train.num_envs=64",
@@ -38,7 +41,8 @@ TINY_CELLS = [
     "eval.dev_episodes=6",
     "eval.test_episodes=6",
     "eval.num_envs=6",
-    "eval.arms=[baseline,baseline_dcbf_filter,barriernet]",
+    "eval.arms=[baseline,baseline_ct_filter,baseline_dcbf_filter,barriernet,barriernet_rcbf,cbf_beta,cbf_beta_rcbf,"
+    "shielded]",
     "eval.filter_sweep.enabled=false",  # no arm here reads the sweep's choice
 ]
 
@@ -95,9 +99,10 @@ def _fingerprint(workdir: Path) -> dict[str, str]:
 
 
 def _train_and_evaluate(tmp: Path, name: str, extra_env: dict[str, str], mode: str,
-                        evaluate: bool = True) -> dict[str, str]:
+                        evaluate: bool = True, launcher: tuple[str, ...] = ()) -> dict[str, str]:
     """Both stages (or train alone) through the command line's own entry in ONE fresh process
-    (the mode applied before torch loads, as `python -m tasks` does)."""
+    (the mode applied before torch loads, as `python -m tasks` does). launcher: what runs the
+    interpreter (e.g. qemu-user emulating another CPU); empty: this CPU."""
     workdir = tmp / name
     env = {**_host_env(extra_env), "BARRIERNET_STATE_DIR": str(tmp / f"state-{name}")}
     args = ["--workdir", str(workdir), f"--set=numerics.mode={mode}", *(f"--set={o}" for o in TINY_CELLS)]
@@ -110,10 +115,11 @@ def _train_and_evaluate(tmp: Path, name: str, extra_env: dict[str, str], mode: s
         f"args = {args!r}\n"
         f"sys.exit({stages})\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    done = subprocess.run([*launcher, sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True)
     assert done.returncode == 0, f"train + evaluate under {name} failed:\n{done.stderr[-3000:]}"
     prints = _fingerprint(workdir)
-    assert len(prints) == (4 if evaluate else 2), prints  # two trained cells (and two evaluated ones)
+    assert len(prints) == (8 if evaluate else 4), prints  # four trained cells (and four evaluated ones)
     return prints
 
 
@@ -141,6 +147,40 @@ def test_pinned_runs_are_identical_under_host_settings_and_native_ones_are_not(t
         native_changed = _train_and_evaluate(tmp_path, f"native-{group}", settings, "native", evaluate=False)
         moved = [cell for cell in native_host if native_host[cell] != native_changed[cell]]
         assert moved, f"{group}: {settings} moved no weight without the pin; the check could not see an escape"
+
+
+# CPUs other than this one, emulated by qemu-user (`apt-get install qemu-user`): its TCG runs AVX2
+# and FMA but no AVX-512 and reports the model's own vendor and CPUID, so numpy's SIMD dispatch,
+# OpenBLAS's kernel choice, MKL's branches (an Intel CPU gets other ones than an AMD CPU) and
+# LLVM's host detection all see that CPU. {qemu model: the CPU name LLVM detects in it}: an Intel
+# Haswell (the oldest CPU the pin promises: AVX2 without AVX-512) and an AMD Zen 2.
+EMULATED_CPUS = {"Haswell": "haswell", "EPYC-Rome": "znver2"}
+QEMU = shutil.which("qemu-x86_64")
+_WHAT_THE_CPU_LOOKS_LIKE = ("import llvmlite.binding as llvm\n"
+                            "from numpy.core._multiarray_umath import __cpu_features__ as features\n"
+                            "print(llvm.get_host_cpu_name(), features['AVX2'], features['AVX512F'])")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(QEMU is None, reason="emulating other CPUs needs qemu-user (apt-get install qemu-user)")
+@pytest.mark.parametrize("cpu", sorted(EMULATED_CPUS))
+def test_the_pinned_run_is_the_recorded_one_on_an_emulated_other_cpu(tmp_path, cpu):
+    """The recorded fingerprint came from one machine (an AVX-512 AMD Zen 4); the promise is the same
+    numbers on any x86-64 CPU with AVX2. Here the tiny pinned run goes through an emulated Intel
+    Haswell and AMD Zen 2 and must give the recorded fingerprint. The control: the same CPU
+    unpinned moves the numbers, so the emulation reaches kernels that depend on the CPU. (The
+    compiled numba loops come from the shared on-disk cache: the pin fixes their target, so a
+    colleague's cold compile emits the same machine code.)"""
+    launcher = (QEMU, "-cpu", cpu)
+    seen = subprocess.run([*launcher, sys.executable, "-c", _WHAT_THE_CPU_LOOKS_LIKE], cwd=REPO_ROOT,
+                          env=_host_env({}), capture_output=True, text=True, check=True).stdout.split()
+    assert seen == [EMULATED_CPUS[cpu], "True", "False"], f"qemu -cpu {cpu} looks like {seen} from inside"
+    recorded = json.loads(RECORDED_FINGERPRINT.read_text())["fingerprint"]
+    pinned = _train_and_evaluate(tmp_path, f"pinned-{cpu}", {}, "pinned", launcher=launcher)
+    assert pinned == recorded, f"the pinned run on an emulated {cpu} left the recorded numbers: {pinned}"
+    native = _train_and_evaluate(tmp_path, f"native-{cpu}", {}, "native", evaluate=False, launcher=launcher)
+    assert any(native[cell] != recorded[cell] for cell in native), \
+        f"unpinned, the emulated {cpu} gave the pinned weights: the check could not see its kernels"
 
 
 def _python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess:
