@@ -483,6 +483,15 @@ def _boxes_kernel(A, b, mask, centres, rung_feasible, low, high, rounds, coef_to
         hi_out[n, 0], hi_out[n, 1] = best_h0, best_h1
 
 
+def softplus(raw: Tensor) -> Tensor:
+    """torch's softplus (beta 1, threshold 20: raw itself above 20), any shape, from ops that never
+    reach the system's C math library: `nn.functional.softplus`'s CPU kernel hands strided inputs
+    (the concentrations' column slices) and vector tails to libm's log1pf, which glibc 2.41 rounds
+    differently from 2.36 (CBF-Beta's evaluated actions moved: tests/test_numerics.py), while
+    torch.exp and torch.log1p run MKL's VML (pinned by MKL_CBWR) or SLEEF on every element."""
+    return torch.where(raw > 20, raw, torch.log1p(torch.exp(torch.clamp(raw, max=20))))
+
+
 def beta_log_prob(x: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
     """Elementwise log Beta(x; alpha, beta) density on (0, 1); all (..., 2) -> (..., 2)."""
     return ((alpha - 1) * torch.log(x) + (beta - 1) * torch.log1p(-x)
@@ -542,7 +551,7 @@ class CBFBetaActor(Actor):
     def concentrations(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         """obs (B, obs_dim) -> alpha (B, 2), beta (B, 2), both > 1."""
         raw = self.concentration_head(self.backbone(obs)).to(_safe_dtype(obs))
-        return 1.0 + nn.functional.softplus(raw[:, :2]), 1.0 + nn.functional.softplus(raw[:, 2:])
+        return 1.0 + softplus(raw[:, :2]), 1.0 + softplus(raw[:, 2:])
 
     def rows(self, safety: "SafetyState"):
         """The CBF rows the box is built from (float64, CPU)."""

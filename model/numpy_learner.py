@@ -84,6 +84,26 @@ def rational_tanh(x):  # pragma: no cover (numba)
     return (c * p) / q
 
 
+def portable_log1p(x: np.ndarray) -> np.ndarray:
+    """log(1 + x) of float32 x (any shape; x >= -1) without the C library's log1pf.
+
+    Why: numpy hands float32 log1p to the system's libm, and glibc 2.41 replaced log1pf with a
+    correctly rounded one (CORE-MATH) whose last bits differ from glibc 2.36's: a CBF-Beta run on
+    Debian 13 left the weights a Debian 12 machine gives after two updates. So this uses only
+    numpy's own float32 log (its SIMD loop on contiguous arrays, which the pin fixes to AVX2) and
+    Goldberg's formula (What Every Computer Scientist Should Know About Floating-Point Arithmetic,
+    theorem 4): with u = fl(1 + x), log1p(x) = x where u == 1, else log(u) x / (u - 1), within a
+    few ulps wherever log is within one (tests/test_numpy_learner.py checks it against float64)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    u = np.float32(1.0) + x
+    d = u - np.float32(1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = x / d  # 1 at +inf (log(u) is inf there already); the u == 1 elements are replaced
+        ratio = np.where(np.isinf(x), np.float32(1.0), ratio)
+        out = np.log(u) * ratio
+    return np.where(d == 0, x, out)
+
+
 @njit(cache=True)
 def _clamped_gaussian_log_prob(u, high, low, sample, std, log_std, z, clamp_grad, log_prob):  # pragma: no cover
     """numba, float32 throughout: BarrierNet's update score of the stored samples around the QP's
@@ -396,7 +416,7 @@ class _BetaPolicy:
         self.acts[-1] = self.step.tanh(self.acts[-1])  # the backbone ends in a tanh: its features
         raw = self.acts[-1] @ self.head[0][0].T + self.head[0][1]
         # torch's softplus (beta 1, threshold 20): x itself above 20
-        soft = np.where(raw > 20, raw, np.log1p(np.exp(np.minimum(raw, 20)))).astype(np.float32)
+        soft = np.where(raw > 20, raw, portable_log1p(np.exp(np.minimum(raw, 20)))).astype(np.float32)
         self.raw = raw
         return 1.0 + soft[:, :2], 1.0 + soft[:, 2:]
 
@@ -408,7 +428,7 @@ class _BetaPolicy:
 
         log_width = np.log(np.maximum(high - low, self.floor)).astype(np.float32).sum(-1)
         log_beta = special.gammaln(a) + special.gammaln(b) - special.gammaln(a + b)
-        log_density = ((a - 1) * np.log(sample) + (b - 1) * np.log1p(-sample) - log_beta).sum(-1) - log_width
+        log_density = ((a - 1) * np.log(sample) + (b - 1) * portable_log1p(-sample) - log_beta).sum(-1) - log_width
         return np.where(feasible, log_density, 0.0).astype(np.float32), log_beta
 
     def log_prob(self, obs, sample, extra) -> tuple[np.ndarray, np.ndarray]:
@@ -431,7 +451,7 @@ class _BetaPolicy:
         psi_a, psi_b, psi_ab = self.psi
         gate = grad_log_prob * self.feasible[:, None]
         grad_a = gate * (np.log(x) - psi_a + psi_ab)
-        grad_b = gate * (np.log1p(-x) - psi_b + psi_ab)
+        grad_b = gate * (portable_log1p(-x) - psi_b + psi_ab)
         if np.any(grad_entropy):  # dH/da = -(a - 1) psi'(a) + (a + b - 2) psi'(a + b), likewise b
             tri_a, tri_b, tri_ab = special.polygamma(1, a), special.polygamma(1, b), special.polygamma(1, a + b)
             g = grad_entropy[:, None]

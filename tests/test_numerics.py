@@ -183,6 +183,43 @@ def test_the_pinned_run_is_the_recorded_one_on_an_emulated_other_cpu(tmp_path, c
         f"unpinned, the emulated {cpu} gave the pinned weights: the check could not see its kernels"
 
 
+# Other C libraries than this machine's. numpy hands some float functions (float32 log1p; float64
+# exp and log on AVX2) to the system's libm, and torch's CPU kernels hand strided inputs and
+# vector tails to it; glibc 2.41 and 2.43 replaced many of those functions with correctly rounded
+# ones (CORE-MATH) that differ in the last bit. BARRIERNET_OTHER_GLIBC: ':'-separated directories,
+# each with another glibc's ld-linux-x86-64.so.2, libc.so.6 and libm.so.6 (`bash
+# scripts/fetch_glibc.sh` unpacks Debian 13's and unstable's under .cache/glibc/ and lists them in
+# .cache/glibc/dirs); the interpreter runs under each, with this machine's other libraries.
+OTHER_GLIBCS = [d for d in os.environ.get("BARRIERNET_OTHER_GLIBC", "").split(":") if d]
+_HOST_LIBRARY_DIRS = "/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu:/lib64:/usr/lib64"
+_LIBM_LOG1PF = ("import hashlib, platform, numpy as np\n"
+                "x = np.random.default_rng(0).uniform(-0.99, 50, 2_000_000).astype(np.float32)\n"
+                "print(platform.libc_ver()[1], hashlib.sha256(np.log1p(x).tobytes()).hexdigest())")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not OTHER_GLIBCS, reason="set BARRIERNET_OTHER_GLIBC to other glibc builds (scripts/fetch_glibc.sh)")
+@pytest.mark.parametrize("glibc", OTHER_GLIBCS or ["none"])
+def test_the_pinned_run_is_the_recorded_one_under_another_glibc(tmp_path, glibc):
+    """The tiny pinned run under another glibc must give the recorded fingerprint. The control:
+    numpy's float32 log1p, which is that glibc's log1pf, gives other bits there than here, so the
+    other libm is the one loaded and it does round differently (the hole `portable_log1p` and
+    `model.cbf_beta.softplus` close: CBF-Beta's weights and actions moved under glibc 2.41)."""
+    launcher = (str(Path(glibc) / "ld-linux-x86-64.so.2"), "--library-path", f"{glibc}:{_HOST_LIBRARY_DIRS}")
+    # numpy's AVX-512 loops compute log1p themselves: without them (as pinned) it is libm's
+    no_avx512 = _host_env({"NPY_DISABLE_CPU_FEATURES": numerics.PINNED_ENV["NPY_DISABLE_CPU_FEATURES"]})
+    here = _python(_LIBM_LOG1PF, no_avx512).stdout.split()
+    done = subprocess.run([*launcher, sys.executable, "-c", _LIBM_LOG1PF], cwd=REPO_ROOT, env=no_avx512,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    there = done.stdout.split()
+    assert there[0] != here[0], f"{glibc} is this machine's glibc {here[0]}"
+    assert there[1] != here[1], f"glibc {there[0]} rounds float32 log1p as {here[0]} does: the control sees nothing"
+    recorded = json.loads(RECORDED_FINGERPRINT.read_text())["fingerprint"]
+    pinned = _train_and_evaluate(tmp_path, f"pinned-glibc-{there[0]}", {}, "pinned", launcher=launcher)
+    assert pinned == recorded, f"the pinned run under glibc {there[0]} left the recorded numbers: {pinned}"
+
+
 def _python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
 

@@ -233,3 +233,37 @@ def _check_fused_loops(rng, batch):
     want_nominal = -grad_f * weights
     assert _bytes(grad_nominal) == _bytes(want_nominal)
     assert _bytes(grad_raw_nominal) == _bytes(want_nominal * half * (1.0 - t * t))
+
+
+def test_portable_log1p_is_within_a_few_ulps_of_float64s_log1p():
+    """Against Python's math.log1p in float64 (another routine, at twice the precision), rounded
+    to float32: over (-1, 0), tiny and large positive and negative arguments, and the specials."""
+    import math
+
+    from model.numpy_learner import portable_log1p
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.uniform(-1, 0, 20_000), np.exp(rng.uniform(-100, 20, 20_000)),
+                        -np.exp(rng.uniform(-100, 0, 20_000)), [1e-45, -1e-45, 3e38, np.float32(-1 + 2**-24)]])
+    x = x.astype(np.float32)
+    ours = portable_log1p(x).astype(np.float64)
+    exact = np.array([math.log1p(float(v)) for v in x])
+    ulps = np.abs(ours - exact) / np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
+    assert ulps.max() <= 4.0, (x[ulps.argmax()], ours[ulps.argmax()], exact[ulps.argmax()])
+    specials = portable_log1p(np.array([-1.0, np.inf, np.nan, 0.0, -0.0], np.float32))
+    assert specials[0] == -np.inf and specials[1] == np.inf and np.isnan(specials[2])
+    assert same_bits(torch.from_numpy(specials[3:]), torch.tensor([0.0, -0.0]))
+    assert portable_log1p(np.zeros((3, 2), np.float32)).shape == (3, 2)
+
+
+def test_a_cbf_beta_iteration_leaves_log1p_to_no_c_library(monkeypatch):
+    """numpy's float32 log1p is the system libm's log1pf, which glibc 2.41 rounds differently from
+    2.36 (a tiny CBF-Beta run's weights moved: tests/test_numerics.py). The rollout's and the
+    update's Beta densities and gradients must go through `portable_log1p` instead."""
+    trainer = _trainer("cbf_beta", "numpy")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("np.log1p reached: its float32 bits are the system libm's")
+
+    monkeypatch.setattr(np, "log1p", refuse)
+    trainer.train_one_update()  # the rollout (concentrations, log density), then the update's backward
