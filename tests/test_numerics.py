@@ -86,6 +86,11 @@ def _weights_digest(model: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def _recorded_fingerprint() -> dict[str, str]:
+    """The fingerprint recorded in RECORDED_FINGERPRINT (cell -> digest)."""
+    return json.loads(RECORDED_FINGERPRINT.read_text())["fingerprint"]
+
+
 def _fingerprint(workdir: Path) -> dict[str, str]:
     """sha256 of every cell's trained weights and of its episode table without wall-clock columns."""
     prints = {}
@@ -115,12 +120,18 @@ def _train_and_evaluate(tmp: Path, name: str, extra_env: dict[str, str], mode: s
         f"args = {args!r}\n"
         f"sys.exit({stages})\n"
     )
-    done = subprocess.run([*launcher, sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True,
-                          text=True)
+    done = _python(code, env, launcher)
     assert done.returncode == 0, f"train + evaluate under {name} failed:\n{done.stderr[-3000:]}"
     prints = _fingerprint(workdir)
     assert len(prints) == (8 if evaluate else 4), prints  # four trained cells (and four evaluated ones)
     return prints
+
+
+def _python(code: str, env: dict[str, str], launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """`code` in a fresh interpreter, started by `launcher` (qemu-user, another glibc's loader; empty: this
+    machine's own)."""
+    return subprocess.run([*launcher, sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True)
 
 
 @pytest.mark.slow
@@ -172,10 +183,11 @@ def test_the_pinned_run_is_the_recorded_one_on_an_emulated_other_cpu(tmp_path, c
     compiled numba loops come from the shared on-disk cache: the pin fixes their target, so a
     colleague's cold compile emits the same machine code.)"""
     launcher = (QEMU, "-cpu", cpu)
-    seen = subprocess.run([*launcher, sys.executable, "-c", _WHAT_THE_CPU_LOOKS_LIKE], cwd=REPO_ROOT,
-                          env=_host_env({}), capture_output=True, text=True, check=True).stdout.split()
+    done = _python(_WHAT_THE_CPU_LOOKS_LIKE, _host_env({}), launcher)
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = done.stdout.split()
     assert seen == [EMULATED_CPUS[cpu], "True", "False"], f"qemu -cpu {cpu} looks like {seen} from inside"
-    recorded = json.loads(RECORDED_FINGERPRINT.read_text())["fingerprint"]
+    recorded = _recorded_fingerprint()
     pinned = _train_and_evaluate(tmp_path, f"pinned-{cpu}", {}, "pinned", launcher=launcher)
     assert pinned == recorded, f"the pinned run on an emulated {cpu} left the recorded numbers: {pinned}"
     native = _train_and_evaluate(tmp_path, f"native-{cpu}", {}, "native", evaluate=False, launcher=launcher)
@@ -209,19 +221,14 @@ def test_the_pinned_run_is_the_recorded_one_under_another_glibc(tmp_path, glibc)
     # numpy's AVX-512 loops compute log1p themselves: without them (as pinned) it is libm's
     no_avx512 = _host_env({"NPY_DISABLE_CPU_FEATURES": numerics.PINNED_ENV["NPY_DISABLE_CPU_FEATURES"]})
     here = _python(_LIBM_LOG1PF, no_avx512).stdout.split()
-    done = subprocess.run([*launcher, sys.executable, "-c", _LIBM_LOG1PF], cwd=REPO_ROOT, env=no_avx512,
-                          capture_output=True, text=True)
+    done = _python(_LIBM_LOG1PF, no_avx512, launcher)
     assert done.returncode == 0, done.stderr[-2000:]
     there = done.stdout.split()
     assert there[0] != here[0], f"{glibc} is this machine's glibc {here[0]}"
     assert there[1] != here[1], f"glibc {there[0]} rounds float32 log1p as {here[0]} does: the control sees nothing"
-    recorded = json.loads(RECORDED_FINGERPRINT.read_text())["fingerprint"]
+    recorded = _recorded_fingerprint()
     pinned = _train_and_evaluate(tmp_path, f"pinned-glibc-{there[0]}", {}, "pinned", launcher=launcher)
     assert pinned == recorded, f"the pinned run under glibc {there[0]} left the recorded numbers: {pinned}"
-
-
-def _python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
 
 
 def test_an_unpinned_process_refuses_to_compute_and_says_how_to_start_a_worker():
