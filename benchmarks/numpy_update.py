@@ -19,7 +19,7 @@ by hand:
   through_qp mode (tanh MLP, nominal and class-K heads, the CBF rows' right sides gamma h / dt,
   the QP by the compiled loop of `model.qp.cpu_n2_kernels` with its implicit-function backward,
   the clamp to the action box) or `CBFBetaActor` (softplus concentrations, the Beta density on
-  the rollout's safe boxes, the Beta entropy; digamma and trigamma from scipy.special);
+  the rollout's safe boxes, the Beta entropy; digamma from scipy.special, trigamma our own);
 - the `Critic` (tanh MLP);
 - the clipped surrogate, the clipped value loss and the entropy term of `model.ppo.ppo_losses`;
 - global-norm clipping;
