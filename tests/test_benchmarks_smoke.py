@@ -331,3 +331,25 @@ def test_phase_split_puts_the_update_in_its_column(bench, monkeypatch):
     baseline = float(rows["baseline"][3])
     assert allowed == pytest.approx(baseline / bench.TARGET_SAFE_VS_BASELINE - baseline, abs=0.15)
     assert model.ppo.ppo_update is slow
+
+
+def test_trigamma_exhaustive_walks_every_float32_of_its_range(capsys, monkeypatch):
+    """The walk covers each float32 once (the count of [1, 1 + 2^-10) is 2^13: 2^23 in a binade,
+    the first 2^-10 of it), finds none that differ, and refuses a range below 1."""
+    exhaustive = _load("trigamma_exhaustive")
+    exhaustive.main(["--low", "1", "--high", str(1 + 2**-10)])
+    out = capsys.readouterr().out
+    assert "8,192 values, 0 differ" in out, out
+    # [3, 3 + 2^-18) holds 16 float32 (their spacing in [2, 4) is 2^-22), in chunks of 7, 7 and 2
+    assert exhaustive.compare(3.0, 3.0 + 2**-18, chunk=7)[:2] == (16, 0)
+    # and it sees a difference: one ulp more at every x from 3.5 on
+    import numpy as np
+
+    import model.numpy_learner as learner
+
+    right = learner.trigamma
+    monkeypatch.setattr(learner, "trigamma", lambda x: np.where(x >= 3.5, np.nextafter(right(x), np.float32(1)), right(x)))
+    assert exhaustive.compare(3.0, 4.0)[:2] == (2**22, 2**21)
+    with pytest.raises(SystemExit):
+        exhaustive.main(["--low", "0.5"])
+    assert "need 1 <= low < high" in capsys.readouterr().err
