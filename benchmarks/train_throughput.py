@@ -40,8 +40,11 @@ its time beyond the baseline's (where a safe algorithm's extra time goes, per ph
 rollout vs update, the safety layer's share of each (the QP projection, the NumPy learner's too;
 CBF-Beta's rows and safe box), the env step, the backward pass (and the QP's KKT backward inside
 it), then the top functions of a cProfile run of the same iteration. For a safe algorithm it also
-states what 0.9x the baseline's rate leaves it per iteration, how much more it takes, and how
-much of that the compiled QP loop alone took.
+states what 0.9x the baseline's rate leaves it per iteration, how much more it takes, how much
+of that the compiled QP loop alone took, the ratio it would reach with its QPs free, and the
+ratio it would reach with everything but its own kernels (QP loop and backward, rows, boxes, fused
+head loops, Beta special functions and draws) as fast as the baseline's: below 0.9x there, no
+removal of plumbing can meet the target without faster kernels.
 
     python benchmarks/train_throughput.py                    # 3 iterations of the default batch
     python benchmarks/train_throughput.py --steps 81920 --threads 2
@@ -277,8 +280,8 @@ class PhaseTimer:
     Wrapped: model.ppo.collect_rollout and model.ppo.ppo_update (the two phases), the env step,
     the actor's forward and evaluate_actions, BarrierNet's CBF-QP projection and CBF-Beta's rows
     and safe box (attributed to the phase they run in), Tensor.backward, the optimizer step and
-    the QP's KKT backward (exact backend).
-    Everything is restored on exit.
+    the QP's KKT backward (exact backend), the compiled QP loop and the safety layer's other
+    kernels (`safety_kernels`, one bucket). Everything is restored on exit.
     """
 
     def __init__(self) -> None:
@@ -352,7 +355,9 @@ class PhaseTimer:
         self.patch(kernels, "solve_batch", KERNEL)
         policy = getattr(getattr(trainer.learner, "step", None), "policy", None)
         if isinstance(policy, numpy_learner._BarrierNetPolicy):
-            self.patch_instance(policy, "qp_backward", "update: backward, QP KKT (python part)")
+            self.patch_instance(policy, "qp_backward", KKT_KERNEL)
+        for owner, attr in safety_kernels():
+            self.patch(owner, attr, OWN_KERNELS)
         try:
             yield self
         finally:
@@ -367,6 +372,37 @@ class PhaseTimer:
 
 
 KERNEL = "compiled QP loop (model.qp.cpu_n2_kernels.solve_batch; rollout and update)"
+# the NumPy BarrierNet update's QP backward is the compiled `backward_batch` itself
+KKT_KERNEL = "update: backward, QP KKT (python part)"
+OWN_KERNELS = "the safety layer's other kernels"
+
+
+def safety_kernels() -> list[tuple[Any, str]]:
+    """(module, name) of the arithmetic only a safe algorithm runs, besides the QP loop and its
+    backward: the CBF rows' compiled loop, CBF-Beta's box loops, special functions and Beta draws,
+    BarrierNet's fused head, score and gradient loops. Each is looked up by name at each call, so
+    wrapping the module attribute times every call (none calls another of them from Python)."""
+    from scipy import special
+
+    import model.cbf as cbf
+    import model.cbf_beta as cbf_beta
+    import model.numpy_learner as numpy_learner
+    import model.numpy_rollout as numpy_rollout
+
+    return [(cbf, "_rows_kernel"),
+            (cbf_beta, "_pushed_right_sides"), (cbf_beta, "_empty_beyond_round_off"), (cbf_beta, "_boxes_kernel"),
+            (special, "gammaln"), (special, "digamma"), (numpy_learner, "trigamma"), (torch, "_sample_dirichlet"),
+            (numpy_learner, "_barriernet_head_values"), (numpy_learner, "_barrier_right_sides"),
+            (numpy_learner, "_clamped_gaussian_log_prob"), (numpy_learner, "_barriernet_head_grads"),
+            (numpy_learner, "_barriernet_raw_grads"), (numpy_rollout, "_barriernet_rollout_tail")]
+
+
+def kernel_floor_ratio(baseline_s: float, kernels_s: float) -> float:
+    """The safe algorithm's speed as a fraction of the baseline's were everything but its own
+    kernels as fast as the baseline's: the baseline's iteration over itself plus those kernels. An
+    upper bound on what removing plumbing alone can reach (its extra heads' products and the rest
+    are left out, so the true bound is lower)."""
+    return baseline_s / (baseline_s + kernels_s)
 TARGET_SAFE_VS_BASELINE = 0.9  # issue 17: BarrierNet, CBF-Beta and shielded PPO at >= 0.9x the baseline
 
 
@@ -437,6 +473,7 @@ def profile_iteration(params: Params, algo: str = "barriernet", top: int = 25) -
         total = time.perf_counter() - started
     s = timer.seconds
     kernel = s.pop(KERNEL, 0.0)
+    own_kernels = s.pop(OWN_KERNELS, 0.0)
     rows = [("iteration (rollout + GAE + update)", total)]
     order = [
         "rollout", "rollout: actor forward", "rollout: QP projection (cbf rows excluded)",
@@ -485,6 +522,16 @@ def profile_iteration(params: Params, algo: str = "barriernet", top: int = 25) -
                   f"loop, its plumbing and fallback{', the safe box' if algo == 'cbf_beta' else ''}), {what} would run at "
                   f"{free:.2f}x the baseline ({'meets' if free >= TARGET_SAFE_VS_BASELINE else 'still below'} "
                   f"{TARGET_SAFE_VS_BASELINE}x)", file=out)
+        # Only the QP backward timed at the compiled `backward_batch` itself counts (the NumPy
+        # learner's); torch's learner times its Python autograd node under that name.
+        kkt_kernel = s.get(KKT_KERNEL, 0.0) if params.train.learner == "numpy" else 0.0
+        kernels = kernel + kkt_kernel + own_kernels
+        floor = kernel_floor_ratio(theirs, kernels)
+        print(f"its own kernels alone (the QP loop {1e3 * kernel:.1f} ms, its backward {1e3 * kkt_kernel:.1f} ms, the "
+              f"rows', boxes', heads' and Beta's compiled loops, special functions and draws {1e3 * own_kernels:.1f} ms) "
+              f"took {1e3 * kernels:.1f} ms in the timed iteration; with everything else as fast as the baseline's, "
+              f"{what} would run at {floor:.2f}x ({'meets' if floor >= TARGET_SAFE_VS_BASELINE else 'below'} "
+              f"{TARGET_SAFE_VS_BASELINE}x: a bound on what removing plumbing alone can give)", file=out)
 
     profiler = cProfile.Profile()
     profiler.enable()

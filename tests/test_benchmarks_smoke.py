@@ -123,6 +123,13 @@ def _assert_timing_wrappers_removed() -> None:
 
     assert model.numpy_learner.ProjectionQP.__call__.__qualname__ == "ProjectionQP.__call__"
     assert type(model.qp.cpu_n2_kernels.solve_batch).__name__ == "CPUDispatcher"  # the numba loop itself
+    import numpy as np
+    from scipy import special
+
+    assert type(model.cbf._rows_kernel).__name__ == "CPUDispatcher"
+    assert type(model.cbf_beta._boxes_kernel).__name__ == "CPUDispatcher"
+    assert isinstance(special.gammaln, np.ufunc) and isinstance(special.digamma, np.ufunc)
+    assert type(torch._sample_dirichlet).__name__ == "builtin_function_or_method"
 
 
 def _assert_qp_free_bound(text: str) -> None:
@@ -143,6 +150,25 @@ def _assert_qp_free_bound(text: str) -> None:
     assert free_ratio == pytest.approx(expected, abs=0.01 + 0.2 * expected / baseline_ms)
 
 
+def _assert_kernel_floor(text: str) -> None:
+    """The "own kernels alone" line: its total is its three parts, and its ratio is the baseline's
+    iteration over itself plus that total, recomputed from the printed milliseconds."""
+    import re
+
+    baseline_ms = float(re.search(r"beyond the baseline's ([\d.]+) ms", text).group(1))
+    line = re.search(r"its own kernels alone \(the QP loop ([\d.]+) ms, its backward ([\d.]+) ms, .* draws ([\d.]+) ms\) "
+                     r"took ([\d.]+) ms in the timed iteration; .* would run at ([\d.]+)x", text)
+    assert line, text
+    loop, backward, other, total, ratio = (float(g) for g in line.groups())
+    assert total == pytest.approx(loop + backward + other, abs=0.15)
+    assert ratio == pytest.approx(baseline_ms / (baseline_ms + total), abs=0.006)
+
+
+def test_kernel_floor_ratio_is_the_baseline_over_itself_plus_the_kernels(bench):
+    assert bench.kernel_floor_ratio(0.1, 0.0) == 1.0
+    assert bench.kernel_floor_ratio(0.1143, 0.0105) == pytest.approx(0.9159, abs=1e-4)  # BarrierNet, 2026-12-06
+
+
 def test_qp_free_ratio_is_the_baseline_over_the_rest_capped_at_one_and_never_below_the_measured(bench):
     assert bench.qp_free_ratio(1.2, 1.0, 0.1) == pytest.approx(1.0 / 1.1)  # 0.83x measured, 0.91x without QPs
     assert bench.qp_free_ratio(1.2, 1.0, 0.5) == 1.0  # the QPs' timed share exceeds the whole gap
@@ -161,6 +187,7 @@ def test_profile_breakdown_adds_up(bench, learner):
     assert shares["rollout: actor forward"] + shares["rollout: env step"] <= shares["rollout"]
     assert "allows" in text and "the compiled QP loop alone took" in text  # the 0.9x budget line
     _assert_qp_free_bound(text)
+    _assert_kernel_floor(text)
     if learner == "numpy":  # the NumPy forward and update: the QP on arrays, no torch backward
         # (printed to the millisecond: a tiny configuration's QP may read 0.000)
         assert shares["rollout: QP projection (cbf rows excluded)"] <= shares["rollout: actor forward"]
@@ -192,6 +219,8 @@ def test_cbf_beta_profile_shows_its_safety_layer_inside_the_rollout(bench):
     assert 0 < rows and 0 < box and rows + box <= shares["rollout: actor forward"] <= shares["rollout"]
     assert not any(k.startswith("update: CBF-Beta") for k in shares), shares
     _assert_qp_free_bound(text)
+    _assert_kernel_floor(text)
+    assert "the safety layer's other kernels" not in shares  # a bound's input, not a row of the table
     _assert_timing_wrappers_removed()
 
 
