@@ -160,7 +160,7 @@ def warm() -> dict[str, float]:
     Returns {part: seconds}."""
     seconds = {}
     started = time.perf_counter()
-    import model.numpy_learner  # noqa: F401  (rational_tanh: its one signature compiles at import)
+    import model.numpy_learner  # noqa: F401  (rational_tanh, trigamma: their one signature each compiles at import)
 
     seconds["tanh"] = time.perf_counter() - started
     started = time.perf_counter()

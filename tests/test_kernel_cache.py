@@ -44,7 +44,7 @@ _EXPECTED = {
     "cpu_n2_kernels.solve_batch": 2, "cpu_n2_kernels.backward_batch": 2, "cbf._geometry_kernel": 2, "cbf._rows_kernel": 2,
     "cbf._barriers_kernel": 2, "cbf_beta._boxes_kernel": 1, "cbf_beta._empty_beyond_round_off": 1,
     "cbf_beta._pushed_right_sides": 1,
-    "numpy_learner.rational_tanh": 1, "numpy_learner._clamped_gaussian_log_prob": 1,
+    "numpy_learner.rational_tanh": 1, "numpy_learner.trigamma": 1, "numpy_learner._clamped_gaussian_log_prob": 1,
     "numpy_learner._barriernet_head_grads": 1, "numpy_learner._barriernet_raw_grads": 1,
     "numpy_learner._barriernet_head_values": 1, "numpy_learner._barrier_right_sides": 1,
     "numpy_rollout._barriernet_rollout_tail": 1, "compiled.observe_kernel": 2,
