@@ -403,6 +403,8 @@ def kernel_floor_ratio(baseline_s: float, kernels_s: float) -> float:
     upper bound on what removing plumbing alone can reach (its extra heads' products and the rest
     are left out, so the true bound is lower)."""
     return baseline_s / (baseline_s + kernels_s)
+
+
 TARGET_SAFE_VS_BASELINE = 0.9  # issue 17: BarrierNet, CBF-Beta and shielded PPO at >= 0.9x the baseline
 
 
