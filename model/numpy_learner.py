@@ -474,8 +474,6 @@ class _BetaPolicy:
 
     def backward(self, grad_log_prob: np.ndarray, grad_entropy: np.ndarray) -> None:
         """grad_log_prob (B, 1); grad_entropy (B,): d loss / d entropy of each state."""
-        from scipy import special
-
         a, b, x = self.a, self.b, self.x
         psi_a, psi_b, psi_ab = self.psi
         gate = grad_log_prob * self.feasible[:, None]

@@ -153,8 +153,6 @@ def _assert_qp_free_bound(text: str) -> None:
 def _assert_kernel_floor(text: str) -> None:
     """The "own kernels alone" line: its total is its three parts, and its ratio is the baseline's
     iteration over itself plus that total, recomputed from the printed milliseconds."""
-    import re
-
     baseline_ms = float(re.search(r"beyond the baseline's ([\d.]+) ms", text).group(1))
     line = re.search(r"its own kernels alone \(the QP loop ([\d.]+) ms, its backward ([\d.]+) ms, .* draws ([\d.]+) ms\) "
                      r"took ([\d.]+) ms in the timed iteration; .* would run at ([\d.]+)x", text)
