@@ -380,7 +380,7 @@ OWN_KERNELS = "the safety layer's other kernels"
 def safety_kernels() -> list[tuple[Any, str]]:
     """(module, name) of the arithmetic only a safe algorithm runs, besides the QP loop and its
     backward: the CBF rows' compiled loop, CBF-Beta's box loops, special functions and Beta draws,
-    BarrierNet's fused head, score and gradient loops. Each is looked up by name at each call, so
+    BarrierNet's fused head, score and gradient loops, the shield's rollout tail. Each is looked up by name at each call, so
     wrapping the module attribute times every call (none calls another of them from Python)."""
     from scipy import special
 
@@ -394,7 +394,8 @@ def safety_kernels() -> list[tuple[Any, str]]:
             (special, "gammaln"), (special, "digamma"), (numpy_learner, "trigamma"), (torch, "_sample_dirichlet"),
             (numpy_learner, "_barriernet_head_values"), (numpy_learner, "_barrier_right_sides"),
             (numpy_learner, "_clamped_gaussian_log_prob"), (numpy_learner, "_barriernet_head_grads"),
-            (numpy_learner, "_barriernet_raw_grads"), (numpy_rollout, "_barriernet_rollout_tail")]
+            (numpy_learner, "_barriernet_raw_grads"), (numpy_rollout, "_barriernet_rollout_tail"),
+            (numpy_rollout, "_shielded_rollout_tail")]
 
 
 def kernel_floor_ratio(baseline_s: float, kernels_s: float) -> float:

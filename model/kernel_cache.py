@@ -12,7 +12,8 @@ How: each loop is called once per argument type the pipeline gives it, on a batc
 elements (the loop body never runs; numba compiles and caches by type alone). The types are
 those a cold main job leaves in the cache (its `.nbi` index files): float32 and float64 for the
 QP's solve and backward, the CBF rows and the env's loops (`env/compiled.py`), float64 for
-CBF-Beta's box, float32 for the tanh and BarrierNet's loops of the NumPy learner and rollout.
+CBF-Beta's box, float32 for the tanh, BarrierNet's loops of the NumPy learner and rollout and
+the shield's rollout tail.
 Every array is C-contiguous and writable, as the callers hand them to the loops.
 tests/test_kernel_cache.py checks, with a fresh cache, that a training iteration of every
 algorithm, a float64 QP solve and a step from a hand-set state compile nothing the warm-up did not.
@@ -134,10 +135,11 @@ def _cbf_beta_loops() -> None:
 
 
 def _learner_loops() -> None:
-    """BarrierNet's loops of the NumPy learner and rollout (float32 only: their dtype)."""
+    """BarrierNet's loops of the NumPy learner and rollout, and the shield's rollout tail (float32
+    only: their dtype)."""
     from model.numpy_learner import (_barrier_right_sides, _barriernet_head_grads, _barriernet_head_values,
                                      _barriernet_raw_grads, _clamped_gaussian_log_prob)
-    from model.numpy_rollout import _barriernet_rollout_tail
+    from model.numpy_rollout import _barriernet_rollout_tail, _shielded_rollout_tail
 
     batch, barriers, f32 = 0, 6, np.float32
     pair, vector = np.empty((batch, 2), f32), np.ones(2, f32)
@@ -153,6 +155,8 @@ def _learner_loops() -> None:
     row = np.empty(batch, f32)
     _barriernet_rollout_tail(pair, pair, pair, pair, pair, vector, vector, vector, vector, vector, vector, f32(0.01),
                              rows, present, pair, row, pair, row, np.empty(batch, np.bool_), rows)
+    _shielded_rollout_tail(pair, pair, vector, vector, vector, f32(0.01), rows, present, pair, row,
+                           np.empty(batch, np.bool_), rows)
 
 
 def warm() -> dict[str, float]:

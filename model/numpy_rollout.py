@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 from torch import nn
 
 from model.numpy_learner import (HALF_LOG_2PI, NumpyPPOStep, ProjectionQP, _BarrierNetPolicy, _BetaPolicy, _forward,
@@ -108,6 +110,54 @@ def _barriernet_rollout_tail(u, mean, sample, nominal, noise, high, low, std, lo
             lookahead_h[i, k] = h[i, k] if barrier_mask[i, k] else inf
 
 
+@intrinsic
+def _fma32(typingctx, a, b, c):  # pragma: no cover (numba)
+    """numba: a b + c with one rounding for float32 (LLVM's llvm.fma.f32: the CPU's FMA instruction
+    where the target has one, an exact software fma elsewhere). Defined here, not shared with
+    `model.cbf_beta._fma`: numba would not recompile this file's cached loops after an edit there."""
+    if not all(isinstance(t, types.Float) and t.bitwidth == 32 for t in (a, b, c)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        single = ir.FloatType()
+        fma = builder.module.declare_intrinsic("llvm.fma", [single], ir.FunctionType(single, [single] * 3))
+        return builder.call(fma, args)
+
+    return types.float32(types.float32, types.float32, types.float32), codegen
+
+
+@njit(cache=True)
+def _shielded_rollout_tail(u, proposal, high, low, full_scale, tol, h, barrier_mask, executed, correction,
+                           intervened, lookahead_h):  # pragma: no cover
+    """numba, float32: what `shielded_forward` computes after its QP, as the torch ops it replaces
+    (kept in tests/test_numpy_rollout.py as the reference) round and compare, bit for bit:
+
+        executed = torch.maximum(torch.minimum(u, high), low)   (ATen's scalar loop, which a (B, 2)
+            tensor against a (2,) bound takes: NaN propagates, a tie keeps u, so -0.0 against the
+            bound +0.0 stays -0.0, where NumPy's loops give the bound)
+        correction = ((executed - proposal) / full_scale).norm(dim=-1)   (ATen reduces the pair as
+            sqrt(fma(c1, c1, c0 c0)))
+        intervened = correction > tol   (torch compares with the Python float rounded to float32)
+        lookahead_h = h where the barrier is present, else +inf
+
+    u, proposal (B, 2); high, low, full_scale (2,); tol a float32; h, barrier_mask (B, M). Writes
+    executed (B, 2), correction, intervened (B,) and lookahead_h (B, M)."""
+    inf = np.float32(np.inf)
+    for i in range(u.shape[0]):
+        square = np.float32(0.0)
+        for d in range(2):
+            x = u[i, d]
+            x = high[d] if high[d] < x else x
+            x = low[d] if x < low[d] else x
+            executed[i, d] = x
+            c = (x - proposal[i, d]) / full_scale[d]
+            square = c * c if d == 0 else _fma32(c, c, square)
+        correction[i] = np.sqrt(square)
+        intervened[i] = correction[i] > tol
+        for k in range(h.shape[1]):
+            lookahead_h[i, k] = h[i, k] if barrier_mask[i, k] else inf
+
+
 def barriernet_forward(actor, tanh=rational_tanh):
     """`BarrierNetActor.forward` (through_qp, dcbf, the training's obstacles) in NumPy: (obs (B, D),
     safety, deterministic=False) -> ActorOutput(executed (B, 2), sample (B, 2), log_prob (B,), info)
@@ -160,8 +210,9 @@ def shielded_forward(actor, tanh=rational_tanh):
 
     The Gaussian policy's NumPy forward proposes; the rows and their right sides come from one
     compiled loop (`model.cbf.cbf_rows_arrays`, bit for bit `cbf_rows`), the projection is the
-    torch filter's arithmetic on arrays (`ProjectionQP`: the same compiled loop), the clamp and the
-    correction's norm are torch's own. So every output equals the torch filter's on the same
+    torch filter's arithmetic on arrays (`ProjectionQP`: the same compiled loop), the clamp, the
+    correction and its comparison one more loop rounding as torch's ops do
+    (`_shielded_rollout_tail`). So every output equals the torch filter's on the same
     proposal bit for bit (tests/test_numpy_rollout.py); what goes is the tensor plumbing around
     them, which cost more than the filter's arithmetic at 256 envs."""
     from model.actors import ActorOutput, _safety_like
@@ -173,24 +224,25 @@ def shielded_forward(actor, tanh=rational_tanh):
     projection = actor.projection
     solve = ProjectionQP(projection.weights.numpy())
     gamma = np.float32(actor.gamma)
-    tol = actor.cbf_params.intervention_tol
-    full_scale = projection.high.numpy()  # (v_max, w_max): `_intervention_info`'s units
+    tol = np.float32(actor.cbf_params.intervention_tol)  # torch compared the float32 correction with it in float32
+    high, low = projection.high.numpy(), projection.low.numpy()
+    full_scale = high  # (v_max, w_max): `_intervention_info`'s units
 
     def forward(obs, safety, deterministic=False):
         inner = propose(obs, None, deterministic)
         A, b, mask, h, barrier_mask = cbf_rows_arrays(_safety_like(safety, inner.action), actor.env_params,
                                                       actor.cbf_params, actor.gamma, actor.form, actor.robust_margin)
-        u, *_, feasible = solve(inner.action.numpy(), A, mask, b, None)
-        # torch's clamp, not NumPy's: the two give a zero opposite signs where u is -0.0
-        executed = torch.maximum(torch.minimum(torch.from_numpy(u), projection.high), projection.low)
+        proposal = inner.action.numpy()
+        u, *_, feasible = solve(proposal, A, mask, b, None)
+        batch = u.shape[0]
+        executed, correction = np.empty((batch, 2), np.float32), np.empty(batch, np.float32)
+        intervened, lookahead_h = np.empty(batch, np.bool_), np.empty(h.shape, np.float32)
+        _shielded_rollout_tail(u, proposal, high, low, full_scale, tol, h, barrier_mask, executed, correction,
+                               intervened, lookahead_h)
         info = {"nominal": inner.action, "gamma": torch.from_numpy(np.full(h.shape, gamma)), "proposal": inner.action,
-                "infeasible": torch.from_numpy(~feasible),
-                "lookahead_h": torch.from_numpy(np.where(barrier_mask, h, np.float32(np.inf)))}
-        # `_intervention_info`'s difference and scaling in NumPy (the same float32 operations), its
-        # norm and comparison torch's (their reduction and the tolerance's rounding are torch's)
-        correction = torch.from_numpy((executed.numpy() - inner.action.numpy()) / full_scale).norm(dim=-1)
-        info.update(correction=correction, intervened=correction > tol)
-        return ActorOutput(executed, inner.sample, inner.log_prob, info)
+                "infeasible": torch.from_numpy(~feasible), "lookahead_h": torch.from_numpy(lookahead_h),
+                "correction": torch.from_numpy(correction), "intervened": torch.from_numpy(intervened)}
+        return ActorOutput(torch.from_numpy(executed), inner.sample, inner.log_prob, info)
 
     return forward
 

@@ -263,3 +263,56 @@ def test_barriernets_rollout_tail_computes_the_numpy_expressions_bit_for_bit():
                            (lookahead_h, np.where(present, h, np.inf).astype(f32))):
             assert ours.dtype == want.dtype and ours.tobytes() == np.ascontiguousarray(want).tobytes()
         assert intervened.any() and not intervened.all()
+
+
+def test_the_shields_rollout_tail_computes_the_torch_ops_bit_for_bit():
+    """`_shielded_rollout_tail` against the torch ops `shielded_forward` ran (written out here),
+    byte for byte: solutions on either bound, +0.0 and -0.0 against the bound 0 (torch keeps the
+    solution's zero, NumPy's loops the bound's), NaN, corrections one float32 step either side of
+    the tolerance (torch rounds the Python float to float32), a correction's pair where
+    sqrt(fma(c1, c1, c0 c0)) and sqrt(c0 c0 + c1 c1) differ, barriers present and absent; a
+    rollout's batch, an odd one and a single env."""
+    from model.numpy_rollout import _shielded_rollout_tail
+
+    rng, f32 = np.random.default_rng(7), np.float32
+    low, high = np.array([0.0, -2.84], f32), np.array([1.0, 2.84], f32)
+    tol = 1e-3
+    tol32 = f32(tol)
+    above_tolerance = plain_differs = 0
+    for batch in (256, 1001, 1):
+        proposal = np.maximum(np.minimum((rng.standard_normal((batch, 2)) * 1.5).astype(f32), high), low)
+        u = proposal + (rng.standard_normal((batch, 2)) * 0.05).astype(f32)
+        u[::7, 0], u[1::7, 0], u[2::7, 1], u[3::7, 1] = high[0], low[0], high[1], low[1]
+        u[4::7, 0], u[5::11, 0], u[6::13] = f32(-0.0), f32(0.0), np.nan
+        proposal[4::14, 0] = f32(0.0)  # a -0.0 solution against a proposal of +0.0: no correction
+        # corrections exactly at the tolerance and one float32 step either side: a proposal of 0 and
+        # a solution of `target` in the first coordinate (full scale 1, sqrt(x x) = x exactly)
+        for k, step in enumerate((-1, 0, 1)):
+            target = np.nextafter(tol32, f32(np.inf) if step > 0 else f32(0)) if step else tol32
+            rows = slice(8 + k, None, 10)
+            proposal[rows, 0], u[rows, 0], u[rows, 1] = f32(0.0), target, proposal[rows, 1]
+        barriers = 6
+        h = rng.standard_normal((batch, barriers)).astype(f32)
+        present = rng.random((batch, barriers)) < 0.7
+        out = (np.empty((batch, 2), f32), np.empty(batch, f32), np.empty(batch, np.bool_),
+               np.empty((batch, barriers), f32))
+        _shielded_rollout_tail(u, proposal, high, low, high, tol32, h, present, *out)
+        executed, correction, intervened, lookahead_h = out
+        want_executed = torch.maximum(torch.minimum(torch.from_numpy(u), torch.from_numpy(high)), torch.from_numpy(low))
+        scaled = (want_executed.numpy() - proposal) / high
+        want_correction = torch.from_numpy(scaled).norm(dim=-1)
+        for ours, want in ((executed, want_executed), (correction, want_correction),
+                           (intervened, want_correction > tol),
+                           (lookahead_h, torch.from_numpy(np.where(present, h, np.inf).astype(f32)))):
+            assert same_bits(torch.from_numpy(ours), want)
+        assert batch == 1 or (intervened.any() and not intervened.all())
+        negative_zero = (u[:, 0] == 0) & np.signbit(u[:, 0])
+        assert negative_zero.any() or batch == 1
+        assert np.signbit(executed[negative_zero, 0]).all()  # torch kept the solution's -0.0 against the bound +0.0
+        plain = np.sqrt(scaled[:, 0] * scaled[:, 0] + scaled[:, 1] * scaled[:, 1])
+        plain_differs += int((plain.view(np.int32) != correction.view(np.int32)).sum())
+        above_tolerance += int((correction == np.nextafter(tol32, f32(np.inf))).sum())
+        # torch compares in float32: float32(1e-3) > 1e-3, so a float64 comparison would count these
+        assert batch == 1 or ((correction == tol32).any() and not intervened[correction == tol32].any())
+    assert plain_differs > 0  # the pairs reach the fma's rounding, not only the plain sum's
+    assert above_tolerance > 0  # a correction one step above the tolerance counts
