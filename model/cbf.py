@@ -167,12 +167,17 @@ def _check_gamma(gamma: float | Tensor, form: str, batch: int, barriers: int, li
             raise ValueError(
                 f"gamma has shape {tuple(gamma.shape)}; accepted: a float, (M,) or (B, M) = ({batch}, {barriers})"
             ) from None
+    return like.new_full((batch, barriers), _check_gamma_value(gamma, form))
+
+
+def _check_gamma_value(gamma: float, form: str) -> float:
+    """gamma as a float, or ValueError naming it and the form's accepted range."""
     gamma = float(gamma)
     upper = 1.0 if form == "dcbf" else float("inf")
     if not 0.0 < gamma <= upper:
         accepted = "(0, 1] (a per-step fraction)" if form == "dcbf" else "> 0 (a rate in 1/s)"
         raise ValueError(f"gamma={gamma} is invalid for the {form} form; accepted: {accepted}")
-    return like.new_full((batch, barriers), gamma)
+    return gamma
 
 
 class CBFGeometry(NamedTuple):
@@ -439,8 +444,8 @@ def cbf_rows_arrays(
                              f"({batch}, {barriers}) of {np.dtype(dtype).name}")
         gamma = np.ascontiguousarray(gamma)
     else:
-        _check_gamma(float(gamma), form, 1, 1, torch.empty(0))  # its range, by the torch route's rule
-        gamma = np.full((batch, barriers), float(gamma), dtype)  # rounded once to the dtype, as new_full does
+        # its range by the torch route's rule, rounded once to the dtype, as new_full does
+        gamma = np.full((batch, barriers), _check_gamma_value(gamma, form), dtype)
     theta = pursuer[:, 2]
     cos, sin = torch.cos(theta), torch.sin(theta)  # torch's kernels, as the torch code rounds them
     bounds = np.array([env_params.pursuer_v_max, 0.0, env_params.pursuer_w_max, env_params.pursuer_w_max], dtype)
