@@ -339,8 +339,10 @@ class PhaseTimer:
             if hasattr(actor, "projection"):  # BarrierNet
                 self.patch_instance(actor.projection, "forward", qp_name)
             if isinstance(actor, CBFBetaActor):  # its rows, then the box (centre QPs, chords; numba)
-                self.patch_instance(actor, "rows", lambda: f"{self.phase}: CBF-Beta rows (cbf_rows)")
-        self.patch(cbf_beta_module, "safe_box", lambda: f"{self.phase}: CBF-Beta safe box (centre QPs + chords)")
+                for rows in ("rows", "rows_arrays"):  # the update's (tensors), the NumPy rollout's (arrays)
+                    self.patch_instance(actor, rows, lambda: f"{self.phase}: CBF-Beta rows (cbf_rows)")
+        # every CPU box reaches it (`safe_box`'s tensors too), looked up at each call
+        self.patch(cbf_beta_module, "safe_box_arrays", lambda: f"{self.phase}: CBF-Beta safe box (centre QPs + chords)")
         self.patch_instance(trainer.optimizer, "step", "update: optimizer step")
         self.patch(ppo_module, "ppo_update", "update", phase="update")
         self.patch(torch.Tensor, "backward", "update: backward (all)")

@@ -80,7 +80,7 @@ from model.actors import (
     _safety_like,
     mlp_backbone,
 )
-from model.cbf import BOUND_ROWS, cbf_rows, num_barriers
+from model.cbf import BOUND_ROWS, cbf_rows, cbf_rows_arrays, num_barriers
 from model.qp import routing, solve_qp
 from model.qp.cpu_n2 import solve_arrays
 from model.qp.common import FEAS_TOL
@@ -228,13 +228,20 @@ def safe_box(
 
 def _safe_box_arrays(A: Tensor, b: Tensor, mask: Tensor, action_low: Sequence[float], action_high: Sequence[float],
                      rounds: int) -> SafeBox:
+    """`safe_box` on the CPU through `safe_box_arrays`, tensors in and out."""
+    low, high, feasible = safe_box_arrays(A.detach().to(torch.float64).numpy(), b.detach().to(torch.float64).numpy(),
+                                          mask.to(torch.bool).numpy(), action_low, action_high, rounds)
+    return SafeBox(torch.from_numpy(low), torch.from_numpy(high), torch.from_numpy(feasible))
+
+
+def safe_box_arrays(A_np: np.ndarray, b_np: np.ndarray, mask_np: np.ndarray, action_low: Sequence[float],
+                    action_high: Sequence[float], rounds: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`safe_box` on the CPU as NumPy arrays and compiled loops: the same steps, the same arithmetic
     per element, equal to the torch code bit for bit (tested). The centres' QPs go straight to the
     exact solver's compiled loop (`model.qp.cpu_n2.solve_arrays`), steps 2-4 to `_boxes_kernel`:
-    the torch code's few hundred small tensor ops per call cost more than the QPs themselves."""
-    A_np = A.detach().to(torch.float64).numpy()
-    b_np = b.detach().to(torch.float64).numpy()
-    mask_np = mask.to(torch.bool).numpy()
+    the torch code's few hundred small tensor ops per call cost more than the QPs themselves.
+    A_np (B, m, 2), b_np (B, m) float64, mask_np (B, m) bool; returns low, high (B, 2) float64 and
+    feasible (B,) bool (the CBF-Beta rollout's NumPy forward calls it without tensors)."""
     low, high = np.array(list(action_low), np.float64), np.array(list(action_high), np.float64)
     batch = b_np.shape[0]
     bound_A = np.broadcast_to(np.array(BOUND_ROWS, np.float64), (batch, 4, 2))
@@ -261,8 +268,7 @@ def _safe_box_arrays(A: Tensor, b: Tensor, mask: Tensor, action_low: Sequence[fl
                                              np.concatenate((rung_feasible[:, rest], more_feasible)))
     point = centres[0]
     keep = feasible[:, None]
-    return SafeBox(torch.from_numpy(np.where(keep, best_lo, point)), torch.from_numpy(np.where(keep, best_hi, point)),
-                   torch.from_numpy(feasible))
+    return np.where(keep, best_lo, point), np.where(keep, best_hi, point), feasible
 
 
 def _centres_arrays(A: np.ndarray, b: np.ndarray, mask: np.ndarray, deltas: Sequence[float], low: np.ndarray,
@@ -557,6 +563,12 @@ class CBFBetaActor(Actor):
         """The CBF rows the box is built from (float64, CPU)."""
         cpu = torch.empty(0, dtype=torch.float64)
         return cbf_rows(_safety_like(safety, cpu), self.env_params, self.cbf_params, self.gamma, form=self.box_form)
+
+    def rows_arrays(self, safety: "SafetyState") -> tuple[np.ndarray, ...]:
+        """`rows` as `model.cbf.cbf_rows_arrays` gives them, without the tensors: A (B, m, 2), b (B, m),
+        mask (B, m), h (B, M) (absent obstacles: finite placeholders), barrier_mask (B, M), float64."""
+        cpu = torch.empty(0, dtype=torch.float64)
+        return cbf_rows_arrays(_safety_like(safety, cpu), self.env_params, self.cbf_params, self.gamma, self.box_form)
 
     def cbf_geometry(self, safety: "SafetyState", obs: Tensor | None = None) -> SafeBox:
         """The safe boxes of states (B,), on obs' device (or the CPU): the per-state part of

@@ -255,8 +255,9 @@ def cbf_beta_forward(actor, tanh=rational_tanh):
 
     The concentrations and the log-density are the NumPy update's own arithmetic (`_BetaPolicy`:
     the same MLP, softplus and scipy's gammaln), so the rollout's log_prob is the one the update's
-    first epoch recomputes; the rows and the safe box are the torch actor's (already compiled
-    loops, the same numbers); the Beta draw is torch's `_sample_dirichlet` on the stacked
+    first epoch recomputes; the rows and the safe box are the torch actor's compiled loops on NumPy
+    arrays (`CBFBetaActor.rows_arrays`, `model.cbf_beta.safe_box_arrays`: the same numbers, without
+    the tensors between them); the Beta draw is torch's `_sample_dirichlet` on the stacked
     concentrations, the call `torch.distributions.Beta.sample` makes, so the RNG stream is the torch
     forward's."""
     from model import cbf_beta
@@ -273,10 +274,10 @@ def cbf_beta_forward(actor, tanh=rational_tanh):
         if safety is None:
             raise ValueError("CBFBetaActor needs the SafetyState (got None)")
         a, b = policy.concentrations(obs.numpy())
-        rows = actor.rows(safety)
-        # looked up per call, as the torch actor does (a profiler times the module's function)
-        box = cbf_beta.safe_box(rows.A, rows.b, rows.mask, actor.action_low, actor.action_high, actor.box_rounds)
-        box_low, box_high, feasible = box.low.numpy(), box.high.numpy(), box.feasible.numpy()
+        A, b_rows, mask, h, barrier_mask = actor.rows_arrays(safety)
+        # looked up per call (a profiler times the module's function)
+        box_low, box_high, feasible = cbf_beta.safe_box_arrays(A, b_rows, mask, actor.action_low, actor.action_high,
+                                                               actor.box_rounds)
         if deterministic:
             x = a / (a + b)
         else:  # Beta(a, b) = the first coordinate of Dirichlet((a, b))
@@ -288,10 +289,11 @@ def cbf_beta_forward(actor, tanh=rational_tanh):
         correction = np.sqrt((((executed - proposal) / high) ** 2).sum(-1))
         info = {"nominal": proposal, "proposal": proposal, "infeasible": ~feasible,
                 "gamma": np.full((x.shape[0], barriers), np.float32(actor.gamma)),
-                "lookahead_h": rows.h.numpy().astype(np.float32), "box_low": box_low.astype(np.float32),
-                "box_high": box_high.astype(np.float32), "correction": correction, "intervened": correction > tol}
+                "lookahead_h": np.where(barrier_mask, h, np.float32(np.inf)).astype(np.float32),
+                "box_low": box_low.astype(np.float32), "box_high": box_high.astype(np.float32),
+                "correction": correction, "intervened": correction > tol,
+                "safe_box": np.concatenate((box_low, box_high, feasible.astype(np.float64)[:, None]), -1)}  # SafeBox.packed
         info = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in info.items()}
-        info["safe_box"] = box.packed()
         return ActorOutput(torch.from_numpy(executed), torch.from_numpy(np.ascontiguousarray(x)),
                            torch.from_numpy(log_prob), info)
 
