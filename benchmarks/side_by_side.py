@@ -16,7 +16,8 @@ checkout it held; pinned together, two A/A runs of 12 rounds read 0.98-1.03x and
 neither side favoured. So a ratio within about 7 % of 1 is noise here. Use an even number of rounds.
 
 Printed: per algorithm, env-steps per wall second and per CPU second of each side and the ratio
-(new / old), with the CPU model and the load average. The wall-clock figure is the measure; the
+(new / old) with a 95 % interval (`speed_ratio`: a bootstrap over the paired rounds), with the
+CPU model and the load average. The wall-clock figure is the measure; the
 CPU-second figure approximates an idle core on a shared machine.
 """
 
@@ -117,6 +118,7 @@ class Side:
     info: dict
     wall: dict[str, float] = field(default_factory=dict)
     cpu: dict[str, float] = field(default_factory=dict)
+    per_round: dict[str, list[float]] = field(default_factory=dict)  # each round's wall seconds
 
     def round(self) -> None:
         self.proc.stdin.write("round\n")
@@ -127,11 +129,32 @@ class Side:
         for algo, (wall, cpu) in json.loads(line).items():
             self.wall[algo] = self.wall.get(algo, 0.0) + wall
             self.cpu[algo] = self.cpu.get(algo, 0.0) + cpu
+            self.per_round.setdefault(algo, []).append(wall)
 
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.stdin.close()
             self.proc.wait(60)
+
+
+def speed_ratio(reference: list[float], candidate: list[float], confidence: float = 0.95, draws: int = 4000,
+                seed: int = 0) -> tuple[float, float, float]:
+    """The candidate's speed relative to the reference's, sum(reference) / sum(candidate), from two
+    lists of per-round seconds (the same rounds, paired), and its percentile bootstrap interval:
+    rounds resampled with replacement, both columns of a round together, so a drift of the
+    machine that slows a whole round cancels in each pair. It treats rounds as independent, which
+    a slow phase spanning many rounds is not: read it as a floor on the uncertainty. Returns
+    (ratio, low, high)."""
+    import numpy as np
+
+    a, b = np.asarray(reference, float), np.asarray(candidate, float)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(f"speed_ratio takes two equal-length lists of per-round seconds; got {a.shape} and {b.shape}")
+    picks = np.random.default_rng(seed).integers(0, a.size, size=(draws, a.size))
+    resampled = a[picks].sum(1) / b[picks].sum(1)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(resampled, (tail, 1 - tail))
+    return float(a.sum() / b.sum()), float(low), float(high)
 
 
 def shared_cpu() -> int | None:
@@ -184,7 +207,7 @@ def compare(against: str, algos: list[str], rounds: int, overrides: dict, thread
         old.close()
         new.close()
     steps = rounds * new.info["batch"]
-    head = (f"{'algorithm':<11} | {'old steps/s':>11} | {'new steps/s':>11} | {'ratio':>6} | "
+    head = (f"{'algorithm':<11} | {'old steps/s':>11} | {'new steps/s':>11} | {'ratio':>6} | {'95 % CI':>14} | "
             f"{'old steps/CPU-s':>15} | {'new steps/CPU-s':>15} | {'CPU ratio':>9}")
     lines = [
         f"training throughput, {against} vs this checkout: {rounds} alternating rounds (ABBA order) of {steps // rounds} "
@@ -197,12 +220,20 @@ def compare(against: str, algos: list[str], rounds: int, overrides: dict, thread
     for algo in algos:
         o_sps, n_sps = steps / old.wall[algo], steps / new.wall[algo]
         o_cpu, n_cpu = steps / old.cpu[algo], steps / new.cpu[algo]
-        lines.append(f"{algo:<11} | {o_sps:>11,.0f} | {n_sps:>11,.0f} | {n_sps / o_sps:>5.2f}x | "
+        _, low, high = speed_ratio(old.per_round[algo], new.per_round[algo])
+        interval = f"[{low:.2f}, {high:.2f}]"
+        lines.append(f"{algo:<11} | {o_sps:>11,.0f} | {n_sps:>11,.0f} | {n_sps / o_sps:>5.2f}x | {interval:>14} | "
                      f"{o_cpu:>15,.0f} | {n_cpu:>15,.0f} | {n_cpu / o_cpu:>8.2f}x")
-    base = new.wall["baseline"] if "baseline" in new.wall else None
-    if base:
-        ratios = ", ".join(f"{a} {base / new.wall[a]:.2f}x" for a in algos if a != "baseline")
-        lines.append(f"new checkout, env-steps/s relative to the baseline's (issue 17 target >= 0.9x): {ratios}")
+    lines.append("95 % CI: percentile bootstrap over rounds, each round's old and new seconds resampled together "
+                 "(rounds taken as independent: a floor on the uncertainty)")
+    if "baseline" in new.wall:
+        ratios = []
+        for a in algos:
+            if a != "baseline":
+                ratio, low, high = speed_ratio(new.per_round["baseline"], new.per_round[a])
+                ratios.append(f"{a} {ratio:.2f}x [{low:.2f}, {high:.2f}]")
+        lines.append("new checkout, env-steps/s relative to the baseline's in the same rounds (issue 17 target >= 0.9x; "
+                     f"95 % CI as above): {', '.join(ratios)}")
     return "\n".join(lines)
 
 
