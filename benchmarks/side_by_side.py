@@ -1,24 +1,28 @@
 """Training throughput of this checkout against another commit, side by side in one run.
 
-    python benchmarks/train_throughput.py --against 4f49af4            # the default batch, 6 rounds
-    python benchmarks/side_by_side.py 4f49af4 --rounds 10 --algos baseline barriernet
+    python benchmarks/train_throughput.py --against 4f49af4            # the default batch
+    python benchmarks/side_by_side.py 4f49af4 --rounds 48 --processes 4 --algos baseline barriernet
 
 The other commit's tracked files are unpacked (`git archive`) under `.cache/snapshots/<commit>`
-(git-ignored, kept for the next run). Two long-lived child processes, one per checkout, each import their own
-code with the pinned numerics, build a `tasks.train.Trainer` per algorithm from their own
-params.yaml (the same budget overrides in both) and run one warm-up iteration. Then the parent
-alternates: one iteration of every algorithm in one checkout, then in the other, round after
-round, the first side swapping every round (old-new, new-old, ...). Drifts in the machine's load
-therefore reach both sides alike, and so does any edge of going first or second in a round. Only
-one child computes at a time, and both are pinned to the same CPU (`shared_cpu`): on separate CPUs
-the child started second ran 2-7 % faster in A/A runs (this checkout against HEAD), whichever
-checkout it held; pinned together, two A/A runs of 12 rounds read 0.98-1.03x and 0.96-1.07x,
-neither side favoured. So a ratio within about 7 % of 1 is noise here. Use an even number of rounds.
+(git-ignored, kept for the next run). A pair of long-lived child processes, one per checkout, each
+import their own code with the pinned numerics, build a `tasks.train.Trainer` per algorithm from
+their own params.yaml (the same budget overrides in both) and run one warm-up iteration. Then the
+parent alternates: one iteration of every algorithm in one checkout, then in the other, round
+after round, the first side swapping every round (old-new, new-old, ...). Drifts in the machine's
+load therefore reach both sides alike, and so does any edge of going first or second in a round.
+Only one child computes at a time, and both are pinned to the same CPU (`shared_cpu`): on separate
+CPUs the child started second ran 2-7 % faster in A/A runs (this checkout against HEAD), whichever
+checkout it held. Use an even number of rounds.
+
+`--processes P` (default 4) runs P such pairs one after another, the rounds split between them
+and the pair's first-started side alternating. Why: a child process keeps its own speed for its
+whole life, a few percent either way (same-code A/A pairs read 0.95-1.04x, each with a round-level
+interval that left out 1; docs/MEASUREMENTS.md), so only several processes per side show that
+spread, and the printed interval is then a t interval over the pairs (`speed_ratio`).
 
 Printed: per algorithm, env-steps per wall second and per CPU second of each side and the ratio
-(new / old) with a 95 % interval (`speed_ratio`: a bootstrap over the paired rounds), with the
-CPU model and the load average. The wall-clock figure is the measure; the
-CPU-second figure approximates an idle core on a shared machine.
+(new / old) with its 95 % interval, with the CPU model and the load average. The wall-clock figure
+is the measure; the CPU-second figure approximates an idle core on a shared machine.
 """
 
 from __future__ import annotations
@@ -137,24 +141,37 @@ class Side:
             self.proc.wait(60)
 
 
-def speed_ratio(reference: list[float], candidate: list[float], confidence: float = 0.95, draws: int = 4000,
-                seed: int = 0) -> tuple[float, float, float]:
-    """The candidate's speed relative to the reference's, sum(reference) / sum(candidate), from two
-    lists of per-round seconds (the same rounds, paired), and its percentile bootstrap interval:
-    rounds resampled with replacement, both columns of a round together, so a drift of the
-    machine that slows a whole round cancels in each pair. It treats rounds as independent, which
-    a slow phase spanning many rounds is not: read it as a floor on the uncertainty. Returns
-    (ratio, low, high)."""
-    import numpy as np
+def speed_ratio(reference: list[list[float]], candidate: list[list[float]], confidence: float = 0.95,
+                draws: int = 4000, seed: int = 0) -> tuple[float, float, float, str]:
+    """The candidate's speed relative to the reference's, total reference seconds / total candidate
+    seconds, and an interval. reference, candidate: per child process, its per-round seconds (paired:
+    the same processes' same rounds). Returns (ratio, low, high, what the interval resamples).
 
-    a, b = np.asarray(reference, float), np.asarray(candidate, float)
-    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
-        raise ValueError(f"speed_ratio takes two equal-length lists of per-round seconds; got {a.shape} and {b.shape}")
-    picks = np.random.default_rng(seed).integers(0, a.size, size=(draws, a.size))
-    resampled = a[picks].sum(1) / b[picks].sum(1)
+    Why per process: each child process keeps its own speed for its whole life (its memory
+    layout, hash seeds, what shares cache sets with what), a few percent either way: same-code
+    A/A pairs on a 2-core EPYC read 0.95-1.04x with round-level intervals that left out 1 (docs/
+    MEASUREMENTS.md). So with two or more process pairs the interval is a t interval over the
+    pairs' log ratios, which that spread enters. With one pair only the rounds can be resampled
+    (a percentile bootstrap, a round's two sides together, so a drift that slows a whole round
+    cancels): that interval leaves the process spread out, and says so."""
+    import numpy as np
+    from scipy import stats
+
+    if len(reference) != len(candidate) or not reference or any(
+            len(a) != len(b) or not a for a, b in zip(reference, candidate)):
+        raise ValueError("speed_ratio takes per-process lists of per-round seconds, the same shape on both sides; got "
+                         f"{[len(a) for a in reference]} and {[len(b) for b in candidate]}")
+    ratio = sum(map(sum, reference)) / sum(map(sum, candidate))
     tail = (1 - confidence) / 2
-    low, high = np.quantile(resampled, (tail, 1 - tail))
-    return float(a.sum() / b.sum()), float(low), float(high)
+    if len(reference) == 1:
+        a, b = np.asarray(reference[0], float), np.asarray(candidate[0], float)
+        picks = np.random.default_rng(seed).integers(0, a.size, size=(draws, a.size))
+        low, high = np.quantile(a[picks].sum(1) / b[picks].sum(1), (tail, 1 - tail))
+        return ratio, float(low), float(high), "rounds of one process pair (leaves out the process-to-process spread)"
+    logs = np.log([sum(a) / sum(b) for a, b in zip(reference, candidate)])
+    half = stats.t.ppf(1 - tail, logs.size - 1) * logs.std(ddof=1) / np.sqrt(logs.size)
+    centre = logs.mean()
+    return ratio, float(np.exp(centre - half)), float(np.exp(centre + half)), f"{logs.size} process pairs (t interval)"
 
 
 def shared_cpu() -> int | None:
@@ -185,52 +202,68 @@ def ready(side: Side) -> None:
 
 
 def compare(against: str, algos: list[str], rounds: int, overrides: dict, threads: int = 1,
-            snapshots: Path | None = None) -> str:
-    """Run both checkouts round-robin; return the printed table."""
+            snapshots: Path | None = None, processes: int = 1) -> str:
+    """Run both checkouts round-robin in `processes` successive pairs of child processes (the one
+    started first alternating), `rounds` rounds in all, split evenly (at least 2 per pair); return
+    the printed table."""
+    if processes < 1 or rounds < 1:
+        raise SystemExit(f"processes={processes}, rounds={rounds}; accepted: both >= 1")
+    per_pair = max(2, -(-rounds // processes))
+    per_pair += per_pair % 2  # ABBA needs an even count
     old_root = snapshot(against, snapshots)
-    old = start(f"old ({against})", old_root, algos, overrides, threads)
-    new = start("new (this checkout)", REPO, algos, overrides, threads)
+    old_rounds, new_rounds, cpu = {a: [] for a in algos}, {a: [] for a in algos}, {"old": {}, "new": {}}
     loads = []
-    try:
-        ready(old)
-        ready(new)
-        if old.info["batch"] != new.info["batch"]:
-            raise SystemExit(f"the two checkouts' batches differ ({old.info['batch']} vs {new.info['batch']}); "
-                             "pass the same train.num_envs and train.rollout_steps with --set")
-        for index in range(rounds):
-            # ABBA: the side that goes first swaps every round, so whatever favours the first (or
-            # second) turn of a round -- caches, clocks, the other child just gone idle -- reaches both
-            for side in ((old, new) if index % 2 == 0 else (new, old)):
-                side.round()
-            loads.append(os.getloadavg()[0])
-    finally:
-        old.close()
-        new.close()
-    steps = rounds * new.info["batch"]
+    for pair in range(processes):
+        labels = ((f"old ({against})", old_root), ("new (this checkout)", REPO))
+        started = [start(label, root, algos, overrides, threads) for label, root in (labels if pair % 2 == 0
+                                                                                     else labels[::-1])]
+        old, new = started if pair % 2 == 0 else started[::-1]
+        try:
+            for side in started:
+                ready(side)
+            if old.info["batch"] != new.info["batch"]:
+                raise SystemExit(f"the two checkouts' batches differ ({old.info['batch']} vs {new.info['batch']}); "
+                                 "pass the same train.num_envs and train.rollout_steps with --set")
+            for index in range(per_pair):
+                # ABBA: the side that goes first swaps every round, so whatever favours the first (or
+                # second) turn of a round -- caches, clocks, the other child just gone idle -- reaches both
+                for side in ((old, new) if index % 2 == 0 else (new, old)):
+                    side.round()
+                loads.append(os.getloadavg()[0])
+        finally:
+            old.close()
+            new.close()
+        for algo in algos:
+            old_rounds[algo].append(old.per_round[algo])
+            new_rounds[algo].append(new.per_round[algo])
+            for name, side in (("old", old), ("new", new)):
+                cpu[name][algo] = cpu[name].get(algo, 0.0) + side.cpu[algo]
+    batch = new.info["batch"]
+    steps = processes * per_pair * batch
     head = (f"{'algorithm':<11} | {'old steps/s':>11} | {'new steps/s':>11} | {'ratio':>6} | {'95 % CI':>14} | "
             f"{'old steps/CPU-s':>15} | {'new steps/CPU-s':>15} | {'CPU ratio':>9}")
     lines = [
-        f"training throughput, {against} vs this checkout: {rounds} alternating rounds (ABBA order) of {steps // rounds} "
-        f"env-steps per algorithm, warm-up excluded; {cpu_model()}, {os.cpu_count()} CPUs, {threads} torch "
-        f"thread(s), children on CPU(s) old {old.info.get('cpus')} / new {new.info.get('cpus')}; numerics old {old.info['numerics']} / new "
-        f"{new.info['numerics']}; torch {new.info['torch']}; "
-        f"load average {min(loads):.2f}-{max(loads):.2f}",
+        f"training throughput, {against} vs this checkout: {processes} pair(s) of child processes x {per_pair} "
+        f"alternating rounds (ABBA order) of {batch} env-steps per algorithm, warm-up excluded; {cpu_model()}, "
+        f"{os.cpu_count()} CPUs, {threads} torch thread(s), children on CPU(s) old {old.info.get('cpus')} / new "
+        f"{new.info.get('cpus')}; numerics old {old.info['numerics']} / new {new.info['numerics']}; torch "
+        f"{new.info['torch']}; load average {min(loads):.2f}-{max(loads):.2f}",
         head, "-" * len(head),
     ]
+    resampled = ""
     for algo in algos:
-        o_sps, n_sps = steps / old.wall[algo], steps / new.wall[algo]
-        o_cpu, n_cpu = steps / old.cpu[algo], steps / new.cpu[algo]
-        _, low, high = speed_ratio(old.per_round[algo], new.per_round[algo])
+        o_wall, n_wall = sum(map(sum, old_rounds[algo])), sum(map(sum, new_rounds[algo]))
+        o_cpu, n_cpu = steps / cpu["old"][algo], steps / cpu["new"][algo]
+        _, low, high, resampled = speed_ratio(old_rounds[algo], new_rounds[algo])
         interval = f"[{low:.2f}, {high:.2f}]"
-        lines.append(f"{algo:<11} | {o_sps:>11,.0f} | {n_sps:>11,.0f} | {n_sps / o_sps:>5.2f}x | {interval:>14} | "
-                     f"{o_cpu:>15,.0f} | {n_cpu:>15,.0f} | {n_cpu / o_cpu:>8.2f}x")
-    lines.append("95 % CI: percentile bootstrap over rounds, each round's old and new seconds resampled together "
-                 "(rounds taken as independent: a floor on the uncertainty)")
-    if "baseline" in new.wall:
+        lines.append(f"{algo:<11} | {steps / o_wall:>11,.0f} | {steps / n_wall:>11,.0f} | {o_wall / n_wall:>5.2f}x | "
+                     f"{interval:>14} | {o_cpu:>15,.0f} | {n_cpu:>15,.0f} | {n_cpu / o_cpu:>8.2f}x")
+    lines.append(f"95 % CI over {resampled}")
+    if "baseline" in algos:
         ratios = []
         for a in algos:
             if a != "baseline":
-                ratio, low, high = speed_ratio(new.per_round["baseline"], new.per_round[a])
+                ratio, low, high, _ = speed_ratio(new_rounds["baseline"], new_rounds[a])
                 ratios.append(f"{a} {ratio:.2f}x [{low:.2f}, {high:.2f}]")
         lines.append("new checkout, env-steps/s relative to the baseline's in the same rounds (issue 17 target >= 0.9x; "
                      f"95 % CI as above): {', '.join(ratios)}")
@@ -254,15 +287,19 @@ def parse_sets(items: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("against", help="the commit to compare with (its files unpacked under .cache/snapshots/)")
-    parser.add_argument("--rounds", type=int, default=6, help="alternating rounds (one iteration per algorithm each)")
+    parser.add_argument("--rounds", type=int, default=8,
+                        help="alternating rounds in all (one iteration per algorithm each), split over the process pairs")
+    parser.add_argument("--processes", type=int, default=4,
+                        help="successive pairs of child processes (>= 2 gives an interval with the process spread in it)")
     parser.add_argument("--algos", nargs="+", choices=ALGOS, default=list(ALGOS))
     parser.add_argument("--threads", type=int, default=1, help="torch threads in each child (default 1: per core)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="params override for both checkouts (repeatable)")
     args = parser.parse_args(argv)
-    if args.rounds < 1:
-        parser.error(f"--rounds {args.rounds}: accepted: >= 1")
-    print(compare(args.against, args.algos, args.rounds, parse_sets(args.overrides), args.threads), flush=True)
+    if args.rounds < 1 or args.processes < 1:
+        parser.error(f"--rounds {args.rounds}, --processes {args.processes}: accepted: both >= 1")
+    print(compare(args.against, args.algos, args.rounds, parse_sets(args.overrides), args.threads,
+                  processes=args.processes), flush=True)
 
 
 if __name__ == "__main__":

@@ -593,7 +593,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="add each algorithm's fastest iteration split into rollout+GAE and update")
     parser.add_argument("--against", default=None, metavar="COMMIT",
                         help="instead: this checkout vs COMMIT side by side, per algorithm (benchmarks/side_by_side.py)")
-    parser.add_argument("--rounds", type=_positive, default=6, help="with --against: alternating rounds")
+    parser.add_argument("--rounds", type=_positive, default=8, help="with --against: alternating rounds in all")
+    parser.add_argument("--processes", type=_positive, default=4,
+                        help="with --against: successive pairs of child processes the rounds are split over")
     return parser
 
 
@@ -629,7 +631,7 @@ def main(argv: list[str] | None = None) -> dict[str, Measurement]:
         if args.quick:
             overrides.update(QUICK_OURS)
         print(side_by_side.compare(args.against, list(side_by_side.ALGOS), args.rounds, overrides,
-                                   args.threads if args.threads is not None else 1), flush=True)
+                                   args.threads if args.threads is not None else 1, processes=args.processes), flush=True)
         return {}
     base = load_params(args.params, overrides=args.overrides or None)
     if args.threads is not None:

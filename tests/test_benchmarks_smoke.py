@@ -263,11 +263,12 @@ def test_side_by_side_against_a_commit_alternates_both_checkouts(tmp_path, monke
     interpreter = Path(sys.executable)
     monkeypatch.chdir(interpreter.parent)
     monkeypatch.setattr(sys, "executable", f"./{interpreter.name}")
-    text = side_by_side.compare("HEAD", ["baseline"], 2, quick, snapshots=tmp_path)
+    text = side_by_side.compare("HEAD", ["baseline"], 4, quick, snapshots=tmp_path, processes=2)
     # the commit's tracked files were unpacked, and nothing half-written is left
     (snapshot,) = tmp_path.iterdir()
     assert (snapshot / "tasks" / "train.py").is_file() and not snapshot.name.endswith(".partial")
-    assert "2 alternating rounds (ABBA order) of 256 env-steps" in text
+    assert "2 pair(s) of child processes x 2 alternating rounds (ABBA order) of 256 env-steps" in text
+    assert "95 % CI over 2 process pairs (t interval)" in text
     cpu = side_by_side.shared_cpu()
     if cpu is not None:  # both children ran on the one shared CPU (Linux)
         assert f"children on CPU(s) old [{cpu}] / new [{cpu}]" in text, text
@@ -280,33 +281,44 @@ def test_side_by_side_against_a_commit_alternates_both_checkouts(tmp_path, monke
         side_by_side.compare("no-such-commit", ["baseline"], 1, quick, snapshots=tmp_path)
 
 
-def test_side_by_sides_interval_covers_a_known_speed_ratio_and_excludes_one_where_it_differs():
-    """`speed_ratio` on simulated rounds with a known truth: per-round seconds with a shared drift
-    (a round's two columns slowed alike, up to 1.5x) and independent noise of 3 %. A candidate 5 %
-    faster: the interval holds 1.05 in at least 88 % of 200 simulated runs of 48 rounds (95 % and
-    90 % here: a percentile bootstrap runs a little narrow at 48 rounds) and leaves out 1.0 in at
-    least 95 %; an A/A pair: it holds 1.0 in at least 88 %. Resampling the columns unpaired fails
-    the second check (the drift then widens every interval). The point estimate is the ratio of
-    the sums, as the table's env-steps/s ratio."""
+def test_side_by_sides_interval_covers_a_known_speed_ratio_where_each_process_has_its_own_speed():
+    """`speed_ratio` on simulated runs with a known truth: per-round seconds with a shared drift (a
+    round's two sides slowed alike, up to 1.5x), 3 % noise per round, and each child process's own
+    lasting speed (3 % either way), as measured on the 2-core EPYC. A candidate 5 % faster, 4
+    process pairs of 12 rounds: the t interval over the pairs holds 1.05 in at least 90 % of 200
+    runs, and so does the A/A pair's hold 1.0. One process pair of 48 rounds, resampled by rounds,
+    holds the truth far less often (the process spread is not in it: why the benchmark runs several).
+    Without the process spread, the round bootstrap holds 1.05 in at least 88 %, and resampling its
+    columns unpaired would widen it past 1.0 (checked by hand). The ratio is the sums' ratio."""
     side_by_side = _load("side_by_side")
     rng = np.random.default_rng(3)
-    covered = {1.05: 0, 1.0: 0}
-    excluded_one = 0
-    runs, rounds = 200, 48
-    for _ in range(runs):
-        drift = 1.0 + 0.5 * rng.random(rounds)
-        reference = 0.12 * drift * rng.lognormal(0.0, 0.03, rounds)
-        for truth in covered:
-            candidate = 0.12 / truth * drift * rng.lognormal(0.0, 0.03, rounds)
-            ratio, low, high = side_by_side.speed_ratio(list(reference), list(candidate))
-            assert ratio == pytest.approx(reference.sum() / candidate.sum()) and low <= ratio <= high
-            covered[truth] += low <= truth <= high
-            if truth == 1.05:
-                excluded_one += not (low <= 1.0 <= high)
-    assert all(0.88 * runs <= hits <= runs for hits in covered.values()), covered
-    assert excluded_one >= 0.95 * runs
-    with pytest.raises(ValueError, match="equal-length"):
-        side_by_side.speed_ratio([0.1, 0.2], [0.1])
+    runs = 200
+
+    def simulate(truth, processes, rounds, process_spread):
+        reference, candidate = [], []
+        for _ in range(processes):
+            drift = 1.0 + 0.5 * rng.random(rounds)
+            own_ref, own_cand = rng.lognormal(0.0, process_spread, 2)
+            reference.append(list(0.12 * own_ref * drift * rng.lognormal(0.0, 0.03, rounds)))
+            candidate.append(list(0.12 / truth * own_cand * drift * rng.lognormal(0.0, 0.03, rounds)))
+        return reference, candidate
+
+    held = {}
+    for case, (processes, rounds, spread) in {"pairs": (4, 12, 0.03), "one pair": (1, 48, 0.03),
+                                              "one pair, no spread": (1, 48, 0.0)}.items():
+        for truth in (1.05, 1.0):
+            hits = 0
+            for _ in range(runs):
+                reference, candidate = simulate(truth, processes, rounds, spread)
+                ratio, low, high, what = side_by_side.speed_ratio(reference, candidate)
+                assert ratio == pytest.approx(sum(map(sum, reference)) / sum(map(sum, candidate)))
+                hits += low <= truth <= high
+            held[case, truth] = hits
+    assert held["pairs", 1.05] >= 0.9 * runs and held["pairs", 1.0] >= 0.9 * runs, held
+    assert held["one pair", 1.05] <= 0.75 * runs and held["one pair", 1.0] <= 0.75 * runs, held
+    assert held["one pair, no spread", 1.05] >= 0.88 * runs and held["one pair, no spread", 1.0] >= 0.88 * runs, held
+    with pytest.raises(ValueError, match="same shape"):
+        side_by_side.speed_ratio([[0.1, 0.2]], [[0.1]])
 
 
 def test_parallel_efficiency_in_dask_workers_shows_the_nannys_malloc_setting(capsys):
