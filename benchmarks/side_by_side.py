@@ -120,8 +120,7 @@ class Side:
     root: Path
     proc: subprocess.Popen
     info: dict
-    wall: dict[str, float] = field(default_factory=dict)
-    cpu: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds, summed over the rounds
     per_round: dict[str, list[float]] = field(default_factory=dict)  # each round's wall seconds
 
     def round(self) -> None:
@@ -131,7 +130,6 @@ class Side:
         if not line:
             raise SystemExit(f"the {self.label} child ({self.root}) died; its stderr is above")
         for algo, (wall, cpu) in json.loads(line).items():
-            self.wall[algo] = self.wall.get(algo, 0.0) + wall
             self.cpu[algo] = self.cpu.get(algo, 0.0) + cpu
             self.per_round.setdefault(algo, []).append(wall)
 
