@@ -124,7 +124,6 @@ def _assert_timing_wrappers_removed() -> None:
 
     assert model.numpy_learner.ProjectionQP.__call__.__qualname__ == "ProjectionQP.__call__"
     assert type(model.qp.cpu_n2_kernels.solve_batch).__name__ == "CPUDispatcher"  # the numba loop itself
-    import numpy as np
     from scipy import special
 
     assert type(model.cbf._rows_kernel).__name__ == "CPUDispatcher"
@@ -414,8 +413,6 @@ def test_trigamma_exhaustive_walks_every_float32_of_its_range(capsys, monkeypatc
     # [3, 3 + 2^-18) holds 16 float32 (their spacing in [2, 4) is 2^-22), in chunks of 7, 7 and 2
     assert exhaustive.compare(3.0, 3.0 + 2**-18, chunk=7)[:2] == (16, 0)
     # and it sees a difference: one ulp more at every x from 3.5 on
-    import numpy as np
-
     import model.numpy_learner as learner
 
     right = learner.trigamma
