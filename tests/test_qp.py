@@ -1128,3 +1128,55 @@ def test_the_loops_shortcut_for_clear_rows_keeps_the_fast_rules_winner(tolerance
     # (float64's tolerances leave a wider margin for round-off at near-singular pairs: fewer skipped)
     assert picked_near >= 5 and (100 if tolerances == "float32" else 25) <= sum(clear) <= B - picked_near, \
         (picked_near, sum(clear))
+
+
+@pytest.mark.parametrize("tolerances", ["float64", "float32"])
+def test_the_loops_pair_skip_keeps_the_fast_rules_winner(tolerances, monkeypatch):
+    """The compiled loop skips a pair before its divisions where a multiplier's numerator shows it
+    fails the dual test whatever the rounding (`_dual_test_cutoff`). Near that line the rule picks
+    a pair of rows u0 satisfies: one multiplier positive, the other just below 0 within the tie
+    tolerance. Two such rows per element, their slacks swept over eleven decades across the line;
+    every output must equal, byte for byte, the same loop run as Python with the skip switched off."""
+    from model.qp import cpu_n2_kernels as kernels
+    from model.qp.common import FEAS_TOL, SINGULAR_TOL, TIE_REL
+
+    dtype = getattr(torch, tolerances)
+    B, m = 600, 6
+    gen = torch.Generator().manual_seed(23)
+    weights = 0.5 + 2 * torch.rand(B, 2, generator=gen, dtype=torch.float64)
+    H = torch.diag_embed(weights)
+    u0 = torch.randn(B, 2, generator=gen, dtype=torch.float64)
+    angle = 2 * math.pi * torch.rand(B, m, generator=gen, dtype=torch.float64)
+    angle[:, 1] = angle[:, 0] + 0.2 + 0.8 * torch.rand(B, generator=gen, dtype=torch.float64)  # an acute pair
+    scale = 0.2 + 3 * torch.rand(B, m, 1, generator=gen, dtype=torch.float64)
+    A = torch.stack((angle.cos(), angle.sin()), -1) * scale
+    slack = 0.5 + torch.rand(B, m, generator=gen, dtype=torch.float64)
+    slack[:, 0] = 10.0 ** torch.linspace(-13, -2, B, dtype=torch.float64)
+    slack[:, 1] = slack[:, 0] * (1 + 20 * torch.rand(B, generator=gen, dtype=torch.float64))
+    b = (A * u0[:, None, :]).sum(-1) + slack * scale[..., 0]
+    f = -(H @ u0[..., None])[..., 0]
+    arrays = kernels.contiguous(*(x.numpy() for x in (H, f, A, b)))
+    mask, hint = np.ones((B, m), np.bool_), np.full((B, 2), -1, np.int64)
+    tie = TIE_REL[dtype]
+    tol = (FEAS_TOL[dtype], tie, SINGULAR_TOL[dtype])
+
+    def run(loop):
+        out = kernels.allocate_outputs(B, m)
+        loop(*arrays, mask, False, hint, False, *tol, *out)
+        return out
+
+    compiled = run(kernels.solve_batch)
+    assert all(x.tobytes() == y.tobytes() for x, y in zip(run(kernels.solve_batch.py_func), compiled))
+    monkeypatch.setattr(kernels, "_dual_test_cutoff", lambda tie: math.inf)  # never skip
+    reference = run(kernels.solve_batch.py_func)
+    for name, x, y in zip(("u", "lam", "used", "Y", "K", "active", "inv_norm", "lam_rows", "passed"), reference, compiled):
+        assert x.tobytes() == y.tobytes(), name
+    # both sides of the line are exercised: the pair's least multiplier (float64, unit rows in the
+    # H^-1 metric) within the tolerance where the pair wins, beyond twice it where it is skipped
+    unit = A[:, :2] / A[:, :2].norm(dim=-1, keepdim=True)
+    M = unit @ torch.diag_embed(1 / weights) @ unit.transpose(1, 2)
+    least = torch.linalg.solve(M, -(slack[:, :2] * scale[:, :2, 0]) / A[:, :2].norm(dim=-1)).min(-1).values
+    tau = tie / (1 - tie)
+    pair_won = torch.from_numpy((compiled[5] == [0, 1]).all(1))
+    assert int((pair_won & (least < 0) & (least >= -tau)).sum()) >= 20
+    assert int((least < -2.5 * tau).sum()) >= 100 and not pair_won[least < -2.5 * tau].any()

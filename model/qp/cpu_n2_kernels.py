@@ -116,6 +116,20 @@ def _all_rows_clear(gd, r, m, tie, sing_tol):
     return -r_max > threshold
 
 
+@njit(cache=True, inline="always")
+def _dual_test_cutoff(tie):
+    """c such that a pair whose multiplier's numerator is below -c det2 fails the fast rule's dual
+    test whatever the rounding, so the loop skips it before its two divisions (most pairs of rows
+    that u0 satisfies: their multipliers are of the order of the slacks, far below zero).
+
+    Why: a multiplier passes (lam >= -tie (1 + |lam|)) only if lam >= -tau, tau = tie / (1 - tie).
+    c = fl(2 tau): num < -fl(c det2) means num / det2 < -2 tau (1 - 3 eps), and division rounds
+    monotonically, so the computed lam is below -2 tau (1 - 4 eps): it fails by a factor of 2, far
+    beyond the few ulps the test's own arithmetic rounds. The same winner, bit for bit (tested
+    against the loop without the skip)."""
+    return 2.0 * tie / (1.0 - tie)
+
+
 @njit(cache=True)
 def solve_batch(H, f, A, b, mask, has_mask, hint, has_hint, feas, tie, sing_tol,
                 u, lam, used, Y, K, active, inv_norm, lam_rows, passed):
@@ -140,6 +154,7 @@ def solve_batch(H, f, A, b, mask, has_mask, hint, has_hint, feas, tie, sing_tol,
     r = np.empty(m)
     pair_rows = np.empty(m, np.int64)
     out = np.empty(15)
+    fails_below = _dual_test_cutoff(tie)
     for e in range(batch):
         # np.float64, not float(): numba's float() keeps a float32 a float32, and the products
         # below (h00 h11, the off-diagonal sum) would round to float32 for a float32 problem
@@ -220,8 +235,12 @@ def solve_batch(H, f, A, b, mask, has_mask, hint, has_hint, feas, tie, sing_tol,
                     q = ah[i, 0] * rows[j, 0] + ah[i, 1] * rows[j, 1]
                     det2 = p * s - q * q
                     if det2 > p_tol * s:  # else singular: duplicated or parallel rows
-                        lam_i = (s * r_i - q * r_j) / det2
-                        lam_j = (p * r_j - q * r_i) / det2
+                        num_i, num_j = s * r_i - q * r_j, p * r_j - q * r_i
+                        cut = fails_below * det2
+                        if num_i < -cut or num_j < -cut:
+                            continue  # a multiplier below -2 tau: the dual test fails, whatever the rounding
+                        lam_i = num_i / det2
+                        lam_j = num_j / det2
                         obj = 0.5 * (lam_i * r_i + lam_j * r_j)
                         if obj > best:
                             least = lam_i if lam_i < lam_j else lam_j
