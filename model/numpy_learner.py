@@ -457,7 +457,8 @@ class _BetaPolicy:
 
         log_width = np.log(np.maximum(high - low, self.floor)).astype(np.float32).sum(-1)
         log_beta = special.gammaln(a) + special.gammaln(b) - special.gammaln(a + b)
-        log_density = ((a - 1) * np.log(sample) + (b - 1) * portable_log1p(-sample) - log_beta).sum(-1) - log_width
+        self.log_x, self.log_1m_x = np.log(sample), portable_log1p(-sample)  # the backward reads them too
+        log_density = ((a - 1) * self.log_x + (b - 1) * self.log_1m_x - log_beta).sum(-1) - log_width
         return np.where(feasible, log_density, 0.0).astype(np.float32), log_beta
 
     def log_prob(self, obs, sample, extra) -> tuple[np.ndarray, np.ndarray]:
@@ -465,7 +466,7 @@ class _BetaPolicy:
 
         low, high, feasible = extra
         a, b = self.concentrations(obs)
-        self.a, self.b, self.x, self.feasible = a, b, sample, feasible
+        self.a, self.b, self.feasible = a, b, feasible
         log_prob, log_beta = self.log_density(a, b, sample, low, high, feasible)
         psi_a, psi_b, psi_ab = special.digamma(a), special.digamma(b), special.digamma(a + b)
         self.psi = (psi_a, psi_b, psi_ab)
@@ -474,11 +475,11 @@ class _BetaPolicy:
 
     def backward(self, grad_log_prob: np.ndarray, grad_entropy: np.ndarray) -> None:
         """grad_log_prob (B, 1); grad_entropy (B,): d loss / d entropy of each state."""
-        a, b, x = self.a, self.b, self.x
+        a, b = self.a, self.b
         psi_a, psi_b, psi_ab = self.psi
         gate = grad_log_prob * self.feasible[:, None]
-        grad_a = gate * (np.log(x) - psi_a + psi_ab)
-        grad_b = gate * (portable_log1p(-x) - psi_b + psi_ab)
+        grad_a = gate * (self.log_x - psi_a + psi_ab)
+        grad_b = gate * (self.log_1m_x - psi_b + psi_ab)
         if np.any(grad_entropy):  # dH/da = -(a - 1) psi'(a) + (a + b - 2) psi'(a + b), likewise b
             tri_a, tri_b, tri_ab = trigamma(a), trigamma(b), trigamma(a + b)
             g = grad_entropy[:, None]
