@@ -242,28 +242,29 @@ def safe_box_arrays(A_np: np.ndarray, b_np: np.ndarray, mask_np: np.ndarray, act
     the torch code's few hundred small tensor ops per call cost more than the QPs themselves.
     A_np (B, m, 2), b_np (B, m) float64, mask_np (B, m) bool; returns low, high (B, 2) float64 and
     feasible (B,) bool (the CBF-Beta rollout's NumPy forward calls it without tensors)."""
-    low, high = np.array(list(action_low), np.float64), np.array(list(action_high), np.float64)
-    batch = b_np.shape[0]
-    bound_A = np.broadcast_to(np.array(BOUND_ROWS, np.float64), (batch, 4, 2))
-    bound_b = np.broadcast_to(np.array([high[0], -low[0], high[1], -low[1]]), (batch, 4))
-    A_all = np.concatenate((A_np, bound_A), 1)
-    b_all = np.concatenate((b_np, bound_b), 1)
-    mask_all = np.concatenate((mask_np, np.ones((batch, 4), np.bool_)), 1)
+    box = _BoxConstants.of(action_low, action_high)
+    low, high = box.low, box.high
+    batch, m = b_np.shape
+    # C(x)'s rows, then the four action-bound rows (slices assigned: no broadcast views to build)
+    A_all, b_all, mask_all = np.empty((batch, m + 4, 2)), np.empty((batch, m + 4)), np.empty((batch, m + 4), np.bool_)
+    A_all[:, :m], A_all[:, m:] = A_np, box.bound_A
+    b_all[:, :m], b_all[:, m:] = b_np, box.bound_b
+    mask_all[:, :m], mask_all[:, m:] = mask_np, True
 
     def boxes(A_, b_, mask_, centres, rung_feasible):
         lo, hi = np.empty((b_.shape[0], 2)), np.empty((b_.shape[0], 2))
         _boxes_kernel(A_, b_, mask_, centres, rung_feasible, low, high, int(rounds), _COEF_TOL, lo, hi)
         return lo, hi
 
-    centres, rung_feasible = _centres_arrays(A_all, b_all, mask_all, CENTRE_DELTAS[:1], low, high, True)
+    centres, rung_feasible = _centres_arrays(A_all, b_all, mask_all, box, box.deltas[:1], True)
     feasible = rung_feasible[0]
     best_lo, best_hi = boxes(A_all, b_all, mask_all, centres, rung_feasible)
-    whole = ((best_hi - best_lo) == (high - low)).all(-1)
+    whole = ((best_hi - best_lo) == box.width).all(-1)
     rest = np.flatnonzero(feasible & ~whole)
     if rest.size:
         A_r, b_r, mask_r = A_all[rest], b_all[rest], mask_all[rest]
         # an infeasible offset > 0 is only skipped (its point is never read): proven ones skip the full rule
-        more, more_feasible = _centres_arrays(A_r, b_r, mask_r, CENTRE_DELTAS[1:], low, high, False)
+        more, more_feasible = _centres_arrays(A_r, b_r, mask_r, box, box.deltas[1:], False)
         best_lo[rest], best_hi[rest] = boxes(A_r, b_r, mask_r, np.concatenate((centres[:, rest], more)),
                                              np.concatenate((rung_feasible[:, rest], more_feasible)))
     point = centres[0]
@@ -271,33 +272,68 @@ def safe_box_arrays(A_np: np.ndarray, b_np: np.ndarray, mask_np: np.ndarray, act
     return np.where(keep, best_lo, point), np.where(keep, best_hi, point), feasible
 
 
-def _centres_arrays(A: np.ndarray, b: np.ndarray, mask: np.ndarray, deltas: Sequence[float], low: np.ndarray,
-                    high: np.ndarray, infeasible_points: bool) -> tuple[np.ndarray, np.ndarray]:
-    """`_centres` on NumPy arrays (the same arithmetic): centres (R, B, 2), feasible (R, B).
-    infeasible_points False: an element proven infeasible (`_empty_beyond_round_off`) gets a NaN
-    centre instead of the full rule's fallback point (the flag is the full rule's, bit for bit)."""
-    batch, rungs = b.shape[0], len(deltas)
-    half, middle = (high - low) / 2, (high + low) / 2
+class _BoxConstants:
+    """What `safe_box_arrays` derives from the action box alone, made once per box (a rollout step
+    calls it with the same one each time): the bounds (2,), the bound rows and their right sides,
+    the centre QPs' weights H = diag(1 / half^2) and linear term f = -H middle (one C-contiguous
+    row per problem, grown as batches need; the compiled loop only reads them), the offsets and
+    what `_empty_beyond_round_off` needs. The same numbers as computing them per call."""
+
+    _made: dict = {}
+
+    def __init__(self, action_low: tuple[float, ...], action_high: tuple[float, ...]):
+        self.low, self.high = np.array(action_low, np.float64), np.array(action_high, np.float64)
+        low, high = self.low, self.high
+        self.width = high - low
+        self.bound_A = np.array(BOUND_ROWS, np.float64)
+        self.bound_b = np.array([high[0], -low[0], high[1], -low[1]])
+        self.half, self.middle = (high - low) / 2, (high + low) / 2
+        self.weights = 1.0 / (self.half * self.half)
+        self.deltas = np.array(CENTRE_DELTAS, np.float64)
+        # |u0| of the full rule's tolerance (the unconstrained optimum is the box centre); every u
+        # with |u|_inf > reach violates a bound row by more than 1
+        self.u0_norm = float(np.hypot(*self.middle))
+        self.reach = float(np.abs(np.concatenate((low, high))).max()) + 1.0
+        self._H, self._f = np.empty((0, 2, 2)), np.empty((0, 2))
+
+    @classmethod
+    def of(cls, action_low: Sequence[float], action_high: Sequence[float]) -> "_BoxConstants":
+        key = (tuple(float(x) for x in action_low), tuple(float(x) for x in action_high))
+        made = cls._made.get(key)
+        if made is None:
+            made = cls._made[key] = cls(*key)
+        return made
+
+    def qp_terms(self, problems: int) -> tuple[np.ndarray, np.ndarray]:
+        """H (problems, 2, 2), f (problems, 2): C-contiguous views of the kept rows."""
+        if self._H.shape[0] < problems:
+            self._H = np.ascontiguousarray(np.broadcast_to(np.diag(self.weights), (problems, 2, 2)))
+            self._f = np.ascontiguousarray(np.broadcast_to(-self.weights * self.middle, (problems, 2)))
+        return self._H[:problems], self._f[:problems]
+
+
+def _centres_arrays(A: np.ndarray, b: np.ndarray, mask: np.ndarray, box: _BoxConstants, deltas: np.ndarray,
+                    infeasible_points: bool) -> tuple[np.ndarray, np.ndarray]:
+    """`_centres` on NumPy arrays (the same arithmetic): centres (R, B, 2), feasible (R, B) for the
+    offsets `deltas` (R,). infeasible_points False: an element proven infeasible
+    (`_empty_beyond_round_off`) gets a NaN centre instead of the full rule's fallback point (the
+    flag is the full rule's, bit for bit)."""
+    batch, rungs = b.shape[0], deltas.shape[0]
     b_rungs = np.empty((rungs * batch, b.shape[1]))
-    _pushed_right_sides(A, b, half, np.array(list(deltas), np.float64), b_rungs)
-    weights = 1.0 / (half * half)
-    H = np.broadcast_to(np.diag(weights), (rungs * batch, 2, 2))
-    f = np.broadcast_to(-weights * middle, (rungs * batch, 2))
+    _pushed_right_sides(A, b, box.half, deltas, b_rungs)
+    H, f = box.qp_terms(rungs * batch)
     A_rungs = np.concatenate([A] * rungs) if rungs > 1 else A
     mask_rungs = np.concatenate([mask] * rungs) if rungs > 1 else mask
     proven_infeasible = None
     if not infeasible_points:
-        # |u0| of the full rule's tolerance: the unconstrained optimum is the box centre
-        u0_norm, reach = float(np.hypot(*middle)), float(np.abs(np.concatenate((low, high))).max()) + 1.0
-
         def proven_infeasible(rest: np.ndarray) -> np.ndarray:
             out = np.empty(rest.size, np.bool_)
-            _empty_beyond_round_off(A_rungs[rest], b_rungs[rest], mask_rungs[rest], FEAS_TOL[torch.float64], u0_norm,
-                                    reach, _EMPTY_MARGIN, out)
+            _empty_beyond_round_off(A_rungs[rest], b_rungs[rest], mask_rungs[rest], FEAS_TOL[torch.float64],
+                                    box.u0_norm, box.reach, _EMPTY_MARGIN, out)
             return out
 
     u, *_, feasible, _ = solve_arrays(H, f, A_rungs, b_rungs, mask_rungs, None, torch.float64, proven_infeasible)
-    centre = np.maximum(np.minimum(u, high), low)
+    centre = np.maximum(np.minimum(u, box.high), box.low)
     return centre.reshape(rungs, batch, 2), feasible.reshape(rungs, batch)
 
 

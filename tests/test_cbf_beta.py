@@ -403,7 +403,7 @@ def test_proven_empty_offsets_get_the_full_rules_flag_without_it():
     # The offsets > 0 skip the full rule where `_empty_beyond_round_off` proves them empty: the
     # flags must be the full rule's, the feasible centres the same bits, and the proof must have
     # settled some elements (else this compares nothing).
-    from model.cbf_beta import CENTRE_DELTAS, _centres_arrays
+    from model.cbf_beta import _BoxConstants, _centres_arrays
 
     states = random_states(3000, seed=21)
     rows = cbf_rows(states, ENV, CBF, 0.2, form="dcbf")
@@ -411,8 +411,9 @@ def test_proven_empty_offsets_get_the_full_rules_flag_without_it():
     A = np.concatenate((rows.A.numpy(), np.broadcast_to(np.array([[1.0, 0], [-1, 0], [0, 1], [0, -1]]), (3000, 4, 2))), 1)
     b = np.concatenate((rows.b.numpy(), np.broadcast_to(np.array([high[0], -low[0], high[1], -low[1]]), (3000, 4))), 1)
     mask = np.concatenate((rows.mask.numpy(), np.ones((3000, 4), bool)), 1)
-    full, full_feasible = _centres_arrays(A, b, mask, CENTRE_DELTAS[1:], low, high, True)
-    quick, quick_feasible = _centres_arrays(A, b, mask, CENTRE_DELTAS[1:], low, high, False)
+    box = _BoxConstants.of(LOW, HIGH)
+    full, full_feasible = _centres_arrays(A, b, mask, box, box.deltas[1:], True)
+    quick, quick_feasible = _centres_arrays(A, b, mask, box, box.deltas[1:], False)
     assert np.array_equal(full_feasible, quick_feasible)
     assert np.array_equal(full[full_feasible], quick[quick_feasible])
     proven = np.isnan(quick).any(-1)
