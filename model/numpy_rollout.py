@@ -276,8 +276,8 @@ def cbf_beta_forward(actor, tanh=rational_tanh):
         a, b = policy.concentrations(obs.numpy())
         A, b_rows, mask, h, barrier_mask = actor.rows_arrays(safety)
         # looked up per call (a profiler times the module's function)
-        box_low, box_high, feasible = cbf_beta.safe_box_arrays(A, b_rows, mask, actor.action_low, actor.action_high,
-                                                               actor.box_rounds)
+        box_low, box_high, feasible = cbf_beta.safe_box_arrays(*actor.box_rows(A, b_rows, mask), actor.action_low,
+                                                               actor.action_high, actor.box_rounds)
         if deterministic:
             x = a / (a + b)
         else:  # Beta(a, b) = the first coordinate of Dirichlet((a, b))

@@ -399,6 +399,34 @@ def test_the_pushed_right_sides_use_torchs_norm_bit_for_bit(shape):
     assert shape[0] * shape[1] < 100 or (plain != norm).any()
 
 
+@pytest.mark.parametrize("form", ["dcbf", "ct"])
+def test_the_box_without_cbf_rows_own_bound_rows_is_the_same_box(form):
+    # `cbf_rows` ends in the action box's four bound rows, which `safe_box` appends itself:
+    # `CBFBetaActor.box_rows` leaves the first copy out. The rows left out must be exactly the
+    # actor's bound rows (the same set C(x)), and the boxes the same bits, infeasible states too.
+    from model.cbf import BOUND_ROWS
+    from model.cbf_beta import safe_box_arrays
+
+    model = CBFBetaActor(OBS_DIM, ENV, CBFParams(form=form))
+    low, high = model.action_low, model.action_high
+    infeasible = 0
+    for seed, (k, gamma) in enumerate([(2, 0.05), (3, 0.2), (5, 0.6), (3, 1.0)]):
+        states = random_states(6000, seed=300 + seed, k=k)
+        model.gamma = gamma
+        A, b, mask, _, _ = model.rows_arrays(states)
+        assert np.array_equal(A[:, -4:], np.broadcast_to(np.array(BOUND_ROWS), (6000, 4, 2)))
+        assert np.array_equal(b[:, -4:], np.broadcast_to(np.array([high[0], -low[0], high[1], -low[1]]), (6000, 4)))
+        assert mask[:, -4:].all()
+        both = safe_box_arrays(A, b, mask, low, high, model.box_rounds)
+        barrier_rows = model.box_rows(A, b, mask)
+        assert [x.shape[1] for x in barrier_rows] == [A.shape[1] - 4] * 3
+        once = safe_box_arrays(*barrier_rows, low, high, model.box_rounds)
+        for x, y in zip(both, once):
+            assert x.tobytes() == y.tobytes()
+        infeasible += int((~once[2]).sum())
+    assert infeasible > 500, infeasible  # the full rule's fallback points are compared too
+
+
 def test_proven_empty_offsets_get_the_full_rules_flag_without_it():
     # The offsets > 0 skip the full rule where `_empty_beyond_round_off` proves them empty: the
     # flags must be the full rule's, the feasible centres the same bits, and the proof must have
