@@ -615,8 +615,9 @@ class CBFBetaActor(Actor):
         box's bound rows (`model.cbf.BOUND_ROWS`, right sides v_max, 0, w_max, w_max: this actor's
         [low, high]), which `safe_box` appends itself; given twice they only lengthen every loop
         of the box (the centre QPs' pair search 91 pairs instead of 45 at two obstacles) and
-        leave the same set C(x). The same boxes, bit for bit, on 1.8 M random states (tested on
-        fewer); 400 -> 270 us per 256-state rollout step."""
+        leave the same set C(x). The same boxes, bit for bit: a scratch comparison over 1.8 M random
+        and near-boundary states, and tests/test_cbf_beta.py over 24,000 in each row form (it also
+        checks that the rows left out are the bound rows). 400 -> 270 us per 256-state step."""
         return A[:, :-NUM_BOUND_ROWS], b[:, :-NUM_BOUND_ROWS], mask[:, :-NUM_BOUND_ROWS]
 
     def cbf_geometry(self, safety: "SafetyState", obs: Tensor | None = None) -> SafeBox:
