@@ -1076,30 +1076,28 @@ def test_the_compiled_loop_keeps_unit_zero_and_masked_rows_bit_for_bit(dtype):
     assert settled >= B // 2 and off_unit_active >= 5
 
 
-@pytest.mark.parametrize("tolerances", ["float64", "float32"])
-def test_the_loops_shortcut_for_clear_rows_keeps_the_fast_rules_winner(tolerances, monkeypatch):
-    """Where u0 satisfies every row by more than the dual test could forgive, the compiled loop
-    skips the fast rule's single-row and pair loops (`_all_rows_clear`): the empty set wins there.
-    Near that line the rule can still pick a row u0 satisfies (a multiplier just below 0, within
-    the tie tolerance). The nearest row's slack is swept over nine decades across that line, for
-    either dtype's tolerances; the compiled loop must give every output of the same loop run as
-    Python with the shortcut switched off, byte for byte."""
+LOOP_OUTPUTS = ("u", "lam", "used", "Y", "K", "active", "inv_norm", "lam_rows", "passed")
+
+
+def _rows_around_u0(B: int, m: int, seed: int):
+    """The generator, then weights (B, 2) of H = diag(weights), u0 (B, 2) and the rows' angles
+    (B, m), drawn in this order (the caller draws the rest from the same generator)."""
+    gen = torch.Generator().manual_seed(seed)
+    weights = 0.5 + 2 * torch.rand(B, 2, generator=gen, dtype=torch.float64)
+    u0 = torch.randn(B, 2, generator=gen, dtype=torch.float64)
+    angle = 2 * math.pi * torch.rand(B, m, generator=gen, dtype=torch.float64)
+    return gen, weights, u0, angle
+
+
+def _loop_runner(weights, u0, A, slack, scale, dtype):
+    """run(loop): the outputs (LOOP_OUTPUTS) of a loop with `solve_batch`'s signature on min 1/2
+    (u - u0)' H (u - u0) s.t. A u <= b, H = diag(weights), b = A u0 + slack |row| (row k's slack
+    in its own units: scale (B, m, 1) its length), no mask or hint, dtype's tolerances."""
     from model.qp import cpu_n2_kernels as kernels
     from model.qp.common import FEAS_TOL, SINGULAR_TOL, TIE_REL
 
-    dtype = getattr(torch, tolerances)
-    B, m = 400, 7
-    gen = torch.Generator().manual_seed(17)
-    weights = 0.5 + 2 * torch.rand(B, 2, generator=gen, dtype=torch.float64)
+    B, m = slack.shape
     H = torch.diag_embed(weights)
-    u0 = torch.randn(B, 2, generator=gen, dtype=torch.float64)
-    angle = 2 * math.pi * torch.rand(B, m, generator=gen, dtype=torch.float64)
-    scale = 0.2 + 3 * torch.rand(B, m, 1, generator=gen, dtype=torch.float64)  # rows of any length
-    A = torch.stack((angle.cos(), angle.sin()), -1) * scale
-    slack = 0.5 + torch.rand(B, m, generator=gen, dtype=torch.float64)
-    slack[:, 0] = 10.0 ** torch.linspace(-10, -1, B, dtype=torch.float64)  # the nearest row
-    slack[::9, 1] = 0.0  # a row u0 touches
-    slack[4::11, 2] = -1e-3  # a violated row
     b = (A * u0[:, None, :]).sum(-1) + slack * scale[..., 0]
     f = -(H @ u0[..., None])[..., 0]
     arrays = kernels.contiguous(*(x.numpy() for x in (H, f, A, b)))
@@ -1111,6 +1109,29 @@ def test_the_loops_shortcut_for_clear_rows_keeps_the_fast_rules_winner(tolerance
         loop(*arrays, mask, False, hint, False, *tol, *out)
         return out
 
+    return run
+
+
+@pytest.mark.parametrize("tolerances", ["float64", "float32"])
+def test_the_loops_shortcut_for_clear_rows_keeps_the_fast_rules_winner(tolerances, monkeypatch):
+    """Where u0 satisfies every row by more than the dual test could forgive, the compiled loop
+    skips the fast rule's single-row and pair loops (`_all_rows_clear`): the empty set wins there.
+    Near that line the rule can still pick a row u0 satisfies (a multiplier just below 0, within
+    the tie tolerance). The nearest row's slack is swept over nine decades across that line, for
+    either dtype's tolerances; the compiled loop must give every output of the same loop run as
+    Python with the shortcut switched off, byte for byte."""
+    from model.qp import cpu_n2_kernels as kernels
+
+    B, m = 400, 7
+    gen, weights, u0, angle = _rows_around_u0(B, m, seed=17)
+    scale = 0.2 + 3 * torch.rand(B, m, 1, generator=gen, dtype=torch.float64)  # rows of any length
+    A = torch.stack((angle.cos(), angle.sin()), -1) * scale
+    slack = 0.5 + torch.rand(B, m, generator=gen, dtype=torch.float64)
+    slack[:, 0] = 10.0 ** torch.linspace(-10, -1, B, dtype=torch.float64)  # the nearest row
+    slack[::9, 1] = 0.0  # a row u0 touches
+    slack[4::11, 2] = -1e-3  # a violated row
+    run = _loop_runner(weights, u0, A, slack, scale, getattr(torch, tolerances))
+
     compiled = run(kernels.solve_batch)
     clear = []
     real = kernels._all_rows_clear
@@ -1118,7 +1139,7 @@ def test_the_loops_shortcut_for_clear_rows_keeps_the_fast_rules_winner(tolerance
     assert all(x.tobytes() == y.tobytes() for x, y in zip(run(kernels.solve_batch.py_func), compiled))
     monkeypatch.setattr(kernels, "_all_rows_clear", lambda *a: False)
     reference = run(kernels.solve_batch.py_func)
-    for name, x, y in zip(("u", "lam", "used", "Y", "K", "active", "inv_norm", "lam_rows", "passed"), reference, compiled):
+    for name, x, y in zip(LOOP_OUTPUTS, reference, compiled):
         assert x.tobytes() == y.tobytes(), name
     active = compiled[5]
     touched_or_violated = np.zeros(B, np.bool_)
@@ -1138,38 +1159,25 @@ def test_the_loops_pair_skip_keeps_the_fast_rules_winner(tolerances, monkeypatch
     tolerance. Two such rows per element, their slacks swept over eleven decades across the line;
     every output must equal, byte for byte, the same loop run as Python with the skip switched off."""
     from model.qp import cpu_n2_kernels as kernels
-    from model.qp.common import FEAS_TOL, SINGULAR_TOL, TIE_REL
+    from model.qp.common import TIE_REL
 
     dtype = getattr(torch, tolerances)
     B, m = 600, 6
-    gen = torch.Generator().manual_seed(23)
-    weights = 0.5 + 2 * torch.rand(B, 2, generator=gen, dtype=torch.float64)
-    H = torch.diag_embed(weights)
-    u0 = torch.randn(B, 2, generator=gen, dtype=torch.float64)
-    angle = 2 * math.pi * torch.rand(B, m, generator=gen, dtype=torch.float64)
+    gen, weights, u0, angle = _rows_around_u0(B, m, seed=23)
     angle[:, 1] = angle[:, 0] + 0.2 + 0.8 * torch.rand(B, generator=gen, dtype=torch.float64)  # an acute pair
     scale = 0.2 + 3 * torch.rand(B, m, 1, generator=gen, dtype=torch.float64)
     A = torch.stack((angle.cos(), angle.sin()), -1) * scale
     slack = 0.5 + torch.rand(B, m, generator=gen, dtype=torch.float64)
     slack[:, 0] = 10.0 ** torch.linspace(-13, -2, B, dtype=torch.float64)
     slack[:, 1] = slack[:, 0] * (1 + 20 * torch.rand(B, generator=gen, dtype=torch.float64))
-    b = (A * u0[:, None, :]).sum(-1) + slack * scale[..., 0]
-    f = -(H @ u0[..., None])[..., 0]
-    arrays = kernels.contiguous(*(x.numpy() for x in (H, f, A, b)))
-    mask, hint = np.ones((B, m), np.bool_), np.full((B, 2), -1, np.int64)
+    run = _loop_runner(weights, u0, A, slack, scale, dtype)
     tie = TIE_REL[dtype]
-    tol = (FEAS_TOL[dtype], tie, SINGULAR_TOL[dtype])
-
-    def run(loop):
-        out = kernels.allocate_outputs(B, m)
-        loop(*arrays, mask, False, hint, False, *tol, *out)
-        return out
 
     compiled = run(kernels.solve_batch)
     assert all(x.tobytes() == y.tobytes() for x, y in zip(run(kernels.solve_batch.py_func), compiled))
     monkeypatch.setattr(kernels, "_dual_test_cutoff", lambda tie: math.inf)  # never skip
     reference = run(kernels.solve_batch.py_func)
-    for name, x, y in zip(("u", "lam", "used", "Y", "K", "active", "inv_norm", "lam_rows", "passed"), reference, compiled):
+    for name, x, y in zip(LOOP_OUTPUTS, reference, compiled):
         assert x.tobytes() == y.tobytes(), name
     # both sides of the line are exercised: the pair's least multiplier (float64, unit rows in the
     # H^-1 metric) within the tolerance where the pair wins, beyond twice it where it is skipped
