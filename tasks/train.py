@@ -453,12 +453,19 @@ def _live_logger(path: Path):
     return Live(dir=str(path), resume=False, save_dvc_exp=False, dvcyaml=False, report=None)
 
 
-def _log_point(live, record: dict[str, float]) -> None:
+def _log_point(live, record: dict[str, float], sync: bool = True) -> None:
+    """Append one point to every curve (a TSV row each, written at once). sync: also rewrite
+    live/metrics.json through `Live.next_step`. Done only where a checkpoint is written and on the
+    last point (the curve files are always current):
+    dvclive 3.49's next_step rereads every curve file of the run whether or not Studio is set up
+    (`Live._get_live_data`), so syncing each update cost ~8 ms per update and grew with the run.
+    The files a finished run leaves are the same either way (the last point always syncs)."""
     live.step = int(record["global_step"])
     for name, value in record.items():
         if name != "global_step" and value is not None and math.isfinite(value):
             live.log_metric(name, value)
-    live.next_step()
+    if sync:
+        live.next_step()
 
 
 def run(
@@ -499,8 +506,8 @@ def run(
 
     tp = params.train
     live = _live_logger(out_dir / "live")
-    for record in trainer.history:  # replay: curves after a resume equal an uninterrupted run's
-        _log_point(live, record)
+    for i, record in enumerate(trainer.history):  # replay: curves after a resume equal an uninterrupted run's
+        _log_point(live, record, sync=i == len(trainer.history) - 1)
     bar = _progress(trainer.num_updates * tp.batch_size, trainer.update * tp.batch_size)
     last_log = time.monotonic()
     after_update = fault_injection_hook()  # test-only (BARRIERNET_FAULT_*); a no-op otherwise
@@ -508,10 +515,12 @@ def run(
         while trainer.update < trainer.num_updates:
             stats = trainer.train_one_update()
             record = {"global_step": float(trainer.global_step), **stats}
-            if trainer.update % tp.log_every == 0 or trainer.update == trainer.num_updates:
+            last = trainer.update == trainer.num_updates
+            checkpoint = trainer.update % tp.checkpoint_every == 0 or last
+            if trainer.update % tp.log_every == 0 or last:
                 trainer.history.append(record)
-                _log_point(live, record)
-            if trainer.update % tp.checkpoint_every == 0 or trainer.update == trainer.num_updates:
+                _log_point(live, record, sync=checkpoint)
+            if checkpoint:
                 io.torch_save(trainer.state_dict(), checkpoint_path)
             if bar is not None:
                 bar.update(tp.batch_size)

@@ -4,6 +4,7 @@ and a learning smoke test. Tiny budgets, CPU."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -114,6 +115,44 @@ def test_sigkill_after_checkpoint_then_resume_is_bit_identical(tmp_path, monkeyp
     c_run = _curves(tmp_path / "run/results/train" / cell / "live")
     assert "rollout/capture_rate" in c_ref and len(c_ref["losses/approx_kl"]) == 1 + 4  # header + 4 updates
     assert c_ref == c_run
+
+
+def _live_summary(live_dir: Path) -> dict:
+    """live/metrics.json without the wall-clock entries."""
+    summary = json.loads((live_dir / "metrics.json").read_text())
+    for name in TIMING_METRICS:
+        group, key = name.split("/")
+        del summary[group][key]
+    return summary
+
+
+def test_live_files_equal_a_run_that_syncs_every_point(tmp_path, monkeypatch):
+    """The curves and live/metrics.json sync only at checkpoints and on the last point, and a
+    finished run leaves the same files as one that synced after every point (the old way)."""
+    import dvclive
+
+    import tasks.train
+
+    overrides = {**TINY, "train.total_steps": 8 * 16 * 5, "train.checkpoint_every": 2}  # 5 updates
+    params = load_params(overrides=overrides)
+    syncs = []
+    real_next_step = dvclive.Live.next_step
+    monkeypatch.setattr(dvclive.Live, "next_step", lambda live: (syncs.append(live.step), real_next_step(live))[1])
+    monkeypatch.setenv("BARRIERNET_STATE_DIR", str(tmp_path / "sparse_state"))
+    run(params, tmp_path / "sparse", "baseline", 0)
+    steps = 8 * 16
+    assert syncs == [2 * steps, 4 * steps, 5 * steps]  # checkpoints at updates 2 and 4, then the last
+
+    real_log_point = tasks.train._log_point
+    monkeypatch.setattr(tasks.train, "_log_point", lambda live, record, sync=True: real_log_point(live, record, True))
+    monkeypatch.setenv("BARRIERNET_STATE_DIR", str(tmp_path / "every_state"))
+    syncs.clear()
+    run(params, tmp_path / "every", "baseline", 0)
+    assert len(syncs) == 5
+    sparse, every = (tmp_path / w / "results/train/baseline-s0/live" for w in ("sparse", "every"))
+    assert _curves(sparse) == _curves(every) and len(_curves(sparse)["losses/approx_kl"]) == 1 + 5
+    assert _live_summary(sparse) == _live_summary(every)
+    assert _live_summary(sparse)["step"] == 5 * steps
 
 
 def test_changed_config_starts_fresh_and_keeps_other_state(tmp_path, state_dir):
