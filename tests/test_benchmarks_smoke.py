@@ -421,3 +421,24 @@ def test_trigamma_exhaustive_walks_every_float32_of_its_range(capsys, monkeypatc
     with pytest.raises(SystemExit):
         exhaustive.main(["--low", "0.5"])
     assert "need 1 <= low < high" in capsys.readouterr().err
+
+
+def test_live_logging_prints_both_ways_and_they_leave_the_same_files(capsys, tmp_path):
+    """The table has a row per run length with positive times, and the two ways it times write
+    byte-identical live directories (the records are the same; only the syncs differ)."""
+    live_logging = _load("live_logging")
+    rows = live_logging.main(["--updates", "3", "7", "--repeats", "1", "--algo", "baseline"])
+    out = capsys.readouterr().out
+    assert [n for n, *_ in rows] == [3, 7] and all(every > 0 and sparse > 0 for _, every, sparse in rows), rows
+    assert re.search(r"^\s+7 \|\s+[\d.]+ \|\s+[\d.]+ \| [\d.]+x$", out, re.M), out
+
+    record = live_logging.one_record("baseline")
+    live_logging.log_run(record, 7, 128, None, tmp_path / "every")
+    live_logging.log_run(record, 7, 128, 3, tmp_path / "sparse")
+    files = sorted(p.relative_to(tmp_path / "every") for p in (tmp_path / "every").rglob("*") if p.is_file())
+    logged = [k for k, v in record.items() if k != "global_step" and v is not None and math.isfinite(v)]
+    assert len(files) == len(logged) + 1 and Path("metrics.json") in files  # a curve per metric, and the summary
+    for name in files:
+        assert (tmp_path / "every" / name).read_bytes() == (tmp_path / "sparse" / name).read_bytes(), name
+    with pytest.raises(SystemExit):
+        live_logging.main(["--updates", "0"])
